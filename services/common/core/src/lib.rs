@@ -1,0 +1,31 @@
+//! The dispatch domain, shared by every service.
+//!
+//! - [`ids`]: [`TaskId`] (UUIDv7, or a deterministic id derived from an idempotency key).
+//! - [`task`]: validated newtypes ([`BusinessKey`], [`TaskType`], [`Payload`], ...) and [`NewTask`].
+//! - [`state`]: the [`TaskState`] machine and the version scheme that fences writes.
+//! - [`validate`]: "parse, don't validate": proto [`TaskSpec`](dispatch_proto::v1::TaskSpec) into
+//!   [`NewTask`], collecting every field violation.
+//! - [`envelope`]: [`Envelope`] and its Kafka record codec (protobuf value + headers).
+//! - [`topics`]: topic names (with an optional prefix, so tests can share one broker).
+//! - [`partition`]: Kafka's Java-compatible murmur2 partitioner.
+//! - [`retry`]: exponential backoff with jitter for the retry ladder.
+//! - [`error`]: field violations and the single mapping to `tonic::Status`.
+
+pub mod envelope;
+pub mod error;
+pub mod ids;
+pub mod partition;
+pub mod retry;
+pub mod state;
+pub mod task;
+pub mod time;
+pub mod topics;
+pub mod validate;
+
+pub use envelope::{Envelope, EnvelopeError, EnvelopeKind, Headers};
+pub use error::{FieldViolation, Violations};
+pub use ids::{TaskId, TaskIdError};
+pub use retry::RetryPolicy;
+pub use state::{TaskState, Version};
+pub use task::{BusinessKey, IdempotencyKey, NewTask, Payload, Priority, TaskType, Tenant};
+pub use topics::Topics;

@@ -1,0 +1,305 @@
+//! Parse a submitted `TaskSpec` into a [`NewTask`], collecting every violation.
+
+use chrono::{DateTime, Duration, Utc};
+use dispatch_proto::v1 as pb;
+
+use crate::error::Violations;
+use crate::ids::TaskId;
+use crate::retry::RetryPolicy;
+use crate::task::{
+    BusinessKey, IdempotencyKey, NewTask, Payload, Priority, TaskType, Tenant, limits,
+};
+use crate::time;
+
+/// Parses `spec` for `tenant` at `now`. Field paths are prefixed with `prefix` (e.g. `task` or
+/// `tasks[3]`).
+///
+/// # Errors
+/// Every field violation found.
+pub fn parse_task_spec(
+    prefix: &str,
+    tenant: &Tenant,
+    spec: pb::TaskSpec,
+    now: DateTime<Utc>,
+) -> Result<NewTask, Violations> {
+    let mut v = Violations::default();
+    let f = |name: &str| format!("{prefix}.{name}");
+
+    let business_key = v.check(&f("business_key"), BusinessKey::parse(&spec.business_key));
+    let task_type = v.check(&f("task_type"), TaskType::parse(&spec.task_type));
+    let payload = v.check(&f("payload"), Payload::parse(spec.payload));
+    let priority = v.check(&f("priority"), Priority::from_proto_i32(spec.priority));
+    let idempotency_key = if spec.idempotency_key.is_empty() {
+        Some(None)
+    } else {
+        v.check(
+            &f("idempotency_key"),
+            IdempotencyKey::parse(&spec.idempotency_key),
+        )
+        .map(Some)
+    };
+
+    let run_at = match spec.run_at.as_ref() {
+        None => Some(None),
+        Some(ts) => match time::from_proto(ts) {
+            None => {
+                v.add(f("run_at"), "is not a valid timestamp");
+                None
+            }
+            Some(t) if t < now - Duration::seconds(limits::RUN_AT_PAST_TOLERANCE_SECS) => {
+                v.add(
+                    f("run_at"),
+                    format!(
+                        "is more than {} s in the past",
+                        limits::RUN_AT_PAST_TOLERANCE_SECS
+                    ),
+                );
+                None
+            }
+            Some(t) => Some(Some(t)),
+        },
+    };
+    let deadline = match spec.deadline.as_ref() {
+        None => Some(None),
+        Some(ts) => match time::from_proto(ts) {
+            None => {
+                v.add(f("deadline"), "is not a valid timestamp");
+                None
+            }
+            Some(d) => {
+                let start = run_at.flatten().unwrap_or(now);
+                if d <= start {
+                    v.add(
+                        f("deadline"),
+                        "must be after run_at (or after now when run_at is unset)",
+                    );
+                    None
+                } else {
+                    Some(Some(d))
+                }
+            }
+        },
+    };
+    let retry = parse_retry(&f("retry_policy"), spec.retry_policy, &mut v);
+
+    match (
+        business_key,
+        task_type,
+        payload,
+        priority,
+        idempotency_key,
+        run_at,
+        deadline,
+        retry,
+    ) {
+        (
+            Some(business_key),
+            Some(task_type),
+            Some(payload),
+            Some(priority),
+            Some(idem),
+            Some(run_at),
+            Some(deadline),
+            Some(retry),
+        ) if v.is_empty() => {
+            let task_id = match &idem {
+                Some(key) => TaskId::from_idempotency_key(tenant.as_str(), key.as_str()),
+                None => TaskId::new(),
+            };
+            Ok(NewTask {
+                task_id,
+                tenant: tenant.clone(),
+                business_key,
+                task_type,
+                payload,
+                priority,
+                idempotency_key: idem,
+                run_at,
+                deadline,
+                retry,
+                submitted_at: now,
+            })
+        }
+        _ => Err(v),
+    }
+}
+
+fn parse_retry(field: &str, p: Option<pb::RetryPolicy>, v: &mut Violations) -> Option<RetryPolicy> {
+    let d = RetryPolicy::DEFAULT;
+    let Some(p) = p else { return Some(d) };
+    let before = v.0.len();
+    let max_attempts = if p.max_attempts == 0 {
+        d.max_attempts
+    } else {
+        p.max_attempts
+    };
+    if max_attempts > RetryPolicy::MAX_ATTEMPTS_LIMIT {
+        v.add(
+            format!("{field}.max_attempts"),
+            format!("must be 1..={}", RetryPolicy::MAX_ATTEMPTS_LIMIT),
+        );
+    }
+    let initial = if p.initial_backoff_ms == 0 {
+        d.initial_backoff_ms
+    } else {
+        p.initial_backoff_ms
+    };
+    if initial > 3_600_000 {
+        v.add(
+            format!("{field}.initial_backoff_ms"),
+            "must be at most 3600000 (1 h)",
+        );
+    }
+    let max = if p.max_backoff_ms == 0 {
+        d.max_backoff_ms.max(initial)
+    } else {
+        p.max_backoff_ms
+    };
+    if max > 86_400_000 {
+        v.add(
+            format!("{field}.max_backoff_ms"),
+            "must be at most 86400000 (24 h)",
+        );
+    } else if max < initial {
+        v.add(
+            format!("{field}.max_backoff_ms"),
+            "must not be below initial_backoff_ms",
+        );
+    }
+    (v.0.len() == before).then_some(RetryPolicy {
+        max_attempts,
+        initial_backoff_ms: initial,
+        max_backoff_ms: max,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant() -> Tenant {
+        Tenant::parse("acme").expect("tenant")
+    }
+
+    fn spec() -> pb::TaskSpec {
+        pb::TaskSpec {
+            business_key: "order-1".into(),
+            task_type: "email.send".into(),
+            payload: b"{}".to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn fields(r: Result<NewTask, Violations>) -> Vec<String> {
+        r.expect_err("should fail")
+            .0
+            .into_iter()
+            .map(|v| v.field)
+            .collect()
+    }
+
+    #[test]
+    fn a_minimal_spec_gets_defaults() {
+        let t = parse_task_spec("task", &tenant(), spec(), Utc::now()).expect("valid");
+        assert_eq!(t.priority, Priority::Default);
+        assert_eq!(t.retry, RetryPolicy::DEFAULT);
+        assert_eq!(t.task_id.uuid().get_version_num(), 7);
+        assert!(t.idempotency_key.is_none());
+    }
+
+    #[test]
+    fn idempotency_key_makes_the_id_deterministic() {
+        let mut s = spec();
+        s.idempotency_key = "k-1".into();
+        let a = parse_task_spec("task", &tenant(), s.clone(), Utc::now()).expect("valid");
+        let b = parse_task_spec("task", &tenant(), s, Utc::now()).expect("valid");
+        assert_eq!(a.task_id, b.task_id);
+    }
+
+    #[test]
+    fn collects_every_violation_with_paths() {
+        let s = pb::TaskSpec {
+            business_key: String::new(),
+            task_type: "Bad Type".into(),
+            payload: vec![0; 300 * 1024],
+            priority: 99,
+            idempotency_key: "has space".into(),
+            ..Default::default()
+        };
+        let got = fields(parse_task_spec("tasks[7]", &tenant(), s, Utc::now()));
+        assert_eq!(
+            got,
+            [
+                "tasks[7].business_key",
+                "tasks[7].task_type",
+                "tasks[7].payload",
+                "tasks[7].priority",
+                "tasks[7].idempotency_key"
+            ]
+        );
+    }
+
+    #[test]
+    fn time_rules() {
+        let now = Utc::now();
+        let mut s = spec();
+        s.run_at = Some(time::to_proto(now - Duration::hours(1)));
+        assert_eq!(
+            fields(parse_task_spec("task", &tenant(), s, now)),
+            ["task.run_at"]
+        );
+
+        let mut s = spec();
+        s.run_at = Some(time::to_proto(now - Duration::seconds(10)));
+        assert!(
+            parse_task_spec("task", &tenant(), s, now).is_ok(),
+            "skew tolerated"
+        );
+
+        let mut s = spec();
+        s.run_at = Some(time::to_proto(now + Duration::hours(2)));
+        s.deadline = Some(time::to_proto(now + Duration::hours(1)));
+        assert_eq!(
+            fields(parse_task_spec("task", &tenant(), s, now)),
+            ["task.deadline"]
+        );
+
+        let mut s = spec();
+        s.deadline = Some(prost_types::Timestamp {
+            seconds: 1,
+            nanos: -5,
+        });
+        assert_eq!(
+            fields(parse_task_spec("task", &tenant(), s, now)),
+            ["task.deadline"]
+        );
+    }
+
+    #[test]
+    fn retry_policy_bounds() {
+        let mut s = spec();
+        s.retry_policy = Some(pb::RetryPolicy {
+            max_attempts: 26,
+            initial_backoff_ms: 10,
+            max_backoff_ms: 5,
+        });
+        assert_eq!(
+            fields(parse_task_spec("task", &tenant(), s, Utc::now())),
+            [
+                "task.retry_policy.max_attempts",
+                "task.retry_policy.max_backoff_ms"
+            ]
+        );
+        let mut s = spec();
+        s.retry_policy = Some(pb::RetryPolicy {
+            max_attempts: 2,
+            ..Default::default()
+        });
+        let t = parse_task_spec("task", &tenant(), s, Utc::now()).expect("valid");
+        assert_eq!(t.retry.max_attempts, 2);
+        assert_eq!(
+            t.retry.initial_backoff_ms,
+            RetryPolicy::DEFAULT.initial_backoff_ms
+        );
+    }
+}

@@ -1,0 +1,24 @@
+//! Service plumbing shared by every dispatch binary.
+//!
+//! - [`settings`]: layered typed settings (defaults < TOML file < `DISPATCH_SECTION__KEY` env) that
+//!   reject unknown keys, and the sections every service shares.
+//! - [`telemetry`]: JSON logs through `tracing` and, when an endpoint is set, OTLP traces with a
+//!   parent-based ratio sampler; W3C context propagation helpers for gRPC metadata and Kafka headers.
+//! - [`metrics`]: the process-wide Prometheus registry.
+//! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`) and [`admin::Health`].
+//! - [`shutdown`]: the root [`shutdown::Shutdown`] (CancellationToken + TaskTracker) and signals.
+//! - [`kafka`]: rdkafka producer/consumer configs and idempotent topic bootstrap.
+//! - [`redis_client`]: Redis connection manager.
+//! - [`grpc`]: API-key authentication, per-RPC metrics, reflection and health helpers.
+
+pub mod admin;
+pub mod grpc;
+pub mod kafka;
+pub mod metrics;
+pub mod redis_client;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use settings::{SettingsError, load};
+pub use shutdown::Shutdown;

@@ -1,0 +1,81 @@
+//! The process-wide Prometheus registry.
+//!
+//! Every metric is registered in [`registry`] once (`LazyLock` statics in each crate's
+//! `metrics.rs`), named `dispatch_<noun>_<unit>[_total]` in base units, never labelled by task id
+//! or key. The process collector adds `process_*` (CPU, RSS, fds).
+
+use std::sync::LazyLock;
+
+use prometheus::{Encoder, Registry, TextEncoder};
+
+static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
+    let r = Registry::new();
+    #[cfg(target_os = "linux")]
+    {
+        let _ = r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+    }
+    r
+});
+
+/// The registry every dispatch metric lives in.
+pub fn registry() -> &'static Registry {
+    &REGISTRY
+}
+
+/// Registers a collector, returning it (a second registration of the same name is ignored, so
+/// tests that build several apps in one process share the metric).
+pub fn register<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
+    let _ = REGISTRY.register(Box::new(c.clone()));
+    c
+}
+
+/// Standard latency buckets in seconds: 100 µs .. 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Renders the registry in the Prometheus text format.
+pub fn render() -> String {
+    let mut buf = Vec::new();
+    let families = REGISTRY.gather();
+    if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+        tracing::error!(error = %e, "cannot encode metrics");
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// Build and runtime information: `dispatch_build_info{service, version} 1` and tokio runtime gauges.
+pub fn register_runtime_metrics(service: &str) {
+    let info = register(
+        prometheus::IntGaugeVec::new(
+            prometheus::Opts::new("dispatch_build_info", "Build information; always 1."),
+            &["service", "version"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    );
+    info.with_label_values(&[service, env!("CARGO_PKG_VERSION")])
+        .set(1);
+    let workers = register(
+        prometheus::IntGauge::new("dispatch_tokio_workers", "Tokio runtime worker threads.")
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    );
+    let alive = register(
+        prometheus::IntGauge::new("dispatch_tokio_alive_tasks", "Tokio tasks currently alive.")
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    );
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        let m = handle.metrics();
+        workers.set(m.num_workers() as i64);
+        alive.set(m.num_alive_tasks() as i64);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                alive.set(m.num_alive_tasks() as i64);
+            }
+        });
+    }
+}

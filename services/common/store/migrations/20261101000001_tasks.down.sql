@@ -1,0 +1,3 @@
+DROP TABLE IF EXISTS outbox;
+DROP TABLE IF EXISTS task_attempts;
+DROP TABLE IF EXISTS tasks;

@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS handler_executions;
+DROP TABLE IF EXISTS dead_letters;

@@ -1,0 +1,34 @@
+//! MySQL (MariaDB locally) access for dispatch: explicit SQL with sqlx, no ORM, no foreign keys.
+//!
+//! - [`pool`]: [`DbSettings`] and [`connect`], a pool with bounded size, idle and lifetime, that
+//!   retries the first connection with exponential backoff.
+//! - [`migrate`]: versioned migrations with up *and* down scripts (`migrations/`).
+//! - [`tasks`]: the `tasks` table: version-fenced batch upserts, lookups and listing.
+//! - [`outbox`]: the submit outbox the gateway falls back to and the relay drains.
+//! - [`dead_letters`]: the DLQ index operators filter, redrive and purge.
+
+pub mod dead_letters;
+pub mod migrate;
+pub mod outbox;
+pub mod pool;
+pub mod tasks;
+
+pub use pool::{DbSettings, connect};
+pub use sqlx::MySqlPool;
+
+/// Any store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database answered with an error or could not be reached.
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Migration failure.
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored row does not decode into the domain (corruption or a newer writer).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// Result alias.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,203 @@
+//! The outbox: records the gateway accepted while Kafka was unreachable.
+//!
+//! The gateway inserts one row per accepted record in its own transaction; the relay claims due
+//! rows in id order with `FOR UPDATE SKIP LOCKED` (several relays never publish the same row at
+//! once), publishes them, and marks them published, or reschedules them with backoff and finally
+//! marks them `dead` after too many failures.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use dispatch_core::{Headers, TaskId};
+use sqlx::{MySqlPool, Row};
+
+use crate::{Result, StoreError};
+
+/// A record to publish later.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRecord {
+    /// Row id (0 before insert).
+    pub id: u64,
+    /// The task it carries.
+    pub task_id: TaskId,
+    /// Destination topic.
+    pub topic: String,
+    /// Record key.
+    pub key: Vec<u8>,
+    /// Record value.
+    pub value: Vec<u8>,
+    /// Record headers.
+    pub headers: Headers,
+    /// Publish attempts so far.
+    pub attempts: u32,
+    /// When it was accepted.
+    pub created_at: DateTime<Utc>,
+}
+
+fn encode_headers(h: &Headers) -> String {
+    use base64::Engine as _;
+    let map: BTreeMap<&str, String> = h
+        .iter()
+        .map(|(k, v)| (k, base64::engine::general_purpose::STANDARD.encode(v)))
+        .collect();
+    serde_json::to_string(&map).unwrap_or_else(|_| "{}".into())
+}
+
+fn decode_headers(s: &str) -> Result<Headers> {
+    use base64::Engine as _;
+    let map: BTreeMap<String, String> =
+        serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("outbox headers: {e}")))?;
+    let mut h = Headers::default();
+    for (k, v) in map {
+        let v = base64::engine::general_purpose::STANDARD
+            .decode(v)
+            .map_err(|e| StoreError::Corrupt(format!("outbox header {k}: {e}")))?;
+        h.set(&k, v);
+    }
+    Ok(h)
+}
+
+/// Inserts a record and returns its id. A second insert of the same (task, topic) returns the
+/// first row's id (idempotent: a client retrying while Kafka is down gets one row).
+///
+/// # Errors
+/// Database errors.
+pub async fn insert(pool: &MySqlPool, r: &OutboxRecord) -> Result<u64> {
+    let now = Utc::now();
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO outbox (task_id, topic, record_key, record_value, headers, next_attempt_at, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)",
+    )
+    .bind(r.task_id.as_bytes().as_slice())
+    .bind(&r.topic)
+    .bind(&r.key)
+    .bind(&r.value)
+    .bind(encode_headers(&r.headers))
+    .bind(now)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    let (id,): (u64,) = sqlx::query_as("SELECT LAST_INSERT_ID()")
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Claims up to `limit` due pending rows in id order, runs `publish` on them while holding their
+/// row locks, and applies its verdicts in the same transaction. `publish` returns, per record in
+/// order, `Ok(())` or the error text.
+///
+/// Rows failing `max_attempts` times become `dead`. Returns (published, failed) counts.
+///
+/// # Errors
+/// Database errors (the transaction rolls back and the rows stay pending).
+pub async fn relay_batch<F, Fut>(
+    pool: &MySqlPool,
+    limit: u32,
+    max_attempts: u32,
+    backoff: impl Fn(u32) -> std::time::Duration,
+    publish: F,
+) -> Result<(usize, usize)>
+where
+    F: FnOnce(Vec<OutboxRecord>) -> Fut,
+    Fut: std::future::Future<Output = Vec<std::result::Result<(), String>>>,
+{
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query(
+        "SELECT id, task_id, topic, record_key, record_value, headers, attempts, created_at FROM outbox \
+         WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
+    )
+    .bind(Utc::now())
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok((0, 0));
+    }
+    let records = rows
+        .iter()
+        .map(|r| {
+            Ok(OutboxRecord {
+                id: r.try_get("id")?,
+                task_id: TaskId::from_slice(r.try_get::<Vec<u8>, _>("task_id")?.as_slice())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                topic: r.try_get("topic")?,
+                key: r.try_get("record_key")?,
+                value: r.try_get("record_value")?,
+                headers: decode_headers(&r.try_get::<String, _>("headers")?)?,
+                attempts: r.try_get("attempts")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let meta: Vec<(u64, u32)> = records.iter().map(|r| (r.id, r.attempts)).collect();
+    let verdicts = publish(records).await;
+    let now = Utc::now();
+    let (mut ok, mut failed) = (0, 0);
+    for ((id, attempts), verdict) in meta.into_iter().zip(verdicts) {
+        match verdict {
+            Ok(()) => {
+                ok += 1;
+                sqlx::query("UPDATE outbox SET state = 'published', published_at = ?, attempts = attempts + 1 WHERE id = ?")
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Err(e) => {
+                failed += 1;
+                let attempts = attempts + 1;
+                let state = if attempts >= max_attempts {
+                    "dead"
+                } else {
+                    "pending"
+                };
+                let next = now + chrono::Duration::from_std(backoff(attempts)).unwrap_or_default();
+                sqlx::query("UPDATE outbox SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?")
+                    .bind(state)
+                    .bind(attempts)
+                    .bind(next)
+                    .bind(e.chars().take(1024).collect::<String>())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok((ok, failed))
+}
+
+/// Outbox health: pending rows, dead rows, age of the oldest pending row in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Backlog {
+    /// Rows waiting to be published.
+    pub pending: u64,
+    /// Rows that failed too often (need an operator).
+    pub dead: u64,
+    /// Age of the oldest pending row.
+    pub oldest_pending_age_seconds: f64,
+}
+
+/// Reads the backlog.
+///
+/// # Errors
+/// Database errors.
+pub async fn backlog(pool: &MySqlPool) -> Result<Backlog> {
+    let row = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(state = 'pending'), 0) AS UNSIGNED), CAST(COALESCE(SUM(state = 'dead'), 0) AS UNSIGNED), \
+         MIN(IF(state = 'pending', created_at, NULL)) FROM outbox WHERE state IN ('pending', 'dead')",
+    )
+    .fetch_one(pool)
+    .await?;
+    let oldest: Option<DateTime<Utc>> = row.try_get(2)?;
+    Ok(Backlog {
+        pending: row.try_get(0)?,
+        dead: row.try_get(1)?,
+        oldest_pending_age_seconds: oldest
+            .map(|t| (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0)
+            .unwrap_or(0.0),
+    })
+}
