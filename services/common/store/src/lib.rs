@@ -5,11 +5,13 @@
 //! - [`migrate`]: versioned migrations with up *and* down scripts (`migrations/`).
 //! - [`tasks`]: the `tasks` table: version-fenced batch upserts, lookups and listing.
 //! - [`outbox`]: the submit outbox the gateway falls back to and the relay drains.
+//! - [`outbox_relay`]: the gateway's per-key ordered relay claim, its leader lock, and task lookups.
 //! - [`dead_letters`]: the DLQ index operators filter, redrive and purge.
 
 pub mod dead_letters;
 pub mod migrate;
 pub mod outbox;
+pub mod outbox_relay;
 pub mod pool;
 pub mod tasks;
 

@@ -193,7 +193,7 @@ fn task_from_row(r: &sqlx::mysql::MySqlRow) -> Result<pb::Task> {
     Ok(pb::Task {
         task_id: id.to_string(),
         tenant: r.try_get("tenant")?,
-        business_key: r.try_get("business_key")?,
+        business_key: text(r, "business_key")?,
         task_type: r.try_get("task_type")?,
         payload: r.try_get("payload")?,
         priority: i32::from(priority),
@@ -202,7 +202,7 @@ fn task_from_row(r: &sqlx::mysql::MySqlRow) -> Result<pb::Task> {
         max_attempts: r.try_get("max_attempts")?,
         run_at: ts(r.try_get("run_at")?),
         deadline: ts(r.try_get("deadline_at")?),
-        last_error: r.try_get("last_error")?,
+        last_error: text(r, "last_error")?,
         result: r
             .try_get::<Option<Vec<u8>>, _>("result")?
             .unwrap_or_default(),
@@ -311,6 +311,13 @@ pub async fn list(pool: &MySqlPool, f: &ListFilter) -> Result<Vec<pb::Task>> {
         .iter()
         .map(task_from_row)
         .collect()
+}
+
+/// Reads a `utf8mb4_bin` column. sqlx reports binary-collated text as VARBINARY, so it is read as
+/// bytes; the collation keeps comparisons byte-exact (business keys are case-sensitive).
+pub fn text(r: &sqlx::mysql::MySqlRow, col: &str) -> Result<String> {
+    let bytes: Vec<u8> = r.try_get(col)?;
+    String::from_utf8(bytes).map_err(|e| StoreError::Corrupt(format!("{col} is not UTF-8: {e}")))
 }
 
 fn truncate(s: &str, max_chars: usize) -> &str {

@@ -1,0 +1,207 @@
+//! An open-loop gRPC load generator.
+//!
+//! Requests are scheduled at fixed intended times (`start + i / rate`) whether or not earlier ones
+//! finished, and latency is measured from the *intended* send time, so a stalled server shows up in
+//! the percentiles instead of silently lowering the offered rate (no coordinated omission).
+//!
+//! - [`Cli`]: flags; [`run`] dispatches to a scenario or to the baseline server.
+//! - [`scenario`]: request makers (submit, batch, get, end-to-end).
+//! - [`report`]: HdrHistogram percentiles, achieved vs offered rate, errors by gRPC code, JSON.
+//! - [`noop`]: a no-op tonic server implementing TaskService and TaskQueryService, the baseline
+//!   "what does the same generator get from a server that does nothing".
+
+pub mod noop;
+pub mod report;
+pub mod scenario;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::Semaphore;
+
+use crate::report::Recorder;
+use crate::scenario::Scenario;
+
+/// Load generator flags.
+#[derive(Debug, Parser, Clone)]
+#[command(
+    name = "dispatch-loadgen",
+    about = "Open-loop load generator for dispatch"
+)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand, Clone)]
+pub enum Command {
+    /// Drive load.
+    Run(RunArgs),
+    /// Serve the no-op baseline server (TaskService + TaskQueryService) until Ctrl-C.
+    NoopServer {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:50059")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+/// Which requests to send.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Kind {
+    /// Unary SubmitTask.
+    Submit,
+    /// SubmitTasks with `--batch` items per call.
+    Batch,
+    /// GetTask over a set of existing tasks (`--get-set`).
+    Get,
+    /// SubmitTask, then the time until the reader shows a terminal state (WatchTask).
+    E2e,
+}
+
+/// Flags of `run`.
+#[derive(Debug, clap::Args, Clone)]
+pub struct RunArgs {
+    /// Scenario.
+    #[arg(long, value_enum)]
+    pub scenario: Kind,
+    /// Gateway address (submit, batch, e2e, and seeding get).
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub gateway: String,
+    /// Reader address (get, e2e).
+    #[arg(long, default_value = "http://127.0.0.1:50052")]
+    pub reader: String,
+    /// Bearer API key.
+    #[arg(long, env = "DISPATCH_API_KEY", default_value = "dev-key-acme")]
+    pub api_key: String,
+    /// Offered calls per second.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Measured duration in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_s: f64,
+    /// Warm-up seconds before measuring (same rate, not recorded).
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup_s: f64,
+    /// Maximum requests in flight; beyond it requests wait (and that wait counts as latency).
+    #[arg(long, default_value_t = 512)]
+    pub concurrency: usize,
+    /// gRPC connections (HTTP/2 channels) used round-robin.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Payload bytes per task.
+    #[arg(long, default_value_t = 300)]
+    pub payload_bytes: usize,
+    /// Distinct business keys.
+    #[arg(long, default_value_t = 1000)]
+    pub keys: usize,
+    /// Items per SubmitTasks call (batch).
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Task type submitted.
+    #[arg(long, default_value = "noop")]
+    pub task_type: String,
+    /// Number of tasks read by `get` (small = hot L1 set, large = colder).
+    #[arg(long, default_value_t = 1000)]
+    pub get_set: usize,
+    /// Per-request timeout in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    /// Write the JSON report here ("-" for stdout).
+    #[arg(long)]
+    pub json: Option<String>,
+    /// Label for the report (e.g. "gateway" or "noop").
+    #[arg(long, default_value = "")]
+    pub label: String,
+}
+
+/// Runs the CLI.
+///
+/// # Errors
+/// Connection or seeding failures.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::NoopServer { listen } => noop::serve(listen).await,
+        Command::Run(args) => {
+            let report = drive(&args).await?;
+            eprintln!("{}", report.human());
+            if let Some(path) = &args.json {
+                let json = serde_json::to_string_pretty(&report)?;
+                if path == "-" {
+                    println!("{json}");
+                } else {
+                    std::fs::write(path, json)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Drives one scenario and returns its report.
+///
+/// # Errors
+/// Connection or seeding failures.
+pub async fn drive(args: &RunArgs) -> anyhow::Result<report::Report> {
+    anyhow::ensure!(
+        args.rate > 0.0 && args.rate.is_finite(),
+        "--rate must be positive"
+    );
+    anyhow::ensure!(args.duration_s > 0.0, "--duration-s must be positive");
+    anyhow::ensure!(
+        args.connections > 0 && args.concurrency > 0,
+        "--connections and --concurrency must be positive"
+    );
+    let scenario = Arc::new(Scenario::connect(args).await?);
+    let recorder = Arc::new(Recorder::new());
+    let permits = Arc::new(Semaphore::new(args.concurrency));
+    let interval = Duration::from_secs_f64(1.0 / args.rate);
+    let warmup = Duration::from_secs_f64(args.warmup_s.max(0.0));
+    let total = warmup + Duration::from_secs_f64(args.duration_s);
+    let start = tokio::time::Instant::now();
+    let measure_from = start + warmup;
+    let mut handles = Vec::new();
+    let progress = tokio::spawn(report::progress(
+        recorder.clone(),
+        measure_from,
+        total - warmup,
+    ));
+    let mut i: u64 = 0;
+    loop {
+        let intended = start + interval.mul_f64(i as f64);
+        if intended >= start + total {
+            break;
+        }
+        tokio::time::sleep_until(intended).await;
+        let (scenario, recorder, permits) = (scenario.clone(), recorder.clone(), permits.clone());
+        let measured = intended >= measure_from;
+        let seq = i;
+        handles.push(tokio::spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
+            let sent = Instant::now();
+            let result = scenario.call(seq).await;
+            if measured {
+                // Latency from the intended time: waiting for a permit counts.
+                let late = tokio::time::Instant::now().saturating_duration_since(intended);
+                recorder.record(late, sent.elapsed(), result);
+            }
+        }));
+        i += 1;
+        if handles.len() >= 50_000 {
+            handles.retain(|h| !h.is_finished());
+        }
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+    progress.abort();
+    let elapsed = start
+        .elapsed()
+        .saturating_sub(warmup)
+        .max(Duration::from_millis(1));
+    Ok(recorder.report(args, elapsed, scenario.items_per_call()))
+}
