@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Static and dry-run checks for the k6 load-test scripts in loadtest/k6/. Needs only node (>= 20.6)
+# and python3; k6 itself is not required.
+#
+#   1. syntax: every script (and lib/, tools/ module) parses as an ES module (`node --check`);
+#   2. rpc names: every 'pkg.Service/Method' string in the scripts names an rpc declared in a
+#      `service X { rpc Method(...) }` block under proto/, and every '*.proto' literal exists;
+#   3. dry run (tools/harness.mjs): each script is evaluated with stand-in k6 modules; its
+#      `options` must use constant-arrival-rate scenarios and carry grpc_req_duration p95/p99,
+#      checks rate>0.99 and dropped_iterations count==0 thresholds; client.load() files must
+#      resolve; setup() and every scenario's exec function run against a fake gRPC client that
+#      validates methods, auth metadata and request messages against the proto schema.
+#
+# Overrides (for testing the checker on a copy): K6_DIR (default loadtest/k6), PROTO_ROOT
+# (default proto).
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+k6_dir="$(cd "${K6_DIR:-$repo/loadtest/k6}" && pwd)"
+proto_root="$(cd "${PROTO_ROOT:-$repo/proto}" && pwd)"
+tools="$k6_dir/tools"
+
+fail() { echo "check-k6: FAIL: $*" >&2; exit 1; }
+
+command -v node >/dev/null 2>&1 || fail "node is not installed"
+command -v python3 >/dev/null 2>&1 || fail "python3 is not installed"
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+node_minor="$(node -p 'process.versions.node.split(".")[1]')"
+if (( node_major < 20 || (node_major == 20 && node_minor < 6) )); then
+  fail "node >= 20.6 is required (module.register), found $(node --version)"
+fi
+[[ -f "$tools/protoschema.py" && -f "$tools/harness.mjs" ]] || fail "missing $tools/protoschema.py or harness.mjs"
+
+shopt -s nullglob
+scripts=("$k6_dir"/*.js)
+libs=("$k6_dir"/lib/*.js)
+shopt -u nullglob
+((${#scripts[@]} > 0)) || fail "no k6 scripts (*.js) found in $k6_dir"
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+failures=0
+note_fail() { echo "check-k6: FAIL: $*" >&2; failures=$((failures + 1)); }
+rel() { local p="$1"; echo "${p#"$repo"/}"; }
+
+echo "check-k6: ${#scripts[@]} script(s) in $(rel "$k6_dir"), protos in $(rel "$proto_root")"
+
+# 1. ES module syntax. Without a package.json "type", node parses .js as CommonJS, so check a
+#    .mjs copy (imports are not resolved by --check, so 'k6/...' specifiers are fine).
+echo "check-k6: [1/3] syntax (node --check as ES modules)"
+i=0
+for f in "${scripts[@]}" "${libs[@]}" "$tools/harness.mjs"; do
+  i=$((i + 1))
+  copy="$tmp/syntax-$i-$(basename "${f%.*}").mjs"
+  cp "$f" "$copy"
+  if out="$(node --check "$copy" 2>&1)"; then
+    echo "  ok $(rel "$f")"
+  else
+    note_fail "$(rel "$f") does not parse as an ES module:"
+    echo "${out//$copy/$(rel "$f")}" | sed 's/^/    /' >&2
+  fi
+done
+
+# 2. RPC names and proto literals against the proto files.
+echo "check-k6: [2/3] rpc names vs $(rel "$proto_root")/**/*.proto"
+if ! python3 "$tools/protoschema.py" methods "$proto_root" "$k6_dir" "${scripts[@]}" "${libs[@]}"; then
+  note_fail "unknown rpc names or proto files (see above)"
+fi
+
+# 3. Options, client.load and dry run of every scenario.
+echo "check-k6: [3/3] options, client.load and dry run (stand-in k6 modules, fake gRPC)"
+if python3 "$tools/protoschema.py" schema "$proto_root" "$tmp/schema.json"; then
+  for f in "${scripts[@]}"; do
+    if ! (cd "$repo" && node "$tools/harness.mjs" "$tmp/schema.json" "$proto_root" "$f"); then
+      note_fail "$(rel "$f") failed the dry run (see above)"
+    fi
+  done
+else
+  note_fail "could not parse the proto files under $(rel "$proto_root")"
+fi
+
+if ((failures > 0)); then
+  echo "check-k6: FAILED ($failures problem group(s))" >&2
+  exit 1
+fi
+echo "check-k6: OK"
