@@ -7,6 +7,7 @@
 //! Exit codes scripts can rely on: 0 ok, 1 other failure, 2 invalid input, 3 not found,
 //! 4 authentication failed, 5 service unreachable.
 
+pub mod client;
 pub mod cmd;
 pub mod output;
 
@@ -29,6 +30,9 @@ pub struct Cli {
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Format::Table, global = true)]
     pub output: Format,
+    /// Endpoints and credentials.
+    #[command(flatten)]
+    pub conn: client::Conn,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -37,6 +41,34 @@ pub struct Cli {
 /// Commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Submit a task (flags) or many (--file, JSON array or NDJSON).
+    Submit(cmd::tasks::SubmitArgs),
+    /// Show a task.
+    Get {
+        /// Task id.
+        task_id: String,
+        /// Read-your-writes token (the version returned by submit).
+        #[arg(long, default_value_t = 0)]
+        min_version: u64,
+    },
+    /// Follow a task's state changes until it finishes.
+    Watch {
+        /// Task id.
+        task_id: String,
+    },
+    /// List tasks.
+    List(cmd::tasks::ListArgs),
+    /// Cancel a task.
+    Cancel {
+        /// Task id.
+        task_id: String,
+        /// The task's business key (lets the cancel route before the task is stored).
+        #[arg(long)]
+        key: Option<String>,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Database migrations.
     Migrate(cmd::migrate::Args),
     /// Kafka topics.
@@ -85,7 +117,13 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 /// # Errors
 /// Any failure, as a [`CliError`] where the cause is known.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let (conn, out) = (&cli.conn, cli.output);
     match cli.command {
+        Command::Submit(a) => cmd::tasks::submit(a, conn, out).await,
+        Command::Get { task_id, min_version } => cmd::tasks::get(task_id, min_version, conn, out).await,
+        Command::Watch { task_id } => cmd::tasks::watch(task_id, conn, out).await,
+        Command::List(a) => cmd::tasks::list(a, conn, out).await,
+        Command::Cancel { task_id, key, reason } => cmd::tasks::cancel(task_id, key, reason, conn, out).await,
         Command::Migrate(a) => cmd::migrate::run(a, cli.output).await,
         Command::Topics(a) => cmd::topics::run(a, cli.output).await,
         Command::Completions { shell } => {

@@ -2,3 +2,4 @@
 
 pub mod migrate;
 pub mod topics;
+pub mod tasks;
