@@ -37,7 +37,16 @@ impl Conn {
         let ep = Endpoint::from_shared(addr.to_owned())
             .map_err(|e| CliError::Invalid(format!("invalid address {addr:?}: {e}")))?
             .connect_timeout(Duration::from_secs(5));
-        ep.connect().await.map_err(|e| CliError::Unreachable(format!("cannot connect to {addr}: {e}")).into())
+        ep.connect().await.map_err(|e| {
+            // tonic's top-level message is just "transport error": show the cause chain.
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg = format!("{msg}: {s}");
+                src = s.source();
+            }
+            CliError::Unreachable(format!("cannot connect to {addr} ({msg}); is the service running?")).into()
+        })
     }
 
     /// A request with the bearer key and timeout set.
