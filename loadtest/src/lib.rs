@@ -7,9 +7,12 @@
 //! - [`Cli`]: flags; [`run`] dispatches to a scenario or to the baseline server.
 //! - [`scenario`]: request makers (submit, batch, get, end-to-end).
 //! - [`report`]: HdrHistogram percentiles, achieved vs offered rate, errors by gRPC code, JSON.
+//! - [`audit`]: after a run with `--record-ids`, prove the guarantees from MySQL, the ledger and the
+//!   events topic, and print a one-line verdict.
 //! - [`noop`]: a no-op tonic server implementing TaskService and TaskQueryService, the baseline
 //!   "what does the same generator get from a server that does nothing".
 
+pub mod audit;
 pub mod noop;
 pub mod report;
 pub mod scenario;
@@ -40,6 +43,8 @@ pub struct Cli {
 pub enum Command {
     /// Drive load.
     Run(RunArgs),
+    /// Audit a finished run (see the `audit` module); exits non-zero when a guarantee failed.
+    Audit(audit::AuditArgs),
     /// Serve the no-op baseline server (TaskService + TaskQueryService) until Ctrl-C.
     NoopServer {
         /// Listen address.
@@ -112,6 +117,12 @@ pub struct RunArgs {
     /// Write the JSON report here ("-" for stdout).
     #[arg(long)]
     pub json: Option<String>,
+    /// Append every accepted task (id, key, via, topic, partition, offset) to this file, for `audit`.
+    #[arg(long)]
+    pub record_ids: Option<std::path::PathBuf>,
+    /// Give every task an idempotency key (`<label>-<seq>`), so resubmits dedupe.
+    #[arg(long)]
+    pub idempotency: bool,
     /// Label for the report (e.g. "gateway" or "noop").
     #[arg(long, default_value = "")]
     pub label: String,
@@ -124,6 +135,12 @@ pub struct RunArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::NoopServer { listen } => noop::serve(listen).await,
+        Command::Audit(a) => {
+            let v = audit::audit(&a).await?;
+            println!("{}", v.line());
+            anyhow::ensure!(v.passed(), "audit failed");
+            Ok(())
+        }
         Command::Run(args) => {
             let report = drive(&args).await?;
             eprintln!("{}", report.human());
@@ -199,6 +216,7 @@ pub async fn drive(args: &RunArgs) -> anyhow::Result<report::Report> {
         let _ = h.await;
     }
     progress.abort();
+    scenario.flush();
     let elapsed = start
         .elapsed()
         .saturating_sub(warmup)

@@ -23,6 +23,8 @@ pub struct Scenario {
     task_type: String,
     ids: Vec<String>,
     timeout: Duration,
+    idempotency: Option<String>,
+    record: Option<std::sync::Mutex<std::io::BufWriter<std::fs::File>>>,
 }
 
 async fn channels(addr: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
@@ -86,6 +88,23 @@ impl Scenario {
             task_type: a.task_type.clone(),
             ids: Vec::new(),
             timeout: Duration::from_millis(a.timeout_ms),
+            idempotency: a.idempotency.then(|| {
+                if a.label.is_empty() {
+                    "run".to_owned()
+                } else {
+                    a.label.clone()
+                }
+            }),
+            record: match &a.record_ids {
+                Some(p) => Some(std::sync::Mutex::new(std::io::BufWriter::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)
+                        .map_err(|e| anyhow::anyhow!("--record-ids {}: {e}", p.display()))?,
+                ))),
+                None => None,
+            },
         };
         if a.scenario == Kind::Get {
             s.ids = s.seed(a.get_set.max(1)).await?;
@@ -114,7 +133,46 @@ impl Scenario {
             business_key: format!("key-{}", seq % self.keys as u64),
             task_type: self.task_type.clone(),
             payload: self.payload.clone(),
+            idempotency_key: self
+                .idempotency
+                .as_ref()
+                .map(|p| format!("{p}-{seq}"))
+                .unwrap_or_default(),
             ..Default::default()
+        }
+    }
+
+    /// Appends an accepted task to the `--record-ids` file.
+    fn note(&self, key: &str, a: &pb::SubmitTaskResponse) {
+        use std::io::Write as _;
+        if let Some(w) = &self.record {
+            let via = if a.accepted_via == pb::AcceptedVia::Outbox as i32 {
+                "outbox"
+            } else {
+                "kafka"
+            };
+            let offset = if via == "outbox" {
+                a.outbox_id as i64
+            } else {
+                a.offset
+            };
+            if let Ok(mut w) = w.lock() {
+                let _ = writeln!(
+                    w,
+                    "{}\t{key}\t{via}\t{}\t{}\t{offset}",
+                    a.task_id, a.topic, a.partition
+                );
+            }
+        }
+    }
+
+    /// Flushes the `--record-ids` file.
+    pub fn flush(&self) {
+        use std::io::Write as _;
+        if let Some(w) = &self.record {
+            if let Ok(mut w) = w.lock() {
+                let _ = w.flush();
+            }
         }
     }
 
@@ -163,34 +221,45 @@ impl Scenario {
         match self.kind {
             Kind::Submit => {
                 let mut c = self.gateways[pick % self.gateways.len()].clone();
-                c.submit_task(self.request(pb::SubmitTaskRequest {
-                    task: Some(self.spec(seq)),
-                }))
-                .await
-                .map(|_| ())
-                .map_err(|s| s.code())
+                let spec = self.spec(seq);
+                let key = spec.business_key.clone();
+                let a = c
+                    .submit_task(self.request(pb::SubmitTaskRequest { task: Some(spec) }))
+                    .await
+                    .map_err(|s| s.code())?
+                    .into_inner();
+                self.note(&key, &a);
+                Ok(())
             }
             Kind::Batch => {
                 let mut c = self.gateways[pick % self.gateways.len()].clone();
                 let base = seq * self.batch as u64;
-                let tasks = (0..self.batch as u64)
+                let tasks: Vec<pb::TaskSpec> = (0..self.batch as u64)
                     .map(|i| self.spec(base + i))
                     .collect();
+                let keys: Vec<String> = tasks.iter().map(|t| t.business_key.clone()).collect();
                 let resp = c
                     .submit_tasks(self.request(pb::SubmitTasksRequest { tasks }))
                     .await
-                    .map_err(|s| s.code())?;
-                match resp
-                    .into_inner()
-                    .results
-                    .iter()
-                    .find_map(|r| match &r.outcome {
-                        Some(pb::submit_result::Outcome::Error(e)) => Some(Code::from_i32(e.code)),
-                        _ => None,
-                    }) {
-                    Some(code) => Err(code),
-                    None => Ok(()),
+                    .map_err(|s| s.code())?
+                    .into_inner();
+                let mut first_error = None;
+                for r in &resp.results {
+                    match &r.outcome {
+                        Some(pb::submit_result::Outcome::Accepted(a)) => {
+                            if let Some(k) = keys.get(r.index as usize) {
+                                self.note(k, a);
+                            }
+                        }
+                        Some(pb::submit_result::Outcome::Error(e)) => {
+                            first_error.get_or_insert(Code::from_i32(e.code));
+                        }
+                        None => {
+                            first_error.get_or_insert(Code::Unknown);
+                        }
+                    }
                 }
+                first_error.map_or(Ok(()), Err)
             }
             Kind::Get => {
                 let mut c = self.readers[pick % self.readers.len()].clone();
@@ -206,13 +275,14 @@ impl Scenario {
             Kind::E2e => {
                 let mut g = self.gateways[pick % self.gateways.len()].clone();
                 let mut r = self.readers[pick % self.readers.len()].clone();
+                let spec = self.spec(seq);
+                let key = spec.business_key.clone();
                 let accepted = g
-                    .submit_task(self.request(pb::SubmitTaskRequest {
-                        task: Some(self.spec(seq)),
-                    }))
+                    .submit_task(self.request(pb::SubmitTaskRequest { task: Some(spec) }))
                     .await
                     .map_err(|s| s.code())?
                     .into_inner();
+                self.note(&key, &accepted);
                 let mut stream = r
                     .watch_task(self.request(pb::WatchTaskRequest {
                         task_id: accepted.task_id.clone(),
