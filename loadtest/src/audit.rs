@@ -158,12 +158,15 @@ pub fn read_ids(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<Accepted>> {
     Ok(out)
 }
 
-struct Row_ {
+/// One ledger row: (row id, generation, attempt, executed at).
+type Execution = (u64, u32, u32, chrono::DateTime<chrono::Utc>);
+
+struct StoredRow {
     state: TaskState,
     finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-async fn rows(pool: &MySqlPool, ids: &[TaskId]) -> anyhow::Result<HashMap<TaskId, Row_>> {
+async fn rows(pool: &MySqlPool, ids: &[TaskId]) -> anyhow::Result<HashMap<TaskId, StoredRow>> {
     let mut out = HashMap::new();
     for chunk in ids.chunks(1000) {
         let mut qb = sqlx::QueryBuilder::new(
@@ -181,7 +184,7 @@ async fn rows(pool: &MySqlPool, ids: &[TaskId]) -> anyhow::Result<HashMap<TaskId
                 TaskState::parse(&st).ok_or_else(|| anyhow::anyhow!("unknown state {st}"))?;
             out.insert(
                 id,
-                Row_ {
+                StoredRow {
                     state,
                     finished_at: r.try_get(2)?,
                 },
@@ -223,8 +226,7 @@ pub async fn audit(a: &AuditArgs) -> anyhow::Result<Verdict> {
     }
 
     // The ledger: executions per task, in execution order.
-    let mut execs: HashMap<TaskId, Vec<(u64, u32, u32, chrono::DateTime<chrono::Utc>)>> =
-        HashMap::new();
+    let mut execs: HashMap<TaskId, Vec<Execution>> = HashMap::new();
     for chunk in ids.chunks(1000) {
         let mut qb = sqlx::QueryBuilder::new(
             "SELECT id, task_id, generation, attempt, executed_at FROM handler_executions WHERE task_id IN (",

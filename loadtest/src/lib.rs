@@ -16,6 +16,7 @@ pub mod audit;
 pub mod noop;
 pub mod report;
 pub mod scenario;
+pub mod upsert;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +44,8 @@ pub struct Cli {
 pub enum Command {
     /// Drive load.
     Run(RunArgs),
+    /// The database baseline: plain multi-row upserts into a copy of `tasks`.
+    UpsertBaseline(upsert::UpsertArgs),
     /// Audit a finished run (see the `audit` module); exits non-zero when a guarantee failed.
     Audit(audit::AuditArgs),
     /// Serve the no-op baseline server (TaskService + TaskQueryService) until Ctrl-C.
@@ -135,6 +138,14 @@ pub struct RunArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::NoopServer { listen } => noop::serve(listen).await,
+        Command::UpsertBaseline(a) => {
+            let r = upsert::run(&a).await?;
+            eprintln!(
+                "upsert baseline: {} rows in {:.2}s = {:.0} rows/s (batch {})",
+                r.rows, r.seconds, r.rows_per_second, r.batch
+            );
+            Ok(())
+        }
         Command::Audit(a) => {
             let v = audit::audit(&a).await?;
             println!("{}", v.line());

@@ -169,10 +169,10 @@ impl Scenario {
     /// Flushes the `--record-ids` file.
     pub fn flush(&self) {
         use std::io::Write as _;
-        if let Some(w) = &self.record {
-            if let Ok(mut w) = w.lock() {
-                let _ = w.flush();
-            }
+        if let Some(w) = &self.record
+            && let Ok(mut w) = w.lock()
+        {
+            let _ = w.flush();
         }
     }
 

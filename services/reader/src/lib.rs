@@ -1,1 +1,36 @@
-//! placeholder
+//! The dispatch reader: TaskQueryService (GetTask, BatchGetTasks, ListTasks, WatchTask) served
+//! from an in-process moka L1, a Redis L2 and MySQL, kept fresh by the events topic.
+//!
+//! Request path, top to bottom:
+//! - [`service`]: the gRPC adapter (auth, parse, load shedding, `grpc::observe`).
+//! - [`reader`]: GetTask's lookup path L1 → L2 → MySQL, read-your-writes (`min_version`),
+//!   stale answers when MySQL fails, and how events are applied; [`batch`] and [`list`] are
+//!   BatchGetTasks and ListTasks; [`watch`] streams WatchTask.
+//! - Tiers: [`l1`] (moka: weighted size bound, per-entry jittered expiry, singleflight loads,
+//!   version-checked writes, last-known copies), [`xfetch`] (probabilistic early refresh),
+//!   [`l2`] (Redis: protobuf values, Lua compare-and-set on version, negative entries) behind
+//!   [`breaker`], and [`store`] (MySQL behind a concurrency limit).
+//! - Freshness: [`events`] consumes the events topic on every instance; [`notify`] fans applied
+//!   events out per task id to read-your-writes waiters and watchers.
+//! - Plumbing: [`settings`], [`metrics`], [`error`], and [`startup`] (`App`: build, run, shutdown,
+//!   health probes).
+
+pub mod batch;
+pub mod breaker;
+pub mod error;
+pub mod events;
+pub mod l1;
+pub mod l2;
+pub mod list;
+pub mod metrics;
+pub mod notify;
+pub mod reader;
+pub mod service;
+pub mod settings;
+pub mod startup;
+pub mod store;
+pub mod watch;
+pub mod xfetch;
+
+pub use settings::Settings;
+pub use startup::{App, ReaderHandle};

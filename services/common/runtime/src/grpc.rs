@@ -90,10 +90,10 @@ impl Authenticator {
                 .map_err(|err| bad(format!("auth.api_keys[{i}].tenant {err}")))?;
             by_hash.insert(e.key_sha256.to_ascii_lowercase(), t);
         }
-        if let Some(h) = &s.admin_key_sha256 {
-            if !valid_hash(h) {
-                return Err(bad("auth.admin_key_sha256 must be 64 hex characters".into()));
-            }
+        if let Some(h) = &s.admin_key_sha256
+            && !valid_hash(h)
+        {
+            return Err(bad("auth.admin_key_sha256 must be 64 hex characters".into()));
         }
         Ok(Self {
             none_tenant,

@@ -390,11 +390,11 @@ fn redact(v: &mut toml::Value, key: &str) {
                 .any(|w| k.contains(w))
             {
                 *s = "<redacted>".into();
-            } else if let Some((scheme, rest)) = s.split_once("://") {
-                if let Some((creds, host)) = rest.rsplit_once('@') {
-                    let user = creds.split(':').next().unwrap_or_default();
-                    *s = format!("{scheme}://{user}:<redacted>@{host}");
-                }
+            } else if let Some((scheme, rest)) = s.split_once("://")
+                && let Some((creds, host)) = rest.rsplit_once('@')
+            {
+                let user = creds.split(':').next().unwrap_or_default();
+                *s = format!("{scheme}://{user}:<redacted>@{host}");
             }
         }
         _ => {}

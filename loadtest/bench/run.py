@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""dispatch benchmark suite: each figure measured next to its baseline in the same run.
+
+Figures (and baselines):
+  1. gateway SubmitTasks records/s      vs Kafka ProducerPerformance (same record size, acks=all, idempotence)
+  2. gateway SubmitTask max calls/s      vs a no-op tonic server, same generator and settings
+  3. gateway SubmitTask p99 at 2k/s offered (open loop)
+  4. reader GetTask (hot set) calls/s    vs the no-op server; p99 at 5k/s offered
+  5. reader GetTask with L1 disabled     vs the no-op server (reader restarted with cache.l1_enabled=false)
+  6. processor persisted tasks/s (noop)  vs a plain multi-row upsert loop (same batch size)
+  7. submit-to-visible latency           vs Kafka's EndToEndLatency at the same rate
+Also CPU-seconds per 1k requests of the service under test and peak RSS.
+"""
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
+LOADGEN = os.path.join(TARGET, "release", "dispatch-loadgen")
+DISPATCHCTL = os.path.join(TARGET, "release", "dispatchctl")
+LIBS = os.path.join(REPO, ".local", "kafka", "libs", "*")
+OUT = os.path.join(REPO, ".local", "bench")
+QUICK = os.environ.get("QUICK") == "1"
+DUR = "4" if QUICK else "15"
+os.makedirs(OUT, exist_ok=True)
+API_KEY = "dev-key-acme"
+DB = "mysql://dispatch:dispatch@127.0.0.1:3306/dispatch"
+
+
+def sh(cmd, **kw):
+    print("+", " ".join(cmd), file=sys.stderr)
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+
+
+def pid(svc):
+    with open(os.path.join(REPO, ".local", "services", f"{svc}.pid")) as f:
+        return int(f.read().strip())
+
+
+def cpu_seconds(p):
+    with open(f"/proc/{p}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(p, key="VmHWM"):
+    with open(f"/proc/{p}/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def loadgen(name, *args):
+    path = os.path.join(OUT, f"{name}.json")
+    sh([LOADGEN, "run", "--api-key", API_KEY, "--json", path, "--label", name, *args])
+    with open(path) as f:
+        return json.load(f)
+
+
+def measured(svc, fn):
+    """Runs fn() and returns (result, cpu seconds the service spent)."""
+    p = pid(svc)
+    before = cpu_seconds(p)
+    r = fn()
+    return r, cpu_seconds(p) - before
+
+
+def noop_server():
+    proc = subprocess.Popen([LOADGEN, "noop-server", "--listen", "127.0.0.1:50059"], stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return proc
+
+
+def producer_performance(records):
+    out = sh(["java", "-cp", LIBS, "org.apache.kafka.tools.ProducerPerformance", "--topic", "bench.producer-perf",
+              "--num-records", str(records), "--record-size", "300", "--throughput", "-1", "--producer-props",
+              "bootstrap.servers=127.0.0.1:9092", "acks=all", "enable.idempotence=true", "compression.type=lz4",
+              "linger.ms=2"]).stdout
+    last = [l for l in out.splitlines() if "records sent" in l][-1]
+    return float(re.search(r"([\d.]+) records/sec", last).group(1))
+
+
+def end_to_end_latency(records):
+    out = sh(["java", "-cp", LIBS, "org.apache.kafka.tools.EndToEndLatency", "--bootstrap-server", "127.0.0.1:9092",
+              "--topic", "bench.e2e-latency", "--num-records", str(records), "--producer-acks", "all",
+              "--record-size", "300"]).stdout
+    m = re.search(r"Percentiles: 50th = ([\d.]+), 99th = ([\d.]+), 99.9th = ([\d.]+)", out)
+    return {"p50_ms": float(m.group(1)), "p99_ms": float(m.group(2))}
+
+
+def count_succeeded():
+    out = sh(["mariadb", "-h127.0.0.1", "-udispatch", "-pdispatch", "-N", "-e",
+              "SELECT COUNT(*) FROM dispatch.tasks WHERE state='succeeded'"]).stdout
+    return int(out.strip())
+
+
+def restart_service(svc, env):
+    subprocess.run([os.path.join(REPO, "deploy/local/services.sh"), "stop"], check=True)
+    e = dict(os.environ, PROFILE="release", **env)
+    subprocess.run([os.path.join(REPO, "deploy/local/services.sh"), "start"], check=True, env=e)
+
+
+def main():
+    rows = []
+    notes = []
+    noop = noop_server()
+    try:
+        # 1. SubmitTasks vs ProducerPerformance.
+        pp = producer_performance(60_000 if QUICK else 300_000)
+        batch, cpu = measured("gateway", lambda: loadgen("gateway-batch", "--scenario", "batch", "--rate", "400",
+                                                         "--batch", "100", "--duration-s", DUR, "--concurrency", "64"))
+        rows.append(("SubmitTasks (100/call), 300 B records/s", batch["items_per_second"], pp, "ProducerPerformance records/s",
+                     cpu / max(batch["ok"] * 100, 1) * 1000, batch))
+        # 2. SubmitTask max throughput vs no-op server.
+        rate = "6000" if QUICK else "15000"
+        n = loadgen("noop-submit", "--scenario", "submit", "--gateway", "http://127.0.0.1:50059", "--rate", rate, "--duration-s", DUR)
+        g, cpu = measured("gateway", lambda: loadgen("gateway-submit", "--scenario", "submit", "--rate", rate, "--duration-s", DUR))
+        rows.append((f"SubmitTask ok calls/s at {rate}/s offered", g["ok_rate"], n["ok_rate"], "no-op tonic server calls/s",
+                     cpu / max(g["ok"], 1) * 1000, g))
+        # 3. p99 at 2k/s.
+        g2, cpu = measured("gateway", lambda: loadgen("gateway-submit-2k", "--scenario", "submit", "--rate", "2000", "--duration-s", DUR))
+        n2 = loadgen("noop-submit-2k", "--scenario", "submit", "--gateway", "http://127.0.0.1:50059", "--rate", "2000", "--duration-s", DUR)
+        rows.append(("SubmitTask p99 ms at 2k/s offered", g2["p99_ms"], n2["p99_ms"], "no-op p99 ms", cpu / max(g2["ok"], 1) * 1000, g2))
+        # 4. GetTask hot set.
+        rate = "8000" if QUICK else "20000"
+        r, cpu = measured("reader", lambda: loadgen("reader-get-hot", "--scenario", "get", "--get-set", "1000", "--rate", rate, "--duration-s", DUR))
+        n = loadgen("noop-get", "--scenario", "get", "--get-set", "1000", "--rate", rate, "--duration-s", DUR,
+                    "--reader", "http://127.0.0.1:50059")
+        rows.append((f"GetTask hot set ok calls/s at {rate}/s offered", r["ok_rate"], n["ok_rate"], "no-op tonic server calls/s",
+                     cpu / max(r["ok"], 1) * 1000, r))
+        r5, cpu = measured("reader", lambda: loadgen("reader-get-5k", "--scenario", "get", "--get-set", "1000", "--rate", "5000", "--duration-s", DUR))
+        n5 = loadgen("noop-get-5k", "--scenario", "get", "--get-set", "1000", "--rate", "5000", "--duration-s", DUR, "--reader", "http://127.0.0.1:50059")
+        rows.append(("GetTask p99 ms at 5k/s offered", r5["p99_ms"], n5["p99_ms"], "no-op p99 ms", cpu / max(r5["ok"], 1) * 1000, r5))
+        reader_rss = rss_mib(pid("reader"))
+        # 6. Processor persist rate vs upsert baseline.
+        sh([LOADGEN, "upsert-baseline", "--rows", "50000" if QUICK else "200000", "--batch", "500", "--json", os.path.join(OUT, "upsert.json")])
+        with open(os.path.join(OUT, "upsert.json")) as f:
+            up = json.load(f)
+        subprocess.run([os.path.join(REPO, "deploy/local/services.sh"), "stop"], check=True)
+        # Load the topics while the processor is down, then time the drain.
+        subprocess.run([os.path.join(REPO, "deploy/local/services.sh"), "start"], check=True, env=dict(os.environ, PROFILE="release"))
+        ppid = pid("processor")
+        os.kill(ppid, 19)  # SIGSTOP: the processor consumes nothing while the backlog is produced
+        try:
+            n_tasks = 20_000 if QUICK else 100_000
+            before = count_succeeded()
+            loadgen("backlog", "--scenario", "batch", "--rate", "100", "--batch", "500",
+                    "--duration-s", str(n_tasks / 500 / 100), "--warmup-s", "0")
+        finally:
+            os.kill(ppid, 18)  # SIGCONT
+        t0 = time.time()
+        c0 = cpu_seconds(ppid)
+        target = before + n_tasks
+        while count_succeeded() < target and time.time() - t0 < 600:
+            time.sleep(0.2)
+        took = time.time() - t0
+        done = count_succeeded() - before
+        rows.append(("processor persisted tasks/s (noop handler)", done / took, up["rows_per_second"],
+                     "plain multi-row upsert rows/s (batch 500)", (cpu_seconds(ppid) - c0) / max(done, 1) * 1000, {"tasks": done, "seconds": took}))
+        proc_rss = rss_mib(ppid)
+        # 7. Submit-to-visible vs Kafka's end-to-end latency.
+        e2e, cpu = measured("processor", lambda: loadgen("e2e", "--scenario", "e2e", "--rate", "100", "--duration-s", DUR))
+        k = end_to_end_latency(500 if QUICK else 3000)
+        rows.append(("submit-to-visible p99 ms at 100/s", e2e["p99_ms"], k["p99_ms"], "Kafka EndToEndLatency p99 ms (acks=all)",
+                     cpu / max(e2e["ok"], 1) * 1000, e2e))
+        notes.append(f"processor peak RSS {proc_rss:.0f} MiB; reader peak RSS {reader_rss:.0f} MiB")
+    finally:
+        noop.terminate()
+    write(rows, notes)
+
+
+def write(rows, notes):
+    cpu_model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    lines = [
+        "| figure | dispatch | baseline | baseline is | ratio | dispatch CPU-s / 1k |",
+        "|---|---:|---:|---|---:|---:|",
+    ]
+    for name, value, base, base_name, cpu1k, _ in rows:
+        ratio = value / base if base else 0.0
+        lines.append(f"| {name} | {value:,.1f} | {base:,.1f} | {base_name} | {ratio:.2f} | {cpu1k:.3f} |")
+    table = "\n".join(lines)
+    machine = f"{os.cpu_count()} cores ({cpu_model}), {mem:.0f} GiB, {platform.system()} {platform.release()}"
+    result = (
+        f"<!-- bench:begin -->\nLatest run: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"{'QUICK' if QUICK else 'full'} mode, on {machine}. Kafka, MariaDB and Redis co-located on the same machine.\n\n"
+        f"{table}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n<!-- bench:end -->"
+    )
+    path = os.path.join(REPO, "docs", "benchmarks.md")
+    doc = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n<!-- bench:begin -->\n<!-- bench:end -->\n"
+    doc = re.sub(r"<!-- bench:begin -->.*<!-- bench:end -->", lambda _: result, doc, flags=re.S)
+    with open(path, "w") as f:
+        f.write(doc)
+    print(table)
+    print("\n".join(notes))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The benchmark suite: dispatch side by side with its baselines, in one invocation, results written
+# to docs/benchmarks.md. Builds release binaries and (re)starts the services with them.
+#   loadtest/bench/run.sh            full suite (~5 min)
+#   QUICK=1 loadtest/bench/run.sh    a short pass (for checking the tooling)
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "${REPO}"
+deploy/local/stack.sh up
+cargo build --release --locked -p dispatch-loadtest
+PROFILE=release deploy/local/services.sh stop || true
+PROFILE=release deploy/local/services.sh start
+exec python3 loadtest/bench/run.py "$@"

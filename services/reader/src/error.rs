@@ -1,0 +1,61 @@
+//! The reader's error boundary and its one mapping to `tonic::Status`.
+
+use dispatch_core::{Version, Violations};
+use tonic::Status;
+
+/// Why a lookup failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    /// The request is malformed (field violations).
+    #[error("invalid request: {0}")]
+    Invalid(Violations),
+    /// No such task for this tenant (another tenant's task looks exactly like a missing one).
+    #[error("task not found")]
+    NotFound,
+    /// The caller holds a newer version than anything visible within the wait.
+    #[error("version {wanted} not visible yet (have {have})")]
+    NotVisible {
+        /// The `min_version` asked for.
+        wanted: Version,
+        /// The newest version seen (0: the task is not visible at all).
+        have: Version,
+    },
+    /// MySQL failed and no cached copy could answer.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl ReadError {
+    /// A single field violation.
+    pub fn field(field: &str, description: impl Into<String>) -> Self {
+        let mut v = Violations::default();
+        v.add(field, description);
+        Self::Invalid(v)
+    }
+}
+
+impl From<ReadError> for Status {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Invalid(v) => v.to_status(),
+            ReadError::NotFound => Status::not_found("task not found"),
+            ReadError::NotVisible { wanted, .. } => Status::failed_precondition(format!(
+                "version {wanted} not visible yet; retry shortly"
+            )),
+            ReadError::Unavailable(_) => {
+                Status::unavailable("task store unavailable; retry shortly")
+            }
+        }
+    }
+}
+
+/// A store failure (MySQL error, closed pool or the concurrency queue timing out).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreFailure(pub String);
+
+impl From<StoreFailure> for ReadError {
+    fn from(e: StoreFailure) -> Self {
+        Self::Unavailable(e.0)
+    }
+}

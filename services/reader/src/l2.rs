@@ -1,0 +1,278 @@
+//! L2: Redis, shared by every reader instance.
+//!
+//! - `<prefix>task:<id>` is a hash `{v: zero-padded version, t: protobuf Task}` with a randomized
+//!   TTL; a Lua compare-and-set writes it only when the version moves forward, so instances that
+//!   load or apply events in different orders converge on the newest state.
+//! - `<prefix>neg:<id>` marks an unknown id for a short TTL; writing the task deletes it.
+//! - Every command runs under the breaker and a timeout. While the breaker is open (or Redis was
+//!   never reached) lookups skip L2 and writes are dropped: Redis is an optimisation, never a
+//!   dependency of a correct answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatch_core::TaskId;
+use dispatch_proto::v1 as pb;
+use prost::Message;
+use redis::aio::ConnectionManager;
+use tokio::sync::OnceCell;
+
+use crate::breaker::Breaker;
+use crate::l1::is_terminal;
+use crate::metrics;
+use crate::settings::CacheSettings;
+use crate::xfetch::jittered;
+
+/// The compare-and-set: KEYS = task key, negative key; ARGV = version (20 digits, so string
+/// comparison is numeric comparison), task bytes, TTL ms.
+const CAS: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'v')
+if cur and cur >= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 't', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('DEL', KEYS[2])
+return 1
+";
+
+/// What L2 answered.
+#[derive(Debug, Clone)]
+pub enum L2Lookup {
+    /// The task.
+    Hit(Arc<pb::Task>),
+    /// A negative entry: the id was unknown a moment ago.
+    NegativeHit,
+    /// Nothing cached.
+    Miss,
+    /// Not asked (disabled or breaker open) or failed.
+    Unavailable,
+}
+
+/// The Redis tier.
+pub struct L2 {
+    enabled: bool,
+    conn: OnceCell<ConnectionManager>,
+    breaker: Breaker,
+    prefix: String,
+    timeout: Duration,
+    live_ttl: Duration,
+    terminal_ttl: Duration,
+    negative_ttl: Duration,
+    jitter: f64,
+    cas: redis::Script,
+}
+
+impl L2 {
+    /// A tier that is not connected yet (see [`L2::set_connection`]).
+    pub fn new(
+        s: &CacheSettings,
+        prefix: String,
+        command_timeout: Duration,
+        breaker: Breaker,
+    ) -> Self {
+        let ms = Duration::from_millis;
+        Self {
+            enabled: s.l2_enabled,
+            conn: OnceCell::new(),
+            breaker,
+            prefix,
+            // The connection manager has its own response timeout; this also bounds reconnects.
+            timeout: command_timeout,
+            live_ttl: ms(s.l2_live_ttl_ms),
+            terminal_ttl: ms(s.l2_terminal_ttl_ms),
+            negative_ttl: ms(s.l2_negative_ttl_ms),
+            jitter: s.ttl_jitter_ratio,
+            cas: redis::Script::new(CAS),
+        }
+    }
+
+    /// Whether L2 is configured on.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Whether a connection exists (the manager reconnects by itself afterwards).
+    pub fn connected(&self) -> bool {
+        self.conn.initialized()
+    }
+
+    /// Installs the connection once it could be made.
+    pub fn set_connection(&self, conn: ConnectionManager) {
+        let _ = self.conn.set(conn);
+    }
+
+    /// The breaker.
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    fn task_key(&self, id: &TaskId) -> String {
+        format!("{}task:{id}", self.prefix)
+    }
+
+    fn neg_key(&self, id: &TaskId) -> String {
+        format!("{}neg:{id}", self.prefix)
+    }
+
+    /// Runs `f` on the connection under the breaker and timeout; `None` when skipped or failed.
+    async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        if !self.enabled || !self.breaker.permits() {
+            return None;
+        }
+        let Some(conn) = self.conn.get() else {
+            self.breaker.failure();
+            return None;
+        };
+        match tokio::time::timeout(self.timeout, f(conn.clone())).await {
+            Ok(Ok(v)) => {
+                self.breaker.success();
+                Some(v)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(op = what, error = %e, "redis command failed");
+                self.breaker.failure();
+                None
+            }
+            Err(_) => {
+                tracing::debug!(op = what, "redis command timed out");
+                self.breaker.failure();
+                None
+            }
+        }
+    }
+
+    /// Looks `id` up.
+    pub async fn get(&self, id: &TaskId) -> L2Lookup {
+        let (k, n) = (self.task_key(id), self.neg_key(id));
+        let got = self
+            .call("get", |mut c| async move {
+                redis::pipe()
+                    .cmd("HGET")
+                    .arg(&k)
+                    .arg("t")
+                    .cmd("EXISTS")
+                    .arg(&n)
+                    .query_async::<(Option<Vec<u8>>, bool)>(&mut c)
+                    .await
+            })
+            .await;
+        self.classify(got)
+    }
+
+    /// Looks several ids up in one round trip (results in the order of `ids`).
+    pub async fn get_many(&self, ids: &[TaskId]) -> Vec<L2Lookup> {
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HGET")
+                .arg(self.task_key(id))
+                .arg("t")
+                .cmd("EXISTS")
+                .arg(self.neg_key(id));
+        }
+        let got = self
+            .call("get_many", |mut c| async move {
+                pipe.query_async::<Vec<(Option<Vec<u8>>, bool)>>(&mut c)
+                    .await
+            })
+            .await;
+        match got {
+            Some(pairs) if pairs.len() == ids.len() => {
+                pairs.into_iter().map(|p| self.classify(Some(p))).collect()
+            }
+            _ => {
+                if self.enabled {
+                    metrics::CACHE_REQUESTS
+                        .with_label_values(&["l2", "error"])
+                        .inc_by(ids.len() as u64);
+                }
+                vec![L2Lookup::Unavailable; ids.len()]
+            }
+        }
+    }
+
+    fn classify(&self, got: Option<(Option<Vec<u8>>, bool)>) -> L2Lookup {
+        let (result, out) = match got {
+            None if !self.enabled => return L2Lookup::Unavailable,
+            None => ("error", L2Lookup::Unavailable),
+            Some((Some(bytes), _)) => match pb::Task::decode(bytes.as_slice()) {
+                Ok(t) => ("hit", L2Lookup::Hit(Arc::new(t))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable task in redis; ignoring it");
+                    ("error", L2Lookup::Miss)
+                }
+            },
+            Some((None, true)) => ("negative_hit", L2Lookup::NegativeHit),
+            Some((None, false)) => ("miss", L2Lookup::Miss),
+        };
+        metrics::CACHE_REQUESTS
+            .with_label_values(&["l2", result])
+            .inc();
+        out
+    }
+
+    /// Stores `task` unless Redis holds a newer version. Returns whether it was written.
+    pub async fn put(&self, task: &pb::Task) -> bool {
+        let Ok(id) = TaskId::parse(&task.task_id) else {
+            return false;
+        };
+        let base = if is_terminal(task) {
+            self.terminal_ttl
+        } else {
+            self.live_ttl
+        };
+        let ttl = jittered(base, self.jitter).as_millis().max(1) as u64;
+        let mut inv = self.cas.prepare_invoke();
+        inv.key(self.task_key(&id))
+            .key(self.neg_key(&id))
+            .arg(format!("{:020}", task.version))
+            .arg(task.encode_to_vec())
+            .arg(ttl);
+        self.call("put", |mut c| async move {
+            inv.invoke_async::<i64>(&mut c).await
+        })
+        .await
+            == Some(1)
+    }
+
+    /// Marks `id` unknown for a short while.
+    pub async fn put_negative(&self, id: &TaskId) {
+        let key = self.neg_key(id);
+        let ttl = jittered(self.negative_ttl, self.jitter).as_millis().max(1) as u64;
+        self.call("put_negative", |mut c| async move {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("PX")
+                .arg(ttl)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await;
+    }
+
+    /// PING (the background probe that closes the breaker again once Redis recovers).
+    pub async fn ping(&self) -> bool {
+        self.call("ping", |mut c| async move {
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        })
+        .await
+        .is_some()
+    }
+}
+
+/// Writes `tasks` to L2 in the background (events, batch loads): the caller's answer never waits
+/// for Redis.
+pub fn put_in_background(l2: &Arc<L2>, tasks: Vec<Arc<pb::Task>>) {
+    if !l2.enabled() || tasks.is_empty() || l2.breaker.is_open() {
+        return;
+    }
+    let l2 = Arc::clone(l2);
+    tokio::spawn(async move {
+        for t in tasks {
+            l2.put(&t).await;
+        }
+    });
+}

@@ -1,0 +1,165 @@
+//! The TaskQueryService gRPC adapter: authenticate, parse, call [`Reader`], map the error. Every
+//! handler runs inside `grpc::observe` (latency, code and in-flight metrics).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatch_core::{TaskId, Tenant};
+use dispatch_proto::v1 as pb;
+use dispatch_proto::v1::task_query_service_server::TaskQueryService;
+use dispatch_runtime::grpc::{Authenticator, observe};
+use dispatch_runtime::telemetry;
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::error::ReadError;
+use crate::reader::Reader;
+use crate::watch::{self, WatchStream};
+use crate::{batch, list};
+
+/// Bounds of the service.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Requests served at once; more are shed with UNAVAILABLE.
+    pub max_concurrent_requests: usize,
+    /// WatchTask's safety re-read interval.
+    pub watch_poll: Duration,
+}
+
+/// The service.
+#[derive(Clone)]
+pub struct QueryService {
+    reader: Arc<Reader>,
+    auth: Arc<Authenticator>,
+    stop: CancellationToken,
+    watch_poll: Duration,
+    in_flight: Arc<Semaphore>,
+}
+
+impl QueryService {
+    /// A service over `reader`; open WatchTask streams end when `stop` fires.
+    pub fn new(
+        reader: Arc<Reader>,
+        auth: Arc<Authenticator>,
+        stop: CancellationToken,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            reader,
+            auth,
+            stop,
+            watch_poll: limits.watch_poll,
+            in_flight: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+        }
+    }
+}
+
+fn parse_id(field: &str, raw: &str) -> Result<TaskId, ReadError> {
+    TaskId::parse(raw).map_err(|e| ReadError::field(field, e.to_string()))
+}
+
+/// A span for one RPC, child of the caller's trace context.
+fn span<T>(method: &'static str, req: &Request<T>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "rpc",
+        rpc.system = "grpc",
+        rpc.service = "dispatch.v1.TaskQueryService",
+        rpc.method = method
+    );
+    telemetry::set_parent(&span, telemetry::context_from_metadata(req.metadata()));
+    span
+}
+
+impl QueryService {
+    fn tenant<T>(&self, req: &Request<T>) -> Result<Tenant, Status> {
+        self.auth.tenant(req.metadata())
+    }
+
+    /// A slot of the in-flight bound (load shedding: no queueing, answer at once).
+    fn admit(&self) -> Result<SemaphorePermit<'_>, Status> {
+        self.in_flight
+            .try_acquire()
+            .map_err(|_| Status::unavailable("reader overloaded; retry with backoff"))
+    }
+}
+
+#[tonic::async_trait]
+impl TaskQueryService for QueryService {
+    async fn get_task(
+        &self,
+        req: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::GetTaskResponse>, Status> {
+        let span = span("GetTask", &req);
+        observe("reader", "GetTask", async {
+            let _slot = self.admit()?;
+            let tenant = self.tenant(&req)?;
+            let r = req.get_ref();
+            let id = parse_id("task_id", &r.task_id)?;
+            let found = self.reader.get(&tenant, id, r.min_version).await?;
+            Ok(Response::new(pb::GetTaskResponse {
+                task: Some(pb::Task::clone(&found.task)),
+                stale: found.stale,
+                served_from: found.served_from as i32,
+            }))
+        })
+        .instrument(span)
+        .await
+    }
+
+    async fn batch_get_tasks(
+        &self,
+        req: Request<pb::BatchGetTasksRequest>,
+    ) -> Result<Response<pb::BatchGetTasksResponse>, Status> {
+        let span = span("BatchGetTasks", &req);
+        observe("reader", "BatchGetTasks", async {
+            let _slot = self.admit()?;
+            let tenant = self.tenant(&req)?;
+            let ids = batch::parse_ids(&req.get_ref().task_ids)?;
+            Ok(Response::new(self.reader.batch_get(&tenant, &ids).await?))
+        })
+        .instrument(span)
+        .await
+    }
+
+    async fn list_tasks(
+        &self,
+        req: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let span = span("ListTasks", &req);
+        observe("reader", "ListTasks", async {
+            let _slot = self.admit()?;
+            let tenant = self.tenant(&req)?;
+            let filter = list::parse_request(&tenant, req.get_ref())?;
+            Ok(Response::new(self.reader.list(filter).await?))
+        })
+        .instrument(span)
+        .await
+    }
+
+    type WatchTaskStream = WatchStream;
+
+    async fn watch_task(
+        &self,
+        req: Request<pb::WatchTaskRequest>,
+    ) -> Result<Response<Self::WatchTaskStream>, Status> {
+        let span = span("WatchTask", &req);
+        observe("reader", "WatchTask", async {
+            let _slot = self.admit()?;
+            let tenant = self.tenant(&req)?;
+            let id = parse_id("task_id", &req.get_ref().task_id)?;
+            let stream = watch::start(
+                Arc::clone(&self.reader),
+                tenant,
+                id,
+                self.stop.clone(),
+                self.watch_poll,
+            )
+            .await?;
+            Ok(Response::new(stream))
+        })
+        .instrument(span)
+        .await
+    }
+}

@@ -1,0 +1,226 @@
+//! The reader's settings: the shared runtime sections plus `[cache]`.
+
+use std::net::SocketAddr;
+
+use dispatch_runtime::SettingsError;
+use dispatch_runtime::grpc::AuthSettings;
+use dispatch_runtime::settings::{
+    AdminSettings, DbSettings, GrpcSettings, KafkaSettings, RedisSettings, ShutdownSettings,
+    TelemetrySettings,
+};
+use serde::{Deserialize, Serialize};
+
+/// Everything the reader is configured with (see `dispatch_runtime::settings` for layering).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// The TaskQueryService gRPC server (default 127.0.0.1:50052).
+    pub grpc: GrpcSettings,
+    /// The admin HTTP server (default 127.0.0.1:9602).
+    pub admin: AdminSettings,
+    /// Who may call.
+    pub auth: AuthSettings,
+    /// MySQL; lookups use `replica_url` when it is set.
+    pub database: DbSettings,
+    /// Redis (the L2 cache).
+    pub redis: RedisSettings,
+    /// Kafka (the events topic that invalidates the caches).
+    pub kafka: KafkaSettings,
+    /// Logs and traces.
+    pub telemetry: TelemetrySettings,
+    /// Shutdown bounds.
+    pub shutdown: ShutdownSettings,
+    /// Cache tiers, read-your-writes and degradation.
+    pub cache: CacheSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            grpc: GrpcSettings {
+                listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
+                ..GrpcSettings::default()
+            },
+            admin: AdminSettings::on_port(9602),
+            auth: AuthSettings::default(),
+            database: DbSettings::default(),
+            redis: RedisSettings::default(),
+            kafka: KafkaSettings::default(),
+            telemetry: TelemetrySettings::default(),
+            shutdown: ShutdownSettings::default(),
+            cache: CacheSettings::default(),
+        }
+    }
+}
+
+/// `[cache]`: the L1/L2 tiers, freshness and degradation knobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// Use the in-process L1 (false: every lookup goes to Redis, then MySQL; for benchmarks).
+    pub l1_enabled: bool,
+    /// Upper bound of the L1's weighted size (approximate encoded bytes of the cached tasks).
+    pub l1_max_bytes: u64,
+    /// L1 lifetime of a live (non-terminal) task; events keep it fresh in between.
+    pub l1_live_ttl_ms: u64,
+    /// L1 lifetime of a terminal task (it never changes again, redrives aside).
+    pub l1_terminal_ttl_ms: u64,
+    /// L1 lifetime of a negative entry (an unknown id).
+    pub l1_negative_ttl_ms: u64,
+    /// Every TTL is drawn uniformly from `ttl * (1 ± ttl_jitter_ratio)` so entries cached together
+    /// do not expire together.
+    pub ttl_jitter_ratio: f64,
+    /// Upper bound of the "last known" copies kept to answer (flagged stale) when MySQL fails.
+    pub stale_max_bytes: u64,
+    /// How long a last-known copy may be served after it was cached.
+    pub stale_max_age_ms: u64,
+    /// Use Redis as L2.
+    pub l2_enabled: bool,
+    /// Redis lifetime of a live task.
+    pub l2_live_ttl_ms: u64,
+    /// Redis lifetime of a terminal task.
+    pub l2_terminal_ttl_ms: u64,
+    /// Redis lifetime of a negative entry.
+    pub l2_negative_ttl_ms: u64,
+    /// XFetch `beta` (> 1 refreshes earlier, < 1 later; 0 disables early refresh).
+    pub xfetch_beta: f64,
+    /// How long GetTask with `min_version` waits for that version to become visible.
+    pub read_your_writes_wait_ms: u64,
+    /// While waiting, re-read MySQL this often (events usually answer first).
+    pub read_your_writes_poll_ms: u64,
+    /// MySQL lookups in flight at once (the rest queue).
+    pub store_max_concurrency: usize,
+    /// How long a lookup may queue for a MySQL slot before it counts as a store failure.
+    pub store_queue_timeout_ms: u64,
+    /// Consecutive Redis failures that open the breaker.
+    pub breaker_failures: u32,
+    /// First open period of the Redis breaker (doubles up to `breaker_max_open_ms`).
+    pub breaker_open_ms: u64,
+    /// Longest open period of the Redis breaker.
+    pub breaker_max_open_ms: u64,
+    /// Interval of the background MySQL/Redis probes that drive health and recovery.
+    pub probe_interval_ms: u64,
+    /// WatchTask re-reads the task this often in case an event was missed.
+    pub watch_poll_ms: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            l1_enabled: true,
+            l1_max_bytes: 64 * 1024 * 1024,
+            l1_live_ttl_ms: 2_000,
+            l1_terminal_ttl_ms: 600_000,
+            l1_negative_ttl_ms: 1_000,
+            ttl_jitter_ratio: 0.2,
+            stale_max_bytes: 16 * 1024 * 1024,
+            stale_max_age_ms: 300_000,
+            l2_enabled: true,
+            l2_live_ttl_ms: 10_000,
+            l2_terminal_ttl_ms: 3_600_000,
+            l2_negative_ttl_ms: 2_000,
+            xfetch_beta: 1.0,
+            read_your_writes_wait_ms: 1_000,
+            read_your_writes_poll_ms: 100,
+            store_max_concurrency: 16,
+            store_queue_timeout_ms: 1_000,
+            breaker_failures: 3,
+            breaker_open_ms: 1_000,
+            breaker_max_open_ms: 30_000,
+            probe_interval_ms: 1_000,
+            watch_poll_ms: 5_000,
+        }
+    }
+}
+
+impl Settings {
+    /// Checks what serde cannot, naming the bad key.
+    ///
+    /// # Errors
+    /// The first invalid value.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let c = &self.cache;
+        let bad = |m: &str| Err(SettingsError(m.to_owned()));
+        if !(0.0..1.0).contains(&c.ttl_jitter_ratio) {
+            return bad("cache.ttl_jitter_ratio must be in [0, 1)");
+        }
+        if !(c.xfetch_beta >= 0.0 && c.xfetch_beta.is_finite()) {
+            return bad("cache.xfetch_beta must be a finite number >= 0");
+        }
+        if c.store_max_concurrency == 0 {
+            return bad("cache.store_max_concurrency must be at least 1");
+        }
+        if c.breaker_failures == 0 {
+            return bad("cache.breaker_failures must be at least 1");
+        }
+        if c.l1_max_bytes == 0 || c.stale_max_bytes == 0 {
+            return bad("cache.l1_max_bytes and cache.stale_max_bytes must be positive");
+        }
+        for (name, v) in [
+            ("cache.l1_live_ttl_ms", c.l1_live_ttl_ms),
+            ("cache.l1_terminal_ttl_ms", c.l1_terminal_ttl_ms),
+            ("cache.l1_negative_ttl_ms", c.l1_negative_ttl_ms),
+            ("cache.l2_live_ttl_ms", c.l2_live_ttl_ms),
+            ("cache.l2_terminal_ttl_ms", c.l2_terminal_ttl_ms),
+            ("cache.l2_negative_ttl_ms", c.l2_negative_ttl_ms),
+            ("cache.read_your_writes_poll_ms", c.read_your_writes_poll_ms),
+            ("cache.probe_interval_ms", c.probe_interval_ms),
+            ("cache.watch_poll_ms", c.watch_poll_ms),
+            ("cache.breaker_open_ms", c.breaker_open_ms),
+        ] {
+            if v == 0 {
+                return Err(SettingsError(format!("{name} must be positive")));
+            }
+        }
+        if c.breaker_max_open_ms < c.breaker_open_ms {
+            return bad("cache.breaker_max_open_ms must be >= cache.breaker_open_ms");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_env_overrides_apply() {
+        assert!(Settings::default().validate().is_ok());
+        let s: Settings = dispatch_runtime::settings::load_from(
+            None,
+            vec![
+                (
+                    "DISPATCH_CACHE__L1_ENABLED".to_string(),
+                    "false".to_string(),
+                ),
+                ("DISPATCH_CACHE__XFETCH_BETA".to_string(), "2.5".to_string()),
+            ],
+        )
+        .expect("load");
+        assert!(!s.cache.l1_enabled);
+        assert!((s.cache.xfetch_beta - 2.5).abs() < f64::EPSILON);
+        assert_eq!(s.grpc.listen.port(), 50052);
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let mut s = Settings::default();
+        s.cache.ttl_jitter_ratio = 1.5;
+        let err = s.validate().expect_err("jitter");
+        assert!(err.to_string().contains("ttl_jitter_ratio"), "{err}");
+        let mut s = Settings::default();
+        s.cache.store_max_concurrency = 0;
+        assert!(
+            s.validate()
+                .expect_err("concurrency")
+                .to_string()
+                .contains("store_max_concurrency")
+        );
+        let err = dispatch_runtime::settings::load_from::<Settings>(
+            None,
+            vec![("DISPATCH_CACHE__L1_TLL_MS".to_string(), "1".to_string())],
+        )
+        .expect_err("typo");
+        assert!(err.to_string().contains("l1_tll_ms"), "{err}");
+    }
+}

@@ -1,0 +1,342 @@
+//! Assembles the reader ([`App::build`]) and runs it until shutdown ([`App::run_until_stopped`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use dispatch_proto::v1::task_query_service_server::TaskQueryServiceServer;
+use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
+use dispatch_runtime::grpc::{Authenticator, reflection_service};
+use dispatch_runtime::{Shutdown, kafka, redis_client};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::breaker::{Breaker, REDIS};
+use crate::events::EventsConsumer;
+use crate::l1::L1;
+use crate::l2::L2;
+use crate::metrics::{self, Stats};
+use crate::notify::Notifier;
+use crate::reader::{Freshness, Reader};
+use crate::service::{Limits, QueryService};
+use crate::settings::Settings;
+use crate::store::Store;
+
+/// Health component name of MySQL.
+pub const MYSQL: &str = "mysql";
+
+type Svc = TaskQueryServiceServer<QueryService>;
+
+/// A built reader: listeners bound, clients connected, not serving yet.
+pub struct App {
+    settings: Settings,
+    listener: TcpListener,
+    admin: AdminServer,
+    health: Health,
+    reader: Arc<Reader>,
+    auth: Arc<Authenticator>,
+    events: EventsConsumer,
+}
+
+/// A view of a running app for tests and benchmarks.
+#[derive(Clone)]
+pub struct ReaderHandle {
+    reader: Arc<Reader>,
+    health: Health,
+}
+
+impl ReaderHandle {
+    /// Per-instance counters.
+    pub fn stats(&self) -> &Stats {
+        &self.reader.stats
+    }
+
+    /// Component health (mysql, redis, events).
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Whether the Redis breaker is open.
+    pub fn redis_breaker_open(&self) -> bool {
+        self.reader.l2.breaker().is_open()
+    }
+
+    /// Test hook: closes the MySQL pool, so every later query fails as if the database were gone.
+    pub async fn close_store_for_tests(&self) {
+        self.reader.store.pool().close().await;
+    }
+}
+
+impl App {
+    /// Validates settings, connects MySQL (required), Redis and Kafka (both optional: the app
+    /// starts degraded and recovers in the background), and binds the listeners.
+    ///
+    /// # Errors
+    /// Invalid settings, MySQL unreachable within `database.connect_timeout_ms`, or an address
+    /// that cannot be bound.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
+        let auth = Arc::new(Authenticator::from_settings(&settings.auth)?);
+        metrics::init();
+        dispatch_runtime::metrics::register_runtime_metrics("reader");
+        let health = Health::new();
+        let c = &settings.cache;
+        let ms = Duration::from_millis;
+
+        let pool = dispatch_store::pool::connect_replica(&settings.database)
+            .await
+            .context("connecting to mysql")?;
+        health.set(MYSQL, ComponentStatus::Up);
+        let stats = Arc::new(Stats::default());
+        let store = Store::new(
+            pool,
+            c.store_max_concurrency,
+            ms(c.store_queue_timeout_ms),
+            Arc::clone(&stats),
+        );
+
+        let breaker = Breaker::new(
+            c.breaker_failures,
+            ms(c.breaker_open_ms),
+            ms(c.breaker_max_open_ms),
+            health.clone(),
+        );
+        let l2 = Arc::new(L2::new(
+            c,
+            settings.redis.key_prefix.clone(),
+            ms(settings.redis.command_timeout_ms),
+            breaker,
+        ));
+        if l2.enabled() {
+            connect_redis(&settings, &l2, &health).await;
+        }
+
+        let mut events = EventsConsumer::new(&settings.kafka, health.clone())?;
+        if settings.kafka.create_topics {
+            let topic = settings.kafka.topics().events();
+            let specs: Vec<_> = kafka::dispatch_topics(&settings.kafka)
+                .into_iter()
+                .filter(|t| t.name == topic)
+                .collect();
+            if let Err(e) = kafka::ensure_topics(&settings.kafka, &specs).await {
+                tracing::warn!(error = %e, "cannot ensure the events topic; will retry assignment");
+            }
+        }
+        if let Err(e) = events.assign().await {
+            tracing::warn!(error = %e, "events consumer not assigned yet; retrying in the background");
+        }
+
+        let reader = Arc::new(Reader {
+            l1: Arc::new(L1::new(c)),
+            l2,
+            store,
+            notifier: Arc::new(Notifier::default()),
+            stats,
+            freshness: Freshness {
+                beta: c.xfetch_beta,
+                ryw_wait: ms(c.read_your_writes_wait_ms),
+                ryw_poll: ms(c.read_your_writes_poll_ms),
+            },
+        });
+        let listener = TcpListener::bind(settings.grpc.listen)
+            .await
+            .with_context(|| format!("binding grpc.listen {}", settings.grpc.listen))?;
+        let admin = AdminServer::bind(settings.admin.listen, health.clone())
+            .await
+            .with_context(|| format!("binding admin.listen {}", settings.admin.listen))?;
+        Ok(Self {
+            settings,
+            listener,
+            admin,
+            health,
+            reader,
+            auth,
+            events,
+        })
+    }
+
+    /// The gRPC address.
+    ///
+    /// # Errors
+    /// The socket has no local address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The admin HTTP address.
+    ///
+    /// # Errors
+    /// The socket has no local address.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// A handle for tests and benchmarks.
+    pub fn handle(&self) -> ReaderHandle {
+        ReaderHandle {
+            reader: Arc::clone(&self.reader),
+            health: self.health.clone(),
+        }
+    }
+
+    /// Serves until `shutdown` fires, then stops in order: health NOT_SERVING → stop accepting
+    /// and drain in-flight requests (bounded; watch streams end at once) → stop the events
+    /// consumer and probes → stop the admin server → close the pool.
+    ///
+    /// # Errors
+    /// The gRPC server fails.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let addr = self.local_addr()?;
+        let Self {
+            settings,
+            listener,
+            admin,
+            health,
+            reader,
+            auth,
+            events,
+        } = self;
+        let (reporter, health_svc) = tonic_health::server::health_reporter();
+        set_serving(&reporter, ServingStatus::NotServing).await;
+
+        let admin_stop = tokio_util::sync::CancellationToken::new();
+        let admin_task = tokio::spawn(admin.serve(admin_stop.clone()));
+        shutdown.spawn(events.run(Arc::clone(&reader), shutdown.child()));
+        shutdown.spawn(probe_loop(
+            Arc::clone(&reader),
+            health.clone(),
+            reporter.clone(),
+            settings.clone(),
+            shutdown.child(),
+        ));
+
+        let svc = QueryService::new(
+            Arc::clone(&reader),
+            auth,
+            shutdown.child(),
+            Limits {
+                max_concurrent_requests: settings.grpc.max_concurrent_requests,
+                watch_poll: Duration::from_millis(settings.cache.watch_poll_ms),
+            },
+        );
+        let max = settings.grpc.max_request_bytes;
+        let stop = shutdown.child();
+        let reporter_at_stop = reporter.clone();
+        let server = tonic::transport::Server::builder()
+            .timeout(Duration::from_millis(settings.grpc.request_timeout_ms))
+            .add_service(health_svc)
+            .add_service(reflection_service()?)
+            .add_service(Svc::new(svc).max_decoding_message_size(max))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                stop.cancelled().await;
+                set_serving(&reporter_at_stop, ServingStatus::NotServing).await;
+                tracing::info!("shutting down: not serving, draining requests");
+            });
+        let server = tokio::spawn(server);
+        if health.is_ready() {
+            set_serving(&reporter, ServingStatus::Serving).await;
+        }
+        tracing::info!(%addr, "reader serving");
+
+        shutdown.triggered().await;
+        let drain = Duration::from_millis(settings.shutdown.drain_timeout_ms);
+        let served = match tokio::time::timeout(drain, server).await {
+            Ok(Ok(r)) => r.map_err(anyhow::Error::from),
+            Ok(Err(e)) => Err(anyhow::anyhow!("grpc server task failed: {e}")),
+            Err(_) => {
+                tracing::warn!("drain timed out; dropping remaining requests");
+                Ok(())
+            }
+        };
+        if !shutdown.wait(drain).await {
+            tracing::warn!("background tasks did not stop in time");
+        }
+        admin_stop.cancel();
+        let _ = admin_task.await;
+        reader.store.pool().close().await;
+        tracing::info!("reader stopped");
+        served
+    }
+}
+
+async fn set_serving(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    match status {
+        ServingStatus::Serving => reporter.set_serving::<Svc>().await,
+        _ => reporter.set_not_serving::<Svc>().await,
+    }
+}
+
+async fn connect_redis(settings: &Settings, l2: &L2, health: &Health) {
+    let wait = Duration::from_millis(settings.redis.connect_timeout_ms.saturating_mul(2));
+    match tokio::time::timeout(wait, redis_client::connect(&settings.redis)).await {
+        Ok(Ok(conn)) => {
+            l2.set_connection(conn);
+            health.set(REDIS, ComponentStatus::Up);
+        }
+        Ok(Err(e)) => {
+            health.set(
+                REDIS,
+                ComponentStatus::Degraded(format!("not reachable: {e}")),
+            );
+        }
+        Err(_) => health.set(REDIS, ComponentStatus::Degraded("connect timed out".into())),
+    }
+}
+
+/// Background probes: MySQL reachability drives readiness and gRPC health; Redis is reconnected
+/// and pinged so its breaker closes again without traffic; cache and pool gauges are published.
+async fn probe_loop(
+    reader: Arc<Reader>,
+    health: Health,
+    reporter: HealthReporter,
+    settings: Settings,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let every = Duration::from_millis(settings.cache.probe_interval_ms);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut serving = None;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mysql = reader
+            .store
+            .ping(every.max(Duration::from_millis(500)))
+            .await;
+        let up = mysql.is_ok();
+        // gRPC health first, so whoever sees the component change sees gRPC health agree.
+        if serving != Some(up) {
+            let status = if up {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            set_serving(&reporter, status).await;
+            serving = Some(up);
+        }
+        health.set_up_or_down(MYSQL, mysql);
+        let l2 = &reader.l2;
+        if l2.enabled() {
+            if !l2.connected() {
+                connect_redis(&settings, l2, &health).await;
+            } else if l2.breaker().is_open() {
+                // Permitted only once the open period passed (half-open): a success closes it.
+                l2.ping().await;
+            } else {
+                health.set(REDIS, ComponentStatus::Up);
+            }
+        }
+        let (entries, bytes) = reader.l1.size().await;
+        metrics::CACHE_ENTRIES.set(i64::try_from(entries).unwrap_or(i64::MAX));
+        metrics::CACHE_BYTES.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        reader
+            .store
+            .export_pool_gauges(settings.database.max_connections);
+    }
+}

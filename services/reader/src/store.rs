@@ -1,0 +1,128 @@
+//! The MySQL tier: lookups behind a concurrency limit, timed and counted.
+//!
+//! The limit protects the database from a burst of cache misses (a cold start, a flushed Redis):
+//! lookups beyond it queue for at most `store_queue_timeout_ms` and then fail like a database
+//! error, which lets the caller fall back to a stale copy instead of piling up.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dispatch_core::TaskId;
+use dispatch_proto::v1 as pb;
+use dispatch_store::MySqlPool;
+use dispatch_store::tasks::ListFilter;
+use tokio::sync::Semaphore;
+
+use crate::error::StoreFailure;
+use crate::metrics::{self, Stats};
+
+/// MySQL lookups for the reader.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: MySqlPool,
+    limit: Arc<Semaphore>,
+    queue_timeout: Duration,
+    stats: Arc<Stats>,
+}
+
+impl Store {
+    /// Wraps `pool` (the replica pool when one is configured).
+    pub fn new(
+        pool: MySqlPool,
+        max_concurrency: usize,
+        queue_timeout: Duration,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            pool,
+            limit: Arc::new(Semaphore::new(max_concurrency)),
+            queue_timeout,
+            stats,
+        }
+    }
+
+    /// The pool (health probe, pool gauges, test hooks).
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+
+    async fn run<T, F>(&self, query: &'static str, fut: F) -> Result<T, StoreFailure>
+    where
+        F: Future<Output = dispatch_store::Result<T>>,
+    {
+        let _permit = tokio::time::timeout(self.queue_timeout, self.limit.acquire())
+            .await
+            .map_err(|_| StoreFailure("timed out waiting for a database slot".into()))?
+            .map_err(|_| StoreFailure("store limiter closed".into()))?;
+        let counter = match query {
+            "get" => &self.stats.store_gets,
+            "batch_get" => &self.stats.store_batch_gets,
+            _ => &self.stats.store_lists,
+        };
+        Stats::bump(counter);
+        metrics::STORE_QUERIES.with_label_values(&[query]).inc();
+        let start = Instant::now();
+        let out = fut.await;
+        metrics::STORE_DURATION
+            .with_label_values(&[query])
+            .observe(start.elapsed().as_secs_f64());
+        out.map_err(|e| {
+            tracing::warn!(query, error = %e, "store lookup failed");
+            StoreFailure(e.to_string())
+        })
+    }
+
+    /// One task by id (any tenant).
+    ///
+    /// # Errors
+    /// Database failure.
+    pub async fn get(&self, id: TaskId) -> Result<Option<pb::Task>, StoreFailure> {
+        self.run("get", dispatch_store::tasks::get(&self.pool, id))
+            .await
+    }
+
+    /// Several tasks by id in one query (any tenant).
+    ///
+    /// # Errors
+    /// Database failure.
+    pub async fn get_many(&self, ids: &[TaskId]) -> Result<Vec<pb::Task>, StoreFailure> {
+        self.run(
+            "batch_get",
+            dispatch_store::tasks::get_many(&self.pool, ids),
+        )
+        .await
+    }
+
+    /// A page of a tenant's tasks.
+    ///
+    /// # Errors
+    /// Database failure.
+    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<pb::Task>, StoreFailure> {
+        self.run("list", dispatch_store::tasks::list(&self.pool, filter))
+            .await
+    }
+
+    /// `SELECT 1` with a timeout (the health probe).
+    ///
+    /// # Errors
+    /// The database does not answer.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), String> {
+        match tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&self.pool)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("ping timed out".into()),
+        }
+    }
+
+    /// Publishes the pool gauges.
+    pub fn export_pool_gauges(&self, max: u32) {
+        let size = self.pool.size();
+        let idle = self.pool.num_idle() as u32;
+        let g = &metrics::POOL_CONNECTIONS;
+        g.with_label_values(&["reader", "idle"])
+            .set(i64::from(idle));
+        g.with_label_values(&["reader", "in_use"])
+            .set(i64::from(size.saturating_sub(idle)));
+        g.with_label_values(&["reader", "max"]).set(i64::from(max));
+    }
+}

@@ -1,0 +1,86 @@
+//! Invalidation through the events topic.
+
+use std::time::{Duration, Instant};
+
+use dispatch_core::TaskState;
+use dispatch_proto::v1 as pb;
+use dispatch_reader::metrics::Stats;
+use dispatch_testkit::TestEnv;
+
+use crate::common::{ACME, Events, Reader, TaskRow, get, store};
+
+#[tokio::test]
+async fn a_state_change_event_is_visible_through_get_task_quickly() {
+    let env = TestEnv::new().await.expect("env");
+    let running = TaskRow::new("acme", TaskState::Running, 1);
+    store(&env, std::slice::from_ref(&running)).await;
+    let r = Reader::start(&env).await;
+    let mut c = r.client().await;
+    let events = Events::new(&env);
+    let first = get(&mut c, running.id, 0, ACME).await.expect("get");
+    assert_eq!(first.task.expect("task").version, running.version());
+
+    let done = running.at(TaskState::Succeeded, 1);
+    // The processor commits before it publishes.
+    store(&env, std::slice::from_ref(&done)).await;
+    let started = Instant::now();
+    events.publish(&done).await;
+    let acked = started.elapsed();
+    let seen = loop {
+        let got = get(&mut c, running.id, 0, ACME).await.expect("get");
+        let from = got.served_from();
+        let task = got.task.expect("task");
+        if task.version == done.version() {
+            assert_eq!(from, pb::ServedFrom::L1, "applied in place");
+            assert_eq!(task.state(), pb::TaskState::Succeeded);
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "event not visible after 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    println!("event visible through GetTask {seen:?} after produce (broker ack took {acked:?})");
+    assert_eq!(r.store_gets(), 1, "the event updated L1; no reload");
+    r.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_old_event_after_a_new_one_changes_nothing() {
+    let env = TestEnv::new().await.expect("env");
+    let pending = TaskRow::new("acme", TaskState::Pending, 0);
+    store(&env, std::slice::from_ref(&pending)).await;
+    let r = Reader::start(&env).await;
+    let mut c = r.client().await;
+    get(&mut c, pending.id, 0, ACME).await.expect("cache it");
+    let events = Events::new(&env);
+    let retrying = pending.at(TaskState::Retrying, 1);
+    let running_old = pending.at(TaskState::Running, 1);
+    // Same key, same partition: applied in this order.
+    events.publish(&retrying).await;
+    events.publish(&running_old).await;
+    let stats = r.handle.stats();
+    dispatch_testkit::eventually("the old event", Duration::from_secs(5), || async {
+        (Stats::get(&stats.events_stale) >= 1).then_some(())
+    })
+    .await
+    .expect("old event consumed");
+    assert_eq!(Stats::get(&stats.events_applied), 1);
+    let got = get(&mut c, pending.id, 0, ACME).await.expect("get");
+    assert_eq!(got.served_from(), pb::ServedFrom::L1);
+    let task = got.task.expect("task");
+    assert_eq!(task.version, retrying.version());
+    assert_eq!(task.state(), pb::TaskState::Retrying);
+
+    // Redis converged on the newest version too: a fresh instance reads it from L2.
+    let other = Reader::start(&env).await;
+    let mut oc = other.client().await;
+    let warm = get(&mut oc, pending.id, 0, ACME).await.expect("get");
+    assert_eq!(warm.served_from(), pb::ServedFrom::L2);
+    assert_eq!(warm.task.expect("task").version, retrying.version());
+    other.stop().await;
+    r.stop().await;
+    env.cleanup().await;
+}

@@ -1,0 +1,159 @@
+//! Malformed requests: INVALID_ARGUMENT with field violations; plus health and reflection.
+
+use dispatch_core::TaskId;
+use dispatch_proto::v1 as pb;
+use dispatch_testkit::TestEnv;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::common::{ACME, Reader, req};
+
+fn violated_field(s: &tonic::Status) -> String {
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    let details = s.get_error_details();
+    let bad = details.bad_request().expect("bad request details");
+    bad.field_violations[0].field.clone()
+}
+
+#[tokio::test]
+async fn invalid_inputs_are_rejected_with_the_field_named() {
+    let env = TestEnv::new().await.expect("env");
+    let r = Reader::start(&env).await;
+    let mut c = r.client().await;
+
+    let e = c
+        .get_task(req(
+            pb::GetTaskRequest {
+                task_id: "not-an-id".into(),
+                min_version: 0,
+            },
+            ACME,
+        ))
+        .await
+        .expect_err("bad id");
+    assert_eq!(violated_field(&e), "task_id");
+
+    let e = c
+        .batch_get_tasks(req(
+            pb::BatchGetTasksRequest {
+                task_ids: (0..101).map(|_| TaskId::new().to_string()).collect(),
+            },
+            ACME,
+        ))
+        .await
+        .expect_err("too many");
+    assert_eq!(violated_field(&e), "task_ids");
+    let e = c
+        .batch_get_tasks(req(pb::BatchGetTasksRequest { task_ids: vec![] }, ACME))
+        .await
+        .expect_err("none");
+    assert_eq!(violated_field(&e), "task_ids");
+    let e = c
+        .batch_get_tasks(req(
+            pb::BatchGetTasksRequest {
+                task_ids: vec![TaskId::new().to_string(), "x".into()],
+            },
+            ACME,
+        ))
+        .await
+        .expect_err("bad id");
+    assert_eq!(violated_field(&e), "task_ids[1]");
+
+    let e = c
+        .list_tasks(req(
+            pb::ListTasksRequest {
+                page_token: "garbage!".into(),
+                ..Default::default()
+            },
+            ACME,
+        ))
+        .await
+        .expect_err("bad token");
+    assert_eq!(violated_field(&e), "page_token");
+    let e = c
+        .list_tasks(req(
+            pb::ListTasksRequest {
+                page_size: 501,
+                ..Default::default()
+            },
+            ACME,
+        ))
+        .await
+        .expect_err("page too large");
+    assert_eq!(violated_field(&e), "page_size");
+
+    let e = c
+        .watch_task(req(
+            pb::WatchTaskRequest {
+                task_id: String::new(),
+            },
+            ACME,
+        ))
+        .await
+        .expect_err("bad id");
+    assert_eq!(violated_field(&e), "task_id");
+    r.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn health_reflection_and_metrics_are_served() {
+    let env = TestEnv::new().await.expect("env");
+    let r = Reader::start(&env).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", r.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = dispatch_testkit::eventually("serving", std::time::Duration::from_secs(5), || {
+        let mut health = health.clone();
+        async move {
+            let s = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "dispatch.v1.TaskQueryService".into(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .status;
+            (s == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+                .then_some(s)
+        }
+    })
+    .await
+    .expect("health");
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let _ = &mut health;
+
+    let body = http_get(r.admin, "/metrics").await;
+    for name in [
+        "dispatch_cache_requests_total{result=\"negative_hit\",tier=\"l2\"}",
+        "dispatch_store_queries_total{query=\"batch_get\"}",
+        "dispatch_events_applied_total{result=\"stale\"}",
+        "dispatch_circuit_breaker_open{breaker=\"redis\",service=\"reader\"}",
+        "dispatch_watch_streams",
+        "dispatch_grpc_requests_total{code=\"OK\",method=\"WatchTask\",service=\"reader\"}",
+    ] {
+        assert!(body.contains(name), "/metrics lacks {name}");
+    }
+    let ready = http_get(r.admin, "/readyz").await;
+    assert!(ready.contains("\"mysql\""), "{ready}");
+    r.stop().await;
+    env.cleanup().await;
+}
+
+/// A minimal HTTP/1.0 GET (the admin server is plain HTTP).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
+}

@@ -1,0 +1,14 @@
+//! Reader integration tests against the real local stack (Kafka, MariaDB, Redis). Each test gets
+//! its own database, topic prefix and Redis key prefix from `dispatch_testkit::TestEnv`, writes
+//! the tasks and events it needs itself (as the processor would), and talks gRPC to the app.
+
+mod common;
+
+mod degradation;
+mod events;
+mod invalid;
+mod list;
+mod lookups;
+mod read_your_writes;
+mod tenancy;
+mod watch;

@@ -1,0 +1,97 @@
+//! `min_version`: never answer older than the caller already holds.
+
+use std::time::{Duration, Instant};
+
+use dispatch_core::TaskState;
+use dispatch_core::state::ACCEPTED_VERSION;
+use dispatch_proto::v1 as pb;
+use dispatch_testkit::TestEnv;
+use tonic::Code;
+
+use crate::common::{ACME, Events, Reader, TaskRow, get, store};
+
+#[tokio::test]
+async fn min_version_reads_through_a_stale_cache_entry() {
+    let env = TestEnv::new().await.expect("env");
+    // Version 3 (running, attempt 0) is cached...
+    let v3 = TaskRow::new("acme", TaskState::Running, 0);
+    assert_eq!(v3.version(), 3);
+    store(&env, std::slice::from_ref(&v3)).await;
+    let r = Reader::start_with(&env, |s| s.cache.read_your_writes_wait_ms = 300).await;
+    let mut c = r.client().await;
+    assert_eq!(
+        get(&mut c, v3.id, 0, ACME)
+            .await
+            .expect("get")
+            .task
+            .expect("task")
+            .version,
+        3
+    );
+    // ...then MySQL moves to version 11 (retrying, attempt 1) without any event.
+    let v11 = v3.at(TaskState::Running, 1);
+    assert_eq!(v11.version(), 11);
+    store(&env, std::slice::from_ref(&v11)).await;
+    let cached = get(&mut c, v3.id, 0, ACME).await.expect("get");
+    assert_eq!(cached.task.expect("task").version, 3, "plain reads may lag");
+    let fresh = get(&mut c, v3.id, 11, ACME).await.expect("min_version 11");
+    assert_eq!(fresh.served_from(), pb::ServedFrom::Store);
+    assert_eq!(fresh.task.expect("task").version, 11);
+    // The read-through refreshed the cache for everyone.
+    let after = get(&mut c, v3.id, 0, ACME).await.expect("get");
+    assert_eq!(after.served_from(), pb::ServedFrom::L1);
+    assert_eq!(after.task.expect("task").version, 11);
+
+    // A version nobody wrote: FAILED_PRECONDITION after the bounded wait.
+    let started = Instant::now();
+    let err = get(&mut c, v3.id, 1000, ACME)
+        .await
+        .expect_err("not visible");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("version 1000 not visible"),
+        "{}",
+        err.message()
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250), "it waited");
+    r.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_submit_version_token_waits_for_the_task_to_appear() {
+    let env = TestEnv::new().await.expect("env");
+    let r = Reader::start(&env).await;
+    let mut c = r.client().await;
+    // Right after SubmitTask: the gateway returned ACCEPTED_VERSION, the processor has not
+    // written the task yet. A plain read says NOT_FOUND (and caches that)...
+    let row = TaskRow::new("acme", TaskState::Pending, 0);
+    let err = get(&mut c, row.id, 0, ACME).await.expect_err("not yet");
+    assert_eq!(err.code(), Code::NotFound);
+    // ...but a read with the token waits for the task: here it arrives through MySQL and the
+    // event, 150 ms later.
+    let writer_env_pool = env.pool.clone();
+    let events = Events::new(&env);
+    let writer_row = row.clone();
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let w = writer_row.write();
+        let mut tx = writer_env_pool.begin().await.expect("begin");
+        dispatch_store::tasks::upsert_batch(&mut tx, &[w])
+            .await
+            .expect("upsert");
+        tx.commit().await.expect("commit");
+        events.publish(&writer_row).await;
+    });
+    let started = Instant::now();
+    let got = get(&mut c, row.id, ACCEPTED_VERSION, ACME)
+        .await
+        .expect("visible within the wait");
+    let waited = started.elapsed();
+    assert_eq!(got.task.expect("task").version, row.version());
+    assert!(waited < Duration::from_secs(1), "{waited:?}");
+    println!("read-your-writes answered {waited:?} after the call (task written at ~150 ms)");
+    writer.await.expect("writer");
+    r.stop().await;
+    env.cleanup().await;
+}
