@@ -12,16 +12,37 @@ use crate::CliError;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Conn {
     /// Gateway gRPC address.
-    #[arg(long, env = "DISPATCH_GATEWAY", default_value = "http://127.0.0.1:50051", global = true)]
+    #[arg(
+        long,
+        env = "DISPATCH_GATEWAY",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
     pub gateway: String,
     /// Reader gRPC address.
-    #[arg(long, env = "DISPATCH_READER", default_value = "http://127.0.0.1:50052", global = true)]
+    #[arg(
+        long,
+        env = "DISPATCH_READER",
+        default_value = "http://127.0.0.1:50052",
+        global = true
+    )]
     pub reader: String,
     /// Processor AdminService gRPC address.
-    #[arg(long, env = "DISPATCH_ADMIN", default_value = "http://127.0.0.1:50053", global = true)]
+    #[arg(
+        long,
+        env = "DISPATCH_ADMIN",
+        default_value = "http://127.0.0.1:50053",
+        global = true
+    )]
     pub admin: String,
     /// API key (tenant key for tasks, admin key for admin commands).
-    #[arg(long, env = "DISPATCH_API_KEY", default_value = "", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "DISPATCH_API_KEY",
+        default_value = "",
+        hide_env_values = true,
+        global = true
+    )]
     pub api_key: String,
     /// Per-request timeout in milliseconds.
     #[arg(long, default_value_t = 10_000, global = true)]
@@ -45,7 +66,10 @@ impl Conn {
                 msg = format!("{msg}: {s}");
                 src = s.source();
             }
-            CliError::Unreachable(format!("cannot connect to {addr} ({msg}); is the service running?")).into()
+            CliError::Unreachable(format!(
+                "cannot connect to {addr} ({msg}); is the service running?"
+            ))
+            .into()
         })
     }
 
@@ -70,11 +94,15 @@ impl Conn {
 pub fn status_error(what: &str, s: Status) -> anyhow::Error {
     let msg = format!("{what}: {}", s.message());
     match s.code() {
-        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => CliError::Invalid(msg).into(),
-        Code::NotFound => CliError::NotFound(msg).into(),
-        Code::Unauthenticated | Code::PermissionDenied => {
-            CliError::Auth(format!("{what}: authentication failed ({}); check --api-key / DISPATCH_API_KEY", s.message())).into()
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
+            CliError::Invalid(msg).into()
         }
+        Code::NotFound => CliError::NotFound(msg).into(),
+        Code::Unauthenticated | Code::PermissionDenied => CliError::Auth(format!(
+            "{what}: authentication failed ({}); check --api-key / DISPATCH_API_KEY",
+            s.message()
+        ))
+        .into(),
         Code::Unavailable => CliError::Unreachable(msg).into(),
         _ => anyhow::anyhow!("{msg} ({:?})", s.code()),
     }

@@ -120,10 +120,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let (conn, out) = (&cli.conn, cli.output);
     match cli.command {
         Command::Submit(a) => cmd::tasks::submit(a, conn, out).await,
-        Command::Get { task_id, min_version } => cmd::tasks::get(task_id, min_version, conn, out).await,
+        Command::Get {
+            task_id,
+            min_version,
+        } => cmd::tasks::get(task_id, min_version, conn, out).await,
         Command::Watch { task_id } => cmd::tasks::watch(task_id, conn, out).await,
         Command::List(a) => cmd::tasks::list(a, conn, out).await,
-        Command::Cancel { task_id, key, reason } => cmd::tasks::cancel(task_id, key, reason, conn, out).await,
+        Command::Cancel {
+            task_id,
+            key,
+            reason,
+        } => cmd::tasks::cancel(task_id, key, reason, conn, out).await,
         Command::Migrate(a) => cmd::migrate::run(a, cli.output).await,
         Command::Topics(a) => cmd::topics::run(a, cli.output).await,
         Command::Completions { shell } => {

@@ -1,5 +1,5 @@
 //! One module per command group.
 
 pub mod migrate;
-pub mod topics;
 pub mod tasks;
+pub mod topics;

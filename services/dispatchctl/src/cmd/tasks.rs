@@ -1,16 +1,16 @@
 //! Task commands: `submit`, `get`, `watch`, `list`, `cancel`.
 
 use std::io::BufRead;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::task_query_service_client::TaskQueryServiceClient;
 use dispatch_proto::v1::task_service_client::TaskServiceClient;
 use serde::{Deserialize, Serialize};
 
-use crate::client::{status_error, Conn};
-use crate::{output, CliError, Format};
+use crate::client::{Conn, status_error};
+use crate::{CliError, Format, output};
 
 /// `submit`: one task from flags, or many from a JSON array / NDJSON file.
 #[derive(Debug, clap::Args)]
@@ -58,11 +58,22 @@ fn priority(s: &str) -> anyhow::Result<i32> {
         "critical" => pb::Priority::Critical,
         "default" | "" => pb::Priority::Default,
         "low" => pb::Priority::Low,
-        other => return Err(CliError::Invalid(format!("unknown priority {other:?}: use critical, default or low")).into()),
+        other => {
+            return Err(CliError::Invalid(format!(
+                "unknown priority {other:?}: use critical, default or low"
+            ))
+            .into());
+        }
     } as i32)
 }
 
-fn spec(key: String, task_type: String, payload: Vec<u8>, prio: &str, idem: Option<String>) -> anyhow::Result<pb::TaskSpec> {
+fn spec(
+    key: String,
+    task_type: String,
+    payload: Vec<u8>,
+    prio: &str,
+    idem: Option<String>,
+) -> anyhow::Result<pb::TaskSpec> {
     Ok(pb::TaskSpec {
         business_key: key,
         task_type,
@@ -74,7 +85,8 @@ fn spec(key: String, task_type: String, payload: Vec<u8>, prio: &str, idem: Opti
 }
 
 fn read_file(path: &std::path::Path) -> anyhow::Result<Vec<pb::TaskSpec>> {
-    let text = std::fs::read_to_string(path).map_err(|e| CliError::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Invalid(format!("cannot read {}: {e}", path.display())))?;
     let items: Vec<(usize, FileTask)> = if text.trim_start().starts_with('[') {
         serde_json::from_str::<Vec<FileTask>>(&text)
             .map_err(|e| CliError::Invalid(format!("{}: {e}", path.display())))?
@@ -89,8 +101,9 @@ fn read_file(path: &std::path::Path) -> anyhow::Result<Vec<pb::TaskSpec>> {
             if line.trim().is_empty() {
                 continue;
             }
-            let t: FileTask = serde_json::from_str(&line)
-                .map_err(|e| CliError::Invalid(format!("{} line {}: {e}", path.display(), i + 1)))?;
+            let t: FileTask = serde_json::from_str(&line).map_err(|e| {
+                CliError::Invalid(format!("{} line {}: {e}", path.display(), i + 1))
+            })?;
             v.push((i + 1, t));
         }
         v
@@ -103,8 +116,14 @@ fn read_file(path: &std::path::Path) -> anyhow::Result<Vec<pb::TaskSpec>> {
                 serde_json::Value::Null => Vec::new(),
                 other => other.to_string().into_bytes(),
             };
-            spec(t.key, t.task_type, payload, t.priority.as_deref().unwrap_or("default"), t.idempotency_key)
-                .map_err(|e| anyhow::anyhow!("{} line {line}: {e:#}", path.display()))
+            spec(
+                t.key,
+                t.task_type,
+                payload,
+                t.priority.as_deref().unwrap_or("default"),
+                t.idempotency_key,
+            )
+            .map_err(|e| anyhow::anyhow!("{} line {line}: {e:#}", path.display()))
         })
         .collect()
 }
@@ -127,9 +146,17 @@ pub async fn submit(a: SubmitArgs, conn: &Conn, format: Format) -> anyhow::Resul
     let mut client = TaskServiceClient::new(conn.channel(&conn.gateway).await?);
     let Some(file) = &a.file else {
         let (Some(key), Some(ty)) = (a.key, a.task_type) else {
-            return Err(CliError::Invalid("--key and --type are required (or --file)".into()).into());
+            return Err(
+                CliError::Invalid("--key and --type are required (or --file)".into()).into(),
+            );
         };
-        let task = spec(key, ty, a.payload.into_bytes(), &a.priority, a.idempotency_key)?;
+        let task = spec(
+            key,
+            ty,
+            a.payload.into_bytes(),
+            &a.priority,
+            a.idempotency_key,
+        )?;
         let r = client
             .submit_task(conn.request(pb::SubmitTaskRequest { task: Some(task) })?)
             .await
@@ -142,7 +169,12 @@ pub async fn submit(a: SubmitArgs, conn: &Conn, format: Format) -> anyhow::Resul
             r.duplicate.to_string(),
             r.version.to_string(),
         ];
-        output::print(format, &["TASK ID", "VIA", "WHERE", "DUPLICATE", "VERSION"], vec![row], &accepted_json(&r));
+        output::print(
+            format,
+            &["TASK ID", "VIA", "WHERE", "DUPLICATE", "VERSION"],
+            vec![row],
+            &accepted_json(&r),
+        );
         return Ok(());
     };
     let specs = read_file(file)?;
@@ -158,12 +190,17 @@ pub async fn submit(a: SubmitArgs, conn: &Conn, format: Format) -> anyhow::Resul
     if format == Format::Json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let mut summary = Summary { total, ..Default::default() };
+    let mut summary = Summary {
+        total,
+        ..Default::default()
+    };
     let failed = Arc::new(AtomicU64::new(0));
     let mut offset = 0usize;
     for chunk in specs.chunks(a.batch) {
         let resp = client
-            .submit_tasks(conn.request(pb::SubmitTasksRequest { tasks: chunk.to_vec() })?)
+            .submit_tasks(conn.request(pb::SubmitTasksRequest {
+                tasks: chunk.to_vec(),
+            })?)
             .await
             .map_err(|s| status_error("submit", s))?
             .into_inner();
@@ -172,13 +209,18 @@ pub async fn submit(a: SubmitArgs, conn: &Conn, format: Format) -> anyhow::Resul
                 Some(pb::submit_result::Outcome::Accepted(acc)) => {
                     summary.accepted += 1;
                     summary.duplicate += u64::from(acc.duplicate);
-                    summary.via_outbox += u64::from(acc.accepted_via == pb::AcceptedVia::Outbox as i32);
+                    summary.via_outbox +=
+                        u64::from(acc.accepted_via == pb::AcceptedVia::Outbox as i32);
                 }
                 Some(pb::submit_result::Outcome::Error(e)) => {
                     failed.fetch_add(1, Ordering::Relaxed);
                     summary.failed += 1;
                     if summary.failures.len() < 20 {
-                        summary.failures.push(format!("item {}: {}", offset + r.index as usize + 1, e.message));
+                        summary.failures.push(format!(
+                            "item {}: {}",
+                            offset + r.index as usize + 1,
+                            e.message
+                        ));
                     }
                 }
                 None => summary.failed += 1,
@@ -196,14 +238,23 @@ pub async fn submit(a: SubmitArgs, conn: &Conn, format: Format) -> anyhow::Resul
         summary.failed.to_string(),
         summary.via_outbox.to_string(),
     ];
-    output::print(format, &["TOTAL", "ACCEPTED", "DUPLICATE", "FAILED", "VIA OUTBOX"], vec![row], &summary);
+    output::print(
+        format,
+        &["TOTAL", "ACCEPTED", "DUPLICATE", "FAILED", "VIA OUTBOX"],
+        vec![row],
+        &summary,
+    );
     if format == Format::Table {
         for f in &summary.failures {
             eprintln!("  {f}");
         }
     }
     if summary.failed > 0 {
-        return Err(CliError::Invalid(format!("{} of {} tasks were rejected", summary.failed, summary.total)).into());
+        return Err(CliError::Invalid(format!(
+            "{} of {} tasks were rejected",
+            summary.failed, summary.total
+        ))
+        .into());
     }
     Ok(())
 }
@@ -225,7 +276,11 @@ fn accepted_json(r: &pb::SubmitTaskResponse) -> serde_json::Value {
 
 fn state_name(s: i32) -> String {
     pb::TaskState::try_from(s)
-        .map(|s| s.as_str_name().trim_start_matches("TASK_STATE_").to_ascii_lowercase())
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("TASK_STATE_")
+                .to_ascii_lowercase()
+        })
         .unwrap_or_else(|_| s.to_string())
 }
 
@@ -260,7 +315,16 @@ fn task_row(t: &pb::Task) -> Vec<String> {
     ]
 }
 
-const TASK_HEADERS: [&str; 8] = ["TASK ID", "KEY", "TYPE", "STATE", "ATTEMPTS", "VERSION", "UPDATED", "LAST ERROR"];
+const TASK_HEADERS: [&str; 8] = [
+    "TASK ID",
+    "KEY",
+    "TYPE",
+    "STATE",
+    "ATTEMPTS",
+    "VERSION",
+    "UPDATED",
+    "LAST ERROR",
+];
 
 /// Runs `get`.
 ///
@@ -269,11 +333,16 @@ const TASK_HEADERS: [&str; 8] = ["TASK ID", "KEY", "TYPE", "STATE", "ATTEMPTS", 
 pub async fn get(id: String, min_version: u64, conn: &Conn, format: Format) -> anyhow::Result<()> {
     let mut c = TaskQueryServiceClient::new(conn.channel(&conn.reader).await?);
     let r = c
-        .get_task(conn.request(pb::GetTaskRequest { task_id: id.clone(), min_version })?)
+        .get_task(conn.request(pb::GetTaskRequest {
+            task_id: id.clone(),
+            min_version,
+        })?)
         .await
         .map_err(|s| status_error(&format!("get {id}"), s))?
         .into_inner();
-    let t = r.task.ok_or_else(|| anyhow::anyhow!("reader answered without a task"))?;
+    let t = r
+        .task
+        .ok_or_else(|| anyhow::anyhow!("reader answered without a task"))?;
     output::print(format, &TASK_HEADERS, vec![task_row(&t)], &task_json(&t));
     Ok(())
 }
@@ -284,16 +353,31 @@ pub async fn get(id: String, min_version: u64, conn: &Conn, format: Format) -> a
 /// Not found, auth, unreachable.
 pub async fn watch(id: String, conn: &Conn, format: Format) -> anyhow::Result<()> {
     let mut c = TaskQueryServiceClient::new(conn.channel(&conn.reader).await?);
-    let mut req = conn.request(pb::WatchTaskRequest { task_id: id.clone() })?;
+    let mut req = conn.request(pb::WatchTaskRequest {
+        task_id: id.clone(),
+    })?;
     req.set_timeout(std::time::Duration::from_secs(24 * 3600));
-    let mut stream = c.watch_task(req).await.map_err(|s| status_error(&format!("watch {id}"), s))?.into_inner();
-    while let Some(ev) = stream.message().await.map_err(|s| status_error(&format!("watch {id}"), s))? {
+    let mut stream = c
+        .watch_task(req)
+        .await
+        .map_err(|s| status_error(&format!("watch {id}"), s))?
+        .into_inner();
+    while let Some(ev) = stream
+        .message()
+        .await
+        .map_err(|s| status_error(&format!("watch {id}"), s))?
+    {
         match format {
             Format::Json => println!(
                 "{}",
                 serde_json::json!({"task_id": ev.task_id, "state": state_name(ev.state), "version": ev.version, "at": ts(&ev.occurred_at)})
             ),
-            Format::Table => println!("{}  {:<10} version {}", ts(&ev.occurred_at), state_name(ev.state), ev.version),
+            Format::Table => println!(
+                "{}  {:<10} version {}",
+                ts(&ev.occurred_at),
+                state_name(ev.state),
+                ev.version
+            ),
         }
     }
     Ok(())
@@ -350,7 +434,12 @@ pub async fn list(a: ListArgs, conn: &Conn, format: Format) -> anyhow::Result<()
         "tasks": r.tasks.iter().map(task_json).collect::<Vec<_>>(),
         "next_page_token": r.next_page_token,
     });
-    output::print(format, &TASK_HEADERS, r.tasks.iter().map(task_row).collect(), &json);
+    output::print(
+        format,
+        &TASK_HEADERS,
+        r.tasks.iter().map(task_row).collect(),
+        &json,
+    );
     if format == Format::Table && !r.next_page_token.is_empty() {
         eprintln!("more: --page-token {}", r.next_page_token);
     }
@@ -361,7 +450,13 @@ pub async fn list(a: ListArgs, conn: &Conn, format: Format) -> anyhow::Result<()
 ///
 /// # Errors
 /// Not found, auth, unreachable.
-pub async fn cancel(id: String, key: Option<String>, reason: Option<String>, conn: &Conn, format: Format) -> anyhow::Result<()> {
+pub async fn cancel(
+    id: String,
+    key: Option<String>,
+    reason: Option<String>,
+    conn: &Conn,
+    format: Format,
+) -> anyhow::Result<()> {
     let mut c = TaskServiceClient::new(conn.channel(&conn.gateway).await?);
     let r = c
         .cancel_task(conn.request(pb::CancelTaskRequest {
@@ -373,6 +468,15 @@ pub async fn cancel(id: String, key: Option<String>, reason: Option<String>, con
         .map_err(|s| status_error(&format!("cancel {id}"), s))?
         .into_inner();
     let json = serde_json::json!({"task_id": r.task_id, "accepted": r.accepted, "state": state_name(r.state)});
-    output::print(format, &["TASK ID", "ACCEPTED", "STATE"], vec![vec![r.task_id.clone(), r.accepted.to_string(), state_name(r.state)]], &json);
+    output::print(
+        format,
+        &["TASK ID", "ACCEPTED", "STATE"],
+        vec![vec![
+            r.task_id.clone(),
+            r.accepted.to_string(),
+            state_name(r.state),
+        ]],
+        &json,
+    );
     Ok(())
 }
