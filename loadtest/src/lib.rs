@@ -14,6 +14,7 @@
 
 pub mod audit;
 pub mod noop;
+pub mod proxy;
 pub mod report;
 pub mod scenario;
 pub mod upsert;
@@ -44,6 +45,8 @@ pub struct Cli {
 pub enum Command {
     /// Drive load.
     Run(RunArgs),
+    /// A TCP fault proxy (latency, connection resets) between loopback addresses, for a bounded time.
+    FaultProxy(proxy::ProxyArgs),
     /// The database baseline: plain multi-row upserts into a copy of `tasks`.
     UpsertBaseline(upsert::UpsertArgs),
     /// Audit a finished run (see the `audit` module); exits non-zero when a guarantee failed.
@@ -138,6 +141,7 @@ pub struct RunArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::NoopServer { listen } => noop::serve(listen).await,
+        Command::FaultProxy(a) => proxy::run(a).await.map(|_| ()),
         Command::UpsertBaseline(a) => {
             let r = upsert::run(&a).await?;
             eprintln!(

@@ -180,7 +180,10 @@ where
             topic,
             key,
             value: r.try_get("record_value")?,
-            headers: decode_headers(&r.try_get::<String, _>("headers")?)?,
+            // TEXT with a binary collation reads as BLOB: decode the bytes.
+            headers: decode_headers(&String::from_utf8_lossy(
+                &r.try_get::<Vec<u8>, _>("headers")?,
+            ))?,
             attempts: r.try_get("attempts")?,
             created_at: r.try_get("created_at")?,
         });

@@ -1,0 +1,115 @@
+//! Claiming due `scheduled` tasks for the processor's scheduler.
+//!
+//! [`claim_due`] locks due rows with `FOR UPDATE SKIP LOCKED`, so several processor instances can
+//! run the scheduler at once and each due row is claimed by exactly one of them; the claimer
+//! publishes the task and flips it to `pending` ([`mark_pending`]) in the same transaction.
+
+use chrono::{DateTime, Utc};
+use dispatch_core::{Priority, TaskId, TaskState, Version};
+use sqlx::{MySql, QueryBuilder, Row};
+
+use crate::tasks::text;
+use crate::{Result, StoreError};
+
+/// A due scheduled task, with everything needed to publish it again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueTask {
+    /// Task.
+    pub task_id: TaskId,
+    /// Owner.
+    pub tenant: String,
+    /// Record key.
+    pub business_key: String,
+    /// Handler type.
+    pub task_type: String,
+    /// Priority.
+    pub priority: Priority,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// Policy: total attempts.
+    pub max_attempts: u32,
+    /// Policy: first retry delay.
+    pub initial_backoff_ms: u32,
+    /// Policy: delay cap.
+    pub max_backoff_ms: u32,
+    /// Redrive generation.
+    pub generation: u32,
+    /// Dedupe key.
+    pub idempotency_key: Option<String>,
+    /// When it became due.
+    pub run_at: Option<DateTime<Utc>>,
+    /// Deadline.
+    pub deadline_at: Option<DateTime<Utc>>,
+    /// Stored version.
+    pub version: Version,
+    /// When it was accepted.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Locks up to `limit` due `scheduled` rows (oldest `run_at` first), skipping rows another
+/// transaction holds. Call inside a transaction and finish with [`mark_pending`] and a commit.
+///
+/// # Errors
+/// Database errors or a corrupt row.
+pub async fn claim_due(conn: &mut sqlx::MySqlConnection, limit: u32) -> Result<Vec<DueTask>> {
+    let rows = sqlx::query(
+        "SELECT task_id, tenant, business_key, task_type, priority, payload, max_attempts, \
+         initial_backoff_ms, max_backoff_ms, generation, idempotency_key, run_at, deadline_at, version, created_at \
+         FROM tasks WHERE state = 'scheduled' AND run_at <= NOW(6) ORDER BY run_at LIMIT ? \
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let priority: u8 = r.try_get("priority")?;
+            Ok(DueTask {
+                task_id: TaskId::from_slice(r.try_get::<Vec<u8>, _>("task_id")?.as_slice())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                tenant: r.try_get("tenant")?,
+                business_key: text(r, "business_key")?,
+                task_type: r.try_get("task_type")?,
+                priority: Priority::from_proto_i32(i32::from(priority))
+                    .map_err(StoreError::Corrupt)?,
+                payload: r.try_get("payload")?,
+                max_attempts: r.try_get("max_attempts")?,
+                initial_backoff_ms: r.try_get("initial_backoff_ms")?,
+                max_backoff_ms: r.try_get("max_backoff_ms")?,
+                generation: r.try_get("generation")?,
+                idempotency_key: r.try_get("idempotency_key")?,
+                run_at: r.try_get("run_at")?,
+                deadline_at: r.try_get("deadline_at")?,
+                version: r.try_get("version")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Moves claimed tasks to `pending` (version `Pending.version(generation, 0)`), fenced so a row
+/// that moved on meanwhile is left alone. Returns the ids that changed.
+///
+/// # Errors
+/// Database errors.
+pub async fn mark_pending(
+    conn: &mut sqlx::MySqlConnection,
+    tasks: &[(TaskId, u32)],
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    let mut changed = 0;
+    for (id, generation) in tasks {
+        let version = TaskState::Pending.version(*generation, 0);
+        let mut qb: QueryBuilder<MySql> =
+            QueryBuilder::new("UPDATE tasks SET state = 'pending', version = ");
+        qb.push_bind(version)
+            .push(", updated_at = ")
+            .push_bind(now)
+            .push(" WHERE task_id = ")
+            .push_bind(id.as_bytes().as_slice())
+            .push(" AND state = 'scheduled' AND version < ")
+            .push_bind(version);
+        changed += qb.build().execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(changed)
+}

@@ -1,0 +1,233 @@
+//! Start-up and shutdown: builds every part from [`Settings`], assembles the gRPC server in one
+//! place, runs the background tasks, and shuts down in a commented order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use dispatch_proto::v1::task_service_server::TaskServiceServer;
+use dispatch_runtime::Shutdown;
+use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
+use dispatch_runtime::grpc::{Authenticator, init_rpc_metrics, reflection_service};
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::durable::Durable;
+use crate::gateway::Gateway;
+use crate::idempotency::{Idempotency, RedisSlot};
+use crate::limits::Limits;
+use crate::metrics;
+use crate::probe::{self, Probe};
+use crate::producer::Producer;
+use crate::relay;
+use crate::service::TaskApi;
+use crate::settings::Settings;
+use crate::shed::ShedLayer;
+
+/// A built gateway, bound but not yet serving.
+pub struct App {
+    settings: Settings,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    admin: AdminServer,
+    admin_addr: SocketAddr,
+    api: TaskApi,
+    durable: Durable,
+    idempotency: Idempotency,
+    redis: RedisSlot,
+    pool: sqlx::MySqlPool,
+    health: Health,
+}
+
+/// The MySQL pool. MySQL is the fallback, not a hard dependency: when it cannot be reached at
+/// start-up the gateway still starts (Kafka serves) with a lazy pool that connects once MySQL is
+/// back, and `/readyz` reports it.
+async fn pool(settings: &Settings) -> anyhow::Result<sqlx::MySqlPool> {
+    match dispatch_store::connect(&settings.database).await {
+        Ok(p) => Ok(p),
+        Err(e) => {
+            tracing::warn!(error = %e, "mysql not reachable at start-up; outbox unavailable until it is");
+            settings
+                .database
+                .pool_options()
+                .connect_lazy(settings.database.url.expose_secret())
+                .context("database.url")
+        }
+    }
+}
+
+impl App {
+    /// Builds the gateway: validates settings, creates clients, binds both listeners. Kafka,
+    /// MySQL and Redis may be down: the probes report it and the gateway degrades.
+    ///
+    /// # Errors
+    /// Invalid settings or an address that cannot be bound.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
+        if settings.grpc.tls_cert_path.is_some() || settings.grpc.tls_key_path.is_some() {
+            anyhow::bail!(
+                "grpc.tls_cert_path/tls_key_path: the gateway serves plaintext gRPC (TLS ends at the ingress or mesh); unset them"
+            );
+        }
+        let auth = Authenticator::from_settings(&settings.auth)?;
+        metrics::init();
+        init_rpc_metrics(
+            metrics::SERVICE,
+            &["SubmitTask", "SubmitTasks", "CancelTask"],
+        );
+        dispatch_runtime::metrics::register_runtime_metrics(metrics::SERVICE);
+
+        let pool = pool(&settings).await?;
+        let producer = Producer::new(&settings.kafka, &settings.outbox)?;
+        let redis = RedisSlot::default();
+        if let Ok(c) = dispatch_runtime::redis_client::connect(&settings.redis).await {
+            redis.set(c);
+        }
+        let idempotency = Idempotency::new(
+            redis.clone(),
+            &settings.redis,
+            &settings.idempotency,
+            pool.clone(),
+        );
+        let durable = Durable::new(producer, pool.clone());
+        let gateway = Gateway::new(
+            settings.kafka.topics(),
+            durable.clone(),
+            idempotency.clone(),
+            pool.clone(),
+            &settings.cancel,
+        );
+        let api = TaskApi::new(
+            Arc::new(gateway),
+            Arc::new(auth),
+            Arc::new(Limits::new(&settings.limits)),
+        );
+
+        let health = Health::new();
+        for c in ["kafka", "mysql"] {
+            health.set(c, ComponentStatus::Down("not probed yet".into()));
+        }
+        health.set("redis", ComponentStatus::Degraded("not probed yet".into()));
+        let listener = TcpListener::bind(settings.grpc.listen)
+            .await
+            .with_context(|| format!("grpc.listen {}", settings.grpc.listen))?;
+        let local_addr = listener.local_addr()?;
+        let admin = AdminServer::bind(settings.admin.listen, health.clone())
+            .await
+            .with_context(|| format!("admin.listen {}", settings.admin.listen))?;
+        let admin_addr = admin.local_addr()?;
+        Ok(Self {
+            settings,
+            listener,
+            local_addr,
+            admin,
+            admin_addr,
+            api,
+            durable,
+            idempotency,
+            redis,
+            pool,
+            health,
+        })
+    }
+
+    /// The gRPC address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The admin HTTP address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The readiness registry behind `/readyz`.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// Serves until `shutdown` triggers, then shuts down in order:
+    /// health NOT_SERVING -> stop accepting -> drain in-flight requests (bounded by
+    /// `shutdown.drain_timeout_ms`) -> flush the producer -> stop background tasks (the relay
+    /// releases its lock) -> stop the admin server -> close the pool.
+    ///
+    /// # Errors
+    /// The gRPC server failed.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let s = &self.settings;
+        let drain = Duration::from_millis(s.shutdown.drain_timeout_ms);
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        probe::set_serving(&reporter, false).await;
+
+        // The admin server outlives the drain, so /metrics and /readyz answer until the end.
+        let admin_stop = CancellationToken::new();
+        shutdown.spawn(self.admin.serve(admin_stop.clone()));
+        if self.redis.get().is_none() {
+            let (slot, rs, stop) = (self.redis.clone(), s.redis.clone(), shutdown.child());
+            shutdown.spawn(async move { slot.connect(&rs, Duration::from_secs(1), stop).await });
+        }
+        shutdown.spawn(
+            Probe {
+                producer: self.durable.producer().clone(),
+                pool: self.pool.clone(),
+                pool_max: s.database.max_connections,
+                idempotency: self.idempotency.clone(),
+                health: self.health.clone(),
+                reporter: reporter.clone(),
+                kafka: s.kafka.clone(),
+                settings: s.health.clone(),
+            }
+            .run(shutdown.child()),
+        );
+        shutdown.spawn(relay::watch_sticky(
+            self.durable.clone(),
+            s.outbox.clone(),
+            shutdown.child(),
+        ));
+        if s.outbox.relay_enabled {
+            shutdown.spawn(relay::run(
+                self.durable.clone(),
+                self.pool.clone(),
+                s.outbox.clone(),
+                shutdown.child(),
+            ));
+        }
+
+        let task_service = TaskServiceServer::new(self.api.clone())
+            .max_decoding_message_size(s.grpc.max_request_bytes);
+        let token = shutdown.token().clone();
+        let signal_reporter = reporter.clone();
+        let signal = async move {
+            token.cancelled().await;
+            probe::set_serving(&signal_reporter, false).await;
+            tracing::info!("shutting down: not serving, draining in-flight requests");
+        };
+        let serve = tonic::transport::Server::builder()
+            .timeout(Duration::from_millis(s.grpc.request_timeout_ms))
+            .layer(ShedLayer::new(s.grpc.max_concurrent_requests))
+            .add_service(health_service)
+            .add_service(reflection_service()?)
+            .add_service(task_service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
+        tokio::pin!(serve);
+        let served = tokio::select! {
+            r = &mut serve => r.context("grpc server"),
+            () = async { shutdown.triggered().await; tokio::time::sleep(drain).await } => {
+                tracing::warn!(drain_timeout_ms = s.shutdown.drain_timeout_ms, "drain timed out; closing with requests in flight");
+                Ok(())
+            }
+        };
+        shutdown.trigger();
+        self.durable.producer().flush(drain).await;
+        admin_stop.cancel();
+        if !shutdown.wait(Duration::from_secs(5)).await {
+            tracing::warn!("background tasks did not stop in time");
+        }
+        self.pool.close().await;
+        tracing::info!("gateway stopped");
+        served
+    }
+}

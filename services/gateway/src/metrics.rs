@@ -1,0 +1,269 @@
+//! The gateway's metrics (docs/metrics.md, "Gateway"), each with the one function that records it,
+//! so a log line and its counter cannot drift apart. Labelled series are pre-created by [`init`].
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use dispatch_runtime::metrics::{LATENCY_BUCKETS, register};
+use prometheus::{
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+};
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        IntCounterVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    register(
+        IntCounter::new(name, help)
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+}
+
+static SUBMITS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "dispatch_submit_total",
+        "Submitted tasks by outcome.",
+        &["outcome"],
+    )
+});
+static PRODUCE_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new(
+                "dispatch_kafka_produce_duration_seconds",
+                "Kafka delivery-report latency.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["topic_kind"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+static PRODUCE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "dispatch_kafka_produce_errors_total",
+        "Failed Kafka deliveries (errors and timeouts).",
+        &["topic_kind"],
+    )
+});
+static OUTBOX_WRITES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "dispatch_outbox_writes_total",
+        "Records written to the outbox.",
+    )
+});
+static RATE_LIMITED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "dispatch_rate_limited_total",
+        "Requests rejected by a rate limit.",
+        &["scope"],
+    )
+});
+static LOAD_SHED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "dispatch_load_shed_total",
+        "Requests rejected because the in-flight bound was reached.",
+    )
+});
+static IDEMPOTENCY_HITS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "dispatch_idempotency_hits_total",
+        "Duplicate submits detected.",
+        &["source"],
+    )
+});
+static BREAKER_OPEN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new(
+                "dispatch_circuit_breaker_open",
+                "1 when the circuit breaker is open.",
+            ),
+            &["service", "breaker"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+static OUTBOX_BACKLOG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new("dispatch_outbox_backlog_records", "Outbox rows by state."),
+            &["state"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+static OUTBOX_OLDEST: LazyLock<Gauge> = LazyLock::new(|| {
+    register(
+        Gauge::new(
+            "dispatch_outbox_oldest_age_seconds",
+            "Age of the oldest pending outbox row.",
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+static OUTBOX_RELAYED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "dispatch_outbox_relayed_total",
+        "Outbox rows the relay tried to publish.",
+        &["outcome"],
+    )
+});
+static POOL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new("dispatch_db_pool_connections", "MySQL pool connections."),
+            &["service", "state"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
+/// The service label.
+pub const SERVICE: &str = "gateway";
+
+/// Outcomes of `dispatch_submit_total`.
+pub const SUBMIT_OUTCOMES: [&str; 7] = [
+    "kafka",
+    "outbox",
+    "duplicate",
+    "invalid",
+    "unavailable",
+    "rate_limited",
+    "unauthenticated",
+];
+
+/// Pre-creates every labelled series.
+pub fn init() {
+    for o in SUBMIT_OUTCOMES {
+        let _ = SUBMITS.with_label_values(&[o]);
+    }
+    for k in ["tasks", "cancel"] {
+        let _ = PRODUCE_DURATION.with_label_values(&[k]);
+        let _ = PRODUCE_ERRORS.with_label_values(&[k]);
+    }
+    let _ = OUTBOX_WRITES.get();
+    for s in ["tenant", "global"] {
+        let _ = RATE_LIMITED.with_label_values(&[s]);
+    }
+    let _ = LOAD_SHED.get();
+    for s in ["redis", "store"] {
+        let _ = IDEMPOTENCY_HITS.with_label_values(&[s]);
+    }
+    for b in ["kafka", "redis"] {
+        BREAKER_OPEN.with_label_values(&[SERVICE, b]).set(0);
+    }
+    for s in ["pending", "dead"] {
+        let _ = OUTBOX_BACKLOG.with_label_values(&[s]);
+    }
+    OUTBOX_OLDEST.set(0.0);
+    for o in ["published", "failed"] {
+        let _ = OUTBOX_RELAYED.with_label_values(&[o]);
+    }
+    for s in ["idle", "in_use", "max"] {
+        let _ = POOL.with_label_values(&[SERVICE, s]);
+    }
+}
+
+/// One submitted item finished with `outcome` (one of [`SUBMIT_OUTCOMES`]).
+pub fn submit(outcome: &'static str) {
+    SUBMITS.with_label_values(&[outcome]).inc();
+}
+
+/// `n` submitted items finished with `outcome`.
+pub fn submit_n(outcome: &'static str, n: u64) {
+    SUBMITS.with_label_values(&[outcome]).inc_by(n);
+}
+
+/// A delivery report arrived after `elapsed`.
+pub fn produced(topic_kind: &'static str, elapsed: Duration) {
+    PRODUCE_DURATION
+        .with_label_values(&[topic_kind])
+        .observe(elapsed.as_secs_f64());
+}
+
+/// A produce failed or timed out.
+pub fn produce_failed(topic_kind: &'static str, reason: &str) {
+    tracing::warn!(topic_kind, reason, "kafka produce failed");
+    PRODUCE_ERRORS.with_label_values(&[topic_kind]).inc();
+}
+
+/// A record was written to the outbox.
+pub fn outbox_written(reason: &str) {
+    tracing::debug!(reason, "record written to the outbox");
+    OUTBOX_WRITES.inc();
+}
+
+/// A request was rejected by the `scope` (`tenant` / `global`) limit.
+pub fn rate_limited(scope: &'static str, items: u32) {
+    tracing::debug!(scope, items, "rate limited");
+    RATE_LIMITED.with_label_values(&[scope]).inc();
+}
+
+/// A request was shed by the in-flight bound.
+pub fn load_shed() {
+    LOAD_SHED.inc();
+}
+
+/// A duplicate submit was detected by `source` (`redis` / `store`).
+pub fn idempotency_hit(source: &'static str) {
+    IDEMPOTENCY_HITS.with_label_values(&[source]).inc();
+}
+
+/// A breaker changed state.
+pub fn breaker(name: &'static str, open: bool) {
+    if open {
+        tracing::warn!(breaker = name, "circuit breaker open");
+    } else {
+        tracing::info!(breaker = name, "circuit breaker closed");
+    }
+    BREAKER_OPEN
+        .with_label_values(&[SERVICE, name])
+        .set(i64::from(open));
+}
+
+/// The outbox backlog as read by the relay.
+pub fn outbox_backlog(b: &dispatch_store::outbox::Backlog) {
+    OUTBOX_BACKLOG
+        .with_label_values(&["pending"])
+        .set(b.pending as i64);
+    OUTBOX_BACKLOG
+        .with_label_values(&["dead"])
+        .set(b.dead as i64);
+    OUTBOX_OLDEST.set(b.oldest_pending_age_seconds);
+}
+
+/// One relay transaction finished.
+pub fn outbox_relayed(published: usize, failed: usize) {
+    if failed > 0 {
+        tracing::warn!(published, failed, "outbox relay batch had failures");
+    } else {
+        tracing::debug!(published, "outbox relay batch published");
+    }
+    OUTBOX_RELAYED
+        .with_label_values(&["published"])
+        .inc_by(published as u64);
+    OUTBOX_RELAYED
+        .with_label_values(&["failed"])
+        .inc_by(failed as u64);
+}
+
+/// Pool usage.
+pub fn pool(pool: &sqlx::MySqlPool, max: u32) {
+    let size = i64::from(pool.size());
+    let idle = pool.num_idle() as i64;
+    POOL.with_label_values(&[SERVICE, "idle"]).set(idle);
+    POOL.with_label_values(&[SERVICE, "in_use"])
+        .set((size - idle).max(0));
+    POOL.with_label_values(&[SERVICE, "max"])
+        .set(i64::from(max));
+}
+
+/// The current value of `dispatch_circuit_breaker_open{breaker}` (for tests).
+pub fn breaker_is_open(name: &str) -> bool {
+    BREAKER_OPEN.with_label_values(&[SERVICE, name]).get() == 1
+}

@@ -1,0 +1,278 @@
+//! Gateway settings: the shared runtime sections plus the gateway's own (`[limits]`, `[outbox]`,
+//! `[idempotency]`, `[cancel]`, `[health]`). Loaded by `dispatch_runtime::settings::load`
+//! (defaults < TOML file < `DISPATCH_<SECTION>__<KEY>`).
+
+use std::net::SocketAddr;
+
+use dispatch_runtime::grpc::AuthSettings;
+use dispatch_runtime::settings::{
+    AdminSettings, DbSettings, GrpcSettings, KafkaSettings, RedisSettings, SettingsError,
+    ShutdownSettings, TelemetrySettings,
+};
+use serde::{Deserialize, Serialize};
+
+/// Everything the gateway reads at start-up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// The TaskService gRPC server (default 127.0.0.1:50051).
+    pub grpc: GrpcSettings,
+    /// `/metrics`, `/healthz`, `/readyz` (default 127.0.0.1:9601).
+    pub admin: AdminSettings,
+    /// Brokers, topic prefix, producer tuning.
+    pub kafka: KafkaSettings,
+    /// MySQL: the outbox and the idempotency fallback.
+    pub database: DbSettings,
+    /// Redis: the idempotency fast path.
+    pub redis: RedisSettings,
+    /// Logs and traces.
+    pub telemetry: TelemetrySettings,
+    /// API keys (hashed) mapped to tenants.
+    pub auth: AuthSettings,
+    /// Drain bound after SIGTERM.
+    pub shutdown: ShutdownSettings,
+    /// Rate limits.
+    pub limits: LimitSettings,
+    /// Kafka produce timeout, circuit breaker and the outbox relay.
+    pub outbox: OutboxSettings,
+    /// Idempotency fast path.
+    pub idempotency: IdempotencySettings,
+    /// Cancel routing for tasks not yet in the store.
+    pub cancel: CancelSettings,
+    /// Dependency probes.
+    pub health: HealthSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            grpc: GrpcSettings {
+                listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+                ..GrpcSettings::default()
+            },
+            admin: AdminSettings::on_port(9601),
+            kafka: KafkaSettings::default(),
+            database: DbSettings::default(),
+            redis: RedisSettings::default(),
+            telemetry: TelemetrySettings::default(),
+            auth: AuthSettings::default(),
+            shutdown: ShutdownSettings::default(),
+            limits: LimitSettings::default(),
+            outbox: OutboxSettings::default(),
+            idempotency: IdempotencySettings::default(),
+            cancel: CancelSettings::default(),
+            health: HealthSettings::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// Checks cross-field rules that serde cannot express.
+    ///
+    /// # Errors
+    /// A message naming the bad key.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let bad = |m: &str| Err(SettingsError(m.to_owned()));
+        if self.outbox.produce_timeout_ms == 0 {
+            return bad("outbox.produce_timeout_ms must be > 0");
+        }
+        if self.outbox.relay_batch_size == 0 {
+            return bad("outbox.relay_batch_size must be > 0");
+        }
+        if self.outbox.max_attempts == 0 {
+            return bad("outbox.max_attempts must be > 0");
+        }
+        if self.outbox.breaker_failures == 0 {
+            return bad("outbox.breaker_failures must be > 0");
+        }
+        if self.grpc.max_concurrent_requests == 0 {
+            return bad("grpc.max_concurrent_requests must be > 0");
+        }
+        if self.kafka.partitions <= 0 {
+            return bad("kafka.partitions must be > 0");
+        }
+        Ok(())
+    }
+}
+
+/// `[limits]`: token buckets. A rate of 0 disables that limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    /// Tasks per second one tenant may submit (a batch costs one token per item).
+    pub tenant_rps: u32,
+    /// Tokens a tenant may spend at once (at least the largest batch, 1000).
+    pub tenant_burst: u32,
+    /// Tasks per second across all tenants.
+    pub global_rps: u32,
+    /// Global burst.
+    pub global_burst: u32,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            tenant_rps: 20_000,
+            tenant_burst: 20_000,
+            global_rps: 100_000,
+            global_burst: 100_000,
+        }
+    }
+}
+
+/// `[outbox]`: when Kafka counts as unavailable, and how the relay drains the outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxSettings {
+    /// A submit waits this long for its delivery report before it falls back to the outbox.
+    /// Keep it well below `kafka.message_timeout_ms`: a record that times out here may still
+    /// be delivered later (the processor dedupes that copy by task id).
+    pub produce_timeout_ms: u64,
+    /// Consecutive produce failures that open the Kafka circuit breaker.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before a trial call (doubles up to `breaker_max_open_ms`).
+    pub breaker_open_ms: u64,
+    /// Upper bound of the breaker's open time.
+    pub breaker_max_open_ms: u64,
+    /// Run the relay in this instance (one instance at a time relays, by a MySQL named lock).
+    pub relay_enabled: bool,
+    /// How often the relay (and the sticky-routing check) looks for pending rows when idle.
+    pub relay_interval_ms: u64,
+    /// Rows claimed per relay transaction.
+    pub relay_batch_size: u32,
+    /// Publish attempts before a row is marked `dead`.
+    pub max_attempts: u32,
+    /// First per-row retry delay; doubles per attempt.
+    pub relay_backoff_initial_ms: u64,
+    /// Upper bound of the per-row retry delay.
+    pub relay_backoff_max_ms: u64,
+    /// How often a non-leader retries taking the relay lock.
+    pub lock_retry_ms: u64,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self {
+            produce_timeout_ms: 3_000,
+            breaker_failures: 5,
+            breaker_open_ms: 1_000,
+            breaker_max_open_ms: 30_000,
+            relay_enabled: true,
+            relay_interval_ms: 200,
+            relay_batch_size: 500,
+            max_attempts: 20,
+            relay_backoff_initial_ms: 500,
+            relay_backoff_max_ms: 60_000,
+            lock_retry_ms: 2_000,
+        }
+    }
+}
+
+/// `[idempotency]`: the Redis fast path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencySettings {
+    /// How long Redis remembers a (tenant, idempotency key); after that the store fallback and the
+    /// processor's dedupe still hold.
+    pub ttl_ms: u64,
+    /// Consecutive Redis failures that open the Redis circuit breaker.
+    pub breaker_failures: u32,
+    /// How long the Redis breaker stays open before a trial call.
+    pub breaker_open_ms: u64,
+}
+
+impl Default for IdempotencySettings {
+    fn default() -> Self {
+        Self {
+            ttl_ms: 86_400_000,
+            breaker_failures: 3,
+            breaker_open_ms: 2_000,
+        }
+    }
+}
+
+/// `[cancel]`: a small memory of recent submits, so a cancel right after a submit (before the
+/// processor stored the task) routes to the submit's partition without the caller's key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CancelSettings {
+    /// Recent submits remembered.
+    pub recent_capacity: u64,
+    /// How long one is remembered.
+    pub recent_ttl_ms: u64,
+}
+
+impl Default for CancelSettings {
+    fn default() -> Self {
+        Self {
+            recent_capacity: 100_000,
+            recent_ttl_ms: 600_000,
+        }
+    }
+}
+
+/// `[health]`: dependency probes behind gRPC health and `/readyz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSettings {
+    /// Probe period.
+    pub probe_interval_ms: u64,
+    /// Timeout of one probe (Kafka metadata, `SELECT 1`, `PING`).
+    pub probe_timeout_ms: u64,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            probe_interval_ms: 1_000,
+            probe_timeout_ms: 2_000,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_env_overrides_apply() {
+        Settings::default().validate().expect("defaults valid");
+        let s: Settings = dispatch_runtime::settings::load_from(
+            None,
+            [
+                ("DISPATCH_LIMITS__TENANT_RPS".to_string(), "7".to_string()),
+                (
+                    "DISPATCH_OUTBOX__PRODUCE_TIMEOUT_MS".to_string(),
+                    "250".to_string(),
+                ),
+            ],
+        )
+        .expect("load");
+        assert_eq!(s.limits.tenant_rps, 7);
+        assert_eq!(s.outbox.produce_timeout_ms, 250);
+        assert_eq!(s.grpc.listen.port(), 50051);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = dispatch_runtime::settings::load_from::<Settings>(
+            None,
+            [("DISPATCH_OUTBOX__NOPE".to_string(), "1".to_string())],
+        )
+        .expect_err("unknown key");
+        assert!(err.to_string().contains("nope"), "{err}");
+        let bad = Settings {
+            outbox: OutboxSettings {
+                relay_batch_size: 0,
+                ..OutboxSettings::default()
+            },
+            ..Settings::default()
+        };
+        assert!(
+            bad.validate()
+                .expect_err("invalid")
+                .to_string()
+                .contains("relay_batch_size")
+        );
+    }
+}

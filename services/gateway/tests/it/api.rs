@@ -1,0 +1,283 @@
+//! Auth, validation, rate limits, health, reflection, metrics.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use dispatch_core::time::to_proto;
+use dispatch_gateway::settings::LimitSettings;
+use dispatch_proto::v1 as pb;
+use dispatch_testkit::{TestEnv, eventually};
+use tonic::Code;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn missing_or_wrong_keys_are_unauthenticated() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let gw = Running::start(settings(&env)).await?;
+    let mut client = gw.client().await?;
+    let err = client
+        .submit_task(pb::SubmitTaskRequest {
+            task: Some(spec("k", b"x")),
+        })
+        .await
+        .expect_err("no key");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = client
+        .submit_task(submit(spec("k", b"x"), "not-a-key"))
+        .await
+        .expect_err("wrong key");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = client
+        .submit_tasks(authed(
+            pb::SubmitTasksRequest {
+                tasks: vec![spec("k", b"x")],
+            },
+            "not-a-key",
+        ))
+        .await
+        .expect_err("wrong key");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = client
+        .cancel_task(pb::CancelTaskRequest {
+            task_id: dispatch_core::TaskId::new().to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no key");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    gw.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_validation_error_names_its_field() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let gw = Running::start(settings(&env)).await?;
+    let mut client = gw.client().await?;
+    let now = Utc::now();
+    type Edit = Box<dyn Fn(&mut pb::TaskSpec)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        ("task.business_key", Box::new(|s| s.business_key.clear())),
+        (
+            "task.business_key",
+            Box::new(|s| s.business_key = "k".repeat(257)),
+        ),
+        (
+            "task.business_key",
+            Box::new(|s| s.business_key = "a\u{7}b".into()),
+        ),
+        (
+            "task.task_type",
+            Box::new(|s| s.task_type = "Email Send!".into()),
+        ),
+        ("task.task_type", Box::new(|s| s.task_type.clear())),
+        (
+            "task.payload",
+            Box::new(|s| s.payload = vec![0; 256 * 1024 + 1]),
+        ),
+        ("task.priority", Box::new(|s| s.priority = 42)),
+        (
+            "task.idempotency_key",
+            Box::new(|s| s.idempotency_key = "has space".into()),
+        ),
+        (
+            "task.run_at",
+            Box::new(move |s| s.run_at = Some(to_proto(now - chrono::Duration::hours(1)))),
+        ),
+        (
+            "task.deadline",
+            Box::new(move |s| {
+                s.run_at = Some(to_proto(now + chrono::Duration::hours(2)));
+                s.deadline = Some(to_proto(now + chrono::Duration::hours(1)));
+            }),
+        ),
+        (
+            "task.retry_policy.max_attempts",
+            Box::new(|s| {
+                s.retry_policy = Some(pb::RetryPolicy {
+                    max_attempts: 99,
+                    ..Default::default()
+                })
+            }),
+        ),
+    ];
+    for (field, edit) in cases {
+        let mut s = spec("k", b"x");
+        edit(&mut s);
+        let err = client.submit_task(submit(s, KEY_A)).await.expect_err(field);
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}");
+        assert_eq!(bad_fields(&err), [field], "{}", err.message());
+    }
+    let err = client
+        .submit_task(authed(pb::SubmitTaskRequest { task: None }, KEY_A))
+        .await
+        .expect_err("missing task");
+    assert_eq!(bad_fields(&err), ["task"]);
+    for n in [0, 1001] {
+        let err = client
+            .submit_tasks(authed(
+                pb::SubmitTasksRequest {
+                    tasks: vec![spec("k", b"x"); n],
+                },
+                KEY_A,
+            ))
+            .await
+            .expect_err("batch size");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(bad_fields(&err), ["tasks"], "{n} items");
+    }
+    // Several problems at once are all reported.
+    let bad = pb::TaskSpec {
+        priority: 9,
+        ..Default::default()
+    };
+    let err = client
+        .submit_task(submit(bad, KEY_A))
+        .await
+        .expect_err("many");
+    assert_eq!(
+        bad_fields(&err),
+        ["task.business_key", "task.task_type", "task.priority"]
+    );
+    gw.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn rate_limits_answer_resource_exhausted_with_a_retry_hint() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let mut s = settings(&env);
+    s.limits = LimitSettings {
+        tenant_rps: 1,
+        tenant_burst: 3,
+        global_rps: 0,
+        global_burst: 0,
+    };
+    let gw = Running::start(s).await?;
+    let mut client = gw.client().await?;
+    let resp = client
+        .submit_tasks(authed(
+            pb::SubmitTasksRequest {
+                tasks: vec![spec("k", b"1"), spec("k", b"2")],
+            },
+            KEY_A,
+        ))
+        .await?;
+    assert_eq!(
+        resp.into_inner().results.len(),
+        2,
+        "a batch spends one token per item"
+    );
+    client.submit_task(submit(spec("k", b"3"), KEY_A)).await?;
+    let err = client
+        .submit_task(submit(spec("k", b"4"), KEY_A))
+        .await
+        .expect_err("limited");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    let hint: u64 = err
+        .metadata()
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("retry-after-ms");
+    assert!((1..=1_000).contains(&hint), "{hint}");
+    // Tenants do not share a bucket.
+    client.submit_task(submit(spec("k", b"b"), KEY_B)).await?;
+    let m = gw.metrics().await?;
+    assert!(m.contains("dispatch_rate_limited_total{scope=\"tenant\"}"));
+    gw.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn health_turns_serving_and_reflection_lists_the_service() -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let env = TestEnv::new().await?;
+    let gw = Running::start(settings(&env)).await?;
+    let down = Running::start(kafka_down(&env)).await?;
+    let health = HealthClient::new(gw.channel().await?);
+    for service in ["", "dispatch.v1.TaskService"] {
+        eventually("SERVING", Duration::from_secs(20), || {
+            let mut h = health.clone();
+            async move {
+                let r = h
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: service.into(),
+                    })
+                    .await
+                    .ok()?;
+                (r.into_inner().status == ServingStatus::Serving as i32).then_some(())
+            }
+        })
+        .await?;
+    }
+    let ready = eventually("ready", Duration::from_secs(20), || async {
+        let r = gw.readyz().await.ok()?;
+        (r["status"] == "ready").then_some(r)
+    })
+    .await?;
+    assert_eq!(ready["components"]["kafka"]["status"], "up");
+
+    // Without Kafka: probed (the mysql component is up), Kafka degraded, still NOT_SERVING.
+    let r = eventually("kafka probed", Duration::from_secs(20), || async {
+        let r = down.readyz().await.ok()?;
+        (r["components"]["mysql"]["status"] == "up").then_some(r)
+    })
+    .await?;
+    assert_eq!(r["components"]["kafka"]["status"], "degraded", "{r}");
+    let mut h = HealthClient::new(down.channel().await?);
+    let st = h
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?
+        .into_inner()
+        .status;
+    assert_eq!(st, ServingStatus::NotServing as i32);
+
+    // Reflection, as `grpcurl -plaintext ADDR list` uses it.
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut refl = ServerReflectionClient::new(gw.channel().await?);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = refl
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await?
+        .into_inner();
+    let msg = stream.message().await?.expect("a reflection response");
+    let names: Vec<String> = match msg.message_response {
+        Some(MessageResponse::ListServicesResponse(l)) => {
+            l.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    };
+    assert!(
+        names.contains(&"dispatch.v1.TaskService".to_string()),
+        "{names:?}"
+    );
+
+    // Metrics are exported before traffic.
+    let m = gw.metrics().await?;
+    for series in [
+        "dispatch_submit_total{outcome=\"outbox\"}",
+        "dispatch_outbox_backlog_records{state=\"dead\"}",
+        "dispatch_grpc_requests_total{code=\"OK\",method=\"SubmitTask\",service=\"gateway\"}",
+        "dispatch_circuit_breaker_open{breaker=\"redis\",service=\"gateway\"}",
+    ] {
+        assert!(m.contains(series), "{series} missing");
+    }
+    down.stop().await?;
+    gw.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}

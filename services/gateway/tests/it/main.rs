@@ -1,0 +1,9 @@
+//! Gateway integration tests: each test starts its own gateway on port 0 over an isolated
+//! `TestEnv` (own database, topic prefix, Redis prefix) on the shared local stack.
+
+mod api;
+mod cancel;
+mod harness;
+mod idempotency;
+mod outbox;
+mod submit;
