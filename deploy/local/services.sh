@@ -2,8 +2,8 @@
 # Runs the dispatch services on loopback against the local stack (deploy/local/stack.sh).
 #
 # Usage: deploy/local/services.sh <command>
-#   start    build (cargo), migrate, create topics, start gateway, processor, reader
-#   stop     SIGTERM each service and wait for its drain
+#   start [svc...]   build (cargo), migrate, create topics, start services (default: all)
+#   stop  [svc...]   SIGTERM each service and wait for its drain (default: all)
 #   status   one line per service
 #   logs <svc> [-f]
 #
@@ -70,18 +70,21 @@ wait_ready() {
 }
 
 cmd_start() {
+    local targets=("$@")
+    ((${#targets[@]})) || targets=("${SERVICES[@]}")
     mkdir -p "${RUN_DIR}"
-    build
+    [[ "${SKIP_BUILD:-0}" == "1" ]] || build
     "$(bin_dir)/dispatchctl" migrate --database-url "mysql://dispatch:dispatch@127.0.0.1:3306/dispatch" up >/dev/null
     "$(bin_dir)/dispatchctl" topics create --partitions 6 >/dev/null
-    for svc in "${SERVICES[@]}"; do start_one "${svc}"; done
-    for svc in "${SERVICES[@]}"; do wait_ready "${svc}"; done
+    for svc in "${targets[@]}"; do start_one "${svc}"; done
+    for svc in "${targets[@]}"; do wait_ready "${svc}"; done
     log "gateway gRPC 127.0.0.1:50051, reader gRPC 127.0.0.1:50052, processor admin gRPC 127.0.0.1:50053"
 }
 
 cmd_stop() {
-    local svc pid
-    for svc in "${SERVICES[@]}"; do
+    local svc pid targets=("$@")
+    ((${#targets[@]})) || targets=("${SERVICES[@]}")
+    for svc in "${targets[@]}"; do
         is_running "${svc}" || continue
         pid="$(cat "${RUN_DIR}/${svc}.pid")"
         kill -TERM "${pid}"
@@ -104,9 +107,9 @@ cmd_status() {
 }
 
 case "${1:-}" in
-    start) cmd_start ;;
-    stop) cmd_stop ;;
-    restart) cmd_stop; cmd_start ;;
+    start) shift; cmd_start "$@" ;;
+    stop) shift; cmd_stop "$@" ;;
+    restart) shift; cmd_stop "$@"; cmd_start "$@" ;;
     status) cmd_status ;;
     logs) shift; tail -n "${LINES:-50}" "${@:2}" "${RUN_DIR}/${1:?service}.log" ;;
     *) sed -n '2,15p' "$0"; exit 2 ;;

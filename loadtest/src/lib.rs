@@ -105,6 +105,12 @@ pub struct RunArgs {
     /// Payload bytes per task.
     #[arg(long, default_value_t = 300)]
     pub payload_bytes: usize,
+    /// `simulate` handler plan: latency per execution in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub sim_latency_ms: u64,
+    /// `simulate` handler plan: failure probability of each attempt (retried).
+    #[arg(long, default_value_t = 0.0)]
+    pub sim_fail_rate: f64,
     /// Distinct business keys.
     #[arg(long, default_value_t = 1000)]
     pub keys: usize,

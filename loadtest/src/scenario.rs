@@ -41,11 +41,15 @@ async fn channels(addr: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
     Ok(out)
 }
 
-/// A JSON payload of about `n` bytes that the `simulate` and `noop` handlers accept.
-fn payload(n: usize) -> Vec<u8> {
-    let base = br#"{"latency_ms":0,"pad":""}"#;
-    let pad = n.saturating_sub(base.len());
-    format!(r#"{{"latency_ms":0,"pad":"{}"}}"#, "x".repeat(pad)).into_bytes()
+/// A JSON payload of about `n` bytes: a `simulate` plan (the `noop` handler ignores it) padded out.
+fn payload(n: usize, latency_ms: u64, fail_rate: f64) -> Vec<u8> {
+    let plan = format!(r#"{{"latency_ms":{latency_ms},"fail_rate":{fail_rate},"pad":""}}"#);
+    let pad = n.saturating_sub(plan.len());
+    format!(
+        r#"{{"latency_ms":{latency_ms},"fail_rate":{fail_rate},"pad":"{}"}}"#,
+        "x".repeat(pad)
+    )
+    .into_bytes()
 }
 
 impl Scenario {
@@ -82,7 +86,7 @@ impl Scenario {
             gateways,
             readers,
             auth,
-            payload: payload(a.payload_bytes),
+            payload: payload(a.payload_bytes, a.sim_latency_ms, a.sim_fail_rate),
             keys: a.keys.max(1),
             batch: a.batch.clamp(1, 1000),
             task_type: a.task_type.clone(),
