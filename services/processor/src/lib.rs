@@ -1,1 +1,46 @@
-//! placeholder
+//! dispatch-processor: consumes task records and drives every task to exactly one terminal state.
+//!
+//! At-least-once consumption, effectively-once state: a record's offset is stored only after
+//! its effects (state row, retry or DLQ record, event) are durable, and every state write is fenced
+//! by a version computed from what happened (`dispatch_core::state`), so replays, duplicates and
+//! zombies never move a task backwards or re-run a task whose terminal state is committed.
+//!
+//! Map (a record's path through the crate, top to bottom):
+//! - [`settings`]: `Settings` (`[consumer]`, `[writer]`, `[scheduler]`, `[handlers]` + shared).
+//! - [`consumer`]: a `BaseConsumer` polled on its own thread; offset tracking with contiguous
+//!   watermarks ([`consumer::offsets`]), rebalance handling ([`consumer::context`]), pauses for
+//!   backpressure, operator pauses and retry delays ([`consumer::poller`]).
+//! - [`dispatch`]: weighted priority (6/3/1 by default) over execution slots, then per-key lanes:
+//!   same key in offset order, different keys in parallel up to `consumer.max_concurrency`.
+//!   Priority is applied where a free execution slot is handed out (not by pausing partitions),
+//!   so it acts exactly when there is a backlog and leaves pausing to backpressure.
+//! - [`process`]: one record: gate, schedule, run the handler, retry/DLQ, cancel, poison.
+//! - [`gate`]: batched `(state, version)` lookups that skip replays and finished tasks.
+//! - [`handler`]: the [`Handler`] trait, the registry and the built-ins (`noop`, `simulate`, `http`).
+//! - [`writer`]: the batch writer (coalesced, fenced, one transaction per batch, then events).
+//! - [`produce`]: the producer wrapper (retry, DLQ, events, scheduler records).
+//! - [`scheduler`]: publishes due `scheduled` tasks (`FOR UPDATE SKIP LOCKED`).
+//! - [`control`]: [`Control`], the pause/resume/stats hooks for AdminService.
+//! - [`lag`]: consumer lag gauges.
+//! - [`metrics`]: the metric catalogue's processor section.
+//! - here: [`App`] (build, run, the shutdown order) and [`AppBuilder`] (custom handlers).
+
+pub mod consumer;
+pub mod control;
+pub mod dispatch;
+pub mod gate;
+pub mod handler;
+pub mod lag;
+pub mod metrics;
+pub mod process;
+pub mod produce;
+pub mod scheduler;
+pub mod settings;
+pub mod writer;
+
+mod app;
+
+pub use app::{App, AppBuilder};
+pub use control::{Control, Paused, Stats};
+pub use handler::{Handler, HandlerContext, HandlerError, Outcome};
+pub use settings::Settings;

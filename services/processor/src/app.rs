@@ -1,0 +1,363 @@
+//! [`App`]: wiring, start-up and the shutdown order.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
+use dispatch_runtime::kafka;
+use dispatch_runtime::shutdown::Shutdown;
+use dispatch_store::MySqlPool;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::consumer::poller::Poller;
+use crate::consumer::{Ctx, Shared};
+use crate::control::Control;
+use crate::dispatch::{Dispatcher, Lanes, weighted_order};
+use crate::gate::Gate;
+use crate::handler::{Handler, Registry};
+use crate::process::{Parts, Processor};
+use crate::produce::Producer;
+use crate::scheduler::Scheduler;
+use crate::settings::Settings;
+use crate::writer::{self, WriterTask};
+
+/// Builds an [`App`] with handlers registered in code.
+pub struct AppBuilder {
+    settings: Settings,
+    handlers: Vec<(String, Arc<dyn Handler>)>,
+}
+
+impl AppBuilder {
+    /// Starts from `settings`.
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            handlers: Vec::new(),
+        }
+    }
+
+    /// Runs tasks of `task_type` with `handler` (bounds from `[handlers.types.<task_type>]`).
+    pub fn handler(mut self, task_type: &str, handler: impl Handler) -> Self {
+        self.handlers
+            .push((task_type.to_owned(), Arc::new(handler)));
+        self
+    }
+
+    /// Connects to MySQL and Kafka, creates topics if configured and binds the listeners.
+    ///
+    /// # Errors
+    /// Invalid settings, unreachable dependencies, unbindable addresses.
+    pub async fn build(self) -> anyhow::Result<App> {
+        let s = self.settings;
+        s.validate()?;
+        let registry = Registry::build(&s.handlers, self.handlers)?;
+        crate::metrics::init(&registry.task_types());
+        let pool = dispatch_store::connect(&s.database)
+            .await
+            .context("connecting to MySQL")?;
+        if s.kafka.create_topics {
+            kafka::ensure_topics(&s.kafka, &kafka::dispatch_topics(&s.kafka)).await?;
+        }
+        let producer = Producer::new(
+            kafka::producer_config(&s.kafka)
+                .create()
+                .context("creating the Kafka producer")?,
+        );
+        let topics = s.kafka.topics();
+        let shared = Arc::new(Shared::new(
+            topics.clone(),
+            Duration::from_millis(s.consumer.rebalance_drain_ms),
+        ));
+        let mut cc = kafka::consumer_config(&s.kafka, &s.consumer.group);
+        // Bound prefetch (RSS), unless the raw options say otherwise.
+        if !s
+            .kafka
+            .librdkafka
+            .contains_key("queued.max.messages.kbytes")
+        {
+            cc.set(
+                "queued.max.messages.kbytes",
+                s.consumer.prefetch_kbytes.to_string(),
+            );
+        }
+        let consumer: BaseConsumer<Ctx> = cc
+            .create_with_context(Ctx::new(shared.clone()))
+            .context("creating the Kafka consumer")?;
+        let health = Health::new();
+        let admin = AdminServer::bind(s.admin.listen, health.clone())
+            .await
+            .with_context(|| format!("binding admin.listen {}", s.admin.listen))?;
+        let grpc = TcpListener::bind(s.grpc.listen)
+            .await
+            .with_context(|| format!("binding grpc.listen {}", s.grpc.listen))?;
+        let (types_tx, _) = watch::channel(BTreeSet::new());
+        let consumer = Arc::new(consumer);
+        let control = Control {
+            shared: shared.clone(),
+            types: Arc::new(types_tx),
+            consumer: consumer.clone(),
+            hosts: registry.hosts().clone(),
+            topics,
+        };
+        Ok(App {
+            settings: s,
+            pool,
+            producer,
+            registry,
+            health,
+            admin,
+            grpc,
+            shared,
+            consumer,
+            control,
+        })
+    }
+}
+
+/// A built processor, ready to run.
+pub struct App {
+    settings: Settings,
+    pool: MySqlPool,
+    producer: Producer,
+    registry: Registry,
+    health: Health,
+    admin: AdminServer,
+    grpc: TcpListener,
+    shared: Arc<Shared>,
+    consumer: Arc<BaseConsumer<Ctx>>,
+    control: Control,
+}
+
+impl App {
+    /// [`AppBuilder::build`] without custom handlers.
+    ///
+    /// # Errors
+    /// As [`AppBuilder::build`].
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        AppBuilder::new(settings).build().await
+    }
+
+    /// A builder, to register handlers in code.
+    pub fn builder(settings: Settings) -> AppBuilder {
+        AppBuilder::new(settings)
+    }
+
+    /// The gRPC (AdminService) address.
+    ///
+    /// # Errors
+    /// The socket has no local address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    /// The admin HTTP address.
+    ///
+    /// # Errors
+    /// The socket has no local address.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// Operator control of this processor.
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
+    /// The processor's MySQL pool.
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+
+    /// Runs until `shutdown` triggers, then stops in order: stop fetching, drain in-flight records
+    /// (bounded), flush the writer, flush the producer, commit offsets and leave the group, stop
+    /// the servers, close the pool.
+    ///
+    /// # Errors
+    /// The consumer cannot subscribe or the gRPC server cannot start.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let s = &self.settings;
+        let servers = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        tracker.spawn(self.admin.serve(servers.clone()));
+        let (reporter, health_svc) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        let reflection = dispatch_runtime::grpc::reflection_service()?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
+        let grpc_stop = servers.clone();
+        tracker.spawn(async move {
+            let r = tonic::transport::Server::builder()
+                .add_service(health_svc)
+                .add_service(reflection)
+                .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned())
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "grpc server failed");
+            }
+        });
+
+        let writer_close = CancellationToken::new();
+        let writer_abort = CancellationToken::new();
+        let writers = TaskTracker::new();
+        let writer = writer::spawn(
+            WriterTask {
+                pool: self.pool.clone(),
+                producer: self.producer.clone(),
+                topics: s.kafka.topics(),
+                max_rows: s.writer.max_rows,
+                max_delay: Duration::from_millis(s.writer.max_delay_ms),
+                health: self.health.clone(),
+                close: writer_close.clone(),
+                abort: writer_abort.clone(),
+            },
+            &writers,
+            s.writer.max_rows * 4,
+        );
+        let gate = Gate::spawn(
+            self.pool.clone(),
+            s.writer.gate_max_ids,
+            Duration::from_micros(s.writer.gate_max_delay_us),
+        );
+        let hard_stop = CancellationToken::new();
+        let processor = Arc::new(Processor::new(Parts {
+            topics: s.kafka.topics(),
+            registry: self.registry.clone(),
+            writer,
+            gate,
+            producer: self.producer.clone(),
+            pool: self.pool.clone(),
+            shared: self.shared.clone(),
+            consumer: self.consumer.clone(),
+            paused_types: self.control.types.subscribe(),
+            hard_stop: hard_stop.clone(),
+            cancelled_ttl: Duration::from_millis(s.consumer.cancelled_ttl_ms),
+        }));
+
+        let (c_tx, c_rx) = mpsc::unbounded_channel();
+        let (d_tx, d_rx) = mpsc::unbounded_channel();
+        let (l_tx, l_rx) = mpsc::unbounded_channel();
+        let stop_dispatch = CancellationToken::new();
+        let dispatcher = tokio::spawn(
+            Dispatcher {
+                rx: [c_rx, d_rx, l_rx],
+                order: weighted_order(s.consumer.priority_weights),
+                slots: Arc::new(tokio::sync::Semaphore::new(s.consumer.max_concurrency)),
+                lanes: Arc::new(Lanes::default()),
+                processor: processor.clone(),
+                stop: stop_dispatch.clone(),
+            }
+            .run(),
+        );
+
+        let topics = s.kafka.topics().all_task_topics();
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        self.consumer.subscribe(&refs).context("subscribing")?;
+        let stop_fetch = CancellationToken::new();
+        let close = CancellationToken::new();
+        let poller = Poller {
+            consumer: self.consumer.clone(),
+            shared: self.shared.clone(),
+            out: [c_tx, d_tx, l_tx],
+            max_in_flight: s.consumer.max_in_flight,
+            resume_at: (s.consumer.max_in_flight as f64 * s.consumer.resume_ratio) as usize,
+            stop_fetch: stop_fetch.clone(),
+            close: close.clone(),
+        };
+        let poll_thread = std::thread::Builder::new()
+            .name("kafka-poll".into())
+            .spawn(move || poller.run())
+            .context("spawning the poll thread")?;
+
+        let background = CancellationToken::new();
+        if s.scheduler.enabled {
+            tracker.spawn(
+                Scheduler {
+                    pool: self.pool.clone(),
+                    producer: self.producer.clone(),
+                    topics: s.kafka.topics(),
+                    interval: Duration::from_millis(s.scheduler.interval_ms),
+                    batch_size: s.scheduler.batch_size,
+                    stop: background.clone(),
+                }
+                .run(),
+            );
+        }
+        tracker.spawn(crate::lag::run(
+            self.consumer.clone(),
+            self.shared.clone(),
+            self.pool.clone(),
+            s.database.max_connections,
+            Duration::from_millis(s.consumer.lag_interval_ms),
+            background.clone(),
+        ));
+        self.health.set("mysql", ComponentStatus::Up);
+        self.health.set("kafka", ComponentStatus::Up);
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        tracing::info!(group = %s.consumer.group, topics = topics.len(), "processor running");
+
+        shutdown.triggered().await;
+        tracing::info!("shutting down");
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        self.health
+            .set("processor", ComponentStatus::Down("shutting down".into()));
+
+        // 1. Stop fetching and dispatching; stop the scheduler.
+        stop_fetch.cancel();
+        stop_dispatch.cancel();
+        background.cancel();
+        let _ = dispatcher.await;
+        // 2. Drain running records within the bound; then cancel what is left.
+        let drain = Duration::from_millis(s.shutdown.drain_timeout_ms);
+        let started = Instant::now();
+        while self.shared.partitions.running() > 0 && started.elapsed() < drain {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if self.shared.partitions.running() > 0 {
+            tracing::warn!(
+                running = self.shared.partitions.running(),
+                "drain timed out; cancelling the rest"
+            );
+            hard_stop.cancel();
+            self.shared.partitions.revoke_all_tokens();
+            let grace = Instant::now();
+            while self.shared.partitions.running() > 0 && grace.elapsed() < Duration::from_secs(2) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        // 3. Flush the writer (bounded: a dead database cannot hold shutdown forever).
+        writer_close.cancel();
+        writers.close();
+        if tokio::time::timeout(Duration::from_secs(10), writers.wait())
+            .await
+            .is_err()
+        {
+            writer_abort.cancel();
+            writers.wait().await;
+        }
+        // 4. Flush the producer.
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+        // 5. Commit what is persisted and leave the group.
+        close.cancel();
+        let _ = tokio::task::spawn_blocking(move || poll_thread.join()).await;
+        // 6. Servers and pool.
+        servers.cancel();
+        tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+        self.pool.close().await;
+        tracing::info!("processor stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,307 @@
+//! Per-partition offset tracking: which consumed records are still unfinished, and the
+//! contiguous watermark that may be stored.
+//!
+//! Every polled record gets a slot (`Queued`), turns `Running` when its lane starts it, and is
+//! removed when its effects are persisted ([`Partitions::finish`]). The offset stored for a
+//! partition is its lowest unfinished slot, or one past the highest polled offset when none is
+//! left, so a crash re-delivers exactly the records whose effects may be missing. A record dropped
+//! because its partition was revoked is marked `Abandoned`: it keeps blocking the watermark (it
+//! was not persisted) but nobody waits for it.
+//!
+//! Each assignment of a partition has an epoch; a lease of an earlier epoch (work that outlived
+//! a revoke) can no longer move the partition's watermark.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+/// A topic partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tp {
+    /// Topic.
+    pub topic: Arc<str>,
+    /// Partition.
+    pub partition: i32,
+}
+
+impl Tp {
+    /// `topic`/`partition`.
+    pub fn new(topic: &str, partition: i32) -> Self {
+        Self {
+            topic: Arc::from(topic),
+            partition,
+        }
+    }
+}
+
+/// The right to finish one consumed record.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// Where the record came from.
+    pub tp: Tp,
+    /// Its offset.
+    pub offset: i64,
+    /// Assignment epoch of the partition when it was polled.
+    pub epoch: u64,
+    /// Fires when the partition is revoked (or the processor stops): drop unstarted work.
+    pub revoked: CancellationToken,
+    /// When it was polled.
+    pub polled_at: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Queued,
+    Running,
+    Abandoned,
+}
+
+#[derive(Debug)]
+struct Partition {
+    epoch: u64,
+    revoked: CancellationToken,
+    slots: BTreeMap<i64, (Slot, Instant)>,
+    /// One past the highest offset polled.
+    next: Option<i64>,
+    /// Last offset stored.
+    stored: Option<i64>,
+}
+
+impl Partition {
+    fn watermark(&self) -> Option<i64> {
+        self.slots.keys().next().copied().or(self.next)
+    }
+}
+
+/// The tracker of every assigned partition.
+#[derive(Debug, Default)]
+pub struct Partitions {
+    inner: Mutex<HashMap<Tp, Partition>>,
+    epochs: AtomicU64,
+}
+
+impl Partitions {
+    /// Starts tracking newly assigned partitions.
+    pub fn assign(&self, tps: impl IntoIterator<Item = Tp>) {
+        let mut m = self.inner.lock();
+        for tp in tps {
+            let epoch = self.epochs.fetch_add(1, Ordering::Relaxed) + 1;
+            m.entry(tp).or_insert_with(|| Partition {
+                epoch,
+                revoked: CancellationToken::new(),
+                slots: BTreeMap::new(),
+                next: None,
+                stored: None,
+            });
+        }
+    }
+
+    /// Registers a polled record; `None` when its partition is not assigned.
+    pub fn begin(&self, tp: &Tp, offset: i64) -> Option<Lease> {
+        let mut m = self.inner.lock();
+        let p = m.get_mut(tp)?;
+        let now = Instant::now();
+        p.slots.insert(offset, (Slot::Queued, now));
+        p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
+        Some(Lease {
+            tp: tp.clone(),
+            offset,
+            epoch: p.epoch,
+            revoked: p.revoked.clone(),
+            polled_at: now,
+        })
+    }
+
+    /// Marks a record as running; false when its partition was revoked (the caller abandons it).
+    pub fn start(&self, lease: &Lease) -> bool {
+        let mut m = self.inner.lock();
+        match m.get_mut(&lease.tp) {
+            Some(p) if p.epoch == lease.epoch && !p.revoked.is_cancelled() => {
+                if let Some(s) = p.slots.get_mut(&lease.offset) {
+                    s.0 = Slot::Running;
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A record's work was dropped unpersisted (revoke or shutdown).
+    pub fn abandon(&self, lease: &Lease) {
+        let mut m = self.inner.lock();
+        if let Some(s) = m
+            .get_mut(&lease.tp)
+            .filter(|p| p.epoch == lease.epoch)
+            .and_then(|p| p.slots.get_mut(&lease.offset))
+        {
+            s.0 = Slot::Abandoned;
+        }
+    }
+
+    /// A record's effects are persisted: removes it and, when the partition's watermark moved,
+    /// calls `store(tp, watermark)` (under the lock, so stores never go backwards). Returns false
+    /// for a stale lease (its partition was revoked meanwhile).
+    pub fn finish(&self, lease: &Lease, store: impl FnOnce(&Tp, i64)) -> bool {
+        let mut m = self.inner.lock();
+        let Some(p) = m.get_mut(&lease.tp).filter(|p| p.epoch == lease.epoch) else {
+            return false;
+        };
+        p.slots.remove(&lease.offset);
+        if let Some(w) = p.watermark().filter(|w| p.stored.is_none_or(|s| *w > s)) {
+            p.stored = Some(w);
+            store(&lease.tp, w);
+        }
+        true
+    }
+
+    /// Revokes partitions: fires their tokens, waits up to `drain` for their running records,
+    /// then stops tracking them. Returns the watermark of each to commit.
+    pub fn revoke(&self, tps: &[Tp], drain: Duration) -> Vec<(Tp, i64)> {
+        {
+            let m = self.inner.lock();
+            for tp in tps {
+                if let Some(p) = m.get(tp) {
+                    p.revoked.cancel();
+                }
+            }
+        }
+        let deadline = Instant::now() + drain;
+        while Instant::now() < deadline && self.running_in(tps) > 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut m = self.inner.lock();
+        tps.iter()
+            .filter_map(|tp| {
+                let p = m.remove(tp)?;
+                p.watermark().map(|w| (tp.clone(), w))
+            })
+            .collect()
+    }
+
+    fn running_in(&self, tps: &[Tp]) -> usize {
+        let m = self.inner.lock();
+        tps.iter()
+            .filter_map(|tp| m.get(tp))
+            .map(|p| p.slots.values().filter(|s| s.0 == Slot::Running).count())
+            .sum()
+    }
+
+    /// Fires every partition's token (shutdown: unstarted work is dropped).
+    pub fn revoke_all_tokens(&self) {
+        for p in self.inner.lock().values() {
+            p.revoked.cancel();
+        }
+    }
+
+    /// Records consumed and not finished (including abandoned ones), over all partitions.
+    pub fn in_flight(&self) -> usize {
+        self.inner.lock().values().map(|p| p.slots.len()).sum()
+    }
+
+    /// Records running right now.
+    pub fn running(&self) -> usize {
+        self.inner
+            .lock()
+            .values()
+            .map(|p| p.slots.values().filter(|s| s.0 == Slot::Running).count())
+            .sum()
+    }
+
+    /// Age of the oldest unfinished record.
+    pub fn oldest_pending_age(&self) -> Duration {
+        let now = Instant::now();
+        self.inner
+            .lock()
+            .values()
+            .flat_map(|p| p.slots.values().map(|s| s.1))
+            .min()
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+    }
+
+    /// The assigned partitions.
+    pub fn assigned(&self) -> Vec<Tp> {
+        let mut v: Vec<Tp> = self.inner.lock().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// The current watermark of every partition that has one.
+    pub fn watermarks(&self) -> Vec<(Tp, i64)> {
+        self.inner
+            .lock()
+            .iter()
+            .filter_map(|(tp, p)| p.watermark().map(|w| (tp.clone(), w)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp() -> Tp {
+        Tp::new("t", 0)
+    }
+
+    #[test]
+    fn watermark_is_the_lowest_unfinished_offset() {
+        let p = Partitions::default();
+        p.assign([tp()]);
+        let l: Vec<Lease> = (10..14)
+            .map(|o| p.begin(&tp(), o).expect("assigned"))
+            .collect();
+        let mut stored = Vec::new();
+        assert!(p.finish(&l[1], |_, w| stored.push(w)));
+        assert_eq!(stored, vec![10], "10 is still unfinished");
+        p.finish(&l[0], |_, w| stored.push(w));
+        assert_eq!(stored, vec![10, 12]);
+        p.finish(&l[3], |_, w| stored.push(w));
+        assert_eq!(stored, vec![10, 12], "12 is still unfinished");
+        p.finish(&l[2], |_, w| stored.push(w));
+        assert_eq!(stored, vec![10, 12, 14]);
+        assert_eq!(p.in_flight(), 0);
+    }
+
+    #[test]
+    fn abandoned_records_block_the_watermark_and_stale_leases_are_ignored() {
+        let p = Partitions::default();
+        p.assign([tp()]);
+        let a = p.begin(&tp(), 5).expect("assigned");
+        let b = p.begin(&tp(), 6).expect("assigned");
+        assert!(p.start(&b));
+        p.abandon(&a);
+        let mut stored = Vec::new();
+        p.finish(&b, |_, w| stored.push(w));
+        assert_eq!(stored, vec![5], "the abandoned record blocks");
+        let out = p.revoke(&[tp()], Duration::from_millis(10));
+        assert_eq!(out, vec![(tp(), 5)]);
+        assert!(a.revoked.is_cancelled());
+        // Re-assigned: an old lease no longer counts.
+        p.assign([tp()]);
+        let c = p.begin(&tp(), 5).expect("assigned");
+        assert!(!p.finish(&a, |_, _| panic!("stale")));
+        assert!(!p.start(&a));
+        assert!(p.start(&c));
+        assert_eq!(p.running(), 1);
+    }
+
+    #[test]
+    fn revoke_waits_for_running_records_up_to_the_bound() {
+        let p = Arc::new(Partitions::default());
+        p.assign([tp()]);
+        let l = p.begin(&tp(), 1).expect("assigned");
+        assert!(p.start(&l));
+        let p2 = p.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            p2.finish(&l, |_, _| {});
+        });
+        let out = p.revoke(&[tp()], Duration::from_secs(5));
+        assert_eq!(out, vec![(tp(), 2)]);
+        t.join().expect("thread");
+    }
+}

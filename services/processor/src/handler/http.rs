@@ -1,0 +1,235 @@
+//! The `http` handler: POSTs the payload to the endpoint configured for the task type.
+//!
+//! 2xx is success (the body becomes the result), 429, 5xx, timeouts and connection errors are
+//! retryable, any other status is permanent. Each endpoint host has a circuit breaker (failsafe:
+//! consecutive failures open it with exponential backoff; an open breaker fails attempts as
+//! retryable without calling) and an optional rate limit (governor), shared by every task type
+//! that targets the host. Breaker state is exported as `dispatch_circuit_breaker_open{breaker="http:<host>"}`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dispatch_core::Envelope;
+use failsafe::backoff::{self, Exponential};
+use failsafe::failure_policy::{self, ConsecutiveFailures};
+use failsafe::{Instrument, StateMachine};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use parking_lot::Mutex;
+
+use super::{Handler, HandlerContext, HandlerError, Outcome};
+use crate::metrics::BREAKER_OPEN;
+use crate::settings::{HttpEndpointSettings, HttpHostSettings};
+
+/// Largest result kept from a response body.
+const MAX_RESULT_BYTES: usize = 64 * 1024;
+
+/// Sets the breaker gauge on transitions.
+#[derive(Debug, Clone)]
+struct BreakerGauge {
+    label: String,
+    open: Arc<AtomicBool>,
+}
+
+impl Instrument for BreakerGauge {
+    fn on_call_rejected(&self) {}
+    fn on_open(&self) {
+        self.open.store(true, Ordering::Relaxed);
+        BREAKER_OPEN
+            .with_label_values(&["processor", &self.label])
+            .set(1);
+        tracing::warn!(breaker = %self.label, "circuit breaker opened");
+    }
+    fn on_half_open(&self) {
+        self.open.store(false, Ordering::Relaxed);
+        BREAKER_OPEN
+            .with_label_values(&["processor", &self.label])
+            .set(0);
+    }
+    fn on_closed(&self) {
+        self.open.store(false, Ordering::Relaxed);
+        BREAKER_OPEN
+            .with_label_values(&["processor", &self.label])
+            .set(0);
+    }
+}
+
+type Breaker = StateMachine<ConsecutiveFailures<Exponential>, BreakerGauge>;
+
+/// Protection of one host.
+struct Host {
+    breaker: Breaker,
+    open: Arc<AtomicBool>,
+    limiter: Option<DefaultDirectRateLimiter>,
+}
+
+/// Per-host breakers and rate limiters, shared by every `http` handler.
+#[derive(Clone)]
+pub struct Hosts {
+    settings: HttpHostSettings,
+    by_host: Arc<Mutex<HashMap<String, Arc<Host>>>>,
+}
+
+impl Hosts {
+    /// No hosts yet.
+    pub fn new(settings: HttpHostSettings) -> Self {
+        Self {
+            settings,
+            by_host: Arc::default(),
+        }
+    }
+
+    fn get(&self, host: &str) -> Arc<Host> {
+        let mut map = self.by_host.lock();
+        map.entry(host.to_owned())
+            .or_insert_with(|| {
+                let s = &self.settings;
+                let open = Arc::new(AtomicBool::new(false));
+                let label = format!("http:{host}");
+                BREAKER_OPEN
+                    .with_label_values(&["processor", &label])
+                    .set(0);
+                let breaker = failsafe::Config::new()
+                    .failure_policy(failure_policy::consecutive_failures(
+                        s.breaker_failures.max(1),
+                        backoff::exponential(
+                            Duration::from_millis(s.breaker_open_ms.max(1)),
+                            Duration::from_millis(s.breaker_max_open_ms.max(s.breaker_open_ms)),
+                        ),
+                    ))
+                    .instrument(BreakerGauge {
+                        label,
+                        open: open.clone(),
+                    })
+                    .build();
+                let limiter = NonZeroU32::new(s.rate_per_second).map(|rate| {
+                    let burst = NonZeroU32::new(s.burst).unwrap_or(rate);
+                    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+                });
+                Arc::new(Host {
+                    breaker,
+                    open,
+                    limiter,
+                })
+            })
+            .clone()
+    }
+
+    /// `http:<host>` -> `open` / `closed`.
+    pub fn states(&self) -> BTreeMap<String, String> {
+        self.by_host
+            .lock()
+            .iter()
+            .map(|(h, s)| {
+                let st = if s.open.load(Ordering::Relaxed) {
+                    "open"
+                } else {
+                    "closed"
+                };
+                (format!("http:{h}"), st.to_string())
+            })
+            .collect()
+    }
+}
+
+/// POSTs payloads to one endpoint.
+pub struct HttpHandler {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    host: String,
+    hosts: Hosts,
+}
+
+impl HttpHandler {
+    /// A handler for `endpoint`.
+    ///
+    /// # Errors
+    /// An invalid URL or a client that cannot be built.
+    pub fn new(endpoint: &HttpEndpointSettings, hosts: Hosts) -> anyhow::Result<Self> {
+        let url = reqwest::Url::parse(&endpoint.url)
+            .map_err(|e| anyhow::anyhow!("invalid handler url {}: {e}", endpoint.url))?;
+        let host = format!(
+            "{}:{}",
+            url.host_str().unwrap_or_default(),
+            url.port_or_known_default().unwrap_or_default()
+        );
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(endpoint.timeout_ms))
+            .build()?;
+        Ok(Self {
+            client,
+            url,
+            host,
+            hosts,
+        })
+    }
+
+    async fn call(&self, ctx: &HandlerContext, task: &Envelope) -> Result<Outcome, HandlerError> {
+        let req = self
+            .client
+            .post(self.url.clone())
+            .header("content-type", "application/octet-stream")
+            .header("idempotency-key", task.task_id.to_string())
+            .header("x-dispatch-task-id", task.task_id.to_string())
+            .header("x-dispatch-attempt", ctx.attempt.to_string())
+            .body(task.payload.clone())
+            .send();
+        let resp = tokio::select! {
+            r = req => r,
+            () = ctx.cancel.cancelled() => return Err(HandlerError::Retryable("cancelled".into())),
+        };
+        let resp = resp.map_err(|e| {
+            HandlerError::Retryable(if e.is_timeout() {
+                "endpoint timed out".to_string()
+            } else {
+                format!("endpoint unreachable: {e}")
+            })
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| HandlerError::Retryable(format!("reading response: {e}")))?;
+            let result =
+                (!body.is_empty()).then(|| body[..body.len().min(MAX_RESULT_BYTES)].to_vec());
+            return Ok(Outcome { result });
+        }
+        let msg = format!("endpoint answered {status}");
+        if status.as_u16() == 429 || status.is_server_error() {
+            Err(HandlerError::Retryable(msg))
+        } else {
+            Err(HandlerError::Permanent(msg))
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for HttpHandler {
+    async fn handle(&self, ctx: HandlerContext, task: &Envelope) -> Result<Outcome, HandlerError> {
+        let host = self.hosts.get(&self.host);
+        if !host.breaker.is_call_permitted() {
+            return Err(HandlerError::Retryable(format!(
+                "circuit breaker open for {}",
+                self.host
+            )));
+        }
+        if let Some(l) = &host.limiter {
+            tokio::select! {
+                () = l.until_ready() => {}
+                () = ctx.cancel.cancelled() => return Err(HandlerError::Retryable("cancelled".into())),
+            }
+        }
+        let r = self.call(&ctx, task).await;
+        match &r {
+            // A 4xx says the host is healthy; only retryable failures count against it.
+            Ok(_) | Err(HandlerError::Permanent(_)) => host.breaker.on_success(),
+            Err(HandlerError::Retryable(_)) if ctx.cancel.is_cancelled() => {}
+            Err(HandlerError::Retryable(_)) => host.breaker.on_error(),
+        }
+        r
+    }
+}

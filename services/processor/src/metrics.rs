@@ -1,0 +1,253 @@
+//! The processor's metrics (docs/metrics.md, "Processor"), registered once in the process
+//! registry. [`init`] pre-creates every labelled series so dashboards see them before traffic.
+
+use std::sync::LazyLock;
+
+use dispatch_core::TaskState;
+use dispatch_runtime::metrics::{LATENCY_BUCKETS, register};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
+
+fn def<T>(r: Result<T, prometheus::Error>) -> T {
+    r.unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    register(def(IntCounter::new(name, help)))
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(def(IntCounterVec::new(Opts::new(name, help), labels)))
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    register(def(IntGauge::new(name, help)))
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(def(IntGaugeVec::new(Opts::new(name, help), labels)))
+}
+
+/// `dispatch_consumer_lag_records{topic, partition}`.
+pub static LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "dispatch_consumer_lag_records",
+        "High watermark minus committed offset.",
+        &["topic", "partition"],
+    )
+});
+/// `dispatch_consumer_oldest_pending_age_seconds`.
+pub static OLDEST_PENDING: LazyLock<prometheus::Gauge> = LazyLock::new(|| {
+    register(def(prometheus::Gauge::new(
+        "dispatch_consumer_oldest_pending_age_seconds",
+        "Age of the oldest record consumed but not yet persisted.",
+    )))
+});
+/// `dispatch_consumer_records_total{topic_kind}`.
+pub static RECORDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "dispatch_consumer_records_total",
+        "Records consumed.",
+        &["topic_kind"],
+    )
+});
+/// `dispatch_consumer_in_flight_records`.
+pub static IN_FLIGHT: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "dispatch_consumer_in_flight_records",
+        "Records consumed but not yet persisted.",
+    )
+});
+/// `dispatch_consumer_paused_partitions`.
+pub static PAUSED: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "dispatch_consumer_paused_partitions",
+        "Partitions paused for backpressure, retry delays or by an operator.",
+    )
+});
+/// `dispatch_consumer_rebalances_total{kind}`.
+pub static REBALANCES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "dispatch_consumer_rebalances_total",
+        "Rebalance callbacks.",
+        &["kind"],
+    )
+});
+/// `dispatch_handler_duration_seconds{task_type, outcome}`.
+pub static HANDLER_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(def(HistogramVec::new(
+        HistogramOpts::new("dispatch_handler_duration_seconds", "Handler latency.")
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        &["task_type", "outcome"],
+    )))
+});
+/// `dispatch_handler_executions_total{task_type, outcome}`.
+pub static HANDLER_EXECUTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "dispatch_handler_executions_total",
+        "Handler runs.",
+        &["task_type", "outcome"],
+    )
+});
+/// `dispatch_tasks_finished_total{state}`.
+pub static FINISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "dispatch_tasks_finished_total",
+        "Terminal states written.",
+        &["state"],
+    )
+});
+/// `dispatch_retries_total{level}`.
+pub static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "dispatch_retries_total",
+        "Records sent to a retry topic.",
+        &["level"],
+    )
+});
+/// `dispatch_dlq_records_total{error_class}`.
+pub static DLQ: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "dispatch_dlq_records_total",
+        "Records sent to the DLQ.",
+        &["error_class"],
+    )
+});
+/// `dispatch_events_published_total`.
+pub static EVENTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "dispatch_events_published_total",
+        "State-change events produced.",
+    )
+});
+/// `dispatch_db_batch_size_rows`.
+pub static BATCH_ROWS: LazyLock<Histogram> = LazyLock::new(|| {
+    register(def(Histogram::with_opts(
+        HistogramOpts::new(
+            "dispatch_db_batch_size_rows",
+            "Rows per batch-writer transaction.",
+        )
+        .buckets(vec![
+            1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
+        ]),
+    )))
+});
+/// `dispatch_db_write_duration_seconds`.
+pub static DB_WRITE: LazyLock<Histogram> = LazyLock::new(|| {
+    register(def(Histogram::with_opts(
+        HistogramOpts::new(
+            "dispatch_db_write_duration_seconds",
+            "Batch-writer transaction latency.",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+    )))
+});
+/// `dispatch_db_write_errors_total`.
+pub static DB_WRITE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "dispatch_db_write_errors_total",
+        "Failed batch transactions.",
+    )
+});
+/// `dispatch_scheduler_claimed_total`.
+pub static SCHEDULER_CLAIMED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "dispatch_scheduler_claimed_total",
+        "Scheduled tasks published when due.",
+    )
+});
+/// `dispatch_kafka_produce_duration_seconds{topic_kind}`.
+pub static PRODUCE_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(def(HistogramVec::new(
+        HistogramOpts::new(
+            "dispatch_kafka_produce_duration_seconds",
+            "Delivery-report latency.",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+        &["topic_kind"],
+    )))
+});
+/// `dispatch_kafka_produce_errors_total{topic_kind}`.
+pub static PRODUCE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "dispatch_kafka_produce_errors_total",
+        "Failed deliveries.",
+        &["topic_kind"],
+    )
+});
+/// `dispatch_circuit_breaker_open{service, breaker}`.
+pub static BREAKER_OPEN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "dispatch_circuit_breaker_open",
+        "1 when the breaker is open.",
+        &["service", "breaker"],
+    )
+});
+/// `dispatch_db_pool_connections{service, state}`.
+pub static POOL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "dispatch_db_pool_connections",
+        "MySQL pool connections.",
+        &["service", "state"],
+    )
+});
+
+/// Handler outcomes used as label values.
+pub const OUTCOMES: [&str; 5] = [
+    "succeeded",
+    "retryable",
+    "permanent",
+    "timeout",
+    "cancelled",
+];
+/// DLQ error classes used as label values.
+pub const ERROR_CLASSES: [&str; 5] = [
+    "permanent",
+    "exhausted",
+    "deadline",
+    "unknown_type",
+    "poison",
+];
+
+/// Registers every metric and pre-creates the labelled series (`task_types`: the configured types).
+pub fn init(task_types: &[String]) {
+    dispatch_runtime::metrics::register_runtime_metrics("processor");
+    LazyLock::force(&LAG);
+    OLDEST_PENDING.set(0.0);
+    for k in ["tasks", "retry"] {
+        RECORDS.with_label_values(&[k]);
+    }
+    IN_FLIGHT.set(0);
+    PAUSED.set(0);
+    for k in ["assign", "revoke"] {
+        REBALANCES.with_label_values(&[k]);
+    }
+    for t in task_types {
+        for o in OUTCOMES {
+            HANDLER_DURATION.with_label_values(&[t.as_str(), o]);
+            HANDLER_EXECUTIONS.with_label_values(&[t.as_str(), o]);
+        }
+    }
+    for s in [TaskState::Succeeded, TaskState::Dead, TaskState::Cancelled] {
+        FINISHED.with_label_values(&[s.as_str()]);
+    }
+    for l in 1..=dispatch_core::topics::RETRY_LEVELS {
+        RETRIES.with_label_values(&[&l.to_string()]);
+    }
+    for c in ERROR_CLASSES {
+        DLQ.with_label_values(&[c]);
+    }
+    LazyLock::force(&EVENTS);
+    LazyLock::force(&BATCH_ROWS);
+    LazyLock::force(&DB_WRITE);
+    LazyLock::force(&DB_WRITE_ERRORS);
+    LazyLock::force(&SCHEDULER_CLAIMED);
+    for k in ["retry", "dlq", "events", "tasks"] {
+        PRODUCE_DURATION.with_label_values(&[k]);
+        PRODUCE_ERRORS.with_label_values(&[k]);
+    }
+    for s in ["idle", "in_use", "max"] {
+        POOL.with_label_values(&["processor", s]);
+    }
+}

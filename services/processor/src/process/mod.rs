@@ -1,0 +1,265 @@
+//! What happens to one record.
+//!
+//! - [`submit`]: the life of an attempt (gate, schedule, run, retry, dead-letter).
+//! - [`dlq`]: retry and DLQ records, and the dead-letter index.
+//! - here: cancels, poison records and the bookkeeping every path shares (finish/abandon an
+//!   offset lease, in-flight and cancelled sets).
+
+mod dlq;
+mod submit;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use dispatch_core::{Envelope, TaskId, TaskState, Topics};
+use dispatch_store::MySqlPool;
+use dispatch_store::tasks::TaskWrite;
+use parking_lot::Mutex;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer::{Ctx, Delivery, Lease, Shared, Tp};
+use crate::gate::Gate;
+use crate::handler::Registry;
+use crate::produce::Producer;
+use crate::writer::{Committed, Writer};
+
+/// An attempt this process is working on.
+#[derive(Debug, Clone)]
+struct InFlight {
+    generation: u32,
+    attempt: u32,
+    /// Fired by a cancel while the handler runs.
+    token: CancellationToken,
+}
+
+/// Everything a record needs.
+pub struct Processor {
+    /// Topic names.
+    pub topics: Topics,
+    /// Handlers.
+    pub registry: Registry,
+    /// Batch writer.
+    pub writer: Writer,
+    /// Batched state lookups.
+    pub gate: Gate,
+    /// Retry/DLQ producer.
+    pub producer: Producer,
+    /// MySQL.
+    pub pool: MySqlPool,
+    /// Consumption state (offset tracking).
+    pub shared: Arc<Shared>,
+    /// The consumer, to store offsets.
+    pub consumer: Arc<BaseConsumer<Ctx>>,
+    /// Task types an operator paused.
+    pub paused_types: watch::Receiver<BTreeSet<String>>,
+    /// Fires when the drain bound is over: running handlers are cancelled.
+    pub hard_stop: CancellationToken,
+    /// How long a cancel is remembered.
+    pub cancelled_ttl: Duration,
+    in_flight: Mutex<HashMap<TaskId, InFlight>>,
+    cancelled: Mutex<HashMap<TaskId, Instant>>,
+}
+
+/// The parts of a [`Processor`] not built here.
+pub struct Parts {
+    /// Topic names.
+    pub topics: Topics,
+    /// Handlers.
+    pub registry: Registry,
+    /// Batch writer.
+    pub writer: Writer,
+    /// Gate.
+    pub gate: Gate,
+    /// Producer.
+    pub producer: Producer,
+    /// Pool.
+    pub pool: MySqlPool,
+    /// Consumption state.
+    pub shared: Arc<Shared>,
+    /// Consumer.
+    pub consumer: Arc<BaseConsumer<Ctx>>,
+    /// Paused types.
+    pub paused_types: watch::Receiver<BTreeSet<String>>,
+    /// Hard stop.
+    pub hard_stop: CancellationToken,
+    /// Cancel memory.
+    pub cancelled_ttl: Duration,
+}
+
+impl Processor {
+    /// Assembles a processor.
+    pub fn new(p: Parts) -> Self {
+        Self {
+            topics: p.topics,
+            registry: p.registry,
+            writer: p.writer,
+            gate: p.gate,
+            producer: p.producer,
+            pool: p.pool,
+            shared: p.shared,
+            consumer: p.consumer,
+            paused_types: p.paused_types,
+            hard_stop: p.hard_stop,
+            cancelled_ttl: p.cancelled_ttl,
+            in_flight: Mutex::default(),
+            cancelled: Mutex::default(),
+        }
+    }
+
+    /// The record's effects are persisted: its offset may be stored.
+    pub fn finish(&self, lease: &Lease) {
+        let consumer = &self.consumer;
+        let current = self
+            .shared
+            .partitions
+            .finish(lease, |tp, w| store(consumer, tp, w));
+        if !current {
+            tracing::debug!(topic = %lease.tp.topic, partition = lease.tp.partition, offset = lease.offset, "stale record finished after revoke");
+        }
+    }
+
+    /// The record's work is dropped unpersisted; it will be read again.
+    pub fn abandon(&self, lease: &Lease) {
+        self.shared.partitions.abandon(lease);
+    }
+
+    /// Finishes once `committed` resolves, or abandons if the writer gave up.
+    async fn finish_after(&self, lease: &Lease, committed: Committed) {
+        match committed.await {
+            Ok(()) => self.finish(lease),
+            Err(_) => self.abandon(lease),
+        }
+    }
+
+    /// Handles a CANCEL: remembers it, fires a running handler's token and writes CANCELLED
+    /// (a placeholder row if the task has none yet; its SUBMIT later fills the data columns).
+    pub async fn cancel(&self, d: Delivery) {
+        let Ok(env) = &d.envelope else {
+            return;
+        };
+        if !self.shared.partitions.start(&d.lease) {
+            self.abandon(&d.lease);
+            return;
+        }
+        self.remember_cancel(env.task_id);
+        if let Some(f) = self.in_flight.lock().get(&env.task_id) {
+            f.token.cancel();
+        }
+        tracing::info!(task_id = %env.task_id, "cancel requested");
+        let mut w = write_of(
+            env,
+            TaskState::Cancelled,
+            0,
+            TaskState::Cancelled.version(env.generation, 0),
+        );
+        w.task_type = String::new();
+        w.payload = Vec::new();
+        w.last_error = format!("cancelled: {}", env.cancel_reason);
+        let committed = self.writer.write(w, None, Vec::new()).await;
+        self.finish_after(&d.lease, committed).await;
+    }
+
+    fn remember_cancel(&self, id: TaskId) {
+        let mut c = self.cancelled.lock();
+        if c.len() >= 100_000 {
+            let ttl = self.cancelled_ttl;
+            c.retain(|_, at| at.elapsed() < ttl);
+        }
+        c.insert(id, Instant::now());
+    }
+
+    fn is_cancelled(&self, id: TaskId) -> bool {
+        self.cancelled
+            .lock()
+            .get(&id)
+            .is_some_and(|at| at.elapsed() < self.cancelled_ttl)
+    }
+
+    /// Claims `(generation, attempt)` of a task for this process; false when the same or a later
+    /// attempt is already in flight here (a duplicate record).
+    fn claim(&self, env: &Envelope, token: &CancellationToken) -> bool {
+        let mut m = self.in_flight.lock();
+        if m.get(&env.task_id)
+            .is_some_and(|f| (f.generation, f.attempt) >= (env.generation, env.attempt))
+        {
+            return false;
+        }
+        m.insert(
+            env.task_id,
+            InFlight {
+                generation: env.generation,
+                attempt: env.attempt,
+                token: token.clone(),
+            },
+        );
+        true
+    }
+
+    fn unclaim(&self, env: &Envelope) {
+        let mut m = self.in_flight.lock();
+        if m.get(&env.task_id)
+            .is_some_and(|f| (f.generation, f.attempt) == (env.generation, env.attempt))
+        {
+            m.remove(&env.task_id);
+        }
+    }
+
+    /// Task types an operator paused.
+    pub fn type_paused(&self, task_type: &str) -> bool {
+        self.paused_types.borrow().contains(task_type)
+    }
+}
+
+/// Stores `offset` (the next offset to read) for `tp`.
+fn store(consumer: &BaseConsumer<Ctx>, tp: &Tp, offset: i64) {
+    let mut tpl = TopicPartitionList::new();
+    if tpl
+        .add_partition_offset(&tp.topic, tp.partition, Offset::Offset(offset))
+        .is_err()
+    {
+        return;
+    }
+    match consumer.store_offsets(&tpl) {
+        Ok(()) => {
+            tracing::debug!(topic = %tp.topic, partition = tp.partition, offset, "offset stored")
+        }
+        Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => {
+            tracing::debug!(topic = %tp.topic, partition = tp.partition, "partition no longer assigned; offset not stored");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, topic = %tp.topic, partition = tp.partition, "cannot store offset")
+        }
+    }
+}
+
+/// The row of `env` in `state`.
+pub fn write_of(env: &Envelope, state: TaskState, attempts: u32, version: u64) -> TaskWrite {
+    TaskWrite {
+        task_id: env.task_id,
+        tenant: env.tenant.to_string(),
+        business_key: env.business_key.to_string(),
+        task_type: env.task_type.to_string(),
+        priority: env.priority,
+        payload: env.payload.clone(),
+        state,
+        attempts,
+        max_attempts: env.retry.max_attempts,
+        initial_backoff_ms: env.retry.initial_backoff_ms,
+        max_backoff_ms: env.retry.max_backoff_ms,
+        generation: env.generation,
+        idempotency_key: env.idempotency_key.clone(),
+        run_at: env.run_at,
+        deadline_at: env.deadline,
+        last_error: String::new(),
+        result: None,
+        version,
+        created_at: env.submitted_at,
+        updated_at: Utc::now(),
+    }
+}

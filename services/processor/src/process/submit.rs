@@ -1,0 +1,369 @@
+//! The life of one SUBMIT record (one attempt of a task).
+//!
+//! In order: wait for the key's lane and for an operator pause of the type; the gate (skip a task
+//! that is terminal or already past this attempt: a replay or duplicate); skip a duplicate of an
+//! attempt already in flight here; a cancelled task never runs; a future `run_at` is stored
+//! SCHEDULED (the scheduler publishes it when due); a passed deadline or an unknown type goes to
+//! the DLQ; otherwise RUNNING is queued (not awaited: it coalesces with the outcome when the
+//! handler is quick), the handler runs under its timeout and cancellation token, and the outcome
+//! becomes SUCCEEDED, a retry record + RETRYING, or a DLQ record + DEAD. The lane is released as
+//! soon as the outcome is queued; the offset is finished only once the outcome is committed.
+
+use std::time::Instant;
+
+use chrono::Utc;
+use dispatch_core::{Envelope, TaskState};
+use dispatch_runtime::telemetry;
+use dispatch_store::attempts::AttemptRow;
+use dispatch_store::tasks::StateVersion;
+use tracing::Instrument;
+
+use super::dlq::{DeadCause, error_class};
+use super::{Processor, write_of};
+use crate::consumer::Delivery;
+use crate::dispatch::LaneTicket;
+use crate::handler::{HandlerContext, HandlerError, Outcome};
+use crate::metrics::{HANDLER_DURATION, HANDLER_EXECUTIONS};
+use crate::writer::Committed;
+
+/// Largest result stored.
+const MAX_RESULT_BYTES: usize = 64 * 1024;
+
+/// How an attempt ended.
+enum Ran {
+    Ok(Outcome),
+    Retryable(String),
+    Timeout,
+    Permanent(String),
+    Cancelled,
+    /// The processor is stopping: nothing is written, the record is read again.
+    Stopped,
+}
+
+impl Ran {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Ok(_) => "succeeded",
+            Self::Retryable(_) => "retryable",
+            Self::Timeout => "timeout",
+            Self::Permanent(_) => "permanent",
+            Self::Cancelled | Self::Stopped => "cancelled",
+        }
+    }
+}
+
+/// Whether the stored state says this attempt already happened (or the task is finished).
+/// A stored RUNNING of the *same* attempt is not "past": that attempt started but its outcome was
+/// never committed (a crash or a revoke), so it runs again.
+pub fn already_past(stored: StateVersion, env: &Envelope) -> bool {
+    let running = TaskState::Running.version(env.generation, env.attempt);
+    let redrive = stored.state == TaskState::Dead && (running >> 32) > (stored.version >> 32);
+    let open = !stored.state.is_terminal() || redrive;
+    !(open && stored.version <= running)
+}
+
+fn trace_pairs(d: &Delivery) -> Vec<(String, String)> {
+    d.headers
+        .iter()
+        .filter(|(k, _)| *k == "traceparent" || *k == "tracestate")
+        .filter_map(|(k, v)| Some((k.to_owned(), std::str::from_utf8(v).ok()?.to_owned())))
+        .collect()
+}
+
+impl Processor {
+    /// Runs a SUBMIT record in its key's lane.
+    pub async fn in_lane(
+        self: std::sync::Arc<Self>,
+        d: Delivery,
+        prev: Option<futures::future::Shared<tokio::sync::oneshot::Receiver<()>>>,
+        mut ticket: LaneTicket,
+    ) {
+        if let Some(prev) = prev {
+            tokio::select! {
+                _ = prev => {}
+                () = d.lease.revoked.cancelled() => return self.abandon(&d.lease),
+            }
+        }
+        let Ok(env) = &d.envelope else {
+            return self.abandon(&d.lease);
+        };
+        // An operator pause of the type holds the record (and its lane) here.
+        let mut paused = self.paused_types.clone();
+        while paused.borrow_and_update().contains(env.task_type.as_str()) {
+            ticket.release_slot();
+            tokio::select! {
+                r = paused.changed() => if r.is_err() { return self.abandon(&d.lease) },
+                () = d.lease.revoked.cancelled() => return self.abandon(&d.lease),
+            }
+        }
+        if !self.shared.partitions.start(&d.lease) {
+            return self.abandon(&d.lease);
+        }
+        let span = tracing::info_span!(
+            "process",
+            task_id = %env.task_id,
+            attempt = env.attempt,
+            task_type = %env.task_type,
+            topic = %d.lease.tp.topic,
+            partition = d.lease.tp.partition,
+            offset = d.lease.offset,
+        );
+        telemetry::set_parent(&span, telemetry::context_from_pairs(&trace_pairs(&d)));
+        self.submit(&d, env, &mut ticket).instrument(span).await;
+    }
+
+    async fn submit(&self, d: &Delivery, env: &Envelope, ticket: &mut LaneTicket) {
+        let stored = loop {
+            match self.gate.lookup(env.task_id).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "state lookup failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                        () = d.lease.revoked.cancelled() => return self.abandon(&d.lease),
+                    }
+                }
+            }
+        };
+        if let Some(s) = stored.filter(|s| already_past(*s, env)) {
+            tracing::debug!("record already processed; skipped");
+            if s.state == TaskState::Cancelled {
+                // A cancel may have overtaken this submit's first write and left a placeholder:
+                // the fence rejects this write's state but it fills the data columns.
+                let (g, a) = (env.generation, env.attempt);
+                let w = write_of(
+                    env,
+                    TaskState::Cancelled,
+                    a.saturating_sub(1),
+                    TaskState::Cancelled.version(g, 0),
+                );
+                let committed = self.writer.write(w, None, Vec::new()).await;
+                return self.finish_after(&d.lease, committed).await;
+            }
+            return self.finish(&d.lease);
+        }
+        let token = self.hard_stop.child_token();
+        if !self.claim(env, &token) {
+            tracing::debug!("attempt already in flight here; duplicate skipped");
+            return self.finish(&d.lease);
+        }
+        let committed = self.attempt(d, env, ticket, &token).await;
+        match committed {
+            Some(c) => self.finish_after(&d.lease, c).await,
+            None => self.abandon(&d.lease),
+        }
+        self.unclaim(env);
+    }
+
+    /// Runs the attempt; returns the commit of its final write, or `None` if abandoned.
+    async fn attempt(
+        &self,
+        d: &Delivery,
+        env: &Envelope,
+        ticket: &mut LaneTicket,
+        token: &tokio_util::sync::CancellationToken,
+    ) -> Option<Committed> {
+        let (g, a) = (env.generation, env.attempt);
+        let trace = telemetry::current_trace_headers();
+        if self.is_cancelled(env.task_id) {
+            tracing::info!("task cancelled before it ran");
+            let w = write_of(
+                env,
+                TaskState::Cancelled,
+                a.saturating_sub(1),
+                TaskState::Cancelled.version(g, 0),
+            );
+            return Some(self.writer.write(w, None, trace).await);
+        }
+        let now = Utc::now();
+        if env.run_at.is_some_and(|t| t > now) {
+            tracing::debug!("task scheduled");
+            let w = write_of(
+                env,
+                TaskState::Scheduled,
+                0,
+                TaskState::Scheduled.version(g, 0),
+            );
+            return Some(self.writer.write(w, None, trace).await);
+        }
+        if env.deadline.is_some_and(|t| t <= now) {
+            let cause = DeadCause::new("deadline", "deadline passed before the attempt started");
+            return self.dead(d, env, cause, None, ticket).await;
+        }
+        let Some(reg) = self.registry.get(env.task_type.as_str()).cloned() else {
+            let msg = format!(
+                "no handler is registered for task type {:?}; configure [handlers.types.{}] or register one in code",
+                env.task_type.as_str(),
+                env.task_type
+            );
+            tracing::warn!(error = %msg, "unknown task type");
+            return self
+                .dead(d, env, DeadCause::new("unknown_type", msg), None, ticket)
+                .await;
+        };
+        let running = write_of(env, TaskState::Running, a, TaskState::Running.version(g, a));
+        drop(self.writer.write(running, None, trace.clone()).await);
+        let _type_permit = match &reg.limit {
+            Some(s) => tokio::select! {
+                p = s.clone().acquire_owned() => Some(p.ok()?),
+                () = d.lease.revoked.cancelled() => return None,
+            },
+            None => None,
+        };
+        let started_at = Utc::now();
+        let t0 = Instant::now();
+        let ctx = HandlerContext {
+            cancel: token.clone(),
+            attempt: a,
+            generation: g,
+            pool: self.pool.clone(),
+        };
+        let r = tokio::time::timeout(reg.timeout, reg.handler.handle(ctx, env)).await;
+        let ran = if self.is_cancelled(env.task_id) {
+            Ran::Cancelled
+        } else if self.hard_stop.is_cancelled() {
+            Ran::Stopped
+        } else {
+            match r {
+                Ok(Ok(o)) => Ran::Ok(o),
+                Ok(Err(HandlerError::Retryable(e))) => Ran::Retryable(e),
+                Ok(Err(HandlerError::Permanent(e))) => Ran::Permanent(e),
+                Err(_) => {
+                    token.cancel();
+                    Ran::Timeout
+                }
+            }
+        };
+        let ty = env.task_type.as_str();
+        HANDLER_DURATION
+            .with_label_values(&[ty, ran.label()])
+            .observe(t0.elapsed().as_secs_f64());
+        HANDLER_EXECUTIONS
+            .with_label_values(&[ty, ran.label()])
+            .inc();
+        let row = |error: &str| AttemptRow {
+            task_id: env.task_id,
+            generation: g,
+            attempt: a,
+            outcome: ran.label().to_string(),
+            error: error.to_string(),
+            started_at,
+            finished_at: Utc::now(),
+        };
+        match &ran {
+            Ran::Stopped => None,
+            Ran::Ok(o) => {
+                let mut w = write_of(
+                    env,
+                    TaskState::Succeeded,
+                    a,
+                    TaskState::Succeeded.version(g, a),
+                );
+                w.result = o
+                    .result
+                    .as_ref()
+                    .map(|r| r[..r.len().min(MAX_RESULT_BYTES)].to_vec());
+                let c = self.writer.write(w, Some(row("")), trace).await;
+                ticket.release();
+                Some(c)
+            }
+            Ran::Cancelled => {
+                tracing::info!("running task cancelled");
+                let w = write_of(
+                    env,
+                    TaskState::Cancelled,
+                    a,
+                    TaskState::Cancelled.version(g, 0),
+                );
+                let c = self.writer.write(w, Some(row("cancelled")), trace).await;
+                ticket.release();
+                Some(c)
+            }
+            Ran::Permanent(e) => {
+                let cause = DeadCause::new("permanent", e.clone());
+                self.dead(d, env, cause, Some(row(e)), ticket).await
+            }
+            Ran::Retryable(_) | Ran::Timeout => {
+                let e = match &ran {
+                    Ran::Retryable(e) => e.clone(),
+                    _ => format!("handler timed out after {} ms", reg.timeout.as_millis()),
+                };
+                let next = a + 1;
+                let delay = env.retry.backoff(next, &mut rand::rng());
+                let not_before = Utc::now() + delay;
+                if !env.retry.has_attempts_left(a) || env.deadline.is_some_and(|dl| not_before > dl)
+                {
+                    let class = error_class(env, a, not_before);
+                    let cause = DeadCause::new(class, e.clone());
+                    self.dead(d, env, cause, Some(row(&e)), ticket).await
+                } else {
+                    self.retry(d, env, &e, not_before, row(&e), ticket).await
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dispatch_core::{
+        BusinessKey, NewTask, Payload, Priority, RetryPolicy, TaskId, TaskType, Tenant,
+    };
+
+    fn env(attempt: u32) -> Envelope {
+        let mut e = Envelope::submit(NewTask {
+            task_id: TaskId::new(),
+            tenant: Tenant::parse("acme").expect("tenant"),
+            business_key: BusinessKey::parse("k").expect("key"),
+            task_type: TaskType::parse("noop").expect("type"),
+            payload: Payload::default(),
+            priority: Priority::Default,
+            idempotency_key: None,
+            run_at: None,
+            deadline: None,
+            retry: RetryPolicy::DEFAULT,
+            submitted_at: Utc::now(),
+        });
+        e.attempt = attempt;
+        e
+    }
+
+    fn sv(state: TaskState, attempt: u32) -> StateVersion {
+        StateVersion {
+            state,
+            version: state.version(0, attempt),
+            generation: 0,
+        }
+    }
+
+    #[test]
+    fn the_gate_skips_finished_and_later_states_but_reruns_an_interrupted_attempt() {
+        use TaskState::*;
+        assert!(!already_past(sv(Pending, 0), &env(1)));
+        assert!(!already_past(sv(Scheduled, 0), &env(1)));
+        assert!(
+            !already_past(sv(Running, 1), &env(1)),
+            "crash mid-attempt: run again"
+        );
+        assert!(
+            already_past(sv(Retrying, 1), &env(1)),
+            "retry already produced"
+        );
+        assert!(!already_past(sv(Retrying, 1), &env(2)));
+        assert!(
+            already_past(sv(Running, 2), &env(1)),
+            "a zombie's old attempt"
+        );
+        assert!(already_past(sv(Succeeded, 1), &env(1)));
+        assert!(already_past(sv(Succeeded, 1), &env(2)));
+        assert!(already_past(sv(Cancelled, 0), &env(1)));
+        assert!(already_past(sv(Dead, 4), &env(4)));
+        let mut redrive = env(1);
+        redrive.generation = 1;
+        assert!(
+            !already_past(sv(Dead, 4), &redrive),
+            "a redrive revives a dead task"
+        );
+    }
+}

@@ -1,0 +1,110 @@
+//! Producing retry, DLQ, event and scheduler records, with delivery metrics and retries.
+
+use std::time::{Duration, Instant};
+
+use dispatch_core::Headers;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{PRODUCE_DURATION, PRODUCE_ERRORS};
+
+/// Where a produced record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// The processor's producer.
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+}
+
+/// Kafka headers from ours.
+pub fn kafka_headers(h: &Headers) -> OwnedHeaders {
+    h.iter().fold(OwnedHeaders::new(), |acc, (k, v)| {
+        acc.insert(Header {
+            key: k,
+            value: Some(v),
+        })
+    })
+}
+
+impl Producer {
+    /// Wraps a producer.
+    pub fn new(inner: FutureProducer) -> Self {
+        Self { inner }
+    }
+
+    /// Produces one record and waits for its acknowledgement.
+    ///
+    /// # Errors
+    /// The delivery failed (after the client's own retries within `message.timeout.ms`).
+    pub async fn send(
+        &self,
+        kind: &'static str,
+        topic: &str,
+        key: &[u8],
+        value: &[u8],
+        headers: &Headers,
+    ) -> Result<Delivered, rdkafka::error::KafkaError> {
+        let started = Instant::now();
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(value)
+            .headers(kafka_headers(headers));
+        let r = self.inner.send(record, Duration::from_secs(5)).await;
+        match r {
+            Ok(d) => {
+                PRODUCE_DURATION
+                    .with_label_values(&[kind])
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(Delivered {
+                    partition: d.partition,
+                    offset: d.offset,
+                })
+            }
+            Err((e, _)) => {
+                PRODUCE_ERRORS.with_label_values(&[kind]).inc();
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Producer::send`], retried with backoff until it succeeds or `give_up` fires (`None`).
+    pub async fn send_until(
+        &self,
+        kind: &'static str,
+        topic: &str,
+        key: &[u8],
+        value: &[u8],
+        headers: &Headers,
+        give_up: &CancellationToken,
+    ) -> Option<Delivered> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.send(kind, topic, key, value, headers).await {
+                Ok(d) => return Some(d),
+                Err(e) => {
+                    tracing::warn!(error = %e, topic, retry_in_ms = delay.as_millis() as u64, "produce failed")
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = give_up.cancelled() => return None,
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Waits up to `timeout` for every queued record to be delivered.
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.inner.flush(timeout) {
+            tracing::warn!(error = %e, "producer flush incomplete");
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! The processor's settings: the shared runtime sections plus `[consumer]`, `[writer]`,
+//! `[scheduler]` and `[handlers]`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use dispatch_runtime::SettingsError;
+use dispatch_runtime::grpc::AuthSettings;
+use dispatch_runtime::settings::{
+    AdminSettings, DbSettings, GrpcSettings, KafkaSettings, RedisSettings, ShutdownSettings,
+    TelemetrySettings,
+};
+use serde::{Deserialize, Serialize};
+
+/// Everything the processor is configured with (see `dispatch_runtime::settings` for layering).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// The AdminService gRPC server (default 127.0.0.1:50053); serves grpc.health.v1 and
+    /// reflection today.
+    pub grpc: GrpcSettings,
+    /// The admin HTTP server: `/metrics`, `/healthz`, `/readyz` (default 127.0.0.1:9603).
+    pub admin: AdminSettings,
+    /// Who may call AdminService (`admin_key_sha256`).
+    pub auth: AuthSettings,
+    /// MySQL (tasks, attempts, dead letters).
+    pub database: DbSettings,
+    /// Redis (unused by the processor today; accepted so the shared environment applies).
+    pub redis: RedisSettings,
+    /// Kafka brokers, topic prefix and client tuning.
+    pub kafka: KafkaSettings,
+    /// Logs and traces.
+    pub telemetry: TelemetrySettings,
+    /// Shutdown bounds.
+    pub shutdown: ShutdownSettings,
+    /// Consumption: group, priorities, concurrency, backpressure.
+    pub consumer: ConsumerSettings,
+    /// The batch writer.
+    pub writer: WriterSettings,
+    /// The scheduler of future `run_at` tasks.
+    pub scheduler: SchedulerSettings,
+    /// Handlers by task type.
+    pub handlers: HandlersSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            grpc: GrpcSettings {
+                listen: SocketAddr::from(([127, 0, 0, 1], 50053)),
+                ..GrpcSettings::default()
+            },
+            admin: AdminSettings::on_port(9603),
+            auth: AuthSettings::default(),
+            database: DbSettings::default(),
+            redis: RedisSettings::default(),
+            kafka: KafkaSettings::default(),
+            telemetry: TelemetrySettings::default(),
+            shutdown: ShutdownSettings::default(),
+            consumer: ConsumerSettings::default(),
+            writer: WriterSettings::default(),
+            scheduler: SchedulerSettings::default(),
+            handlers: HandlersSettings::default(),
+        }
+    }
+}
+
+/// `[consumer]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsumerSettings {
+    /// Kafka consumer group.
+    pub group: String,
+    /// Dispatch weights of the critical, default and low topics when all have work.
+    pub priority_weights: [u32; 3],
+    /// Records executing (or waiting on their key's lane) at once, across all partitions.
+    pub max_concurrency: usize,
+    /// Records consumed but not yet persisted before every partition is paused (backpressure).
+    pub max_in_flight: usize,
+    /// Partitions resume once in-flight records fall to this fraction of `max_in_flight`.
+    pub resume_ratio: f64,
+    /// On a revoke, how long running records of the revoked partitions may take to finish before
+    /// their offsets are committed and the rest is dropped.
+    pub rebalance_drain_ms: u64,
+    /// How often consumer lag metrics are refreshed.
+    pub lag_interval_ms: u64,
+    /// librdkafka prefetch bound per partition in KiB (`queued.max.messages.kbytes`); keeps RSS low.
+    pub prefetch_kbytes: u32,
+    /// How long a cancel is remembered, so a submit behind it is never run.
+    pub cancelled_ttl_ms: u64,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        Self {
+            group: "dispatch-processor".into(),
+            priority_weights: [6, 3, 1],
+            max_concurrency: 256,
+            max_in_flight: 5_000,
+            resume_ratio: 0.75,
+            rebalance_drain_ms: 5_000,
+            lag_interval_ms: 5_000,
+            prefetch_kbytes: 8_192,
+            cancelled_ttl_ms: 600_000,
+        }
+    }
+}
+
+/// `[writer]`: the batch writer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriterSettings {
+    /// Flush a batch at this many distinct tasks.
+    pub max_rows: usize,
+    /// Flush a batch this long after its first write.
+    pub max_delay_ms: u64,
+    /// Batch lookups of stored states: flush at this many ids...
+    pub gate_max_ids: usize,
+    /// ...or after this long.
+    pub gate_max_delay_us: u64,
+}
+
+impl Default for WriterSettings {
+    fn default() -> Self {
+        Self {
+            max_rows: 500,
+            max_delay_ms: 5,
+            gate_max_ids: 256,
+            gate_max_delay_us: 1_000,
+        }
+    }
+}
+
+/// `[scheduler]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerSettings {
+    /// Run the scheduler loop in this instance.
+    pub enabled: bool,
+    /// Pause between claims.
+    pub interval_ms: u64,
+    /// Rows claimed per transaction.
+    pub batch_size: u32,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: 500,
+            batch_size: 500,
+        }
+    }
+}
+
+/// `[handlers]`: which handler runs each task type, with what bounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HandlersSettings {
+    /// Timeout of a type without its own `timeout_ms`.
+    pub default_timeout_ms: u64,
+    /// Concurrency of a type without its own `concurrency` (0 = bounded only by
+    /// `consumer.max_concurrency`).
+    pub default_concurrency: usize,
+    /// Task type -> handler. `noop` and `simulate` are registered for the types of the same name
+    /// unless configured otherwise.
+    pub types: BTreeMap<String, TypeSettings>,
+    /// Endpoints of `http` handlers, by task type.
+    pub http: BTreeMap<String, HttpEndpointSettings>,
+    /// Per-host protection of `http` handlers.
+    pub http_host: HttpHostSettings,
+}
+
+impl Default for HandlersSettings {
+    fn default() -> Self {
+        Self {
+            default_timeout_ms: 30_000,
+            default_concurrency: 0,
+            types: BTreeMap::new(),
+            http: BTreeMap::new(),
+            http_host: HttpHostSettings::default(),
+        }
+    }
+}
+
+/// `[handlers.types.<task_type>]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TypeSettings {
+    /// `noop`, `simulate`, `http`, or `custom` (a handler registered in code; this entry then
+    /// only sets its bounds).
+    pub kind: String,
+    /// Handler timeout (a timeout is a retryable failure).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// At most this many executions of the type at once.
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+}
+
+/// `[handlers.http.<task_type>]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpEndpointSettings {
+    /// URL the payload is POSTed to.
+    pub url: String,
+    /// Request timeout.
+    #[serde(default = "default_http_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_http_timeout_ms() -> u64 {
+    10_000
+}
+
+/// `[handlers.http_host]`: circuit breaker and rate limit applied per endpoint host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpHostSettings {
+    /// Consecutive failures that open a host's breaker.
+    pub breaker_failures: u32,
+    /// First open period (doubles up to `breaker_max_open_ms`).
+    pub breaker_open_ms: u64,
+    /// Longest open period.
+    pub breaker_max_open_ms: u64,
+    /// Requests per second per host (0 = unlimited).
+    pub rate_per_second: u32,
+    /// Burst above the rate.
+    pub burst: u32,
+}
+
+impl Default for HttpHostSettings {
+    fn default() -> Self {
+        Self {
+            breaker_failures: 5,
+            breaker_open_ms: 1_000,
+            breaker_max_open_ms: 30_000,
+            rate_per_second: 0,
+            burst: 50,
+        }
+    }
+}
+
+impl Settings {
+    /// Checks cross-field rules that types cannot express, naming the bad key.
+    ///
+    /// # Errors
+    /// The first invalid setting.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let bad = |key: &str, why: &str| Err(SettingsError(format!("{key}: {why}")));
+        let c = &self.consumer;
+        if c.group.is_empty() {
+            return bad("consumer.group", "must not be empty");
+        }
+        if c.priority_weights.contains(&0) {
+            return bad(
+                "consumer.priority_weights",
+                "every weight must be at least 1",
+            );
+        }
+        if c.max_concurrency == 0 {
+            return bad("consumer.max_concurrency", "must be at least 1");
+        }
+        if c.max_in_flight < c.max_concurrency {
+            return bad(
+                "consumer.max_in_flight",
+                "must be at least consumer.max_concurrency",
+            );
+        }
+        if !(0.0..1.0).contains(&c.resume_ratio) {
+            return bad("consumer.resume_ratio", "must be in [0, 1)");
+        }
+        if self.writer.max_rows == 0 {
+            return bad("writer.max_rows", "must be at least 1");
+        }
+        if self.writer.gate_max_ids == 0 {
+            return bad("writer.gate_max_ids", "must be at least 1");
+        }
+        if self.scheduler.batch_size == 0 {
+            return bad("scheduler.batch_size", "must be at least 1");
+        }
+        for (ty, t) in &self.handlers.types {
+            if !["noop", "simulate", "http", "custom"].contains(&t.kind.as_str()) {
+                return bad(
+                    &format!("handlers.types.{ty}.kind"),
+                    "must be noop, simulate, http or custom (registered in code)",
+                );
+            }
+            if t.kind == "http" && !self.handlers.http.contains_key(ty) {
+                return bad(
+                    &format!("handlers.http.{ty}"),
+                    "an http handler needs its endpoint (url)",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_use_the_fixed_ports() {
+        let s = Settings::default();
+        s.validate().expect("valid");
+        assert_eq!(s.grpc.listen.port(), 50053);
+        assert_eq!(s.admin.listen.port(), 9603);
+        assert_eq!(s.consumer.priority_weights, [6, 3, 1]);
+    }
+
+    #[test]
+    fn env_and_validation_name_keys() {
+        let s: Settings = dispatch_runtime::settings::load_from(
+            None,
+            vec![
+                (
+                    "DISPATCH_CONSUMER__MAX_CONCURRENCY".to_string(),
+                    "8".to_string(),
+                ),
+                (
+                    "DISPATCH_REDIS__URL".to_string(),
+                    "redis://x:6379/0".to_string(),
+                ),
+            ],
+        )
+        .expect("load");
+        assert_eq!(s.consumer.max_concurrency, 8);
+        let mut bad = Settings::default();
+        bad.consumer.priority_weights = [1, 0, 1];
+        let err = bad.validate().expect_err("zero weight");
+        assert!(
+            err.to_string().contains("consumer.priority_weights"),
+            "{err}"
+        );
+        let mut bad = Settings::default();
+        bad.handlers.types.insert(
+            "x".into(),
+            TypeSettings {
+                kind: "http".into(),
+                timeout_ms: None,
+                concurrency: None,
+            },
+        );
+        assert!(
+            bad.validate()
+                .expect_err("no url")
+                .to_string()
+                .contains("handlers.http.x")
+        );
+    }
+}

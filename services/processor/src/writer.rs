@@ -1,0 +1,397 @@
+//! The batch writer: every state change goes through one task that commits them in batches.
+//!
+//! Writes arrive over a channel and are coalesced by task id while a batch is open (the write with
+//! the higher version wins; equal versions: the later one, which may carry fuller data), so a task
+//! that starts and finishes within one window costs one row. A batch is flushed at
+//! `writer.max_rows` tasks or `writer.max_delay_ms` after its first write, as ONE transaction:
+//! the version-fenced multi-row upsert, the attempt rows, and a read-back of `(state, version)`
+//! that tells which writes landed (the fence may reject replays and zombies). After the commit,
+//! a `TaskEvent` is published for every landed write, and only then are the writers' waiters
+//! released, so an offset is stored only after its state and its event are durable.
+//!
+//! A failing database stops the flow: the batch is retried with backoff, nothing is acknowledged,
+//! senders block once the channel is full and consumer lag grows until MySQL is back.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use dispatch_core::envelope::header;
+use dispatch_core::{Headers, TaskId, TaskState, Topics};
+use dispatch_proto::v1 as pb;
+use dispatch_runtime::admin::{ComponentStatus, Health};
+use dispatch_store::MySqlPool;
+use dispatch_store::attempts::AttemptRow;
+use dispatch_store::tasks::TaskWrite;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::{BATCH_ROWS, DB_WRITE, DB_WRITE_ERRORS, EVENTS, FINISHED};
+use crate::produce::Producer;
+
+/// One state change to persist.
+#[derive(Debug)]
+pub struct WriteRequest {
+    /// The row.
+    pub write: TaskWrite,
+    /// The finished attempt, if this write ends one.
+    pub attempt: Option<AttemptRow>,
+    /// Trace headers for the event.
+    pub trace: Vec<(String, String)>,
+    /// Released once committed and published; dropped (error) if the writer gives up.
+    pub done: Option<oneshot::Sender<()>>,
+}
+
+/// Sends writes to the writer task.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<WriteRequest>,
+}
+
+/// Resolves when a write is durable; an error means it was not persisted (shutdown).
+pub type Committed = oneshot::Receiver<()>;
+
+impl Writer {
+    /// Queues a write; the returned receiver resolves once it is committed and published.
+    pub async fn write(
+        &self,
+        write: TaskWrite,
+        attempt: Option<AttemptRow>,
+        trace: Vec<(String, String)>,
+    ) -> Committed {
+        let (done, rx) = oneshot::channel();
+        let req = WriteRequest {
+            write,
+            attempt,
+            trace,
+            done: Some(done),
+        };
+        // A closed writer drops the request, and with it `done`: the receiver reports an error.
+        let _ = self.tx.send(req).await;
+        rx
+    }
+}
+
+/// The writer task's configuration.
+pub struct WriterTask {
+    /// Pool.
+    pub pool: MySqlPool,
+    /// Producer for events.
+    pub producer: Producer,
+    /// Topic names.
+    pub topics: Topics,
+    /// Flush at this many tasks.
+    pub max_rows: usize,
+    /// Flush this long after the first write.
+    pub max_delay: Duration,
+    /// Health registry (`mysql`).
+    pub health: Health,
+    /// Stop accepting writes: flush what is queued and exit.
+    pub close: CancellationToken,
+    /// Gives up retrying a failing batch (hard stop).
+    pub abort: CancellationToken,
+}
+
+#[derive(Default)]
+struct Entry {
+    write: Option<TaskWrite>,
+    attempts: Vec<AttemptRow>,
+    trace: Vec<(String, String)>,
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+/// A batch being collected, coalesced by task id.
+#[derive(Default)]
+struct Batch {
+    index: HashMap<TaskId, usize>,
+    entries: Vec<Entry>,
+}
+
+impl Batch {
+    fn add(&mut self, r: WriteRequest) {
+        let id = r.write.task_id;
+        let i = *self.index.entry(id).or_insert_with(|| {
+            self.entries.push(Entry::default());
+            self.entries.len() - 1
+        });
+        let e = &mut self.entries[i];
+        if e.write
+            .as_ref()
+            .is_none_or(|w| r.write.version >= w.version)
+        {
+            e.write = Some(r.write);
+            e.trace = r.trace;
+        }
+        if let Some(a) = r.attempt {
+            e.attempts
+                .retain(|x| (x.generation, x.attempt) != (a.generation, a.attempt));
+            e.attempts.push(a);
+        }
+        e.waiters.extend(r.done);
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// Spawns the writer on `tracker`; the task ends once every [`Writer`] is dropped and the last
+/// batch is flushed.
+pub fn spawn(cfg: WriterTask, tracker: &TaskTracker, capacity: usize) -> Writer {
+    let (tx, rx) = mpsc::channel(capacity);
+    let acks = TaskTracker::new();
+    tracker.spawn(run(cfg, rx, acks));
+    Writer { tx }
+}
+
+async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTracker) {
+    let mut closing = false;
+    loop {
+        let first = tokio::select! {
+            r = rx.recv() => match r {
+                Some(r) => r,
+                None => break,
+            },
+            // Closing the receiver still yields what is buffered, then `None`.
+            () = cfg.close.cancelled(), if !closing => {
+                closing = true;
+                rx.close();
+                continue;
+            }
+        };
+        let mut batch = Batch::default();
+        batch.add(first);
+        let deadline = tokio::time::Instant::now() + cfg.max_delay;
+        while batch.len() < cfg.max_rows {
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Some(r) => batch.add(r),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let Some(landed) = commit_with_retry(&cfg, &batch).await else {
+            tracing::warn!(rows = batch.len(), "writer aborted; batch not persisted");
+            continue;
+        };
+        // Publishing and waking the waiters overlaps with the next batch.
+        let producer = cfg.producer.clone();
+        let topic = cfg.topics.events();
+        acks.spawn(publish_and_release(producer, topic, batch, landed));
+    }
+    acks.close();
+    acks.wait().await;
+    tracing::info!("batch writer stopped");
+}
+
+/// Commits the batch, retrying with backoff; `None` when aborted. Returns, per entry, whether
+/// its write landed.
+async fn commit_with_retry(cfg: &WriterTask, batch: &Batch) -> Option<Vec<bool>> {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let started = Instant::now();
+        match commit(&cfg.pool, batch).await {
+            Ok(landed) => {
+                DB_WRITE.observe(started.elapsed().as_secs_f64());
+                BATCH_ROWS.observe(batch.len() as f64);
+                cfg.health.set("mysql", ComponentStatus::Up);
+                return Some(landed);
+            }
+            Err(e) => {
+                DB_WRITE_ERRORS.inc();
+                cfg.health
+                    .set("mysql", ComponentStatus::Down(e.to_string()));
+                tracing::warn!(error = %e, rows = batch.len(), retry_in_ms = delay.as_millis() as u64, "batch write failed");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = cfg.abort.cancelled() => return None,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn commit(pool: &MySqlPool, batch: &Batch) -> dispatch_store::Result<Vec<bool>> {
+    // Sorted by id: concurrent batches (two instances during a rebalance) lock rows in the same
+    // order, which avoids deadlocks.
+    let mut writes: Vec<TaskWrite> = batch
+        .entries
+        .iter()
+        .filter_map(|e| e.write.clone())
+        .collect();
+    writes.sort_by_key(|w| w.task_id);
+    let attempts: Vec<AttemptRow> = batch
+        .entries
+        .iter()
+        .flat_map(|e| e.attempts.clone())
+        .collect();
+    let ids: Vec<TaskId> = writes.iter().map(|w| w.task_id).collect();
+    let mut tx = pool.begin().await?;
+    dispatch_store::tasks::upsert_batch(&mut tx, &writes).await?;
+    dispatch_store::attempts::insert_batch(&mut tx, &attempts).await?;
+    let stored: HashMap<TaskId, (TaskState, u64)> = dispatch_store::tasks::states(&mut *tx, &ids)
+        .await?
+        .into_iter()
+        .map(|(id, sv)| (id, (sv.state, sv.version)))
+        .collect();
+    tx.commit().await?;
+    Ok(batch
+        .entries
+        .iter()
+        .map(|e| {
+            e.write
+                .as_ref()
+                .is_some_and(|w| stored.get(&w.task_id) == Some(&(w.state, w.version)))
+        })
+        .collect())
+}
+
+async fn publish_and_release(producer: Producer, topic: String, batch: Batch, landed: Vec<bool>) {
+    let sends = batch
+        .entries
+        .iter()
+        .zip(&landed)
+        .filter(|(_, l)| **l)
+        .filter_map(|(e, _)| e.write.as_ref().map(|w| (w, &e.trace)))
+        .map(|(w, trace)| {
+            if w.state.is_terminal() {
+                FINISHED.with_label_values(&[w.state.as_str()]).inc();
+            }
+            let mut headers = Headers::default();
+            for (k, v) in trace {
+                headers.set(k, v.as_bytes());
+            }
+            headers.set(header::TASK_ID, w.task_id.to_string());
+            let key = w.task_id.to_string();
+            let value = event(w).encode_to_vec();
+            let producer = producer.clone();
+            let topic = topic.clone();
+            async move {
+                for attempt in 1..=5u32 {
+                    match producer
+                        .send("events", &topic, key.as_bytes(), &value, &headers)
+                        .await
+                    {
+                        Ok(_) => {
+                            EVENTS.inc();
+                            return;
+                        }
+                        Err(e) if attempt == 5 => {
+                            tracing::error!(error = %e, task_id = %key, "state-change event lost");
+                        }
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt)))
+                                .await
+                        }
+                    }
+                }
+            }
+        });
+    futures::future::join_all(sends).await;
+    for e in batch.entries {
+        for w in e.waiters {
+            let _ = w.send(());
+        }
+    }
+}
+
+/// The event of a landed write; the snapshot is built from the write itself (no read).
+pub fn event(w: &TaskWrite) -> pb::TaskEvent {
+    let ts = |t| dispatch_core::time::to_proto(t);
+    let task = pb::Task {
+        task_id: w.task_id.to_string(),
+        tenant: w.tenant.clone(),
+        business_key: w.business_key.clone(),
+        task_type: w.task_type.clone(),
+        payload: w.payload.clone(),
+        priority: w.priority.to_proto() as i32,
+        state: w.state.to_proto() as i32,
+        attempts: w.attempts,
+        max_attempts: w.max_attempts,
+        run_at: w.run_at.map(ts),
+        deadline: w.deadline_at.map(ts),
+        last_error: w.last_error.chars().take(1024).collect(),
+        result: w.result.clone().unwrap_or_default(),
+        version: w.version,
+        created_at: Some(ts(w.created_at)),
+        updated_at: Some(ts(w.updated_at)),
+        finished_at: w.state.is_terminal().then(|| ts(w.updated_at)),
+        idempotency_key: w.idempotency_key.clone().unwrap_or_default(),
+    };
+    pb::TaskEvent {
+        task_id: w.task_id.to_string(),
+        state: w.state.to_proto() as i32,
+        version: w.version,
+        occurred_at: Some(ts(w.updated_at)),
+        task: Some(task),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use dispatch_core::Priority;
+
+    fn write(id: TaskId, state: TaskState, attempt: u32) -> TaskWrite {
+        TaskWrite {
+            task_id: id,
+            tenant: "acme".into(),
+            business_key: "k".into(),
+            task_type: "noop".into(),
+            priority: Priority::Default,
+            payload: Vec::new(),
+            state,
+            attempts: attempt,
+            max_attempts: 3,
+            initial_backoff_ms: 100,
+            max_backoff_ms: 1000,
+            generation: 0,
+            idempotency_key: None,
+            run_at: None,
+            deadline_at: None,
+            last_error: String::new(),
+            result: None,
+            version: state.version(0, attempt),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn req(w: TaskWrite) -> (WriteRequest, Committed) {
+        let (tx, rx) = oneshot::channel();
+        (
+            WriteRequest {
+                write: w,
+                attempt: None,
+                trace: Vec::new(),
+                done: Some(tx),
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn coalescing_keeps_the_highest_version_and_every_waiter() {
+        let id = TaskId::new();
+        let mut b = Batch::default();
+        let (r1, _w1) = req(write(id, TaskState::Running, 1));
+        let (r2, _w2) = req(write(id, TaskState::Cancelled, 0));
+        let (r3, _w3) = req(write(id, TaskState::Succeeded, 1));
+        b.add(r1);
+        b.add(r2);
+        b.add(r3);
+        let (r4, _w4) = req(write(TaskId::new(), TaskState::Running, 1));
+        b.add(r4);
+        assert_eq!(b.len(), 2);
+        let e = &b.entries[0];
+        assert_eq!(
+            e.write.as_ref().map(|w| w.state),
+            Some(TaskState::Cancelled)
+        );
+        assert_eq!(e.waiters.len(), 3);
+    }
+}

@@ -1,0 +1,138 @@
+//! Cancellation: a queued task never runs, a running handler's token fires, a finished task is
+//! unchanged.
+
+use std::time::Duration;
+
+use dispatch_core::{Envelope, TaskState};
+use dispatch_testkit::{TestEnv, eventually};
+use sqlx::Row;
+
+use crate::harness::{executions, produce, producer, settings, start, states, task, wait_all};
+
+fn cancel_of(e: &Envelope) -> Envelope {
+    Envelope::cancel(
+        e.task_id,
+        e.tenant.clone(),
+        e.business_key.clone(),
+        e.priority,
+        "user asked".into(),
+    )
+}
+
+#[tokio::test]
+async fn cancel_stops_queued_and_running_tasks_and_leaves_finished_ones() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let app = start(settings(&env)).await?;
+    let p = producer(&env)?;
+    let t = env.topics();
+
+    // Queued: the type is paused, so the submit waits in its lane when the cancel arrives.
+    app.control.pause_task_type("simulate");
+    let queued = task("simulate", "c-1", "");
+    produce(&p, &t, &queued).await?;
+    produce(&p, &t, &cancel_of(&queued)).await?;
+    wait_all(
+        &env.pool,
+        &[queued.task_id],
+        TaskState::Cancelled,
+        Duration::from_secs(30),
+    )
+    .await?;
+    app.control.resume_task_type("simulate");
+    // A marker behind it on the same key proves the submit was processed (and skipped).
+    let marker = task("simulate", "c-1", "");
+    produce(&p, &t, &marker).await?;
+    wait_all(
+        &env.pool,
+        &[marker.task_id],
+        TaskState::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert!(
+        executions(&env.pool)
+            .await?
+            .iter()
+            .all(|x| x.task_id != queued.task_id),
+        "never ran"
+    );
+    let ty: Vec<u8> = sqlx::query("SELECT task_type FROM tasks WHERE task_id = ?")
+        .bind(queued.task_id.as_bytes().as_slice())
+        .fetch_one(&env.pool)
+        .await?
+        .try_get(0)?;
+    assert_eq!(ty, b"simulate", "the submit filled the placeholder's data");
+
+    // Running: a long handler is cancelled through its token.
+    let running = task("simulate", "c-2", r#"{"latency_ms":20000}"#);
+    produce(&p, &t, &running).await?;
+    wait_all(
+        &env.pool,
+        &[running.task_id],
+        TaskState::Running,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let sent = std::time::Instant::now();
+    produce(&p, &t, &cancel_of(&running)).await?;
+    wait_all(
+        &env.pool,
+        &[running.task_id],
+        TaskState::Cancelled,
+        Duration::from_secs(10),
+    )
+    .await?;
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "the handler stopped early"
+    );
+    let outcome: String = sqlx::query_scalar("SELECT outcome FROM task_attempts WHERE task_id = ?")
+        .bind(running.task_id.as_bytes().as_slice())
+        .fetch_one(&env.pool)
+        .await?;
+    assert_eq!(outcome, "cancelled");
+    assert!(
+        executions(&env.pool)
+            .await?
+            .iter()
+            .all(|x| x.task_id != running.task_id)
+    );
+
+    // Finished: nothing changes.
+    let done = task("noop", "c-3", "");
+    produce(&p, &t, &done).await?;
+    let before = wait_all(
+        &env.pool,
+        &[done.task_id],
+        TaskState::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let (partition, offset) = produce(&p, &t, &cancel_of(&done)).await?;
+    let topic = t.tasks(done.priority);
+    let c = app.control.clone();
+    eventually(
+        "cancel consumed and committed",
+        Duration::from_secs(30),
+        || {
+            let (c, topic) = (c.clone(), topic.clone());
+            async move {
+                let s = c.stats().await.ok()?;
+                s.partitions
+                    .iter()
+                    .any(|x| {
+                        x.topic == topic && x.partition == partition && x.committed_offset > offset
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await?;
+    assert_eq!(
+        states(&env.pool, &[done.task_id]).await?[&done.task_id],
+        before[&done.task_id]
+    );
+    app.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! The happy path, per-key order and parallelism beyond partitions.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use dispatch_core::{TaskId, TaskState};
+use dispatch_proto::v1 as pb;
+use dispatch_testkit::{TestEnv, consume_until};
+use prost::Message;
+
+use crate::harness::{executions, metrics, produce, producer, settings, start, task, wait_all};
+
+#[tokio::test]
+async fn tasks_succeed_with_one_row_each_and_events_for_every_change() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let app = start(settings(&env)).await?;
+    let p = producer(&env)?;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let e = task("noop", &format!("order-{}", i % 7), "");
+        produce(&p, &env.topics(), &e).await?;
+        ids.push(e.task_id);
+    }
+    let stored = wait_all(
+        &env.pool,
+        &ids,
+        TaskState::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await?;
+    for sv in stored.values() {
+        assert_eq!(sv.version, TaskState::Succeeded.version(0, 1));
+    }
+    let attempts: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM task_attempts WHERE outcome = 'succeeded' AND attempt = 1",
+    )
+    .fetch_one(&env.pool)
+    .await?;
+    assert_eq!(attempts, 20);
+
+    // Every task's terminal change is on the events topic, keyed by task id, with a snapshot.
+    let consumer = env.consumer(&[env.topics().events()])?;
+    let records = consume_until(&consumer, Duration::from_secs(30), |rs| {
+        rs.iter()
+            .filter_map(|r| pb::TaskEvent::decode(r.value.as_slice()).ok())
+            .filter(|e| e.state == pb::TaskState::Succeeded as i32)
+            .count()
+            >= 20
+    })
+    .await?;
+    let mut succeeded: HashMap<String, pb::TaskEvent> = HashMap::new();
+    for r in &records {
+        let e = pb::TaskEvent::decode(r.value.as_slice())?;
+        assert_eq!(r.key, e.task_id.as_bytes(), "events are keyed by task id");
+        if e.state == pb::TaskState::Succeeded as i32 {
+            succeeded.insert(e.task_id.clone(), e);
+        }
+    }
+    for id in &ids {
+        let e = succeeded.get(&id.to_string()).expect("succeeded event");
+        assert_eq!(e.version, TaskState::Succeeded.version(0, 1));
+        let t = e.task.as_ref().expect("snapshot");
+        assert_eq!(t.task_type, "noop");
+        assert_eq!(t.tenant, "acme");
+        assert!(t.finished_at.is_some());
+    }
+    let m = metrics(app.admin).await?;
+    assert!(
+        m.contains("dispatch_tasks_finished_total{state=\"succeeded\"}"),
+        "metrics: finished"
+    );
+    assert!(m.contains("dispatch_consumer_lag_records"), "metrics: lag");
+    app.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_key_runs_in_submission_order_while_keys_run_in_parallel() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let app = start(settings(&env)).await?;
+    let p = producer(&env)?;
+    let mut by_key: HashMap<String, Vec<TaskId>> = HashMap::new();
+    let mut ids = Vec::new();
+    for round in 0..8 {
+        for k in 0..25 {
+            let key = format!("acct-{k}");
+            let latency = if (round + k) % 3 == 0 { 8 } else { 1 };
+            let e = task("simulate", &key, &format!(r#"{{"latency_ms":{latency}}}"#));
+            produce(&p, &env.topics(), &e).await?;
+            by_key.entry(key).or_default().push(e.task_id);
+            ids.push(e.task_id);
+        }
+    }
+    wait_all(
+        &env.pool,
+        &ids,
+        TaskState::Succeeded,
+        Duration::from_secs(60),
+    )
+    .await?;
+    let key_of: HashMap<TaskId, &String> = by_key
+        .iter()
+        .flat_map(|(k, v)| v.iter().map(move |id| (*id, k)))
+        .collect();
+    let mut executed: HashMap<&String, Vec<TaskId>> = HashMap::new();
+    for e in executions(&env.pool).await? {
+        executed
+            .entry(key_of[&e.task_id])
+            .or_default()
+            .push(e.task_id);
+    }
+    for (key, submitted) in &by_key {
+        assert_eq!(&executed[key], submitted, "execution order of {key}");
+    }
+    app.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_partition_runs_many_keys_in_parallel() -> anyhow::Result<()> {
+    let env = TestEnv::with_partitions(1).await?;
+    let app = start(settings(&env)).await?;
+    let p = producer(&env)?;
+    let (keys, per_key, latency_ms) = (100, 4, 20u64);
+    let mut ids = Vec::new();
+    for _ in 0..per_key {
+        for k in 0..keys {
+            let e = task(
+                "simulate",
+                &format!("k-{k}"),
+                &format!(r#"{{"latency_ms":{latency_ms}}}"#),
+            );
+            produce(&p, &env.topics(), &e).await?;
+            ids.push(e.task_id);
+        }
+    }
+    wait_all(
+        &env.pool,
+        &ids,
+        TaskState::Succeeded,
+        Duration::from_secs(60),
+    )
+    .await?;
+    let ex = executions(&env.pool).await?;
+    assert_eq!(ex.len(), ids.len());
+    let first = ex.iter().map(|e| e.executed_at).min().expect("rows");
+    let last = ex.iter().map(|e| e.executed_at).max().expect("rows");
+    let span = (last - first).to_std()? + Duration::from_millis(latency_ms);
+    let sequential = Duration::from_millis(latency_ms * ids.len() as u64);
+    // Sequential would take 8 s; parallel lanes should be far faster. A generous 4x bound keeps the
+    // test meaningful on a loaded 2-core machine.
+    assert!(
+        span * 4 < sequential,
+        "{} tasks took {span:?}; sequential would take {sequential:?}",
+        ids.len()
+    );
+    app.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! Shared helpers: settings for a TestEnv, a running App, producing envelopes, reading state.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dispatch_core::{
+    BusinessKey, Envelope, NewTask, Payload, Priority, RetryPolicy, TaskId, TaskState, TaskType,
+    Tenant, Topics,
+};
+use dispatch_processor::{App, AppBuilder, Control, Settings};
+use dispatch_runtime::Shutdown;
+use dispatch_store::tasks::StateVersion;
+use dispatch_testkit::{TestEnv, eventually};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::{MySqlPool, Row};
+use tokio::task::JoinHandle;
+
+/// Settings pointing at `env`, on port 0, with a group of its own.
+pub fn settings(env: &TestEnv) -> Settings {
+    let mut s = Settings {
+        kafka: env.kafka.clone(),
+        database: env.db.clone(),
+        ..Settings::default()
+    };
+    s.kafka.create_topics = false;
+    s.grpc.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    s.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    s.consumer.group = format!("processor-{}", env.id);
+    s.consumer.lag_interval_ms = 500;
+    s.consumer.rebalance_drain_ms = 2_000;
+    s.scheduler.interval_ms = 100;
+    s.shutdown.drain_timeout_ms = 5_000;
+    s
+}
+
+/// A running processor.
+pub struct Running {
+    pub shutdown: Shutdown,
+    pub handle: JoinHandle<anyhow::Result<()>>,
+    pub control: Control,
+    pub admin: SocketAddr,
+}
+
+impl Running {
+    /// Starts `builder` and waits until it owns partitions.
+    pub async fn start(builder: AppBuilder) -> anyhow::Result<Self> {
+        let r = Self::start_unwaited(builder).await?;
+        let c = r.control.clone();
+        eventually("partition assignment", Duration::from_secs(30), || {
+            let c = c.clone();
+            async move { (c.assigned_partitions() > 0).then_some(()) }
+        })
+        .await?;
+        Ok(r)
+    }
+
+    /// Starts without waiting for an assignment.
+    pub async fn start_unwaited(builder: AppBuilder) -> anyhow::Result<Self> {
+        init_logs();
+        let app = builder.build().await?;
+        let control = app.control();
+        let admin = app.admin_addr()?;
+        let shutdown = Shutdown::new();
+        let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        Ok(Self {
+            shutdown,
+            handle,
+            control,
+            admin,
+        })
+    }
+
+    /// Triggers shutdown and waits for it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.trigger();
+        self.handle.await?
+    }
+}
+
+/// Logs at `warn` (or `RUST_LOG`), once per process.
+fn init_logs() {
+    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let s = dispatch_runtime::settings::TelemetrySettings {
+            log_level: "warn".into(),
+            log_format: "pretty".into(),
+            ..Default::default()
+        };
+        if let Ok(guard) = dispatch_runtime::telemetry::init("processor-test", &s) {
+            std::mem::forget(guard);
+        }
+    });
+}
+
+/// Starts an App with plain settings.
+pub async fn start(s: Settings) -> anyhow::Result<Running> {
+    Running::start(App::builder(s)).await
+}
+
+/// A first-attempt envelope.
+pub fn task(task_type: &str, key: &str, payload: &str) -> Envelope {
+    Envelope::submit(NewTask {
+        task_id: TaskId::new(),
+        tenant: Tenant::parse("acme").expect("tenant"),
+        business_key: BusinessKey::parse(key).expect("key"),
+        task_type: TaskType::parse(task_type).expect("type"),
+        payload: Payload::parse(payload.as_bytes().to_vec()).expect("payload"),
+        priority: Priority::Default,
+        idempotency_key: None,
+        run_at: None,
+        deadline: None,
+        retry: RetryPolicy {
+            max_attempts: 4,
+            initial_backoff_ms: 100,
+            max_backoff_ms: 1_000,
+        },
+        submitted_at: Utc::now(),
+    })
+}
+
+/// A producer like the gateway's.
+pub fn producer(env: &TestEnv) -> anyhow::Result<FutureProducer> {
+    Ok(dispatch_runtime::kafka::producer_config(&env.kafka).create()?)
+}
+
+/// Produces raw bytes; returns (partition, offset).
+pub async fn produce_raw(
+    p: &FutureProducer,
+    topic: &str,
+    key: &[u8],
+    value: &[u8],
+    headers: &dispatch_core::Headers,
+) -> anyhow::Result<(i32, i64)> {
+    let mut h = rdkafka::message::OwnedHeaders::new();
+    for (k, v) in headers.iter() {
+        h = h.insert(rdkafka::message::Header {
+            key: k,
+            value: Some(v),
+        });
+    }
+    let d = p
+        .send(
+            FutureRecord::to(topic).key(key).payload(value).headers(h),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+    Ok((d.partition, d.offset))
+}
+
+/// Produces an envelope to its priority topic.
+pub async fn produce(p: &FutureProducer, t: &Topics, e: &Envelope) -> anyhow::Result<(i32, i64)> {
+    produce_raw(p, &t.tasks(e.priority), e.key(), &e.encode(), &e.headers()).await
+}
+
+/// Stored (state, version) of `ids`.
+pub async fn states(
+    pool: &MySqlPool,
+    ids: &[TaskId],
+) -> anyhow::Result<HashMap<TaskId, StateVersion>> {
+    let mut out = HashMap::new();
+    for chunk in ids.chunks(500) {
+        out.extend(dispatch_store::tasks::states(pool, chunk).await?);
+    }
+    Ok(out)
+}
+
+/// Waits until every id is stored in `want`.
+pub async fn wait_all(
+    pool: &MySqlPool,
+    ids: &[TaskId],
+    want: TaskState,
+    timeout: Duration,
+) -> anyhow::Result<HashMap<TaskId, StateVersion>> {
+    eventually(&format!("{} tasks {want}", ids.len()), timeout, || async {
+        let s = states(pool, ids).await.ok()?;
+        (s.len() == ids.len() && s.values().all(|v| v.state == want)).then_some(s)
+    })
+    .await
+}
+
+/// One ledger row.
+#[derive(Debug, Clone)]
+pub struct Execution {
+    pub task_id: TaskId,
+    pub attempt: u32,
+    pub executed_at: DateTime<Utc>,
+}
+
+/// The `simulate` ledger in execution order.
+pub async fn executions(pool: &MySqlPool) -> anyhow::Result<Vec<Execution>> {
+    let rows =
+        sqlx::query("SELECT task_id, attempt, executed_at FROM handler_executions ORDER BY id")
+            .fetch_all(pool)
+            .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Execution {
+                task_id: TaskId::from_slice(&r.try_get::<Vec<u8>, _>(0)?)?,
+                attempt: r.try_get(1)?,
+                executed_at: r.try_get(2)?,
+            })
+        })
+        .collect()
+}
+
+/// `/metrics` of a running app.
+pub async fn metrics(admin: SocketAddr) -> anyhow::Result<String> {
+    Ok(reqwest::get(format!("http://{admin}/metrics"))
+        .await?
+        .text()
+        .await?)
+}

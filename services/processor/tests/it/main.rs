@@ -1,0 +1,9 @@
+//! Integration tests of the processor against the real local stack (one binary).
+
+mod cancel;
+mod control;
+mod crash;
+mod failures;
+mod flow;
+mod harness;
+mod scheduling;
