@@ -8,6 +8,7 @@ PROFILE="${PROFILE:-debug}"
 LOADGEN="${CARGO_TARGET_DIR:-${REPO}/target}/${PROFILE}/dispatch-loadgen"
 OUT="${REPO}/.local/smoke"
 mkdir -p "${OUT}"
+(cd "${REPO}" && cargo build -q --locked -p dispatch-loadtest $([[ "${PROFILE}" == "release" ]] && echo --release))
 
 run() {
     local name="$1"; shift

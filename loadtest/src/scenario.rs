@@ -290,6 +290,7 @@ impl Scenario {
                 let mut stream = r
                     .watch_task(self.request(pb::WatchTaskRequest {
                         task_id: accepted.task_id.clone(),
+                        min_version: accepted.version,
                     }))
                     .await
                     .map_err(|s| s.code())?

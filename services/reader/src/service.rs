@@ -149,10 +149,12 @@ impl TaskQueryService for QueryService {
             let _slot = self.admit()?;
             let tenant = self.tenant(&req)?;
             let id = parse_id("task_id", &req.get_ref().task_id)?;
+            let min_version = req.get_ref().min_version;
             let stream = watch::start(
                 Arc::clone(&self.reader),
                 tenant,
                 id,
+                min_version,
                 self.stop.clone(),
                 self.watch_poll,
             )

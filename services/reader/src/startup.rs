@@ -7,10 +7,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use dispatch_proto::v1::task_query_service_server::TaskQueryServiceServer;
 use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
-use dispatch_runtime::grpc::{Authenticator, reflection_service};
+use dispatch_runtime::grpc::{Authenticator, reflection_service, tls_config};
 use dispatch_runtime::{Shutdown, kafka, redis_client};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::ServerTlsConfig;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -39,6 +40,8 @@ pub struct App {
     reader: Arc<Reader>,
     auth: Arc<Authenticator>,
     events: EventsConsumer,
+    /// Server TLS (mTLS with `grpc.tls_client_ca_path`); plaintext when `None`.
+    tls: Option<ServerTlsConfig>,
 }
 
 /// A view of a running app for tests and benchmarks.
@@ -79,6 +82,9 @@ impl App {
     /// that cannot be bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.validate()?;
+        // Read the certificate files now, so a bad path fails start-up rather than the first
+        // handshake.
+        let tls = tls_config(&settings.grpc)?;
         let auth = Arc::new(Authenticator::from_settings(&settings.auth)?);
         metrics::init();
         dispatch_runtime::metrics::register_runtime_metrics("reader");
@@ -155,6 +161,7 @@ impl App {
             reader,
             auth,
             events,
+            tls,
         })
     }
 
@@ -198,6 +205,7 @@ impl App {
             reader,
             auth,
             events,
+            tls,
         } = self;
         let (reporter, health_svc) = tonic_health::server::health_reporter();
         set_serving(&reporter, ServingStatus::NotServing).await;
@@ -225,7 +233,11 @@ impl App {
         let max = settings.grpc.max_request_bytes;
         let stop = shutdown.child();
         let reporter_at_stop = reporter.clone();
-        let server = tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls).context("grpc tls")?;
+        }
+        let server = server
             .timeout(Duration::from_millis(settings.grpc.request_timeout_ms))
             .add_service(health_svc)
             .add_service(reflection_service()?)

@@ -52,19 +52,21 @@ impl Drop for OpenStream {
     }
 }
 
-/// Starts watching `id` for `tenant`.
+/// Starts watching `id` for `tenant`, first waiting (read-your-writes) for `min_version`.
 ///
 /// # Errors
-/// NotFound for an unknown id or another tenant's task; Unavailable when it cannot be read.
+/// NotFound for an unknown id or another tenant's task; NotVisible when `min_version` does not
+/// appear in time; Unavailable when it cannot be read.
 pub async fn start(
     reader: Arc<Reader>,
     tenant: Tenant,
     id: TaskId,
+    min_version: dispatch_core::Version,
     stop: CancellationToken,
     poll: Duration,
 ) -> Result<WatchStream, ReadError> {
     let mut changes = reader.notifier.subscribe(id);
-    let current = reader.get(&tenant, id, 0).await?;
+    let current = reader.get(&tenant, id, min_version).await?;
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         let _open = OpenStream::new();

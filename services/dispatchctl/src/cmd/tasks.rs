@@ -355,6 +355,7 @@ pub async fn watch(id: String, conn: &Conn, format: Format) -> anyhow::Result<()
     let mut c = TaskQueryServiceClient::new(conn.channel(&conn.reader).await?);
     let mut req = conn.request(pb::WatchTaskRequest {
         task_id: id.clone(),
+        min_version: 0,
     })?;
     req.set_timeout(std::time::Duration::from_secs(24 * 3600));
     let mut stream = c

@@ -86,6 +86,7 @@ async fn invalid_inputs_are_rejected_with_the_field_named() {
         .watch_task(req(
             pb::WatchTaskRequest {
                 task_id: String::new(),
+                min_version: 0,
             },
             ACME,
         ))

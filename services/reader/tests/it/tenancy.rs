@@ -51,6 +51,7 @@ async fn other_tenants_tasks_answer_not_found_everywhere() {
         .watch_task(req(
             pb::WatchTaskRequest {
                 task_id: theirs.id.to_string(),
+                min_version: 0,
             },
             ACME,
         ))

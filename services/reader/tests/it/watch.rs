@@ -27,6 +27,7 @@ async fn watch_sees_every_transition_in_order_until_terminal() {
         .watch_task(req(
             pb::WatchTaskRequest {
                 task_id: pending.id.to_string(),
+                min_version: 0,
             },
             ACME,
         ))
@@ -79,6 +80,7 @@ async fn watching_a_terminal_task_yields_its_state_and_ends() {
         .watch_task(req(
             pb::WatchTaskRequest {
                 task_id: done.id.to_string(),
+                min_version: 0,
             },
             ACME,
         ))
@@ -93,6 +95,7 @@ async fn watching_a_terminal_task_yields_its_state_and_ends() {
         .watch_task(req(
             pb::WatchTaskRequest {
                 task_id: TaskId::new().to_string(),
+                min_version: 0,
             },
             ACME,
         ))
@@ -101,4 +104,50 @@ async fn watching_a_terminal_task_yields_its_state_and_ends() {
     assert_eq!(err.code(), Code::NotFound);
     r.stop().await;
     env.cleanup().await;
+}
+
+#[tokio::test]
+async fn watch_with_a_submit_token_waits_for_the_task_to_appear() {
+    let env = TestEnv::new().await.expect("env");
+    let r = Reader::start(&env).await;
+    let mut c = r.client().await;
+    let row = TaskRow::new("acme", TaskState::Succeeded, 1);
+    let id = row.id.to_string();
+
+    // Without a token an unknown task is NOT_FOUND...
+    let err = c
+        .watch_task(req(
+            pb::WatchTaskRequest {
+                task_id: id.clone(),
+                min_version: 0,
+            },
+            ACME,
+        ))
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), Code::NotFound);
+
+    // ...with the submit's token the reader waits for the row (stored while the call waits).
+    let watch = tokio::spawn(async move {
+        c.watch_task(req(
+            pb::WatchTaskRequest {
+                task_id: id,
+                min_version: 1,
+            },
+            ACME,
+        ))
+        .await
+    });
+    store(&env, std::slice::from_ref(&row)).await;
+    let mut stream = watch
+        .await
+        .expect("join")
+        .expect("watch waits for the task")
+        .into_inner();
+    let first = next(&mut stream).await.expect("current state");
+    assert_eq!(first.state(), pb::TaskState::Succeeded);
+    assert!(
+        next(&mut stream).await.is_none(),
+        "a terminal task ends the stream"
+    );
 }
