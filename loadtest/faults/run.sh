@@ -49,8 +49,11 @@ scenario_kill_processor() {
     for i in 1 2 3; do
         sleep $((DURATION / 4))
         log "kill -9 processor (${i}/3)"
-        kill -KILL "$(cat .local/services/processor.pid)"
-        sleep 1
+        local victim
+        victim="$(cat .local/services/processor.pid)"
+        kill -KILL "${victim}"
+        # A killed process can take a moment to disappear; restart only once it has.
+        while kill -0 "${victim}" 2>/dev/null; do sleep 0.1; done
         SKIP_BUILD=1 "${SVC}" start processor >/dev/null
     done
     audit kill-processor

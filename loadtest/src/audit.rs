@@ -86,6 +86,8 @@ pub struct Verdict {
     pub regressed: u64,
     /// Events read for the regression check.
     pub events_checked: u64,
+    /// Up to five regressed tasks with their event sequences (state@version, topic order).
+    pub regressed_examples: Vec<String>,
     /// Keys with first attempts out of submission order.
     pub order_violations: u64,
     /// Keys whose order was checked.
@@ -287,9 +289,11 @@ pub async fn audit(a: &AuditArgs) -> anyhow::Result<Verdict> {
     }
 
     if !a.brokers.is_empty() {
-        let (checked, regressed) = events_regressions(&a.brokers, &a.events_topic, &ids).await?;
+        let (checked, regressed, examples) =
+            events_regressions(&a.brokers, &a.events_topic, &ids).await?;
         v.events_checked = checked;
         v.regressed = regressed;
+        v.regressed_examples = examples;
     }
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_string_pretty(&v)?)?;
@@ -303,14 +307,14 @@ async fn events_regressions(
     brokers: &str,
     topic: &str,
     ids: &[TaskId],
-) -> anyhow::Result<(u64, u64)> {
+) -> anyhow::Result<(u64, u64, Vec<String>)> {
     use prost::Message as _;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
     let wanted: std::collections::HashSet<String> = ids.iter().map(|i| i.to_string()).collect();
     let brokers = brokers.to_owned();
     let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64)> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64, Vec<String>)> {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .set("group.id", format!("audit-{}", uuid::Uuid::now_v7()))
@@ -331,6 +335,7 @@ async fn events_regressions(
         }
         c.assign(&tpl)?;
         let mut last: HashMap<String, (TaskState, u64)> = HashMap::new();
+        let mut history: HashMap<String, Vec<String>> = HashMap::new();
         let mut bad = std::collections::HashSet::new();
         let mut checked = 0u64;
         let mut remaining: HashMap<i32, i64> = ends
@@ -359,6 +364,10 @@ async fn events_regressions(
                 .ok()
                 .and_then(TaskState::from_proto);
             let Some(st) = st else { continue };
+            history
+                .entry(ev.task_id.clone())
+                .or_default()
+                .push(format!("{st}@{}", ev.version));
             if let Some((prev, ver)) = last.get(&ev.task_id) {
                 let regress = ev.version < *ver
                     || (prev.is_terminal() && ev.version > *ver && *prev != TaskState::Dead);
@@ -368,7 +377,17 @@ async fn events_regressions(
             }
             last.insert(ev.task_id.clone(), (st, ev.version));
         }
-        Ok((checked, bad.len() as u64))
+        let examples = bad
+            .iter()
+            .take(5)
+            .map(|id| {
+                format!(
+                    "{id}: {}",
+                    history.get(id).map(|h| h.join(" ")).unwrap_or_default()
+                )
+            })
+            .collect();
+        Ok((checked, bad.len() as u64, examples))
     })
     .await?
 }

@@ -75,6 +75,54 @@ impl Producer {
         }
     }
 
+    /// Hands one record to the client *now* and returns the wait for its acknowledgement. Records
+    /// enqueued one after another keep that order on their partition (the idempotent producer
+    /// preserves it), which [`Producer::send`] cannot promise for concurrent callers. Falls back to
+    /// `send` (waiting for queue space) when the local queue is full.
+    pub fn enqueue(
+        &self,
+        kind: &'static str,
+        topic: &str,
+        key: &[u8],
+        value: &[u8],
+        headers: &Headers,
+    ) -> futures::future::BoxFuture<'static, Result<Delivered, rdkafka::error::KafkaError>> {
+        let started = Instant::now();
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(value)
+            .headers(kafka_headers(headers));
+        match self.inner.send_result(record) {
+            Ok(delivery) => Box::pin(async move {
+                let outcome = match delivery.await {
+                    Ok(Ok(d)) => Ok(Delivered {
+                        partition: d.partition,
+                        offset: d.offset,
+                    }),
+                    Ok(Err((e, _))) => Err(e),
+                    Err(_) => Err(rdkafka::error::KafkaError::Canceled),
+                };
+                match &outcome {
+                    Ok(_) => PRODUCE_DURATION
+                        .with_label_values(&[kind])
+                        .observe(started.elapsed().as_secs_f64()),
+                    Err(_) => PRODUCE_ERRORS.with_label_values(&[kind]).inc(),
+                }
+                outcome
+            }),
+            Err(_) => {
+                let (this, topic, key, value, headers) = (
+                    self.clone(),
+                    topic.to_owned(),
+                    key.to_vec(),
+                    value.to_vec(),
+                    headers.clone(),
+                );
+                Box::pin(async move { this.send(kind, &topic, &key, &value, &headers).await })
+            }
+        }
+    }
+
     /// [`Producer::send`], retried with backoff until it succeeds or `give_up` fires (`None`).
     pub async fn send_until(
         &self,

@@ -176,10 +176,12 @@ async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTr
             tracing::warn!(rows = batch.len(), "writer aborted; batch not persisted");
             continue;
         };
-        // Publishing and waking the waiters overlaps with the next batch.
-        let producer = cfg.producer.clone();
+        // Events are enqueued here, in commit order, so a task's events reach its partition of
+        // the (compacted) events topic in version order; waiting for their acknowledgements and
+        // waking the waiters overlaps with the next batch.
         let topic = cfg.topics.events();
-        acks.spawn(publish_and_release(producer, topic, batch, landed));
+        let pending = enqueue_events(&cfg.producer, &topic, &batch, &landed);
+        acks.spawn(release_after(cfg.producer.clone(), topic, batch, pending));
     }
     acks.close();
     acks.wait().await;
@@ -249,11 +251,28 @@ async fn commit(pool: &MySqlPool, batch: &Batch) -> dispatch_store::Result<Vec<b
         .collect())
 }
 
-async fn publish_and_release(producer: Producer, topic: String, batch: Batch, landed: Vec<bool>) {
-    let sends = batch
+/// An enqueued event: its acknowledgement, and what a re-send needs.
+struct PendingEvent {
+    ack: futures::future::BoxFuture<
+        'static,
+        Result<crate::produce::Delivered, rdkafka::error::KafkaError>,
+    >,
+    key: String,
+    value: Vec<u8>,
+    headers: Headers,
+}
+
+/// Enqueues the event of every landed write of `batch`, in order.
+fn enqueue_events(
+    producer: &Producer,
+    topic: &str,
+    batch: &Batch,
+    landed: &[bool],
+) -> Vec<PendingEvent> {
+    batch
         .entries
         .iter()
-        .zip(&landed)
+        .zip(landed)
         .filter(|(_, l)| **l)
         .filter_map(|(e, _)| e.write.as_ref().map(|w| (w, &e.trace)))
         .map(|(w, trace)| {
@@ -267,30 +286,44 @@ async fn publish_and_release(producer: Producer, topic: String, batch: Batch, la
             headers.set(header::TASK_ID, w.task_id.to_string());
             let key = w.task_id.to_string();
             let value = event(w).encode_to_vec();
-            let producer = producer.clone();
-            let topic = topic.clone();
-            async move {
-                for attempt in 1..=5u32 {
-                    match producer
-                        .send("events", &topic, key.as_bytes(), &value, &headers)
-                        .await
-                    {
-                        Ok(_) => {
-                            EVENTS.inc();
-                            return;
-                        }
-                        Err(e) if attempt == 5 => {
-                            tracing::error!(error = %e, task_id = %key, "state-change event lost");
-                        }
-                        Err(_) => {
-                            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt)))
-                                .await
-                        }
-                    }
-                }
+            let ack = producer.enqueue("events", topic, key.as_bytes(), &value, &headers);
+            PendingEvent {
+                ack,
+                key,
+                value,
+                headers,
             }
-        });
-    futures::future::join_all(sends).await;
+        })
+        .collect()
+}
+
+/// Waits for the batch's events (re-sending a failed one a few times), then wakes its waiters.
+async fn release_after(
+    producer: Producer,
+    topic: String,
+    batch: Batch,
+    pending: Vec<PendingEvent>,
+) {
+    let acks = pending.into_iter().map(|p| {
+        let (producer, topic) = (producer.clone(), topic.clone());
+        async move {
+            let mut result = p.ack.await;
+            for attempt in 1..5u32 {
+                if result.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                result = producer
+                    .send("events", &topic, p.key.as_bytes(), &p.value, &p.headers)
+                    .await;
+            }
+            match result {
+                Ok(_) => EVENTS.inc(),
+                Err(e) => tracing::error!(error = %e, task_id = %p.key, "state-change event lost"),
+            }
+        }
+    });
+    futures::future::join_all(acks).await;
     for e in batch.entries {
         for w in e.waiters {
             let _ = w.send(());

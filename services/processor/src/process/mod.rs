@@ -64,6 +64,29 @@ pub struct Processor {
     pub cancelled_ttl: Duration,
     in_flight: Mutex<HashMap<TaskId, InFlight>>,
     cancelled: Mutex<HashMap<TaskId, Instant>>,
+    task_locks: Mutex<HashMap<TaskId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Held while one record of a task goes from its gate lookup to the commit of its outcome; see
+/// [`Processor::lock_task`].
+pub(crate) struct TaskLock<'a> {
+    processor: &'a Processor,
+    id: TaskId,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for TaskLock<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut locks = self.processor.task_locks.lock();
+        // Only the map still holds it: nobody waits, forget the entry.
+        if locks
+            .get(&self.id)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            locks.remove(&self.id);
+        }
+    }
 }
 
 /// The parts of a [`Processor`] not built here.
@@ -109,6 +132,22 @@ impl Processor {
             cancelled_ttl: p.cancelled_ttl,
             in_flight: Mutex::default(),
             cancelled: Mutex::default(),
+            task_locks: Mutex::default(),
+        }
+    }
+
+    /// Serializes the records of one task in this process, from the gate lookup to the commit of
+    /// the outcome. Two records of one task can be in flight at once after a crash (the replayed
+    /// attempt N and the retry record of attempt N+1, on different topics); without this, the
+    /// second could pass the gate before the first's terminal state commits and run a finished
+    /// task again. With it, the second looks the state up after that commit and skips.
+    pub(crate) async fn lock_task(&self, id: TaskId) -> TaskLock<'_> {
+        let lock = Arc::clone(self.task_locks.lock().entry(id).or_default());
+        let guard = lock.lock_owned().await;
+        TaskLock {
+            processor: self,
+            id,
+            guard: Some(guard),
         }
     }
 

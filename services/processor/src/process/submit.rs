@@ -113,6 +113,11 @@ impl Processor {
     }
 
     async fn submit(&self, d: &Delivery, env: &Envelope, ticket: &mut LaneTicket) {
+        // Held until this record's outcome is committed (the end of this function).
+        let _task = tokio::select! {
+            lock = self.lock_task(env.task_id) => lock,
+            () = d.lease.revoked.cancelled() => return self.abandon(&d.lease),
+        };
         let stored = loop {
             match self.gate.lookup(env.task_id).await {
                 Ok(s) => break s,
