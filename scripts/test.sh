@@ -4,7 +4,8 @@
 # Redis), the deploy/observability/k6 static checks, and a live smoke run of the services (metric
 # names used by dashboards and alerts exist, a short load generator run). Idempotent.
 #
-# SKIP_LIVE=1 skips the live smoke stage.
+# SKIP_LIVE=1 skips the live stage (services, smoke load, fault scenarios with audits, live metrics);
+# SKIP_FAULTS=1 skips only the fault scenarios.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${REPO}"
@@ -42,6 +43,11 @@ if [[ "${SKIP_LIVE:-0}" != "1" ]]; then
     trap 'PROFILE=debug deploy/local/services.sh stop || true' EXIT
     PROFILE=debug deploy/local/services.sh start
     scripts/smoke.sh
+    if [[ "${SKIP_FAULTS:-0}" != "1" ]]; then
+        stage "fault scenarios (short) with audits"
+        PROFILE=debug loadtest/faults/run.sh
+    fi
+    stage "live metrics: every dashboard/alert metric exported, promtool check metrics"
     scripts/check-observability.sh --live
     PROFILE=debug deploy/local/services.sh stop
     trap - EXIT

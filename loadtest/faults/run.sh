@@ -19,6 +19,7 @@ mkdir -p "${OUT}"
 
 if [[ "${SOAK}" == "1" ]]; then RATE=500; DURATION=120; DOWN=30; else RATE=150; DURATION=16; DOWN=8; fi
 
+AUDIT_EXTRA=()
 log() { printf '\n[faults] %s\n' "$*" >&2; }
 
 # Starts the load in the background: simulate tasks (2 ms, 5% retryable failures) on 200 keys,
@@ -38,7 +39,8 @@ audit() {
     local name="$1"
     wait "${LOAD_PID}" || true
     python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print('load:', r['ok'], 'accepted,', r['errors'], 'rejected', r['errors_by_code'])" "${OUT}/${name}.load.json"
-    "${BIN}/dispatch-loadgen" audit --ids "${OUT}/${name}.ids" --wait-s 180 --json "${OUT}/${name}.audit.json" | tee "${OUT}/${name}.verdict"
+    "${BIN}/dispatch-loadgen" audit --ids "${OUT}/${name}.ids" "${AUDIT_EXTRA[@]}" --wait-s 180 \
+        --json "${OUT}/${name}.audit.json" | tee "${OUT}/${name}.verdict"
 }
 
 restart_dead_services() { SKIP_BUILD=1 "${SVC}" start >/dev/null; }
@@ -77,11 +79,12 @@ scenario_redis_stop() {
     sleep $((DURATION / 4))
     log "stopping redis for ${DOWN}s"
     "${STACK}" stop redis
+    rm -f "${OUT}/redis-stop-resubmit.ids"
     "${BIN}/dispatch-loadgen" run --scenario submit --task-type simulate --sim-latency-ms 2 --keys 200 \
         --rate "${RATE}" --duration-s "$((DURATION / 2))" --warmup-s 0 --idempotency --label redis-stop \
-        --record-ids "${OUT}/redis-stop.ids" >/dev/null 2>&1 || true
+        --record-ids "${OUT}/redis-stop-resubmit.ids" >/dev/null 2>&1 || true
     "${STACK}" start redis
-    audit redis-stop
+    AUDIT_EXTRA=(--ids "${OUT}/redis-stop-resubmit.ids") audit redis-stop
     python3 - "${OUT}/redis-stop.audit.json" <<'PY'
 import json, sys
 v = json.load(open(sys.argv[1]))
@@ -103,10 +106,11 @@ scenario_mariadb_stop() {
 }
 
 scenario_db_proxy() {
-    # The processor talks to MariaDB through a proxy adding 200 ms latency and resetting 0.2% of
-    # connections after a chunk.
+    # The processor talks to MariaDB through a proxy that, while the load runs, adds 200 ms to every
+    # chunk and resets 0.2% of connections after a chunk; then it heals and the backlog drains.
     "${BIN}/dispatch-loadgen" fault-proxy --listen 127.0.0.1:13306 --upstream 127.0.0.1:3306 \
-        --latency-ms 200 --reset-probability 0.002 --duration-s $((DURATION + 240)) 2>"${OUT}/db-proxy.proxy.log" &
+        --latency-ms 200 --reset-probability 0.002 --fault-s "${DURATION}" --duration-s $((DURATION + 300)) \
+        2>"${OUT}/db-proxy.proxy.log" &
     local proxy=$!
     "${SVC}" stop processor
     DISPATCH_DATABASE__URL="mysql://dispatch:dispatch@127.0.0.1:13306/dispatch" SKIP_BUILD=1 "${SVC}" start processor

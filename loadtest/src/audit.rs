@@ -124,14 +124,16 @@ impl Verdict {
     }
 }
 
-/// Reads id files (`task_id \t key \t via \t topic \t partition \t offset`), deduplicated by id
-/// (an idempotent resubmit records the same id twice).
+/// Reads id files (`task_id \t key \t via \t topic \t partition \t offset`). An id recorded
+/// more than once (an idempotent resubmit) is one task; for ordering, its earliest Kafka record
+/// counts (a duplicate produced while Redis was down, or answered from MySQL without
+/// coordinates, does not move it).
 ///
 /// # Errors
 /// Unreadable or malformed files.
 pub fn read_ids(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<Accepted>> {
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
+    let mut by_id: HashMap<TaskId, usize> = HashMap::new();
+    let mut out: Vec<Accepted> = Vec::new();
     for p in paths {
         let f = std::fs::File::open(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
         for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
@@ -145,15 +147,30 @@ pub fn read_ids(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<Accepted>> {
             );
             let task_id = TaskId::parse(c[0])
                 .map_err(|e| anyhow::anyhow!("{} line {}: {e}", p.display(), n + 1))?;
-            if seen.insert(task_id) {
-                out.push(Accepted {
-                    task_id,
-                    key: c[1].into(),
-                    via: c[2].into(),
-                    topic: c[3].into(),
-                    partition: c[4].parse()?,
-                    offset: c[5].parse()?,
-                });
+            let acc = Accepted {
+                task_id,
+                key: c[1].into(),
+                via: c[2].into(),
+                topic: c[3].into(),
+                partition: c[4].parse()?,
+                offset: c[5].parse()?,
+            };
+            match by_id.get(&task_id) {
+                None => {
+                    by_id.insert(task_id, out.len());
+                    out.push(acc);
+                }
+                Some(&i) => {
+                    let cur = &out[i];
+                    let better = acc.via == "kafka"
+                        && !acc.topic.is_empty()
+                        && (cur.via != "kafka"
+                            || cur.topic.is_empty()
+                            || (cur.topic == acc.topic && acc.offset < cur.offset));
+                    if better {
+                        out[i] = acc;
+                    }
+                }
             }
         }
     }
@@ -262,7 +279,10 @@ pub async fn audit(a: &AuditArgs) -> anyhow::Result<Verdict> {
     // Per-key order: among Kafka-accepted tasks of one key on one topic, first executions follow
     // offsets.
     let mut by_key: HashMap<(&str, &str), Vec<&Accepted>> = HashMap::new();
-    for acc in accepted.iter().filter(|x| x.via == "kafka") {
+    for acc in accepted
+        .iter()
+        .filter(|x| x.via == "kafka" && !x.topic.is_empty())
+    {
         by_key
             .entry((acc.key.as_str(), acc.topic.as_str()))
             .or_default()

@@ -26,6 +26,10 @@ pub struct ProxyArgs {
     /// Probability that a connection is reset after each forwarded chunk.
     #[arg(long, default_value_t = 0.0)]
     pub reset_probability: f64,
+    /// Inject faults only during the first this-many seconds, then forward cleanly (recovery).
+    /// 0 means for the whole run.
+    #[arg(long, default_value_t = 0)]
+    pub fault_s: u64,
     /// Stop after this many seconds.
     #[arg(long, default_value_t = 60)]
     pub duration_s: u64,
@@ -55,7 +59,9 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<Arc<Stats>> {
     );
     let listener = TcpListener::bind(a.listen).await?;
     let stats = Arc::new(Stats::default());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(a.duration_s);
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_secs(a.duration_s);
+    let faults_until = (a.fault_s > 0).then(|| started + Duration::from_secs(a.fault_s));
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -70,8 +76,13 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<Arc<Stats>> {
                 let _ = server.set_nodelay(true);
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                let up = pipe(cr, sw, a.latency_ms, a.reset_probability, stats.clone());
-                let down = pipe(sr, cw, a.latency_ms, a.reset_probability, stats);
+                let f = Faults {
+                    latency_ms: a.latency_ms,
+                    reset_probability: a.reset_probability,
+                    until: faults_until,
+                };
+                let up = pipe(cr, sw, f, stats.clone());
+                let down = pipe(sr, cw, f, stats);
                 tokio::select! {
                     _ = up => {}
                     _ = down => {}
@@ -87,11 +98,24 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<Arc<Stats>> {
     Ok(stats)
 }
 
+/// What to inject, and until when.
+#[derive(Debug, Clone, Copy)]
+struct Faults {
+    latency_ms: u64,
+    reset_probability: f64,
+    until: Option<tokio::time::Instant>,
+}
+
+impl Faults {
+    fn active(&self) -> bool {
+        self.until.is_none_or(|u| tokio::time::Instant::now() < u)
+    }
+}
+
 async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    latency_ms: u64,
-    reset_probability: f64,
+    f: Faults,
     stats: Arc<Stats>,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
@@ -100,11 +124,12 @@ async fn pipe(
         if n == 0 {
             return to.shutdown().await;
         }
-        if latency_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(latency_ms)).await;
+        let active = f.active();
+        if active && f.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(f.latency_ms)).await;
         }
         to.write_all(&buf[..n]).await?;
-        if reset_probability > 0.0 && rand::rng().random_bool(reset_probability) {
+        if active && f.reset_probability > 0.0 && rand::rng().random_bool(f.reset_probability) {
             stats.resets.fetch_add(1, Ordering::Relaxed);
             // Dropping both halves closes the connection abruptly from each side's view.
             return Err(std::io::Error::new(
@@ -141,6 +166,7 @@ mod tests {
             upstream: up_addr,
             latency_ms: 50,
             reset_probability: 0.0,
+            fault_s: 0,
             duration_s: 5,
         };
         tokio::spawn(run(args));
@@ -166,6 +192,7 @@ mod tests {
             upstream: up_addr,
             latency_ms: 0,
             reset_probability: 0.0,
+            fault_s: 0,
             duration_s: 1,
         };
         assert!(run(bad).await.is_err());

@@ -8,45 +8,76 @@ use tonic::{Code, Request, Status};
 
 use crate::CliError;
 
-/// Where to connect and with which key (flags or env).
-#[derive(Debug, Clone, clap::Args)]
-pub struct Conn {
-    /// Gateway gRPC address.
+/// Default endpoints.
+pub const DEFAULT_GATEWAY: &str = "http://127.0.0.1:50051";
+/// Default reader endpoint.
+pub const DEFAULT_READER: &str = "http://127.0.0.1:50052";
+/// Default AdminService (processor) endpoint.
+pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:50053";
+/// Default per-request timeout.
+pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+
+/// Endpoints and keys as given on the command line or in the environment; anything left unset
+/// comes from the config file ([`crate::config`]), then from the defaults.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Connection")]
+pub struct ConnArgs {
+    /// Gateway gRPC address [default: http://127.0.0.1:50051].
+    #[arg(long, env = "DISPATCH_GATEWAY", global = true)]
+    pub gateway: Option<String>,
+    /// Reader gRPC address [default: http://127.0.0.1:50052].
+    #[arg(long, env = "DISPATCH_READER", global = true)]
+    pub reader: Option<String>,
+    /// Processor AdminService gRPC address [default: http://127.0.0.1:50053].
+    #[arg(long, env = "DISPATCH_ADMIN", global = true)]
+    pub admin: Option<String>,
+    /// API key: the tenant key for task commands (and the admin key when --admin-key is unset).
+    #[arg(long, env = "DISPATCH_API_KEY", hide_env_values = true, global = true)]
+    pub api_key: Option<String>,
+    /// Admin key for `dlq`, `pause`, `resume` and `stats` (falls back to --api-key).
     #[arg(
         long,
-        env = "DISPATCH_GATEWAY",
-        default_value = "http://127.0.0.1:50051",
-        global = true
-    )]
-    pub gateway: String,
-    /// Reader gRPC address.
-    #[arg(
-        long,
-        env = "DISPATCH_READER",
-        default_value = "http://127.0.0.1:50052",
-        global = true
-    )]
-    pub reader: String,
-    /// Processor AdminService gRPC address.
-    #[arg(
-        long,
-        env = "DISPATCH_ADMIN",
-        default_value = "http://127.0.0.1:50053",
-        global = true
-    )]
-    pub admin: String,
-    /// API key (tenant key for tasks, admin key for admin commands).
-    #[arg(
-        long,
-        env = "DISPATCH_API_KEY",
-        default_value = "",
+        env = "DISPATCH_ADMIN_KEY",
         hide_env_values = true,
         global = true
     )]
+    pub admin_key: Option<String>,
+    /// Per-request timeout in milliseconds [default: 10000].
+    #[arg(long, env = "DISPATCH_TIMEOUT_MS", global = true)]
+    pub timeout_ms: Option<u64>,
+    /// Config file [default: $XDG_CONFIG_HOME/dispatchctl.toml or ~/.config/dispatchctl.toml].
+    #[arg(long, env = "DISPATCHCTL_CONFIG", global = true)]
+    pub config: Option<std::path::PathBuf>,
+}
+
+/// Where to connect and with which keys (flags > env > config file > defaults).
+#[derive(Debug, Clone)]
+pub struct Conn {
+    /// Gateway gRPC address.
+    pub gateway: String,
+    /// Reader gRPC address.
+    pub reader: String,
+    /// Processor AdminService gRPC address.
+    pub admin: String,
+    /// Tenant API key.
     pub api_key: String,
+    /// Admin key (empty: use `api_key`).
+    pub admin_key: String,
     /// Per-request timeout in milliseconds.
-    #[arg(long, default_value_t = 10_000, global = true)]
     pub timeout_ms: u64,
+}
+
+impl Default for Conn {
+    fn default() -> Self {
+        Self {
+            gateway: DEFAULT_GATEWAY.into(),
+            reader: DEFAULT_READER.into(),
+            admin: DEFAULT_ADMIN.into(),
+            api_key: String::new(),
+            admin_key: String::new(),
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+        }
+    }
 }
 
 impl Conn {
@@ -73,16 +104,32 @@ impl Conn {
         })
     }
 
-    /// A request with the bearer key and timeout set.
+    /// A request with the tenant key and timeout set.
     ///
     /// # Errors
     /// The key is not ASCII.
     pub fn request<T>(&self, msg: T) -> anyhow::Result<Request<T>> {
+        self.with_key(msg, &self.api_key, "--api-key")
+    }
+
+    /// A request with the admin key (else the API key) and timeout set.
+    ///
+    /// # Errors
+    /// The key is not ASCII.
+    pub fn admin_request<T>(&self, msg: T) -> anyhow::Result<Request<T>> {
+        if self.admin_key.is_empty() {
+            self.with_key(msg, &self.api_key, "--api-key")
+        } else {
+            self.with_key(msg, &self.admin_key, "--admin-key")
+        }
+    }
+
+    fn with_key<T>(&self, msg: T, key: &str, flag: &str) -> anyhow::Result<Request<T>> {
         let mut r = Request::new(msg);
-        if !self.api_key.is_empty() {
-            let v: MetadataValue<Ascii> = format!("Bearer {}", self.api_key)
+        if !key.is_empty() {
+            let v: MetadataValue<Ascii> = format!("Bearer {key}")
                 .parse()
-                .map_err(|_| CliError::Invalid("--api-key must be printable ASCII".into()))?;
+                .map_err(|_| CliError::Invalid(format!("{flag} must be printable ASCII")))?;
             r.metadata_mut().insert("authorization", v);
         }
         r.set_timeout(Duration::from_millis(self.timeout_ms));
@@ -99,7 +146,7 @@ pub fn status_error(what: &str, s: Status) -> anyhow::Error {
         }
         Code::NotFound => CliError::NotFound(msg).into(),
         Code::Unauthenticated | Code::PermissionDenied => CliError::Auth(format!(
-            "{what}: authentication failed ({}); check --api-key / DISPATCH_API_KEY",
+            "{what}: authentication failed ({}); check --api-key / DISPATCH_API_KEY (admin commands: --admin-key / DISPATCH_ADMIN_KEY)",
             s.message()
         ))
         .into(),

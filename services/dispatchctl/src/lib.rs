@@ -1,14 +1,21 @@
 //! The operator CLI, as a library (so tests drive it in-process).
 //!
-//! - [`Cli`]: arguments (clap); endpoints and keys from flags or `DISPATCH_*` env vars.
-//! - [`cmd`]: one module per command group (`migrate`, `topics`, ...).
+//! - [`Cli`]: arguments (clap); endpoints and keys from flags, `DISPATCH_*` env vars or the
+//!   config file ([`config`]), in that order.
+//! - [`client`]: connections and keys; gRPC statuses mapped to exit codes.
+//! - [`cmd`]: one module per command group: `submit`, `tasks` (get/watch/list/cancel), `dlq`
+//!   (list/show/redrive/purge), `ops` (pause/resume/stats), `migrate`, `topics`.
 //! - [`output`]: human tables or `--output json`.
 //!
-//! Exit codes scripts can rely on: 0 ok, 1 other failure, 2 invalid input, 3 not found,
-//! 4 authentication failed, 5 service unreachable.
+//! Keys: task commands send `--api-key` (a tenant key); admin commands (`dlq`, `pause`, `resume`,
+//! `stats`) send `--admin-key` (`DISPATCH_ADMIN_KEY`), or `--api-key` when no admin key is set.
+//!
+//! Exit codes scripts can rely on: 0 ok, 1 other failure, 2 invalid input (also usage errors),
+//! 3 not found, 4 authentication failed, 5 service unreachable.
 
 pub mod client;
 pub mod cmd;
+pub mod config;
 pub mod output;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -32,7 +39,7 @@ pub struct Cli {
     pub output: Format,
     /// Endpoints and credentials.
     #[command(flatten)]
-    pub conn: client::Conn,
+    pub conn: client::ConnArgs,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -42,7 +49,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Submit a task (flags) or many (--file, JSON array or NDJSON).
-    Submit(cmd::tasks::SubmitArgs),
+    Submit(cmd::submit::SubmitArgs),
     /// Show a task.
     Get {
         /// Task id.
@@ -69,6 +76,15 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Dead letters: list, show, redrive, purge (admin key).
+    Dlq(cmd::dlq::Args),
+    /// Pause consumption of a priority topic or a task type (admin key).
+    Pause(cmd::ops::TargetArgs),
+    /// Resume a paused priority topic or task type (admin key).
+    Resume(cmd::ops::TargetArgs),
+    /// Processor stats: lag per partition, in-flight, retry depths, DLQ size, outbox backlog,
+    /// breakers, pauses (admin key).
+    Stats,
     /// Database migrations.
     Migrate(cmd::migrate::Args),
     /// Kafka topics.
@@ -117,9 +133,19 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 /// # Errors
 /// Any failure, as a [`CliError`] where the cause is known.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let (conn, out) = (&cli.conn, cli.output);
+    let out = cli.output;
+    // Commands that talk to no dispatch service need no endpoints (nor a readable config file).
+    let needs_conn = !matches!(
+        cli.command,
+        Command::Migrate(_) | Command::Topics(_) | Command::Completions { .. }
+    );
+    let conn = &if needs_conn {
+        config::resolve(cli.conn)?
+    } else {
+        client::Conn::default()
+    };
     match cli.command {
-        Command::Submit(a) => cmd::tasks::submit(a, conn, out).await,
+        Command::Submit(a) => cmd::submit::submit(a, conn, out).await,
         Command::Get {
             task_id,
             min_version,
@@ -131,8 +157,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             key,
             reason,
         } => cmd::tasks::cancel(task_id, key, reason, conn, out).await,
-        Command::Migrate(a) => cmd::migrate::run(a, cli.output).await,
-        Command::Topics(a) => cmd::topics::run(a, cli.output).await,
+        Command::Dlq(a) => cmd::dlq::run(a, conn, out).await,
+        Command::Pause(t) => cmd::ops::pause(t, false, conn, out).await,
+        Command::Resume(t) => cmd::ops::pause(t, true, conn, out).await,
+        Command::Stats => cmd::ops::stats(conn, out).await,
+        Command::Migrate(a) => cmd::migrate::run(a, out).await,
+        Command::Topics(a) => cmd::topics::run(a, out).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(

@@ -9,11 +9,12 @@ use anyhow::Context as _;
 use dispatch_proto::v1::task_service_server::TaskServiceServer;
 use dispatch_runtime::Shutdown;
 use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
-use dispatch_runtime::grpc::{Authenticator, init_rpc_metrics, reflection_service};
+use dispatch_runtime::grpc::{Authenticator, init_rpc_metrics, reflection_service, tls_config};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::ServerTlsConfig;
 
 use crate::durable::Durable;
 use crate::gateway::Gateway;
@@ -40,6 +41,8 @@ pub struct App {
     redis: RedisSlot,
     pool: sqlx::MySqlPool,
     health: Health,
+    /// Server TLS (mTLS with `grpc.tls_client_ca_path`); plaintext when `None`.
+    tls: Option<ServerTlsConfig>,
 }
 
 /// The MySQL pool. MySQL is the fallback, not a hard dependency: when it cannot be reached at
@@ -67,11 +70,9 @@ impl App {
     /// Invalid settings or an address that cannot be bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.validate()?;
-        if settings.grpc.tls_cert_path.is_some() || settings.grpc.tls_key_path.is_some() {
-            anyhow::bail!(
-                "grpc.tls_cert_path/tls_key_path: the gateway serves plaintext gRPC (TLS ends at the ingress or mesh); unset them"
-            );
-        }
+        // Read the certificate files now, so a bad path fails start-up rather than the first
+        // handshake.
+        let tls = tls_config(&settings.grpc)?;
         let auth = Authenticator::from_settings(&settings.auth)?;
         metrics::init();
         init_rpc_metrics(
@@ -131,6 +132,7 @@ impl App {
             redis,
             pool,
             health,
+            tls,
         })
     }
 
@@ -205,7 +207,11 @@ impl App {
             probe::set_serving(&signal_reporter, false).await;
             tracing::info!("shutting down: not serving, draining in-flight requests");
         };
-        let serve = tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls {
+            server = server.tls_config(tls).context("grpc tls")?;
+        }
+        let serve = server
             .timeout(Duration::from_millis(s.grpc.request_timeout_ms))
             .layer(ShedLayer::new(s.grpc.max_concurrent_requests))
             .add_service(health_service)

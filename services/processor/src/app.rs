@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
+use dispatch_runtime::grpc::Authenticator;
 use dispatch_runtime::kafka;
 use dispatch_runtime::shutdown::Shutdown;
 use dispatch_store::MySqlPool;
@@ -15,7 +16,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::transport::ServerTlsConfig;
 
+use crate::admin::{Admin, AdminApi};
 use crate::consumer::poller::Poller;
 use crate::consumer::{Ctx, Shared};
 use crate::control::Control;
@@ -57,6 +60,8 @@ impl AppBuilder {
     pub async fn build(self) -> anyhow::Result<App> {
         let s = self.settings;
         s.validate()?;
+        let auth = Authenticator::from_settings(&s.auth)?;
+        let tls = dispatch_runtime::grpc::tls_config(&s.grpc)?;
         let registry = Registry::build(&s.handlers, self.handlers)?;
         crate::metrics::init(&registry.task_types());
         let pool = dispatch_store::connect(&s.database)
@@ -117,6 +122,8 @@ impl AppBuilder {
             shared,
             consumer,
             control,
+            auth,
+            tls,
         })
     }
 }
@@ -133,6 +140,8 @@ pub struct App {
     shared: Arc<Shared>,
     consumer: Arc<BaseConsumer<Ctx>>,
     control: Control,
+    auth: Authenticator,
+    tls: Option<ServerTlsConfig>,
 }
 
 impl App {
@@ -191,12 +200,32 @@ impl App {
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
         let reflection = dispatch_runtime::grpc::reflection_service()?;
+        let admin_api = AdminApi::server(
+            Admin {
+                pool: self.pool.clone(),
+                producer: self.producer.clone(),
+                topics: s.kafka.topics(),
+                kafka: s.kafka.clone(),
+                control: self.control.clone(),
+            },
+            self.auth,
+            s.grpc.max_request_bytes,
+        );
+        let mut server = tonic::transport::Server::builder()
+            .concurrency_limit_per_connection(s.grpc.max_concurrent_requests)
+            .load_shed(true);
+        if let Some(tls) = self.tls {
+            server = server.tls_config(tls).context("grpc tls")?;
+        }
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
         let grpc_stop = servers.clone();
         tracker.spawn(async move {
-            let r = tonic::transport::Server::builder()
+            // No server-wide request timeout: a redrive runs as long as its rate and size need
+            // (clients set their own deadline).
+            let r = server
                 .add_service(health_svc)
                 .add_service(reflection)
+                .add_service(admin_api)
                 .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned())
                 .await;
             if let Err(e) = r {

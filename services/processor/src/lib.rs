@@ -21,10 +21,12 @@
 //! - [`produce`]: the producer wrapper (retry, DLQ, events, scheduler records).
 //! - [`scheduler`]: publishes due `scheduled` tasks (`FOR UPDATE SKIP LOCKED`).
 //! - [`control`]: [`Control`], the pause/resume/stats hooks for AdminService.
+//! - [`admin`]: AdminService (DLQ list/inspect/purge/redrive, pause/resume, stats), admin key only.
 //! - [`lag`]: consumer lag gauges.
 //! - [`metrics`]: the metric catalogue's processor section.
 //! - here: [`App`] (build, run, the shutdown order) and [`AppBuilder`] (custom handlers).
 
+pub mod admin;
 pub mod consumer;
 pub mod control;
 pub mod dispatch;

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
-    /// The AdminService gRPC server (default 127.0.0.1:50053); serves grpc.health.v1 and
-    /// reflection today.
+    /// The AdminService gRPC server (default 127.0.0.1:50053), with grpc.health.v1 and
+    /// reflection; optional TLS.
     pub grpc: GrpcSettings,
     /// The admin HTTP server: `/metrics`, `/healthz`, `/readyz` (default 127.0.0.1:9603).
     pub admin: AdminSettings,

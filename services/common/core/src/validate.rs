@@ -303,3 +303,57 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_ts() -> impl Strategy<Value = Option<prost_types::Timestamp>> {
+        proptest::option::of(
+            (any::<i64>(), any::<i32>())
+                .prop_map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),
+        )
+    }
+
+    proptest! {
+        /// Any request, however malformed, yields a task or field violations: never a panic, and
+        /// a rejected request always names at least one field.
+        #[test]
+        fn parse_never_panics_and_rejections_name_fields(
+            key in ".{0,300}",
+            ty in ".{0,140}",
+            payload_len in 0usize..300_000,
+            priority in any::<i32>(),
+            idem in ".{0,140}",
+            run_at in any_ts(),
+            deadline in any_ts(),
+            attempts in any::<u32>(),
+            initial in any::<u32>(),
+            max in any::<u32>(),
+        ) {
+            let spec = pb::TaskSpec {
+                business_key: key,
+                task_type: ty,
+                payload: vec![0; payload_len],
+                priority,
+                idempotency_key: idem,
+                run_at,
+                deadline,
+                retry_policy: Some(pb::RetryPolicy { max_attempts: attempts, initial_backoff_ms: initial, max_backoff_ms: max }),
+            };
+            let tenant = Tenant::parse("acme").expect("tenant");
+            match parse_task_spec("task", &tenant, spec, Utc::now()) {
+                Ok(t) => {
+                    prop_assert!(t.payload.as_bytes().len() <= limits::PAYLOAD_MAX_BYTES);
+                    prop_assert!(t.business_key.as_str().len() <= limits::BUSINESS_KEY_MAX_BYTES);
+                    prop_assert!(t.retry.max_attempts >= 1 && t.retry.max_attempts <= RetryPolicy::MAX_ATTEMPTS_LIMIT);
+                }
+                Err(v) => {
+                    prop_assert!(!v.is_empty());
+                    prop_assert!(v.0.iter().all(|f| f.field.starts_with("task.")));
+                }
+            }
+        }
+    }
+}

@@ -261,6 +261,36 @@ pub fn reflection_service() -> Result<
         .build_v1()
 }
 
+/// The server TLS config from `[grpc]`: `None` when `tls_cert_path`/`tls_key_path` are unset;
+/// with `tls_client_ca_path` clients must present a certificate signed by that CA (mTLS).
+///
+/// # Errors
+/// Only one of cert/key set, or an unreadable file (named in the message).
+pub fn tls_config(
+    s: &crate::settings::GrpcSettings,
+) -> Result<Option<tonic::transport::ServerTlsConfig>, crate::SettingsError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |p: &std::path::Path, key: &str| {
+        std::fs::read(p)
+            .map_err(|e| crate::SettingsError(format!("grpc.{key} {}: {e}", p.display())))
+    };
+    match (&s.tls_cert_path, &s.tls_key_path) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => {
+            let identity =
+                Identity::from_pem(read(cert, "tls_cert_path")?, read(key, "tls_key_path")?);
+            let mut cfg = ServerTlsConfig::new().identity(identity);
+            if let Some(ca) = &s.tls_client_ca_path {
+                cfg = cfg.client_ca_root(Certificate::from_pem(read(ca, "tls_client_ca_path")?));
+            }
+            Ok(Some(cfg))
+        }
+        _ => Err(crate::SettingsError(
+            "grpc.tls_cert_path and grpc.tls_key_path must be set together".into(),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,35 +374,5 @@ mod tests {
                 .as_str(),
             "dev"
         );
-    }
-}
-
-/// The server TLS config from `[grpc]`: `None` when `tls_cert_path`/`tls_key_path` are unset;
-/// with `tls_client_ca_path` clients must present a certificate signed by that CA (mTLS).
-///
-/// # Errors
-/// Only one of cert/key set, or an unreadable file (named in the message).
-pub fn tls_config(
-    s: &crate::settings::GrpcSettings,
-) -> Result<Option<tonic::transport::ServerTlsConfig>, crate::SettingsError> {
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let read = |p: &std::path::Path, key: &str| {
-        std::fs::read(p)
-            .map_err(|e| crate::SettingsError(format!("grpc.{key} {}: {e}", p.display())))
-    };
-    match (&s.tls_cert_path, &s.tls_key_path) {
-        (None, None) => Ok(None),
-        (Some(cert), Some(key)) => {
-            let identity =
-                Identity::from_pem(read(cert, "tls_cert_path")?, read(key, "tls_key_path")?);
-            let mut cfg = ServerTlsConfig::new().identity(identity);
-            if let Some(ca) = &s.tls_client_ca_path {
-                cfg = cfg.client_ca_root(Certificate::from_pem(read(ca, "tls_client_ca_path")?));
-            }
-            Ok(Some(cfg))
-        }
-        _ => Err(crate::SettingsError(
-            "grpc.tls_cert_path and grpc.tls_key_path must be set together".into(),
-        )),
     }
 }

@@ -7,12 +7,14 @@
 //! - [`outbox`]: the submit outbox the gateway falls back to and the relay drains.
 //! - [`outbox_relay`]: the gateway's per-key ordered relay claim, its leader lock, and task lookups.
 //! - [`dead_letters`]: the DLQ index operators filter, redrive and purge.
+//! - [`dead_letters_admin`]: AdminService's side of it: list, purge, claim rows for a redrive.
 //! - [`attempts`]: the per-attempt history the processor's batch writer records.
 //! - [`scheduler`]: claiming due scheduled tasks (`FOR UPDATE SKIP LOCKED`).
 //! - [`ledger`]: the `simulate` handler's execution ledger (fault tests count executions).
 
 pub mod attempts;
 pub mod dead_letters;
+pub mod dead_letters_admin;
 pub mod ledger;
 pub mod migrate;
 pub mod outbox;

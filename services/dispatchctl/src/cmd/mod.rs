@@ -1,5 +1,8 @@
 //! One module per command group.
 
+pub mod dlq;
 pub mod migrate;
+pub mod ops;
+pub mod submit;
 pub mod tasks;
 pub mod topics;

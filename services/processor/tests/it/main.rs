@@ -1,5 +1,6 @@
 //! Integration tests of the processor against the real local stack (one binary).
 
+mod admin;
 mod cancel;
 mod control;
 mod crash;

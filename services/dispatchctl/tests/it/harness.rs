@@ -1,0 +1,252 @@
+//! The real services in-process on one [`TestEnv`], the CLI binary run against them, and
+//! snapshot files.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dispatch_runtime::Shutdown;
+use dispatch_runtime::grpc::{ApiKeyEntry, AuthSettings, hash_key};
+use dispatch_testkit::{TestEnv, eventually};
+
+/// Tenant `acme`'s key.
+pub const TENANT_KEY: &str = "ctl-acme-key-0123456789";
+/// The admin key.
+pub const ADMIN_KEY: &str = "ctl-admin-key-0123456789";
+
+fn auth() -> AuthSettings {
+    AuthSettings {
+        api_keys: vec![ApiKeyEntry {
+            tenant: "acme".into(),
+            key_sha256: hash_key(TENANT_KEY),
+        }],
+        admin_key_sha256: Some(hash_key(ADMIN_KEY)),
+        ..AuthSettings::default()
+    }
+}
+
+fn local() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+type Task = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// Which services to start.
+#[derive(Clone, Copy)]
+pub struct Services {
+    pub gateway: bool,
+    pub reader: bool,
+    pub processor: bool,
+}
+
+/// Running services and their endpoints (`http://...`, empty when not started).
+pub struct Stack {
+    pub env: TestEnv,
+    pub gateway: String,
+    pub reader: String,
+    pub admin: String,
+    shutdown: Shutdown,
+    tasks: Vec<Task>,
+}
+
+impl Stack {
+    /// Starts the asked services on a fresh environment; the processor once it owns partitions.
+    pub async fn start(which: Services) -> anyhow::Result<Self> {
+        let env = TestEnv::new().await?;
+        let shutdown = Shutdown::new();
+        let mut tasks = Vec::new();
+        let (mut gateway, mut reader, mut admin) = (String::new(), String::new(), String::new());
+        if which.gateway {
+            let mut s = dispatch_gateway::Settings {
+                kafka: env.kafka.clone(),
+                database: env.db.clone(),
+                redis: env.redis.clone(),
+                auth: auth(),
+                ..Default::default()
+            };
+            s.kafka.create_topics = false;
+            s.grpc.listen = local();
+            s.admin.listen = local();
+            let app = dispatch_gateway::App::build(s).await?;
+            gateway = format!("http://{}", app.local_addr());
+            tasks.push(tokio::spawn(app.run_until_stopped(shutdown.clone())));
+        }
+        if which.reader {
+            let mut s = dispatch_reader::Settings {
+                kafka: env.kafka.clone(),
+                database: env.db.clone(),
+                redis: env.redis.clone(),
+                auth: auth(),
+                ..Default::default()
+            };
+            s.kafka.create_topics = false;
+            s.grpc.listen = local();
+            s.admin.listen = local();
+            let app = dispatch_reader::App::build(s).await?;
+            reader = format!("http://{}", app.local_addr()?);
+            tasks.push(tokio::spawn(app.run_until_stopped(shutdown.clone())));
+        }
+        if which.processor {
+            let mut s = dispatch_processor::Settings {
+                kafka: env.kafka.clone(),
+                database: env.db.clone(),
+                auth: auth(),
+                ..Default::default()
+            };
+            s.kafka.create_topics = false;
+            s.grpc.listen = local();
+            s.admin.listen = local();
+            s.consumer.group = format!("ctl-{}", env.id);
+            s.consumer.lag_interval_ms = 500;
+            s.shutdown.drain_timeout_ms = 2_000;
+            let app = dispatch_processor::App::build(s).await?;
+            admin = format!("http://{}", app.local_addr()?);
+            let control = app.control();
+            tasks.push(tokio::spawn(app.run_until_stopped(shutdown.clone())));
+            eventually("partition assignment", Duration::from_secs(30), || {
+                let c = control.clone();
+                async move { (c.assigned_partitions() > 0).then_some(()) }
+            })
+            .await?;
+        }
+        Ok(Self {
+            env,
+            gateway,
+            reader,
+            admin,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Runs `dispatchctl` with this stack's endpoints, the tenant key and the admin key.
+    pub async fn ctl(&self, args: &[&str]) -> anyhow::Result<Out> {
+        let mut full = vec![
+            "--gateway",
+            &self.gateway,
+            "--reader",
+            &self.reader,
+            "--admin",
+            &self.admin,
+            "--api-key",
+            TENANT_KEY,
+            "--admin-key",
+            ADMIN_KEY,
+        ];
+        full.extend_from_slice(args);
+        ctl(&full).await
+    }
+
+    /// Stops the services and drops the database.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.trigger();
+        for t in self.tasks {
+            tokio::time::timeout(Duration::from_secs(30), t).await???;
+        }
+        self.env.cleanup().await;
+        Ok(())
+    }
+}
+
+/// What a CLI run printed and returned.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    /// Stdout as JSON.
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_str(&self.stdout)
+            .map_err(|e| anyhow::anyhow!("stdout is not JSON ({e}): {self:?}"))
+    }
+}
+
+/// Runs the binary with `args` only: no `DISPATCH_*` variables from the outer environment and a
+/// config directory of its own, so a developer's setup cannot leak in.
+pub async fn ctl(args: &[&str]) -> anyhow::Result<Out> {
+    let home = std::env::temp_dir().join("dispatchctl-test-home");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_dispatchctl"));
+    cmd.args(args)
+        .env("HOME", &home)
+        .env("XDG_CONFIG_HOME", &home)
+        .kill_on_drop(true);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("DISPATCH") {
+            cmd.env_remove(k);
+        }
+    }
+    let o = tokio::time::timeout(Duration::from_secs(120), cmd.output()).await??;
+    Ok(Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    })
+}
+
+/// Replaces what differs between runs with placeholders of the same width (so tables stay
+/// aligned): `prefix` (the topic prefix), UUIDs and RFC 3339 millisecond timestamps.
+pub fn normalize(s: &str, prefix: &str) -> String {
+    let s = s.replace(prefix, &format!("{:_<1$}", "<prefix>", prefix.len()));
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < b.len() {
+        if is_uuid(&b[i..]) {
+            out.push_str("<uuid>______________________________");
+            i += 36;
+        } else if is_time(&b[i..]) {
+            out.push_str("<time>__________________");
+            i += 24;
+        } else {
+            let ch = s[i..].chars().next().unwrap_or(' ');
+            out.push(ch);
+            i += ch.len_utf8();
+        }
+    }
+    out
+}
+
+fn shape(b: &[u8], pattern: &[u8]) -> bool {
+    b.len() >= pattern.len()
+        && pattern.iter().zip(b).all(|(p, c)| match p {
+            b'x' => c.is_ascii_hexdigit(),
+            b'9' => c.is_ascii_digit(),
+            lit => lit == c,
+        })
+}
+
+fn is_uuid(b: &[u8]) -> bool {
+    shape(b, b"xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx")
+}
+
+fn is_time(b: &[u8]) -> bool {
+    shape(b, b"9999-99-99T99:99:99.999Z")
+}
+
+/// Compares `actual` with `tests/snapshots/<name>`; `UPDATE_SNAPSHOTS=1` (re)writes the file.
+pub fn assert_snapshot(name: &str, actual: &str) {
+    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests", "snapshots", name]
+        .iter()
+        .collect();
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        if let Err(e) = std::fs::write(&path, actual) {
+            panic!("cannot write {}: {e}", path.display());
+        }
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "no snapshot {} ({e}); run with UPDATE_SNAPSHOTS=1 and review it",
+            path.display()
+        )
+    });
+    assert_eq!(
+        actual,
+        expected,
+        "output differs from {} (UPDATE_SNAPSHOTS=1 rewrites it)",
+        path.display()
+    );
+}

@@ -1,0 +1,10 @@
+//! Cross-service tests: gateway, processor and reader in one process over one isolated
+//! `TestEnv` per test, talking to each other through the real local stack.
+
+mod flow;
+mod limits;
+mod security;
+mod support;
+mod tls;
+mod trace;
+mod trace_flow;

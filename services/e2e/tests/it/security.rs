@@ -1,0 +1,455 @@
+//! Authentication and tenant isolation on every RPC, table-driven from the proto descriptors:
+//! an RPC added to a `dispatch.v1` service fails [`every_rpc_rejects_bad_callers_and_hides_other_tenants`]
+//! until it has a row in [`call`].
+
+use dispatch_core::TaskId;
+use dispatch_e2e::{KEY_ACME, KEY_ADMIN, KEY_GLOBEX, Stack};
+use dispatch_proto::v1 as pb;
+use dispatch_proto::v1::admin_service_client::AdminServiceClient;
+use dispatch_proto::v1::task_query_service_client::TaskQueryServiceClient;
+use dispatch_proto::v1::task_service_client::TaskServiceClient;
+use prost::Message;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+use crate::support::{await_state, spec};
+
+/// What a caller puts in `authorization`.
+#[derive(Debug, Clone)]
+enum Auth {
+    Missing,
+    Header(String),
+}
+
+impl Auth {
+    fn bearer(key: &str) -> Self {
+        Self::Header(format!("Bearer {key}"))
+    }
+}
+
+fn request<T>(msg: T, auth: &Auth) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Auth::Header(v) = auth
+        && let Ok(v) = v.parse()
+    {
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
+}
+
+/// `acme`'s finished task that the other callers try to reach.
+struct Fixture {
+    task_id: String,
+    business_key: String,
+    idempotency_key: String,
+}
+
+/// One client per service.
+struct Clients {
+    tasks: TaskServiceClient<Channel>,
+    queries: TaskQueryServiceClient<Channel>,
+    admin: AdminServiceClient<Channel>,
+}
+
+impl Clients {
+    async fn new(stack: &Stack) -> anyhow::Result<Self> {
+        Ok(Self {
+            tasks: stack.tasks().await?,
+            queries: stack.queries().await?,
+            admin: AdminServiceClient::new(dispatch_e2e::channel(stack.processor.addr).await?),
+        })
+    }
+}
+
+/// What an RPC answered, reduced to what the checks look at.
+#[derive(Debug)]
+enum Answer {
+    Submitted {
+        task_id: String,
+        duplicate: bool,
+    },
+    Cancelled,
+    Got(String),
+    BatchGot {
+        found: Vec<String>,
+        not_found: Vec<String>,
+    },
+    Listed(Vec<(String, String)>),
+    Watched(Option<String>),
+    Admin,
+}
+
+/// Every `service/method` of the `dispatch.v1` package, from the embedded descriptors.
+fn rpcs() -> anyhow::Result<Vec<(String, String)>> {
+    let set = prost_types::FileDescriptorSet::decode(dispatch_proto::FILE_DESCRIPTOR_SET)?;
+    let mut out = Vec::new();
+    for file in set.file.iter().filter(|f| f.package() == "dispatch.v1") {
+        for svc in &file.service {
+            for m in &svc.method {
+                out.push((
+                    format!("{}.{}", file.package(), svc.name()),
+                    m.name().to_owned(),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn submitted(r: pb::SubmitTaskResponse) -> Answer {
+    Answer::Submitted {
+        task_id: r.task_id,
+        duplicate: r.duplicate,
+    }
+}
+
+/// Calls `service/method` as `auth` against the fixture. `None`: the table has no row for this
+/// RPC (a new RPC that this test must learn about).
+async fn call(
+    c: &Clients,
+    service: &str,
+    method: &str,
+    auth: &Auth,
+    fx: &Fixture,
+) -> Option<Result<Answer, Status>> {
+    let (mut tasks, mut queries, mut admin) = (c.tasks.clone(), c.queries.clone(), c.admin.clone());
+    let again = || pb::TaskSpec {
+        business_key: fx.business_key.clone(),
+        idempotency_key: fx.idempotency_key.clone(),
+        ..spec("noop", b"")
+    };
+    let r = match (service, method) {
+        ("dispatch.v1.TaskService", "SubmitTask") => tasks
+            .submit_task(request(
+                pb::SubmitTaskRequest {
+                    task: Some(again()),
+                },
+                auth,
+            ))
+            .await
+            .map(|r| submitted(r.into_inner())),
+        ("dispatch.v1.TaskService", "SubmitTasks") => tasks
+            .submit_tasks(request(
+                pb::SubmitTasksRequest {
+                    tasks: vec![again()],
+                },
+                auth,
+            ))
+            .await
+            .and_then(|r| {
+                match r
+                    .into_inner()
+                    .results
+                    .into_iter()
+                    .next()
+                    .and_then(|r| r.outcome)
+                {
+                    Some(pb::submit_result::Outcome::Accepted(a)) => Ok(submitted(a)),
+                    other => Err(Status::internal(format!("item not accepted: {other:?}"))),
+                }
+            }),
+        ("dispatch.v1.TaskService", "CancelTask") => tasks
+            .cancel_task(request(
+                pb::CancelTaskRequest {
+                    task_id: fx.task_id.clone(),
+                    business_key: fx.business_key.clone(),
+                    reason: "security test".into(),
+                },
+                auth,
+            ))
+            .await
+            .map(|_| Answer::Cancelled),
+        ("dispatch.v1.TaskQueryService", "GetTask") => queries
+            .get_task(request(
+                pb::GetTaskRequest {
+                    task_id: fx.task_id.clone(),
+                    min_version: 0,
+                },
+                auth,
+            ))
+            .await
+            .map(|r| Answer::Got(r.into_inner().task.map(|t| t.task_id).unwrap_or_default())),
+        ("dispatch.v1.TaskQueryService", "BatchGetTasks") => queries
+            .batch_get_tasks(request(
+                pb::BatchGetTasksRequest {
+                    task_ids: vec![fx.task_id.clone()],
+                },
+                auth,
+            ))
+            .await
+            .map(|r| {
+                let r = r.into_inner();
+                Answer::BatchGot {
+                    found: r.tasks.into_iter().map(|t| t.task_id).collect(),
+                    not_found: r.not_found,
+                }
+            }),
+        ("dispatch.v1.TaskQueryService", "ListTasks") => queries
+            .list_tasks(request(
+                pb::ListTasksRequest {
+                    business_key: fx.business_key.clone(),
+                    page_size: 500,
+                    ..Default::default()
+                },
+                auth,
+            ))
+            .await
+            .map(|r| {
+                Answer::Listed(
+                    r.into_inner()
+                        .tasks
+                        .into_iter()
+                        .map(|t| (t.task_id, t.tenant))
+                        .collect(),
+                )
+            }),
+        ("dispatch.v1.TaskQueryService", "WatchTask") => {
+            match queries
+                .watch_task(request(
+                    pb::WatchTaskRequest {
+                        task_id: fx.task_id.clone(),
+                        min_version: 0,
+                    },
+                    auth,
+                ))
+                .await
+            {
+                Ok(r) => r
+                    .into_inner()
+                    .message()
+                    .await
+                    .map(|e| Answer::Watched(e.map(|e| e.task_id))),
+                Err(s) => Err(s),
+            }
+        }
+        ("dispatch.v1.AdminService", m) => {
+            let r = match m {
+                "ListDeadLetters" => admin
+                    .list_dead_letters(request(pb::ListDeadLettersRequest::default(), auth))
+                    .await
+                    .map(|_| ()),
+                "GetDeadLetter" => admin
+                    .get_dead_letter(request(
+                        pb::GetDeadLetterRequest {
+                            task_id: fx.task_id.clone(),
+                        },
+                        auth,
+                    ))
+                    .await
+                    .map(|_| ()),
+                "RedriveDeadLetters" => admin
+                    .redrive_dead_letters(request(
+                        pb::RedriveDeadLettersRequest {
+                            dry_run: true,
+                            ..Default::default()
+                        },
+                        auth,
+                    ))
+                    .await
+                    .map(|_| ()),
+                "PurgeDeadLetters" => admin
+                    .purge_dead_letters(request(
+                        pb::PurgeDeadLettersRequest {
+                            dry_run: true,
+                            ..Default::default()
+                        },
+                        auth,
+                    ))
+                    .await
+                    .map(|_| ()),
+                "PauseConsumption" | "ResumeConsumption" => {
+                    let req = request(
+                        pb::PauseRequest {
+                            target: Some(pb::pause_request::Target::TaskType(
+                                "e2e.never-submitted".into(),
+                            )),
+                        },
+                        auth,
+                    );
+                    if m == "PauseConsumption" {
+                        admin.pause_consumption(req).await.map(|_| ())
+                    } else {
+                        admin.resume_consumption(req).await.map(|_| ())
+                    }
+                }
+                "GetStats" => admin
+                    .get_stats(request(pb::GetStatsRequest::default(), auth))
+                    .await
+                    .map(|_| ()),
+                _ => return None,
+            };
+            r.map(|()| Answer::Admin)
+        }
+        _ => return None,
+    };
+    Some(r)
+}
+
+/// Whether the processor serves AdminService yet (it is being built): an unimplemented service
+/// answers UNIMPLEMENTED whatever the caller.
+async fn admin_served(c: &Clients) -> bool {
+    let r = c
+        .admin
+        .clone()
+        .get_stats(request(pb::GetStatsRequest::default(), &Auth::Missing))
+        .await;
+    !matches!(r, Err(s) if s.code() == Code::Unimplemented)
+}
+
+/// What `globex` must see when it reaches for `acme`'s task.
+fn check_other_tenant(rpc: &str, fx: &Fixture, r: Result<Answer, Status>) -> Result<(), String> {
+    let bad = |r: &dyn std::fmt::Debug| Err(format!("{rpc} as another tenant: {r:?}"));
+    match (rpc, r) {
+        // Idempotency keys are per tenant: the same key names the caller's own task (new, or a
+        // duplicate of the caller's earlier submit with that key), never the owner's.
+        ("SubmitTask" | "SubmitTasks", Ok(Answer::Submitted { task_id, .. }))
+            if task_id != fx.task_id
+                && task_id
+                    == TaskId::from_idempotency_key("globex", &fx.idempotency_key).to_string() =>
+        {
+            Ok(())
+        }
+        ("CancelTask" | "GetTask" | "WatchTask", Err(s)) if s.code() == Code::NotFound => Ok(()),
+        ("BatchGetTasks", Ok(Answer::BatchGot { found, not_found }))
+            if found.is_empty() && not_found == vec![fx.task_id.clone()] =>
+        {
+            Ok(())
+        }
+        ("ListTasks", Ok(Answer::Listed(tasks)))
+            if tasks
+                .iter()
+                .all(|(id, tenant)| *id != fx.task_id && tenant == "globex") =>
+        {
+            Ok(())
+        }
+        (_, r) => bad(&r),
+    }
+}
+
+/// What the owner sees: the positive control that makes the rejections above meaningful.
+fn check_owner(rpc: &str, fx: &Fixture, r: Result<Answer, Status>) -> Result<(), String> {
+    let ok = match (rpc, &r) {
+        ("SubmitTask" | "SubmitTasks", Ok(Answer::Submitted { task_id, duplicate })) => {
+            *duplicate && *task_id == fx.task_id
+        }
+        ("CancelTask", Ok(Answer::Cancelled)) => true,
+        ("GetTask", Ok(Answer::Got(id))) => *id == fx.task_id,
+        ("WatchTask", Ok(Answer::Watched(id))) => id.as_deref() == Some(fx.task_id.as_str()),
+        ("BatchGetTasks", Ok(Answer::BatchGot { found, not_found })) => {
+            *found == vec![fx.task_id.clone()] && not_found.is_empty()
+        }
+        ("ListTasks", Ok(Answer::Listed(tasks))) => tasks.iter().any(|(id, _)| *id == fx.task_id),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{rpc} as the owner: {r:?}"))
+    }
+}
+
+#[tokio::test]
+async fn every_rpc_rejects_bad_callers_and_hides_other_tenants() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let idempotency_key = format!("idem-{}", uuid::Uuid::now_v7().simple());
+    let s = pb::TaskSpec {
+        idempotency_key: idempotency_key.clone(),
+        ..spec("noop", b"")
+    };
+    let business_key = s.business_key.clone();
+    let accepted = crate::support::submit(&stack, s).await?;
+    await_state(
+        &stack,
+        KEY_ACME,
+        &accepted.task_id,
+        accepted.version,
+        pb::TaskState::Succeeded,
+    )
+    .await?;
+    let fx = Fixture {
+        task_id: accepted.task_id,
+        business_key,
+        idempotency_key,
+    };
+    let clients = Clients::new(&stack).await?;
+    let admin_served = admin_served(&clients).await;
+    if !admin_served {
+        // AdminService is being added to the processor; until it is served its rows are
+        // skipped (they still have to exist in `call`).
+        eprintln!("note: the processor does not serve AdminService yet; its rows are skipped");
+    }
+
+    let unauthenticated = [
+        ("no authorization", Auth::Missing),
+        ("an unknown key", Auth::bearer("not-a-real-key")),
+        ("an empty bearer", Auth::Header("Bearer ".into())),
+        (
+            "a tenant key without the scheme",
+            Auth::Header(KEY_ACME.into()),
+        ),
+        (
+            "a tenant key as Basic",
+            Auth::Header(format!("Basic {KEY_ACME}")),
+        ),
+    ];
+    let mut failures = Vec::new();
+    let mut uncovered = Vec::new();
+    let mut checked = 0;
+    for (service, method) in rpcs()? {
+        let is_admin = service == "dispatch.v1.AdminService";
+        if is_admin && !admin_served {
+            if call(&clients, &service, &method, &Auth::Missing, &fx)
+                .await
+                .is_none()
+            {
+                uncovered.push(format!("{service}/{method}"));
+            }
+            continue;
+        }
+        let mut cases: Vec<(&str, Auth)> = unauthenticated.to_vec();
+        if is_admin {
+            // A tenant key is not an admin key.
+            cases.push(("a tenant key", Auth::bearer(KEY_ACME)));
+        } else {
+            // The admin key is not a tenant key.
+            cases.push(("the admin key", Auth::bearer(KEY_ADMIN)));
+        }
+        for (what, auth) in &cases {
+            let Some(r) = call(&clients, &service, &method, auth, &fx).await else {
+                uncovered.push(format!("{service}/{method}"));
+                break;
+            };
+            checked += 1;
+            match r {
+                Err(s) if s.code() == Code::Unauthenticated => {}
+                other => failures.push(format!(
+                    "{method} with {what}: want UNAUTHENTICATED, got {other:?}"
+                )),
+            }
+        }
+        if is_admin {
+            continue;
+        }
+        let owner = call(&clients, &service, &method, &Auth::bearer(KEY_ACME), &fx).await;
+        let other = call(&clients, &service, &method, &Auth::bearer(KEY_GLOBEX), &fx).await;
+        if let (Some(owner), Some(other)) = (owner, other) {
+            checked += 2;
+            failures.extend(check_owner(&method, &fx, owner).err());
+            failures.extend(check_other_tenant(&method, &fx, other).err());
+        }
+    }
+    assert!(
+        uncovered.is_empty(),
+        "RPCs without a row in the security table: {uncovered:?}"
+    );
+    assert!(
+        failures.is_empty(),
+        "security table failures:\n{}",
+        failures.join("\n")
+    );
+    assert!(checked >= 7 * 8, "only {checked} calls checked");
+    // acme's task is untouched by globex's cancel.
+    let after = await_state(&stack, KEY_ACME, &fx.task_id, 0, pb::TaskState::Succeeded).await?;
+    assert_eq!(after.tenant, "acme");
+    stack.stop().await
+}

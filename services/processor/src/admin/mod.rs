@@ -1,0 +1,310 @@
+//! AdminService: the operator API, served on the processor's gRPC port.
+//!
+//! Served by the processor because it already owns what operators act on: the consumer to pause
+//! and resume ([`Control`]), the producer a redrive writes with, and the store; a separate
+//! deployable would have to reach into a running processor for the first anyway.
+//!
+//! - here: [`Admin`] (the operations' dependencies), [`AdminError`] and its one mapping to
+//!   `tonic::Status`, and [`AdminApi`], the gRPC adapter (admin key check + metrics per RPC).
+//! - [`dlq`]: list, inspect, purge, redrive.
+//! - [`reader`]: reading dead letters back from `dispatch.dlq` by their coordinates.
+//! - [`convert`]: requests parsed into domain values, replies built.
+
+pub mod convert;
+pub mod dlq;
+pub mod reader;
+
+use std::sync::{Arc, LazyLock};
+
+use dispatch_core::{TaskId, Topics, Violations};
+use dispatch_proto::v1 as pb;
+use dispatch_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
+use dispatch_runtime::grpc::{Authenticator, observe};
+use dispatch_runtime::settings::KafkaSettings;
+use dispatch_store::{MySqlPool, StoreError};
+use prometheus::IntCounter;
+use tonic::{Request, Response, Status};
+
+use self::convert::Target;
+use self::dlq::RedriveRequest;
+use crate::control::Control;
+use crate::produce::Producer;
+
+/// The RPC names (metric `method` labels).
+pub const METHODS: [&str; 7] = [
+    "ListDeadLetters",
+    "GetDeadLetter",
+    "RedriveDeadLetters",
+    "PurgeDeadLetters",
+    "PauseConsumption",
+    "ResumeConsumption",
+    "GetStats",
+];
+
+/// Dead letters moved back by redrives.
+pub(crate) static REDRIVEN: LazyLock<IntCounter> = LazyLock::new(|| {
+    dispatch_runtime::metrics::register(
+        IntCounter::new(
+            "dispatch_dlq_redriven_total",
+            "Dead letters moved back to the first retry level by operator redrives.",
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
+/// Why an admin operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The request is invalid.
+    #[error("{0}")]
+    Invalid(Violations),
+    /// The dead letter does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// MySQL failed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// Kafka failed.
+    #[error("kafka: {0}")]
+    Kafka(String),
+    /// A bug or a broken runtime.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<AdminError> for Status {
+    fn from(e: AdminError) -> Self {
+        match e {
+            AdminError::Invalid(v) => v.to_status(),
+            AdminError::NotFound(m) => Status::not_found(m),
+            AdminError::Store(StoreError::Corrupt(m)) => {
+                Status::internal(format!("corrupt row: {m}"))
+            }
+            AdminError::Store(e) => Status::unavailable(e.to_string()),
+            AdminError::Kafka(m) => Status::unavailable(format!("kafka: {m}")),
+            AdminError::Internal(m) => Status::internal(m),
+        }
+    }
+}
+
+/// What the admin operations work with.
+#[derive(Clone)]
+pub struct Admin {
+    /// MySQL (dead letters, outbox backlog).
+    pub pool: MySqlPool,
+    /// The processor's producer (redrives).
+    pub producer: Producer,
+    /// Topic names.
+    pub topics: Topics,
+    /// Brokers (the DLQ reader).
+    pub kafka: KafkaSettings,
+    /// Pauses and stats.
+    pub control: Control,
+}
+
+/// The gRPC service: checks the admin key, then calls [`Admin`].
+#[derive(Clone)]
+pub struct AdminApi {
+    admin: Arc<Admin>,
+    auth: Arc<Authenticator>,
+}
+
+impl AdminApi {
+    /// A server for `admin`, callable with the admin key of `auth`.
+    pub fn server(admin: Admin, auth: Authenticator, max_bytes: usize) -> AdminServiceServer<Self> {
+        dispatch_runtime::grpc::init_rpc_metrics("processor", &METHODS);
+        LazyLock::force(&REDRIVEN);
+        AdminServiceServer::new(Self {
+            admin: Arc::new(admin),
+            auth: Arc::new(auth),
+        })
+        .max_decoding_message_size(max_bytes)
+    }
+}
+
+fn invalid_if_any(v: Violations) -> Result<(), Status> {
+    if v.is_empty() {
+        Ok(())
+    } else {
+        Err(AdminError::Invalid(v).into())
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn list_dead_letters(
+        &self,
+        req: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        observe("processor", "ListDeadLetters", async {
+            self.auth.admin(req.metadata())?;
+            let r = req.into_inner();
+            let mut v = Violations::default();
+            let filter = convert::filter(r.filter, &mut v);
+            let size = convert::bounded(
+                "page_size",
+                r.page_size,
+                convert::DEFAULT_PAGE_SIZE,
+                convert::MAX_PAGE_SIZE,
+                &mut v,
+            );
+            let before = convert::page_token(&r.page_token, &mut v);
+            invalid_if_any(v)?;
+            let page =
+                dispatch_store::dead_letters_admin::list(&self.admin.pool, &filter, before, size)
+                    .await
+                    .map_err(AdminError::from)?;
+            Ok(Response::new(pb::ListDeadLettersResponse {
+                dead_letters: page.rows.iter().map(convert::dead_letter).collect(),
+                next_page_token: page
+                    .next_before_id
+                    .map(|id| id.to_string())
+                    .unwrap_or_default(),
+                total: page.total,
+            }))
+        })
+        .await
+    }
+
+    async fn get_dead_letter(
+        &self,
+        req: Request<pb::GetDeadLetterRequest>,
+    ) -> Result<Response<pb::DeadLetter>, Status> {
+        observe("processor", "GetDeadLetter", async {
+            self.auth.admin(req.metadata())?;
+            let id = req.into_inner().task_id;
+            let mut v = Violations::default();
+            let id = v.check(
+                "task_id",
+                TaskId::parse(&id).map_err(|_| format!("{id:?} is not a task id")),
+            );
+            let Some(id) = id else {
+                return Err(AdminError::Invalid(v).into());
+            };
+            let (d, payload) = self.admin.dead_letter(id).await?;
+            let mut out = convert::dead_letter(&d);
+            out.payload = payload.unwrap_or_default();
+            Ok(Response::new(out))
+        })
+        .await
+    }
+
+    async fn redrive_dead_letters(
+        &self,
+        req: Request<pb::RedriveDeadLettersRequest>,
+    ) -> Result<Response<pb::RedriveDeadLettersResponse>, Status> {
+        observe("processor", "RedriveDeadLetters", async {
+            self.auth.admin(req.metadata())?;
+            let r = req.into_inner();
+            let mut v = Violations::default();
+            let request = RedriveRequest {
+                filter: convert::filter(r.filter, &mut v),
+                dry_run: r.dry_run,
+                max_count: convert::bounded(
+                    "max_count",
+                    r.max_count,
+                    convert::DEFAULT_REDRIVE,
+                    convert::MAX_REDRIVE,
+                    &mut v,
+                ),
+                rate_per_second: convert::bounded(
+                    "rate_per_second",
+                    r.rate_per_second,
+                    convert::DEFAULT_RATE,
+                    convert::MAX_REDRIVE,
+                    &mut v,
+                ),
+            };
+            invalid_if_any(v)?;
+            // Runs to the end even if the caller goes away, so a batch is never cut between
+            // its produce and its mark.
+            let admin = self.admin.clone();
+            let o = tokio::spawn(async move { admin.redrive(request).await })
+                .await
+                .map_err(|e| AdminError::Internal(e.to_string()))??;
+            Ok(Response::new(pb::RedriveDeadLettersResponse {
+                redrive_id: o.redrive_id,
+                matched: o.matched,
+                redriven: o.redriven,
+                dry_run: r.dry_run,
+            }))
+        })
+        .await
+    }
+
+    async fn purge_dead_letters(
+        &self,
+        req: Request<pb::PurgeDeadLettersRequest>,
+    ) -> Result<Response<pb::PurgeDeadLettersResponse>, Status> {
+        observe("processor", "PurgeDeadLetters", async {
+            self.auth.admin(req.metadata())?;
+            let r = req.into_inner();
+            let mut v = Violations::default();
+            let filter = convert::filter(r.filter, &mut v);
+            invalid_if_any(v)?;
+            let n = dispatch_store::dead_letters_admin::purge(&self.admin.pool, &filter, r.dry_run)
+                .await
+                .map_err(AdminError::from)?;
+            if !r.dry_run {
+                tracing::info!(purged = n, "dead letters purged");
+            }
+            Ok(Response::new(pb::PurgeDeadLettersResponse {
+                purged: n,
+                dry_run: r.dry_run,
+            }))
+        })
+        .await
+    }
+
+    async fn pause_consumption(
+        &self,
+        req: Request<pb::PauseRequest>,
+    ) -> Result<Response<pb::PauseResponse>, Status> {
+        observe("processor", "PauseConsumption", async {
+            self.auth.admin(req.metadata())?;
+            let c = &self.admin.control;
+            let p = match convert::target(req.into_inner()).map_err(AdminError::Invalid)? {
+                Target::Priority(p) => c.pause_priority(p),
+                Target::TaskType(t) => c.pause_task_type(&t),
+            };
+            Ok(Response::new(convert::paused(&p)))
+        })
+        .await
+    }
+
+    async fn resume_consumption(
+        &self,
+        req: Request<pb::PauseRequest>,
+    ) -> Result<Response<pb::PauseResponse>, Status> {
+        observe("processor", "ResumeConsumption", async {
+            self.auth.admin(req.metadata())?;
+            let c = &self.admin.control;
+            let p = match convert::target(req.into_inner()).map_err(AdminError::Invalid)? {
+                Target::Priority(p) => c.resume_priority(p),
+                Target::TaskType(t) => c.resume_task_type(&t),
+            };
+            Ok(Response::new(convert::paused(&p)))
+        })
+        .await
+    }
+
+    async fn get_stats(
+        &self,
+        req: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::Stats>, Status> {
+        observe("processor", "GetStats", async {
+            self.auth.admin(req.metadata())?;
+            let a = &self.admin;
+            let (stats, dlq, outbox) = tokio::join!(
+                a.control.stats(),
+                dispatch_store::dead_letters_admin::open_count(&a.pool),
+                dispatch_store::outbox::backlog(&a.pool),
+            );
+            let stats = stats.map_err(|e| AdminError::Kafka(format!("{e:#}")))?;
+            let dlq = dlq.map_err(AdminError::from)?;
+            let outbox = outbox.map_err(AdminError::from)?;
+            Ok(Response::new(convert::stats(stats, dlq, outbox.pending)))
+        })
+        .await
+    }
+}
