@@ -79,7 +79,16 @@ def noop_server():
     return proc
 
 
+def ensure_topic(name, partitions):
+    """Creates a bench topic (the broker does not auto-create topics)."""
+    subprocess.run(["java", "-cp", LIBS, "org.apache.kafka.tools.TopicCommand", "--bootstrap-server", "127.0.0.1:9092",
+                    "--create", "--if-not-exists", "--topic", name, "--partitions", str(partitions)],
+                   check=True, capture_output=True, text=True)
+
+
 def producer_performance(records):
+    # Same partition count as the dispatch task topics.
+    ensure_topic("bench.producer-perf", 6)
     out = sh(["java", "-cp", LIBS, "org.apache.kafka.tools.ProducerPerformance", "--topic", "bench.producer-perf",
               "--num-records", str(records), "--record-size", "300", "--throughput", "-1", "--producer-props",
               "bootstrap.servers=127.0.0.1:9092", "acks=all", "enable.idempotence=true", "compression.type=lz4",
@@ -89,6 +98,7 @@ def producer_performance(records):
 
 
 def end_to_end_latency(records):
+    ensure_topic("bench.e2e-latency", 1)
     out = sh(["java", "-cp", LIBS, "org.apache.kafka.tools.EndToEndLatency", "--bootstrap-server", "127.0.0.1:9092",
               "--topic", "bench.e2e-latency", "--num-records", str(records), "--producer-acks", "all",
               "--record-size", "300"]).stdout
@@ -102,6 +112,24 @@ def count_succeeded():
     return int(out.strip())
 
 
+def wait_idle(timeout=900):
+    """Waits until the processor has no consumer lag and nothing in flight (an earlier stage's
+    backlog would otherwise run into the next measurement)."""
+    deadline = time.time() + timeout
+    quiet = 0
+    while time.time() < deadline:
+        body = urllib.request.urlopen("http://127.0.0.1:9603/metrics", timeout=5).read().decode()
+        lag = sum(float(l.rsplit(" ", 1)[1]) for l in body.splitlines()
+                  if l.startswith("dispatch_consumer_lag_records{"))
+        inflight = sum(float(l.rsplit(" ", 1)[1]) for l in body.splitlines()
+                       if l.startswith("dispatch_consumer_in_flight_records"))
+        quiet = quiet + 1 if lag == 0 and inflight == 0 else 0
+        if quiet >= 3:
+            return
+        time.sleep(1)
+    raise RuntimeError("processor did not drain its backlog in time")
+
+
 def restart_service(svc, env):
     subprocess.run([os.path.join(REPO, "deploy/local/services.sh"), "stop"], check=True)
     e = dict(os.environ, PROFILE="release", **env)
@@ -113,6 +141,18 @@ def main():
     notes = []
     noop = noop_server()
     try:
+        wait_idle()
+        # 4. GetTask hot set (first, while the processor is idle, so seeding is quick).
+        rate = "8000" if QUICK else "20000"
+        r, cpu = measured("reader", lambda: loadgen("reader-get-hot", "--scenario", "get", "--get-set", "1000", "--rate", rate, "--duration-s", DUR))
+        n = loadgen("noop-get", "--scenario", "get", "--get-set", "1000", "--rate", rate, "--duration-s", DUR,
+                    "--reader", "http://127.0.0.1:50059")
+        rows.append((f"GetTask hot set ok calls/s at {rate}/s offered", r["ok_rate"], n["ok_rate"], "no-op tonic server calls/s",
+                     cpu / max(r["ok"], 1) * 1000, r))
+        r5, cpu = measured("reader", lambda: loadgen("reader-get-5k", "--scenario", "get", "--get-set", "1000", "--rate", "5000", "--duration-s", DUR))
+        n5 = loadgen("noop-get-5k", "--scenario", "get", "--get-set", "1000", "--rate", "5000", "--duration-s", DUR, "--reader", "http://127.0.0.1:50059")
+        rows.append(("GetTask p99 ms at 5k/s offered", r5["p99_ms"], n5["p99_ms"], "no-op p99 ms", cpu / max(r5["ok"], 1) * 1000, r5))
+        reader_rss = rss_mib(pid("reader"))
         # 1. SubmitTasks vs ProducerPerformance.
         pp = producer_performance(60_000 if QUICK else 300_000)
         batch, cpu = measured("gateway", lambda: loadgen("gateway-batch", "--scenario", "batch", "--rate", "400",
@@ -129,24 +169,13 @@ def main():
         g2, cpu = measured("gateway", lambda: loadgen("gateway-submit-2k", "--scenario", "submit", "--rate", "2000", "--duration-s", DUR))
         n2 = loadgen("noop-submit-2k", "--scenario", "submit", "--gateway", "http://127.0.0.1:50059", "--rate", "2000", "--duration-s", DUR)
         rows.append(("SubmitTask p99 ms at 2k/s offered", g2["p99_ms"], n2["p99_ms"], "no-op p99 ms", cpu / max(g2["ok"], 1) * 1000, g2))
-        # 4. GetTask hot set.
-        rate = "8000" if QUICK else "20000"
-        r, cpu = measured("reader", lambda: loadgen("reader-get-hot", "--scenario", "get", "--get-set", "1000", "--rate", rate, "--duration-s", DUR))
-        n = loadgen("noop-get", "--scenario", "get", "--get-set", "1000", "--rate", rate, "--duration-s", DUR,
-                    "--reader", "http://127.0.0.1:50059")
-        rows.append((f"GetTask hot set ok calls/s at {rate}/s offered", r["ok_rate"], n["ok_rate"], "no-op tonic server calls/s",
-                     cpu / max(r["ok"], 1) * 1000, r))
-        r5, cpu = measured("reader", lambda: loadgen("reader-get-5k", "--scenario", "get", "--get-set", "1000", "--rate", "5000", "--duration-s", DUR))
-        n5 = loadgen("noop-get-5k", "--scenario", "get", "--get-set", "1000", "--rate", "5000", "--duration-s", DUR, "--reader", "http://127.0.0.1:50059")
-        rows.append(("GetTask p99 ms at 5k/s offered", r5["p99_ms"], n5["p99_ms"], "no-op p99 ms", cpu / max(r5["ok"], 1) * 1000, r5))
-        reader_rss = rss_mib(pid("reader"))
         # 6. Processor persist rate vs upsert baseline.
         sh([LOADGEN, "upsert-baseline", "--rows", "50000" if QUICK else "200000", "--batch", "500", "--json", os.path.join(OUT, "upsert.json")])
         with open(os.path.join(OUT, "upsert.json")) as f:
             up = json.load(f)
-        subprocess.run([os.path.join(REPO, "deploy/local/services.sh"), "stop"], check=True)
-        # Load the topics while the processor is down, then time the drain.
-        subprocess.run([os.path.join(REPO, "deploy/local/services.sh"), "start"], check=True, env=dict(os.environ, PROFILE="release"))
+        # Let the earlier stages' backlog drain, then load the topics while the processor is
+        # stopped (SIGSTOP) and time how fast it persists the backlog.
+        wait_idle()
         ppid = pid("processor")
         os.kill(ppid, 19)  # SIGSTOP: the processor consumes nothing while the backlog is produced
         try:
@@ -166,6 +195,7 @@ def main():
         rows.append(("processor persisted tasks/s (noop handler)", done / took, up["rows_per_second"],
                      "plain multi-row upsert rows/s (batch 500)", (cpu_seconds(ppid) - c0) / max(done, 1) * 1000, {"tasks": done, "seconds": took}))
         proc_rss = rss_mib(ppid)
+        wait_idle()
         # 7. Submit-to-visible vs Kafka's end-to-end latency.
         e2e, cpu = measured("processor", lambda: loadgen("e2e", "--scenario", "e2e", "--rate", "100", "--duration-s", DUR))
         k = end_to_end_latency(500 if QUICK else 3000)
