@@ -273,6 +273,16 @@ pub async fn claim(
 }
 
 impl Claim {
+    /// Releases the claimed rows now (an awaited rollback; dropping a claim also releases them,
+    /// but only once the pool gets the connection back).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn release(self) -> Result<()> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+
     /// Marks `ids` (claimed rows whose records were produced) redriven by `redrive_id` and
     /// commits, releasing the rest.
     ///

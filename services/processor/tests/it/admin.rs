@@ -582,11 +582,11 @@ async fn concurrent_claims_never_share_a_dead_letter_nor_block_indexing() -> any
     .await??;
     let a_ids: Vec<u64> = a.rows.iter().map(|r| r.id).collect();
     a.mark(&a_ids[..3], "rd-a").await?;
-    drop(b);
+    b.release().await?;
     // A claim bounded by an earlier last id does not see the newer row.
     let c = claim(&env.pool, &f, (0, up_to), 10).await?;
     assert_eq!(c.rows.len(), 3);
-    drop(c);
+    c.release().await?;
     // 7 rows - 3 marked: the 4th of `a` was released unmarked, `b` rolled back.
     assert_eq!(count_redrivable(&env.pool, &f).await?, 4);
     env.cleanup().await;
