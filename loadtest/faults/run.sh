@@ -84,7 +84,9 @@ scenario_redis_stop() {
         --rate "${RATE}" --duration-s "$((DURATION / 2))" --warmup-s 0 --idempotency --label redis-stop \
         --record-ids "${OUT}/redis-stop-resubmit.ids" >/dev/null 2>&1 || true
     "${STACK}" start redis
-    AUDIT_EXTRA=(--ids "${OUT}/redis-stop-resubmit.ids") audit redis-stop
+    AUDIT_EXTRA=(--ids "${OUT}/redis-stop-resubmit.ids")
+    audit redis-stop
+    AUDIT_EXTRA=()
     python3 - "${OUT}/redis-stop.audit.json" <<'PY'
 import json, sys
 v = json.load(open(sys.argv[1]))

@@ -88,12 +88,18 @@ impl ConsumerContext for Ctx {
         Self::log_commit(&result);
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 REBALANCES.with_label_values(&["assign"]).inc();
                 let tps = tps_of(tpl);
                 tracing::info!(partitions = tps.len(), "partitions assigned");
+                // The client may keep a partition's old pause across a revoke and re-assign
+                // (cooperative rebalancing); our record of pauses starts empty for it, so make the
+                // client agree: resume it, and the poller re-pauses what should be paused.
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::warn!(error = %e, "cannot resume assigned partitions");
+                }
                 {
                     let mut paused = self.shared.paused.lock();
                     for tp in &tps {
