@@ -1,9 +1,8 @@
 //! The outbox: records the gateway accepted while Kafka was unreachable.
 //!
-//! The gateway inserts one row per accepted record in its own transaction; the relay claims due
-//! rows in id order with `FOR UPDATE SKIP LOCKED` (several relays never publish the same row at
-//! once), publishes them, and marks them published, or reschedules them with backoff and finally
-//! marks them `dead` after too many failures.
+//! The gateway inserts one row per accepted record in its own transaction; the relay
+//! ([`crate::outbox_relay::relay_ordered`]) publishes them in id order, holding a key behind its
+//! oldest pending row, reschedules failures with backoff and marks a row `dead` after too many.
 
 use std::collections::BTreeMap;
 
@@ -43,7 +42,8 @@ fn encode_headers(h: &Headers) -> String {
     serde_json::to_string(&map).unwrap_or_else(|_| "{}".into())
 }
 
-fn decode_headers(s: &str) -> Result<Headers> {
+/// Decodes the `headers` column (JSON of name -> base64 value).
+pub(crate) fn decode_headers(s: &str) -> Result<Headers> {
     use base64::Engine as _;
     let map: BTreeMap<String, String> =
         serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("outbox headers: {e}")))?;
@@ -83,94 +83,6 @@ pub async fn insert(pool: &MySqlPool, r: &OutboxRecord) -> Result<u64> {
         .await?;
     tx.commit().await?;
     Ok(id)
-}
-
-/// Claims up to `limit` due pending rows in id order, runs `publish` on them while holding their
-/// row locks, and applies its verdicts in the same transaction. `publish` returns, per record in
-/// order, `Ok(())` or the error text.
-///
-/// Rows failing `max_attempts` times become `dead`. Returns (published, failed) counts.
-///
-/// # Errors
-/// Database errors (the transaction rolls back and the rows stay pending).
-pub async fn relay_batch<F, Fut>(
-    pool: &MySqlPool,
-    limit: u32,
-    max_attempts: u32,
-    backoff: impl Fn(u32) -> std::time::Duration,
-    publish: F,
-) -> Result<(usize, usize)>
-where
-    F: FnOnce(Vec<OutboxRecord>) -> Fut,
-    Fut: std::future::Future<Output = Vec<std::result::Result<(), String>>>,
-{
-    let mut tx = pool.begin().await?;
-    let rows = sqlx::query(
-        "SELECT id, task_id, topic, record_key, record_value, headers, attempts, created_at FROM outbox \
-         WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
-    )
-    .bind(Utc::now())
-    .bind(limit)
-    .fetch_all(&mut *tx)
-    .await?;
-    if rows.is_empty() {
-        return Ok((0, 0));
-    }
-    let records = rows
-        .iter()
-        .map(|r| {
-            Ok(OutboxRecord {
-                id: r.try_get("id")?,
-                task_id: TaskId::from_slice(r.try_get::<Vec<u8>, _>("task_id")?.as_slice())
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                topic: r.try_get("topic")?,
-                key: r.try_get("record_key")?,
-                value: r.try_get("record_value")?,
-                // TEXT with a binary collation reads as BLOB: decode the bytes.
-                headers: decode_headers(&String::from_utf8_lossy(
-                    &r.try_get::<Vec<u8>, _>("headers")?,
-                ))?,
-                attempts: r.try_get("attempts")?,
-                created_at: r.try_get("created_at")?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let meta: Vec<(u64, u32)> = records.iter().map(|r| (r.id, r.attempts)).collect();
-    let verdicts = publish(records).await;
-    let now = Utc::now();
-    let (mut ok, mut failed) = (0, 0);
-    for ((id, attempts), verdict) in meta.into_iter().zip(verdicts) {
-        match verdict {
-            Ok(()) => {
-                ok += 1;
-                sqlx::query("UPDATE outbox SET state = 'published', published_at = ?, attempts = attempts + 1 WHERE id = ?")
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            Err(e) => {
-                failed += 1;
-                let attempts = attempts + 1;
-                let state = if attempts >= max_attempts {
-                    "dead"
-                } else {
-                    "pending"
-                };
-                let next = now + chrono::Duration::from_std(backoff(attempts)).unwrap_or_default();
-                sqlx::query("UPDATE outbox SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?")
-                    .bind(state)
-                    .bind(attempts)
-                    .bind(next)
-                    .bind(e.chars().take(1024).collect::<String>())
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-    }
-    tx.commit().await?;
-    Ok((ok, failed))
 }
 
 /// Outbox health: pending rows, dead rows, age of the oldest pending row in seconds.

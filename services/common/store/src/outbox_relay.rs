@@ -10,25 +10,11 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use dispatch_core::{Envelope, Headers, TaskId};
+use dispatch_core::{Envelope, TaskId};
 use sqlx::{MySqlConnection, MySqlPool, Row};
 
-use crate::outbox::OutboxRecord;
+use crate::outbox::{OutboxRecord, decode_headers};
 use crate::{Result, StoreError};
-
-fn decode_headers(s: &str) -> Result<Headers> {
-    use base64::Engine as _;
-    let map: std::collections::BTreeMap<String, String> =
-        serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("outbox headers: {e}")))?;
-    let mut h = Headers::default();
-    for (k, v) in map {
-        let v = base64::engine::general_purpose::STANDARD
-            .decode(v)
-            .map_err(|e| StoreError::Corrupt(format!("outbox header {k}: {e}")))?;
-        h.set(&k, v);
-    }
-    Ok(h)
-}
 
 /// Whether any outbox row is still waiting to be published.
 ///
