@@ -110,7 +110,11 @@ impl AppBuilder {
             consumer: consumer.clone(),
             hosts: registry.hosts().clone(),
             topics,
+            pool: pool.clone(),
+            sync: Arc::default(),
         };
+        // Start with the pauses every instance shares, before the first fetch.
+        control.sync().await.context("reading the shared pauses")?;
         Ok(App {
             settings: s,
             pool,
@@ -319,6 +323,10 @@ impl App {
                 .run(),
             );
         }
+        tracker.spawn(self.control.clone().sync_loop(
+            Duration::from_millis(s.consumer.pause_sync_ms),
+            background.clone(),
+        ));
         tracker.spawn(crate::lag::run(
             self.consumer.clone(),
             self.shared.clone(),

@@ -4,19 +4,47 @@
 //!   paused across rebalances) until resumed.
 //! - Pause/resume a task type: records of the type are held in their lanes (not run, offsets not
 //!   stored) until resumed; other types keep flowing.
+//! - Pauses are shared: [`Control::pause`] records the pause in MySQL (`consumption_pauses`) and
+//!   applies it here at once; every instance runs [`Control::sync_loop`], so the others follow
+//!   within `consumer.pause_sync_ms`, and an instance that starts (or restarts) later begins
+//!   paused. If MySQL cannot be read, an instance keeps the pauses it last knew.
 //! - [`Control::stats`]: per-partition positions and lag, in-flight records, retry depths,
 //!   breaker states, what is paused.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use chrono::Utc;
 use dispatch_core::{Priority, Topics};
+use dispatch_store::MySqlPool;
+use dispatch_store::pauses::{self, Pause, PauseTarget};
 use rdkafka::consumer::BaseConsumer;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{Ctx, Shared};
 use crate::handler::http::Hosts;
 use crate::lag::{PartitionStats, partition_stats};
+
+/// What a pause or resume acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A priority topic.
+    Priority(Priority),
+    /// A task type.
+    TaskType(String),
+}
+
+impl Target {
+    fn stored(&self) -> PauseTarget {
+        match self {
+            Self::Priority(p) => PauseTarget::Priority(p.as_str().to_owned()),
+            Self::TaskType(t) => PauseTarget::TaskType(t.clone()),
+        }
+    }
+}
 
 /// What is paused.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -50,39 +78,110 @@ pub struct Control {
     pub(crate) consumer: Arc<BaseConsumer<Ctx>>,
     pub(crate) hosts: Hosts,
     pub(crate) topics: Topics,
+    pub(crate) pool: MySqlPool,
+    /// Serializes "read the shared pauses, apply them", so a slow poll can never apply a list
+    /// older than a pause this instance just recorded.
+    pub(crate) sync: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Control {
-    /// Stops fetching the priority's topic.
-    pub fn pause_priority(&self, p: Priority) -> Paused {
-        self.shared.paused_priorities.lock().insert(p);
-        tracing::info!(priority = p.as_str(), "priority paused");
-        self.paused()
+    /// Pauses `target` on every processor instance: recorded in MySQL, applied here at once, by
+    /// the others within their sync interval. Pausing what is paused is a no-op.
+    ///
+    /// # Errors
+    /// MySQL could not record it (nothing changed).
+    pub async fn pause(&self, target: &Target) -> dispatch_store::Result<Paused> {
+        let _g = self.sync.lock().await;
+        pauses::pause(&self.pool, &target.stored(), Utc::now()).await?;
+        tracing::info!(target = ?target, "consumption paused");
+        self.load_and_apply().await
     }
 
-    /// Resumes the priority's topic.
-    pub fn resume_priority(&self, p: Priority) -> Paused {
-        self.shared.paused_priorities.lock().remove(&p);
-        tracing::info!(priority = p.as_str(), "priority resumed");
-        self.paused()
+    /// Resumes `target` on every processor instance (as [`Control::pause`]).
+    ///
+    /// # Errors
+    /// MySQL could not record it (nothing changed).
+    pub async fn resume(&self, target: &Target) -> dispatch_store::Result<Paused> {
+        let _g = self.sync.lock().await;
+        pauses::resume(&self.pool, &target.stored()).await?;
+        tracing::info!(target = ?target, "consumption resumed");
+        self.load_and_apply().await
     }
 
-    /// Holds records of `task_type` until resumed.
-    pub fn pause_task_type(&self, task_type: &str) -> Paused {
-        self.types.send_modify(|s| {
-            s.insert(task_type.to_owned());
+    /// Reads the shared pauses and applies them to this instance.
+    ///
+    /// # Errors
+    /// MySQL could not be read (what was applied before stays).
+    pub async fn sync(&self) -> dispatch_store::Result<Paused> {
+        let _g = self.sync.lock().await;
+        self.load_and_apply().await
+    }
+
+    /// Runs [`Control::sync`] every `interval` until `stop`.
+    pub async fn sync_loop(self, interval: Duration, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self.sync().await {
+                Ok(_) if failing => {
+                    failing = false;
+                    tracing::info!("shared pauses readable again");
+                }
+                Ok(_) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cannot read shared pauses; keeping the last known");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    async fn load_and_apply(&self) -> dispatch_store::Result<Paused> {
+        let stored = pauses::list(&self.pool).await?;
+        self.apply(&stored);
+        Ok(self.paused())
+    }
+
+    /// Makes this instance's pauses exactly `stored`.
+    fn apply(&self, stored: &[Pause]) {
+        let mut priorities = std::collections::HashSet::new();
+        let mut types = BTreeSet::new();
+        for p in stored {
+            match &p.target {
+                PauseTarget::Priority(name) => match Priority::parse(name) {
+                    Some(p) => {
+                        priorities.insert(p);
+                    }
+                    None => {
+                        tracing::warn!(priority = %name, "ignoring a pause of an unknown priority")
+                    }
+                },
+                PauseTarget::TaskType(t) => {
+                    types.insert(t.clone());
+                }
+            }
+        }
+        {
+            let mut current = self.shared.paused_priorities.lock();
+            if *current != priorities {
+                tracing::info!(paused = ?priorities, "paused priorities changed");
+                *current = priorities;
+            }
+        }
+        self.types.send_if_modified(|current| {
+            if *current == types {
+                return false;
+            }
+            tracing::info!(paused = ?types, "paused task types changed");
+            *current = types;
+            true
         });
-        tracing::info!(task_type, "task type paused");
-        self.paused()
-    }
-
-    /// Releases held records of `task_type`.
-    pub fn resume_task_type(&self, task_type: &str) -> Paused {
-        self.types.send_modify(|s| {
-            s.remove(task_type);
-        });
-        tracing::info!(task_type, "task type resumed");
-        self.paused()
     }
 
     /// How many partitions this instance is assigned.

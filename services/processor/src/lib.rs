@@ -43,6 +43,6 @@ pub mod writer;
 mod app;
 
 pub use app::{App, AppBuilder};
-pub use control::{Control, Paused, Stats};
+pub use control::{Control, Paused, Stats, Target};
 pub use handler::{Handler, HandlerContext, HandlerError, Outcome};
 pub use settings::Settings;

@@ -88,6 +88,9 @@ pub struct ConsumerSettings {
     pub prefetch_kbytes: u32,
     /// How long a cancel is remembered, so a submit behind it is never run.
     pub cancelled_ttl_ms: u64,
+    /// How often the operator pauses shared by all instances are re-read from MySQL: a pause
+    /// made through another instance takes effect here within this bound.
+    pub pause_sync_ms: u64,
 }
 
 impl Default for ConsumerSettings {
@@ -102,6 +105,7 @@ impl Default for ConsumerSettings {
             lag_interval_ms: 5_000,
             prefetch_kbytes: 8_192,
             cancelled_ttl_ms: 600_000,
+            pause_sync_ms: 1_000,
         }
     }
 }
@@ -269,6 +273,9 @@ impl Settings {
         }
         if !(0.0..1.0).contains(&c.resume_ratio) {
             return bad("consumer.resume_ratio", "must be in [0, 1)");
+        }
+        if c.pause_sync_ms < 10 {
+            return bad("consumer.pause_sync_ms", "must be at least 10");
         }
         if self.writer.max_rows == 0 {
             return bad("writer.max_rows", "must be at least 1");

@@ -10,6 +10,7 @@
 //! - [`dead_letters_admin`]: AdminService's side of it: list, purge, claim rows for a redrive.
 //! - [`attempts`]: the per-attempt history the processor's batch writer records.
 //! - [`scheduler`]: claiming due scheduled tasks (`FOR UPDATE SKIP LOCKED`).
+//! - [`pauses`]: operator pauses of consumption, shared by every processor instance.
 //! - [`ledger`]: the `simulate` handler's execution ledger (fault tests count executions).
 
 pub mod attempts;
@@ -19,6 +20,7 @@ pub mod ledger;
 pub mod migrate;
 pub mod outbox;
 pub mod outbox_relay;
+pub mod pauses;
 pub mod pool;
 pub mod scheduler;
 pub mod tasks;

@@ -4,7 +4,7 @@ use dispatch_core::{Priority, TaskType, Tenant, Violations};
 use dispatch_proto::v1 as pb;
 use dispatch_store::dead_letters_admin::{DeadLetterFilter, StoredDeadLetter};
 
-use crate::control::{Paused, Stats};
+use crate::control::{Paused, Stats, Target};
 
 /// The error classes the processor writes.
 pub const ERROR_CLASSES: [&str; 5] = [
@@ -122,14 +122,6 @@ pub fn dead_letter(d: &StoredDeadLetter) -> pb::DeadLetter {
         purged: d.purged_at.is_some(),
         payload: Vec::new(),
     }
-}
-
-/// The target of a pause or resume.
-pub enum Target {
-    /// A priority topic.
-    Priority(Priority),
-    /// A task type.
-    TaskType(String),
 }
 
 /// Parses a PauseRequest.

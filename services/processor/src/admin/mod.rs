@@ -25,7 +25,6 @@ use dispatch_store::{MySqlPool, StoreError};
 use prometheus::IntCounter;
 use tonic::{Request, Response, Status};
 
-use self::convert::Target;
 use self::dlq::RedriveRequest;
 use crate::control::Control;
 use crate::produce::Producer;
@@ -262,11 +261,13 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::PauseResponse>, Status> {
         observe("processor", "PauseConsumption", async {
             self.auth.admin(req.metadata())?;
-            let c = &self.admin.control;
-            let p = match convert::target(req.into_inner()).map_err(AdminError::Invalid)? {
-                Target::Priority(p) => c.pause_priority(p),
-                Target::TaskType(t) => c.pause_task_type(&t),
-            };
+            let target = convert::target(req.into_inner()).map_err(AdminError::Invalid)?;
+            let p = self
+                .admin
+                .control
+                .pause(&target)
+                .await
+                .map_err(AdminError::from)?;
             Ok(Response::new(convert::paused(&p)))
         })
         .await
@@ -278,11 +279,13 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::PauseResponse>, Status> {
         observe("processor", "ResumeConsumption", async {
             self.auth.admin(req.metadata())?;
-            let c = &self.admin.control;
-            let p = match convert::target(req.into_inner()).map_err(AdminError::Invalid)? {
-                Target::Priority(p) => c.resume_priority(p),
-                Target::TaskType(t) => c.resume_task_type(&t),
-            };
+            let target = convert::target(req.into_inner()).map_err(AdminError::Invalid)?;
+            let p = self
+                .admin
+                .control
+                .resume(&target)
+                .await
+                .map_err(AdminError::from)?;
             Ok(Response::new(convert::paused(&p)))
         })
         .await

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use dispatch_core::{Envelope, TaskState};
+use dispatch_processor::Target;
 use dispatch_testkit::{TestEnv, eventually};
 use sqlx::Row;
 
@@ -27,7 +28,9 @@ async fn cancel_stops_queued_and_running_tasks_and_leaves_finished_ones() -> any
     let t = env.topics();
 
     // Queued: the type is paused, so the submit waits in its lane when the cancel arrives.
-    app.control.pause_task_type("simulate");
+    app.control
+        .pause(&Target::TaskType("simulate".into()))
+        .await?;
     let queued = task("simulate", "c-1", "");
     produce(&p, &t, &queued).await?;
     produce(&p, &t, &cancel_of(&queued)).await?;
@@ -38,7 +41,9 @@ async fn cancel_stops_queued_and_running_tasks_and_leaves_finished_ones() -> any
         Duration::from_secs(30),
     )
     .await?;
-    app.control.resume_task_type("simulate");
+    app.control
+        .resume(&Target::TaskType("simulate".into()))
+        .await?;
     // A marker behind it on the same key proves the submit was processed (and skipped).
     let marker = task("simulate", "c-1", "");
     produce(&p, &t, &marker).await?;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dispatch_core::{Envelope, Priority, TaskState};
-use dispatch_processor::{App, Handler, HandlerContext, HandlerError, Outcome};
+use dispatch_processor::{App, Handler, HandlerContext, HandlerError, Outcome, Target};
 use dispatch_testkit::TestEnv;
 
 use crate::harness::{Running, produce, producer, settings, states, task, wait_all};
@@ -25,7 +25,7 @@ impl Handler for Echo {
 async fn custom_handlers_run_and_a_paused_priority_waits() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let app = Running::start(App::builder(settings(&env)).handler("custom.echo", Echo)).await?;
-    let paused = app.control.pause_priority(Priority::Low);
+    let paused = app.control.pause(&Target::Priority(Priority::Low)).await?;
     assert_eq!(paused.priorities, vec![Priority::Low]);
     let p = producer(&env)?;
     let mut low = task("custom.echo", "ctl-1", "low");
@@ -53,7 +53,8 @@ async fn custom_handlers_run_and_a_paused_priority_waits() -> anyhow::Result<()>
     );
     assert!(
         app.control
-            .resume_priority(Priority::Low)
+            .resume(&Target::Priority(Priority::Low))
+            .await?
             .priorities
             .is_empty()
     );

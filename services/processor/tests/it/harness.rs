@@ -30,6 +30,7 @@ pub fn settings(env: &TestEnv) -> Settings {
     s.consumer.group = format!("processor-{}", env.id);
     s.consumer.lag_interval_ms = 500;
     s.consumer.rebalance_drain_ms = 2_000;
+    s.consumer.pause_sync_ms = 200;
     s.scheduler.interval_ms = 100;
     s.shutdown.drain_timeout_ms = 5_000;
     s

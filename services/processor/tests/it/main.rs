@@ -7,4 +7,5 @@ mod crash;
 mod failures;
 mod flow;
 mod harness;
+mod pauses;
 mod scheduling;

@@ -1,0 +1,168 @@
+//! Operator pauses are shared: a pause made through one instance holds on every instance (and on
+//! one that starts later), and a resume through another releases it everywhere.
+
+use std::time::Duration;
+
+use dispatch_core::{Priority, TaskId, TaskState};
+use dispatch_processor::{App, Control, Paused, Target};
+use dispatch_testkit::{TestEnv, eventually};
+
+use crate::harness::{produce, producer, settings, start, states, task, wait_all};
+
+/// Long enough for a paused topic or type to (wrongly) deliver.
+const SETTLE: Duration = Duration::from_millis(1_500);
+
+async fn sees(c: &Control, what: &str, want: Paused) -> anyhow::Result<()> {
+    let c = c.clone();
+    eventually(what, Duration::from_secs(10), || {
+        let (c, want) = (c.clone(), want.clone());
+        async move { (c.paused() == want).then_some(()) }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_pause_through_one_instance_holds_on_every_instance() -> anyhow::Result<()> {
+    let env = TestEnv::with_partitions(4).await?;
+    let a = start(settings(&env)).await?;
+    let b = start(settings(&env)).await?;
+    let (ca, cb) = (a.control.clone(), b.control.clone());
+    eventually("both instances own partitions", Duration::from_secs(30), || {
+        let (ca, cb) = (ca.clone(), cb.clone());
+        async move { (ca.assigned_partitions() > 0 && cb.assigned_partitions() > 0).then_some(()) }
+    })
+    .await?;
+    let p = producer(&env)?;
+    let t = env.topics();
+
+    // Priority: paused through a, held on both (the keys spread over every partition).
+    let low = Paused {
+        priorities: vec![Priority::Low],
+        task_types: vec![],
+    };
+    assert_eq!(
+        a.control.pause(&Target::Priority(Priority::Low)).await?,
+        low
+    );
+    sees(&b.control, "b follows the pause of low", low).await?;
+    let mut held: Vec<TaskId> = Vec::new();
+    for i in 0..24 {
+        let mut e = task("noop", &format!("pl-{i}"), "");
+        e.priority = Priority::Low;
+        produce(&p, &t, &e).await?;
+        held.push(e.task_id);
+    }
+    let marker = task("noop", "pl-marker", "");
+    produce(&p, &t, &marker).await?;
+    wait_all(
+        &env.pool,
+        &[marker.task_id],
+        TaskState::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await?;
+    tokio::time::sleep(SETTLE).await;
+    assert!(
+        states(&env.pool, &held).await?.is_empty(),
+        "low is paused on both instances"
+    );
+    // Resumed through b, released on both.
+    assert_eq!(
+        b.control.resume(&Target::Priority(Priority::Low)).await?,
+        Paused::default()
+    );
+    sees(&a.control, "a follows the resume of low", Paused::default()).await?;
+    wait_all(
+        &env.pool,
+        &held,
+        TaskState::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await?;
+
+    // Task type: paused through b, held on both, and by an instance built while it is paused.
+    let simulate = Paused {
+        priorities: vec![],
+        task_types: vec!["simulate".into()],
+    };
+    b.control
+        .pause(&Target::TaskType("simulate".into()))
+        .await?;
+    sees(
+        &a.control,
+        "a follows the pause of simulate",
+        simulate.clone(),
+    )
+    .await?;
+    let late = App::build(settings(&env)).await?;
+    assert_eq!(
+        late.control().paused(),
+        simulate,
+        "a new instance starts paused"
+    );
+    drop(late);
+    let mut held: Vec<TaskId> = Vec::new();
+    for i in 0..24 {
+        let e = task("simulate", &format!("pt-{i}"), "");
+        produce(&p, &t, &e).await?;
+        held.push(e.task_id);
+    }
+    let marker = task("noop", "pt-marker", "");
+    produce(&p, &t, &marker).await?;
+    wait_all(
+        &env.pool,
+        &[marker.task_id],
+        TaskState::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await?;
+    tokio::time::sleep(SETTLE).await;
+    assert!(
+        states(&env.pool, &held).await?.is_empty(),
+        "simulate is held on both instances"
+    );
+    a.control
+        .resume(&Target::TaskType("simulate".into()))
+        .await?;
+    sees(
+        &b.control,
+        "b follows the resume of simulate",
+        Paused::default(),
+    )
+    .await?;
+    wait_all(
+        &env.pool,
+        &held,
+        TaskState::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert!(dispatch_store::pauses::list(&env.pool).await?.is_empty());
+
+    a.stop().await?;
+    b.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn pausing_twice_keeps_one_pause_and_resuming_what_is_not_paused_changes_nothing()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let target = dispatch_store::pauses::PauseTarget::TaskType("simulate".into());
+    let first = chrono::Utc::now();
+    dispatch_store::pauses::pause(&env.pool, &target, first).await?;
+    dispatch_store::pauses::pause(&env.pool, &target, first + chrono::Duration::hours(1)).await?;
+    let stored = dispatch_store::pauses::list(&env.pool).await?;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].target, target);
+    assert!(
+        (stored[0].paused_at - first).num_milliseconds().abs() < 1,
+        "the first pause time stays"
+    );
+    assert!(dispatch_store::pauses::resume(&env.pool, &target).await?);
+    assert!(!dispatch_store::pauses::resume(&env.pool, &target).await?);
+    assert!(dispatch_store::pauses::list(&env.pool).await?.is_empty());
+    env.cleanup().await;
+    Ok(())
+}
