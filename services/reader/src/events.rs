@@ -39,11 +39,15 @@ impl EventsConsumer {
     ///
     /// # Errors
     /// Invalid client configuration.
-    pub fn new(s: &KafkaSettings, health: Health) -> anyhow::Result<Self> {
+    pub fn new(s: &KafkaSettings, prefetch_kbytes: u32, health: Health) -> anyhow::Result<Self> {
         let group = format!("dispatch-reader-{}", uuid::Uuid::now_v7().simple());
         let mut cfg = dispatch_runtime::kafka::consumer_config(s, &group);
         cfg.set("enable.auto.commit", "false")
             .set("auto.offset.reset", "latest");
+        // Bound prefetch (RSS), unless the raw options say otherwise.
+        if !s.librdkafka.contains_key("queued.max.messages.kbytes") {
+            cfg.set("queued.max.messages.kbytes", prefetch_kbytes.to_string());
+        }
         let consumer: StreamConsumer = cfg
             .create()
             .map_err(|e| anyhow::anyhow!("events consumer: {e}"))?;

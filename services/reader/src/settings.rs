@@ -102,6 +102,9 @@ pub struct CacheSettings {
     pub probe_interval_ms: u64,
     /// WatchTask re-reads the task this often in case an event was missed.
     pub watch_poll_ms: u64,
+    /// Prefetch bound of the events consumer in KiB (librdkafka `queued.max.messages.kbytes`,
+    /// whose default of 64 MiB would count against the reader's memory on top of the caches).
+    pub events_prefetch_kbytes: u32,
 }
 
 impl Default for CacheSettings {
@@ -129,6 +132,7 @@ impl Default for CacheSettings {
             breaker_max_open_ms: 30_000,
             probe_interval_ms: 1_000,
             watch_poll_ms: 5_000,
+            events_prefetch_kbytes: 4_096,
         }
     }
 }
@@ -171,6 +175,9 @@ impl Settings {
             if v == 0 {
                 return Err(SettingsError(format!("{name} must be positive")));
             }
+        }
+        if c.events_prefetch_kbytes == 0 {
+            return bad("cache.events_prefetch_kbytes must be positive");
         }
         if c.breaker_max_open_ms < c.breaker_open_ms {
             return bad("cache.breaker_max_open_ms must be >= cache.breaker_open_ms");

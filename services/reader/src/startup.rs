@@ -120,7 +120,11 @@ impl App {
             connect_redis(&settings, &l2, &health).await;
         }
 
-        let mut events = EventsConsumer::new(&settings.kafka, health.clone())?;
+        let mut events = EventsConsumer::new(
+            &settings.kafka,
+            settings.cache.events_prefetch_kbytes,
+            health.clone(),
+        )?;
         if settings.kafka.create_topics {
             let topic = settings.kafka.topics().events();
             let specs: Vec<_> = kafka::dispatch_topics(&settings.kafka)
