@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use dispatch_core::{TaskId, TaskState};
 use dispatch_proto::v1 as pb;
-use dispatch_testkit::{TestEnv, consume_until};
+use dispatch_testkit::{TestEnv, consume_until, eventually};
 use prost::Message;
 
 use crate::harness::{executions, metrics, produce, producer, settings, start, task, wait_all};
@@ -69,7 +69,17 @@ async fn tasks_succeed_with_one_row_each_and_events_for_every_change() -> anyhow
         m.contains("dispatch_tasks_finished_total{state=\"succeeded\"}"),
         "metrics: finished"
     );
-    assert!(m.contains("dispatch_consumer_lag_records"), "metrics: lag");
+    // Lag is refreshed on its own timer (every 500 ms here), so await its first round.
+    let admin = app.admin;
+    eventually(
+        "the lag gauge is exported",
+        Duration::from_secs(30),
+        || async move {
+            let m = metrics(admin).await.ok()?;
+            m.contains("dispatch_consumer_lag_records").then_some(())
+        },
+    )
+    .await?;
     app.stop().await?;
     env.cleanup().await;
     Ok(())
