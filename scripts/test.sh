@@ -16,6 +16,7 @@ stage "local stack"
 deploy/local/stack.sh up
 # shellcheck source=deploy/local/env.sh
 source deploy/local/env.sh
+scripts/clean-test-state.sh
 
 stage "rustfmt"
 cargo fmt --all -- --check

@@ -18,6 +18,8 @@
 #   KAFKA_VERSION   override the Kafka version pinned in deploy/local/kafka/pom.xml
 #   KAFKA_HEAP_OPTS JVM heap flags for the broker (default: -Xms512m -Xmx1g)
 #   PROMETHEUS_CONFIG  prometheus config (default: deploy/prometheus/prometheus.yml)
+#   MARIADB_BUFFER_POOL InnoDB buffer pool size (default: 1G; MariaDB's own default of 128M makes
+#                   every write to a tasks table of a few million rows read index pages from disk)
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -391,6 +393,7 @@ start_mariadb() {
             --log-error="${MARIADB_LOG}" \
             --tmpdir="${MARIADB_DIR}" \
             --innodb_flush_log_at_trx_commit=1 \
+            --innodb_buffer_pool_size="${MARIADB_BUFFER_POOL:-1G}" \
             --sync_binlog=1 \
             --max_connections=500 \
             --character-set-server=utf8mb4 \

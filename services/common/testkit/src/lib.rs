@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use dispatch_runtime::settings::{DbSettings, KafkaSettings, RedisSettings};
 use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers as _, Message};
 use secrecy::SecretString;
@@ -136,13 +138,27 @@ impl TestEnv {
         Ok(c)
     }
 
-    /// Drops the database (topics and Redis keys are left; they are uniquely named and small).
+    /// Drops the database and deletes the topics (Redis keys are left: uniquely named, small).
+    /// A test that fails before calling this leaves both behind; `scripts/test.sh` sweeps them
+    /// before each run, so a long-lived local broker does not accumulate thousands of partitions.
     pub async fn cleanup(self) {
         self.pool.close().await;
         if let Ok(admin) = MySqlPool::connect(&format!("{}/mysql", self.server_url)).await {
             let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{}`", self.database))
                 .execute(&admin)
                 .await;
+        }
+        let admin: Result<AdminClient<DefaultClientContext>, _> = ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka.brokers)
+            .create();
+        if let Ok(admin) = admin {
+            let names: Vec<String> = dispatch_runtime::kafka::dispatch_topics(&self.kafka)
+                .into_iter()
+                .map(|t| t.name)
+                .collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+            let _ = admin.delete_topics(&refs, &opts).await;
         }
     }
 }
