@@ -247,6 +247,7 @@ impl App {
                 topics: s.kafka.topics(),
                 max_rows: s.writer.max_rows,
                 max_delay: Duration::from_millis(s.writer.max_delay_ms),
+                max_concurrent: s.writer.max_concurrent_batches,
                 health: self.health.clone(),
                 close: writer_close.clone(),
                 abort: writer_abort.clone(),

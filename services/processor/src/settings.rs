@@ -118,6 +118,9 @@ pub struct WriterSettings {
     pub max_rows: usize,
     /// Flush a batch this long after its first write.
     pub max_delay_ms: u64,
+    /// Batch transactions in flight at once (the next batch commits while one waits on MySQL;
+    /// events are still published in batch order).
+    pub max_concurrent_batches: usize,
     /// Batch lookups of stored states: flush at this many ids...
     pub gate_max_ids: usize,
     /// ...or after this long.
@@ -129,6 +132,7 @@ impl Default for WriterSettings {
         Self {
             max_rows: 500,
             max_delay_ms: 5,
+            max_concurrent_batches: 3,
             gate_max_ids: 256,
             gate_max_delay_us: 1_000,
         }
@@ -276,6 +280,9 @@ impl Settings {
         }
         if c.pause_sync_ms < 10 {
             return bad("consumer.pause_sync_ms", "must be at least 10");
+        }
+        if self.writer.max_concurrent_batches == 0 {
+            return bad("writer.max_concurrent_batches", "must be at least 1");
         }
         if self.writer.max_rows == 0 {
             return bad("writer.max_rows", "must be at least 1");

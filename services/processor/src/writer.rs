@@ -9,6 +9,12 @@
 //! a `TaskEvent` is published for every landed write, and only then are the writers' waiters
 //! released, so an offset is stored only after its state and its event are durable.
 //!
+//! Up to `writer.max_concurrent_batches` transactions are in flight at once, so the next batch
+//! gathers and commits while the previous one waits on MySQL. Their events are still enqueued in
+//! batch order: a batch publishes only after the batch before it has. Together with the version
+//! fence this keeps every task's events in version order: two batches holding writes of one task
+//! serialize on its row lock, and a write overtaken by a newer one is fenced out (no event).
+//!
 //! A failing database stops the flow: the batch is retried with backoff, nothing is acknowledged,
 //! senders block once the channel is full and consumer lag grows until MySQL is back.
 
@@ -85,6 +91,8 @@ pub struct WriterTask {
     pub max_rows: usize,
     /// Flush this long after the first write.
     pub max_delay: Duration,
+    /// Transactions in flight at once.
+    pub max_concurrent: usize,
     /// Health registry (`mysql`).
     pub health: Health,
     /// Stop accepting writes: flush what is queued and exit.
@@ -146,6 +154,10 @@ pub fn spawn(cfg: WriterTask, tracker: &TaskTracker, capacity: usize) -> Writer 
 }
 
 async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTracker) {
+    let cfg = std::sync::Arc::new(cfg);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent.max(1)));
+    // Resolves once the previous batch has enqueued its events (or given up).
+    let mut previous: Option<oneshot::Receiver<()>> = None;
     let mut closing = false;
     loop {
         let first = tokio::select! {
@@ -172,16 +184,31 @@ async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTr
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }
-        let Some(landed) = commit_with_retry(&cfg, &batch).await else {
-            tracing::warn!(rows = batch.len(), "writer aborted; batch not persisted");
-            continue;
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
         };
-        // Events are enqueued here, in commit order, so a task's events reach its partition of
-        // the (compacted) events topic in version order; waiting for their acknowledgements and
-        // waking the waiters overlaps with the next batch.
-        let topic = cfg.topics.events();
-        let pending = enqueue_events(&cfg.producer, &topic, &batch, &landed);
-        acks.spawn(release_after(cfg.producer.clone(), topic, batch, pending));
+        let (enqueued, next) = oneshot::channel();
+        let before = previous.replace(next);
+        let (cfg, acks2) = (cfg.clone(), acks.clone());
+        acks.spawn(async move {
+            let landed = commit_with_retry(&cfg, &batch).await;
+            drop(slot);
+            if let Some(before) = before {
+                // An error only means that batch ended (aborted): its turn is over either way.
+                let _ = before.await;
+            }
+            let Some(landed) = landed else {
+                tracing::warn!(rows = batch.len(), "writer aborted; batch not persisted");
+                return;
+            };
+            // Events are enqueued in batch order, so a task's events reach its partition of the
+            // (compacted) events topic in version order; waiting for their acknowledgements and
+            // waking the waiters overlaps with later batches.
+            let topic = cfg.topics.events();
+            let pending = enqueue_events(&cfg.producer, &topic, &batch, &landed);
+            let _ = enqueued.send(());
+            acks2.spawn(release_after(cfg.producer.clone(), topic, batch, pending));
+        });
     }
     acks.close();
     acks.wait().await;
@@ -225,11 +252,12 @@ async fn commit(pool: &MySqlPool, batch: &Batch) -> dispatch_store::Result<Vec<b
         .filter_map(|e| e.write.clone())
         .collect();
     writes.sort_by_key(|w| w.task_id);
-    let attempts: Vec<AttemptRow> = batch
+    let mut attempts: Vec<AttemptRow> = batch
         .entries
         .iter()
         .flat_map(|e| e.attempts.clone())
         .collect();
+    attempts.sort_by_key(|a| (a.task_id, a.generation, a.attempt));
     let ids: Vec<TaskId> = writes.iter().map(|w| w.task_id).collect();
     let mut tx = pool.begin().await?;
     dispatch_store::tasks::upsert_batch(&mut tx, &writes).await?;

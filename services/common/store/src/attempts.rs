@@ -38,7 +38,8 @@ pub async fn insert_batch(conn: &mut sqlx::MySqlConnection, rows: &[AttemptRow])
     let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
         "INSERT INTO task_attempts (task_id, generation, attempt, outcome, error, started_at, finished_at, duration_ms) ",
     );
-    qb.push_values(rows, |mut b, r| {
+    let rows = crate::padded(rows);
+    qb.push_values(rows.iter(), |mut b, r| {
         let ms = (r.finished_at - r.started_at)
             .num_milliseconds()
             .clamp(0, i64::from(u32::MAX));

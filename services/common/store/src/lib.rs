@@ -44,3 +44,47 @@ pub enum StoreError {
 
 /// Result alias.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The sizes multi-row statements are padded to.
+const SHAPES: [usize; 20] = [
+    1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
+];
+
+/// `rows` padded to the next of a few fixed sizes by repeating the last row.
+///
+/// Every statement is prepared (and cached per connection) by its text, and a multi-row statement
+/// has one text per row count: batches of every size between 1 and 500 made MariaDB parse a
+/// statement with thousands of placeholders for most batches. Padded, a connection prepares a
+/// handful of shapes once. Only for statements where a repeated row is a no-op: a version-fenced
+/// upsert (the repeat finds its own row with an equal version), an attempt upsert with identical
+/// values, a lookup by `IN (...)`.
+pub(crate) fn padded<T: Clone>(rows: &[T]) -> std::borrow::Cow<'_, [T]> {
+    let n = rows.len();
+    match (rows.last(), SHAPES.iter().find(|&&s| s >= n)) {
+        (Some(last), Some(&shape)) if shape > n => {
+            let mut v = rows.to_vec();
+            v.resize(shape, last.clone());
+            std::borrow::Cow::Owned(v)
+        }
+        _ => std::borrow::Cow::Borrowed(rows),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::padded;
+
+    #[test]
+    fn padding_repeats_the_last_row_up_to_the_next_shape() {
+        assert!(padded::<u8>(&[]).is_empty());
+        assert_eq!(padded(&[7]).as_ref(), &[7]);
+        assert_eq!(padded(&[1, 2, 3, 4, 5]).as_ref(), &[1, 2, 3, 4, 5, 5]);
+        let big: Vec<u32> = (0..300).collect();
+        let p = padded(&big);
+        assert_eq!(p.len(), 384);
+        assert_eq!(&p[..300], big.as_slice());
+        assert!(p[300..].iter().all(|&x| x == 299));
+        let huge: Vec<u32> = (0..2000).collect();
+        assert_eq!(padded(&huge).len(), 2000, "beyond the largest shape: as is");
+    }
+}

@@ -85,7 +85,8 @@ pub async fn upsert_batch(conn: &mut sqlx::MySqlConnection, writes: &[TaskWrite]
          max_attempts, initial_backoff_ms, max_backoff_ms, generation, idempotency_key, run_at, deadline_at, \
          last_error, result, version, created_at, updated_at, finished_at) ",
     );
-    qb.push_values(writes, |mut b, w| {
+    let writes = crate::padded(writes);
+    qb.push_values(writes.iter(), |mut b, w| {
         b.push_bind(w.task_id.as_bytes().as_slice())
             .push_bind(&w.tenant)
             .push_bind(&w.business_key)
@@ -151,7 +152,7 @@ where
         "SELECT task_id, state, version, generation FROM tasks WHERE task_id IN (",
     );
     let mut sep = qb.separated(", ");
-    for id in ids {
+    for id in crate::padded(ids).iter() {
         sep.push_bind(id.as_bytes().to_vec());
     }
     qb.push(")");
@@ -239,7 +240,7 @@ pub async fn get_many(pool: &MySqlPool, ids: &[TaskId]) -> Result<Vec<pb::Task>>
     let mut qb: QueryBuilder<MySql> =
         QueryBuilder::new(format!("SELECT {COLUMNS} FROM tasks WHERE task_id IN ("));
     let mut sep = qb.separated(", ");
-    for id in ids {
+    for id in crate::padded(ids).iter() {
         sep.push_bind(id.as_bytes().to_vec());
     }
     qb.push(")");
