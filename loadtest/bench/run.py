@@ -8,8 +8,13 @@ Figures (and baselines):
   4. reader GetTask (hot set) calls/s    vs the no-op server; p99 at 5k/s offered
   5. reader GetTask with L1 disabled     vs the no-op server (reader restarted with cache.l1_enabled=false)
   6. processor persisted tasks/s (noop)  vs a plain multi-row upsert loop (same batch size)
-  7. submit-to-visible latency           vs Kafka's EndToEndLatency at the same rate
+  7. processor simulate 10 ms, 1 partition, 100 keys  vs strictly sequential (100 tasks/s)
+  8. submit-to-visible latency           vs Kafka's EndToEndLatency at the same rate
 Also CPU-seconds per 1k requests of the service under test and peak RSS.
+
+The gateway figures (1-3) are taken with the processor stopped (SIGSTOP), so they measure the
+gateway in front of Kafka rather than the gateway competing with the processor for the same two
+cores; figure 3 is also taken with the processor running, as the whole-system figure.
 """
 import datetime
 import json
@@ -131,9 +136,73 @@ def wait_idle(timeout=900):
 
 
 def restart_service(svc, env):
-    subprocess.run([os.path.join(REPO, "deploy/local/services.sh"), "stop"], check=True)
-    e = dict(os.environ, PROFILE="release", **env)
-    subprocess.run([os.path.join(REPO, "deploy/local/services.sh"), "start"], check=True, env=e)
+    """Restarts one service (release binaries, no build) with extra environment settings."""
+    e = dict(os.environ, PROFILE="release", SKIP_BUILD="1", **env)
+    subprocess.run([os.path.join(REPO, "deploy/local/services.sh"), "restart", svc], check=True, env=e,
+                   capture_output=True)
+
+
+class Stopped:
+    """SIGSTOPs a process for the duration of a `with` block."""
+
+    def __init__(self, p):
+        self.p = p
+
+    def __enter__(self):
+        os.kill(self.p, 19)
+
+    def __exit__(self, *exc):
+        os.kill(self.p, 18)
+
+
+def spawn(binary, env, log):
+    """Starts an extra service process (release) with the local config plus `env` overrides."""
+    svc = binary.removeprefix("dispatch-")
+    e = dict(os.environ, DISPATCH_CONFIG=os.path.join(REPO, "deploy", "local", "config", f"{svc}.toml"), **env)
+    return subprocess.Popen([os.path.join(TARGET, "release", binary)], env=e,
+                            stdout=open(os.path.join(OUT, log), "w"), stderr=subprocess.STDOUT)
+
+
+def wait_ready(admin, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://{admin}/readyz", timeout=2)
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{admin} did not become ready")
+
+
+def simulate_one_partition(n_tasks):
+    """Figure 7: a processor on topics with ONE partition runs `simulate` tasks of 10 ms over 100
+    keys. Strictly sequential processing would take n * 10 ms (100 tasks/s)."""
+    common = {"DISPATCH_KAFKA__TOPIC_PREFIX": "bench1p.", "DISPATCH_KAFKA__PARTITIONS": "1",
+              "DISPATCH_KAFKA__CREATE_TOPICS": "true", "DISPATCH_TELEMETRY__LOG_LEVEL": "warn"}
+    proc = spawn("dispatch-processor", dict(common, DISPATCH_CONSUMER__GROUP="bench-1p",
+                                            DISPATCH_GRPC__LISTEN="127.0.0.1:50073",
+                                            DISPATCH_ADMIN__LISTEN="127.0.0.1:9673",
+                                            DISPATCH_SCHEDULER__ENABLED="false"), "bench1p-processor.log")
+    gw = spawn("dispatch-gateway", dict(common, DISPATCH_GRPC__LISTEN="127.0.0.1:50071",
+                                        DISPATCH_ADMIN__LISTEN="127.0.0.1:9671"), "bench1p-gateway.log")
+    try:
+        wait_ready("127.0.0.1:9673")
+        wait_ready("127.0.0.1:9671")
+        before = count_succeeded()
+        with Stopped(proc.pid):
+            loadgen("bench1p-backlog", "--scenario", "batch", "--gateway", "http://127.0.0.1:50071",
+                    "--task-type", "simulate", "--sim-latency-ms", "10", "--keys", "100", "--rate", "20",
+                    "--batch", "500", "--duration-s", str(n_tasks / 500 / 20), "--warmup-s", "0")
+        t0, c0 = time.time(), cpu_seconds(proc.pid)
+        while count_succeeded() < before + n_tasks and time.time() - t0 < 600:
+            time.sleep(0.2)
+        took = time.time() - t0
+        done = count_succeeded() - before
+        return done / took, (cpu_seconds(proc.pid) - c0) / max(done, 1) * 1000, {"tasks": done, "seconds": took}
+    finally:
+        for p in (gw, proc):
+            p.terminate()
+            p.wait(timeout=60)
 
 
 def main():
@@ -153,6 +222,18 @@ def main():
         n5 = loadgen("noop-get-5k", "--scenario", "get", "--get-set", "1000", "--rate", "5000", "--duration-s", DUR, "--reader", "http://127.0.0.1:50059")
         rows.append(("GetTask p99 ms at 5k/s offered", r5["p99_ms"], n5["p99_ms"], "no-op p99 ms", cpu / max(r5["ok"], 1) * 1000, r5))
         reader_rss = rss_mib(pid("reader"))
+        # 5. GetTask with L1 disabled (Redis, then MySQL), same hot set and rate as figure 4.
+        restart_service("reader", {"DISPATCH_CACHE__L1_ENABLED": "false"})
+        r0, cpu = measured("reader", lambda: loadgen("reader-get-no-l1", "--scenario", "get", "--get-set", "1000", "--rate", rate, "--duration-s", DUR))
+        rows.append((f"GetTask, L1 disabled, ok calls/s at {rate}/s offered", r0["ok_rate"], n["ok_rate"], "no-op tonic server calls/s",
+                     cpu / max(r0["ok"], 1) * 1000, r0))
+        restart_service("reader", {})
+        wait_idle()
+        # 3b. p99 at 2k/s with the processor consuming (the whole system on two cores).
+        g2all, cpu2all = measured("gateway", lambda: loadgen("gateway-submit-2k-all", "--scenario", "submit", "--rate", "2000", "--duration-s", DUR))
+        wait_idle()
+        gateway_only = Stopped(pid("processor"))
+        gateway_only.__enter__()
         # 1. SubmitTasks vs ProducerPerformance.
         pp = producer_performance(60_000 if QUICK else 300_000)
         batch, cpu = measured("gateway", lambda: loadgen("gateway-batch", "--scenario", "batch", "--rate", "400",
@@ -169,6 +250,10 @@ def main():
         g2, cpu = measured("gateway", lambda: loadgen("gateway-submit-2k", "--scenario", "submit", "--rate", "2000", "--duration-s", DUR))
         n2 = loadgen("noop-submit-2k", "--scenario", "submit", "--gateway", "http://127.0.0.1:50059", "--rate", "2000", "--duration-s", DUR)
         rows.append(("SubmitTask p99 ms at 2k/s offered", g2["p99_ms"], n2["p99_ms"], "no-op p99 ms", cpu / max(g2["ok"], 1) * 1000, g2))
+        gateway_only.__exit__()
+        rows.append(("SubmitTask p99 ms at 2k/s offered, processor consuming", g2all["p99_ms"], n2["p99_ms"], "no-op p99 ms",
+                     cpu2all / max(g2all["ok"], 1) * 1000, g2all))
+        wait_idle()
         # 6. Processor persist rate vs upsert baseline.
         sh([LOADGEN, "upsert-baseline", "--rows", "50000" if QUICK else "200000", "--batch", "500", "--json", os.path.join(OUT, "upsert.json")])
         with open(os.path.join(OUT, "upsert.json")) as f:
@@ -196,7 +281,12 @@ def main():
                      "plain multi-row upsert rows/s (batch 500)", (cpu_seconds(ppid) - c0) / max(done, 1) * 1000, {"tasks": done, "seconds": took}))
         proc_rss = rss_mib(ppid)
         wait_idle()
-        # 7. Submit-to-visible vs Kafka's end-to-end latency.
+        # 7. simulate 10 ms on one partition with 100 keys vs strictly sequential.
+        with Stopped(ppid):
+            rate1p, cpu1p, info1p = simulate_one_partition(5_000 if QUICK else 20_000)
+        rows.append(("processor simulate 10 ms, 1 partition, 100 keys: tasks/s", rate1p, 100.0,
+                     "strictly sequential tasks/s (1 / 10 ms)", cpu1p, info1p))
+        # 8. Submit-to-visible vs Kafka's end-to-end latency.
         e2e, cpu = measured("processor", lambda: loadgen("e2e", "--scenario", "e2e", "--rate", "100", "--duration-s", DUR))
         k = end_to_end_latency(500 if QUICK else 3000)
         rows.append(("submit-to-visible p99 ms at 100/s", e2e["p99_ms"], k["p99_ms"], "Kafka EndToEndLatency p99 ms (acks=all)",

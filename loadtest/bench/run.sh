@@ -7,6 +7,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "${REPO}"
 deploy/local/stack.sh up
+scripts/clean-test-state.sh
 cargo build --release --locked -p dispatch-loadtest
 PROFILE=release deploy/local/services.sh stop || true
 PROFILE=release deploy/local/services.sh start
