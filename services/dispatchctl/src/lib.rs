@@ -78,9 +78,9 @@ pub enum Command {
     },
     /// Dead letters: list, show, redrive, purge (admin key).
     Dlq(cmd::dlq::Args),
-    /// Pause consumption of a priority topic or a task type (admin key).
+    /// Pause consumption of a priority topic or a task type on every processor instance (admin key).
     Pause(cmd::ops::TargetArgs),
-    /// Resume a paused priority topic or task type (admin key).
+    /// Resume a paused priority topic or task type on every processor instance (admin key).
     Resume(cmd::ops::TargetArgs),
     /// Processor stats: lag per partition, in-flight, retry depths, DLQ size, outbox backlog,
     /// breakers, pauses (admin key).
