@@ -11,7 +11,7 @@
 #   SOAK_MIN=30          minutes of load (>= WARMUP_MIN + 2)
 #   SUBMIT_RATE=1000     SubmitTask/s (simulate handler, 2 ms, 2% retryable failures, 500 keys);
 #                        about half of what the whole system sustains here (2k/s, docs/benchmarks.md)
-#   GET_RATE=2000        GetTask/s on the reader, over 20k tasks
+#   GET_RATE=2000        GetTask/s on the reader, over 5k tasks
 #   WARMUP_MIN=5  SAMPLE_S=10  MAX_GROWTH_PCT=10  PROFILE=release
 # Output: .local/soak/ (rss.csv, load reports, the audit, summary.json).
 set -euo pipefail
@@ -42,7 +42,7 @@ log "load: ${SUBMIT_RATE} submits/s and ${GET_RATE} gets/s for ${SOAK_MIN} min (
     --record-ids "${OUT}/submit.ids" --json "${OUT}/submit.load.json" --label soak-submit \
     2>"${OUT}/submit.load.log" &
 SUBMIT_PID=$!
-"${BIN}/dispatch-loadgen" run --scenario get --get-set 20000 --rate "${GET_RATE}" --duration-s "${DURATION}" \
+"${BIN}/dispatch-loadgen" run --scenario get --get-set 5000 --rate "${GET_RATE}" --duration-s "${DURATION}" \
     --warmup-s 0 --json "${OUT}/get.load.json" --label soak-get 2>"${OUT}/get.load.log" &
 GET_PID=$!
 

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use futures::{StreamExt as _, TryStreamExt as _};
+
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::task_query_service_client::TaskQueryServiceClient;
 use dispatch_proto::v1::task_service_client::TaskServiceClient;
@@ -197,25 +199,36 @@ impl Scenario {
                 }
             }
         }
-        let mut reader = self.readers[0].clone();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        for id in &ids {
-            loop {
-                let r = reader
-                    .get_task(self.request(pb::GetTaskRequest {
-                        task_id: id.clone(),
-                        min_version: 1,
-                    }))
-                    .await;
-                match r {
-                    Ok(_) => break,
-                    Err(_) if tokio::time::Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(50)).await
+        // Wait until every seeded task is visible on the reader, 64 lookups at a time (one at a
+        // time, a large set took minutes on a busy machine).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let visible = |id: String| {
+            let mut reader = self.readers[0].clone();
+            async move {
+                loop {
+                    let r = reader
+                        .get_task(self.request(pb::GetTaskRequest {
+                            task_id: id.clone(),
+                            min_version: 1,
+                        }))
+                        .await;
+                    match r {
+                        Ok(_) => return Ok(()),
+                        Err(_) if tokio::time::Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(50)).await
+                        }
+                        Err(e) => {
+                            anyhow::bail!("seeded task {id} not visible on the reader: {e}")
+                        }
                     }
-                    Err(e) => anyhow::bail!("seeded task {id} not visible on the reader: {e}"),
                 }
             }
-        }
+        };
+        futures::stream::iter(ids.clone())
+            .map(visible)
+            .buffer_unordered(64)
+            .try_collect::<Vec<()>>()
+            .await?;
         Ok(ids)
     }
 
