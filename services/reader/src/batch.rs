@@ -154,7 +154,7 @@ impl Reader {
                         known.insert(*id, Cached::Missing);
                     }
                 }
-                l2::put_in_background(&self.l2, found);
+                l2::put_in_background(&self.l2, found, l2::Fill::Always);
                 Ok(())
             }
             Err(e) => {

@@ -124,8 +124,11 @@ impl Expiry<TaskId, Arc<Entry>> for EntryExpiry {
 /// How [`L1::offer`] compares a snapshot with the held one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replace {
-    /// Only a strictly newer version replaces (events: a replay changes nothing).
+    /// Only a strictly newer version replaces (a replay changes nothing).
     IfNewer,
+    /// As `IfNewer`, and only over an entry that is there (events refresh what was read; they do
+    /// not fill L1 with every task that changes). A negative entry is replaced.
+    IfNewerAndCached,
     /// The same version replaces too (a reload extends the entry's life).
     IfNotOlder,
 }
@@ -240,10 +243,11 @@ impl L1 {
             .and_compute_with(|held| {
                 let held_version = held.as_ref().map(|h| h.value().value.version());
                 let put = match (held_version, new_version) {
-                    (None, _) | (Some(None), _) => true,
+                    (None, _) => mode != Replace::IfNewerAndCached,
+                    (Some(None), _) => true,
                     (Some(Some(_)), None) => false,
                     (Some(Some(h)), Some(n)) => match mode {
-                        Replace::IfNewer => n > h,
+                        Replace::IfNewer | Replace::IfNewerAndCached => n > h,
                         Replace::IfNotOlder => n >= h,
                     },
                 };
@@ -357,6 +361,36 @@ mod tests {
         );
         let held = l1.get(&id).await.expect("held");
         assert_eq!(held.value.version(), Some(5));
+    }
+
+    #[tokio::test]
+    async fn events_refresh_cached_entries_and_never_fill() {
+        let l1 = l1();
+        let id = TaskId::new();
+        let e = |v| {
+            l1.entry(
+                Cached::Found(task(id, v, pb::TaskState::Running)),
+                Duration::ZERO,
+                pb::ServedFrom::L1,
+            )
+        };
+        assert!(
+            !l1.offer(id, e(5), Replace::IfNewerAndCached).await,
+            "absent: not filled"
+        );
+        assert!(l1.get(&id).await.is_none());
+        let neg = l1.entry(Cached::Missing, Duration::ZERO, pb::ServedFrom::Store);
+        assert!(l1.offer(id, neg, Replace::IfNotOlder).await);
+        assert!(
+            l1.offer(id, e(5), Replace::IfNewerAndCached).await,
+            "negative replaced"
+        );
+        assert!(
+            !l1.offer(id, e(5), Replace::IfNewerAndCached).await,
+            "replay"
+        );
+        assert!(l1.offer(id, e(6), Replace::IfNewerAndCached).await, "newer");
+        assert_eq!(l1.get(&id).await.expect("held").value.version(), Some(6));
     }
 
     #[tokio::test]

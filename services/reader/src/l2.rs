@@ -24,9 +24,12 @@ use crate::settings::CacheSettings;
 use crate::xfetch::jittered;
 
 /// The compare-and-set: KEYS = task key, negative key; ARGV = version (20 digits, so string
-/// comparison is numeric comparison), task bytes, TTL ms.
+/// comparison is numeric comparison), task bytes, TTL ms, and `1` to write only over an entry
+/// that is already there (the task or its negative entry: an event refreshes what readers
+/// cached, it does not fill Redis with every task that changes).
 const CAS: &str = r"
 local cur = redis.call('HGET', KEYS[1], 'v')
+if ARGV[4] == '1' and not cur and redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 if cur and cur >= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 't', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -215,6 +218,16 @@ impl L2 {
 
     /// Stores `task` unless Redis holds a newer version. Returns whether it was written.
     pub async fn put(&self, task: &pb::Task) -> bool {
+        self.write(task, Fill::Always).await
+    }
+
+    /// Stores `task` as [`L2::put`] does, but only over an entry Redis already holds for it (the
+    /// task or its negative entry): what an event does.
+    pub async fn refresh(&self, task: &pb::Task) -> bool {
+        self.write(task, Fill::OnlyCached).await
+    }
+
+    async fn write(&self, task: &pb::Task, fill: Fill) -> bool {
         let Ok(id) = TaskId::parse(&task.task_id) else {
             return false;
         };
@@ -229,7 +242,8 @@ impl L2 {
             .key(self.neg_key(&id))
             .arg(format!("{:020}", task.version))
             .arg(task.encode_to_vec())
-            .arg(ttl);
+            .arg(ttl)
+            .arg(u8::from(fill == Fill::OnlyCached));
         self.call("put", |mut c| async move {
             inv.invoke_async::<i64>(&mut c).await
         })
@@ -263,16 +277,25 @@ impl L2 {
     }
 }
 
+/// Whether a write may create an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fill {
+    /// Loads: store what was read.
+    Always,
+    /// Events: only refresh what is cached.
+    OnlyCached,
+}
+
 /// Writes `tasks` to L2 in the background (events, batch loads): the caller's answer never waits
 /// for Redis.
-pub fn put_in_background(l2: &Arc<L2>, tasks: Vec<Arc<pb::Task>>) {
+pub fn put_in_background(l2: &Arc<L2>, tasks: Vec<Arc<pb::Task>>, fill: Fill) {
     if !l2.enabled() || tasks.is_empty() || l2.breaker.is_open() {
         return;
     }
     let l2 = Arc::clone(l2);
     tokio::spawn(async move {
         for t in tasks {
-            l2.put(&t).await;
+            l2.write(&t, fill).await;
         }
     });
 }

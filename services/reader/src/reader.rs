@@ -199,7 +199,7 @@ impl Reader {
             pb::ServedFrom::Store,
         );
         self.l1.offer(id, entry, Replace::IfNotOlder).await;
-        l2::put_in_background(&self.l2, vec![Arc::clone(&task)]);
+        l2::put_in_background(&self.l2, vec![Arc::clone(&task)], l2::Fill::Always);
         Ok(Some(task))
     }
 
@@ -301,7 +301,9 @@ impl Reader {
                 Duration::ZERO,
                 pb::ServedFrom::L1,
             );
-            self.l1.offer(id, entry, Replace::IfNewer).await
+            // Refresh what is cached (a negative entry included); a task nobody asked for stays
+            // out of L1, so L1 holds what is read rather than whatever changes.
+            self.l1.offer(id, entry, Replace::IfNewerAndCached).await
         } else {
             newer
         };
@@ -323,7 +325,7 @@ impl Reader {
         // Watchers filter by version themselves, so every event is handed on.
         self.notifier.publish(id, &task);
         if applied || newer {
-            l2::put_in_background(&self.l2, vec![task]);
+            l2::put_in_background(&self.l2, vec![task], l2::Fill::OnlyCached);
         }
         applied
     }

@@ -84,3 +84,56 @@ async fn an_old_event_after_a_new_one_changes_nothing() {
     r.stop().await;
     env.cleanup().await;
 }
+
+/// Events refresh what Redis caches; they never fill it with tasks nobody read.
+#[tokio::test]
+async fn an_event_refreshes_redis_only_where_something_is_cached() {
+    use dispatch_reader::breaker::Breaker;
+    use dispatch_reader::l2::{L2, L2Lookup};
+    use dispatch_runtime::admin::Health;
+
+    let env = TestEnv::new().await.expect("env");
+    let s = dispatch_reader::settings::CacheSettings::default();
+    let ms = Duration::from_millis;
+    let l2 = L2::new(
+        &s,
+        env.redis.key_prefix.clone(),
+        ms(1_000),
+        Breaker::new(3, ms(1_000), ms(5_000), Health::new()),
+    );
+    l2.set_connection(
+        dispatch_runtime::redis_client::connect(&env.redis)
+            .await
+            .expect("redis"),
+    );
+    let task = |id: dispatch_core::TaskId, version: u64| pb::Task {
+        task_id: id.to_string(),
+        tenant: "acme".into(),
+        state: pb::TaskState::Running as i32,
+        version,
+        ..Default::default()
+    };
+
+    // Nothing cached: the event leaves Redis alone.
+    let unread = dispatch_core::TaskId::new();
+    assert!(!l2.refresh(&task(unread, 5)).await);
+    assert!(matches!(l2.get(&unread).await, L2Lookup::Miss));
+
+    // Cached: refreshed, and only forward.
+    let read = dispatch_core::TaskId::new();
+    assert!(l2.put(&task(read, 5)).await);
+    assert!(l2.refresh(&task(read, 9)).await);
+    assert!(!l2.refresh(&task(read, 7)).await, "older");
+    match l2.get(&read).await {
+        L2Lookup::Hit(t) => assert_eq!(t.version, 9),
+        other => panic!("expected a hit, got {other:?}"),
+    }
+
+    // A negative entry is replaced by the task it was hiding.
+    let unknown = dispatch_core::TaskId::new();
+    l2.put_negative(&unknown).await;
+    assert!(matches!(l2.get(&unknown).await, L2Lookup::NegativeHit));
+    assert!(l2.refresh(&task(unknown, 3)).await);
+    assert!(matches!(l2.get(&unknown).await, L2Lookup::Hit(_)));
+    env.cleanup().await;
+}
