@@ -241,7 +241,7 @@ def main():
         rows.append(("SubmitTasks (100/call), 300 B records/s", batch["items_per_second"], pp, "ProducerPerformance records/s",
                      cpu / max(batch["ok"] * 100, 1) * 1000, batch))
         # 2. SubmitTask max throughput vs no-op server.
-        rate = "6000" if QUICK else "15000"
+        rate = "10000" if QUICK else "15000"
         n = loadgen("noop-submit", "--scenario", "submit", "--gateway", "http://127.0.0.1:50059", "--rate", rate, "--duration-s", DUR)
         g, cpu = measured("gateway", lambda: loadgen("gateway-submit", "--scenario", "submit", "--rate", rate, "--duration-s", DUR))
         rows.append((f"SubmitTask ok calls/s at {rate}/s offered", g["ok_rate"], n["ok_rate"], "no-op tonic server calls/s",
