@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# A processor drain: restart the processor (release, with any DISPATCH_* overrides in the
+# environment), stop it (SIGSTOP), submit N noop tasks through the gateway, let it go (SIGCONT)
+# and time how fast the tasks reach SUCCEEDED in MySQL. Prints tasks/s, processor CPU and the
+# batch writer's batch count, mean rows per batch and mean transaction time (from /metrics).
+#   loadtest/bench/drain.sh LABEL [N]     e.g.  DISPATCH_WRITER__MAX_CONCURRENT_BATCHES=1 loadtest/bench/drain.sh serial 20000
+# Needs the stack and the release services running (loadtest/bench/run.sh leaves them up).
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "${REPO}"
+label="${1:?usage: $0 LABEL [N] [extra dispatch-loadgen run flags]}"; n="${2:-20000}"
+shift $(($# < 2 ? $# : 2))
+PROFILE=release SKIP_BUILD=1 deploy/local/services.sh restart processor >/dev/null 2>&1
+sleep 3
+q() { mariadb -h127.0.0.1 -udispatch -pdispatch -N -e "SELECT COUNT(*) FROM dispatch.tasks WHERE state='succeeded'"; }
+pid=$(cat .local/services/processor.pid)
+before=$(q)
+kill -STOP "$pid"
+trap 'kill -CONT "$pid" 2>/dev/null || true' EXIT
+target/release/dispatch-loadgen run --scenario batch --rate 100 --batch 500 --duration-s $(echo "$n/50000" | bc -l) --warmup-s 0 "$@" >/dev/null 2>&1
+c0=$(awk '{print $14+$15}' /proc/$pid/stat)
+t0=$(date +%s.%N)
+kill -CONT "$pid"
+while (( $(q) < before + n )); do sleep 0.2; done
+t1=$(date +%s.%N)
+c1=$(awk '{print $14+$15}' /proc/$pid/stat)
+m=$(curl -s 127.0.0.1:9603/metrics)
+rows=$(echo "$m" | awk '/^dispatch_db_batch_size_rows_sum/ {print $2}'); cnt=$(echo "$m" | awk '/^dispatch_db_batch_size_rows_count/ {print $2}')
+dur=$(echo "$m" | awk '/^dispatch_db_write_duration_seconds_sum/ {print $2}')
+echo "$label: $(echo "$n / ($t1 - $t0)" | bc -l | cut -c1-7) tasks/s, cpu $(echo "($c1-$c0)/100" | bc -l | cut -c1-5)s, batches $cnt avg rows $(echo "$rows/$cnt" | bc -l | cut -c1-6) avg commit ms $(echo "$dur*1000/$cnt" | bc -l | cut -c1-6)"
