@@ -17,13 +17,13 @@ pid=$(cat .local/services/processor.pid)
 before=$(q)
 kill -STOP "$pid"
 trap 'kill -CONT "$pid" 2>/dev/null || true' EXIT
-target/release/dispatch-loadgen run --scenario batch --rate 100 --batch 500 --duration-s $(echo "$n/50000" | bc -l) --warmup-s 0 "$@" >/dev/null 2>&1
-c0=$(awk '{print $14+$15}' /proc/$pid/stat)
+target/release/dispatch-loadgen run --scenario batch --rate 100 --batch 500 --duration-s "$(echo "$n/50000" | bc -l)" --warmup-s 0 "$@" >/dev/null 2>&1
+c0=$(awk '{print $14+$15}' /proc/"$pid"/stat)
 t0=$(date +%s.%N)
 kill -CONT "$pid"
 while (( $(q) < before + n )); do sleep 0.2; done
 t1=$(date +%s.%N)
-c1=$(awk '{print $14+$15}' /proc/$pid/stat)
+c1=$(awk '{print $14+$15}' /proc/"$pid"/stat)
 m=$(curl -s 127.0.0.1:9603/metrics)
 rows=$(echo "$m" | awk '/^dispatch_db_batch_size_rows_sum/ {print $2}'); cnt=$(echo "$m" | awk '/^dispatch_db_batch_size_rows_count/ {print $2}')
 dur=$(echo "$m" | awk '/^dispatch_db_write_duration_seconds_sum/ {print $2}')
