@@ -30,7 +30,7 @@ start_load() {
     rm -f "${OUT}/${name}.ids"
     "${BIN}/dispatch-loadgen" run --scenario submit --task-type simulate --sim-latency-ms 2 --sim-fail-rate 0.05 \
         --keys 200 --rate "${RATE}" --duration-s "${DURATION}" --warmup-s 0 --timeout-ms 5000 \
-        --record-ids "${OUT}/${name}.ids" --json "${OUT}/${name}.load.json" --label "${name}" "$@" \
+        --record-ids "${OUT}/${name}.ids" --json "${OUT}/${name}.load.json" --label "${LABEL:-${name}}" "$@" \
         2>"${OUT}/${name}.load.log" &
     LOAD_PID=$!
 }
@@ -74,14 +74,18 @@ scenario_kafka_restart() {
 
 scenario_redis_stop() {
     # Idempotent submits, each sent twice (the second run resubmits the same keys while Redis is
-    # down): every id must execute once.
-    start_load redis-stop --idempotency
+    # down): every id must execute once. Idempotency keys are `<label>-<seq>`: the label is unique
+    # per run, or a run's task ids would be those of every earlier run on the same database (and
+    # the audit would read their old executions).
+    local label
+    label="redis-stop-$(date +%s)"
+    LABEL="${label}" start_load redis-stop --idempotency
     sleep $((DURATION / 4))
     log "stopping redis for ${DOWN}s"
     "${STACK}" stop redis
     rm -f "${OUT}/redis-stop-resubmit.ids"
     "${BIN}/dispatch-loadgen" run --scenario submit --task-type simulate --sim-latency-ms 2 --keys 200 \
-        --rate "${RATE}" --duration-s "$((DURATION / 2))" --warmup-s 0 --idempotency --label redis-stop \
+        --rate "${RATE}" --duration-s "$((DURATION / 2))" --warmup-s 0 --idempotency --label "${label}" \
         --record-ids "${OUT}/redis-stop-resubmit.ids" >/dev/null 2>&1 || true
     "${STACK}" start redis
     AUDIT_EXTRA=(--ids "${OUT}/redis-stop-resubmit.ids")
