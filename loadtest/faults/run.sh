@@ -149,7 +149,12 @@ SCENARIOS=("$@")
 failed=()
 for s in "${SCENARIOS[@]}"; do
     log "scenario ${s} (rate ${RATE}/s, ${DURATION}s)"
-    if ! "scenario_${s//-/_}"; then failed+=("${s}"); fi
+    rm -f "${OUT}/${s}.verdict"
+    # A scenario fails when it errs or when its audit did not pass (functions called from `if`
+    # run without errexit, so a failed audit followed by a recovery step would look fine).
+    if ! "scenario_${s//-/_}" || ! grep -q '^audit PASS' "${OUT}/${s}.verdict" 2>/dev/null; then
+        failed+=("${s}")
+    fi
 done
 log "verdicts:"
 for s in "${SCENARIOS[@]}"; do printf '  %-15s %s\n' "${s}" "$(cat "${OUT}/${s}.verdict" 2>/dev/null || echo 'no verdict')"; done

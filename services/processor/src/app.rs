@@ -70,11 +70,15 @@ impl AppBuilder {
         if s.kafka.create_topics {
             kafka::ensure_topics(&s.kafka, &kafka::dispatch_topics(&s.kafka)).await?;
         }
-        let producer = Producer::new(
-            kafka::producer_config(&s.kafka)
-                .create()
-                .context("creating the Kafka producer")?,
-        );
+        let mut pc = kafka::producer_config(&s.kafka);
+        // No local delivery timeout (unless the raw options set one): while Kafka is down,
+        // librdkafka keeps retrying every record in order (idempotent producer) and the work
+        // behind it stays unacknowledged. A timeout would hand a state-change event back for an
+        // application re-send, which lands after newer events of the same task.
+        if !s.kafka.librdkafka.contains_key("message.timeout.ms") {
+            pc.set("message.timeout.ms", "0");
+        }
+        let producer = Producer::new(pc.create().context("creating the Kafka producer")?);
         let topics = s.kafka.topics();
         let shared = Arc::new(Shared::new(
             topics.clone(),

@@ -207,7 +207,13 @@ async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTr
             let topic = cfg.topics.events();
             let pending = enqueue_events(&cfg.producer, &topic, &batch, &landed);
             let _ = enqueued.send(());
-            acks2.spawn(release_after(cfg.producer.clone(), topic, batch, pending));
+            acks2.spawn(release_after(
+                cfg.producer.clone(),
+                topic,
+                batch,
+                pending,
+                cfg.abort.clone(),
+            ));
         });
     }
     acks.close();
@@ -331,6 +337,7 @@ async fn release_after(
     topic: String,
     batch: Batch,
     pending: Vec<PendingEvent>,
+    abort: CancellationToken,
 ) {
     let acks = pending.into_iter().map(|p| {
         let (producer, topic) = (producer.clone(), topic.clone());
@@ -351,7 +358,16 @@ async fn release_after(
             }
         }
     });
-    futures::future::join_all(acks).await;
+    // The producer has no delivery timeout (Kafka down: it retries in order until Kafka is back),
+    // so a hard stop must be able to give up waiting: the waiters are dropped unreleased and
+    // their records are read again after the restart.
+    tokio::select! {
+        _ = futures::future::join_all(acks) => {}
+        () = abort.cancelled() => {
+            tracing::warn!(rows = batch.len(), "stopping before the batch's events were acknowledged; its records will be read again");
+            return;
+        }
+    }
     for e in batch.entries {
         for w in e.waiters {
             let _ = w.send(());
