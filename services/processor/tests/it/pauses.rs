@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use dispatch_core::{Priority, TaskId, TaskState};
+use dispatch_core::{Envelope, Priority, TaskId, TaskState};
 use dispatch_processor::{App, Control, Paused, Target};
 use dispatch_testkit::{TestEnv, eventually};
+use rdkafka::producer::FutureProducer;
 
 use crate::harness::{produce, producer, settings, start, states, task, wait_all};
 
@@ -21,6 +22,32 @@ async fn sees(c: &Control, what: &str, want: Paused) -> anyhow::Result<()> {
     .await
 }
 
+/// Produces `tasks` and then a noop marker on key `marker_key`; once the marker has run, waits
+/// long enough for the tasks to (wrongly) run too. Returns whether none of them did.
+async fn only_the_marker_runs(
+    env: &TestEnv,
+    p: &FutureProducer,
+    tasks: &[Envelope],
+    marker_key: &str,
+) -> anyhow::Result<bool> {
+    let t = env.topics();
+    for e in tasks {
+        produce(p, &t, e).await?;
+    }
+    let marker = task("noop", marker_key, "");
+    produce(p, &t, &marker).await?;
+    wait_all(
+        &env.pool,
+        &[marker.task_id],
+        TaskState::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await?;
+    tokio::time::sleep(SETTLE).await;
+    let ids: Vec<TaskId> = tasks.iter().map(|e| e.task_id).collect();
+    Ok(states(&env.pool, &ids).await?.is_empty())
+}
+
 #[tokio::test]
 async fn a_pause_through_one_instance_holds_on_every_instance() -> anyhow::Result<()> {
     let env = TestEnv::with_partitions(4).await?;
@@ -33,7 +60,6 @@ async fn a_pause_through_one_instance_holds_on_every_instance() -> anyhow::Resul
     })
     .await?;
     let p = producer(&env)?;
-    let t = env.topics();
 
     // Priority: paused through a, held on both (the keys spread over every partition).
     let low = Paused {
@@ -45,27 +71,16 @@ async fn a_pause_through_one_instance_holds_on_every_instance() -> anyhow::Resul
         low
     );
     sees(&b.control, "b follows the pause of low", low).await?;
-    let mut held: Vec<TaskId> = Vec::new();
-    for i in 0..24 {
-        let mut e = task("noop", &format!("pl-{i}"), "");
-        e.priority = Priority::Low;
-        produce(&p, &t, &e).await?;
-        held.push(e.task_id);
-    }
-    let marker = task("noop", "pl-marker", "");
-    produce(&p, &t, &marker).await?;
-    wait_all(
-        &env.pool,
-        &[marker.task_id],
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
-    tokio::time::sleep(SETTLE).await;
-    assert!(
-        states(&env.pool, &held).await?.is_empty(),
-        "low is paused on both instances"
-    );
+    let low_tasks: Vec<Envelope> = (0..24)
+        .map(|i| {
+            let mut e = task("noop", &format!("pl-{i}"), "");
+            e.priority = Priority::Low;
+            e
+        })
+        .collect();
+    let held = only_the_marker_runs(&env, &p, &low_tasks, "pl-marker").await?;
+    assert!(held, "low is paused on both instances");
+    let held: Vec<TaskId> = low_tasks.iter().map(|e| e.task_id).collect();
     // Resumed through b, released on both.
     assert_eq!(
         b.control.resume(&Target::Priority(Priority::Low)).await?,
@@ -101,26 +116,12 @@ async fn a_pause_through_one_instance_holds_on_every_instance() -> anyhow::Resul
         "a new instance starts paused"
     );
     drop(late);
-    let mut held: Vec<TaskId> = Vec::new();
-    for i in 0..24 {
-        let e = task("simulate", &format!("pt-{i}"), "");
-        produce(&p, &t, &e).await?;
-        held.push(e.task_id);
-    }
-    let marker = task("noop", "pt-marker", "");
-    produce(&p, &t, &marker).await?;
-    wait_all(
-        &env.pool,
-        &[marker.task_id],
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
-    tokio::time::sleep(SETTLE).await;
-    assert!(
-        states(&env.pool, &held).await?.is_empty(),
-        "simulate is held on both instances"
-    );
+    let sim_tasks: Vec<Envelope> = (0..24)
+        .map(|i| task("simulate", &format!("pt-{i}"), ""))
+        .collect();
+    let held = only_the_marker_runs(&env, &p, &sim_tasks, "pt-marker").await?;
+    assert!(held, "simulate is held on both instances");
+    let held: Vec<TaskId> = sim_tasks.iter().map(|e| e.task_id).collect();
     a.control
         .resume(&Target::TaskType("simulate".into()))
         .await?;
