@@ -339,17 +339,20 @@ mod tests {
         Arc::new(L1::new(&CacheSettings::default()))
     }
 
+    /// A RUNNING entry of `id` at `version`, as an event would offer it.
+    fn found(l1: &L1, id: TaskId, version: u64) -> Entry {
+        l1.entry(
+            Cached::Found(task(id, version, pb::TaskState::Running)),
+            Duration::ZERO,
+            pb::ServedFrom::L1,
+        )
+    }
+
     #[tokio::test]
     async fn offers_only_move_forward() {
         let l1 = l1();
         let id = TaskId::new();
-        let e = |v| {
-            l1.entry(
-                Cached::Found(task(id, v, pb::TaskState::Running)),
-                Duration::ZERO,
-                pb::ServedFrom::L1,
-            )
-        };
+        let e = |v| found(&l1, id, v);
         assert!(l1.offer(id, e(5), Replace::IfNewer).await);
         assert!(!l1.offer(id, e(3), Replace::IfNewer).await, "older");
         assert!(!l1.offer(id, e(5), Replace::IfNewer).await, "replay");
@@ -367,13 +370,7 @@ mod tests {
     async fn events_refresh_cached_entries_and_never_fill() {
         let l1 = l1();
         let id = TaskId::new();
-        let e = |v| {
-            l1.entry(
-                Cached::Found(task(id, v, pb::TaskState::Running)),
-                Duration::ZERO,
-                pb::ServedFrom::L1,
-            )
-        };
+        let e = |v| found(&l1, id, v);
         assert!(
             !l1.offer(id, e(5), Replace::IfNewerAndCached).await,
             "absent: not filled"
