@@ -151,8 +151,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::UpsertBaseline(a) => {
             let r = upsert::run(&a).await?;
             eprintln!(
-                "upsert baseline: {} rows in {:.2}s = {:.0} rows/s (batch {})",
-                r.rows, r.seconds, r.rows_per_second, r.batch
+                "upsert baseline: {} rows in {:.2}s = {:.0} rows/s (batch {}, {} table of ~{} rows)",
+                r.rows, r.seconds, r.rows_per_second, r.batch, r.table, r.table_rows_before
             );
             Ok(())
         }

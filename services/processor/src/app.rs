@@ -305,7 +305,8 @@ impl App {
             shared: self.shared.clone(),
             out: [c_tx, d_tx, l_tx],
             max_in_flight: s.consumer.max_in_flight,
-            resume_at: (s.consumer.max_in_flight as f64 * s.consumer.resume_ratio) as usize,
+            max_in_flight_bytes: s.consumer.max_in_flight_kbytes * 1024,
+            resume_ratio: s.consumer.resume_ratio,
             stop_fetch: stop_fetch.clone(),
             close: close.clone(),
         };

@@ -172,6 +172,7 @@ impl Control {
             if *current != priorities {
                 tracing::info!(paused = ?priorities, "paused priorities changed");
                 *current = priorities;
+                self.shared.pauses_changed();
             }
         }
         self.types.send_if_modified(|current| {

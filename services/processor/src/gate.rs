@@ -10,22 +10,31 @@ use std::time::Duration;
 use dispatch_core::TaskId;
 use dispatch_store::MySqlPool;
 use dispatch_store::tasks::StateVersion;
-use tokio::sync::{mpsc, oneshot};
 
-type Reply = oneshot::Sender<Result<Option<StateVersion>, String>>;
+use crate::coalesce::Coalescer;
 
-/// Asks the gate task.
+/// Asks for stored states.
 #[derive(Clone)]
 pub struct Gate {
-    tx: mpsc::Sender<(TaskId, Reply)>,
+    lookups: Coalescer<TaskId, Option<StateVersion>>,
 }
 
 impl Gate {
     /// Spawns the gate task (it ends when every [`Gate`] is dropped).
     pub fn spawn(pool: MySqlPool, max_ids: usize, max_delay: Duration) -> Self {
-        let (tx, rx) = mpsc::channel(max_ids * 4);
-        tokio::spawn(run(pool, rx, max_ids, max_delay));
-        Self { tx }
+        let lookups = Coalescer::spawn(max_ids, max_delay, move |ids: Vec<TaskId>| {
+            let pool = pool.clone();
+            async move {
+                let found: HashMap<TaskId, StateVersion> =
+                    dispatch_store::tasks::states(&pool, &ids)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .into_iter()
+                        .collect();
+                Ok(ids.iter().map(|id| found.get(id).copied()).collect())
+            }
+        });
+        Self { lookups }
     }
 
     /// The stored state of `id` (`None`: no row yet).
@@ -33,51 +42,6 @@ impl Gate {
     /// # Errors
     /// The lookup failed (database error) or the gate is gone.
     pub async fn lookup(&self, id: TaskId) -> Result<Option<StateVersion>, String> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send((id, tx))
-            .await
-            .map_err(|_| "gate stopped".to_string())?;
-        rx.await.map_err(|_| "gate stopped".to_string())?
-    }
-}
-
-async fn run(
-    pool: MySqlPool,
-    mut rx: mpsc::Receiver<(TaskId, Reply)>,
-    max_ids: usize,
-    max_delay: Duration,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + max_delay;
-        while batch.len() < max_ids {
-            tokio::select! {
-                r = rx.recv() => match r {
-                    Some(r) => batch.push(r),
-                    None => break,
-                },
-                () = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        // Queries run concurrently (bounded by the pool) while the next batch gathers.
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            let ids: Vec<TaskId> = batch.iter().map(|(id, _)| *id).collect();
-            match dispatch_store::tasks::states(&pool, &ids).await {
-                Ok(rows) => {
-                    let found: HashMap<TaskId, StateVersion> = rows.into_iter().collect();
-                    for (id, reply) in batch {
-                        let _ = reply.send(Ok(found.get(&id).copied()));
-                    }
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    for (_, reply) in batch {
-                        let _ = reply.send(Err(msg.clone()));
-                    }
-                }
-            }
-        });
+        self.lookups.call(id).await
     }
 }

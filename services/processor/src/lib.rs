@@ -27,6 +27,7 @@
 //! - here: [`App`] (build, run, the shutdown order) and [`AppBuilder`] (custom handlers).
 
 pub mod admin;
+pub mod coalesce;
 pub mod consumer;
 pub mod control;
 pub mod dispatch;

@@ -59,6 +59,13 @@ pub static IN_FLIGHT: LazyLock<IntGauge> = LazyLock::new(|| {
         "Records consumed but not yet persisted.",
     )
 });
+/// `dispatch_consumer_in_flight_bytes`.
+pub static IN_FLIGHT_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "dispatch_consumer_in_flight_bytes",
+        "Approximate memory held by records consumed but not yet persisted.",
+    )
+});
 /// `dispatch_consumer_paused_partitions`.
 pub static PAUSED: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
@@ -219,6 +226,7 @@ pub fn init(task_types: &[String]) {
         RECORDS.with_label_values(&[k]);
     }
     IN_FLIGHT.set(0);
+    IN_FLIGHT_BYTES.set(0);
     PAUSED.set(0);
     for k in ["assign", "revoke"] {
         REBALANCES.with_label_values(&[k]);

@@ -76,7 +76,13 @@ pub struct ConsumerSettings {
     /// Records executing (or waiting on their key's lane) at once, across all partitions.
     pub max_concurrency: usize,
     /// Records consumed but not yet persisted before every partition is paused (backpressure).
+    /// Pausing makes librdkafka drop what it prefetched for those partitions, and every resume
+    /// fetches it again: a bound near the throughput of a fraction of a second starves the
+    /// pipeline at each pause. `max_in_flight_kbytes` bounds the memory this may take.
     pub max_in_flight: usize,
+    /// Bytes of consumed, unpersisted records (payload, key and a fixed overhead each) before
+    /// every partition is paused, whatever their count.
+    pub max_in_flight_kbytes: usize,
     /// Partitions resume once in-flight records fall to this fraction of `max_in_flight`.
     pub resume_ratio: f64,
     /// On a revoke, how long running records of the revoked partitions may take to finish before
@@ -99,7 +105,8 @@ impl Default for ConsumerSettings {
             group: "dispatch-processor".into(),
             priority_weights: [6, 3, 1],
             max_concurrency: 256,
-            max_in_flight: 5_000,
+            max_in_flight: 20_000,
+            max_in_flight_kbytes: 64 * 1024,
             resume_ratio: 0.75,
             rebalance_drain_ms: 5_000,
             lag_interval_ms: 5_000,
@@ -274,6 +281,9 @@ impl Settings {
                 "consumer.max_in_flight",
                 "must be at least consumer.max_concurrency",
             );
+        }
+        if c.max_in_flight_kbytes == 0 {
+            return bad("consumer.max_in_flight_kbytes", "must be at least 1");
         }
         if !(0.0..1.0).contains(&c.resume_ratio) {
             return bad("consumer.resume_ratio", "must be in [0, 1)");

@@ -63,14 +63,28 @@ impl Topics {
         v
     }
 
-    /// The priority of a first-attempt topic name.
+    /// The priority of a first-attempt topic name. Parses without allocating: the processor's
+    /// poll loop asks this for every record.
     pub fn priority_of(&self, topic: &str) -> Option<Priority> {
-        Priority::ALL.into_iter().find(|p| self.tasks(*p) == topic)
+        let name = self.unprefixed(topic)?.strip_prefix("dispatch.tasks.")?;
+        Priority::ALL.into_iter().find(|p| p.as_str() == name)
     }
 
     /// The retry level of a retry topic name.
     pub fn retry_level_of(&self, topic: &str) -> Option<u32> {
-        (1..=RETRY_LEVELS).find(|l| self.retry(*l) == topic)
+        let level = self.unprefixed(topic)?.strip_prefix("dispatch.retry.")?;
+        // Only the canonical spelling: no sign, no leading zero.
+        if level.starts_with(['+', '0']) {
+            return None;
+        }
+        level
+            .parse()
+            .ok()
+            .filter(|l| (1..=RETRY_LEVELS).contains(l))
+    }
+
+    fn unprefixed<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        topic.strip_prefix(self.prefix.as_str())
     }
 }
 
@@ -91,5 +105,22 @@ mod tests {
         );
         assert_eq!(t.retry_level_of("t1.dispatch.retry.2"), Some(2));
         assert_eq!(t.retry_level_of("dispatch.retry.2"), None);
+        for bad in [
+            "t1.dispatch.retry.0",
+            "t1.dispatch.retry.4",
+            "t1.dispatch.retry.02",
+            "t1.dispatch.retry.+2",
+            "t1.dispatch.retry.",
+        ] {
+            assert_eq!(t.retry_level_of(bad), None, "{bad}");
+        }
+        assert_eq!(t.priority_of("t1.dispatch.tasks.urgent"), None);
+        assert_eq!(t.priority_of("dispatch.tasks.low"), None);
+        for p in Priority::ALL {
+            assert_eq!(t.priority_of(&t.tasks(p)), Some(p));
+        }
+        for l in 1..=RETRY_LEVELS {
+            assert_eq!(t.retry_level_of(&t.retry(l)), Some(l));
+        }
     }
 }

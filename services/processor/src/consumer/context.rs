@@ -82,6 +82,7 @@ impl ConsumerContext for Ctx {
         for tp in &tps {
             paused.remove(tp);
         }
+        self.shared.pauses_changed();
     }
 
     fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
@@ -107,6 +108,7 @@ impl ConsumerContext for Ctx {
                     }
                 }
                 self.shared.partitions.assign(tps);
+                self.shared.pauses_changed();
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),

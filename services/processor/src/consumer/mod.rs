@@ -12,6 +12,7 @@ pub mod offsets;
 pub mod poller;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dispatch_core::{Envelope, EnvelopeError, Headers, Priority, Topics};
@@ -80,6 +81,9 @@ pub struct Shared {
     pub paused_priorities: Mutex<HashSet<Priority>>,
     /// Partitions currently paused in the client.
     pub paused: Mutex<HashSet<Tp>>,
+    /// Set when an input of the pause decision changed (assignment, operator pauses, held retry
+    /// partitions): the poll loop reconciles pauses only then, not for every record.
+    pauses_stale: AtomicBool,
     /// Topic names.
     pub topics: Topics,
     /// How long a revoke waits for running records.
@@ -94,9 +98,20 @@ impl Shared {
             holds: Mutex::default(),
             paused_priorities: Mutex::default(),
             paused: Mutex::default(),
+            pauses_stale: AtomicBool::new(true),
             topics,
             rebalance_drain,
         }
+    }
+
+    /// Asks the poll loop to reconcile partition pauses on its next turn.
+    pub fn pauses_changed(&self) {
+        self.pauses_stale.store(true, Ordering::Release);
+    }
+
+    /// Whether pauses need reconciling (and clears the mark).
+    fn take_pauses_changed(&self) -> bool {
+        self.pauses_stale.swap(false, Ordering::AcqRel)
     }
 
     /// Where a topic's records come from; `None` for a foreign topic.

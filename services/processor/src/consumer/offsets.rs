@@ -60,11 +60,16 @@ enum Slot {
     Abandoned,
 }
 
+/// A record's state, when it was polled and the bytes it holds (zero once abandoned).
+type SlotEntry = (Slot, Instant, usize);
+
 #[derive(Debug)]
 struct Partition {
     epoch: u64,
     revoked: CancellationToken,
-    slots: BTreeMap<i64, (Slot, Instant)>,
+    slots: BTreeMap<i64, SlotEntry>,
+    /// Bytes held by the slots.
+    bytes: usize,
     /// One past the highest offset polled.
     next: Option<i64>,
     /// Last offset stored.
@@ -94,18 +99,23 @@ impl Partitions {
                 epoch,
                 revoked: CancellationToken::new(),
                 slots: BTreeMap::new(),
+                bytes: 0,
                 next: None,
                 stored: None,
             });
         }
     }
 
-    /// Registers a polled record; `None` when its partition is not assigned.
-    pub fn begin(&self, tp: &Tp, offset: i64) -> Option<Lease> {
+    /// Registers a polled record of `bytes` (its memory, roughly); `None` when its partition is
+    /// not assigned.
+    pub fn begin(&self, tp: &Tp, offset: i64, bytes: usize) -> Option<Lease> {
         let mut m = self.inner.lock();
         let p = m.get_mut(tp)?;
         let now = Instant::now();
-        p.slots.insert(offset, (Slot::Queued, now));
+        if let Some((_, _, old)) = p.slots.insert(offset, (Slot::Queued, now, bytes)) {
+            p.bytes -= old;
+        }
+        p.bytes += bytes;
         p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
         Some(Lease {
             tp: tp.clone(),
@@ -130,15 +140,16 @@ impl Partitions {
         }
     }
 
-    /// A record's work was dropped unpersisted (revoke or shutdown).
+    /// A record's work was dropped unpersisted (revoke or shutdown). Its slot keeps blocking the
+    /// watermark; its bytes are released.
     pub fn abandon(&self, lease: &Lease) {
         let mut m = self.inner.lock();
-        if let Some(s) = m
-            .get_mut(&lease.tp)
-            .filter(|p| p.epoch == lease.epoch)
-            .and_then(|p| p.slots.get_mut(&lease.offset))
-        {
+        let Some(p) = m.get_mut(&lease.tp).filter(|p| p.epoch == lease.epoch) else {
+            return;
+        };
+        if let Some(s) = p.slots.get_mut(&lease.offset) {
             s.0 = Slot::Abandoned;
+            p.bytes -= std::mem::take(&mut s.2);
         }
     }
 
@@ -150,7 +161,9 @@ impl Partitions {
         let Some(p) = m.get_mut(&lease.tp).filter(|p| p.epoch == lease.epoch) else {
             return false;
         };
-        p.slots.remove(&lease.offset);
+        if let Some((_, _, bytes)) = p.slots.remove(&lease.offset) {
+            p.bytes -= bytes;
+        }
         if let Some(w) = p.watermark().filter(|w| p.stored.is_none_or(|s| *w > s)) {
             p.stored = Some(w);
             store(&lease.tp, w);
@@ -200,6 +213,14 @@ impl Partitions {
     /// Records consumed and not finished (including abandoned ones), over all partitions.
     pub fn in_flight(&self) -> usize {
         self.inner.lock().values().map(|p| p.slots.len()).sum()
+    }
+
+    /// Records and bytes consumed and not yet persisted, in one pass.
+    pub fn in_flight_with_bytes(&self) -> (usize, usize) {
+        self.inner
+            .lock()
+            .values()
+            .fold((0, 0), |(n, b), p| (n + p.slots.len(), b + p.bytes))
     }
 
     /// Records running right now.
@@ -252,7 +273,7 @@ mod tests {
         let p = Partitions::default();
         p.assign([tp()]);
         let l: Vec<Lease> = (10..14)
-            .map(|o| p.begin(&tp(), o).expect("assigned"))
+            .map(|o| p.begin(&tp(), o, 100).expect("assigned"))
             .collect();
         let mut stored = Vec::new();
         assert!(p.finish(&l[1], |_, w| stored.push(w)));
@@ -261,19 +282,25 @@ mod tests {
         assert_eq!(stored, vec![10, 12]);
         p.finish(&l[3], |_, w| stored.push(w));
         assert_eq!(stored, vec![10, 12], "12 is still unfinished");
+        assert_eq!(p.in_flight_with_bytes(), (1, 100));
         p.finish(&l[2], |_, w| stored.push(w));
         assert_eq!(stored, vec![10, 12, 14]);
-        assert_eq!(p.in_flight(), 0);
+        assert_eq!(p.in_flight_with_bytes(), (0, 0));
     }
 
     #[test]
     fn abandoned_records_block_the_watermark_and_stale_leases_are_ignored() {
         let p = Partitions::default();
         p.assign([tp()]);
-        let a = p.begin(&tp(), 5).expect("assigned");
-        let b = p.begin(&tp(), 6).expect("assigned");
+        let a = p.begin(&tp(), 5, 300).expect("assigned");
+        let b = p.begin(&tp(), 6, 400).expect("assigned");
         assert!(p.start(&b));
         p.abandon(&a);
+        assert_eq!(
+            p.in_flight_with_bytes(),
+            (2, 400),
+            "an abandoned record still counts, its bytes do not"
+        );
         let mut stored = Vec::new();
         p.finish(&b, |_, w| stored.push(w));
         assert_eq!(stored, vec![5], "the abandoned record blocks");
@@ -282,7 +309,7 @@ mod tests {
         assert!(a.revoked.is_cancelled());
         // Re-assigned: an old lease no longer counts.
         p.assign([tp()]);
-        let c = p.begin(&tp(), 5).expect("assigned");
+        let c = p.begin(&tp(), 5, 1).expect("assigned");
         assert!(!p.finish(&a, |_, _| panic!("stale")));
         assert!(!p.start(&a));
         assert!(p.start(&c));
@@ -293,7 +320,7 @@ mod tests {
     fn revoke_waits_for_running_records_up_to_the_bound() {
         let p = Arc::new(Partitions::default());
         p.assign([tp()]);
-        let l = p.begin(&tp(), 1).expect("assigned");
+        let l = p.begin(&tp(), 1, 1).expect("assigned");
         assert!(p.start(&l));
         let p2 = p.clone();
         let t = std::thread::spawn(move || {

@@ -20,13 +20,21 @@ use tokio_util::sync::CancellationToken;
 
 use super::context::commit_marks;
 use super::{Ctx, Delivery, Shared, Source, Tp};
-use crate::metrics::{IN_FLIGHT, PAUSED, RECORDS};
+use crate::metrics::{IN_FLIGHT, IN_FLIGHT_BYTES, PAUSED, RECORDS};
 
 /// Longest single poll (bounds how late stop, pauses and due retries are noticed).
 const POLL: Duration = Duration::from_millis(50);
 
+/// What a consumed record costs beyond its key and value (the delivery, the decoded envelope's
+/// fields, headers, bookkeeping), roughly.
+const RECORD_OVERHEAD_BYTES: usize = 1024;
+
 /// How often persisted progress is committed.
 const COMMIT_EVERY: Duration = Duration::from_millis(1000);
+
+/// Pauses are reconciled when one of their inputs changed, and at least this often (which also
+/// retries a pause or resume the client refused).
+const RECONCILE_EVERY: Duration = Duration::from_millis(1000);
 
 /// The poll loop's wiring.
 pub struct Poller {
@@ -38,8 +46,10 @@ pub struct Poller {
     pub out: [UnboundedSender<Delivery>; 3],
     /// Pause everything at this many unfinished records...
     pub max_in_flight: usize,
-    /// ...and resume at this many.
-    pub resume_at: usize,
+    /// ...or at this many bytes of them...
+    pub max_in_flight_bytes: usize,
+    /// ...and resume once both are down to this fraction.
+    pub resume_ratio: f64,
     /// Stop handing out records (shutdown started); keep serving callbacks.
     pub stop_fetch: CancellationToken,
     /// Commit, leave the group and exit.
@@ -64,21 +74,32 @@ impl Poller {
         let mut backpressure = false;
         let mut committed: HashMap<Tp, i64> = HashMap::new();
         let mut last_commit = Instant::now();
+        let mut last_reconcile: Option<(Instant, bool)> = None;
         while !self.close.is_cancelled() {
             if last_commit.elapsed() >= COMMIT_EVERY {
                 last_commit = Instant::now();
                 self.commit_progress(&mut committed);
             }
             let draining = self.stop_fetch.is_cancelled();
-            let in_flight = self.shared.partitions.in_flight();
+            let (in_flight, bytes) = self.shared.partitions.in_flight_with_bytes();
             IN_FLIGHT.set(in_flight as i64);
+            IN_FLIGHT_BYTES.set(bytes as i64);
             backpressure = if backpressure {
-                in_flight > self.resume_at
+                in_flight as f64 > self.max_in_flight as f64 * self.resume_ratio
+                    || bytes as f64 > self.max_in_flight_bytes as f64 * self.resume_ratio
             } else {
-                in_flight >= self.max_in_flight
+                in_flight >= self.max_in_flight || bytes >= self.max_in_flight_bytes
             };
             let next_due = if draining { None } else { self.release_due() };
-            self.reconcile_pauses(backpressure || draining);
+            let all = backpressure || draining;
+            let changed = self.shared.take_pauses_changed();
+            if changed
+                || last_reconcile
+                    .is_none_or(|(at, was)| was != all || at.elapsed() >= RECONCILE_EVERY)
+            {
+                self.reconcile_pauses(all);
+                last_reconcile = Some((Instant::now(), all));
+            }
             let timeout = next_due.map_or(POLL, |d| d.min(POLL));
             match self.consumer.poll(timeout) {
                 None => {}
@@ -99,7 +120,10 @@ impl Poller {
             return;
         };
         let tp = Tp::new(m.topic(), m.partition());
-        let Some(lease) = self.shared.partitions.begin(&tp, m.offset()) else {
+        let value = m.payload().unwrap_or_default();
+        let key = m.key().unwrap_or_default();
+        let bytes = RECORD_OVERHEAD_BYTES + 2 * value.len() + key.len();
+        let Some(lease) = self.shared.partitions.begin(&tp, m.offset(), bytes) else {
             return;
         };
         RECORDS.with_label_values(&[source.kind()]).inc();
@@ -109,7 +133,6 @@ impl Poller {
                 headers.set(h.key, h.value.unwrap_or_default());
             }
         }
-        let value = m.payload().unwrap_or_default();
         let envelope = Envelope::decode(value);
         let raw = if envelope.is_err() {
             value.to_vec()
@@ -123,7 +146,7 @@ impl Poller {
         let d = Delivery {
             lease,
             source,
-            key: m.key().unwrap_or_default().to_vec(),
+            key: key.to_vec(),
             headers,
             envelope,
             raw,
@@ -135,6 +158,7 @@ impl Poller {
             Some(q) => q.push_back(d),
             None if early => {
                 holds.entry(tp).or_default().push_back(d);
+                self.shared.pauses_changed();
             }
             None => {
                 drop(holds);
@@ -158,6 +182,10 @@ impl Poller {
         let mut next: Option<i64> = None;
         {
             let mut holds = self.shared.holds.lock();
+            if holds.is_empty() {
+                return None;
+            }
+            let held = holds.len();
             holds.retain(|_, q| {
                 while q
                     .front()
@@ -172,6 +200,9 @@ impl Poller {
                 }
                 !q.is_empty()
             });
+            if holds.len() != held {
+                self.shared.pauses_changed();
+            }
         }
         for d in due {
             self.send(d);
@@ -205,7 +236,10 @@ impl Poller {
         if !to_pause.is_empty() {
             match self.consumer.pause(&tpl(to_pause.iter())) {
                 Ok(()) => paused.extend(to_pause),
-                Err(e) => tracing::warn!(error = %e, "cannot pause partitions"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot pause partitions");
+                    self.shared.pauses_changed();
+                }
             }
         }
         if !to_resume.is_empty() {
@@ -215,7 +249,10 @@ impl Poller {
                         paused.remove(tp);
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot resume partitions"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot resume partitions");
+                    self.shared.pauses_changed();
+                }
             }
         }
         PAUSED.set(paused.len() as i64);

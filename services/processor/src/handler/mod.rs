@@ -112,7 +112,7 @@ impl Registry {
         for (ty, kind) in kinds {
             let h: Arc<dyn Handler> = match kind.as_str() {
                 "noop" => Arc::new(NoopHandler),
-                "simulate" => Arc::new(simulate::SimulateHandler),
+                "simulate" => Arc::new(simulate::SimulateHandler::default()),
                 "http" => match s.http.get(&ty) {
                     Some(ep) => Arc::new(http::HttpHandler::new(ep, hosts.clone())?),
                     None => anyhow::bail!("handlers.http.{ty}: an http handler needs a url"),
