@@ -206,13 +206,32 @@ pub async fn drive(args: &RunArgs) -> anyhow::Result<report::Report> {
         measure_from,
         total - warmup,
     ));
-    let mut i: u64 = 0;
-    loop {
-        let intended = start + interval.mul_f64(i as f64);
-        if intended >= start + total {
-            break;
+    // Pacing runs on its own thread: tokio's timer has a 1 ms resolution, so at 5k/s calls left
+    // in bursts of five per tick and each carried up to a millisecond of the generator's own lag.
+    // A thread sleeping on the OS's high-resolution timer releases each call at its time.
+    let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel();
+    let pacer = std::thread::spawn({
+        let start = start.into_std();
+        move || {
+            let mut i: u64 = 0;
+            loop {
+                let intended = start + interval.mul_f64(i as f64);
+                if intended >= start + total {
+                    break;
+                }
+                let now = std::time::Instant::now();
+                if intended > now {
+                    std::thread::sleep(intended - now);
+                }
+                if due_tx.send((i, intended)).is_err() {
+                    break;
+                }
+                i += 1;
+            }
         }
-        tokio::time::sleep_until(intended).await;
+    });
+    while let Some((i, intended)) = due_rx.recv().await {
+        let intended = tokio::time::Instant::from_std(intended);
         let (scenario, recorder, permits) = (scenario.clone(), recorder.clone(), permits.clone());
         let measured = intended >= measure_from;
         let seq = i;
@@ -228,11 +247,11 @@ pub async fn drive(args: &RunArgs) -> anyhow::Result<report::Report> {
                 recorder.record(late, sent.elapsed(), result);
             }
         }));
-        i += 1;
         if handles.len() >= 50_000 {
             handles.retain(|h| !h.is_finished());
         }
     }
+    let _ = pacer.join();
     for h in handles {
         let _ = h.await;
     }

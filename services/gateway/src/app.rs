@@ -12,7 +12,6 @@ use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
 use dispatch_runtime::grpc::{Authenticator, init_rpc_metrics, reflection_service, tls_config};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::ServerTlsConfig;
 
@@ -217,7 +216,7 @@ impl App {
             .add_service(health_service)
             .add_service(reflection_service()?)
             .add_service(task_service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal);
+            .serve_with_incoming_shutdown(dispatch_runtime::grpc::incoming(self.listener), signal);
         tokio::pin!(serve);
         let served = tokio::select! {
             r = &mut serve => r.context("grpc server"),

@@ -225,7 +225,7 @@ impl App {
         if let Some(tls) = self.tls {
             server = server.tls_config(tls).context("grpc tls")?;
         }
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
+        let incoming = dispatch_runtime::grpc::incoming(self.grpc);
         let grpc_stop = servers.clone();
         tracker.spawn(async move {
             // No server-wide request timeout: a redrive runs as long as its rate and size need

@@ -10,7 +10,6 @@ use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
 use dispatch_runtime::grpc::{Authenticator, reflection_service, tls_config};
 use dispatch_runtime::{Shutdown, kafka, redis_client};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::ServerTlsConfig;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -246,7 +245,7 @@ impl App {
             .add_service(health_svc)
             .add_service(reflection_service()?)
             .add_service(Svc::new(svc).max_decoding_message_size(max))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(dispatch_runtime::grpc::incoming(listener), async move {
                 stop.cancelled().await;
                 set_serving(&reporter_at_stop, ServingStatus::NotServing).await;
                 tracing::info!("shutting down: not serving, draining requests");
