@@ -12,6 +12,10 @@ Figures (and baselines):
   8. submit-to-visible latency           vs Kafka's EndToEndLatency at the same rate
 Also CPU-seconds per 1k requests of the service under test and peak RSS.
 
+The gateway runs with its tenant and global rate limits off (`limits.*_rps = 0`): they exist to
+protect the system from one tenant, and with the defaults (20k tasks/s per tenant) figure 1 would
+measure the limiter rather than the gateway.
+
 The gateway figures (1-3) are taken with the processor stopped (SIGSTOP), so they measure the
 gateway in front of Kafka rather than the gateway competing with the processor for the same two
 cores; figure 3 is also taken with the processor running, as the whole-system figure.
@@ -71,8 +75,8 @@ def loadgen(name, *args):
 
 
 def measured(svc, fn):
-    """Runs fn() and returns (result, cpu seconds the service spent)."""
-    p = pid(svc)
+    """Runs fn() and returns (result, cpu seconds the service (a name or a pid) spent)."""
+    p = svc if isinstance(svc, int) else pid(svc)
     before = cpu_seconds(p)
     r = fn()
     return r, cpu_seconds(p) - before
@@ -157,6 +161,10 @@ def wait_idle(timeout=900):
     raise RuntimeError("processor did not drain its backlog in time")
 
 
+# The gateway without its rate limits (see the module docs).
+NO_LIMITS = {"DISPATCH_LIMITS__TENANT_RPS": "0", "DISPATCH_LIMITS__GLOBAL_RPS": "0"}
+
+
 def restart_service(svc, env):
     """Restarts one service (release binaries, no build) with extra environment settings."""
     e = dict(os.environ, PROFILE="release", SKIP_BUILD="1", **env)
@@ -196,6 +204,31 @@ def wait_ready(admin, timeout=60):
     raise RuntimeError(f"{admin} did not become ready")
 
 
+class bench_gateway:
+    """A release gateway (rate limits off) writing to topics under `prefix`; on exit it stops and
+    the prefix's topics are deleted."""
+
+    def __init__(self, prefix, grpc_port, admin_port):
+        self.prefix, self.grpc_port, self.admin_port = prefix, grpc_port, admin_port
+
+    def __enter__(self):
+        self.p = spawn("dispatch-gateway", dict(NO_LIMITS, DISPATCH_KAFKA__TOPIC_PREFIX=self.prefix,
+                                                DISPATCH_KAFKA__CREATE_TOPICS="true", DISPATCH_TELEMETRY__LOG_LEVEL="warn",
+                                                DISPATCH_GRPC__LISTEN=f"127.0.0.1:{self.grpc_port}",
+                                                DISPATCH_ADMIN__LISTEN=f"127.0.0.1:{self.admin_port}"),
+                       f"{self.prefix}gateway.log")
+        wait_ready(f"127.0.0.1:{self.admin_port}")
+        self.pid = self.p.pid
+        return self
+
+    def __exit__(self, *exc):
+        self.p.terminate()
+        self.p.wait(timeout=60)
+        subprocess.run(["java", "-cp", LIBS, "org.apache.kafka.tools.TopicCommand", "--bootstrap-server", "127.0.0.1:9092",
+                        "--delete", "--if-exists", "--topic", re.escape(self.prefix) + ".*"],
+                       check=False, capture_output=True, text=True)
+
+
 def simulate_one_partition(n_tasks):
     """Figure 7: a processor on topics with ONE partition runs `simulate` tasks of 10 ms over 100
     keys. Strictly sequential processing would take n * 10 ms (100 tasks/s)."""
@@ -205,7 +238,7 @@ def simulate_one_partition(n_tasks):
                                             DISPATCH_GRPC__LISTEN="127.0.0.1:50073",
                                             DISPATCH_ADMIN__LISTEN="127.0.0.1:9673",
                                             DISPATCH_SCHEDULER__ENABLED="false"), "bench1p-processor.log")
-    gw = spawn("dispatch-gateway", dict(common, DISPATCH_GRPC__LISTEN="127.0.0.1:50071",
+    gw = spawn("dispatch-gateway", dict(common, **NO_LIMITS, DISPATCH_GRPC__LISTEN="127.0.0.1:50071",
                                         DISPATCH_ADMIN__LISTEN="127.0.0.1:9671"), "bench1p-gateway.log")
     try:
         wait_ready("127.0.0.1:9673")
@@ -228,6 +261,7 @@ def main():
     rows = []
     notes = []
     noop = noop_server()
+    restart_service("gateway", NO_LIMITS)
     try:
         wait_idle()
         # 4. GetTask hot set (first, while the processor is idle, so seeding is quick).
@@ -253,12 +287,26 @@ def main():
         wait_idle()
         gateway_only = Stopped(pid("processor"))
         gateway_only.__enter__()
-        # 1. SubmitTasks vs ProducerPerformance.
-        pp = producer_performance(60_000 if QUICK else 300_000)
-        batch, cpu = measured("gateway", lambda: loadgen("gateway-batch", "--scenario", "batch", "--rate", "400",
-                                                         "--batch", "100", "--duration-s", DUR, "--concurrency", "64"))
-        rows.append(("SubmitTasks (100/call), 300 B records/s", batch["items_per_second"], pp, "ProducerPerformance records/s",
+        # 1. SubmitTasks vs ProducerPerformance, alternated three times (a JVM's figure moves with
+        # its warm-up and the broker's state); the medians are compared and the spread reported.
+        # A gateway of its own writes them to topics under a prefix no processor reads (deleted
+        # afterwards): three runs at ~60k records/s would otherwise leave millions of tasks
+        # for the processor to drain before the next figure.
+        pps, batches = [], []
+        with bench_gateway("benchgw.", 50074, 9674) as gw:
+            for rep in range(3):
+                pps.append(producer_performance(100_000 if QUICK else 300_000))
+                b, cpu = measured(gw.pid, lambda: loadgen(f"gateway-batch-{rep}", "--scenario", "batch", "--rate", "1000",
+                                                          "--batch", "100", "--duration-s", DUR, "--concurrency", "64",
+                                                          "--gateway", "http://127.0.0.1:50074"))
+                batches.append((b["items_per_second"], cpu, b))
+        pp = sorted(pps)[1]
+        rate_b, cpu, batch = sorted(batches, key=lambda x: x[0])[1]
+        batch = dict(batch, runs_records_per_s=[round(x[0]) for x in batches], producer_performance_runs=[round(x) for x in pps])
+        rows.append(("SubmitTasks (100/call), 300 B records/s, median of 3", rate_b, pp, "ProducerPerformance records/s, median of 3",
                      cpu / max(batch["ok"] * 100, 1) * 1000, batch))
+        notes.append("SubmitTasks runs (records/s): " + ", ".join(f"{x[0]:,.0f}" for x in batches)
+                     + "; ProducerPerformance runs: " + ", ".join(f"{x:,.0f}" for x in pps))
         # 2. SubmitTask max throughput vs no-op server.
         rate = "10000" if QUICK else "15000"
         n = loadgen("noop-submit", "--scenario", "submit", "--gateway", "http://127.0.0.1:50059", "--rate", rate, "--duration-s", DUR)
@@ -308,6 +356,7 @@ def main():
         notes.append(f"processor peak RSS {proc_rss:.0f} MiB; reader peak RSS {reader_rss:.0f} MiB")
     finally:
         noop.terminate()
+        restart_service("gateway", {})
     write(rows, notes)
 
 

@@ -85,16 +85,20 @@ impl AppBuilder {
             Duration::from_millis(s.consumer.rebalance_drain_ms),
         ));
         let mut cc = kafka::consumer_config(&s.kafka, &s.consumer.group);
-        // Bound prefetch (RSS), unless the raw options say otherwise.
-        if !s
-            .kafka
-            .librdkafka
-            .contains_key("queued.max.messages.kbytes")
-        {
-            cc.set(
+        // Bound prefetch (RSS), unless the raw options say otherwise: the queue and, with it, the
+        // size of one fetch response (librdkafka's default: 50 MiB). Fetched batches are held
+        // decompressed while any of their records is queued; see `consumer.prefetch_kbytes`.
+        let prefetch_bytes = u64::from(s.consumer.prefetch_kbytes) * 1024;
+        for (key, value) in [
+            (
                 "queued.max.messages.kbytes",
                 s.consumer.prefetch_kbytes.to_string(),
-            );
+            ),
+            ("fetch.max.bytes", prefetch_bytes.max(1 << 20).to_string()),
+        ] {
+            if !s.kafka.librdkafka.contains_key(key) {
+                cc.set(key, value);
+            }
         }
         let consumer: BaseConsumer<Ctx> = cc
             .create_with_context(Ctx::new(shared.clone()))

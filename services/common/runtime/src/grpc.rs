@@ -306,6 +306,26 @@ pub fn tls_config(
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        use futures::StreamExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut accepted = incoming(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let server_side = accepted
+            .next()
+            .await
+            .expect("a connection")
+            .expect("accepted");
+        assert!(
+            server_side.nodelay().expect("nodelay"),
+            "TCP_NODELAY is set"
+        );
+    }
+
     fn md(v: &str) -> tonic::metadata::MetadataMap {
         let mut m = tonic::metadata::MetadataMap::new();
         m.insert("authorization", v.parse().expect("ascii"));
