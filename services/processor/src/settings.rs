@@ -145,7 +145,7 @@ impl Default for WriterSettings {
             max_delay_ms: 5,
             max_concurrent_batches: 3,
             gate_max_ids: 256,
-            gate_max_delay_us: 1_000,
+            gate_max_delay_us: 250,
         }
     }
 }

@@ -8,7 +8,7 @@
 //! permanent when `permanent` is true, retryable otherwise.
 //!
 //! Ledger rows of concurrent executions are inserted together (a [`Coalescer`] gathering for up
-//! to a millisecond): one autocommit insert per execution made the ledger, not the simulated
+//! to 250 µs): one autocommit insert per execution made the ledger, not the simulated
 //! latency, the limit of every simulate benchmark. Each execution still waits for its own row.
 
 use std::sync::OnceLock;
@@ -27,7 +27,7 @@ use crate::coalesce::Coalescer;
 /// Ledger rows per insert, at most.
 const LEDGER_BATCH: usize = 256;
 /// How long the first execution of a ledger batch waits for others.
-const LEDGER_WINDOW: Duration = Duration::from_millis(1);
+const LEDGER_WINDOW: Duration = Duration::from_micros(250);
 
 /// What the payload asks for.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
