@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # A processor drain: restart the processor (release, with any DISPATCH_* overrides in the
 # environment), stop it (SIGSTOP), submit N noop tasks through the gateway, let it go (SIGCONT)
-# and time how fast the tasks reach SUCCEEDED in MySQL. Prints tasks/s, processor CPU and the
-# batch writer's batch count, mean rows per batch and mean transaction time (from /metrics).
+# and time how fast the tasks reach SUCCEEDED in MySQL. Prints tasks/s, the CPU seconds of the
+# processor, MariaDB and Kafka, and the batch writer's batch count, mean rows per batch and mean
+# transaction time (from /metrics).
 #   loadtest/bench/drain.sh LABEL [N]     e.g.  DISPATCH_WRITER__MAX_CONCURRENT_BATCHES=1 loadtest/bench/drain.sh serial 20000
-# Needs the stack and the release services running (loadtest/bench/run.sh leaves them up).
+# Needs the stack and the release services running (loadtest/bench/run.sh leaves them up). The
+# tasks are offered at 50k/s; the gateway's default tenant limit admits 20k/s, so for N above that
+# restart it without limits first:
+#   DISPATCH_LIMITS__TENANT_RPS=0 DISPATCH_LIMITS__GLOBAL_RPS=0 PROFILE=release SKIP_BUILD=1 deploy/local/services.sh restart gateway
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "${REPO}"
