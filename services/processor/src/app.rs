@@ -75,9 +75,7 @@ impl AppBuilder {
         // librdkafka keeps retrying every record in order (idempotent producer) and the work
         // behind it stays unacknowledged. A timeout would hand a state-change event back for an
         // application re-send, which lands after newer events of the same task.
-        if !s.kafka.librdkafka.contains_key("message.timeout.ms") {
-            pc.set("message.timeout.ms", "0");
-        }
+        kafka::set_default(&mut pc, &s.kafka, "message.timeout.ms", "0");
         let producer = Producer::new(pc.create().context("creating the Kafka producer")?);
         let topics = s.kafka.topics();
         let shared = Arc::new(Shared::new(
@@ -89,17 +87,18 @@ impl AppBuilder {
         // size of one fetch response (librdkafka's default: 50 MiB). Fetched batches are held
         // decompressed while any of their records is queued; see `consumer.prefetch_kbytes`.
         let prefetch_bytes = u64::from(s.consumer.prefetch_kbytes) * 1024;
-        for (key, value) in [
-            (
-                "queued.max.messages.kbytes",
-                s.consumer.prefetch_kbytes.to_string(),
-            ),
-            ("fetch.max.bytes", prefetch_bytes.max(1 << 20).to_string()),
-        ] {
-            if !s.kafka.librdkafka.contains_key(key) {
-                cc.set(key, value);
-            }
-        }
+        kafka::set_default(
+            &mut cc,
+            &s.kafka,
+            "queued.max.messages.kbytes",
+            s.consumer.prefetch_kbytes.to_string(),
+        );
+        kafka::set_default(
+            &mut cc,
+            &s.kafka,
+            "fetch.max.bytes",
+            prefetch_bytes.max(1 << 20).to_string(),
+        );
         let consumer: BaseConsumer<Ctx> = cc
             .create_with_context(Ctx::new(shared.clone()))
             .context("creating the Kafka consumer")?;

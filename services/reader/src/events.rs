@@ -45,9 +45,12 @@ impl EventsConsumer {
         cfg.set("enable.auto.commit", "false")
             .set("auto.offset.reset", "latest");
         // Bound prefetch (RSS), unless the raw options say otherwise.
-        if !s.librdkafka.contains_key("queued.max.messages.kbytes") {
-            cfg.set("queued.max.messages.kbytes", prefetch_kbytes.to_string());
-        }
+        dispatch_runtime::kafka::set_default(
+            &mut cfg,
+            s,
+            "queued.max.messages.kbytes",
+            prefetch_kbytes.to_string(),
+        );
         let consumer: StreamConsumer = cfg
             .create()
             .map_err(|e| anyhow::anyhow!("events consumer: {e}"))?;

@@ -44,6 +44,14 @@ pub fn consumer_config(s: &KafkaSettings, group: &str) -> ClientConfig {
     c
 }
 
+/// Sets a service's own default for `key`, unless the raw `kafka.librdkafka` options set it: those
+/// are applied when the config is built and always win.
+pub fn set_default(c: &mut ClientConfig, s: &KafkaSettings, key: &str, value: impl Into<String>) {
+    if !s.librdkafka.contains_key(key) {
+        c.set(key, value);
+    }
+}
+
 fn apply_overrides(c: &mut ClientConfig, s: &KafkaSettings) {
     for (k, v) in &s.librdkafka {
         c.set(k, v);

@@ -8,7 +8,9 @@ use dispatch_processor::Target;
 use dispatch_testkit::{TestEnv, eventually};
 use sqlx::Row;
 
-use crate::harness::{executions, produce, producer, settings, start, states, task, wait_all};
+use crate::harness::{
+    executions, produce, producer, run_marker, settings, start, states, task, wait_all,
+};
 
 fn cancel_of(e: &Envelope) -> Envelope {
     Envelope::cancel(
@@ -45,15 +47,7 @@ async fn cancel_stops_queued_and_running_tasks_and_leaves_finished_ones() -> any
         .resume(&Target::TaskType("simulate".into()))
         .await?;
     // A marker behind it on the same key proves the submit was processed (and skipped).
-    let marker = task("simulate", "c-1", "");
-    produce(&p, &t, &marker).await?;
-    wait_all(
-        &env.pool,
-        &[marker.task_id],
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    run_marker(&env, &p, "simulate", "c-1").await?;
     assert!(
         executions(&env.pool)
             .await?

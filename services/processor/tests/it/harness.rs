@@ -182,6 +182,26 @@ pub async fn wait_all(
     .await
 }
 
+/// Produces a marker task (empty payload) of `task_type` on `key` and waits until it succeeded:
+/// every record produced before it on that key has then been processed.
+pub async fn run_marker(
+    env: &TestEnv,
+    p: &FutureProducer,
+    task_type: &str,
+    key: &str,
+) -> anyhow::Result<()> {
+    let marker = task(task_type, key, "");
+    produce(p, &env.topics(), &marker).await?;
+    wait_all(
+        &env.pool,
+        &[marker.task_id],
+        TaskState::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await?;
+    Ok(())
+}
+
 /// One ledger row.
 #[derive(Debug, Clone)]
 pub struct Execution {

@@ -8,7 +8,7 @@ use dispatch_processor::{App, Control, Paused, Target};
 use dispatch_testkit::{TestEnv, eventually};
 use rdkafka::producer::FutureProducer;
 
-use crate::harness::{produce, producer, settings, start, states, task, wait_all};
+use crate::harness::{produce, producer, run_marker, settings, start, states, task, wait_all};
 
 /// Long enough for a paused topic or type to (wrongly) deliver.
 const SETTLE: Duration = Duration::from_millis(1_500);
@@ -34,15 +34,7 @@ async fn only_the_marker_runs(
     for e in tasks {
         produce(p, &t, e).await?;
     }
-    let marker = task("noop", marker_key, "");
-    produce(p, &t, &marker).await?;
-    wait_all(
-        &env.pool,
-        &[marker.task_id],
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    run_marker(env, p, "noop", marker_key).await?;
     tokio::time::sleep(SETTLE).await;
     let ids: Vec<TaskId> = tasks.iter().map(|e| e.task_id).collect();
     Ok(states(&env.pool, &ids).await?.is_empty())
