@@ -19,18 +19,11 @@ use crate::error::GatewayError;
 use crate::idempotency::{Claim, Idempotency};
 use crate::metrics;
 use crate::producer::OutRecord;
+use crate::recent::{RecentSubmit, RecentSubmits};
 use crate::settings::CancelSettings;
 
 /// Maximum length of a cancel reason, in bytes.
 pub const CANCEL_REASON_MAX_BYTES: usize = 512;
-
-/// What a cancel needs to route to a task's partition before the task is in the store.
-#[derive(Debug, Clone)]
-struct RecentSubmit {
-    tenant: Tenant,
-    business_key: BusinessKey,
-    priority: Priority,
-}
 
 /// The gateway's state, shared by every request.
 pub struct Gateway {
@@ -38,7 +31,7 @@ pub struct Gateway {
     durable: Durable,
     idempotency: Idempotency,
     pool: sqlx::MySqlPool,
-    recent: moka::future::Cache<TaskId, RecentSubmit>,
+    recent: RecentSubmits,
 }
 
 /// W3C trace context to put on produced records.
@@ -58,10 +51,10 @@ impl Gateway {
             durable,
             idempotency,
             pool,
-            recent: moka::future::Cache::builder()
-                .max_capacity(cancel.recent_capacity)
-                .time_to_live(Duration::from_millis(cancel.recent_ttl_ms))
-                .build(),
+            recent: RecentSubmits::new(
+                cancel.recent_capacity,
+                Duration::from_millis(cancel.recent_ttl_ms),
+            ),
         }
     }
 
@@ -146,7 +139,7 @@ impl Gateway {
         if let Some(k) = &redis_key {
             self.idempotency.finish(k, &resp).await;
         }
-        self.recent.insert(task_id, recent).await;
+        self.recent.insert(task_id, recent);
         Ok(resp)
     }
 
@@ -284,7 +277,7 @@ impl Gateway {
         given_key: Option<BusinessKey>,
     ) -> Result<(BusinessKey, Priority), GatewayError> {
         let not_found = || GatewayError::NotFound(format!("task {task_id} not found"));
-        if let Some(r) = self.recent.get(&task_id).await {
+        if let Some(r) = self.recent.get(&task_id) {
             if r.tenant != *tenant {
                 return Err(not_found());
             }

@@ -13,6 +13,7 @@
 //! - [`relay`]: the outbox relay (leader by MySQL named lock) and the sticky-routing watcher.
 //! - [`limits`], [`shed`]: per-tenant and global token buckets; the in-flight bound.
 //! - [`probe`]: dependency probes behind gRPC health and `/readyz`.
+//! - [`recent`]: recent submits, so a cancel can route before the task is stored.
 //! - [`breaker`], [`metrics`], [`error`]: circuit breakers, the metric catalogue, the one
 //!   error-to-status mapping.
 //!
@@ -51,6 +52,7 @@ pub mod limits;
 pub mod metrics;
 pub mod probe;
 pub mod producer;
+pub mod recent;
 pub mod relay;
 pub mod service;
 pub mod settings;

@@ -196,9 +196,9 @@ impl Default for IdempotencySettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CancelSettings {
-    /// Recent submits remembered.
+    /// Recent submits remembered, at most (the newest half of them at least).
     pub recent_capacity: u64,
-    /// How long one is remembered.
+    /// How long one is remembered, at most (half of it at least).
     pub recent_ttl_ms: u64,
 }
 
