@@ -3,6 +3,11 @@
 use dispatch_processor::{App, Settings};
 use dispatch_runtime::{settings, shutdown, telemetry};
 
+/// Consuming, decoding and persisting allocate many small buffers per record; mimalloc costs
+/// less CPU per task than glibc's malloc (docs/benchmarks.md has the drain figures).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
