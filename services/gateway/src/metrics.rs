@@ -113,6 +113,12 @@ static OUTBOX_RELAYED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["outcome"],
     )
 });
+static OUTBOX_PURGED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "dispatch_outbox_purged_total",
+        "Published outbox rows deleted after their retention.",
+    )
+});
 static POOL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register(
         IntGaugeVec::new(
@@ -161,6 +167,7 @@ pub fn init() {
         let _ = OUTBOX_BACKLOG.with_label_values(&[s]);
     }
     OUTBOX_OLDEST.set(0.0);
+    OUTBOX_PURGED.inc_by(0);
     for o in ["published", "failed"] {
         let _ = OUTBOX_RELAYED.with_label_values(&[o]);
     }
@@ -250,6 +257,14 @@ pub fn outbox_relayed(published: usize, failed: usize) {
     OUTBOX_RELAYED
         .with_label_values(&["failed"])
         .inc_by(failed as u64);
+}
+
+/// Published outbox rows deleted after their retention.
+pub fn outbox_purged(n: u64) {
+    if n > 0 {
+        tracing::info!(rows = n, "published outbox rows purged");
+    }
+    OUTBOX_PURGED.inc_by(n);
 }
 
 /// Pool usage.

@@ -13,9 +13,13 @@
 //! that fails is retried with exponential backoff and marked `dead` after `max_attempts` (an
 //! alert: `dispatch_outbox_backlog_records{state="dead"}`). While the Kafka breaker is open the
 //! relay does not try, so an outage does not burn the rows' attempts.
+//!
+//! The leader also deletes published rows past `published_retention_ms`, every
+//! `purge_interval_ms`, a bounded batch per statement: without that the table only grows.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use chrono::Utc;
 use dispatch_store::outbox;
 use dispatch_store::outbox_relay;
 use futures::future::join_all;
@@ -82,6 +86,35 @@ pub async fn relay_once(
     .await
 }
 
+/// Rows deleted per purge statement (each holds its row locks only that long).
+const PURGE_BATCH: u32 = 1_000;
+
+/// Deletes published rows past their retention. Returns how many.
+///
+/// # Errors
+/// Database errors (what was deleted before stays deleted).
+pub async fn purge_published(
+    pool: &sqlx::MySqlPool,
+    s: &OutboxSettings,
+) -> dispatch_store::Result<u64> {
+    if s.published_retention_ms == 0 {
+        return Ok(0);
+    }
+    let retention =
+        chrono::Duration::milliseconds(i64::try_from(s.published_retention_ms).unwrap_or(i64::MAX));
+    let before = Utc::now()
+        .checked_sub_signed(retention)
+        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+    let mut total = 0;
+    loop {
+        let n = outbox::purge_published(pool, before, PURGE_BATCH).await?;
+        total += n;
+        if n < u64::from(PURGE_BATCH) {
+            return Ok(total);
+        }
+    }
+}
+
 async fn take_lock(pool: &sqlx::MySqlPool) -> Result<Option<MySqlConnection>, String> {
     let mut conn = pool.acquire().await.map_err(|e| e.to_string())?.detach();
     match outbox_relay::try_relay_lock(&mut conn).await {
@@ -100,6 +133,8 @@ pub async fn run(
 ) {
     let idle = Duration::from_millis(s.relay_interval_ms.max(1));
     let retry = Duration::from_millis(s.lock_retry_ms.max(1));
+    let purge_every = Duration::from_millis(s.purge_interval_ms.max(1));
+    let mut purged_at: Option<Instant> = None;
     let mut lock: Option<MySqlConnection> = None;
     while !stop.is_cancelled() {
         let Some(conn) = lock.as_mut() else {
@@ -131,6 +166,13 @@ pub async fn run(
                 false
             }
         };
+        if purged_at.is_none_or(|t| t.elapsed() >= purge_every) {
+            purged_at = Some(Instant::now());
+            match purge_published(&pool, &s).await {
+                Ok(n) => metrics::outbox_purged(n),
+                Err(e) => tracing::warn!(error = %e, "outbox purge failed"),
+            }
+        }
         match outbox::backlog(&pool).await {
             Ok(b) => metrics::outbox_backlog(&b),
             Err(e) => tracing::debug!(error = %e, "outbox backlog query failed"),

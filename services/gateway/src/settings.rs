@@ -148,6 +148,11 @@ pub struct OutboxSettings {
     pub relay_backoff_max_ms: u64,
     /// How often a non-leader retries taking the relay lock.
     pub lock_retry_ms: u64,
+    /// Published rows are deleted this long after publication (0 keeps them). Until the
+    /// processor stored the task, its row is how the gateway recognises it without Redis.
+    pub published_retention_ms: u64,
+    /// How often the relay leader deletes published rows past their retention.
+    pub purge_interval_ms: u64,
 }
 
 impl Default for OutboxSettings {
@@ -164,6 +169,8 @@ impl Default for OutboxSettings {
             relay_backoff_initial_ms: 500,
             relay_backoff_max_ms: 60_000,
             lock_retry_ms: 2_000,
+            published_retention_ms: 86_400_000,
+            purge_interval_ms: 60_000,
         }
     }
 }

@@ -116,3 +116,22 @@ pub async fn backlog(pool: &MySqlPool) -> Result<Backlog> {
             .unwrap_or(0.0),
     })
 }
+
+/// Deletes up to `limit` rows published before `before`, oldest first, and returns how many.
+///
+/// A published row is only kept so that the gateway can still recognise its task (idempotency
+/// without Redis, cancel routing) until the processor stored it in `tasks`, which takes seconds;
+/// the relay purges them after a retention of a day or so, a bounded batch per statement.
+///
+/// # Errors
+/// Database errors.
+pub async fn purge_published(pool: &MySqlPool, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM outbox WHERE state = 'published' AND published_at < ? ORDER BY id LIMIT ?",
+    )
+    .bind(before)
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -246,3 +246,73 @@ async fn grpc_deadlines_are_respected_without_abandoning_the_submit() -> anyhow:
     env.cleanup().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_relay_leader_purges_published_rows_past_their_retention() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let topic = env.topics().tasks(Priority::Default);
+    let row = |key: &str| dispatch_store::outbox::OutboxRecord {
+        id: 0,
+        task_id: dispatch_core::TaskId::new(),
+        topic: topic.clone(),
+        key: key.as_bytes().to_vec(),
+        value: b"v".to_vec(),
+        headers: dispatch_core::Headers::default(),
+        attempts: 0,
+        created_at: chrono::Utc::now(),
+    };
+    // (state, published how many hours ago): only the first is past a one-hour retention.
+    let cases = [
+        ("published", Some(3)),
+        ("published", Some(0)),
+        ("dead", None),
+        ("pending", None),
+    ];
+    let mut ids = Vec::new();
+    for (i, (state, hours_ago)) in cases.iter().enumerate() {
+        let id = dispatch_store::outbox::insert(&env.pool, &row(&format!("purge-{i}"))).await?;
+        sqlx::query(
+            "UPDATE outbox SET state = ?, published_at = IF(? IS NULL, NULL, NOW(6) - INTERVAL ? HOUR), \
+             next_attempt_at = NOW(6) + INTERVAL 1 DAY WHERE id = ?",
+        )
+        .bind(state)
+        .bind(hours_ago)
+        .bind(hours_ago.unwrap_or(0))
+        .bind(id)
+        .execute(&env.pool)
+        .await?;
+        ids.push(id);
+    }
+    let mut s = settings(&env);
+    s.outbox.published_retention_ms = 3_600_000;
+    s.outbox.purge_interval_ms = 100;
+    let gw = Running::start(s).await?;
+    let remaining = || async {
+        let rows: Vec<(u64,)> = sqlx::query_as("SELECT id FROM outbox ORDER BY id")
+            .fetch_all(&env.pool)
+            .await
+            .ok()?;
+        Some(rows.into_iter().map(|(id,)| id).collect::<Vec<_>>())
+    };
+    eventually(
+        "the old published row purged",
+        Duration::from_secs(10),
+        || async { remaining().await.filter(|r| !r.contains(&ids[0])) },
+    )
+    .await?;
+    // The recently published, dead and pending rows stay (the pending one is not due for a day).
+    assert_eq!(remaining().await, Some(ids[1..].to_vec()));
+    let metrics = reqwest::get(format!("http://{}/metrics", gw.admin))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("dispatch_outbox_purged_total ") && !l.ends_with(" 0")),
+        "purge counter not exported or zero"
+    );
+    gw.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}
