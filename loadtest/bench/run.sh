@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark suite: dispatch side by side with its baselines, in one invocation, results written
 # to docs/benchmarks.md. Builds release binaries and (re)starts the services with them.
-#   loadtest/bench/run.sh            full suite (~5 min)
+#   loadtest/bench/run.sh            full suite (~10 min)
 #   QUICK=1 loadtest/bench/run.sh    a short pass (for checking the tooling)
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
