@@ -7,12 +7,16 @@
 //! `run_at`: the task is due by the database's clock, and a processor whose clock lags must not
 //! schedule it again. A crash between produce and commit leaves the row `scheduled`, so it is
 //! published again (at-least-once; the consumer's gate and the version fence absorb duplicates).
+//! A task keeps its submit's trace context while it waits (`tasks.trace_context`, written with
+//! the SCHEDULED state), so its run continues the submit's trace.
 
 use std::time::Duration;
 
 use chrono::Utc;
+use dispatch_core::envelope::header;
 use dispatch_core::{
-    BusinessKey, Envelope, EnvelopeKind, RetryPolicy, TaskId, TaskState, TaskType, Tenant, Topics,
+    BusinessKey, Envelope, EnvelopeKind, Headers, RetryPolicy, TaskId, TaskState, TaskType, Tenant,
+    Topics,
 };
 use dispatch_runtime::telemetry;
 use dispatch_store::MySqlPool;
@@ -100,7 +104,7 @@ impl Scheduler {
             tx.rollback().await?;
             return Ok(0);
         }
-        let trace = telemetry::current_trace_headers();
+        let tick_trace = telemetry::current_trace_headers();
         let sends = due.iter().map(|t| async {
             let env = match envelope(t) {
                 Ok(e) => e,
@@ -109,8 +113,10 @@ impl Scheduler {
                     return None;
                 }
             };
+            // The submit's trace, kept with the SCHEDULED row; else the tick's own (if any).
+            let trace = if t.trace.is_empty() { &tick_trace } else { &t.trace };
             let mut h = env.headers();
-            for (k, v) in &trace {
+            for (k, v) in trace {
                 h.set(k, v.as_bytes());
             }
             let topic = self.topics.tasks(env.priority);
@@ -174,17 +180,17 @@ impl Scheduler {
                 };
                 let value = crate::writer::event(&w).encode_to_vec();
                 let key = t.task_id.to_string();
+                // Like the writer's events: the task's trace and its id.
+                let mut headers = Headers::default();
+                for (k, v) in &t.trace {
+                    headers.set(k, v.as_bytes());
+                }
+                headers.set(header::TASK_ID, key.as_str());
                 let topic = topic.clone();
                 async move {
                     if let Err(e) = self
                         .producer
-                        .send(
-                            "events",
-                            &topic,
-                            key.as_bytes(),
-                            &value,
-                            &Default::default(),
-                        )
+                        .send("events", &topic, key.as_bytes(), &value, &headers)
                         .await
                     {
                         tracing::warn!(error = %e, "cannot publish pending event");

@@ -44,6 +44,8 @@ pub struct DueTask {
     pub version: Version,
     /// When it was accepted.
     pub created_at: DateTime<Utc>,
+    /// The trace context it was scheduled with (`traceparent`, `tracestate` pairs).
+    pub trace: Vec<(String, String)>,
 }
 
 /// Locks up to `limit` due `scheduled` rows (oldest `run_at` first), skipping rows another
@@ -54,8 +56,8 @@ pub struct DueTask {
 pub async fn claim_due(conn: &mut sqlx::MySqlConnection, limit: u32) -> Result<Vec<DueTask>> {
     let rows = sqlx::query(
         "SELECT task_id, tenant, business_key, task_type, priority, payload, max_attempts, \
-         initial_backoff_ms, max_backoff_ms, generation, idempotency_key, run_at, deadline_at, version, created_at \
-         FROM tasks WHERE state = 'scheduled' AND run_at <= NOW(6) ORDER BY run_at LIMIT ? \
+         initial_backoff_ms, max_backoff_ms, generation, idempotency_key, run_at, deadline_at, version, created_at, \
+         trace_context FROM tasks WHERE state = 'scheduled' AND run_at <= NOW(6) ORDER BY run_at LIMIT ? \
          FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
@@ -82,6 +84,12 @@ pub async fn claim_due(conn: &mut sqlx::MySqlConnection, limit: u32) -> Result<V
                 deadline_at: r.try_get("deadline_at")?,
                 version: r.try_get("version")?,
                 created_at: r.try_get("created_at")?,
+                // Binary-collated text, read as bytes (see `tasks::text`).
+                trace: crate::tasks::decode_trace(
+                    r.try_get::<Option<Vec<u8>>, _>("trace_context")?
+                        .and_then(|b| String::from_utf8(b).ok())
+                        .as_deref(),
+                ),
             })
         })
         .collect()

@@ -43,9 +43,6 @@ async fn one_trace_id_flows_from_submit_through_retries_and_dlq_to_events() -> a
 }
 
 #[tokio::test]
-#[ignore = "processor gap: the scheduler publishes due tasks with the trace of its own tick \
-            (none), not the submit's: the trace context is not stored with a SCHEDULED task \
-            (see docs/reliability.md, tracing)"]
 async fn a_scheduled_task_keeps_its_trace_through_the_scheduler() -> anyhow::Result<()> {
     init_tracing();
     crate::trace_flow::scheduled_task_keeps_its_trace().await

@@ -269,6 +269,17 @@ async fn commit(pool: &MySqlPool, batch: &Batch) -> dispatch_store::Result<Vec<b
     let ids: Vec<TaskId> = writes.iter().map(|w| w.task_id).collect();
     let mut tx = pool.begin().await?;
     dispatch_store::tasks::upsert_batch(&mut tx, &writes).await?;
+    // A SCHEDULED task keeps its trace context until the scheduler publishes it.
+    let scheduled: Vec<(TaskId, &[(String, String)])> = batch
+        .entries
+        .iter()
+        .filter_map(|e| {
+            let w = e.write.as_ref()?;
+            (w.state == TaskState::Scheduled && !e.trace.is_empty())
+                .then_some((w.task_id, e.trace.as_slice()))
+        })
+        .collect();
+    dispatch_store::tasks::set_trace_contexts(&mut tx, &scheduled).await?;
     dispatch_store::attempts::insert_batch(&mut tx, &attempts).await?;
     let stored: HashMap<TaskId, (TaskState, u64)> = dispatch_store::tasks::states(&mut *tx, &ids)
         .await?
