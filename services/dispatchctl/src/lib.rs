@@ -4,11 +4,12 @@
 //!   config file ([`config`]), in that order.
 //! - [`client`]: connections and keys; gRPC statuses mapped to exit codes.
 //! - [`cmd`]: one module per command group: `submit`, `tasks` (get/watch/list/cancel), `dlq`
-//!   (list/show/redrive/purge), `ops` (pause/resume/stats), `migrate`, `topics`.
+//!   (list/show/redrive/purge), `ops` (pause/resume/stats), `outbox` (list/requeue), `migrate`,
+//!   `topics`.
 //! - [`output`]: human tables or `--output json`.
 //!
 //! Keys: task commands send `--api-key` (a tenant key); admin commands (`dlq`, `pause`, `resume`,
-//! `stats`) send `--admin-key` (`DISPATCH_ADMIN_KEY`), or `--api-key` when no admin key is set.
+//! `stats`, `outbox`) send `--admin-key` (`DISPATCH_ADMIN_KEY`), or `--api-key` when no admin key is set.
 //!
 //! Exit codes scripts can rely on: 0 ok, 1 other failure, 2 invalid input (also usage errors),
 //! 3 not found, 4 authentication failed, 5 service unreachable.
@@ -78,6 +79,8 @@ pub enum Command {
     },
     /// Dead letters: list, show, redrive, purge (admin key).
     Dlq(cmd::dlq::Args),
+    /// The submit outbox: list rows, requeue dead ones (admin key).
+    Outbox(cmd::outbox::Args),
     /// Pause consumption of a priority topic or a task type on every processor instance (admin key).
     Pause(cmd::ops::TargetArgs),
     /// Resume a paused priority topic or task type on every processor instance (admin key).
@@ -158,6 +161,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             reason,
         } => cmd::tasks::cancel(task_id, key, reason, conn, out).await,
         Command::Dlq(a) => cmd::dlq::run(a, conn, out).await,
+        Command::Outbox(a) => cmd::outbox::run(a, conn, out).await,
         Command::Pause(t) => cmd::ops::pause(t, false, conn, out).await,
         Command::Resume(t) => cmd::ops::pause(t, true, conn, out).await,
         Command::Stats => cmd::ops::stats(conn, out).await,

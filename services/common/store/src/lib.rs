@@ -5,6 +5,7 @@
 //! - [`migrate`]: versioned migrations with up *and* down scripts (`migrations/`).
 //! - [`tasks`]: the `tasks` table: version-fenced batch upserts, lookups and listing.
 //! - [`outbox`]: the submit outbox the gateway falls back to and the relay drains.
+//! - [`outbox_admin`]: AdminService's side of it: list rows, requeue dead ones.
 //! - [`outbox_relay`]: the gateway's per-key ordered relay claim, its leader lock, and task lookups.
 //! - [`dead_letters`]: the DLQ index operators filter, redrive and purge.
 //! - [`dead_letters_admin`]: AdminService's side of it: list, purge, claim rows for a redrive.
@@ -19,6 +20,7 @@ pub mod dead_letters_admin;
 pub mod ledger;
 pub mod migrate;
 pub mod outbox;
+pub mod outbox_admin;
 pub mod outbox_relay;
 pub mod pauses;
 pub mod pool;

@@ -4,4 +4,5 @@
 mod bulk;
 mod exit_codes;
 mod harness;
+mod outbox;
 mod snapshots;

@@ -7,11 +7,13 @@
 //! - here: [`Admin`] (the operations' dependencies), [`AdminError`] and its one mapping to
 //!   `tonic::Status`, and [`AdminApi`], the gRPC adapter (admin key check + metrics per RPC).
 //! - [`dlq`]: list, inspect, purge, redrive.
+//! - [`outbox`]: list outbox rows, requeue dead ones.
 //! - [`reader`]: reading dead letters back from `dispatch.dlq` by their coordinates.
 //! - [`convert`]: requests parsed into domain values, replies built.
 
 pub mod convert;
 pub mod dlq;
+pub mod outbox;
 pub mod reader;
 
 use std::sync::{Arc, LazyLock};
@@ -30,7 +32,7 @@ use crate::control::Control;
 use crate::produce::Producer;
 
 /// The RPC names (metric `method` labels).
-pub const METHODS: [&str; 7] = [
+pub const METHODS: [&str; 9] = [
     "ListDeadLetters",
     "GetDeadLetter",
     "RedriveDeadLetters",
@@ -38,6 +40,8 @@ pub const METHODS: [&str; 7] = [
     "PauseConsumption",
     "ResumeConsumption",
     "GetStats",
+    "ListOutbox",
+    "RequeueOutbox",
 ];
 
 /// Dead letters moved back by redrives.
@@ -307,6 +311,30 @@ impl AdminService for AdminApi {
             let dlq = dlq.map_err(AdminError::from)?;
             let outbox = outbox.map_err(AdminError::from)?;
             Ok(Response::new(convert::stats(stats, dlq, outbox.pending)))
+        })
+        .await
+    }
+
+    async fn list_outbox(
+        &self,
+        req: Request<pb::ListOutboxRequest>,
+    ) -> Result<Response<pb::ListOutboxResponse>, Status> {
+        observe("processor", "ListOutbox", async {
+            self.auth.admin(req.metadata())?;
+            let r = self.admin.list_outbox(req.into_inner()).await?;
+            Ok(Response::new(r))
+        })
+        .await
+    }
+
+    async fn requeue_outbox(
+        &self,
+        req: Request<pb::RequeueOutboxRequest>,
+    ) -> Result<Response<pb::RequeueOutboxResponse>, Status> {
+        observe("processor", "RequeueOutbox", async {
+            self.auth.admin(req.metadata())?;
+            let r = self.admin.requeue_outbox(req.into_inner()).await?;
+            Ok(Response::new(r))
         })
         .await
     }

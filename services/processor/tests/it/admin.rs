@@ -1,28 +1,21 @@
 //! AdminService over gRPC: DLQ list/get/purge/redrive, pauses, stats, the admin key.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dispatch_core::envelope::header;
 use dispatch_core::{Envelope, Priority, TaskId, TaskState, Tenant};
-use dispatch_processor::{
-    App, AppBuilder, Control, Handler, HandlerContext, HandlerError, Outcome,
-};
+use dispatch_processor::{Handler, HandlerContext, HandlerError, Outcome};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::admin_service_client::AdminServiceClient;
-use dispatch_runtime::Shutdown;
-use dispatch_runtime::grpc::{ApiKeyEntry, hash_key};
 use dispatch_testkit::{TestEnv, consume_until, eventually};
 use parking_lot::Mutex;
 use tonic::transport::Channel;
 
-use crate::harness::{produce, producer, settings, states, task, wait_all};
-
-const ADMIN_KEY: &str = "admin-key-0123456789";
-const TENANT_KEY: &str = "acme-key-0123456789";
+use crate::admin_harness::{Admin, TENANT_KEY, admin, req};
+use crate::harness::{produce, producer, states, task, wait_all};
 
 /// Fails permanently in generation 0 (so every task dies once), succeeds after a redrive;
 /// records every run as (task, generation).
@@ -52,65 +45,6 @@ impl DiesOnce {
         }
         m
     }
-}
-
-struct Admin {
-    client: AdminServiceClient<Channel>,
-    control: Control,
-    shutdown: Shutdown,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Admin {
-    async fn start(
-        env: &TestEnv,
-        with: impl FnOnce(AppBuilder) -> AppBuilder,
-    ) -> anyhow::Result<Self> {
-        let mut s = settings(env);
-        s.auth.admin_key_sha256 = Some(hash_key(ADMIN_KEY));
-        s.auth.api_keys = vec![ApiKeyEntry {
-            tenant: "acme".into(),
-            key_sha256: hash_key(TENANT_KEY),
-        }];
-        let app = with(App::builder(s)).build().await?;
-        let addr: SocketAddr = app.local_addr()?;
-        let control = app.control();
-        let shutdown = Shutdown::new();
-        let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        let c = control.clone();
-        eventually("partition assignment", Duration::from_secs(30), || {
-            let c = c.clone();
-            async move { (c.assigned_partitions() > 0).then_some(()) }
-        })
-        .await?;
-        let client = AdminServiceClient::connect(format!("http://{addr}")).await?;
-        Ok(Self {
-            client,
-            control,
-            shutdown,
-            handle,
-        })
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.trigger();
-        self.handle.await?
-    }
-}
-
-fn req<T>(msg: T, key: Option<&str>) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    if let Some(k) = key {
-        r.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {k}").parse().expect("ascii"),
-        );
-    }
-    r
-}
-
-fn admin<T>(msg: T) -> tonic::Request<T> {
-    req(msg, Some(ADMIN_KEY))
 }
 
 fn filter(tenant: &str, task_type: &str) -> Option<pb::DeadLetterFilter> {
