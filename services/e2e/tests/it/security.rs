@@ -276,6 +276,21 @@ async fn call(
                     .get_stats(request(pb::GetStatsRequest::default(), auth))
                     .await
                     .map(|_| ()),
+                "ListOutbox" => admin
+                    .list_outbox(request(pb::ListOutboxRequest::default(), auth))
+                    .await
+                    .map(|_| ()),
+                "RequeueOutbox" => admin
+                    .requeue_outbox(request(
+                        pb::RequeueOutboxRequest {
+                            all: true,
+                            dry_run: true,
+                            ..Default::default()
+                        },
+                        auth,
+                    ))
+                    .await
+                    .map(|_| ()),
                 _ => return None,
             };
             r.map(|()| Answer::Admin)
