@@ -11,6 +11,7 @@
 //! - [`dead_letters_admin`]: AdminService's side of it: list, purge, claim rows for a redrive.
 //! - [`attempts`]: the per-attempt history the processor's batch writer records.
 //! - [`scheduler`]: claiming due scheduled tasks (`FOR UPDATE SKIP LOCKED`).
+//! - [`trace_context`]: the trace context a SCHEDULED task keeps until it is published.
 //! - [`pauses`]: operator pauses of consumption, shared by every processor instance.
 //! - [`ledger`]: the `simulate` handler's execution ledger (fault tests count executions).
 
@@ -26,6 +27,7 @@ pub mod pauses;
 pub mod pool;
 pub mod scheduler;
 pub mod tasks;
+pub mod trace_context;
 
 pub use pool::{DbSettings, connect};
 pub use sqlx::MySqlPool;

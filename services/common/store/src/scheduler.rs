@@ -85,7 +85,7 @@ pub async fn claim_due(conn: &mut sqlx::MySqlConnection, limit: u32) -> Result<V
                 version: r.try_get("version")?,
                 created_at: r.try_get("created_at")?,
                 // Binary-collated text, read as bytes (see `tasks::text`).
-                trace: crate::tasks::decode_trace(
+                trace: crate::trace_context::decode(
                     r.try_get::<Option<Vec<u8>>, _>("trace_context")?
                         .and_then(|b| String::from_utf8(b).ok())
                         .as_deref(),

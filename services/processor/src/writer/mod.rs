@@ -279,7 +279,7 @@ async fn commit(pool: &MySqlPool, batch: &Batch) -> dispatch_store::Result<Vec<b
                 .then_some((w.task_id, e.trace.as_slice()))
         })
         .collect();
-    dispatch_store::tasks::set_trace_contexts(&mut tx, &scheduled).await?;
+    dispatch_store::trace_context::set(&mut tx, &scheduled).await?;
     dispatch_store::attempts::insert_batch(&mut tx, &attempts).await?;
     let stored: HashMap<TaskId, (TaskState, u64)> = dispatch_store::tasks::states(&mut *tx, &ids)
         .await?
