@@ -335,8 +335,11 @@ wait_kafka_ready() {
         if ! kafka_running; then
             fail_with_log kafka "${KAFKA_LOG}" "process exited during startup"
         fi
+        # Not `tail | grep -q`: under pipefail, grep's early exit on a match kills tail with
+        # SIGPIPE once more than a pipe buffer of log follows the line (a broker deleting many
+        # old test topics logs megabytes after it), and the pipeline then reads as "not found".
         if [[ ${offset} == port ]] ||
-            tail -c +"$((offset + 1))" "${KAFKA_LOG}" 2>/dev/null | grep -q 'Kafka Server started'; then
+            grep -q 'Kafka Server started' < <(tail -c +"$((offset + 1))" "${KAFKA_LOG}" 2>/dev/null); then
             if port_open "${KAFKA_PORT}"; then
                 log "kafka: up (pid $(read_pid "${KAFKA_PID}"), $((i / 10)).$((i % 10))s)"
                 return 0
