@@ -89,14 +89,10 @@ impl RecentSubmits {
     }
 
     /// Submits remembered (some may be past their TTL until the next rotation).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         let g = self.generations.lock();
         g.0.entries.len() + g.1.entries.len()
-    }
-
-    /// Whether nothing is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -13,10 +13,8 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use dispatch_core::envelope::header;
 use dispatch_core::{
-    BusinessKey, Envelope, EnvelopeKind, Headers, RetryPolicy, TaskId, TaskState, TaskType, Tenant,
-    Topics,
+    BusinessKey, Envelope, EnvelopeKind, RetryPolicy, TaskId, TaskState, TaskType, Tenant, Topics,
 };
 use dispatch_runtime::telemetry;
 use dispatch_store::MySqlPool;
@@ -180,12 +178,7 @@ impl Scheduler {
                 };
                 let value = crate::writer::event(&w).encode_to_vec();
                 let key = t.task_id.to_string();
-                // Like the writer's events: the task's trace and its id.
-                let mut headers = Headers::default();
-                for (k, v) in &t.trace {
-                    headers.set(k, v.as_bytes());
-                }
-                headers.set(header::TASK_ID, key.as_str());
+                let headers = crate::writer::event_headers(&t.trace, &key);
                 let topic = topic.clone();
                 async move {
                     if let Err(e) = self

@@ -119,6 +119,25 @@ impl TestEnv {
         self.kafka.topics()
     }
 
+    /// Inserts a pending outbox row for a new task, keyed `key`, on the default-priority topic,
+    /// and returns its id (tests move it to other states with SQL).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn insert_outbox_row(&self, key: &str) -> anyhow::Result<u64> {
+        let row = dispatch_store::outbox::OutboxRecord {
+            id: 0,
+            task_id: dispatch_core::TaskId::new(),
+            topic: self.topics().tasks(dispatch_core::Priority::Default),
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            headers: dispatch_core::Headers::default(),
+            attempts: 0,
+            created_at: chrono::Utc::now(),
+        };
+        Ok(dispatch_store::outbox::insert(&self.pool, &row).await?)
+    }
+
     /// A consumer reading `topics` from the beginning (its own group).
     ///
     /// # Errors

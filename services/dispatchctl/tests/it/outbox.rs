@@ -1,8 +1,5 @@
 //! `dispatchctl outbox list|requeue` against a real processor and MariaDB.
 
-use dispatch_core::{Headers, Priority, TaskId};
-use dispatch_store::outbox::{self, OutboxRecord};
-
 use crate::harness::{Services, Stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,20 +11,7 @@ async fn operators_find_and_requeue_dead_outbox_rows() -> anyhow::Result<()> {
     })
     .await?;
     let pool = stack.env.pool.clone();
-    let id = outbox::insert(
-        &pool,
-        &OutboxRecord {
-            id: 0,
-            task_id: TaskId::new(),
-            topic: stack.env.topics().tasks(Priority::Default),
-            key: b"acct-9".to_vec(),
-            value: b"v".to_vec(),
-            headers: Headers::default(),
-            attempts: 0,
-            created_at: chrono::Utc::now(),
-        },
-    )
-    .await?;
+    let id = stack.env.insert_outbox_row("acct-9").await?;
     sqlx::query(
         "UPDATE outbox SET state = 'dead', attempts = 20, last_error = 'kafka: record too large' \
          WHERE id = ?",

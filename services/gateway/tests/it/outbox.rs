@@ -250,17 +250,6 @@ async fn grpc_deadlines_are_respected_without_abandoning_the_submit() -> anyhow:
 #[tokio::test]
 async fn the_relay_leader_purges_published_rows_past_their_retention() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let topic = env.topics().tasks(Priority::Default);
-    let row = |key: &str| dispatch_store::outbox::OutboxRecord {
-        id: 0,
-        task_id: dispatch_core::TaskId::new(),
-        topic: topic.clone(),
-        key: key.as_bytes().to_vec(),
-        value: b"v".to_vec(),
-        headers: dispatch_core::Headers::default(),
-        attempts: 0,
-        created_at: chrono::Utc::now(),
-    };
     // (state, published how many hours ago): only the first is past a one-hour retention.
     let cases = [
         ("published", Some(3)),
@@ -270,7 +259,7 @@ async fn the_relay_leader_purges_published_rows_past_their_retention() -> anyhow
     ];
     let mut ids = Vec::new();
     for (i, (state, hours_ago)) in cases.iter().enumerate() {
-        let id = dispatch_store::outbox::insert(&env.pool, &row(&format!("purge-{i}"))).await?;
+        let id = env.insert_outbox_row(&format!("purge-{i}")).await?;
         sqlx::query(
             "UPDATE outbox SET state = ?, published_at = IF(? IS NULL, NULL, NOW(6) - INTERVAL ? HOUR), \
              next_attempt_at = NOW(6) + INTERVAL 1 DAY WHERE id = ?",

@@ -42,12 +42,8 @@ pub(super) fn enqueue_events(
             if w.state.is_terminal() {
                 FINISHED.with_label_values(&[w.state.as_str()]).inc();
             }
-            let mut headers = Headers::default();
-            for (k, v) in trace {
-                headers.set(k, v.as_bytes());
-            }
-            headers.set(header::TASK_ID, w.task_id.to_string());
             let key = w.task_id.to_string();
+            let headers = event_headers(trace, &key);
             let value = event(w).encode_to_vec();
             let ack = producer.enqueue("events", topic, key.as_bytes(), &value, &headers);
             PendingEvent {
@@ -58,6 +54,16 @@ pub(super) fn enqueue_events(
             }
         })
         .collect()
+}
+
+/// The headers of a task's event: its trace context and its id (the record key).
+pub(crate) fn event_headers(trace: &[(String, String)], task_id: &str) -> Headers {
+    let mut headers = Headers::default();
+    for (k, v) in trace {
+        headers.set(k, v.as_bytes());
+    }
+    headers.set(header::TASK_ID, task_id);
+    headers
 }
 
 /// Waits for the batch's events (re-sending a failed one a few times), then wakes its waiters.

@@ -36,6 +36,7 @@ use crate::produce::Producer;
 mod events;
 
 pub use events::event;
+pub(crate) use events::event_headers;
 use events::{enqueue_events, release_after};
 
 /// One state change to persist.

@@ -1,9 +1,7 @@
 //! AdminService's outbox operations: ListOutbox and RequeueOutbox over gRPC.
 
-use dispatch_core::{Headers, Priority, TaskId};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::admin_service_client::AdminServiceClient;
-use dispatch_store::outbox::{self, OutboxRecord};
 use dispatch_testkit::TestEnv;
 use tonic::transport::Channel;
 
@@ -11,20 +9,7 @@ use crate::admin_harness::{Admin, TENANT_KEY, admin, req};
 
 /// Inserts an outbox row and puts it in `state`; a pending one is not due for a day.
 async fn row(env: &TestEnv, key: &str, state: &str) -> anyhow::Result<u64> {
-    let id = outbox::insert(
-        &env.pool,
-        &OutboxRecord {
-            id: 0,
-            task_id: TaskId::new(),
-            topic: env.topics().tasks(Priority::Default),
-            key: key.as_bytes().to_vec(),
-            value: b"v".to_vec(),
-            headers: Headers::default(),
-            attempts: 0,
-            created_at: chrono::Utc::now(),
-        },
-    )
-    .await?;
+    let id = env.insert_outbox_row(key).await?;
     sqlx::query(
         "UPDATE outbox SET state = ?, attempts = IF(? = 'dead', 20, 0), \
          last_error = IF(? = 'dead', 'kafka: topic authorization failed', ''), \
