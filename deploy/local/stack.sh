@@ -199,7 +199,6 @@ install_packages() {
     fi
     if ! have mariadb || ! have mariadb-admin; then pkgs+=(mariadb-client); fi
     if ! have redis-server || ! have redis-cli; then pkgs+=(redis-server); fi
-    have protoc || pkgs+=(protobuf-compiler)
     have kcat || pkgs+=(kcat)
     if ! have prometheus || ! have promtool; then pkgs+=(prometheus); fi
     have curl || pkgs+=(curl)

@@ -1,7 +1,8 @@
 //! Compiles proto/dispatch/v1/*.proto with tonic-prost-build.
 //!
-//! protoc comes from `PROTOC` when set, else from PATH (Debian's protobuf-compiler, installed by
-//! deploy/local/stack.sh install).
+//! The protos are parsed by protox, a pure-Rust protobuf compiler that ships the well-known types
+//! (google/protobuf/timestamp.proto and friends), so the build needs no system protoc and no
+//! include directory: `cargo build` works on any machine with a Rust toolchain.
 
 use std::path::PathBuf;
 
@@ -10,9 +11,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = ["task", "gateway", "query", "events", "admin"]
         .map(|name| root.join(format!("dispatch/v1/{name}.proto")));
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(out_dir.join("dispatch_descriptor.bin"))
-        .compile_protos(&files, std::slice::from_ref(&root))?;
+    let fds = protox::compile(&files, [&root])?;
+    std::fs::write(
+        out_dir.join("dispatch_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+    tonic_prost_build::configure().compile_fds(fds)?;
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())
 }
