@@ -8,8 +8,13 @@
 #   3. dry run (tools/harness.mjs): each script is evaluated with stand-in k6 modules; its
 #      `options` must use constant-arrival-rate scenarios and carry grpc_req_duration p95/p99,
 #      checks rate>0.99 and dropped_iterations count==0 thresholds; client.load() files must
-#      resolve; setup() and every scenario's exec function run against a fake gRPC client that
-#      validates methods, auth metadata and request messages against the proto schema.
+#      resolve; setup() and every scenario's exec function run against a fake gRPC client
+#      (unary calls and server streams) that validates methods, auth metadata and request
+#      messages against the proto schema, and every task type against the processor's default
+#      registry (tools/tasktypes.py: its built-in handlers plus the local config's types);
+#   4. self-test: the harness rejects a task type without a handler (TASK_TYPE=loadtest.noop).
+#
+# TASK_TYPE=<type> scripts/check-k6.sh dry-runs the scripts as `k6 run -e TASK_TYPE=<type>` would.
 #
 # Overrides (for testing the checker on a copy): K6_DIR (default loadtest/k6), PROTO_ROOT
 # (default proto).
@@ -48,7 +53,7 @@ echo "check-k6: ${#scripts[@]} script(s) in $(rel "$k6_dir"), protos in $(rel "$
 
 # 1. ES module syntax. Without a package.json "type", node parses .js as CommonJS, so check a
 #    .mjs copy (imports are not resolved by --check, so 'k6/...' specifiers are fine).
-echo "check-k6: [1/3] syntax (node --check as ES modules)"
+echo "check-k6: [1/4] syntax (node --check as ES modules)"
 i=0
 for f in "${scripts[@]}" "${libs[@]}" "$tools/harness.mjs"; do
   i=$((i + 1))
@@ -63,21 +68,41 @@ for f in "${scripts[@]}" "${libs[@]}" "$tools/harness.mjs"; do
 done
 
 # 2. RPC names and proto literals against the proto files.
-echo "check-k6: [2/3] rpc names vs $(rel "$proto_root")/**/*.proto"
+echo "check-k6: [2/4] rpc names vs $(rel "$proto_root")/**/*.proto"
 if ! python3 "$tools/protoschema.py" methods "$proto_root" "$k6_dir" "${scripts[@]}" "${libs[@]}"; then
   note_fail "unknown rpc names or proto files (see above)"
 fi
 
 # 3. Options, client.load and dry run of every scenario.
-echo "check-k6: [3/3] options, client.load and dry run (stand-in k6 modules, fake gRPC)"
-if python3 "$tools/protoschema.py" schema "$proto_root" "$tmp/schema.json"; then
+echo "check-k6: [3/4] options, client.load and dry run (stand-in k6 modules, fake gRPC)"
+task_types=""
+if ! task_types="$(python3 "$tools/tasktypes.py" "$repo")" || [[ -z "$task_types" ]]; then
+  note_fail "could not read the processor's task types (tools/tasktypes.py)"
+elif python3 "$tools/protoschema.py" schema "$proto_root" "$tmp/schema.json"; then
+  echo "  task types with a handler: $task_types${TASK_TYPE:+ (TASK_TYPE=$TASK_TYPE)}"
   for f in "${scripts[@]}"; do
-    if ! (cd "$repo" && node "$tools/harness.mjs" "$tmp/schema.json" "$proto_root" "$f"); then
+    if ! (cd "$repo" && node "$tools/harness.mjs" "$tmp/schema.json" "$proto_root" "$f" "$task_types"); then
       note_fail "$(rel "$f") failed the dry run (see above)"
     fi
   done
 else
   note_fail "could not parse the proto files under $(rel "$proto_root")"
+fi
+
+# 4. The dry run must fail a script whose tasks have no handler: they would all be dead-lettered
+#    while every latency threshold passes.
+echo "check-k6: [4/4] self-test: a task type without a handler fails the dry run"
+if [[ -f "$tmp/schema.json" && -n "$task_types" ]]; then
+  probe="$k6_dir/submit.js"
+  [[ -f "$probe" ]] || probe="${scripts[0]}"
+  if out="$(cd "$repo" && TASK_TYPE=loadtest.noop node "$tools/harness.mjs" "$tmp/schema.json" "$proto_root" "$probe" "$task_types" 2>&1)"; then
+    note_fail "the dry run accepted TASK_TYPE=loadtest.noop (no handler) for $(rel "$probe")"
+  elif ! grep -q 'has no handler' <<<"$out"; then
+    note_fail "the dry run of $(rel "$probe") with TASK_TYPE=loadtest.noop failed for another reason:"
+    echo "$out" | sed 's/^/    /' >&2
+  else
+    echo "  ok TASK_TYPE=loadtest.noop rejected"
+  fi
 fi
 
 if ((failures > 0)); then

@@ -1,6 +1,10 @@
 // Dry-run harness for the k6 scripts, used by scripts/check-k6.sh (k6 itself is not required).
 //
-//   node harness.mjs <schema.json> <proto_root> <script.js>
+//   node harness.mjs <schema.json> <proto_root> <script.js> <task types>
+//
+// <task types>: comma-separated task types the processor's default registry has a handler for
+// (tools/tasktypes.py prints them); a TaskSpec.task_type outside it fails the run, since every
+// such task would be dead-lettered while the latency thresholds pass.
 //
 // Evaluates one k6 script under node with stand-ins for the k6 modules it imports ('k6',
 // 'k6/net/grpc', 'k6/encoding', 'k6/metrics'), then:
@@ -12,7 +16,8 @@
 //     fake gRPC client that validates each invoke: method loaded on that client, client
 //     connected (and not in init), `authorization: Bearer ...` metadata, and the request
 //     message against the proto schema (field names, JSON-mapping types, enums, oneofs,
-//     documented limits). Fake responses follow the protobuf JSON mapping k6 uses
+//     documented limits, known task types). Server streams (grpc.Stream) are checked the same way
+//     and deliver their fake messages asynchronously, as k6 does. Fake responses follow the protobuf JSON mapping k6 uses
 //     (lowerCamelCase names, 64-bit integers as strings, enums as names).
 // Exits 1 with a list of problems on failure.
 
@@ -21,11 +26,12 @@ import { readFileSync, existsSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
-const [schemaPath, protoRootArg, scriptArg] = process.argv.slice(2);
-if (!schemaPath || !protoRootArg || !scriptArg) {
-  console.error('usage: node harness.mjs <schema.json> <proto_root> <script.js>');
+const [schemaPath, protoRootArg, scriptArg, taskTypesArg] = process.argv.slice(2);
+if (!schemaPath || !protoRootArg || !scriptArg || !taskTypesArg) {
+  console.error('usage: node harness.mjs <schema.json> <proto_root> <script.js> <task types, comma-separated>');
   process.exit(2);
 }
+const knownTaskTypes = taskTypesArg.split(',').map((t) => t.trim()).filter((t) => t !== '');
 const schema = JSON.parse(readFileSync(schemaPath, 'utf8'));
 const protoRoot = path.resolve(protoRootArg);
 const scriptPath = path.resolve(scriptArg);
@@ -124,8 +130,15 @@ const LIMITS = {
     else if (Buffer.byteLength(bk, 'utf8') > 256) err(`${where}: ${p}.business_key longer than 256 bytes`);
     const tt = v.task_type ?? v.taskType;
     if (typeof tt !== 'string' || !/^[a-z0-9._-]{1,128}$/.test(tt)) err(`${where}: ${p}.task_type must be 1..=128 of [a-z0-9._-], got ${JSON.stringify(tt)}`);
+    else if (!knownTaskTypes.includes(tt)) err(`${where}: ${p}.task_type ${JSON.stringify(tt)} has no handler in the processor's default registry (${knownTaskTypes.join(', ')}): every such task is dead-lettered`);
     const pl = v.payload;
     if (typeof pl === 'string' && b64len(pl) > 262144) err(`${where}: ${p}.payload larger than 262144 bytes`);
+    if (tt === 'simulate' && typeof pl === 'string' && Buffer.from(pl, 'base64').toString('utf8').trim() !== '') {
+      // The simulate handler fails a payload that is not a JSON plan permanently.
+      let plan;
+      try { plan = JSON.parse(Buffer.from(pl, 'base64').toString('utf8')); } catch (e) { plan = undefined; }
+      if (plan === null || typeof plan !== 'object' || Array.isArray(plan)) err(`${where}: ${p}.payload of a simulate task must be empty or a JSON object (the handler's plan)`);
+    }
     const ik = v.idempotency_key ?? v.idempotencyKey;
     if (ik !== undefined && ik !== '' && !/^[\x20-\x7e]{1,128}$/.test(ik)) err(`${where}: ${p}.idempotency_key must be 1..=128 printable ASCII`);
   },
@@ -140,6 +153,20 @@ const LIMITS = {
   'dispatch.v1.GetTaskRequest': (v, p) => {
     const id = v.task_id ?? v.taskId;
     if (typeof id !== 'string' || id === '') err(`${where}: ${p}.task_id is required`);
+  },
+  'dispatch.v1.WatchTaskRequest': (v, p) => {
+    const id = v.task_id ?? v.taskId;
+    if (typeof id !== 'string' || id === '') err(`${where}: ${p}.task_id is required`);
+  },
+  'dispatch.v1.CancelTaskRequest': (v, p) => {
+    const id = v.task_id ?? v.taskId;
+    if (typeof id !== 'string' || id === '') err(`${where}: ${p}.task_id is required`);
+    const r = v.reason;
+    if (typeof r === 'string' && Buffer.byteLength(r, 'utf8') > 512) err(`${where}: ${p}.reason longer than 512 bytes`);
+  },
+  'dispatch.v1.ListTasksRequest': (v, p) => {
+    const n = v.page_size ?? v.pageSize;
+    if (n !== undefined && (Number(n) < 0 || Number(n) > 500)) err(`${where}: ${p}.page_size must be 0..=500, got ${n}`);
   },
 };
 
@@ -244,18 +271,26 @@ function defaultMessage(type) {
 }
 
 let nextId = 0;
-const issued = new Map(); // task id -> { polled: bool }
+const issued = new Map(); // task id -> { polled: bool, spec }
 
-function fakeTaskId() {
+function fakeTaskId(spec) {
   nextId++;
   const id = `0190f0e0-0000-7000-8000-${String(nextId).padStart(12, '0')}`;
-  issued.set(id, { polled: false });
+  issued.set(id, { polled: false, spec: spec || {} });
   return id;
 }
 
-function fakeAccepted() {
+function fakeTask(id, state) {
+  const spec = issued.get(id).spec;
+  return Object.assign(defaultMessage('dispatch.v1.Task'), {
+    taskId: id, tenant: 'check', businessKey: spec.business_key ?? spec.businessKey ?? 'k',
+    taskType: spec.task_type ?? spec.taskType ?? 'noop', state, version: '1', maxAttempts: 4,
+  });
+}
+
+function fakeAccepted(spec) {
   return Object.assign(defaultMessage('dispatch.v1.SubmitTaskResponse'), {
-    taskId: fakeTaskId(), acceptedVia: 'ACCEPTED_VIA_KAFKA', topic: 'dispatch.tasks.default',
+    taskId: fakeTaskId(spec), acceptedVia: 'ACCEPTED_VIA_KAFKA', topic: 'dispatch.tasks.default',
     partition: 1, offset: String(nextId), version: '1',
   });
 }
@@ -265,9 +300,27 @@ function respond(method, req) {
   const fail = (code, msg) => ({ status: code, message: null, headers: {}, trailers: {}, error: { code, message: msg, details: [] } });
   switch (method) {
     case 'dispatch.v1.TaskService/SubmitTask':
-      return ok(fakeAccepted());
+      return ok(fakeAccepted(req.task));
     case 'dispatch.v1.TaskService/SubmitTasks':
-      return ok({ results: (req.tasks || []).map((_, i) => ({ index: i, accepted: fakeAccepted() })) });
+      return ok({ results: (req.tasks || []).map((t, i) => ({ index: i, accepted: fakeAccepted(t) })) });
+    case 'dispatch.v1.TaskService/CancelTask': {
+      const id = req.task_id ?? req.taskId;
+      if (!issued.has(id)) return fail(5, `task ${id} not found (not an id the gateway returned)`);
+      return ok({ taskId: id, accepted: true, state: 'TASK_STATE_SCHEDULED' });
+    }
+    case 'dispatch.v1.TaskQueryService/BatchGetTasks': {
+      const ids = req.task_ids ?? req.taskIds ?? [];
+      return ok({
+        tasks: ids.filter((id) => issued.has(id)).map((id) => fakeTask(id, 'TASK_STATE_SUCCEEDED')),
+        notFound: ids.filter((id) => !issued.has(id)),
+      });
+    }
+    case 'dispatch.v1.TaskQueryService/ListTasks': {
+      const key = req.business_key ?? req.businessKey;
+      const size = Number(req.page_size ?? req.pageSize ?? 0) || 50;
+      const ids = [...issued.keys()].filter((id) => !key || fakeTask(id, 'TASK_STATE_SUCCEEDED').businessKey === key);
+      return ok({ tasks: ids.slice(0, size).map((id) => fakeTask(id, 'TASK_STATE_SUCCEEDED')), nextPageToken: '' });
+    }
     case 'dispatch.v1.TaskQueryService/GetTask': {
       const id = req.task_id ?? req.taskId;
       const st = issued.get(id);
@@ -279,10 +332,7 @@ function respond(method, req) {
         st.polled = true;
         return fail(9, 'not visible yet');
       }
-      const task = Object.assign(defaultMessage('dispatch.v1.Task'), {
-        taskId: id, tenant: 'check', businessKey: 'k', taskType: 'loadtest.noop',
-        state: 'TASK_STATE_PENDING', version: '1', maxAttempts: 4,
-      });
+      const task = fakeTask(id, 'TASK_STATE_PENDING');
       return ok(Object.assign(defaultMessage('dispatch.v1.GetTaskResponse'), { task, servedFrom: 'SERVED_FROM_L1' }));
     }
     default: {
@@ -376,11 +426,7 @@ class Client {
     if (rpc.client_streaming || rpc.server_streaming) err(`${where}: invoke('${url}'): streaming rpc; use grpc.Stream`);
     const before = errors.length;
     checkMessage(rpc.input, request, `${method.slice(i + 1)} request`, 'request');
-    const p = params || {};
-    for (const k of Object.keys(p)) if (!['metadata', 'tags', 'timeout'].includes(k)) err(`${where}: invoke('${url}'): unknown param '${k}'`);
-    const auth = p.metadata && p.metadata.authorization;
-    if (typeof auth !== 'string' || !/^Bearer \S+$/.test(auth)) err(`${where}: invoke('${url}'): metadata.authorization must be 'Bearer <api key>', got ${JSON.stringify(auth)}`);
-    if (p.metadata) for (const [k, v] of Object.entries(p.metadata)) if (k !== k.toLowerCase() || typeof v !== 'string') err(`${where}: invoke('${url}'): metadata keys must be lowercase with string values (${k})`);
+    checkCallParams(`invoke('${url}')`, params, ['metadata', 'tags', 'timeout', 'discardResponseMessage', 'authority']);
     const res = respond(method, request);
     if (res.message) {
       const w = where;
@@ -395,6 +441,101 @@ class Client {
   close() {
     this.connected = false;
   }
+}
+
+// Server streams in flight: each resolves once its fake server has delivered every event.
+const pendingStreams = [];
+
+async function drainStreams() {
+  while (pendingStreams.length > 0) await Promise.all(pendingStreams.splice(0));
+}
+
+const STREAM_EVENTS = ['data', 'error', 'end'];
+
+// The fake server of a streaming rpc: WatchTask streams PENDING, RUNNING, SUCCEEDED for a task
+// the gateway returned (NOT_FOUND otherwise), then ends; other streams end at once.
+function streamEvents(method, req) {
+  if (method !== 'dispatch.v1.TaskQueryService/WatchTask') return [['end']];
+  const id = req.task_id ?? req.taskId;
+  if (!issued.has(id)) return [['error', { code: 5, message: `task ${id} not found (not an id the gateway returned)`, details: [] }]];
+  const events = ['TASK_STATE_PENDING', 'TASK_STATE_RUNNING', 'TASK_STATE_SUCCEEDED'].map((state, i) => {
+    const task = Object.assign(fakeTask(id, state), { version: String(i + 1) });
+    return ['data', { taskId: id, state, version: String(i + 1), occurredAt: new Date().toISOString(), task }, { ts: Date.now() }];
+  });
+  return [...events, ['end']];
+}
+
+class Stream {
+  constructor(client, url, params) {
+    this.handlers = { data: [], error: [], end: [] };
+    this.requests = [];
+    this.ended = false;
+    this.served = false;
+    this.where = where;
+    if (phase === 'init') err(`${where}: new grpc.Stream() in the init context`);
+    if (!(client instanceof Client)) { err(`${where}: new grpc.Stream(): first argument must be a grpc.Client`); throw new Error('not a client'); }
+    if (!client.connected) { err(`${where}: new grpc.Stream('${url}') before client.connect()`); throw new Error('no connection'); }
+    const method = String(url).replace(/^\//, '');
+    calls[method] = (calls[method] || 0) + 1;
+    const i = method.lastIndexOf('/');
+    const rpc = lookupRpc(method);
+    if (!rpc) { err(`${where}: new grpc.Stream('${url}'): no such rpc in ${protoRoot}`); throw new Error(`method ${url} not found`); }
+    if (!client.services.has(method.slice(0, i))) { err(`${where}: new grpc.Stream('${url}'): service ${method.slice(0, i)} is not loaded on this client (client.load it)`); throw new Error(`method ${url} not found in file descriptors`); }
+    if (!rpc.client_streaming && !rpc.server_streaming) err(`${where}: new grpc.Stream('${url}'): unary rpc; use client.invoke`);
+    checkCallParams(`new grpc.Stream('${url}')`, params, ['metadata', 'tags', 'timeout', 'discardResponseMessage', 'authority']);
+    this.method = method;
+    this.name = method.slice(i + 1);
+    this.rpc = rpc;
+  }
+
+  on(event, handler) {
+    if (!STREAM_EVENTS.includes(event)) err(`${where}: stream.on('${event}'): unknown event (${STREAM_EVENTS.join(', ')})`);
+    else if (typeof handler !== 'function') err(`${where}: stream.on('${event}'): handler must be a function`);
+    else this.handlers[event].push(handler);
+  }
+
+  write(message) {
+    if (this.ended) err(`${where}: stream.write() after stream.end()`);
+    if (!this.rpc.client_streaming && this.requests.length > 0) err(`${where}: ${this.name} is server-streaming: write one request`);
+    checkMessage(this.rpc.input, message, `${this.name} request`, 'request');
+    this.requests.push(message);
+    // A server stream answers its one request whether or not the client half-closes.
+    if (!this.rpc.client_streaming) this.serve();
+  }
+
+  end() {
+    if (this.ended) err(`${where}: stream.end() called twice`);
+    this.ended = true;
+    if (this.requests.length === 0) err(`${where}: ${this.name}: stream.end() without a request written`);
+    this.serve();
+  }
+
+  serve() {
+    if (this.served) return;
+    this.served = true;
+    const events = streamEvents(this.method, this.requests[0] || {});
+    // k6 delivers stream events from its event loop, after the code that opened the stream ran.
+    pendingStreams.push(new Promise((resolve) => setImmediate(() => {
+      const w = where;
+      where = `${this.where} [${this.name} stream events]`;
+      for (const [event, ...args] of events) {
+        if (event === 'data') checkMessage(this.rpc.output, args[0], `${this.name} response`, 'response');
+        for (const h of this.handlers[event]) {
+          try { h(...args); } catch (e) { err(`${where}: '${event}' handler threw: ${e.message}`); }
+        }
+      }
+      where = w;
+      resolve();
+    })));
+  }
+}
+
+function checkCallParams(what, params, allowed) {
+  const p = params || {};
+  for (const k of Object.keys(p)) if (!allowed.includes(k)) err(`${where}: ${what}: unknown param '${k}'`);
+  const auth = p.metadata && p.metadata.authorization;
+  if (typeof auth !== 'string' || !/^Bearer \S+$/.test(auth)) err(`${where}: ${what}: metadata.authorization must be 'Bearer <api key>', got ${JSON.stringify(auth)}`);
+  if (p.metadata) for (const [k, v] of Object.entries(p.metadata)) if (k !== k.toLowerCase() || typeof v !== 'string') err(`${where}: ${what}: metadata keys must be lowercase with string values (${k})`);
 }
 
 class Metric {
@@ -425,7 +566,7 @@ globalThis.__k6h = {
     group(_name, fn) { return fn(); },
     fail(msg) { throw new Error(msg); },
   },
-  grpc: Object.assign({ Client, Stream: class {} }, grpcStatus()),
+  grpc: Object.assign({ Client, Stream }, grpcStatus()),
   encoding: {
     b64encode: (v, enc) => Buffer.from(typeof v === 'string' ? v : new Uint8Array(v)).toString(enc === 'url' || enc === 'rawurl' ? 'base64url' : 'base64'),
     b64decode: (v, _enc, fmt) => { const b = Buffer.from(v, 'base64'); return fmt === 's' ? b.toString('utf8') : b.buffer; },
@@ -505,6 +646,8 @@ const ENV = {
   API_KEY: 'check-api-key', HOT_SET: '3', SETUP_TIMEOUT_S: '5', BATCH: '4', RATE: '10',
   PRE_VUS: '5', MAX_VUS: '10', DURATION: '1s', PAYLOAD_BYTES: '64',
 };
+// TASK_TYPE is taken from the caller, so `TASK_TYPE=x scripts/check-k6.sh` checks a run with x.
+for (const k of ['TASK_TYPE']) if (process.env[k] !== undefined) ENV[k] = process.env[k];
 globalThis.__ENV = ENV;
 globalThis.__VU = 0;
 globalThis.__ITER = 0;
@@ -530,6 +673,7 @@ async function main() {
     phase = 'setup'; where = `${rel} setup()`;
     try {
       data = mod.setup();
+      await drainStreams();
       data = data === undefined ? undefined : JSON.parse(JSON.stringify(data));
     } catch (e) {
       err(`${where} threw: ${e.message}`);
@@ -558,6 +702,7 @@ async function main() {
       where = `${rel} scenario '${name}' ${exec}() iteration ${it}`;
       try {
         vu[exec](data);
+        await drainStreams();
       } catch (e) {
         err(`${where} threw: ${e.message}`);
         break;
@@ -568,7 +713,7 @@ async function main() {
 
   if (typeof mod.teardown === 'function') {
     phase = 'teardown'; where = `${rel} teardown()`;
-    try { mod.teardown(data); } catch (e) { err(`${where} threw: ${e.message}`); }
+    try { mod.teardown(data); await drainStreams(); } catch (e) { err(`${where} threw: ${e.message}`); }
   }
   if (checkResults.fail > 0) {
     err(`${rel}: ${checkResults.fail} check(s) failed against well-formed OK responses: ${[...checkResults.failed].join('; ')}`);
