@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # The test command: on a fresh machine, install what is missing, start the real local stack, then
-# run every check: formatting, clippy, unit and integration tests (against real Kafka, MariaDB,
-# Redis), the deploy/observability/k6 static checks, and a live smoke run of the services (metric
-# names used by dashboards and alerts exist, a short load generator run). Idempotent.
+# run every check: formatting, the dependency policy (cargo deny: licenses, bans, sources), the
+# protos (buf lint, buf breaking against HEAD~1), clippy, unit and integration tests (against real
+# Kafka, MariaDB, Redis), the deploy/observability/k6 static checks, and a live smoke run of the
+# services (metric names used by dashboards and alerts exist, a short load generator run).
+# Idempotent. A missing tool stops it at once with one line saying how to install it
+# (scripts/preflight.sh).
 #
 # SKIP_LIVE=1 skips the live stage (services, smoke load, fault scenarios with audits, live metrics);
 # SKIP_FAULTS=1 skips only the fault scenarios.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${REPO}"
+# shellcheck source=scripts/preflight.sh
+source scripts/preflight.sh
+preflight test
 START=${SECONDS}
 stage() { printf '\n=== %s (%ds)\n' "$*" "$((SECONDS - START))"; }
 
@@ -22,6 +28,9 @@ if [[ -n "${free_kib}" && "${free_kib}" -lt $((4 * 1024 * 1024)) ]]; then
     echo "warning: only $((free_kib / 1024)) MiB free under ${REPO}; the build and the stack need about 4 GiB" >&2
 fi
 
+stage "tools (buf, cargo-deny: pinned, installed when missing)"
+scripts/tools.sh
+
 stage "local stack"
 deploy/local/stack.sh up
 # shellcheck source=deploy/local/env.sh
@@ -30,6 +39,12 @@ scripts/clean-test-state.sh
 
 stage "rustfmt"
 cargo fmt --all -- --check
+
+stage "dependency policy (cargo deny check licenses bans sources; deny.toml)"
+cargo deny --locked check --hide-inclusion-graph licenses bans sources
+
+stage "protos (buf lint, buf breaking against HEAD~1; buf.yaml)"
+scripts/check-proto.sh
 
 stage "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -3,6 +3,10 @@
 # MariaDB, Redis, Prometheus) and the dispatch services on 127.0.0.1. Idempotent.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# A missing tool stops here with one line saying how to install it, not half way through a build.
+# shellcheck source=scripts/preflight.sh
+source "${REPO}/scripts/preflight.sh"
+preflight up
 "${REPO}/deploy/local/stack.sh" up
 "${REPO}/deploy/local/services.sh" start
 cat <<'TXT'

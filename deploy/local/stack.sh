@@ -6,6 +6,7 @@
 # Usage: deploy/local/stack.sh <command> [component...]
 #   up                 install what is missing, then start everything
 #   install            only install (Debian packages + Kafka jars)
+#   missing-packages   print the Debian packages 'install' would apt-get (one line, may be empty)
 #   start [comp...]    start components (default: all)
 #   stop  [comp...]    stop components (default: all), SIGTERM + wait
 #   restart [comp...]  stop then start
@@ -192,7 +193,8 @@ as_root() {
 
 have() { command -v "$1" >/dev/null 2>&1; }
 
-install_packages() {
+# missing_packages: prints the Debian packages that provide what is missing, space-separated.
+missing_packages() {
     local -a pkgs=()
     if ! { have mariadbd || have mysqld || [[ -x /usr/sbin/mariadbd ]]; } || ! have mariadb-install-db; then
         pkgs+=(mariadb-server)
@@ -213,11 +215,17 @@ install_packages() {
     for p in libssl-dev zlib1g-dev; do
         dpkg-query -W -f='${Status}' "${p}" 2>/dev/null | grep -q 'install ok installed' || pkgs+=("${p}")
     done
+    echo "${pkgs[*]}"
+}
 
+install_packages() {
+    local -a pkgs=()
+    read -r -a pkgs <<<"$(missing_packages)"
     if [[ ${#pkgs[@]} -eq 0 ]]; then
         log "install: system packages already present"
         return 0
     fi
+    have apt-get || die "missing ${pkgs[*]} and this machine has no apt-get: install them by hand"
     log "install: apt-get install ${pkgs[*]}"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
@@ -615,6 +623,7 @@ main() {
     case ${cmd} in
     up) cmd_up "$@" ;;
     install) cmd_install ;;
+    missing-packages) missing_packages ;;
     start) cmd_start "$@" ;;
     stop) cmd_stop "$@" ;;
     restart)
