@@ -1,15 +1,22 @@
-//! The `simulate` handler, for load and fault tests: latency and failures come from the payload,
-//! and every completed execution is recorded in the `handler_executions` ledger before the
-//! handler returns, so tests can count how often each task really ran.
+//! The `simulate` handler, for load and fault tests: latency, failures and panics come from the
+//! payload, and every execution is recorded in the `handler_executions` ledger (instance, start,
+//! finish, outcome) before the handler returns, so tests can count how often each task really
+//! ran, on which processor, and whether two executions of one task overlapped.
 //!
 //! Payload (JSON, every field optional; an empty payload means "succeed at once"):
-//! `{"latency_ms": 10, "fail_rate": 0.1, "permanent": false, "fail_attempts": 2}`:
-//! attempts `<= fail_attempts` fail, later ones fail with probability `fail_rate`; failures are
-//! permanent when `permanent` is true, retryable otherwise.
+//! `{"latency_ms": 10, "fail_rate": 0.1, "permanent": false, "fail_attempts": 2,
+//!   "fail_generations": 1, "panic": false, "panic_attempts": 0}`:
+//! attempts `<= fail_attempts` fail, attempts of generations `< fail_generations` fail (a redrive
+//! starts generation 1, so `fail_generations: 1` dies once and succeeds when redriven), later
+//! ones fail with probability `fail_rate`; failures are permanent when `permanent` is true,
+//! retryable otherwise. `panic` panics on every attempt, `panic_attempts` on the first that many
+//! (after the ledger row is written, so the panicking execution is counted).
 //!
 //! Ledger rows of concurrent executions are inserted together (a [`Coalescer`] gathering for up
 //! to 250 µs): one autocommit insert per execution made the ledger, not the simulated
 //! latency, the limit of every simulate benchmark. Each execution still waits for its own row.
+//! A handler stopped by its cancellation token records its row (outcome `cancelled`) on a best
+//! effort basis: the pool may already be closing when the processor stops.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -19,7 +26,7 @@ use dispatch_core::Envelope;
 use rand::Rng;
 use serde::Deserialize;
 
-use dispatch_store::ledger::Execution;
+use dispatch_store::ledger::{Execution, ExecutionOutcome};
 
 use super::{Handler, HandlerContext, HandlerError, Outcome};
 use crate::coalesce::Coalescer;
@@ -41,6 +48,12 @@ pub struct Plan {
     pub permanent: bool,
     /// The first this-many attempts fail.
     pub fail_attempts: u32,
+    /// Every attempt of generations below this fails (0: none).
+    pub fail_generations: u32,
+    /// Panic on every attempt.
+    pub panic: bool,
+    /// Panic on the first this-many attempts.
+    pub panic_attempts: u32,
 }
 
 impl Plan {
@@ -55,9 +68,14 @@ impl Plan {
         serde_json::from_slice(payload).map_err(|e| format!("simulate payload is not a plan: {e}"))
     }
 
-    /// Whether `attempt` fails (`roll` in [0, 1)).
-    pub fn fails(&self, attempt: u32, roll: f64) -> bool {
-        attempt <= self.fail_attempts || roll < self.fail_rate
+    /// Whether `attempt` of `generation` fails (`roll` in [0, 1)).
+    pub fn fails(&self, generation: u32, attempt: u32, roll: f64) -> bool {
+        generation < self.fail_generations || attempt <= self.fail_attempts || roll < self.fail_rate
+    }
+
+    /// Whether `attempt` panics.
+    pub fn panics(&self, attempt: u32) -> bool {
+        self.panic || attempt <= self.panic_attempts
     }
 }
 
@@ -68,19 +86,15 @@ pub struct SimulateHandler {
     ledger: OnceLock<Coalescer<Execution, ()>>,
 }
 
-#[async_trait]
-impl Handler for SimulateHandler {
-    async fn handle(&self, ctx: HandlerContext, task: &Envelope) -> Result<Outcome, HandlerError> {
-        let plan = Plan::parse(&task.payload).map_err(HandlerError::Permanent)?;
-        if plan.latency_ms > 0 {
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(plan.latency_ms)) => {}
-                () = ctx.cancel.cancelled() => {
-                    return Err(HandlerError::Retryable("cancelled".into()));
-                }
-            }
-        }
-        let ledger = self.ledger.get_or_init(|| {
+/// `<hostname>:<pid>` of this process, computed once.
+fn instance() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(dispatch_store::ledger::instance_id)
+}
+
+impl SimulateHandler {
+    fn ledger(&self, ctx: &HandlerContext) -> &Coalescer<Execution, ()> {
+        self.ledger.get_or_init(|| {
             let pool = ctx.pool.clone();
             Coalescer::spawn(LEDGER_BATCH, LEDGER_WINDOW, move |rows: Vec<Execution>| {
                 let pool = pool.clone();
@@ -92,19 +106,63 @@ impl Handler for SimulateHandler {
                         .map_err(|e| e.to_string())
                 }
             })
-        });
+        })
+    }
+
+    async fn record(
+        &self,
+        ctx: &HandlerContext,
+        task: &Envelope,
+        started_at: chrono::DateTime<chrono::Utc>,
+        outcome: ExecutionOutcome,
+    ) -> Result<(), String> {
         let execution = Execution {
             task_id: task.task_id,
             generation: ctx.generation,
             attempt: ctx.attempt,
+            instance: instance().to_owned(),
+            started_at,
             executed_at: chrono::Utc::now(),
+            outcome,
         };
-        ledger
-            .call(execution)
+        self.ledger(ctx).call(execution).await
+    }
+}
+
+#[async_trait]
+impl Handler for SimulateHandler {
+    async fn handle(&self, ctx: HandlerContext, task: &Envelope) -> Result<Outcome, HandlerError> {
+        let started_at = chrono::Utc::now();
+        let plan = Plan::parse(&task.payload).map_err(HandlerError::Permanent)?;
+        if plan.latency_ms > 0 {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(plan.latency_ms)) => {}
+                () = ctx.cancel.cancelled() => {
+                    let _ = self.record(&ctx, task, started_at, ExecutionOutcome::Cancelled).await;
+                    return Err(HandlerError::Retryable("cancelled".into()));
+                }
+            }
+        }
+        let roll: f64 = rand::rng().random();
+        let fails = plan.fails(ctx.generation, ctx.attempt, roll);
+        let panics = plan.panics(ctx.attempt);
+        let outcome = if panics {
+            ExecutionOutcome::Panic
+        } else if fails {
+            ExecutionOutcome::Failed
+        } else {
+            ExecutionOutcome::Ok
+        };
+        self.record(&ctx, task, started_at, outcome)
             .await
             .map_err(|e| HandlerError::Retryable(format!("ledger write failed: {e}")))?;
-        let roll: f64 = rand::rng().random();
-        if plan.fails(ctx.attempt, roll) {
+        if panics {
+            panic!(
+                "simulated panic on attempt {} of task {}",
+                ctx.attempt, task.task_id
+            );
+        }
+        if fails {
             let msg = format!("simulated failure on attempt {}", ctx.attempt);
             return Err(if plan.permanent {
                 HandlerError::Permanent(msg)
@@ -126,8 +184,113 @@ mod tests {
         let p =
             Plan::parse(br#"{"latency_ms":10,"fail_attempts":2,"fail_rate":0.5}"#).expect("plan");
         assert_eq!(p.latency_ms, 10);
-        assert!(p.fails(1, 0.99) && p.fails(2, 0.99));
-        assert!(!p.fails(3, 0.5) && p.fails(3, 0.49));
+        assert!(p.fails(0, 1, 0.99) && p.fails(0, 2, 0.99));
+        assert!(!p.fails(0, 3, 0.5) && p.fails(0, 3, 0.49));
+        assert!(!p.panics(1));
         assert!(Plan::parse(b"{nope").is_err());
+
+        let redrivable = Plan::parse(br#"{"fail_generations":1,"permanent":true}"#).expect("plan");
+        assert!(redrivable.fails(0, 1, 0.99) && redrivable.fails(0, 7, 0.99));
+        assert!(!redrivable.fails(1, 1, 0.0));
+
+        let panicky = Plan::parse(br#"{"panic_attempts":2}"#).expect("plan");
+        assert!(panicky.panics(1) && panicky.panics(2) && !panicky.panics(3));
+        assert!(Plan::parse(br#"{"panic":true}"#).expect("plan").panics(9));
+    }
+
+    fn envelope(payload: &str) -> Envelope {
+        use dispatch_core::{
+            BusinessKey, NewTask, Payload, Priority, RetryPolicy, TaskId, TaskType, Tenant,
+        };
+        Envelope::submit(NewTask {
+            task_id: TaskId::new(),
+            tenant: Tenant::parse("acme").expect("tenant"),
+            business_key: BusinessKey::parse("k").expect("key"),
+            task_type: TaskType::parse("simulate").expect("type"),
+            payload: Payload::parse(payload.as_bytes().to_vec()).expect("payload"),
+            priority: Priority::Default,
+            idempotency_key: None,
+            run_at: None,
+            deadline: None,
+            retry: RetryPolicy::DEFAULT,
+            submitted_at: chrono::Utc::now(),
+        })
+    }
+
+    /// Every way an execution ends leaves one ledger row naming this process, with its start no
+    /// later than its finish: what the fault audit needs to see overlapping runs.
+    #[tokio::test]
+    async fn every_execution_is_recorded_with_instance_start_and_outcome() {
+        use sqlx::Row as _;
+        let env = dispatch_testkit::TestEnv::new().await.expect("test env");
+        let h = SimulateHandler::default();
+        let ctx = |cancel: tokio_util::sync::CancellationToken| HandlerContext {
+            cancel,
+            attempt: 1,
+            generation: 0,
+            pool: env.pool.clone(),
+        };
+        let live = tokio_util::sync::CancellationToken::new;
+
+        let ok = envelope(r#"{"latency_ms":5}"#);
+        assert!(h.handle(ctx(live()), &ok).await.is_ok());
+        let failed = envelope(r#"{"fail_attempts":1,"permanent":true}"#);
+        assert!(matches!(
+            h.handle(ctx(live()), &failed).await,
+            Err(HandlerError::Permanent(_))
+        ));
+        let cancelled = envelope(r#"{"latency_ms":60000}"#);
+        let token = live();
+        token.cancel();
+        assert!(matches!(
+            h.handle(ctx(token), &cancelled).await,
+            Err(HandlerError::Retryable(_))
+        ));
+        let panicky = envelope(r#"{"panic":true}"#);
+        let joined = tokio::spawn({
+            let (h, c, e) = (h.clone(), ctx(live()), panicky.clone());
+            async move { h.handle(c, &e).await }
+        })
+        .await;
+        assert!(joined.expect_err("the handler panics").is_panic());
+
+        let me = format!(":{}", std::process::id());
+        for (task, outcome) in [
+            (&ok, "ok"),
+            (&failed, "failed"),
+            (&cancelled, "cancelled"),
+            (&panicky, "panic"),
+        ] {
+            let rows = sqlx::query(
+                "SELECT instance, started_at, executed_at, outcome, generation, attempt \
+                 FROM handler_executions WHERE task_id = ?",
+            )
+            .bind(task.task_id.as_bytes().as_slice())
+            .fetch_all(&env.pool)
+            .await
+            .expect("ledger");
+            assert_eq!(rows.len(), 1, "{outcome}: one row");
+            let r = &rows[0];
+            let instance: String = r.get(0);
+            let started: chrono::DateTime<chrono::Utc> = r.get(1);
+            let finished: chrono::DateTime<chrono::Utc> = r.get(2);
+            assert!(instance.ends_with(&me), "{outcome}: instance {instance}");
+            assert!(started <= finished, "{outcome}: {started} > {finished}");
+            assert_eq!(r.get::<String, _>(3), outcome);
+            assert_eq!((r.get::<u32, _>(4), r.get::<u32, _>(5)), (0, 1));
+        }
+        let ok_rows: (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+            sqlx::query_as(
+                "SELECT started_at, executed_at FROM handler_executions WHERE task_id = ?",
+            )
+            .bind(ok.task_id.as_bytes().as_slice())
+            .fetch_one(&env.pool)
+            .await
+            .expect("ok row");
+        assert!(
+            ok_rows.1 - ok_rows.0 >= chrono::Duration::milliseconds(5),
+            "the ok execution slept 5 ms between start and finish: {ok_rows:?}"
+        );
+        env.cleanup().await;
     }
 }
