@@ -11,8 +11,10 @@
 //!   events topic, and print a one-line verdict.
 //! - [`noop`]: a no-op tonic server implementing TaskService and TaskQueryService, the baseline
 //!   "what does the same generator get from a server that does nothing".
+//! - [`cancel`]: cancel a chosen share of recorded tasks (redriven, retrying, live, any).
 
 pub mod audit;
+pub mod cancel;
 pub mod noop;
 pub mod proxy;
 pub mod report;
@@ -43,14 +45,17 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand, Clone)]
 pub enum Command {
-    /// Drive load.
-    Run(RunArgs),
+    /// Drive load. A flag given twice takes its last value (scripts add flags after a mix).
+    #[command(args_override_self = true)]
+    Run(Box<RunArgs>),
     /// A TCP fault proxy (latency, connection resets) between loopback addresses, for a bounded time.
     FaultProxy(proxy::ProxyArgs),
     /// The database baseline: plain multi-row upserts into a copy of `tasks`.
     UpsertBaseline(upsert::UpsertArgs),
     /// Audit a finished run (see the `audit` module); exits non-zero when a guarantee failed.
     Audit(audit::AuditArgs),
+    /// Cancel a share of the tasks recorded by `run --record-ids` (chosen by their state in MySQL).
+    Cancel(cancel::CancelArgs),
     /// Serve the no-op baseline server (TaskService + TaskQueryService) until Ctrl-C.
     NoopServer {
         /// Listen address.
@@ -78,15 +83,20 @@ pub struct RunArgs {
     /// Scenario.
     #[arg(long, value_enum)]
     pub scenario: Kind,
-    /// Gateway address (submit, batch, e2e, and seeding get).
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    pub gateway: String,
-    /// Reader address (get, e2e).
-    #[arg(long, default_value = "http://127.0.0.1:50052")]
-    pub reader: String,
+    /// Gateway addresses (submit, batch, e2e, and seeding get), comma-separated: calls alternate
+    /// between them.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:50051")]
+    pub gateway: Vec<String>,
+    /// Reader addresses (get, e2e), comma-separated: calls alternate between them.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:50052")]
+    pub reader: Vec<String>,
     /// Bearer API key.
     #[arg(long, env = "DISPATCH_API_KEY", default_value = "dev-key-acme")]
     pub api_key: String,
+    /// The tenant of `--api-key`, recorded with each accepted id (the audit checks the stored
+    /// tenant) and used to compute the ids its idempotency keys produce.
+    #[arg(long, default_value = "")]
+    pub tenant: String,
     /// Offered calls per second.
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
@@ -135,9 +145,64 @@ pub struct RunArgs {
     /// Give every task an idempotency key (`<label>-<seq>`), so resubmits dedupe.
     #[arg(long)]
     pub idempotency: bool,
-    /// Label for the report (e.g. "gateway" or "noop").
+    /// Label for the report (e.g. "gateway" or "noop"); also the prefix of idempotency keys.
     #[arg(long, default_value = "")]
     pub label: String,
+    /// Mixed load: share of tasks of type `noop` (the rest are `--task-type`).
+    #[arg(long, default_value_t = 0.0)]
+    pub noop_share: f64,
+    /// Mixed load: simulate latencies are drawn from `--sim-latency-ms ..= this` (0: fixed).
+    #[arg(long, default_value_t = 0)]
+    pub sim_latency_max_ms: u64,
+    /// Mixed load: share of simulate tasks whose failures are permanent (DEAD at once).
+    #[arg(long, default_value_t = 0.0)]
+    pub sim_permanent_share: f64,
+    /// Mixed load: share of simulate tasks that fail permanently in generation 0 only (a DLQ
+    /// redrive cures them).
+    #[arg(long, default_value_t = 0.0)]
+    pub sim_redrivable_share: f64,
+    /// Mixed load: share of simulate tasks whose handler panics on every attempt.
+    #[arg(long, default_value_t = 0.0)]
+    pub sim_panic_share: f64,
+    /// Retry policy of every task: attempts (0: server default).
+    #[arg(long, default_value_t = 0)]
+    pub max_attempts: u32,
+    /// Retry policy of every task: first backoff in ms (0: server default).
+    #[arg(long, default_value_t = 0)]
+    pub initial_backoff_ms: u32,
+    /// Mixed load: share of tasks with an idempotency key (`<label>-<seq>`).
+    #[arg(long, default_value_t = 0.0)]
+    pub idempotency_share: f64,
+    /// Mixed load: share of submits that reuse the previous submit's idempotency key with another
+    /// business key, priority or payload, or as an exact duplicate (consecutive submits go to
+    /// different gateways, and sit in one SubmitTasks call).
+    #[arg(long, default_value_t = 0.0)]
+    pub idem_conflict_share: f64,
+    /// Mixed load: share of tasks with a `run_at`.
+    #[arg(long, default_value_t = 0.0)]
+    pub run_at_share: f64,
+    /// `run_at` this long after the submit's intended time.
+    #[arg(long, default_value_t = 3_000)]
+    pub run_at_ms: u64,
+    /// `run_at` at this Unix time in ms for every scheduled task (a burst due at once).
+    #[arg(long)]
+    pub run_at_unix_ms: Option<i64>,
+    /// Mixed load: share of accepted tasks cancelled by their tenant after a delay.
+    #[arg(long, default_value_t = 0.0)]
+    pub cancel_share: f64,
+    /// Cancel delays are drawn from 0 ..= this many ms after the accept.
+    #[arg(long, default_value_t = 1_000)]
+    pub cancel_delay_max_ms: u64,
+    /// Mixed load: share of idempotent submits whose id another tenant (`--foreign-api-key`)
+    /// cancels just before the submit.
+    #[arg(long, default_value_t = 0.0)]
+    pub foreign_cancel_share: f64,
+    /// API key of the other tenant for `--foreign-cancel-share`.
+    #[arg(long)]
+    pub foreign_api_key: Option<String>,
+    /// Append every cancel (id, tenant, own|foreign, outcome, sent at) to this file, for `audit`.
+    #[arg(long)]
+    pub record_cancels: Option<std::path::PathBuf>,
 }
 
 /// Runs the CLI.
@@ -159,9 +224,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(a) => {
             let v = audit::audit(&a).await?;
             println!("{}", v.line());
+            for e in &v.examples {
+                println!("  {e}");
+            }
             anyhow::ensure!(v.passed(), "audit failed");
             Ok(())
         }
+        Command::Cancel(a) => cancel::run(&a).await,
         Command::Run(args) => {
             let report = drive(&args).await?;
             eprintln!("{}", report.human());
@@ -256,10 +325,10 @@ pub async fn drive(args: &RunArgs) -> anyhow::Result<report::Report> {
         let _ = h.await;
     }
     progress.abort();
-    scenario.flush();
+    scenario.finish().await;
     let elapsed = start
         .elapsed()
         .saturating_sub(warmup)
         .max(Duration::from_millis(1));
-    Ok(recorder.report(args, elapsed, scenario.items_per_call()))
+    Ok(recorder.report(args, elapsed, scenario.items_per_call(), scenario.counts()))
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 use tonic::Code;
 
 use crate::RunArgs;
+use crate::scenario::Counts;
 
 /// Collects latencies (microseconds, from the intended send time) and outcomes.
 pub struct Recorder {
@@ -75,7 +76,13 @@ impl Recorder {
     }
 
     /// The final report.
-    pub fn report(&self, args: &RunArgs, elapsed: Duration, items_per_call: usize) -> Report {
+    pub fn report(
+        &self,
+        args: &RunArgs,
+        elapsed: Duration,
+        items_per_call: usize,
+        counts: Counts,
+    ) -> Report {
         let (ok, err, _) = self.snapshot();
         let h = self
             .hist
@@ -109,6 +116,10 @@ impl Recorder {
             service_p99_ms: ms(sh.value_at_quantile(0.99)),
             payload_bytes: args.payload_bytes,
             concurrency: args.concurrency,
+            items_offered: counts.offered,
+            items_accepted: counts.accepted,
+            items_rejected_by_code: counts.rejected,
+            cancels: counts.cancels,
         }
     }
 }
@@ -154,6 +165,15 @@ pub struct Report {
     pub payload_bytes: usize,
     /// In-flight bound.
     pub concurrency: usize,
+    /// Tasks offered in submits over the whole run (warm-up included: every accepted one is
+    /// recorded by `--record-ids`).
+    pub items_offered: u64,
+    /// Tasks accepted (warm-up included).
+    pub items_accepted: u64,
+    /// Tasks refused, by gRPC code (warm-up included).
+    pub items_rejected_by_code: BTreeMap<String, u64>,
+    /// Cancels sent, by `own|foreign:outcome`.
+    pub cancels: BTreeMap<String, u64>,
 }
 
 impl Report {
@@ -175,7 +195,11 @@ impl Report {
             self.max_ms,
             self.service_p99_ms,
             self.items_per_second
-        )
+        ) + &if self.cancels.is_empty() {
+            String::new()
+        } else {
+            format!("\n  cancels {:?}", self.cancels)
+        }
     }
 }
 

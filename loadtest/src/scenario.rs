@@ -1,24 +1,214 @@
 //! Request makers: what one scheduled call does in each scenario.
+//!
+//! Submits are built per sequence number from the run's flags. Without any `--*-share` flag every
+//! task is the same (`--task-type`, one payload). With them the load is mixed, deterministically
+//! per sequence number (a hash of it, so a run is reproducible): noop and simulate tasks,
+//! simulate plans with a latency range, failures, permanent failures, failures that a redrive
+//! cures, panics; some idempotency keys, some conflicting reuses of a key (a different business
+//! key, priority or payload, or an exact duplicate), some `run_at`, some cancels after a delay,
+//! and some cancels by another tenant of the id an idempotency key will produce, sent before
+//! the submit.
+//!
+//! Every accepted submit is appended to `--record-ids` (see [`crate::audit::read_ids`] for the
+//! columns), every cancel to `--record-cancels`.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use futures::{StreamExt as _, TryStreamExt as _};
 
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::task_query_service_client::TaskQueryServiceClient;
 use dispatch_proto::v1::task_service_client::TaskServiceClient;
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
 
 use crate::{Kind, RunArgs};
+
+/// Microseconds since the Unix epoch (the clock the ids and cancels files use).
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// A number in [0, 1) from `seq` and `salt` (splitmix64): the same run flags always make the same
+/// choices for the same sequence number.
+pub fn roll(seq: u64, salt: u64) -> f64 {
+    let mut z = seq
+        .wrapping_add(salt.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+const SALT_NOOP: u64 = 1;
+const SALT_LATENCY: u64 = 2;
+const SALT_KIND: u64 = 3;
+const SALT_IDEM: u64 = 4;
+const SALT_CONFLICT: u64 = 5;
+const SALT_RUN_AT: u64 = 6;
+const SALT_CANCEL: u64 = 7;
+const SALT_CANCEL_DELAY: u64 = 8;
+const SALT_FOREIGN: u64 = 9;
+
+/// FNV-1a, 64 bits: a stable fingerprint of what a submit asked for (the audit compares the
+/// fingerprints of submits that share an idempotency key).
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.iter().chain(std::iter::once(&0xffu8)) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The fingerprint of a spec: business key, type, priority, payload, run_at.
+pub fn fingerprint(s: &pb::TaskSpec) -> u64 {
+    let run_at = s
+        .run_at
+        .map(|t| format!("{}.{}", t.seconds, t.nanos))
+        .unwrap_or_default();
+    fnv1a(&[
+        s.business_key.as_bytes(),
+        s.task_type.as_bytes(),
+        &s.priority.to_le_bytes(),
+        &s.payload,
+        run_at.as_bytes(),
+    ])
+}
+
+/// Counts of one run's items (tasks offered in submits) and cancels, for the report.
+#[derive(Debug, Default, Clone)]
+pub struct Counts {
+    /// Tasks offered (items of submit calls, warm-up included).
+    pub offered: u64,
+    /// Tasks accepted.
+    pub accepted: u64,
+    /// Tasks refused, by gRPC code.
+    pub rejected: BTreeMap<String, u64>,
+    /// Cancels by `own|foreign:outcome`.
+    pub cancels: BTreeMap<String, u64>,
+}
+
+/// Cancels sent and what they were answered, optionally appended to a file
+/// (`task_id \t tenant \t own|foreign \t outcome \t sent_us`).
+pub struct CancelLog {
+    counts: Mutex<BTreeMap<String, u64>>,
+    file: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
+}
+
+impl CancelLog {
+    /// A log writing to `path` (appending), if given.
+    ///
+    /// # Errors
+    /// The file cannot be opened.
+    pub fn open(path: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        Ok(Self {
+            counts: Mutex::new(BTreeMap::new()),
+            file: match path {
+                Some(p) => Some(Mutex::new(std::io::BufWriter::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+                ))),
+                None => None,
+            },
+        })
+    }
+
+    /// Records one cancel.
+    pub fn note(&self, task_id: &str, tenant: &str, foreign: bool, outcome: &str, sent_us: i64) {
+        use std::io::Write as _;
+        let who = if foreign { "foreign" } else { "own" };
+        if let Ok(mut c) = self.counts.lock() {
+            *c.entry(format!("{who}:{outcome}")).or_default() += 1;
+        }
+        if let Some(f) = &self.file
+            && let Ok(mut f) = f.lock()
+        {
+            let _ = writeln!(f, "{task_id}\t{tenant}\t{who}\t{outcome}\t{sent_us}");
+        }
+    }
+
+    /// Counts so far.
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        self.counts.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Flushes the file.
+    pub fn flush(&self) {
+        use std::io::Write as _;
+        if let Some(f) = &self.file
+            && let Ok(mut f) = f.lock()
+        {
+            let _ = f.flush();
+        }
+    }
+}
+
+/// Sends one cancel and logs its answer.
+///
+/// # Errors
+/// Never: failures are logged as outcomes.
+pub async fn send_cancel(
+    client: &mut TaskServiceClient<Channel>,
+    auth: &MetadataValue<Ascii>,
+    timeout: Duration,
+    log: &CancelLog,
+    (task_id, business_key, tenant, foreign): (&str, &str, &str, bool),
+) {
+    let mut r = Request::new(pb::CancelTaskRequest {
+        task_id: task_id.to_owned(),
+        business_key: business_key.to_owned(),
+        reason: if foreign {
+            "fault suite: cross-tenant cancel".into()
+        } else {
+            "fault suite: cancel".into()
+        },
+    });
+    r.metadata_mut().insert("authorization", auth.clone());
+    r.set_timeout(timeout);
+    let sent = now_us();
+    let outcome = match client.cancel_task(r).await {
+        Ok(a) if a.get_ref().accepted => "accepted".to_owned(),
+        Ok(_) => "finished".to_owned(),
+        Err(s) => format!("{:?}", s.code()),
+    };
+    log.note(task_id, tenant, foreign, &outcome, sent);
+}
+
+/// One planned submit.
+struct Item {
+    spec: pb::TaskSpec,
+    scheduled: bool,
+    cancel_after: Option<Duration>,
+    foreign_cancel: bool,
+}
+
+/// A cancel to send later.
+struct CancelJob {
+    gateway: usize,
+    task_id: String,
+    key: String,
+    at: tokio::time::Instant,
+}
 
 /// A connected scenario.
 pub struct Scenario {
     kind: Kind,
     gateways: Vec<TaskServiceClient<Channel>>,
     readers: Vec<TaskQueryServiceClient<Channel>>,
-    auth: MetadataValue<tonic::metadata::Ascii>,
+    auth: MetadataValue<Ascii>,
+    foreign_auth: Option<MetadataValue<Ascii>>,
     payload: Vec<u8>,
     keys: usize,
     batch: usize,
@@ -26,32 +216,123 @@ pub struct Scenario {
     ids: Vec<String>,
     timeout: Duration,
     idempotency: Option<String>,
-    record: Option<std::sync::Mutex<std::io::BufWriter<std::fs::File>>>,
+    label: String,
+    tenant: String,
+    mix: Mix,
+    t0: SystemTime,
+    interval: Duration,
+    record: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
+    cancels: Arc<CancelLog>,
+    cancel_tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<CancelJob>>>,
+    cancel_worker: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    counts: Mutex<Counts>,
 }
 
-async fn channels(addr: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let ch = Endpoint::from_shared(addr.to_owned())?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to {addr}: {e}"))?;
-        out.push(ch);
+/// The mixed-load knobs of `run` (all off by default).
+#[derive(Debug, Clone, Default)]
+struct Mix {
+    on: bool,
+    noop_share: f64,
+    latency_ms: u64,
+    latency_max_ms: u64,
+    fail_rate: f64,
+    permanent_share: f64,
+    redrivable_share: f64,
+    panic_share: f64,
+    idempotency_share: f64,
+    conflict_share: f64,
+    run_at_share: f64,
+    run_at_ms: u64,
+    run_at_unix_ms: Option<i64>,
+    cancel_share: f64,
+    cancel_delay_max_ms: u64,
+    foreign_cancel_share: f64,
+    max_attempts: u32,
+    initial_backoff_ms: u32,
+}
+
+impl Mix {
+    fn from_args(a: &RunArgs) -> Self {
+        let mut m = Self {
+            on: false,
+            noop_share: a.noop_share,
+            latency_ms: a.sim_latency_ms,
+            latency_max_ms: a.sim_latency_max_ms.max(a.sim_latency_ms),
+            fail_rate: a.sim_fail_rate,
+            permanent_share: a.sim_permanent_share,
+            redrivable_share: a.sim_redrivable_share,
+            panic_share: a.sim_panic_share,
+            idempotency_share: a.idempotency_share,
+            conflict_share: a.idem_conflict_share,
+            run_at_share: a.run_at_share,
+            run_at_ms: a.run_at_ms,
+            run_at_unix_ms: a.run_at_unix_ms,
+            cancel_share: a.cancel_share,
+            cancel_delay_max_ms: a.cancel_delay_max_ms,
+            foreign_cancel_share: a.foreign_cancel_share,
+            max_attempts: a.max_attempts,
+            initial_backoff_ms: a.initial_backoff_ms,
+        };
+        m.on = m.noop_share > 0.0
+            || m.latency_max_ms > m.latency_ms
+            || m.permanent_share > 0.0
+            || m.redrivable_share > 0.0
+            || m.panic_share > 0.0
+            || m.idempotency_share > 0.0
+            || m.conflict_share > 0.0
+            || m.run_at_share > 0.0
+            || m.cancel_share > 0.0
+            || m.foreign_cancel_share > 0.0
+            || m.max_attempts > 0
+            || m.initial_backoff_ms > 0;
+        m
+    }
+}
+
+async fn channels(addrs: &[String], n: usize) -> anyhow::Result<Vec<Channel>> {
+    // Interleaved (a, b, a, b, ...): consecutive calls go to different endpoints.
+    let mut per_addr = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let ch = Endpoint::from_shared(addr.clone())?
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot connect to {addr}: {e}"))?;
+            v.push(ch);
+        }
+        per_addr.push(v);
+    }
+    let mut out = Vec::with_capacity(addrs.len() * n);
+    for i in 0..n {
+        for v in &per_addr {
+            out.push(v[i].clone());
+        }
     }
     Ok(out)
 }
 
 /// A JSON payload of about `n` bytes: a `simulate` plan (the `noop` handler ignores it) padded out.
 fn payload(n: usize, latency_ms: u64, fail_rate: f64) -> Vec<u8> {
-    let plan = format!(r#"{{"latency_ms":{latency_ms},"fail_rate":{fail_rate},"pad":""}}"#);
-    let pad = n.saturating_sub(plan.len());
-    format!(
-        r#"{{"latency_ms":{latency_ms},"fail_rate":{fail_rate},"pad":"{}"}}"#,
-        "x".repeat(pad)
+    plan_payload(
+        n,
+        &format!(r#""latency_ms":{latency_ms},"fail_rate":{fail_rate}"#),
     )
-    .into_bytes()
+}
+
+/// `{<fields>,"pad":"xxx"}` padded to about `n` bytes.
+fn plan_payload(n: usize, fields: &str) -> Vec<u8> {
+    let bare = format!(r#"{{{fields},"pad":""}}"#);
+    let pad = n.saturating_sub(bare.len());
+    format!(r#"{{{fields},"pad":"{}"}}"#, "x".repeat(pad)).into_bytes()
+}
+
+fn auth_value(key: &str, flag: &str) -> anyhow::Result<MetadataValue<Ascii>> {
+    format!("Bearer {key}")
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{flag} must be ASCII"))
 }
 
 impl Scenario {
@@ -60,17 +341,12 @@ impl Scenario {
     /// # Errors
     /// Unreachable servers or a failing seed.
     pub async fn connect(a: &RunArgs) -> anyhow::Result<Self> {
-        let needs_gateway = true;
         let needs_reader = matches!(a.scenario, Kind::Get | Kind::E2e);
-        let gateways = if needs_gateway {
-            channels(&a.gateway, a.connections)
-                .await?
-                .into_iter()
-                .map(TaskServiceClient::new)
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let gateways: Vec<TaskServiceClient<Channel>> = channels(&a.gateway, a.connections)
+            .await?
+            .into_iter()
+            .map(TaskServiceClient::new)
+            .collect();
         let readers = if needs_reader {
             channels(&a.reader, a.connections)
                 .await?
@@ -80,29 +356,54 @@ impl Scenario {
         } else {
             Vec::new()
         };
-        let auth = format!("Bearer {}", a.api_key)
-            .parse()
-            .map_err(|_| anyhow::anyhow!("--api-key must be ASCII"))?;
+        anyhow::ensure!(!gateways.is_empty(), "--gateway needs at least one address");
+        let mix = Mix::from_args(a);
+        anyhow::ensure!(
+            mix.foreign_cancel_share == 0.0
+                || (a.foreign_api_key.is_some() && !a.tenant.is_empty()),
+            "--foreign-cancel-share needs --foreign-api-key and --tenant (to compute the ids the tenant's idempotency keys produce)"
+        );
+        let cancels = Arc::new(CancelLog::open(a.record_cancels.as_deref())?);
+        let auth = auth_value(&a.api_key, "--api-key")?;
+        let timeout = Duration::from_millis(a.timeout_ms);
+        let (cancel_tx, cancel_rx) = tokio::sync::mpsc::unbounded_channel::<CancelJob>();
+        let worker = tokio::spawn(cancel_worker(
+            cancel_rx,
+            gateways.clone(),
+            auth.clone(),
+            timeout,
+            cancels.clone(),
+            a.tenant.clone(),
+        ));
+        let label = if a.label.is_empty() {
+            "run".to_owned()
+        } else {
+            a.label.clone()
+        };
         let mut s = Self {
             kind: a.scenario,
             gateways,
             readers,
             auth,
+            foreign_auth: a
+                .foreign_api_key
+                .as_deref()
+                .map(|k| auth_value(k, "--foreign-api-key"))
+                .transpose()?,
             payload: payload(a.payload_bytes, a.sim_latency_ms, a.sim_fail_rate),
             keys: a.keys.max(1),
             batch: a.batch.clamp(1, 1000),
             task_type: a.task_type.clone(),
             ids: Vec::new(),
-            timeout: Duration::from_millis(a.timeout_ms),
-            idempotency: a.idempotency.then(|| {
-                if a.label.is_empty() {
-                    "run".to_owned()
-                } else {
-                    a.label.clone()
-                }
-            }),
+            timeout,
+            idempotency: a.idempotency.then(|| label.clone()),
+            label,
+            tenant: a.tenant.clone(),
+            mix,
+            t0: SystemTime::now(),
+            interval: Duration::from_secs_f64(1.0 / a.rate.max(1e-9)),
             record: match &a.record_ids {
-                Some(p) => Some(std::sync::Mutex::new(std::io::BufWriter::new(
+                Some(p) => Some(Mutex::new(std::io::BufWriter::new(
                     std::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
@@ -111,6 +412,10 @@ impl Scenario {
                 ))),
                 None => None,
             },
+            cancels,
+            cancel_tx: Mutex::new(Some(cancel_tx)),
+            cancel_worker: Mutex::new(Some(worker)),
+            counts: Mutex::new(Counts::default()),
         };
         if a.scenario == Kind::Get {
             s.ids = s.seed(a.get_set.max(1)).await?;
@@ -134,52 +439,257 @@ impl Scenario {
         r
     }
 
-    fn spec(&self, seq: u64) -> pb::TaskSpec {
-        pb::TaskSpec {
-            business_key: format!("key-{}", seq % self.keys as u64),
-            task_type: self.task_type.clone(),
-            payload: self.payload.clone(),
-            idempotency_key: self
-                .idempotency
-                .as_ref()
-                .map(|p| format!("{p}-{seq}"))
-                .unwrap_or_default(),
-            ..Default::default()
+    fn idem_key(&self, seq: u64) -> String {
+        format!("{}-{seq}", self.label)
+    }
+
+    /// Whether item `seq` reuses the idempotency key of item `seq - 1` (never two in a row).
+    fn conflicts(&self, seq: u64) -> bool {
+        let share = self.mix.conflict_share;
+        share > 0.0
+            && seq > 0
+            && roll(seq, SALT_CONFLICT) < share
+            && roll(seq - 1, SALT_CONFLICT) >= share
+    }
+
+    fn retry_policy(&self) -> Option<pb::RetryPolicy> {
+        (self.mix.max_attempts > 0 || self.mix.initial_backoff_ms > 0).then_some(pb::RetryPolicy {
+            max_attempts: self.mix.max_attempts,
+            initial_backoff_ms: self.mix.initial_backoff_ms,
+            max_backoff_ms: 0,
+        })
+    }
+
+    /// The item of `seq` without conflicts.
+    fn base_item(&self, seq: u64) -> Item {
+        let m = &self.mix;
+        let business_key = format!("key-{}", seq % self.keys as u64);
+        if !m.on {
+            return Item {
+                spec: pb::TaskSpec {
+                    business_key,
+                    task_type: self.task_type.clone(),
+                    payload: self.payload.clone(),
+                    idempotency_key: self
+                        .idempotency
+                        .as_ref()
+                        .map(|p| format!("{p}-{seq}"))
+                        .unwrap_or_default(),
+                    ..Default::default()
+                },
+                scheduled: false,
+                cancel_after: None,
+                foreign_cancel: false,
+            };
+        }
+        let task_type = if roll(seq, SALT_NOOP) < m.noop_share {
+            "noop".to_owned()
+        } else {
+            self.task_type.clone()
+        };
+        let payload = if task_type == "simulate" {
+            let latency = m.latency_ms
+                + ((m.latency_max_ms - m.latency_ms) as f64 * roll(seq, SALT_LATENCY)) as u64;
+            let mut fields = format!(r#""latency_ms":{latency},"fail_rate":{}"#, m.fail_rate);
+            let r = roll(seq, SALT_KIND);
+            if r < m.panic_share {
+                fields.push_str(r#","panic":true"#);
+            } else if r < m.panic_share + m.redrivable_share {
+                fields.push_str(r#","permanent":true,"fail_generations":1"#);
+            } else if r < m.panic_share + m.redrivable_share + m.permanent_share {
+                fields.push_str(r#","permanent":true"#);
+            }
+            plan_payload(self.payload.len(), &fields)
+        } else {
+            self.payload.clone()
+        };
+        let idem = self.idempotency.is_some()
+            || roll(seq, SALT_IDEM) < m.idempotency_share
+            || self.conflicts(seq + 1);
+        let scheduled = roll(seq, SALT_RUN_AT) < m.run_at_share;
+        let run_at = scheduled.then(|| {
+            let at = match m.run_at_unix_ms {
+                Some(ms) => SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
+                None => {
+                    self.t0 + self.interval.mul_f64(seq as f64) + Duration::from_millis(m.run_at_ms)
+                }
+            };
+            let d = at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            dispatch_proto::Timestamp {
+                seconds: d.as_secs() as i64,
+                nanos: d.subsec_nanos() as i32,
+            }
+        });
+        let cancel_after = (roll(seq, SALT_CANCEL) < m.cancel_share).then(|| {
+            Duration::from_millis(
+                (m.cancel_delay_max_ms as f64 * roll(seq, SALT_CANCEL_DELAY)) as u64,
+            )
+        });
+        Item {
+            spec: pb::TaskSpec {
+                business_key,
+                task_type,
+                payload,
+                idempotency_key: if idem {
+                    self.idem_key(seq)
+                } else {
+                    String::new()
+                },
+                run_at,
+                retry_policy: self.retry_policy(),
+                ..Default::default()
+            },
+            scheduled,
+            cancel_after,
+            foreign_cancel: idem && roll(seq, SALT_FOREIGN) < m.foreign_cancel_share,
         }
     }
 
+    /// The item of `seq`: a conflicting reuse of `seq - 1`'s idempotency key (by `seq % 4`: another
+    /// business key, another priority, another payload, or an exact duplicate), or its own.
+    fn item(&self, seq: u64) -> Item {
+        if !self.conflicts(seq) {
+            return self.base_item(seq);
+        }
+        let mut it = self.base_item(seq - 1);
+        it.cancel_after = None;
+        it.foreign_cancel = false;
+        match seq % 4 {
+            0 => {
+                it.spec.business_key = if self.keys > 1 {
+                    format!(
+                        "key-{}",
+                        (seq - 1 + self.keys as u64 / 2) % self.keys as u64
+                    )
+                } else {
+                    "key-conflict".into()
+                };
+            }
+            1 => it.spec.priority = pb::Priority::Critical as i32,
+            2 => {
+                it.spec.payload = plan_payload(0, &format!(r#""latency_ms":1,"conflict":{seq}"#));
+            }
+            _ => {}
+        }
+        it
+    }
+
     /// Appends an accepted task to the `--record-ids` file.
-    fn note(&self, key: &str, a: &pb::SubmitTaskResponse) {
+    fn note(&self, it: &Item, a: &pb::SubmitTaskResponse, sent_us: i64, acked_us: i64) {
         use std::io::Write as _;
-        if let Some(w) = &self.record {
-            let via = if a.accepted_via == pb::AcceptedVia::Outbox as i32 {
-                "outbox"
-            } else {
-                "kafka"
-            };
-            let offset = if via == "outbox" {
-                a.outbox_id as i64
-            } else {
-                a.offset
-            };
-            if let Ok(mut w) = w.lock() {
-                let _ = writeln!(
-                    w,
-                    "{}\t{key}\t{via}\t{}\t{}\t{offset}",
-                    a.task_id, a.topic, a.partition
-                );
+        let Some(w) = &self.record else { return };
+        let via = if a.accepted_via == pb::AcceptedVia::Outbox as i32 {
+            "outbox"
+        } else {
+            "kafka"
+        };
+        let offset = if via == "outbox" {
+            a.outbox_id as i64
+        } else {
+            a.offset
+        };
+        let s = &it.spec;
+        let mut flags = vec![format!("fp={:016x}", fingerprint(s))];
+        if !self.tenant.is_empty() {
+            flags.push(format!("tenant={}", self.tenant));
+        }
+        if !s.idempotency_key.is_empty() {
+            flags.push(format!("idem={}", s.idempotency_key));
+        }
+        if it.scheduled {
+            flags.push("run_at".into());
+        }
+        if a.duplicate {
+            flags.push("dup".into());
+        }
+        if s.priority != 0 {
+            flags.push(format!("prio={}", s.priority));
+        }
+        if let Ok(mut w) = w.lock() {
+            let _ = writeln!(
+                w,
+                "{}\t{}\t{via}\t{}\t{}\t{offset}\t{sent_us}\t{acked_us}\t{}",
+                a.task_id,
+                s.business_key,
+                a.topic,
+                a.partition,
+                flags.join(",")
+            );
+        }
+    }
+
+    fn count(&self, result: Result<(), Code>) {
+        if let Ok(mut c) = self.counts.lock() {
+            c.offered += 1;
+            match result {
+                Ok(()) => c.accepted += 1,
+                Err(code) => *c.rejected.entry(format!("{code:?}")).or_default() += 1,
             }
         }
     }
 
-    /// Flushes the `--record-ids` file.
-    pub fn flush(&self) {
+    /// What was offered, accepted and cancelled so far.
+    pub fn counts(&self) -> Counts {
+        let mut c = self.counts.lock().map(|c| c.clone()).unwrap_or_default();
+        c.cancels = self.cancels.counts();
+        c
+    }
+
+    /// Waits for the cancels still due, then flushes the `--record-ids` and `--record-cancels`
+    /// files.
+    pub async fn finish(&self) {
         use std::io::Write as _;
+        drop(self.cancel_tx.lock().ok().and_then(|mut t| t.take()));
+        let worker = self.cancel_worker.lock().ok().and_then(|mut w| w.take());
+        if let Some(w) = worker {
+            let _ = w.await;
+        }
         if let Some(w) = &self.record
             && let Ok(mut w) = w.lock()
         {
             let _ = w.flush();
         }
+        self.cancels.flush();
+    }
+
+    /// After an accepted submit: schedule its cancel, if the mix asks for one.
+    fn after_accept(&self, pick: usize, it: &Item, task_id: &str) {
+        if let Some(d) = it.cancel_after
+            && let Ok(tx) = self.cancel_tx.lock()
+            && let Some(tx) = tx.as_ref()
+        {
+            let _ = tx.send(CancelJob {
+                gateway: pick,
+                task_id: task_id.to_owned(),
+                key: it.spec.business_key.clone(),
+                at: tokio::time::Instant::now() + d,
+            });
+        }
+    }
+
+    /// Before a submit: another tenant cancels the id this submit's idempotency key will
+    /// produce, if the mix asks for it.
+    async fn before_submit(&self, pick: usize, it: &Item) {
+        let Some(foreign) = &self.foreign_auth else {
+            return;
+        };
+        if !it.foreign_cancel {
+            return;
+        }
+        let id =
+            dispatch_core::TaskId::from_idempotency_key(&self.tenant, &it.spec.idempotency_key)
+                .to_string();
+        let mut c = self.gateways[pick % self.gateways.len()].clone();
+        send_cancel(
+            &mut c,
+            foreign,
+            self.timeout,
+            &self.cancels,
+            (&id, &it.spec.business_key, "foreign", true),
+        )
+        .await;
     }
 
     /// Submits `n` tasks and waits until the reader serves each (so `get` measures reads only).
@@ -187,7 +697,7 @@ impl Scenario {
         let mut ids = Vec::with_capacity(n);
         let mut gw = self.gateways[0].clone();
         for chunk in (0..n as u64).collect::<Vec<_>>().chunks(500) {
-            let tasks = chunk.iter().map(|i| self.spec(*i)).collect();
+            let tasks = chunk.iter().map(|i| self.base_item(*i).spec).collect();
             let resp = gw
                 .submit_tasks(self.request(pb::SubmitTasksRequest { tasks }))
                 .await?
@@ -232,49 +742,92 @@ impl Scenario {
         Ok(ids)
     }
 
+    /// One SubmitTask of item `seq`: the accepted answer, recorded and counted.
+    async fn submit_one(&self, seq: u64) -> Result<pb::SubmitTaskResponse, Code> {
+        let pick = seq as usize;
+        let it = self.item(seq);
+        self.before_submit(pick, &it).await;
+        let mut c = self.gateways[pick % self.gateways.len()].clone();
+        let sent = now_us();
+        let r = c
+            .submit_task(self.request(pb::SubmitTaskRequest {
+                task: Some(it.spec.clone()),
+            }))
+            .await;
+        let acked = now_us();
+        match r {
+            Ok(a) => {
+                let a = a.into_inner();
+                self.count(Ok(()));
+                self.note(&it, &a, sent, acked);
+                self.after_accept(pick, &it, &a.task_id);
+                Ok(a)
+            }
+            Err(s) => {
+                self.count(Err(s.code()));
+                Err(s.code())
+            }
+        }
+    }
+
     /// One scheduled call.
     pub async fn call(&self, seq: u64) -> Result<(), Code> {
         let pick = seq as usize;
         match self.kind {
-            Kind::Submit => {
-                let mut c = self.gateways[pick % self.gateways.len()].clone();
-                let spec = self.spec(seq);
-                let key = spec.business_key.clone();
-                let a = c
-                    .submit_task(self.request(pb::SubmitTaskRequest { task: Some(spec) }))
-                    .await
-                    .map_err(|s| s.code())?
-                    .into_inner();
-                self.note(&key, &a);
-                Ok(())
-            }
+            Kind::Submit => self.submit_one(seq).await.map(|_| ()),
             Kind::Batch => {
                 let mut c = self.gateways[pick % self.gateways.len()].clone();
                 let base = seq * self.batch as u64;
-                let tasks: Vec<pb::TaskSpec> = (0..self.batch as u64)
-                    .map(|i| self.spec(base + i))
+                let items: Vec<Item> = (0..self.batch as u64)
+                    .map(|i| self.item(base + i))
                     .collect();
-                let keys: Vec<String> = tasks.iter().map(|t| t.business_key.clone()).collect();
+                for it in &items {
+                    self.before_submit(pick, it).await;
+                }
+                let tasks: Vec<pb::TaskSpec> = items.iter().map(|it| it.spec.clone()).collect();
+                let sent = now_us();
                 let resp = c
                     .submit_tasks(self.request(pb::SubmitTasksRequest { tasks }))
-                    .await
-                    .map_err(|s| s.code())?
-                    .into_inner();
+                    .await;
+                let acked = now_us();
+                let resp = match resp {
+                    Ok(r) => r.into_inner(),
+                    Err(s) => {
+                        for _ in &items {
+                            self.count(Err(s.code()));
+                        }
+                        return Err(s.code());
+                    }
+                };
                 let mut first_error = None;
+                let mut answered = vec![false; items.len()];
                 for r in &resp.results {
+                    let it = items.get(r.index as usize);
+                    if let Some(flag) = answered.get_mut(r.index as usize) {
+                        *flag = true;
+                    }
                     match &r.outcome {
                         Some(pb::submit_result::Outcome::Accepted(a)) => {
-                            if let Some(k) = keys.get(r.index as usize) {
-                                self.note(k, a);
+                            self.count(Ok(()));
+                            if let Some(it) = it {
+                                self.note(it, a, sent, acked);
+                                self.after_accept(pick, it, &a.task_id);
                             }
                         }
                         Some(pb::submit_result::Outcome::Error(e)) => {
-                            first_error.get_or_insert(Code::from_i32(e.code));
+                            let code = Code::from_i32(e.code);
+                            self.count(Err(code));
+                            first_error.get_or_insert(code);
                         }
                         None => {
+                            self.count(Err(Code::Unknown));
                             first_error.get_or_insert(Code::Unknown);
                         }
                     }
+                }
+                for _ in answered.iter().filter(|a| !**a) {
+                    self.count(Err(Code::Unknown));
+                    first_error.get_or_insert(Code::Unknown);
                 }
                 first_error.map_or(Ok(()), Err)
             }
@@ -290,16 +843,8 @@ impl Scenario {
                 .map_err(|s| s.code())
             }
             Kind::E2e => {
-                let mut g = self.gateways[pick % self.gateways.len()].clone();
                 let mut r = self.readers[pick % self.readers.len()].clone();
-                let spec = self.spec(seq);
-                let key = spec.business_key.clone();
-                let accepted = g
-                    .submit_task(self.request(pb::SubmitTaskRequest { task: Some(spec) }))
-                    .await
-                    .map_err(|s| s.code())?
-                    .into_inner();
-                self.note(&key, &accepted);
+                let accepted = self.submit_one(seq).await?;
                 let mut stream = r
                     .watch_task(self.request(pb::WatchTaskRequest {
                         task_id: accepted.task_id.clone(),
@@ -328,5 +873,76 @@ impl Scenario {
                 }
             }
         }
+    }
+}
+
+/// Sends the scheduled cancels, each at its time, until the sender is dropped and all are done.
+async fn cancel_worker(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<CancelJob>,
+    gateways: Vec<TaskServiceClient<Channel>>,
+    auth: MetadataValue<Ascii>,
+    timeout: Duration,
+    log: Arc<CancelLog>,
+    tenant: String,
+) {
+    let mut set = tokio::task::JoinSet::new();
+    while let Some(job) = rx.recv().await {
+        let mut c = gateways[job.gateway % gateways.len()].clone();
+        let (auth, log, tenant) = (auth.clone(), log.clone(), tenant.clone());
+        set.spawn(async move {
+            tokio::time::sleep_until(job.at).await;
+            send_cancel(
+                &mut c,
+                &auth,
+                timeout,
+                &log,
+                (&job.task_id, &job.key, &tenant, false),
+            )
+            .await;
+        });
+        while set.try_join_next().is_some() {}
+    }
+    while set.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rolls_are_uniform_enough_and_reproducible() {
+        let n = 100_000u64;
+        let below: usize = (0..n).filter(|s| roll(*s, SALT_CANCEL) < 0.1).count();
+        assert!((9_000..11_000).contains(&below), "{below}");
+        assert_eq!(roll(42, 1), roll(42, 1));
+        assert_ne!(roll(42, 1), roll(42, 2));
+        assert!((0..n).all(|s| (0.0..1.0).contains(&roll(s, 3))));
+    }
+
+    #[test]
+    fn fingerprints_tell_specs_apart() {
+        let a = pb::TaskSpec {
+            business_key: "k".into(),
+            task_type: "noop".into(),
+            ..Default::default()
+        };
+        let mut b = a.clone();
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        b.priority = pb::Priority::Critical as i32;
+        assert_ne!(fingerprint(&a), fingerprint(&b));
+        let mut c = a.clone();
+        c.payload = b"x".to_vec();
+        assert_ne!(fingerprint(&a), fingerprint(&c));
+    }
+
+    #[test]
+    fn payloads_are_padded_plans() {
+        let p = payload(300, 2, 0.05);
+        assert_eq!(p.len(), 300);
+        let v: serde_json::Value = serde_json::from_slice(&p).expect("json");
+        assert_eq!(v["latency_ms"], 2);
+        let q = plan_payload(0, r#""panic":true"#);
+        let v: serde_json::Value = serde_json::from_slice(&q).expect("json");
+        assert_eq!(v["panic"], true);
     }
 }
