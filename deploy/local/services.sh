@@ -4,8 +4,17 @@
 # Usage: deploy/local/services.sh <command>
 #   start [svc...]   build (cargo), migrate, create topics, start services (default: all)
 #   stop  [svc...]   SIGTERM each service and wait for its drain (default: all)
-#   status   one line per service
+#   status   one line per running instance
 #   logs <svc> [-f]
+#   pid <svc>        the pid of one instance (e.g. processor-2)
+#
+# A svc is a service (gateway, processor, reader: all its instances) or one instance of it
+# (processor-2). Instances per service: GATEWAYS, PROCESSORS, READERS (default 1 each). Instance 1
+# keeps the plain names and ports; instance k > 1 is <svc>-k, with its own pid and log files and
+# ports 10 * (k - 1) above instance 1's (the processor's admin HTTP and gRPC ports included):
+#   gateway   gRPC 50051, 50061, ...   admin http 9601, 9611, ...
+#   reader    gRPC 50052, 50062, ...   admin http 9602, 9612, ...
+#   processor gRPC 50053, 50063, ...   admin http 9603, 9613, ...
 #
 # Config: deploy/local/config/<service>.toml (DISPATCH_CONFIG); logs and pids under .local/services/.
 # PROFILE=release|debug (default release) picks the cargo profile.
@@ -26,8 +35,51 @@ bin_dir() {
     if [[ "${PROFILE}" == "release" ]]; then echo "${CARGO_TARGET_DIR:-${REPO}/target}/release"; else echo "${CARGO_TARGET_DIR:-${REPO}/target}/debug"; fi
 }
 
-admin_port() {
-    case "$1" in gateway) echo 9601 ;; reader) echo 9602 ;; processor) echo 9603 ;; esac
+# service of an instance name: processor-2 -> processor
+svc_of() { echo "${1%%-[0-9]*}"; }
+# number of an instance name: processor -> 1, processor-2 -> 2
+num_of() { if [[ "$1" == *-[0-9]* ]]; then echo "${1##*-}"; else echo 1; fi; }
+# instance name of (service, number)
+inst_name() { if (($2 == 1)); then echo "$1"; else echo "$1-$2"; fi; }
+
+count_of() {
+    local n
+    case "$1" in
+        gateway) n="${GATEWAYS:-1}" ;;
+        processor) n="${PROCESSORS:-1}" ;;
+        reader) n="${READERS:-1}" ;;
+        *) log "unknown service $1 (gateway, processor, reader)"; exit 2 ;;
+    esac
+    [[ "${n}" =~ ^[1-9][0-9]*$ ]] || { log "instance count of $1 must be a positive number, got ${n}"; exit 2; }
+    echo "${n}"
+}
+
+base_offset() { case "$1" in gateway) echo 1 ;; reader) echo 2 ;; processor) echo 3 ;; esac; }
+admin_port() { local s n; s="$(svc_of "$1")"; n="$(num_of "$1")"; echo $((9600 + $(base_offset "${s}") + 10 * (n - 1))); }
+grpc_port() { local s n; s="$(svc_of "$1")"; n="$(num_of "$1")"; echo $((50050 + $(base_offset "${s}") + 10 * (n - 1))); }
+
+# Expands service names to instance names: "processor" -> the configured instances; "processor-2"
+# stays itself.
+expand() {
+    local t k
+    for t in "$@"; do
+        if [[ "${t}" == *-[0-9]* ]]; then
+            count_of "$(svc_of "${t}")" >/dev/null
+            echo "${t}"
+        else
+            for ((k = 1; k <= $(count_of "${t}"); k++)); do inst_name "${t}" "${k}"; done
+        fi
+    done
+}
+
+# Every instance with a pid file, for stop and status (whatever the counts say now).
+known_instances() {
+    local s f
+    for s in "$@"; do
+        for f in "${RUN_DIR}/${s}.pid" "${RUN_DIR}/${s}"-[0-9]*.pid; do
+            [[ -f "${f}" ]] && basename "${f}" .pid
+        done
+    done
 }
 
 is_running() {
@@ -43,67 +95,84 @@ build() {
 }
 
 start_one() {
-    local svc="$1" bin
+    local inst="$1" svc bin
+    svc="$(svc_of "${inst}")"
     bin="$(bin_dir)/dispatch-${svc}"
-    if is_running "${svc}"; then
-        log "${svc} already running (pid $(cat "${RUN_DIR}/${svc}.pid"))"
+    if is_running "${inst}"; then
+        log "${inst} already running (pid $(cat "${RUN_DIR}/${inst}.pid"))"
         return
     fi
-    DISPATCH_CONFIG="${SCRIPT_DIR}/config/${svc}.toml" nohup "${bin}" >>"${RUN_DIR}/${svc}.log" 2>&1 &
-    echo $! >"${RUN_DIR}/${svc}.pid"
+    if [[ "$(num_of "${inst}")" == 1 ]]; then
+        DISPATCH_CONFIG="${SCRIPT_DIR}/config/${svc}.toml" nohup "${bin}" >>"${RUN_DIR}/${inst}.log" 2>&1 &
+    else
+        DISPATCH_CONFIG="${SCRIPT_DIR}/config/${svc}.toml" \
+            DISPATCH_GRPC__LISTEN="127.0.0.1:$(grpc_port "${inst}")" \
+            DISPATCH_ADMIN__LISTEN="127.0.0.1:$(admin_port "${inst}")" \
+            nohup "${bin}" >>"${RUN_DIR}/${inst}.log" 2>&1 &
+    fi
+    echo $! >"${RUN_DIR}/${inst}.pid"
 }
 
 wait_ready() {
-    local svc="$1" port deadline
-    port="$(admin_port "${svc}")"
+    local inst="$1" port deadline
+    port="$(admin_port "${inst}")"
     deadline=$((SECONDS + 60))
     until curl -sf "http://127.0.0.1:${port}/readyz" >/dev/null; do
-        if ! is_running "${svc}"; then
-            log "${svc} exited; last log lines:"; tail -n 20 "${RUN_DIR}/${svc}.log" >&2; return 1
+        if ! is_running "${inst}"; then
+            log "${inst} exited; last log lines:"; tail -n 20 "${RUN_DIR}/${inst}.log" >&2; return 1
         fi
         if ((SECONDS > deadline)); then
-            log "${svc} not ready after 60 s: $(curl -s "http://127.0.0.1:${port}/readyz")"; return 1
+            log "${inst} not ready after 60 s: $(curl -s "http://127.0.0.1:${port}/readyz")"; return 1
         fi
         sleep 0.2
     done
-    log "${svc} ready (admin http://127.0.0.1:${port})"
+    log "${inst} ready (gRPC 127.0.0.1:$(grpc_port "${inst}"), admin http://127.0.0.1:${port})"
 }
 
 cmd_start() {
-    local targets=("$@")
+    local targets=("$@") instances inst
     ((${#targets[@]})) || targets=("${SERVICES[@]}")
+    expand "${targets[@]}" >/dev/null # exits here on a bad name or count
+    mapfile -t instances < <(expand "${targets[@]}")
     mkdir -p "${RUN_DIR}"
     [[ "${SKIP_BUILD:-0}" == "1" ]] || build
     "$(bin_dir)/dispatchctl" migrate --database-url "mysql://dispatch:dispatch@127.0.0.1:3306/dispatch" up >/dev/null
     "$(bin_dir)/dispatchctl" topics create --partitions 6 >/dev/null
-    for svc in "${targets[@]}"; do start_one "${svc}"; done
-    for svc in "${targets[@]}"; do wait_ready "${svc}"; done
-    log "gateway gRPC 127.0.0.1:50051, reader gRPC 127.0.0.1:50052, processor admin gRPC 127.0.0.1:50053"
+    for inst in "${instances[@]}"; do start_one "${inst}"; done
+    for inst in "${instances[@]}"; do wait_ready "${inst}"; done
 }
 
 cmd_stop() {
-    local svc pid targets=("$@")
+    local t pid instances=() targets=("$@")
     ((${#targets[@]})) || targets=("${SERVICES[@]}")
-    for svc in "${targets[@]}"; do
-        is_running "${svc}" || continue
-        pid="$(cat "${RUN_DIR}/${svc}.pid")"
+    for t in "${targets[@]}"; do
+        if [[ "${t}" == *-[0-9]* ]]; then instances+=("${t}"); else mapfile -t -O "${#instances[@]}" instances < <(known_instances "${t}"); fi
+    done
+    for t in "${instances[@]}"; do
+        if ! is_running "${t}"; then rm -f "${RUN_DIR}/${t}.pid"; continue; fi
+        pid="$(cat "${RUN_DIR}/${t}.pid")"
+        # A stopped (SIGSTOP) process cannot drain until it is continued.
+        kill -CONT "${pid}" 2>/dev/null || true
         kill -TERM "${pid}"
         for _ in $(seq 1 300); do kill -0 "${pid}" 2>/dev/null || break; sleep 0.1; done
         kill -0 "${pid}" 2>/dev/null && kill -KILL "${pid}"
-        rm -f "${RUN_DIR}/${svc}.pid"
-        log "${svc} stopped"
+        rm -f "${RUN_DIR}/${t}.pid"
+        log "${t} stopped"
     done
 }
 
 cmd_status() {
-    local svc
-    for svc in "${SERVICES[@]}"; do
-        if is_running "${svc}"; then
-            printf '%-10s up    pid %-7s %s\n' "${svc}" "$(cat "${RUN_DIR}/${svc}.pid")" "$(curl -s "http://127.0.0.1:$(admin_port "${svc}")/readyz" || true)"
+    local inst any=0
+    while read -r inst; do
+        [[ -n "${inst}" ]] || continue
+        any=1
+        if is_running "${inst}"; then
+            printf '%-12s up    pid %-7s %s\n' "${inst}" "$(cat "${RUN_DIR}/${inst}.pid")" "$(curl -s "http://127.0.0.1:$(admin_port "${inst}")/readyz" || true)"
         else
-            printf '%-10s down\n' "${svc}"
+            printf '%-12s down\n' "${inst}"
         fi
-    done
+    done < <(known_instances "${SERVICES[@]}")
+    if ((any == 0)); then for inst in "${SERVICES[@]}"; do printf '%-12s down\n' "${inst}"; done; fi
 }
 
 case "${1:-}" in
@@ -112,5 +181,6 @@ case "${1:-}" in
     restart) shift; cmd_stop "$@"; cmd_start "$@" ;;
     status) cmd_status ;;
     logs) shift; tail -n "${LINES:-50}" "${@:2}" "${RUN_DIR}/${1:?service}.log" ;;
-    *) sed -n '2,15p' "$0"; exit 2 ;;
+    pid) shift; is_running "${1:?instance}" && cat "${RUN_DIR}/$1.pid" ;;
+    *) sed -n '2,23p' "$0"; exit 2 ;;
 esac
