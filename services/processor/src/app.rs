@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::ServerTlsConfig;
 
 use crate::admin::{Admin, AdminApi};
+use crate::consumer::context::Fences;
 use crate::consumer::poller::Poller;
 use crate::consumer::{Ctx, Shared};
 use crate::control::Control;
@@ -100,7 +101,15 @@ impl AppBuilder {
             prefetch_bytes.max(1 << 20).to_string(),
         );
         let consumer: BaseConsumer<Ctx> = cc
-            .create_with_context(Ctx::new(shared.clone()))
+            .create_with_context(Ctx::fenced(
+                shared.clone(),
+                Fences {
+                    pool: pool.clone(),
+                    group: s.consumer.group.clone(),
+                    owner: instance_name(),
+                    runtime: tokio::runtime::Handle::current(),
+                },
+            ))
             .context("creating the Kafka consumer")?;
         let health = Health::new();
         let admin = AdminServer::bind(s.admin.listen, health.clone())
@@ -210,7 +219,9 @@ impl App {
         reporter
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
-        let reflection = dispatch_runtime::grpc::reflection_service()?;
+        let (reflection_v1, reflection_v1alpha) = dispatch_runtime::grpc::reflection_services(&[
+            dispatch_proto::v1::admin_service_server::SERVICE_NAME,
+        ])?;
         let admin_api = AdminApi::server(
             Admin {
                 pool: self.pool.clone(),
@@ -235,7 +246,8 @@ impl App {
             // (clients set their own deadline).
             let r = server
                 .add_service(health_svc)
-                .add_service(reflection)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
                 .add_service(admin_api)
                 .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned())
                 .await;
@@ -327,6 +339,7 @@ impl App {
                     topics: s.kafka.topics(),
                     interval: Duration::from_millis(s.scheduler.interval_ms),
                     batch_size: s.scheduler.batch_size,
+                    republish_after: Duration::from_millis(s.scheduler.republish_after_ms),
                     stop: background.clone(),
                 }
                 .run(),
@@ -406,4 +419,12 @@ impl App {
         tracing::info!("processor stopped");
         Ok(())
     }
+}
+
+/// This process as the owner recorded with its lease epochs: `<hostname>:<pid>`.
+fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{host}:{}", std::process::id())
 }

@@ -31,7 +31,7 @@ impl Gate {
                         .map_err(|e| e.to_string())?
                         .into_iter()
                         .collect();
-                Ok(ids.iter().map(|id| found.get(id).copied()).collect())
+                Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
             }
         });
         Self { lookups }

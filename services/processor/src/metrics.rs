@@ -150,6 +150,29 @@ pub static DB_WRITE: LazyLock<Histogram> = LazyLock::new(|| {
         .buckets(LATENCY_BUCKETS.to_vec()),
     )))
 });
+/// `dispatch_writes_fenced_total`.
+pub static FENCED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "dispatch_writes_fenced_total",
+        "State writes the store dropped: replays, writes after a terminal state, and late outcomes of a partition's replaced owner.",
+    )
+});
+/// `dispatch_handler_panics_total`.
+pub static PANICS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "dispatch_handler_panics_total",
+        "Handler panics, each recorded as a failed attempt.",
+        &["task_type"],
+    )
+});
+/// `dispatch_cancels_ignored_total`.
+pub static CANCELS_IGNORED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "dispatch_cancels_ignored_total",
+        "Cancel commands not applied, by reason (another tenant's task).",
+        &["reason"],
+    )
+});
 /// `dispatch_db_write_errors_total`.
 pub static DB_WRITE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
@@ -250,6 +273,11 @@ pub fn init(task_types: &[String]) {
     LazyLock::force(&BATCH_ROWS);
     LazyLock::force(&DB_WRITE);
     LazyLock::force(&DB_WRITE_ERRORS);
+    LazyLock::force(&FENCED);
+    for t in task_types {
+        PANICS.with_label_values(&[t.as_str()]);
+    }
+    CANCELS_IGNORED.with_label_values(&["tenant"]);
     LazyLock::force(&SCHEDULER_CLAIMED);
     for k in ["retry", "dlq", "events", "tasks"] {
         PRODUCE_DURATION.with_label_values(&[k]);

@@ -1,12 +1,16 @@
 //! The scheduler: publishes `scheduled` tasks once their `run_at` is due.
 //!
-//! Every `scheduler.interval_ms`, one transaction claims due rows (`FOR UPDATE SKIP LOCKED`, so
-//! several processor instances never claim the same row), produces each as a first-attempt
-//! SUBMIT to its priority topic, waits for the acks, flips the produced rows to `pending` and
-//! commits. The consumer then runs them like any other task. The published envelope carries no
-//! `run_at`: the task is due by the database's clock, and a processor whose clock lags must not
-//! schedule it again. A crash between produce and commit leaves the row `scheduled`, so it is
-//! published again (at-least-once; the consumer's gate and the version fence absorb duplicates).
+//! Every `scheduler.interval_ms`, one short transaction claims due rows (`FOR UPDATE SKIP
+//! LOCKED`, so several processor instances never claim the same row), flips them to `pending`,
+//! reads them back and commits: no row lock is held while Kafka is waited on. Then, in this
+//! order, each task's PENDING event is published and acknowledged, and the task is produced as a
+//! first-attempt SUBMIT to its priority topic. The event is acknowledged before the consumer can
+//! see the task, so it can never land after the task's later events (RUNNING, SUCCEEDED).
+//! A row left `pending` because the claimer died (or Kafka failed) before the task was produced
+//! is claimed again after `republish_after` (at-least-once; the consumer's gate and the fence
+//! absorb a duplicate). A row that does not decode into a task is marked DEAD with the reason, so
+//! it never spins the scheduler. The published envelope carries no `run_at`: the task is due by
+//! the database's clock, and a processor whose clock lags must not schedule it again.
 //! A task keeps its submit's trace context while it waits (`tasks.trace_context`, written with
 //! the SCHEDULED state), so its run continues the submit's trace.
 
@@ -14,12 +18,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 use dispatch_core::{
-    BusinessKey, Envelope, EnvelopeKind, RetryPolicy, TaskId, TaskState, TaskType, Tenant, Topics,
+    BusinessKey, Envelope, EnvelopeKind, RetryPolicy, TaskId, TaskType, Tenant, Topics,
 };
+use dispatch_proto::v1 as pb;
 use dispatch_runtime::telemetry;
 use dispatch_store::MySqlPool;
 use dispatch_store::scheduler::DueTask;
-use dispatch_store::tasks::TaskWrite;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +42,9 @@ pub struct Scheduler {
     pub interval: Duration,
     /// Rows per claim.
     pub batch_size: u32,
+    /// A row claimed this long ago and still `pending` (its task never reached a consumer) is
+    /// published again.
+    pub republish_after: Duration,
     /// Stops the loop.
     pub stop: CancellationToken,
 }
@@ -96,102 +103,96 @@ impl Scheduler {
     /// # Errors
     /// Database errors.
     pub async fn tick(&self) -> anyhow::Result<usize> {
+        let now = Utc::now();
         let mut tx = self.pool.begin().await?;
         let due = dispatch_store::scheduler::claim_due(&mut tx, self.batch_size).await?;
-        if due.is_empty() {
+        let left = self.batch_size.saturating_sub(due.len() as u32);
+        let stale =
+            dispatch_store::scheduler::claim_stale_pending(&mut tx, left, self.republish_after)
+                .await?;
+        if due.is_empty() && stale.is_empty() {
             tx.rollback().await?;
             return Ok(0);
         }
-        let tick_trace = telemetry::current_trace_headers();
-        let sends = due.iter().map(|t| async {
-            let env = match envelope(t) {
-                Ok(e) => e,
+        let claimed = due.len() + stale.len();
+        let mut invalid = Vec::new();
+        let mut ready: Vec<(&DueTask, Envelope)> = Vec::new();
+        for t in due.iter().chain(&stale) {
+            match envelope(t) {
+                Ok(e) => ready.push((t, e)),
                 Err(e) => {
-                    tracing::error!(task_id = %t.task_id, error = %e, "scheduled row is invalid; left scheduled");
-                    return None;
-                }
-            };
-            // The submit's trace, kept with the SCHEDULED row; else the tick's own (if any).
-            let trace = if t.trace.is_empty() { &tick_trace } else { &t.trace };
-            let mut h = env.headers();
-            for (k, v) in trace {
-                h.set(k, v.as_bytes());
-            }
-            let topic = self.topics.tasks(env.priority);
-            match self.producer.send("tasks", &topic, env.key(), &env.encode(), &h).await {
-                Ok(_) => Some((t.task_id, t.generation)),
-                Err(e) => {
-                    tracing::warn!(task_id = %t.task_id, error = %e, "cannot publish due task; retried next tick");
-                    None
+                    tracing::error!(task_id = %t.task_id, error = %e, "scheduled row is invalid; marked dead");
+                    invalid.push((
+                        t.task_id,
+                        t.generation,
+                        format!("invalid scheduled row: {e}"),
+                    ));
                 }
             }
-        });
-        let published: Vec<(TaskId, u32)> = futures::future::join_all(sends)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
-        let now = Utc::now();
-        dispatch_store::scheduler::mark_pending(&mut tx, &published, now).await?;
-        tx.commit().await?;
-        SCHEDULER_CLAIMED.inc_by(published.len() as u64);
-        if !published.is_empty() {
-            tracing::info!(published = published.len(), "due scheduled tasks published");
         }
-        self.publish_events(&due, &published, now).await;
-        Ok(due.len())
-    }
-
-    /// PENDING events for the released tasks (best effort: the consumer's RUNNING follows soon).
-    async fn publish_events(
-        &self,
-        due: &[DueTask],
-        published: &[(TaskId, u32)],
-        now: chrono::DateTime<Utc>,
-    ) {
-        let topic = self.topics.events();
-        let sends = due
+        dispatch_store::scheduler::mark_invalid(&mut tx, &invalid, now).await?;
+        let fresh: Vec<(TaskId, u32)> = ready
             .iter()
-            .filter(|t| published.iter().any(|(id, _)| *id == t.task_id))
-            .map(|t| {
-                let w = TaskWrite {
-                    task_id: t.task_id,
-                    tenant: t.tenant.clone(),
-                    business_key: t.business_key.clone(),
-                    task_type: t.task_type.clone(),
-                    priority: t.priority,
-                    payload: t.payload.clone(),
-                    state: TaskState::Pending,
-                    attempts: 0,
-                    max_attempts: t.max_attempts,
-                    initial_backoff_ms: t.initial_backoff_ms,
-                    max_backoff_ms: t.max_backoff_ms,
-                    generation: t.generation,
-                    idempotency_key: t.idempotency_key.clone(),
-                    run_at: t.run_at,
-                    deadline_at: t.deadline_at,
-                    last_error: String::new(),
-                    result: None,
-                    version: TaskState::Pending.version(t.generation, 0),
-                    created_at: t.created_at,
-                    updated_at: now,
-                };
-                let value = crate::writer::event(&w).encode_to_vec();
-                let key = t.task_id.to_string();
-                let headers = crate::writer::event_headers(&t.trace, &key);
-                let topic = topic.clone();
-                async move {
+            .filter(|(t, _)| due.iter().any(|d| d.task_id == t.task_id))
+            .map(|(t, _)| (t.task_id, t.generation))
+            .collect();
+        dispatch_store::scheduler::mark_pending(&mut tx, &fresh, now).await?;
+        let again: Vec<TaskId> = stale.iter().map(|t| t.task_id).collect();
+        dispatch_store::scheduler::touch_pending(&mut tx, &again, now).await?;
+        let ids: Vec<TaskId> = ready.iter().map(|(t, _)| t.task_id).collect();
+        let rows = dispatch_store::tasks::snapshots(&mut *tx, &ids).await?;
+        tx.commit().await?;
+        let tick_trace = telemetry::current_trace_headers();
+        let sends = ready.iter().map(|(t, env)| {
+            let row = rows
+                .iter()
+                .find(|r| r.task.task_id == t.task_id.to_string());
+            let tick_trace = &tick_trace;
+            async move {
+                // The submit's trace, kept with the SCHEDULED row; else the tick's own (if any).
+                let trace = if t.trace.is_empty() { tick_trace } else { &t.trace };
+                let pending = row.is_some_and(|r| r.task.state == pb::TaskState::Pending as i32);
+                if let Some(row) = row.filter(|_| pending) {
+                    let key = t.task_id.to_string();
+                    let value = crate::writer::snapshot_event(row.task.clone()).encode_to_vec();
+                    let headers = crate::writer::event_headers(trace, &key);
+                    let topic = self.topics.events();
                     if let Err(e) = self
                         .producer
                         .send("events", &topic, key.as_bytes(), &value, &headers)
                         .await
                     {
-                        tracing::warn!(error = %e, "cannot publish pending event");
-                    } else {
-                        crate::metrics::EVENTS.inc();
+                        tracing::warn!(task_id = %t.task_id, error = %e, "cannot publish the pending event; the task is published again later");
+                        return false;
+                    }
+                    crate::metrics::EVENTS.inc();
+                } else {
+                    // Moved on meanwhile (cancelled, or already running): nothing to publish.
+                    return false;
+                }
+                let mut h = env.headers();
+                for (k, v) in trace {
+                    h.set(k, v.as_bytes());
+                }
+                let topic = self.topics.tasks(env.priority);
+                match self.producer.send("tasks", &topic, env.key(), &env.encode(), &h).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::warn!(task_id = %t.task_id, error = %e, "cannot publish due task; published again later");
+                        false
                     }
                 }
-            });
-        futures::future::join_all(sends).await;
+            }
+        });
+        let published = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count();
+        SCHEDULER_CLAIMED.inc_by(published as u64);
+        if published > 0 {
+            tracing::info!(published, "due scheduled tasks published");
+        }
+        Ok(claimed)
     }
 }

@@ -160,6 +160,9 @@ pub struct SchedulerSettings {
     pub interval_ms: u64,
     /// Rows claimed per transaction.
     pub batch_size: u32,
+    /// A claimed row still `pending` after this long (its task never reached a consumer: the
+    /// claimer died or Kafka failed before it was produced) is published again.
+    pub republish_after_ms: u64,
 }
 
 impl Default for SchedulerSettings {
@@ -168,6 +171,7 @@ impl Default for SchedulerSettings {
             enabled: true,
             interval_ms: 500,
             batch_size: 500,
+            republish_after_ms: 30_000,
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod task;
 pub mod time;
 pub mod topics;
 pub mod validate;
+pub mod version;
 
 pub use envelope::{Envelope, EnvelopeError, EnvelopeKind, Headers};
 pub use error::{FieldViolation, Violations};

@@ -8,9 +8,10 @@
 //! version = generation << 32 | attempt << 3 | rank(state)      (CANCELLED: generation << 32 | 0xFFFF_FFFF)
 //! ```
 //!
-//! `generation` counts operator redrives from the DLQ. The store applies a write only when its
-//! version is higher and the stored state is not terminal (a redrive of a DEAD task is the one
-//! exception, and it needs a higher generation): see [`TaskState::may_overwrite`].
+//! Every state has its own rank (SCHEDULED 1 … RETRYING 4, SUCCEEDED 5, DEAD 6, CANCELLED 7), so a
+//! version alone tells the state it was written for and whether it is terminal. `generation`
+//! counts operator redrives from the DLQ. Which write may replace which stored row is decided in
+//! one place, [`crate::version::may_overwrite`], from which the store's SQL is generated.
 
 use dispatch_proto::v1 as pb;
 
@@ -57,13 +58,14 @@ impl TaskState {
     }
 
     /// The low bits of a version: how far along one attempt a state is.
-    fn rank(self) -> u64 {
+    pub(crate) fn rank(self) -> u64 {
         match self {
             Self::Scheduled => 1,
             Self::Pending => 2,
             Self::Running => 3,
             Self::Retrying => 4,
-            Self::Succeeded | Self::Dead => 5,
+            Self::Succeeded => 5,
+            Self::Dead => 6,
             Self::Cancelled => 7,
         }
     }
@@ -92,22 +94,19 @@ impl TaskState {
         }
     }
 
-    /// The store's write fence: may a write of `(self, new_version)` replace a stored
-    /// `(stored, stored_version)`?
+    /// The store's write fence for writes made without a lease: may a write of
+    /// `(self, new_version)` replace a stored `(stored, stored_version)`? See
+    /// [`crate::version::may_overwrite`].
     pub fn may_overwrite(
         self,
         new_version: Version,
         stored: TaskState,
         stored_version: Version,
     ) -> bool {
-        if new_version <= stored_version {
-            return false;
-        }
-        if !stored.is_terminal() {
-            return true;
-        }
-        // A redrive revives a DEAD task in a later generation.
-        stored == Self::Dead && (new_version >> 32) > (stored_version >> 32)
+        debug_assert_eq!(crate::version::state_of(new_version), Some(self));
+        debug_assert_eq!(crate::version::state_of(stored_version), Some(stored));
+        let stamp = |version| crate::version::Stamp { version, epoch: 0 };
+        crate::version::may_overwrite(stamp(stored_version), stamp(new_version))
     }
 
     /// Lower-case name, as stored in MySQL and used in metrics labels.

@@ -3,7 +3,8 @@
 //! - [`pool`]: [`DbSettings`] and [`connect`], a pool with bounded size, idle and lifetime, that
 //!   retries the first connection with exponential backoff.
 //! - [`migrate`]: versioned migrations with up *and* down scripts (`migrations/`).
-//! - [`tasks`]: the `tasks` table: version-fenced batch upserts, lookups and listing.
+//! - [`tasks`]: the `tasks` table: fenced batch upserts, lookups and listing.
+//! - [`epochs`]: partition lease epochs, which order the successive owners of a partition.
 //! - [`outbox`]: the submit outbox the gateway falls back to and the relay drains.
 //! - [`outbox_admin`]: AdminService's side of it: list rows, requeue dead ones.
 //! - [`outbox_relay`]: the gateway's per-key ordered relay claim, its leader lock, and task lookups.
@@ -18,6 +19,7 @@
 pub mod attempts;
 pub mod dead_letters;
 pub mod dead_letters_admin;
+pub mod epochs;
 pub mod ledger;
 pub mod migrate;
 pub mod outbox;

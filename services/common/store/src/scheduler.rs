@@ -1,8 +1,11 @@
 //! Claiming due `scheduled` tasks for the processor's scheduler.
 //!
 //! [`claim_due`] locks due rows with `FOR UPDATE SKIP LOCKED`, so several processor instances can
-//! run the scheduler at once and each due row is claimed by exactly one of them; the claimer
-//! publishes the task and flips it to `pending` ([`mark_pending`]) in the same transaction.
+//! run the scheduler at once and each due row is claimed by exactly one of them; the claimer flips
+//! them to `pending` ([`mark_pending`]) and commits *before* it publishes them, so no row lock is
+//! held while Kafka is waited on. A row left `pending` by a claimer that died before publishing
+//! is claimed again once stale ([`claim_stale_pending`]); the consumer's fence absorbs the
+//! duplicate when both were published.
 
 use chrono::{DateTime, Utc};
 use dispatch_core::{Priority, TaskId, TaskState, Version};
@@ -54,15 +57,93 @@ pub struct DueTask {
 /// # Errors
 /// Database errors or a corrupt row.
 pub async fn claim_due(conn: &mut sqlx::MySqlConnection, limit: u32) -> Result<Vec<DueTask>> {
-    let rows = sqlx::query(
-        "SELECT task_id, tenant, business_key, task_type, priority, payload, max_attempts, \
-         initial_backoff_ms, max_backoff_ms, generation, idempotency_key, run_at, deadline_at, version, created_at, \
-         trace_context FROM tasks WHERE state = 'scheduled' AND run_at <= NOW(6) ORDER BY run_at LIMIT ? \
-         FOR UPDATE SKIP LOCKED",
-    )
+    let rows = sqlx::query(&format!(
+        "SELECT {DUE_COLUMNS} FROM tasks WHERE state = 'scheduled' AND run_at <= NOW(6) ORDER BY run_at LIMIT ? \
+         FOR UPDATE SKIP LOCKED"
+    ))
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
+    decode(&rows)
+}
+
+const DUE_COLUMNS: &str = "task_id, tenant, business_key, task_type, priority, payload, max_attempts, \
+    initial_backoff_ms, max_backoff_ms, generation, idempotency_key, run_at, deadline_at, version, created_at, \
+    trace_context";
+
+/// Locks up to `limit` rows the scheduler moved to `pending` at least `older_than` ago that no
+/// consumer has started since (their record may never have been published). Same contract as
+/// [`claim_due`]; finish with [`touch_pending`].
+///
+/// # Errors
+/// Database errors or a corrupt row.
+pub async fn claim_stale_pending(
+    conn: &mut sqlx::MySqlConnection,
+    limit: u32,
+    older_than: std::time::Duration,
+) -> Result<Vec<DueTask>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let before = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or_default();
+    let rows = sqlx::query(&format!(
+        "SELECT {DUE_COLUMNS} FROM tasks WHERE state = 'pending' AND updated_at <= ? ORDER BY updated_at LIMIT ? \
+         FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(before)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    decode(&rows)
+}
+
+/// Restarts the staleness clock of re-claimed `pending` rows.
+///
+/// # Errors
+/// Database errors.
+pub async fn touch_pending(
+    conn: &mut sqlx::MySqlConnection,
+    ids: &[TaskId],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    for id in ids {
+        sqlx::query("UPDATE tasks SET updated_at = ? WHERE task_id = ? AND state = 'pending'")
+            .bind(now)
+            .bind(id.as_bytes().as_slice())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Marks claimed rows that cannot be published (they do not decode into a task) DEAD with
+/// `error`, so they never block or spin the scheduler.
+///
+/// # Errors
+/// Database errors.
+pub async fn mark_invalid(
+    conn: &mut sqlx::MySqlConnection,
+    tasks: &[(TaskId, u32, String)],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    for (id, generation, error) in tasks {
+        sqlx::query(
+            "UPDATE tasks SET state = 'dead', version = ?, last_error = ?, updated_at = ?, finished_at = ? \
+             WHERE task_id = ? AND state IN ('scheduled', 'pending') AND version < ?",
+        )
+        .bind(TaskState::Dead.version(*generation, 0))
+        .bind(error.chars().take(1024).collect::<String>())
+        .bind(now)
+        .bind(now)
+        .bind(id.as_bytes().as_slice())
+        .bind(TaskState::Dead.version(*generation, 0))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+fn decode(rows: &[sqlx::mysql::MySqlRow]) -> Result<Vec<DueTask>> {
     rows.iter()
         .map(|r| {
             let priority: u8 = r.try_get("priority")?;

@@ -1,10 +1,22 @@
 //! The `tasks` table.
 //!
-//! Writes are version-fenced multi-row upserts (see `dispatch_core::state`): a write lands only if
-//! it raises the stored version and the stored state is not terminal (a DLQ redrive into a later
-//! generation excepted). The fence is evaluated once, on `version`, which is assigned first; every
-//! other column then follows `version = VALUES(version)`. (MySQL evaluates `ON DUPLICATE KEY
-//! UPDATE` assignments left to right, each seeing the ones before it.)
+//! Writes are fenced multi-row upserts. The rules, in the order the SQL applies them:
+//! 1. **Version and owner** ([`dispatch_core::version::may_overwrite`], the SQL generated from
+//!    it): a write lands only if it raises the stored version and the stored state is not terminal
+//!    (a DLQ redrive of a DEAD task into a later generation excepted), and a write of an attempt
+//!    made under an older lease epoch than the stored one (a partition's replaced owner) is
+//!    dropped. An equal version never changes a row: a committed terminal state is final.
+//! 2. **Tenant**: a write lands only on its own tenant's row. The one exception is a *foreign
+//!    placeholder*: a cancel of an id nobody owns yet leaves a row with an empty type, owned by
+//!    the canceller; the real owner's first write replaces it whole, so no tenant can cancel (or
+//!    see) another tenant's task ahead of its submit.
+//! 3. **Placeholder fill**: the owner's own placeholder (it cancelled before its submit was
+//!    processed) keeps its CANCELLED state but takes the task's data from the submit.
+//!
+//! Every condition is evaluated on the row as stored: MySQL evaluates `ON DUPLICATE KEY UPDATE`
+//! assignments left to right, each seeing the ones before it, so the columns the conditions read
+//! (`version`, `lease_epoch`, `tenant`, `task_type`) are assigned last. Each landed write stores a
+//! random `write_token`, by which the writer tells exactly which of its writes landed.
 
 use chrono::{DateTime, Utc};
 use dispatch_core::{Priority, TaskId, TaskState, Version};
@@ -52,6 +64,8 @@ pub struct TaskWrite {
     pub result: Option<Vec<u8>>,
     /// Fencing version (from `TaskState::version`).
     pub version: Version,
+    /// Lease epoch of the partition owner that made the write (0: made without a lease).
+    pub lease_epoch: u64,
     /// When the task was accepted (only used on insert).
     pub created_at: DateTime<Utc>,
     /// Time of this change.
@@ -59,7 +73,7 @@ pub struct TaskWrite {
 }
 
 /// The stored (state, version) of a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateVersion {
     /// Stored state.
     pub state: TaskState,
@@ -67,26 +81,110 @@ pub struct StateVersion {
     pub version: Version,
     /// Stored generation.
     pub generation: u32,
+    /// Lease epoch of the write that made it.
+    pub lease_epoch: u64,
+    /// A placeholder: a cancel's row ahead of its task's first write (no type, no data).
+    pub placeholder: bool,
+    /// Owner (of a placeholder: the canceller).
+    pub tenant: String,
 }
 
-const TERMINAL: &str = "('succeeded','dead','cancelled')";
+impl StateVersion {
+    /// The stored row as the fence sees it.
+    pub fn stamp(&self) -> dispatch_core::version::Stamp {
+        dispatch_core::version::Stamp {
+            version: self.version,
+            epoch: self.lease_epoch,
+        }
+    }
 
-/// Applies `writes` in one multi-row upsert on `conn` (call inside a transaction).
-/// Later writes for the same task in one batch must already be coalesced by the caller.
+    /// Whether this row belongs to `tenant` as far as its task is concerned: a placeholder of
+    /// another tenant does not (the owner's first write replaces it).
+    pub fn owned_by(&self, tenant: &str) -> bool {
+        self.tenant == tenant
+    }
+}
+
+/// The `ON DUPLICATE KEY UPDATE` clause of [`upsert_batch`]; see the module doc.
+fn on_duplicate() -> String {
+    let fence = dispatch_core::version::sql_may_overwrite(
+        "version",
+        "lease_epoch",
+        "VALUES(version)",
+        "VALUES(lease_epoch)",
+    );
+    // A cancel's row of another tenant, and this write is its real owner's.
+    let foreign = "(task_type = '' AND tenant <> VALUES(tenant) AND VALUES(task_type) <> '')";
+    let apply = format!("(({fence} AND tenant = VALUES(tenant)) OR {foreign})");
+    // Take the data columns: replacing a foreign placeholder, or filling the owner's own.
+    let data = "(task_type = '' AND VALUES(task_type) <> '')";
+    let mut sets: Vec<String> = Vec::new();
+    for col in ["state", "generation", "result", "updated_at", "finished_at"] {
+        sets.push(format!("{col} = IF({apply}, VALUES({col}), {col})"));
+    }
+    sets.push(format!(
+        "attempts = IF({foreign}, VALUES(attempts), IF({apply}, GREATEST(attempts, VALUES(attempts)), attempts))"
+    ));
+    sets.push(format!(
+        "last_error = IF({foreign} OR ({apply} AND VALUES(last_error) <> ''), VALUES(last_error), last_error)"
+    ));
+    sets.push(format!(
+        "write_token = IF({apply} OR {data}, VALUES(write_token), write_token)"
+    ));
+    for col in [
+        "business_key",
+        "priority",
+        "payload",
+        "max_attempts",
+        "initial_backoff_ms",
+        "max_backoff_ms",
+        "idempotency_key",
+        "run_at",
+        "deadline_at",
+        "created_at",
+    ] {
+        sets.push(format!("{col} = IF({data}, VALUES({col}), {col})"));
+    }
+    // Read by the conditions above: assigned last, version and epoch first.
+    sets.push(format!(
+        "lease_epoch = IF({apply} AND VALUES(lease_epoch) <> 0, VALUES(lease_epoch), lease_epoch)"
+    ));
+    sets.push(format!("version = IF({apply}, VALUES(version), version)"));
+    sets.push(format!("tenant = IF({data}, VALUES(tenant), tenant)"));
+    sets.push(format!(
+        "task_type = IF({data}, VALUES(task_type), task_type)"
+    ));
+    format!(" ON DUPLICATE KEY UPDATE {}", sets.join(", "))
+}
+
+/// A random, non-zero write token.
+fn token() -> u64 {
+    rand::random::<u64>() | 1
+}
+
+/// Applies `writes` in one multi-row upsert on `conn` (call inside a transaction) and returns
+/// each write's token: a write landed exactly when the row's `write_token` (see [`states`]) is its
+/// token afterwards. Later writes for the same task in one batch must already be coalesced by the
+/// caller.
 ///
 /// # Errors
 /// Database errors.
-pub async fn upsert_batch(conn: &mut sqlx::MySqlConnection, writes: &[TaskWrite]) -> Result<()> {
+pub async fn upsert_batch(
+    conn: &mut sqlx::MySqlConnection,
+    writes: &[TaskWrite],
+) -> Result<Vec<u64>> {
     if writes.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
+    let tokens: Vec<u64> = writes.iter().map(|_| token()).collect();
     let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
         "INSERT INTO tasks (task_id, tenant, business_key, task_type, priority, payload, state, attempts, \
          max_attempts, initial_backoff_ms, max_backoff_ms, generation, idempotency_key, run_at, deadline_at, \
-         last_error, result, version, created_at, updated_at, finished_at) ",
+         last_error, result, version, lease_epoch, write_token, created_at, updated_at, finished_at) ",
     );
-    let writes = crate::padded(writes);
-    qb.push_values(writes.iter(), |mut b, w| {
+    let rows: Vec<(&TaskWrite, u64)> = writes.iter().zip(tokens.iter().copied()).collect();
+    let rows = crate::padded(&rows);
+    qb.push_values(rows.iter(), |mut b, (w, token)| {
         b.push_bind(w.task_id.as_bytes().as_slice())
             .push_bind(&w.tenant)
             .push_bind(&w.business_key)
@@ -105,36 +203,15 @@ pub async fn upsert_batch(conn: &mut sqlx::MySqlConnection, writes: &[TaskWrite]
             .push_bind(truncate(&w.last_error, 1024))
             .push_bind(&w.result)
             .push_bind(w.version)
+            .push_bind(w.lease_epoch)
+            .push_bind(*token)
             .push_bind(w.created_at)
             .push_bind(w.updated_at)
             .push_bind(w.state.is_terminal().then_some(w.updated_at));
     });
-    qb.push(format!(
-        " ON DUPLICATE KEY UPDATE \
-         version = IF(VALUES(version) > version AND (state NOT IN {TERMINAL} OR \
-             (state = 'dead' AND (VALUES(version) >> 32) > (version >> 32))), VALUES(version), version), \
-         state = IF(version = VALUES(version), VALUES(state), state), \
-         attempts = IF(version = VALUES(version), GREATEST(attempts, VALUES(attempts)), attempts), \
-         generation = IF(version = VALUES(version), VALUES(generation), generation), \
-         last_error = IF(version = VALUES(version) AND VALUES(last_error) <> '', VALUES(last_error), last_error), \
-         result = IF(version = VALUES(version), VALUES(result), result), \
-         updated_at = IF(version = VALUES(version), VALUES(updated_at), updated_at), \
-         finished_at = IF(version = VALUES(version), VALUES(finished_at), finished_at), \
-         tenant = IF(task_type = '', VALUES(tenant), tenant), \
-         business_key = IF(task_type = '', VALUES(business_key), business_key), \
-         priority = IF(task_type = '', VALUES(priority), priority), \
-         payload = IF(task_type = '', VALUES(payload), payload), \
-         max_attempts = IF(task_type = '', VALUES(max_attempts), max_attempts), \
-         initial_backoff_ms = IF(task_type = '', VALUES(initial_backoff_ms), initial_backoff_ms), \
-         max_backoff_ms = IF(task_type = '', VALUES(max_backoff_ms), max_backoff_ms), \
-         idempotency_key = IF(task_type = '', VALUES(idempotency_key), idempotency_key), \
-         run_at = IF(task_type = '', VALUES(run_at), run_at), \
-         deadline_at = IF(task_type = '', VALUES(deadline_at), deadline_at), \
-         created_at = IF(task_type = '', VALUES(created_at), created_at), \
-         task_type = IF(task_type = '', VALUES(task_type), task_type)"
-    ));
+    qb.push(on_duplicate());
     qb.build().execute(&mut *conn).await?;
-    Ok(())
+    Ok(tokens)
 }
 
 /// Stored state and version of each of `ids` that exists.
@@ -149,7 +226,8 @@ where
         return Ok(Vec::new());
     }
     let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
-        "SELECT task_id, state, version, generation FROM tasks WHERE task_id IN (",
+        "SELECT task_id, state, version, generation, lease_epoch, task_type = '', tenant \
+         FROM tasks WHERE task_id IN (",
     );
     let mut sep = qb.separated(", ");
     for id in crate::padded(ids).iter() {
@@ -170,6 +248,9 @@ where
                     state,
                     version: r.try_get(2)?,
                     generation: r.try_get(3)?,
+                    lease_epoch: r.try_get(4)?,
+                    placeholder: r.try_get::<i64, _>(5)? != 0,
+                    tenant: r.try_get(6)?,
                 },
             ))
         })
@@ -217,19 +298,64 @@ fn task_from_row(r: &sqlx::mysql::MySqlRow) -> Result<pb::Task> {
     })
 }
 
-/// One task by id (any tenant: callers check ownership).
+/// A task as stored, with its write token, for every one of `ids` with a row (placeholders
+/// included): what the writer publishes as the task's event, read in the write's transaction.
+///
+/// # Errors
+/// Database errors or a corrupt row.
+pub async fn snapshots<'c, E>(executor: E, ids: &[TaskId]) -> Result<Vec<Snapshot>>
+where
+    E: sqlx::Executor<'c, Database = MySql>,
+{
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut qb: QueryBuilder<MySql> = QueryBuilder::new(format!(
+        "SELECT {COLUMNS}, write_token FROM tasks WHERE task_id IN ("
+    ));
+    let mut sep = qb.separated(", ");
+    for id in crate::padded(ids).iter() {
+        sep.push_bind(id.as_bytes().to_vec());
+    }
+    qb.push(")");
+    qb.build()
+        .fetch_all(executor)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Snapshot {
+                task: task_from_row(r)?,
+                write_token: r.try_get("write_token")?,
+            })
+        })
+        .collect()
+}
+
+/// A row as [`snapshots`] reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The task as readers see it (`task_type` empty: a cancel's placeholder).
+    pub task: pb::Task,
+    /// The token of the write that last changed the row.
+    pub write_token: u64,
+}
+
+/// One task by id (any tenant: callers check ownership). A cancel's placeholder (a row ahead of
+/// its task's first write) is no task: `None`.
 ///
 /// # Errors
 /// Database errors or a corrupt row.
 pub async fn get(pool: &MySqlPool, id: TaskId) -> Result<Option<pb::Task>> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM tasks WHERE task_id = ?"))
-        .bind(id.as_bytes().as_slice())
-        .fetch_optional(pool)
-        .await?;
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM tasks WHERE task_id = ? AND task_type <> ''"
+    ))
+    .bind(id.as_bytes().as_slice())
+    .fetch_optional(pool)
+    .await?;
     row.as_ref().map(task_from_row).transpose()
 }
 
-/// Several tasks by id (any tenant), in no particular order.
+/// Several tasks by id (any tenant), in no particular order; placeholders are left out.
 ///
 /// # Errors
 /// Database errors or a corrupt row.
@@ -237,8 +363,9 @@ pub async fn get_many(pool: &MySqlPool, ids: &[TaskId]) -> Result<Vec<pb::Task>>
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut qb: QueryBuilder<MySql> =
-        QueryBuilder::new(format!("SELECT {COLUMNS} FROM tasks WHERE task_id IN ("));
+    let mut qb: QueryBuilder<MySql> = QueryBuilder::new(format!(
+        "SELECT {COLUMNS} FROM tasks WHERE task_type <> '' AND task_id IN ("
+    ));
     let mut sep = qb.separated(", ");
     for id in crate::padded(ids).iter() {
         sep.push_bind(id.as_bytes().to_vec());
@@ -282,6 +409,7 @@ pub async fn list(pool: &MySqlPool, f: &ListFilter) -> Result<Vec<pb::Task>> {
     let mut qb: QueryBuilder<MySql> =
         QueryBuilder::new(format!("SELECT {COLUMNS} FROM tasks WHERE tenant = "));
     qb.push_bind(&f.tenant);
+    qb.push(" AND task_type <> ''");
     if let Some(k) = &f.business_key {
         qb.push(" AND business_key = ").push_bind(k);
     }

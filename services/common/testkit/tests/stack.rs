@@ -96,6 +96,7 @@ fn write(id: TaskId, state: TaskState, attempt: u32) -> TaskWrite {
         last_error: String::new(),
         result: None,
         version: state.version(0, attempt),
+        lease_epoch: 0,
         created_at: now,
         updated_at: now,
     }

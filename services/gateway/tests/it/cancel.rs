@@ -50,6 +50,7 @@ async fn store(
         last_error: String::new(),
         result: None,
         version: state.version(0, 1),
+        lease_epoch: 0,
         created_at: now,
         updated_at: now,
     };

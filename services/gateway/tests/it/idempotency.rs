@@ -130,6 +130,7 @@ async fn without_redis_the_id_is_stable_and_the_store_dedupes() -> anyhow::Resul
         last_error: String::new(),
         result: None,
         version: TaskState::Pending.version(0, 0),
+        lease_epoch: 0,
         created_at: now,
         updated_at: now,
     };

@@ -4,7 +4,9 @@
 //! tokens (lanes drop work that has not started), wait up to `consumer.rebalance_drain_ms` for
 //! running records to persist, commit the watermarks synchronously and forget the trackers. Work
 //! that outlives this is stale: its lease no longer matches and its effects are fenced by version.
-//! On assign: start fresh trackers; the poll thread re-applies pauses on its next turn.
+//! On assign: raise the partitions' lease epochs in MySQL (`dispatch_store::epochs`; the clock if
+//! MySQL cannot be reached), start fresh trackers; the poll thread re-applies pauses on its next
+//! turn.
 
 use std::sync::Arc;
 
@@ -14,15 +16,67 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use super::{Shared, Tp};
 use crate::metrics::REBALANCES;
 
+/// Where lease epochs come from.
+pub struct Fences {
+    /// MySQL.
+    pub pool: dispatch_store::MySqlPool,
+    /// The consumer group.
+    pub group: String,
+    /// This instance, recorded with the epoch.
+    pub owner: String,
+    /// The runtime the pool lives on (callbacks run on the poll thread).
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl Fences {
+    /// New lease epochs for `tps`: from MySQL, or the clock when it cannot be reached in time.
+    fn next(&self, tps: &[Tp]) -> Vec<u64> {
+        let parts: Vec<(String, i32)> = tps
+            .iter()
+            .map(|tp| (tp.topic.to_string(), tp.partition))
+            .collect();
+        let fut = dispatch_store::epochs::next(&self.pool, &self.group, &self.owner, &parts);
+        match self
+            .runtime
+            .block_on(async { tokio::time::timeout(EPOCH_TIMEOUT, fut).await })
+        {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot raise lease epochs; using the clock");
+                vec![dispatch_store::epochs::clock_epoch(); tps.len()]
+            }
+            Err(_) => {
+                tracing::warn!("raising lease epochs timed out; using the clock");
+                vec![dispatch_store::epochs::clock_epoch(); tps.len()]
+            }
+        }
+    }
+}
+
+/// How long an assignment waits for MySQL to raise its lease epochs.
+const EPOCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The consumer's context.
 pub struct Ctx {
     shared: Arc<Shared>,
+    fences: Option<Fences>,
 }
 
 impl Ctx {
-    /// A context over `shared`.
+    /// A context over `shared`, without lease epochs (tests).
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        Self {
+            shared,
+            fences: None,
+        }
+    }
+
+    /// A context over `shared` whose assignments take lease epochs from `fences`.
+    pub fn fenced(shared: Arc<Shared>, fences: Fences) -> Self {
+        Self {
+            shared,
+            fences: Some(fences),
+        }
     }
 }
 
@@ -107,7 +161,13 @@ impl ConsumerContext for Ctx {
                         paused.remove(tp);
                     }
                 }
-                self.shared.partitions.assign(tps);
+                let fences = match &self.fences {
+                    Some(f) => f.next(&tps),
+                    None => vec![0; tps.len()],
+                };
+                self.shared
+                    .partitions
+                    .assign_fenced(tps.into_iter().zip(fences));
                 self.shared.pauses_changed();
             }
             Rebalance::Revoke(_) => {}

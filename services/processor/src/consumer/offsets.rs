@@ -9,7 +9,11 @@
 //! was not persisted) but nobody waits for it.
 //!
 //! Each assignment of a partition has an epoch; a lease of an earlier epoch (work that outlived
-//! a revoke) can no longer move the partition's watermark.
+//! a revoke) can no longer move the partition's watermark. It also has a *fence*: the
+//! cluster-wide lease epoch of this assignment (`dispatch_store::epochs`), which every write made
+//! for the partition's records carries, so the store drops the late writes of a replaced owner.
+//! A revoke first lets running records finish for the drain bound, then fires their `stop`
+//! tokens: their handlers are cancelled and nothing of theirs is written.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -47,8 +51,12 @@ pub struct Lease {
     pub offset: i64,
     /// Assignment epoch of the partition when it was polled.
     pub epoch: u64,
+    /// The cluster-wide lease epoch of this assignment (0: none).
+    pub fence: u64,
     /// Fires when the partition is revoked (or the processor stops): drop unstarted work.
     pub revoked: CancellationToken,
+    /// Fires when a revoke's drain bound is over: stop running handlers, write nothing.
+    pub stop: CancellationToken,
     /// When it was polled.
     pub polled_at: Instant,
 }
@@ -66,7 +74,9 @@ type SlotEntry = (Slot, Instant, usize);
 #[derive(Debug)]
 struct Partition {
     epoch: u64,
+    fence: u64,
     revoked: CancellationToken,
+    stop: CancellationToken,
     slots: BTreeMap<i64, SlotEntry>,
     /// Bytes held by the slots.
     bytes: usize,
@@ -90,14 +100,21 @@ pub struct Partitions {
 }
 
 impl Partitions {
-    /// Starts tracking newly assigned partitions.
+    /// Starts tracking newly assigned partitions (without a lease epoch).
     pub fn assign(&self, tps: impl IntoIterator<Item = Tp>) {
+        self.assign_fenced(tps.into_iter().map(|tp| (tp, 0)));
+    }
+
+    /// Starts tracking newly assigned partitions, each with its lease epoch.
+    pub fn assign_fenced(&self, tps: impl IntoIterator<Item = (Tp, u64)>) {
         let mut m = self.inner.lock();
-        for tp in tps {
+        for (tp, fence) in tps {
             let epoch = self.epochs.fetch_add(1, Ordering::Relaxed) + 1;
             m.entry(tp).or_insert_with(|| Partition {
                 epoch,
+                fence,
                 revoked: CancellationToken::new(),
+                stop: CancellationToken::new(),
                 slots: BTreeMap::new(),
                 bytes: 0,
                 next: None,
@@ -121,7 +138,9 @@ impl Partitions {
             tp: tp.clone(),
             offset,
             epoch: p.epoch,
+            fence: p.fence,
             revoked: p.revoked.clone(),
+            stop: p.stop.clone(),
             polled_at: now,
         })
     }
@@ -187,6 +206,11 @@ impl Partitions {
             std::thread::sleep(Duration::from_millis(5));
         }
         let mut m = self.inner.lock();
+        for tp in tps {
+            if let Some(p) = m.get(tp) {
+                p.stop.cancel();
+            }
+        }
         tps.iter()
             .filter_map(|tp| {
                 let p = m.remove(tp)?;
@@ -304,9 +328,14 @@ mod tests {
         let mut stored = Vec::new();
         p.finish(&b, |_, w| stored.push(w));
         assert_eq!(stored, vec![5], "the abandoned record blocks");
+        assert!(!b.stop.is_cancelled());
         let out = p.revoke(&[tp()], Duration::from_millis(10));
         assert_eq!(out, vec![(tp(), 5)]);
         assert!(a.revoked.is_cancelled());
+        assert!(
+            b.stop.is_cancelled(),
+            "the drain bound is over: running work is stopped"
+        );
         // Re-assigned: an old lease no longer counts.
         p.assign([tp()]);
         let c = p.begin(&tp(), 5, 1).expect("assigned");

@@ -119,6 +119,7 @@ impl Processor {
             a,
             TaskState::Retrying.version(env.generation, a),
         );
+        w.lease_epoch = d.lease.fence;
         w.last_error = error.to_string();
         let c = self
             .writer
@@ -182,6 +183,7 @@ impl Processor {
             index.attempts,
             TaskState::Dead.version(env.generation, env.attempt),
         );
+        w.lease_epoch = d.lease.fence;
         w.last_error = cause.error;
         let c = self
             .writer

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use dispatch_core::{Envelope, TaskId, TaskState, Topics};
 use dispatch_store::MySqlPool;
-use dispatch_store::tasks::TaskWrite;
+use dispatch_store::tasks::{StateVersion, TaskWrite};
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -26,12 +26,17 @@ use tokio_util::sync::CancellationToken;
 use crate::consumer::{Ctx, Delivery, Lease, Shared, Tp};
 use crate::gate::Gate;
 use crate::handler::Registry;
+use crate::metrics::CANCELS_IGNORED;
 use crate::produce::Producer;
 use crate::writer::{Committed, Writer};
+
+/// Bound of the per-process memory of cancels (the store holds every cancel anyway).
+const MAX_CANCELS_REMEMBERED: usize = 100_000;
 
 /// An attempt this process is working on.
 #[derive(Debug, Clone)]
 struct InFlight {
+    tenant: String,
     generation: u32,
     attempt: u32,
     /// Fired by a cancel while the handler runs.
@@ -63,7 +68,8 @@ pub struct Processor {
     /// How long a cancel is remembered.
     pub cancelled_ttl: Duration,
     in_flight: Mutex<HashMap<TaskId, InFlight>>,
-    cancelled: Mutex<HashMap<TaskId, Instant>>,
+    /// Cancels seen here: task id -> (the cancelling tenant, when).
+    cancelled: Mutex<HashMap<TaskId, (String, Instant)>>,
     task_locks: Mutex<HashMap<TaskId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -178,6 +184,11 @@ impl Processor {
 
     /// Handles a CANCEL: remembers it, fires a running handler's token and writes CANCELLED
     /// (a placeholder row if the task has none yet; its SUBMIT later fills the data columns).
+    ///
+    /// A cancel applies only to its own tenant's task: a task of another tenant is left alone
+    /// (counted in `dispatch_cancels_ignored_total`), and a placeholder carries the canceller's
+    /// tenant, so it never affects another tenant's task (the store replaces it with the real
+    /// owner's row). It cancels the task's current generation: a redriven task is cancellable.
     pub async fn cancel(&self, d: Delivery) {
         let Ok(env) = &d.envelope else {
             return;
@@ -186,17 +197,48 @@ impl Processor {
             self.abandon(&d.lease);
             return;
         }
-        self.remember_cancel(env.task_id);
-        if let Some(f) = self.in_flight.lock().get(&env.task_id) {
+        let stored = loop {
+            match self.gate.lookup(env.task_id).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "state lookup failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        () = d.lease.revoked.cancelled() => return self.abandon(&d.lease),
+                    }
+                }
+            }
+        };
+        let tenant = env.tenant.as_str();
+        let foreign = |s: &&StateVersion| {
+            !cfg!(feature = "fault-skip-cancel-tenant") && !s.placeholder && !s.owned_by(tenant)
+        };
+        if let Some(s) = stored.as_ref().filter(foreign) {
+            tracing::warn!(task_id = %env.task_id, tenant, owner = %s.tenant, "cancel of another tenant's task ignored");
+            CANCELS_IGNORED.with_label_values(&["tenant"]).inc();
+            return self.finish(&d.lease);
+        }
+        let generation = stored
+            .as_ref()
+            .filter(|s| s.owned_by(tenant))
+            .map_or(env.generation, |s| s.generation.max(env.generation));
+        self.remember_cancel(env.task_id, tenant);
+        if let Some(f) = self
+            .in_flight
+            .lock()
+            .get(&env.task_id)
+            .filter(|f| f.tenant == tenant)
+        {
             f.token.cancel();
         }
-        tracing::info!(task_id = %env.task_id, "cancel requested");
+        tracing::info!(task_id = %env.task_id, generation, "cancel requested");
         let mut w = write_of(
             env,
             TaskState::Cancelled,
             0,
-            TaskState::Cancelled.version(env.generation, 0),
+            TaskState::Cancelled.version(generation, 0),
         );
+        w.generation = generation;
         w.task_type = String::new();
         w.payload = Vec::new();
         w.last_error = format!("cancelled: {}", env.cancel_reason);
@@ -204,20 +246,28 @@ impl Processor {
         self.finish_after(&d.lease, committed).await;
     }
 
-    fn remember_cancel(&self, id: TaskId) {
+    fn remember_cancel(&self, id: TaskId, tenant: &str) {
         let mut c = self.cancelled.lock();
-        if c.len() >= 100_000 {
+        if c.len() >= MAX_CANCELS_REMEMBERED {
             let ttl = self.cancelled_ttl;
-            c.retain(|_, at| at.elapsed() < ttl);
+            c.retain(|_, (_, at)| at.elapsed() < ttl);
+            if c.len() >= MAX_CANCELS_REMEMBERED {
+                // Still full of live entries: forget the oldest half (the store still has them).
+                let mut ats: Vec<Instant> = c.values().map(|(_, at)| *at).collect();
+                ats.sort_unstable();
+                let cut = ats[ats.len() / 2];
+                c.retain(|_, (_, at)| *at > cut);
+            }
         }
-        c.insert(id, Instant::now());
+        c.insert(id, (tenant.to_owned(), Instant::now()));
     }
 
-    fn is_cancelled(&self, id: TaskId) -> bool {
+    /// Whether `tenant` cancelled `id` recently (this process saw the cancel).
+    fn is_cancelled(&self, id: TaskId, tenant: &str) -> bool {
         self.cancelled
             .lock()
             .get(&id)
-            .is_some_and(|at| at.elapsed() < self.cancelled_ttl)
+            .is_some_and(|(t, at)| t == tenant && at.elapsed() < self.cancelled_ttl)
     }
 
     /// Claims `(generation, attempt)` of a task for this process; false when the same or a later
@@ -232,6 +282,7 @@ impl Processor {
         m.insert(
             env.task_id,
             InFlight {
+                tenant: env.tenant.to_string(),
                 generation: env.generation,
                 attempt: env.attempt,
                 token: token.clone(),
@@ -298,6 +349,7 @@ pub fn write_of(env: &Envelope, state: TaskState, attempts: u32, version: u64) -
         last_error: String::new(),
         result: None,
         version,
+        lease_epoch: 0,
         created_at: env.submitted_at,
         updated_at: Utc::now(),
     }

@@ -12,10 +12,12 @@
 use std::time::Instant;
 
 use chrono::Utc;
+use dispatch_core::version::{self, Stamp};
 use dispatch_core::{Envelope, TaskState};
 use dispatch_runtime::telemetry;
 use dispatch_store::attempts::AttemptRow;
 use dispatch_store::tasks::StateVersion;
+use futures::FutureExt;
 use tracing::Instrument;
 
 use super::dlq::{DeadCause, error_class};
@@ -23,7 +25,7 @@ use super::{Processor, write_of};
 use crate::consumer::Delivery;
 use crate::dispatch::LaneTicket;
 use crate::handler::{HandlerContext, HandlerError, Outcome};
-use crate::metrics::{HANDLER_DURATION, HANDLER_EXECUTIONS};
+use crate::metrics::{HANDLER_DURATION, HANDLER_EXECUTIONS, PANICS};
 use crate::writer::Committed;
 
 /// Largest result stored.
@@ -52,14 +54,26 @@ impl Ran {
     }
 }
 
-/// Whether the stored state says this attempt already happened (or the task is finished).
-/// A stored RUNNING of the *same* attempt is not "past": that attempt started but its outcome was
-/// never committed (a crash or a revoke), so it runs again.
-pub fn already_past(stored: StateVersion, env: &Envelope) -> bool {
-    let running = TaskState::Running.version(env.generation, env.attempt);
-    let redrive = stored.state == TaskState::Dead && (running >> 32) > (stored.version >> 32);
-    let open = !stored.state.is_terminal() || redrive;
-    !(open && stored.version <= running)
+/// Whether the stored state says this attempt already happened, the task is finished, or this
+/// owner of the record's partition has been replaced (`fence`: its lease epoch), so the attempt
+/// must not run here. A stored RUNNING of the *same* attempt by an older (or this) owner is not
+/// "past": that attempt started but its outcome was never committed (a crash or a revoke), so it
+/// runs again, and this owner's RUNNING takes it over.
+pub fn already_past(stored: &StateVersion, env: &Envelope, fence: u64) -> bool {
+    let running = Stamp {
+        version: TaskState::Running.version(env.generation, env.attempt),
+        epoch: fence,
+    };
+    let mine = stored.stamp() == running;
+    !(mine || version::may_overwrite(stored.stamp(), running))
+}
+
+/// The message of a handler's panic.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
 }
 
 fn trace_pairs(d: &Delivery) -> Vec<(String, String)> {
@@ -120,7 +134,9 @@ impl Processor {
         };
         let stored = loop {
             match self.gate.lookup(env.task_id).await {
-                Ok(s) => break s,
+                // A cancel's placeholder of another tenant is not this task's row: the first
+                // write replaces it.
+                Ok(s) => break s.filter(|s| s.owned_by(env.tenant.as_str())),
                 Err(e) => {
                     tracing::warn!(error = %e, "state lookup failed; retrying");
                     tokio::select! {
@@ -130,7 +146,7 @@ impl Processor {
                 }
             }
         };
-        if let Some(s) = stored.filter(|s| already_past(*s, env)) {
+        if let Some(s) = stored.filter(|s| already_past(s, env, d.lease.fence)) {
             tracing::debug!("record already processed; skipped");
             if s.state == TaskState::Cancelled {
                 // A cancel may have overtaken this submit's first write and left a placeholder:
@@ -170,7 +186,14 @@ impl Processor {
     ) -> Option<Committed> {
         let (g, a) = (env.generation, env.attempt);
         let trace = telemetry::current_trace_headers();
-        if self.is_cancelled(env.task_id) {
+        // Every write of this attempt carries the partition's lease epoch.
+        let write_of = |env: &Envelope, state, attempts, version| {
+            let mut w = write_of(env, state, attempts, version);
+            w.lease_epoch = d.lease.fence;
+            w
+        };
+        let tenant = env.tenant.as_str();
+        if self.is_cancelled(env.task_id, tenant) {
             tracing::info!("task cancelled before it ran");
             let w = write_of(
                 env,
@@ -223,20 +246,39 @@ impl Processor {
             generation: g,
             pool: self.pool.clone(),
         };
-        let r = tokio::time::timeout(reg.timeout, reg.handler.handle(ctx, env)).await;
-        let ran = if self.is_cancelled(env.task_id) {
+        // A panic is a failed attempt (retryable), not a stuck task: caught here, the lane, the
+        // slot and the record's offset move on like after any other failure.
+        let run = std::panic::AssertUnwindSafe(reg.handler.handle(ctx, env)).catch_unwind();
+        let r = tokio::select! {
+            r = tokio::time::timeout(reg.timeout, run) => Some(r),
+            // The partition was revoked and the drain bound is over: its new owner runs the
+            // attempt; nothing of this one is written.
+            () = d.lease.stop.cancelled() => None,
+        };
+        let ran = if r.is_none() {
+            token.cancel();
+            tracing::info!("partition revoked while the handler ran; attempt stopped");
+            Ran::Stopped
+        } else if self.is_cancelled(env.task_id, tenant) {
             Ran::Cancelled
         } else if self.hard_stop.is_cancelled() {
             Ran::Stopped
         } else {
             match r {
-                Ok(Ok(o)) => Ran::Ok(o),
-                Ok(Err(HandlerError::Retryable(e))) => Ran::Retryable(e),
-                Ok(Err(HandlerError::Permanent(e))) => Ran::Permanent(e),
-                Err(_) => {
+                Some(Ok(Ok(Ok(o)))) => Ran::Ok(o),
+                Some(Ok(Ok(Err(HandlerError::Retryable(e))))) => Ran::Retryable(e),
+                Some(Ok(Ok(Err(HandlerError::Permanent(e))))) => Ran::Permanent(e),
+                Some(Ok(Err(panic))) => {
+                    let msg = panic_message(panic.as_ref());
+                    tracing::error!(panic = %msg, "handler panicked");
+                    PANICS.with_label_values(&[env.task_type.as_str()]).inc();
+                    Ran::Retryable(format!("handler panicked: {msg}"))
+                }
+                Some(Err(_)) => {
                     token.cancel();
                     Ran::Timeout
                 }
+                None => Ran::Stopped,
             }
         };
         let ty = env.task_type.as_str();
@@ -335,11 +377,41 @@ mod tests {
     }
 
     fn sv(state: TaskState, attempt: u32) -> StateVersion {
+        fenced(state, attempt, 0)
+    }
+
+    fn fenced(state: TaskState, attempt: u32, lease_epoch: u64) -> StateVersion {
         StateVersion {
             state,
             version: state.version(0, attempt),
             generation: 0,
+            lease_epoch,
+            placeholder: false,
+            tenant: "acme".into(),
         }
+    }
+
+    fn already_past(stored: StateVersion, env: &Envelope) -> bool {
+        super::already_past(&stored, env, 0)
+    }
+
+    #[test]
+    fn a_replaced_owner_does_not_run_an_attempt_its_successor_claimed() {
+        use TaskState::*;
+        let env = env(1);
+        assert!(
+            !super::already_past(&fenced(Running, 1, 3), &env, 4),
+            "a newer owner takes over"
+        );
+        assert!(
+            !super::already_past(&fenced(Running, 1, 4), &env, 4),
+            "its own claim"
+        );
+        assert!(
+            super::already_past(&fenced(Running, 1, 5), &env, 4),
+            "a newer owner claimed it: this one is a zombie"
+        );
+        assert!(!super::already_past(&fenced(Retrying, 0, 9), &env, 4));
     }
 
     #[test]

@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use dispatch_core::Headers;
+use dispatch_core::TaskState;
 use dispatch_core::envelope::header;
 use dispatch_proto::v1 as pb;
-use dispatch_store::tasks::TaskWrite;
+use dispatch_store::MySqlPool;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -21,39 +22,41 @@ pub(super) struct PendingEvent {
         Result<crate::produce::Delivered, rdkafka::error::KafkaError>,
     >,
     key: String,
-    value: Vec<u8>,
     headers: Headers,
 }
 
-/// Enqueues the event of every landed write of `batch`, in order.
+/// Enqueues the event of every landed write of `batch`, in order: the row as the write left it.
+/// A cancel's placeholder (a row ahead of its task's first write) is no task and has no event.
 pub(super) fn enqueue_events(
     producer: &Producer,
     topic: &str,
     batch: &Batch,
-    landed: &[bool],
+    landed: Vec<Option<pb::Task>>,
 ) -> Vec<PendingEvent> {
     batch
         .entries
         .iter()
         .zip(landed)
-        .filter(|(_, l)| **l)
-        .filter_map(|(e, _)| e.write.as_ref().map(|w| (w, &e.trace)))
-        .map(|(w, trace)| {
-            if w.state.is_terminal() {
-                FINISHED.with_label_values(&[w.state.as_str()]).inc();
+        .filter_map(|(e, task)| Some((task?, &e.trace)))
+        .filter(|(task, _)| !task.task_type.is_empty())
+        .filter(|(task, _)| !(cfg!(feature = "fault-drop-event") && dropped(task)))
+        .map(|(task, trace)| {
+            let ev = snapshot_event(task);
+            if let Some(st) = TaskState::from_proto(ev.state()).filter(|s| s.is_terminal()) {
+                FINISHED.with_label_values(&[st.as_str()]).inc();
             }
-            let key = w.task_id.to_string();
+            let key = ev.task_id.clone();
             let headers = event_headers(trace, &key);
-            let value = event(w).encode_to_vec();
+            let value = ev.encode_to_vec();
             let ack = producer.enqueue("events", topic, key.as_bytes(), &value, &headers);
-            PendingEvent {
-                ack,
-                key,
-                value,
-                headers,
-            }
+            PendingEvent { ack, key, headers }
         })
         .collect()
+}
+
+/// The fault build's choice of events to drop: one task in 50, by id.
+fn dropped(task: &pb::Task) -> bool {
+    task.task_id.bytes().map(u32::from).sum::<u32>() % 50 == 0
 }
 
 /// The headers of a task's event: its trace context and its id (the record key).
@@ -66,31 +69,32 @@ pub(crate) fn event_headers(trace: &[(String, String)], task_id: &str) -> Header
     headers
 }
 
-/// Waits for the batch's events (re-sending a failed one a few times), then wakes its waiters.
+/// Waits for the batch's events, then wakes its waiters. An event that failed is sent again as
+/// the task's *current* row (read back from MySQL), never as the old value: a re-send may land
+/// after a newer event of the task, and the last event of a task must always equal its row. It is
+/// re-sent until it is acknowledged; only a hard stop gives up, leaving the waiters unreleased so
+/// the records are read (and their events published) again.
 pub(super) async fn release_after(
     producer: Producer,
+    pool: MySqlPool,
     topic: String,
     batch: Batch,
     pending: Vec<PendingEvent>,
     abort: CancellationToken,
 ) {
     let acks = pending.into_iter().map(|p| {
-        let (producer, topic) = (producer.clone(), topic.clone());
+        let (producer, pool, topic) = (producer.clone(), pool.clone(), topic.clone());
         async move {
-            let mut result = p.ack.await;
-            for attempt in 1..5u32 {
-                if result.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-                result = producer
-                    .send("events", &topic, p.key.as_bytes(), &p.value, &p.headers)
-                    .await;
+            let mut result = p.ack.await.map(|_| ()).map_err(|e| e.to_string());
+            let mut delay = Duration::from_millis(100);
+            let headers = p.headers;
+            while let Err(e) = result {
+                tracing::warn!(error = %e, task_id = %p.key, "state-change event not delivered; sending the task's current row again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                result = resend_current(&producer, &pool, &topic, &p.key, &headers).await;
             }
-            match result {
-                Ok(_) => EVENTS.inc(),
-                Err(e) => tracing::error!(error = %e, task_id = %p.key, "state-change event lost"),
-            }
+            EVENTS.inc();
         }
     });
     // The producer has no delivery timeout (Kafka down: it retries in order until Kafka is back),
@@ -110,34 +114,36 @@ pub(super) async fn release_after(
     }
 }
 
-/// The event of a landed write; the snapshot is built from the write itself (no read).
-pub fn event(w: &TaskWrite) -> pb::TaskEvent {
-    let ts = |t| dispatch_core::time::to_proto(t);
-    let task = pb::Task {
-        task_id: w.task_id.to_string(),
-        tenant: w.tenant.clone(),
-        business_key: w.business_key.clone(),
-        task_type: w.task_type.clone(),
-        payload: w.payload.clone(),
-        priority: w.priority.to_proto() as i32,
-        state: w.state.to_proto() as i32,
-        attempts: w.attempts,
-        max_attempts: w.max_attempts,
-        run_at: w.run_at.map(ts),
-        deadline: w.deadline_at.map(ts),
-        last_error: w.last_error.chars().take(1024).collect(),
-        result: w.result.clone().unwrap_or_default(),
-        version: w.version,
-        created_at: Some(ts(w.created_at)),
-        updated_at: Some(ts(w.updated_at)),
-        finished_at: w.state.is_terminal().then(|| ts(w.updated_at)),
-        idempotency_key: w.idempotency_key.clone().unwrap_or_default(),
+/// Publishes the task's row as it is now and waits for the acknowledgement.
+async fn resend_current(
+    producer: &Producer,
+    pool: &MySqlPool,
+    topic: &str,
+    key: &str,
+    headers: &Headers,
+) -> Result<(), String> {
+    let id: dispatch_core::TaskId = key.parse().map_err(|e| format!("{e}"))?;
+    let snap = dispatch_store::tasks::snapshots(pool, &[id])
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(task) = snap.into_iter().next().map(|s| s.task) else {
+        return Ok(());
     };
+    let value = snapshot_event(task).encode_to_vec();
+    producer
+        .send("events", topic, key.as_bytes(), &value, headers)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The event of a task's row as stored (see `dispatch_store::tasks::snapshots`).
+pub fn snapshot_event(task: pb::Task) -> pb::TaskEvent {
     pb::TaskEvent {
-        task_id: w.task_id.to_string(),
-        state: w.state.to_proto() as i32,
-        version: w.version,
-        occurred_at: Some(ts(w.updated_at)),
+        task_id: task.task_id.clone(),
+        state: task.state,
+        version: task.version,
+        occurred_at: task.updated_at,
         task: Some(task),
     }
 }

@@ -4,10 +4,11 @@
 //! the higher version wins; equal versions: the later one, which may carry fuller data), so a task
 //! that starts and finishes within one window costs one row. A batch is flushed at
 //! `writer.max_rows` tasks or `writer.max_delay_ms` after its first write, as ONE transaction:
-//! the version-fenced multi-row upsert, the attempt rows, and a read-back of `(state, version)`
-//! that tells which writes landed (the fence may reject replays and zombies). After the commit,
-//! a `TaskEvent` is published for every landed write, and only then are the writers' waiters
-//! released, so an offset is stored only after its state and its event are durable.
+//! the fenced multi-row upsert, the attempt rows, and a read-back of the written rows: a write
+//! landed exactly when its row carries its write token (the fence may reject replays, zombies and
+//! replaced owners). After the commit, a `TaskEvent` carrying the row *as stored* is published for
+//! every landed write, and only then are the writers' waiters released, so an offset is stored
+//! only after its state and its event are durable.
 //!
 //! Up to `writer.max_concurrent_batches` transactions are in flight at once, so the next batch
 //! gathers and commits while the previous one waits on MySQL. Their events are still enqueued in
@@ -30,13 +31,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::metrics::{BATCH_ROWS, DB_WRITE, DB_WRITE_ERRORS};
+use crate::metrics::{BATCH_ROWS, DB_WRITE, DB_WRITE_ERRORS, FENCED};
 use crate::produce::Producer;
+use dispatch_proto::v1 as pb;
 
 mod events;
 
-pub use events::event;
 pub(crate) use events::event_headers;
+pub use events::snapshot_event;
 use events::{enqueue_events, release_after};
 
 /// One state change to persist.
@@ -127,12 +129,18 @@ impl Batch {
             self.entries.len() - 1
         });
         let e = &mut self.entries[i];
-        if e.write
-            .as_ref()
-            .is_none_or(|w| r.write.version >= w.version)
-        {
-            e.write = Some(r.write);
-            e.trace = r.trace;
+        match e.write.take() {
+            None => {
+                e.write = Some(r.write);
+                e.trace = r.trace;
+            }
+            Some(old) => {
+                let (w, took_new) = coalesce(old, r.write);
+                e.write = Some(w);
+                if took_new {
+                    e.trace = r.trace;
+                }
+            }
         }
         if let Some(a) = r.attempt {
             e.attempts
@@ -145,6 +153,41 @@ impl Batch {
     fn len(&self) -> usize {
         self.entries.len()
     }
+}
+
+/// Two writes of one task in one batch, as the store would leave them applied one after the
+/// other: the higher version wins (equal versions: the later one, which may carry fuller data),
+/// except across tenants, where a cancel's placeholder never beats its task's real write (the
+/// store replaces a foreign placeholder and drops a foreign cancel). A placeholder that wins over
+/// its own tenant's real write takes the task's data from it, as the store fills it. Returns the
+/// write to keep and whether it is (based on) `new`.
+fn coalesce(old: TaskWrite, new: TaskWrite) -> (TaskWrite, bool) {
+    let placeholder = |w: &TaskWrite| w.task_type.is_empty();
+    if old.tenant != new.tenant {
+        return match (placeholder(&old), placeholder(&new)) {
+            (true, false) => (new, true),
+            _ => (old, false),
+        };
+    }
+    let (mut keep, data, took_new) = if new.version >= old.version {
+        (new, old, true)
+    } else {
+        (old, new, false)
+    };
+    if placeholder(&keep) && !placeholder(&data) {
+        keep.business_key = data.business_key;
+        keep.task_type = data.task_type;
+        keep.priority = data.priority;
+        keep.payload = data.payload;
+        keep.max_attempts = data.max_attempts;
+        keep.initial_backoff_ms = data.initial_backoff_ms;
+        keep.max_backoff_ms = data.max_backoff_ms;
+        keep.idempotency_key = data.idempotency_key;
+        keep.run_at = data.run_at;
+        keep.deadline_at = data.deadline_at;
+        keep.created_at = data.created_at;
+    }
+    (keep, took_new)
 }
 
 /// Spawns the writer on `tracker`; the task ends once every [`Writer`] is dropped and the last
@@ -208,10 +251,11 @@ async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTr
             // (compacted) events topic in version order; waiting for their acknowledgements and
             // waking the waiters overlaps with later batches.
             let topic = cfg.topics.events();
-            let pending = enqueue_events(&cfg.producer, &topic, &batch, &landed);
+            let pending = enqueue_events(&cfg.producer, &topic, &batch, landed);
             let _ = enqueued.send(());
             acks2.spawn(release_after(
                 cfg.producer.clone(),
+                cfg.pool.clone(),
                 topic,
                 batch,
                 pending,
@@ -224,9 +268,12 @@ async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTr
     tracing::info!("batch writer stopped");
 }
 
-/// Commits the batch, retrying with backoff; `None` when aborted. Returns, per entry, whether
-/// its write landed.
-async fn commit_with_retry(cfg: &WriterTask, batch: &Batch) -> Option<Vec<bool>> {
+/// Per entry of a batch: the row as stored after its write, if the write landed.
+type Landed = Vec<Option<pb::Task>>;
+
+/// Commits the batch, retrying with backoff; `None` when aborted. Returns, per entry, the row its
+/// write left if the write landed.
+async fn commit_with_retry(cfg: &WriterTask, batch: &Batch) -> Option<Landed> {
     let mut delay = Duration::from_millis(50);
     loop {
         let started = Instant::now();
@@ -252,7 +299,7 @@ async fn commit_with_retry(cfg: &WriterTask, batch: &Batch) -> Option<Vec<bool>>
     }
 }
 
-async fn commit(pool: &MySqlPool, batch: &Batch) -> dispatch_store::Result<Vec<bool>> {
+async fn commit(pool: &MySqlPool, batch: &Batch) -> dispatch_store::Result<Landed> {
     // Sorted by id: concurrent batches (two instances during a rebalance) lock rows in the same
     // order, which avoids deadlocks.
     let mut writes: Vec<TaskWrite> = batch
@@ -269,7 +316,8 @@ async fn commit(pool: &MySqlPool, batch: &Batch) -> dispatch_store::Result<Vec<b
     attempts.sort_by_key(|a| (a.task_id, a.generation, a.attempt));
     let ids: Vec<TaskId> = writes.iter().map(|w| w.task_id).collect();
     let mut tx = pool.begin().await?;
-    dispatch_store::tasks::upsert_batch(&mut tx, &writes).await?;
+    let tokens = dispatch_store::tasks::upsert_batch(&mut tx, &writes).await?;
+    let token_of: HashMap<TaskId, u64> = ids.iter().copied().zip(tokens).collect();
     // A SCHEDULED task keeps its trace context until the scheduler publishes it.
     let scheduled: Vec<(TaskId, &[(String, String)])> = batch
         .entries
@@ -282,20 +330,22 @@ async fn commit(pool: &MySqlPool, batch: &Batch) -> dispatch_store::Result<Vec<b
         .collect();
     dispatch_store::trace_context::set(&mut tx, &scheduled).await?;
     dispatch_store::attempts::insert_batch(&mut tx, &attempts).await?;
-    let stored: HashMap<TaskId, (TaskState, u64)> = dispatch_store::tasks::states(&mut *tx, &ids)
-        .await?
-        .into_iter()
-        .map(|(id, sv)| (id, (sv.state, sv.version)))
-        .collect();
+    let mut stored: HashMap<TaskId, pb::Task> = HashMap::new();
+    for s in dispatch_store::tasks::snapshots(&mut *tx, &ids).await? {
+        let Ok(id) = s.task.task_id.parse::<TaskId>() else {
+            continue;
+        };
+        if token_of.get(&id) == Some(&s.write_token) {
+            stored.insert(id, s.task);
+        } else {
+            FENCED.inc();
+        }
+    }
     tx.commit().await?;
     Ok(batch
         .entries
         .iter()
-        .map(|e| {
-            e.write
-                .as_ref()
-                .is_some_and(|w| stored.get(&w.task_id) == Some(&(w.state, w.version)))
-        })
+        .map(|e| e.write.as_ref().and_then(|w| stored.remove(&w.task_id)))
         .collect())
 }
 
@@ -325,6 +375,7 @@ mod tests {
             last_error: String::new(),
             result: None,
             version: state.version(0, attempt),
+            lease_epoch: 0,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }
@@ -362,5 +413,35 @@ mod tests {
             Some(TaskState::Cancelled)
         );
         assert_eq!(e.waiters.len(), 3);
+    }
+
+    #[test]
+    fn a_foreign_placeholder_never_wins_and_an_own_one_takes_the_data() {
+        let id = TaskId::new();
+        let placeholder = |tenant: &str| {
+            let mut w = write(id, TaskState::Cancelled, 0);
+            w.tenant = tenant.into();
+            w.task_type = String::new();
+            w.payload = Vec::new();
+            w
+        };
+        let mut real = write(id, TaskState::Succeeded, 1);
+        real.payload = b"data".to_vec();
+        let mut b = Batch::default();
+        b.add(req(placeholder("globex")).0);
+        b.add(req(real.clone()).0);
+        b.add(req(placeholder("globex")).0);
+        let w = b.entries[0].write.as_ref().expect("write");
+        assert_eq!((w.tenant.as_str(), w.state), ("acme", TaskState::Succeeded));
+
+        let mut b = Batch::default();
+        b.add(req(real).0);
+        b.add(req(placeholder("acme")).0);
+        let w = b.entries[0].write.as_ref().expect("write");
+        assert_eq!(w.state, TaskState::Cancelled);
+        assert_eq!(
+            (w.task_type.as_str(), w.payload.as_slice()),
+            ("noop", &b"data"[..])
+        );
     }
 }

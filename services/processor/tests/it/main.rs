@@ -7,6 +7,7 @@ mod control;
 mod crash;
 mod failures;
 mod flow;
+mod hostile;
 mod harness;
 mod outbox_admin;
 mod pauses;

@@ -201,6 +201,7 @@ impl TaskRow {
             last_error: String::new(),
             result: None,
             version: self.version(),
+            lease_epoch: 0,
             created_at: now,
             updated_at: now,
         }
