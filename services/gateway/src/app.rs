@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use dispatch_proto::v1::task_service_server::TaskServiceServer;
 use dispatch_runtime::Shutdown;
 use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
-use dispatch_runtime::grpc::{Authenticator, init_rpc_metrics, reflection_service, tls_config};
+use dispatch_runtime::grpc::{Authenticator, init_rpc_metrics, reflection_services, tls_config};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -210,11 +210,14 @@ impl App {
         if let Some(tls) = self.tls {
             server = server.tls_config(tls).context("grpc tls")?;
         }
+        let (reflection_v1, reflection_v1alpha) =
+            reflection_services(&[dispatch_proto::v1::task_service_server::SERVICE_NAME])?;
         let serve = server
             .timeout(Duration::from_millis(s.grpc.request_timeout_ms))
             .layer(ShedLayer::new(s.grpc.max_concurrent_requests))
             .add_service(health_service)
-            .add_service(reflection_service()?)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(task_service)
             .serve_with_incoming_shutdown(dispatch_runtime::grpc::incoming(self.listener), signal);
         tokio::pin!(serve);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use dispatch_proto::v1::task_query_service_server::TaskQueryServiceServer;
 use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
-use dispatch_runtime::grpc::{Authenticator, reflection_service, tls_config};
+use dispatch_runtime::grpc::{Authenticator, reflection_services, tls_config};
 use dispatch_runtime::{Shutdown, kafka, redis_client};
 use tokio::net::TcpListener;
 use tonic::transport::ServerTlsConfig;
@@ -240,10 +240,13 @@ impl App {
         if let Some(tls) = tls {
             server = server.tls_config(tls).context("grpc tls")?;
         }
+        let (reflection_v1, reflection_v1alpha) =
+            reflection_services(&[dispatch_proto::v1::task_query_service_server::SERVICE_NAME])?;
         let server = server
             .timeout(Duration::from_millis(settings.grpc.request_timeout_ms))
             .add_service(health_svc)
-            .add_service(reflection_service()?)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(Svc::new(svc).max_decoding_message_size(max))
             .serve_with_incoming_shutdown(dispatch_runtime::grpc::incoming(listener), async move {
                 stop.cancelled().await;

@@ -3,6 +3,7 @@
 
 mod flow;
 mod limits;
+mod reflection;
 mod security;
 mod support;
 mod tls;
