@@ -2,10 +2,10 @@
 //!
 //! Its own test binary, because it owns the process-wide `tracing` subscriber: every log line
 //! the three services write while the test drives them (at `trace` for dispatch's own crates,
-//! `debug` for sqlx, `info` for the rest) is captured as JSON lines into a buffer. The capture
-//! uses tracing-subscriber's JSON format with the current span's and every parent span's
-//! fields, a superset of what the services' own JSON lines carry (they name only the span), so
-//! a value recorded anywhere in a span or event is scanned.
+//! `debug` for sqlx, `info` for the rest) is captured into a buffer through the services' own
+//! JSON layer (`telemetry::json_layer`), which carries the event's fields and every enclosing
+//! span's, so a value recorded anywhere in a span or event is scanned, and every line is
+//! checked as a log pipeline would read it (RFC 3339 timestamp, level, target, message).
 //!
 //! The test submits tasks whose payloads carry a marker (succeeding, retried, dead, invalid,
 //! in a batch), reads them back (Get, BatchGet, List, Watch), calls with a wrong key and with
@@ -23,6 +23,9 @@ use dispatch_testkit::{TestEnv, eventually};
 use secrecy::ExposeSecret;
 use tokio_stream::StreamExt;
 use tonic::Code;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// The captured log output.
 #[derive(Clone, Default)]
@@ -64,12 +67,8 @@ fn capture() -> Capture {
                 "info,dispatch_gateway=trace,dispatch_processor=trace,dispatch_reader=trace,\
                  dispatch_runtime=trace,dispatch_store=trace,dispatch_core=trace,sqlx=debug",
             );
-            let _ = tracing_subscriber::fmt()
-                .json()
-                .with_current_span(true)
-                .with_span_list(true)
-                .with_env_filter(filter)
-                .with_writer(c.clone())
+            let _ = tracing_subscriber::registry()
+                .with(dispatch_runtime::telemetry::json_layer(c.clone()).with_filter(filter))
                 .try_init();
             c
         })
@@ -258,7 +257,11 @@ async fn logs_carry_no_secrets_and_no_payloads() -> anyhow::Result<()> {
             v.get("level").is_some_and(|l| l.is_string()),
             "no level: {line}"
         );
-        assert!(v.get("timestamp").is_some(), "no timestamp: {line}");
+        let timestamp = v["timestamp"].as_str().unwrap_or_default();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(timestamp).is_ok(),
+            "timestamp is not RFC 3339: {line}"
+        );
         with_message += usize::from(v["fields"]["message"].is_string());
         if let Some(t) = v.get("target").and_then(|t| t.as_str()) {
             targets.insert(t.split("::").next().unwrap_or(t).to_owned());

@@ -1,6 +1,7 @@
 //! Logs and traces.
 //!
-//! Logs are JSON lines (`timestamp`, `level`, `target`, `message`, the event's fields, `span`, and
+//! Logs are JSON lines from tracing-subscriber's JSON format ([`json_layer`]: an RFC 3339
+//! `timestamp`, `level`, `target`, `fields` with the `message`, `span` and `spans`, and
 //! `trace_id`/`span_id` when a trace is active). A tracer provider is always installed, with a
 //! parent-based ratio sampler, so trace context flows gRPC metadata -> Kafka headers -> processor ->
 //! events even when nothing is exported; spans are exported over OTLP/gRPC only when
@@ -13,17 +14,15 @@ use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
-use serde_json::{Map, Value};
-use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::Layer as _;
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::time::ChronoUtc;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::settings::TelemetrySettings;
 
@@ -89,12 +88,7 @@ pub fn init(service: &str, s: &TelemetrySettings) -> anyhow::Result<TelemetryGua
             .try_init()
     } else {
         registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .event_format(JsonLines)
-                    .with_writer(std::io::stderr)
-                    .with_filter(filter),
-            )
+            .with(json_layer(std::io::stderr).with_filter(filter))
             .try_init()
     };
     // Already initialised (tests build several apps in one process): keep the first.
@@ -104,38 +98,35 @@ pub fn init(service: &str, s: &TelemetrySettings) -> anyhow::Result<TelemetryGua
     })
 }
 
-/// The JSON line format.
-struct JsonLines;
-
-#[derive(Default)]
-struct FieldMap(Map<String, Value>);
-
-impl Visit for FieldMap {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
-    }
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
-    }
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
-    }
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
-    }
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
-    }
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0
-            .insert(field.name().to_owned(), Value::from(format!("{value:?}")));
-    }
+/// The JSON log layer every service writes with: tracing-subscriber's own JSON format, one
+/// object per line with an RFC 3339 `timestamp` (which Loki, Elasticsearch and Cloud Logging
+/// parse natively), `level`, `target`, the event's `fields` (with `message`), the current `span`
+/// and every span it is in (`spans`, root first, so a `task_id` recorded on an outer span reaches
+/// every line), plus `trace_id`/`span_id` when a trace is active.
+pub fn json_layer<S, W>(writer: W) -> impl Layer<S> + Send + Sync + 'static
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .json()
+        .with_timer(ChronoUtc::rfc_3339())
+        .with_current_span(true)
+        .with_span_list(true)
+        .map_event_format(WithTraceIds)
+        .with_writer(writer)
 }
 
-impl<S, N> FormatEvent<S, N> for JsonLines
+/// Adds `trace_id` and `span_id` to the lines of a JSON event format: tracing-subscriber's JSON
+/// format knows nothing of OpenTelemetry, and a log pipeline needs the ids to join a line to
+/// its trace.
+struct WithTraceIds<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
 {
     fn format_event(
         &self,
@@ -143,44 +134,25 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let meta = event.metadata();
-        let mut fields = FieldMap::default();
-        event.record(&mut fields);
-        let mut line = Map::new();
-        line.insert("timestamp".into(), Value::from(chrono_now()));
-        line.insert(
-            "level".into(),
-            Value::from(meta.level().as_str().to_ascii_lowercase()),
-        );
-        line.insert("target".into(), Value::from(meta.target()));
-        if let Some(msg) = fields.0.remove("message") {
-            line.insert("message".into(), msg);
-        }
-        if !fields.0.is_empty() {
-            line.insert("fields".into(), Value::Object(fields.0));
-        }
-        if let Some(scope) = ctx.event_scope() {
-            let names: Vec<&str> = scope.from_root().map(|s| s.name()).collect();
-            if let Some(last) = names.last() {
-                line.insert("span".into(), Value::from(*last));
-            }
-        }
         let cx = tracing::Span::current().context();
         let span = cx.span();
         let sc = span.span_context();
-        if sc.is_valid() {
-            line.insert("trace_id".into(), Value::from(sc.trace_id().to_string()));
-            line.insert("span_id".into(), Value::from(sc.span_id().to_string()));
+        if !sc.is_valid() {
+            return self.0.format_event(ctx, writer, event);
         }
-        writeln!(writer, "{}", Value::Object(line))
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        // The inner format writes one object and a newline: reopen the object to append the ids.
+        match line.trim_end().strip_suffix('}') {
+            Some(open) => writeln!(
+                writer,
+                "{open},\"trace_id\":\"{}\",\"span_id\":\"{}\"}}",
+                sc.trace_id(),
+                sc.span_id()
+            ),
+            None => writer.write_str(&line),
+        }
     }
-}
-
-fn chrono_now() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format!("{}.{:06}", now.as_secs(), now.subsec_micros())
 }
 
 struct VecInjector<'a>(&'a mut Vec<(String, String)>);
