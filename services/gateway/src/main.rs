@@ -1,10 +1,10 @@
 //! `dispatch-gateway`: loads settings, starts telemetry, runs the [`App`] until SIGTERM/SIGINT.
 //!
 //! Usage: `dispatch-gateway [--config PATH] [--print-config]` (or `DISPATCH_CONFIG=PATH`;
-//! any key can be overridden with `DISPATCH_<SECTION>__<KEY>`).
+//! any key can be overridden with `DISPATCH_<SECTION>__<KEY>`); `--help` lists the flags.
 
 use dispatch_gateway::{App, Settings};
-use dispatch_runtime::settings::{config_arg, maybe_print};
+use dispatch_runtime::cli::ServiceArgs;
 use dispatch_runtime::{shutdown, telemetry};
 
 /// The submit path allocates a few dozen small buffers per record (envelope, headers, delivery
@@ -15,9 +15,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let settings: Settings = dispatch_runtime::load(config_arg(&args).as_deref())?;
-    if maybe_print(&args, &settings)? {
+    let args = ServiceArgs::parse(
+        env!("CARGO_BIN_NAME"),
+        env!("CARGO_PKG_VERSION"),
+        env!("CARGO_PKG_DESCRIPTION"),
+    );
+    let settings: Settings = args.load()?;
+    if args.print_config(&settings)? {
         return Ok(());
     }
     let _telemetry = telemetry::init("gateway", &settings.telemetry)?;

@@ -1,7 +1,11 @@
-//! The dispatch-processor binary: settings, telemetry, then the library's [`App`].
+//! The dispatch-processor binary: flags, settings, telemetry, then the library's [`App`].
+//!
+//! `--config PATH` names a TOML file (also `DISPATCH_CONFIG`); `DISPATCH_<SECTION>__<KEY>`
+//! variables override it; `--print-config` prints the effective settings (secrets redacted).
 
 use dispatch_processor::{App, Settings};
-use dispatch_runtime::{settings, shutdown, telemetry};
+use dispatch_runtime::cli::ServiceArgs;
+use dispatch_runtime::{shutdown, telemetry};
 
 /// Consuming, decoding and persisting allocate many small buffers per record; mimalloc costs
 /// less CPU per task than glibc's malloc (docs/benchmarks.md has the drain figures).
@@ -10,10 +14,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let file = settings::config_arg(&args);
-    let settings: Settings = dispatch_runtime::load(file.as_deref())?;
-    if settings::maybe_print(&args, &settings)? {
+    let args = ServiceArgs::parse(
+        env!("CARGO_BIN_NAME"),
+        env!("CARGO_PKG_VERSION"),
+        env!("CARGO_PKG_DESCRIPTION"),
+    );
+    let settings: Settings = args.load()?;
+    if args.print_config(&settings)? {
         return Ok(());
     }
     settings.validate()?;

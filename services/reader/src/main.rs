@@ -4,15 +4,18 @@
 //! variables override it; `--print-config` prints the effective settings (secrets redacted).
 
 use dispatch_reader::{App, Settings};
-use dispatch_runtime::settings::{config_arg, maybe_print};
+use dispatch_runtime::cli::ServiceArgs;
 use dispatch_runtime::{shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let file = config_arg(&args);
-    let settings: Settings = dispatch_runtime::load(file.as_deref())?;
-    if maybe_print(&args, &settings)? {
+    let args = ServiceArgs::parse(
+        env!("CARGO_BIN_NAME"),
+        env!("CARGO_PKG_VERSION"),
+        env!("CARGO_PKG_DESCRIPTION"),
+    );
+    let settings: Settings = args.load()?;
+    if args.print_config(&settings)? {
         return Ok(());
     }
     settings.validate()?;

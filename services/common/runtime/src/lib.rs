@@ -2,6 +2,8 @@
 //!
 //! - [`settings`]: layered typed settings (defaults < TOML file < `DISPATCH_SECTION__KEY` env) that
 //!   reject unknown keys, and the sections every service shares.
+//! - [`cli`]: the flags every service binary takes (`--config`, `--print-config`, `--help`,
+//!   `--version`).
 //! - [`telemetry`]: JSON logs through `tracing` and, when an endpoint is set, OTLP traces with a
 //!   parent-based ratio sampler; W3C context propagation helpers for gRPC metadata and Kafka headers.
 //! - [`metrics`]: the process-wide Prometheus registry.
@@ -12,6 +14,7 @@
 //! - [`grpc`]: API-key authentication, per-RPC metrics, reflection and health helpers.
 
 pub mod admin;
+pub mod cli;
 pub mod grpc;
 pub mod kafka;
 pub mod metrics;

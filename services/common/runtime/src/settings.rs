@@ -401,27 +401,6 @@ fn redact(v: &mut toml::Value, key: &str) {
     }
 }
 
-/// Handles the `--print-config` flag shared by every service binary: when present in `args`,
-/// prints the effective settings (redacted) and returns true.
-///
-/// # Errors
-/// The settings do not serialize.
-pub fn maybe_print<T: Serialize>(args: &[String], settings: &T) -> Result<bool, SettingsError> {
-    if args.iter().any(|a| a == "--print-config") {
-        println!("{}", render_redacted(settings)?);
-        return Ok(true);
-    }
-    Ok(false)
-}
-
-/// The config file given as `--config PATH` in `args`, if any.
-pub fn config_arg(args: &[String]) -> Option<PathBuf> {
-    args.iter()
-        .position(|a| a == "--config")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from)
-}
-
 #[cfg(test)]
 mod redact_tests {
     use super::*;

@@ -5,6 +5,10 @@
 //! topic prefix (topics created) and a unique Redis key prefix, so tests run in parallel.
 //! Endpoints come from `DISPATCH_TEST_KAFKA`, `DISPATCH_TEST_MYSQL` and `DISPATCH_TEST_REDIS`
 //! (deploy/local/env.sh), defaulting to the local stack's ports.
+//!
+//! [`cli`] runs a service binary and checks its command line.
+
+pub mod cli;
 
 use std::time::Duration;
 

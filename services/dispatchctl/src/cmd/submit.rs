@@ -19,7 +19,7 @@ pub struct SubmitArgs {
     /// Task type.
     #[arg(long = "type", required_unless_present = "file")]
     pub task_type: Option<String>,
-    /// Payload (UTF-8 text; use --payload-file for bytes).
+    /// Payload, sent as its UTF-8 bytes (for `simulate`, a JSON plan such as '{"latency_ms":20}').
     #[arg(long, default_value = "")]
     pub payload: String,
     /// Priority: critical, default or low.

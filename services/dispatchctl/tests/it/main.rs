@@ -4,5 +4,6 @@
 mod bulk;
 mod exit_codes;
 mod harness;
+mod help;
 mod outbox;
 mod snapshots;

@@ -3,6 +3,7 @@
 
 mod api;
 mod cancel;
+mod cli;
 mod harness;
 mod idempotency;
 mod outbox;

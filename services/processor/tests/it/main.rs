@@ -3,12 +3,13 @@
 mod admin;
 mod admin_harness;
 mod cancel;
+mod cli;
 mod control;
 mod crash;
 mod failures;
 mod flow;
-mod hostile;
 mod harness;
+mod hostile;
 mod outbox_admin;
 mod pauses;
 mod scheduling;

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod cli;
 mod degradation;
 mod events;
 mod invalid;

@@ -1,0 +1,148 @@
+//! The command line every service binary shares: `--config PATH` (or `--config=PATH`, or
+//! `DISPATCH_CONFIG`), `--print-config`, `--help` and `--version`.
+//!
+//! Parsed with clap so a service binary behaves like any other CLI: a misspelt or unknown flag
+//! stops start-up with a message instead of being ignored while the service starts on its
+//! defaults.
+
+use std::path::PathBuf;
+
+use clap::{Args, FromArgMatches};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::settings::{SettingsError, load, render_redacted};
+
+/// The flags of a service binary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct ServiceArgs {
+    /// TOML settings file; `DISPATCH_<SECTION>__<KEY>` environment variables override it.
+    #[arg(long, value_name = "PATH", env = "DISPATCH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective settings (secrets redacted) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+impl ServiceArgs {
+    /// The clap command of binary `name`: what `--help` and `--version` print.
+    pub fn command(
+        name: &'static str,
+        version: &'static str,
+        about: &'static str,
+    ) -> clap::Command {
+        // After `augment_args`, which would otherwise make this struct's doc comment the about.
+        Self::augment_args(clap::Command::new(name))
+            .version(version)
+            .about(about)
+            .after_help(
+                "Settings: defaults < the --config file < DISPATCH_<SECTION>__<KEY> environment \
+                 variables (for example DISPATCH_KAFKA__BROKERS). Unknown keys stop start-up.",
+            )
+    }
+
+    /// Parses the process arguments; prints help, the version or a usage error and exits the
+    /// process as clap does (status 0 for help and version, 2 for a usage error).
+    pub fn parse(name: &'static str, version: &'static str, about: &'static str) -> Self {
+        Self::try_parse_from(name, version, about, std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses `args` (the first is the binary's name).
+    ///
+    /// # Errors
+    /// A usage error, or the help or version text (clap reports both as errors to print).
+    pub fn try_parse_from<I, T>(
+        name: &'static str,
+        version: &'static str,
+        about: &'static str,
+        args: I,
+    ) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command(name, version, about).try_get_matches_from(args)?;
+        Self::from_arg_matches(&matches)
+    }
+
+    /// Loads the settings from defaults, the `--config` file and the environment.
+    ///
+    /// # Errors
+    /// As [`load`].
+    pub fn load<T>(&self) -> Result<T, SettingsError>
+    where
+        T: DeserializeOwned + Serialize + Default,
+    {
+        load(self.config.as_deref())
+    }
+
+    /// With `--print-config`, prints `settings` (redacted) and returns true: the binary then exits.
+    ///
+    /// # Errors
+    /// The settings do not serialize.
+    pub fn print_config<T: Serialize>(&self, settings: &T) -> Result<bool, SettingsError> {
+        if self.print_config {
+            println!("{}", render_redacted(settings)?);
+        }
+        Ok(self.print_config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<ServiceArgs, clap::Error> {
+        ServiceArgs::try_parse_from(
+            "dispatch-test",
+            "1.2.3",
+            "a test service",
+            std::iter::once("dispatch-test").chain(args.iter().copied()),
+        )
+    }
+
+    #[test]
+    fn config_takes_both_spellings() {
+        for args in [&["--config", "a.toml"][..], &["--config=a.toml"][..]] {
+            let a = parse(args).expect("parses");
+            assert_eq!(a.config.as_deref(), Some(std::path::Path::new("a.toml")));
+            assert!(!a.print_config);
+        }
+        let a = parse(&["--print-config", "--config=b.toml"]).expect("parses");
+        assert!(a.print_config);
+        assert_eq!(a.config.as_deref(), Some(std::path::Path::new("b.toml")));
+    }
+
+    #[test]
+    fn unknown_flags_and_stray_arguments_are_usage_errors() {
+        for args in [
+            &["--confg", "a.toml"][..],
+            &["a.toml"][..],
+            &["--config"][..],
+        ] {
+            let e = parse(args).expect_err("usage error");
+            assert_eq!(e.exit_code(), 2, "{args:?}: {e}");
+        }
+        let e = parse(&["--confg=a.toml"]).expect_err("unknown");
+        assert!(e.to_string().contains("--confg"), "{e}");
+    }
+
+    #[test]
+    fn help_and_version_name_the_binary() {
+        let help = parse(&["--help"]).expect_err("help");
+        assert_eq!(help.kind(), ErrorKind::DisplayHelp);
+        let text = help.to_string();
+        for word in [
+            "dispatch-test",
+            "a test service",
+            "--config <PATH>",
+            "--print-config",
+        ] {
+            assert!(text.contains(word), "help lacks {word}: {text}");
+        }
+        let version = parse(&["--version"]).expect_err("version");
+        assert_eq!(version.kind(), ErrorKind::DisplayVersion);
+        assert_eq!(version.to_string().trim(), "dispatch-test 1.2.3");
+    }
+}
