@@ -30,6 +30,7 @@ use crate::process::{Parts, Processor};
 use crate::produce::Producer;
 use crate::scheduler::Scheduler;
 use crate::settings::Settings;
+use crate::slots::Slots;
 use crate::writer::{self, WriterTask};
 
 /// Builds an [`App`] with handlers registered in code.
@@ -292,6 +293,7 @@ impl App {
             paused_types: self.control.types.subscribe(),
             hard_stop: hard_stop.clone(),
             cancelled_ttl: Duration::from_millis(s.consumer.cancelled_ttl_ms),
+            slots: Slots::new(s.consumer.max_concurrency, s.consumer.priority_weights),
         }));
 
         let (c_tx, c_rx) = mpsc::unbounded_channel();
@@ -302,7 +304,6 @@ impl App {
             Dispatcher {
                 rx: [c_rx, d_rx, l_rx],
                 order: weighted_order(s.consumer.priority_weights),
-                slots: Arc::new(tokio::sync::Semaphore::new(s.consumer.max_concurrency)),
                 lanes: Arc::new(Lanes::default()),
                 processor: processor.clone(),
                 stop: stop_dispatch.clone(),

@@ -1,11 +1,10 @@
-//! Weighted priority dispatch and key-ordered lanes.
+//! Dispatch and key-ordered lanes.
 //!
-//! **Priority.** The poll thread feeds one channel per priority. The dispatcher first takes a
-//! concurrency permit (`consumer.max_concurrency`), *then* picks the next record in weighted
-//! round-robin order (default 6 critical : 3 default : 1 low, skipping empty channels), so the
-//! weights decide who gets a free execution slot whenever there is a backlog, and an idle
-//! priority costs nothing. (Pausing partitions by priority instead would react only at fetch
-//! granularity and fight with backpressure pauses.)
+//! **Dispatch.** The poll thread feeds one channel per priority; the dispatcher drains them (in
+//! weighted order, default 6 critical : 3 default : 1 low) into lanes at once. Nothing here waits
+//! for an execution slot: a record asks for one only when it is ready to run ([`crate::slots`]),
+//! and the slots are granted by priority weight, then round-robin across tenants. The in-flight
+//! bound (`consumer.max_in_flight`, enforced by pausing partitions) bounds what waits.
 //!
 //! **Lanes** (the Confluent Parallel Consumer idea). Records fan out by record key: each record
 //! runs in its own task, chained after the previous record of the same key, so one key is
@@ -21,7 +20,7 @@ use futures::FutureExt;
 use futures::future::Shared;
 use parking_lot::Mutex;
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::consumer::Delivery;
@@ -37,25 +36,17 @@ pub struct Lanes {
 }
 
 /// A record's place in its lane: dropping (or [`LaneTicket::release`]) lets the next record of
-/// the key start and frees the execution slot.
+/// the key start.
 pub struct LaneTicket {
     lanes: Arc<Lanes>,
     key: Vec<u8>,
     id: u64,
     done: Option<oneshot::Sender<()>>,
-    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl LaneTicket {
-    /// Gives back the execution slot but keeps the lane (a record held by an operator pause must
-    /// not starve other types of slots; `consumer.max_in_flight` still bounds held records).
-    pub fn release_slot(&mut self) {
-        self.permit.take();
-    }
-
-    /// Releases the lane and the execution slot now.
+    /// Releases the lane now.
     pub fn release(&mut self) {
-        self.permit.take();
         if let Some(tx) = self.done.take() {
             let _ = tx.send(());
             let mut map = self.lanes.map.lock();
@@ -74,11 +65,7 @@ impl Drop for LaneTicket {
 
 impl Lanes {
     /// Enters the lane of `key`: returns the ticket and what to wait for first.
-    pub fn enter(
-        self: &Arc<Self>,
-        key: Vec<u8>,
-        permit: OwnedSemaphorePermit,
-    ) -> (LaneTicket, Option<Done>) {
+    pub fn enter(self: &Arc<Self>, key: Vec<u8>) -> (LaneTicket, Option<Done>) {
         let (tx, rx) = oneshot::channel();
         let id = self.seq.fetch_add(1, Ordering::Relaxed);
         let prev = self
@@ -92,7 +79,6 @@ impl Lanes {
                 key,
                 id,
                 done: Some(tx),
-                permit: Some(permit),
             },
             prev,
         )
@@ -135,8 +121,6 @@ pub struct Dispatcher {
     pub rx: [UnboundedReceiver<Delivery>; 3],
     /// Weighted order of channels.
     pub order: Vec<usize>,
-    /// Execution slots.
-    pub slots: Arc<Semaphore>,
     /// Key lanes.
     pub lanes: Arc<Lanes>,
     /// The record processor.
@@ -150,13 +134,9 @@ impl Dispatcher {
     pub async fn run(mut self) {
         let mut next = 0usize;
         loop {
-            let permit = tokio::select! {
-                p = self.slots.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-                () = self.stop.cancelled() => break,
-            };
+            if self.stop.is_cancelled() {
+                break;
+            }
             let mut picked = None;
             for k in 0..self.order.len() {
                 let ch = self.order[(next + k) % self.order.len()];
@@ -184,7 +164,7 @@ impl Dispatcher {
                     }
                 }
             };
-            self.dispatch(d, permit);
+            self.dispatch(d);
         }
         for rx in &mut self.rx {
             rx.close();
@@ -195,23 +175,19 @@ impl Dispatcher {
         tracing::info!("dispatcher stopped");
     }
 
-    fn dispatch(&self, d: Delivery, permit: OwnedSemaphorePermit) {
+    fn dispatch(&self, d: Delivery) {
         let p = self.processor.clone();
         match &d.envelope {
             Ok(e) if e.kind == dispatch_core::EnvelopeKind::Cancel => {
                 // Cancels bypass the lanes so they reach a queued or running submit of the task.
-                drop(permit);
                 tokio::spawn(async move { p.cancel(d).await });
             }
             Ok(_) => {
-                let (ticket, prev) = self.lanes.enter(d.key.clone(), permit);
+                let (ticket, prev) = self.lanes.enter(d.key.clone());
                 tokio::spawn(async move { p.in_lane(d, prev, ticket).await });
             }
             Err(_) => {
-                tokio::spawn(async move {
-                    p.poison(d).await;
-                    drop(permit);
-                });
+                tokio::spawn(async move { p.poison(d).await });
             }
         }
     }
@@ -234,17 +210,15 @@ mod tests {
     #[tokio::test]
     async fn lanes_chain_same_keys_only() {
         let lanes = Arc::new(Lanes::default());
-        let sem = Arc::new(Semaphore::new(10));
-        let permit = || sem.clone().try_acquire_owned().expect("permit");
-        let (mut a, prev_a) = lanes.enter(b"k".to_vec(), permit());
+        let (mut a, prev_a) = lanes.enter(b"k".to_vec());
         assert!(prev_a.is_none());
-        let (_b, prev_b) = lanes.enter(b"k".to_vec(), permit());
-        let (_c, prev_c) = lanes.enter(b"other".to_vec(), permit());
+        let (_b, prev_b) = lanes.enter(b"k".to_vec());
+        let (_c, prev_c) = lanes.enter(b"other".to_vec());
         assert!(prev_c.is_none());
         let prev_b = prev_b.expect("chained");
         assert!(prev_b.clone().now_or_never().is_none(), "waits for a");
         a.release();
         assert!(prev_b.now_or_never().is_some());
-        assert_eq!(sem.available_permits(), 8);
+        assert_eq!(lanes.len(), 2);
     }
 }

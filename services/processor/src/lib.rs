@@ -10,10 +10,10 @@
 //! - [`consumer`]: a `BaseConsumer` polled on its own thread; offset tracking with contiguous
 //!   watermarks ([`consumer::offsets`]), rebalance handling ([`consumer::context`]), pauses for
 //!   backpressure, operator pauses and retry delays ([`consumer::poller`]).
-//! - [`dispatch`]: weighted priority (6/3/1 by default) over execution slots, then per-key lanes:
-//!   same key in offset order, different keys in parallel up to `consumer.max_concurrency`.
-//!   Priority is applied where a free execution slot is handed out (not by pausing partitions),
-//!   so it acts exactly when there is a backlog and leaves pausing to backpressure.
+//! - [`dispatch`]: per-key lanes: same key in offset order, different keys in parallel.
+//! - [`slots`]: the `consumer.max_concurrency` execution slots, asked for only when a record is
+//!   ready to run and granted by priority weight (6/3/1 by default), then round-robin across
+//!   tenants; it acts exactly when there is a backlog and leaves pausing to backpressure.
 //! - [`process`]: one record: gate, schedule, run the handler, retry/DLQ, cancel, poison.
 //! - [`gate`]: batched `(state, version)` lookups that skip replays and finished tasks.
 //! - [`handler`]: the [`Handler`] trait, the registry and the built-ins (`noop`, `simulate`, `http`).
@@ -39,6 +39,7 @@ pub mod process;
 pub mod produce;
 pub mod scheduler;
 pub mod settings;
+pub mod slots;
 pub mod writer;
 
 mod app;

@@ -150,6 +150,27 @@ pub static DB_WRITE: LazyLock<Histogram> = LazyLock::new(|| {
         .buckets(LATENCY_BUCKETS.to_vec()),
     )))
 });
+/// `dispatch_task_start_delay_seconds{priority}`.
+pub static START_DELAY: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(def(HistogramVec::new(
+        HistogramOpts::new(
+            "dispatch_task_start_delay_seconds",
+            "From a record's poll to its handler's start (lane, pause, type limit and slot waits).",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+        &["priority"],
+    )))
+});
+/// `dispatch_slot_wait_seconds`.
+pub static SLOT_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
+    register(def(Histogram::with_opts(
+        HistogramOpts::new(
+            "dispatch_slot_wait_seconds",
+            "How long a ready record waited for an execution slot.",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+    )))
+});
 /// `dispatch_writes_fenced_total`.
 pub static FENCED: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
@@ -274,6 +295,10 @@ pub fn init(task_types: &[String]) {
     LazyLock::force(&DB_WRITE);
     LazyLock::force(&DB_WRITE_ERRORS);
     LazyLock::force(&FENCED);
+    for p in ["critical", "default", "low"] {
+        START_DELAY.with_label_values(&[p]);
+    }
+    LazyLock::force(&SLOT_WAIT);
     for t in task_types {
         PANICS.with_label_values(&[t.as_str()]);
     }

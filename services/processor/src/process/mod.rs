@@ -28,6 +28,7 @@ use crate::gate::Gate;
 use crate::handler::Registry;
 use crate::metrics::CANCELS_IGNORED;
 use crate::produce::Producer;
+use crate::slots::Slots;
 use crate::writer::{Committed, Writer};
 
 /// Bound of the per-process memory of cancels (the store holds every cancel anyway).
@@ -67,6 +68,8 @@ pub struct Processor {
     pub hard_stop: CancellationToken,
     /// How long a cancel is remembered.
     pub cancelled_ttl: Duration,
+    /// Execution slots (`consumer.max_concurrency`), granted fairly.
+    pub slots: Arc<Slots>,
     in_flight: Mutex<HashMap<TaskId, InFlight>>,
     /// Cancels seen here: task id -> (the cancelling tenant, when).
     cancelled: Mutex<HashMap<TaskId, (String, Instant)>>,
@@ -119,6 +122,8 @@ pub struct Parts {
     pub hard_stop: CancellationToken,
     /// Cancel memory.
     pub cancelled_ttl: Duration,
+    /// Execution slots.
+    pub slots: Arc<Slots>,
 }
 
 impl Processor {
@@ -136,6 +141,7 @@ impl Processor {
             paused_types: p.paused_types,
             hard_stop: p.hard_stop,
             cancelled_ttl: p.cancelled_ttl,
+            slots: p.slots,
             in_flight: Mutex::default(),
             cancelled: Mutex::default(),
             task_locks: Mutex::default(),

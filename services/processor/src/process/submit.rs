@@ -25,7 +25,7 @@ use super::{Processor, write_of};
 use crate::consumer::Delivery;
 use crate::dispatch::LaneTicket;
 use crate::handler::{HandlerContext, HandlerError, Outcome};
-use crate::metrics::{HANDLER_DURATION, HANDLER_EXECUTIONS, PANICS};
+use crate::metrics::{HANDLER_DURATION, HANDLER_EXECUTIONS, PANICS, SLOT_WAIT, START_DELAY};
 use crate::writer::Committed;
 
 /// Largest result stored.
@@ -104,7 +104,6 @@ impl Processor {
         // An operator pause of the type holds the record (and its lane) here.
         let mut paused = self.paused_types.clone();
         while paused.borrow_and_update().contains(env.task_type.as_str()) {
-            ticket.release_slot();
             tokio::select! {
                 r = paused.changed() => if r.is_err() { return self.abandon(&d.lease) },
                 () = d.lease.revoked.cancelled() => return self.abandon(&d.lease),
@@ -229,8 +228,8 @@ impl Processor {
                 .dead(d, env, DeadCause::new("unknown_type", msg), None, ticket)
                 .await;
         };
-        let running = write_of(env, TaskState::Running, a, TaskState::Running.version(g, a));
-        drop(self.writer.write(running, None, trace.clone()).await);
+        // Waiting for the type's permit, then for an execution slot, holds nothing other work
+        // needs: the slot is asked for last, when the record is ready to run.
         let _type_permit = match &reg.limit {
             Some(s) => tokio::select! {
                 p = s.clone().acquire_owned() => Some(p.ok()?),
@@ -238,6 +237,17 @@ impl Processor {
             },
             None => None,
         };
+        let waited = Instant::now();
+        let _slot = tokio::select! {
+            s = self.slots.acquire(env.priority, tenant) => s,
+            () = d.lease.revoked.cancelled() => return None,
+        };
+        START_DELAY
+            .with_label_values(&[env.priority.as_str()])
+            .observe(d.lease.polled_at.elapsed().as_secs_f64());
+        SLOT_WAIT.observe(waited.elapsed().as_secs_f64());
+        let running = write_of(env, TaskState::Running, a, TaskState::Running.version(g, a));
+        drop(self.writer.write(running, None, trace.clone()).await);
         let started_at = Utc::now();
         let t0 = Instant::now();
         let ctx = HandlerContext {

@@ -267,3 +267,69 @@ async fn a_redriven_task_can_be_cancelled() -> anyhow::Result<()> {
     env.cleanup().await;
     Ok(())
 }
+
+/// Four execution slots; a hot key with 60 queued records of 100 ms, and a type limited to one
+/// execution at a time with 30 queued records of 100 ms, on other keys. Waiting for a lane or a
+/// type permit holds no slot, so ordinary work on other keys finishes long before either backlog.
+#[tokio::test]
+async fn a_hot_key_and_a_limited_type_never_take_every_slot() -> anyhow::Result<()> {
+    let env = TestEnv::with_partitions(2).await?;
+    let mut s = settings(&env);
+    s.consumer.max_concurrency = 4;
+    s.handlers.types.insert(
+        "slow.limited".into(),
+        dispatch_processor::settings::TypeSettings {
+            kind: "simulate".into(),
+            timeout_ms: None,
+            concurrency: Some(1),
+        },
+    );
+    let app = start(s).await?;
+    let p = producer(&env)?;
+    let t = env.topics();
+    let slow = r#"{"latency_ms":100}"#;
+    let mut backlog = Vec::new();
+    for i in 0..60 {
+        let e = task("simulate", "hot", slow);
+        backlog.push(e.task_id);
+        produce(&p, &t, &e).await?;
+        if i < 30 {
+            let e = task("slow.limited", &format!("limited-{i}"), slow);
+            backlog.push(e.task_id);
+            produce(&p, &t, &e).await?;
+        }
+    }
+    let mut others = Vec::new();
+    for i in 0..20 {
+        let e = task("simulate", &format!("other-{i}"), r#"{"latency_ms":5}"#);
+        others.push(e.task_id);
+        produce(&p, &t, &e).await?;
+    }
+    wait_all(
+        &env.pool,
+        &others,
+        TaskState::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let done = states(&env.pool, &backlog)
+        .await?
+        .values()
+        .filter(|s| s.state == TaskState::Succeeded)
+        .count();
+    assert!(
+        done < backlog.len() / 2,
+        "the other keys finished while most of the backlog waited ({done} of {} done)",
+        backlog.len()
+    );
+    wait_all(
+        &env.pool,
+        &backlog,
+        TaskState::Succeeded,
+        Duration::from_secs(60),
+    )
+    .await?;
+    app.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}
