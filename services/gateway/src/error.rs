@@ -1,10 +1,21 @@
 //! The gateway's one error type and its one mapping to `tonic::Status`.
 
+use std::collections::HashMap;
+
 use dispatch_core::Violations;
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::durable::Unavailable;
+use crate::idempotency::Conflict;
 use crate::limits::Limited;
+
+/// `google.rpc.ErrorInfo.reason` of a reused idempotency key; its metadata names the first
+/// differing field (`field`), all of them (`fields`, comma-separated), the `task_id` and the
+/// `idempotency_key`.
+pub const CONFLICT_REASON: &str = "IDEMPOTENCY_KEY_REUSED";
+/// `google.rpc.ErrorInfo.domain` of the gateway's errors.
+pub const ERROR_DOMAIN: &str = "dispatch.v1.TaskService";
 
 /// Metadata key of the retry hint on RESOURCE_EXHAUSTED.
 pub const RETRY_AFTER_MS: &str = "retry-after-ms";
@@ -21,15 +32,24 @@ pub enum GatewayError {
     /// Kafka and the outbox both failed: nothing was accepted.
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
-    /// A cancel could not be published.
-    #[error("kafka unavailable: {0}")]
-    KafkaUnavailable(String),
     /// The store could not answer and nothing else could route the request.
     #[error("store unavailable: {0}")]
     StoreUnavailable(String),
+    /// A cancel could not be published.
+    #[error("kafka unavailable: {0}")]
+    KafkaUnavailable(String),
     /// Unknown task (or another tenant's: indistinguishable on purpose).
     #[error("{0}")]
     NotFound(String),
+    /// The idempotency key was first used with other parameters.
+    #[error(
+        "idempotency key {:?} was first used with a different {} (task {}); \
+         resubmit with the same parameters, or use a new key",
+        .0.idempotency_key,
+        .0.fields.join(", "),
+        .0.task_id
+    )]
+    Conflict(Conflict),
     /// A bug or a panic in a request task.
     #[error("internal error: {0}")]
     Internal(String),
@@ -45,6 +65,7 @@ impl GatewayError {
                 Code::Unavailable
             }
             Self::NotFound(_) => Code::NotFound,
+            Self::Conflict(_) => Code::AlreadyExists,
             Self::Internal(_) => Code::Internal,
         }
     }
@@ -69,6 +90,23 @@ impl From<GatewayError> for Status {
                     s.metadata_mut().insert(RETRY_AFTER_MS, v);
                 }
                 s
+            }
+            GatewayError::Conflict(c) => {
+                let message = GatewayError::Conflict(c.clone()).to_string();
+                let metadata = HashMap::from([
+                    (
+                        "field".to_owned(),
+                        c.fields.first().copied().unwrap_or("").to_owned(),
+                    ),
+                    ("fields".to_owned(), c.fields.join(",")),
+                    ("task_id".to_owned(), c.task_id.to_string()),
+                    ("idempotency_key".to_owned(), c.idempotency_key.clone()),
+                ]);
+                Status::with_error_details(
+                    Code::AlreadyExists,
+                    message,
+                    ErrorDetails::with_error_info(CONFLICT_REASON, ERROR_DOMAIN, metadata),
+                )
             }
             other => Status::new(other.code(), other.to_string()),
         }
@@ -96,6 +134,29 @@ mod tests {
             Some("2"),
             "rounded up"
         );
+    }
+
+    #[test]
+    fn a_reused_key_is_already_exists_with_error_info_naming_the_field() {
+        let task_id = dispatch_core::TaskId::new();
+        let s: Status = GatewayError::Conflict(Conflict {
+            task_id,
+            idempotency_key: "k-1".into(),
+            fields: vec!["payload", "priority"],
+        })
+        .into();
+        assert_eq!(s.code(), Code::AlreadyExists);
+        assert!(
+            s.message().contains("different payload, priority"),
+            "{}",
+            s.message()
+        );
+        let info = s.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, CONFLICT_REASON);
+        assert_eq!(info.domain, ERROR_DOMAIN);
+        assert_eq!(info.metadata["field"], "payload");
+        assert_eq!(info.metadata["fields"], "payload,priority");
+        assert_eq!(info.metadata["task_id"], task_id.to_string());
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! The gateway's domain: submit, submit many, cancel. Takes validated input and the caller's
 //! tenant; knows nothing of gRPC transport (service.rs adapts).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::Utc;
 use dispatch_core::state::ACCEPTED_VERSION;
 use dispatch_core::validate::parse_task_spec;
+
 use dispatch_core::{
-    BusinessKey, Envelope, Headers, NewTask, Priority, TaskId, TaskState, Tenant, Topics,
-    Violations,
+    BusinessKey, Envelope, Headers, IdempotencyKey, NewTask, Priority, TaskId, TaskState, Tenant,
+    Topics, Violations,
 };
 use dispatch_proto::v1 as pb;
 use dispatch_store::outbox_relay::{self, KnownTask};
@@ -16,7 +18,8 @@ use futures::future::join_all;
 
 use crate::durable::{Accepted, Durable};
 use crate::error::GatewayError;
-use crate::idempotency::{Claim, Idempotency};
+use crate::fingerprint::Fingerprint;
+use crate::idempotency::{Claim, Conflict, Idempotency, Keyed};
 use crate::metrics;
 use crate::producer::OutRecord;
 use crate::recent::{RecentSubmit, RecentSubmits};
@@ -79,25 +82,47 @@ impl Gateway {
     /// Accepts one validated task: dedupes by idempotency key, then makes it durable.
     ///
     /// # Errors
-    /// [`GatewayError::Unavailable`] when neither Kafka nor the outbox took it.
+    /// [`GatewayError::Unavailable`] when neither Kafka nor the outbox took it;
+    /// [`GatewayError::Conflict`] when its idempotency key was first used with other parameters.
     pub async fn submit(
         &self,
         task: NewTask,
         trace: &TraceHeaders,
     ) -> Result<pb::SubmitTaskResponse, GatewayError> {
-        let redis_key = match &task.idempotency_key {
+        let (claim, fingerprint) = if task.idempotency_key.is_some() {
+            let fingerprint = Fingerprint::of(&task);
+            let keyed = [Keyed {
+                task: &task,
+                fingerprint,
+            }];
+            let claim = self.idempotency.claim_many(&keyed).await.pop();
+            (claim, Some(fingerprint))
+        } else {
+            (None, None)
+        };
+        self.submit_claimed(task, claim, fingerprint, trace).await
+    }
+
+    /// Makes a claimed task durable (`claim` is `None` without an idempotency key).
+    async fn submit_claimed(
+        &self,
+        task: NewTask,
+        claim: Option<Claim>,
+        fingerprint: Option<Fingerprint>,
+        trace: &TraceHeaders,
+    ) -> Result<pb::SubmitTaskResponse, GatewayError> {
+        let redis_key = match claim {
             None => None,
-            Some(key) => match self
-                .idempotency
-                .claim(&task.tenant, key, task.task_id)
-                .await
-            {
-                Claim::Duplicate(resp) => {
-                    metrics::submit("duplicate");
-                    return Ok(resp);
-                }
-                Claim::Fresh { redis_key } => redis_key,
-            },
+            Some(Claim::Duplicate(resp)) => {
+                metrics::submit("duplicate");
+                return Ok(resp);
+            }
+            Some(Claim::Conflict(c)) => {
+                metrics::submit("conflict");
+                tracing::info!(task_id = %c.task_id, fields = ?c.fields, "idempotency key reused with other parameters");
+                return Err(GatewayError::Conflict(c));
+            }
+            Some(Claim::Fresh { redis_key }) => redis_key,
         };
         let task_id = task.task_id;
         let recent = RecentSubmit {
@@ -136,15 +161,18 @@ impl Gateway {
                 return Err(e.into());
             }
         }
-        if let Some(k) = &redis_key {
-            self.idempotency.finish(k, &resp).await;
+        if let (Some(k), Some(fp)) = (&redis_key, &fingerprint) {
+            self.idempotency.finish(k, fp, &resp).await;
         }
         self.recent.insert(task_id, recent);
         Ok(resp)
     }
 
     /// Accepts a batch: every item is validated and made durable on its own, concurrently (their
-    /// records are produced together and every delivery report awaited).
+    /// records are produced together and every delivery report awaited). The idempotency keys of
+    /// the batch are claimed together (one MySQL statement). An item that repeats an earlier
+    /// item's idempotency key gets that item's answer (`duplicate = true`) when its parameters
+    /// are the same, and ALREADY_EXISTS when they are not: one key, one task, also within a batch.
     pub async fn submit_many(
         &self,
         tenant: &Tenant,
@@ -152,24 +180,106 @@ impl Gateway {
         trace: &TraceHeaders,
     ) -> Vec<pb::SubmitResult> {
         let now = Utc::now();
-        let items = specs.into_iter().enumerate().map(|(i, spec)| async move {
-            let index = i as u32;
-            let outcome = match parse_task_spec(&format!("tasks[{i}]"), tenant, spec, now) {
-                Err(v) => {
-                    metrics::submit("invalid");
-                    Err(GatewayError::Invalid(v))
-                }
-                Ok(task) => self.submit(task, trace).await,
+        let n = specs.len();
+        let mut items: Vec<Item> = specs
+            .into_iter()
+            .enumerate()
+            .map(
+                |(i, spec)| match parse_task_spec(&format!("tasks[{i}]"), tenant, spec, now) {
+                    Err(v) => {
+                        metrics::submit("invalid");
+                        Item::Done(Err(GatewayError::Invalid(v)))
+                    }
+                    Ok(task) => Item::Run(task),
+                },
+            )
+            .collect();
+
+        // Repeats of a key within the batch: the first valid item with the key leads.
+        let mut fingerprints: Vec<Option<Fingerprint>> = vec![None; n];
+        let mut leader_of_key: HashMap<IdempotencyKey, usize> = HashMap::new();
+        for i in 0..n {
+            let Item::Run(task) = &items[i] else { continue };
+            let Some(key) = task.idempotency_key.clone() else {
+                continue;
             };
-            pb::SubmitResult {
-                index,
-                outcome: Some(match outcome {
-                    Ok(r) => pb::submit_result::Outcome::Accepted(r),
-                    Err(e) => pb::submit_result::Outcome::Error(item_error(e)),
-                }),
+            let fp = Fingerprint::of(task);
+            fingerprints[i] = Some(fp);
+            match leader_of_key.get(&key) {
+                None => {
+                    leader_of_key.insert(key, i);
+                }
+                Some(&l) => {
+                    let lead_fp = fingerprints[l].unwrap_or(fp);
+                    let fields = lead_fp.diff(&fp);
+                    items[i] = if fields.is_empty() {
+                        Item::Follow(l)
+                    } else {
+                        metrics::submit("conflict");
+                        Item::Done(Err(GatewayError::Conflict(Conflict {
+                            task_id: task.task_id,
+                            idempotency_key: key.to_string(),
+                            fields,
+                        })))
+                    };
+                }
             }
-        });
-        join_all(items).await
+        }
+
+        // Claim the leaders' keys together.
+        let keyed_idx: Vec<usize> = (0..n)
+            .filter(|&i| matches!(&items[i], Item::Run(t) if t.idempotency_key.is_some()))
+            .collect();
+        let mut claims: Vec<Option<Claim>> = (0..n).map(|_| None).collect();
+        {
+            let keyed: Vec<Keyed<'_>> = keyed_idx
+                .iter()
+                .filter_map(|&i| match &items[i] {
+                    Item::Run(task) => Some(Keyed {
+                        task,
+                        fingerprint: fingerprints[i]?,
+                    }),
+                    _ => None,
+                })
+                .collect();
+            let got = self.idempotency.claim_many(&keyed).await;
+            for (&i, c) in keyed_idx.iter().zip(got) {
+                claims[i] = Some(c);
+            }
+        }
+
+        // Make every leader and unkeyed item durable, concurrently.
+        let mut runs = Vec::new();
+        let mut results: Vec<Option<pb::submit_result::Outcome>> = (0..n).map(|_| None).collect();
+        let mut followers = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            match item {
+                Item::Done(r) => results[i] = Some(outcome(i, r)),
+                Item::Follow(l) => followers.push((i, l)),
+                Item::Run(task) => {
+                    let claim = claims[i].take();
+                    let fp = fingerprints[i];
+                    runs.push(
+                        async move { (i, self.submit_claimed(task, claim, fp, trace).await) },
+                    );
+                }
+            }
+        }
+        for (i, r) in join_all(runs).await {
+            results[i] = Some(outcome(i, r));
+        }
+        for (i, l) in followers {
+            let lead = results[l].clone();
+            results[i] = lead.map(|o| follow(o, l, i));
+        }
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| pb::SubmitResult {
+                index: i as u32,
+                outcome: o,
+            })
+            .collect()
     }
 
     /// Publishes a cancel command on the task's own partition (so it is ordered after the
@@ -300,7 +410,49 @@ impl Gateway {
     }
 }
 
-fn item_error(e: GatewayError) -> pb::ItemError {
+/// One item of a batch on its way.
+enum Item {
+    /// Answered already (invalid, or a conflicting repeat of an earlier item's key).
+    Done(Result<pb::SubmitTaskResponse, GatewayError>),
+    /// Gets the answer of the earlier item at this index (same key, same parameters).
+    Follow(usize),
+    /// To be made durable.
+    Run(NewTask),
+}
+
+/// The outcome of item `i`.
+fn outcome(
+    i: usize,
+    r: Result<pb::SubmitTaskResponse, GatewayError>,
+) -> pb::submit_result::Outcome {
+    match r {
+        Ok(resp) => pb::submit_result::Outcome::Accepted(resp),
+        Err(e) => pb::submit_result::Outcome::Error(item_error(i, e)),
+    }
+}
+
+/// The answer of item `i`, which repeats item `lead`: the same task, marked duplicate, or the
+/// same error with its field paths moved to `i`.
+fn follow(o: pb::submit_result::Outcome, lead: usize, i: usize) -> pb::submit_result::Outcome {
+    match o {
+        pb::submit_result::Outcome::Accepted(mut resp) => {
+            metrics::submit("duplicate");
+            resp.duplicate = true;
+            pb::submit_result::Outcome::Accepted(resp)
+        }
+        pb::submit_result::Outcome::Error(mut e) => {
+            let (from, to) = (format!("tasks[{lead}]."), format!("tasks[{i}]."));
+            for v in &mut e.violations {
+                if let Some(rest) = v.field.strip_prefix(&from) {
+                    v.field = format!("{to}{rest}");
+                }
+            }
+            pb::submit_result::Outcome::Error(e)
+        }
+    }
+}
+
+fn item_error(i: usize, e: GatewayError) -> pb::ItemError {
     let code = e.code() as i32;
     match e {
         GatewayError::Invalid(v) => pb::ItemError {
@@ -312,6 +464,18 @@ fn item_error(e: GatewayError) -> pb::ItemError {
                 .map(|f| pb::FieldViolation {
                     field: f.field,
                     description: f.description,
+                })
+                .collect(),
+        },
+        GatewayError::Conflict(c) => pb::ItemError {
+            code,
+            message: GatewayError::Conflict(c.clone()).to_string(),
+            violations: c
+                .fields
+                .iter()
+                .map(|f| pb::FieldViolation {
+                    field: format!("tasks[{i}].{f}"),
+                    description: "differs from the first submit with this idempotency key".into(),
                 })
                 .collect(),
         },

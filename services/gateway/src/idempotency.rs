@@ -1,31 +1,45 @@
-//! Idempotent submit.
+//! Idempotent submit: one (tenant, idempotency key), one task, one execution, with the same
+//! parameters.
 //!
 //! The task id of a submit with an idempotency key is derived from (tenant, key) (dispatch-core),
 //! so every instance computes the same id and one execution holds even without Redis: the
-//! processor dedupes a second record of the same task id. Redis only avoids that second Kafka
-//! write:
+//! processor dedupes a second record of the same task id. What is compared is the submit's
+//! [`Fingerprint`]: a second submit with the same key and other parameters is a
+//! [`Claim::Conflict`] (ALREADY_EXISTS naming the field), never a silent "duplicate" of a task
+//! the caller did not ask for.
 //!
-//! 1. `SET <prefix>idem:<tenant>:<key> <pending> NX PX ttl`. Won: go ahead and produce, then
-//!    overwrite the value with the encoded response ([`Idempotency::finish`]), or delete it if
-//!    the produce failed ([`Idempotency::release`]) so a retry is not answered "duplicate" for a
-//!    task that was never accepted. Lost: answer the stored response with `duplicate = true`;
-//!    if only the pending marker is there (first submit in flight, or its release failed), fall
-//!    through to step 2, because Redis alone must never make us answer OK for a lost task.
-//! 2. Redis down or slow (a failsafe breaker plus a short command timeout): look the task id up in
-//!    MySQL (`tasks`, then the outbox) and answer duplicate if found; otherwise produce.
+//! 1. Redis: `SET <prefix>idem:<tenant>:<key> <fingerprint, pending> NX PX ttl`. Won: go ahead;
+//!    the value is overwritten with the accepted response ([`Idempotency::finish`]) or deleted if
+//!    nothing was accepted ([`Idempotency::release`]). Lost: another fingerprint is a conflict;
+//!    the same one with a stored response is answered with it (`duplicate = true`); only the
+//!    pending marker (first submit in flight, or its release failed) falls through, because Redis
+//!    alone must never make us answer OK for a lost task.
+//! 2. MySQL, always (Redis may forget, fail or be flushed): the key is bound to its fingerprint in
+//!    `idempotency_keys` before the task is made durable (`dispatch_store::idempotency_keys`); a
+//!    key bound to another fingerprint is a conflict, on every instance and with Redis down.
+//!    MySQL failing does not refuse the submit (Redis, if up, still compares).
+//! 3. Unless Redis vouched that this is the first submit, the task id is looked up in MySQL
+//!    (`tasks`, then the outbox): found is a duplicate; not found is produced (at worst a second
+//!    record of the same task id, which the processor dedupes).
+//!
+//! A batch binds all its keys in one statement; items of one batch with the same key are
+//! settled by the gateway before any of this (the first item's answer).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_core::{IdempotencyKey, TaskId, Tenant};
+use dispatch_core::{IdempotencyKey, NewTask, TaskId, Tenant};
 use dispatch_proto::v1 as pb;
 use dispatch_runtime::settings::RedisSettings;
+use dispatch_store::idempotency_keys::{self, Binding, Bound};
 use dispatch_store::outbox_relay::{self, KnownTask};
+use futures::future::join_all;
 use parking_lot::RwLock;
 use prost::Message;
 use redis::aio::ConnectionManager;
 
 use crate::breaker::{self, Breaker};
+use crate::fingerprint::Fingerprint;
 use crate::metrics;
 use crate::settings::IdempotencySettings;
 
@@ -83,8 +97,52 @@ pub enum Claim {
         /// The Redis key this submit owns.
         redis_key: Option<String>,
     },
-    /// Seen before: answer this (duplicate = true).
+    /// Seen before with the same parameters: answer this (duplicate = true).
     Duplicate(pb::SubmitTaskResponse),
+    /// The key was first used with other parameters: refuse.
+    Conflict(Conflict),
+}
+
+/// A key reused with other parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The task the key names.
+    pub task_id: TaskId,
+    /// The client's key.
+    pub idempotency_key: String,
+    /// The fields that differ from the first submit ([`crate::fingerprint::FIELDS`] names).
+    pub fields: Vec<&'static str>,
+}
+
+/// One keyed submit to claim.
+pub struct Keyed<'a> {
+    /// The validated task (its `idempotency_key` is set).
+    pub task: &'a NewTask,
+    /// Its parameters' fingerprint.
+    pub fingerprint: Fingerprint,
+}
+
+/// What Redis holds under a key: the fingerprint of the first submit and, once accepted, its
+/// response. Tags far from `SubmitTaskResponse`'s, so a value written before fingerprints (a bare
+/// response) decodes with neither field and is treated as "cannot compare".
+#[derive(Clone, PartialEq, prost::Message)]
+struct Stored {
+    #[prost(bytes = "vec", tag = "100")]
+    fingerprint: Vec<u8>,
+    #[prost(message, optional, tag = "101")]
+    response: Option<pb::SubmitTaskResponse>,
+}
+
+/// What Redis said about one key.
+enum RedisSays {
+    /// This submit took the key.
+    Won(String),
+    /// Accepted before with the same parameters.
+    Duplicate(pb::SubmitTaskResponse),
+    /// Bound to other parameters.
+    Conflict(Vec<&'static str>),
+    /// Redis cannot tell (down, slow, or only a pending marker).
+    Unknown,
 }
 
 /// The idempotency checker.
@@ -155,86 +213,173 @@ impl Idempotency {
         out
     }
 
-    /// Decides whether `task_id` (derived from `key`) was already accepted.
-    pub async fn claim(&self, tenant: &Tenant, key: &IdempotencyKey, task_id: TaskId) -> Claim {
-        if let Some(mut conn) = self.conn() {
-            let rkey = self.key(tenant, key);
-            let pending = pb::SubmitTaskResponse {
-                task_id: task_id.to_string(),
+    /// Step 1 for one key.
+    async fn redis_claim(&self, mut conn: ConnectionManager, k: &Keyed<'_>) -> RedisSays {
+        let (t, fp) = (k.task, &k.fingerprint);
+        let Some(key) = &t.idempotency_key else {
+            return RedisSays::Unknown;
+        };
+        let rkey = self.key(&t.tenant, key);
+        let pending = Stored {
+            fingerprint: fp.encode(),
+            response: Some(pb::SubmitTaskResponse {
+                task_id: t.task_id.to_string(),
                 version: dispatch_core::state::ACCEPTED_VERSION,
                 ..Default::default()
-            }
-            .encode_to_vec();
-            let mut set = redis::cmd("SET");
-            set.arg(&rkey)
-                .arg(pending)
-                .arg("NX")
-                .arg("PX")
-                .arg(self.ttl_ms.min(PENDING_TTL_MS));
-            match self.run::<Option<String>>(&set, &mut conn).await {
-                Some(Some(_)) => {
-                    return Claim::Fresh {
-                        redis_key: Some(rkey),
-                    };
-                }
-                Some(None) => {
-                    let mut get = redis::cmd("GET");
-                    get.arg(&rkey);
-                    let stored = self
-                        .run::<Option<Vec<u8>>>(&get, &mut conn)
-                        .await
-                        .flatten()
-                        .and_then(|v| pb::SubmitTaskResponse::decode(v.as_slice()).ok())
-                        .filter(|r| {
-                            r.task_id == task_id.to_string()
-                                && r.accepted_via != pb::AcceptedVia::Unspecified as i32
-                        });
-                    if let Some(mut resp) = stored {
-                        metrics::idempotency_hit("redis");
-                        resp.duplicate = true;
-                        return Claim::Duplicate(resp);
-                    }
-                    // Only the pending marker: the first submit is in flight, or it failed and
-                    // its key could not be released. Redis cannot vouch that the task was
-                    // accepted, so the store decides (at worst a second record, deduped by id).
-                }
-                None => {} // Redis failing: the store decides.
-            }
+            }),
         }
-        match outbox_relay::find_task(&self.pool, task_id).await {
-            Ok(Some(known)) => {
-                metrics::idempotency_hit("store");
-                let mut resp = pb::SubmitTaskResponse {
-                    task_id: task_id.to_string(),
-                    duplicate: true,
-                    version: dispatch_core::state::ACCEPTED_VERSION,
-                    ..Default::default()
-                };
-                if let KnownTask::Outboxed {
-                    outbox_id, topic, ..
-                } = known
-                {
-                    resp.accepted_via = pb::AcceptedVia::Outbox as i32;
-                    resp.outbox_id = outbox_id;
-                    resp.topic = topic;
-                }
-                Claim::Duplicate(resp)
+        .encode_to_vec();
+        let mut set = redis::cmd("SET");
+        set.arg(&rkey)
+            .arg(pending)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.ttl_ms.min(PENDING_TTL_MS));
+        match self.run::<Option<String>>(&set, &mut conn).await {
+            Some(Some(_)) => return RedisSays::Won(rkey),
+            Some(None) => {}
+            None => return RedisSays::Unknown, // Redis failing: the store decides.
+        }
+        let mut get = redis::cmd("GET");
+        get.arg(&rkey);
+        let Some(value) = self.run::<Option<Vec<u8>>>(&get, &mut conn).await.flatten() else {
+            return RedisSays::Unknown; // expired in between, or failing
+        };
+        let task_id = t.task_id.to_string();
+        let stored = Stored::decode(value.as_slice()).unwrap_or_default();
+        let response = if stored.fingerprint.is_empty() {
+            // Written before fingerprints: a bare response, nothing to compare with.
+            pb::SubmitTaskResponse::decode(value.as_slice()).ok()
+        } else {
+            let fields = fp.diff_stored(&stored.fingerprint);
+            if !fields.is_empty() {
+                return RedisSays::Conflict(fields);
             }
-            Ok(None) => Claim::Fresh { redis_key: None },
-            Err(e) => {
-                // Neither Redis nor MySQL can tell: produce anyway; the processor dedupes by id.
-                tracing::warn!(error = %e, "idempotency store check failed; accepting");
-                Claim::Fresh { redis_key: None }
+            stored.response
+        };
+        match response.filter(|r| {
+            r.task_id == task_id && r.accepted_via != pb::AcceptedVia::Unspecified as i32
+        }) {
+            Some(mut resp) => {
+                resp.duplicate = true;
+                RedisSays::Duplicate(resp)
             }
+            // Only the pending marker: the first submit is in flight, or it failed and its key
+            // could not be released. Redis cannot vouch that the task was accepted.
+            None => RedisSays::Unknown,
         }
     }
 
+    /// Decides, for each keyed submit (in order), whether it is new, a duplicate or a conflict.
+    /// The submits must have distinct keys (a batch settles its own repeats first).
+    pub async fn claim_many(&self, items: &[Keyed<'_>]) -> Vec<Claim> {
+        if items.is_empty() {
+            return Vec::new();
+        }
+        let mut redis: Vec<RedisSays> = match self.conn() {
+            Some(conn) => join_all(items.iter().map(|k| self.redis_claim(conn.clone(), k))).await,
+            None => items.iter().map(|_| RedisSays::Unknown).collect(),
+        };
+
+        // Step 2: bind in MySQL whatever Redis did not settle.
+        let open: Vec<usize> = (0..items.len())
+            .filter(|&i| matches!(redis[i], RedisSays::Won(_) | RedisSays::Unknown))
+            .collect();
+        let bindings: Vec<Binding> = open
+            .iter()
+            .filter_map(|&i| {
+                let t = items[i].task;
+                Some(Binding {
+                    task_id: t.task_id,
+                    tenant: t.tenant.to_string(),
+                    idempotency_key: t.idempotency_key.as_ref()?.to_string(),
+                    business_key: t.business_key.to_string(),
+                    priority: t.priority,
+                    fingerprint: items[i].fingerprint.encode(),
+                })
+            })
+            .collect();
+        match idempotency_keys::bind(&self.pool, &bindings).await {
+            Ok(bound) => {
+                for (&i, b) in open.iter().zip(bound) {
+                    if let Bound::Other(stored) = b {
+                        if let RedisSays::Won(rkey) = &redis[i] {
+                            // Redis forgot the key (expiry, flush): it must not keep ours.
+                            self.release(rkey).await;
+                        }
+                        redis[i] = RedisSays::Conflict(items[i].fingerprint.diff_stored(&stored));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot bind idempotency keys in mysql; redis alone compares parameters");
+            }
+        }
+
+        // Step 3: the store decides what Redis did not vouch for.
+        let unknown: Vec<TaskId> = (0..items.len())
+            .filter(|&i| matches!(redis[i], RedisSays::Unknown))
+            .map(|i| items[i].task.task_id)
+            .collect();
+        let known = if unknown.is_empty() {
+            Ok(Default::default())
+        } else {
+            outbox_relay::find_tasks(&self.pool, &unknown).await
+        };
+        let known = known.unwrap_or_else(|e| {
+            // Neither Redis nor MySQL can tell: produce anyway; the processor dedupes by id.
+            tracing::warn!(error = %e, "idempotency store check failed; accepting");
+            Default::default()
+        });
+        redis
+            .into_iter()
+            .zip(items)
+            .map(|(said, k)| {
+                let t = k.task;
+                match said {
+                    RedisSays::Won(rkey) => Claim::Fresh {
+                        redis_key: Some(rkey),
+                    },
+                    RedisSays::Duplicate(resp) => {
+                        metrics::idempotency_hit("redis");
+                        Claim::Duplicate(resp)
+                    }
+                    RedisSays::Conflict(fields) => Claim::Conflict(Conflict {
+                        task_id: t.task_id,
+                        idempotency_key: t
+                            .idempotency_key
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
+                        fields,
+                    }),
+                    RedisSays::Unknown => match known.get(&t.task_id) {
+                        Some(found) => {
+                            metrics::idempotency_hit("store");
+                            Claim::Duplicate(store_duplicate(t.task_id, found))
+                        }
+                        None => Claim::Fresh { redis_key: None },
+                    },
+                }
+            })
+            .collect()
+    }
+
     /// Records the accepted response under the claimed key (best effort).
-    pub async fn finish(&self, redis_key: &str, resp: &pb::SubmitTaskResponse) {
+    pub async fn finish(
+        &self,
+        redis_key: &str,
+        fingerprint: &Fingerprint,
+        resp: &pb::SubmitTaskResponse,
+    ) {
         if let Some(mut conn) = self.redis.get() {
+            let value = Stored {
+                fingerprint: fingerprint.encode(),
+                response: Some(resp.clone()),
+            };
             let mut set = redis::cmd("SET");
             set.arg(redis_key)
-                .arg(resp.encode_to_vec())
+                .arg(value.encode_to_vec())
                 .arg("XX")
                 .arg("PX")
                 .arg(self.ttl_ms);
@@ -269,4 +414,23 @@ impl Idempotency {
             Err(_) => Err("timeout".into()),
         }
     }
+}
+
+/// The answer to a duplicate the store knows of.
+fn store_duplicate(task_id: TaskId, known: &KnownTask) -> pb::SubmitTaskResponse {
+    let mut resp = pb::SubmitTaskResponse {
+        task_id: task_id.to_string(),
+        duplicate: true,
+        version: dispatch_core::state::ACCEPTED_VERSION,
+        ..Default::default()
+    };
+    if let KnownTask::Outboxed {
+        outbox_id, topic, ..
+    } = known
+    {
+        resp.accepted_via = pb::AcceptedVia::Outbox as i32;
+        resp.outbox_id = *outbox_id;
+        resp.topic = topic.clone();
+    }
+    resp
 }

@@ -7,7 +7,8 @@
 //! - [`app`]: [`App`]: build, the one place the gRPC server is assembled, ordered shutdown.
 //! - [`service`]: TaskService handlers, thin adapters (auth, rate limit, parse) into [`gateway`].
 //! - [`gateway`]: the domain: submit, submit many, cancel.
-//! - [`idempotency`]: Redis SET NX fast path with a MySQL fallback.
+//! - [`idempotency`]: one key, one task, same parameters: Redis SET NX fast path, the key's
+//!   [`fingerprint`] bound in MySQL, the store as fallback.
 //! - [`durable`]: Kafka-or-outbox, with sticky routing that keeps per-key order.
 //! - [`producer`]: the idempotent producer, its circuit breaker and produce timeout.
 //! - [`relay`]: the outbox relay (leader by MySQL named lock) and the sticky-routing watcher.
@@ -46,6 +47,7 @@ pub mod app;
 pub mod breaker;
 pub mod durable;
 pub mod error;
+pub mod fingerprint;
 pub mod gateway;
 pub mod idempotency;
 pub mod limits;

@@ -133,10 +133,11 @@ static POOL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 pub const SERVICE: &str = "gateway";
 
 /// Outcomes of `dispatch_submit_total`.
-pub const SUBMIT_OUTCOMES: [&str; 7] = [
+pub const SUBMIT_OUTCOMES: [&str; 8] = [
     "kafka",
     "outbox",
     "duplicate",
+    "conflict",
     "invalid",
     "unavailable",
     "rate_limited",

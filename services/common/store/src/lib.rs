@@ -5,6 +5,7 @@
 //! - [`migrate`]: versioned migrations with up *and* down scripts (`migrations/`).
 //! - [`tasks`]: the `tasks` table: fenced batch upserts, lookups and listing.
 //! - [`epochs`]: partition lease epochs, which order the successive owners of a partition.
+//! - [`idempotency_keys`]: what each idempotency key was first submitted with (gateway).
 //! - [`outbox`]: the submit outbox the gateway falls back to and the relay drains.
 //! - [`outbox_admin`]: AdminService's side of it: list rows, requeue dead ones.
 //! - [`outbox_relay`]: the gateway's per-key ordered relay claim, its leader lock, and task lookups.
@@ -20,6 +21,7 @@ pub mod attempts;
 pub mod dead_letters;
 pub mod dead_letters_admin;
 pub mod epochs;
+pub mod idempotency_keys;
 pub mod ledger;
 pub mod migrate;
 pub mod outbox;

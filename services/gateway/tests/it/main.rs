@@ -4,6 +4,7 @@
 mod api;
 mod cancel;
 mod cli;
+mod conflicts;
 mod harness;
 mod idempotency;
 mod outbox;
