@@ -294,6 +294,7 @@ impl App {
             hard_stop: hard_stop.clone(),
             cancelled_ttl: Duration::from_millis(s.consumer.cancelled_ttl_ms),
             slots: Slots::new(s.consumer.max_concurrency, s.consumer.priority_weights),
+            retry_topic_max_delay: Duration::from_millis(s.consumer.retry_topic_max_delay_ms),
         }));
 
         let (c_tx, c_rx) = mpsc::unbounded_channel();

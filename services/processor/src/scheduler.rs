@@ -50,6 +50,19 @@ pub struct Scheduler {
 }
 
 fn envelope(t: &DueTask) -> Result<Envelope, String> {
+    first_attempt(t)
+}
+
+/// The next attempt of a RETRYING task waiting in MySQL.
+fn retry_envelope(t: &DueTask) -> Result<Envelope, String> {
+    let mut e = first_attempt(t)?;
+    e.attempt = t.attempts + 1;
+    e.last_error = t.last_error.clone();
+    e.run_at = t.run_at;
+    Ok(e)
+}
+
+fn first_attempt(t: &DueTask) -> Result<Envelope, String> {
     Ok(Envelope {
         kind: EnvelopeKind::Submit,
         task_id: t.task_id,
@@ -110,12 +123,22 @@ impl Scheduler {
         let stale =
             dispatch_store::scheduler::claim_stale_pending(&mut tx, left, self.republish_after)
                 .await?;
-        if due.is_empty() && stale.is_empty() {
+        let left = left.saturating_sub(stale.len() as u32);
+        let retries = dispatch_store::scheduler::claim_due_retries(&mut tx, left).await?;
+        if due.is_empty() && stale.is_empty() && retries.is_empty() {
             tx.rollback().await?;
             return Ok(0);
         }
-        let claimed = due.len() + stale.len();
+        let claimed = due.len() + stale.len() + retries.len();
+        let retry_ids: Vec<TaskId> = retries.iter().map(|t| t.task_id).collect();
+        dispatch_store::scheduler::lease_retries(
+            &mut tx,
+            &retry_ids,
+            now + chrono::Duration::from_std(self.republish_after).unwrap_or_default(),
+        )
+        .await?;
         let mut invalid = Vec::new();
+        let mut invalid_later = Vec::new();
         let mut ready: Vec<(&DueTask, Envelope)> = Vec::new();
         for t in due.iter().chain(&stale) {
             match envelope(t) {
@@ -189,10 +212,60 @@ impl Scheduler {
             .into_iter()
             .filter(|ok| *ok)
             .count();
+        let retried = self.publish_retries(&retries, &mut invalid_later).await;
+        if !invalid_later.is_empty() {
+            let mut conn = self.pool.acquire().await?;
+            dispatch_store::scheduler::mark_invalid(&mut conn, &invalid_later, Utc::now()).await?;
+        }
+        if retried > 0 {
+            tracing::debug!(retried, "due retries published");
+        }
         SCHEDULER_CLAIMED.inc_by(published as u64);
         if published > 0 {
             tracing::info!(published, "due scheduled tasks published");
         }
         Ok(claimed)
+    }
+
+    /// Publishes the next attempt of each due retry to its retry level's topic, due now.
+    async fn publish_retries(
+        &self,
+        retries: &[DueTask],
+        invalid: &mut Vec<(TaskId, u32, String)>,
+    ) -> usize {
+        let mut ready = Vec::new();
+        for t in retries {
+            match retry_envelope(t) {
+                Ok(e) => ready.push((t, e)),
+                Err(e) => {
+                    invalid.push((t.task_id, t.generation, format!("invalid retry row: {e}")))
+                }
+            }
+        }
+        let now_ms = Utc::now().timestamp_millis().to_string();
+        let sends = ready.iter().map(|(t, env)| {
+            let now_ms = &now_ms;
+            async move {
+                let mut h = env.headers();
+                for (k, v) in &t.trace {
+                    h.set(k, v.as_bytes());
+                }
+                h.set(dispatch_core::envelope::header::NOT_BEFORE, now_ms.as_str());
+                let level = t.attempts.clamp(1, dispatch_core::topics::RETRY_LEVELS);
+                let topic = self.topics.retry(level);
+                match self.producer.send("retry", &topic, env.key(), &env.encode(), &h).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::warn!(task_id = %t.task_id, error = %e, "cannot publish a due retry; published again later");
+                        false
+                    }
+                }
+            }
+        });
+        futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count()
     }
 }

@@ -101,6 +101,11 @@ pub struct ConsumerSettings {
     /// How often the operator pauses shared by all instances are re-read from MySQL: a pause
     /// made through another instance takes effect here within this bound.
     pub pause_sync_ms: u64,
+    /// Retry delays up to this go through the retry topics (held in memory until due); longer
+    /// ones wait in MySQL and the scheduler publishes them when due. A retry topic partition
+    /// holds its records in order, so this bounds how long a short retry can wait behind a long
+    /// one (docs/scheduling.md).
+    pub retry_topic_max_delay_ms: u64,
 }
 
 impl Default for ConsumerSettings {
@@ -117,6 +122,7 @@ impl Default for ConsumerSettings {
             prefetch_kbytes: 2_048,
             cancelled_ttl_ms: 600_000,
             pause_sync_ms: 1_000,
+            retry_topic_max_delay_ms: 1_000,
         }
     }
 }

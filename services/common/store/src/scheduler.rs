@@ -45,6 +45,10 @@ pub struct DueTask {
     pub deadline_at: Option<DateTime<Utc>>,
     /// Stored version.
     pub version: Version,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Last error.
+    pub last_error: String,
     /// When it was accepted.
     pub created_at: DateTime<Utc>,
     /// The trace context it was scheduled with (`traceparent`, `tracestate` pairs).
@@ -69,7 +73,73 @@ pub async fn claim_due(conn: &mut sqlx::MySqlConnection, limit: u32) -> Result<V
 
 const DUE_COLUMNS: &str = "task_id, tenant, business_key, task_type, priority, payload, max_attempts, \
     initial_backoff_ms, max_backoff_ms, generation, idempotency_key, run_at, deadline_at, version, created_at, \
-    trace_context";
+    trace_context, attempts, last_error";
+
+/// Locks up to `limit` RETRYING rows whose next attempt is due (oldest first), skipping rows
+/// another transaction holds. Finish with [`lease_retries`] and a commit, then publish.
+///
+/// # Errors
+/// Database errors or a corrupt row.
+pub async fn claim_due_retries(
+    conn: &mut sqlx::MySqlConnection,
+    limit: u32,
+) -> Result<Vec<DueTask>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(&format!(
+        "SELECT {DUE_COLUMNS} FROM tasks WHERE state = 'retrying' AND next_attempt_at <= NOW(6) \
+         ORDER BY next_attempt_at LIMIT ? FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    decode(&rows)
+}
+
+/// Pushes claimed retries' due time to `until`: if their next attempt is not consumed by then
+/// (the claimer died, or Kafka failed), they are claimed again.
+///
+/// # Errors
+/// Database errors.
+pub async fn lease_retries(
+    conn: &mut sqlx::MySqlConnection,
+    ids: &[TaskId],
+    until: DateTime<Utc>,
+) -> Result<()> {
+    for id in ids {
+        sqlx::query(
+            "UPDATE tasks SET next_attempt_at = ? WHERE task_id = ? AND state = 'retrying'",
+        )
+        .bind(until)
+        .bind(id.as_bytes().as_slice())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Records when the next attempt of each landed RETRYING write is due (the write's version
+/// guards against a row that moved on).
+///
+/// # Errors
+/// Database errors.
+pub async fn set_retry_due(
+    conn: &mut sqlx::MySqlConnection,
+    due: &[(TaskId, Version, DateTime<Utc>)],
+) -> Result<()> {
+    for (id, version, at) in due {
+        sqlx::query(
+            "UPDATE tasks SET next_attempt_at = ? WHERE task_id = ? AND version = ? AND state = 'retrying'",
+        )
+        .bind(at)
+        .bind(id.as_bytes().as_slice())
+        .bind(version)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
 
 /// Locks up to `limit` rows the scheduler moved to `pending` at least `older_than` ago that no
 /// consumer has started since (their record may never have been published). Same contract as
@@ -164,6 +234,8 @@ fn decode(rows: &[sqlx::mysql::MySqlRow]) -> Result<Vec<DueTask>> {
                 run_at: r.try_get("run_at")?,
                 deadline_at: r.try_get("deadline_at")?,
                 version: r.try_get("version")?,
+                attempts: r.try_get("attempts")?,
+                last_error: text(r, "last_error")?,
                 created_at: r.try_get("created_at")?,
                 // Binary-collated text, read as bytes (see `tasks::text`).
                 trace: crate::trace_context::decode(

@@ -80,7 +80,10 @@ fn provenance(h: &mut Headers, d: &Delivery, class: &str, error: &str) {
 }
 
 impl Processor {
-    /// Produces the next attempt to its retry topic, then writes RETRYING.
+    /// Schedules the next attempt, then writes RETRYING. A delay the retry topics take (up to
+    /// `consumer.retry_topic_max_delay_ms`) goes to the retry topic of its level; a longer one
+    /// waits in MySQL (the RETRYING row's `next_attempt_at`) and the scheduler publishes it when
+    /// due, so a long backoff never holds up the short ones queued behind it on a retry topic.
     pub(super) async fn retry(
         &self,
         d: &Delivery,
@@ -91,28 +94,32 @@ impl Processor {
         ticket: &mut LaneTicket,
     ) -> Option<Committed> {
         let a = env.attempt;
-        let mut next = env.clone();
-        next.attempt = a + 1;
-        next.last_error = truncate_bytes(error, MAX_ERROR_BYTES).to_string();
-        let mut h = with_trace(next.headers());
-        h.set(
-            header::NOT_BEFORE,
-            not_before.timestamp_millis().to_string(),
-        );
         let level = a.min(RETRY_LEVELS);
-        let topic = self.topics.retry(level);
-        self.producer
-            .send_until(
-                "retry",
-                &topic,
-                env.key(),
-                &next.encode(),
-                &h,
-                &d.lease.revoked,
-            )
-            .await?;
+        let delay = (not_before - Utc::now()).to_std().unwrap_or_default();
+        let in_mysql = delay > self.retry_topic_max_delay;
+        if !in_mysql {
+            let mut next = env.clone();
+            next.attempt = a + 1;
+            next.last_error = truncate_bytes(error, MAX_ERROR_BYTES).to_string();
+            let mut h = with_trace(next.headers());
+            h.set(
+                header::NOT_BEFORE,
+                not_before.timestamp_millis().to_string(),
+            );
+            let topic = self.topics.retry(level);
+            self.producer
+                .send_until(
+                    "retry",
+                    &topic,
+                    env.key(),
+                    &next.encode(),
+                    &h,
+                    &d.lease.revoked,
+                )
+                .await?;
+        }
         RETRIES.with_label_values(&[&level.to_string()]).inc();
-        tracing::info!(error = %error, next_attempt = a + 1, level, "attempt failed; retry scheduled");
+        tracing::info!(error = %error, next_attempt = a + 1, level, delay_ms = delay.as_millis() as u64, in_mysql, "attempt failed; retry scheduled");
         let mut w = write_of(
             env,
             TaskState::Retrying,
@@ -121,10 +128,12 @@ impl Processor {
         );
         w.lease_epoch = d.lease.fence;
         w.last_error = error.to_string();
-        let c = self
-            .writer
-            .write(w, Some(row), telemetry::current_trace_headers())
-            .await;
+        let trace = telemetry::current_trace_headers();
+        let c = if in_mysql {
+            self.writer.write_retry(w, row, trace, not_before).await
+        } else {
+            self.writer.write(w, Some(row), trace).await
+        };
         ticket.release();
         Some(c)
     }

@@ -70,6 +70,8 @@ pub struct Processor {
     pub cancelled_ttl: Duration,
     /// Execution slots (`consumer.max_concurrency`), granted fairly.
     pub slots: Arc<Slots>,
+    /// Longer retry delays wait in MySQL instead of on a retry topic.
+    pub retry_topic_max_delay: Duration,
     in_flight: Mutex<HashMap<TaskId, InFlight>>,
     /// Cancels seen here: task id -> (the cancelling tenant, when).
     cancelled: Mutex<HashMap<TaskId, (String, Instant)>>,
@@ -124,6 +126,8 @@ pub struct Parts {
     pub cancelled_ttl: Duration,
     /// Execution slots.
     pub slots: Arc<Slots>,
+    /// Longer retry delays wait in MySQL.
+    pub retry_topic_max_delay: Duration,
 }
 
 impl Processor {
@@ -142,6 +146,7 @@ impl Processor {
             hard_stop: p.hard_stop,
             cancelled_ttl: p.cancelled_ttl,
             slots: p.slots,
+            retry_topic_max_delay: p.retry_topic_max_delay,
             in_flight: Mutex::default(),
             cancelled: Mutex::default(),
             task_locks: Mutex::default(),

@@ -52,6 +52,8 @@ pub struct WriteRequest {
     pub trace: Vec<(String, String)>,
     /// Released once committed and published; dropped (error) if the writer gives up.
     pub done: Option<oneshot::Sender<()>>,
+    /// A RETRYING write whose next attempt waits in MySQL: when it is due.
+    pub retry_due: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Sends writes to the writer task.
@@ -71,12 +73,35 @@ impl Writer {
         attempt: Option<AttemptRow>,
         trace: Vec<(String, String)>,
     ) -> Committed {
+        self.send(write, attempt, trace, None).await
+    }
+
+    /// Queues a RETRYING write whose next attempt waits in MySQL until `due` (the scheduler
+    /// publishes it then); resolves like [`Writer::write`].
+    pub async fn write_retry(
+        &self,
+        write: TaskWrite,
+        attempt: AttemptRow,
+        trace: Vec<(String, String)>,
+        due: chrono::DateTime<chrono::Utc>,
+    ) -> Committed {
+        self.send(write, Some(attempt), trace, Some(due)).await
+    }
+
+    async fn send(
+        &self,
+        write: TaskWrite,
+        attempt: Option<AttemptRow>,
+        trace: Vec<(String, String)>,
+        retry_due: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Committed {
         let (done, rx) = oneshot::channel();
         let req = WriteRequest {
             write,
             attempt,
             trace,
             done: Some(done),
+            retry_due,
         };
         // A closed writer drops the request, and with it `done`: the receiver reports an error.
         let _ = self.tx.send(req).await;
@@ -109,6 +134,7 @@ pub struct WriterTask {
 #[derive(Default)]
 struct Entry {
     write: Option<TaskWrite>,
+    retry_due: Option<chrono::DateTime<chrono::Utc>>,
     attempts: Vec<AttemptRow>,
     trace: Vec<(String, String)>,
     waiters: Vec<oneshot::Sender<()>>,
@@ -133,12 +159,14 @@ impl Batch {
             None => {
                 e.write = Some(r.write);
                 e.trace = r.trace;
+                e.retry_due = r.retry_due;
             }
             Some(old) => {
                 let (w, took_new) = coalesce(old, r.write);
                 e.write = Some(w);
                 if took_new {
                     e.trace = r.trace;
+                    e.retry_due = r.retry_due;
                 }
             }
         }
@@ -318,14 +346,15 @@ async fn commit(pool: &MySqlPool, batch: &Batch) -> dispatch_store::Result<Lande
     let mut tx = pool.begin().await?;
     let tokens = dispatch_store::tasks::upsert_batch(&mut tx, &writes).await?;
     let token_of: HashMap<TaskId, u64> = ids.iter().copied().zip(tokens).collect();
-    // A SCHEDULED task keeps its trace context until the scheduler publishes it.
+    // A SCHEDULED task (or a retry waiting in MySQL) keeps its trace context until the scheduler
+    // publishes it.
     let scheduled: Vec<(TaskId, &[(String, String)])> = batch
         .entries
         .iter()
         .filter_map(|e| {
             let w = e.write.as_ref()?;
-            (w.state == TaskState::Scheduled && !e.trace.is_empty())
-                .then_some((w.task_id, e.trace.as_slice()))
+            let waits = w.state == TaskState::Scheduled || e.retry_due.is_some();
+            (waits && !e.trace.is_empty()).then_some((w.task_id, e.trace.as_slice()))
         })
         .collect();
     dispatch_store::trace_context::set(&mut tx, &scheduled).await?;
@@ -341,6 +370,18 @@ async fn commit(pool: &MySqlPool, batch: &Batch) -> dispatch_store::Result<Lande
             FENCED.inc();
         }
     }
+    let due: Vec<_> = batch
+        .entries
+        .iter()
+        .filter_map(|e| {
+            let w = e.write.as_ref()?;
+            let at = e.retry_due?;
+            stored
+                .contains_key(&w.task_id)
+                .then_some((w.task_id, w.version, at))
+        })
+        .collect();
+    dispatch_store::scheduler::set_retry_due(&mut tx, &due).await?;
     tx.commit().await?;
     Ok(batch
         .entries
@@ -389,6 +430,7 @@ mod tests {
                 attempt: None,
                 trace: Vec::new(),
                 done: Some(tx),
+                retry_due: None,
             },
             rx,
         )

@@ -333,3 +333,84 @@ async fn a_hot_key_and_a_limited_type_never_take_every_slot() -> anyhow::Result<
     env.cleanup().await;
     Ok(())
 }
+
+/// 200 tasks back off for half an hour to an hour (their retries wait in MySQL), then 20 tasks
+/// back off for 100 ms on the same retry level: the short retries run at once. On the retry
+/// topics alone, a partition's head (a long retry) would hold every short one behind it.
+#[tokio::test]
+async fn a_one_hour_backoff_never_delays_a_100_ms_retry() -> anyhow::Result<()> {
+    let env = TestEnv::with_partitions(2).await?;
+    let app = start(settings(&env)).await?;
+    let p = producer(&env)?;
+    let t = env.topics();
+    let fail_once = r#"{"fail_attempts":1}"#;
+    let mut long = Vec::new();
+    for i in 0..200 {
+        let mut e = task("simulate", &format!("long-{i}"), fail_once);
+        e.retry.initial_backoff_ms = 3_600_000;
+        e.retry.max_backoff_ms = 3_600_000;
+        long.push(e.task_id);
+        produce(&p, &t, &e).await?;
+    }
+    wait_all(
+        &env.pool,
+        &long,
+        TaskState::Retrying,
+        Duration::from_secs(60),
+    )
+    .await?;
+    let mut short = Vec::new();
+    for i in 0..20 {
+        let mut e = task("simulate", &format!("short-{i}"), fail_once);
+        e.retry.initial_backoff_ms = 100;
+        e.retry.max_backoff_ms = 100;
+        short.push(e.task_id);
+        produce(&p, &t, &e).await?;
+    }
+    wait_all(
+        &env.pool,
+        &short,
+        TaskState::Succeeded,
+        Duration::from_secs(20),
+    )
+    .await?;
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM tasks WHERE state = 'retrying' AND next_attempt_at > NOW(6) + INTERVAL 25 MINUTE",
+    )
+    .fetch_one(&env.pool)
+    .await?;
+    assert_eq!(waiting, 200, "the long retries wait in MySQL");
+    app.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}
+
+/// Every retry waits in MySQL (no retry topic): the scheduler publishes each when due.
+#[tokio::test]
+async fn retries_waiting_in_mysql_run_when_due() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let mut s = settings(&env);
+    s.consumer.retry_topic_max_delay_ms = 0;
+    let app = start(s).await?;
+    let p = producer(&env)?;
+    let mut e = task("simulate", "db-retry", r#"{"fail_attempts":2}"#);
+    e.retry.initial_backoff_ms = 300;
+    e.retry.max_backoff_ms = 300;
+    produce(&p, &env.topics(), &e).await?;
+    wait_all(
+        &env.pool,
+        &[e.task_id],
+        TaskState::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let attempts: Vec<u32> =
+        sqlx::query_scalar("SELECT attempt FROM task_attempts WHERE task_id = ? ORDER BY attempt")
+            .bind(e.task_id.as_bytes().as_slice())
+            .fetch_all(&env.pool)
+            .await?;
+    assert_eq!(attempts, vec![1, 2, 3]);
+    app.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}
