@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use dispatch_core::TaskId;
-use dispatch_store::outbox::{self, OutboxRecord};
+use dispatch_store::outbox::{self, Kind, OutboxRecord};
 use dispatch_store::outbox_relay;
 use parking_lot::Mutex;
 
@@ -101,16 +101,26 @@ impl Durable {
         self.sticky.active()
     }
 
-    /// Makes `rec` durable: on Kafka, or (breaker open, produce error or timeout, or sticky
-    /// routing) in the outbox.
+    /// Makes `rec` (a submit or a cancel of `task_id`) durable: on Kafka, or (breaker open,
+    /// produce error or timeout, or sticky routing) in the outbox. Cancels take the same route as
+    /// submits, so a cancel never overtakes its task's submit waiting in the outbox.
     ///
     /// # Errors
     /// [`Unavailable`] when both failed: the caller must not answer OK.
-    pub async fn accept(&self, rec: OutRecord, task_id: TaskId) -> Result<Accepted, Unavailable> {
+    pub async fn accept(
+        &self,
+        rec: OutRecord,
+        task_id: TaskId,
+        kind: Kind,
+    ) -> Result<Accepted, Unavailable> {
+        let topic_kind = match kind {
+            Kind::Submit => "tasks",
+            Kind::Cancel => "cancel",
+        };
         let kafka_err = if self.sticky.active() {
             None
         } else {
-            match self.producer.send_guarded(&rec, "tasks").await {
+            match self.producer.send_guarded(&rec, topic_kind).await {
                 Ok(p) => return Ok(Accepted::Kafka(p)),
                 Err(e) => Some(e.to_string()),
             }
@@ -118,14 +128,14 @@ impl Durable {
         let reason = kafka_err
             .as_deref()
             .unwrap_or("outbox backlog pending (sticky routing)");
-        match self.park(&rec, task_id, reason).await {
+        match self.park(&rec, task_id, kind, reason).await {
             Ok(id) => Ok(Accepted::Outbox(id)),
             Err(outbox) if kafka_err.is_none() => {
                 // Sticky, but MySQL is failing: availability wins over ordering behind a backlog
                 // that cannot drain anyway; Kafka is still durable.
                 tracing::warn!(error = %outbox, "outbox write failed while sticky; trying kafka");
                 self.producer
-                    .send_guarded(&rec, "tasks")
+                    .send_guarded(&rec, topic_kind)
                     .await
                     .map(Accepted::Kafka)
                     .map_err(|e| Unavailable {
@@ -140,7 +150,13 @@ impl Durable {
         }
     }
 
-    async fn park(&self, rec: &OutRecord, task_id: TaskId, reason: &str) -> Result<u64, String> {
+    async fn park(
+        &self,
+        rec: &OutRecord,
+        task_id: TaskId,
+        kind: Kind,
+        reason: &str,
+    ) -> Result<u64, String> {
         let row = OutboxRecord {
             id: 0,
             task_id,
@@ -151,9 +167,11 @@ impl Durable {
             attempts: 0,
             created_at: Utc::now(),
         };
-        let id = outbox::insert(&self.pool, &row)
-            .await
-            .map_err(|e| e.to_string())?;
+        let id = match kind {
+            Kind::Submit => outbox::insert(&self.pool, &row).await,
+            Kind::Cancel => outbox::insert_cancel(&self.pool, &row).await,
+        }
+        .map_err(|e| e.to_string())?;
         // After the commit and before the caller answers OK: the next submit sees the flag.
         self.sticky.mark();
         metrics::outbox_written(reason);

@@ -35,9 +35,6 @@ pub enum GatewayError {
     /// The store could not answer and nothing else could route the request.
     #[error("store unavailable: {0}")]
     StoreUnavailable(String),
-    /// A cancel could not be published.
-    #[error("kafka unavailable: {0}")]
-    KafkaUnavailable(String),
     /// Unknown task (or another tenant's: indistinguishable on purpose).
     #[error("{0}")]
     NotFound(String),
@@ -61,9 +58,7 @@ impl GatewayError {
         match self {
             Self::Invalid(_) => Code::InvalidArgument,
             Self::Limited(_) => Code::ResourceExhausted,
-            Self::Unavailable(_) | Self::KafkaUnavailable(_) | Self::StoreUnavailable(_) => {
-                Code::Unavailable
-            }
+            Self::Unavailable(_) | Self::StoreUnavailable(_) => Code::Unavailable,
             Self::NotFound(_) => Code::NotFound,
             Self::Conflict(_) => Code::AlreadyExists,
             Self::Internal(_) => Code::Internal,

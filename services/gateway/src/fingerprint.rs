@@ -24,9 +24,13 @@ pub const FIELDS: [&str; 7] = [
 /// Encoding version (first byte).
 const VERSION: u8 = 1;
 
-/// Per-field hashes of a submit's parameters.
+/// Per-field hashes of a submit's parameters. A stored fingerprint may hold fewer fields than
+/// [`FIELDS`] (written before a field was appended): only the fields both hold are compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fingerprint([[u8; 8]; FIELDS.len()]);
+pub struct Fingerprint {
+    fields: [[u8; 8]; FIELDS.len()],
+    len: usize,
+}
 
 fn hash(field: &str, parts: &[&[u8]]) -> [u8; 8] {
     let mut h = Sha256::new();
@@ -63,22 +67,25 @@ impl Fingerprint {
             r.max_backoff_ms.to_be_bytes(),
         ]
         .concat();
-        Self([
-            hash(FIELDS[0], &[t.business_key.as_str().as_bytes()]),
-            hash(FIELDS[1], &[t.task_type.as_str().as_bytes()]),
-            hash(FIELDS[2], &[t.priority.as_str().as_bytes()]),
-            hash(FIELDS[3], &[t.payload.as_bytes()]),
-            hash(FIELDS[4], &[&time(t.run_at)]),
-            hash(FIELDS[5], &[&time(t.deadline)]),
-            hash(FIELDS[6], &[&retry]),
-        ])
+        Self {
+            fields: [
+                hash(FIELDS[0], &[t.business_key.as_str().as_bytes()]),
+                hash(FIELDS[1], &[t.task_type.as_str().as_bytes()]),
+                hash(FIELDS[2], &[t.priority.as_str().as_bytes()]),
+                hash(FIELDS[3], &[t.payload.as_bytes()]),
+                hash(FIELDS[4], &[&time(t.run_at)]),
+                hash(FIELDS[5], &[&time(t.deadline)]),
+                hash(FIELDS[6], &[&retry]),
+            ],
+            len: FIELDS.len(),
+        }
     }
 
     /// The stored form.
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(1 + 8 * FIELDS.len());
+        let mut v = Vec::with_capacity(1 + 8 * self.len);
         v.push(VERSION);
-        for f in &self.0 {
+        for f in &self.fields[..self.len] {
             v.extend_from_slice(f);
         }
         v
@@ -87,21 +94,24 @@ impl Fingerprint {
     /// Parses [`Fingerprint::encode`]; `None` for anything else (another version, corruption).
     pub fn decode(b: &[u8]) -> Option<Self> {
         let (&version, rest) = b.split_first()?;
-        if version != VERSION || rest.len() != 8 * FIELDS.len() {
+        let len = rest.len() / 8;
+        if version != VERSION || rest.len() % 8 != 0 || len == 0 || len > FIELDS.len() {
             return None;
         }
-        let mut f = [[0u8; 8]; FIELDS.len()];
-        for (slot, chunk) in f.iter_mut().zip(rest.chunks_exact(8)) {
+        let mut fields = [[0u8; 8]; FIELDS.len()];
+        for (slot, chunk) in fields.iter_mut().zip(rest.chunks_exact(8)) {
             slot.copy_from_slice(chunk);
         }
-        Some(Self(f))
+        Some(Self { fields, len })
     }
 
-    /// The fields in which `other` differs from `self`, in [`FIELDS`] order.
+    /// The fields in which `other` differs from `self`, in [`FIELDS`] order (of the fields both
+    /// hold).
     pub fn diff(&self, other: &Self) -> Vec<&'static str> {
-        FIELDS
+        let n = self.len.min(other.len);
+        FIELDS[..n]
             .iter()
-            .zip(self.0.iter().zip(other.0.iter()))
+            .zip(self.fields[..n].iter().zip(other.fields[..n].iter()))
             .filter(|(_, (a, b))| a != b)
             .map(|(name, _)| *name)
             .collect()
@@ -192,5 +202,13 @@ mod tests {
         assert_eq!(Fingerprint::decode(&[]), None);
         assert_eq!(Fingerprint::decode(&[2; 57]), None);
         assert_eq!(f.diff_stored(b"garbage"), FIELDS.to_vec());
+        // Written before later fields were appended: the fields it holds are compared.
+        let mut short = f.encode();
+        short.truncate(1 + 8 * 3);
+        assert!(f.diff_stored(&short).is_empty());
+        let other = Fingerprint::of(&task(|s| s.task_type = "sms.send".into()));
+        let mut short = other.encode();
+        short.truncate(1 + 8 * 3);
+        assert_eq!(f.diff_stored(&short), ["task_type"]);
     }
 }

@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use chrono::Utc;
 use dispatch_core::state::ACCEPTED_VERSION;
-use dispatch_core::validate::parse_task_spec;
+use dispatch_core::validate::{SpecLimits, parse_task_spec_with};
 
 use dispatch_core::{
     BusinessKey, Envelope, Headers, IdempotencyKey, NewTask, Priority, TaskId, TaskState, Tenant,
     Topics, Violations,
 };
 use dispatch_proto::v1 as pb;
+use dispatch_store::idempotency_keys;
+use dispatch_store::outbox::Kind;
 use dispatch_store::outbox_relay::{self, KnownTask};
 use futures::future::join_all;
 
@@ -35,6 +37,7 @@ pub struct Gateway {
     idempotency: Idempotency,
     pool: sqlx::MySqlPool,
     recent: RecentSubmits,
+    spec_limits: SpecLimits,
 }
 
 /// W3C trace context to put on produced records.
@@ -58,7 +61,21 @@ impl Gateway {
                 cancel.recent_capacity,
                 Duration::from_millis(cancel.recent_ttl_ms),
             ),
+            spec_limits: SpecLimits::default(),
         }
+    }
+
+    /// Validates specs under `limits` (`[limits]`: the per-task timeout maxima) instead of the
+    /// defaults.
+    #[must_use]
+    pub fn with_spec_limits(mut self, limits: SpecLimits) -> Self {
+        self.spec_limits = limits;
+        self
+    }
+
+    /// The limits specs are validated under.
+    pub fn spec_limits(&self) -> &SpecLimits {
+        &self.spec_limits
     }
 
     /// Kafka-or-outbox.
@@ -138,7 +155,7 @@ impl Gateway {
             version: ACCEPTED_VERSION,
             ..Default::default()
         };
-        match self.durable.accept(rec, task_id).await {
+        match self.durable.accept(rec, task_id, Kind::Submit).await {
             Ok(Accepted::Kafka(p)) => {
                 metrics::submit("kafka");
                 resp.accepted_via = pb::AcceptedVia::Kafka as i32;
@@ -184,15 +201,21 @@ impl Gateway {
         let mut items: Vec<Item> = specs
             .into_iter()
             .enumerate()
-            .map(
-                |(i, spec)| match parse_task_spec(&format!("tasks[{i}]"), tenant, spec, now) {
+            .map(|(i, spec)| {
+                match parse_task_spec_with(
+                    &format!("tasks[{i}]"),
+                    tenant,
+                    spec,
+                    now,
+                    &self.spec_limits,
+                ) {
                     Err(v) => {
                         metrics::submit("invalid");
                         Item::Done(Err(GatewayError::Invalid(v)))
                     }
                     Ok(task) => Item::Run(task),
-                },
-            )
+                }
+            })
             .collect();
 
         // Repeats of a key within the batch: the first valid item with the key leads.
@@ -282,11 +305,13 @@ impl Gateway {
             .collect()
     }
 
-    /// Publishes a cancel command on the task's own partition (so it is ordered after the
-    /// submit). Finished tasks are left alone (`accepted = false`).
+    /// Makes a cancel command durable on the task's own partition (so it is ordered after the
+    /// submit): on Kafka, or in the outbox like a submit when Kafka is unavailable or the outbox
+    /// still holds records (sticky routing), so it stays behind its submit either way. Finished
+    /// tasks are left alone (`accepted = false`).
     ///
-    /// Cancels are never parked in the outbox: the outbox keys rows by (task, topic), which the
-    /// submit's row already holds, and a refused cancel is safe for the caller to retry.
+    /// A task the gateway can see in MySQL (`tasks`, the outbox, `idempotency_keys`) or in this
+    /// instance's recent submits answers NOT_FOUND to another tenant, as GetTask does.
     ///
     /// # Errors
     /// INVALID_ARGUMENT, NOT_FOUND (unknown or another tenant's task), UNAVAILABLE.
@@ -364,12 +389,11 @@ impl Gateway {
         };
         let env = Envelope::cancel(task_id, tenant.clone(), business_key, priority, req.reason);
         let rec = self.record(&env, trace);
-        self.durable
-            .producer()
-            .send_guarded(&rec, "cancel")
-            .await
-            .map_err(|e| GatewayError::KafkaUnavailable(e.to_string()))?;
-        tracing::info!(task_id = %task_id, "cancel published");
+        let via = match self.durable.accept(rec, task_id, Kind::Cancel).await? {
+            Accepted::Kafka(_) => "kafka",
+            Accepted::Outbox(_) => "outbox",
+        };
+        tracing::info!(task_id = %task_id, via, "cancel accepted");
         Ok(pb::CancelTaskResponse {
             task_id: task_id.to_string(),
             accepted: true,
@@ -377,8 +401,8 @@ impl Gateway {
         })
     }
 
-    /// Route of a task the store does not know yet: a recent submit of this instance, its outbox
-    /// row, or the caller's business key (then on the default-priority topic: a cancel that
+    /// Route of a task the store does not know yet: a recent submit of this instance, its
+    /// idempotency key's row, its outbox row, or the caller's business key (then on the default-priority topic: a cancel that
     /// overtakes its submit is handled by the processor as a tombstone).
     async fn route_unstored(
         &self,
@@ -392,6 +416,20 @@ impl Gateway {
                 return Err(not_found());
             }
             return Ok((r.business_key, r.priority));
+        }
+        match idempotency_keys::owner(&self.pool, task_id).await {
+            Ok(Some(owner)) => {
+                if owner.tenant != tenant.as_str() {
+                    return Err(not_found());
+                }
+                let key = BusinessKey::parse(&owner.business_key)
+                    .map_err(|e| GatewayError::Internal(format!("stored business key {e}")))?;
+                return Ok((key, owner.priority));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "idempotency key lookup failed; routing the cancel without it")
+            }
         }
         if let Ok(Some(KnownTask::Outboxed { envelope, .. })) =
             outbox_relay::find_task(&self.pool, task_id).await

@@ -40,8 +40,10 @@
 //!
 //! # Cancel
 //! A cancel record goes to the task's own partition (its business key and priority, from the
-//! store, this instance's recent submits, its outbox row, or the caller's `business_key`), so it
-//! is ordered after the submit. Another tenant's task is NOT_FOUND, like an unknown one.
+//! store, this instance's recent submits, the task's idempotency key row, its outbox row, or the
+//! caller's `business_key`), so it is ordered after the submit, and takes the submit's route:
+//! Kafka, or the outbox while Kafka is unavailable or the outbox holds records. Another tenant's
+//! task is NOT_FOUND, like an unknown one.
 
 pub mod app;
 pub mod breaker;

@@ -57,17 +57,49 @@ pub(crate) fn decode_headers(s: &str) -> Result<Headers> {
     Ok(h)
 }
 
-/// Inserts a record and returns its id. A second insert of the same (task, topic) returns the
-/// first row's id (idempotent: a client retrying while Kafka is down gets one row).
+/// Inserts a submit record and returns its id. A second insert of the same (task, topic) returns
+/// the first row's id (idempotent: a client retrying while Kafka is down gets one row).
 ///
 /// # Errors
 /// Database errors.
 pub async fn insert(pool: &MySqlPool, r: &OutboxRecord) -> Result<u64> {
+    insert_kind(pool, r, Kind::Submit).await
+}
+
+/// Inserts a cancel record and returns its id. Every cancel is a row of its own (it carries no
+/// dedupe key): a cancel after a redrive must not be mistaken for an earlier one.
+///
+/// # Errors
+/// Database errors.
+pub async fn insert_cancel(pool: &MySqlPool, r: &OutboxRecord) -> Result<u64> {
+    insert_kind(pool, r, Kind::Cancel).await
+}
+
+/// What an outbox row carries (`outbox.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A task's first record.
+    Submit,
+    /// A cancel command.
+    Cancel,
+}
+
+impl Kind {
+    /// The column value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Submit => "submit",
+            Self::Cancel => "cancel",
+        }
+    }
+}
+
+async fn insert_kind(pool: &MySqlPool, r: &OutboxRecord, kind: Kind) -> Result<u64> {
     let now = Utc::now();
     let mut tx = pool.begin().await?;
     sqlx::query(
-        "INSERT INTO outbox (task_id, topic, record_key, record_value, headers, next_attempt_at, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)",
+        "INSERT INTO outbox (task_id, topic, record_key, record_value, headers, next_attempt_at, created_at, kind, dedupe) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)",
     )
     .bind(r.task_id.as_bytes().as_slice())
     .bind(&r.topic)
@@ -76,6 +108,8 @@ pub async fn insert(pool: &MySqlPool, r: &OutboxRecord) -> Result<u64> {
     .bind(encode_headers(&r.headers))
     .bind(now)
     .bind(now)
+    .bind(kind.as_str())
+    .bind((kind == Kind::Submit).then_some(1u8))
     .execute(&mut *tx)
     .await?;
     let (id,): (u64,) = sqlx::query_as("SELECT LAST_INSERT_ID()")

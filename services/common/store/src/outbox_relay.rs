@@ -47,7 +47,7 @@ pub enum KnownTask {
     },
 }
 
-/// Looks a task id up in `tasks`, then in the outbox (its submit row).
+/// Looks a task id up in `tasks`, then in the outbox (its submit row; cancel rows are not tasks).
 ///
 /// # Errors
 /// Database errors; a corrupt outbox value.
@@ -103,7 +103,7 @@ pub async fn find_tasks(pool: &MySqlPool, ids: &[TaskId]) -> Result<HashMap<Task
         let id = TaskId::from_slice(r.try_get::<Vec<u8>, _>("task_id")?.as_slice())
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         if found.contains_key(&id) {
-            continue; // the oldest row of a task is its submit
+            continue; // one submit row per topic; the oldest is the task's first
         }
         let value: Vec<u8> = r.try_get("record_value")?;
         let envelope = Envelope::decode(&value)

@@ -3,6 +3,7 @@
 
 mod api;
 mod cancel;
+mod cancel_outbox;
 mod cli;
 mod conflicts;
 mod harness;
