@@ -9,7 +9,7 @@
 #   pid <svc>        the pid of one instance (e.g. processor-2)
 #
 # A svc is a service (gateway, processor, reader: all its instances) or one instance of it
-# (processor-2). Instances per service: GATEWAYS, PROCESSORS, READERS (default 1 each). Instance 1
+# (processor-2; processor-1 is the same as instance 1 alone). Instances per service: GATEWAYS, PROCESSORS, READERS (default 1 each). Instance 1
 # keeps the plain names and ports; instance k > 1 is <svc>-k, with its own pid and log files and
 # ports 10 * (k - 1) above instance 1's (the processor's admin HTTP and gRPC ports included):
 #   gateway   gRPC 50051, 50061, ...   admin http 9601, 9611, ...
@@ -65,7 +65,7 @@ expand() {
     for t in "$@"; do
         if [[ "${t}" == *-[0-9]* ]]; then
             count_of "$(svc_of "${t}")" >/dev/null
-            echo "${t}"
+            inst_name "$(svc_of "${t}")" "$(num_of "${t}")" # processor-1 is processor
         else
             for ((k = 1; k <= $(count_of "${t}"); k++)); do inst_name "${t}" "${k}"; done
         fi
@@ -146,7 +146,11 @@ cmd_stop() {
     local t pid instances=() targets=("$@")
     ((${#targets[@]})) || targets=("${SERVICES[@]}")
     for t in "${targets[@]}"; do
-        if [[ "${t}" == *-[0-9]* ]]; then instances+=("${t}"); else mapfile -t -O "${#instances[@]}" instances < <(known_instances "${t}"); fi
+        if [[ "${t}" == *-[0-9]* ]]; then
+            instances+=("$(inst_name "$(svc_of "${t}")" "$(num_of "${t}")")")
+        else
+            mapfile -t -O "${#instances[@]}" instances < <(known_instances "${t}")
+        fi
     done
     for t in "${instances[@]}"; do
         if ! is_running "${t}"; then rm -f "${RUN_DIR}/${t}.pid"; continue; fi
@@ -181,6 +185,6 @@ case "${1:-}" in
     restart) shift; cmd_stop "$@"; cmd_start "$@" ;;
     status) cmd_status ;;
     logs) shift; tail -n "${LINES:-50}" "${@:2}" "${RUN_DIR}/${1:?service}.log" ;;
-    pid) shift; is_running "${1:?instance}" && cat "${RUN_DIR}/$1.pid" ;;
+    pid) shift; i="$(inst_name "$(svc_of "${1:?instance}")" "$(num_of "$1")")"; is_running "${i}" && cat "${RUN_DIR}/${i}.pid" ;;
     *) sed -n '2,23p' "$0"; exit 2 ;;
 esac

@@ -28,7 +28,8 @@
 # Every scenario ends with `audit PASS` or `audit FAIL (reasons)`; the run fails if any did not
 # pass. Environment: SOAK=1 (long versions), PROFILE=debug|release, GATEWAYS/READERS/PROCESSORS
 # (default 2/2/3), SKIP_BUILD=1 (use the built binaries), STACK_UP=0 (do not run stack.sh up: the
-# stack is already up, e.g. started from another checkout).
+# stack is already up, e.g. started from another checkout), COMMIT (named in the verdicts when
+# the tree is not a git checkout).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "${REPO}"
@@ -91,14 +92,32 @@ load() {
         --record-cancels "${OUT}/${name}.cancels" --json "${OUT}/${name}.load.json" "$@" \
         2>"${OUT}/${name}.load.log" &
     LOAD_PIDS+=($!); IDS+=(--ids "${OUT}/${name}.ids"); LOADS+=(--load "${OUT}/${name}.load.json")
-    CANCELS+=(--cancels "${OUT}/${name}.cancels")
+    CANCELS+=("${OUT}/${name}.cancels")
 }
 
-# A slow load next to the mix: simulate handlers of MIN..MAX ms on the same keys.
+# A slow load next to the mix: simulate handlers of MIN..MAX ms on the same keys, each attempt
+# failing permanently with probability 1/2, so two runs of one attempt often disagree (SUCCEEDED
+# against DEAD), which is what a late commit of a zombie would show.
 slow_load() {
     local name="$1" rate="$2" min="$3" max="$4"; shift 4
     load "${name}" --rate "${rate}" --noop-share 0 --sim-latency-ms "${min}" --sim-latency-max-ms "${max}" \
-        --sim-permanent-share 0 --run-at-share 0 --cancel-share 0.05 --cancel-delay-max-ms "${max}" "$@"
+        --sim-fail-rate 0.5 --sim-permanent-share 1 --run-at-share 0 --cancel-share 0.05 \
+        --cancel-delay-max-ms "${max}" "$@"
+}
+
+# The processor instance with the most records in flight (running or waiting on their key),
+# excluding the given instances.
+busiest_processor() {
+    local k best="" max=-1 n name
+    for ((k = 1; k <= PROCESSORS; k++)); do
+        name="$(inst processor "${k}")"
+        [[ " $* " == *" ${name} "* ]] && continue
+        n="$(curl -s "http://127.0.0.1:$((9603 + 10 * (k - 1)))/metrics" |
+            awk '/^dispatch_consumer_in_flight_records[ {]/ {s += $NF} END {print int(s)}')"
+        if ((${n:-0} > max)); then max="${n:-0}"; best="${name}"; fi
+    done
+    log "busiest processor: ${best} (${max} records in flight)"
+    echo "${best}"
 }
 
 wait_loads() {
@@ -122,13 +141,25 @@ audit() {
         [[ "${f}" == --load ]] && continue
         python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print('load', sys.argv[1].split('/')[-1], ':', r['items_accepted'], 'of', r['items_offered'], 'accepted, rejected', r['items_rejected_by_code'], 'cancels', r['cancels'])" "${f}" || true
     done
-    local frozen=()
-    [[ -f "${FROZEN}" ]] && frozen=(--frozen "${FROZEN}")
-    "${BIN}/dispatch-loadgen" audit "${IDS[@]}" "${LOADS[@]}" "${CANCELS[@]}" "${frozen[@]}" \
-        --floor "${FLOOR}" --wait-s "${WAIT}" --json "${OUT}/${name}.audit.json" | tee "${OUT}/${name}.verdict"
+    local extra=()
+    [[ -f "${FROZEN}" ]] && extra+=(--frozen "${FROZEN}")
+    for f in "${CANCELS[@]}"; do [[ -f "${f}" ]] && extra+=(--cancels "${f}"); done
+    "${BIN}/dispatch-loadgen" audit "${IDS[@]}" "${LOADS[@]}" "${extra[@]}" \
+        --floor "${FLOOR}" --wait-s "${WAIT}" --json "${OUT}/${name}.audit.json" \
+        2>"${OUT}/${name}.audit.err" | tee "${OUT}/${name}.verdict"
+    # An audit that could not run (not a failed guarantee) says why in the verdict.
+    if ! grep -q '^audit ' "${OUT}/${name}.verdict"; then
+        echo "audit ERROR: $(grep -m1 -v '^\s*$' "${OUT}/${name}.audit.err")" | tee "${OUT}/${name}.verdict"
+    fi
 }
 
-pid_of() { cat "${RUN_DIR}/$1.pid"; }
+# inst SERVICE K: the name of instance K (services.sh takes processor-1 for instance 1 alone).
+inst() { echo "$1-$2"; }
+# pid_of INSTANCE: its pid (instance 1's files carry the plain service name).
+pid_of() { cat "${RUN_DIR}/${1%-1}.pid"; }
+
+# scenario_fail NAME REASON: a failure of the scenario beyond the audit, added to its verdict.
+scenario_fail() { echo "scenario FAIL: $2" | tee -a "${OUT}/$1.verdict"; }
 
 # sigkill INSTANCE: kill -9 and restart it once it is gone.
 sigkill() {
@@ -181,7 +212,6 @@ scenario_kill_processor() {
     audit kill-processor
 }
 
-inst() { if (($2 == 1)); then echo "$1"; else echo "$1-$2"; fi; }
 
 scenario_kafka_restart() {
     FLOOR=0.5 # submits of the outage answer UNAVAILABLE or hit the client's deadline
@@ -211,13 +241,13 @@ scenario_redis_stop() {
     wait_loads
     "${STACK}" start redis
     audit redis-stop
-    python3 - "${OUT}/redis-stop.audit.json" <<'PY'
-import json, sys
-v = json.load(open(sys.argv[1]))
-if v["duplicate_runs_before_commit"]:
-    sys.exit(f"redis-stop: {v['duplicate_runs_before_commit']} duplicate executions of idempotent submits")
-print("redis-stop: idempotent resubmits executed once each")
-PY
+    local dup
+    dup="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["duplicate_runs_before_commit"])' "${OUT}/redis-stop.audit.json")"
+    if ((dup > 0)); then
+        scenario_fail redis-stop "${dup} duplicate executions of idempotent submits"
+        return 1
+    fi
+    echo "redis-stop: idempotent resubmits executed once each"
 }
 
 scenario_mariadb_stop() {
@@ -249,6 +279,7 @@ scenario_rebalance() {
     # A fourth processor joins and leaves the group every 5 s, by SIGTERM (a drain of 5 s) and by
     # SIGKILL in turn, while a slow load keeps handlers of 6-8 s running past the drain.
     restart_processors DISPATCH_CONSUMER__REBALANCE_DRAIN_MS=5000
+    sleep 5 # the group settles
     load rebalance
     slow_load rebalance-slow 5 6000 8000
     local end=$((SECONDS + DURATION)) n=0 extra
@@ -271,15 +302,23 @@ scenario_long_handler_rebalance() {
     # Handlers of 6-12 s, a rebalance drain of 5 s: partitions move while handlers run. One
     # processor is frozen past its session timeout (10 s) and resumed, one is killed, one leaves
     # gracefully; the mix flows at a third of the rate next to the slow load.
+    # The processor with the most work in flight is frozen for 15 s: after the 10 s session
+    # timeout the others take its partitions and run its handlers again, then it resumes. Of
+    # those, the busiest is then killed (its partitions move again while their handlers run),
+    # and the other leaves by SIGTERM; both come back.
     restart_processors DISPATCH_CONSUMER__REBALANCE_DRAIN_MS=5000
+    sleep 5 # the group settles
     load long-handler-rebalance --rate $((RATE / 3))
     slow_load long-handler-rebalance-slow 10 6000 12000
-    sleep 3
-    freeze "$(inst processor 2)" 15
-    sleep 3
-    DISPATCH_CONSUMER__REBALANCE_DRAIN_MS=5000 sigkill "$(inst processor 3)"
+    sleep 7
+    local frozen killed
+    frozen="$(busiest_processor)"
+    freeze "${frozen}" 15
+    sleep 12
+    killed="$(busiest_processor "${frozen}")"
+    DISPATCH_CONSUMER__REBALANCE_DRAIN_MS=5000 sigkill "${killed}"
     sleep 4
-    DISPATCH_CONSUMER__REBALANCE_DRAIN_MS=5000 sigterm processor
+    DISPATCH_CONSUMER__REBALANCE_DRAIN_MS=5000 sigterm "$(busiest_processor "${frozen}" "${killed}")"
     audit long-handler-rebalance
     restart_processors
 }
@@ -293,11 +332,12 @@ scenario_handler_panic() {
 
 scenario_cancel_storm() {
     # Cancels of 30% of the tasks 0-3 s after the accept (queued, running: handlers of 2 ms-2 s,
-    # retrying: 30% failures, 1 s backoff); tasks that die at once and are redriven, then half of
-    # the redriven ones cancelled while they run again; the retrying ones cancelled through the
-    # other gateway; and globex cancels, just before each submit, the id that acme's idempotency
-    # key will produce (half of the 40% idempotent submits).
-    local t0=${SECONDS}
+    # retrying: 30% failures, 1 s backoff); half of the retrying ones cancelled mid-run through
+    # both gateways; 10% of the simulate tasks die at once and are redriven after the load, and
+    # half of the redriven ones are cancelled while the redrive runs (racing their new runs on
+    # other instances); and globex cancels, just before each submit, the id that acme's
+    # idempotency key will produce (half of the 40% idempotent submits).
+    local t0=${SECONDS} n=0 redrive
     load cancel-storm --sim-latency-max-ms 2000 --sim-fail-rate 0.3 --sim-redrivable-share 0.1 \
         --cancel-share 0.3 --cancel-delay-max-ms 3000 --idempotency-share 0.4 \
         --foreign-cancel-share 0.5 --foreign-api-key dev-key-globex
@@ -305,15 +345,26 @@ scenario_cancel_storm() {
     log "cancelling retrying tasks"
     "${BIN}/dispatch-loadgen" cancel --ids "${OUT}/cancel-storm.ids" --select retrying --share 0.5 \
         --gateway "${GW}" --tenant acme --record-cancels "${OUT}/cancel-storm-retrying.cancels" \
-        2>>"${OUT}/cancel-storm.load.log" || true
-    CANCELS+=(--cancels "${OUT}/cancel-storm-retrying.cancels")
-    log "redriving, then cancelling half of the redriven tasks"
-    "${BIN}/dispatchctl" --admin-key dev-admin-key --timeout-ms 120000 dlq redrive --tenant acme \
-        --type simulate --since "$((SECONDS - t0 + 5))s" --max 5000 --rate 1000 >>"${OUT}/cancel-storm.load.log" 2>&1 || true
-    "${BIN}/dispatch-loadgen" cancel --ids "${OUT}/cancel-storm.ids" --select redriven --share 0.5 \
-        --gateway "${GW}" --tenant acme --record-cancels "${OUT}/cancel-storm-redriven.cancels" \
-        2>>"${OUT}/cancel-storm.load.log" || true
-    CANCELS+=(--cancels "${OUT}/cancel-storm-redriven.cancels")
+        2>>"${OUT}/cancel-storm.cancel.log" || true
+    CANCELS+=("${OUT}/cancel-storm-retrying.cancels")
+    wait_loads
+    sleep 2
+    log "redriving, and cancelling half of the redriven tasks while it runs"
+    rm -f "${OUT}"/cancel-storm-redriven-*.cancels
+    "${BIN}/dispatchctl" --admin-key dev-admin-key --timeout-ms $((WAIT * 1000)) dlq redrive --tenant acme \
+        --type simulate --since "$((SECONDS - t0 + 5))s" --max 1000 --rate 1000 \
+        >"${OUT}/cancel-storm.redrive.log" 2>&1 &
+    redrive=$!
+    while kill -0 "${redrive}" 2>/dev/null; do
+        sleep 3
+        n=$((n + 1))
+        "${BIN}/dispatch-loadgen" cancel --ids "${OUT}/cancel-storm.ids" --select redriven --share 0.5 \
+            --gateway "${GW}" --tenant acme --record-cancels "${OUT}/cancel-storm-redriven-${n}.cancels" \
+            2>>"${OUT}/cancel-storm.cancel.log" || true
+        CANCELS+=("${OUT}/cancel-storm-redriven-${n}.cancels")
+    done
+    wait "${redrive}" || log "the redrive failed: $(cat "${OUT}/cancel-storm.redrive.log")"
+    grep -h '^cancel:' "${OUT}/cancel-storm.cancel.log" || true
     audit cancel-storm
 }
 
@@ -353,18 +404,27 @@ scenario_scheduled_burst() {
 
 scenario_redrive_under_load() {
     # First a load in which half of the simulate tasks die at once (permanently, in generation 0
-    # only); then, while a new mixed load flows, they are redriven from the DLQ (up to 5,000,
-    # 1,000/s) and run again in generation 1, where they succeed.
-    local t0=${SECONDS}
+    # only: about 700 in the short version, 24,000 in the long one); then, while a new mixed load
+    # flows, 200 of them (5,000 in the long version) are redriven from the DLQ (--rate 1000) and
+    # run again in generation 1, where they succeed. The redrive must finish within the audit's
+    # wait (90 s; 600 s in the long version).
+    local t0=${SECONDS} max=200 rc=0
+    [[ "${SOAK}" == "1" ]] && max=5000
     load redrive-under-load-dead --sim-redrivable-share 0.5 --cancel-share 0 --run-at-share 0
     wait_loads
     sleep 3
     load redrive-under-load
     sleep $((DURATION / 4))
-    log "redriving"
-    "${BIN}/dispatchctl" --admin-key dev-admin-key --timeout-ms 120000 dlq redrive --tenant acme \
-        --type simulate --since "$((SECONDS - t0 + 5))s" --max 5000 --rate 1000 | tee -a "${OUT}/redrive-under-load.load.log" || true
+    log "redriving up to ${max} dead letters"
+    "${BIN}/dispatchctl" --admin-key dev-admin-key --timeout-ms $((WAIT * 1000)) dlq redrive --tenant acme \
+        --type simulate --since "$((SECONDS - t0 + 5))s" --max "${max}" --rate 1000 \
+        >"${OUT}/redrive-under-load.redrive.log" 2>&1 || rc=$?
+    cat "${OUT}/redrive-under-load.redrive.log"
     audit redrive-under-load
+    if ((rc != 0)); then
+        scenario_fail redrive-under-load "the redrive did not finish: $(grep -m1 -i error "${OUT}/redrive-under-load.redrive.log")"
+        return 1
+    fi
 }
 
 [[ "${STACK_UP:-1}" == "1" ]] && "${STACK}" up >/dev/null
@@ -385,6 +445,9 @@ for s in "${SCENARIOS[@]}"; do
     fi
     log "scenario ${s} took $((SECONDS - started))s"
 done
-log "verdicts ($(git rev-parse --short HEAD 2>/dev/null || echo '?')):"
-for s in "${SCENARIOS[@]}"; do printf '  %-23s %s\n' "${s}" "$(head -n 1 "${OUT}/${s}.verdict" 2>/dev/null || echo 'no verdict')"; done
+log "verdicts (${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo 'commit unknown')}):"
+for s in "${SCENARIOS[@]}"; do
+    v="$(grep -E '^(audit|scenario) ' "${OUT}/${s}.verdict" 2>/dev/null | paste -sd'|' | sed 's/|/ | /g' || true)"
+    printf '  %-23s %s\n' "${s}" "${v:-no verdict}"
+done
 if ((${#failed[@]})); then log "FAILED: ${failed[*]}"; exit 1; fi

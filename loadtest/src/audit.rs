@@ -456,6 +456,19 @@ fn parse_line(line: &str) -> Result<Accepted, String> {
 /// # Errors
 /// Unreadable or malformed files.
 pub fn read_ids(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<Accepted>> {
+    read_ids_from(paths, false)
+}
+
+/// As [`read_ids`], skipping lines that do not parse: for reading a file a running load is
+/// still writing (its last line may be partial).
+///
+/// # Errors
+/// Unreadable files.
+pub fn read_ids_while_written(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<Accepted>> {
+    read_ids_from(paths, true)
+}
+
+fn read_ids_from(paths: &[std::path::PathBuf], skip_bad: bool) -> anyhow::Result<Vec<Accepted>> {
     let mut out = Vec::new();
     for p in paths {
         let f = std::fs::File::open(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
@@ -464,10 +477,11 @@ pub fn read_ids(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<Accepted>> {
             if line.is_empty() {
                 continue;
             }
-            out.push(
-                parse_line(&line)
-                    .map_err(|e| anyhow::anyhow!("{} line {}: {e}", p.display(), n + 1))?,
-            );
+            match parse_line(&line) {
+                Ok(a) => out.push(a),
+                Err(_) if skip_bad => {}
+                Err(e) => anyhow::bail!("{} line {}: {e}", p.display(), n + 1),
+            }
         }
     }
     Ok(out)
@@ -1178,7 +1192,9 @@ async fn rows(pool: &MySqlPool, ids: &[TaskId]) -> anyhow::Result<HashMap<TaskId
                     generation: r.try_get(3)?,
                     finished_us: ts_us(r.try_get(4)?),
                     tenant: r.try_get(5)?,
-                    business_key: r.try_get(6)?,
+                    // utf8mb4_bin: the driver sees a binary string.
+                    business_key: String::from_utf8_lossy(&r.try_get::<Vec<u8>, _>(6)?)
+                        .into_owned(),
                 },
             );
         }

@@ -128,7 +128,8 @@ async fn selected(
 pub async fn run(a: &CancelArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.rate > 0.0, "--rate must be positive");
     anyhow::ensure!(!a.gateway.is_empty(), "--gateway needs an address");
-    let recorded = crate::audit::read_ids(&a.ids)?;
+    // The load may still be writing these files.
+    let recorded = crate::audit::read_ids_while_written(&a.ids)?;
     let mut keys = std::collections::HashMap::new();
     for r in &recorded {
         keys.entry(r.task_id).or_insert_with(|| r.key.clone());

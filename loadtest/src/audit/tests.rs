@@ -735,3 +735,23 @@ fn versions_decode_to_generation_and_attempt() {
     assert_eq!(decode(Succeeded.version(2, 7)), (2, Some(7)));
     assert_eq!(decode(Cancelled.version(3, 0)), (3, None));
 }
+
+#[test]
+fn a_file_still_being_written_is_read_up_to_its_partial_line() {
+    let dir = std::env::temp_dir().join(format!("audit-ids-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let p = dir.join("run.ids");
+    let id = TaskId::new();
+    std::fs::write(
+        &p,
+        format!("{id}\tkey-1\tkafka\tt\t0\t1\t10\t20\tfp=aa\n{id}\tkey-1\tkaf"),
+    )
+    .expect("write");
+    let paths = vec![p];
+    assert!(
+        read_ids(&paths).is_err(),
+        "the audit refuses a malformed file"
+    );
+    assert_eq!(read_ids_while_written(&paths).expect("lenient").len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
