@@ -199,9 +199,11 @@ fn processor_write(
         idempotency_key: None,
         run_at: None,
         deadline_at: None,
+        timeout_ms: None,
         last_error: String::new(),
         result: None,
         version: TaskState::Succeeded.version(0, 1),
+        lease_epoch: 0,
         created_at: now,
         updated_at: now,
     }
