@@ -199,6 +199,7 @@ fn processor_write(
         idempotency_key: None,
         run_at: None,
         deadline_at: None,
+        timeout_ms: None,
         last_error: String::new(),
         result: None,
         version: TaskState::Succeeded.version(0, 1),

@@ -99,7 +99,8 @@ impl App {
             idempotency.clone(),
             pool.clone(),
             &settings.cancel,
-        );
+        )
+        .with_spec_limits(settings.limits.spec_limits());
         let api = TaskApi::new(
             Arc::new(gateway),
             Arc::new(auth),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use dispatch_core::state::ACCEPTED_VERSION;
-use dispatch_core::validate::parse_task_spec;
+use dispatch_core::validate::{SpecLimits, parse_task_spec_with};
 use dispatch_core::{
     BusinessKey, Envelope, Headers, IdempotencyKey, NewTask, Priority, TaskId, TaskState, Tenant,
     Topics, Violations,
@@ -36,6 +36,7 @@ pub struct Gateway {
     idempotency: Idempotency,
     pool: sqlx::MySqlPool,
     recent: RecentSubmits,
+    spec_limits: SpecLimits,
 }
 
 /// W3C trace context to put on produced records.
@@ -59,7 +60,21 @@ impl Gateway {
                 cancel.recent_capacity,
                 Duration::from_millis(cancel.recent_ttl_ms),
             ),
+            spec_limits: SpecLimits::default(),
         }
+    }
+
+    /// Validates specs under `limits` (`[limits]`: the per-task timeout maxima) instead of the
+    /// defaults.
+    #[must_use]
+    pub fn with_spec_limits(mut self, limits: SpecLimits) -> Self {
+        self.spec_limits = limits;
+        self
+    }
+
+    /// The limits specs are validated under.
+    pub fn spec_limits(&self) -> &SpecLimits {
+        &self.spec_limits
     }
 
     /// Kafka-or-outbox.
@@ -185,15 +200,21 @@ impl Gateway {
         let mut items: Vec<Item> = specs
             .into_iter()
             .enumerate()
-            .map(
-                |(i, spec)| match parse_task_spec(&format!("tasks[{i}]"), tenant, spec, now) {
+            .map(|(i, spec)| {
+                match parse_task_spec_with(
+                    &format!("tasks[{i}]"),
+                    tenant,
+                    spec,
+                    now,
+                    &self.spec_limits,
+                ) {
                     Err(v) => {
                         metrics::submit("invalid");
                         Item::Done(Err(GatewayError::Invalid(v)))
                     }
                     Ok(task) => Item::Run(task),
-                },
-            )
+                }
+            })
             .collect();
 
         // Repeats of a key within the batch: the first valid item with the key leads.

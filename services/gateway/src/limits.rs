@@ -98,6 +98,7 @@ mod tests {
             tenant_burst: 3,
             global_rps: 1,
             global_burst: 5,
+            ..LimitSettings::default()
         });
         assert!(l.check(&tenant("a"), 3).is_ok());
         let e = l.check(&tenant("a"), 1).expect_err("tenant a exhausted");
@@ -117,6 +118,7 @@ mod tests {
             tenant_burst: 0,
             global_rps: 0,
             global_burst: 0,
+            ..LimitSettings::default()
         });
         for _ in 0..1000 {
             assert!(l.check(&tenant("a"), 1000).is_ok());

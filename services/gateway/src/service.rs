@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use dispatch_core::Tenant;
 use dispatch_core::task::limits::BATCH_MAX_ITEMS;
-use dispatch_core::validate::parse_task_spec;
+use dispatch_core::validate::parse_task_spec_with;
 use dispatch_core::{Violations, envelope::header};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::task_service_server::TaskService;
@@ -119,10 +119,12 @@ impl TaskService for TaskApi {
                 v.add("task", "is required");
                 return Err(v.to_status());
             };
-            let task = parse_task_spec("task", &tenant, spec, Utc::now()).map_err(|v| {
-                metrics::submit("invalid");
-                v.to_status()
-            })?;
+            let limits = self.gateway.spec_limits();
+            let task =
+                parse_task_spec_with("task", &tenant, spec, Utc::now(), limits).map_err(|v| {
+                    metrics::submit("invalid");
+                    v.to_status()
+                })?;
             let gw = self.gateway.clone();
             detached(span, async move { gw.submit(task, &trace).await }).await
         })

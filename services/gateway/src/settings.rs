@@ -2,6 +2,7 @@
 //! `[idempotency]`, `[cancel]`, `[health]`). Loaded by `dispatch_runtime::settings::load`
 //! (defaults < TOML file < `DISPATCH_<SECTION>__<KEY>`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use dispatch_runtime::grpc::AuthSettings;
@@ -91,11 +92,27 @@ impl Settings {
         if self.kafka.partitions <= 0 {
             return bad("kafka.partitions must be > 0");
         }
+        if self.limits.max_task_timeout_ms == 0 {
+            return bad("limits.max_task_timeout_ms must be > 0");
+        }
+        for (ty, max) in &self.limits.task_type_max_timeout_ms {
+            if let Err(e) = dispatch_core::TaskType::parse(ty) {
+                return Err(SettingsError(format!(
+                    "limits.task_type_max_timeout_ms.{ty}: the task type {e}"
+                )));
+            }
+            if *max == 0 {
+                return Err(SettingsError(format!(
+                    "limits.task_type_max_timeout_ms.{ty} must be > 0"
+                )));
+            }
+        }
         Ok(())
     }
 }
 
-/// `[limits]`: token buckets. A rate of 0 disables that limit.
+/// `[limits]`: token buckets (a rate of 0 disables that limit), and the largest per-task timeout
+/// a submit may ask for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitSettings {
@@ -107,6 +124,12 @@ pub struct LimitSettings {
     pub global_rps: u32,
     /// Global burst.
     pub global_burst: u32,
+    /// Largest `TaskSpec.timeout_ms` accepted (default 3_600_000, 1 h); above it a submit is
+    /// refused with INVALID_ARGUMENT naming `task.timeout_ms` and this limit.
+    pub max_task_timeout_ms: u32,
+    /// Task type -> its own largest `timeout_ms`, used instead of `max_task_timeout_ms`
+    /// (`[limits.task_type_max_timeout_ms]`, e.g. `"email.send" = 60000`).
+    pub task_type_max_timeout_ms: BTreeMap<String, u32>,
 }
 
 impl Default for LimitSettings {
@@ -116,6 +139,18 @@ impl Default for LimitSettings {
             tenant_burst: 20_000,
             global_rps: 100_000,
             global_burst: 100_000,
+            max_task_timeout_ms: dispatch_core::task::limits::TASK_TIMEOUT_MAX_MS,
+            task_type_max_timeout_ms: BTreeMap::new(),
+        }
+    }
+}
+
+impl LimitSettings {
+    /// What submitted specs are validated under.
+    pub fn spec_limits(&self) -> dispatch_core::validate::SpecLimits {
+        dispatch_core::validate::SpecLimits {
+            max_task_timeout_ms: self.max_task_timeout_ms,
+            task_type_max_timeout_ms: self.task_type_max_timeout_ms.clone(),
         }
     }
 }
@@ -258,6 +293,39 @@ mod tests {
         assert_eq!(s.limits.tenant_rps, 7);
         assert_eq!(s.outbox.produce_timeout_ms, 250);
         assert_eq!(s.grpc.listen.port(), 50051);
+    }
+
+    #[test]
+    fn task_timeout_maxima_load_and_are_checked() {
+        let dir = std::env::temp_dir().join(format!("gw-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("gateway.toml");
+        std::fs::write(
+            &file,
+            "[limits]\nmax_task_timeout_ms = 120000\n\n[limits.task_type_max_timeout_ms]\n\"email.send\" = 5000\n",
+        )
+        .expect("write");
+        let s: Settings =
+            dispatch_runtime::settings::load_from(Some(file.as_path()), []).expect("load");
+        s.validate().expect("valid");
+        let l = s.limits.spec_limits();
+        assert_eq!(l.max_task_timeout_ms, 120_000);
+        assert_eq!(l.task_type_max_timeout_ms.get("email.send"), Some(&5_000));
+        assert_eq!(
+            Settings::default().limits.max_task_timeout_ms,
+            3_600_000,
+            "1 h by default"
+        );
+        let mut bad = Settings::default();
+        bad.limits.max_task_timeout_ms = 0;
+        assert!(bad.validate().is_err());
+        let mut bad = Settings::default();
+        bad.limits
+            .task_type_max_timeout_ms
+            .insert("Not A Type".into(), 1_000);
+        let err = bad.validate().expect_err("bad type").to_string();
+        assert!(err.contains("limits.task_type_max_timeout_ms"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -84,6 +84,7 @@ fn first_attempt(t: &DueTask) -> Result<Envelope, String> {
         generation: t.generation,
         last_error: String::new(),
         cancel_reason: String::new(),
+        timeout_ms: t.timeout_ms,
     })
 }
 

@@ -5,6 +5,8 @@
 //! decoding, and that carry what is about the *delivery* rather than the task: trace context,
 //! `not-before` on retry topics, DLQ provenance.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use dispatch_proto::v1 as pb;
 use prost::Message;
@@ -140,6 +142,41 @@ pub struct Envelope {
     pub last_error: String,
     /// Reason of a cancel.
     pub cancel_reason: String,
+    /// The task's own attempt timeout in milliseconds (None: only the type's timeout applies;
+    /// also every envelope written before the field existed).
+    pub timeout_ms: Option<u32>,
+}
+
+/// Which bound an attempt's run time is limited by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutBound {
+    /// The task's own `timeout_ms`.
+    Task,
+    /// Its task type's timeout (the processor's `handlers` settings).
+    TaskType,
+}
+
+/// The run-time limit of one attempt: the shorter of the task's and its type's timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptTimeout {
+    /// How long the handler may run.
+    pub limit: Duration,
+    /// Whose limit it is.
+    pub bound: TimeoutBound,
+}
+
+impl AttemptTimeout {
+    /// The attempt's error when the handler ran out of time, naming the bound that fired.
+    pub fn error(&self) -> String {
+        let whose = match self.bound {
+            TimeoutBound::Task => "the task's timeout_ms",
+            TimeoutBound::TaskType => "its task type's timeout",
+        };
+        format!(
+            "handler timed out after {} ms ({whose})",
+            self.limit.as_millis()
+        )
+    }
 }
 
 /// Why a record could not be decoded. Such a record is poison: it goes to the DLQ as is.
@@ -188,6 +225,7 @@ impl Envelope {
             generation: 0,
             last_error: String::new(),
             cancel_reason: String::new(),
+            timeout_ms: task.timeout_ms,
         }
     }
 
@@ -218,6 +256,25 @@ impl Envelope {
             generation: 0,
             last_error: String::new(),
             cancel_reason: reason,
+            timeout_ms: None,
+        }
+    }
+
+    /// The run-time limit of an attempt of this task whose type allows `type_timeout`: the task's
+    /// own timeout when it is shorter, else the type's.
+    pub fn attempt_timeout(&self, type_timeout: Duration) -> AttemptTimeout {
+        match self
+            .timeout_ms
+            .map(|ms| Duration::from_millis(u64::from(ms)))
+        {
+            Some(t) if t < type_timeout => AttemptTimeout {
+                limit: t,
+                bound: TimeoutBound::Task,
+            },
+            _ => AttemptTimeout {
+                limit: type_timeout,
+                bound: TimeoutBound::TaskType,
+            },
         }
     }
 
@@ -272,6 +329,7 @@ impl Envelope {
             last_error: self.last_error.clone(),
             cancel_reason: self.cancel_reason.clone(),
             generation: self.generation,
+            timeout_ms: self.timeout_ms.unwrap_or(0),
         }
     }
 
@@ -358,6 +416,7 @@ impl Envelope {
             generation: p.generation,
             last_error: p.last_error,
             cancel_reason: p.cancel_reason,
+            timeout_ms: (p.timeout_ms > 0).then_some(p.timeout_ms),
         })
     }
 }
@@ -380,8 +439,48 @@ mod tests {
             run_at: None,
             deadline: Some(Utc::now() + chrono::Duration::hours(1)),
             retry: RetryPolicy::DEFAULT,
+            timeout_ms: None,
             submitted_at: Utc::now(),
         })
+    }
+
+    #[test]
+    fn the_per_task_timeout_travels_and_old_envelopes_have_none() {
+        let mut e = sample();
+        e.timeout_ms = Some(300);
+        let back = Envelope::decode(&e.encode()).expect("decode");
+        assert_eq!(back.timeout_ms, Some(300));
+        // An envelope written before the field existed decodes as one without (proto3 omits a
+        // zero field, so both are the same bytes).
+        let mut old = sample().to_proto();
+        old.timeout_ms = 0;
+        assert_eq!(
+            Envelope::decode(&old.encode_to_vec())
+                .expect("decode")
+                .timeout_ms,
+            None
+        );
+    }
+
+    #[test]
+    fn an_attempt_runs_under_the_shorter_timeout_and_its_error_names_it() {
+        let mut e = sample();
+        let ty = Duration::from_secs(30);
+        let t = e.attempt_timeout(ty);
+        assert_eq!((t.limit, t.bound), (ty, TimeoutBound::TaskType));
+        assert!(t.error().contains("30000 ms (its task type's timeout)"));
+        e.timeout_ms = Some(300);
+        let t = e.attempt_timeout(ty);
+        assert_eq!(
+            (t.limit, t.bound),
+            (Duration::from_millis(300), TimeoutBound::Task)
+        );
+        assert_eq!(
+            t.error(),
+            "handler timed out after 300 ms (the task's timeout_ms)"
+        );
+        e.timeout_ms = Some(60_000);
+        assert_eq!(e.attempt_timeout(ty).bound, TimeoutBound::TaskType);
     }
 
     #[test]

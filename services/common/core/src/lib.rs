@@ -23,7 +23,7 @@ pub mod topics;
 pub mod validate;
 pub mod version;
 
-pub use envelope::{Envelope, EnvelopeError, EnvelopeKind, Headers};
+pub use envelope::{AttemptTimeout, Envelope, EnvelopeError, EnvelopeKind, Headers, TimeoutBound};
 pub use error::{FieldViolation, Violations};
 pub use ids::{TaskId, TaskIdError};
 pub use retry::RetryPolicy;

@@ -18,6 +18,10 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// Upper bound on `max_attempts`.
     pub const MAX_ATTEMPTS_LIMIT: u32 = 25;
+    /// Upper bound on `initial_backoff_ms`: 1 h.
+    pub const INITIAL_BACKOFF_LIMIT_MS: u32 = 3_600_000;
+    /// Upper bound on `max_backoff_ms`: 24 h.
+    pub const MAX_BACKOFF_LIMIT_MS: u32 = 86_400_000;
 
     /// The server default: 4 attempts, 1 s initial backoff, 5 min cap.
     pub const DEFAULT: RetryPolicy = RetryPolicy {

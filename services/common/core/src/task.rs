@@ -22,6 +22,9 @@ pub mod limits {
     pub const RUN_AT_PAST_TOLERANCE_SECS: i64 = 300;
     /// Maximum items in one SubmitTasks call.
     pub const BATCH_MAX_ITEMS: usize = 1000;
+    /// Default maximum of a per-task timeout (`TaskSpec.timeout_ms`): 1 h. The gateway's
+    /// `limits.max_task_timeout_ms` replaces it.
+    pub const TASK_TIMEOUT_MAX_MS: u32 = 3_600_000;
 }
 
 macro_rules! string_newtype {
@@ -269,6 +272,8 @@ pub struct NewTask {
     pub deadline: Option<DateTime<Utc>>,
     /// Effective retry policy.
     pub retry: RetryPolicy,
+    /// The task's own attempt timeout in milliseconds (None: only the type's timeout applies).
+    pub timeout_ms: Option<u32>,
     /// When the gateway accepted it.
     pub submitted_at: DateTime<Utc>,
 }

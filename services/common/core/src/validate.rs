@@ -1,5 +1,7 @@
 //! Parse a submitted `TaskSpec` into a [`NewTask`], collecting every violation.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Duration, Utc};
 use dispatch_proto::v1 as pb;
 
@@ -11,8 +13,40 @@ use crate::task::{
 };
 use crate::time;
 
-/// Parses `spec` for `tenant` at `now`. Field paths are prefixed with `prefix` (e.g. `task` or
-/// `tasks[3]`).
+/// Limits of a submitted spec that the deployment chooses (the gateway's `[limits]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecLimits {
+    /// Largest per-task timeout (`TaskSpec.timeout_ms`) of a type without its own maximum.
+    pub max_task_timeout_ms: u32,
+    /// Task type -> its own largest per-task timeout, instead of `max_task_timeout_ms`.
+    pub task_type_max_timeout_ms: BTreeMap<String, u32>,
+}
+
+impl Default for SpecLimits {
+    fn default() -> Self {
+        Self {
+            max_task_timeout_ms: limits::TASK_TIMEOUT_MAX_MS,
+            task_type_max_timeout_ms: BTreeMap::new(),
+        }
+    }
+}
+
+impl SpecLimits {
+    /// The largest per-task timeout allowed for `task_type`, and whose limit it is.
+    fn max_timeout_ms(&self, task_type: Option<&TaskType>) -> (u32, String) {
+        match task_type.and_then(|t| {
+            self.task_type_max_timeout_ms
+                .get(t.as_str())
+                .map(|m| (t, *m))
+        }) {
+            Some((t, max)) => (max, format!("the maximum for task type {t}")),
+            None => (self.max_task_timeout_ms, "the maximum".to_owned()),
+        }
+    }
+}
+
+/// Parses `spec` for `tenant` at `now` under the default [`SpecLimits`]. Field paths are
+/// prefixed with `prefix` (e.g. `task` or `tasks[3]`).
 ///
 /// # Errors
 /// Every field violation found.
@@ -21,6 +55,20 @@ pub fn parse_task_spec(
     tenant: &Tenant,
     spec: pb::TaskSpec,
     now: DateTime<Utc>,
+) -> Result<NewTask, Violations> {
+    parse_task_spec_with(prefix, tenant, spec, now, &SpecLimits::default())
+}
+
+/// [`parse_task_spec`] under the deployment's `limits`.
+///
+/// # Errors
+/// Every field violation found.
+pub fn parse_task_spec_with(
+    prefix: &str,
+    tenant: &Tenant,
+    spec: pb::TaskSpec,
+    now: DateTime<Utc>,
+    spec_limits: &SpecLimits,
 ) -> Result<NewTask, Violations> {
     let mut v = Violations::default();
     let f = |name: &str| format!("{prefix}.{name}");
@@ -81,6 +129,24 @@ pub fn parse_task_spec(
         },
     };
     let retry = parse_retry(&f("retry_policy"), spec.retry_policy, &mut v);
+    let timeout_ms = match spec.timeout_ms {
+        0 => Some(None),
+        ms => {
+            let (max, whose) = spec_limits.max_timeout_ms(task_type.as_ref());
+            if ms > max {
+                v.add(
+                    f("timeout_ms"),
+                    format!(
+                        "is {ms} ms; must be at most {max} ms ({}), {whose}",
+                        human_ms(max)
+                    ),
+                );
+                None
+            } else {
+                Some(Some(ms))
+            }
+        }
+    };
 
     match (
         business_key,
@@ -91,6 +157,7 @@ pub fn parse_task_spec(
         run_at,
         deadline,
         retry,
+        timeout_ms,
     ) {
         (
             Some(business_key),
@@ -101,6 +168,7 @@ pub fn parse_task_spec(
             Some(run_at),
             Some(deadline),
             Some(retry),
+            Some(timeout_ms),
         ) if v.is_empty() => {
             let task_id = match &idem {
                 Some(key) => TaskId::from_idempotency_key(tenant.as_str(), key.as_str()),
@@ -117,6 +185,7 @@ pub fn parse_task_spec(
                 run_at,
                 deadline,
                 retry,
+                timeout_ms,
                 submitted_at: now,
             })
         }
@@ -144,10 +213,14 @@ fn parse_retry(field: &str, p: Option<pb::RetryPolicy>, v: &mut Violations) -> O
     } else {
         p.initial_backoff_ms
     };
-    if initial > 3_600_000 {
+    let limit = RetryPolicy::INITIAL_BACKOFF_LIMIT_MS;
+    if initial > limit {
         v.add(
             format!("{field}.initial_backoff_ms"),
-            "must be at most 3600000 (1 h)",
+            format!(
+                "is {initial} ms; must be at most {limit} ms ({}), the longest supported initial backoff",
+                human_ms(limit)
+            ),
         );
     }
     let max = if p.max_backoff_ms == 0 {
@@ -155,15 +228,19 @@ fn parse_retry(field: &str, p: Option<pb::RetryPolicy>, v: &mut Violations) -> O
     } else {
         p.max_backoff_ms
     };
-    if max > 86_400_000 {
+    let limit = RetryPolicy::MAX_BACKOFF_LIMIT_MS;
+    if max > limit {
         v.add(
             format!("{field}.max_backoff_ms"),
-            "must be at most 86400000 (24 h)",
+            format!(
+                "is {max} ms; must be at most {limit} ms ({}), the longest supported backoff",
+                human_ms(limit)
+            ),
         );
     } else if max < initial {
         v.add(
             format!("{field}.max_backoff_ms"),
-            "must not be below initial_backoff_ms",
+            format!("is {max} ms; must not be below initial_backoff_ms ({initial} ms)"),
         );
     }
     (v.0.len() == before).then_some(RetryPolicy {
@@ -171,6 +248,17 @@ fn parse_retry(field: &str, p: Option<pb::RetryPolicy>, v: &mut Violations) -> O
         initial_backoff_ms: initial,
         max_backoff_ms: max,
     })
+}
+
+/// `3600000` -> `1 h`, `1500` -> `1.5 s`: a readable form of a millisecond limit.
+fn human_ms(ms: u32) -> String {
+    let ms = f64::from(ms);
+    for (unit, size) in [("h", 3_600_000.0), ("min", 60_000.0), ("s", 1_000.0)] {
+        if ms >= size {
+            return format!("{} {unit}", ms / size);
+        }
+    }
+    format!("{ms} ms")
 }
 
 #[cfg(test)]
@@ -302,6 +390,102 @@ mod tests {
             RetryPolicy::DEFAULT.initial_backoff_ms
         );
     }
+
+    /// The violations of `spec` edited by `edit`, as (field, description).
+    fn violations(edit: impl FnOnce(&mut pb::TaskSpec), l: &SpecLimits) -> Vec<(String, String)> {
+        let mut s = spec();
+        edit(&mut s);
+        match parse_task_spec_with("task", &tenant(), s, Utc::now(), l) {
+            Ok(_) => Vec::new(),
+            Err(v) => v.0.into_iter().map(|v| (v.field, v.description)).collect(),
+        }
+    }
+
+    #[test]
+    fn retry_delays_beyond_the_supported_range_name_the_field_and_the_limit() {
+        let l = SpecLimits::default();
+        let policy = |initial, max| {
+            move |s: &mut pb::TaskSpec| {
+                s.retry_policy = Some(pb::RetryPolicy {
+                    max_attempts: 3,
+                    initial_backoff_ms: initial,
+                    max_backoff_ms: max,
+                })
+            }
+        };
+        // The bounds themselves are allowed.
+        assert!(violations(policy(3_600_000, 86_400_000), &l).is_empty());
+        let v = violations(policy(3_600_001, 86_400_000), &l);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].0, "task.retry_policy.initial_backoff_ms");
+        assert!(v[0].1.contains("at most 3600000 ms (1 h)"), "{}", v[0].1);
+        let v = violations(policy(1_000, 86_400_001), &l);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].0, "task.retry_policy.max_backoff_ms");
+        assert!(v[0].1.contains("at most 86400000 ms (24 h)"), "{}", v[0].1);
+        assert_eq!(RetryPolicy::INITIAL_BACKOFF_LIMIT_MS, 3_600_000);
+        assert_eq!(RetryPolicy::MAX_BACKOFF_LIMIT_MS, 86_400_000);
+    }
+
+    #[test]
+    fn a_per_task_timeout_is_bounded_by_the_maximum_of_its_type() {
+        let l = SpecLimits::default();
+        // Unset (0) is no per-task timeout; up to the maximum (1 h by default) is accepted.
+        let t = parse_task_spec("task", &tenant(), spec(), Utc::now()).expect("valid");
+        assert_eq!(t.timeout_ms, None);
+        let mut s = spec();
+        s.timeout_ms = 3_600_000;
+        let t = parse_task_spec("task", &tenant(), s, Utc::now()).expect("valid");
+        assert_eq!(t.timeout_ms, Some(3_600_000));
+
+        let v = violations(|s| s.timeout_ms = 3_600_001, &l);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].0, "task.timeout_ms");
+        assert!(
+            v[0].1.contains("at most 3600000 ms (1 h)"),
+            "names the limit: {}",
+            v[0].1
+        );
+        // In a batch the item's path is named.
+        let mut s = spec();
+        s.timeout_ms = u32::MAX;
+        let got = fields(parse_task_spec("tasks[4]", &tenant(), s, Utc::now()));
+        assert_eq!(got, ["tasks[4].timeout_ms"]);
+
+        // A deployment's maximum, and a type's own maximum (higher or lower) instead of it.
+        let l = SpecLimits {
+            max_task_timeout_ms: 60_000,
+            task_type_max_timeout_ms: BTreeMap::from([
+                ("email.send".to_owned(), 5_000),
+                ("report.build".to_owned(), 7_200_000),
+            ]),
+        };
+        let v = violations(|s| s.timeout_ms = 5_001, &l);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].0, "task.timeout_ms");
+        assert!(
+            v[0].1.contains("at most 5000 ms (5 s)") && v[0].1.contains("email.send"),
+            "{}",
+            v[0].1
+        );
+        let other = |ms| {
+            move |s: &mut pb::TaskSpec| {
+                s.task_type = "report.build".into();
+                s.timeout_ms = ms;
+            }
+        };
+        assert!(violations(other(7_200_000), &l).is_empty());
+        assert_eq!(violations(other(7_200_001), &l).len(), 1);
+        let plain = |ms| {
+            move |s: &mut pb::TaskSpec| {
+                s.task_type = "sms.send".into();
+                s.timeout_ms = ms;
+            }
+        };
+        assert!(violations(plain(60_000), &l).is_empty());
+        let v = violations(plain(60_001), &l);
+        assert!(v[0].1.contains("at most 60000 ms (1 min)"), "{}", v[0].1);
+    }
 }
 
 #[cfg(test)]
@@ -331,6 +515,7 @@ mod props {
             attempts in any::<u32>(),
             initial in any::<u32>(),
             max in any::<u32>(),
+            timeout in any::<u32>(),
         ) {
             let spec = pb::TaskSpec {
                 business_key: key,
@@ -341,6 +526,7 @@ mod props {
                 run_at,
                 deadline,
                 retry_policy: Some(pb::RetryPolicy { max_attempts: attempts, initial_backoff_ms: initial, max_backoff_ms: max }),
+                timeout_ms: timeout,
             };
             let tenant = Tenant::parse("acme").expect("tenant");
             match parse_task_spec("task", &tenant, spec, Utc::now()) {
@@ -348,6 +534,9 @@ mod props {
                     prop_assert!(t.payload.as_bytes().len() <= limits::PAYLOAD_MAX_BYTES);
                     prop_assert!(t.business_key.as_str().len() <= limits::BUSINESS_KEY_MAX_BYTES);
                     prop_assert!(t.retry.max_attempts >= 1 && t.retry.max_attempts <= RetryPolicy::MAX_ATTEMPTS_LIMIT);
+                    prop_assert!(t.retry.initial_backoff_ms <= RetryPolicy::INITIAL_BACKOFF_LIMIT_MS);
+                    prop_assert!(t.retry.max_backoff_ms <= RetryPolicy::MAX_BACKOFF_LIMIT_MS);
+                    prop_assert!(t.timeout_ms.is_none_or(|ms| ms > 0 && ms <= limits::TASK_TIMEOUT_MAX_MS));
                 }
                 Err(v) => {
                     prop_assert!(!v.is_empty());

@@ -43,6 +43,8 @@ pub struct DueTask {
     pub run_at: Option<DateTime<Utc>>,
     /// Deadline.
     pub deadline_at: Option<DateTime<Utc>>,
+    /// The task's own attempt timeout in milliseconds.
+    pub timeout_ms: Option<u32>,
     /// Stored version.
     pub version: Version,
     /// Attempts started.
@@ -72,7 +74,7 @@ pub async fn claim_due(conn: &mut sqlx::MySqlConnection, limit: u32) -> Result<V
 }
 
 const DUE_COLUMNS: &str = "task_id, tenant, business_key, task_type, priority, payload, max_attempts, \
-    initial_backoff_ms, max_backoff_ms, generation, idempotency_key, run_at, deadline_at, version, created_at, \
+    initial_backoff_ms, max_backoff_ms, generation, idempotency_key, run_at, deadline_at, timeout_ms, version, created_at, \
     trace_context, attempts, last_error";
 
 /// Locks up to `limit` RETRYING rows whose next attempt is due (oldest first), skipping rows
@@ -233,6 +235,7 @@ fn decode(rows: &[sqlx::mysql::MySqlRow]) -> Result<Vec<DueTask>> {
                 idempotency_key: r.try_get("idempotency_key")?,
                 run_at: r.try_get("run_at")?,
                 deadline_at: r.try_get("deadline_at")?,
+                timeout_ms: r.try_get("timeout_ms")?,
                 version: r.try_get("version")?,
                 attempts: r.try_get("attempts")?,
                 last_error: text(r, "last_error")?,

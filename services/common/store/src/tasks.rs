@@ -58,6 +58,8 @@ pub struct TaskWrite {
     pub run_at: Option<DateTime<Utc>>,
     /// Deadline.
     pub deadline_at: Option<DateTime<Utc>>,
+    /// The task's own attempt timeout in milliseconds (None: only its type's timeout).
+    pub timeout_ms: Option<u32>,
     /// Last error (truncated to 1024 characters by the writer).
     pub last_error: String,
     /// Result on success.
@@ -141,6 +143,7 @@ fn on_duplicate() -> String {
         "idempotency_key",
         "run_at",
         "deadline_at",
+        "timeout_ms",
         "created_at",
     ] {
         sets.push(format!("{col} = IF({data}, VALUES({col}), {col})"));
@@ -180,7 +183,7 @@ pub async fn upsert_batch(
     let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
         "INSERT INTO tasks (task_id, tenant, business_key, task_type, priority, payload, state, attempts, \
          max_attempts, initial_backoff_ms, max_backoff_ms, generation, idempotency_key, run_at, deadline_at, \
-         last_error, result, version, lease_epoch, write_token, created_at, updated_at, finished_at) ",
+         timeout_ms, last_error, result, version, lease_epoch, write_token, created_at, updated_at, finished_at) ",
     );
     let rows: Vec<(&TaskWrite, u64)> = writes.iter().zip(tokens.iter().copied()).collect();
     let rows = crate::padded(&rows);
@@ -200,6 +203,7 @@ pub async fn upsert_batch(
             .push_bind(&w.idempotency_key)
             .push_bind(w.run_at)
             .push_bind(w.deadline_at)
+            .push_bind(w.timeout_ms)
             .push_bind(truncate(&w.last_error, 1024))
             .push_bind(&w.result)
             .push_bind(w.version)

@@ -87,6 +87,7 @@ fn write(id: TaskId, tenant: &str, state: TaskState, attempt: u32, epoch: u64) -
         idempotency_key: None,
         run_at: None,
         deadline_at: None,
+        timeout_ms: None,
         last_error: String::new(),
         result: None,
         version: state.version(0, attempt),

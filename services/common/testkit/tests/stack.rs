@@ -23,6 +23,7 @@ fn sample_task(key: &str) -> NewTask {
         run_at: None,
         deadline: None,
         retry: RetryPolicy::DEFAULT,
+        timeout_ms: None,
         submitted_at: chrono::Utc::now(),
     }
 }
@@ -93,6 +94,7 @@ fn write(id: TaskId, state: TaskState, attempt: u32) -> TaskWrite {
         idempotency_key: None,
         run_at: None,
         deadline_at: None,
+        timeout_ms: None,
         last_error: String::new(),
         result: None,
         version: state.version(0, attempt),

@@ -28,7 +28,12 @@ pub struct SubmitArgs {
     /// Idempotency key.
     #[arg(long)]
     pub idempotency_key: Option<String>,
-    /// A JSON array or NDJSON file of tasks ({"key","type","payload","priority","idempotency_key"}).
+    /// Per-task timeout of each attempt, such as 500ms, 30s, 5m or 1h (the processor runs an
+    /// attempt under the shorter of this and its type's timeout; the gateway caps it, 1 h by
+    /// default).
+    #[arg(long, value_parser = parse_timeout)]
+    pub timeout: Option<u32>,
+    /// A JSON array or NDJSON file of tasks ({"key","type","payload","priority","idempotency_key","timeout"}).
     #[arg(long, conflicts_with_all = ["key", "task_type"])]
     pub file: Option<std::path::PathBuf>,
     /// Tasks per SubmitTasks call in bulk mode (1..=1000).
@@ -49,6 +54,31 @@ struct FileTask {
     priority: Option<String>,
     #[serde(default)]
     idempotency_key: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+/// `500ms`, `30s`, `5m`, `1h` (or bare milliseconds) -> milliseconds, 1..=u32::MAX.
+///
+/// # Errors
+/// Not such a duration.
+pub fn parse_timeout(s: &str) -> Result<u32, String> {
+    let bad = || format!("{s:?} is not a timeout like 500ms, 30s, 5m or 1h");
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let scale: u64 = match unit {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(bad()),
+    };
+    let ms = n.checked_mul(scale).ok_or_else(bad)?;
+    if ms == 0 {
+        return Err(format!("{s:?}: a timeout must be above zero"));
+    }
+    u32::try_from(ms).map_err(|_| format!("{s:?} is longer than {} ms", u32::MAX))
 }
 
 fn priority(s: &str) -> anyhow::Result<i32> {
@@ -71,6 +101,7 @@ fn spec(
     payload: Vec<u8>,
     prio: &str,
     idem: Option<String>,
+    timeout_ms: Option<u32>,
 ) -> anyhow::Result<pb::TaskSpec> {
     Ok(pb::TaskSpec {
         business_key: key,
@@ -78,6 +109,7 @@ fn spec(
         payload,
         priority: priority(prio)?,
         idempotency_key: idem.unwrap_or_default(),
+        timeout_ms: timeout_ms.unwrap_or(0),
         ..Default::default()
     })
 }
@@ -93,12 +125,17 @@ fn item(line: usize, t: Result<FileTask, serde_json::Error>) -> Item {
             serde_json::Value::Null => Vec::new(),
             other => other.to_string().into_bytes(),
         };
+        let timeout = match t.timeout.as_deref().map(parse_timeout).transpose() {
+            Ok(t) => t,
+            Err(e) => return Err(format!("timeout: {e}")),
+        };
         spec(
             t.key,
             t.task_type,
             payload,
             t.priority.as_deref().unwrap_or("default"),
             t.idempotency_key,
+            timeout,
         )
         .map_err(|e| format!("{e:#}"))
     });
@@ -167,6 +204,7 @@ pub async fn submit(a: SubmitArgs, conn: &Conn, format: Format) -> anyhow::Resul
             a.payload.into_bytes(),
             &a.priority,
             a.idempotency_key,
+            a.timeout,
         )?;
         let r = client
             .submit_task(conn.request(pb::SubmitTaskRequest { task: Some(task) })?)
@@ -290,4 +328,31 @@ fn accepted_json(r: &pb::SubmitTaskResponse) -> serde_json::Value {
         "task_id": r.task_id, "duplicate": r.duplicate, "accepted_via": via(r.accepted_via),
         "topic": r.topic, "partition": r.partition, "offset": r.offset, "outbox_id": r.outbox_id, "version": r.version,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_parse_with_units() {
+        assert_eq!(parse_timeout("500ms"), Ok(500));
+        assert_eq!(parse_timeout("30s"), Ok(30_000));
+        assert_eq!(parse_timeout("5m"), Ok(300_000));
+        assert_eq!(parse_timeout("1h"), Ok(3_600_000));
+        assert_eq!(parse_timeout("250"), Ok(250));
+        for bad in ["", "0s", "soon", "1.5s", "-1s", "10d", "5000000h"] {
+            assert!(parse_timeout(bad).is_err(), "{bad}");
+        }
+        let s = spec(
+            "k".into(),
+            "noop".into(),
+            Vec::new(),
+            "default",
+            None,
+            Some(300),
+        )
+        .expect("spec");
+        assert_eq!(s.timeout_ms, 300);
+    }
 }

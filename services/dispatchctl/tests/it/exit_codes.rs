@@ -59,7 +59,7 @@ async fn exit_codes_and_messages_scripts_can_rely_on() -> anyhow::Result<()> {
     assert_eq!(out.code, 3, "{out:?}");
 
     // 2: invalid input, caught locally, by clap, or by the server.
-    let invalid: [&[&str]; 8] = [
+    let invalid: [&[&str]; 10] = [
         &["dlq", "show", "not-a-task-id"],
         &["dlq", "list", "--since", "yesterday"],
         &["dlq", "list", "--tenant", "bad tenant!"],
@@ -68,6 +68,16 @@ async fn exit_codes_and_messages_scripts_can_rely_on() -> anyhow::Result<()> {
         &["pause"],
         &["pause", "--priority", "urgent"],
         &["submit", "--key", "k", "--type", "bad type!"],
+        &[
+            "submit",
+            "--key",
+            "k",
+            "--type",
+            "noop",
+            "--timeout",
+            "soon",
+        ],
+        &["submit", "--key", "k", "--type", "noop", "--timeout", "2h"],
     ];
     for args in invalid {
         let out = stack.ctl(args).await?;
@@ -80,6 +90,19 @@ async fn exit_codes_and_messages_scripts_can_rely_on() -> anyhow::Result<()> {
         "{}",
         out.stderr
     );
+    // A per-task timeout above the gateway's maximum (1 h): the server names the field and limit.
+    let out = stack
+        .ctl(&["submit", "--key", "k", "--type", "noop", "--timeout", "2h"])
+        .await?;
+    assert!(
+        out.stderr.contains("task.timeout_ms") && out.stderr.contains("3600000"),
+        "{}",
+        out.stderr
+    );
+    let out = stack
+        .ctl(&["submit", "--key", "k", "--type", "noop", "--timeout", "30s"])
+        .await?;
+    assert_eq!(out.code, 0, "{out:?}");
     let out = ctl(&["--config", "/nonexistent/dispatchctl.toml", "stats"]).await?;
     assert_eq!(out.code, 2, "{out:?}");
     stack.stop().await

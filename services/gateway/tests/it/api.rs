@@ -146,6 +146,152 @@ async fn every_validation_error_names_its_field() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The BadRequest violations of a status, as (field, description).
+fn violations(status: &tonic::Status) -> Vec<(String, String)> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| {
+            b.field_violations
+                .into_iter()
+                .map(|v| (v.field, v.description))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_per_task_timeout_or_retry_delay_beyond_its_limit_is_invalid_argument_naming_both()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let mut s = settings(&env);
+    s.limits.max_task_timeout_ms = 60_000;
+    s.limits
+        .task_type_max_timeout_ms
+        .insert("report.build".into(), 600_000);
+    let gw = Running::start(s).await?;
+    let mut client = gw.client().await?;
+    let with = |ty: &str, timeout_ms: u32| pb::TaskSpec {
+        task_type: ty.into(),
+        timeout_ms,
+        ..spec("k", b"x")
+    };
+
+    // Above the gateway's maximum: the field and the limit are named.
+    let err = client
+        .submit_task(submit(with("email.send", 60_001), KEY_A))
+        .await
+        .expect_err("above limits.max_task_timeout_ms");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let v = violations(&err);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0].0, "task.timeout_ms");
+    assert!(v[0].1.contains("at most 60000 ms"), "{}", v[0].1);
+    assert!(
+        err.message().contains("task.timeout_ms"),
+        "{}",
+        err.message()
+    );
+    // A type with its own maximum: above it is refused naming the type; at it is accepted.
+    let err = client
+        .submit_task(submit(with("report.build", 600_001), KEY_A))
+        .await
+        .expect_err("above the type's maximum");
+    let v = violations(&err);
+    assert_eq!(v[0].0, "task.timeout_ms");
+    assert!(
+        v[0].1.contains("at most 600000 ms") && v[0].1.contains("report.build"),
+        "{}",
+        v[0].1
+    );
+    let ok = client
+        .submit_task(submit(with("report.build", 600_000), KEY_A))
+        .await?
+        .into_inner();
+    // At the maximum it is accepted and travels in the envelope.
+    let ok2 = client
+        .submit_task(submit(with("email.send", 60_000), KEY_A))
+        .await?
+        .into_inner();
+
+    // In a batch only the offending item fails, with its own path.
+    let r = client
+        .submit_tasks(authed(
+            pb::SubmitTasksRequest {
+                tasks: vec![with("email.send", 300), with("email.send", 3_600_000)],
+            },
+            KEY_A,
+        ))
+        .await?
+        .into_inner()
+        .results;
+    assert!(accepted(&r[0]).is_some(), "{:?}", r[0]);
+    match &r[1].outcome {
+        Some(pb::submit_result::Outcome::Error(e)) => {
+            assert_eq!(e.code, Code::InvalidArgument as i32);
+            let fields: Vec<&str> = e.violations.iter().map(|v| v.field.as_str()).collect();
+            assert_eq!(fields, ["tasks[1].timeout_ms"]);
+            assert!(e.violations[0].description.contains("at most 60000 ms"));
+        }
+        o => panic!("item 1: {o:?}"),
+    }
+
+    // Retry delays beyond the supported range name the field and the limit.
+    for (policy, field, limit) in [
+        (
+            pb::RetryPolicy {
+                initial_backoff_ms: 3_600_001,
+                max_backoff_ms: 86_400_000,
+                ..Default::default()
+            },
+            "task.retry_policy.initial_backoff_ms",
+            "at most 3600000 ms (1 h)",
+        ),
+        (
+            pb::RetryPolicy {
+                max_backoff_ms: 86_400_001,
+                ..Default::default()
+            },
+            "task.retry_policy.max_backoff_ms",
+            "at most 86400000 ms (24 h)",
+        ),
+    ] {
+        let s = pb::TaskSpec {
+            retry_policy: Some(policy),
+            ..spec("k", b"x")
+        };
+        let err = client.submit_task(submit(s, KEY_A)).await.expect_err(field);
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}");
+        let v = violations(&err);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].0, field);
+        assert!(v[0].1.contains(limit), "{field}: {}", v[0].1);
+    }
+
+    // What was accepted carries its timeout to the processor.
+    let topic = env.topics().tasks(dispatch_core::Priority::Default);
+    let consumer = env.consumer(std::slice::from_ref(&topic))?;
+    let records =
+        dispatch_testkit::consume_until(&consumer, Duration::from_secs(20), |r| r.len() >= 3)
+            .await?;
+    let timeout_of = |id: &str| {
+        records
+            .iter()
+            .map(envelope)
+            .find(|e| e.task_id.to_string() == id)
+            .map(|e| e.timeout_ms)
+    };
+    assert_eq!(timeout_of(&ok.task_id), Some(Some(600_000)));
+    assert_eq!(timeout_of(&ok2.task_id), Some(Some(60_000)));
+    assert_eq!(
+        timeout_of(&accepted(&r[0]).expect("accepted").task_id),
+        Some(Some(300))
+    );
+    gw.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn rate_limits_answer_resource_exhausted_with_a_retry_hint() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
@@ -155,6 +301,7 @@ async fn rate_limits_answer_resource_exhausted_with_a_retry_hint() -> anyhow::Re
         tenant_burst: 3,
         global_rps: 0,
         global_burst: 0,
+        ..LimitSettings::default()
     };
     let gw = Running::start(s).await?;
     let mut client = gw.client().await?;

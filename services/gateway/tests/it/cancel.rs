@@ -47,6 +47,7 @@ async fn store(
         idempotency_key: None,
         run_at: None,
         deadline_at: None,
+        timeout_ms: None,
         last_error: String::new(),
         result: None,
         version: state.version(0, 1),

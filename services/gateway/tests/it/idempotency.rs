@@ -127,6 +127,7 @@ async fn without_redis_the_id_is_stable_and_the_store_dedupes() -> anyhow::Resul
         idempotency_key: Some("idem-2".into()),
         run_at: None,
         deadline_at: None,
+        timeout_ms: None,
         last_error: String::new(),
         result: None,
         version: TaskState::Pending.version(0, 0),

@@ -213,6 +213,7 @@ mod tests {
             run_at: None,
             deadline: None,
             retry: RetryPolicy::DEFAULT,
+            timeout_ms: None,
             submitted_at: chrono::Utc::now(),
         })
     }

@@ -357,6 +357,7 @@ pub fn write_of(env: &Envelope, state: TaskState, attempts: u32, version: u64) -
         idempotency_key: env.idempotency_key.clone(),
         run_at: env.run_at,
         deadline_at: env.deadline,
+        timeout_ms: env.timeout_ms,
         last_error: String::new(),
         result: None,
         version,

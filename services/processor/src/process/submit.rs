@@ -259,8 +259,10 @@ impl Processor {
         // A panic is a failed attempt (retryable), not a stuck task: caught here, the lane, the
         // slot and the record's offset move on like after any other failure.
         let run = std::panic::AssertUnwindSafe(reg.handler.handle(ctx, env)).catch_unwind();
+        // The shorter of the task's own timeout and its type's.
+        let limit = env.attempt_timeout(reg.timeout);
         let r = tokio::select! {
-            r = tokio::time::timeout(reg.timeout, run) => Some(r),
+            r = tokio::time::timeout(limit.limit, run) => Some(r),
             // The partition was revoked and the drain bound is over: its new owner runs the
             // attempt; nothing of this one is written.
             () = d.lease.stop.cancelled() => None,
@@ -343,7 +345,7 @@ impl Processor {
             Ran::Retryable(_) | Ran::Timeout => {
                 let e = match &ran {
                     Ran::Retryable(e) => e.clone(),
-                    _ => format!("handler timed out after {} ms", reg.timeout.as_millis()),
+                    _ => limit.error(),
                 };
                 let next = a + 1;
                 let delay = env.retry.backoff(next, &mut rand::rng());
@@ -380,6 +382,7 @@ mod tests {
             run_at: None,
             deadline: None,
             retry: RetryPolicy::DEFAULT,
+            timeout_ms: None,
             submitted_at: Utc::now(),
         });
         e.attempt = attempt;

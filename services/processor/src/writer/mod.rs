@@ -213,6 +213,7 @@ fn coalesce(old: TaskWrite, new: TaskWrite) -> (TaskWrite, bool) {
         keep.idempotency_key = data.idempotency_key;
         keep.run_at = data.run_at;
         keep.deadline_at = data.deadline_at;
+        keep.timeout_ms = data.timeout_ms;
         keep.created_at = data.created_at;
     }
     (keep, took_new)
@@ -413,6 +414,7 @@ mod tests {
             idempotency_key: None,
             run_at: None,
             deadline_at: None,
+            timeout_ms: None,
             last_error: String::new(),
             result: None,
             version: state.version(0, attempt),

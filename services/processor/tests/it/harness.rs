@@ -117,6 +117,7 @@ pub fn task(task_type: &str, key: &str, payload: &str) -> Envelope {
             initial_backoff_ms: 100,
             max_backoff_ms: 1_000,
         },
+        timeout_ms: None,
         submitted_at: Utc::now(),
     })
 }

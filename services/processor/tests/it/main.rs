@@ -13,3 +13,4 @@ mod hostile;
 mod outbox_admin;
 mod pauses;
 mod scheduling;
+mod timeouts;

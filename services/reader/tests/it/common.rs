@@ -198,6 +198,7 @@ impl TaskRow {
             idempotency_key: None,
             run_at: None,
             deadline_at: None,
+            timeout_ms: None,
             last_error: String::new(),
             result: None,
             version: self.version(),
