@@ -105,7 +105,8 @@ impl App {
             Arc::new(gateway),
             Arc::new(auth),
             Arc::new(Limits::new(&settings.limits)),
-        );
+        )
+        .with_request_timeout(Duration::from_millis(settings.grpc.request_timeout_ms));
 
         let health = Health::new();
         for c in ["kafka", "mysql"] {

@@ -1,4 +1,5 @@
-//! Making an accepted record durable: Kafka first, the MySQL outbox when Kafka is unavailable.
+//! Making an accepted record durable: Kafka first, the MySQL outbox when a produce is at risk
+//! or fails.
 //!
 //! **Sticky routing keeps per-key order across the fallback.** Once anything went to the outbox,
 //! new submits go to the outbox too, until the relay has published every pending row; then
@@ -12,6 +13,7 @@
 //! see two of its submits reordered; sequential submits through one instance never are.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::Utc;
 use dispatch_core::TaskId;
@@ -20,7 +22,7 @@ use dispatch_store::outbox_relay;
 use parking_lot::Mutex;
 
 use crate::metrics;
-use crate::producer::{OutRecord, Produced, Producer};
+use crate::producer::{OutRecord, ProduceError, Produced, Producer};
 
 /// Where a record was made durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +31,26 @@ pub enum Accepted {
     Kafka(Produced),
     /// In the outbox (row id); the relay publishes it.
     Outbox(u64),
+}
+
+/// Why a record was not made durable (the caller must not answer OK).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refused {
+    /// Neither Kafka nor the outbox took it.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+    /// The caller's deadline came before the record was durable; no outbox row was written
+    /// (a record handed to Kafka may still be delivered: retry with an idempotency key).
+    #[error("deadline exceeded before the record was durable: {0}")]
+    DeadlineExceeded(String),
+}
+
+/// Why the outbox write did not happen.
+enum Park {
+    /// The deadline came first (rolled back).
+    Deadline,
+    /// The database failed.
+    Failed(String),
 }
 
 /// Neither Kafka nor the outbox took the record.
@@ -101,26 +123,41 @@ impl Durable {
         self.sticky.active()
     }
 
-    /// Makes `rec` (a submit or a cancel of `task_id`) durable: on Kafka, or (breaker open,
-    /// produce error or timeout, or sticky routing) in the outbox. Cancels take the same route as
-    /// submits, so a cancel never overtakes its task's submit waiting in the outbox.
+    /// Makes `rec` (a submit or a cancel of `task_id`) durable: on Kafka, or in the outbox when
+    /// a produce is at risk (breaker open, all brokers down, Kafka stalled, sticky routing) or
+    /// fails. Cancels take the same route as submits, so a cancel never overtakes its task's
+    /// submit waiting in the outbox.
+    ///
+    /// `deadline` is the caller's (less a margin to answer in time): the produce waits at most
+    /// until `deadline - outbox.write_reserve_ms`, so the outbox write still fits, and the outbox
+    /// row is committed only before the deadline. So the answer is OK (durable), UNAVAILABLE or
+    /// DEADLINE_EXCEEDED (nothing written), never OK after the caller gave up.
     ///
     /// # Errors
-    /// [`Unavailable`] when both failed: the caller must not answer OK.
+    /// [`Refused`]: the caller must not answer OK.
     pub async fn accept(
         &self,
         rec: OutRecord,
         task_id: TaskId,
         kind: Kind,
-    ) -> Result<Accepted, Unavailable> {
+        deadline: Option<Instant>,
+    ) -> Result<Accepted, Refused> {
         let topic_kind = match kind {
             Kind::Submit => "tasks",
             Kind::Cancel => "cancel",
         };
+        let left = || deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left().is_some_and(|l| l.is_zero()) {
+            return Err(Refused::DeadlineExceeded("no time left".into()));
+        }
         let kafka_err = if self.sticky.active() {
             None
         } else {
-            match self.producer.send_guarded(&rec, topic_kind).await {
+            let reserve = self.producer.write_reserve();
+            // With less than the reserve left there is no time for a fallback anyway: Kafka gets
+            // all of it (a healthy produce takes milliseconds).
+            let budget = left().map(|l| if l > reserve { l - reserve } else { l });
+            match self.producer.send_guarded(&rec, topic_kind, budget).await {
                 Ok(p) => return Ok(Accepted::Kafka(p)),
                 Err(e) => Some(e.to_string()),
             }
@@ -128,35 +165,45 @@ impl Durable {
         let reason = kafka_err
             .as_deref()
             .unwrap_or("outbox backlog pending (sticky routing)");
-        match self.park(&rec, task_id, kind, reason).await {
+        match self.park(&rec, task_id, kind, reason, deadline).await {
             Ok(id) => Ok(Accepted::Outbox(id)),
-            Err(outbox) if kafka_err.is_none() => {
+            Err(Park::Deadline) => Err(Refused::DeadlineExceeded(format!(
+                "kafka: {reason}; the outbox write did not fit in the deadline"
+            ))),
+            Err(Park::Failed(outbox)) if kafka_err.is_none() => {
                 // Sticky, but MySQL is failing: availability wins over ordering behind a backlog
                 // that cannot drain anyway; Kafka is still durable.
                 tracing::warn!(error = %outbox, "outbox write failed while sticky; trying kafka");
                 self.producer
-                    .send_guarded(&rec, topic_kind)
+                    .send_guarded(&rec, topic_kind, left())
                     .await
                     .map(Accepted::Kafka)
-                    .map_err(|e| Unavailable {
-                        kafka: e.to_string(),
-                        outbox,
+                    .map_err(|e| match e {
+                        ProduceError::Timeout(_) if left().is_some_and(|l| l.is_zero()) => {
+                            Refused::DeadlineExceeded(format!("outbox: {outbox}; kafka: {e}"))
+                        }
+                        e => Refused::Unavailable(Unavailable {
+                            kafka: e.to_string(),
+                            outbox,
+                        }),
                     })
             }
-            Err(outbox) => Err(Unavailable {
+            Err(Park::Failed(outbox)) => Err(Refused::Unavailable(Unavailable {
                 kafka: reason.to_owned(),
                 outbox,
-            }),
+            })),
         }
     }
 
+    /// Writes the outbox row, committing only before `deadline`.
     async fn park(
         &self,
         rec: &OutRecord,
         task_id: TaskId,
         kind: Kind,
         reason: &str,
-    ) -> Result<u64, String> {
+        deadline: Option<Instant>,
+    ) -> Result<u64, Park> {
         let row = OutboxRecord {
             id: 0,
             task_id,
@@ -167,11 +214,21 @@ impl Durable {
             attempts: 0,
             created_at: Utc::now(),
         };
-        let id = match kind {
-            Kind::Submit => outbox::insert(&self.pool, &row).await,
-            Kind::Cancel => outbox::insert_cancel(&self.pool, &row).await,
+        let failed = |e: dispatch_store::StoreError| Park::Failed(e.to_string());
+        let prepare = outbox::prepare(&self.pool, &row, kind);
+        let (tx, id) = match deadline {
+            None => prepare.await.map_err(failed)?,
+            // Dropped when the deadline passes: the open transaction rolls back.
+            Some(d) => tokio::time::timeout_at(d.into(), prepare)
+                .await
+                .map_err(|_| Park::Deadline)?
+                .map_err(failed)?,
+        };
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            drop(tx); // rolled back: no row for a submit answered DEADLINE_EXCEEDED
+            return Err(Park::Deadline);
         }
-        .map_err(|e| e.to_string())?;
+        tx.commit().await.map_err(|e| Park::Failed(e.to_string()))?;
         // After the commit and before the caller answers OK: the next submit sees the flag.
         self.sticky.mark();
         metrics::outbox_written(reason);

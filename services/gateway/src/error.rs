@@ -6,7 +6,7 @@ use dispatch_core::Violations;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::durable::Unavailable;
+use crate::durable::{Refused, Unavailable};
 use crate::idempotency::Conflict;
 use crate::limits::Limited;
 
@@ -32,6 +32,9 @@ pub enum GatewayError {
     /// Kafka and the outbox both failed: nothing was accepted.
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
+    /// The caller's deadline came before the task was durable: nothing was accepted.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The store could not answer and nothing else could route the request.
     #[error("store unavailable: {0}")]
     StoreUnavailable(String),
@@ -59,9 +62,19 @@ impl GatewayError {
             Self::Invalid(_) => Code::InvalidArgument,
             Self::Limited(_) => Code::ResourceExhausted,
             Self::Unavailable(_) | Self::StoreUnavailable(_) => Code::Unavailable,
+            Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::NotFound(_) => Code::NotFound,
             Self::Conflict(_) => Code::AlreadyExists,
             Self::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<Refused> for GatewayError {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::Unavailable(u) => Self::Unavailable(u),
+            Refused::DeadlineExceeded(why) => Self::DeadlineExceeded(why),
         }
     }
 }

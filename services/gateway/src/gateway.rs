@@ -2,7 +2,7 @@
 //! tenant; knows nothing of gRPC transport (service.rs adapts).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use dispatch_core::state::ACCEPTED_VERSION;
@@ -17,7 +17,7 @@ use dispatch_store::outbox::Kind;
 use dispatch_store::outbox_relay::{self, KnownTask};
 use futures::future::join_all;
 
-use crate::durable::{Accepted, Durable};
+use crate::durable::{Accepted, Durable, Refused};
 use crate::error::GatewayError;
 use crate::fingerprint::Fingerprint;
 use crate::idempotency::{Claim, Conflict, Idempotency, Keyed};
@@ -104,6 +104,7 @@ impl Gateway {
         &self,
         task: NewTask,
         trace: &TraceHeaders,
+        deadline: Option<Instant>,
     ) -> Result<pb::SubmitTaskResponse, GatewayError> {
         let (claim, fingerprint) = if task.idempotency_key.is_some() {
             let fingerprint = Fingerprint::of(&task);
@@ -116,7 +117,8 @@ impl Gateway {
         } else {
             (None, None)
         };
-        self.submit_claimed(task, claim, fingerprint, trace).await
+        self.submit_claimed(task, claim, fingerprint, trace, deadline)
+            .await
     }
 
     /// Makes a claimed task durable (`claim` is `None` without an idempotency key).
@@ -126,6 +128,7 @@ impl Gateway {
         claim: Option<Claim>,
         fingerprint: Option<Fingerprint>,
         trace: &TraceHeaders,
+        deadline: Option<Instant>,
     ) -> Result<pb::SubmitTaskResponse, GatewayError> {
         let redis_key = match claim {
             None => None,
@@ -154,7 +157,11 @@ impl Gateway {
             version: ACCEPTED_VERSION,
             ..Default::default()
         };
-        match self.durable.accept(rec, task_id, Kind::Submit).await {
+        match self
+            .durable
+            .accept(rec, task_id, Kind::Submit, deadline)
+            .await
+        {
             Ok(Accepted::Kafka(p)) => {
                 metrics::submit("kafka");
                 resp.accepted_via = pb::AcceptedVia::Kafka as i32;
@@ -169,7 +176,10 @@ impl Gateway {
                 resp.outbox_id = id;
             }
             Err(e) => {
-                metrics::submit("unavailable");
+                metrics::submit(match e {
+                    Refused::Unavailable(_) => "unavailable",
+                    Refused::DeadlineExceeded(_) => "deadline_exceeded",
+                });
                 tracing::warn!(task_id = %task_id, error = %e, "submit not accepted");
                 if let Some(k) = &redis_key {
                     self.idempotency.release(k).await;
@@ -194,6 +204,7 @@ impl Gateway {
         tenant: &Tenant,
         specs: Vec<pb::TaskSpec>,
         trace: &TraceHeaders,
+        deadline: Option<Instant>,
     ) -> Vec<pb::SubmitResult> {
         let now = Utc::now();
         let n = specs.len();
@@ -281,9 +292,12 @@ impl Gateway {
                 Item::Run(task) => {
                     let claim = claims[i].take();
                     let fp = fingerprints[i];
-                    runs.push(
-                        async move { (i, self.submit_claimed(task, claim, fp, trace).await) },
-                    );
+                    runs.push(async move {
+                        (
+                            i,
+                            self.submit_claimed(task, claim, fp, trace, deadline).await,
+                        )
+                    });
                 }
             }
         }
@@ -319,6 +333,7 @@ impl Gateway {
         tenant: &Tenant,
         req: pb::CancelTaskRequest,
         trace: &TraceHeaders,
+        deadline: Option<Instant>,
     ) -> Result<pb::CancelTaskResponse, GatewayError> {
         let mut v = Violations::default();
         let task_id = v.check(
@@ -388,7 +403,11 @@ impl Gateway {
         };
         let env = Envelope::cancel(task_id, tenant.clone(), business_key, priority, req.reason);
         let rec = self.record(&env, trace);
-        let via = match self.durable.accept(rec, task_id, Kind::Cancel).await? {
+        let via = match self
+            .durable
+            .accept(rec, task_id, Kind::Cancel, deadline)
+            .await?
+        {
             Accepted::Kafka(_) => "kafka",
             Accepted::Outbox(_) => "outbox",
         };

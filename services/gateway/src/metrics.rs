@@ -133,13 +133,14 @@ static POOL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 pub const SERVICE: &str = "gateway";
 
 /// Outcomes of `dispatch_submit_total`.
-pub const SUBMIT_OUTCOMES: [&str; 8] = [
+pub const SUBMIT_OUTCOMES: [&str; 9] = [
     "kafka",
     "outbox",
     "duplicate",
     "conflict",
     "invalid",
     "unavailable",
+    "deadline_exceeded",
     "rate_limited",
     "unauthenticated",
 ];

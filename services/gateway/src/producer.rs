@@ -1,10 +1,19 @@
 //! The Kafka side: an idempotent `FutureProducer` (acks=all, lz4, small linger, murmur2_random
 //! from `dispatch_runtime::kafka::producer_config`) behind a circuit breaker and a produce timeout.
+//!
+//! A submit must not wait on a Kafka that cannot take it: [`Producer::at_risk`] says so at once
+//! when the breaker is open, when librdkafka reported all brokers down, or when records have
+//! waited `outbox.produce_stall_ms` without any delivery report ([`Health`]); a submit already
+//! waiting gives up as soon as that becomes true, and the gateway parks it in the outbox.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dispatch_core::Headers;
 use dispatch_runtime::settings::KafkaSettings;
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
@@ -42,6 +51,10 @@ pub enum ProduceError {
     /// Recent produces failed; not even tried.
     #[error("kafka circuit breaker is open")]
     BreakerOpen,
+    /// Kafka is known to be in trouble (all brokers down, or records waiting without any
+    /// delivery report for `outbox.produce_stall_ms`): not tried, or given up on early.
+    #[error("kafka at risk: {0}")]
+    AtRisk(String),
     /// No delivery report in time (the record may still be delivered later).
     #[error("no delivery report within {0:?}")]
     Timeout(Duration),
@@ -50,12 +63,113 @@ pub enum ProduceError {
     Kafka(String),
 }
 
-/// The producer, its breaker and the submit path's timeout. Cheap to clone.
+/// What the producer knows about its own progress, shared with its librdkafka context.
+#[derive(Debug)]
+pub struct Health {
+    epoch: Instant,
+    /// Sends awaiting their delivery report.
+    sending: AtomicUsize,
+    /// When `sending` last went from 0 to 1 (ms since `epoch`).
+    busy_since_ms: AtomicU64,
+    /// The last successful delivery report (ms since `epoch`).
+    last_ack_ms: AtomicU64,
+    /// librdkafka reported all brokers down; cleared by a delivery or a metadata answer.
+    brokers_down: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            sending: AtomicUsize::new(0),
+            busy_since_ms: AtomicU64::new(0),
+            last_ack_ms: AtomicU64::new(0),
+            brokers_down: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Health {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn started(&self) -> SendGuard<'_> {
+        if self.sending.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.busy_since_ms.store(self.now_ms(), Ordering::Release);
+        }
+        SendGuard(self)
+    }
+
+    fn acked(&self) {
+        self.last_ack_ms.store(self.now_ms(), Ordering::Release);
+        self.brokers_down.store(false, Ordering::Release);
+    }
+
+    /// The cluster answered (a metadata request): "all brokers down" is over.
+    pub fn reachable(&self) {
+        self.brokers_down.store(false, Ordering::Release);
+    }
+
+    /// librdkafka reported that no broker is reachable.
+    pub fn all_brokers_down(&self) {
+        self.brokers_down.store(true, Ordering::Release);
+    }
+
+    /// How long records have waited without any delivery report, if any wait (`queued`:
+    /// librdkafka's own count of records not yet reported, which includes abandoned sends).
+    pub fn stalled_for(&self, queued: i32) -> Option<Duration> {
+        if self.sending.load(Ordering::Acquire) == 0 && queued <= 0 {
+            return None;
+        }
+        let since = self
+            .last_ack_ms
+            .load(Ordering::Acquire)
+            .max(self.busy_since_ms.load(Ordering::Acquire));
+        Some(Duration::from_millis(self.now_ms().saturating_sub(since)))
+    }
+
+    /// Whether librdkafka reported all brokers down (and nothing has answered since).
+    pub fn brokers_down(&self) -> bool {
+        self.brokers_down.load(Ordering::Acquire)
+    }
+}
+
+/// Counts a send until its report arrives or it is abandoned.
+struct SendGuard<'a>(&'a Health);
+
+impl Drop for SendGuard<'_> {
+    fn drop(&mut self) {
+        self.0.sending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The producer's librdkafka context: logs like the default one and tells [`Health`] when
+/// librdkafka gives up on every broker, so submits stop waiting on Kafka at once.
+#[derive(Clone)]
+pub struct Context {
+    health: Arc<Health>,
+}
+
+impl ClientContext for Context {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.health.all_brokers_down();
+        }
+        tracing::warn!(error = %error, reason, "librdkafka error");
+    }
+}
+
+/// The producer, its breaker, the submit path's timeout and what it knows of its own progress.
+/// Cheap to clone.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    inner: FutureProducer<Context>,
     breaker: Breaker,
     timeout: Duration,
+    stall: Duration,
+    write_reserve: Duration,
+    health: Arc<Health>,
 }
 
 impl Producer {
@@ -64,8 +178,11 @@ impl Producer {
     /// # Errors
     /// An invalid librdkafka configuration.
     pub fn new(kafka: &KafkaSettings, outbox: &OutboxSettings) -> anyhow::Result<Self> {
-        let inner: FutureProducer = dispatch_runtime::kafka::producer_config(kafka)
-            .create()
+        let health = Arc::new(Health::default());
+        let inner: FutureProducer<Context> = dispatch_runtime::kafka::producer_config(kafka)
+            .create_with_context(Context {
+                health: health.clone(),
+            })
             .map_err(|e| anyhow::anyhow!("kafka producer: {e}"))?;
         Ok(Self {
             inner,
@@ -76,6 +193,9 @@ impl Producer {
                 outbox.breaker_max_open_ms,
             ),
             timeout: Duration::from_millis(outbox.produce_timeout_ms),
+            stall: Duration::from_millis(outbox.produce_stall_ms.max(1)),
+            write_reserve: Duration::from_millis(outbox.write_reserve_ms),
+            health,
         })
     }
 
@@ -84,27 +204,89 @@ impl Producer {
         &self.breaker
     }
 
-    /// The submit path: through the breaker, waiting at most the produce timeout.
+    /// What the producer knows of its progress.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The submit path's produce timeout (`outbox.produce_timeout_ms`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The time a submit keeps back from its deadline for the outbox write
+    /// (`outbox.write_reserve_ms`).
+    pub fn write_reserve(&self) -> Duration {
+        self.write_reserve
+    }
+
+    /// Why a produce now is at risk, if it is: the breaker is open, librdkafka reported all
+    /// brokers down, or records have waited `outbox.produce_stall_ms` without a delivery report.
+    pub fn at_risk(&self) -> Option<String> {
+        if !self.breaker.is_call_permitted() {
+            return Some("circuit breaker open".into());
+        }
+        self.risk()
+    }
+
+    /// [`Producer::at_risk`] without asking the breaker (asking moves it to half-open).
+    fn risk(&self) -> Option<String> {
+        if self.health.brokers_down() {
+            return Some("all brokers down".into());
+        }
+        match self.health.stalled_for(self.inner.in_flight_count()) {
+            Some(d) if d >= self.stall => {
+                Some(format!("no delivery report for {} ms", d.as_millis()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The submit path: through the breaker, waiting at most `budget` (at most the produce
+    /// timeout; less when the caller's deadline leaves less), and giving up at once when Kafka
+    /// turns out to be at risk while the record waits.
     ///
-    /// A timed-out record stays in librdkafka's queue and may still be delivered; the caller then
-    /// parks a second copy in the outbox. That duplicate is harmless: the processor dedupes by task
-    /// id (its version fence makes a replayed submit a no-op).
+    /// A record given up on stays in librdkafka's queue and may still be delivered; the caller
+    /// then parks a second copy in the outbox. That duplicate is harmless: the processor dedupes
+    /// by task id (its version fence makes a replayed submit a no-op).
     ///
     /// # Errors
-    /// [`ProduceError`]: breaker open, timeout or a delivery failure.
+    /// [`ProduceError`]: breaker open, at risk, timeout or a delivery failure.
     pub async fn send_guarded(
         &self,
         rec: &OutRecord,
         topic_kind: &'static str,
+        budget: Option<Duration>,
     ) -> Result<Produced, ProduceError> {
         if !self.breaker.is_call_permitted() {
             return Err(ProduceError::BreakerOpen);
         }
-        let out = match tokio::time::timeout(self.timeout, self.send(rec, topic_kind)).await {
-            Ok(r) => r,
-            Err(_) => {
-                metrics::produce_failed(topic_kind, "timeout");
-                Err(ProduceError::Timeout(self.timeout))
+        if let Some(why) = self.risk() {
+            return Err(ProduceError::AtRisk(why));
+        }
+        let wait = budget.map_or(self.timeout, |b| b.min(self.timeout));
+        let tick = (self.stall / 4).clamp(Duration::from_millis(5), Duration::from_millis(100));
+        let start = Instant::now();
+        let send = self.send(rec, topic_kind);
+        tokio::pin!(send);
+        let out = loop {
+            let left = wait.saturating_sub(start.elapsed());
+            tokio::select! {
+                r = &mut send => break r,
+                () = tokio::time::sleep(tick.min(left)) => {
+                    if start.elapsed() >= wait {
+                        metrics::produce_failed(topic_kind, "timeout");
+                        if wait < self.timeout {
+                            // The caller's deadline, not Kafka, cut it short.
+                            return Err(ProduceError::Timeout(wait));
+                        }
+                        break Err(ProduceError::Timeout(wait));
+                    }
+                    if let Some(why) = self.risk() {
+                        metrics::produce_failed(topic_kind, "at risk");
+                        break Err(ProduceError::AtRisk(why));
+                    }
+                }
             }
         };
         match &out {
@@ -136,8 +318,10 @@ impl Producer {
             .key(&rec.key)
             .payload(&rec.value)
             .headers(headers);
+        let _sending = self.health.started();
         match self.inner.send(record, self.timeout).await {
             Ok(d) => {
+                self.health.acked();
                 metrics::produced(topic_kind, start.elapsed());
                 Ok(Produced {
                     topic: rec.topic.clone(),
@@ -167,7 +351,9 @@ impl Producer {
                 .map_err(|e| e.to_string())
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())??;
+        self.health.reachable();
+        Ok(())
     }
 
     /// Waits up to `timeout` for every queued record's delivery report.

@@ -2,10 +2,13 @@
 //!
 //! Each handler authenticates, rate-limits, parses, then runs the domain call on its own task:
 //! a client that gives up (deadline, disconnect) must not abort a submit half way (say after the
-//! idempotency key was taken but before the record was produced). The RPC span continues the
+//! idempotency key was taken but before the record was produced). The domain call gets the
+//! caller's deadline (`grpc-timeout`, capped by `grpc.request_timeout_ms`, less a margin) and
+//! answers by it: OK only for what is durable, DEADLINE_EXCEEDED with nothing written. The RPC span continues the
 //! caller's trace (W3C `traceparent` metadata), and the same context goes into the records.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use dispatch_core::Tenant;
@@ -31,6 +34,7 @@ pub struct TaskApi {
     gateway: Arc<Gateway>,
     auth: Arc<Authenticator>,
     limits: Arc<Limits>,
+    request_timeout: Option<Duration>,
 }
 
 impl TaskApi {
@@ -40,7 +44,27 @@ impl TaskApi {
             gateway,
             auth,
             limits,
+            request_timeout: None,
         }
+    }
+
+    /// The server's bound on any request (`grpc.request_timeout_ms`), which caps the caller's.
+    pub fn with_request_timeout(mut self, t: Duration) -> Self {
+        self.request_timeout = Some(t);
+        self
+    }
+
+    /// When this request's answer is due: the shorter of the caller's `grpc-timeout` and the
+    /// server's bound, less a margin (a tenth, at most 50 ms) so the domain's own answer
+    /// (OK, or DEADLINE_EXCEEDED with nothing written) goes out before the transport gives up.
+    fn deadline(&self, md: &MetadataMap) -> Option<Instant> {
+        let start = Instant::now();
+        let timeout = match (grpc_timeout(md), self.request_timeout) {
+            (Some(c), Some(s)) => c.min(s),
+            (c, s) => c.or(s)?,
+        };
+        let margin = (timeout / 10).min(Duration::from_millis(50));
+        Some(start + timeout - margin)
     }
 
     fn tenant(&self, md: &MetadataMap, counts_as_submit: u64) -> Result<Tenant, Status> {
@@ -91,6 +115,25 @@ fn trace_headers(md: &MetadataMap) -> TraceHeaders {
     out
 }
 
+/// The caller's `grpc-timeout` (gRPC over HTTP/2: at most 8 digits and a unit).
+fn grpc_timeout(md: &MetadataMap) -> Option<Duration> {
+    let v = md.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (n, unit) = v.split_at(v.len() - 1);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// Runs `fut` on its own task (so a cancelled RPC cannot abort it half way) inside `span`.
 async fn detached<T: Send + 'static>(
     span: tracing::Span,
@@ -109,6 +152,7 @@ impl TaskService for TaskApi {
         request: Request<pb::SubmitTaskRequest>,
     ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
         let span = rpc_span("SubmitTask", request.metadata());
+        let deadline = self.deadline(request.metadata());
         observe("gateway", "SubmitTask", async move {
             let tenant = self.tenant(request.metadata(), 1)?;
             self.limit(&tenant, 1, true)?;
@@ -126,7 +170,7 @@ impl TaskService for TaskApi {
                     v.to_status()
                 })?;
             let gw = self.gateway.clone();
-            detached(span, async move { gw.submit(task, &trace).await }).await
+            detached(span, async move { gw.submit(task, &trace, deadline).await }).await
         })
         .await
         .map(Response::new)
@@ -137,6 +181,7 @@ impl TaskService for TaskApi {
         request: Request<pb::SubmitTasksRequest>,
     ) -> Result<Response<pb::SubmitTasksResponse>, Status> {
         let span = rpc_span("SubmitTasks", request.metadata());
+        let deadline = self.deadline(request.metadata());
         observe("gateway", "SubmitTasks", async move {
             let n = request.get_ref().tasks.len();
             let tenant = self.tenant(request.metadata(), n as u64)?;
@@ -155,7 +200,7 @@ impl TaskService for TaskApi {
             let gw = self.gateway.clone();
             detached(span, async move {
                 Ok(pb::SubmitTasksResponse {
-                    results: gw.submit_many(&tenant, specs, &trace).await,
+                    results: gw.submit_many(&tenant, specs, &trace, deadline).await,
                 })
             })
             .await
@@ -169,13 +214,17 @@ impl TaskService for TaskApi {
         request: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
         let span = rpc_span("CancelTask", request.metadata());
+        let deadline = self.deadline(request.metadata());
         observe("gateway", "CancelTask", async move {
             let tenant = self.tenant(request.metadata(), 0)?;
             self.limit(&tenant, 1, false)?;
             let trace = span.in_scope(|| trace_headers(request.metadata()));
             let req = request.into_inner();
             let gw = self.gateway.clone();
-            detached(span, async move { gw.cancel(&tenant, req, &trace).await }).await
+            detached(span, async move {
+                gw.cancel(&tenant, req, &trace, deadline).await
+            })
+            .await
         })
         .await
         .map(Response::new)

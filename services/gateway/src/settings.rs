@@ -163,6 +163,14 @@ pub struct OutboxSettings {
     /// Keep it well below `kafka.message_timeout_ms`: a record that times out here may still
     /// be delivered later (the processor dedupes that copy by task id).
     pub produce_timeout_ms: u64,
+    /// Kafka counts as at risk when records have waited this long without any delivery report
+    /// (of any record): submits then go to the outbox at once, and those already waiting give
+    /// up and go there too, instead of waiting out `produce_timeout_ms`.
+    pub produce_stall_ms: u64,
+    /// Time kept back from a caller's deadline for the outbox write: a produce waits at most
+    /// until `deadline - write_reserve_ms`, then the submit falls back to the outbox. A deadline
+    /// that cannot be met is answered DEADLINE_EXCEEDED, with nothing written.
+    pub write_reserve_ms: u64,
     /// Consecutive produce failures that open the Kafka circuit breaker.
     pub breaker_failures: u32,
     /// How long the breaker stays open before a trial call (doubles up to `breaker_max_open_ms`).
@@ -194,6 +202,8 @@ impl Default for OutboxSettings {
     fn default() -> Self {
         Self {
             produce_timeout_ms: 3_000,
+            produce_stall_ms: 1_000,
+            write_reserve_ms: 250,
             breaker_failures: 5,
             breaker_open_ms: 1_000,
             breaker_max_open_ms: 30_000,

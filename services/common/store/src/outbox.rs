@@ -95,6 +95,22 @@ impl Kind {
 }
 
 async fn insert_kind(pool: &MySqlPool, r: &OutboxRecord, kind: Kind) -> Result<u64> {
+    let (tx, id) = prepare(pool, r, kind).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Inserts a record in a transaction left open, and returns it with the row's id: the caller
+/// commits, or drops it (the row is rolled back). The gateway commits only while the caller's
+/// deadline still allows an answer, so a submit answered DEADLINE_EXCEEDED leaves no row.
+///
+/// # Errors
+/// Database errors.
+pub async fn prepare(
+    pool: &MySqlPool,
+    r: &OutboxRecord,
+    kind: Kind,
+) -> Result<(sqlx::Transaction<'static, sqlx::MySql>, u64)> {
     let now = Utc::now();
     let mut tx = pool.begin().await?;
     sqlx::query(
@@ -115,8 +131,7 @@ async fn insert_kind(pool: &MySqlPool, r: &OutboxRecord, kind: Kind) -> Result<u
     let (id,): (u64,) = sqlx::query_as("SELECT LAST_INSERT_ID()")
         .fetch_one(&mut *tx)
         .await?;
-    tx.commit().await?;
-    Ok(id)
+    Ok((tx, id))
 }
 
 /// Outbox health: pending rows, dead rows, age of the oldest pending row in seconds.

@@ -8,5 +8,6 @@ mod cli;
 mod conflicts;
 mod harness;
 mod idempotency;
+mod outage;
 mod outbox;
 mod submit;
