@@ -151,6 +151,8 @@ audit() {
     if ! grep -q '^audit ' "${OUT}/${name}.verdict"; then
         echo "audit ERROR: $(grep -m1 -v '^\s*$' "${OUT}/${name}.audit.err")" | tee "${OUT}/${name}.verdict"
     fi
+    # The machine's load, for reading a floor failure (client deadlines on a saturated host).
+    echo "scenario note: load average $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores at the audit" >>"${OUT}/${name}.verdict"
 }
 
 # inst SERVICE K: the name of instance K (services.sh takes processor-1 for instance 1 alone).
