@@ -195,6 +195,7 @@ impl App {
                 self.durable.clone(),
                 self.pool.clone(),
                 s.outbox.clone(),
+                Duration::from_millis(s.idempotency.store_retention_ms),
                 shutdown.child(),
             ));
         }

@@ -2,16 +2,20 @@
 //! or fails.
 //!
 //! **Sticky routing keeps per-key order across the fallback.** Once anything went to the outbox,
-//! new submits go to the outbox too, until the relay has published every pending row; then
+//! new records go to the outbox too, until the relay has published every pending row; then
 //! routing switches back to direct Kafka. Otherwise a later submit of a key could reach Kafka
 //! directly while an earlier one of the same key still waits in the outbox. The relay publishes
-//! in id order and blocks a key behind its oldest pending row (`outbox_relay::relay_ordered`).
+//! each key in id order and blocks a key behind its oldest unpublished row
+//! (`dispatch_store::outbox_relay`). A key blocked behind a `dead` row keeps routing to the outbox
+//! on its own (the rest goes back to Kafka once everything else drained), until an operator
+//! requeues the row and it is published.
 //!
 //! Within one instance the switch is exact (a row committed here flips the flag before the
-//! client sees OK). Across instances each one polls `has_pending` every `relay_interval_ms`, so a
+//! client sees OK). Across instances each one polls the outbox every `relay_interval_ms`, so a
 //! client alternating instances within that window while another instance is falling back could
 //! see two of its submits reordered; sequential submits through one instance never are.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -63,35 +67,51 @@ pub struct Unavailable {
     pub outbox: String,
 }
 
-/// Sticky-routing state: `active` while the outbox may hold pending rows. `epoch` counts outbox
-/// writes, so a "no pending rows" answer that raced with a new write cannot clear the flag.
+/// Sticky-routing state: `active` while the outbox may hold pending rows of keys that are not
+/// blocked behind a dead row; `blocked`, the keys that are (their records always go to the
+/// outbox, behind the dead row, until an operator requeues it). `epoch` counts outbox writes, so
+/// a "no pending rows" answer that raced with a new write cannot clear the flag.
 #[derive(Debug, Default)]
 struct Sticky {
-    state: Mutex<(bool, u64)>,
+    state: Mutex<StickyState>,
+}
+
+#[derive(Debug, Default)]
+struct StickyState {
+    active: bool,
+    epoch: u64,
+    blocked: HashSet<(String, Vec<u8>)>,
 }
 
 impl Sticky {
     fn active(&self) -> bool {
-        self.state.lock().0
+        self.state.lock().active
+    }
+    /// Whether a record for `(topic, key)` must go to the outbox.
+    fn routes_to_outbox(&self, topic: &str, key: &[u8]) -> bool {
+        let s = self.state.lock();
+        s.active || (!s.blocked.is_empty() && s.blocked.contains(&(topic.to_owned(), key.to_vec())))
     }
     fn mark(&self) {
         let mut s = self.state.lock();
-        s.0 = true;
-        s.1 += 1;
+        s.active = true;
+        s.epoch += 1;
     }
     fn epoch(&self) -> u64 {
-        self.state.lock().1
+        self.state.lock().epoch
     }
-    fn clear_if_unchanged(&self, epoch: u64) -> bool {
+    /// Applies what the outbox holds (read after `epoch` was taken); true when this switched
+    /// submits back to Kafka.
+    fn update(&self, epoch: u64, pending: bool, blocked: HashSet<(String, Vec<u8>)>) -> bool {
         let mut s = self.state.lock();
-        let was = s.0;
-        if s.1 == epoch {
-            s.0 = false;
+        let was = s.active;
+        s.blocked = blocked;
+        if pending {
+            s.active = true;
+        } else if s.epoch == epoch {
+            s.active = false;
         }
-        was && !s.0
-    }
-    fn set_active(&self) {
-        self.state.lock().0 = true;
+        was && !s.active
     }
 }
 
@@ -150,7 +170,7 @@ impl Durable {
         if left().is_some_and(|l| l.is_zero()) {
             return Err(Refused::DeadlineExceeded("no time left".into()));
         }
-        let kafka_err = if self.sticky.active() {
+        let kafka_err = if self.sticky.routes_to_outbox(&rec.topic, &rec.key) {
             None
         } else {
             let reserve = self.producer.write_reserve();
@@ -164,7 +184,7 @@ impl Durable {
         };
         let reason = kafka_err
             .as_deref()
-            .unwrap_or("outbox backlog pending (sticky routing)");
+            .unwrap_or("outbox backlog pending or key blocked (sticky routing)");
         match self.park(&rec, task_id, kind, reason, deadline).await {
             Ok(id) => Ok(Accepted::Outbox(id)),
             Err(Park::Deadline) => Err(Refused::DeadlineExceeded(format!(
@@ -235,21 +255,24 @@ impl Durable {
         Ok(id)
     }
 
-    /// Re-reads whether the outbox has pending rows (also those written by other instances) and
-    /// updates sticky routing.
+    /// Re-reads what the outbox holds (also rows written by other instances) and updates
+    /// sticky routing.
     pub async fn refresh_sticky(&self) {
         let epoch = self.sticky.epoch();
-        match outbox_relay::has_pending(&self.pool).await {
-            Ok(true) => self.sticky.set_active(),
-            Ok(false) => {
-                if self.sticky.clear_if_unchanged(epoch) {
+        match outbox_relay::routing(&self.pool, BLOCKED_KEYS_MAX).await {
+            Ok(r) => {
+                let pending = r.pending || r.dead_overflow;
+                if self.sticky.update(epoch, pending, r.dead_keys) {
                     tracing::info!("outbox drained; submits go to kafka again");
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "outbox pending check failed"),
+            Err(e) => tracing::debug!(error = %e, "outbox routing check failed"),
         }
     }
 }
+
+/// Dead-blocked keys routed one by one; beyond that many, everything goes to the outbox.
+const BLOCKED_KEYS_MAX: u32 = 10_000;
 
 #[cfg(test)]
 mod tests {
@@ -261,9 +284,22 @@ mod tests {
         s.mark();
         let e = s.epoch();
         s.mark(); // a write lands while the check runs
-        assert!(!s.clear_if_unchanged(e));
+        assert!(!s.update(e, false, HashSet::new()));
         assert!(s.active());
-        assert!(s.clear_if_unchanged(s.epoch()));
+        assert!(s.update(s.epoch(), false, HashSet::new()));
         assert!(!s.active());
+    }
+
+    #[test]
+    fn a_key_blocked_behind_a_dead_row_keeps_going_to_the_outbox() {
+        let s = Sticky::default();
+        let dead: HashSet<_> = [("t".to_owned(), b"k".to_vec())].into();
+        s.update(s.epoch(), false, dead);
+        assert!(!s.active());
+        assert!(s.routes_to_outbox("t", b"k"));
+        assert!(!s.routes_to_outbox("t", b"j"));
+        assert!(!s.routes_to_outbox("u", b"k"));
+        s.update(s.epoch(), false, HashSet::new()); // requeued and published
+        assert!(!s.routes_to_outbox("t", b"k"));
     }
 }

@@ -113,6 +113,18 @@ static OUTBOX_RELAYED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["outcome"],
     )
 });
+static OUTBOX_BLOCKED_KEYS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new(
+                "dispatch_outbox_blocked_keys",
+                "Outbox keys whose oldest row cannot be published now (later rows wait behind it).",
+            ),
+            &["reason"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
 static OUTBOX_PURGED: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
         "dispatch_outbox_purged_total",
@@ -169,6 +181,9 @@ pub fn init() {
         let _ = OUTBOX_BACKLOG.with_label_values(&[s]);
     }
     OUTBOX_OLDEST.set(0.0);
+    for r in ["failing", "dead"] {
+        OUTBOX_BLOCKED_KEYS.with_label_values(&[r]).set(0);
+    }
     OUTBOX_PURGED.inc_by(0);
     for o in ["published", "failed"] {
         let _ = OUTBOX_RELAYED.with_label_values(&[o]);
@@ -246,7 +261,17 @@ pub fn outbox_backlog(b: &dispatch_store::outbox::Backlog) {
     OUTBOX_OLDEST.set(b.oldest_pending_age_seconds);
 }
 
-/// One relay transaction finished.
+/// Keys blocked behind a failing (in backoff) or dead row, as the relay leader read them.
+pub fn outbox_blocked_keys(failing: usize, dead: usize) {
+    OUTBOX_BLOCKED_KEYS
+        .with_label_values(&["failing"])
+        .set(failing as i64);
+    OUTBOX_BLOCKED_KEYS
+        .with_label_values(&["dead"])
+        .set(dead as i64);
+}
+
+/// One relay round finished.
 pub fn outbox_relayed(published: usize, failed: usize) {
     if failed > 0 {
         tracing::warn!(published, failed, "outbox relay batch had failures");

@@ -4,24 +4,34 @@
 //! already holds the producer (idempotent, same partitioner) and the Kafka breaker, and its sticky
 //! routing depends on the backlog draining; the processor stays a pure consumer.
 //!
-//! One relay runs at a time across all gateway instances: the leader holds a MySQL named lock
-//! (`GET_LOCK`, per database) on a dedicated connection for as long as it relays; the others retry
-//! taking it every `lock_retry_ms`, so a crashed leader (its connection closes, the lock goes) is
-//! replaced within seconds. The leader drains rows in id order, a key never overtaking its own
-//! older rows (`outbox_relay::relay_ordered`), and waits for librdkafka's definitive delivery
-//! report (no timeout of its own), so a row is re-published only if Kafka really refused it. A row
-//! that fails is retried with exponential backoff and marked `dead` after `max_attempts` (an
-//! alert: `dispatch_outbox_backlog_records{state="dead"}`). While the Kafka breaker is open the
-//! relay does not try, so an outage does not burn the rows' attempts.
+//! **One publisher at a time, fenced.** The leader holds a MySQL named lock (`GET_LOCK`, per
+//! database) on a dedicated connection ([`Fence`]); the others retry taking it every
+//! `lock_retry_ms`, so a crashed leader (its connection closes, the lock goes) is replaced within
+//! seconds. Before publishing any record the leader makes sure it still holds the lock, asking
+//! MySQL again when its last answer is older than `relay_fence_ms`; a new leader publishes
+//! nothing until `relay_lease_ms` after it took the lock. A leader that lost its lock therefore
+//! stops before it would publish another record, and before its successor starts.
 //!
-//! The leader also deletes published rows past `published_retention_ms`, every
-//! `purge_interval_ms`, a bounded batch per statement: without that the table only grows.
+//! **A row never loses its place.** Each round reads the keys blocked behind a failing or dead
+//! row and a window of due rows of the other keys (`dispatch_store::outbox_relay`, no row locks),
+//! and publishes each key's rows in id order, one at a time: the next only after librdkafka's
+//! definitive delivery report for the previous (no timeout of its own, so a row is re-published
+//! only if Kafka really refused it). The first failure ends the key's turn; its row is retried
+//! with exponential backoff and marked `dead` after `max_attempts` (an alert), and either way its
+//! key stays blocked, here and at the gateway's routing, until it is published or an operator
+//! requeues it. While Kafka is at risk (breaker open, all brokers down, stalled) the relay does
+//! not try, so an outage does not burn the rows' attempts.
+//!
+//! The leader also deletes published rows past `published_retention_ms` and idempotency keys
+//! past `idempotency.store_retention_ms`, every `purge_interval_ms`, a bounded batch per
+//! statement: without that the tables only grow.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use dispatch_store::outbox;
-use dispatch_store::outbox_relay;
+use dispatch_store::outbox_relay::{self, Verdict};
 use futures::future::join_all;
 use sqlx::MySqlConnection;
 use tokio_util::sync::CancellationToken;
@@ -41,7 +51,100 @@ pub fn backoff(s: &OutboxSettings, attempts: u32) -> Duration {
     Duration::from_millis(ms)
 }
 
-/// Publishes one batch of due rows. Returns (published, failed).
+/// The relay leader's lock, and the rule that fences its publishing.
+pub struct Fence {
+    conn: MySqlConnection,
+    /// When MySQL last said this connection holds the lock.
+    confirmed: Instant,
+    /// How stale that answer may be when a record is published.
+    recheck: Duration,
+    /// Nothing is published before this (a predecessor that lost the lock has stopped by then).
+    start: Instant,
+    lost: bool,
+}
+
+impl Fence {
+    /// Takes the lock if it is free, on a connection of its own (detached from the pool).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn acquire(
+        pool: &sqlx::MySqlPool,
+        s: &OutboxSettings,
+    ) -> Result<Option<Self>, String> {
+        let mut conn = pool.acquire().await.map_err(|e| e.to_string())?.detach();
+        match outbox_relay::try_relay_lock(&mut conn).await {
+            Ok(true) => {
+                let now = Instant::now();
+                Ok(Some(Self {
+                    conn,
+                    confirmed: now,
+                    recheck: Duration::from_millis(s.relay_fence_ms),
+                    start: now + Duration::from_millis(s.relay_lease_ms),
+                    lost: false,
+                }))
+            }
+            Ok(false) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Waits out the lease of a predecessor (or until `stop`).
+    pub async fn wait_lease(&self, stop: &CancellationToken) {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = tokio::time::sleep_until(self.start.into()) => {}
+        }
+    }
+
+    /// Whether this leader may publish a record now.
+    pub async fn check(&mut self) -> bool {
+        if self.lost || Instant::now() < self.start {
+            return false;
+        }
+        if self.confirmed.elapsed() < self.recheck {
+            return true;
+        }
+        let asked = Instant::now();
+        match outbox_relay::holds_relay_lock(&mut self.conn).await {
+            Ok(true) => {
+                self.confirmed = asked;
+                true
+            }
+            Ok(false) | Err(_) => {
+                self.lost = true;
+                false
+            }
+        }
+    }
+
+    /// Whether the lock was found lost.
+    pub fn lost(&self) -> bool {
+        self.lost
+    }
+
+    /// Releases the lock (best effort; closing the connection releases it too).
+    pub async fn release(mut self) {
+        let _ = outbox_relay::release_relay_lock(&mut self.conn).await;
+    }
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Round {
+    /// Rows acknowledged by Kafka.
+    pub published: usize,
+    /// Rows Kafka refused.
+    pub failed: usize,
+    /// The fence said stop: this instance is no longer the leader.
+    pub lost_lock: bool,
+}
+
+/// Keys read per round (blocked keys beyond it may take part in a window, where they are still
+/// recognised and skipped).
+const BLOCKED_KEYS_MAX: u32 = 1_000;
+
+/// One round: publishes the due rows of a window, key by key in id order, under `fence`.
 ///
 /// # Errors
 /// Database errors.
@@ -49,41 +152,74 @@ pub async fn relay_once(
     durable: &Durable,
     pool: &sqlx::MySqlPool,
     s: &OutboxSettings,
-) -> dispatch_store::Result<(usize, usize)> {
+    fence: &tokio::sync::Mutex<Fence>,
+) -> dispatch_store::Result<Round> {
     let producer = durable.producer();
-    if !producer.breaker().is_call_permitted() {
-        return Ok((0, 0));
+    if let Some(why) = producer.at_risk() {
+        tracing::debug!(why, "kafka at risk; the relay waits");
+        return Ok(Round::default());
     }
-    outbox_relay::relay_ordered(
-        pool,
-        s.relay_batch_size,
-        s.max_attempts,
-        |a| backoff(s, a),
-        |records| async move {
-            // Produced together (librdkafka keeps per-partition order); every report awaited.
-            let sends = records.into_iter().map(|r| async move {
-                let rec = OutRecord {
-                    topic: r.topic,
-                    key: r.key,
-                    value: r.value,
-                    headers: r.headers,
-                };
-                producer.send(&rec, "tasks").await
-            });
-            let results = join_all(sends).await;
-            let verdicts: Vec<Result<(), String>> = results
-                .into_iter()
-                .map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
-                .collect();
-            if verdicts.iter().any(Result::is_err) {
-                producer.breaker().on_error();
-            } else {
-                producer.breaker().on_success();
+    let now = Utc::now();
+    let blocked = outbox_relay::blocked_keys(pool, now, BLOCKED_KEYS_MAX).await?;
+    metrics::outbox_blocked_keys(blocked.failing.len(), blocked.dead.len());
+    let rows = outbox_relay::pending_window(pool, &blocked, now, s.relay_batch_size).await?;
+    if rows.is_empty() {
+        return Ok(Round::default());
+    }
+    // Each key's rows, in id order (the window is in id order).
+    let mut chains: Vec<Vec<outbox::OutboxRecord>> = Vec::new();
+    let mut chain_of: HashMap<(String, Vec<u8>), usize> = HashMap::new();
+    for r in rows {
+        let k = (r.topic.clone(), r.key.clone());
+        let i = *chain_of.entry(k).or_insert_with(|| {
+            chains.push(Vec::new());
+            chains.len() - 1
+        });
+        chains[i].push(r);
+    }
+    let runs = chains.into_iter().map(|chain| async move {
+        let mut verdicts = Vec::new();
+        for r in chain {
+            if !fence.lock().await.check().await {
+                break;
             }
-            verdicts
-        },
-    )
-    .await
+            let (id, attempts) = (r.id, r.attempts);
+            let rec = OutRecord {
+                topic: r.topic,
+                key: r.key,
+                value: r.value,
+                headers: r.headers,
+            };
+            let outcome = producer
+                .send(&rec, "tasks")
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let stop = outcome.is_err();
+            verdicts.push(Verdict {
+                id,
+                attempts,
+                outcome,
+            });
+            if stop {
+                break; // the key's next row waits for this one
+            }
+        }
+        verdicts
+    });
+    let verdicts: Vec<Verdict> = join_all(runs).await.into_iter().flatten().collect();
+    let (published, failed) =
+        outbox_relay::record_verdicts(pool, &verdicts, s.max_attempts, |a| backoff(s, a)).await?;
+    if failed > 0 {
+        producer.breaker().on_error();
+    } else if published > 0 {
+        producer.breaker().on_success();
+    }
+    Ok(Round {
+        published,
+        failed,
+        lost_lock: fence.lock().await.lost(),
+    })
 }
 
 /// Rows deleted per purge statement (each holds its row locks only that long).
@@ -115,33 +251,26 @@ pub async fn purge_published(
     }
 }
 
-async fn take_lock(pool: &sqlx::MySqlPool) -> Result<Option<MySqlConnection>, String> {
-    let mut conn = pool.acquire().await.map_err(|e| e.to_string())?.detach();
-    match outbox_relay::try_relay_lock(&mut conn).await {
-        Ok(true) => Ok(Some(conn)),
-        Ok(false) => Ok(None),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 /// Runs the relay until `stop`: leader election, draining, backlog metrics.
 pub async fn run(
     durable: Durable,
     pool: sqlx::MySqlPool,
     s: OutboxSettings,
+    idempotency_retention: Duration,
     stop: CancellationToken,
 ) {
     let idle = Duration::from_millis(s.relay_interval_ms.max(1));
     let retry = Duration::from_millis(s.lock_retry_ms.max(1));
     let purge_every = Duration::from_millis(s.purge_interval_ms.max(1));
     let mut purged_at: Option<Instant> = None;
-    let mut lock: Option<MySqlConnection> = None;
+    let mut fence: Option<tokio::sync::Mutex<Fence>> = None;
     while !stop.is_cancelled() {
-        let Some(conn) = lock.as_mut() else {
-            match take_lock(&pool).await {
-                Ok(Some(c)) => {
-                    tracing::info!("outbox relay leader");
-                    lock = Some(c);
+        let Some(leader) = fence.as_ref() else {
+            match Fence::acquire(&pool, &s).await {
+                Ok(Some(f)) => {
+                    tracing::info!(lease_ms = s.relay_lease_ms, "outbox relay leader");
+                    f.wait_lease(&stop).await;
+                    fence = Some(tokio::sync::Mutex::new(f));
                     continue;
                 }
                 Ok(None) => {}
@@ -150,19 +279,25 @@ pub async fn run(
             pause(&stop, retry).await;
             continue;
         };
-        if !matches!(outbox_relay::holds_relay_lock(conn).await, Ok(true)) {
-            tracing::warn!("outbox relay lock lost");
-            lock = None;
+        if !leader.lock().await.check().await {
+            tracing::warn!("outbox relay lock lost; publishing stopped");
+            fence = None;
             continue;
         }
-        let busy = match relay_once(&durable, &pool, &s).await {
-            Ok((0, 0)) => false,
-            Ok((published, failed)) => {
-                metrics::outbox_relayed(published, failed);
-                failed == 0
+        let busy = match relay_once(&durable, &pool, &s, leader).await {
+            Ok(round) => {
+                if round.published + round.failed > 0 {
+                    metrics::outbox_relayed(round.published, round.failed);
+                }
+                if round.lost_lock {
+                    tracing::warn!("outbox relay lock lost; publishing stopped");
+                    fence = None;
+                    continue;
+                }
+                round.published > 0 && round.failed == 0
             }
             Err(e) => {
-                tracing::warn!(error = %e, "outbox relay batch failed");
+                tracing::warn!(error = %e, "outbox relay round failed");
                 false
             }
         };
@@ -171,6 +306,9 @@ pub async fn run(
             match purge_published(&pool, &s).await {
                 Ok(n) => metrics::outbox_purged(n),
                 Err(e) => tracing::warn!(error = %e, "outbox purge failed"),
+            }
+            if let Err(e) = purge_idempotency_keys(&pool, idempotency_retention).await {
+                tracing::warn!(error = %e, "idempotency key purge failed");
             }
         }
         match outbox::backlog(&pool).await {
@@ -181,8 +319,8 @@ pub async fn run(
             pause(&stop, idle).await;
         }
     }
-    if let Some(mut conn) = lock {
-        let _ = outbox_relay::release_relay_lock(&mut conn).await;
+    if let Some(f) = fence {
+        f.into_inner().release().await;
         tracing::info!("outbox relay stopped");
     }
 }
@@ -193,6 +331,32 @@ pub async fn watch_sticky(durable: Durable, s: OutboxSettings, stop: Cancellatio
     while !stop.is_cancelled() {
         durable.refresh_sticky().await;
         pause(&stop, idle).await;
+    }
+}
+
+/// Deletes idempotency keys older than `retention` (0 keeps them). Returns how many. Past it, a
+/// resubmit still finds its task id (one task, one execution) but its parameters are no longer
+/// compared.
+///
+/// # Errors
+/// Database errors.
+pub async fn purge_idempotency_keys(
+    pool: &sqlx::MySqlPool,
+    retention: Duration,
+) -> dispatch_store::Result<u64> {
+    if retention.is_zero() {
+        return Ok(0);
+    }
+    let before = Utc::now()
+        .checked_sub_signed(chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX))
+        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+    let mut total = 0;
+    loop {
+        let n = dispatch_store::idempotency_keys::purge(pool, before, PURGE_BATCH).await?;
+        total += n;
+        if n < u64::from(PURGE_BATCH) {
+            return Ok(total);
+        }
     }
 }
 

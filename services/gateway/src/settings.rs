@@ -83,6 +83,9 @@ impl Settings {
         if self.outbox.max_attempts == 0 {
             return bad("outbox.max_attempts must be > 0");
         }
+        if self.outbox.relay_fence_ms >= self.outbox.relay_lease_ms {
+            return bad("outbox.relay_fence_ms must be below outbox.relay_lease_ms");
+        }
         if self.outbox.breaker_failures == 0 {
             return bad("outbox.breaker_failures must be > 0");
         }
@@ -191,6 +194,11 @@ pub struct OutboxSettings {
     pub relay_backoff_max_ms: u64,
     /// How often a non-leader retries taking the relay lock.
     pub lock_retry_ms: u64,
+    /// A new relay leader publishes nothing until this long after it took the lock, so a
+    /// predecessor that lost the lock has stopped (it checks at least every `relay_fence_ms`).
+    pub relay_lease_ms: u64,
+    /// How stale the leader's last "I hold the lock" answer may be when it publishes a record.
+    pub relay_fence_ms: u64,
     /// Published rows are deleted this long after publication (0 keeps them). Until the
     /// processor stored the task, its row is how the gateway recognises it without Redis.
     pub published_retention_ms: u64,
@@ -214,6 +222,8 @@ impl Default for OutboxSettings {
             relay_backoff_initial_ms: 500,
             relay_backoff_max_ms: 60_000,
             lock_retry_ms: 2_000,
+            relay_lease_ms: 2_000,
+            relay_fence_ms: 100,
             published_retention_ms: 86_400_000,
             purge_interval_ms: 60_000,
         }
@@ -227,6 +237,10 @@ pub struct IdempotencySettings {
     /// How long Redis remembers a (tenant, idempotency key); after that the store fallback and the
     /// processor's dedupe still hold.
     pub ttl_ms: u64,
+    /// How long MySQL keeps what a key was first submitted with (`idempotency_keys`); past it a
+    /// resubmit still finds its task id (one task, one execution) but parameters are not
+    /// compared. 0 keeps them. The relay leader purges.
+    pub store_retention_ms: u64,
     /// Consecutive Redis failures that open the Redis circuit breaker.
     pub breaker_failures: u32,
     /// How long the Redis breaker stays open before a trial call.
@@ -237,6 +251,7 @@ impl Default for IdempotencySettings {
     fn default() -> Self {
         Self {
             ttl_ms: 86_400_000,
+            store_retention_ms: 7 * 86_400_000,
             breaker_failures: 3,
             breaker_open_ms: 2_000,
         }

@@ -1,8 +1,10 @@
-//! The outbox: records the gateway accepted while Kafka was unreachable.
+//! The outbox: records the gateway accepted while Kafka was unavailable (submits and cancels).
 //!
-//! The gateway inserts one row per accepted record in its own transaction; the relay
-//! ([`crate::outbox_relay::relay_ordered`]) publishes them in id order, holding a key behind its
-//! oldest pending row, reschedules failures with backoff and marks a row `dead` after too many.
+//! The gateway inserts one row per accepted record in its own transaction; the relay publishes
+//! them per key in id order, each after the previous is acknowledged, and a key whose oldest row
+//! cannot be published stays blocked behind it ([`crate::outbox_relay`]): a failed row is
+//! retried with backoff and becomes `dead` after too many attempts, still blocking its key until
+//! an operator requeues it.
 
 use std::collections::BTreeMap;
 

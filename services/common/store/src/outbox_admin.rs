@@ -7,8 +7,9 @@ use sqlx::{MySql, MySqlPool, QueryBuilder, Row};
 use crate::tasks::text;
 use crate::{Result, StoreError};
 
-/// Row states.
-pub const STATES: [&str; 3] = ["pending", "dead", "published"];
+/// Row states. `discarded` is set by hand only (docs/runbook.md, DispatchOutboxKeyStuck): a dead
+/// row that can never be published, taken out of its key's way.
+pub const STATES: [&str; 4] = ["pending", "dead", "published", "discarded"];
 
 /// An outbox row without its record value and headers.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,11 +1,18 @@
-//! The gateway's outbox SQL beyond [`crate::outbox`]: a per-key ordered relay claim, the relay's
-//! leader lock, and the lookups the gateway's sticky routing and idempotency fallback need.
+//! The gateway's outbox SQL beyond [`crate::outbox`]: what the relay publishes next and what it
+//! records afterwards, the relay's leader lock, and the lookups the gateway's routing and
+//! idempotency fallback need.
 //!
-//! Why not [`crate::outbox::relay_batch`]: it claims every *due* row, so while an older row of a
-//! key waits out its backoff a newer row of the same key can be published first. The gateway
-//! promises per-key order across the outbox, so [`relay_ordered`] blocks a `(topic, key)` behind
-//! its oldest pending row: a row is published only when no older pending row of its key is still
-//! waiting.
+//! **A row never loses its place.** The relay publishes the rows of one `(topic, key)` strictly
+//! in id order, the next only after the previous is acknowledged. A key whose oldest row cannot
+//! be published is *blocked*: its head row waits out a backoff ([`blocked_keys`], `failing`), or
+//! is `dead` after too many attempts and waits for an operator (`dead`); either way no later row
+//! of the key is published before it ([`pending_window`] leaves blocked keys out), and the gateway
+//! routes new records of a dead-blocked key to the outbox too ([`routing`]).
+//!
+//! The relay claims nothing with row locks: only the leader publishes (a named lock, checked
+//! before every record, [`holds_relay_lock`]), reads a window of due rows, publishes, and
+//! records the verdicts in a short transaction ([`record_verdicts`]) that only touches rows still
+//! pending, so the gateway's outbox inserts never wait on a relay that waits on Kafka.
 
 use std::collections::{HashMap, HashSet};
 
@@ -26,6 +33,72 @@ pub async fn has_pending(pool: &MySqlPool) -> Result<bool> {
             .fetch_one(pool)
             .await?;
     Ok(n != 0)
+}
+
+/// What routes a new record: whether any pending row of an unblocked key waits (then every
+/// record goes to the outbox, behind it), and the keys blocked behind a dead row (their records
+/// go to the outbox whatever the rest does).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routing {
+    /// A pending row of a key without a dead row exists.
+    pub pending: bool,
+    /// `(topic, key)` of every dead row (at most `limit`; see `dead_overflow`).
+    pub dead_keys: HashSet<(String, Vec<u8>)>,
+    /// More dead keys than `limit`: route everything to the outbox.
+    pub dead_overflow: bool,
+}
+
+/// Reads [`Routing`] (one snapshot: a read-only transaction).
+///
+/// # Errors
+/// Database errors.
+pub async fn routing(pool: &MySqlPool, limit: u32) -> Result<Routing> {
+    let mut tx = pool.begin().await?;
+    let rows =
+        sqlx::query("SELECT DISTINCT topic, record_key FROM outbox WHERE state = 'dead' LIMIT ?")
+            .bind(limit.saturating_add(1))
+            .fetch_all(&mut *tx)
+            .await?;
+    let mut out = Routing::default();
+    for r in &rows {
+        out.dead_keys
+            .insert((r.try_get("topic")?, r.try_get("record_key")?));
+    }
+    if out.dead_keys.len() > limit as usize {
+        out.dead_overflow = true;
+        out.pending = true;
+        tx.commit().await?;
+        return Ok(out);
+    }
+    let mut qb: QueryBuilder<MySql> =
+        QueryBuilder::new("SELECT EXISTS(SELECT 1 FROM outbox WHERE state = 'pending'");
+    push_not_in(&mut qb, &out.dead_keys);
+    qb.push(" LIMIT 1)");
+    let (n,): (i64,) = qb.build_query_as().fetch_one(&mut *tx).await?;
+    out.pending = n != 0;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// ` AND (topic, record_key) NOT IN (...)` for a non-empty `keys`.
+fn push_not_in(qb: &mut QueryBuilder<'_, MySql>, keys: &HashSet<(String, Vec<u8>)>) {
+    if keys.is_empty() {
+        return;
+    }
+    qb.push(" AND (topic, record_key) NOT IN (");
+    let mut first = true;
+    for (topic, key) in keys {
+        if !first {
+            qb.push(", ");
+        }
+        first = false;
+        qb.push("(")
+            .push_bind(topic.clone())
+            .push(", ")
+            .push_bind(key.clone())
+            .push(")");
+    }
+    qb.push(")");
 }
 
 /// Where a task id is already known durably.
@@ -158,50 +231,91 @@ pub async fn release_relay_lock(conn: &mut MySqlConnection) -> Result<()> {
     Ok(())
 }
 
-/// Claims pending rows in id order (a window of `limit` rows), keeps those that are due and not
-/// behind an older pending row of the same `(topic, key)`, runs `publish` on them while holding
-/// the row locks, and applies its verdicts in the same transaction: published rows are marked
-/// `published`; failed rows get `attempts + 1`, `next_attempt_at = now + backoff(attempts)`, and
-/// become `dead` after `max_attempts`. Returns (published, failed).
+/// Keys whose oldest row cannot be published now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Blocked {
+    /// The head row failed and waits out its backoff.
+    pub failing: HashSet<(String, Vec<u8>)>,
+    /// A row is dead: the key waits for an operator (requeue).
+    pub dead: HashSet<(String, Vec<u8>)>,
+}
+
+impl Blocked {
+    /// Whether `(topic, key)` is blocked.
+    pub fn contains(&self, topic: &str, key: &[u8]) -> bool {
+        let k = (topic.to_owned(), key.to_vec());
+        self.failing.contains(&k) || self.dead.contains(&k)
+    }
+
+    /// Every blocked key.
+    pub fn all(&self) -> HashSet<(String, Vec<u8>)> {
+        self.failing.union(&self.dead).cloned().collect()
+    }
+}
+
+/// The keys blocked at `now` (at most `limit` of them): a dead row, or a pending row (its head:
+/// only heads are attempted) whose retry is not due yet.
 ///
 /// # Errors
-/// Database errors (the transaction rolls back and the rows stay pending).
-pub async fn relay_ordered<F, Fut>(
-    pool: &MySqlPool,
-    limit: u32,
-    max_attempts: u32,
-    backoff: impl Fn(u32) -> std::time::Duration,
-    publish: F,
-) -> Result<(usize, usize)>
-where
-    F: FnOnce(Vec<OutboxRecord>) -> Fut,
-    Fut: std::future::Future<Output = Vec<std::result::Result<(), String>>>,
-{
-    let mut tx = pool.begin().await?;
+/// Database errors.
+pub async fn blocked_keys(pool: &MySqlPool, now: DateTime<Utc>, limit: u32) -> Result<Blocked> {
     let rows = sqlx::query(
-        "SELECT id, task_id, topic, record_key, record_value, headers, attempts, created_at, next_attempt_at \
-         FROM outbox WHERE state = 'pending' ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
+        "SELECT DISTINCT topic, record_key, state FROM outbox \
+         WHERE state = 'dead' OR (state = 'pending' AND next_attempt_at > ?) LIMIT ?",
     )
+    .bind(now)
     .bind(limit)
-    .fetch_all(&mut *tx)
+    .fetch_all(pool)
     .await?;
-    let now = Utc::now();
-    let mut blocked: HashSet<(String, Vec<u8>)> = HashSet::new();
-    let mut records = Vec::new();
+    let mut out = Blocked::default();
+    for r in &rows {
+        let k = (r.try_get("topic")?, r.try_get("record_key")?);
+        let state: String = r.try_get("state")?;
+        if state == "dead" {
+            out.dead.insert(k);
+        } else {
+            out.failing.insert(k);
+        }
+    }
+    Ok(out)
+}
+
+/// The first `limit` pending rows in id order of the keys not in `blocked` (and not due later
+/// than `now`: a row in backoff blocks its key). Reads without locks: only the relay leader
+/// publishes, and [`record_verdicts`] touches only rows still pending.
+///
+/// # Errors
+/// Database errors; a corrupt row.
+pub async fn pending_window(
+    pool: &MySqlPool,
+    blocked: &Blocked,
+    now: DateTime<Utc>,
+    limit: u32,
+) -> Result<Vec<OutboxRecord>> {
+    let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
+        "SELECT id, task_id, topic, record_key, record_value, headers, attempts, created_at, next_attempt_at \
+         FROM outbox WHERE state = 'pending'",
+    );
+    push_not_in(&mut qb, &blocked.all());
+    qb.push(" ORDER BY id LIMIT ").push_bind(limit);
+    let rows = qb.build().fetch_all(pool).await?;
+    // A row of a key seen blocked in this window (not due) blocks the key's later rows too.
+    let mut late: HashSet<(String, Vec<u8>)> = HashSet::new();
+    let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
         let topic: String = r.try_get("topic")?;
         let key: Vec<u8> = r.try_get("record_key")?;
         let due: DateTime<Utc> = r.try_get("next_attempt_at")?;
         let route = (topic, key);
-        if blocked.contains(&route) {
+        if late.contains(&route) || blocked.contains(&route.0, &route.1) {
             continue;
         }
         if due > now {
-            blocked.insert(route);
+            late.insert(route);
             continue;
         }
         let (topic, key) = route;
-        records.push(OutboxRecord {
+        out.push(OutboxRecord {
             id: r.try_get("id")?,
             task_id: TaskId::from_slice(r.try_get::<Vec<u8>, _>("task_id")?.as_slice())
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?,
@@ -216,20 +330,48 @@ where
             created_at: r.try_get("created_at")?,
         });
     }
-    if records.is_empty() {
+    Ok(out)
+}
+
+/// The outcome of one publish attempt of a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Row id.
+    pub id: u64,
+    /// Its attempts before this one.
+    pub attempts: u32,
+    /// Acknowledged, or the error.
+    pub outcome: std::result::Result<(), String>,
+}
+
+/// Records publish outcomes in one short transaction, on rows still pending only (an operator,
+/// or a newer relay leader, may have moved a row on meanwhile): published rows are marked
+/// `published`; a failed row gets `attempts + 1` and `next_attempt_at = now + backoff(attempts)`
+/// (its key stays blocked until then), and becomes `dead` after `max_attempts` (its key stays
+/// blocked until an operator requeues it). Returns (published, failed).
+///
+/// # Errors
+/// Database errors (nothing recorded: published rows are published again later, which the
+/// processor dedupes by task id; failed rows are retried at once).
+pub async fn record_verdicts(
+    pool: &MySqlPool,
+    verdicts: &[Verdict],
+    max_attempts: u32,
+    backoff: impl Fn(u32) -> std::time::Duration,
+) -> Result<(usize, usize)> {
+    if verdicts.is_empty() {
         return Ok((0, 0));
     }
-    let meta: Vec<(u64, u32)> = records.iter().map(|r| (r.id, r.attempts)).collect();
-    let verdicts = publish(records).await;
     let now = Utc::now();
+    let mut tx = pool.begin().await?;
     let mut published: Vec<u64> = Vec::new();
     let mut failed = 0;
-    for ((id, attempts), verdict) in meta.into_iter().zip(verdicts) {
-        match verdict {
-            Ok(()) => published.push(id),
+    for v in verdicts {
+        match &v.outcome {
+            Ok(()) => published.push(v.id),
             Err(e) => {
                 failed += 1;
-                let attempts = attempts + 1;
+                let attempts = v.attempts + 1;
                 let state = if attempts >= max_attempts {
                     "dead"
                 } else {
@@ -237,13 +379,14 @@ where
                 };
                 let next = now + chrono::Duration::from_std(backoff(attempts)).unwrap_or_default();
                 sqlx::query(
-                    "UPDATE outbox SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
+                    "UPDATE outbox SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ? \
+                     WHERE id = ? AND state = 'pending'",
                 )
                 .bind(state)
                 .bind(attempts)
                 .bind(next)
                 .bind(e.chars().take(1024).collect::<String>())
-                .bind(id)
+                .bind(v.id)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -252,7 +395,8 @@ where
     for chunk in published.chunks(500) {
         let marks = vec!["?"; chunk.len()].join(",");
         let sql = format!(
-            "UPDATE outbox SET state = 'published', published_at = ?, attempts = attempts + 1 WHERE id IN ({marks})"
+            "UPDATE outbox SET state = 'published', published_at = ?, attempts = attempts + 1 \
+             WHERE state = 'pending' AND id IN ({marks})"
         );
         let mut q = sqlx::query(&sql).bind(now);
         for id in chunk {

@@ -10,4 +10,5 @@ mod harness;
 mod idempotency;
 mod outage;
 mod outbox;
+mod relay;
 mod submit;

@@ -4,13 +4,21 @@
 //! DEADLINE_EXCEEDED with nothing written.
 //!
 //! Outages are made without touching the shared broker: a "black hole" (a listener that accepts
-//! and never answers: reachable but stalled).
+//! and never answers: reachable but stalled) or librdkafka's in-process mock cluster, whose
+//! broker can be taken down and brought back while the gateway runs (the real broker advertises
+//! its own address, so a TCP proxy in front of it would only see the bootstrap connection).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use dispatch_core::Priority;
 use dispatch_gateway::Settings;
 use dispatch_proto::v1 as pb;
-use dispatch_testkit::TestEnv;
+use dispatch_testkit::{TestEnv, consume_until, eventually};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use tokio::net::TcpListener;
 use tonic::Code;
 
@@ -128,6 +136,137 @@ async fn a_stalled_kafka_sends_submits_to_the_outbox_without_waiting_out_the_pro
         start.elapsed()
     );
     assert_eq!(outbox_rows(&env).await?, 20);
+    gw.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}
+
+/// The mock cluster's task topics, as the gateway names them.
+fn mock_topics(mock: &MockCluster<'static, DefaultProducerContext>, env: &TestEnv) {
+    for p in Priority::ALL {
+        mock.create_topic(&env.topics().tasks(p), 3, 1)
+            .expect("mock topic");
+    }
+}
+
+fn mock_consumer(env: &TestEnv, bootstrap: &str, topic: &str) -> anyhow::Result<StreamConsumer> {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("outage-{}", env.id))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    c.subscribe(&[topic])?;
+    Ok(c)
+}
+
+#[tokio::test]
+async fn a_broker_outage_refuses_no_submit_and_loses_none() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let mock = MockCluster::new(1)?;
+    mock_topics(&mock, &env);
+    let mut s = settings(&env);
+    s.kafka.brokers = mock.bootstrap_servers();
+    s.kafka.message_timeout_ms = 10_000;
+    // The defaults, except a shorter stall rule than production's (the run is short).
+    s.outbox.produce_stall_ms = 500;
+    let gw = Running::start(s).await?;
+    let client = gw.client().await?;
+    // Healthy first.
+    let warm = client
+        .clone()
+        .submit_task(submit(spec("warm", b"x"), KEY_A))
+        .await?
+        .into_inner();
+    assert_eq!(warm.accepted_via, pb::AcceptedVia::Kafka as i32);
+
+    // 10 keys, each submitting in sequence (so each key's order is defined) every 50 ms for 6 s,
+    // every call with a 2 s deadline; the broker is down from 1.5 s to 4 s.
+    let run = Duration::from_secs(6);
+    let started = Instant::now();
+    let load = (0..10).map(|k| {
+        let mut c = client.clone();
+        async move {
+            let mut out = Vec::new();
+            let mut i = 0;
+            while started.elapsed() < run {
+                let mut req = submit(spec(&format!("acct-{k}"), format!("{i}").as_bytes()), KEY_A);
+                req.set_timeout(Duration::from_secs(2));
+                let t = Instant::now();
+                let r = c.submit_task(req).await.map(tonic::Response::into_inner);
+                out.push((r, t.elapsed()));
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (k, out)
+        }
+    });
+    let outage = async {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        mock.broker_down(1).expect("broker down");
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        mock.broker_up(1).expect("broker up");
+    };
+    let (results, ()) = tokio::join!(futures::future::join_all(load), outage);
+
+    let mut order: HashMap<String, Vec<String>> = HashMap::new();
+    let (mut latencies, mut via_outbox, mut refused) = (Vec::new(), 0, Vec::new());
+    for (k, out) in results {
+        for (r, took) in out {
+            latencies.push(took);
+            match r {
+                Ok(resp) => {
+                    if resp.accepted_via == pb::AcceptedVia::Outbox as i32 {
+                        via_outbox += 1;
+                    }
+                    order
+                        .entry(format!("acct-{k}"))
+                        .or_default()
+                        .push(resp.task_id);
+                }
+                Err(e) => refused.push(format!("{:?}: {}", e.code(), e.message())),
+            }
+        }
+    }
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    let accepted: usize = order.values().map(Vec::len).sum();
+    eprintln!(
+        "outage run: {accepted} accepted ({via_outbox} via the outbox), {} refused, p99 {p99:?}, max {:?}",
+        refused.len(),
+        latencies.last()
+    );
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    assert!(via_outbox > 0, "the outage sent submits to the outbox");
+    assert!(p99 < Duration::from_millis(1_500), "p99 {p99:?}");
+
+    // Everything accepted reaches Kafka once the broker is back, in each key's order.
+    let consumer = mock_consumer(
+        &env,
+        &mock.bootstrap_servers(),
+        &env.topics().tasks(Priority::Default),
+    )?;
+    let wanted: usize = accepted + 1;
+    let records = consume_until(&consumer, Duration::from_secs(60), |r| {
+        let ids: std::collections::HashSet<_> = r.iter().filter_map(task_id_of).collect();
+        ids.len() >= wanted
+    })
+    .await?;
+    for (key, ids) in &order {
+        let mut seen = std::collections::HashSet::new();
+        let got: Vec<String> = records
+            .iter()
+            .filter(|r| r.key == key.as_bytes())
+            .filter_map(task_id_of)
+            .filter(|id| seen.insert(id.clone()))
+            .collect();
+        assert_eq!(&got, ids, "order of {key} (first copy of each task)");
+    }
+    eventually("outbox drained", Duration::from_secs(30), || async {
+        let b = dispatch_store::outbox::backlog(&env.pool).await.ok()?;
+        (b.pending == 0).then_some(())
+    })
+    .await?;
     gw.stop().await?;
     env.cleanup().await;
     Ok(())
