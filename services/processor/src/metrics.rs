@@ -128,6 +128,13 @@ pub static EVENTS: LazyLock<IntCounter> = LazyLock::new(|| {
         "State-change events produced.",
     )
 });
+/// `dispatch_events_republished_total`.
+pub static EVENTS_REPAIRED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "dispatch_events_republished_total",
+        "Events published again because the task's row had moved past what an acknowledged event carried (another instance's event landed first).",
+    )
+});
 /// `dispatch_db_batch_size_rows`.
 pub static BATCH_ROWS: LazyLock<Histogram> = LazyLock::new(|| {
     register(def(Histogram::with_opts(
@@ -295,6 +302,7 @@ pub fn init(task_types: &[String]) {
     LazyLock::force(&DB_WRITE);
     LazyLock::force(&DB_WRITE_ERRORS);
     LazyLock::force(&FENCED);
+    LazyLock::force(&EVENTS_REPAIRED);
     for p in ["critical", "default", "low"] {
         START_DELAY.with_label_values(&[p]);
     }

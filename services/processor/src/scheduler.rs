@@ -176,43 +176,53 @@ impl Scheduler {
                 // The submit's trace, kept with the SCHEDULED row; else the tick's own (if any).
                 let trace = if t.trace.is_empty() { tick_trace } else { &t.trace };
                 let pending = row.is_some_and(|r| r.task.state == pb::TaskState::Pending as i32);
-                if let Some(row) = row.filter(|_| pending) {
-                    let key = t.task_id.to_string();
-                    let value = crate::writer::snapshot_event(row.task.clone()).encode_to_vec();
-                    let headers = crate::writer::event_headers(trace, &key);
-                    let topic = self.topics.events();
-                    if let Err(e) = self
-                        .producer
-                        .send("events", &topic, key.as_bytes(), &value, &headers)
-                        .await
-                    {
-                        tracing::warn!(task_id = %t.task_id, error = %e, "cannot publish the pending event; the task is published again later");
-                        return false;
-                    }
-                    crate::metrics::EVENTS.inc();
-                } else {
-                    // Moved on meanwhile (cancelled, or already running): nothing to publish.
-                    return false;
+                // Moved on meanwhile (cancelled, or already running): nothing to publish.
+                let Some(row) = row.filter(|_| pending) else {
+                    return (false, None);
+                };
+                let key = t.task_id.to_string();
+                let value = crate::writer::snapshot_event(row.task.clone()).encode_to_vec();
+                let headers = crate::writer::event_headers(trace, &key);
+                let topic = self.topics.events();
+                if let Err(e) = self
+                    .producer
+                    .send("events", &topic, key.as_bytes(), &value, &headers)
+                    .await
+                {
+                    tracing::warn!(task_id = %t.task_id, error = %e, "cannot publish the pending event; the task is published again later");
+                    return (false, None);
                 }
+                crate::metrics::EVENTS.inc();
+                let event = Some(crate::writer::Published {
+                    key,
+                    version: row.task.version,
+                    headers,
+                });
                 let mut h = env.headers();
                 for (k, v) in trace {
                     h.set(k, v.as_bytes());
                 }
                 let topic = self.topics.tasks(env.priority);
                 match self.producer.send("tasks", &topic, env.key(), &env.encode(), &h).await {
-                    Ok(_) => true,
+                    Ok(_) => (true, event),
                     Err(e) => {
                         tracing::warn!(task_id = %t.task_id, error = %e, "cannot publish due task; published again later");
-                        false
+                        (false, event)
                     }
                 }
             }
         });
-        let published = futures::future::join_all(sends)
-            .await
-            .into_iter()
-            .filter(|ok| *ok)
-            .count();
+        let (sent, events): (Vec<bool>, Vec<Option<crate::writer::Published>>) =
+            futures::future::join_all(sends).await.into_iter().unzip();
+        let published = sent.into_iter().filter(|ok| *ok).count();
+        // A cancel's event (another producer) may have landed before this PENDING event.
+        crate::writer::settle(
+            &self.producer,
+            &self.pool,
+            &self.topics.events(),
+            events.into_iter().flatten().collect(),
+        )
+        .await;
         let retried = self.publish_retries(&retries, &mut invalid_later).await;
         if !invalid_later.is_empty() {
             let mut conn = self.pool.acquire().await?;

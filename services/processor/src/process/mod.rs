@@ -188,7 +188,7 @@ impl Processor {
     /// Finishes once `committed` resolves, or abandons if the writer gave up.
     async fn finish_after(&self, lease: &Lease, committed: Committed) {
         match committed.await {
-            Ok(()) => self.finish(lease),
+            Ok(_) => self.finish(lease),
             Err(_) => self.abandon(lease),
         }
     }

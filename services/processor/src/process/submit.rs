@@ -68,6 +68,13 @@ pub fn already_past(stored: &StateVersion, env: &Envelope, fence: u64) -> bool {
     !(mine || version::may_overwrite(stored.stamp(), running))
 }
 
+/// A [`Committed`] that is already resolved (nothing to persist: the record is done).
+fn done_now() -> Committed {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let _ = tx.send(true);
+    rx
+}
+
 /// The message of a handler's panic.
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
@@ -247,7 +254,34 @@ impl Processor {
             .observe(d.lease.polled_at.elapsed().as_secs_f64());
         SLOT_WAIT.observe(waited.elapsed().as_secs_f64());
         let running = write_of(env, TaskState::Running, a, TaskState::Running.version(g, a));
-        drop(self.writer.write(running, None, trace.clone()).await);
+        let claim = self.writer.write(running, None, trace.clone()).await;
+        // A retry or a redrive comes from another partition than the task's cancels, possibly
+        // on another instance: its RUNNING is a claim, awaited before the handler starts, so a
+        // task whose terminal state (a cancel) is committed never starts again. A first attempt
+        // shares its partition with its cancels, which this process sees first (the cancel set
+        // below): its RUNNING stays unawaited and coalesces with the outcome of a quick task.
+        if a > 1 || g > 0 {
+            match claim.await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!("the task moved on before this attempt started; skipped");
+                    return Some(done_now());
+                }
+                Err(_) => return None,
+            }
+        } else {
+            drop(claim);
+        }
+        if self.is_cancelled(env.task_id, tenant) {
+            tracing::info!("task cancelled before it ran");
+            let w = write_of(
+                env,
+                TaskState::Cancelled,
+                a.saturating_sub(1),
+                TaskState::Cancelled.version(g, 0),
+            );
+            return Some(self.writer.write(w, None, trace).await);
+        }
         let started_at = Utc::now();
         let t0 = Instant::now();
         let ctx = HandlerContext {

@@ -12,7 +12,7 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::Batch;
-use crate::metrics::{EVENTS, FINISHED};
+use crate::metrics::{EVENTS, EVENTS_REPAIRED, FINISHED};
 use crate::produce::Producer;
 
 /// An enqueued event: its acknowledgement, and what a re-send needs.
@@ -22,6 +22,7 @@ pub(super) struct PendingEvent {
         Result<crate::produce::Delivered, rdkafka::error::KafkaError>,
     >,
     key: String,
+    version: u64,
     headers: Headers,
 }
 
@@ -47,9 +48,15 @@ pub(super) fn enqueue_events(
             }
             let key = ev.task_id.clone();
             let headers = event_headers(trace, &key);
+            let version = ev.version;
             let value = ev.encode_to_vec();
             let ack = producer.enqueue("events", topic, key.as_bytes(), &value, &headers);
-            PendingEvent { ack, key, headers }
+            PendingEvent {
+                ack,
+                key,
+                version,
+                headers,
+            }
         })
         .collect()
 }
@@ -70,70 +77,145 @@ pub(crate) fn event_headers(trace: &[(String, String)], task_id: &str) -> Header
 }
 
 /// Waits for the batch's events, then wakes its waiters. An event that failed is sent again as
-/// the task's *current* row (read back from MySQL), never as the old value: a re-send may land
-/// after a newer event of the task, and the last event of a task must always equal its row. It is
-/// re-sent until it is acknowledged; only a hard stop gives up, leaving the waiters unreleased so
-/// the records are read (and their events published) again.
+/// the task's *current* row (read back from MySQL), never as the old value, until it is
+/// acknowledged. Then [`settle`] makes sure no event of the batch became a task's stale last
+/// event. Only a hard stop gives up, leaving the waiters unreleased so the records are read (and
+/// their events published) again.
 pub(super) async fn release_after(
     producer: Producer,
     pool: MySqlPool,
     topic: String,
     batch: Batch,
+    landed: Vec<bool>,
     pending: Vec<PendingEvent>,
     abort: CancellationToken,
 ) {
     let acks = pending.into_iter().map(|p| {
         let (producer, pool, topic) = (producer.clone(), pool.clone(), topic.clone());
         async move {
-            let mut result = p.ack.await.map(|_| ()).map_err(|e| e.to_string());
+            let mut result = p.ack.await.map(|_| p.version).map_err(|e| e.to_string());
             let mut delay = Duration::from_millis(100);
-            let headers = p.headers;
-            while let Err(e) = result {
-                tracing::warn!(error = %e, task_id = %p.key, "state-change event not delivered; sending the task's current row again");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-                result = resend_current(&producer, &pool, &topic, &p.key, &headers).await;
+            loop {
+                match result {
+                    Ok(version) => {
+                        EVENTS.inc();
+                        return Published {
+                            key: p.key,
+                            version,
+                            headers: p.headers,
+                        };
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, task_id = %p.key, "state-change event not delivered; sending the task's current row again");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                        result = resend_current(&producer, &pool, &topic, &p.key, &p.headers).await;
+                    }
+                }
             }
-            EVENTS.inc();
         }
     });
     // The producer has no delivery timeout (Kafka down: it retries in order until Kafka is back),
     // so a hard stop must be able to give up waiting: the waiters are dropped unreleased and
     // their records are read again after the restart.
+    let done = async {
+        let published = futures::future::join_all(acks).await;
+        settle(&producer, &pool, &topic, published).await;
+    };
     tokio::select! {
-        _ = futures::future::join_all(acks) => {}
+        () = done => {}
         () = abort.cancelled() => {
             tracing::warn!(rows = batch.len(), "stopping before the batch's events were acknowledged; its records will be read again");
             return;
         }
     }
-    for e in batch.entries {
+    for (e, landed) in batch.entries.into_iter().zip(landed) {
         for w in e.waiters {
-            let _ = w.send(());
+            let _ = w.send(landed);
         }
     }
 }
 
-/// Publishes the task's row as it is now and waits for the acknowledgement.
+/// An acknowledged event: the task (its id, the record key), the version it carried, and its
+/// headers.
+pub(crate) struct Published {
+    /// Task id (the record key).
+    pub key: String,
+    /// Version the event carried.
+    pub version: u64,
+    /// Headers it was sent with.
+    pub headers: Headers,
+}
+
+/// Makes the last event of each task in `published` equal its row. Several processes publish
+/// one task's events (the instance that ran attempt 1, the one that ran its retry, the
+/// scheduler), so an acknowledged event may have landed after a newer one. After its events are
+/// acknowledged, a publisher reads the rows; where a row is newer than what it published, it
+/// publishes the row as it is now and checks again. Every publisher does this after every
+/// acknowledgement, so whichever event lands last, its publisher sees the latest row afterwards,
+/// and the topic ends with it.
+pub(crate) async fn settle(
+    producer: &Producer,
+    pool: &MySqlPool,
+    topic: &str,
+    mut published: Vec<Published>,
+) {
+    let mut delay = Duration::from_millis(100);
+    while !published.is_empty() {
+        let ids: Vec<dispatch_core::TaskId> = published
+            .iter()
+            .filter_map(|p| p.key.parse().ok())
+            .collect();
+        let stored = match dispatch_store::tasks::states(pool, &ids).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read back the rows of published events; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let newer: std::collections::HashMap<String, u64> = stored
+            .into_iter()
+            .filter(|(_, s)| !s.placeholder)
+            .map(|(id, s)| (id.to_string(), s.version))
+            .collect();
+        published.retain(|p| newer.get(&p.key).is_some_and(|v| *v != p.version));
+        for p in &mut published {
+            EVENTS_REPAIRED.inc();
+            match resend_current(producer, pool, topic, &p.key, &p.headers).await {
+                Ok(v) => p.version = v,
+                Err(e) => {
+                    tracing::warn!(error = %e, task_id = %p.key, "cannot publish the task's current row; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+/// Publishes the task's row as it is now, waits for the acknowledgement and returns the version
+/// it carried.
 async fn resend_current(
     producer: &Producer,
     pool: &MySqlPool,
     topic: &str,
     key: &str,
     headers: &Headers,
-) -> Result<(), String> {
+) -> Result<u64, String> {
     let id: dispatch_core::TaskId = key.parse().map_err(|e| format!("{e}"))?;
     let snap = dispatch_store::tasks::snapshots(pool, &[id])
         .await
         .map_err(|e| e.to_string())?;
     let Some(task) = snap.into_iter().next().map(|s| s.task) else {
-        return Ok(());
+        return Ok(0);
     };
+    let version = task.version;
     let value = snapshot_event(task).encode_to_vec();
     producer
         .send("events", topic, key.as_bytes(), &value, headers)
         .await
-        .map(|_| ())
+        .map(|_| version)
         .map_err(|e| e.to_string())
 }
 

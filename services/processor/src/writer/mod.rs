@@ -37,8 +37,8 @@ use dispatch_proto::v1 as pb;
 
 mod events;
 
-pub(crate) use events::event_headers;
 pub use events::snapshot_event;
+pub(crate) use events::{Published, event_headers, settle};
 use events::{enqueue_events, release_after};
 
 /// One state change to persist.
@@ -50,8 +50,9 @@ pub struct WriteRequest {
     pub attempt: Option<AttemptRow>,
     /// Trace headers for the event.
     pub trace: Vec<(String, String)>,
-    /// Released once committed and published; dropped (error) if the writer gives up.
-    pub done: Option<oneshot::Sender<()>>,
+    /// Released once committed and published (with whether the entry's write landed); dropped
+    /// (error) if the writer gives up.
+    pub done: Option<oneshot::Sender<bool>>,
     /// A RETRYING write whose next attempt waits in MySQL: when it is due.
     pub retry_due: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -62,8 +63,9 @@ pub struct Writer {
     tx: mpsc::Sender<WriteRequest>,
 }
 
-/// Resolves when a write is durable; an error means it was not persisted (shutdown).
-pub type Committed = oneshot::Receiver<()>;
+/// Resolves when a write is durable: `true` if it landed, `false` if the fence dropped it (the task
+/// had moved on); an error means it was not persisted (shutdown).
+pub type Committed = oneshot::Receiver<bool>;
 
 impl Writer {
     /// Queues a write; the returned receiver resolves once it is committed and published.
@@ -137,7 +139,7 @@ struct Entry {
     retry_due: Option<chrono::DateTime<chrono::Utc>>,
     attempts: Vec<AttemptRow>,
     trace: Vec<(String, String)>,
-    waiters: Vec<oneshot::Sender<()>>,
+    waiters: Vec<oneshot::Sender<bool>>,
 }
 
 /// A batch being collected, coalesced by task id.
@@ -280,6 +282,7 @@ async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTr
             // (compacted) events topic in version order; waiting for their acknowledgements and
             // waking the waiters overlaps with later batches.
             let topic = cfg.topics.events();
+            let flags: Vec<bool> = landed.iter().map(Option::is_some).collect();
             let pending = enqueue_events(&cfg.producer, &topic, &batch, landed);
             let _ = enqueued.send(());
             acks2.spawn(release_after(
@@ -287,6 +290,7 @@ async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTr
                 cfg.pool.clone(),
                 topic,
                 batch,
+                flags,
                 pending,
                 cfg.abort.clone(),
             ));
