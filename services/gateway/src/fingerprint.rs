@@ -4,14 +4,16 @@
 //! One 8-byte hash per compared field, so a conflict names the field that differs without the
 //! parameters themselves being stored: the payload never leaves MySQL's `tasks` row and the
 //! record. The fields are those that decide what runs and when: business key, task type, priority,
-//! payload, `run_at`, `deadline` and the effective retry policy (so an omitted policy and the
-//! explicit defaults are the same). The tenant and the key are the identity, not parameters.
+//! payload, `run_at`, `deadline`, the effective retry policy (so an omitted policy and the
+//! explicit defaults are the same) and the per-task `timeout_ms`. The tenant and the key are the
+//! identity, not parameters. New fields are appended: a fingerprint stored before compares on
+//! the fields it has.
 
 use dispatch_core::NewTask;
 use sha2::{Digest, Sha256};
 
 /// Names of the compared fields, in fingerprint order (as in `TaskSpec`).
-pub const FIELDS: [&str; 7] = [
+pub const FIELDS: [&str; 8] = [
     "business_key",
     "task_type",
     "priority",
@@ -19,6 +21,7 @@ pub const FIELDS: [&str; 7] = [
     "run_at",
     "deadline",
     "retry_policy",
+    "timeout_ms",
 ];
 
 /// Encoding version (first byte).
@@ -76,6 +79,10 @@ impl Fingerprint {
                 hash(FIELDS[4], &[&time(t.run_at)]),
                 hash(FIELDS[5], &[&time(t.deadline)]),
                 hash(FIELDS[6], &[&retry]),
+                hash(
+                    FIELDS[7],
+                    &[&t.timeout_ms.map(u32::to_be_bytes).unwrap_or_default()],
+                ),
             ],
             len: FIELDS.len(),
         }
@@ -182,6 +189,7 @@ mod tests {
                     })
                 }),
             ),
+            ("timeout_ms", Box::new(|s| s.timeout_ms = 5_000)),
         ];
         for (field, edit) in cases {
             let other = Fingerprint::of(&task(|s| edit(s)));

@@ -112,7 +112,7 @@ impl Gateway {
                 task: &task,
                 fingerprint,
             }];
-            let claim = self.idempotency.claim_many(&keyed).await.pop();
+            let claim = self.idempotency.claim_many(&keyed, deadline).await.pop();
             (claim, Some(fingerprint))
         } else {
             (None, None)
@@ -140,6 +140,13 @@ impl Gateway {
                 metrics::submit("conflict");
                 tracing::info!(task_id = %c.task_id, fields = ?c.fields, "idempotency key reused with other parameters");
                 return Err(GatewayError::Conflict(c));
+            }
+            Some(Claim::Unchecked) => {
+                metrics::submit("unavailable");
+                return Err(GatewayError::StoreUnavailable(
+                    "cannot check the idempotency key: redis and mysql are unavailable; retry"
+                        .into(),
+                ));
             }
             Some(Claim::Fresh { redis_key }) => redis_key,
         };
@@ -275,7 +282,7 @@ impl Gateway {
                     _ => None,
                 })
                 .collect();
-            let got = self.idempotency.claim_many(&keyed).await;
+            let got = self.idempotency.claim_many(&keyed, deadline).await;
             for (&i, c) in keyed_idx.iter().zip(got) {
                 claims[i] = Some(c);
             }

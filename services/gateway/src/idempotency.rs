@@ -17,16 +17,18 @@
 //! 2. MySQL, always (Redis may forget, fail or be flushed): the key is bound to its fingerprint in
 //!    `idempotency_keys` before the task is made durable (`dispatch_store::idempotency_keys`); a
 //!    key bound to another fingerprint is a conflict, on every instance and with Redis down.
-//!    MySQL failing does not refuse the submit (Redis, if up, still compares).
-//! 3. Unless Redis vouched that this is the first submit, the task id is looked up in MySQL
-//!    (`tasks`, then the outbox): found is a duplicate; not found is produced (at worst a second
-//!    record of the same task id, which the processor dedupes).
+//!    MySQL failing (or slower than `idempotency.store_timeout_ms`) does not refuse the submit
+//!    when Redis compared; when neither could, the submit is refused with UNAVAILABLE rather
+//!    than risk accepting a conflicting reuse of its key.
+//! 3. Unless Redis vouched that this is the first submit, or the key was bound just now, the task
+//!    id is looked up in MySQL (`tasks`, then the outbox): found is a duplicate; not found is
+//!    produced (at worst a second record of the same task id, which the processor dedupes).
 //!
 //! A batch binds all its keys in one statement; items of one batch with the same key are
 //! settled by the gateway before any of this (the first item's answer).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dispatch_core::{IdempotencyKey, NewTask, TaskId, Tenant};
 use dispatch_proto::v1 as pb;
@@ -37,6 +39,7 @@ use futures::future::join_all;
 use parking_lot::RwLock;
 use prost::Message;
 use redis::aio::ConnectionManager;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::breaker::{self, Breaker};
 use crate::fingerprint::Fingerprint;
@@ -101,6 +104,8 @@ pub enum Claim {
     Duplicate(pb::SubmitTaskResponse),
     /// The key was first used with other parameters: refuse.
     Conflict(Conflict),
+    /// Neither Redis nor MySQL could compare the parameters: refuse (UNAVAILABLE).
+    Unchecked,
 }
 
 /// A key reused with other parameters.
@@ -141,8 +146,88 @@ enum RedisSays {
     Duplicate(pb::SubmitTaskResponse),
     /// Bound to other parameters.
     Conflict(Vec<&'static str>),
-    /// Redis cannot tell (down, slow, or only a pending marker).
+    /// Same parameters, but only the pending marker: the first submit is in flight (or failed
+    /// and its key could not be released), so Redis cannot vouch that the task was accepted.
+    Pending,
+    /// Redis cannot tell (down, slow, breaker open): it compared nothing.
     Unknown,
+}
+
+/// Binds keys in MySQL for every submit of this instance together: a submit's keys join the
+/// next statement (up to [`BIND_BATCH_MAX`] keys), and at most [`BIND_STATEMENTS`] statements run
+/// at once. Under load that is a statement per few milliseconds instead of one per keyed submit,
+/// so the check does not take the pool the outbox and the relay need.
+#[derive(Clone)]
+struct Binder {
+    tx: mpsc::Sender<BindRequest>,
+}
+
+struct BindRequest {
+    keys: Vec<Binding>,
+    reply: oneshot::Sender<Result<Vec<Bound>, String>>,
+}
+
+/// Keys per binding statement, at most (a request is never split).
+const BIND_BATCH_MAX: usize = 500;
+/// Binding statements in flight, at most.
+const BIND_STATEMENTS: usize = 4;
+
+impl Binder {
+    /// Starts the binding task (it ends when every clone is dropped).
+    fn spawn(pool: sqlx::MySqlPool) -> Self {
+        let (tx, mut rx) = mpsc::channel::<BindRequest>(4_096);
+        let permits = Arc::new(Semaphore::new(BIND_STATEMENTS));
+        tokio::spawn(async move {
+            loop {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let Some(first) = rx.recv().await else { return };
+                let mut n = first.keys.len();
+                let mut reqs = vec![first];
+                while n < BIND_BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(r) => {
+                            n += r.keys.len();
+                            reqs.push(r);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let all: Vec<Binding> = reqs.iter().flat_map(|r| r.keys.clone()).collect();
+                    match idempotency_keys::bind(&pool, &all).await {
+                        Ok(bound) => {
+                            let mut it = bound.into_iter();
+                            for r in reqs {
+                                let part = it.by_ref().take(r.keys.len()).collect();
+                                let _ = r.reply.send(Ok(part));
+                            }
+                        }
+                        Err(e) => {
+                            let e = e.to_string();
+                            for r in reqs {
+                                let _ = r.reply.send(Err(e.clone()));
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self { tx }
+    }
+
+    async fn bind(&self, keys: Vec<Binding>) -> Result<Vec<Bound>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(BindRequest { keys, reply })
+            .await
+            .map_err(|_| "idempotency binder stopped".to_owned())?;
+        rx.await
+            .map_err(|_| "idempotency binder stopped".to_owned())?
+    }
 }
 
 /// The idempotency checker.
@@ -153,6 +238,8 @@ pub struct Idempotency {
     prefix: String,
     ttl_ms: u64,
     command_timeout: Duration,
+    store_timeout: Duration,
+    binder: Binder,
     pool: sqlx::MySqlPool,
 }
 
@@ -175,6 +262,8 @@ impl Idempotency {
             prefix: rs.key_prefix.clone(),
             ttl_ms: s.ttl_ms,
             command_timeout: Duration::from_millis(rs.command_timeout_ms.max(1)),
+            store_timeout: Duration::from_millis(s.store_timeout_ms.max(1)),
+            binder: Binder::spawn(pool.clone()),
             pool,
         }
     }
@@ -247,7 +336,8 @@ impl Idempotency {
         };
         let task_id = t.task_id.to_string();
         let stored = Stored::decode(value.as_slice()).unwrap_or_default();
-        let response = if stored.fingerprint.is_empty() {
+        let compared = !stored.fingerprint.is_empty();
+        let response = if !compared {
             // Written before fingerprints: a bare response, nothing to compare with.
             pb::SubmitTaskResponse::decode(value.as_slice()).ok()
         } else {
@@ -264,15 +354,19 @@ impl Idempotency {
                 resp.duplicate = true;
                 RedisSays::Duplicate(resp)
             }
-            // Only the pending marker: the first submit is in flight, or it failed and its key
-            // could not be released. Redis cannot vouch that the task was accepted.
+            None if compared => RedisSays::Pending,
             None => RedisSays::Unknown,
         }
     }
 
     /// Decides, for each keyed submit (in order), whether it is new, a duplicate or a conflict.
-    /// The submits must have distinct keys (a batch settles its own repeats first).
-    pub async fn claim_many(&self, items: &[Keyed<'_>]) -> Vec<Claim> {
+    /// The submits must have distinct keys (a batch settles its own repeats first). The MySQL
+    /// steps take at most `idempotency.store_timeout_ms` and end by `deadline`.
+    ///
+    /// A submit whose parameters neither Redis nor MySQL could compare (Redis failing and MySQL
+    /// failing or too slow) is [`Claim::Unchecked`]: accepting it could accept a conflicting
+    /// reuse of its key, so the caller refuses it (UNAVAILABLE, safe to retry).
+    pub async fn claim_many(&self, items: &[Keyed<'_>], deadline: Option<Instant>) -> Vec<Claim> {
         if items.is_empty() {
             return Vec::new();
         }
@@ -283,7 +377,12 @@ impl Idempotency {
 
         // Step 2: bind in MySQL whatever Redis did not settle.
         let open: Vec<usize> = (0..items.len())
-            .filter(|&i| matches!(redis[i], RedisSays::Won(_) | RedisSays::Unknown))
+            .filter(|&i| {
+                matches!(
+                    redis[i],
+                    RedisSays::Won(_) | RedisSays::Pending | RedisSays::Unknown
+                )
+            })
             .collect();
         let bindings: Vec<Binding> = open
             .iter()
@@ -299,15 +398,35 @@ impl Idempotency {
                 })
             })
             .collect();
-        match idempotency_keys::bind(&self.pool, &bindings).await {
+        let store_deadline = {
+            let bound = Instant::now() + self.store_timeout;
+            deadline.map_or(bound, |d| d.min(bound))
+        };
+        let mut inserted = vec![false; items.len()];
+        let mut bound_in_mysql = vec![false; items.len()];
+        let bind = if bindings.is_empty() {
+            Ok(Vec::new())
+        } else {
+            tokio::time::timeout_at(store_deadline.into(), self.binder.bind(bindings))
+                .await
+                .map_err(|_| "timed out".to_owned())
+                .and_then(|r| r)
+        };
+        match bind {
             Ok(bound) => {
                 for (&i, b) in open.iter().zip(bound) {
-                    if let Bound::Other(stored) = b {
-                        if let RedisSays::Won(rkey) = &redis[i] {
-                            // Redis forgot the key (expiry, flush): it must not keep ours.
-                            self.release(rkey).await;
+                    bound_in_mysql[i] = true;
+                    match b {
+                        Bound::Inserted => inserted[i] = true,
+                        Bound::Same => {}
+                        Bound::Other(stored) => {
+                            if let RedisSays::Won(rkey) = &redis[i] {
+                                // Redis forgot the key (expiry, flush): it must not keep ours.
+                                self.release(rkey).await;
+                            }
+                            redis[i] =
+                                RedisSays::Conflict(items[i].fingerprint.diff_stored(&stored));
                         }
-                        redis[i] = RedisSays::Conflict(items[i].fingerprint.diff_stored(&stored));
                     }
                 }
             }
@@ -316,25 +435,38 @@ impl Idempotency {
             }
         }
 
-        // Step 3: the store decides what Redis did not vouch for.
-        let unknown: Vec<TaskId> = (0..items.len())
-            .filter(|&i| matches!(redis[i], RedisSays::Unknown))
+        // Step 3: the store decides what Redis did not vouch for (a key bound just now names no
+        // task yet: nothing to look up).
+        let lookup: Vec<TaskId> = (0..items.len())
+            .filter(|&i| {
+                matches!(redis[i], RedisSays::Pending | RedisSays::Unknown)
+                    && bound_in_mysql[i]
+                    && !inserted[i]
+            })
             .map(|i| items[i].task.task_id)
             .collect();
-        let known = if unknown.is_empty() {
+        let known = if lookup.is_empty() {
             Ok(Default::default())
         } else {
-            outbox_relay::find_tasks(&self.pool, &unknown).await
+            tokio::time::timeout_at(
+                store_deadline.into(),
+                outbox_relay::find_tasks(&self.pool, &lookup),
+            )
+            .await
+            .map_err(|_| "timed out".to_owned())
+            .and_then(|r| r.map_err(|e| e.to_string()))
         };
         let known = known.unwrap_or_else(|e| {
-            // Neither Redis nor MySQL can tell: produce anyway; the processor dedupes by id.
-            tracing::warn!(error = %e, "idempotency store check failed; accepting");
+            // The parameters were compared; at worst a second record of the same task id, which
+            // the processor dedupes.
+            tracing::warn!(error = %e, "idempotency store lookup failed; producing");
             Default::default()
         });
         redis
             .into_iter()
             .zip(items)
-            .map(|(said, k)| {
+            .enumerate()
+            .map(|(i, (said, k))| {
                 let t = k.task;
                 match said {
                     RedisSays::Won(rkey) => Claim::Fresh {
@@ -353,7 +485,8 @@ impl Idempotency {
                             .unwrap_or_default(),
                         fields,
                     }),
-                    RedisSays::Unknown => match known.get(&t.task_id) {
+                    RedisSays::Unknown if !bound_in_mysql[i] => Claim::Unchecked,
+                    RedisSays::Pending | RedisSays::Unknown => match known.get(&t.task_id) {
                         Some(found) => {
                             metrics::idempotency_hit("store");
                             Claim::Duplicate(store_duplicate(t.task_id, found))

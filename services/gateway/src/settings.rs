@@ -241,6 +241,9 @@ pub struct IdempotencySettings {
     /// resubmit still finds its task id (one task, one execution) but parameters are not
     /// compared. 0 keeps them. The relay leader purges.
     pub store_retention_ms: u64,
+    /// Bound on the MySQL side of a keyed submit's check (binding the key, looking the task
+    /// up); past it MySQL counts as failing for that submit.
+    pub store_timeout_ms: u64,
     /// Consecutive Redis failures that open the Redis circuit breaker.
     pub breaker_failures: u32,
     /// How long the Redis breaker stays open before a trial call.
@@ -252,6 +255,7 @@ impl Default for IdempotencySettings {
         Self {
             ttl_ms: 86_400_000,
             store_retention_ms: 7 * 86_400_000,
+            store_timeout_ms: 1_000,
             breaker_failures: 3,
             breaker_open_ms: 2_000,
         }

@@ -33,7 +33,11 @@ pub struct Binding {
 /// What [`bind`] found for one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Bound {
-    /// The key is bound to this fingerprint (now, or by an earlier submit with equal parameters).
+    /// The key was not bound: it is now, to this fingerprint (so no submit with this key is
+    /// known, unless its row was purged).
+    Inserted,
+    /// The key is bound to this fingerprint (by an earlier submit with equal parameters, or by
+    /// this call when a batch could not tell which of its rows it inserted).
     Same,
     /// The key is bound to another fingerprint (returned).
     Other(Vec<u8>),
@@ -55,7 +59,11 @@ pub async fn bind(pool: &MySqlPool, keys: &[Binding]) -> Result<Vec<Bound>> {
             "INSERT IGNORE INTO idempotency_keys \
              (task_id, tenant, idempotency_key, business_key, priority, fingerprint, created_at) ",
         );
-        qb.push_values(chunk, |mut b, k| {
+        // In key order: concurrent statements over overlapping keys then lock them in the same
+        // order (no deadlock).
+        let mut sorted: Vec<&Binding> = chunk.iter().collect();
+        sorted.sort_by_key(|k| *k.task_id.as_bytes());
+        qb.push_values(sorted, |mut b, k| {
             b.push_bind(k.task_id.as_bytes().to_vec())
                 .push_bind(&k.tenant)
                 .push_bind(&k.idempotency_key)
@@ -66,7 +74,7 @@ pub async fn bind(pool: &MySqlPool, keys: &[Binding]) -> Result<Vec<Bound>> {
         });
         let inserted = qb.build().execute(pool).await?.rows_affected();
         if inserted == chunk.len() as u64 {
-            out.extend(chunk.iter().map(|_| Bound::Same));
+            out.extend(chunk.iter().map(|_| Bound::Inserted));
             continue;
         }
         // Some were bound before: read what they are bound to.

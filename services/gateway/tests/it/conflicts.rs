@@ -54,6 +54,7 @@ fn variants() -> Vec<(&'static str, pb::TaskSpec)> {
                 })
             }),
         ),
+        ("timeout_ms", Box::new(|s| s.timeout_ms = 30_000)),
     ];
     edits
         .into_iter()
@@ -307,6 +308,100 @@ async fn repeats_of_a_key_within_a_batch_get_the_first_items_answer() -> anyhow:
         );
         gw.stop().await?;
     }
+    env.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_key_nobody_can_check_is_refused_not_accepted() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    // Redis and MySQL both unreachable, Kafka up.
+    let mut s = without_redis(&env);
+    s.database.url = "mysql://dispatch:dispatch@127.0.0.1:1/nope"
+        .to_string()
+        .into();
+    s.database.connect_timeout_ms = 100;
+    s.database.acquire_timeout_ms = 300;
+    s.database.min_connections = 0;
+    let gw = Running::start(s).await?;
+    let mut client = gw.client().await?;
+    // Without an idempotency key there is nothing to check: Kafka takes it.
+    let plain = client
+        .submit_task(submit(spec("order-1", b"x"), KEY_A))
+        .await?
+        .into_inner();
+    assert_eq!(plain.accepted_via, pb::AcceptedVia::Kafka as i32);
+    // With one, accepting could accept a reuse with other parameters: UNAVAILABLE, retry later.
+    let err = client
+        .submit_task(submit(keyed("unchecked-1"), KEY_A))
+        .await
+        .expect_err("nothing can compare its parameters");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("idempotency"), "{}", err.message());
+    gw.stop().await?;
+
+    // With Redis up (MySQL still down), Redis compares: accepted, and a reuse refused.
+    let mut s = settings(&env);
+    s.database.url = "mysql://dispatch:dispatch@127.0.0.1:1/nope"
+        .to_string()
+        .into();
+    s.database.connect_timeout_ms = 100;
+    s.database.acquire_timeout_ms = 300;
+    s.database.min_connections = 0;
+    let gw = Running::start(s).await?;
+    let mut client = gw.client().await?;
+    let first = client
+        .submit_task(submit(keyed("unchecked-2"), KEY_A))
+        .await?
+        .into_inner();
+    let mut other = keyed("unchecked-2");
+    other.priority = pb::Priority::Low as i32;
+    let err = client
+        .submit_task(submit(other, KEY_A))
+        .await
+        .expect_err("redis compares");
+    assert_conflict(&err, "priority", &first.task_id, "mysql down");
+    gw.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_slow_mysql_does_not_hold_a_keyed_submit_past_its_bound() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let mut s = without_redis(&env);
+    s.idempotency.store_timeout_ms = 300;
+    let gw = Running::start(s).await?;
+    let mut client = gw.client().await?;
+    let first = client
+        .submit_task(submit(keyed("slow-1"), KEY_A))
+        .await?
+        .into_inner();
+    // The key's row is locked (a long transaction elsewhere): binding it waits.
+    let mut tx = env.pool.begin().await?;
+    sqlx::query("SELECT task_id FROM idempotency_keys WHERE task_id = ? FOR UPDATE")
+        .bind(id(&first.task_id).as_bytes().as_slice())
+        .fetch_one(&mut *tx)
+        .await?;
+    let start = std::time::Instant::now();
+    let err = client
+        .submit_task(submit(keyed("slow-1"), KEY_A))
+        .await
+        .expect_err("cannot be checked in time");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "answered after {:?}",
+        start.elapsed()
+    );
+    tx.rollback().await?;
+    // Once MySQL answers again, the same parameters are the same task.
+    let again = client
+        .submit_task(submit(keyed("slow-1"), KEY_A))
+        .await?
+        .into_inner();
+    assert_eq!(again.task_id, first.task_id);
+    gw.stop().await?;
     env.cleanup().await;
     Ok(())
 }
