@@ -379,6 +379,10 @@ impl App {
         stop_dispatch.cancel();
         background.cancel();
         let _ = dispatcher.await;
+        // Records not started yet are dropped (read again by the next owner), as on a revoke: a
+        // record waiting behind a running one of its key must not start once that one is
+        // stopped, or it would run ahead of it.
+        self.shared.partitions.revoke_all_tokens();
         // 2. Drain running records within the bound; then cancel what is left.
         let drain = Duration::from_millis(s.shutdown.drain_timeout_ms);
         let started = Instant::now();
@@ -391,7 +395,6 @@ impl App {
                 "drain timed out; cancelling the rest"
             );
             hard_stop.cancel();
-            self.shared.partitions.revoke_all_tokens();
             let grace = Instant::now();
             while self.shared.partitions.running() > 0 && grace.elapsed() < Duration::from_secs(2) {
                 tokio::time::sleep(Duration::from_millis(10)).await;

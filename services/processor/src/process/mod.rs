@@ -254,7 +254,29 @@ impl Processor {
         w.payload = Vec::new();
         w.last_error = format!("cancelled: {}", env.cancel_reason);
         let committed = self.writer.write(w, None, Vec::new()).await;
-        self.finish_after(&d.lease, committed).await;
+        match committed.await {
+            Ok(true) => self.finish(&d.lease),
+            // Fenced: a replay of a cancel already committed (whose event a killed process may
+            // never have delivered), or a task already finished. Publish the row as it is.
+            Ok(false) => {
+                self.republish(env.task_id).await;
+                self.finish(&d.lease);
+            }
+            Err(_) => self.abandon(&d.lease),
+        }
+    }
+
+    /// Publishes the task's row as it is now (a replayed record's event may have been lost with
+    /// the process that committed it), until the events topic ends with it.
+    pub(crate) async fn republish(&self, id: TaskId) {
+        let key = id.to_string();
+        let headers = crate::writer::event_headers(&[], &key);
+        let published = vec![crate::writer::Published {
+            key,
+            version: 0,
+            headers,
+        }];
+        crate::writer::settle(&self.producer, &self.pool, &self.topics.events(), published).await;
     }
 
     fn remember_cancel(&self, id: TaskId, tenant: &str) {

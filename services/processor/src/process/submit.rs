@@ -154,9 +154,9 @@ impl Processor {
         };
         if let Some(s) = stored.filter(|s| already_past(s, env, d.lease.fence)) {
             tracing::debug!("record already processed; skipped");
-            if s.state == TaskState::Cancelled {
-                // A cancel may have overtaken this submit's first write and left a placeholder:
-                // the fence rejects this write's state but it fills the data columns.
+            if s.state == TaskState::Cancelled && s.placeholder {
+                // A cancel overtook this submit's first write and left a placeholder: the fence
+                // rejects this write's state but it fills the data columns (and publishes).
                 let (g, a) = (env.generation, env.attempt);
                 let w = write_of(
                     env,
@@ -167,6 +167,9 @@ impl Processor {
                 let committed = self.writer.write(w, None, Vec::new()).await;
                 return self.finish_after(&d.lease, committed).await;
             }
+            // A replay: this record's effects are committed, but the process that committed them
+            // may have died before their event was delivered. Publish the row again.
+            self.republish(env.task_id).await;
             return self.finish(&d.lease);
         }
         let token = self.hard_stop.child_token();
@@ -239,16 +242,23 @@ impl Processor {
         // needs: the slot is asked for last, when the record is ready to run.
         let _type_permit = match &reg.limit {
             Some(s) => tokio::select! {
-                p = s.clone().acquire_owned() => Some(p.ok()?),
+                biased;
                 () = d.lease.revoked.cancelled() => return None,
+                p = s.clone().acquire_owned() => Some(p.ok()?),
             },
             None => None,
         };
         let waited = Instant::now();
         let _slot = tokio::select! {
-            s = self.slots.acquire(env.priority, tenant) => s,
+            biased;
             () = d.lease.revoked.cancelled() => return None,
+            s = self.slots.acquire(env.priority, tenant) => s,
         };
+        // The partition may have been revoked while this record waited: revoked work that has
+        // not started is dropped (the next owner runs it, in order with its key's other records).
+        if d.lease.revoked.is_cancelled() {
+            return None;
+        }
         START_DELAY
             .with_label_values(&[env.priority.as_str()])
             .observe(d.lease.polled_at.elapsed().as_secs_f64());
