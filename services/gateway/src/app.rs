@@ -185,6 +185,12 @@ impl App {
             }
             .run(shutdown.child()),
         );
+        shutdown.spawn(crate::producer::watchdog(
+            self.durable.producer().clone(),
+            s.kafka.topics().tasks(dispatch_core::Priority::Default),
+            s.outbox.clone(),
+            shutdown.child(),
+        ));
         shutdown.spawn(relay::watch_sticky(
             self.durable.clone(),
             s.outbox.clone(),

@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 
 use dispatch_core::Headers;
 use dispatch_runtime::settings::KafkaSettings;
-use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _, PurgeConfig};
+use rdkafka::{ClientConfig, ClientContext};
+use tokio_util::sync::CancellationToken;
 
 use crate::breaker::{self, Breaker};
 use crate::metrics;
@@ -73,6 +75,8 @@ pub struct Health {
     busy_since_ms: AtomicU64,
     /// The last successful delivery report (ms since `epoch`).
     last_ack_ms: AtomicU64,
+    /// The last failed delivery (ms since `epoch`; 0 = none).
+    last_failure_ms: AtomicU64,
     /// librdkafka reported all brokers down; cleared by a delivery or a metadata answer.
     brokers_down: AtomicBool,
 }
@@ -84,6 +88,7 @@ impl Default for Health {
             sending: AtomicUsize::new(0),
             busy_since_ms: AtomicU64::new(0),
             last_ack_ms: AtomicU64::new(0),
+            last_failure_ms: AtomicU64::new(0),
             brokers_down: AtomicBool::new(false),
         }
     }
@@ -103,6 +108,29 @@ impl Health {
 
     fn acked(&self) {
         self.last_ack_ms.store(self.now_ms(), Ordering::Release);
+        self.brokers_down.store(false, Ordering::Release);
+    }
+
+    fn failed(&self) {
+        self.last_failure_ms.store(self.now_ms(), Ordering::Release);
+    }
+
+    /// How long the producer has made no progress although it had work: no delivery report
+    /// since the last success while records waited or deliveries failed in that time. `None`
+    /// while it has no work, or progresses.
+    pub fn no_progress_for(&self, queued: i32) -> Option<Duration> {
+        let last_ack = self.last_ack_ms.load(Ordering::Acquire);
+        let now = self.now_ms();
+        let waiting = self.sending.load(Ordering::Acquire) > 0 || queued > 0;
+        let failing = self.last_failure_ms.load(Ordering::Acquire) > last_ack;
+        (waiting || failing).then(|| Duration::from_millis(now.saturating_sub(last_ack)))
+    }
+
+    /// A new producer starts with a clean slate (its grace period counts from now).
+    fn reset(&self) {
+        let now = self.now_ms();
+        self.last_ack_ms.store(now, Ordering::Release);
+        self.last_failure_ms.store(0, Ordering::Release);
         self.brokers_down.store(false, Ordering::Release);
     }
 
@@ -144,14 +172,59 @@ impl Drop for SendGuard<'_> {
     }
 }
 
-/// The producer's librdkafka context: logs like the default one and tells [`Health`] when
-/// librdkafka gives up on every broker, so submits stop waiting on Kafka at once.
+/// The producer's librdkafka context: tells [`Health`] when librdkafka gives up on every broker
+/// (so submits stop waiting on Kafka at once), logs like the default context, and keeps what a
+/// wedge report needs: the last [`CAPTURED_LINES`] librdkafka log lines (with the debug contexts
+/// of `outbox.producer_debug`, which only go there) and the latest statistics.
 #[derive(Clone)]
 pub struct Context {
     health: Arc<Health>,
+    capture: Arc<Capture>,
+}
+
+/// librdkafka log lines kept for a wedge report.
+pub const CAPTURED_LINES: usize = 300;
+
+#[derive(Default)]
+struct Capture {
+    lines: parking_lot::Mutex<std::collections::VecDeque<String>>,
+    stats: parking_lot::Mutex<Option<String>>,
+}
+
+impl Capture {
+    fn push(&self, line: String) {
+        let mut l = self.lines.lock();
+        if l.len() >= CAPTURED_LINES {
+            l.pop_front();
+        }
+        l.push_back(line);
+    }
 }
 
 impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.capture.push(format!(
+            "{} {level:?} {fac} {message}",
+            chrono::Utc::now().format("%H:%M:%S%.3f")
+        ));
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(fac, message, "librdkafka"),
+            RDKafkaLogLevel::Warning => tracing::warn!(fac, message, "librdkafka"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(fac, message, "librdkafka")
+            }
+            // Debug contexts are for the wedge report, not the log.
+            RDKafkaLogLevel::Debug => {}
+        }
+    }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        *self.capture.stats.lock() = Some(String::from_utf8_lossy(statistics).into_owned());
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.health.all_brokers_down();
@@ -161,15 +234,19 @@ impl ClientContext for Context {
 }
 
 /// The producer, its breaker, the submit path's timeout and what it knows of its own progress.
-/// Cheap to clone.
+/// Cheap to clone; every clone sees a rebuild ([`Producer::rebuild`]).
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer<Context>,
+    client: Arc<parking_lot::RwLock<FutureProducer<Context>>>,
+    config: Arc<ClientConfig>,
+    context: Context,
     breaker: Breaker,
     timeout: Duration,
     stall: Duration,
     write_reserve: Duration,
     health: Arc<Health>,
+    rebuilds: Arc<AtomicU64>,
+    last_report: Arc<parking_lot::Mutex<Option<String>>>,
 }
 
 impl Producer {
@@ -179,13 +256,31 @@ impl Producer {
     /// An invalid librdkafka configuration.
     pub fn new(kafka: &KafkaSettings, outbox: &OutboxSettings) -> anyhow::Result<Self> {
         let health = Arc::new(Health::default());
-        let inner: FutureProducer<Context> = dispatch_runtime::kafka::producer_config(kafka)
-            .create_with_context(Context {
-                health: health.clone(),
-            })
+        let mut config = dispatch_runtime::kafka::producer_config(kafka);
+        // Statistics for the wedge report (librdkafka's own view of brokers, queues and the
+        // idempotent producer's state), unless the raw options say otherwise.
+        dispatch_runtime::kafka::set_default(&mut config, kafka, "statistics.interval.ms", "10000");
+        if !outbox.producer_debug.is_empty() {
+            dispatch_runtime::kafka::set_default(
+                &mut config,
+                kafka,
+                "debug",
+                &outbox.producer_debug,
+            );
+        }
+        let context = Context {
+            health: health.clone(),
+            capture: Arc::default(),
+        };
+        let client: FutureProducer<Context> = config
+            .create_with_context(context.clone())
             .map_err(|e| anyhow::anyhow!("kafka producer: {e}"))?;
         Ok(Self {
-            inner,
+            client: Arc::new(parking_lot::RwLock::new(client)),
+            config: Arc::new(config),
+            context,
+            rebuilds: Arc::default(),
+            last_report: Arc::default(),
             breaker: breaker::new(
                 "kafka",
                 outbox.breaker_failures,
@@ -197,6 +292,63 @@ impl Producer {
             write_reserve: Duration::from_millis(outbox.write_reserve_ms),
             health,
         })
+    }
+
+    /// The current librdkafka producer (a clone of its handle).
+    fn client(&self) -> FutureProducer<Context> {
+        self.client.read().clone()
+    }
+
+    /// How many times this producer was rebuilt.
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds.load(Ordering::Acquire)
+    }
+
+    /// The report logged at the last rebuild (librdkafka's statistics and recent log lines).
+    pub fn last_wedge_report(&self) -> Option<String> {
+        self.last_report.lock().clone()
+    }
+
+    /// What librdkafka knows right now: its latest statistics and its recent log lines.
+    pub fn debug_context(&self) -> String {
+        let stats = self
+            .context
+            .capture
+            .stats
+            .lock()
+            .clone()
+            .unwrap_or_else(|| "(no statistics yet)".into());
+        let lines: Vec<String> = self.context.capture.lines.lock().iter().cloned().collect();
+        format!(
+            "librdkafka statistics: {stats}\nlibrdkafka log (last {} lines):\n{}",
+            lines.len(),
+            lines.join("\n")
+        )
+    }
+
+    /// Replaces the librdkafka producer with a new one from the same configuration; the old
+    /// one's queued and in-flight records are purged (their sends fail at once: submits fall
+    /// back to the outbox, the relay retries its rows) and it is destroyed off the runtime.
+    ///
+    /// # Errors
+    /// The configuration no longer creates a producer (the old one stays).
+    pub async fn rebuild(&self, why: &str) -> anyhow::Result<()> {
+        let report = format!("{why}\n{}", self.debug_context());
+        tracing::warn!(why, context = %report, "kafka producer makes no progress; rebuilding it");
+        *self.last_report.lock() = Some(report);
+        let fresh: FutureProducer<Context> = self
+            .config
+            .create_with_context(self.context.clone())
+            .map_err(|e| anyhow::anyhow!("kafka producer: {e}"))?;
+        let old = std::mem::replace(&mut *self.client.write(), fresh);
+        self.health.reset();
+        self.rebuilds.fetch_add(1, Ordering::AcqRel);
+        metrics::producer_rebuilt();
+        tokio::task::spawn_blocking(move || {
+            old.purge(PurgeConfig::default().queue().inflight());
+            drop(old);
+        });
+        Ok(())
     }
 
     /// The Kafka breaker.
@@ -234,7 +386,7 @@ impl Producer {
         if self.health.brokers_down() {
             return Some("all brokers down".into());
         }
-        match self.health.stalled_for(self.inner.in_flight_count()) {
+        match self.health.stalled_for(self.client().in_flight_count()) {
             Some(d) if d >= self.stall => {
                 Some(format!("no delivery report for {} ms", d.as_millis()))
             }
@@ -319,7 +471,8 @@ impl Producer {
             .payload(&rec.value)
             .headers(headers);
         let _sending = self.health.started();
-        match self.inner.send(record, self.timeout).await {
+        let client = self.client();
+        match client.send(record, self.timeout).await {
             Ok(d) => {
                 self.health.acked();
                 metrics::produced(topic_kind, start.elapsed());
@@ -330,6 +483,7 @@ impl Producer {
                 })
             }
             Err((e, _)) => {
+                self.health.failed();
                 let reason = e.to_string();
                 metrics::produce_failed(topic_kind, &reason);
                 Err(ProduceError::Kafka(reason))
@@ -343,7 +497,7 @@ impl Producer {
     /// # Errors
     /// The librdkafka error text.
     pub async fn check_metadata(&self, topic: String, timeout: Duration) -> Result<(), String> {
-        let p = self.inner.clone();
+        let p = self.client();
         tokio::task::spawn_blocking(move || {
             p.client()
                 .fetch_metadata(Some(&topic), timeout)
@@ -358,12 +512,56 @@ impl Producer {
 
     /// Waits up to `timeout` for every queued record's delivery report.
     pub async fn flush(&self, timeout: Duration) {
-        let p = self.inner.clone();
+        let p = self.client();
         let res = tokio::task::spawn_blocking(move || p.flush(timeout)).await;
         match res {
             Ok(Ok(())) => tracing::info!("kafka producer flushed"),
             Ok(Err(e)) => tracing::warn!(error = %e, "kafka producer flush incomplete"),
             Err(e) => tracing::warn!(error = %e, "kafka producer flush task failed"),
+        }
+    }
+}
+
+/// Watches the producer until `stop`: when it has made no progress for `outbox.producer_wedge_ms`
+/// although it had work (records waiting, or deliveries failing) while the cluster answers a
+/// metadata request for `probe_topic`, it is wedged (seen after a broker restart: librdkafka
+/// 2.12.1's idempotent producer kept its records queued and never sent them, so the outbox never
+/// drained). The watchdog logs librdkafka's statistics and recent log lines, then rebuilds it.
+/// At most one rebuild per `producer_wedge_ms`: the new producer starts its own grace period.
+pub async fn watchdog(
+    producer: Producer,
+    probe_topic: String,
+    s: OutboxSettings,
+    stop: CancellationToken,
+) {
+    let wedge = Duration::from_millis(s.producer_wedge_ms.max(1));
+    let every = (wedge / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let queued = producer.client().in_flight_count();
+        let Some(idle) = producer.health.no_progress_for(queued) else {
+            continue;
+        };
+        if idle < wedge {
+            continue;
+        }
+        // Only while the cluster is reachable: an outage is not a wedge.
+        if producer
+            .check_metadata(probe_topic.clone(), Duration::from_secs(2))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        let why = format!(
+            "no delivery report for {} ms with {queued} records queued, while the cluster answers metadata requests",
+            idle.as_millis()
+        );
+        if let Err(e) = producer.rebuild(&why).await {
+            tracing::error!(error = %e, "cannot rebuild the kafka producer");
         }
     }
 }

@@ -174,6 +174,13 @@ pub struct OutboxSettings {
     /// until `deadline - write_reserve_ms`, then the submit falls back to the outbox. A deadline
     /// that cannot be met is answered DEADLINE_EXCEEDED, with nothing written.
     pub write_reserve_ms: u64,
+    /// A producer that has had work (records waiting or failing) but no delivery report for this
+    /// long, while the cluster answers metadata requests, is wedged: the gateway logs
+    /// librdkafka's statistics and recent log lines and rebuilds it.
+    pub producer_wedge_ms: u64,
+    /// librdkafka debug contexts captured (never logged) for the wedge report, e.g.
+    /// `"broker,eos"`; empty for none. librdkafka's `debug` in `kafka.librdkafka` wins.
+    pub producer_debug: String,
     /// Consecutive produce failures that open the Kafka circuit breaker.
     pub breaker_failures: u32,
     /// How long the breaker stays open before a trial call (doubles up to `breaker_max_open_ms`).
@@ -212,6 +219,8 @@ impl Default for OutboxSettings {
             produce_timeout_ms: 3_000,
             produce_stall_ms: 1_000,
             write_reserve_ms: 250,
+            producer_wedge_ms: 15_000,
+            producer_debug: "broker,eos".into(),
             breaker_failures: 5,
             breaker_open_ms: 1_000,
             breaker_max_open_ms: 30_000,

@@ -12,3 +12,4 @@ mod outage;
 mod outbox;
 mod relay;
 mod submit;
+mod wedge;
