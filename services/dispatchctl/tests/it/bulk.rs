@@ -12,9 +12,10 @@ async fn bulk_submit_of_10k_tasks_reports_the_right_counts() -> anyhow::Result<(
         processor: false,
     })
     .await?;
-    // 10_000 lines: lines 0..100 carry idempotency keys that lines 9_500..9_600 repeat (100
-    // duplicates, in a later batch); every 1_000th block ends with one malformed line (10,
-    // rejected by the CLI) and one invalid task type (10, rejected by the gateway).
+    // 10_000 lines: lines 0..100 carry idempotency keys that lines 9_500..9_600 repeat with the
+    // same parameters (100 duplicates, in a later batch; a key reused with other parameters is
+    // refused); every 1_000th block ends with one malformed line (10, rejected by the CLI) and
+    // one invalid task type (10, rejected by the gateway).
     let mut text = String::new();
     for i in 0..10_000u32 {
         let line = match i {
@@ -23,10 +24,12 @@ async fn bulk_submit_of_10k_tasks_reports_the_right_counts() -> anyhow::Result<(
             i if i < 100 => format!(
                 r#"{{"key":"bulk-{i}","type":"noop","payload":{{"i":{i}}},"idempotency_key":"idem-{i}"}}"#
             ),
-            i if (9_500..9_600).contains(&i) => format!(
-                r#"{{"key":"bulk-{i}","type":"noop","payload":{{"i":{i}}},"idempotency_key":"idem-{}"}}"#,
-                i - 9_500
-            ),
+            i if (9_500..9_600).contains(&i) => {
+                let j = i - 9_500;
+                format!(
+                    r#"{{"key":"bulk-{j}","type":"noop","payload":{{"i":{j}}},"idempotency_key":"idem-{j}"}}"#
+                )
+            }
             i => format!(
                 r#"{{"key":"bulk-{}","type":"noop","payload":{{"i":{i}}},"priority":"low"}}"#,
                 i % 50
