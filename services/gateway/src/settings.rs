@@ -264,7 +264,7 @@ impl Default for IdempotencySettings {
         Self {
             ttl_ms: 86_400_000,
             store_retention_ms: 7 * 86_400_000,
-            store_timeout_ms: 1_000,
+            store_timeout_ms: 3_000,
             breaker_failures: 3,
             breaker_open_ms: 2_000,
         }

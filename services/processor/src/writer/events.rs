@@ -118,8 +118,28 @@ pub(super) async fn release_after(
     // The producer has no delivery timeout (Kafka down: it retries in order until Kafka is back),
     // so a hard stop must be able to give up waiting: the waiters are dropped unreleased and
     // their records are read again after the restart.
+    // A write that did not land may still be the row's last change: a commit whose
+    // acknowledgement was lost (MySQL went away mid-commit) is retried, and the retry finds the
+    // row already written and lands nothing. Its event is owed all the same: publish those rows as
+    // they are (rare: replays, zombies, ambiguous commits).
+    let unlanded: Vec<Published> = batch
+        .entries
+        .iter()
+        .zip(&landed)
+        .filter(|(_, l)| !**l)
+        .filter_map(|(e, _)| e.write.as_ref())
+        .map(|w| {
+            let key = w.task_id.to_string();
+            Published {
+                headers: event_headers(&[], &key),
+                key,
+                version: 0,
+            }
+        })
+        .collect();
     let done = async {
-        let published = futures::future::join_all(acks).await;
+        let mut published = futures::future::join_all(acks).await;
+        published.extend(unlanded);
         settle(&producer, &pool, &topic, published).await;
     };
     tokio::select! {
