@@ -233,11 +233,7 @@ where
         "SELECT task_id, state, version, generation, lease_epoch, task_type = '', tenant \
          FROM tasks WHERE task_id IN (",
     );
-    let mut sep = qb.separated(", ");
-    for id in crate::padded(ids).iter() {
-        sep.push_bind(id.as_bytes().to_vec());
-    }
-    qb.push(")");
+    push_ids(&mut qb, ids);
     let rows = qb.build().fetch_all(executor).await?;
     rows.iter()
         .map(|r| {
@@ -317,11 +313,7 @@ where
     let mut qb: QueryBuilder<MySql> = QueryBuilder::new(format!(
         "SELECT {COLUMNS}, write_token FROM tasks WHERE task_id IN ("
     ));
-    let mut sep = qb.separated(", ");
-    for id in crate::padded(ids).iter() {
-        sep.push_bind(id.as_bytes().to_vec());
-    }
-    qb.push(")");
+    push_ids(&mut qb, ids);
     qb.build()
         .fetch_all(executor)
         .await?
@@ -370,11 +362,7 @@ pub async fn get_many(pool: &MySqlPool, ids: &[TaskId]) -> Result<Vec<pb::Task>>
     let mut qb: QueryBuilder<MySql> = QueryBuilder::new(format!(
         "SELECT {COLUMNS} FROM tasks WHERE task_type <> '' AND task_id IN ("
     ));
-    let mut sep = qb.separated(", ");
-    for id in crate::padded(ids).iter() {
-        sep.push_bind(id.as_bytes().to_vec());
-    }
-    qb.push(")");
+    push_ids(&mut qb, ids);
     qb.build()
         .fetch_all(pool)
         .await?
@@ -444,6 +432,16 @@ pub async fn list(pool: &MySqlPool, f: &ListFilter) -> Result<Vec<pb::Task>> {
         .iter()
         .map(task_from_row)
         .collect()
+}
+
+/// Appends `ids` (padded to a fixed shape, see `crate::padded`) and the closing parenthesis of
+/// an `IN (` list.
+fn push_ids(qb: &mut QueryBuilder<'_, MySql>, ids: &[TaskId]) {
+    let mut sep = qb.separated(", ");
+    for id in crate::padded(ids).iter() {
+        sep.push_bind(id.as_bytes().to_vec());
+    }
+    qb.push(")");
 }
 
 /// Reads a `utf8mb4_bin` column. sqlx reports binary-collated text as VARBINARY, so it is read as

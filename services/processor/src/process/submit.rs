@@ -202,15 +202,18 @@ impl Processor {
             w
         };
         let tenant = env.tenant.as_str();
-        if self.is_cancelled(env.task_id, tenant) {
-            tracing::info!("task cancelled before it ran");
-            let w = write_of(
+        // The write of a cancel seen here before the attempt started.
+        let cancelled = || {
+            write_of(
                 env,
                 TaskState::Cancelled,
                 a.saturating_sub(1),
                 TaskState::Cancelled.version(g, 0),
-            );
-            return Some(self.writer.write(w, None, trace).await);
+            )
+        };
+        if self.is_cancelled(env.task_id, tenant) {
+            tracing::info!("task cancelled before it ran");
+            return Some(self.writer.write(cancelled(), None, trace).await);
         }
         let now = Utc::now();
         if env.run_at.is_some_and(|t| t > now) {
@@ -284,13 +287,7 @@ impl Processor {
         }
         if self.is_cancelled(env.task_id, tenant) {
             tracing::info!("task cancelled before it ran");
-            let w = write_of(
-                env,
-                TaskState::Cancelled,
-                a.saturating_sub(1),
-                TaskState::Cancelled.version(g, 0),
-            );
-            return Some(self.writer.write(w, None, trace).await);
+            return Some(self.writer.write(cancelled(), None, trace).await);
         }
         let started_at = Utc::now();
         let t0 = Instant::now();
