@@ -5,10 +5,13 @@
 # Usage: scripts/check-observability.sh [--live [URL...]] [--strict-lint]
 #   (no args)      promtool check config / check rules / test rules, then
 #                  scripts/check_metric_names.py against docs/metrics.md (live checks skipped)
-#   --live         also check against the live /metrics of the running services; without URLs the
-#                  local admin ports are used: 127.0.0.1:9601 (gateway), 9602 (reader),
-#                  9603 (processor). Every used name must be exported by at least one of them, and
-#                  `promtool check metrics` must parse each body (lint findings are warnings).
+#   --live         also check against the live /metrics of the running services; without URLs
+#                  every instance deploy/local/services.sh runs is scraped (`metrics-urls`), else
+#                  the local admin ports 127.0.0.1:9601 (gateway), 9602 (reader), 9603
+#                  (processor). Every used name must be exported by at least one of them (a
+#                  processor that owns no partition exports no lag series, so all instances
+#                  count), and `promtool check metrics` must parse each body (lint findings are
+#                  warnings).
 #   --strict-lint  with --live, lint findings of `promtool check metrics` fail too.
 # Read-only and idempotent; exits non-zero on the first failing step's report.
 set -euo pipefail
@@ -37,6 +40,9 @@ while [[ $# -gt 0 ]]; do
     esac
     shift
 done
+if [[ ${live} -eq 1 && ${#urls[@]} -eq 0 ]]; then
+    mapfile -t urls < <(deploy/local/services.sh metrics-urls)
+fi
 if [[ ${live} -eq 1 && ${#urls[@]} -eq 0 ]]; then
     urls=(http://127.0.0.1:9601/metrics http://127.0.0.1:9602/metrics http://127.0.0.1:9603/metrics)
 fi

@@ -7,6 +7,7 @@
 #   status   one line per running instance
 #   logs <svc> [-f]
 #   pid <svc>        the pid of one instance (e.g. processor-2)
+#   metrics-urls     the /metrics URL of every running instance, one per line
 #
 # A svc is a service (gateway, processor, reader: all its instances) or one instance of it
 # (processor-2; processor-1 is the same as instance 1 alone). Instances per service: GATEWAYS, PROCESSORS, READERS (default 1 each). Instance 1
@@ -179,12 +180,21 @@ cmd_status() {
     if ((any == 0)); then for inst in "${SERVICES[@]}"; do printf '%-12s down\n' "${inst}"; done; fi
 }
 
+cmd_metrics_urls() {
+    local inst
+    while read -r inst; do
+        [[ -n "${inst}" ]] && is_running "${inst}" && echo "http://127.0.0.1:$(admin_port "${inst}")/metrics"
+    done < <(known_instances "${SERVICES[@]}")
+    return 0
+}
+
 case "${1:-}" in
     start) shift; cmd_start "$@" ;;
     stop) shift; cmd_stop "$@" ;;
     restart) shift; cmd_stop "$@"; cmd_start "$@" ;;
     status) cmd_status ;;
+    metrics-urls) cmd_metrics_urls ;;
     logs) shift; tail -n "${LINES:-50}" "${@:2}" "${RUN_DIR}/${1:?service}.log" ;;
     pid) shift; i="$(inst_name "$(svc_of "${1:?instance}")" "$(num_of "$1")")"; is_running "${i}" && cat "${RUN_DIR}/${i}.pid" ;;
-    *) sed -n '2,23p' "$0"; exit 2 ;;
+    *) sed -n '2,24p' "$0"; exit 2 ;;
 esac
