@@ -49,7 +49,7 @@ SETTINGS_SOURCES = {
     "auth": ("services/common/runtime/src/grpc.rs", "AuthSettings"),
 }
 DEFAULT_DRAIN_MS = 20_000
-KEY_RE = re.compile(r"^DISPATCH_[A-Z0-9]+(?:_[A-Z0-9]+)*(?:__[A-Z0-9]+(?:_[A-Z0-9]+)*)+$")
+KEY_RE = re.compile(r"^DISPATCH_[A-Z0-9]+(?:_[A-Z0-9]+)*(?:__[A-Z0-9]+(?:[_.-][A-Z0-9]+)*)+$")
 RUN_TIMEOUT_S = 30
 
 

@@ -11,24 +11,48 @@ CRD resources (no schema offline):
                  min <= max; maxReplicaCount <= partitions of every trigger topic
   ServiceMonitor monitoring.coreos.com/v1; selects exactly one rendered Service, which has every
                  endpoint port
+                 endpoint with honorLabels: true and a relabeling that sets `service` to the short
+                 name the services export (the label scheme of alerts_test.yml); every
+                 ServiceMonitor and PrometheusRule of an overlay carries the same selector label
+  TriggerAuthentication  every trigger's authenticationRef names a rendered one; Kafka over TLS/SASL
+                 in the services' librdkafka properties means tls/sasl and an authenticationRef with
+                 username/password (and ca for TLS) in every kafka trigger, and the reverse
+  PrometheusRule / dashboards  when ServiceMonitors are rendered: PrometheusRule dispatch-alerts with
+                 the groups of deploy/prometheus/alerts.yml and absolute runbook_urls ending in
+                 #<alert in lower case>; one ConfigMap per grafana/dashboards/*.json, labelled
+                 grafana_dashboard: "1", holding the file byte for byte
+Kafka topics (--topics TOPICS.yaml, the overlay's kafka-topics/ render):
+  - no KafkaTopic in the services' render (the Topic Operator watches the Kafka namespace only)
+  - the topics' namespace and strimzi.io/cluster match DISPATCH_KAFKA__BROKERS
+    (<cluster>-kafka-bootstrap.<namespace>.svc...); their partitions bound KEDA's maxReplicaCount
 Policy across kinds:
   - no HorizontalPodAutoscaler targets the processor; HPA/ScaledObject targets exist and have no
     spec.replicas; without an autoscaler a Deployment sets spec.replicas
   - each PDB selects pods, and minAvailable < the minimum replica count of what it selects
-  - every dispatch workload: resources requests+limits, securityContext (runAsNonRoot,
+  - every dispatch workload: CPU and memory requests, a memory limit, securityContext (runAsNonRoot,
     readOnlyRootFilesystem, allowPrivilegeEscalation false, drop ALL, seccomp RuntimeDefault), and
-    for services a native gRPC readiness probe, startup/liveness on /healthz (alive, not the
-    dependencies), a preStop hook and a grace period
+    for services no CPU limit (gRPC latency), a native gRPC readiness probe, startup/liveness on
+    /healthz (alive, not the dependencies), a preStop hook and a grace period
+  - Kafka clients: every service's client.id is its pod name (POD_NAME from the downward API), and
+    the processor's group.instance.id too (static membership)
+  - the migration Job is named after its release: dispatch-migrate-<image tag> (any tag but
+    `latest`), with ttlSecondsAfterFinished
 
-Usage: check_crds.py RENDERED.yaml [-v]
+Usage: check_crds.py RENDERED.yaml [--topics TOPICS.yaml] [-v]
 """
 
 from __future__ import annotations
 
+import glob
+import json
+import os
+import re
 import sys
 
+import yaml
+
 from deploy_manifests import (
-    EVENTS_TOPIC, PROCESSOR, PROCESSOR_GROUP, SERVICES, TOPICS, Report, binary, containers, find,
+    EVENTS_TOPIC, PROCESSOR, PROCESSOR_GROUP, REPO, SERVICES, TOPICS, Report, binary, containers, find,
     labels, load, name, of_kind, pod_labels, pod_spec, resolve_env, example_secrets,
     selector_matches, service_workloads, verbose_flag,
 )
@@ -134,6 +158,55 @@ def check_scaledobjects(r: Report, docs: list[dict], partitions: dict[str, int])
                 r.fail(f"{tw}: topic {topic} is not a dispatch topic")
             else:
                 r.note(f"{where}: no KafkaTopics rendered, partition bound not checked")
+            if target is not None:
+                check_trigger_auth(r, docs, so, trig, tw, target)
+
+
+SASL_MECHANISMS = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512",
+                   "OAUTHBEARER": "oauthbearer", "GSSAPI": "gssapi"}
+
+
+def librdkafka_property(docs: list[dict], deployment: dict, prop: str) -> str | None:
+    secrets = example_secrets()
+    var = "DISPATCH_KAFKA__LIBRDKAFKA__" + prop.upper()
+    for c in containers(deployment):
+        env = resolve_env(docs, c, secrets)
+        if var in env:
+            return env[var].value
+    return None
+
+
+def check_trigger_auth(r: Report, docs: list[dict], so: dict, trig: dict, tw: str, target: dict) -> None:
+    """KEDA must reach Kafka the way the services do: TLS and SASL in the trigger, secrets through a
+    rendered TriggerAuthentication."""
+    md = trig.get("metadata") or {}
+    proto = (librdkafka_property(docs, target, "security.protocol") or "PLAINTEXT").upper()
+    wants_tls, wants_sasl = proto in ("SSL", "SASL_SSL"), proto.startswith("SASL_")
+    tls = str(md.get("tls", "disable")).lower() == "enable"
+    sasl = str(md.get("sasl", "none")).lower()
+    r.check(tls == wants_tls, f"{tw}: tls {md.get('tls', 'disable')} matches the services' security.protocol {proto}",
+            f"{tw}: tls is {md.get('tls', 'disable')!r} but the services' security.protocol is {proto}")
+    r.check((sasl != "none") == wants_sasl, f"{tw}: sasl {sasl} matches security.protocol {proto}",
+            f"{tw}: sasl is {sasl!r} but the services' security.protocol is {proto}")
+    if wants_sasl:
+        mech = (librdkafka_property(docs, target, "sasl.mechanism") or "GSSAPI").upper()
+        r.check(SASL_MECHANISMS.get(mech) == sasl, f"{tw}: sasl {sasl} == the services' sasl.mechanism {mech}",
+                f"{tw}: sasl {sasl!r}, the services use sasl.mechanism {mech} ({SASL_MECHANISMS.get(mech)})")
+    ref = (trig.get("authenticationRef") or {}).get("name")
+    if not ref:
+        r.check(not wants_sasl and not wants_tls, f"{tw}: no authenticationRef for a {proto} listener",
+                f"{tw}: the services use {proto} but the trigger has no authenticationRef (KEDA cannot read lag)")
+        return
+    kind = (trig.get("authenticationRef") or {}).get("kind", "TriggerAuthentication")
+    ta = find(docs, kind, ref)
+    if not r.check(ta is not None, f"{tw}: {kind} {ref} is rendered", f"{tw}: authenticationRef names {kind} {ref}, which is not rendered"):
+        return
+    params = {p.get("parameter") for p in (ta.get("spec") or {}).get("secretTargetRef") or []}
+    params |= {p.get("parameter") for p in (ta.get("spec") or {}).get("env") or []}
+    need = (["username", "password"] if wants_sasl and sasl in ("plaintext", "scram_sha256", "scram_sha512") else []) + \
+           (["ca"] if wants_tls and str(md.get("unsafeSsl", "false")).lower() != "true" else [])
+    for p in need:
+        r.check(p in params, f"{tw}: {kind} {ref} provides {p}", f"{tw}: {kind} {ref} has no `{p}` parameter")
 
 
 def check_servicemonitors(r: Report, docs: list[dict]) -> None:
@@ -152,6 +225,7 @@ def check_servicemonitors(r: Report, docs: list[dict]) -> None:
                 f"{where}: selects {len(matched)} Services {[name(s) for s in matched]}, want exactly 1 (double scrapes)")
         endpoints = spec.get("endpoints") or []
         r.check(endpoints, f"{where}: endpoints", f"{where}: no endpoints")
+        short = {str(labels(s).get("app.kubernetes.io/name", name(s))).removeprefix("dispatch-") for s in matched}
         for ep in endpoints:
             port = ep.get("port")
             r.check(port, f"{where}: endpoint port {port}", f"{where}: endpoint without a port name")
@@ -159,6 +233,82 @@ def check_servicemonitors(r: Report, docs: list[dict]) -> None:
                 names = [p.get("name") for p in (s.get("spec") or {}).get("ports") or []]
                 r.check(port in names, f"{where}: Service {name(s)} has port {port}",
                         f"{where}: Service {name(s)} has no port named {port} (ports {names})")
+            r.check(ep.get("honorLabels") is True, f"{where}: honorLabels true",
+                    f"{where}: endpoint {port} without honorLabels: true (the services' own `service` label "
+                    f"would become exported_service)")
+            sets = [rl for rl in ep.get("relabelings") or []
+                    if rl.get("targetLabel") == "service" and rl.get("action", "replace") == "replace"]
+            r.check(len(short) == 1 and any(rl.get("replacement") in short and not rl.get("sourceLabels") for rl in sets),
+                    f"{where}: relabels target label service={sorted(short)}",
+                    f"{where}: endpoint {port} does not set the target label service to {sorted(short)} "
+                    f"(up and process_* would carry the Service's name, unlike alerts_test.yml and the dashboards)")
+    check_selector_labels(r, docs)
+
+
+def check_selector_labels(r: Report, docs: list[dict]) -> None:
+    """Prometheus selects ServiceMonitors and PrometheusRules by a label the overlay adds."""
+    objs = of_kind(docs, "ServiceMonitor") + of_kind(docs, "PrometheusRule")
+    if not objs:
+        return
+    extra = {f"{o['kind']} {name(o)}": {k: v for k, v in labels(o).items() if not k.startswith("app.kubernetes.io/")}
+             for o in objs}
+    distinct = {tuple(sorted(v.items())) for v in extra.values()}
+    r.check(len(distinct) == 1, "ServiceMonitors and PrometheusRules carry the same selector labels",
+            f"ServiceMonitors/PrometheusRules differ in their selector labels: {extra}")
+    namespaced = any(o.get("metadata", {}).get("namespace") for o in objs)
+    if namespaced:
+        r.check(all(extra.values()), f"selector label {next(iter(extra.values()))}",
+                "the overlay adds no label for Prometheus's serviceMonitorSelector/ruleSelector "
+                "(kube-prometheus-stack selects `release: <its release>`): nothing would be scraped or alerted")
+    else:
+        r.note("no namespace (base): the selector label is the overlays' to add")
+
+
+def check_monitoring_assets(r: Report, docs: list[dict]) -> None:
+    """The PrometheusRule and the dashboards ship with every render that is scraped, equal to their
+    single sources (the generated files' drift is scripts/gen-monitoring.py --check)."""
+    dash_files = sorted(glob.glob(os.path.join(REPO, "grafana", "dashboards", "*.json")))
+    cms = {name(c): c for c in of_kind(docs, "ConfigMap")}
+    scraped = bool(of_kind(docs, "ServiceMonitor"))
+    if scraped or any(n.startswith("dispatch-dashboard-") for n in cms):
+        for path in dash_files:
+            base = os.path.splitext(os.path.basename(path))[0]
+            cm = cms.get(f"dispatch-dashboard-{base}")
+            if not r.check(cm is not None, f"dashboard ConfigMap dispatch-dashboard-{base}",
+                           f"no ConfigMap dispatch-dashboard-{base} for grafana/dashboards/{base}.json"):
+                continue
+            r.check(labels(cm).get("grafana_dashboard") == "1", f"dispatch-dashboard-{base}: grafana_dashboard: \"1\"",
+                    f"dispatch-dashboard-{base}: no label grafana_dashboard: \"1\" (the Grafana sidecar ignores it)")
+            text = open(path, encoding="utf-8").read()
+            data = list((cm.get("data") or {}).values())
+            r.check(data == [text], f"dispatch-dashboard-{base} holds grafana/dashboards/{base}.json",
+                    f"dispatch-dashboard-{base} differs from grafana/dashboards/{base}.json (run scripts/gen-monitoring.py)")
+    if not scraped:
+        return
+    rule = find(docs, "PrometheusRule", "dispatch-alerts")
+    if not r.check(rule is not None, "PrometheusRule dispatch-alerts", "no PrometheusRule dispatch-alerts: no alerts in production"):
+        return
+    with open(os.path.join(REPO, "deploy", "prometheus", "alerts.yml"), encoding="utf-8") as f:
+        src = yaml.safe_load(f)
+    got = json.loads(json.dumps((rule.get("spec") or {}).get("groups") or []))
+    bases = set()
+    for g in got:
+        for rl in g.get("rules") or []:
+            if "alert" not in rl:
+                continue
+            url = str((rl.get("annotations") or {}).get("runbook_url", ""))
+            r.check(re.match(r"^https?://[^/]+/", url) and url.endswith("#" + rl["alert"].lower()),
+                    f"{rl['alert']}: runbook_url {url}",
+                    f"{rl['alert']}: runbook_url {url!r} is not absolute with #{rl['alert'].lower()}")
+            bases.add(url.split("#")[0])
+            rl["annotations"]["runbook_url"] = "#" + url.split("#", 1)[-1]
+    for g in src.get("groups") or []:
+        for rl in g.get("rules") or []:
+            if "runbook_url" in (rl.get("annotations") or {}):
+                rl["annotations"]["runbook_url"] = "#" + rl["annotations"]["runbook_url"].split("#", 1)[-1]
+    r.check(got == src.get("groups"), "PrometheusRule dispatch-alerts == deploy/prometheus/alerts.yml",
+            "PrometheusRule dispatch-alerts differs from deploy/prometheus/alerts.yml (run scripts/gen-monitoring.py)")
+    r.check(len(bases) <= 1, f"one runbook base URL {sorted(bases)}", f"several runbook base URLs: {sorted(bases)}")
 
 
 def min_replicas(docs: list[dict], deployment: dict) -> tuple[int | None, str]:
@@ -238,9 +388,12 @@ def check_workloads(r: Report, docs: list[dict]) -> None:
         pod = pod_spec(w)
         psc, csc = pod.get("securityContext") or {}, c.get("securityContext") or {}
         res = c.get("resources") or {}
-        for part in ("requests", "limits"):
-            for kind in ("cpu", "memory"):
-                r.check((res.get(part) or {}).get(kind), f"{where}: {part}.{kind}", f"{where}: resources.{part}.{kind} missing")
+        for part, kind in (("requests", "cpu"), ("requests", "memory"), ("limits", "memory")):
+            r.check((res.get(part) or {}).get(kind), f"{where}: {part}.{kind}", f"{where}: resources.{part}.{kind} missing")
+        if b in SERVICES:
+            r.check("cpu" not in (res.get("limits") or {}), f"{where}: no CPU limit (requests only)",
+                    f"{where}: resources.limits.cpu set: CFS throttling of a gRPC server is tail latency; "
+                    f"request CPU, do not limit it")
         r.check(csc.get("runAsNonRoot") or psc.get("runAsNonRoot"), f"{where}: runAsNonRoot", f"{where}: runAsNonRoot not set")
         r.check(csc.get("readOnlyRootFilesystem") is True, f"{where}: readOnlyRootFilesystem",
                 f"{where}: readOnlyRootFilesystem not true")
@@ -266,21 +419,103 @@ def check_workloads(r: Report, docs: list[dict]) -> None:
         r.check(((c.get("lifecycle") or {}).get("preStop")), f"{where}: preStop hook", f"{where}: no preStop hook")
         r.check(as_int(pod.get("terminationGracePeriodSeconds")), f"{where}: terminationGracePeriodSeconds",
                 f"{where}: terminationGracePeriodSeconds not set")
+        check_client_ids(r, w, c, b, where)
+
+
+def pod_name_var(c: dict) -> set[str]:
+    """Variables of the container that hold its pod's name (downward API metadata.name)."""
+    return {e["name"] for e in c.get("env") or []
+            if ((e.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath") == "metadata.name"}
+
+
+def check_client_ids(r: Report, w: dict, c: dict, b: str, where: str) -> None:
+    """client.id per pod for every service; group.instance.id = pod name for the processor (static
+    membership). `$(VAR)` only expands variables defined earlier in `env`."""
+    env = c.get("env") or []
+    props = ["client.id"] + (["group.instance.id"] if b == PROCESSOR else [])
+    for prop in props:
+        var = "DISPATCH_KAFKA__LIBRDKAFKA__" + prop.upper()
+        idx = next((i for i, e in enumerate(env) if e.get("name") == var), None)
+        if not r.check(idx is not None, f"{where}: {prop} set ({var})",
+                       f"{where}: {var} not set: {prop} should be the pod's name"):
+            continue
+        m = re.fullmatch(r"\$\((\w+)\)", str(env[idx].get("value", "")))
+        earlier = pod_name_var({"env": env[:idx]})
+        r.check(m and m.group(1) in earlier, f"{where}: {prop} = the pod name",
+                f"{where}: {var} is {env[idx].get('value')!r}, want $(VAR) of a variable defined before it "
+                f"from fieldRef metadata.name (defined before it: {sorted(earlier) or 'none'})")
+
+
+def check_migration_job(r: Report, docs: list[dict]) -> None:
+    for w, c, b in service_workloads(docs):
+        if w.get("kind") != "Job" or b != "dispatchctl":
+            continue
+        image = str(c.get("image", ""))
+        tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else "latest"
+        where = f"Job {name(w)}"
+        r.check(as_int((w.get("spec") or {}).get("ttlSecondsAfterFinished")) is not None,
+                f"{where}: ttlSecondsAfterFinished", f"{where}: no ttlSecondsAfterFinished (finished Jobs pile up)")
+        if tag == "latest":
+            r.note(f"{where}: image {image} has no release tag: Job naming not checked")
+            continue
+        r.check(name(w) == f"dispatch-migrate-{tag}", f"{where}: named after release {tag}",
+                f"{where}: named {name(w)}, want dispatch-migrate-{tag} (its image {image}): a Job's pod template is "
+                f"immutable, so the next release's apply would fail")
+        r.check(re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name(w)) and len(name(w)) <= 63,
+                f"{where}: a valid Job name", f"{where}: {name(w)!r} is not a valid Job name (image tag {tag!r})")
+
+
+BOOTSTRAP_RE = re.compile(r"^([a-z0-9-]+)-kafka-bootstrap(?:\.([a-z0-9-]+))?(?:\.svc(?:\.[a-z0-9.-]+)?)?:\d+$")
+
+
+def check_topic_placement(r: Report, docs: list[dict], topic_docs: list[dict] | None) -> dict[str, int]:
+    """The services' render holds no KafkaTopic; the topics' render sits where Strimzi watches: the
+    namespace and cluster of the services' bootstrap address."""
+    for t in of_kind(docs, "KafkaTopic"):
+        r.fail(f"KafkaTopic {name(t)} is in the services' render (namespace "
+               f"{t.get('metadata', {}).get('namespace') or 'unset'}): the Topic Operator watches only the Kafka "
+               f"cluster's namespace; put topics in the overlay's kafka-topics/ kustomization")
+    if topic_docs is None:
+        return {}
+    partitions = check_topics(r, topic_docs)
+    topics = of_kind(topic_docs, "KafkaTopic")
+    app_ns = next((d.get("metadata", {}).get("namespace") for d in docs if d.get("metadata", {}).get("namespace")), None)
+    processor = next((w for w, _, b in service_workloads(docs) if b == PROCESSOR and w.get("kind") == "Deployment"), None)
+    brokers = deployment_brokers(docs, processor) if processor is not None else None
+    first = (brokers or "").split(",")[0].strip()
+    m = BOOTSTRAP_RE.match(first)
+    if not m:
+        r.note(f"DISPATCH_KAFKA__BROKERS {brokers!r} is not a Strimzi bootstrap address: topic namespace not checked")
+        return partitions
+    cluster, ns = m.group(1), m.group(2) or app_ns
+    for t in topics:
+        where = f"KafkaTopic {name(t)}"
+        tns = t.get("metadata", {}).get("namespace")
+        r.check(tns == ns, f"{where}: namespace {tns} = the Kafka cluster's ({first})",
+                f"{where}: namespace {tns or 'unset'}, but the services reach Kafka at {first} (namespace {ns or 'unset'}): "
+                f"the Topic Operator there would never see it")
+        r.check(labels(t).get("strimzi.io/cluster") == cluster, f"{where}: strimzi.io/cluster {cluster}",
+                f"{where}: strimzi.io/cluster is {labels(t).get('strimzi.io/cluster')}, the services use cluster {cluster} ({first})")
+    return partitions
 
 
 def main() -> int:
-    paths = [a for a in sys.argv[1:] if not a.startswith("-")]
+    args = sys.argv[1:]
+    topics_path = args[args.index("--topics") + 1] if "--topics" in args else None
+    paths = [a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] != "--topics")]
     if len(paths) != 1:
         print(__doc__)
         return 2
     docs = load(paths[0])
     r = Report(f"CRD/policy checks {paths[0]}", verbose=verbose_flag())
-    partitions = check_topics(r, docs)
+    partitions = check_topic_placement(r, docs, load(topics_path) if topics_path else None)
     check_scaledobjects(r, docs, partitions)
     check_servicemonitors(r, docs)
+    check_monitoring_assets(r, docs)
     check_autoscaling(r, docs)
     check_pdbs(r, docs)
     check_workloads(r, docs)
+    check_migration_job(r, docs)
     return r.finish()
 
 
