@@ -1,20 +1,35 @@
 #!/usr/bin/env bash
-# Checks everything under deploy/docker/ and k8s/ without a cluster or a Docker engine.
+# Checks everything under deploy/docker/ and k8s/, ending with a dry run against a real API server.
 #
-#   scripts/check-deploy.sh [--skip-binaries] [--bin-dir DIR] [-v]
+#   scripts/check-deploy.sh [--skip-binaries] [--bin-dir DIR] [--skip-server] [-v]
 #
 # 1. tools     kustomize (pinned, `go install` into .local/bin) and kubernetes-validate (pinned, pip
 #              into .local/venv); installed only when missing, so re-runs are fast and offline
-# 2. render    kustomize build of k8s/base and every k8s/overlays/* into .local/deploy-check/
+# 2. render    kustomize build into .local/deploy-check/ of k8s/base, every k8s/overlays/*, each one's
+#              kafka-topics/ (base: k8s/base/kafka-topics), and prod with each k8s/components/*
 # 3. schema    every built-in kind (and k8s/base/secret.example.yaml) against the Kubernetes
 #              ${K8S_VERSION} OpenAPI schemas, strict (unknown fields fail), offline
-# 4. crds      scripts/check_crds.py: KafkaTopic / ScaledObject / ServiceMonitor required fields and
-#              policy (replicas 3, min.insync.replicas 2, KEDA max <= partitions, no processor HPA,
-#              PDBs vs replicas, securityContext, probes)
-# 5. config    scripts/check_config.py: DISPATCH_* keys and listen ports vs Deployments, Services,
+# 4. crds      scripts/check_crds.py: KafkaTopic / ScaledObject / TriggerAuthentication /
+#              ServiceMonitor / PrometheusRule fields and policy (topics in the Kafka namespace,
+#              replicas 3, min.insync.replicas 2, KEDA max <= partitions and auth = the services'
+#              Kafka security, honorLabels and selector labels, rules and dashboards equal to their
+#              sources with absolute runbook URLs, no processor HPA, PDBs vs replicas, no CPU limits
+#              on gRPC pods, client.id / group.instance.id = pod name, the migration Job named per
+#              release, securityContext, probes)
+# 5. monitoring scripts/gen-monitoring.py --check: k8s/base/monitoring/ equals what
+#              deploy/prometheus/alerts.yml and grafana/dashboards/ give; every alert has a section in
+#              docs/runbook-k8s.md
+# 6. config    scripts/check_config.py: DISPATCH_* keys and listen ports vs Deployments, Services,
 #              probes, NetworkPolicies; with the binaries (target/debug, unless --skip-binaries) also
 #              against each service's `--print-config` output
-# 6. docker    deploy/docker/check.sh (static Dockerfile checks)
+# 7. docker    deploy/docker/check.sh (static Dockerfile checks)
+# 8. server    scripts/kube-apiserver.sh start (kube-apiserver + etcd on loopback with the Strimzi,
+#              KEDA and prometheus-operator CRDs; built/fetched into .local/kube on first use), then
+#              `kubectl apply --dry-run=server --validate=strict` of every render, and a self-test:
+#              the same dry run must refuse broken objects (a ScaledObject without triggers, a
+#              KafkaTopic with 0 partitions, a ServiceMonitor with a misspelt field). The server is
+#              stopped at the end. A pass means schema-valid: the operators' webhooks and controllers
+#              do not run, which is why step 4 exists. --skip-server skips this step.
 # Exit status 0 only when every step passes.
 set -uo pipefail
 
@@ -28,12 +43,14 @@ out="${local_dir}/deploy-check"
 venv="${local_dir}/venv"
 config_args=()
 verbose=()
+skip_server=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --skip-binaries) config_args+=(--skip-binaries) ;;
         --bin-dir) config_args+=(--bin-dir "$2"); shift ;;
+        --skip-server) skip_server=1 ;;
         -v|--verbose) verbose=(-v) ;;
-        -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,36p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -105,17 +122,52 @@ else
 fi
 
 # ---- 2. render -----------------------------------------------------------------------------
+# NAME=PATH; the topics' renders are NAME-kafka-topics.
 step "render"
 mkdir -p "${out}"
 rm -f "${out}"/*.yaml
-targets=("k8s/base")
-for d in "${repo}"/k8s/overlays/*/; do targets+=("k8s/overlays/$(basename "$d")"); done
-rendered=()
-for t in "${targets[@]}"; do
-    n="$(basename "$t")"
+targets=("base=k8s/base" "base-kafka-topics=k8s/base/kafka-topics")
+for d in "${repo}"/k8s/overlays/*/; do
+    o="$(basename "$d")"
+    targets+=("${o}=k8s/overlays/${o}")
+    [ -f "${d}kafka-topics/kustomization.yaml" ] && targets+=("${o}-kafka-topics=k8s/overlays/${o}/kafka-topics")
+done
+# Each component on top of prod, as an overlay enabling it would be: the TLS listener's port in
+# DISPATCH_KAFKA__BROKERS, and the triggers following it (as prod's own replacement does).
+rm -rf "${out}/targets"
+for d in "${repo}"/k8s/components/*/; do
+    [ -f "${d}kustomization.yaml" ] || continue
+    c="$(basename "$d")"
+    mkdir -p "${out}/targets/prod-${c}"
+    cat > "${out}/targets/prod-${c}/kustomization.yaml" <<EOF
+# generated by scripts/check-deploy.sh: k8s/overlays/prod with k8s/components/${c}
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ../../../../k8s/overlays/prod
+components:
+  - ../../../../k8s/components/${c}
+configMapGenerator:
+  - name: dispatch-common
+    behavior: merge
+    literals:
+      - DISPATCH_KAFKA__BROKERS=dispatch-kafka-bootstrap.kafka.svc.cluster.local:9093
+replacements:
+  - source: {kind: ConfigMap, name: dispatch-common, fieldPath: data.DISPATCH_KAFKA__BROKERS}
+    targets:
+      - select: {kind: ScaledObject, name: dispatch-processor}
+        fieldPaths: [spec.triggers.*.metadata.bootstrapServers]
+EOF
+    targets+=("prod-${c}=.local/deploy-check/targets/prod-${c}")
+done
+rendered=()      # every render
+app_rendered=()  # the services' renders (not the topics')
+for nt in "${targets[@]}"; do
+    n="${nt%%=*}"; t="${nt#*=}"
     if [ ${#kustomize[@]} -gt 0 ] && "${kustomize[@]}" "${repo}/${t}" > "${out}/${n}.yaml" 2> "${out}/${n}.err"; then
         echo "rendered ${t}: $(grep -c '^kind:' "${out}/${n}.yaml") objects -> .local/deploy-check/${n}.yaml"
         rendered+=("${out}/${n}.yaml")
+        case "${n}" in *-kafka-topics) ;; *) app_rendered+=("${out}/${n}.yaml") ;; esac
         record "render ${t}" PASS
     else
         echo "FAIL: kustomize build ${t}"; sed 's/^/    /' "${out}/${n}.err" 2>/dev/null
@@ -123,6 +175,14 @@ for t in "${targets[@]}"; do
         record "render ${t}" FAIL
     fi
 done
+# The topics a services' render goes with: its own kafka-topics/, else those of the overlay it
+# builds on (prod-<component> -> prod). dev has none: its services create their topics.
+topics_for() {
+    local cand
+    for cand in "$1" "${1%%-*}"; do
+        [ -f "${out}/${cand}-kafka-topics.yaml" ] && { echo "${out}/${cand}-kafka-topics.yaml"; return; }
+    done
+}
 
 # ---- 3. schema -----------------------------------------------------------------------------
 step "schema (Kubernetes ${K8S_VERSION}, strict; CRD kinds are checked in the next step)"
@@ -167,23 +227,36 @@ fi
 
 # ---- 4. CRDs and policy --------------------------------------------------------------------
 step "CRD resources and policy (scripts/check_crds.py)"
-for f in "${rendered[@]}"; do
-    if (cd "${repo}/scripts" && "${py}" check_crds.py "$f" "${verbose[@]}"); then
-        record "crds/policy $(basename "$f" .yaml)" PASS
+for f in "${app_rendered[@]}"; do
+    n="$(basename "$f" .yaml)"
+    tf="$(topics_for "${n}")"
+    topics_args=()
+    [ -n "${tf}" ] && topics_args=(--topics "${tf}")
+    echo "${n}${tf:+ with $(basename "${tf}")}"
+    if (cd "${repo}/scripts" && "${py}" check_crds.py "$f" "${topics_args[@]}" "${verbose[@]}"); then
+        record "crds/policy ${n}${tf:+ + $(basename "${tf}" .yaml)}" PASS
     else
-        record "crds/policy $(basename "$f" .yaml)" FAIL
+        record "crds/policy ${n}${tf:+ + $(basename "${tf}" .yaml)}" FAIL
     fi
 done
 
-# ---- 5. settings keys and ports ------------------------------------------------------------
+# ---- 5. monitoring assets ------------------------------------------------------------------
+step "PrometheusRule and dashboards vs their sources (scripts/gen-monitoring.py --check)"
+if "${py}" "${repo}/scripts/gen-monitoring.py" --check; then
+    record "monitoring: k8s/base/monitoring = its sources" PASS
+else
+    record "monitoring: k8s/base/monitoring = its sources" FAIL
+fi
+
+# ---- 6. settings keys and ports ------------------------------------------------------------
 step "settings keys and ports (scripts/check_config.py ${config_args[*]})"
-if [ ${#rendered[@]} -gt 0 ] && (cd "${repo}/scripts" && "${py}" check_config.py "${rendered[@]}" "${config_args[@]}" "${verbose[@]}"); then
+if [ ${#app_rendered[@]} -gt 0 ] && (cd "${repo}/scripts" && "${py}" check_config.py "${app_rendered[@]}" "${config_args[@]}" "${verbose[@]}"); then
     record "settings/ports" PASS
 else
     record "settings/ports" FAIL
 fi
 
-# ---- 6. Dockerfile -------------------------------------------------------------------------
+# ---- 7. Dockerfile -------------------------------------------------------------------------
 step "Dockerfile (deploy/docker/check.sh)"
 if PYTHON="${py}" "${repo}/deploy/docker/check.sh" > "${out}/docker.log" 2>&1; then
     tail -n 1 "${out}/docker.log"
@@ -191,6 +264,72 @@ if PYTHON="${py}" "${repo}/deploy/docker/check.sh" > "${out}/docker.log" 2>&1; t
 else
     grep -v '^  ok' "${out}/docker.log"
     record "dockerfile" FAIL
+fi
+
+# ---- 8. a real API server ------------------------------------------------------------------
+if [ "${skip_server}" = 1 ]; then
+    step "server dry run: skipped (--skip-server)"
+else
+    step "server dry run (scripts/kube-apiserver.sh: kube-apiserver + etcd, Strimzi/KEDA/prometheus-operator CRDs)"
+    kas="${repo}/scripts/kube-apiserver.sh"
+    trap '"${kas}" stop >/dev/null 2>&1 || true' EXIT
+    t0=${SECONDS}
+    if "${kas}" start; then
+        echo "API server with CRDs ready after $((SECONDS - t0)) s"
+        record "server: kube-apiserver with CRDs" PASS
+        dry_run() { "${kas}" kubectl apply --dry-run=server --validate=strict -f "$1"; }
+        for f in "${rendered[@]}"; do
+            n="$(basename "$f" .yaml)"
+            if dry_run "$f" > "${out}/${n}.server.log" 2>&1; then
+                echo "${n}: $(grep -c '(server dry run)' "${out}/${n}.server.log") objects accepted"
+                grep '^Warning:' "${out}/${n}.server.log" | sort | uniq -c | sed 's/^ */    /'
+                record "server dry run ${n}" PASS
+            else
+                echo "FAIL: ${n}"; grep -v '(server dry run)$' "${out}/${n}.server.log" | sed 's/^/    /'
+                record "server dry run ${n}" FAIL
+            fi
+        done
+        # Self-test: the same dry run refuses what the schemas forbid, so the passes above mean
+        # something.
+        rm -rf "${out}/broken"; mkdir -p "${out}/broken"
+        cat > "${out}/broken/scaledobject-without-triggers.yaml" <<'EOF'
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {name: broken, namespace: dispatch}
+spec:
+  scaleTargetRef: {name: dispatch-processor}
+EOF
+        cat > "${out}/broken/kafkatopic-with-0-partitions.yaml" <<'EOF'
+apiVersion: kafka.strimzi.io/v1beta2
+kind: KafkaTopic
+metadata: {name: broken, namespace: kafka, labels: {strimzi.io/cluster: dispatch}}
+spec: {topicName: dispatch.broken, partitions: 0, replicas: 3}
+EOF
+        cat > "${out}/broken/servicemonitor-with-misspelt-field.yaml" <<'EOF'
+apiVersion: monitoring.coreos.com/v1
+kind: ServiceMonitor
+metadata: {name: broken, namespace: dispatch}
+spec:
+  selector: {matchLabels: {app.kubernetes.io/name: dispatch-gateway}}
+  endpoints: [{port: metrics, honourLabels: true}]
+EOF
+        for f in "${out}"/broken/*.yaml; do
+            n="$(basename "$f" .yaml)"
+            if dry_run "$f" > "${out}/broken/${n}.log" 2>&1; then
+                echo "FAIL: self-test ${n}: the server accepted it"
+                record "server self-test: refuses ${n}" FAIL
+            else
+                why="$(tr '\n' ' ' < "${out}/broken/${n}.log" | grep -o 'unknown field "[^"]*"\|spec[^ ]*: \(Invalid\|Required\) value[^*]*' | head -n 1)"
+                echo "self-test ${n}: refused: ${why:-$(head -c 200 "${out}/broken/${n}.log")}"
+                record "server self-test: refuses ${n}" PASS
+            fi
+        done
+    else
+        echo "FAIL: the API server did not start (scripts/kube-apiserver.sh start; logs in .local/kube/run/)"
+        record "server: kube-apiserver with CRDs" FAIL
+    fi
+    "${kas}" stop
+    trap - EXIT
 fi
 
 # ---- summary -------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ scripts/check-k6.sh
 stage "observability assets"
 scripts/check-observability.sh
 
-stage "deploy manifests"
+stage "deploy manifests (render, schemas, CRD policy, settings; kubectl apply --dry-run=server against a real kube-apiserver)"
 scripts/check-deploy.sh
 
 if [[ "${SKIP_LIVE:-0}" != "1" ]]; then
