@@ -282,11 +282,17 @@ scenario_db_proxy() {
 
 scenario_rebalance() {
     # A fourth processor joins and leaves the group every 5 s, by SIGTERM (a drain of 5 s) and by
-    # SIGKILL in turn, while a slow load keeps handlers of 6-8 s running past the drain.
+    # SIGKILL in turn, while a slow load keeps handlers of 6-8 s running past the drain, and a
+    # retrying load of 0.5-2.5 s handlers on 20 of the same keys puts retry records in their key
+    # lanes next to first attempts (a retry partition moves on its own: its records leave a lane
+    # while the ones ahead of them still wait or run).
     restart_processors DISPATCH_CONSUMER__REBALANCE_DRAIN_MS=5000
     sleep 5 # the group settles
     load rebalance
     slow_load rebalance-slow 5 6000 8000
+    load rebalance-retry --rate 3 --keys 20 --noop-share 0 --sim-latency-ms 500 \
+        --sim-latency-max-ms 2500 --sim-fail-rate 0.6 --sim-permanent-share 0 --max-attempts 4 \
+        --initial-backoff-ms 300 --run-at-share 0 --cancel-share 0
     local end=$((SECONDS + DURATION)) n=0 extra
     extra="$(inst processor $((PROCESSORS + 1)))"
     while ((SECONDS < end)); do

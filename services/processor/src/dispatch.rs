@@ -10,7 +10,9 @@
 //! runs in its own task, chained after the previous record of the same key, so one key is
 //! strictly sequential in offset order while different keys run in parallel far beyond the
 //! partition count. A lane is just the map entry of its last record; it disappears when that
-//! record releases it.
+//! record releases it. A record that leaves without running (its partition was revoked while it
+//! waited) hands the lane on only once the records ahead of it have: records of one key come from
+//! several partitions (the task topic and the retry topics), which are revoked independently.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,23 +38,40 @@ pub struct Lanes {
 }
 
 /// A record's place in its lane: dropping (or [`LaneTicket::release`]) lets the next record of
-/// the key start.
+/// the key start, once every record before it in the lane has released too.
 pub struct LaneTicket {
     lanes: Arc<Lanes>,
     key: Vec<u8>,
     id: u64,
     done: Option<oneshot::Sender<()>>,
+    /// The previous record's release (what this one waited for, or would have).
+    prev: Option<Done>,
 }
 
 impl LaneTicket {
-    /// Releases the lane now.
+    /// Releases the lane now, or, when this record leaves before the one ahead of it released
+    /// (its partition was revoked while it waited: a retry record's partition moves on its own),
+    /// as soon as that one does. A lane is a chain: a record leaving early must not let the
+    /// records behind it, or a record entering later, overtake the ones still ahead of it.
     pub fn release(&mut self) {
-        if let Some(tx) = self.done.take() {
-            let _ = tx.send(());
-            let mut map = self.lanes.map.lock();
-            if map.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
-                map.remove(&self.key);
+        let Some(tx) = self.done.take() else {
+            return;
+        };
+        let pending = self
+            .prev
+            .take()
+            .filter(|p| p.peek().is_none() && !cfg!(feature = "fault-lane-release-early"));
+        let key = std::mem::take(&mut self.key);
+        match (pending, tokio::runtime::Handle::try_current()) {
+            (Some(prev), Ok(rt)) => {
+                let (lanes, id) = (self.lanes.clone(), self.id);
+                rt.spawn(async move {
+                    let _ = prev.await;
+                    lanes.leave(&key, id, tx);
+                });
             }
+            // No runtime: the process is stopping and nothing runs any more.
+            _ => self.lanes.leave(&key, self.id, tx),
         }
     }
 }
@@ -79,9 +98,19 @@ impl Lanes {
                 key,
                 id,
                 done: Some(tx),
+                prev: prev.clone(),
             },
             prev,
         )
+    }
+
+    /// Record `id` of `key` is done: the next one may start; the lane goes when it was the last.
+    fn leave(&self, key: &[u8], id: u64, done: oneshot::Sender<()>) {
+        let _ = done.send(());
+        let mut map = self.map.lock();
+        if map.get(key).is_some_and(|(last, _)| *last == id) {
+            map.remove(key);
+        }
     }
 
     /// Keys with work queued or running.
@@ -205,6 +234,47 @@ mod tests {
         assert_eq!(o.iter().filter(|&&c| c == 1).count(), 3);
         assert_eq!(o.iter().filter(|&&c| c == 2).count(), 1);
         assert!(o.windows(4).all(|w| w.iter().any(|&c| c != 0)), "{o:?}");
+    }
+
+    /// A record that leaves its lane before its predecessor finished (its partition was revoked
+    /// while it waited: a retry record, whose partition moves on its own) must not let the records
+    /// behind it, or a record entering later, start ahead of that predecessor.
+    #[tokio::test]
+    async fn a_record_leaving_early_keeps_its_successors_behind_its_predecessor() {
+        let lanes = Arc::new(Lanes::default());
+        let (mut a, _) = lanes.enter(b"k".to_vec());
+        let (b, prev_b) = lanes.enter(b"k".to_vec());
+        let (_c, prev_c) = lanes.enter(b"k".to_vec());
+        let prev_c = prev_c.expect("chained behind b");
+        drop(prev_b);
+        drop(b); // abandoned while a still runs
+        tokio::task::yield_now().await;
+        assert!(
+            prev_c.clone().now_or_never().is_none(),
+            "c still waits for a"
+        );
+        let (_d, prev_d) = lanes.enter(b"k".to_vec());
+        let prev_d = prev_d.expect("d is chained");
+        a.release();
+        tokio::time::timeout(std::time::Duration::from_secs(5), prev_c)
+            .await
+            .expect("c runs once a is done")
+            .expect("released");
+        assert!(prev_d.now_or_never().is_none(), "d waits for c");
+
+        // The last record of a chain leaving early: a later entrant still waits for the rest.
+        let (mut x, _) = lanes.enter(b"j".to_vec());
+        let (y, _) = lanes.enter(b"j".to_vec());
+        drop(y);
+        tokio::task::yield_now().await;
+        let (_z, prev_z) = lanes.enter(b"j".to_vec());
+        let prev_z = prev_z.expect("z waits for x");
+        assert!(prev_z.clone().now_or_never().is_none());
+        x.release();
+        tokio::time::timeout(std::time::Duration::from_secs(5), prev_z)
+            .await
+            .expect("z runs once x is done")
+            .expect("released");
     }
 
     #[tokio::test]
