@@ -267,14 +267,17 @@ impl Processor {
             .observe(d.lease.polled_at.elapsed().as_secs_f64());
         SLOT_WAIT.observe(waited.elapsed().as_secs_f64());
         let running = write_of(env, TaskState::Running, a, TaskState::Running.version(g, a));
-        let claim = self.writer.write(running, None, trace.clone()).await;
         // A retry or a redrive comes from another partition than the task's cancels, possibly
         // on another instance: its RUNNING is a claim, awaited before the handler starts, so a
-        // task whose terminal state (a cancel) is committed never starts again. A first attempt
-        // shares its partition with its cancels, which this process sees first (the cancel set
-        // below): its RUNNING stays unawaited and coalesces with the outcome of a quick task.
+        // task whose terminal state (a cancel) is committed never starts again. The claim
+        // resolves at its commit, not after its event: a cancel committing between the two
+        // would otherwise see the handler start seconds after it when the events pipeline is
+        // slow. A first attempt shares its partition with its cancels, which this process sees
+        // first (the cancel set below): its RUNNING stays unawaited and coalesces with the
+        // outcome of a quick task.
         if a > 1 || g > 0 {
-            match claim.await {
+            let (claimed, _event) = self.writer.claim(running, trace.clone()).await;
+            match claimed.await {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::info!("the task moved on before this attempt started; skipped");
@@ -283,7 +286,7 @@ impl Processor {
                 Err(_) => return None,
             }
         } else {
-            drop(claim);
+            drop(self.writer.write(running, None, trace.clone()).await);
         }
         if self.is_cancelled(env.task_id, tenant) {
             tracing::info!("task cancelled before it ran");

@@ -55,6 +55,9 @@ pub struct WriteRequest {
     pub done: Option<oneshot::Sender<bool>>,
     /// A RETRYING write whose next attempt waits in MySQL: when it is due.
     pub retry_due: Option<chrono::DateTime<chrono::Utc>>,
+    /// A claim ([`Writer::claim`]): released right after the commit, with whether the row now
+    /// carries this write's version (its event is published later, like every other).
+    pub claimed: Option<(u64, oneshot::Sender<bool>)>,
 }
 
 /// Sends writes to the writer task.
@@ -66,6 +69,11 @@ pub struct Writer {
 /// Resolves when a write is durable: `true` if it landed, `false` if the fence dropped it (the task
 /// had moved on); an error means it was not persisted (shutdown).
 pub type Committed = oneshot::Receiver<bool>;
+
+/// Resolves once a claim is committed: `true` if the row carries the claim's version (the claim
+/// holds), `false` if the fence dropped it or a newer write of the task won; an error means it was
+/// not persisted (shutdown).
+pub type Claimed = oneshot::Receiver<bool>;
 
 impl Writer {
     /// Queues a write; the returned receiver resolves once it is committed and published.
@@ -90,6 +98,30 @@ impl Writer {
         self.send(write, Some(attempt), trace, Some(due)).await
     }
 
+    /// Queues a claim (an attempt's RUNNING): the first receiver resolves as soon as the
+    /// transaction commits, without waiting for the event (a handler that waits for its claim
+    /// starts right after the claim is durable, not seconds later when the events pipeline is
+    /// slow: the window in which a cancel can commit between the claim and the start stays short);
+    /// the second resolves like [`Writer::write`].
+    pub async fn claim(
+        &self,
+        write: TaskWrite,
+        trace: Vec<(String, String)>,
+    ) -> (Claimed, Committed) {
+        let (done, rx) = oneshot::channel();
+        let (claimed, claim_rx) = oneshot::channel();
+        let req = WriteRequest {
+            claimed: Some((write.version, claimed)),
+            write,
+            attempt: None,
+            trace,
+            done: Some(done),
+            retry_due: None,
+        };
+        let _ = self.tx.send(req).await;
+        (claim_rx, rx)
+    }
+
     async fn send(
         &self,
         write: TaskWrite,
@@ -104,6 +136,7 @@ impl Writer {
             trace,
             done: Some(done),
             retry_due,
+            claimed: None,
         };
         // A closed writer drops the request, and with it `done`: the receiver reports an error.
         let _ = self.tx.send(req).await;
@@ -140,6 +173,8 @@ struct Entry {
     attempts: Vec<AttemptRow>,
     trace: Vec<(String, String)>,
     waiters: Vec<oneshot::Sender<bool>>,
+    /// Claims in this entry: (version, released after the commit).
+    claims: Vec<(u64, oneshot::Sender<bool>)>,
 }
 
 /// A batch being collected, coalesced by task id.
@@ -178,6 +213,7 @@ impl Batch {
             e.attempts.push(a);
         }
         e.waiters.extend(r.done);
+        e.claims.extend(r.claimed);
     }
 
     fn len(&self) -> usize {
@@ -268,8 +304,12 @@ async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTr
         let before = previous.replace(next);
         let (cfg, acks2) = (cfg.clone(), acks.clone());
         acks.spawn(async move {
+            let mut batch = batch;
             let landed = commit_with_retry(&cfg, &batch).await;
             drop(slot);
+            if let Some(landed) = &landed {
+                release_claims(&mut batch, landed);
+            }
             if let Some(before) = before {
                 // An error only means that batch ended (aborted): its turn is over either way.
                 let _ = before.await;
@@ -303,6 +343,17 @@ async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTr
 
 /// Per entry of a batch: the row as stored after its write, if the write landed.
 type Landed = Vec<Option<pb::Task>>;
+
+/// Tells each claim of a committed batch whether it holds: its entry's write landed and the row
+/// carries the claim's version (a newer write of the task coalesced into the same entry, a cancel
+/// say, means the claim lost).
+fn release_claims(batch: &mut Batch, landed: &Landed) {
+    for (e, row) in batch.entries.iter_mut().zip(landed) {
+        for (version, tx) in e.claims.drain(..) {
+            let _ = tx.send(row.as_ref().is_some_and(|t| t.version == version));
+        }
+    }
+}
 
 /// Commits the batch, retrying with backoff; `None` when aborted. Returns, per entry, the row its
 /// write left if the write landed.
@@ -437,9 +488,45 @@ mod tests {
                 trace: Vec::new(),
                 done: Some(tx),
                 retry_due: None,
+                claimed: None,
             },
             rx,
         )
+    }
+
+    #[test]
+    fn a_claim_holds_only_when_the_row_carries_its_version() {
+        let (a, b) = (TaskId::new(), TaskId::new());
+        let mut batch = Batch::default();
+        let mut claims = Vec::new();
+        for (id, extra) in [(a, None), (b, Some(TaskState::Cancelled))] {
+            let w = write(id, TaskState::Running, 2);
+            let (tx, rx) = oneshot::channel();
+            let (mut r, _) = req(w.clone());
+            r.claimed = Some((w.version, tx));
+            batch.add(r);
+            if let Some(state) = extra {
+                batch.add(req(write(id, state, 0)).0);
+            }
+            claims.push(rx);
+        }
+        let landed: Landed = batch
+            .entries
+            .iter()
+            .map(|e| {
+                let w = e.write.as_ref().expect("write");
+                Some(pb::Task {
+                    version: w.version,
+                    ..Default::default()
+                })
+            })
+            .collect();
+        release_claims(&mut batch, &landed);
+        let mut got = claims
+            .into_iter()
+            .map(|mut rx| rx.try_recv().expect("released"));
+        assert_eq!(got.next(), Some(true), "its RUNNING is the row");
+        assert_eq!(got.next(), Some(false), "a cancel in the same batch won");
     }
 
     #[test]

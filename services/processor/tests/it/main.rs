@@ -14,3 +14,4 @@ mod outbox_admin;
 mod pauses;
 mod scheduling;
 mod timeouts;
+mod writer;
