@@ -37,7 +37,9 @@
 //!   order is the Kafka offset among Kafka-accepted records of one topic, the outbox id among
 //!   outbox-accepted ones, and, across both paths and both gateways, "accepted before the other
 //!   was sent" (the load generator records both times). Tasks with a `run_at` are left out (they
-//!   run when due), and so are tasks without ledger rows (noop);
+//!   run when due), and so are tasks without ledger rows (noop) and keyed tasks one of whose
+//!   submits went unanswered (refused or past the client's deadline: it may have reached Kafka
+//!   ahead of the accepted one, whose position the audit would otherwise use);
 //! - `idempotency_conflicts_accepted`: one (tenant, idempotency key) accepted for submits that
 //!   asked for different things (business key, type, priority, payload, run_at);
 //!   `idempotency_split`: one key answered with two task ids;
@@ -284,6 +286,10 @@ pub struct EventRec {
 pub struct History {
     /// Every accepted submit (ids-file lines).
     pub accepted: Vec<Accepted>,
+    /// Tasks of keyed submits that were also sent without an OK answer ([`UNANSWERED`]): such a
+    /// submit may have been made durable before the accepted one, so the task's place in its
+    /// key's order is unknown and the order check leaves it out.
+    pub unanswered: HashSet<TaskId>,
     /// Load reports.
     pub loads: Vec<LoadSummary>,
     /// The floor (share of offered submits that must be accepted; 0 disables).
@@ -472,13 +478,36 @@ pub fn read_ids_while_written(paths: &[std::path::PathBuf]) -> anyhow::Result<Ve
     read_ids_from(paths, true)
 }
 
+/// The first column of a keyed submit that was not answered OK:
+/// `# unanswered \t task_id \t code \t sent_us`. Readers of accepted submits skip it.
+pub const UNANSWERED: &str = "# unanswered";
+
+/// Reads the tasks of keyed submits that were not answered OK (see [`UNANSWERED`]).
+///
+/// # Errors
+/// Unreadable files, or a malformed task id.
+pub fn read_unanswered(paths: &[std::path::PathBuf]) -> anyhow::Result<HashSet<TaskId>> {
+    let mut out = HashSet::new();
+    for p in paths {
+        for l in read_lines(p)? {
+            let mut c = l.split('\t');
+            if c.next() != Some(UNANSWERED) {
+                continue;
+            }
+            let id = c.next().unwrap_or_default();
+            out.insert(TaskId::parse(id).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?);
+        }
+    }
+    Ok(out)
+}
+
 fn read_ids_from(paths: &[std::path::PathBuf], skip_bad: bool) -> anyhow::Result<Vec<Accepted>> {
     let mut out = Vec::new();
     for p in paths {
         let f = std::fs::File::open(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
         for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
             let line = line?;
-            if line.is_empty() {
+            if line.is_empty() || line.starts_with('#') {
                 continue;
             }
             match parse_line(&line) {
@@ -835,7 +864,7 @@ fn check_order(h: &History, v: &mut Verdict, ex: &mut Examples<'_>) {
     }
     let mut groups: HashMap<(String, String), Vec<Ordered>> = HashMap::new();
     for (id, ls) in &lines {
-        if ls.iter().any(|l| l.scheduled) {
+        if ls.iter().any(|l| l.scheduled) || h.unanswered.contains(id) {
             continue;
         }
         let key = &ls[0].key;
@@ -1398,6 +1427,7 @@ pub async fn audit(a: &AuditArgs) -> anyhow::Result<Verdict> {
         );
     }
     let mut h = History {
+        unanswered: read_unanswered(&a.ids)?,
         cancels: read_cancels(&a.cancels)?,
         frozen: read_frozen(&a.frozen)?,
         loads,

@@ -765,8 +765,25 @@ impl Scenario {
             }
             Err(s) => {
                 self.count(Err(s.code()));
+                self.note_unanswered(&it, s.code(), sent);
                 Err(s.code())
             }
+        }
+    }
+
+    /// Records a keyed submit that was not answered OK (refused, or past the client's deadline):
+    /// it may still have been made durable and run, so its task's place in its key's order is
+    /// unknown to the audit (`# unanswered` lines of `--record-ids`).
+    fn note_unanswered(&self, it: &Item, code: Code, sent_us: i64) {
+        use std::io::Write as _;
+        let Some(w) = &self.record else { return };
+        if it.spec.idempotency_key.is_empty() {
+            return; // its task id is unknown: nothing of it is audited
+        }
+        let id =
+            dispatch_core::TaskId::from_idempotency_key(&self.tenant, &it.spec.idempotency_key);
+        if let Ok(mut w) = w.lock() {
+            let _ = writeln!(w, "{}\t{id}\t{code:?}\t{sent_us}", crate::audit::UNANSWERED);
         }
     }
 
@@ -793,8 +810,9 @@ impl Scenario {
                 let resp = match resp {
                     Ok(r) => r.into_inner(),
                     Err(s) => {
-                        for _ in &items {
+                        for it in &items {
                             self.count(Err(s.code()));
+                            self.note_unanswered(it, s.code(), sent);
                         }
                         return Err(s.code());
                     }
@@ -817,6 +835,9 @@ impl Scenario {
                         Some(pb::submit_result::Outcome::Error(e)) => {
                             let code = Code::from_i32(e.code);
                             self.count(Err(code));
+                            if let Some(it) = it {
+                                self.note_unanswered(it, code, sent);
+                            }
                             first_error.get_or_insert(code);
                         }
                         None => {

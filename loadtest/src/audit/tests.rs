@@ -664,6 +664,38 @@ fn a_kafka_submit_overtaking_an_earlier_outbox_submit_fails() {
     assert!(judge(&h).passed(), "{}", judge(&h).line());
 }
 
+#[test]
+fn a_keyed_task_with_an_unanswered_submit_has_no_known_place_in_its_key_order() {
+    // x's accepted submit is at a later offset than it ran at: an earlier submit of the same
+    // idempotency key went unanswered (past the client's deadline) but reached Kafka first.
+    let (mut h, t) = sound();
+    h.execs.get_mut(&t.ob2).expect("execs")[0] = exec(8, (0, 1), H1, ms(29), 29_500);
+    fails_with(&h, "1 keys out of submission order");
+    h.unanswered.insert(t.ob2);
+    assert!(judge(&h).passed(), "{}", judge(&h).line());
+}
+
+#[test]
+fn unanswered_lines_are_read_apart_from_accepted_ones() {
+    let dir = std::env::temp_dir().join(format!("audit-unanswered-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let f = dir.join("ids");
+    let (a, b) = (TaskId::new(), TaskId::new());
+    std::fs::write(
+        &f,
+        format!(
+            "{a}\tk1\tkafka\tdispatch.tasks.default\t0\t5\n{UNANSWERED}\t{b}\tDeadlineExceeded\t7\n"
+        ),
+    )
+    .expect("write");
+    let accepted = read_ids(std::slice::from_ref(&f)).expect("ids");
+    assert_eq!(accepted.len(), 1);
+    assert_eq!(accepted[0].task_id, a);
+    let unanswered = read_unanswered(std::slice::from_ref(&f)).expect("unanswered");
+    assert_eq!(unanswered, HashSet::from([b]));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // --- idempotency, keys, tenants ----------------------------------------------------------
 
 #[test]
