@@ -37,6 +37,9 @@ Policy across kinds:
     the processor's group.instance.id too (static membership)
   - the migration Job is named after its release: dispatch-migrate-<image tag> (any tag but
     `latest`), with ttlSecondsAfterFinished
+  - values an overlay must set, named when missing: a release tag on every image (renders with a
+    namespace), DISPATCH_KAFKA__BROKERS of every service (not unset, not loopback); secret names
+    and keys are check_config.py's (every reference must resolve)
 
 Usage: check_crds.py RENDERED.yaml [--topics TOPICS.yaml] [-v]
 """
@@ -422,6 +425,28 @@ def check_workloads(r: Report, docs: list[dict]) -> None:
         check_client_ids(r, w, c, b, where)
 
 
+def check_required_values(r: Report, docs: list[dict]) -> None:
+    """What an overlay must set, named when it is missing: the image tag, the Kafka bootstrap
+    servers. (Secret names and keys: check_config.py, which resolves every reference.)"""
+    namespaced = any(d.get("metadata", {}).get("namespace") for d in docs)
+    for w, c, b in service_workloads(docs):
+        where = f"{w['kind']} {name(w)}/{c.get('name')}"
+        image = str(c.get("image", ""))
+        last = image.rsplit("/", 1)[-1]
+        tag = last.split(":", 1)[1] if ":" in last and "@" not in last else ("(digest)" if "@" in last else "")
+        if namespaced:
+            r.check(tag and tag != "latest", f"{where}: image {image} is pinned",
+                    f"{where}: image {image!r} has no release tag (set images: newTag in the overlay)")
+        if b in SERVICES:
+            env = resolve_env(docs, c, example_secrets())
+            brokers = env.get("DISPATCH_KAFKA__BROKERS")
+            value = (brokers.value or "").strip() if brokers else ""
+            r.check(value and not value.startswith(("127.", "localhost")),
+                    f"{where}: Kafka bootstrap {value}",
+                    f"{where}: DISPATCH_KAFKA__BROKERS is {'unset' if not value else repr(value)}: set the Kafka "
+                    f"bootstrap servers in the overlay's dispatch-common (the default is 127.0.0.1:9092)")
+
+
 def pod_name_var(c: dict) -> set[str]:
     """Variables of the container that hold its pod's name (downward API metadata.name)."""
     return {e["name"] for e in c.get("env") or []
@@ -515,6 +540,7 @@ def main() -> int:
     check_autoscaling(r, docs)
     check_pdbs(r, docs)
     check_workloads(r, docs)
+    check_required_values(r, docs)
     check_migration_job(r, docs)
     return r.finish()
 
