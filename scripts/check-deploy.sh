@@ -6,7 +6,8 @@
 # 1. tools     kustomize (pinned, `go install` into .local/bin) and kubernetes-validate (pinned, pip
 #              into .local/venv); installed only when missing, so re-runs are fast and offline
 # 2. render    kustomize build into .local/deploy-check/ of k8s/base, every k8s/overlays/*, each one's
-#              kafka-topics/ (base: k8s/base/kafka-topics), and prod with each k8s/components/*
+#              kafka-topics/ (base: k8s/base/kafka-topics), prod with each k8s/components/*, and
+#              the kustomizations inside a component (k8s/components/kafka-scram-tls/kafka-user)
 # 3. schema    every built-in kind (and k8s/base/secret.example.yaml) against the Kubernetes
 #              ${K8S_VERSION} OpenAPI schemas, strict (unknown fields fail), offline
 # 4. crds      scripts/check_crds.py: KafkaTopic / ScaledObject / TriggerAuthentication /
@@ -160,14 +161,22 @@ replacements:
 EOF
     targets+=("prod-${c}=.local/deploy-check/targets/prod-${c}")
 done
+# Kustomizations inside a component for another namespace (kafka-scram-tls/kafka-user: the KafkaUser).
+aux=()
+for d in "${repo}"/k8s/components/*/*/; do
+    [ -f "${d}kustomization.yaml" ] || continue
+    a="$(basename "$(dirname "$d")")-$(basename "$d")"
+    targets+=("${a}=k8s/components/$(basename "$(dirname "$d")")/$(basename "$d")")
+    aux+=("${a}")
+done
 rendered=()      # every render
-app_rendered=()  # the services' renders (not the topics')
+app_rendered=()  # the services' renders (not the topics' nor the aux ones)
 for nt in "${targets[@]}"; do
     n="${nt%%=*}"; t="${nt#*=}"
     if [ ${#kustomize[@]} -gt 0 ] && "${kustomize[@]}" "${repo}/${t}" > "${out}/${n}.yaml" 2> "${out}/${n}.err"; then
         echo "rendered ${t}: $(grep -c '^kind:' "${out}/${n}.yaml") objects -> .local/deploy-check/${n}.yaml"
         rendered+=("${out}/${n}.yaml")
-        case "${n}" in *-kafka-topics) ;; *) app_rendered+=("${out}/${n}.yaml") ;; esac
+        case " ${aux[*]} " in *" ${n} "*) ;; *) case "${n}" in *-kafka-topics) ;; *) app_rendered+=("${out}/${n}.yaml") ;; esac ;; esac
         record "render ${t}" PASS
     else
         echo "FAIL: kustomize build ${t}"; sed 's/^/    /' "${out}/${n}.err" 2>/dev/null
@@ -289,6 +298,22 @@ else
                 record "server dry run ${n}" FAIL
             fi
         done
+        # Operators run `kubectl apply -k`, i.e. kubectl's own kustomize: it must render the same.
+        same=1
+        for nt in "${targets[@]}"; do
+            n="${nt%%=*}"; t="${nt#*=}"
+            [ -f "${out}/${n}.yaml" ] || continue
+            if ! "${kas}" kubectl kustomize "${repo}/${t}" 2>&1 | diff -q - "${out}/${n}.yaml" >/dev/null; then
+                echo "FAIL: \`kubectl kustomize ${t}\` differs from kustomize ${KUSTOMIZE_VERSION}'s render"
+                same=0
+            fi
+        done
+        if [ "${same}" = 1 ]; then
+            echo "kubectl kustomize ($("${kas}" kubectl version --client 2>/dev/null | sed -n 's/^Kustomize Version: //p')) renders every target like kustomize ${KUSTOMIZE_VERSION}"
+            record "server: kubectl apply -k renders the same" PASS
+        else
+            record "server: kubectl apply -k renders the same" FAIL
+        fi
         # Self-test: the same dry run refuses what the schemas forbid, so the passes above mean
         # something.
         rm -rf "${out}/broken"; mkdir -p "${out}/broken"
