@@ -365,7 +365,9 @@ mod tests {
 }
 
 /// Renders settings as TOML with secrets redacted (`--print-config`): URL passwords and any key
-/// whose name contains `secret`, `password`, `token` or `key_hash`.
+/// whose name contains `secret`, `password`, `token`, `key_hash`, `api_key` or `key_sha256`
+/// (API key digests: `auth.api_keys[].key_sha256`, `auth.admin_key_sha256`,
+/// `auth.admin_keys[].key_sha256`; a digest of a short key can be brute-forced).
 ///
 /// # Errors
 /// The settings do not serialize to TOML.
@@ -385,9 +387,16 @@ fn redact(v: &mut toml::Value, key: &str) {
         toml::Value::Array(a) => a.iter_mut().for_each(|c| redact(c, key)),
         toml::Value::String(s) => {
             let k = key.to_ascii_lowercase();
-            if ["secret", "password", "token", "key_hash", "api_key"]
-                .iter()
-                .any(|w| k.contains(w))
+            if [
+                "secret",
+                "password",
+                "token",
+                "key_hash",
+                "api_key",
+                "key_sha256",
+            ]
+            .iter()
+            .any(|w| k.contains(w))
             {
                 *s = "<redacted>".into();
             } else if let Some((scheme, rest)) = s.split_once("://")
@@ -407,16 +416,28 @@ mod redact_tests {
 
     #[test]
     fn secrets_are_redacted() {
+        use crate::grpc::{AdminKeyEntry, ApiKeyEntry, AuthSettings, hash_key};
         #[derive(Serialize)]
         struct S {
             database: DbSettings,
-            auth: std::collections::BTreeMap<String, String>,
+            auth: AuthSettings,
         }
-        let mut auth = std::collections::BTreeMap::new();
-        auth.insert("admin_key_hash".to_string(), "abc".to_string());
+        // The real `[auth]` section, with every field that holds a key digest.
+        let (tenant, legacy, named) = (hash_key("t"), hash_key("l"), hash_key("n"));
         let out = render_redacted(&S {
             database: DbSettings::default(),
-            auth,
+            auth: AuthSettings {
+                api_keys: vec![ApiKeyEntry {
+                    tenant: "acme".into(),
+                    key_sha256: tenant.clone(),
+                }],
+                admin_key_sha256: Some(legacy.clone()),
+                admin_keys: vec![AdminKeyEntry {
+                    id: "ops-2026".into(),
+                    key_sha256: named.clone(),
+                }],
+                ..AuthSettings::default()
+            },
         })
         .expect("render");
         assert!(!out.contains("dispatch:dispatch@"), "{out}");
@@ -424,6 +445,15 @@ mod redact_tests {
             out.contains("mysql://dispatch:<redacted>@127.0.0.1:3306/dispatch"),
             "{out}"
         );
-        assert!(!out.contains("abc"), "{out}");
+        for (field, digest) in [
+            ("auth.api_keys[0].key_sha256", &tenant),
+            ("auth.admin_key_sha256", &legacy),
+            ("auth.admin_keys[0].key_sha256", &named),
+        ] {
+            assert!(!out.contains(digest.as_str()), "{field} printed:\n{out}");
+        }
+        assert!(out.contains("admin_key_sha256 = \"<redacted>\""), "{out}");
+        // What is not secret stays readable.
+        assert!(out.contains("acme") && out.contains("ops-2026"), "{out}");
     }
 }

@@ -1,7 +1,7 @@
 //! Runs a service binary as an operator does and checks it behaves like a CLI: `--help` and
 //! `--version` answer and exit 0, `--config=PATH` and `--config PATH` both name the settings
-//! file (seen through `--print-config`), and an unknown flag stops start-up with status 2 and
-//! a message naming it.
+//! file (seen through `--print-config`), `--print-config` redacts API key digests, and an
+//! unknown flag stops start-up with status 2 and a message naming it.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -68,8 +68,22 @@ pub fn assert_behaves_like_a_cli(bin: &str, name: &str, version: &str) {
     let dir = std::env::temp_dir().join(format!("dispatch-cli-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let file = dir.join("settings.toml");
-    std::fs::write(&file, format!("[kafka]\nbrokers = \"{MARKER_BROKERS}\"\n"))
-        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    // Key digests in every `[auth]` field that holds one: `--print-config` must not show them.
+    let digests = [
+        ("auth.admin_key_sha256", "a".repeat(64)),
+        ("auth.admin_keys[0].key_sha256", "b".repeat(64)),
+        ("auth.api_keys[0].key_sha256", "c".repeat(64)),
+    ];
+    std::fs::write(
+        &file,
+        format!(
+            "[kafka]\nbrokers = \"{MARKER_BROKERS}\"\n\n[auth]\nadmin_key_sha256 = \"{}\"\n\
+             admin_keys = [{{ id = \"ops-1\", key_sha256 = \"{}\" }}]\n\
+             api_keys = [{{ tenant = \"acme\", key_sha256 = \"{}\" }}]\n",
+            digests[0].1, digests[1].1, digests[2].1
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     let path = file.to_string_lossy().into_owned();
     let joined = format!("--config={path}");
     for args in [
@@ -83,6 +97,13 @@ pub fn assert_behaves_like_a_cli(bin: &str, name: &str, version: &str) {
             out.contains(MARKER_BROKERS),
             "{args:?} did not read the file:\n{out}"
         );
+        for (field, digest) in &digests {
+            assert!(
+                !out.contains(digest.as_str()),
+                "--print-config shows {field}:\n{out}"
+            );
+        }
+        assert!(out.contains("ops-1"), "the admin key id is shown:\n{out}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
