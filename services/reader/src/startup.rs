@@ -84,7 +84,13 @@ impl App {
         // Read the certificate files now, so a bad path fails start-up rather than the first
         // handshake.
         let tls = tls_config(&settings.grpc)?;
-        let auth = Arc::new(Authenticator::from_settings(&settings.auth)?);
+        let auth = Arc::new(Authenticator::for_listeners(
+            &settings.auth,
+            &[
+                ("grpc.listen", settings.grpc.listen),
+                ("admin.listen", settings.admin.listen),
+            ],
+        )?);
         metrics::init();
         dispatch_runtime::metrics::register_runtime_metrics("reader");
         let health = Health::new();
