@@ -28,9 +28,10 @@
 #              KEDA and prometheus-operator CRDs; built/fetched into .local/kube on first use), then
 #              `kubectl apply --dry-run=server --validate=strict` of every render, and a self-test:
 #              the same dry run must refuse broken objects (a ScaledObject without triggers, a
-#              KafkaTopic with 0 partitions, a ServiceMonitor with a misspelt field). The server is
-#              stopped at the end. A pass means schema-valid: the operators' webhooks and controllers
-#              do not run, which is why step 4 exists. --skip-server skips this step.
+#              KafkaTopic with 0 partitions, a ServiceMonitor with a misspelt field); kubectl's own
+#              kustomize (`kubectl apply -k`) must render every target like the pinned one. The
+#              server is stopped at the end. A pass means schema-valid: the operators' webhooks and
+#              controllers do not run, which is why step 4 exists. --skip-server skips this step.
 # Exit status 0 only when every step passes.
 set -uo pipefail
 
@@ -51,7 +52,7 @@ while [ $# -gt 0 ]; do
         --bin-dir) config_args+=(--bin-dir "$2"); shift ;;
         --skip-server) skip_server=1 ;;
         -v|--verbose) verbose=(-v) ;;
-        -h|--help) sed -n '2,36p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
