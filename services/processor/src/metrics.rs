@@ -201,6 +201,14 @@ pub static CANCELS_IGNORED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["reason"],
     )
 });
+/// `dispatch_processor_tracked_entries{set}`.
+pub static TRACKED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "dispatch_processor_tracked_entries",
+        "Entries of the processor's per-task memory: cancels remembered (bounded), attempts in flight and task locks (both bounded by the records in flight).",
+        &["set"],
+    )
+});
 /// `dispatch_db_write_errors_total`.
 pub static DB_WRITE_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
@@ -311,6 +319,9 @@ pub fn init(task_types: &[String]) {
         PANICS.with_label_values(&[t.as_str()]);
     }
     CANCELS_IGNORED.with_label_values(&["tenant"]);
+    for s in ["cancels", "in_flight", "task_locks"] {
+        TRACKED.with_label_values(&[s]).set(0);
+    }
     LazyLock::force(&SCHEDULER_CLAIMED);
     for k in ["retry", "dlq", "events", "tasks"] {
         PRODUCE_DURATION.with_label_values(&[k]);

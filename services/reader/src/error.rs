@@ -23,6 +23,9 @@ pub enum ReadError {
     /// MySQL failed and no cached copy could answer.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A bound of this instance is reached (the message names it).
+    #[error("{0}")]
+    Exhausted(String),
 }
 
 impl ReadError {
@@ -45,6 +48,7 @@ impl From<ReadError> for Status {
             ReadError::Unavailable(_) => {
                 Status::unavailable("task store unavailable; retry shortly")
             }
+            ReadError::Exhausted(m) => Status::resource_exhausted(m),
         }
     }
 }

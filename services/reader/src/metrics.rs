@@ -111,6 +111,17 @@ pub static WATCH_STREAMS: LazyLock<IntGauge> = LazyLock::new(|| {
     )))
 });
 
+/// `dispatch_watch_streams_refused_total{limit}`.
+pub static WATCH_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(def(IntCounterVec::new(
+        Opts::new(
+            "dispatch_watch_streams_refused_total",
+            "WatchTask streams refused at a bound (limit: instance, tenant).",
+        ),
+        &["limit"],
+    )))
+});
+
 /// `dispatch_circuit_breaker_open{service, breaker}`.
 pub static BREAKER_OPEN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register(def(IntGaugeVec::new(

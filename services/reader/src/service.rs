@@ -2,7 +2,6 @@
 //! handler runs inside `grpc::observe` (latency, code and in-flight metrics).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use dispatch_core::{TaskId, Tenant};
 use dispatch_proto::v1 as pb;
@@ -16,7 +15,7 @@ use tracing::Instrument;
 
 use crate::error::ReadError;
 use crate::reader::Reader;
-use crate::watch::{self, WatchStream};
+use crate::watch::{self, WatchLimits, WatchStream, Watches};
 use crate::{batch, list};
 
 /// Bounds of the service.
@@ -24,8 +23,8 @@ use crate::{batch, list};
 pub struct Limits {
     /// Requests served at once; more are shed with UNAVAILABLE.
     pub max_concurrent_requests: usize,
-    /// WatchTask's safety re-read interval.
-    pub watch_poll: Duration,
+    /// WatchTask's bounds and safety re-read interval.
+    pub watch: WatchLimits,
 }
 
 /// The service.
@@ -34,7 +33,7 @@ pub struct QueryService {
     reader: Arc<Reader>,
     auth: Arc<Authenticator>,
     stop: CancellationToken,
-    watch_poll: Duration,
+    watches: Arc<Watches>,
     in_flight: Arc<Semaphore>,
 }
 
@@ -50,7 +49,7 @@ impl QueryService {
             reader,
             auth,
             stop,
-            watch_poll: limits.watch_poll,
+            watches: Watches::new(limits.watch),
             in_flight: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
         }
     }
@@ -150,13 +149,14 @@ impl TaskQueryService for QueryService {
             let tenant = self.tenant(&req)?;
             let id = parse_id("task_id", &req.get_ref().task_id)?;
             let min_version = req.get_ref().min_version;
+            let admitted = self.watches.admit(&tenant)?;
             let stream = watch::start(
                 Arc::clone(&self.reader),
+                admitted,
                 tenant,
                 id,
                 min_version,
                 self.stop.clone(),
-                self.watch_poll,
             )
             .await?;
             Ok(Response::new(stream))

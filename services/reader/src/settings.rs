@@ -102,6 +102,13 @@ pub struct CacheSettings {
     pub probe_interval_ms: u64,
     /// WatchTask re-reads the task this often in case an event was missed.
     pub watch_poll_ms: u64,
+    /// WatchTask streams open at once on this instance; more are refused (RESOURCE_EXHAUSTED).
+    pub watch_max_streams: usize,
+    /// WatchTask streams one tenant may hold open at once on this instance.
+    pub watch_max_streams_per_tenant: usize,
+    /// A WatchTask stream ends after this long (UNAVAILABLE: watch again, with `min_version`), so
+    /// a task that never finishes cannot hold a stream, its task and its channel forever.
+    pub watch_max_duration_ms: u64,
     /// Prefetch bound of the events consumer in KiB (librdkafka `queued.max.messages.kbytes`,
     /// whose default of 64 MiB would count against the reader's memory on top of the caches).
     pub events_prefetch_kbytes: u32,
@@ -132,6 +139,9 @@ impl Default for CacheSettings {
             breaker_max_open_ms: 30_000,
             probe_interval_ms: 1_000,
             watch_poll_ms: 5_000,
+            watch_max_streams: 10_000,
+            watch_max_streams_per_tenant: 1_000,
+            watch_max_duration_ms: 3_600_000,
             events_prefetch_kbytes: 4_096,
         }
     }
@@ -170,11 +180,17 @@ impl Settings {
             ("cache.read_your_writes_poll_ms", c.read_your_writes_poll_ms),
             ("cache.probe_interval_ms", c.probe_interval_ms),
             ("cache.watch_poll_ms", c.watch_poll_ms),
+            ("cache.watch_max_duration_ms", c.watch_max_duration_ms),
             ("cache.breaker_open_ms", c.breaker_open_ms),
         ] {
             if v == 0 {
                 return Err(SettingsError(format!("{name} must be positive")));
             }
+        }
+        if c.watch_max_streams == 0 || c.watch_max_streams_per_tenant == 0 {
+            return bad(
+                "cache.watch_max_streams and cache.watch_max_streams_per_tenant must be positive",
+            );
         }
         if c.events_prefetch_kbytes == 0 {
             return bad("cache.events_prefetch_kbytes must be positive");

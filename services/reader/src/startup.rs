@@ -236,7 +236,12 @@ impl App {
             shutdown.child(),
             Limits {
                 max_concurrent_requests: settings.grpc.max_concurrent_requests,
-                watch_poll: Duration::from_millis(settings.cache.watch_poll_ms),
+                watch: crate::watch::WatchLimits {
+                    max_streams: settings.cache.watch_max_streams,
+                    max_streams_per_tenant: settings.cache.watch_max_streams_per_tenant,
+                    max_duration: Duration::from_millis(settings.cache.watch_max_duration_ms),
+                    poll: Duration::from_millis(settings.cache.watch_poll_ms),
+                },
             },
         );
         let max = settings.grpc.max_request_bytes;

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::consumer::{Ctx, Delivery, Lease, Shared, Tp};
 use crate::gate::Gate;
 use crate::handler::Registry;
-use crate::metrics::CANCELS_IGNORED;
+use crate::metrics::{CANCELS_IGNORED, TRACKED};
 use crate::produce::Producer;
 use crate::slots::Slots;
 use crate::writer::{Committed, Writer};
@@ -97,6 +97,9 @@ impl Drop for TaskLock<'_> {
         {
             locks.remove(&self.id);
         }
+        TRACKED
+            .with_label_values(&["task_locks"])
+            .set(locks.len() as i64);
     }
 }
 
@@ -159,7 +162,14 @@ impl Processor {
     /// second could pass the gate before the first's terminal state commits and run a finished
     /// task again. With it, the second looks the state up after that commit and skips.
     pub(crate) async fn lock_task(&self, id: TaskId) -> TaskLock<'_> {
-        let lock = Arc::clone(self.task_locks.lock().entry(id).or_default());
+        let lock = {
+            let mut locks = self.task_locks.lock();
+            let lock = Arc::clone(locks.entry(id).or_default());
+            TRACKED
+                .with_label_values(&["task_locks"])
+                .set(locks.len() as i64);
+            lock
+        };
         let guard = lock.lock_owned().await;
         TaskLock {
             processor: self,
@@ -293,6 +303,7 @@ impl Processor {
             }
         }
         c.insert(id, (tenant.to_owned(), Instant::now()));
+        TRACKED.with_label_values(&["cancels"]).set(c.len() as i64);
     }
 
     /// Whether `tenant` cancelled `id` recently (this process saw the cancel).
@@ -321,6 +332,9 @@ impl Processor {
                 token: token.clone(),
             },
         );
+        TRACKED
+            .with_label_values(&["in_flight"])
+            .set(m.len() as i64);
         true
     }
 
@@ -331,6 +345,9 @@ impl Processor {
         {
             m.remove(&env.task_id);
         }
+        TRACKED
+            .with_label_values(&["in_flight"])
+            .set(m.len() as i64);
     }
 
     /// Task types an operator paused.

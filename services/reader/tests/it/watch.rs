@@ -7,7 +7,7 @@ use dispatch_proto::v1 as pb;
 use dispatch_testkit::TestEnv;
 use tonic::Code;
 
-use crate::common::{ACME, Events, Reader, TaskRow, req, store};
+use crate::common::{ACME, Events, GLOBEX, Reader, TaskRow, req, store};
 
 async fn next(s: &mut tonic::Streaming<pb::TaskEvent>) -> Option<pb::TaskEvent> {
     tokio::time::timeout(Duration::from_secs(5), s.message())
@@ -150,4 +150,114 @@ async fn watch_with_a_submit_token_waits_for_the_task_to_appear() {
         next(&mut stream).await.is_none(),
         "a terminal task ends the stream"
     );
+}
+
+async fn open_watch(
+    c: &mut pb::task_query_service_client::TaskQueryServiceClient<tonic::transport::Channel>,
+    id: TaskId,
+    key: &str,
+) -> Result<tonic::Streaming<pb::TaskEvent>, tonic::Status> {
+    let mut s = c
+        .watch_task(req(
+            pb::WatchTaskRequest {
+                task_id: id.to_string(),
+                min_version: 0,
+            },
+            key,
+        ))
+        .await?
+        .into_inner();
+    // The current state comes first: the stream is admitted and running.
+    next(&mut s).await.expect("current state");
+    Ok(s)
+}
+
+/// Streams are bounded per tenant and per instance, refused with RESOURCE_EXHAUSTED naming the
+/// setting, counted, and a closed stream frees its place.
+#[tokio::test]
+async fn watch_streams_are_bounded_per_tenant_and_per_instance() {
+    let env = TestEnv::new().await.expect("env");
+    let a = TaskRow::new("acme", TaskState::Pending, 0);
+    let g = TaskRow::new("globex", TaskState::Pending, 0);
+    store(&env, &[a.clone(), g.clone()]).await;
+    let r = Reader::start_with(&env, |s| {
+        s.cache.watch_max_streams = 3;
+        s.cache.watch_max_streams_per_tenant = 2;
+    })
+    .await;
+    let mut c = r.client().await;
+    let first = open_watch(&mut c, a.id, ACME).await.expect("first");
+    let _second = open_watch(&mut c, a.id, ACME).await.expect("second");
+    let refused = open_watch(&mut c, a.id, ACME)
+        .await
+        .expect_err("third of acme");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused
+            .message()
+            .contains("cache.watch_max_streams_per_tenant"),
+        "{}",
+        refused.message()
+    );
+    let _other = open_watch(&mut c, g.id, GLOBEX)
+        .await
+        .expect("globex's first");
+    let refused = open_watch(&mut c, g.id, GLOBEX)
+        .await
+        .expect_err("fourth on the instance");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("cache.watch_max_streams"),
+        "{}",
+        refused.message()
+    );
+    // Process-wide counters (other tests share them): each refusal was counted at least once.
+    let m = crate::invalid::http_get(r.admin, "/metrics").await;
+    for limit in ["tenant", "instance"] {
+        let line = format!(r#"dispatch_watch_streams_refused_total{{limit="{limit}"}} "#);
+        let n: f64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        assert!(n >= 1.0, "{limit} refusal not counted: {m}");
+    }
+
+    drop(first);
+    dispatch_testkit::eventually(
+        "a closed stream frees its place",
+        Duration::from_secs(10),
+        || {
+            let mut c = c.clone();
+            async move { open_watch(&mut c, a.id, ACME).await.ok() }
+        },
+    )
+    .await
+    .expect("admitted again");
+    r.stop().await;
+    env.cleanup().await;
+}
+
+/// A stream on a task that never finishes ends after the maximum duration with UNAVAILABLE
+/// (watch again), so it cannot hold the reader's resources forever.
+#[tokio::test]
+async fn a_watch_stream_ends_after_its_maximum_duration() {
+    let env = TestEnv::new().await.expect("env");
+    let a = TaskRow::new("acme", TaskState::Pending, 0);
+    store(&env, std::slice::from_ref(&a)).await;
+    let r = Reader::start_with(&env, |s| s.cache.watch_max_duration_ms = 1_000).await;
+    let mut c = r.client().await;
+    let mut s = open_watch(&mut c, a.id, ACME).await.expect("watch");
+    let end = tokio::time::timeout(Duration::from_secs(10), s.message())
+        .await
+        .expect("the stream ends within 10 s")
+        .expect_err("with a status");
+    assert_eq!(end.code(), Code::Unavailable);
+    assert!(
+        end.message().contains("cache.watch_max_duration_ms"),
+        "{}",
+        end.message()
+    );
+    r.stop().await;
+    env.cleanup().await;
 }
