@@ -93,6 +93,8 @@ pub struct Accepted {
     pub scheduled: bool,
     /// Answered as a duplicate.
     pub duplicate: bool,
+    /// The ids file it came from (its name without `.ids`), for the per-load timing.
+    pub source: String,
 }
 
 /// Audit flags.
@@ -313,7 +315,7 @@ pub struct History {
 }
 
 /// The outcome.
-#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Serialize, PartialEq)]
 pub struct Verdict {
     /// Distinct accepted ids.
     pub accepted: u64,
@@ -371,6 +373,145 @@ pub struct Verdict {
     pub reasons: Vec<String>,
     /// A few failing tasks per check, with their evidence.
     pub examples: Vec<String>,
+    /// Per ids file (its name without `.ids`): time to start and retry delays, measured, not
+    /// judged (fault scenarios bound them).
+    pub timing: BTreeMap<String, Timing>,
+}
+
+/// Time to start and retry delays of one load's tasks (milliseconds).
+#[derive(Debug, Default, Clone, Serialize, PartialEq)]
+pub struct Timing {
+    /// Tasks with a measured start: not scheduled (`run_at`), sent time known, attempt 1 of
+    /// generation 0 seen in the ledger or `task_attempts`.
+    pub started: u64,
+    /// Submit sent .. attempt 1's first start: median.
+    pub start_p50_ms: f64,
+    /// 99th percentile.
+    pub start_p99_ms: f64,
+    /// Largest.
+    pub start_max_ms: f64,
+    /// Retries measured (ledger): the end of attempt n's last execution .. attempt n+1's first
+    /// start, generation 0.
+    pub retries: u64,
+    /// Retry delay: median.
+    pub retry_p50_ms: f64,
+    /// 99th percentile.
+    pub retry_p99_ms: f64,
+    /// Largest.
+    pub retry_max_ms: f64,
+}
+
+impl Timing {
+    /// One line.
+    pub fn line(&self) -> String {
+        format!(
+            "started={} start_p50_ms={:.0} start_p99_ms={:.0} start_max_ms={:.0} retries={} retry_p50_ms={:.0} retry_p99_ms={:.0} retry_max_ms={:.0}",
+            self.started,
+            self.start_p50_ms,
+            self.start_p99_ms,
+            self.start_max_ms,
+            self.retries,
+            self.retry_p50_ms,
+            self.retry_p99_ms,
+            self.retry_max_ms
+        )
+    }
+}
+
+/// The `q` quantile (nearest rank) of sorted values, 0 when empty.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Per source: time to start (sent .. attempt 1's first start) and retry delays (attempt n's end
+/// .. attempt n+1's first start), generation 0.
+fn timing(h: &History) -> BTreeMap<String, Timing> {
+    let mut starts: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut retries: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut seen = HashSet::new();
+    for a in &h.accepted {
+        if a.duplicate || !seen.insert(a.task_id) {
+            continue;
+        }
+        let execs: Vec<&Exec> = h
+            .execs
+            .get(&a.task_id)
+            .map(|v| v.iter().filter(|e| e.generation == 0).collect())
+            .unwrap_or_default();
+        let first_of = |attempt: u32| {
+            let ledger = execs
+                .iter()
+                .filter(|e| e.attempt == attempt)
+                .map(|e| e.start().0)
+                .min();
+            let stored = h.attempts.get(&a.task_id).and_then(|v| {
+                v.iter()
+                    .filter(|r| r.generation == 0 && r.attempt == attempt)
+                    .map(|r| r.started_us)
+                    .min()
+            });
+            ledger.into_iter().chain(stored).min()
+        };
+        if !a.scheduled
+            && a.sent_us > 0
+            && let Some(start) = first_of(1)
+        {
+            starts
+                .entry(a.source.as_str())
+                .or_default()
+                .push((start - a.sent_us) as f64 / 1000.0);
+        }
+        let mut attempts: Vec<u32> = execs.iter().map(|e| e.attempt).collect();
+        attempts.sort_unstable();
+        attempts.dedup();
+        for w in attempts.windows(2) {
+            if w[1] != w[0] + 1 {
+                continue;
+            }
+            let end = execs
+                .iter()
+                .filter(|e| e.attempt == w[0])
+                .map(|e| e.finished_us)
+                .max();
+            let next = execs
+                .iter()
+                .filter(|e| e.attempt == w[1])
+                .map(|e| e.start().0)
+                .min();
+            if let (Some(end), Some(next)) = (end, next) {
+                retries
+                    .entry(a.source.as_str())
+                    .or_default()
+                    .push((next - end) as f64 / 1000.0);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    let sources: HashSet<&str> = h.accepted.iter().map(|a| a.source.as_str()).collect();
+    for src in sources {
+        let mut s = starts.remove(src).unwrap_or_default();
+        let mut r = retries.remove(src).unwrap_or_default();
+        s.sort_by(f64::total_cmp);
+        r.sort_by(f64::total_cmp);
+        out.insert(
+            src.to_owned(),
+            Timing {
+                started: s.len() as u64,
+                start_p50_ms: quantile(&s, 0.5),
+                start_p99_ms: quantile(&s, 0.99),
+                start_max_ms: s.last().copied().unwrap_or(0.0),
+                retries: r.len() as u64,
+                retry_p50_ms: quantile(&r, 0.5),
+                retry_p99_ms: quantile(&r, 0.99),
+                retry_max_ms: r.last().copied().unwrap_or(0.0),
+            },
+        );
+    }
+    out
 }
 
 impl Verdict {
@@ -511,13 +652,25 @@ fn read_ids_from(paths: &[std::path::PathBuf], skip_bad: bool) -> anyhow::Result
                 continue;
             }
             match parse_line(&line) {
-                Ok(a) => out.push(a),
+                Ok(mut a) => {
+                    a.source = source_name(p);
+                    out.push(a);
+                }
                 Err(_) if skip_bad => {}
                 Err(e) => anyhow::bail!("{} line {}: {e}", p.display(), n + 1),
             }
         }
     }
     Ok(out)
+}
+
+/// An ids file's name without its `.ids` extension.
+fn source_name(p: &std::path::Path) -> String {
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.strip_suffix(".ids").map(str::to_owned).unwrap_or(name)
 }
 
 fn read_lines(p: &std::path::Path) -> anyhow::Result<Vec<String>> {
@@ -1193,6 +1346,7 @@ pub fn judge(h: &History) -> Verdict {
     }
     v.reasons = r;
     v.examples = examples;
+    v.timing = timing(h);
     v
 }
 

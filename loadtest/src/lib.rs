@@ -124,6 +124,9 @@ pub struct RunArgs {
     /// Distinct business keys.
     #[arg(long, default_value_t = 1000)]
     pub keys: usize,
+    /// Business keys are `<prefix><n>` (separate key spaces for loads that run side by side).
+    #[arg(long, default_value = "key-")]
+    pub key_prefix: String,
     /// Items per SubmitTasks call (batch).
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
@@ -226,6 +229,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", v.line());
             for e in &v.examples {
                 println!("  {e}");
+            }
+            for (source, t) in &v.timing {
+                println!("timing {source}: {}", t.line());
             }
             anyhow::ensure!(v.passed(), "audit failed");
             Ok(())

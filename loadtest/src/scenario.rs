@@ -211,6 +211,7 @@ pub struct Scenario {
     foreign_auth: Option<MetadataValue<Ascii>>,
     payload: Vec<u8>,
     keys: usize,
+    key_prefix: String,
     batch: usize,
     task_type: String,
     ids: Vec<String>,
@@ -392,6 +393,7 @@ impl Scenario {
                 .transpose()?,
             payload: payload(a.payload_bytes, a.sim_latency_ms, a.sim_fail_rate),
             keys: a.keys.max(1),
+            key_prefix: a.key_prefix.clone(),
             batch: a.batch.clamp(1, 1000),
             task_type: a.task_type.clone(),
             ids: Vec::new(),
@@ -463,7 +465,7 @@ impl Scenario {
     /// The item of `seq` without conflicts.
     fn base_item(&self, seq: u64) -> Item {
         let m = &self.mix;
-        let business_key = format!("key-{}", seq % self.keys as u64);
+        let business_key = format!("{}{}", self.key_prefix, seq % self.keys as u64);
         if !m.on {
             return Item {
                 spec: pb::TaskSpec {
@@ -560,7 +562,8 @@ impl Scenario {
             0 => {
                 it.spec.business_key = if self.keys > 1 {
                     format!(
-                        "key-{}",
+                        "{}{}",
+                        self.key_prefix,
                         (seq - 1 + self.keys as u64 / 2) % self.keys as u64
                     )
                 } else {

@@ -802,3 +802,33 @@ fn a_file_still_being_written_is_read_up_to_its_partial_line() {
     assert_eq!(read_ids_while_written(&paths).expect("lenient").len(), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn timing_measures_time_to_start_and_retry_delays_per_load() {
+    let (a, b) = (TaskId::new(), TaskId::new());
+    let mut la = line(a, "k1", "kafka", 1, 100, 101);
+    la.source = "fast".into();
+    let mut lb = line(b, "k2", "kafka", 2, 100, 101);
+    lb.source = "slow".into();
+    let mut h = History {
+        accepted: vec![la, lb],
+        ..Default::default()
+    };
+    // a: started 5 ms after it was sent; b: 50 ms after, failed, retried 200 ms after its end.
+    h.execs
+        .insert(a, vec![exec(1, (0, 1), H1, ms(105), ms(110))]);
+    h.execs.insert(
+        b,
+        vec![
+            exec(2, (0, 1), H1, ms(150), ms(160)),
+            exec(3, (0, 2), H1, ms(360), ms(370)),
+        ],
+    );
+    let t = timing(&h);
+    assert_eq!(t["fast"].started, 1);
+    assert_eq!(t["fast"].start_p99_ms, 5.0);
+    assert_eq!(t["fast"].retries, 0);
+    assert_eq!(t["slow"].start_p50_ms, 50.0);
+    assert_eq!(t["slow"].retries, 1);
+    assert_eq!(t["slow"].retry_max_ms, 200.0);
+}
