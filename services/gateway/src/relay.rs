@@ -166,6 +166,7 @@ pub async fn relay_once(
     if rows.is_empty() {
         return Ok(Round::default());
     }
+    let fault_share = fault_fail_share(&s.fault_fail_publishes_file);
     // Each key's rows, in id order (the window is in id order).
     let mut chains: Vec<Vec<outbox::OutboxRecord>> = Vec::new();
     let mut chain_of: HashMap<(String, Vec<u8>), usize> = HashMap::new();
@@ -190,11 +191,18 @@ pub async fn relay_once(
                 value: r.value,
                 headers: r.headers,
             };
-            let outcome = producer
-                .send(&rec, "tasks")
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string());
+            let outcome = if fault_fails(fault_share, id, attempts) {
+                Err(format!(
+                    "fault switch outbox.fault_fail_publishes_file ({}): publish failed",
+                    s.fault_fail_publishes_file
+                ))
+            } else {
+                producer
+                    .send(&rec, "tasks")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
             let stop = outcome.is_err();
             verdicts.push(Verdict {
                 id,
@@ -211,15 +219,42 @@ pub async fn relay_once(
     let (published, failed) =
         outbox_relay::record_verdicts(pool, &verdicts, s.max_attempts, |a| backoff(s, a)).await?;
     if failed > 0 {
-        producer.breaker().on_error();
+        producer.breaker().failure();
     } else if published > 0 {
-        producer.breaker().on_success();
+        producer.breaker().success();
     }
     Ok(Round {
         published,
         failed,
         lost_lock: fence.lock().await.lost(),
     })
+}
+
+/// The share of publishes the fault switch (`outbox.fault_fail_publishes_file`) fails: 0 when it
+/// is off (no path, or no file at the path), else the file's share (empty or unreadable: all).
+fn fault_fail_share(path: &str) -> f64 {
+    if path.is_empty() {
+        return 0.0;
+    }
+    match std::fs::read_to_string(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0.0,
+        Err(_) => 1.0,
+        Ok(text) => {
+            let share = text.trim().parse::<f64>().unwrap_or(1.0).clamp(0.0, 1.0);
+            tracing::warn!(path, share, "outbox fault switch on: relay publishes fail");
+            share
+        }
+    }
+}
+
+/// Whether the fault switch fails this publish of row `id` at `attempts`: a deterministic draw
+/// per (row, attempt), so a row that failed may pass on a later attempt.
+fn fault_fails(share: f64, id: u64, attempts: u32) -> bool {
+    if share <= 0.0 {
+        return false;
+    }
+    let x = (id as f64 * 0.618_033_988_75 + f64::from(attempts) * 0.414_213_562_37).fract();
+    x < share
 }
 
 /// Rows deleted per purge statement (each holds its row locks only that long).
@@ -370,6 +405,24 @@ async fn pause(stop: &CancellationToken, d: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fault_switch_is_off_without_a_file_and_fails_its_share_with_one() {
+        assert_eq!(fault_fail_share(""), 0.0);
+        let dir = std::env::temp_dir().join(format!("relay-fault-{}", std::process::id()));
+        let path = dir.to_string_lossy().into_owned();
+        let _ = std::fs::remove_file(&dir);
+        assert_eq!(fault_fail_share(&path), 0.0);
+        std::fs::write(&dir, "").expect("write the switch file");
+        assert_eq!(fault_fail_share(&path), 1.0);
+        assert!((0..100).all(|id| fault_fails(1.0, id, 1)));
+        std::fs::write(&dir, "0.5\n").expect("write the switch file");
+        assert_eq!(fault_fail_share(&path), 0.5);
+        let failed = (0..1000).filter(|&id| fault_fails(0.5, id, 1)).count();
+        assert!((400..600).contains(&failed), "{failed}");
+        assert!((0..100).all(|id| !fault_fails(0.0, id, 1)));
+        std::fs::remove_file(&dir).expect("remove the switch file");
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

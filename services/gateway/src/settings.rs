@@ -211,6 +211,11 @@ pub struct OutboxSettings {
     pub published_retention_ms: u64,
     /// How often the relay leader deletes published rows past their retention.
     pub purge_interval_ms: u64,
+    /// FAULT SWITCH, for fault tests only; empty (the default) turns it off. While a file exists
+    /// at this path, every relay publish fails without reaching Kafka (the row is retried with
+    /// backoff and may go `dead`, exactly as if Kafka had refused it). The file's content may be
+    /// a share in 0..=1 of publishes to fail (empty or unreadable: all). Checked once per round.
+    pub fault_fail_publishes_file: String,
 }
 
 impl Default for OutboxSettings {
@@ -235,6 +240,7 @@ impl Default for OutboxSettings {
             relay_fence_ms: 100,
             published_retention_ms: 86_400_000,
             purge_interval_ms: 60_000,
+            fault_fail_publishes_file: String::new(),
         }
     }
 }
