@@ -9,11 +9,10 @@ use anyhow::Context as _;
 use dispatch_proto::v1::task_service_server::TaskServiceServer;
 use dispatch_runtime::Shutdown;
 use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
-use dispatch_runtime::grpc::{Authenticator, init_rpc_metrics, reflection_services, tls_config};
-use secrecy::ExposeSecret;
+use dispatch_runtime::grpc::{Authenticator, init_rpc_metrics, reflection_services};
+use dispatch_runtime::tls::ServerTls;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::ServerTlsConfig;
 
 use crate::durable::Durable;
 use crate::gateway::Gateway;
@@ -41,7 +40,7 @@ pub struct App {
     pool: sqlx::MySqlPool,
     health: Health,
     /// Server TLS (mTLS with `grpc.tls_client_ca_path`); plaintext when `None`.
-    tls: Option<ServerTlsConfig>,
+    tls: Option<ServerTls>,
 }
 
 /// The MySQL pool. MySQL is the fallback, not a hard dependency: when it cannot be reached at
@@ -52,11 +51,11 @@ async fn pool(settings: &Settings) -> anyhow::Result<sqlx::MySqlPool> {
         Ok(p) => Ok(p),
         Err(e) => {
             tracing::warn!(error = %e, "mysql not reachable at start-up; outbox unavailable until it is");
-            settings
+            let options = settings
                 .database
-                .pool_options()
-                .connect_lazy(settings.database.url.expose_secret())
-                .context("database.url")
+                .connect_options()
+                .context("database.url")?;
+            Ok(settings.database.pool_options().connect_lazy_with(options))
         }
     }
 }
@@ -71,7 +70,15 @@ impl App {
         settings.validate()?;
         // Read the certificate files now, so a bad path fails start-up rather than the first
         // handshake.
-        let tls = tls_config(&settings.grpc)?;
+        let tls = ServerTls::from_settings(&settings.grpc)?;
+        // TLS and SASL to the dependencies: a certificate that does not verify or a refused
+        // login stops start-up (an unreachable dependency does not).
+        dispatch_runtime::tls::check_dependencies(
+            &settings.kafka,
+            &settings.database,
+            &settings.redis,
+        )
+        .await?;
         let auth = Authenticator::from_settings(&settings.auth)?;
         metrics::init();
         init_rpc_metrics(
@@ -215,20 +222,28 @@ impl App {
             probe::set_serving(&signal_reporter, false).await;
             tracing::info!("shutting down: not serving, draining in-flight requests");
         };
-        let mut server = tonic::transport::Server::builder();
-        if let Some(tls) = self.tls {
-            server = server.tls_config(tls).context("grpc tls")?;
-        }
+        let server = tonic::transport::Server::builder();
         let (reflection_v1, reflection_v1alpha) =
             reflection_services(&[dispatch_proto::v1::task_service_server::SERVICE_NAME])?;
-        let serve = server
+        let router = server
             .timeout(Duration::from_millis(s.grpc.request_timeout_ms))
             .layer(ShedLayer::new(s.grpc.max_concurrent_requests))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(task_service)
-            .serve_with_incoming_shutdown(dispatch_runtime::grpc::incoming(self.listener), signal);
+            .add_service(task_service);
+        let incoming = dispatch_runtime::grpc::incoming(self.listener);
+        let tls = self.tls;
+        let serve = async move {
+            match tls {
+                Some(tls) => {
+                    router
+                        .serve_with_incoming_shutdown(tls.incoming(incoming), signal)
+                        .await
+                }
+                None => router.serve_with_incoming_shutdown(incoming, signal).await,
+            }
+        };
         tokio::pin!(serve);
         let served = tokio::select! {
             r = &mut serve => r.context("grpc server"),

@@ -10,13 +10,13 @@ use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
 use dispatch_runtime::grpc::Authenticator;
 use dispatch_runtime::kafka;
 use dispatch_runtime::shutdown::Shutdown;
+use dispatch_runtime::tls::ServerTls;
 use dispatch_store::MySqlPool;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::ServerTlsConfig;
 
 use crate::admin::{Admin, AdminApi};
 use crate::consumer::context::Fences;
@@ -63,7 +63,8 @@ impl AppBuilder {
         let s = self.settings;
         s.validate()?;
         let auth = Authenticator::from_settings(&s.auth)?;
-        let tls = dispatch_runtime::grpc::tls_config(&s.grpc)?;
+        let tls = ServerTls::from_settings(&s.grpc)?;
+        dispatch_runtime::tls::check_dependencies(&s.kafka, &s.database, &s.redis).await?;
         let registry = Registry::build(&s.handlers, self.handlers)?;
         crate::metrics::init(&registry.task_types());
         let pool = dispatch_store::connect(&s.database)
@@ -162,7 +163,7 @@ pub struct App {
     consumer: Arc<BaseConsumer<Ctx>>,
     control: Control,
     auth: Authenticator,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<ServerTls>,
 }
 
 impl App {
@@ -237,21 +238,26 @@ impl App {
         let mut server = tonic::transport::Server::builder()
             .concurrency_limit_per_connection(s.grpc.max_concurrent_requests)
             .load_shed(true);
-        if let Some(tls) = self.tls {
-            server = server.tls_config(tls).context("grpc tls")?;
-        }
+        let tls = self.tls;
         let incoming = dispatch_runtime::grpc::incoming(self.grpc);
         let grpc_stop = servers.clone();
         tracker.spawn(async move {
             // No server-wide request timeout: a redrive runs as long as its rate and size need
             // (clients set their own deadline).
-            let r = server
+            let router = server
                 .add_service(health_svc)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
-                .add_service(admin_api)
-                .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned())
-                .await;
+                .add_service(admin_api);
+            let stop = grpc_stop.cancelled_owned();
+            let r = match tls {
+                Some(tls) => {
+                    router
+                        .serve_with_incoming_shutdown(tls.incoming(incoming), stop)
+                        .await
+                }
+                None => router.serve_with_incoming_shutdown(incoming, stop).await,
+            };
             if let Err(e) = r {
                 tracing::error!(error = %e, "grpc server failed");
             }

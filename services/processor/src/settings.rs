@@ -236,6 +236,10 @@ pub struct HttpEndpointSettings {
     /// Request timeout.
     #[serde(default = "default_http_timeout_ms")]
     pub timeout_ms: u64,
+    /// PEM CA bundle an `https://` URL's certificate may also chain to (the system roots are
+    /// always trusted).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 fn default_http_timeout_ms() -> u64 {

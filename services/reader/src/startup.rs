@@ -7,10 +7,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use dispatch_proto::v1::task_query_service_server::TaskQueryServiceServer;
 use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
-use dispatch_runtime::grpc::{Authenticator, reflection_services, tls_config};
+use dispatch_runtime::grpc::{Authenticator, reflection_services};
+use dispatch_runtime::tls::ServerTls;
 use dispatch_runtime::{Shutdown, kafka, redis_client};
 use tokio::net::TcpListener;
-use tonic::transport::ServerTlsConfig;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -40,7 +40,7 @@ pub struct App {
     auth: Arc<Authenticator>,
     events: EventsConsumer,
     /// Server TLS (mTLS with `grpc.tls_client_ca_path`); plaintext when `None`.
-    tls: Option<ServerTlsConfig>,
+    tls: Option<ServerTls>,
 }
 
 /// A view of a running app for tests and benchmarks.
@@ -83,7 +83,13 @@ impl App {
         settings.validate()?;
         // Read the certificate files now, so a bad path fails start-up rather than the first
         // handshake.
-        let tls = tls_config(&settings.grpc)?;
+        let tls = ServerTls::from_settings(&settings.grpc)?;
+        dispatch_runtime::tls::check_dependencies(
+            &settings.kafka,
+            &settings.database,
+            &settings.redis,
+        )
+        .await?;
         let auth = Arc::new(Authenticator::for_listeners(
             &settings.auth,
             &[
@@ -247,23 +253,31 @@ impl App {
         let max = settings.grpc.max_request_bytes;
         let stop = shutdown.child();
         let reporter_at_stop = reporter.clone();
-        let mut server = tonic::transport::Server::builder();
-        if let Some(tls) = tls {
-            server = server.tls_config(tls).context("grpc tls")?;
-        }
+        let server = tonic::transport::Server::builder();
         let (reflection_v1, reflection_v1alpha) =
             reflection_services(&[dispatch_proto::v1::task_query_service_server::SERVICE_NAME])?;
-        let server = server
+        let router = server
             .timeout(Duration::from_millis(settings.grpc.request_timeout_ms))
             .add_service(health_svc)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(Svc::new(svc).max_decoding_message_size(max))
-            .serve_with_incoming_shutdown(dispatch_runtime::grpc::incoming(listener), async move {
-                stop.cancelled().await;
-                set_serving(&reporter_at_stop, ServingStatus::NotServing).await;
-                tracing::info!("shutting down: not serving, draining requests");
-            });
+            .add_service(Svc::new(svc).max_decoding_message_size(max));
+        let signal = async move {
+            stop.cancelled().await;
+            set_serving(&reporter_at_stop, ServingStatus::NotServing).await;
+            tracing::info!("shutting down: not serving, draining requests");
+        };
+        let incoming = dispatch_runtime::grpc::incoming(listener);
+        let server = async move {
+            match tls {
+                Some(tls) => {
+                    router
+                        .serve_with_incoming_shutdown(tls.incoming(incoming), signal)
+                        .await
+                }
+                None => router.serve_with_incoming_shutdown(incoming, signal).await,
+            }
+        };
         let server = tokio::spawn(server);
         if health.is_ready() {
             set_serving(&reporter, ServingStatus::Serving).await;

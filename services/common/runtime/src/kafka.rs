@@ -12,9 +12,8 @@ use crate::settings::KafkaSettings;
 /// Producer config: idempotent, `acks=all`, compressed, small linger, and the Java-compatible
 /// `murmur2_random` partitioner so every client agrees which partition a business key lives on.
 pub fn producer_config(s: &KafkaSettings) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &s.brokers)
-        .set("enable.idempotence", "true")
+    let mut c = client_config(s);
+    c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", &s.compression)
         .set("linger.ms", s.linger_ms.to_string())
@@ -29,9 +28,8 @@ pub fn producer_config(s: &KafkaSettings) -> ClientConfig {
 /// them is persisted (`enable.auto.offset.store=false`) and librdkafka commits stored offsets on a
 /// timer; the application also commits on revoke and shutdown.
 pub fn consumer_config(s: &KafkaSettings, group: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &s.brokers)
-        .set("group.id", group)
+    let mut c = client_config(s);
+    c.set("group.id", group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
@@ -42,6 +40,74 @@ pub fn consumer_config(s: &KafkaSettings, group: &str) -> ClientConfig {
         .set("socket.keepalive.enable", "true");
     apply_overrides(&mut c, s);
     c
+}
+
+/// What every client (producer, consumer, admin) starts from: the brokers and the security
+/// settings (`security_protocol`, `ssl_*`, `sasl_*`). Raw `librdkafka` overrides come last in
+/// [`producer_config`] and [`consumer_config`].
+pub fn client_config(s: &KafkaSettings) -> ClientConfig {
+    use secrecy::ExposeSecret;
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &s.brokers);
+    let protocol = s.security_protocol.to_ascii_lowercase();
+    if protocol.is_empty() || protocol == "plaintext" {
+        return c;
+    }
+    c.set("security.protocol", &protocol);
+    let path = |p: &std::path::PathBuf| p.to_string_lossy().into_owned();
+    if let Some(ca) = &s.ssl_ca_file {
+        c.set("ssl.ca.location", path(ca));
+    }
+    if let Some(cert) = &s.ssl_cert_file {
+        c.set("ssl.certificate.location", path(cert));
+    }
+    if let Some(key) = &s.ssl_key_file {
+        c.set("ssl.key.location", path(key));
+    }
+    if protocol.starts_with("sasl") {
+        c.set("sasl.mechanism", s.sasl_mechanism.to_ascii_uppercase());
+        if let Some(user) = &s.sasl_username {
+            c.set("sasl.username", user);
+        }
+        if let Some(password) = &s.sasl_password {
+            c.set("sasl.password", password.expose_secret());
+        }
+    }
+    c
+}
+
+/// Checks the security settings alone (no connection): a known protocol and mechanism, cert and
+/// key together, credentials with SASL. The message names the setting.
+///
+/// # Errors
+/// The first inconsistency found.
+pub fn validate_security(s: &KafkaSettings) -> Result<(), crate::SettingsError> {
+    let err = |m: String| Err(crate::SettingsError(m));
+    let protocol = s.security_protocol.to_ascii_lowercase();
+    if !["", "plaintext", "ssl", "sasl_plaintext", "sasl_ssl"].contains(&protocol.as_str()) {
+        return err(format!(
+            "kafka.security_protocol: {:?} is not one of plaintext, ssl, sasl_plaintext, sasl_ssl",
+            s.security_protocol
+        ));
+    }
+    if s.ssl_cert_file.is_some() != s.ssl_key_file.is_some() {
+        return err("kafka.ssl_cert_file and kafka.ssl_key_file must be set together".into());
+    }
+    if protocol.starts_with("sasl") {
+        let mechanism = s.sasl_mechanism.to_ascii_uppercase();
+        if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&mechanism.as_str()) {
+            return err(format!(
+                "kafka.sasl_mechanism: {:?} is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (required with security_protocol {protocol})",
+                s.sasl_mechanism
+            ));
+        }
+        if s.sasl_username.as_deref().unwrap_or_default().is_empty() || s.sasl_password.is_none() {
+            return err(format!(
+                "kafka.sasl_username and kafka.sasl_password are required with security_protocol {protocol}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Sets a service's own default for `key`, unless the raw `kafka.librdkafka` options set it: those
@@ -103,8 +169,7 @@ pub fn dispatch_topics(s: &KafkaSettings) -> Vec<TopicSpec> {
 /// # Errors
 /// The admin client cannot be created or the broker refuses for another reason.
 pub async fn ensure_topics(s: &KafkaSettings, specs: &[TopicSpec]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &s.brokers)
+    let admin: AdminClient<DefaultClientContext> = client_config(s)
         .create()
         .map_err(|e| anyhow::anyhow!("kafka admin client: {e}"))?;
     let news: Vec<NewTopic<'_>> = specs
@@ -134,4 +199,108 @@ pub async fn ensure_topics(s: &KafkaSettings, specs: &[TopicSpec]) -> anyhow::Re
         }
     }
     Ok(())
+}
+
+/// Records what librdkafka reports while [`check_connection`] waits for metadata.
+#[derive(Default)]
+struct Recorder {
+    errors: parking_lot::Mutex<Vec<String>>,
+}
+
+impl rdkafka::ClientContext for Recorder {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        if matches!(
+            level,
+            L::Emerg | L::Alert | L::Critical | L::Error | L::Warning
+        ) {
+            self.errors.lock().push(format!("{fac}: {log_message}"));
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.errors.lock().push(format!("{error}: {reason}"));
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Recorder {}
+
+/// What a librdkafka error line says about the security settings, if anything.
+fn security_problem(s: &KafkaSettings, line: &str) -> Option<String> {
+    let lower = line.to_ascii_lowercase();
+    let ca = s.ssl_ca_file.as_ref().map_or_else(
+        || " (system roots)".to_owned(),
+        |p| format!(" ({})", p.display()),
+    );
+    if lower.contains("sasl authentication error") || lower.contains("authentication failed") {
+        Some(format!(
+            "kafka.sasl_password: the brokers refused the {} login of kafka.sasl_username {:?}: {line}",
+            s.sasl_mechanism.to_ascii_uppercase(),
+            s.sasl_username.as_deref().unwrap_or_default()
+        ))
+    } else if lower.contains("certificate has expired") || lower.contains("certificate expired") {
+        Some(format!(
+            "kafka.ssl_ca_file{ca}: the broker's certificate has expired: {line}"
+        ))
+    } else if lower.contains("certificate verify failed") || lower.contains("could not be verified")
+    {
+        Some(format!(
+            "kafka.ssl_ca_file{ca}: the broker's certificate does not verify: {line}"
+        ))
+    } else if lower.contains("ssl handshake failed") {
+        Some(format!(
+            "kafka.security_protocol {}: the TLS handshake with the broker failed: {line}",
+            s.security_protocol
+        ))
+    } else if lower.contains("unsupported sasl mechanism") {
+        Some(format!(
+            "kafka.sasl_mechanism: the broker does not accept {}: {line}",
+            s.sasl_mechanism
+        ))
+    } else {
+        None
+    }
+}
+
+/// Connects once with `s`'s security settings and waits (up to 10 s) for the cluster's metadata:
+/// a certificate that does not verify, an expired one, a failed handshake or a refused SASL login
+/// fails with one line naming the setting. Brokers that are merely unreachable pass (the services
+/// degrade and report it).
+///
+/// # Errors
+/// A security problem, or a client that cannot be created with these settings.
+pub async fn check_connection(s: &KafkaSettings) -> Result<(), crate::SettingsError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let consumer: BaseConsumer<Recorder> = client_config(s)
+        .create_with_context(Recorder::default())
+        .map_err(|e| crate::SettingsError(format!("kafka: {e}")))?;
+    let consumer = std::sync::Arc::new(consumer);
+    let held = std::sync::Arc::clone(&consumer);
+    let recorder = held.context();
+    let fetch = tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map(|_| ())
+    });
+    tokio::pin!(fetch);
+    loop {
+        tokio::select! {
+            done = &mut fetch => {
+                let recorded = recorder.errors.lock().clone();
+                if let Some(p) = recorded.iter().find_map(|l| security_problem(s, l)) {
+                    return Err(crate::SettingsError(p));
+                }
+                if let Ok(Err(e)) = done {
+                    tracing::warn!(error = %e, "kafka not reachable at start-up");
+                }
+                return Ok(());
+            }
+            () = tokio::time::sleep(Duration::from_millis(50)) => {
+                let recorded = recorder.errors.lock().clone();
+                if let Some(p) = recorded.iter().find_map(|l| security_problem(s, l)) {
+                    return Err(crate::SettingsError(p));
+                }
+            }
+        }
+    }
 }

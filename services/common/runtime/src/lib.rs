@@ -10,7 +10,9 @@
 //! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`) and [`admin::Health`].
 //! - [`shutdown`]: the root [`shutdown::Shutdown`] (CancellationToken + TaskTracker) and signals.
 //! - [`kafka`]: rdkafka producer/consumer configs and idempotent topic bootstrap.
-//! - [`redis_client`]: Redis connection manager.
+//! - [`redis_client`]: Redis connection manager (`rediss://` with a CA).
+//! - [`tls`]: certificate files checked at start-up, the dependencies' TLS/SASL start-up check,
+//!   and the gRPC server's TLS with certificates reloaded on change.
 //! - [`grpc`]: API-key authentication, per-RPC metrics, reflection and health helpers.
 
 pub mod admin;
@@ -22,6 +24,7 @@ pub mod redis_client;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use settings::{SettingsError, load};
 pub use shutdown::Shutdown;

@@ -127,8 +127,8 @@ fn describe(e: figment::Error) -> String {
         .join("; ")
 }
 
-/// `[kafka]`: brokers, topic naming and client tuning.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `[kafka]`: brokers, topic naming, client tuning and security (TLS, SASL).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaSettings {
     /// Comma-separated bootstrap servers.
@@ -151,6 +151,41 @@ pub struct KafkaSettings {
     pub session_timeout_ms: u32,
     /// Raw librdkafka options applied last (escape hatch), e.g. `{ "socket.keepalive.enable" = "true" }`.
     pub librdkafka: std::collections::BTreeMap<String, String>,
+    /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub security_protocol: String,
+    /// PEM CA bundle the brokers' certificates must chain to (the system's when unset).
+    pub ssl_ca_file: Option<PathBuf>,
+    /// PEM client certificate (TLS client authentication; with `ssl_key_file`).
+    pub ssl_cert_file: Option<PathBuf>,
+    /// PEM private key of `ssl_cert_file`.
+    pub ssl_key_file: Option<PathBuf>,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (with a `sasl_*` protocol).
+    pub sasl_mechanism: String,
+    /// SASL user name.
+    pub sasl_username: Option<String>,
+    /// SASL password. A secret: `--print-config` redacts it and `Debug` does not show it.
+    #[serde(serialize_with = "expose_opt")]
+    pub sasl_password: Option<secrecy::SecretString>,
+}
+
+// Settings are layered by serializing the defaults, so a secret must serialize; printing settings
+// goes through [`render_redacted`] instead.
+fn expose_opt<S: serde::Serializer>(
+    v: &Option<secrecy::SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use secrecy::ExposeSecret;
+    match v {
+        Some(v) => s.serialize_some(v.expose_secret()),
+        None => s.serialize_none(),
+    }
+}
+
+impl PartialEq for KafkaSettings {
+    fn eq(&self, o: &Self) -> bool {
+        // Field by field through their serialized form (the password has no `PartialEq`).
+        toml::Value::try_from(self).ok() == toml::Value::try_from(o).ok()
+    }
 }
 
 impl Default for KafkaSettings {
@@ -166,6 +201,13 @@ impl Default for KafkaSettings {
             message_timeout_ms: 5_000,
             session_timeout_ms: 10_000,
             librdkafka: Default::default(),
+            security_protocol: "plaintext".into(),
+            ssl_ca_file: None,
+            ssl_cert_file: None,
+            ssl_key_file: None,
+            sasl_mechanism: String::new(),
+            sasl_username: None,
+            sasl_password: None,
         }
     }
 }
@@ -181,8 +223,10 @@ impl KafkaSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db`, or `rediss://` for TLS.
     pub url: String,
+    /// PEM CA bundle a `rediss://` server's certificate must chain to (the system's when unset).
+    pub tls_ca_file: Option<PathBuf>,
     /// Prefix of every key (tests use a unique one).
     pub key_prefix: String,
     /// Connect timeout.
@@ -195,6 +239,7 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379/0".into(),
+            tls_ca_file: None,
             key_prefix: "dispatch:".into(),
             connect_timeout_ms: 1_000,
             command_timeout_ms: 250,
@@ -212,6 +257,9 @@ pub struct TelemetrySettings {
     pub log_format: String,
     /// OTLP/gRPC endpoint such as `http://127.0.0.1:4317`; traces are off when unset.
     pub otlp_endpoint: Option<String>,
+    /// PEM CA bundle an `https://` OTLP endpoint's certificate must chain to (the system's when
+    /// unset).
+    pub otlp_ca_file: Option<PathBuf>,
     /// Fraction of new root traces sampled (children follow their parent).
     pub sampling_ratio: f64,
 }
@@ -222,6 +270,7 @@ impl Default for TelemetrySettings {
             log_level: "info".into(),
             log_format: "json".into(),
             otlp_endpoint: None,
+            otlp_ca_file: None,
             sampling_ratio: 0.05,
         }
     }

@@ -5,7 +5,8 @@
 //! `trace_id`/`span_id` when a trace is active). A tracer provider is always installed, with a
 //! parent-based ratio sampler, so trace context flows gRPC metadata -> Kafka headers -> processor ->
 //! events even when nothing is exported; spans are exported over OTLP/gRPC only when
-//! `telemetry.otlp_endpoint` is set.
+//! `telemetry.otlp_endpoint` is set (over TLS for `https://`, verified against
+//! `telemetry.otlp_ca_file` or the system roots).
 
 use std::fmt;
 
@@ -56,9 +57,26 @@ pub fn init(service: &str, s: &TelemetrySettings) -> anyhow::Result<TelemetryGua
         .with_resource(resource);
     if let Some(endpoint) = s.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
         use opentelemetry_otlp::WithExportConfig;
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
-            .with_endpoint(endpoint)
+            .with_endpoint(endpoint);
+        if endpoint.starts_with("https://") {
+            use opentelemetry_otlp::WithTonicConfig;
+            crate::tls::install_crypto_provider();
+            let tls = match &s.otlp_ca_file {
+                Some(ca) => {
+                    crate::tls::read_certs("telemetry.otlp_ca_file", ca)?;
+                    let pem = std::fs::read(ca).map_err(|e| {
+                        anyhow::anyhow!("telemetry.otlp_ca_file ({}): {e}", ca.display())
+                    })?;
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+                }
+                None => tonic::transport::ClientTlsConfig::new().with_native_roots(),
+            };
+            exporter = exporter.with_tls_config(tls);
+        }
+        let exporter = exporter
             .build()
             .map_err(|e| anyhow::anyhow!("otlp exporter: {e}"))?;
         builder = builder.with_batch_exporter(exporter);

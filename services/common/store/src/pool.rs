@@ -31,6 +31,11 @@ pub struct DbSettings {
     pub max_lifetime_ms: u64,
     /// Give up connecting at start-up after this long (retrying with backoff until then).
     pub connect_timeout_ms: u64,
+    /// TLS: `disabled`, `preferred`, `required`, `verify_ca` or `verify_identity` (the CA and
+    /// the host name both checked). Unset: the URL's `ssl-mode`, else `preferred`.
+    pub ssl_mode: Option<String>,
+    /// PEM CA bundle the server's certificate must chain to (`verify_ca`, `verify_identity`).
+    pub ssl_ca: Option<std::path::PathBuf>,
 }
 
 // Settings are layered by serializing the defaults, so the secret must serialize; printing
@@ -60,6 +65,8 @@ impl PartialEq for DbSettings {
             && self.idle_timeout_ms == o.idle_timeout_ms
             && self.max_lifetime_ms == o.max_lifetime_ms
             && self.connect_timeout_ms == o.connect_timeout_ms
+            && self.ssl_mode == o.ssl_mode
+            && self.ssl_ca == o.ssl_ca
     }
 }
 
@@ -74,6 +81,8 @@ impl Default for DbSettings {
             idle_timeout_ms: 300_000,
             max_lifetime_ms: 1_800_000,
             connect_timeout_ms: 30_000,
+            ssl_mode: None,
+            ssl_ca: None,
         }
     }
 }
@@ -89,12 +98,108 @@ impl DbSettings {
             .max_lifetime(Duration::from_millis(self.max_lifetime_ms))
     }
 
-    fn options(url: &SecretString) -> Result<MySqlConnectOptions, sqlx::Error> {
-        let opts: MySqlConnectOptions = url.expose_secret().parse()?;
+    /// Connect options of the primary (`url`) with the TLS settings applied.
+    ///
+    /// # Errors
+    /// A malformed URL or an unknown `ssl_mode` ([`sqlx::Error::Configuration`]).
+    pub fn connect_options(&self) -> Result<MySqlConnectOptions, sqlx::Error> {
+        self.options(&self.url)
+    }
+
+    fn options(&self, url: &SecretString) -> Result<MySqlConnectOptions, sqlx::Error> {
+        let mut opts: MySqlConnectOptions = url.expose_secret().parse()?;
+        if let Some(mode) = &self.ssl_mode {
+            opts = opts.ssl_mode(ssl_mode(mode)?);
+        }
+        if let Some(ca) = &self.ssl_ca {
+            opts = opts.ssl_ca(ca);
+        }
         // Statements are logged by our own spans; sqlx's per-statement INFO lines are noise.
         Ok(opts
             .log_statements(tracing::log::LevelFilter::Debug)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500)))
+    }
+
+    /// Whether connections use TLS whatever the server offers (`required` or stricter).
+    pub fn tls_required(&self) -> bool {
+        use sqlx::mysql::MySqlSslMode as M;
+        self.connect_options()
+            .map(|o| !matches!(o.get_ssl_mode(), M::Disabled | M::Preferred))
+            .unwrap_or(false)
+    }
+}
+
+fn ssl_mode(v: &str) -> Result<sqlx::mysql::MySqlSslMode, sqlx::Error> {
+    use sqlx::mysql::MySqlSslMode as M;
+    Ok(match v.to_ascii_lowercase().replace('-', "_").as_str() {
+        "disabled" => M::Disabled,
+        "preferred" => M::Preferred,
+        "required" => M::Required,
+        "verify_ca" => M::VerifyCa,
+        "verify_identity" => M::VerifyIdentity,
+        _ => {
+            return Err(sqlx::Error::Configuration(
+                format!(
+                    "database.ssl_mode: {v:?} is not one of disabled, preferred, required, verify_ca, verify_identity"
+                )
+                .into(),
+            ));
+        }
+    })
+}
+
+/// One connection attempt, to tell a TLS or credentials problem (which retrying cannot fix) from
+/// an unreachable server: `Err` with one line naming the setting for the former, `Ok` otherwise
+/// (also when the server is down: the pool's own retries and the readiness handle that).
+///
+/// # Errors
+/// The certificate does not verify, TLS is refused or required, or the login fails.
+pub async fn check_tls(settings: &DbSettings) -> Result<(), String> {
+    use sqlx::Connection as _;
+    let opts = settings.connect_options().map_err(|e| e.to_string())?;
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(10),
+        sqlx::MySqlConnection::connect_with(&opts),
+    )
+    .await;
+    let e = match attempt {
+        Ok(Ok(c)) => {
+            let _ = c.close().await;
+            return Ok(());
+        }
+        Ok(Err(e)) => e,
+        Err(_) => return Ok(()),
+    };
+    let msg = e.to_string();
+    let lower = msg.to_ascii_lowercase();
+    let ca = settings
+        .ssl_ca
+        .as_ref()
+        .map(|p| format!(" ({})", p.display()))
+        .unwrap_or_default();
+    match &e {
+        sqlx::Error::Tls(_) if lower.contains("expired") => Err(format!(
+            "database.ssl_ca{ca}: the server's certificate has expired: {msg}"
+        )),
+        sqlx::Error::Tls(_) if lower.contains("name") || lower.contains("notvalidforname") => {
+            Err(format!(
+                "database.ssl_mode verify_identity: the server's certificate is not valid for the host in database.url: {msg}"
+            ))
+        }
+        sqlx::Error::Tls(_) => Err(format!(
+            "database.ssl_ca{ca}: the server's certificate does not verify: {msg}"
+        )),
+        _ if lower.contains("secure transport") || lower.contains("insecure transport") => {
+            Err(format!("database.ssl_mode: the server requires TLS: {msg}"))
+        }
+        _ if lower.contains("does not support tls") || lower.contains("not support ssl") => Err(
+            format!("database.ssl_mode: the server does not offer TLS: {msg}"),
+        ),
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("28000") => {
+            Err(format!("database.url: login refused: {msg}"))
+        }
+        sqlx::Error::Configuration(_) => Err(msg),
+        _ => Ok(()),
     }
 }
 
@@ -120,7 +225,7 @@ pub async fn connect_replica(settings: &DbSettings) -> Result<MySqlPool, sqlx::E
 }
 
 async fn connect_url(settings: &DbSettings, url: &SecretString) -> Result<MySqlPool, sqlx::Error> {
-    let opts = DbSettings::options(url)?;
+    let opts = settings.options(url)?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(settings.connect_timeout_ms);
     let attempt = || async { settings.pool_options().connect_with(opts.clone()).await };
     attempt
@@ -130,7 +235,7 @@ async fn connect_url(settings: &DbSettings, url: &SecretString) -> Result<MySqlP
                 .with_max_delay(Duration::from_secs(5))
                 .without_max_times(),
         )
-        .when(|e| !matches!(e, sqlx::Error::Configuration(_)) && tokio::time::Instant::now() < deadline)
+        .when(|e| !matches!(e, sqlx::Error::Configuration(_) | sqlx::Error::Tls(_)) && tokio::time::Instant::now() < deadline)
         .notify(|e, after| tracing::warn!(error = %e, retry_in_ms = after.as_millis() as u64, "database not reachable yet"))
         .await
 }

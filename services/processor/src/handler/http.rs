@@ -156,9 +156,21 @@ impl HttpHandler {
             url.host_str().unwrap_or_default(),
             url.port_or_known_default().unwrap_or_default()
         );
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder()
             .timeout(Duration::from_millis(endpoint.timeout_ms))
-            .build()?;
+            .use_rustls_tls();
+        if let Some(ca) = &endpoint.ca_file {
+            let setting = format!("ca_file of the http handler for {}", endpoint.url);
+            dispatch_runtime::tls::read_certs(&setting, ca)?;
+            let pem = std::fs::read(ca)
+                .map_err(|e| anyhow::anyhow!("{setting} ({}): {e}", ca.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| anyhow::anyhow!("{setting} ({}): {e}", ca.display()))?
+            {
+                client = client.add_root_certificate(cert);
+            }
+        }
+        let client = client.build()?;
         Ok(Self {
             client,
             url,
