@@ -21,7 +21,7 @@ use dispatch_proto::v1::task_query_service_client::TaskQueryServiceClient;
 use dispatch_proto::v1::task_service_client::TaskServiceClient;
 use dispatch_runtime::Shutdown;
 use dispatch_runtime::admin::ComponentStatus;
-use dispatch_runtime::grpc::{ApiKeyEntry, AuthSettings, hash_key};
+use dispatch_runtime::grpc::{AdminKeyEntry, ApiKeyEntry, AuthSettings, hash_key};
 use dispatch_testkit::{TestEnv, eventually};
 use tonic::transport::Channel;
 
@@ -29,13 +29,20 @@ use tonic::transport::Channel;
 pub const KEY_ACME: &str = "e2e-acme-key-7f3a91c4d2";
 /// API key of tenant `globex`.
 pub const KEY_GLOBEX: &str = "e2e-globex-key-b85e02aa61";
-/// The admin key (AdminService only; not a tenant key).
+/// The admin key (AdminService only; not a tenant key), id [`KEY_ADMIN_ID`].
 pub const KEY_ADMIN: &str = "e2e-admin-key-4c19d7e03b";
+/// The id of [`KEY_ADMIN`] (what admin actions are logged with).
+pub const KEY_ADMIN_ID: &str = "e2e-ops-current";
+/// A second admin key, id [`KEY_ADMIN_NEXT_ID`]: both work at once, as during a rotation.
+pub const KEY_ADMIN_NEXT: &str = "e2e-admin-next-key-91d3b6f2a7";
+/// The id of [`KEY_ADMIN_NEXT`].
+pub const KEY_ADMIN_NEXT_ID: &str = "e2e-ops-next";
 
 /// How long a service may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The auth section every service gets: `acme` and `globex` tenant keys plus the admin key.
+/// The auth section every service gets: `acme` and `globex` tenant keys plus two admin keys
+/// with ids (a rotation in progress).
 pub fn auth() -> AuthSettings {
     AuthSettings {
         api_keys: vec![
@@ -48,7 +55,16 @@ pub fn auth() -> AuthSettings {
                 key_sha256: hash_key(KEY_GLOBEX),
             },
         ],
-        admin_key_sha256: Some(hash_key(KEY_ADMIN)),
+        admin_keys: vec![
+            AdminKeyEntry {
+                id: KEY_ADMIN_ID.into(),
+                key_sha256: hash_key(KEY_ADMIN),
+            },
+            AdminKeyEntry {
+                id: KEY_ADMIN_NEXT_ID.into(),
+                key_sha256: hash_key(KEY_ADMIN_NEXT),
+            },
+        ],
         ..AuthSettings::default()
     }
 }

@@ -16,7 +16,10 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use dispatch_e2e::{KEY_ACME, KEY_ADMIN, KEY_GLOBEX, Stack, StackSettings, authed};
+use dispatch_e2e::{
+    KEY_ACME, KEY_ADMIN, KEY_ADMIN_ID, KEY_ADMIN_NEXT, KEY_ADMIN_NEXT_ID, KEY_GLOBEX, Stack,
+    StackSettings, authed,
+};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::admin_service_client::AdminServiceClient;
 use dispatch_testkit::{TestEnv, eventually};
@@ -57,7 +60,8 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
     }
 }
 
-/// Installs the capturing subscriber (once; this binary has one test).
+/// Installs the capturing subscriber (once; the tests of this binary share it, each looking for
+/// its own markers).
 fn capture() -> Capture {
     static CAPTURE: OnceLock<Capture> = OnceLock::new();
     CAPTURE
@@ -285,6 +289,7 @@ async fn logs_carry_no_secrets_and_no_payloads() -> anyhow::Result<()> {
         ("acme's api key", KEY_ACME),
         ("globex's api key", KEY_GLOBEX),
         ("the admin key", KEY_ADMIN),
+        ("the next admin key", KEY_ADMIN_NEXT),
         ("the wrong api key", wrong_key.as_str()),
         ("the database credentials", credentials.as_str()),
         ("the database url", db_url.as_str()),
@@ -296,6 +301,103 @@ async fn logs_carry_no_secrets_and_no_payloads() -> anyhow::Result<()> {
             .take(3)
             .collect();
         assert!(hits.is_empty(), "{what} appears in the logs:\n{hits:#?}");
+    }
+    Ok(())
+}
+
+/// Every AdminService action that changes something is logged (target `dispatch_audit`) with
+/// the id of the admin key that made it (never the key) and the filters it used; two admin keys
+/// of an overlapping rotation each log under their own id.
+#[tokio::test]
+async fn admin_actions_are_audited_with_key_id_and_filters() -> anyhow::Result<()> {
+    let capture = capture();
+    let env = TestEnv::new().await?;
+    let unique = uuid::Uuid::now_v7().simple().to_string();
+    let task_type = format!("audit.t{}", &unique[20..]);
+    let settings = StackSettings::for_env(&env);
+    let stack = Stack::start_on(env, settings).await?;
+    let driven = async {
+        let mut admin = AdminServiceClient::new(dispatch_e2e::channel(stack.processor.addr).await?);
+        let filter = || {
+            Some(pb::DeadLetterFilter {
+                task_type: task_type.clone(),
+                ..Default::default()
+            })
+        };
+        admin
+            .redrive_dead_letters(authed(
+                pb::RedriveDeadLettersRequest {
+                    filter: filter(),
+                    dry_run: true,
+                    ..Default::default()
+                },
+                KEY_ADMIN,
+            ))
+            .await?;
+        admin
+            .purge_dead_letters(authed(
+                pb::PurgeDeadLettersRequest {
+                    filter: filter(),
+                    dry_run: true,
+                },
+                KEY_ADMIN_NEXT,
+            ))
+            .await?;
+        let target = || pb::PauseRequest {
+            target: Some(pb::pause_request::Target::TaskType(task_type.clone())),
+        };
+        admin.pause_consumption(authed(target(), KEY_ADMIN)).await?;
+        admin
+            .resume_consumption(authed(target(), KEY_ADMIN_NEXT))
+            .await?;
+        admin
+            .requeue_outbox(authed(
+                pb::RequeueOutboxRequest {
+                    ids: vec![4_242_424_242],
+                    dry_run: true,
+                    ..Default::default()
+                },
+                KEY_ADMIN,
+            ))
+            .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let stopped = stack.stop().await;
+    driven?;
+    stopped?;
+
+    let audit: Vec<serde_json::Value> = capture
+        .text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "dispatch_audit")
+        .collect();
+    let find = |action: &str, needle: &str| {
+        audit.iter().find(|v| {
+            v["fields"]["action"] == action
+                && v["fields"]["filters"]
+                    .as_str()
+                    .is_some_and(|f| f.contains(needle))
+        })
+    };
+    for (action, needle, key_id) in [
+        ("RedriveDeadLetters", task_type.as_str(), KEY_ADMIN_ID),
+        ("PurgeDeadLetters", task_type.as_str(), KEY_ADMIN_NEXT_ID),
+        ("PauseConsumption", task_type.as_str(), KEY_ADMIN_ID),
+        ("ResumeConsumption", task_type.as_str(), KEY_ADMIN_NEXT_ID),
+        ("RequeueOutbox", "4242424242", KEY_ADMIN_ID),
+    ] {
+        let Some(line) = find(action, needle) else {
+            panic!("no audit line for {action} with {needle:?}:\n{audit:#?}");
+        };
+        assert_eq!(line["fields"]["key_id"], key_id, "{line}");
+        assert_eq!(line["level"], "INFO", "{line}");
+        assert!(line["fields"]["outcome"].is_string(), "{line}");
+        let text = line.to_string();
+        for key in [KEY_ADMIN, KEY_ADMIN_NEXT] {
+            assert!(!text.contains(key), "an admin key is logged: {line}");
+        }
     }
     Ok(())
 }

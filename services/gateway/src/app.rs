@@ -79,7 +79,13 @@ impl App {
             &settings.redis,
         )
         .await?;
-        let auth = Authenticator::from_settings(&settings.auth)?;
+        let auth = Authenticator::for_listeners(
+            &settings.auth,
+            &[
+                ("grpc.listen", settings.grpc.listen),
+                ("admin.listen", settings.admin.listen),
+            ],
+        )?;
         metrics::init();
         init_rpc_metrics(
             metrics::SERVICE,

@@ -62,7 +62,13 @@ impl AppBuilder {
     pub async fn build(self) -> anyhow::Result<App> {
         let s = self.settings;
         s.validate()?;
-        let auth = Authenticator::from_settings(&s.auth)?;
+        let auth = Authenticator::for_listeners(
+            &s.auth,
+            &[
+                ("grpc.listen", s.grpc.listen),
+                ("admin.listen", s.admin.listen),
+            ],
+        )?;
         let tls = ServerTls::from_settings(&s.grpc)?;
         dispatch_runtime::tls::check_dependencies(&s.kafka, &s.database, &s.redis).await?;
         let registry = Registry::build(&s.handlers, self.handlers)?;

@@ -5,7 +5,10 @@
 //! deployable would have to reach into a running processor for the first anyway.
 //!
 //! - here: [`Admin`] (the operations' dependencies), [`AdminError`] and its one mapping to
-//!   `tonic::Status`, and [`AdminApi`], the gRPC adapter (admin key check + metrics per RPC).
+//!   `tonic::Status`, and [`AdminApi`], the gRPC adapter (admin key check + metrics per RPC,
+//!   and the audit log: every call that changes something is logged under the target
+//!   [`AUDIT_TARGET`] with the admin key's id, the filters used and the outcome; reads are
+//!   logged the same way at debug).
 //! - [`dlq`]: list, inspect, purge, redrive.
 //! - [`outbox`]: list outbox rows, requeue dead ones.
 //! - [`reader`]: reading dead letters back from `dispatch.dlq` by their coordinates.
@@ -21,7 +24,7 @@ use std::sync::{Arc, LazyLock};
 use dispatch_core::{TaskId, Topics, Violations};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
-use dispatch_runtime::grpc::{Authenticator, observe};
+use dispatch_runtime::grpc::{AdminCaller, Authenticator, code_name, observe};
 use dispatch_runtime::settings::KafkaSettings;
 use dispatch_store::{MySqlPool, StoreError};
 use prometheus::IntCounter;
@@ -125,6 +128,48 @@ impl AdminApi {
     }
 }
 
+/// The log target of admin actions (route it to an audit sink with a target filter).
+pub const AUDIT_TARGET: &str = "dispatch_audit";
+
+/// Logs one admin action: who (the admin key's id, never the key), what, with which filters,
+/// and how it ended. `changes`: the action changes state (logged at info; reads at debug).
+fn audit<T>(
+    caller: &AdminCaller,
+    action: &'static str,
+    changes: bool,
+    filters: &str,
+    out: &Result<T, Status>,
+    outcome: impl FnOnce(&T) -> String,
+) {
+    match out {
+        Ok(r) if changes => tracing::info!(
+            target: AUDIT_TARGET,
+            key_id = %caller.key_id,
+            action,
+            filters,
+            outcome = %outcome(r),
+            "admin action"
+        ),
+        Ok(r) => tracing::debug!(
+            target: AUDIT_TARGET,
+            key_id = %caller.key_id,
+            action,
+            filters,
+            outcome = %outcome(r),
+            "admin read"
+        ),
+        Err(e) => tracing::warn!(
+            target: AUDIT_TARGET,
+            key_id = %caller.key_id,
+            action,
+            filters,
+            code = code_name(e.code()),
+            error = e.message(),
+            "admin action failed"
+        ),
+    }
+}
+
 fn invalid_if_any(v: Violations) -> Result<(), Status> {
     if v.is_empty() {
         Ok(())
@@ -140,10 +185,14 @@ impl AdminService for AdminApi {
         req: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
         observe("processor", "ListDeadLetters", async {
-            self.auth.admin(req.metadata())?;
+            let caller = self.auth.admin(req.metadata())?;
             let r = req.into_inner();
             let mut v = Violations::default();
             let filter = convert::filter(r.filter, &mut v);
+            let filters = format!(
+                "{filter:?} page_size={} page_token={:?}",
+                r.page_size, r.page_token
+            );
             let size = convert::bounded(
                 "page_size",
                 r.page_size,
@@ -156,7 +205,12 @@ impl AdminService for AdminApi {
             let page =
                 dispatch_store::dead_letters_admin::list(&self.admin.pool, &filter, before, size)
                     .await
-                    .map_err(AdminError::from)?;
+                    .map_err(AdminError::from)
+                    .map_err(Status::from);
+            audit(&caller, "ListDeadLetters", false, &filters, &page, |p| {
+                format!("rows={} total={}", p.rows.len(), p.total)
+            });
+            let page = page?;
             Ok(Response::new(pb::ListDeadLettersResponse {
                 dead_letters: page.rows.iter().map(convert::dead_letter).collect(),
                 next_page_token: page
@@ -174,8 +228,9 @@ impl AdminService for AdminApi {
         req: Request<pb::GetDeadLetterRequest>,
     ) -> Result<Response<pb::DeadLetter>, Status> {
         observe("processor", "GetDeadLetter", async {
-            self.auth.admin(req.metadata())?;
+            let caller = self.auth.admin(req.metadata())?;
             let id = req.into_inner().task_id;
+            let filters = format!("task_id={id:?}");
             let mut v = Violations::default();
             let id = v.check(
                 "task_id",
@@ -184,7 +239,11 @@ impl AdminService for AdminApi {
             let Some(id) = id else {
                 return Err(AdminError::Invalid(v).into());
             };
-            let (d, payload) = self.admin.dead_letter(id).await?;
+            let got = self.admin.dead_letter(id).await.map_err(Status::from);
+            audit(&caller, "GetDeadLetter", false, &filters, &got, |_| {
+                "found".into()
+            });
+            let (d, payload) = got?;
             let mut out = convert::dead_letter(&d);
             out.payload = payload.unwrap_or_default();
             Ok(Response::new(out))
@@ -197,7 +256,7 @@ impl AdminService for AdminApi {
         req: Request<pb::RedriveDeadLettersRequest>,
     ) -> Result<Response<pb::RedriveDeadLettersResponse>, Status> {
         observe("processor", "RedriveDeadLetters", async {
-            self.auth.admin(req.metadata())?;
+            let caller = self.auth.admin(req.metadata())?;
             let r = req.into_inner();
             let mut v = Violations::default();
             let request = RedriveRequest {
@@ -219,12 +278,25 @@ impl AdminService for AdminApi {
                 ),
             };
             invalid_if_any(v)?;
+            let filters = format!(
+                "{:?} dry_run={} max_count={} rate_per_second={}",
+                request.filter, request.dry_run, request.max_count, request.rate_per_second
+            );
             // Runs to the end even if the caller goes away, so a batch is never cut between
             // its produce and its mark.
             let admin = self.admin.clone();
             let o = tokio::spawn(async move { admin.redrive(request).await })
                 .await
-                .map_err(|e| AdminError::Internal(e.to_string()))??;
+                .map_err(|e| AdminError::Internal(e.to_string()))
+                .and_then(|r| r)
+                .map_err(Status::from);
+            audit(&caller, "RedriveDeadLetters", true, &filters, &o, |o| {
+                format!(
+                    "redrive_id={} matched={} redriven={}",
+                    o.redrive_id, o.matched, o.redriven
+                )
+            });
+            let o = o?;
             Ok(Response::new(pb::RedriveDeadLettersResponse {
                 redrive_id: o.redrive_id,
                 matched: o.matched,
@@ -240,14 +312,20 @@ impl AdminService for AdminApi {
         req: Request<pb::PurgeDeadLettersRequest>,
     ) -> Result<Response<pb::PurgeDeadLettersResponse>, Status> {
         observe("processor", "PurgeDeadLetters", async {
-            self.auth.admin(req.metadata())?;
+            let caller = self.auth.admin(req.metadata())?;
             let r = req.into_inner();
             let mut v = Violations::default();
             let filter = convert::filter(r.filter, &mut v);
             invalid_if_any(v)?;
+            let filters = format!("{filter:?} dry_run={}", r.dry_run);
             let n = dispatch_store::dead_letters_admin::purge(&self.admin.pool, &filter, r.dry_run)
                 .await
-                .map_err(AdminError::from)?;
+                .map_err(AdminError::from)
+                .map_err(Status::from);
+            audit(&caller, "PurgeDeadLetters", true, &filters, &n, |n| {
+                format!("purged={n}")
+            });
+            let n = n?;
             if !r.dry_run {
                 tracing::info!(purged = n, "dead letters purged");
             }
@@ -264,14 +342,20 @@ impl AdminService for AdminApi {
         req: Request<pb::PauseRequest>,
     ) -> Result<Response<pb::PauseResponse>, Status> {
         observe("processor", "PauseConsumption", async {
-            self.auth.admin(req.metadata())?;
+            let caller = self.auth.admin(req.metadata())?;
             let target = convert::target(req.into_inner()).map_err(AdminError::Invalid)?;
+            let filters = format!("{target:?}");
             let p = self
                 .admin
                 .control
                 .pause(&target)
                 .await
-                .map_err(AdminError::from)?;
+                .map_err(AdminError::from)
+                .map_err(Status::from);
+            audit(&caller, "PauseConsumption", true, &filters, &p, |p| {
+                format!("{p:?}")
+            });
+            let p = p?;
             Ok(Response::new(convert::paused(&p)))
         })
         .await
@@ -282,14 +366,20 @@ impl AdminService for AdminApi {
         req: Request<pb::PauseRequest>,
     ) -> Result<Response<pb::PauseResponse>, Status> {
         observe("processor", "ResumeConsumption", async {
-            self.auth.admin(req.metadata())?;
+            let caller = self.auth.admin(req.metadata())?;
             let target = convert::target(req.into_inner()).map_err(AdminError::Invalid)?;
+            let filters = format!("{target:?}");
             let p = self
                 .admin
                 .control
                 .resume(&target)
                 .await
-                .map_err(AdminError::from)?;
+                .map_err(AdminError::from)
+                .map_err(Status::from);
+            audit(&caller, "ResumeConsumption", true, &filters, &p, |p| {
+                format!("{p:?}")
+            });
+            let p = p?;
             Ok(Response::new(convert::paused(&p)))
         })
         .await
@@ -300,7 +390,8 @@ impl AdminService for AdminApi {
         req: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::Stats>, Status> {
         observe("processor", "GetStats", async {
-            self.auth.admin(req.metadata())?;
+            let caller = self.auth.admin(req.metadata())?;
+            tracing::debug!(target: AUDIT_TARGET, key_id = %caller.key_id, action = "GetStats", "admin read");
             let a = &self.admin;
             let (stats, dlq, outbox) = tokio::join!(
                 a.control.stats(),
@@ -320,9 +411,14 @@ impl AdminService for AdminApi {
         req: Request<pb::ListOutboxRequest>,
     ) -> Result<Response<pb::ListOutboxResponse>, Status> {
         observe("processor", "ListOutbox", async {
-            self.auth.admin(req.metadata())?;
-            let r = self.admin.list_outbox(req.into_inner()).await?;
-            Ok(Response::new(r))
+            let caller = self.auth.admin(req.metadata())?;
+            let r = req.into_inner();
+            let filters = format!("{r:?}");
+            let out = self.admin.list_outbox(r).await.map_err(Status::from);
+            audit(&caller, "ListOutbox", false, &filters, &out, |r| {
+                format!("rows={}", r.rows.len())
+            });
+            Ok(Response::new(out?))
         })
         .await
     }
@@ -332,9 +428,14 @@ impl AdminService for AdminApi {
         req: Request<pb::RequeueOutboxRequest>,
     ) -> Result<Response<pb::RequeueOutboxResponse>, Status> {
         observe("processor", "RequeueOutbox", async {
-            self.auth.admin(req.metadata())?;
-            let r = self.admin.requeue_outbox(req.into_inner()).await?;
-            Ok(Response::new(r))
+            let caller = self.auth.admin(req.metadata())?;
+            let r = req.into_inner();
+            let filters = format!("ids={:?} all={} dry_run={}", r.ids, r.all, r.dry_run);
+            let out = self.admin.requeue_outbox(r).await.map_err(Status::from);
+            audit(&caller, "RequeueOutbox", true, &filters, &out, |r| {
+                format!("requeued={} dry_run={}", r.requeued, r.dry_run)
+            });
+            Ok(Response::new(out?))
         })
         .await
     }

@@ -448,17 +448,23 @@ async fn only_the_admin_key_may_call() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let mut app = Admin::start(&env, |b| b).await?;
     let c = &mut app.client;
-    for key in [None, Some(TENANT_KEY), Some("wrong")] {
+    // No key or an unknown one: UNAUTHENTICATED; a tenant key (known, but not an admin):
+    // PERMISSION_DENIED.
+    for (key, code) in [
+        (None, tonic::Code::Unauthenticated),
+        (Some(TENANT_KEY), tonic::Code::PermissionDenied),
+        (Some("wrong"), tonic::Code::Unauthenticated),
+    ] {
         let e = c
             .get_stats(req(pb::GetStatsRequest {}, key))
             .await
             .expect_err("refused");
-        assert_eq!(e.code(), tonic::Code::Unauthenticated, "key {key:?}");
+        assert_eq!(e.code(), code, "key {key:?}");
         let e = c
             .redrive_dead_letters(req(pb::RedriveDeadLettersRequest::default(), key))
             .await
             .expect_err("refused");
-        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert_eq!(e.code(), code, "key {key:?}");
     }
     let s = c
         .get_stats(admin(pb::GetStatsRequest {}))

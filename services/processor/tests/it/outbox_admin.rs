@@ -166,7 +166,10 @@ async fn outbox_requests_are_checked() -> anyhow::Result<()> {
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{field}");
         assert!(e.message().contains(field), "{field}: {}", e.message());
     }
-    for key in [None, Some(TENANT_KEY)] {
+    for (key, code) in [
+        (None, tonic::Code::Unauthenticated),
+        (Some(TENANT_KEY), tonic::Code::PermissionDenied),
+    ] {
         let e = c
             .requeue_outbox(req(
                 pb::RequeueOutboxRequest {
@@ -177,7 +180,7 @@ async fn outbox_requests_are_checked() -> anyhow::Result<()> {
             ))
             .await
             .expect_err("refused");
-        assert_eq!(e.code(), tonic::Code::Unauthenticated, "key {key:?}");
+        assert_eq!(e.code(), code, "key {key:?}");
     }
     app.stop().await?;
     env.cleanup().await;
