@@ -13,6 +13,10 @@
 #   status             one line per component
 #   logs <comp> [-f]   tail a component's log (LINES=n to change the count)
 #   reset              stop everything and delete all data (keeps Kafka jars)
+#   tls-up             the TLS stack, on other ports (deploy/local/tls.sh): a CA and certificates
+#                      in .local/tls/, Kafka SSL :19093 and SASL_SSL (SCRAM) :19094, MariaDB with
+#                      TLS required :13306, Redis tls-port :16379
+#   tls-stop | tls-status | tls-reset   the same for the TLS stack (reset deletes its certificates)
 # Components: kafka mariadb redis prometheus
 #
 # Environment knobs:
@@ -58,6 +62,9 @@ PROM_LOG="${PROM_DIR}/prometheus.log"
 PROM_PORT=9090
 
 ALL_COMPONENTS=(kafka mariadb redis prometheus)
+
+# shellcheck source=deploy/local/tls.sh
+source "${SCRIPT_DIR}/tls.sh"
 
 # ---------------------------------------------------------------- helpers ---
 
@@ -633,6 +640,10 @@ main() {
     status) cmd_status ;;
     logs) cmd_logs "$@" ;;
     reset) cmd_reset ;;
+    tls-up) cmd_tls_up ;;
+    tls-stop) cmd_tls_stop ;;
+    tls-status) cmd_tls_status ;;
+    tls-reset) cmd_tls_reset ;;
     -h | --help | help) usage ;;
     *)
         usage >&2
