@@ -41,10 +41,10 @@ use prost::Message;
 use redis::aio::ConnectionManager;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::breaker::{self, Breaker};
 use crate::fingerprint::Fingerprint;
 use crate::metrics;
 use crate::settings::IdempotencySettings;
+use dispatch_runtime::breaker::{Breaker, BreakerSettings};
 
 /// The pending marker expires quickly: it only has to outlive one submit.
 const PENDING_TTL_MS: u64 = 60_000;
@@ -253,11 +253,14 @@ impl Idempotency {
     ) -> Self {
         Self {
             redis,
-            breaker: breaker::new(
+            breaker: Breaker::new(
+                metrics::SERVICE,
                 "redis",
-                s.breaker_failures,
-                s.breaker_open_ms,
-                s.breaker_open_ms.saturating_mul(16),
+                BreakerSettings::from_ms(
+                    s.breaker_failures,
+                    s.breaker_open_ms,
+                    s.breaker_open_ms.saturating_mul(16),
+                ),
             ),
             prefix: rs.key_prefix.clone(),
             ttl_ms: s.ttl_ms,
@@ -275,7 +278,7 @@ impl Idempotency {
     /// A usable Redis connection, unless Redis is known to be failing.
     fn conn(&self) -> Option<ConnectionManager> {
         let c = self.redis.get()?;
-        self.breaker.is_call_permitted().then_some(c)
+        self.breaker.permits().then_some(c)
     }
 
     async fn run<T: redis::FromRedisValue>(
@@ -296,8 +299,8 @@ impl Idempotency {
             }
         };
         match out {
-            Some(_) => self.breaker.on_success(),
-            None => self.breaker.on_error(),
+            Some(_) => self.breaker.success(),
+            None => self.breaker.failure(),
         }
         out
     }

@@ -15,7 +15,7 @@
 //! - [`limits`], [`shed`]: per-tenant and global token buckets; the in-flight bound.
 //! - [`probe`]: dependency probes behind gRPC health and `/readyz`.
 //! - [`recent`]: recent submits, so a cancel can route before the task is stored.
-//! - [`breaker`], [`metrics`], [`error`]: circuit breakers, the metric catalogue, the one
+//! - [`metrics`], [`error`]: the metric catalogue (circuit breakers: `dispatch_runtime::breaker`), the one
 //!   error-to-status mapping.
 //!
 //! # A submit, step by step
@@ -46,7 +46,6 @@
 //! task is NOT_FOUND, like an unknown one.
 
 pub mod app;
-pub mod breaker;
 pub mod durable;
 pub mod error;
 pub mod fingerprint;

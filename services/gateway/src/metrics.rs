@@ -76,18 +76,6 @@ static IDEMPOTENCY_HITS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["source"],
     )
 });
-static BREAKER_OPEN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register(
-        IntGaugeVec::new(
-            Opts::new(
-                "dispatch_circuit_breaker_open",
-                "1 when the circuit breaker is open.",
-            ),
-            &["service", "breaker"],
-        )
-        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
-    )
-});
 static OUTBOX_BACKLOG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register(
         IntGaugeVec::new(
@@ -180,9 +168,6 @@ pub fn init() {
     for s in ["redis", "store"] {
         let _ = IDEMPOTENCY_HITS.with_label_values(&[s]);
     }
-    for b in ["kafka", "redis"] {
-        BREAKER_OPEN.with_label_values(&[SERVICE, b]).set(0);
-    }
     for s in ["pending", "dead"] {
         let _ = OUTBOX_BACKLOG.with_label_values(&[s]);
     }
@@ -243,18 +228,6 @@ pub fn load_shed() {
 /// A duplicate submit was detected by `source` (`redis` / `store`).
 pub fn idempotency_hit(source: &'static str) {
     IDEMPOTENCY_HITS.with_label_values(&[source]).inc();
-}
-
-/// A breaker changed state.
-pub fn breaker(name: &'static str, open: bool) {
-    if open {
-        tracing::warn!(breaker = name, "circuit breaker open");
-    } else {
-        tracing::info!(breaker = name, "circuit breaker closed");
-    }
-    BREAKER_OPEN
-        .with_label_values(&[SERVICE, name])
-        .set(i64::from(open));
 }
 
 /// The outbox backlog as read by the relay.
@@ -319,5 +292,5 @@ pub fn pool(pool: &sqlx::MySqlPool, max: u32) {
 
 /// The current value of `dispatch_circuit_breaker_open{breaker}` (for tests).
 pub fn breaker_is_open(name: &str) -> bool {
-    BREAKER_OPEN.with_label_values(&[SERVICE, name]).get() == 1
+    dispatch_runtime::breaker::gauge_is_open(SERVICE, name)
 }

@@ -19,9 +19,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _, PurgeConfig
 use rdkafka::{ClientConfig, ClientContext};
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::{self, Breaker};
 use crate::metrics;
 use crate::settings::OutboxSettings;
+use dispatch_runtime::breaker::{Breaker, BreakerSettings};
 
 /// A record ready to produce (or to park in the outbox).
 #[derive(Debug, Clone)]
@@ -281,11 +281,14 @@ impl Producer {
             context,
             rebuilds: Arc::default(),
             last_report: Arc::default(),
-            breaker: breaker::new(
+            breaker: Breaker::new(
+                metrics::SERVICE,
                 "kafka",
-                outbox.breaker_failures,
-                outbox.breaker_open_ms,
-                outbox.breaker_max_open_ms,
+                BreakerSettings::from_ms(
+                    outbox.breaker_failures,
+                    outbox.breaker_open_ms,
+                    outbox.breaker_max_open_ms,
+                ),
             ),
             timeout: Duration::from_millis(outbox.produce_timeout_ms),
             stall: Duration::from_millis(outbox.produce_stall_ms.max(1)),
@@ -375,7 +378,7 @@ impl Producer {
     /// Why a produce now is at risk, if it is: the breaker is open, librdkafka reported all
     /// brokers down, or records have waited `outbox.produce_stall_ms` without a delivery report.
     pub fn at_risk(&self) -> Option<String> {
-        if !self.breaker.is_call_permitted() {
+        if !self.breaker.permits() {
             return Some("circuit breaker open".into());
         }
         self.risk()
@@ -410,7 +413,7 @@ impl Producer {
         topic_kind: &'static str,
         budget: Option<Duration>,
     ) -> Result<Produced, ProduceError> {
-        if !self.breaker.is_call_permitted() {
+        if !self.breaker.permits() {
             return Err(ProduceError::BreakerOpen);
         }
         if let Some(why) = self.risk() {
@@ -442,8 +445,8 @@ impl Producer {
             }
         };
         match &out {
-            Ok(_) => self.breaker.on_success(),
-            Err(_) => self.breaker.on_error(),
+            Ok(_) => self.breaker.success(),
+            Err(_) => self.breaker.failure(),
         }
         out
     }

@@ -242,14 +242,6 @@ pub static PRODUCE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["topic_kind"],
     )
 });
-/// `dispatch_circuit_breaker_open{service, breaker}`.
-pub static BREAKER_OPEN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    gauge_vec(
-        "dispatch_circuit_breaker_open",
-        "1 when the breaker is open.",
-        &["service", "breaker"],
-    )
-});
 /// `dispatch_db_pool_connections{service, state}`.
 pub static POOL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge_vec(

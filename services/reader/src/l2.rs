@@ -17,11 +17,14 @@ use prost::Message;
 use redis::aio::ConnectionManager;
 use tokio::sync::OnceCell;
 
-use crate::breaker::Breaker;
 use crate::l1::is_terminal;
 use crate::metrics;
 use crate::settings::CacheSettings;
 use crate::xfetch::jittered;
+use dispatch_runtime::breaker::Breaker;
+
+/// Health component (and breaker) name of Redis.
+pub const REDIS: &str = "redis";
 
 /// The compare-and-set: KEYS = task key, negative key; ARGV = version (20 digits, so string
 /// comparison is numeric comparison), task bytes, TTL ms, and `1` to write only over an entry

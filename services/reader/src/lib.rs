@@ -9,14 +9,13 @@
 //! - Tiers: [`l1`] (moka: weighted size bound, per-entry jittered expiry, singleflight loads,
 //!   version-checked writes, last-known copies), [`xfetch`] (probabilistic early refresh),
 //!   [`l2`] (Redis: protobuf values, Lua compare-and-set on version, negative entries) behind
-//!   [`breaker`], and [`store`] (MySQL behind a concurrency limit).
+//!   the Redis breaker (`dispatch_runtime::breaker`), and [`store`] (MySQL behind a concurrency limit).
 //! - Freshness: [`events`] consumes the events topic on every instance; [`notify`] fans applied
 //!   events out per task id to read-your-writes waiters and watchers.
 //! - Plumbing: [`settings`], [`metrics`], [`error`], and [`startup`] (`App`: build, run, shutdown,
 //!   health probes).
 
 pub mod batch;
-pub mod breaker;
 pub mod error;
 pub mod events;
 pub mod l1;

@@ -122,17 +122,6 @@ pub static WATCH_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )))
 });
 
-/// `dispatch_circuit_breaker_open{service, breaker}`.
-pub static BREAKER_OPEN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register(def(IntGaugeVec::new(
-        Opts::new(
-            "dispatch_circuit_breaker_open",
-            "1 when the breaker is open.",
-        ),
-        &["service", "breaker"],
-    )))
-});
-
 /// `dispatch_db_pool_connections{service, state}`.
 pub static POOL_CONNECTIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register(def(IntGaugeVec::new(
@@ -165,7 +154,6 @@ pub fn init() {
     LazyLock::force(&EVENT_LAG);
     LazyLock::force(&STALE_READS);
     WATCH_STREAMS.add(0);
-    BREAKER_OPEN.with_label_values(&["reader", "redis"]).add(0);
     for s in ["idle", "in_use", "max"] {
         POOL_CONNECTIONS.with_label_values(&["reader", s]).add(0);
     }

@@ -14,16 +14,17 @@ use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::breaker::{Breaker, REDIS};
 use crate::events::EventsConsumer;
 use crate::l1::L1;
 use crate::l2::L2;
+use crate::l2::REDIS;
 use crate::metrics::{self, Stats};
 use crate::notify::Notifier;
 use crate::reader::{Freshness, Reader};
 use crate::service::{Limits, QueryService};
 use crate::settings::Settings;
 use crate::store::Store;
+use dispatch_runtime::breaker::{Breaker, BreakerSettings};
 
 /// Health component name of MySQL.
 pub const MYSQL: &str = "mysql";
@@ -115,11 +116,12 @@ impl App {
             Arc::clone(&stats),
         );
 
-        let breaker = Breaker::new(
-            c.breaker_failures,
-            ms(c.breaker_open_ms),
-            ms(c.breaker_max_open_ms),
+        let breaker = Breaker::with_health(
+            "reader",
+            REDIS,
+            BreakerSettings::from_ms(c.breaker_failures, c.breaker_open_ms, c.breaker_max_open_ms),
             health.clone(),
+            REDIS,
         );
         let l2 = Arc::new(L2::new(
             c,

@@ -14,8 +14,10 @@
 //! - [`tls`]: certificate files checked at start-up, the dependencies' TLS/SASL start-up check,
 //!   and the gRPC server's TLS with certificates reloaded on change.
 //! - [`grpc`]: API-key authentication, per-RPC metrics, reflection and health helpers.
+//! - [`breaker`]: the circuit breaker every service uses, with its metric.
 
 pub mod admin;
+pub mod breaker;
 pub mod cli;
 pub mod grpc;
 pub mod kafka;

@@ -4,65 +4,29 @@
 //! retryable, any other status is permanent. Each endpoint host has a circuit breaker (failsafe:
 //! consecutive failures open it with exponential backoff; an open breaker fails attempts as
 //! retryable without calling) and an optional rate limit (governor), shared by every task type
-//! that targets the host. Breaker state is exported as `dispatch_circuit_breaker_open{breaker="http:<host>"}`.
+//! that targets the host. Breaker state is exported as `dispatch_circuit_breaker_open{breaker="http:<host>"}`
+//! (`dispatch_runtime::breaker`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dispatch_core::Envelope;
-use failsafe::backoff::{self, Exponential};
-use failsafe::failure_policy::{self, ConsecutiveFailures};
-use failsafe::{Instrument, StateMachine};
+use dispatch_runtime::breaker::{Breaker, BreakerSettings};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use parking_lot::Mutex;
 
 use super::{Handler, HandlerContext, HandlerError, Outcome};
-use crate::metrics::BREAKER_OPEN;
 use crate::settings::{HttpEndpointSettings, HttpHostSettings};
 
 /// Largest result kept from a response body.
 const MAX_RESULT_BYTES: usize = 64 * 1024;
 
-/// Sets the breaker gauge on transitions.
-#[derive(Debug, Clone)]
-struct BreakerGauge {
-    label: String,
-    open: Arc<AtomicBool>,
-}
-
-impl Instrument for BreakerGauge {
-    fn on_call_rejected(&self) {}
-    fn on_open(&self) {
-        self.open.store(true, Ordering::Relaxed);
-        BREAKER_OPEN
-            .with_label_values(&["processor", &self.label])
-            .set(1);
-        tracing::warn!(breaker = %self.label, "circuit breaker opened");
-    }
-    fn on_half_open(&self) {
-        self.open.store(false, Ordering::Relaxed);
-        BREAKER_OPEN
-            .with_label_values(&["processor", &self.label])
-            .set(0);
-    }
-    fn on_closed(&self) {
-        self.open.store(false, Ordering::Relaxed);
-        BREAKER_OPEN
-            .with_label_values(&["processor", &self.label])
-            .set(0);
-    }
-}
-
-type Breaker = StateMachine<ConsecutiveFailures<Exponential>, BreakerGauge>;
-
 /// Protection of one host.
 struct Host {
     breaker: Breaker,
-    open: Arc<AtomicBool>,
     limiter: Option<DefaultDirectRateLimiter>,
 }
 
@@ -87,33 +51,20 @@ impl Hosts {
         map.entry(host.to_owned())
             .or_insert_with(|| {
                 let s = &self.settings;
-                let open = Arc::new(AtomicBool::new(false));
-                let label = format!("http:{host}");
-                BREAKER_OPEN
-                    .with_label_values(&["processor", &label])
-                    .set(0);
-                let breaker = failsafe::Config::new()
-                    .failure_policy(failure_policy::consecutive_failures(
-                        s.breaker_failures.max(1),
-                        backoff::exponential(
-                            Duration::from_millis(s.breaker_open_ms.max(1)),
-                            Duration::from_millis(s.breaker_max_open_ms.max(s.breaker_open_ms)),
-                        ),
-                    ))
-                    .instrument(BreakerGauge {
-                        label,
-                        open: open.clone(),
-                    })
-                    .build();
+                let breaker = Breaker::new(
+                    "processor",
+                    format!("http:{host}"),
+                    BreakerSettings::from_ms(
+                        s.breaker_failures,
+                        s.breaker_open_ms,
+                        s.breaker_max_open_ms,
+                    ),
+                );
                 let limiter = NonZeroU32::new(s.rate_per_second).map(|rate| {
                     let burst = NonZeroU32::new(s.burst).unwrap_or(rate);
                     RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
                 });
-                Arc::new(Host {
-                    breaker,
-                    open,
-                    limiter,
-                })
+                Arc::new(Host { breaker, limiter })
             })
             .clone()
     }
@@ -124,7 +75,7 @@ impl Hosts {
             .lock()
             .iter()
             .map(|(h, s)| {
-                let st = if s.open.load(Ordering::Relaxed) {
+                let st = if s.breaker.is_open() {
                     "open"
                 } else {
                     "closed"
@@ -223,7 +174,7 @@ impl HttpHandler {
 impl Handler for HttpHandler {
     async fn handle(&self, ctx: HandlerContext, task: &Envelope) -> Result<Outcome, HandlerError> {
         let host = self.hosts.get(&self.host);
-        if !host.breaker.is_call_permitted() {
+        if !host.breaker.permits() {
             return Err(HandlerError::Retryable(format!(
                 "circuit breaker open for {}",
                 self.host
@@ -238,9 +189,9 @@ impl Handler for HttpHandler {
         let r = self.call(&ctx, task).await;
         match &r {
             // A 4xx says the host is healthy; only retryable failures count against it.
-            Ok(_) | Err(HandlerError::Permanent(_)) => host.breaker.on_success(),
+            Ok(_) | Err(HandlerError::Permanent(_)) => host.breaker.success(),
             Err(HandlerError::Retryable(_)) if ctx.cancel.is_cancelled() => {}
-            Err(HandlerError::Retryable(_)) => host.breaker.on_error(),
+            Err(HandlerError::Retryable(_)) => host.breaker.failure(),
         }
         r
     }

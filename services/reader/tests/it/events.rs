@@ -88,9 +88,9 @@ async fn an_old_event_after_a_new_one_changes_nothing() {
 /// Events refresh what Redis caches; they never fill it with tasks nobody read.
 #[tokio::test]
 async fn an_event_refreshes_redis_only_where_something_is_cached() {
-    use dispatch_reader::breaker::Breaker;
     use dispatch_reader::l2::{L2, L2Lookup};
     use dispatch_runtime::admin::Health;
+    use dispatch_runtime::breaker::{Breaker, BreakerSettings};
 
     let env = TestEnv::new().await.expect("env");
     let s = dispatch_reader::settings::CacheSettings::default();
@@ -99,7 +99,13 @@ async fn an_event_refreshes_redis_only_where_something_is_cached() {
         &s,
         env.redis.key_prefix.clone(),
         ms(1_000),
-        Breaker::new(3, ms(1_000), ms(5_000), Health::new()),
+        Breaker::with_health(
+            "reader",
+            "redis",
+            BreakerSettings::from_ms(3, 1_000, 5_000),
+            Health::new(),
+            "redis",
+        ),
     );
     l2.set_connection(
         dispatch_runtime::redis_client::connect(&env.redis)
