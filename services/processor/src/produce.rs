@@ -133,20 +133,10 @@ impl Producer {
         headers: &Headers,
         give_up: &CancellationToken,
     ) -> Option<Delivered> {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.send(kind, topic, key, value, headers).await {
-                Ok(d) => return Some(d),
-                Err(e) => {
-                    tracing::warn!(error = %e, topic, retry_in_ms = delay.as_millis() as u64, "produce failed")
-                }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = give_up.cancelled() => return None,
-            }
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
+        dispatch_runtime::retry::until_ok(&format!("produce to {topic}"), give_up, || {
+            self.send(kind, topic, key, value, headers)
+        })
+        .await
     }
 
     /// Waits up to `timeout` for every queued record to be delivered.

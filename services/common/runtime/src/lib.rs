@@ -15,6 +15,7 @@
 //!   and the gRPC server's TLS with certificates reloaded on change.
 //! - [`grpc`]: API-key authentication, per-RPC metrics, reflection and health helpers.
 //! - [`breaker`]: the circuit breaker every service uses, with its metric.
+//! - [`retry`]: jittered exponential retries of what must eventually succeed.
 
 pub mod admin;
 pub mod breaker;
@@ -23,6 +24,7 @@ pub mod grpc;
 pub mod kafka;
 pub mod metrics;
 pub mod redis_client;
+pub mod retry;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

@@ -4,8 +4,6 @@
 //! or DEAD row always has its record on Kafka. A record whose partition is revoked while its
 //! produce keeps failing is abandoned and re-read by the partition's next owner.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use dispatch_core::envelope::header;
 use dispatch_core::topics::RETRY_LEVELS;
@@ -203,18 +201,10 @@ impl Processor {
     }
 
     async fn index_dead_letter(&self, row: &DeadLetterRow, d: &Delivery) -> Option<()> {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match dispatch_store::dead_letters::insert(&self.pool, row).await {
-                Ok(()) => return Some(()),
-                Err(e) => tracing::warn!(error = %e, "cannot index dead letter; retrying"),
-            }
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = d.lease.revoked.cancelled() => return None,
-            }
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
+        dispatch_runtime::retry::until_ok("indexing a dead letter", &d.lease.revoked, || {
+            dispatch_store::dead_letters::insert(&self.pool, row)
+        })
+        .await
     }
 
     /// A record that is not a valid envelope: its raw bytes go to the DLQ (class `poison`) with

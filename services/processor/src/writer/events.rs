@@ -1,8 +1,6 @@
 //! The writer's events: one `TaskEvent` per landed write, enqueued in batch order, and the
 //! waiters of a batch released once all of its events are acknowledged.
 
-use std::time::Duration;
-
 use dispatch_core::Headers;
 use dispatch_core::TaskState;
 use dispatch_core::envelope::header;
@@ -94,7 +92,7 @@ pub(super) async fn release_after(
         let (producer, pool, topic) = (producer.clone(), pool.clone(), topic.clone());
         async move {
             let mut result = p.ack.await.map(|_| p.version).map_err(|e| e.to_string());
-            let mut delay = Duration::from_millis(100);
+            let mut delays = dispatch_runtime::retry::backoff();
             loop {
                 match result {
                     Ok(version) => {
@@ -107,8 +105,8 @@ pub(super) async fn release_after(
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, task_id = %p.key, "state-change event not delivered; sending the task's current row again");
+                        let delay = delays.next().unwrap_or(dispatch_runtime::retry::MAX_DELAY);
                         tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
                         result = resend_current(&producer, &pool, &topic, &p.key, &p.headers).await;
                     }
                 }
@@ -180,7 +178,7 @@ pub(crate) async fn settle(
     topic: &str,
     mut published: Vec<Published>,
 ) {
-    let mut delay = Duration::from_millis(100);
+    let mut delays = dispatch_runtime::retry::backoff();
     while !published.is_empty() {
         let ids: Vec<dispatch_core::TaskId> = published
             .iter()
@@ -190,8 +188,8 @@ pub(crate) async fn settle(
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read back the rows of published events; retrying");
+                let delay = delays.next().unwrap_or(dispatch_runtime::retry::MAX_DELAY);
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
@@ -207,6 +205,7 @@ pub(crate) async fn settle(
                 Ok(v) => p.version = v,
                 Err(e) => {
                     tracing::warn!(error = %e, task_id = %p.key, "cannot publish the task's current row; retrying");
+                    let delay = delays.next().unwrap_or(dispatch_runtime::retry::MAX_DELAY);
                     tokio::time::sleep(delay).await;
                 }
             }

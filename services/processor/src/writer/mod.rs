@@ -358,7 +358,7 @@ fn release_claims(batch: &mut Batch, landed: &Landed) {
 /// Commits the batch, retrying with backoff; `None` when aborted. Returns, per entry, the row its
 /// write left if the write landed.
 async fn commit_with_retry(cfg: &WriterTask, batch: &Batch) -> Option<Landed> {
-    let mut delay = Duration::from_millis(50);
+    let mut delays = dispatch_runtime::retry::backoff();
     loop {
         let started = Instant::now();
         match commit(&cfg.pool, batch).await {
@@ -372,14 +372,14 @@ async fn commit_with_retry(cfg: &WriterTask, batch: &Batch) -> Option<Landed> {
                 DB_WRITE_ERRORS.inc();
                 cfg.health
                     .set("mysql", ComponentStatus::Down(e.to_string()));
+                let delay = delays.next().unwrap_or(dispatch_runtime::retry::MAX_DELAY);
                 tracing::warn!(error = %e, rows = batch.len(), retry_in_ms = delay.as_millis() as u64, "batch write failed");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = cfg.abort.cancelled() => return None,
+                }
             }
         }
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = cfg.abort.cancelled() => return None,
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
