@@ -95,6 +95,9 @@ impl Settings {
         if self.kafka.partitions <= 0 {
             return bad("kafka.partitions must be > 0");
         }
+        if self.limits.max_schedule_horizon_secs == 0 {
+            return bad("limits.max_schedule_horizon_secs must be > 0");
+        }
         if self.limits.max_task_timeout_ms == 0 {
             return bad("limits.max_task_timeout_ms must be > 0");
         }
@@ -133,6 +136,10 @@ pub struct LimitSettings {
     /// Task type -> its own largest `timeout_ms`, used instead of `max_task_timeout_ms`
     /// (`[limits.task_type_max_timeout_ms]`, e.g. `"email.send" = 60000`).
     pub task_type_max_timeout_ms: BTreeMap<String, u32>,
+    /// How far ahead `TaskSpec.run_at` and `deadline` may be, in seconds (default one year,
+    /// 31_536_000); beyond it a submit is refused with INVALID_ARGUMENT naming the field and
+    /// this limit.
+    pub max_schedule_horizon_secs: u64,
 }
 
 impl Default for LimitSettings {
@@ -144,6 +151,7 @@ impl Default for LimitSettings {
             global_burst: 100_000,
             max_task_timeout_ms: dispatch_core::task::limits::TASK_TIMEOUT_MAX_MS,
             task_type_max_timeout_ms: BTreeMap::new(),
+            max_schedule_horizon_secs: dispatch_core::validate::DEFAULT_SCHEDULE_HORIZON_SECS,
         }
     }
 }
@@ -154,6 +162,7 @@ impl LimitSettings {
         dispatch_core::validate::SpecLimits {
             max_task_timeout_ms: self.max_task_timeout_ms,
             task_type_max_timeout_ms: self.task_type_max_timeout_ms.clone(),
+            max_schedule_horizon_secs: self.max_schedule_horizon_secs,
         }
     }
 }

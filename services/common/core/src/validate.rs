@@ -20,13 +20,20 @@ pub struct SpecLimits {
     pub max_task_timeout_ms: u32,
     /// Task type -> its own largest per-task timeout, instead of `max_task_timeout_ms`.
     pub task_type_max_timeout_ms: BTreeMap<String, u32>,
+    /// How far ahead of now `run_at` and `deadline` may be, in seconds (the gateway's
+    /// `limits.max_schedule_horizon_secs`).
+    pub max_schedule_horizon_secs: u64,
 }
+
+/// The default schedule horizon: one year (365 days).
+pub const DEFAULT_SCHEDULE_HORIZON_SECS: u64 = 365 * 24 * 3600;
 
 impl Default for SpecLimits {
     fn default() -> Self {
         Self {
             max_task_timeout_ms: limits::TASK_TIMEOUT_MAX_MS,
             task_type_max_timeout_ms: BTreeMap::new(),
+            max_schedule_horizon_secs: DEFAULT_SCHEDULE_HORIZON_SECS,
         }
     }
 }
@@ -87,6 +94,18 @@ pub fn parse_task_spec_with(
         .map(Some)
     };
 
+    let horizon_secs = spec_limits.max_schedule_horizon_secs;
+    let horizon = now + Duration::seconds(i64::try_from(horizon_secs).unwrap_or(i64::MAX / 2_000));
+    let beyond = |t: DateTime<Utc>| {
+        (t > horizon).then(|| {
+            format!(
+                "is {}, more than {horizon_secs} s ({}) ahead; the limit is \
+                 limits.max_schedule_horizon_secs = {horizon_secs}",
+                t.to_rfc3339(),
+                human_secs(horizon_secs)
+            )
+        })
+    };
     let run_at = match spec.run_at.as_ref() {
         None => Some(None),
         Some(ts) => match time::from_proto(ts) {
@@ -104,7 +123,13 @@ pub fn parse_task_spec_with(
                 );
                 None
             }
-            Some(t) => Some(Some(t)),
+            Some(t) => match beyond(t) {
+                Some(m) => {
+                    v.add(f("run_at"), m);
+                    None
+                }
+                None => Some(Some(t)),
+            },
         },
     };
     let deadline = match spec.deadline.as_ref() {
@@ -121,6 +146,9 @@ pub fn parse_task_spec_with(
                         f("deadline"),
                         "must be after run_at (or after now when run_at is unset)",
                     );
+                    None
+                } else if let Some(m) = beyond(d) {
+                    v.add(f("deadline"), m);
                     None
                 } else {
                     Some(Some(d))
@@ -190,6 +218,15 @@ pub fn parse_task_spec_with(
             })
         }
         _ => Err(v),
+    }
+}
+
+/// `secs` for people: whole days when it is some, else seconds.
+fn human_secs(secs: u64) -> String {
+    if secs >= 86_400 && secs.is_multiple_of(86_400) {
+        format!("{} days", secs / 86_400)
+    } else {
+        format!("{secs} s")
     }
 }
 
@@ -293,6 +330,68 @@ mod tests {
         assert_eq!(t.retry, RetryPolicy::DEFAULT);
         assert_eq!(t.task_id.uuid().get_version_num(), 7);
         assert!(t.idempotency_key.is_none());
+    }
+
+    #[test]
+    fn run_at_and_deadline_have_a_horizon() {
+        let now = Utc::now();
+        let at = |t: DateTime<Utc>| Some(time::to_proto(t));
+        let parse =
+            |s: pb::TaskSpec, l: &SpecLimits| parse_task_spec_with("task", &tenant(), s, now, l);
+        let year_9999 = DateTime::parse_from_rfc3339("9999-12-31T00:00:00Z")
+            .expect("date")
+            .with_timezone(&Utc);
+        // Year 9999, as run_at or as deadline: refused, naming the field and the limit.
+        for (field, s) in [
+            (
+                "task.run_at",
+                pb::TaskSpec {
+                    run_at: at(year_9999),
+                    ..spec()
+                },
+            ),
+            (
+                "task.deadline",
+                pb::TaskSpec {
+                    deadline: at(year_9999),
+                    ..spec()
+                },
+            ),
+        ] {
+            let v = parse(s, &SpecLimits::default()).expect_err(field);
+            assert_eq!(v.0.len(), 1, "{v:?}");
+            assert_eq!(v.0[0].field, field);
+            assert!(
+                v.0[0].description.contains("31536000 s (365 days)")
+                    && v.0[0]
+                        .description
+                        .contains("limits.max_schedule_horizon_secs"),
+                "{}",
+                v.0[0].description
+            );
+        }
+        // Within the default year: accepted.
+        let s = pb::TaskSpec {
+            run_at: at(now + Duration::days(364)),
+            deadline: at(now + Duration::days(364) + Duration::hours(1)),
+            ..spec()
+        };
+        assert!(parse(s, &SpecLimits::default()).is_ok());
+        // A deployment's own horizon.
+        let l = SpecLimits {
+            max_schedule_horizon_secs: 3_600,
+            ..SpecLimits::default()
+        };
+        let s = pb::TaskSpec {
+            run_at: at(now + Duration::hours(2)),
+            ..spec()
+        };
+        let v = parse(s, &l).expect_err("past an hour");
+        assert!(
+            v.0[0].description.contains("more than 3600 s"),
+            "{}",
+            v.0[0].description
+        );
     }
 
     #[test]
@@ -459,6 +558,7 @@ mod tests {
                 ("email.send".to_owned(), 5_000),
                 ("report.build".to_owned(), 7_200_000),
             ]),
+            ..SpecLimits::default()
         };
         let v = violations(|s| s.timeout_ms = 5_001, &l);
         assert_eq!(v.len(), 1, "{v:?}");
