@@ -167,7 +167,13 @@ async fn drive(stack: &Stack, marker: &str, wrong_key: &str) -> anyhow::Result<(
         let (mut q, ids) = (q.clone(), ids.clone());
         async move {
             let r = q
-                .batch_get_tasks(authed(pb::BatchGetTasksRequest { task_ids: ids }, KEY_ACME))
+                .batch_get_tasks(authed(
+                    pb::BatchGetTasksRequest {
+                        task_ids: ids,
+                        view: pb::TaskView::Full as i32,
+                    },
+                    KEY_ACME,
+                ))
                 .await
                 .ok()?
                 .into_inner();

@@ -59,6 +59,21 @@ impl Reader {
         tenant: &Tenant,
         ids: &[TaskId],
     ) -> Result<pb::BatchGetTasksResponse, ReadError> {
+        self.batch_get_view(tenant, ids, true, usize::MAX).await
+    }
+
+    /// BatchGetTasks in a view: without `full`, payload and result are left out; found tasks
+    /// past `max_bytes` of encoded answer go to `omitted`.
+    ///
+    /// # Errors
+    /// Unavailable when MySQL fails for an id no cache knows.
+    pub async fn batch_get_view(
+        &self,
+        tenant: &Tenant,
+        ids: &[TaskId],
+        full: bool,
+        max_bytes: usize,
+    ) -> Result<pb::BatchGetTasksResponse, ReadError> {
         let mut known: HashMap<TaskId, Cached> = HashMap::with_capacity(ids.len());
         let mut missing = Vec::new();
         for id in ids {
@@ -108,10 +123,22 @@ impl Reader {
             self.load_many(&from_store, &mut known).await?;
         }
         let mut out = pb::BatchGetTasksResponse::default();
+        let mut size = 0usize;
         for id in ids {
             match known.get(id) {
                 Some(Cached::Found(t)) if t.tenant == tenant.as_str() => {
-                    out.tasks.push(pb::Task::clone(t));
+                    let mut t = pb::Task::clone(t);
+                    if !full {
+                        t.payload = Vec::new();
+                        t.result = Vec::new();
+                    }
+                    // The field's tag and length prefix: at most 1 + 5 bytes.
+                    size += prost::Message::encoded_len(&t) + 6;
+                    if size > max_bytes && !out.tasks.is_empty() {
+                        out.omitted.push(id.to_string());
+                    } else {
+                        out.tasks.push(t);
+                    }
                 }
                 _ => out.not_found.push(id.to_string()),
             }

@@ -3,6 +3,9 @@
 //!
 //! The page token is the URL-safe base64 of the last returned id. Rows inserted while a client
 //! pages never shift a later page: the next page is "ids below the cursor", whatever was added.
+//!
+//! The BASIC view (the default) reads neither payload nor result from MySQL; a FULL page ends
+//! early, with a next page token, when it would pass the response size bound.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -28,6 +31,19 @@ fn parse_token(token: &str) -> Result<TaskId, String> {
         .decode(token)
         .map_err(|_| "is not a page token from a previous response".to_string())?;
     TaskId::from_slice(&bytes).map_err(|_| "is not a page token from a previous response".into())
+}
+
+/// Whether `view` (a `TaskView`) asks for payload and result; a value that is not a view is
+/// named as `view` in `v`.
+pub fn full_view(view: i32, v: &mut Violations) -> bool {
+    match pb::TaskView::try_from(view) {
+        Ok(pb::TaskView::Full) => true,
+        Ok(pb::TaskView::Unspecified | pb::TaskView::Basic) => false,
+        Err(_) => {
+            v.add("view", "is not a task view (BASIC or FULL)");
+            false
+        }
+    }
 }
 
 /// Parses a request into a filter for `tenant` (the limit is the page size).
@@ -75,6 +91,7 @@ pub fn parse_request(tenant: &Tenant, r: &pb::ListTasksRequest) -> Result<ListFi
     } else {
         v.check("page_token", parse_token(&r.page_token))
     };
+    let full = full_view(r.view, &mut v);
     let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     if !v.is_empty() {
         return Err(ReadError::Invalid(v));
@@ -88,19 +105,26 @@ pub fn parse_request(tenant: &Tenant, r: &pb::ListTasksRequest) -> Result<ListFi
         created_before,
         before_id,
         limit,
+        full,
     })
 }
 
 impl Reader {
-    /// ListTasks for a parsed filter.
+    /// ListTasks for a parsed filter, the page cut short (at least one task) when its encoded
+    /// size would pass `max_bytes`.
     ///
     /// # Errors
     /// Unavailable when MySQL fails.
-    pub async fn list(&self, mut filter: ListFilter) -> Result<pb::ListTasksResponse, ReadError> {
-        let page = filter.limit as usize;
+    pub async fn list(
+        &self,
+        mut filter: ListFilter,
+        max_bytes: usize,
+    ) -> Result<pb::ListTasksResponse, ReadError> {
+        let mut page = filter.limit as usize;
         // One extra row tells whether another page exists.
         filter.limit += 1;
         let mut tasks = self.store.list(&filter).await?;
+        page = page.min(fitting(&tasks, max_bytes));
         let next_page_token = if tasks.len() > page {
             tasks.truncate(page);
             tasks
@@ -116,6 +140,21 @@ impl Reader {
             next_page_token,
         })
     }
+}
+
+/// How many of `tasks`, from the first, fit in `max_bytes` encoded (at least one, so a page
+/// always makes progress).
+pub fn fitting(tasks: &[pb::Task], max_bytes: usize) -> usize {
+    use prost::Message;
+    let mut total = 0usize;
+    for (i, t) in tasks.iter().enumerate() {
+        // The field's tag and length prefix: at most 1 + 5 bytes.
+        total += t.encoded_len() + 6;
+        if total > max_bytes {
+            return i.max(1);
+        }
+    }
+    tasks.len()
 }
 
 #[cfg(test)]

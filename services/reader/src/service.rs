@@ -25,6 +25,8 @@ pub struct Limits {
     pub max_concurrent_requests: usize,
     /// WatchTask's bounds and safety re-read interval.
     pub watch: WatchLimits,
+    /// Largest encoded BatchGetTasks or ListTasks answer (`query.max_response_bytes`).
+    pub max_response_bytes: usize,
 }
 
 /// The service.
@@ -35,6 +37,7 @@ pub struct QueryService {
     stop: CancellationToken,
     watches: Arc<Watches>,
     in_flight: Arc<Semaphore>,
+    max_response_bytes: usize,
 }
 
 impl QueryService {
@@ -51,6 +54,7 @@ impl QueryService {
             stop,
             watches: Watches::new(limits.watch),
             in_flight: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            max_response_bytes: limits.max_response_bytes,
         }
     }
 }
@@ -116,7 +120,15 @@ impl TaskQueryService for QueryService {
             let _slot = self.admit()?;
             let tenant = self.tenant(&req)?;
             let ids = batch::parse_ids(&req.get_ref().task_ids)?;
-            Ok(Response::new(self.reader.batch_get(&tenant, &ids).await?))
+            let mut v = dispatch_core::Violations::default();
+            let full = list::full_view(req.get_ref().view, &mut v);
+            if !v.is_empty() {
+                return Err(ReadError::Invalid(v).into());
+            }
+            let max = self.max_response_bytes;
+            Ok(Response::new(
+                self.reader.batch_get_view(&tenant, &ids, full, max).await?,
+            ))
         })
         .instrument(span)
         .await
@@ -131,7 +143,8 @@ impl TaskQueryService for QueryService {
             let _slot = self.admit()?;
             let tenant = self.tenant(&req)?;
             let filter = list::parse_request(&tenant, req.get_ref())?;
-            Ok(Response::new(self.reader.list(filter).await?))
+            let max = self.max_response_bytes;
+            Ok(Response::new(self.reader.list(filter, max).await?))
         })
         .instrument(span)
         .await

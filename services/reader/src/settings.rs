@@ -32,6 +32,26 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     /// Cache tiers, read-your-writes and degradation.
     pub cache: CacheSettings,
+    /// Bounds of query answers.
+    pub query: QuerySettings,
+}
+
+/// `[query]`: bounds of BatchGetTasks and ListTasks answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuerySettings {
+    /// Largest encoded answer of BatchGetTasks or ListTasks in the FULL view (payloads and
+    /// results): a ListTasks page ends early, BatchGetTasks lists the rest in `omitted`. The
+    /// default stays under the 4 MiB a gRPC client accepts by default.
+    pub max_response_bytes: usize,
+}
+
+impl Default for QuerySettings {
+    fn default() -> Self {
+        Self {
+            max_response_bytes: 4 * 1024 * 1024 - 64 * 1024,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -49,6 +69,7 @@ impl Default for Settings {
             telemetry: TelemetrySettings::default(),
             shutdown: ShutdownSettings::default(),
             cache: CacheSettings::default(),
+            query: QuerySettings::default(),
         }
     }
 }

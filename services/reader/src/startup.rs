@@ -250,6 +250,7 @@ impl App {
                     max_duration: Duration::from_millis(settings.cache.watch_max_duration_ms),
                     poll: Duration::from_millis(settings.cache.watch_poll_ms),
                 },
+                max_response_bytes: settings.query.max_response_bytes,
             },
         );
         let max = settings.grpc.max_request_bytes;

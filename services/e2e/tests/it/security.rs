@@ -178,6 +178,7 @@ async fn call(
             .batch_get_tasks(request(
                 pb::BatchGetTasksRequest {
                     task_ids: vec![fx.task_id.clone()],
+                    ..Default::default()
                 },
                 auth,
             ))

@@ -45,6 +45,7 @@ async fn with_redis_down_answers_stay_correct_and_the_breaker_opens() {
         .batch_get_tasks(req(
             pb::BatchGetTasksRequest {
                 task_ids: rows.iter().map(|t| t.id.to_string()).collect(),
+                ..Default::default()
             },
             ACME,
         ))

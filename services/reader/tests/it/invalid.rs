@@ -37,6 +37,7 @@ async fn invalid_inputs_are_rejected_with_the_field_named() {
         .batch_get_tasks(req(
             pb::BatchGetTasksRequest {
                 task_ids: (0..101).map(|_| TaskId::new().to_string()).collect(),
+                ..Default::default()
             },
             ACME,
         ))
@@ -44,7 +45,7 @@ async fn invalid_inputs_are_rejected_with_the_field_named() {
         .expect_err("too many");
     assert_eq!(violated_field(&e), "task_ids");
     let e = c
-        .batch_get_tasks(req(pb::BatchGetTasksRequest { task_ids: vec![] }, ACME))
+        .batch_get_tasks(req(pb::BatchGetTasksRequest::default(), ACME))
         .await
         .expect_err("none");
     assert_eq!(violated_field(&e), "task_ids");
@@ -52,6 +53,7 @@ async fn invalid_inputs_are_rejected_with_the_field_named() {
         .batch_get_tasks(req(
             pb::BatchGetTasksRequest {
                 task_ids: vec![TaskId::new().to_string(), "x".into()],
+                ..Default::default()
             },
             ACME,
         ))

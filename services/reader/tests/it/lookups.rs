@@ -162,7 +162,13 @@ async fn batch_get_uses_the_caches_and_one_store_query_for_the_rest() {
     let mut ids: Vec<String> = rows.iter().map(|t| t.id.to_string()).collect();
     ids.insert(2, unknown.to_string());
     let resp = c
-        .batch_get_tasks(req(pb::BatchGetTasksRequest { task_ids: ids }, ACME))
+        .batch_get_tasks(req(
+            pb::BatchGetTasksRequest {
+                task_ids: ids,
+                ..Default::default()
+            },
+            ACME,
+        ))
         .await
         .expect("batch")
         .into_inner();
@@ -175,9 +181,15 @@ async fn batch_get_uses_the_caches_and_one_store_query_for_the_rest() {
     assert_eq!(r.store_gets(), 1, "only the single warm-up lookup");
     // Everything is cached now: a second batch does not touch MySQL.
     let ids: Vec<String> = rows.iter().map(|t| t.id.to_string()).collect();
-    c.batch_get_tasks(req(pb::BatchGetTasksRequest { task_ids: ids }, ACME))
-        .await
-        .expect("batch again");
+    c.batch_get_tasks(req(
+        pb::BatchGetTasksRequest {
+            task_ids: ids,
+            ..Default::default()
+        },
+        ACME,
+    ))
+    .await
+    .expect("batch again");
     assert_eq!(Stats::get(&stats.store_batch_gets), 1);
     r.stop().await;
     env.cleanup().await;

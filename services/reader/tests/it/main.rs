@@ -12,4 +12,5 @@ mod list;
 mod lookups;
 mod read_your_writes;
 mod tenancy;
+mod views;
 mod watch;

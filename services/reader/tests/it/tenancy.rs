@@ -37,6 +37,7 @@ async fn other_tenants_tasks_answer_not_found_everywhere() {
         .batch_get_tasks(req(
             pb::BatchGetTasksRequest {
                 task_ids: vec![mine.id.to_string(), theirs.id.to_string()],
+                ..Default::default()
             },
             ACME,
         ))
