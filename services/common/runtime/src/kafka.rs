@@ -225,6 +225,10 @@ impl rdkafka::ClientContext for Recorder {
 
 impl rdkafka::consumer::ConsumerContext for Recorder {}
 
+fn security_problem_kind(line: &str) -> bool {
+    security_problem(&KafkaSettings::default(), line).is_some()
+}
+
 /// What a librdkafka error line says about the security settings, if anything.
 fn security_problem(s: &KafkaSettings, line: &str) -> Option<String> {
     let lower = line.to_ascii_lowercase();
@@ -271,16 +275,34 @@ fn security_problem(s: &KafkaSettings, line: &str) -> Option<String> {
 /// A security problem, or a client that cannot be created with these settings.
 pub async fn check_connection(s: &KafkaSettings) -> Result<(), crate::SettingsError> {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
-    let consumer: BaseConsumer<Recorder> = client_config(s)
+    let mut config = client_config(s);
+    // librdkafka logs only as much as the `log` crate's level allows, which is off without a
+    // `log` logger: the handshake and SASL failures are logged at error level.
+    config.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+    let consumer: BaseConsumer<Recorder> = config
         .create_with_context(Recorder::default())
         .map_err(|e| crate::SettingsError(format!("kafka: {e}")))?;
     let consumer = std::sync::Arc::new(consumer);
     let held = std::sync::Arc::clone(&consumer);
     let recorder = held.context();
     let fetch = tokio::task::spawn_blocking(move || {
-        consumer
-            .fetch_metadata(None, Duration::from_secs(10))
-            .map(|_| ())
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match consumer.fetch_metadata(None, Duration::from_millis(500)) {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    // Serves the error callbacks (they reach the context through the queue).
+                    let _ = consumer.poll(Duration::ZERO);
+                    let found = {
+                        let errors = consumer.context().errors.lock();
+                        errors.iter().any(|l| security_problem_kind(l))
+                    };
+                    if found || std::time::Instant::now() >= deadline {
+                        return Err(e);
+                    }
+                }
+            }
+        }
     });
     tokio::pin!(fetch);
     loop {

@@ -177,30 +177,41 @@ pub async fn check_tls(settings: &DbSettings) -> Result<(), String> {
         .as_ref()
         .map(|p| format!(" ({})", p.display()))
         .unwrap_or_default();
-    match &e {
-        sqlx::Error::Tls(_) if lower.contains("expired") => Err(format!(
-            "database.ssl_ca{ca}: the server's certificate has expired: {msg}"
-        )),
-        sqlx::Error::Tls(_) if lower.contains("name") || lower.contains("notvalidforname") => {
-            Err(format!(
-                "database.ssl_mode verify_identity: the server's certificate is not valid for the host in database.url: {msg}"
-            ))
-        }
-        sqlx::Error::Tls(_) => Err(format!(
-            "database.ssl_ca{ca}: the server's certificate does not verify: {msg}"
-        )),
-        _ if lower.contains("secure transport") || lower.contains("insecure transport") => {
-            Err(format!("database.ssl_mode: the server requires TLS: {msg}"))
-        }
-        _ if lower.contains("does not support tls") || lower.contains("not support ssl") => Err(
-            format!("database.ssl_mode: the server does not offer TLS: {msg}"),
+    let unreachable = match &e {
+        sqlx::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::TimedOut
+                | std::io::ErrorKind::HostUnreachable
+                | std::io::ErrorKind::NetworkUnreachable
+                | std::io::ErrorKind::AddrNotAvailable
         ),
-        sqlx::Error::Database(d) if d.code().as_deref() == Some("28000") => {
-            Err(format!("database.url: login refused: {msg}"))
-        }
-        sqlx::Error::Configuration(_) => Err(msg),
-        _ => Ok(()),
+        sqlx::Error::PoolTimedOut => true,
+        _ => false,
+    };
+    if unreachable {
+        return Ok(());
     }
+    Err(if lower.contains("expired") {
+        format!("database.ssl_ca{ca}: the server's certificate has expired: {msg}")
+    } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
+        format!(
+            "database.ssl_mode verify_identity: the server's certificate is not valid for the host in database.url: {msg}"
+        )
+    } else if matches!(e, sqlx::Error::Tls(_))
+        || lower.contains("certificate")
+        || lower.contains("unknownissuer")
+    {
+        format!("database.ssl_ca{ca}: the server's certificate does not verify: {msg}")
+    } else if lower.contains("secure transport") || lower.contains("insecure transport") {
+        format!("database.ssl_mode: the server requires TLS: {msg}")
+    } else if lower.contains("does not support tls") || lower.contains("not support ssl") {
+        format!("database.ssl_mode: the server does not offer TLS: {msg}")
+    } else if matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("28000")) {
+        format!("database.url: login refused: {msg}")
+    } else {
+        format!("database: connecting with TLS failed: {msg}")
+    })
 }
 
 /// Opens the primary pool, retrying with exponential backoff (100 ms doubling, capped at 5 s)

@@ -13,7 +13,6 @@ pub mod cli;
 use std::time::Duration;
 
 use dispatch_runtime::settings::{DbSettings, KafkaSettings, RedisSettings};
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -58,17 +57,56 @@ impl TestEnv {
     /// # Errors
     /// As [`TestEnv::new`].
     pub async fn with_partitions(partitions: i32) -> anyhow::Result<Self> {
-        let id = uuid::Uuid::now_v7().simple().to_string()[20..].to_string();
         let server_url = env_or(
             "DISPATCH_TEST_MYSQL",
             "mysql://dispatch:dispatch@127.0.0.1:3306",
         );
+        let kafka = KafkaSettings {
+            brokers: env_or("DISPATCH_TEST_KAFKA", "127.0.0.1:9092"),
+            partitions,
+            ..KafkaSettings::default()
+        };
+        let redis = RedisSettings {
+            url: env_or("DISPATCH_TEST_REDIS", "redis://127.0.0.1:6379/0"),
+            ..RedisSettings::default()
+        };
+        Self::create(server_url, DbSettings::default(), kafka, redis, "up").await
+    }
+
+    /// As [`TestEnv::new`] on the TLS stack (`deploy/local/stack.sh tls-up`): every connection
+    /// over TLS, verified against the stack's CA (MySQL `verify_identity`, Kafka SASL_SSL with
+    /// SCRAM-SHA-512, `rediss://`).
+    ///
+    /// # Errors
+    /// The TLS stack is not reachable.
+    pub async fn on_tls_stack(tls: &TlsStack) -> anyhow::Result<Self> {
+        Self::create(
+            tls.mysql.clone(),
+            tls.db(),
+            KafkaSettings {
+                partitions: 3,
+                ..tls.kafka()
+            },
+            tls.redis(),
+            "tls-up",
+        )
+        .await
+    }
+
+    async fn create(
+        server_url: String,
+        db_base: DbSettings,
+        kafka: KafkaSettings,
+        redis: RedisSettings,
+        stack_command: &str,
+    ) -> anyhow::Result<Self> {
+        let id = uuid::Uuid::now_v7().simple().to_string()[20..].to_string();
         let database = format!("dispatch_test_{id}");
         let admin = MySqlPool::connect(&format!("{server_url}/mysql"))
             .await
             .map_err(|e| {
                 anyhow::anyhow!(
-                    "cannot reach MariaDB at {server_url} ({e}); run deploy/local/stack.sh up"
+                    "cannot reach MariaDB at {server_url} ({e}); run deploy/local/stack.sh {stack_command}"
                 )
             })?;
         sqlx::query(&format!("CREATE DATABASE `{database}`"))
@@ -79,17 +117,15 @@ impl TestEnv {
             url: SecretString::from(format!("{server_url}/{database}")),
             max_connections: 20,
             connect_timeout_ms: 5_000,
-            ..DbSettings::default()
+            ..db_base
         };
         let pool = dispatch_store::connect(&db).await?;
         dispatch_store::migrate::up(&pool).await?;
 
         let kafka = KafkaSettings {
-            brokers: env_or("DISPATCH_TEST_KAFKA", "127.0.0.1:9092"),
             topic_prefix: format!("t{id}."),
-            partitions,
             linger_ms: 1,
-            ..KafkaSettings::default()
+            ..kafka
         };
         dispatch_runtime::kafka::ensure_topics(
             &kafka,
@@ -98,14 +134,13 @@ impl TestEnv {
         .await
         .map_err(|e| {
             anyhow::anyhow!(
-                "cannot create topics on {} ({e}); run deploy/local/stack.sh up",
+                "cannot create topics on {} ({e}); run deploy/local/stack.sh {stack_command}",
                 kafka.brokers
             )
         })?;
         let redis = RedisSettings {
-            url: env_or("DISPATCH_TEST_REDIS", "redis://127.0.0.1:6379/0"),
             key_prefix: format!("t{id}:"),
-            ..RedisSettings::default()
+            ..redis
         };
         Ok(Self {
             id,
@@ -147,8 +182,7 @@ impl TestEnv {
     /// # Errors
     /// Kafka client errors.
     pub fn consumer(&self, topics: &[String]) -> anyhow::Result<StreamConsumer> {
-        let c: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.kafka.brokers)
+        let c: StreamConsumer = dispatch_runtime::kafka::client_config(&self.kafka)
             .set(
                 "group.id",
                 format!("test-{}-{}", self.id, uuid::Uuid::now_v7().simple()),
@@ -171,9 +205,8 @@ impl TestEnv {
                 .execute(&admin)
                 .await;
         }
-        let admin: Result<AdminClient<DefaultClientContext>, _> = ClientConfig::new()
-            .set("bootstrap.servers", &self.kafka.brokers)
-            .create();
+        let admin: Result<AdminClient<DefaultClientContext>, _> =
+            dispatch_runtime::kafka::client_config(&self.kafka).create();
         if let Ok(admin) = admin {
             let names: Vec<String> = dispatch_runtime::kafka::dispatch_topics(&self.kafka)
                 .into_iter()
@@ -182,6 +215,84 @@ impl TestEnv {
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
             let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
             let _ = admin.delete_topics(&refs, &opts).await;
+        }
+    }
+}
+
+/// The TLS stack's endpoints and files (`deploy/local/stack.sh tls-up`), from the
+/// `DISPATCH_TEST_TLS_*` variables deploy/local/env.sh exports.
+#[derive(Debug, Clone)]
+pub struct TlsStack {
+    /// Directory of `ca.pem`, `server.pem`/`server.key`, `client.pem`/`client.key`,
+    /// `other-ca.pem`.
+    pub dir: std::path::PathBuf,
+    /// Kafka's SASL_SSL listener (SCRAM).
+    pub kafka_sasl_ssl: String,
+    /// Kafka's SSL listener (client certificates verified when presented).
+    pub kafka_ssl: String,
+    /// SCRAM user.
+    pub sasl_username: String,
+    /// SCRAM password.
+    pub sasl_password: String,
+    /// `mysql://user:password@host:port` of the MariaDB that requires TLS.
+    pub mysql: String,
+    /// `rediss://host:port` of the TLS Redis.
+    pub redis: String,
+}
+
+impl TlsStack {
+    /// `None` when `DISPATCH_TEST_TLS_DIR` is unset (deploy/local/env.sh sets it).
+    pub fn from_env() -> Option<Self> {
+        let dir = std::env::var("DISPATCH_TEST_TLS_DIR")
+            .ok()
+            .filter(|v| !v.is_empty())?;
+        Some(Self {
+            dir: dir.into(),
+            kafka_sasl_ssl: env_or("DISPATCH_TEST_TLS_KAFKA", "127.0.0.1:19094"),
+            kafka_ssl: env_or("DISPATCH_TEST_TLS_KAFKA_SSL", "127.0.0.1:19093"),
+            sasl_username: env_or("DISPATCH_TEST_TLS_SASL_USERNAME", "dispatch"),
+            sasl_password: env_or("DISPATCH_TEST_TLS_SASL_PASSWORD", "dispatch-scram-secret"),
+            mysql: env_or(
+                "DISPATCH_TEST_TLS_MYSQL",
+                "mysql://dispatch:dispatch@127.0.0.1:13306",
+            ),
+            redis: env_or("DISPATCH_TEST_TLS_REDIS", "rediss://127.0.0.1:16379"),
+        })
+    }
+
+    /// A file of the stack's PKI (`ca.pem`, `server.pem`, ...).
+    pub fn file(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Kafka over SASL_SSL with SCRAM-SHA-512, verified against the stack's CA.
+    pub fn kafka(&self) -> KafkaSettings {
+        KafkaSettings {
+            brokers: self.kafka_sasl_ssl.clone(),
+            security_protocol: "sasl_ssl".into(),
+            ssl_ca_file: Some(self.file("ca.pem")),
+            sasl_mechanism: "SCRAM-SHA-512".into(),
+            sasl_username: Some(self.sasl_username.clone()),
+            sasl_password: Some(SecretString::from(self.sasl_password.clone())),
+            ..KafkaSettings::default()
+        }
+    }
+
+    /// MySQL with `verify_identity` against the stack's CA (the URL is set per database).
+    pub fn db(&self) -> DbSettings {
+        DbSettings {
+            ssl_mode: Some("verify_identity".into()),
+            ssl_ca: Some(self.file("ca.pem")),
+            ..DbSettings::default()
+        }
+    }
+
+    /// `rediss://` with the stack's CA.
+    pub fn redis(&self) -> RedisSettings {
+        RedisSettings {
+            url: format!("{}/0", self.redis),
+            tls_ca_file: Some(self.file("ca.pem")),
+            ..RedisSettings::default()
         }
     }
 }

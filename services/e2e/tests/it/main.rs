@@ -7,5 +7,6 @@ mod reflection;
 mod security;
 mod support;
 mod tls;
+mod tls_stack;
 mod trace;
 mod trace_flow;

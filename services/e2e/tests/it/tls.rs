@@ -264,3 +264,45 @@ async fn reader_mtls_requires_a_client_certificate_from_the_ca() -> anyhow::Resu
     env.cleanup().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_a_restart() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let pki = Pki::new()?;
+    let mut s = StackSettings::for_env(&env).gateway;
+    pki.apply(&mut s.grpc, false);
+    let gateway = start_gateway(s).await?;
+    let first = submit(pki.channel(gateway.addr, None).await).await;
+    assert!(first.is_ok(), "{first:?}");
+
+    // A renewal (another CA here, so the test can tell the two apart) overwrites the files in
+    // place, as a renewed Kubernetes secret or cert-manager does.
+    let renewed = Pki::new()?;
+    std::fs::write(pki.path("server.key"), &renewed.server.key)?;
+    std::fs::write(pki.path("server.pem"), &renewed.server.cert)?;
+    dispatch_testkit::eventually(
+        "the renewed certificate served",
+        dispatch_runtime::tls::RELOAD_CHECK * 10,
+        || async { submit(renewed.channel(gateway.addr, None).await).await.ok() },
+    )
+    .await?;
+    let old = submit(pki.channel(gateway.addr, None).await).await;
+    assert!(
+        old.is_err(),
+        "the replaced certificate is still served: {old:?}"
+    );
+
+    // A broken renewal (a key that does not match) keeps the previous certificate.
+    let other = Pki::new()?;
+    std::fs::write(pki.path("server.key"), &other.server.key)?;
+    tokio::time::sleep(dispatch_runtime::tls::RELOAD_CHECK * 2).await;
+    let kept = submit(renewed.channel(gateway.addr, None).await).await;
+    assert!(
+        kept.is_ok(),
+        "a mismatched key replaced the certificate: {kept:?}"
+    );
+    assert!(gateway.is_running());
+    gateway.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}
