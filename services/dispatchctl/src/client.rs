@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
 
 use crate::CliError;
@@ -45,6 +45,28 @@ pub struct ConnArgs {
     /// Per-request timeout in milliseconds [default: 10000].
     #[arg(long, env = "DISPATCH_TIMEOUT_MS", global = true)]
     pub timeout_ms: Option<u64>,
+    /// PEM CA bundle the servers' certificates must chain to, for https:// addresses [default:
+    /// the system roots].
+    #[arg(long, env = "DISPATCH_CA", global = true, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM client certificate presented to https:// servers that require one (mTLS; with
+    /// --client-key).
+    #[arg(
+        long,
+        visible_alias = "client-cert",
+        env = "DISPATCH_CERT",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(
+        long = "client-key",
+        env = "DISPATCH_CLIENT_KEY",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub client_key: Option<std::path::PathBuf>,
     /// Config file [default: $XDG_CONFIG_HOME/dispatchctl.toml or ~/.config/dispatchctl.toml].
     #[arg(long, env = "DISPATCHCTL_CONFIG", global = true)]
     pub config: Option<std::path::PathBuf>,
@@ -65,6 +87,12 @@ pub struct Conn {
     pub admin_key: String,
     /// Per-request timeout in milliseconds.
     pub timeout_ms: u64,
+    /// CA bundle for https:// addresses (system roots when unset).
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate (mTLS).
+    pub cert: Option<std::path::PathBuf>,
+    /// Client key (mTLS).
+    pub key: Option<std::path::PathBuf>,
 }
 
 impl Default for Conn {
@@ -76,19 +104,34 @@ impl Default for Conn {
             api_key: String::new(),
             admin_key: String::new(),
             timeout_ms: DEFAULT_TIMEOUT_MS,
+            ca: None,
+            cert: None,
+            key: None,
         }
     }
 }
 
 impl Conn {
-    /// Opens a channel to `addr`.
+    /// Opens a channel to `addr`: TLS for `https://` (verified against `--ca` or the system
+    /// roots, presenting `--cert`/`--key` when set), plaintext for `http://`.
     ///
     /// # Errors
-    /// [`CliError::Invalid`] for a malformed address, [`CliError::Unreachable`] when it refuses.
+    /// [`CliError::Invalid`] for a malformed address or unreadable TLS file,
+    /// [`CliError::Unreachable`] when it refuses (a failed handshake included).
     pub async fn channel(&self, addr: &str) -> anyhow::Result<Channel> {
-        let ep = Endpoint::from_shared(addr.to_owned())
+        let mut ep = Endpoint::from_shared(addr.to_owned())
             .map_err(|e| CliError::Invalid(format!("invalid address {addr:?}: {e}")))?
             .connect_timeout(Duration::from_secs(5));
+        if addr.starts_with("https://") {
+            ep = ep
+                .tls_config(self.tls()?)
+                .map_err(|e| CliError::Invalid(format!("TLS for {addr}: {e}")))?;
+        } else if self.ca.is_some() || self.cert.is_some() {
+            return Err(CliError::Invalid(format!(
+                "--ca/--cert are set but {addr} is not an https:// address"
+            ))
+            .into());
+        }
         ep.connect().await.map_err(|e| {
             // tonic's top-level message is just "transport error": show the cause chain.
             let mut msg = e.to_string();
@@ -102,6 +145,31 @@ impl Conn {
             ))
             .into()
         })
+    }
+
+    fn tls(&self) -> anyhow::Result<ClientTlsConfig> {
+        let read = |flag: &str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| CliError::Invalid(format!("{flag} {}: {e}", p.display())))
+        };
+        let mut tls = match &self.ca {
+            Some(ca) => {
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--ca", ca)?))
+            }
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(Identity::from_pem(
+                    read("--cert", cert)?,
+                    read("--key", key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(CliError::Invalid("--cert and --client-key go together".into()).into());
+            }
+        }
+        Ok(tls)
     }
 
     /// A request with the tenant key and timeout set.

@@ -12,6 +12,10 @@
 //! api_key = "dev-key-acme"
 //! admin_key = "dev-admin-key"
 //! timeout_ms = 10000
+//! # https:// addresses: the CA (system roots when unset) and, for mTLS, a client certificate
+//! ca = "/etc/dispatch/ca.pem"
+//! cert = "/etc/dispatch/client.pem"
+//! key = "/etc/dispatch/client.key"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -37,6 +41,12 @@ pub struct FileConfig {
     pub admin_key: Option<String>,
     /// Per-request timeout.
     pub timeout_ms: Option<u64>,
+    /// CA bundle for https:// addresses.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (mTLS).
+    pub cert: Option<PathBuf>,
+    /// Client key (mTLS).
+    pub key: Option<PathBuf>,
 }
 
 /// The default location, if a home or XDG directory is known.
@@ -88,6 +98,9 @@ pub fn resolve(args: ConnArgs) -> anyhow::Result<Conn> {
         api_key: args.api_key.or(file.api_key).unwrap_or(d.api_key),
         admin_key: args.admin_key.or(file.admin_key).unwrap_or(d.admin_key),
         timeout_ms: args.timeout_ms.or(file.timeout_ms).unwrap_or(d.timeout_ms),
+        ca: args.ca.or(file.ca),
+        cert: args.cert.or(file.cert),
+        key: args.client_key.or(file.key),
     })
 }
 

@@ -7,3 +7,4 @@ mod harness;
 mod help;
 mod outbox;
 mod snapshots;
+mod tls;
