@@ -2,8 +2,9 @@
 # The test command: on a fresh machine, install what is missing, start the real local stack, then
 # run every check: formatting, the dependency policy (cargo deny: licenses, bans, sources), the
 # protos (buf lint, buf breaking against HEAD~1), clippy, unit and integration tests (against real
-# Kafka, MariaDB, Redis), the deploy/observability/k6 static checks, and a live smoke run of the
-# services (metric names used by dashboards and alerts exist, a short load generator run).
+# Kafka, MariaDB, Redis, and the TLS-only ones of stack.sh tls-up), the deploy/observability/k6
+# static checks, and a live smoke run of the services (metric names used by dashboards and alerts
+# exist, a short load generator run).
 # Idempotent. A missing tool stops it at once with one line saying how to install it
 # (scripts/preflight.sh).
 #
@@ -31,8 +32,11 @@ fi
 stage "tools (buf, cargo-deny: pinned, installed when missing)"
 scripts/tools.sh
 
-stage "local stack"
+stage "local stack (plain, and the TLS stack beside it: stack.sh tls-up)"
 deploy/local/stack.sh up
+# The TLS round trip and the bad-certificate tests (dispatch-e2e tls_stack, dispatchctl tls) run
+# against it: about 10 s the first time (certificates, a second broker), 0.3 s once up.
+deploy/local/stack.sh tls-up
 # shellcheck source=deploy/local/env.sh
 source deploy/local/env.sh
 scripts/clean-test-state.sh

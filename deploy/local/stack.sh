@@ -211,6 +211,7 @@ missing_packages() {
     have kcat || pkgs+=(kcat)
     if ! have prometheus || ! have promtool; then pkgs+=(prometheus); fi
     have curl || pkgs+=(curl)
+    have openssl || pkgs+=(openssl) # tls-up makes its CA and certificates with it
     have setsid || pkgs+=(util-linux)
     have java || pkgs+=(openjdk-17-jre-headless)
     have mvn || pkgs+=(maven)
