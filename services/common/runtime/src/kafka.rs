@@ -326,3 +326,92 @@ pub async fn check_connection(s: &KafkaSettings) -> Result<(), crate::SettingsEr
         }
     }
 }
+
+#[cfg(test)]
+mod security_tests {
+    use super::*;
+
+    fn sasl() -> KafkaSettings {
+        KafkaSettings {
+            security_protocol: "sasl_ssl".into(),
+            ssl_ca_file: Some("/etc/dispatch/ca.pem".into()),
+            sasl_mechanism: "scram-sha-512".into(),
+            sasl_username: Some("dispatch".into()),
+            sasl_password: Some(secrecy::SecretString::from("s3cret-pw".to_owned())),
+            ..KafkaSettings::default()
+        }
+    }
+
+    #[test]
+    fn security_settings_reach_every_client_config() {
+        let s = sasl();
+        for c in [
+            client_config(&s),
+            producer_config(&s),
+            consumer_config(&s, "g"),
+        ] {
+            assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
+            assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+            assert_eq!(c.get("sasl.username"), Some("dispatch"));
+            assert_eq!(c.get("sasl.password"), Some("s3cret-pw"));
+            assert_eq!(c.get("ssl.ca.location"), Some("/etc/dispatch/ca.pem"));
+        }
+        // Plaintext sets nothing.
+        let plain = client_config(&KafkaSettings::default());
+        assert_eq!(plain.get("security.protocol"), None);
+    }
+
+    #[test]
+    fn the_password_never_prints() {
+        let s = sasl();
+        assert!(!format!("{s:?}").contains("s3cret-pw"));
+        let out = crate::settings::render_redacted(&s).expect("render");
+        assert!(!out.contains("s3cret-pw"), "{out}");
+        assert!(out.contains("sasl_password = \"<redacted>\""), "{out}");
+    }
+
+    #[test]
+    fn inconsistent_security_settings_are_named() {
+        let cases: [(&str, Box<dyn Fn(&mut KafkaSettings)>); 4] = [
+            (
+                "kafka.security_protocol",
+                Box::new(|s| s.security_protocol = "tls".into()),
+            ),
+            (
+                "kafka.sasl_mechanism",
+                Box::new(|s| s.sasl_mechanism = "GSSAPI".into()),
+            ),
+            ("kafka.sasl_password", Box::new(|s| s.sasl_password = None)),
+            (
+                "kafka.ssl_key_file",
+                Box::new(|s| s.ssl_cert_file = Some("c.pem".into())),
+            ),
+        ];
+        for (setting, break_it) in cases {
+            let mut s = sasl();
+            break_it(&mut s);
+            let err = validate_security(&s).expect_err(setting).to_string();
+            assert!(err.contains(setting), "{setting}: {err}");
+        }
+        assert!(validate_security(&sasl()).is_ok());
+    }
+
+    #[test]
+    fn librdkafka_failures_name_the_setting() {
+        let s = sasl();
+        for (line, setting) in [
+            (
+                "sasl_ssl://b:9094/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified",
+                "kafka.ssl_ca_file",
+            ),
+            (
+                "sasl_ssl://b:9094/bootstrap: SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512",
+                "kafka.sasl_password",
+            ),
+        ] {
+            let p = security_problem(&s, line).expect(setting);
+            assert!(p.starts_with(setting), "{p}");
+        }
+        assert!(security_problem(&s, "Connection refused").is_none());
+    }
+}

@@ -358,3 +358,38 @@ impl ResolvesServerCert for ReloadingCert {
         Some(self.current())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    #[test]
+    fn certificate_files_are_checked_naming_the_setting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = read_certs("kafka.ssl_ca_file", &dir.path().join("nope.pem"))
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            err.contains("kafka.ssl_ca_file") && err.contains("nope.pem"),
+            "{err}"
+        );
+        let junk = write(dir.path(), "junk.pem", "not a certificate\n");
+        let err = read_certs("database.ssl_ca", &junk)
+            .expect_err("junk")
+            .to_string();
+        assert!(
+            err.contains("database.ssl_ca") && err.contains("no PEM certificate"),
+            "{err}"
+        );
+        let err = read_key("grpc.tls_key_path", &junk)
+            .expect_err("no key")
+            .to_string();
+        assert!(err.contains("grpc.tls_key_path"), "{err}");
+    }
+}
