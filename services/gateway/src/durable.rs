@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use dispatch_core::TaskId;
+use dispatch_runtime::breaker::{Breaker, BreakerSettings};
 use dispatch_store::outbox::{self, Kind, OutboxRecord};
 use dispatch_store::outbox_relay;
 use parking_lot::Mutex;
@@ -121,7 +122,20 @@ pub struct Durable {
     producer: Producer,
     pool: sqlx::MySqlPool,
     sticky: Arc<Sticky>,
+    /// Opens after consecutive outbox writes that failed or did not fit in their deadline
+    /// (MySQL down or stalled): while it is open, a submit Kafka did not take is refused
+    /// UNAVAILABLE at once instead of waiting out its deadline on the database.
+    outbox_breaker: Breaker,
 }
+
+/// Longest an outbox write may take before it counts as failed (the row is rolled back).
+const OUTBOX_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The outbox breaker: open after this many consecutive failed writes...
+const OUTBOX_BREAKER_FAILURES: u32 = 3;
+/// ...for 500 ms, doubling up to 5 s.
+const OUTBOX_BREAKER_OPEN_MS: u64 = 500;
+const OUTBOX_BREAKER_MAX_OPEN_MS: u64 = 5_000;
 
 impl Durable {
     /// Over `producer` and the outbox in `pool`.
@@ -130,6 +144,15 @@ impl Durable {
             producer,
             pool,
             sticky: Arc::default(),
+            outbox_breaker: Breaker::new(
+                metrics::SERVICE,
+                "outbox",
+                BreakerSettings::from_ms(
+                    OUTBOX_BREAKER_FAILURES,
+                    OUTBOX_BREAKER_OPEN_MS,
+                    OUTBOX_BREAKER_MAX_OPEN_MS,
+                ),
+            ),
         }
     }
 
@@ -234,8 +257,47 @@ impl Durable {
             attempts: 0,
             created_at: Utc::now(),
         };
+        if !self.outbox_breaker.permits() {
+            return Err(Park::Failed(
+                "outbox circuit breaker open (recent writes failed)".into(),
+            ));
+        }
+        // A deadline too short for any write says nothing about the database.
+        let fair_chance = deadline.is_none_or(|d| {
+            d.saturating_duration_since(Instant::now()) >= self.producer.write_reserve()
+        });
+        // A database that does not answer within OUTBOX_WRITE_TIMEOUT is failing: the caller
+        // hears UNAVAILABLE while it still waits, rather than DEADLINE_EXCEEDED at its end.
+        let cap = Instant::now() + OUTBOX_WRITE_TIMEOUT;
+        let (until, capped) = match deadline {
+            Some(d) if d <= cap => (d, false),
+            _ => (cap, true),
+        };
+        let r = match self.write_row(&row, kind, reason, Some(until)).await {
+            Err(Park::Deadline) if capped => Err(Park::Failed(format!(
+                "the outbox write took longer than {} ms",
+                OUTBOX_WRITE_TIMEOUT.as_millis()
+            ))),
+            r => r,
+        };
+        match &r {
+            Ok(_) => self.outbox_breaker.success(),
+            Err(Park::Failed(_)) => self.outbox_breaker.failure(),
+            Err(Park::Deadline) if fair_chance => self.outbox_breaker.failure(),
+            Err(Park::Deadline) => {}
+        }
+        r
+    }
+
+    async fn write_row(
+        &self,
+        row: &OutboxRecord,
+        kind: Kind,
+        reason: &str,
+        deadline: Option<Instant>,
+    ) -> Result<u64, Park> {
         let failed = |e: dispatch_store::StoreError| Park::Failed(e.to_string());
-        let prepare = outbox::prepare(&self.pool, &row, kind);
+        let prepare = outbox::prepare(&self.pool, row, kind);
         let (tx, id) = match deadline {
             None => prepare.await.map_err(failed)?,
             // Dropped when the deadline passes: the open transaction rolls back.

@@ -9,6 +9,7 @@
 //! its own address, so a TCP proxy in front of it would only see the bootstrap connection).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dispatch_core::Priority;
@@ -275,6 +276,105 @@ async fn a_broker_outage_refuses_no_submit_and_loses_none() -> anyhow::Result<()
         (b.pending == 0).then_some(())
     })
     .await?;
+    gw.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}
+
+/// A TCP proxy to MariaDB that can be cut: open connections are dropped and new ones are held
+/// without an answer (a database that went away behind a load balancer).
+struct CuttableDb {
+    addr: String,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CuttableDb {
+    async fn start(upstream: String) -> anyhow::Result<Self> {
+        use std::sync::atomic::Ordering;
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = l.local_addr()?.to_string();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c = Arc::clone(&cut);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut down, _)) = l.accept().await {
+                if c.load(Ordering::SeqCst) {
+                    held.push(down);
+                    continue;
+                }
+                let (c, upstream) = (Arc::clone(&c), upstream.clone());
+                tokio::spawn(async move {
+                    let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
+                    let watch = async {
+                        while !c.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    };
+                    tokio::select! { _ = copy => {}, () = watch => {} }
+                });
+            }
+        });
+        Ok(Self { addr, cut })
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// With Kafka and MySQL both gone nothing can make a submit durable: an outbox write that gets
+/// no answer within 1 s is UNAVAILABLE (not DEADLINE_EXCEEDED at the caller's deadline), and
+/// after a few of those the outbox breaker answers UNAVAILABLE at once; nothing is accepted.
+#[tokio::test]
+async fn with_kafka_and_mysql_down_submits_are_refused_unavailable_without_waiting()
+-> anyhow::Result<()> {
+    use secrecy::ExposeSecret;
+    let env = TestEnv::new().await?;
+    let url = env.db.url.expose_secret().to_owned();
+    let rest = url.split_once('@').map(|(_, r)| r).unwrap_or_default();
+    let (hostport, db) = rest.split_once('/').unwrap_or((rest, ""));
+    let proxy = CuttableDb::start(hostport.to_owned()).await?;
+    let mut s = stalled(&env).await?;
+    s.database.url = url.replace(hostport, &proxy.addr).into();
+    s.database.acquire_timeout_ms = 10_000;
+    s.outbox.breaker_failures = 1; // Kafka is at risk after one failed produce
+    s.outbox.produce_timeout_ms = 200;
+    let gw = Running::start(s).await?;
+    let mut client = gw.client().await?;
+    let _ = db;
+    proxy.cut();
+
+    let mut codes = Vec::new();
+    let mut slow = 0;
+    for i in 0..8 {
+        let mut req = submit(spec(&format!("k{i}"), b"x"), KEY_A);
+        req.set_timeout(Duration::from_millis(1_500));
+        let t = Instant::now();
+        let err = client
+            .submit_task(req)
+            .await
+            .expect_err("nothing can take it");
+        if t.elapsed() >= Duration::from_millis(1_000) {
+            slow += 1;
+        }
+        codes.push(err.code());
+    }
+    assert!(
+        slow <= 4,
+        "only the writes that open the breaker wait: {slow} slow, {codes:?}"
+    );
+    assert_eq!(
+        codes.last(),
+        Some(&Code::Unavailable),
+        "refused at once once the breaker is open: {codes:?}"
+    );
+    assert!(
+        codes.iter().all(|c| *c == Code::Unavailable),
+        "a database that does not answer is UNAVAILABLE, within the caller's deadline: {codes:?}"
+    );
     gw.stop().await?;
     env.cleanup().await;
     Ok(())
