@@ -138,6 +138,8 @@ pub struct Round {
     pub failed: usize,
     /// The fence said stop: this instance is no longer the leader.
     pub lost_lock: bool,
+    /// Kafka was not at risk (breaker closed, brokers up, not stalled) when the round began.
+    pub kafka_ok: bool,
 }
 
 /// Keys read per round (blocked keys beyond it may take part in a window, where they are still
@@ -160,11 +162,15 @@ pub async fn relay_once(
         return Ok(Round::default());
     }
     let now = Utc::now();
+    let idle = Round {
+        kafka_ok: true,
+        ..Round::default()
+    };
     let blocked = outbox_relay::blocked_keys(pool, now, BLOCKED_KEYS_MAX).await?;
     metrics::outbox_blocked_keys(blocked.failing.len(), blocked.dead.len());
     let rows = outbox_relay::pending_window(pool, &blocked, now, s.relay_batch_size).await?;
     if rows.is_empty() {
-        return Ok(Round::default());
+        return Ok(idle);
     }
     let fault_share = fault_fail_share(&s.fault_fail_publishes_file);
     // Each key's rows, in id order (the window is in id order).
@@ -227,6 +233,7 @@ pub async fn relay_once(
         published,
         failed,
         lost_lock: fence.lock().await.lost(),
+        kafka_ok: true,
     })
 }
 
@@ -299,6 +306,9 @@ pub async fn run(
     let purge_every = Duration::from_millis(s.purge_interval_ms.max(1));
     let mut purged_at: Option<Instant> = None;
     let mut fence: Option<tokio::sync::Mutex<Fence>> = None;
+    // Publishes failed since the last clean round: the next clean one makes the rows that wait
+    // out a backoff due at once (Kafka is back; they should not wait up to the backoff cap).
+    let mut failing = false;
     while !stop.is_cancelled() {
         let Some(leader) = fence.as_ref() else {
             match Fence::acquire(&pool, &s).await {
@@ -328,6 +338,23 @@ pub async fn run(
                     tracing::warn!("outbox relay lock lost; publishing stopped");
                     fence = None;
                     continue;
+                }
+                if round.failed > 0 {
+                    failing = true;
+                } else if failing && round.kafka_ok {
+                    failing = false;
+                    match outbox_relay::retry_now(&pool, Utc::now()).await {
+                        Ok(n) if n > 0 => {
+                            tracing::info!(
+                                rows = n,
+                                "publishing works again; rows waiting out a backoff are due now"
+                            )
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot make backed-off outbox rows due")
+                        }
+                    }
                 }
                 round.published > 0 && round.failed == 0
             }

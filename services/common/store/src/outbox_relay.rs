@@ -258,6 +258,23 @@ impl Blocked {
 ///
 /// # Errors
 /// Database errors.
+/// Makes every pending row that waits out a publish backoff due now; returns how many. The
+/// relay calls it once publishing works again (Kafka is back), so rows that failed during the
+/// outage do not wait up to `outbox.relay_backoff_max_ms` after it.
+///
+/// # Errors
+/// Database errors.
+pub async fn retry_now(pool: &MySqlPool, now: DateTime<Utc>) -> Result<u64> {
+    let done = sqlx::query(
+        "UPDATE outbox SET next_attempt_at = ? WHERE state = 'pending' AND next_attempt_at > ?",
+    )
+    .bind(now)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 pub async fn blocked_keys(pool: &MySqlPool, now: DateTime<Utc>, limit: u32) -> Result<Blocked> {
     let rows = sqlx::query(
         "SELECT DISTINCT topic, record_key, state FROM outbox \
