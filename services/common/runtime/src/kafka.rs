@@ -372,20 +372,18 @@ mod security_tests {
 
     #[test]
     fn inconsistent_security_settings_are_named() {
-        let cases: [(&str, Box<dyn Fn(&mut KafkaSettings)>); 4] = [
-            (
-                "kafka.security_protocol",
-                Box::new(|s| s.security_protocol = "tls".into()),
-            ),
-            (
-                "kafka.sasl_mechanism",
-                Box::new(|s| s.sasl_mechanism = "GSSAPI".into()),
-            ),
-            ("kafka.sasl_password", Box::new(|s| s.sasl_password = None)),
-            (
-                "kafka.ssl_key_file",
-                Box::new(|s| s.ssl_cert_file = Some("c.pem".into())),
-            ),
+        type Break = fn(&mut KafkaSettings);
+        let cases: [(&str, Break); 4] = [
+            ("kafka.security_protocol", |s| {
+                s.security_protocol = "tls".into()
+            }),
+            ("kafka.sasl_mechanism", |s| {
+                s.sasl_mechanism = "GSSAPI".into()
+            }),
+            ("kafka.sasl_password", |s| s.sasl_password = None),
+            ("kafka.ssl_key_file", |s| {
+                s.ssl_cert_file = Some("c.pem".into())
+            }),
         ];
         for (setting, break_it) in cases {
             let mut s = sasl();
