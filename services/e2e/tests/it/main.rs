@@ -7,6 +7,7 @@ mod reflection;
 mod security;
 mod support;
 mod tls;
+mod tls_bench;
 mod tls_stack;
 mod trace;
 mod trace_flow;
