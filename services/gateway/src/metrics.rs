@@ -125,15 +125,6 @@ static OUTBOX_PURGED: LazyLock<IntCounter> = LazyLock::new(|| {
         "Published outbox rows deleted after their retention.",
     )
 });
-static POOL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register(
-        IntGaugeVec::new(
-            Opts::new("dispatch_db_pool_connections", "MySQL pool connections."),
-            &["service", "state"],
-        )
-        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
-    )
-});
 
 /// The service label.
 pub const SERVICE: &str = "gateway";
@@ -180,9 +171,7 @@ pub fn init() {
     for o in ["published", "failed"] {
         let _ = OUTBOX_RELAYED.with_label_values(&[o]);
     }
-    for s in ["idle", "in_use", "max"] {
-        let _ = POOL.with_label_values(&[SERVICE, s]);
-    }
+    dispatch_runtime::metrics::db_pool_init(SERVICE);
 }
 
 /// One submitted item finished with `outcome` (one of [`SUBMIT_OUTCOMES`]).
@@ -281,13 +270,7 @@ pub fn outbox_purged(n: u64) {
 
 /// Pool usage.
 pub fn pool(pool: &sqlx::MySqlPool, max: u32) {
-    let size = i64::from(pool.size());
-    let idle = pool.num_idle() as i64;
-    POOL.with_label_values(&[SERVICE, "idle"]).set(idle);
-    POOL.with_label_values(&[SERVICE, "in_use"])
-        .set((size - idle).max(0));
-    POOL.with_label_values(&[SERVICE, "max"])
-        .set(i64::from(max));
+    dispatch_runtime::metrics::db_pool(SERVICE, pool, max);
 }
 
 /// The current value of `dispatch_circuit_breaker_open{breaker}` (for tests).

@@ -8,7 +8,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{Ctx, Shared};
-use crate::metrics::{LAG, OLDEST_PENDING, POOL};
+use crate::metrics::{LAG, OLDEST_PENDING};
 
 /// One partition's position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,12 +76,7 @@ pub async fn run(
 ) {
     loop {
         OLDEST_PENDING.set(shared.partitions.oldest_pending_age().as_secs_f64());
-        let idle = pool.num_idle() as i64;
-        POOL.with_label_values(&["processor", "idle"]).set(idle);
-        POOL.with_label_values(&["processor", "in_use"])
-            .set(i64::from(pool.size()) - idle);
-        POOL.with_label_values(&["processor", "max"])
-            .set(i64::from(max_connections));
+        dispatch_runtime::metrics::db_pool("processor", &pool, max_connections);
         let (c, s) = (consumer.clone(), shared.clone());
         if let Ok(stats) = tokio::task::spawn_blocking(move || partition_stats(&c, &s)).await {
             LAG.reset();

@@ -242,14 +242,6 @@ pub static PRODUCE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["topic_kind"],
     )
 });
-/// `dispatch_db_pool_connections{service, state}`.
-pub static POOL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    gauge_vec(
-        "dispatch_db_pool_connections",
-        "MySQL pool connections.",
-        &["service", "state"],
-    )
-});
 
 /// Handler outcomes used as label values.
 pub const OUTCOMES: [&str; 5] = [
@@ -319,7 +311,5 @@ pub fn init(task_types: &[String]) {
         PRODUCE_DURATION.with_label_values(&[k]);
         PRODUCE_ERRORS.with_label_values(&[k]);
     }
-    for s in ["idle", "in_use", "max"] {
-        POOL.with_label_values(&["processor", s]);
-    }
+    dispatch_runtime::metrics::db_pool_init("processor");
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dispatch_runtime::metrics::{LATENCY_BUCKETS, register};
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
 };
 
 fn def<T>(r: Result<T, prometheus::Error>) -> T {
@@ -122,13 +122,6 @@ pub static WATCH_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )))
 });
 
-/// `dispatch_db_pool_connections{service, state}`.
-pub static POOL_CONNECTIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register(def(IntGaugeVec::new(
-        Opts::new("dispatch_db_pool_connections", "MySQL pool connections."),
-        &["service", "state"],
-    )))
-});
 
 /// The gRPC methods of TaskQueryService (the `method` label).
 pub const METHODS: [&str; 4] = ["GetTask", "BatchGetTasks", "ListTasks", "WatchTask"];
@@ -154,9 +147,7 @@ pub fn init() {
     LazyLock::force(&EVENT_LAG);
     LazyLock::force(&STALE_READS);
     WATCH_STREAMS.add(0);
-    for s in ["idle", "in_use", "max"] {
-        POOL_CONNECTIONS.with_label_values(&["reader", s]).add(0);
-    }
+    dispatch_runtime::metrics::db_pool_init("reader");
     dispatch_runtime::grpc::init_rpc_metrics("reader", &METHODS);
 }
 

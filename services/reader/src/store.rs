@@ -116,13 +116,6 @@ impl Store {
 
     /// Publishes the pool gauges.
     pub fn export_pool_gauges(&self, max: u32) {
-        let size = self.pool.size();
-        let idle = self.pool.num_idle() as u32;
-        let g = &metrics::POOL_CONNECTIONS;
-        g.with_label_values(&["reader", "idle"])
-            .set(i64::from(idle));
-        g.with_label_values(&["reader", "in_use"])
-            .set(i64::from(size.saturating_sub(idle)));
-        g.with_label_values(&["reader", "max"]).set(i64::from(max));
+        dispatch_runtime::metrics::db_pool("reader", &self.pool, max);
     }
 }

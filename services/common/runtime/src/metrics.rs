@@ -31,6 +31,40 @@ pub fn register<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
     c
 }
 
+/// `dispatch_db_pool_connections{service, state}`: defined here once for every service.
+static DB_POOL: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
+    register(
+        prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "dispatch_db_pool_connections",
+                "MySQL pool connections (state: idle, in_use, max).",
+            ),
+            &["service", "state"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
+/// Publishes `pool`'s idle and in-use connections and its maximum for `service`.
+pub fn db_pool(service: &str, pool: &dispatch_store::MySqlPool, max: u32) {
+    let size = i64::from(pool.size());
+    let idle = pool.num_idle() as i64;
+    DB_POOL.with_label_values(&[service, "idle"]).set(idle);
+    DB_POOL
+        .with_label_values(&[service, "in_use"])
+        .set((size - idle).max(0));
+    DB_POOL
+        .with_label_values(&[service, "max"])
+        .set(i64::from(max));
+}
+
+/// Pre-creates `service`'s pool series (zeros until the first [`db_pool`]).
+pub fn db_pool_init(service: &str) {
+    for s in ["idle", "in_use", "max"] {
+        DB_POOL.with_label_values(&[service, s]);
+    }
+}
+
 /// Standard latency buckets in seconds: 100 µs .. 10 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
