@@ -196,3 +196,106 @@ impl Handler for HttpHandler {
         r
     }
 }
+
+#[cfg(test)]
+mod tls_tests {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// An HTTPS server on loopback answering every request `200 ok`, with a certificate for
+    /// localhost from a CA of its own; returns its port and the CA's PEM.
+    async fn https_server() -> (u16, String) {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().expect("ca key");
+        let ca_cert = ca.self_signed(&ca_key).expect("ca cert");
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("cert");
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("der"),
+            )
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = vec![0_u8; 64 * 1024];
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = tls
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        (port, ca_cert.pem())
+    }
+
+    fn handler(port: u16, ca_file: Option<std::path::PathBuf>) -> anyhow::Result<HttpHandler> {
+        HttpHandler::new(
+            &HttpEndpointSettings {
+                url: format!("https://localhost:{port}/hook"),
+                timeout_ms: 5_000,
+                ca_file,
+            },
+            Hosts::new(HttpHostSettings::default()),
+        )
+    }
+
+    #[tokio::test]
+    async fn https_endpoints_verify_against_the_configured_ca() {
+        let (port, ca) = https_server().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, ca).expect("write");
+
+        let h = handler(port, Some(ca_path)).expect("handler");
+        let resp = h.client.post(h.url.clone()).body("x").send().await;
+        let resp = resp.expect("https with the configured CA");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.expect("body"), "ok");
+
+        // The system roots alone do not know the server's CA.
+        let h = handler(port, None).expect("handler");
+        let err = h
+            .client
+            .post(h.url.clone())
+            .send()
+            .await
+            .expect_err("unknown CA");
+        assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
+
+        // A missing CA file stops building the handler, naming the file.
+        let err = handler(port, Some(dir.path().join("nope.pem")))
+            .err()
+            .expect("missing CA file");
+        assert!(err.to_string().contains("nope.pem"), "{err}");
+    }
+}
