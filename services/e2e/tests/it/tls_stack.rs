@@ -210,3 +210,33 @@ fn expired_certificate() -> anyhow::Result<tempfile::TempDir> {
     std::fs::write(dir.path().join("expired.key"), key.serialize_pem())?;
     Ok(dir)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_over_ssl_with_a_client_certificate() -> anyhow::Result<()> {
+    let tls = tls_stack()?;
+    let env = TestEnv::on_tls_stack(&tls).await?;
+    let mut s = StackSettings::for_env(&env).gateway;
+    // The SSL listener (client certificates verified when presented) instead of SASL_SSL.
+    s.kafka.brokers = tls.kafka_ssl.clone();
+    s.kafka.security_protocol = "ssl".into();
+    s.kafka.sasl_mechanism = String::new();
+    s.kafka.sasl_username = None;
+    s.kafka.sasl_password = None;
+    s.kafka.ssl_cert_file = Some(tls.file("client.pem"));
+    s.kafka.ssl_key_file = Some(tls.file("client.key"));
+    let gateway = dispatch_e2e::start_gateway(s).await?;
+    let mut c = TaskServiceClient::new(dispatch_e2e::channel(gateway.addr).await?);
+    let accepted = c
+        .submit_task(authed(
+            pb::SubmitTaskRequest {
+                task: Some(spec("noop", b"ssl")),
+            },
+            KEY_ACME,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(accepted.accepted_via, pb::AcceptedVia::Kafka as i32);
+    gateway.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}
