@@ -362,6 +362,21 @@ mod security_tests {
     }
 
     #[test]
+    fn librdkafka_has_zstd_tls_and_scram() {
+        use rdkafka::producer::BaseProducer;
+        let zstd = KafkaSettings {
+            compression: "zstd".into(),
+            ..KafkaSettings::default()
+        };
+        let made: Result<BaseProducer, _> = producer_config(&zstd).create();
+        assert!(made.is_ok(), "zstd: {:?}", made.err());
+        let mut s = sasl();
+        s.ssl_ca_file = None;
+        let made: Result<BaseProducer, _> = producer_config(&s).create();
+        assert!(made.is_ok(), "sasl_ssl with SCRAM: {:?}", made.err());
+    }
+
+    #[test]
     fn the_password_never_prints() {
         let s = sasl();
         assert!(!format!("{s:?}").contains("s3cret-pw"));
