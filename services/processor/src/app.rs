@@ -91,6 +91,10 @@ impl AppBuilder {
             topics.clone(),
             Duration::from_millis(s.consumer.rebalance_drain_ms),
         ));
+        shared.partitions.set_parking_budget(
+            s.consumer.max_parked,
+            s.consumer.max_parked_kbytes.saturating_mul(1024),
+        );
         let mut cc = kafka::consumer_config(&s.kafka, &s.consumer.group);
         // Bound prefetch (RSS), unless the raw options say otherwise: the queue and, with it, the
         // size of one fetch response (librdkafka's default: 50 MiB). Fetched batches are held

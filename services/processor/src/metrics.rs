@@ -66,6 +66,20 @@ pub static IN_FLIGHT_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
         "Approximate memory held by records consumed but not yet persisted.",
     )
 });
+/// `dispatch_consumer_parked_records`.
+pub static PARKED: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "dispatch_consumer_parked_records",
+        "Records waiting outside the in-flight window (for their key's lane, a paused type or their type's permit).",
+    )
+});
+/// `dispatch_consumer_parked_bytes`.
+pub static PARKED_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "dispatch_consumer_parked_bytes",
+        "Approximate memory held by parked records.",
+    )
+});
 /// `dispatch_consumer_paused_partitions`.
 pub static PAUSED: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
@@ -270,6 +284,8 @@ pub fn init(task_types: &[String]) {
     }
     IN_FLIGHT.set(0);
     IN_FLIGHT_BYTES.set(0);
+    PARKED.set(0);
+    PARKED_BYTES.set(0);
     PAUSED.set(0);
     for k in ["assign", "revoke"] {
         REBALANCES.with_label_values(&[k]);

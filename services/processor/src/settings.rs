@@ -85,6 +85,13 @@ pub struct ConsumerSettings {
     pub max_in_flight_kbytes: usize,
     /// Partitions resume once in-flight records fall to this fraction of `max_in_flight`.
     pub resume_ratio: f64,
+    /// Records waiting for their key's lane, an operator pause of their type or their type's
+    /// concurrency permit are *parked*: outside the in-flight window, up to this many (0: never),
+    /// so a hot key, a paused type or a limited type cannot pause every partition. Beyond it they
+    /// count against the window again.
+    pub max_parked: usize,
+    /// Bytes parked records may hold (their payloads: they wait in memory).
+    pub max_parked_kbytes: usize,
     /// On a revoke, how long running records of the revoked partitions may take to finish before
     /// their offsets are committed and the rest is dropped.
     pub rebalance_drain_ms: u64,
@@ -117,6 +124,8 @@ impl Default for ConsumerSettings {
             max_in_flight: 20_000,
             max_in_flight_kbytes: 64 * 1024,
             resume_ratio: 0.75,
+            max_parked: 100_000,
+            max_parked_kbytes: 64 * 1024,
             rebalance_drain_ms: 5_000,
             lag_interval_ms: 5_000,
             prefetch_kbytes: 2_048,

@@ -14,6 +14,14 @@
 //! for the partition's records carries, so the store drops the late writes of a replaced owner.
 //! A revoke first lets running records finish for the drain bound, then fires their `stop`
 //! tokens: their handlers are cancelled and nothing of theirs is written.
+//!
+//! **Parking.** A record that waits for something other work does not need (its key's lane, an
+//! operator pause of its type, its type's concurrency permit) is *parked*: it stays tracked (it
+//! blocks the watermark, a crash re-reads it) but leaves the in-flight window that pauses the
+//! partitions, so a hot key, a paused type or a limited type cannot stall the instance. Parked
+//! records have their own budget ([`Partitions::set_parking_budget`]: records and bytes, the
+//! memory they hold); beyond it a waiting record counts against the window as before
+//! (backpressure instead of growth).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -68,8 +76,15 @@ enum Slot {
     Abandoned,
 }
 
-/// A record's state, when it was polled and the bytes it holds (zero once abandoned).
-type SlotEntry = (Slot, Instant, usize);
+/// A record's state, when it was polled, the bytes it holds (zero once abandoned) and whether it
+/// is parked (waiting outside the in-flight window).
+#[derive(Debug, Clone, Copy)]
+struct SlotEntry {
+    state: Slot,
+    polled_at: Instant,
+    bytes: usize,
+    parked: bool,
+}
 
 #[derive(Debug)]
 struct Partition {
@@ -78,8 +93,11 @@ struct Partition {
     revoked: CancellationToken,
     stop: CancellationToken,
     slots: BTreeMap<i64, SlotEntry>,
-    /// Bytes held by the slots.
+    /// Bytes held by the slots (parked ones included).
     bytes: usize,
+    /// Parked slots and their bytes.
+    parked: usize,
+    parked_bytes: usize,
     /// One past the highest offset polled.
     next: Option<i64>,
     /// Last offset stored.
@@ -90,6 +108,15 @@ impl Partition {
     fn watermark(&self) -> Option<i64> {
         self.slots.keys().next().copied().or(self.next)
     }
+
+    /// A slot leaves: its bytes (and its parking) no longer count.
+    fn forget(&mut self, old: &SlotEntry) {
+        self.bytes -= old.bytes;
+        if old.parked {
+            self.parked -= 1;
+            self.parked_bytes -= old.bytes;
+        }
+    }
 }
 
 /// The tracker of every assigned partition.
@@ -97,9 +124,63 @@ impl Partition {
 pub struct Partitions {
     inner: Mutex<HashMap<Tp, Partition>>,
     epochs: AtomicU64,
+    /// Most records and bytes parked at once, over all partitions (0: parking disabled).
+    budget: Mutex<(usize, usize)>,
 }
 
 impl Partitions {
+    /// At most `records` records holding `bytes` bytes are parked at once (see the module docs).
+    pub fn set_parking_budget(&self, records: usize, bytes: usize) {
+        *self.budget.lock() = (records, bytes);
+    }
+
+    /// Parks a waiting record if the budget allows; false when it does not (or the lease is
+    /// stale), and the record keeps counting against the in-flight window.
+    pub fn park(&self, lease: &Lease) -> bool {
+        let (max, max_bytes) = *self.budget.lock();
+        let mut m = self.inner.lock();
+        let (n, b) = m
+            .values()
+            .fold((0, 0), |(n, b), p| (n + p.parked, b + p.parked_bytes));
+        let Some(p) = m.get_mut(&lease.tp).filter(|p| p.epoch == lease.epoch) else {
+            return false;
+        };
+        let Some(s) = p.slots.get_mut(&lease.offset) else {
+            return false;
+        };
+        if s.parked {
+            return true;
+        }
+        if n >= max || b + s.bytes > max_bytes {
+            return false;
+        }
+        s.parked = true;
+        p.parked += 1;
+        p.parked_bytes += s.bytes;
+        true
+    }
+
+    /// The record stopped waiting: it counts against the in-flight window again.
+    pub fn unpark(&self, lease: &Lease) {
+        let mut m = self.inner.lock();
+        let Some(p) = m.get_mut(&lease.tp).filter(|p| p.epoch == lease.epoch) else {
+            return;
+        };
+        if let Some(s) = p.slots.get_mut(&lease.offset).filter(|s| s.parked) {
+            s.parked = false;
+            p.parked -= 1;
+            p.parked_bytes -= s.bytes;
+        }
+    }
+
+    /// Records and bytes parked now, over all partitions.
+    pub fn parked(&self) -> (usize, usize) {
+        self.inner
+            .lock()
+            .values()
+            .fold((0, 0), |(n, b), p| (n + p.parked, b + p.parked_bytes))
+    }
+
     /// Starts tracking newly assigned partitions (without a lease epoch).
     pub fn assign(&self, tps: impl IntoIterator<Item = Tp>) {
         self.assign_fenced(tps.into_iter().map(|tp| (tp, 0)));
@@ -117,6 +198,8 @@ impl Partitions {
                 stop: CancellationToken::new(),
                 slots: BTreeMap::new(),
                 bytes: 0,
+                parked: 0,
+                parked_bytes: 0,
                 next: None,
                 stored: None,
             });
@@ -129,8 +212,14 @@ impl Partitions {
         let mut m = self.inner.lock();
         let p = m.get_mut(tp)?;
         let now = Instant::now();
-        if let Some((_, _, old)) = p.slots.insert(offset, (Slot::Queued, now, bytes)) {
-            p.bytes -= old;
+        let entry = SlotEntry {
+            state: Slot::Queued,
+            polled_at: now,
+            bytes,
+            parked: false,
+        };
+        if let Some(old) = p.slots.insert(offset, entry) {
+            p.forget(&old);
         }
         p.bytes += bytes;
         p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
@@ -151,7 +240,7 @@ impl Partitions {
         match m.get_mut(&lease.tp) {
             Some(p) if p.epoch == lease.epoch && !p.revoked.is_cancelled() => {
                 if let Some(s) = p.slots.get_mut(&lease.offset) {
-                    s.0 = Slot::Running;
+                    s.state = Slot::Running;
                 }
                 true
             }
@@ -167,8 +256,14 @@ impl Partitions {
             return;
         };
         if let Some(s) = p.slots.get_mut(&lease.offset) {
-            s.0 = Slot::Abandoned;
-            p.bytes -= std::mem::take(&mut s.2);
+            let old = *s;
+            *s = SlotEntry {
+                state: Slot::Abandoned,
+                bytes: 0,
+                parked: false,
+                ..old
+            };
+            p.forget(&old);
         }
     }
 
@@ -180,8 +275,8 @@ impl Partitions {
         let Some(p) = m.get_mut(&lease.tp).filter(|p| p.epoch == lease.epoch) else {
             return false;
         };
-        if let Some((_, _, bytes)) = p.slots.remove(&lease.offset) {
-            p.bytes -= bytes;
+        if let Some(old) = p.slots.remove(&lease.offset) {
+            p.forget(&old);
         }
         if let Some(w) = p.watermark().filter(|w| p.stored.is_none_or(|s| *w > s)) {
             p.stored = Some(w);
@@ -223,7 +318,12 @@ impl Partitions {
         let m = self.inner.lock();
         tps.iter()
             .filter_map(|tp| m.get(tp))
-            .map(|p| p.slots.values().filter(|s| s.0 == Slot::Running).count())
+            .map(|p| {
+                p.slots
+                    .values()
+                    .filter(|s| s.state == Slot::Running)
+                    .count()
+            })
             .sum()
     }
 
@@ -239,12 +339,12 @@ impl Partitions {
         self.inner.lock().values().map(|p| p.slots.len()).sum()
     }
 
-    /// Records and bytes consumed and not yet persisted, in one pass.
+    /// Records and bytes consumed and not yet persisted, in one pass, parked ones left out: what
+    /// the in-flight window bounds.
     pub fn in_flight_with_bytes(&self) -> (usize, usize) {
-        self.inner
-            .lock()
-            .values()
-            .fold((0, 0), |(n, b), p| (n + p.slots.len(), b + p.bytes))
+        self.inner.lock().values().fold((0, 0), |(n, b), p| {
+            (n + p.slots.len() - p.parked, b + p.bytes - p.parked_bytes)
+        })
     }
 
     /// Records running right now.
@@ -252,7 +352,12 @@ impl Partitions {
         self.inner
             .lock()
             .values()
-            .map(|p| p.slots.values().filter(|s| s.0 == Slot::Running).count())
+            .map(|p| {
+                p.slots
+                    .values()
+                    .filter(|s| s.state == Slot::Running)
+                    .count()
+            })
             .sum()
     }
 
@@ -262,7 +367,7 @@ impl Partitions {
         self.inner
             .lock()
             .values()
-            .flat_map(|p| p.slots.values().map(|s| s.1))
+            .flat_map(|p| p.slots.values().map(|s| s.polled_at))
             .min()
             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
     }
@@ -343,6 +448,43 @@ mod tests {
         assert!(!p.start(&a));
         assert!(p.start(&c));
         assert_eq!(p.running(), 1);
+    }
+
+    #[test]
+    fn parked_records_leave_the_window_within_their_budget_and_still_block_the_watermark() {
+        let p = Partitions::default();
+        p.assign([tp()]);
+        let l: Vec<Lease> = (0..4)
+            .map(|o| p.begin(&tp(), o, 100).expect("assigned"))
+            .collect();
+        assert!(!p.park(&l[0]), "no budget: parking is off");
+        p.set_parking_budget(2, 1_000);
+        assert!(p.park(&l[0]) && p.park(&l[1]));
+        assert!(p.park(&l[1]), "parking twice is parking once");
+        assert!(!p.park(&l[2]), "the budget is two records");
+        assert_eq!(
+            p.in_flight_with_bytes(),
+            (2, 200),
+            "parked records leave the window"
+        );
+        assert_eq!(p.parked(), (2, 200));
+        let mut stored = Vec::new();
+        p.finish(&l[2], |_, w| stored.push(w));
+        assert_eq!(
+            stored,
+            vec![0],
+            "a parked record still blocks the watermark"
+        );
+        p.unpark(&l[1]);
+        assert_eq!(p.in_flight_with_bytes(), (2, 200));
+        p.abandon(&l[0]);
+        p.finish(&l[1], |_, w| stored.push(w));
+        assert_eq!(p.parked(), (0, 0), "abandoning or finishing unparks");
+        assert_eq!(p.in_flight_with_bytes(), (2, 100));
+        p.set_parking_budget(10, 150);
+        assert!(p.park(&l[3]));
+        let l4 = p.begin(&tp(), 4, 100).expect("assigned");
+        assert!(!p.park(&l4), "the budget is 150 bytes");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::context::commit_marks;
 use super::{Ctx, Delivery, Shared, Source, Tp};
-use crate::metrics::{IN_FLIGHT, IN_FLIGHT_BYTES, PAUSED, RECORDS};
+use crate::metrics::{IN_FLIGHT, IN_FLIGHT_BYTES, PARKED, PARKED_BYTES, PAUSED, RECORDS};
 
 /// Longest single poll (bounds how late stop, pauses and due retries are noticed).
 const POLL: Duration = Duration::from_millis(50);
@@ -84,6 +84,9 @@ impl Poller {
             let (in_flight, bytes) = self.shared.partitions.in_flight_with_bytes();
             IN_FLIGHT.set(in_flight as i64);
             IN_FLIGHT_BYTES.set(bytes as i64);
+            let (parked, parked_bytes) = self.shared.partitions.parked();
+            PARKED.set(parked as i64);
+            PARKED_BYTES.set(parked_bytes as i64);
             backpressure = if backpressure {
                 in_flight as f64 > self.max_in_flight as f64 * self.resume_ratio
                     || bytes as f64 > self.max_in_flight_bytes as f64 * self.resume_ratio

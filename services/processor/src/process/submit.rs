@@ -99,7 +99,14 @@ impl Processor {
         prev: Option<futures::future::Shared<tokio::sync::oneshot::Receiver<()>>>,
         mut ticket: LaneTicket,
     ) {
-        if let Some(prev) = prev {
+        // Waiting for the lane or behind a pause, the record is parked: outside the in-flight
+        // window (within the parking budget), so what waits does not pause the partitions.
+        let partitions = &self.shared.partitions;
+        let mut parked = false;
+        if let Some(prev) = prev
+            && prev.clone().now_or_never().is_none()
+        {
+            parked = partitions.park(&d.lease);
             tokio::select! {
                 _ = prev => {}
                 () = d.lease.revoked.cancelled() => return self.abandon(&d.lease),
@@ -111,12 +118,16 @@ impl Processor {
         // An operator pause of the type holds the record (and its lane) here.
         let mut paused = self.paused_types.clone();
         while paused.borrow_and_update().contains(env.task_type.as_str()) {
+            parked = partitions.park(&d.lease) || parked;
             tokio::select! {
                 r = paused.changed() => if r.is_err() { return self.abandon(&d.lease) },
                 () = d.lease.revoked.cancelled() => return self.abandon(&d.lease),
             }
         }
-        if !self.shared.partitions.start(&d.lease) {
+        if parked {
+            partitions.unpark(&d.lease);
+        }
+        if !partitions.start(&d.lease) {
             return self.abandon(&d.lease);
         }
         let span = tracing::info_span!(
@@ -244,10 +255,21 @@ impl Processor {
         // Waiting for the type's permit, then for an execution slot, holds nothing other work
         // needs: the slot is asked for last, when the record is ready to run.
         let _type_permit = match &reg.limit {
-            Some(s) => tokio::select! {
-                biased;
-                () = d.lease.revoked.cancelled() => return None,
-                p = s.clone().acquire_owned() => Some(p.ok()?),
+            Some(s) => match s.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    // Parked while it waits for its type's permit.
+                    let parked = self.shared.partitions.park(&d.lease);
+                    let p = tokio::select! {
+                        biased;
+                        () = d.lease.revoked.cancelled() => return None,
+                        p = s.clone().acquire_owned() => p.ok()?,
+                    };
+                    if parked {
+                        self.shared.partitions.unpark(&d.lease);
+                    }
+                    Some(p)
+                }
             },
             None => None,
         };
