@@ -122,7 +122,6 @@ pub static WATCH_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )))
 });
 
-
 /// The gRPC methods of TaskQueryService (the `method` label).
 pub const METHODS: [&str; 4] = ["GetTask", "BatchGetTasks", "ListTasks", "WatchTask"];
 
