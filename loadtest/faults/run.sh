@@ -286,11 +286,17 @@ scenario_mariadb_stop() {
 scenario_db_proxy() {
     # The processors talk to MariaDB through a proxy that, while the load runs, adds 200 ms to every
     # chunk and resets 0.2% of connections after a chunk; then it heals and the backlog drains.
-    "${BIN}/dispatch-loadgen" fault-proxy --listen 127.0.0.1:13306 --upstream 127.0.0.1:3306 \
+    # Port 23306: 13306 is the TLS stack's MariaDB (deploy/local/tls.sh).
+    "${BIN}/dispatch-loadgen" fault-proxy --listen 127.0.0.1:23306 --upstream 127.0.0.1:3306 \
         --latency-ms 200 --reset-probability 0.002 --fault-s "${DURATION}" --duration-s $((DURATION + 300)) \
         2>"${OUT}/db-proxy.proxy.log" &
     local proxy=$!
-    restart_processors DISPATCH_DATABASE__URL="mysql://dispatch:dispatch@127.0.0.1:13306/dispatch"
+    sleep 1
+    if ! kill -0 "${proxy}" 2>/dev/null; then
+        scenario_fail db-proxy "the fault proxy did not start: $(head -n 1 "${OUT}/db-proxy.proxy.log")"
+        return 1
+    fi
+    restart_processors DISPATCH_DATABASE__URL="mysql://dispatch:dispatch@127.0.0.1:23306/dispatch"
     load db-proxy
     audit db-proxy
     kill "${proxy}" 2>/dev/null || true

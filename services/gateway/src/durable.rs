@@ -129,7 +129,7 @@ pub struct Durable {
 }
 
 /// Longest an outbox write may take before it counts as failed (the row is rolled back).
-const OUTBOX_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+const OUTBOX_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(2_500);
 
 /// The outbox breaker: open after this many consecutive failed writes...
 const OUTBOX_BREAKER_FAILURES: u32 = 3;
@@ -266,7 +266,7 @@ impl Durable {
         let fair_chance = deadline.is_none_or(|d| {
             d.saturating_duration_since(Instant::now()) >= self.producer.write_reserve()
         });
-        // A database that does not answer within OUTBOX_WRITE_TIMEOUT is failing: the caller
+        // A database that does not answer within OUTBOX_WRITE_TIMEOUT (half a typical 5 s deadline) is failing: the caller
         // hears UNAVAILABLE while it still waits, rather than DEADLINE_EXCEEDED at its end.
         let cap = Instant::now() + OUTBOX_WRITE_TIMEOUT;
         let (until, capped) = match deadline {

@@ -326,7 +326,7 @@ impl CuttableDb {
 }
 
 /// With Kafka and MySQL both gone nothing can make a submit durable: an outbox write that gets
-/// no answer within 1 s is UNAVAILABLE (not DEADLINE_EXCEEDED at the caller's deadline), and
+/// no answer within 2.5 s is UNAVAILABLE (not DEADLINE_EXCEEDED at the caller's deadline), and
 /// after a few of those the outbox breaker answers UNAVAILABLE at once; nothing is accepted.
 #[tokio::test]
 async fn with_kafka_and_mysql_down_submits_are_refused_unavailable_without_waiting()
@@ -351,13 +351,13 @@ async fn with_kafka_and_mysql_down_submits_are_refused_unavailable_without_waiti
     let mut slow = 0;
     for i in 0..8 {
         let mut req = submit(spec(&format!("k{i}"), b"x"), KEY_A);
-        req.set_timeout(Duration::from_millis(1_500));
+        req.set_timeout(Duration::from_millis(4_000));
         let t = Instant::now();
         let err = client
             .submit_task(req)
             .await
             .expect_err("nothing can take it");
-        if t.elapsed() >= Duration::from_millis(1_000) {
+        if t.elapsed() >= Duration::from_millis(2_000) {
             slow += 1;
         }
         codes.push(err.code());
