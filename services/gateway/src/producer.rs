@@ -513,6 +513,26 @@ impl Producer {
         Ok(())
     }
 
+    /// Whether a new client built from this producer's configuration gets a metadata answer for
+    /// `topic` within `timeout` (is the cluster reachable, whatever the state of our client?).
+    ///
+    /// # Errors
+    /// The librdkafka error text.
+    pub async fn fresh_client_reaches(&self, topic: String, timeout: Duration) -> Result<(), String> {
+        let config = Arc::clone(&self.config);
+        tokio::task::spawn_blocking(move || {
+            let probe: rdkafka::producer::BaseProducer =
+                config.create().map_err(|e| e.to_string())?;
+            probe
+                .client()
+                .fetch_metadata(Some(&topic), timeout)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
     /// Waits up to `timeout` for every queued record's delivery report.
     pub async fn flush(&self, timeout: Duration) {
         let p = self.client();
@@ -539,6 +559,8 @@ pub async fn watchdog(
 ) {
     let wedge = Duration::from_millis(s.producer_wedge_ms.max(1));
     let every = (wedge / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    // Since when our client's own metadata requests fail.
+    let mut blind_since: Option<Instant> = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -546,8 +568,39 @@ pub async fn watchdog(
         }
         let queued = producer.client().in_flight_count();
         let Some(idle) = producer.health.no_progress_for(queued) else {
+            // No work: the client may still be blind. Seen after a broker restart: one gateway's
+            // client kept failing metadata requests (BrokerTransportFailure) for good while the
+            // broker served everyone else; it had nothing queued (Kafka looked down, so submits
+            // went to the outbox and the relay waited for Kafka), so the rule below never fired
+            // and the outbox never drained. A client blind for `producer_wedge_ms` while a new
+            // client from the same configuration gets answers is rebuilt.
+            match producer
+                .check_metadata(probe_topic.clone(), Duration::from_secs(2))
+                .await
+            {
+                Ok(()) => blind_since = None,
+                Err(e) => {
+                    let since = *blind_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= wedge
+                        && producer
+                            .fresh_client_reaches(probe_topic.clone(), Duration::from_secs(2))
+                            .await
+                            .is_ok()
+                    {
+                        let why = format!(
+                            "metadata requests failing for {} ms ({e}) while a new client gets answers",
+                            since.elapsed().as_millis()
+                        );
+                        if let Err(e) = producer.rebuild(&why).await {
+                            tracing::error!(error = %e, "cannot rebuild the kafka producer");
+                        }
+                        blind_since = None;
+                    }
+                }
+            }
             continue;
         };
+        blind_since = None;
         if idle < wedge {
             continue;
         }
