@@ -314,6 +314,9 @@ pub async fn run(
             match Fence::acquire(&pool, &s).await {
                 Ok(Some(f)) => {
                     tracing::info!(lease_ms = s.relay_lease_ms, "outbox relay leader");
+                    // Rows may wait out backoffs another leader gave them: the first clean round
+                    // makes them due.
+                    failing = true;
                     f.wait_lease(&stop).await;
                     fence = Some(tokio::sync::Mutex::new(f));
                     continue;
