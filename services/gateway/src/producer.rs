@@ -518,7 +518,11 @@ impl Producer {
     ///
     /// # Errors
     /// The librdkafka error text.
-    pub async fn fresh_client_reaches(&self, topic: String, timeout: Duration) -> Result<(), String> {
+    pub async fn fresh_client_reaches(
+        &self,
+        topic: String,
+        timeout: Duration,
+    ) -> Result<(), String> {
         let config = Arc::clone(&self.config);
         tokio::task::spawn_blocking(move || {
             let probe: rdkafka::producer::BaseProducer =
