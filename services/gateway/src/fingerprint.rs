@@ -137,7 +137,7 @@ impl Fingerprint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{TimeZone, Utc};
+    use chrono::Utc;
     use dispatch_core::validate::parse_task_spec;
     use dispatch_core::{Tenant, time::to_proto};
     use dispatch_proto::v1 as pb;
@@ -159,10 +159,8 @@ mod tests {
     fn equal_parameters_have_equal_fingerprints_and_each_field_is_named() {
         let base = Fingerprint::of(&task(|_| {}));
         assert_eq!(base, Fingerprint::of(&task(|_| {})));
-        let at = Utc
-            .with_ymd_and_hms(2030, 1, 1, 0, 0, 0)
-            .single()
-            .expect("time");
+        // Within the scheduling horizon (limits.max_schedule_horizon_secs, one year).
+        let at = Utc::now() + chrono::Duration::days(30);
         type Edit = Box<dyn Fn(&mut pb::TaskSpec)>;
         let cases: Vec<(&str, Edit)> = vec![
             (
