@@ -13,6 +13,7 @@
 #                  count), and `promtool check metrics` must parse each body (lint findings are
 #                  warnings).
 #   --strict-lint  with --live, lint findings of `promtool check metrics` fail too.
+#   LIVE_WAIT_S    how long a live check that misses names is retried (default 30 s).
 # Read-only and idempotent; exits non-zero on the first failing step's report.
 set -euo pipefail
 
@@ -85,6 +86,18 @@ args=()
 if [[ ${live} -eq 1 ]]; then
     args=(--live "${urls[@]}" "${strict[@]}")
 fi
-"${PY}" scripts/check_metric_names.py "${args[@]}"
+# Live: some series appear only after a refresh (the processors' lag gauges every
+# consumer.lag_interval_ms, 5 s, once they own partitions; the fault stage restarts them just
+# before), so a miss is checked again for up to LIVE_WAIT_S (30 s) before it fails.
+deadline=$((SECONDS + ${LIVE_WAIT_S:-30}))
+until "${PY}" scripts/check_metric_names.py "${args[@]}"; do
+    if [[ ${live} -ne 1 || ${SECONDS} -ge ${deadline} ]]; then
+        exit 1
+    fi
+    printf '
+(live check: retrying in 5 s, until %s s are over)
+' "${LIVE_WAIT_S:-30}"
+    sleep 5
+done
 
 printf '\ncheck-observability: all checks passed\n'
