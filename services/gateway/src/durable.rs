@@ -328,13 +328,7 @@ impl Durable {
                     tracing::info!("outbox drained; submits go to kafka again");
                 }
             }
-            // Not knowing whether another instance left rows in the outbox, route there: a
-            // direct produce could overtake them (the outbox write falls back to Kafka if MySQL
-            // itself is failing).
-            Err(e) => {
-                tracing::debug!(error = %e, "outbox routing check failed; routing to the outbox");
-                self.sticky.mark();
-            }
+            Err(e) => tracing::debug!(error = %e, "outbox routing check failed"),
         }
     }
 }
