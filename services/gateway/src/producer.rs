@@ -79,6 +79,9 @@ pub struct Health {
     last_failure_ms: AtomicU64,
     /// librdkafka reported all brokers down; cleared by a delivery or a metadata answer.
     brokers_down: AtomicBool,
+    /// The last metadata answer to this client (ms since `epoch`; the health probe asks every
+    /// `health.probe_interval_ms`).
+    last_metadata_ms: AtomicU64,
 }
 
 impl Default for Health {
@@ -90,6 +93,7 @@ impl Default for Health {
             last_ack_ms: AtomicU64::new(0),
             last_failure_ms: AtomicU64::new(0),
             brokers_down: AtomicBool::new(false),
+            last_metadata_ms: AtomicU64::new(0),
         }
     }
 }
@@ -132,11 +136,20 @@ impl Health {
         self.last_ack_ms.store(now, Ordering::Release);
         self.last_failure_ms.store(0, Ordering::Release);
         self.brokers_down.store(false, Ordering::Release);
+        self.last_metadata_ms.store(now, Ordering::Release);
     }
 
     /// The cluster answered (a metadata request): "all brokers down" is over.
     pub fn reachable(&self) {
         self.brokers_down.store(false, Ordering::Release);
+        self.last_metadata_ms
+            .store(self.now_ms(), Ordering::Release);
+    }
+
+    /// How long this client has had no metadata answer.
+    pub fn blind_for(&self) -> Duration {
+        let last = self.last_metadata_ms.load(Ordering::Acquire);
+        Duration::from_millis(self.now_ms().saturating_sub(last))
     }
 
     /// librdkafka reported that no broker is reachable.
@@ -563,8 +576,6 @@ pub async fn watchdog(
 ) {
     let wedge = Duration::from_millis(s.producer_wedge_ms.max(1));
     let every = (wedge / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
-    // Since when our client's own metadata requests fail.
-    let mut blind_since: Option<Instant> = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -578,33 +589,24 @@ pub async fn watchdog(
             // went to the outbox and the relay waited for Kafka), so the rule below never fired
             // and the outbox never drained. A client blind for `producer_wedge_ms` while a new
             // client from the same configuration gets answers is rebuilt.
-            match producer
-                .check_metadata(probe_topic.clone(), Duration::from_secs(2))
-                .await
+            // The health probe asks for metadata every second: no request of our own here.
+            let blind = producer.health.blind_for();
+            if blind >= wedge
+                && producer
+                    .fresh_client_reaches(probe_topic.clone(), Duration::from_secs(2))
+                    .await
+                    .is_ok()
             {
-                Ok(()) => blind_since = None,
-                Err(e) => {
-                    let since = *blind_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= wedge
-                        && producer
-                            .fresh_client_reaches(probe_topic.clone(), Duration::from_secs(2))
-                            .await
-                            .is_ok()
-                    {
-                        let why = format!(
-                            "metadata requests failing for {} ms ({e}) while a new client gets answers",
-                            since.elapsed().as_millis()
-                        );
-                        if let Err(e) = producer.rebuild(&why).await {
-                            tracing::error!(error = %e, "cannot rebuild the kafka producer");
-                        }
-                        blind_since = None;
-                    }
+                let why = format!(
+                    "no metadata answer for {} ms while a new client gets answers",
+                    blind.as_millis()
+                );
+                if let Err(e) = producer.rebuild(&why).await {
+                    tracing::error!(error = %e, "cannot rebuild the kafka producer");
                 }
             }
             continue;
         };
-        blind_since = None;
         if idle < wedge {
             continue;
         }

@@ -83,7 +83,7 @@ impl Writer {
         attempt: Option<AttemptRow>,
         trace: Vec<(String, String)>,
     ) -> Committed {
-        self.send(write, attempt, trace, None).await
+        self.send(write, attempt, trace, None, None).await
     }
 
     /// Queues a RETRYING write whose next attempt waits in MySQL until `due` (the scheduler
@@ -95,7 +95,8 @@ impl Writer {
         trace: Vec<(String, String)>,
         due: chrono::DateTime<chrono::Utc>,
     ) -> Committed {
-        self.send(write, Some(attempt), trace, Some(due)).await
+        self.send(write, Some(attempt), trace, Some(due), None)
+            .await
     }
 
     /// Queues a claim (an attempt's RUNNING): the first receiver resolves as soon as the
@@ -108,17 +109,11 @@ impl Writer {
         write: TaskWrite,
         trace: Vec<(String, String)>,
     ) -> (Claimed, Committed) {
-        let (done, rx) = oneshot::channel();
         let (claimed, claim_rx) = oneshot::channel();
-        let req = WriteRequest {
-            claimed: Some((write.version, claimed)),
-            write,
-            attempt: None,
-            trace,
-            done: Some(done),
-            retry_due: None,
-        };
-        let _ = self.tx.send(req).await;
+        let version = write.version;
+        let rx = self
+            .send(write, None, trace, None, Some((version, claimed)))
+            .await;
         (claim_rx, rx)
     }
 
@@ -128,6 +123,7 @@ impl Writer {
         attempt: Option<AttemptRow>,
         trace: Vec<(String, String)>,
         retry_due: Option<chrono::DateTime<chrono::Utc>>,
+        claimed: Option<(u64, oneshot::Sender<bool>)>,
     ) -> Committed {
         let (done, rx) = oneshot::channel();
         let req = WriteRequest {
@@ -136,7 +132,7 @@ impl Writer {
             trace,
             done: Some(done),
             retry_due,
-            claimed: None,
+            claimed,
         };
         // A closed writer drops the request, and with it `done`: the receiver reports an error.
         let _ = self.tx.send(req).await;
