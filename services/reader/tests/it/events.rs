@@ -141,5 +141,46 @@ async fn an_event_refreshes_redis_only_where_something_is_cached() {
     assert!(matches!(l2.get(&unknown).await, L2Lookup::NegativeHit));
     assert!(l2.refresh(&task(unknown, 3)).await);
     assert!(matches!(l2.get(&unknown).await, L2Lookup::Hit(_)));
+
+    // Redis lost its scripts (a restart, SCRIPT FLUSH): the pipelined EVALSHA loads it again.
+    let mut conn = dispatch_runtime::redis_client::connect(&env.redis)
+        .await
+        .expect("redis");
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("script flush");
+    assert!(l2.refresh(&task(read, 11)).await, "after SCRIPT FLUSH");
+
+    // Background writes coalesce: a burst of events for a few tasks, in shuffled version order,
+    // leaves each cached task at its newest version and never creates an uncached one.
+    let l2 = std::sync::Arc::new(l2);
+    let cached: Vec<_> = (0..5).map(|_| dispatch_core::TaskId::new()).collect();
+    for id in &cached {
+        assert!(l2.put(&task(*id, 1)).await);
+    }
+    let uncached = dispatch_core::TaskId::new();
+    let mut burst = Vec::new();
+    for v in [7_u64, 3, 20, 12, 19, 2, 15] {
+        for id in cached.iter().chain([&uncached]) {
+            burst.push(std::sync::Arc::new(task(*id, v)));
+        }
+    }
+    dispatch_reader::l2::put_in_background(&l2, burst, dispatch_reader::l2::Fill::OnlyCached);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for id in &cached {
+        loop {
+            match l2.get(id).await {
+                L2Lookup::Hit(t) if t.version == 20 => break,
+                other => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "task {id} not at version 20 in Redis: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(matches!(l2.get(&uncached).await, L2Lookup::Miss));
     env.cleanup().await;
 }
