@@ -6,6 +6,7 @@
 //! - [`tasks`]: the `tasks` table: fenced batch upserts, lookups and listing.
 //! - [`epochs`]: partition lease epochs, which order the successive owners of a partition.
 //! - [`idempotency_keys`]: what each idempotency key was first submitted with (gateway).
+//! - [`leader`]: leader election by MySQL named lock (outbox relay, retention).
 //! - [`outbox`]: the submit outbox the gateway falls back to and the relay drains.
 //! - [`outbox_admin`]: AdminService's side of it: list rows, requeue dead ones.
 //! - [`outbox_relay`]: the gateway's per-key ordered relay claim, its leader lock, and task lookups.
@@ -15,6 +16,8 @@
 //! - [`scheduler`]: claiming due scheduled tasks (`FOR UPDATE SKIP LOCKED`).
 //! - [`trace_context`]: the trace context a SCHEDULED task keeps until it is published.
 //! - [`pauses`]: operator pauses of consumption, shared by every processor instance.
+//! - [`retention`]: purging finished tasks, their attempts, ledger and dead-letter rows after a
+//!   per-tenant retention, and the horizons GetTask tells a purged task by.
 //! - [`ledger`]: the `simulate` handler's execution ledger (fault tests count executions).
 
 pub mod attempts;
@@ -22,6 +25,7 @@ pub mod dead_letters;
 pub mod dead_letters_admin;
 pub mod epochs;
 pub mod idempotency_keys;
+pub mod leader;
 pub mod ledger;
 pub mod migrate;
 pub mod outbox;
@@ -29,6 +33,7 @@ pub mod outbox_admin;
 pub mod outbox_relay;
 pub mod pauses;
 pub mod pool;
+pub mod retention;
 pub mod scheduler;
 pub mod tasks;
 pub mod trace_context;

@@ -193,9 +193,8 @@ pub async fn find_tasks(pool: &MySqlPool, ids: &[TaskId]) -> Result<HashMap<Task
     Ok(found)
 }
 
-/// The relay's leader lock name: one per database (MariaDB named locks are server-wide, and
-/// several dispatch databases may share one server).
-const LOCK_SQL: &str = "SELECT GET_LOCK(CONCAT('dispatch_outbox_relay.', DATABASE()), 0)";
+/// The relay's leader lock (see [`crate::leader`]).
+const RELAY_LOCK: &str = "dispatch_outbox_relay";
 
 /// Tries to take the relay leader lock on `conn` without waiting. The lock lives as long as the
 /// connection (or until [`release_relay_lock`]); keep `conn` out of any pool while holding it.
@@ -203,8 +202,7 @@ const LOCK_SQL: &str = "SELECT GET_LOCK(CONCAT('dispatch_outbox_relay.', DATABAS
 /// # Errors
 /// Database errors.
 pub async fn try_relay_lock(conn: &mut MySqlConnection) -> Result<bool> {
-    let (got,): (Option<i64>,) = sqlx::query_as(LOCK_SQL).fetch_one(&mut *conn).await?;
-    Ok(got == Some(1))
+    crate::leader::try_lock(conn, RELAY_LOCK).await
 }
 
 /// Whether `conn` still holds the relay lock (false if the lock was lost or the connection died).
@@ -212,12 +210,7 @@ pub async fn try_relay_lock(conn: &mut MySqlConnection) -> Result<bool> {
 /// # Errors
 /// Database errors (the connection is gone: the lock is lost).
 pub async fn holds_relay_lock(conn: &mut MySqlConnection) -> Result<bool> {
-    let (held,): (Option<i64>,) = sqlx::query_as(
-        "SELECT IS_USED_LOCK(CONCAT('dispatch_outbox_relay.', DATABASE())) = CONNECTION_ID()",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(held == Some(1))
+    crate::leader::holds_lock(conn, RELAY_LOCK).await
 }
 
 /// Releases the relay lock held by `conn`.
@@ -225,10 +218,7 @@ pub async fn holds_relay_lock(conn: &mut MySqlConnection) -> Result<bool> {
 /// # Errors
 /// Database errors.
 pub async fn release_relay_lock(conn: &mut MySqlConnection) -> Result<()> {
-    sqlx::query("SELECT RELEASE_LOCK(CONCAT('dispatch_outbox_relay.', DATABASE()))")
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    crate::leader::release_lock(conn, RELAY_LOCK).await
 }
 
 /// Keys whose oldest row cannot be published now.
