@@ -23,6 +23,7 @@ pub mod cli;
 pub mod grpc;
 pub mod kafka;
 pub mod metrics;
+pub mod ratelimit;
 pub mod redis_client;
 pub mod retry;
 pub mod settings;
