@@ -117,7 +117,7 @@ impl App {
         let api = TaskApi::new(
             Arc::new(gateway),
             Arc::new(auth),
-            Arc::new(Limits::new(&settings.limits)),
+            Arc::new(Limits::new(&settings.limits, Some(&settings.redis)).await),
         )
         .with_request_timeout(Duration::from_millis(settings.grpc.request_timeout_ms));
 

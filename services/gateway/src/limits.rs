@@ -1,127 +1,148 @@
-//! Rate limits: a governor token bucket per tenant and a global one. A batch spends one token per
-//! item, all or nothing.
-
-use std::num::NonZeroU32;
-use std::time::Duration;
+//! Submit rate limits: a per-tenant and a global GCRA shared by every gateway replica through
+//! Redis (`dispatch_runtime::ratelimit`), so a tenant's quota does not grow with the replica
+//! count. While Redis cannot decide (not connected, breaker open, past `limits.redis_timeout_ms`)
+//! each replica falls back to local buckets of the limits divided by `limits.replicas`. A batch
+//! spends one cell per item, all or nothing.
 
 use dispatch_core::Tenant;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use dispatch_runtime::breaker::BreakerSettings;
+use dispatch_runtime::ratelimit::{LimiterConfig, Rate, SharedLimiter};
+use dispatch_runtime::settings::RedisSettings;
+
+pub use dispatch_runtime::ratelimit::Limited;
 
 use crate::metrics;
 use crate::settings::LimitSettings;
 
-/// A rejected request: which limit, and when it is worth retrying.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limited {
-    /// `tenant` or `global`.
-    pub scope: &'static str,
-    /// Suggested wait (the `retry-after-ms` metadata).
-    pub retry_after: Duration,
-    /// The request can never fit (larger than the burst).
-    pub too_large: bool,
-}
-
-/// The gateway's limiters.
+/// The gateway's limiter.
 pub struct Limits {
-    tenant: Option<DefaultKeyedRateLimiter<String>>,
-    global: Option<DefaultDirectRateLimiter>,
-    clock: DefaultClock,
-}
-
-fn quota(rps: u32, burst: u32) -> Option<Quota> {
-    let rps = NonZeroU32::new(rps)?;
-    let burst = NonZeroU32::new(burst).unwrap_or(rps);
-    Some(Quota::per_second(rps).allow_burst(burst))
+    inner: SharedLimiter,
 }
 
 impl Limits {
-    /// From `[limits]` (a rate of 0 disables that limit).
-    pub fn new(s: &LimitSettings) -> Self {
-        Self {
-            tenant: quota(s.tenant_rps, s.tenant_burst).map(RateLimiter::keyed),
-            global: quota(s.global_rps, s.global_burst).map(RateLimiter::direct),
-            clock: DefaultClock::default(),
-        }
+    /// From `[limits]` (a rate of 0 disables that limit), shared through the Redis of `redis`
+    /// when given and `limits.shared` is on (connected before this returns, if Redis answers
+    /// within `redis.connect_timeout_ms`), else local buckets only.
+    pub async fn new(s: &LimitSettings, redis: Option<&RedisSettings>) -> Self {
+        let inner = SharedLimiter::new(config(s), redis);
+        inner.connect().await;
+        Self { inner }
     }
 
-    /// Spends `n` tokens of `tenant`'s bucket, then of the global one.
+    /// Spends `n` cells of `tenant`'s bucket and of the global one.
     ///
     /// # Errors
     /// [`Limited`] naming the exhausted limit.
-    pub fn check(&self, tenant: &Tenant, n: u32) -> Result<(), Limited> {
-        let Some(n) = NonZeroU32::new(n) else {
-            return Ok(());
-        };
-        let limited = |scope: &'static str, retry_after: Duration, too_large: bool| {
-            metrics::rate_limited(scope, n.get());
-            Err(Limited {
-                scope,
-                retry_after,
-                too_large,
-            })
-        };
-        if let Some(l) = &self.tenant {
-            match l.check_key_n(&tenant.as_str().to_owned(), n) {
-                Ok(Ok(())) => {}
-                Ok(Err(not_until)) => {
-                    return limited("tenant", not_until.wait_time_from(self.clock.now()), false);
-                }
-                Err(_) => return limited("tenant", Duration::from_secs(1), true),
-            }
-        }
-        if let Some(l) = &self.global {
-            match l.check_n(n) {
-                Ok(Ok(())) => {}
-                Ok(Err(not_until)) => {
-                    return limited("global", not_until.wait_time_from(self.clock.now()), false);
-                }
-                Err(_) => return limited("global", Duration::from_secs(1), true),
-            }
-        }
-        Ok(())
+    pub async fn check(&self, tenant: &Tenant, n: u32) -> Result<(), Limited> {
+        self.inner
+            .check(tenant.as_str(), n)
+            .await
+            .map(|_| ())
+            .inspect_err(|l| metrics::rate_limited(l.scope, n))
+    }
+
+    /// The shared limiter (which backend decided last, decision counts).
+    pub fn limiter(&self) -> &SharedLimiter {
+        &self.inner
+    }
+}
+
+/// What `[limits]` asks the shared limiter for.
+pub fn config(s: &LimitSettings) -> LimiterConfig {
+    LimiterConfig {
+        service: metrics::SERVICE,
+        name: "submit",
+        tenant: Rate::new(s.tenant_rps, s.tenant_burst),
+        global: Rate::new(s.global_rps, s.global_burst),
+        replicas: s.replicas,
+        shared: s.shared,
+        redis_timeout: std::time::Duration::from_millis(s.redis_timeout_ms),
+        breaker: BreakerSettings::from_ms(
+            s.breaker_failures,
+            s.breaker_open_ms,
+            s.breaker_max_open_ms,
+        ),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn tenant(s: &str) -> Tenant {
         Tenant::parse(s).expect("tenant")
     }
 
-    #[test]
-    fn tenants_have_separate_buckets_and_a_shared_global_one() {
-        let l = Limits::new(&LimitSettings {
-            tenant_rps: 1,
-            tenant_burst: 3,
-            global_rps: 1,
-            global_burst: 5,
-            ..LimitSettings::default()
-        });
-        assert!(l.check(&tenant("a"), 3).is_ok());
-        let e = l.check(&tenant("a"), 1).expect_err("tenant a exhausted");
+    #[tokio::test]
+    async fn tenants_have_separate_buckets_and_a_shared_global_one() {
+        let l = Limits::new(
+            &LimitSettings {
+                tenant_rps: 1,
+                tenant_burst: 3,
+                global_rps: 1,
+                global_burst: 5,
+                ..LimitSettings::default()
+            },
+            None,
+        )
+        .await;
+        assert!(l.check(&tenant("a"), 3).await.is_ok());
+        let e = l
+            .check(&tenant("a"), 1)
+            .await
+            .expect_err("tenant a exhausted");
         assert_eq!(e.scope, "tenant");
         assert!(e.retry_after > Duration::ZERO);
-        assert!(l.check(&tenant("b"), 2).is_ok(), "b has its own bucket");
-        let e = l.check(&tenant("c"), 1).expect_err("global exhausted");
+        assert!(
+            l.check(&tenant("b"), 2).await.is_ok(),
+            "b has its own bucket"
+        );
+        let e = l
+            .check(&tenant("c"), 1)
+            .await
+            .expect_err("global exhausted");
         assert_eq!(e.scope, "global");
-        let e = l.check(&tenant("d"), 4).expect_err("larger than the burst");
+        let e = l
+            .check(&tenant("d"), 4)
+            .await
+            .expect_err("larger than the burst");
         assert!(e.too_large);
     }
 
-    #[test]
-    fn zero_disables() {
-        let l = Limits::new(&LimitSettings {
-            tenant_rps: 0,
-            tenant_burst: 0,
-            global_rps: 0,
-            global_burst: 0,
-            ..LimitSettings::default()
-        });
+    #[tokio::test]
+    async fn zero_disables() {
+        let l = Limits::new(
+            &LimitSettings {
+                tenant_rps: 0,
+                tenant_burst: 0,
+                global_rps: 0,
+                global_burst: 0,
+                ..LimitSettings::default()
+            },
+            Some(&RedisSettings::default()),
+        )
+        .await;
         for _ in 0..1000 {
-            assert!(l.check(&tenant("a"), 1000).is_ok());
+            assert!(l.check(&tenant("a"), 1000).await.is_ok());
         }
+    }
+
+    #[tokio::test]
+    async fn the_local_fallback_is_the_limit_divided_by_the_replicas() {
+        let l = Limits::new(
+            &LimitSettings {
+                tenant_rps: 1,
+                tenant_burst: 9,
+                global_rps: 0,
+                replicas: 3,
+                ..LimitSettings::default()
+            },
+            None,
+        )
+        .await;
+        assert!(l.check(&tenant("a"), 3).await.is_ok());
+        assert!(l.check(&tenant("a"), 1).await.is_err(), "9 / 3 replicas");
     }
 }

@@ -75,8 +75,8 @@ impl TaskApi {
         })
     }
 
-    fn limit(&self, tenant: &Tenant, n: u32, is_submit: bool) -> Result<(), Status> {
-        self.limits.check(tenant, n).map_err(|l| {
+    async fn limit(&self, tenant: &Tenant, n: u32, is_submit: bool) -> Result<(), Status> {
+        self.limits.check(tenant, n).await.map_err(|l| {
             if is_submit {
                 metrics::submit_n("rate_limited", u64::from(n));
             }
@@ -155,7 +155,7 @@ impl TaskService for TaskApi {
         let deadline = self.deadline(request.metadata());
         observe("gateway", "SubmitTask", async move {
             let tenant = self.tenant(request.metadata(), 1)?;
-            self.limit(&tenant, 1, true)?;
+            self.limit(&tenant, 1, true).await?;
             let trace = span.in_scope(|| trace_headers(request.metadata()));
             let Some(spec) = request.into_inner().task else {
                 metrics::submit("invalid");
@@ -194,7 +194,7 @@ impl TaskService for TaskApi {
                 );
                 return Err(v.to_status());
             }
-            self.limit(&tenant, n as u32, true)?;
+            self.limit(&tenant, n as u32, true).await?;
             let trace = span.in_scope(|| trace_headers(request.metadata()));
             let specs = request.into_inner().tasks;
             let gw = self.gateway.clone();
@@ -217,7 +217,7 @@ impl TaskService for TaskApi {
         let deadline = self.deadline(request.metadata());
         observe("gateway", "CancelTask", async move {
             let tenant = self.tenant(request.metadata(), 0)?;
-            self.limit(&tenant, 1, false)?;
+            self.limit(&tenant, 1, false).await?;
             let trace = span.in_scope(|| trace_headers(request.metadata()));
             let req = request.into_inner();
             let gw = self.gateway.clone();

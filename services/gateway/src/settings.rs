@@ -95,6 +95,12 @@ impl Settings {
         if self.kafka.partitions <= 0 {
             return bad("kafka.partitions must be > 0");
         }
+        if self.limits.replicas == 0 {
+            return bad("limits.replicas must be > 0");
+        }
+        if self.limits.shared && self.limits.redis_timeout_ms == 0 {
+            return bad("limits.redis_timeout_ms must be > 0");
+        }
         if self.limits.max_schedule_horizon_secs == 0 {
             return bad("limits.max_schedule_horizon_secs must be > 0");
         }
@@ -117,19 +123,39 @@ impl Settings {
     }
 }
 
-/// `[limits]`: token buckets (a rate of 0 disables that limit), and the largest per-task timeout
-/// a submit may ask for.
+/// `[limits]`: rate limits (a rate of 0 disables that limit), and the largest per-task timeout
+/// a submit may ask for. The rates are cluster-wide: every replica decides in one Redis GCRA per
+/// tenant (and one global), falling back to the rates divided by `replicas` while Redis cannot
+/// decide.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitSettings {
-    /// Tasks per second one tenant may submit (a batch costs one token per item).
+    /// Tasks per second one tenant may submit across all replicas (a batch costs one token per
+    /// item).
     pub tenant_rps: u32,
-    /// Tokens a tenant may spend at once (at least the largest batch, 1000).
+    /// Tokens a tenant may spend at once (at least the largest batch, 1000, also once divided
+    /// by `replicas` for the fallback).
     pub tenant_burst: u32,
-    /// Tasks per second across all tenants.
+    /// Tasks per second across all tenants and replicas.
     pub global_rps: u32,
     /// Global burst.
     pub global_burst: u32,
+    /// Gateway replicas sharing these limits: while Redis cannot decide, each replica allows
+    /// the rates and bursts divided by this (rounded down, at least 1). Keep it at the
+    /// Deployment's replica count (the HPA's maximum errs on the safe side).
+    pub replicas: u32,
+    /// Decide in Redis, shared by every replica (false: local buckets of rate / `replicas` only).
+    pub shared: bool,
+    /// Budget of one Redis decision; past it this request is decided locally and counts as a
+    /// Redis failure.
+    pub redis_timeout_ms: u64,
+    /// Consecutive Redis failures that open the rate-limit breaker (decisions stay local while
+    /// it is open).
+    pub breaker_failures: u32,
+    /// First open period of the rate-limit breaker (doubles up to `breaker_max_open_ms`).
+    pub breaker_open_ms: u64,
+    /// Longest open period of the rate-limit breaker.
+    pub breaker_max_open_ms: u64,
     /// Largest `TaskSpec.timeout_ms` accepted (default 3_600_000, 1 h); above it a submit is
     /// refused with INVALID_ARGUMENT naming `task.timeout_ms` and this limit.
     pub max_task_timeout_ms: u32,
@@ -149,6 +175,12 @@ impl Default for LimitSettings {
             tenant_burst: 20_000,
             global_rps: 100_000,
             global_burst: 100_000,
+            replicas: 1,
+            shared: true,
+            redis_timeout_ms: 5,
+            breaker_failures: 5,
+            breaker_open_ms: 1_000,
+            breaker_max_open_ms: 30_000,
             max_task_timeout_ms: dispatch_core::task::limits::TASK_TIMEOUT_MAX_MS,
             task_type_max_timeout_ms: BTreeMap::new(),
             max_schedule_horizon_secs: dispatch_core::validate::DEFAULT_SCHEDULE_HORIZON_SECS,
@@ -379,6 +411,35 @@ mod tests {
         let err = bad.validate().expect_err("bad type").to_string();
         assert!(err.contains("limits.task_type_max_timeout_ms"), "{err}");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn shared_rate_limit_settings_load_and_are_checked() {
+        let s: Settings = dispatch_runtime::settings::load_from(
+            None,
+            [
+                ("DISPATCH_LIMITS__REPLICAS".to_string(), "4".to_string()),
+                (
+                    "DISPATCH_LIMITS__REDIS_TIMEOUT_MS".to_string(),
+                    "3".to_string(),
+                ),
+            ],
+        )
+        .expect("load");
+        assert_eq!(s.limits.replicas, 4);
+        assert_eq!(s.limits.redis_timeout_ms, 3);
+        assert!(s.limits.shared, "shared through redis by default");
+        let mut bad = Settings::default();
+        bad.limits.replicas = 0;
+        assert!(
+            bad.validate()
+                .expect_err("0 replicas")
+                .to_string()
+                .contains("limits.replicas")
+        );
+        let mut bad = Settings::default();
+        bad.limits.redis_timeout_ms = 0;
+        assert!(bad.validate().is_err());
     }
 
     #[test]
