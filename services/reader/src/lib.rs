@@ -20,6 +20,7 @@ pub mod error;
 pub mod events;
 pub mod l1;
 pub mod l2;
+pub mod limits;
 pub mod list;
 pub mod metrics;
 pub mod notify;

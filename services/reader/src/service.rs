@@ -38,6 +38,7 @@ pub struct QueryService {
     watches: Arc<Watches>,
     in_flight: Arc<Semaphore>,
     max_response_bytes: usize,
+    rate: Option<Arc<crate::limits::ReadLimits>>,
 }
 
 impl QueryService {
@@ -55,7 +56,14 @@ impl QueryService {
             watches: Watches::new(limits.watch),
             in_flight: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
             max_response_bytes: limits.max_response_bytes,
+            rate: None,
         }
+    }
+
+    /// Applies per-tenant read rate limits (`[limits]`).
+    pub fn with_rate_limits(mut self, rate: Arc<crate::limits::ReadLimits>) -> Self {
+        self.rate = Some(rate);
+        self
     }
 }
 
@@ -100,6 +108,7 @@ impl TaskQueryService for QueryService {
             let tenant = self.tenant(&req)?;
             let r = req.get_ref();
             let id = parse_id("task_id", &r.task_id)?;
+            crate::limits::check(self.rate.as_deref(), &tenant, 1).await?;
             let found = self.reader.get(&tenant, id, r.min_version).await?;
             Ok(Response::new(pb::GetTaskResponse {
                 task: Some(pb::Task::clone(&found.task)),
@@ -120,6 +129,7 @@ impl TaskQueryService for QueryService {
             let _slot = self.admit()?;
             let tenant = self.tenant(&req)?;
             let ids = batch::parse_ids(&req.get_ref().task_ids)?;
+            crate::limits::check(self.rate.as_deref(), &tenant, ids.len()).await?;
             let mut v = dispatch_core::Violations::default();
             let full = list::full_view(req.get_ref().view, &mut v);
             if !v.is_empty() {
@@ -143,6 +153,7 @@ impl TaskQueryService for QueryService {
             let _slot = self.admit()?;
             let tenant = self.tenant(&req)?;
             let filter = list::parse_request(&tenant, req.get_ref())?;
+            crate::limits::check(self.rate.as_deref(), &tenant, 1).await?;
             let max = self.max_response_bytes;
             Ok(Response::new(self.reader.list(filter, max).await?))
         })
@@ -162,6 +173,7 @@ impl TaskQueryService for QueryService {
             let tenant = self.tenant(&req)?;
             let id = parse_id("task_id", &req.get_ref().task_id)?;
             let min_version = req.get_ref().min_version;
+            crate::limits::check(self.rate.as_deref(), &tenant, 1).await?;
             let admitted = self.watches.admit(&tenant)?;
             let stream = watch::start(
                 Arc::clone(&self.reader),

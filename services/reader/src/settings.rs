@@ -34,6 +34,54 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// Bounds of query answers.
     pub query: QuerySettings,
+    /// Per-tenant read rate limits, shared by every reader replica.
+    pub limits: ReadLimitSettings,
+}
+
+/// `[limits]`: per-tenant read rate limits (GetTask, BatchGetTasks, ListTasks, WatchTask),
+/// cluster-wide: every replica decides in one Redis GCRA per tenant, falling back to the rate
+/// divided by `replicas` while Redis cannot decide. Refused reads answer RESOURCE_EXHAUSTED with
+/// `retry-after-ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadLimitSettings {
+    /// Reads per second one tenant may make across all replicas (0 disables the limit). A
+    /// BatchGetTasks costs one per id; GetTask, ListTasks (per page) and opening a WatchTask
+    /// stream one each.
+    pub tenant_rps: u32,
+    /// Reads a tenant may make at once (at least the largest BatchGetTasks, 1000, also once
+    /// divided by `replicas` for the fallback).
+    pub tenant_burst: u32,
+    /// Reader replicas sharing the limit: while Redis cannot decide, each replica allows the
+    /// rate and burst divided by this (rounded down, at least 1).
+    pub replicas: u32,
+    /// Decide in Redis, shared by every replica (false: local buckets of rate / `replicas` only).
+    pub shared: bool,
+    /// Budget of one Redis decision; past it this read is decided locally and counts as a Redis
+    /// failure.
+    pub redis_timeout_ms: u64,
+    /// Consecutive Redis failures that open the rate-limit breaker (decisions stay local while
+    /// it is open).
+    pub breaker_failures: u32,
+    /// First open period of the rate-limit breaker (doubles up to `breaker_max_open_ms`).
+    pub breaker_open_ms: u64,
+    /// Longest open period of the rate-limit breaker.
+    pub breaker_max_open_ms: u64,
+}
+
+impl Default for ReadLimitSettings {
+    fn default() -> Self {
+        Self {
+            tenant_rps: 50_000,
+            tenant_burst: 50_000,
+            replicas: 1,
+            shared: true,
+            redis_timeout_ms: 5,
+            breaker_failures: 5,
+            breaker_open_ms: 1_000,
+            breaker_max_open_ms: 30_000,
+        }
+    }
 }
 
 /// `[query]`: bounds of BatchGetTasks and ListTasks answers.
@@ -70,6 +118,7 @@ impl Default for Settings {
             shutdown: ShutdownSettings::default(),
             cache: CacheSettings::default(),
             query: QuerySettings::default(),
+            limits: ReadLimitSettings::default(),
         }
     }
 }
@@ -219,6 +268,12 @@ impl Settings {
         if c.breaker_max_open_ms < c.breaker_open_ms {
             return bad("cache.breaker_max_open_ms must be >= cache.breaker_open_ms");
         }
+        if self.limits.replicas == 0 {
+            return bad("limits.replicas must be at least 1");
+        }
+        if self.limits.shared && self.limits.redis_timeout_ms == 0 {
+            return bad("limits.redis_timeout_ms must be positive");
+        }
         Ok(())
     }
 }
@@ -244,6 +299,25 @@ mod tests {
         assert!(!s.cache.l1_enabled);
         assert!((s.cache.xfetch_beta - 2.5).abs() < f64::EPSILON);
         assert_eq!(s.grpc.listen.port(), 50052);
+    }
+
+    #[test]
+    fn read_limits_load_and_are_checked() {
+        let s: Settings = dispatch_runtime::settings::load_from(
+            None,
+            [
+                ("DISPATCH_LIMITS__TENANT_RPS".to_string(), "100".to_string()),
+                ("DISPATCH_LIMITS__REPLICAS".to_string(), "3".to_string()),
+            ],
+        )
+        .expect("load");
+        assert_eq!(s.limits.tenant_rps, 100);
+        assert_eq!(s.limits.replicas, 3);
+        assert!(s.limits.shared, "shared through redis by default");
+        let mut bad = Settings::default();
+        bad.limits.replicas = 0;
+        let err = bad.validate().expect_err("0 replicas");
+        assert!(err.to_string().contains("limits.replicas"), "{err}");
     }
 
     #[test]

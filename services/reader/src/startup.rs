@@ -252,7 +252,10 @@ impl App {
                 },
                 max_response_bytes: settings.query.max_response_bytes,
             },
-        );
+        )
+        .with_rate_limits(Arc::new(
+            crate::limits::ReadLimits::new(&settings.limits, Some(&settings.redis)).await,
+        ));
         let max = settings.grpc.max_request_bytes;
         let stop = shutdown.child();
         let reporter_at_stop = reporter.clone();

@@ -332,7 +332,8 @@ impl SharedLimiter {
         for r in FALLBACK_REASONS {
             let _ = FALLBACK.with_label_values(&[cfg.service, r]);
         }
-        for scope in ["tenant", "global"] {
+        let scopes = [("tenant", cfg.tenant), ("global", cfg.global)];
+        for scope in scopes.iter().filter(|(_, r)| r.is_some()).map(|(s, _)| *s) {
             for b in ["redis", "local"] {
                 let _ = REJECTED.with_label_values(&[cfg.service, scope, b]);
             }

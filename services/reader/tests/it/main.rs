@@ -8,6 +8,7 @@ mod cli;
 mod degradation;
 mod events;
 mod invalid;
+mod limits;
 mod list;
 mod lookups;
 mod read_your_writes;
