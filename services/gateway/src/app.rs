@@ -133,6 +133,7 @@ impl App {
         let admin = AdminServer::bind(settings.admin.listen, health.clone())
             .await
             .with_context(|| format!("admin.listen {}", settings.admin.listen))?;
+        let admin = admin.with_profiling(&settings.admin, &settings.auth)?;
         let admin_addr = admin.local_addr()?;
         Ok(Self {
             settings,

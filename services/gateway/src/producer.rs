@@ -235,6 +235,7 @@ impl ClientContext for Context {
     }
 
     fn stats_raw(&self, statistics: &[u8]) {
+        dispatch_runtime::kafka::record_statistics("gateway", statistics);
         *self.capture.stats.lock() = Some(String::from_utf8_lossy(statistics).into_owned());
     }
 

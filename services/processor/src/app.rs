@@ -96,6 +96,7 @@ impl AppBuilder {
             s.consumer.max_parked_kbytes.saturating_mul(1024),
         );
         let mut cc = kafka::consumer_config(&s.kafka, &s.consumer.group);
+        kafka::enable_statistics(&mut cc, &s.kafka);
         // Bound prefetch (RSS), unless the raw options say otherwise: the queue and, with it, the
         // size of one fetch response (librdkafka's default: 50 MiB). Fetched batches are held
         // decompressed while any of their records is queued; see `consumer.prefetch_kbytes`.
@@ -127,6 +128,7 @@ impl AppBuilder {
         let admin = AdminServer::bind(s.admin.listen, health.clone())
             .await
             .with_context(|| format!("binding admin.listen {}", s.admin.listen))?;
+        let admin = admin.with_profiling(&s.admin, &s.auth)?;
         let grpc = TcpListener::bind(s.grpc.listen)
             .await
             .with_context(|| format!("binding grpc.listen {}", s.grpc.listen))?;

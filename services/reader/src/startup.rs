@@ -170,6 +170,7 @@ impl App {
         let admin = AdminServer::bind(settings.admin.listen, health.clone())
             .await
             .with_context(|| format!("binding admin.listen {}", settings.admin.listen))?;
+        let admin = admin.with_profiling(&settings.admin, &settings.auth)?;
         Ok(Self {
             settings,
             listener,

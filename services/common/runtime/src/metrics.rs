@@ -83,6 +83,7 @@ pub fn render() -> String {
 
 /// Build and runtime information: `dispatch_build_info{service, version} 1` and tokio runtime gauges.
 pub fn register_runtime_metrics(service: &str) {
+    crate::kafka::init_statistics_metrics();
     let info = register(
         prometheus::IntGaugeVec::new(
             prometheus::Opts::new("dispatch_build_info", "Build information; always 1."),

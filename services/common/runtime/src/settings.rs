@@ -282,6 +282,9 @@ impl Default for TelemetrySettings {
 pub struct AdminSettings {
     /// Listen address of `/metrics`, `/healthz`, `/readyz` (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// Serve CPU profiles at `/debug/pprof/profile` (admin key required). Off by default: a
+    /// profile samples every thread at 99 Hz while it runs.
+    pub profiling: bool,
 }
 
 impl AdminSettings {
@@ -289,6 +292,7 @@ impl AdminSettings {
     pub fn on_port(port: u16) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            profiling: false,
         }
     }
 }

@@ -80,7 +80,11 @@ impl Ctx {
     }
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    fn stats_raw(&self, statistics: &[u8]) {
+        dispatch_runtime::kafka::record_statistics("processor", statistics);
+    }
+}
 
 impl Ctx {
     fn log_commit(result: &rdkafka::error::KafkaResult<()>) {
