@@ -4,7 +4,7 @@
 Static (always), for every container running dispatch-gateway / -processor / -reader / dispatchctl:
   - every DISPATCH_* variable (env and envFrom ConfigMaps) is DISPATCH_CONFIG or a settings key
     DISPATCH_<SECTION>__<KEY>; keys of the shared sections (and of the DISPATCH_CONFIG file) are
-    checked against the structs in services/common/runtime/src/{settings,grpc}.rs and
+    checked against the structs in services/common/runtime/src/{settings,server/auth}.rs and
     services/common/store/src/pool.rs
   - every secret/configmap reference resolves (Secrets: rendered, else k8s/base/secret.example.yaml)
   - DISPATCH_CONFIG names a file a ConfigMap/Secret volume provides, and that file is valid TOML
@@ -46,7 +46,7 @@ SETTINGS_SOURCES = {
     "grpc": ("services/common/runtime/src/settings.rs", "GrpcSettings"),
     "shutdown": ("services/common/runtime/src/settings.rs", "ShutdownSettings"),
     "database": ("services/common/store/src/pool.rs", "DbSettings"),
-    "auth": ("services/common/runtime/src/grpc.rs", "AuthSettings"),
+    "auth": ("services/common/runtime/src/server/auth.rs", "AuthSettings"),
 }
 DEFAULT_DRAIN_MS = 20_000
 KEY_RE = re.compile(r"^DISPATCH_[A-Z0-9]+(?:_[A-Z0-9]+)*(?:__[A-Z0-9]+(?:[_.-][A-Z0-9]+)*)+$")

@@ -9,27 +9,37 @@ use anyhow::Context as _;
 use dispatch_proto::v1::task_service_server::TaskServiceServer;
 use dispatch_runtime::Shutdown;
 use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
-use dispatch_runtime::grpc::{Authenticator, init_rpc_metrics, reflection_services};
+use dispatch_runtime::grpc::Authenticator;
+use dispatch_runtime::server::{GrpcServer, Rpcs, Spec};
 use dispatch_runtime::tls::ServerTls;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 
 use crate::durable::Durable;
 use crate::gateway::Gateway;
 use crate::idempotency::{Idempotency, RedisSlot};
 use crate::limits::Limits;
 use crate::metrics;
-use crate::probe::{self, Probe};
+use crate::probe::Probe;
 use crate::producer::Producer;
 use crate::relay;
 use crate::service::TaskApi;
 use crate::settings::Settings;
-use crate::shed::ShedLayer;
+
+/// What the gateway's gRPC server serves (the in-flight bound sheds into
+/// `dispatch_load_shed_total` too).
+pub const GRPC: Spec = Spec {
+    label: metrics::SERVICE,
+    services: &[Rpcs {
+        service: dispatch_proto::v1::task_service_server::SERVICE_NAME,
+        methods: &crate::service::METHODS,
+    }],
+};
 
 /// A built gateway, bound but not yet serving.
 pub struct App {
     settings: Settings,
-    listener: TcpListener,
+    grpc: GrpcServer,
     local_addr: SocketAddr,
     admin: AdminServer,
     admin_addr: SocketAddr,
@@ -39,8 +49,6 @@ pub struct App {
     redis: RedisSlot,
     pool: sqlx::MySqlPool,
     health: Health,
-    /// Server TLS (mTLS with `grpc.tls_client_ca_path`); plaintext when `None`.
-    tls: Option<ServerTls>,
 }
 
 /// The MySQL pool. MySQL is the fallback, not a hard dependency: when it cannot be reached at
@@ -87,10 +95,6 @@ impl App {
             ],
         )?;
         metrics::init();
-        init_rpc_metrics(
-            metrics::SERVICE,
-            &["SubmitTask", "SubmitTasks", "CancelTask"],
-        );
         dispatch_runtime::metrics::register_runtime_metrics(metrics::SERVICE);
 
         let pool = pool(&settings).await?;
@@ -126,10 +130,8 @@ impl App {
             health.set(c, ComponentStatus::Down("not probed yet".into()));
         }
         health.set("redis", ComponentStatus::Degraded("not probed yet".into()));
-        let listener = TcpListener::bind(settings.grpc.listen)
-            .await
-            .with_context(|| format!("grpc.listen {}", settings.grpc.listen))?;
-        let local_addr = listener.local_addr()?;
+        let grpc = GrpcServer::bind(GRPC, &settings.grpc, tls).await?;
+        let local_addr = grpc.local_addr()?;
         let admin = AdminServer::bind(settings.admin.listen, health.clone())
             .await
             .with_context(|| format!("admin.listen {}", settings.admin.listen))?;
@@ -137,7 +139,7 @@ impl App {
         let admin_addr = admin.local_addr()?;
         Ok(Self {
             settings,
-            listener,
+            grpc,
             local_addr,
             admin,
             admin_addr,
@@ -147,7 +149,6 @@ impl App {
             redis,
             pool,
             health,
-            tls,
         })
     }
 
@@ -176,8 +177,8 @@ impl App {
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let s = &self.settings;
         let drain = Duration::from_millis(s.shutdown.drain_timeout_ms);
-        let (reporter, health_service) = tonic_health::server::health_reporter();
-        probe::set_serving(&reporter, false).await;
+        // NOT_SERVING until the probe finds Kafka or MySQL up.
+        let reporter = self.grpc.serving().reporter().clone();
 
         // The admin server outlives the drain, so /metrics and /readyz answer until the end.
         let admin_stop = CancellationToken::new();
@@ -223,37 +224,12 @@ impl App {
         let task_service = TaskServiceServer::new(self.api.clone())
             .max_decoding_message_size(s.grpc.max_request_bytes);
         let token = shutdown.token().clone();
-        let signal_reporter = reporter.clone();
-        let signal = async move {
-            token.cancelled().await;
-            probe::set_serving(&signal_reporter, false).await;
-            tracing::info!("shutting down: not serving, draining in-flight requests");
-        };
-        let server = tonic::transport::Server::builder();
-        let (reflection_v1, reflection_v1alpha) =
-            reflection_services(&[dispatch_proto::v1::task_service_server::SERVICE_NAME])?;
-        let router = server
-            .timeout(Duration::from_millis(s.grpc.request_timeout_ms))
-            .layer(ShedLayer::new(s.grpc.max_concurrent_requests))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(task_service);
-        let incoming = dispatch_runtime::grpc::incoming(self.listener);
-        let tls = self.tls;
-        let serve = async move {
-            match tls {
-                Some(tls) => {
-                    router
-                        .serve_with_incoming_shutdown(tls.incoming(incoming), signal)
-                        .await
-                }
-                None => router.serve_with_incoming_shutdown(incoming, signal).await,
-            }
-        };
+        let routes = Routes::new(task_service);
+        let stop = async move { token.cancelled().await };
+        let serve = self.grpc.on_shed(metrics::load_shed).serve(routes, stop);
         tokio::pin!(serve);
         let served = tokio::select! {
-            r = &mut serve => r.context("grpc server"),
+            r = &mut serve => r,
             () = async { shutdown.triggered().await; tokio::time::sleep(drain).await } => {
                 tracing::warn!(drain_timeout_ms = s.shutdown.drain_timeout_ms, "drain timed out; closing with requests in flight");
                 Ok(())

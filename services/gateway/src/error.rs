@@ -1,8 +1,11 @@
-//! The gateway's one error type and its one mapping to `tonic::Status`.
+//! The gateway's one error type and its one mapping to `tonic::Status`. What only the operator
+//! should read (Kafka and MySQL error text, internal failures) is logged and replaced by a generic
+//! message (`dispatch_runtime::server::status`).
 
 use std::collections::HashMap;
 
 use dispatch_core::Violations;
+use dispatch_runtime::server::status;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -16,6 +19,15 @@ use crate::limits::Limited;
 pub const CONFLICT_REASON: &str = "IDEMPOTENCY_KEY_REUSED";
 /// `google.rpc.ErrorInfo.domain` of the gateway's errors.
 pub const ERROR_DOMAIN: &str = "dispatch.v1.TaskService";
+
+/// What a caller reads when neither Kafka nor the outbox took a record.
+pub const UNAVAILABLE_MESSAGE: &str =
+    "kafka and the outbox are both unavailable: nothing was accepted; retry with backoff";
+
+/// What a caller reads when the store the gateway needs for a request (idempotency keys, task
+/// lookups) cannot answer.
+pub const STORE_UNAVAILABLE_MESSAGE: &str =
+    "the store behind idempotency keys and task lookups is unavailable; retry shortly";
 
 /// Metadata key of the retry hint on RESOURCE_EXHAUSTED.
 pub const RETRY_AFTER_MS: &str = "retry-after-ms";
@@ -116,6 +128,13 @@ impl From<GatewayError> for Status {
                     ErrorDetails::with_error_info(CONFLICT_REASON, ERROR_DOMAIN, metadata),
                 )
             }
+            GatewayError::Unavailable(u) => {
+                status::hidden(Code::Unavailable, UNAVAILABLE_MESSAGE, &u)
+            }
+            GatewayError::StoreUnavailable(detail) => {
+                status::hidden(Code::Unavailable, STORE_UNAVAILABLE_MESSAGE, &detail)
+            }
+            GatewayError::Internal(detail) => status::internal(&detail),
             other => Status::new(other.code(), other.to_string()),
         }
     }
@@ -175,5 +194,35 @@ mod tests {
         })
         .into();
         assert_eq!(s.code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn store_and_internal_detail_never_reaches_the_caller() {
+        let sqlx = "error returned from database: 1045 (28000): Access denied for user \
+                    'dispatch'@'10.0.0.7' (using password: YES)";
+        for (e, code, message) in [
+            (
+                GatewayError::Unavailable(Unavailable {
+                    kafka: "Message production error: MessageTimedOut".into(),
+                    outbox: sqlx.into(),
+                }),
+                Code::Unavailable,
+                UNAVAILABLE_MESSAGE,
+            ),
+            (
+                GatewayError::StoreUnavailable(sqlx.into()),
+                Code::Unavailable,
+                STORE_UNAVAILABLE_MESSAGE,
+            ),
+            (
+                GatewayError::Internal(format!("request task failed: {sqlx}")),
+                Code::Internal,
+                status::INTERNAL,
+            ),
+        ] {
+            let s: Status = e.into();
+            assert_eq!((s.code(), s.message()), (code, message));
+            assert!(!format!("{s:?}").contains("Access denied"), "{s:?}");
+        }
     }
 }

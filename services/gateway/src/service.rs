@@ -4,8 +4,10 @@
 //! a client that gives up (deadline, disconnect) must not abort a submit half way (say after the
 //! idempotency key was taken but before the record was produced). The domain call gets the
 //! caller's deadline (`grpc-timeout`, capped by `grpc.request_timeout_ms`, less a margin) and
-//! answers by it: OK only for what is durable, DEADLINE_EXCEEDED with nothing written. The RPC span continues the
-//! caller's trace (W3C `traceparent` metadata), and the same context goes into the records.
+//! answers by it: OK only for what is durable, DEADLINE_EXCEEDED with nothing written. The RPC span
+//! (`dispatch_runtime::server`'s, which also sheds, times out and measures every request)
+//! continues the caller's trace (W3C `traceparent` metadata), and the same context goes into the
+//! records.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +19,8 @@ use dispatch_core::validate::parse_task_spec_with;
 use dispatch_core::{Violations, envelope::header};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::task_service_server::TaskService;
-use dispatch_runtime::grpc::{Authenticator, observe};
+use dispatch_runtime::grpc::Authenticator;
+use dispatch_runtime::server::layer::parse_grpc_timeout;
 use dispatch_runtime::telemetry;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -27,6 +30,9 @@ use crate::error::GatewayError;
 use crate::gateway::{Gateway, TraceHeaders};
 use crate::limits::Limits;
 use crate::metrics;
+
+/// TaskService's RPCs (the metrics' `method` label).
+pub const METHODS: [&str; 3] = ["SubmitTask", "SubmitTasks", "CancelTask"];
 
 /// The TaskService implementation.
 #[derive(Clone)]
@@ -85,19 +91,6 @@ impl TaskApi {
     }
 }
 
-/// The RPC span, a child of the caller's trace context.
-fn rpc_span(method: &'static str, md: &MetadataMap) -> tracing::Span {
-    let span = tracing::info_span!(
-        "rpc",
-        otel.kind = "server",
-        rpc.system = "grpc",
-        rpc.service = "dispatch.v1.TaskService",
-        rpc.method = method,
-    );
-    telemetry::set_parent(&span, telemetry::context_from_metadata(md));
-    span
-}
-
 /// Trace context for produced records: the RPC span's when tracing is on, else the caller's as
 /// received (so a trace still continues through a gateway that samples nothing).
 fn trace_headers(md: &MetadataMap) -> TraceHeaders {
@@ -115,23 +108,11 @@ fn trace_headers(md: &MetadataMap) -> TraceHeaders {
     out
 }
 
-/// The caller's `grpc-timeout` (gRPC over HTTP/2: at most 8 digits and a unit).
+/// The caller's `grpc-timeout`.
 fn grpc_timeout(md: &MetadataMap) -> Option<Duration> {
-    let v = md.get("grpc-timeout")?.to_str().ok()?;
-    if v.len() < 2 || v.len() > 9 {
-        return None;
-    }
-    let (n, unit) = v.split_at(v.len() - 1);
-    let n: u64 = n.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+    md.get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
 }
 
 /// Runs `fut` on its own task (so a cancelled RPC cannot abort it half way) inside `span`.
@@ -151,9 +132,9 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::SubmitTaskRequest>,
     ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
-        let span = rpc_span("SubmitTask", request.metadata());
+        let span = tracing::Span::current();
         let deadline = self.deadline(request.metadata());
-        observe("gateway", "SubmitTask", async move {
+        async move {
             let tenant = self.tenant(request.metadata(), 1)?;
             self.limit(&tenant, 1, true).await?;
             let trace = span.in_scope(|| trace_headers(request.metadata()));
@@ -171,7 +152,7 @@ impl TaskService for TaskApi {
                 })?;
             let gw = self.gateway.clone();
             detached(span, async move { gw.submit(task, &trace, deadline).await }).await
-        })
+        }
         .await
         .map(Response::new)
     }
@@ -180,9 +161,9 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::SubmitTasksRequest>,
     ) -> Result<Response<pb::SubmitTasksResponse>, Status> {
-        let span = rpc_span("SubmitTasks", request.metadata());
+        let span = tracing::Span::current();
         let deadline = self.deadline(request.metadata());
-        observe("gateway", "SubmitTasks", async move {
+        async move {
             let n = request.get_ref().tasks.len();
             let tenant = self.tenant(request.metadata(), n as u64)?;
             if n == 0 || n > BATCH_MAX_ITEMS {
@@ -204,7 +185,7 @@ impl TaskService for TaskApi {
                 })
             })
             .await
-        })
+        }
         .await
         .map(Response::new)
     }
@@ -213,9 +194,9 @@ impl TaskService for TaskApi {
         &self,
         request: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
-        let span = rpc_span("CancelTask", request.metadata());
+        let span = tracing::Span::current();
         let deadline = self.deadline(request.metadata());
-        observe("gateway", "CancelTask", async move {
+        async move {
             let tenant = self.tenant(request.metadata(), 0)?;
             self.limit(&tenant, 1, false).await?;
             let trace = span.in_scope(|| trace_headers(request.metadata()));
@@ -225,7 +206,7 @@ impl TaskService for TaskApi {
                 gw.cancel(&tenant, req, &trace, deadline).await
             })
             .await
-        })
+        }
         .await
         .map(Response::new)
     }

@@ -89,9 +89,7 @@ impl Settings {
         if self.outbox.breaker_failures == 0 {
             return bad("outbox.breaker_failures must be > 0");
         }
-        if self.grpc.max_concurrent_requests == 0 {
-            return bad("grpc.max_concurrent_requests must be > 0");
-        }
+        dispatch_runtime::server::validate(&self.grpc)?;
         if self.kafka.partitions <= 0 {
             return bad("kafka.partitions must be > 0");
         }

@@ -9,14 +9,15 @@ use anyhow::Context as _;
 use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
 use dispatch_runtime::grpc::Authenticator;
 use dispatch_runtime::kafka;
+use dispatch_runtime::server::GrpcServer;
 use dispatch_runtime::shutdown::Shutdown;
 use dispatch_runtime::tls::ServerTls;
 use dispatch_store::MySqlPool;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::service::Routes;
 
 use crate::admin::{Admin, AdminApi};
 use crate::consumer::context::Fences;
@@ -129,9 +130,7 @@ impl AppBuilder {
             .await
             .with_context(|| format!("binding admin.listen {}", s.admin.listen))?;
         let admin = admin.with_profiling(&s.admin, &s.auth)?;
-        let grpc = TcpListener::bind(s.grpc.listen)
-            .await
-            .with_context(|| format!("binding grpc.listen {}", s.grpc.listen))?;
+        let grpc = GrpcServer::bind(crate::admin::GRPC, &s.grpc, tls).await?;
         let (types_tx, _) = watch::channel(BTreeSet::new());
         let consumer = Arc::new(consumer);
         let control = Control {
@@ -157,7 +156,6 @@ impl AppBuilder {
             consumer,
             control,
             auth,
-            tls,
         })
     }
 }
@@ -170,12 +168,11 @@ pub struct App {
     registry: Registry,
     health: Health,
     admin: AdminServer,
-    grpc: TcpListener,
+    grpc: GrpcServer,
     shared: Arc<Shared>,
     consumer: Arc<BaseConsumer<Ctx>>,
     control: Control,
     auth: Authenticator,
-    tls: Option<ServerTls>,
 }
 
 impl App {
@@ -229,13 +226,7 @@ impl App {
         let servers = CancellationToken::new();
         let tracker = TaskTracker::new();
         tracker.spawn(self.admin.serve(servers.clone()));
-        let (reporter, health_svc) = tonic_health::server::health_reporter();
-        reporter
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
-        let (reflection_v1, reflection_v1alpha) = dispatch_runtime::grpc::reflection_services(&[
-            dispatch_proto::v1::admin_service_server::SERVICE_NAME,
-        ])?;
+        let serving = self.grpc.serving();
         let admin_api = AdminApi::server(
             Admin {
                 pool: self.pool.clone(),
@@ -247,31 +238,12 @@ impl App {
             self.auth,
             s.grpc.max_request_bytes,
         );
-        let mut server = tonic::transport::Server::builder()
-            .concurrency_limit_per_connection(s.grpc.max_concurrent_requests)
-            .load_shed(true);
-        let tls = self.tls;
-        let incoming = dispatch_runtime::grpc::incoming(self.grpc);
-        let grpc_stop = servers.clone();
+        let grpc = self
+            .grpc
+            .serve(Routes::new(admin_api), servers.clone().cancelled_owned());
         tracker.spawn(async move {
-            // No server-wide request timeout: a redrive runs as long as its rate and size need
-            // (clients set their own deadline).
-            let router = server
-                .add_service(health_svc)
-                .add_service(reflection_v1)
-                .add_service(reflection_v1alpha)
-                .add_service(admin_api);
-            let stop = grpc_stop.cancelled_owned();
-            let r = match tls {
-                Some(tls) => {
-                    router
-                        .serve_with_incoming_shutdown(tls.incoming(incoming), stop)
-                        .await
-                }
-                None => router.serve_with_incoming_shutdown(incoming, stop).await,
-            };
-            if let Err(e) = r {
-                tracing::error!(error = %e, "grpc server failed");
+            if let Err(e) = grpc.await {
+                tracing::error!(error = %format!("{e:#}"), "grpc server failed");
             }
         });
 
@@ -379,16 +351,12 @@ impl App {
         ));
         self.health.set("mysql", ComponentStatus::Up);
         self.health.set("kafka", ComponentStatus::Up);
-        reporter
-            .set_service_status("", tonic_health::ServingStatus::Serving)
-            .await;
+        serving.set(true).await;
         tracing::info!(group = %s.consumer.group, topics = topics.len(), "processor running");
 
         shutdown.triggered().await;
         tracing::info!("shutting down");
-        reporter
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+        serving.set(false).await;
         self.health
             .set("processor", ComponentStatus::Down("shutting down".into()));
 

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// The AdminService gRPC server (default 127.0.0.1:50053), with grpc.health.v1 and
-    /// reflection; optional TLS.
+    /// reflection; optional TLS. `request_timeout_ms` defaults to 10 minutes here: a redrive
+    /// answers when its last batch is marked (its size over its rate); past the timeout the call
+    /// ends, the redrive itself runs to the end on its own task.
     pub grpc: GrpcSettings,
     /// The admin HTTP server: `/metrics`, `/healthz`, `/readyz` (default 127.0.0.1:9603).
     pub admin: AdminSettings,
@@ -43,11 +45,15 @@ pub struct Settings {
     pub handlers: HandlersSettings,
 }
 
+/// The processor's default `grpc.request_timeout_ms` (10 minutes: see [`Settings::grpc`]).
+pub const REQUEST_TIMEOUT_MS: u64 = 600_000;
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
             grpc: GrpcSettings {
                 listen: SocketAddr::from(([127, 0, 0, 1], 50053)),
+                request_timeout_ms: REQUEST_TIMEOUT_MS,
                 ..GrpcSettings::default()
             },
             admin: AdminSettings::on_port(9603),
@@ -290,6 +296,7 @@ impl Settings {
     /// The first invalid setting.
     pub fn validate(&self) -> Result<(), SettingsError> {
         let bad = |key: &str, why: &str| Err(SettingsError(format!("{key}: {why}")));
+        dispatch_runtime::server::validate(&self.grpc)?;
         let c = &self.consumer;
         if c.group.is_empty() {
             return bad("consumer.group", "must not be empty");

@@ -2,7 +2,9 @@
 //! from an in-process moka L1, a Redis L2 and MySQL, kept fresh by the events topic.
 //!
 //! Request path, top to bottom:
-//! - [`service`]: the gRPC adapter (auth, parse, load shedding, `grpc::observe`).
+//! - [`service`]: the gRPC adapter (auth, parse, call); the server around it (load shedding, RPC
+//!   spans and metrics, the request timeout) is `dispatch_runtime::server`'s, assembled in
+//!   [`startup`].
 //! - [`reader`]: GetTask's lookup path L1 → L2 → MySQL, read-your-writes (`min_version`),
 //!   stale answers when MySQL fails, and how events are applied; [`batch`] and [`list`] are
 //!   BatchGetTasks and ListTasks; [`watch`] streams WatchTask.

@@ -1,17 +1,15 @@
-//! The TaskQueryService gRPC adapter: authenticate, parse, call [`Reader`], map the error. Every
-//! handler runs inside `grpc::observe` (latency, code and in-flight metrics).
+//! The TaskQueryService gRPC adapter: authenticate, parse, call [`Reader`], map the error. The
+//! server around it (load shedding, RPC spans and metrics, the request timeout) is
+//! `dispatch_runtime::server`'s.
 
 use std::sync::Arc;
 
 use dispatch_core::{TaskId, Tenant};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::task_query_service_server::TaskQueryService;
-use dispatch_runtime::grpc::{Authenticator, observe};
-use dispatch_runtime::telemetry;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use dispatch_runtime::grpc::Authenticator;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 use crate::error::ReadError;
 use crate::reader::Reader;
@@ -21,8 +19,6 @@ use crate::{batch, list};
 /// Bounds of the service.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Requests served at once; more are shed with UNAVAILABLE.
-    pub max_concurrent_requests: usize,
     /// WatchTask's bounds and safety re-read interval.
     pub watch: WatchLimits,
     /// Largest encoded BatchGetTasks or ListTasks answer (`query.max_response_bytes`).
@@ -36,7 +32,6 @@ pub struct QueryService {
     auth: Arc<Authenticator>,
     stop: CancellationToken,
     watches: Arc<Watches>,
-    in_flight: Arc<Semaphore>,
     max_response_bytes: usize,
     rate: Option<Arc<crate::limits::ReadLimits>>,
 }
@@ -54,7 +49,6 @@ impl QueryService {
             auth,
             stop,
             watches: Watches::new(limits.watch),
-            in_flight: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
             max_response_bytes: limits.max_response_bytes,
             rate: None,
         }
@@ -71,28 +65,9 @@ fn parse_id(field: &str, raw: &str) -> Result<TaskId, ReadError> {
     TaskId::parse(raw).map_err(|e| ReadError::field(field, e.to_string()))
 }
 
-/// A span for one RPC, child of the caller's trace context.
-fn span<T>(method: &'static str, req: &Request<T>) -> tracing::Span {
-    let span = tracing::info_span!(
-        "rpc",
-        rpc.system = "grpc",
-        rpc.service = "dispatch.v1.TaskQueryService",
-        rpc.method = method
-    );
-    telemetry::set_parent(&span, telemetry::context_from_metadata(req.metadata()));
-    span
-}
-
 impl QueryService {
     fn tenant<T>(&self, req: &Request<T>) -> Result<Tenant, Status> {
         self.auth.tenant(req.metadata())
-    }
-
-    /// A slot of the in-flight bound (load shedding: no queueing, answer at once).
-    fn admit(&self) -> Result<SemaphorePermit<'_>, Status> {
-        self.in_flight
-            .try_acquire()
-            .map_err(|_| Status::unavailable("reader overloaded; retry with backoff"))
     }
 }
 
@@ -102,63 +77,45 @@ impl TaskQueryService for QueryService {
         &self,
         req: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
-        let span = span("GetTask", &req);
-        observe("reader", "GetTask", async {
-            let _slot = self.admit()?;
-            let tenant = self.tenant(&req)?;
-            let r = req.get_ref();
-            let id = parse_id("task_id", &r.task_id)?;
-            crate::limits::check(self.rate.as_deref(), &tenant, 1).await?;
-            let found = self.reader.get(&tenant, id, r.min_version).await?;
-            Ok(Response::new(pb::GetTaskResponse {
-                task: Some(pb::Task::clone(&found.task)),
-                stale: found.stale,
-                served_from: found.served_from as i32,
-            }))
-        })
-        .instrument(span)
-        .await
+        let tenant = self.tenant(&req)?;
+        let r = req.get_ref();
+        let id = parse_id("task_id", &r.task_id)?;
+        crate::limits::check(self.rate.as_deref(), &tenant, 1).await?;
+        let found = self.reader.get(&tenant, id, r.min_version).await?;
+        Ok(Response::new(pb::GetTaskResponse {
+            task: Some(pb::Task::clone(&found.task)),
+            stale: found.stale,
+            served_from: found.served_from as i32,
+        }))
     }
 
     async fn batch_get_tasks(
         &self,
         req: Request<pb::BatchGetTasksRequest>,
     ) -> Result<Response<pb::BatchGetTasksResponse>, Status> {
-        let span = span("BatchGetTasks", &req);
-        observe("reader", "BatchGetTasks", async {
-            let _slot = self.admit()?;
-            let tenant = self.tenant(&req)?;
-            let ids = batch::parse_ids(&req.get_ref().task_ids)?;
-            crate::limits::check(self.rate.as_deref(), &tenant, ids.len()).await?;
-            let mut v = dispatch_core::Violations::default();
-            let full = list::full_view(req.get_ref().view, &mut v);
-            if !v.is_empty() {
-                return Err(ReadError::Invalid(v).into());
-            }
-            let max = self.max_response_bytes;
-            Ok(Response::new(
-                self.reader.batch_get_view(&tenant, &ids, full, max).await?,
-            ))
-        })
-        .instrument(span)
-        .await
+        let tenant = self.tenant(&req)?;
+        let ids = batch::parse_ids(&req.get_ref().task_ids)?;
+        crate::limits::check(self.rate.as_deref(), &tenant, ids.len()).await?;
+        let mut v = dispatch_core::Violations::default();
+        let full = list::full_view(req.get_ref().view, &mut v);
+        if !v.is_empty() {
+            return Err(ReadError::Invalid(v).into());
+        }
+        let max = self.max_response_bytes;
+        Ok(Response::new(
+            self.reader.batch_get_view(&tenant, &ids, full, max).await?,
+        ))
     }
 
     async fn list_tasks(
         &self,
         req: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        let span = span("ListTasks", &req);
-        observe("reader", "ListTasks", async {
-            let _slot = self.admit()?;
-            let tenant = self.tenant(&req)?;
-            let filter = list::parse_request(&tenant, req.get_ref())?;
-            crate::limits::check(self.rate.as_deref(), &tenant, 1).await?;
-            let max = self.max_response_bytes;
-            Ok(Response::new(self.reader.list(filter, max).await?))
-        })
-        .instrument(span)
-        .await
+        let tenant = self.tenant(&req)?;
+        let filter = list::parse_request(&tenant, req.get_ref())?;
+        crate::limits::check(self.rate.as_deref(), &tenant, 1).await?;
+        let max = self.max_response_bytes;
+        Ok(Response::new(self.reader.list(filter, max).await?))
     }
 
     type WatchTaskStream = WatchStream;
@@ -167,26 +124,20 @@ impl TaskQueryService for QueryService {
         &self,
         req: Request<pb::WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
-        let span = span("WatchTask", &req);
-        observe("reader", "WatchTask", async {
-            let _slot = self.admit()?;
-            let tenant = self.tenant(&req)?;
-            let id = parse_id("task_id", &req.get_ref().task_id)?;
-            let min_version = req.get_ref().min_version;
-            crate::limits::check(self.rate.as_deref(), &tenant, 1).await?;
-            let admitted = self.watches.admit(&tenant)?;
-            let stream = watch::start(
-                Arc::clone(&self.reader),
-                admitted,
-                tenant,
-                id,
-                min_version,
-                self.stop.clone(),
-            )
-            .await?;
-            Ok(Response::new(stream))
-        })
-        .instrument(span)
-        .await
+        let tenant = self.tenant(&req)?;
+        let id = parse_id("task_id", &req.get_ref().task_id)?;
+        let min_version = req.get_ref().min_version;
+        crate::limits::check(self.rate.as_deref(), &tenant, 1).await?;
+        let admitted = self.watches.admit(&tenant)?;
+        let stream = watch::start(
+            Arc::clone(&self.reader),
+            admitted,
+            tenant,
+            id,
+            min_version,
+            self.stop.clone(),
+        )
+        .await?;
+        Ok(Response::new(stream))
     }
 }

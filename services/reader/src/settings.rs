@@ -223,6 +223,7 @@ impl Settings {
     /// # Errors
     /// The first invalid value.
     pub fn validate(&self) -> Result<(), SettingsError> {
+        dispatch_runtime::server::validate(&self.grpc)?;
         let c = &self.cache;
         let bad = |m: &str| Err(SettingsError(m.to_owned()));
         if !(0.0..1.0).contains(&c.ttl_jitter_ratio) {

@@ -7,12 +7,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use dispatch_proto::v1::task_query_service_server::TaskQueryServiceServer;
 use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
-use dispatch_runtime::grpc::{Authenticator, reflection_services};
+use dispatch_runtime::grpc::Authenticator;
+use dispatch_runtime::server::{GrpcServer, Rpcs, Serving, Spec};
 use dispatch_runtime::tls::ServerTls;
 use dispatch_runtime::{Shutdown, kafka, redis_client};
-use tokio::net::TcpListener;
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
+use tonic::service::Routes;
 
 use crate::events::EventsConsumer;
 use crate::l1::L1;
@@ -29,19 +28,24 @@ use dispatch_runtime::breaker::{Breaker, BreakerSettings};
 /// Health component name of MySQL.
 pub const MYSQL: &str = "mysql";
 
-type Svc = TaskQueryServiceServer<QueryService>;
+/// What the reader's gRPC server serves.
+pub const GRPC: Spec = Spec {
+    label: "reader",
+    services: &[Rpcs {
+        service: dispatch_proto::v1::task_query_service_server::SERVICE_NAME,
+        methods: &metrics::METHODS,
+    }],
+};
 
 /// A built reader: listeners bound, clients connected, not serving yet.
 pub struct App {
     settings: Settings,
-    listener: TcpListener,
+    grpc: GrpcServer,
     admin: AdminServer,
     health: Health,
     reader: Arc<Reader>,
     auth: Arc<Authenticator>,
     events: EventsConsumer,
-    /// Server TLS (mTLS with `grpc.tls_client_ca_path`); plaintext when `None`.
-    tls: Option<ServerTls>,
 }
 
 /// A view of a running app for tests and benchmarks.
@@ -164,22 +168,19 @@ impl App {
                 ryw_poll: ms(c.read_your_writes_poll_ms),
             },
         });
-        let listener = TcpListener::bind(settings.grpc.listen)
-            .await
-            .with_context(|| format!("binding grpc.listen {}", settings.grpc.listen))?;
+        let grpc = GrpcServer::bind(GRPC, &settings.grpc, tls).await?;
         let admin = AdminServer::bind(settings.admin.listen, health.clone())
             .await
             .with_context(|| format!("binding admin.listen {}", settings.admin.listen))?;
         let admin = admin.with_profiling(&settings.admin, &settings.auth)?;
         Ok(Self {
             settings,
-            listener,
+            grpc,
             admin,
             health,
             reader,
             auth,
             events,
-            tls,
         })
     }
 
@@ -188,7 +189,7 @@ impl App {
     /// # Errors
     /// The socket has no local address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.grpc.local_addr()
     }
 
     /// The admin HTTP address.
@@ -217,16 +218,14 @@ impl App {
         let addr = self.local_addr()?;
         let Self {
             settings,
-            listener,
+            grpc,
             admin,
             health,
             reader,
             auth,
             events,
-            tls,
         } = self;
-        let (reporter, health_svc) = tonic_health::server::health_reporter();
-        set_serving(&reporter, ServingStatus::NotServing).await;
+        let serving = grpc.serving();
 
         let admin_stop = tokio_util::sync::CancellationToken::new();
         let admin_task = tokio::spawn(admin.serve(admin_stop.clone()));
@@ -234,7 +233,7 @@ impl App {
         shutdown.spawn(probe_loop(
             Arc::clone(&reader),
             health.clone(),
-            reporter.clone(),
+            serving.clone(),
             settings.clone(),
             shutdown.child(),
         ));
@@ -244,7 +243,6 @@ impl App {
             auth,
             shutdown.child(),
             Limits {
-                max_concurrent_requests: settings.grpc.max_concurrent_requests,
                 watch: crate::watch::WatchLimits {
                     max_streams: settings.cache.watch_max_streams,
                     max_streams_per_tenant: settings.cache.watch_max_streams_per_tenant,
@@ -258,43 +256,18 @@ impl App {
             crate::limits::ReadLimits::new(&settings.limits, Some(&settings.redis)).await,
         ));
         let max = settings.grpc.max_request_bytes;
-        let stop = shutdown.child();
-        let reporter_at_stop = reporter.clone();
-        let server = tonic::transport::Server::builder();
-        let (reflection_v1, reflection_v1alpha) =
-            reflection_services(&[dispatch_proto::v1::task_query_service_server::SERVICE_NAME])?;
-        let router = server
-            .timeout(Duration::from_millis(settings.grpc.request_timeout_ms))
-            .add_service(health_svc)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(Svc::new(svc).max_decoding_message_size(max));
-        let signal = async move {
-            stop.cancelled().await;
-            set_serving(&reporter_at_stop, ServingStatus::NotServing).await;
-            tracing::info!("shutting down: not serving, draining requests");
-        };
-        let incoming = dispatch_runtime::grpc::incoming(listener);
-        let server = async move {
-            match tls {
-                Some(tls) => {
-                    router
-                        .serve_with_incoming_shutdown(tls.incoming(incoming), signal)
-                        .await
-                }
-                None => router.serve_with_incoming_shutdown(incoming, signal).await,
-            }
-        };
+        let svc = TaskQueryServiceServer::new(svc).max_decoding_message_size(max);
+        let server = grpc.serve(Routes::new(svc), shutdown.child().cancelled_owned());
         let server = tokio::spawn(server);
         if health.is_ready() {
-            set_serving(&reporter, ServingStatus::Serving).await;
+            serving.set(true).await;
         }
         tracing::info!(%addr, "reader serving");
 
         shutdown.triggered().await;
         let drain = Duration::from_millis(settings.shutdown.drain_timeout_ms);
         let served = match tokio::time::timeout(drain, server).await {
-            Ok(Ok(r)) => r.map_err(anyhow::Error::from),
+            Ok(Ok(r)) => r,
             Ok(Err(e)) => Err(anyhow::anyhow!("grpc server task failed: {e}")),
             Err(_) => {
                 tracing::warn!("drain timed out; dropping remaining requests");
@@ -309,14 +282,6 @@ impl App {
         reader.store.pool().close().await;
         tracing::info!("reader stopped");
         served
-    }
-}
-
-async fn set_serving(reporter: &HealthReporter, status: ServingStatus) {
-    reporter.set_service_status("", status).await;
-    match status {
-        ServingStatus::Serving => reporter.set_serving::<Svc>().await,
-        _ => reporter.set_not_serving::<Svc>().await,
     }
 }
 
@@ -342,14 +307,14 @@ async fn connect_redis(settings: &Settings, l2: &L2, health: &Health) {
 async fn probe_loop(
     reader: Arc<Reader>,
     health: Health,
-    reporter: HealthReporter,
+    serving: Serving,
     settings: Settings,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let every = Duration::from_millis(settings.cache.probe_interval_ms);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut serving = None;
+    let mut reported = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -361,14 +326,9 @@ async fn probe_loop(
             .await;
         let up = mysql.is_ok();
         // gRPC health first, so whoever sees the component change sees gRPC health agree.
-        if serving != Some(up) {
-            let status = if up {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            set_serving(&reporter, status).await;
-            serving = Some(up);
+        if reported != Some(up) {
+            serving.set(up).await;
+            reported = Some(up);
         }
         health.set_up_or_down(MYSQL, mysql);
         let l2 = &reader.l2;

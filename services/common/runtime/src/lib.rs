@@ -13,7 +13,10 @@
 //! - [`redis_client`]: Redis connection manager (`rediss://` with a CA).
 //! - [`tls`]: certificate files checked at start-up, the dependencies' TLS/SASL start-up check,
 //!   and the gRPC server's TLS with certificates reloaded on change.
-//! - [`grpc`]: API-key authentication, per-RPC metrics, reflection and health helpers.
+//! - [`server`]: the gRPC server skeleton (TLS, accept with `TCP_NODELAY`, health, reflection,
+//!   HTTP/2 limits), its per-request layer (load shedding, RPC spans, metrics, timeout), the
+//!   store-error-to-status rule and API-key authentication.
+//! - [`grpc`]: the names other crates import (re-exported from [`server`]).
 //! - [`breaker`]: the circuit breaker every service uses, with its metric.
 //! - [`retry`]: jittered exponential retries of what must eventually succeed.
 
@@ -26,6 +29,7 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod redis_client;
 pub mod retry;
+pub mod server;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

@@ -315,6 +315,11 @@ pub struct GrpcSettings {
     pub max_concurrent_requests: usize,
     /// Upper bound on any request (a smaller `grpc-timeout` from the client wins).
     pub request_timeout_ms: u64,
+    /// HTTP/2 streams (concurrent requests) one connection may open.
+    pub max_concurrent_streams: u32,
+    /// Largest request header list (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`, metadata included);
+    /// a larger one is refused before it reaches a handler.
+    pub max_header_list_bytes: u32,
     /// PEM certificate chain; TLS is on when this and `tls_key_path` are set.
     pub tls_cert_path: Option<PathBuf>,
     /// PEM private key.
@@ -330,6 +335,8 @@ impl Default for GrpcSettings {
             max_request_bytes: 16 * 1024 * 1024,
             max_concurrent_requests: 4096,
             request_timeout_ms: 10_000,
+            max_concurrent_streams: 1024,
+            max_header_list_bytes: 16 * 1024,
             tls_cert_path: None,
             tls_key_path: None,
             tls_client_ca_path: None,

@@ -5,7 +5,10 @@
 //! deployable would have to reach into a running processor for the first anyway.
 //!
 //! - here: [`Admin`] (the operations' dependencies), [`AdminError`] and its one mapping to
-//!   `tonic::Status`, and [`AdminApi`], the gRPC adapter (admin key check + metrics per RPC,
+//!   `tonic::Status` (store and internal errors through `dispatch_runtime::server::status`: the
+//!   detail is logged, the caller reads a generic message), [`GRPC`], what the processor's gRPC
+//!   server serves (the server, its RPC metrics and spans: `dispatch_runtime::server`), and
+//!   [`AdminApi`], the gRPC adapter (admin key check,
 //!   and the audit log: every call that changes something is logged under the target
 //!   [`AUDIT_TARGET`] with the admin key's id, the filters used and the outcome; reads are
 //!   logged the same way at debug).
@@ -24,7 +27,8 @@ use std::sync::{Arc, LazyLock};
 use dispatch_core::{TaskId, Topics, Violations};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
-use dispatch_runtime::grpc::{AdminCaller, Authenticator, code_name, observe};
+use dispatch_runtime::grpc::{AdminCaller, Authenticator, code_name};
+use dispatch_runtime::server::{Rpcs, Spec, status};
 use dispatch_runtime::settings::KafkaSettings;
 use dispatch_store::{MySqlPool, StoreError};
 use prometheus::IntCounter;
@@ -46,6 +50,15 @@ pub const METHODS: [&str; 9] = [
     "ListOutbox",
     "RequeueOutbox",
 ];
+
+/// What the processor's gRPC server serves.
+pub const GRPC: Spec = Spec {
+    label: "processor",
+    services: &[Rpcs {
+        service: dispatch_proto::v1::admin_service_server::SERVICE_NAME,
+        methods: &METHODS,
+    }],
+};
 
 /// Dead letters moved back by redrives.
 pub(crate) static REDRIVEN: LazyLock<IntCounter> = LazyLock::new(|| {
@@ -83,12 +96,9 @@ impl From<AdminError> for Status {
         match e {
             AdminError::Invalid(v) => v.to_status(),
             AdminError::NotFound(m) => Status::not_found(m),
-            AdminError::Store(StoreError::Corrupt(m)) => {
-                Status::internal(format!("corrupt row: {m}"))
-            }
-            AdminError::Store(e) => Status::unavailable(e.to_string()),
+            AdminError::Store(e) => status::store_error(&e),
             AdminError::Kafka(m) => Status::unavailable(format!("kafka: {m}")),
-            AdminError::Internal(m) => Status::internal(m),
+            AdminError::Internal(m) => status::internal(&m),
         }
     }
 }
@@ -118,7 +128,6 @@ pub struct AdminApi {
 impl AdminApi {
     /// A server for `admin`, callable with the admin key of `auth`.
     pub fn server(admin: Admin, auth: Authenticator, max_bytes: usize) -> AdminServiceServer<Self> {
-        dispatch_runtime::grpc::init_rpc_metrics("processor", &METHODS);
         LazyLock::force(&REDRIVEN);
         AdminServiceServer::new(Self {
             admin: Arc::new(admin),
@@ -184,259 +193,232 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
-        observe("processor", "ListDeadLetters", async {
-            let caller = self.auth.admin(req.metadata())?;
-            let r = req.into_inner();
-            let mut v = Violations::default();
-            let filter = convert::filter(r.filter, &mut v);
-            let filters = format!(
-                "{filter:?} page_size={} page_token={:?}",
-                r.page_size, r.page_token
-            );
-            let size = convert::bounded(
-                "page_size",
-                r.page_size,
-                convert::DEFAULT_PAGE_SIZE,
-                convert::MAX_PAGE_SIZE,
-                &mut v,
-            );
-            let before = convert::page_token(&r.page_token, &mut v);
-            invalid_if_any(v)?;
-            let page =
-                dispatch_store::dead_letters_admin::list(&self.admin.pool, &filter, before, size)
-                    .await
-                    .map_err(AdminError::from)
-                    .map_err(Status::from);
-            audit(&caller, "ListDeadLetters", false, &filters, &page, |p| {
-                format!("rows={} total={}", p.rows.len(), p.total)
-            });
-            let page = page?;
-            Ok(Response::new(pb::ListDeadLettersResponse {
-                dead_letters: page.rows.iter().map(convert::dead_letter).collect(),
-                next_page_token: page
-                    .next_before_id
-                    .map(|id| id.to_string())
-                    .unwrap_or_default(),
-                total: page.total,
-            }))
-        })
-        .await
+        let caller = self.auth.admin(req.metadata())?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let filter = convert::filter(r.filter, &mut v);
+        let filters = format!(
+            "{filter:?} page_size={} page_token={:?}",
+            r.page_size, r.page_token
+        );
+        let size = convert::bounded(
+            "page_size",
+            r.page_size,
+            convert::DEFAULT_PAGE_SIZE,
+            convert::MAX_PAGE_SIZE,
+            &mut v,
+        );
+        let before = convert::page_token(&r.page_token, &mut v);
+        invalid_if_any(v)?;
+        let page =
+            dispatch_store::dead_letters_admin::list(&self.admin.pool, &filter, before, size)
+                .await
+                .map_err(AdminError::from)
+                .map_err(Status::from);
+        audit(&caller, "ListDeadLetters", false, &filters, &page, |p| {
+            format!("rows={} total={}", p.rows.len(), p.total)
+        });
+        let page = page?;
+        Ok(Response::new(pb::ListDeadLettersResponse {
+            dead_letters: page.rows.iter().map(convert::dead_letter).collect(),
+            next_page_token: page
+                .next_before_id
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+            total: page.total,
+        }))
     }
 
     async fn get_dead_letter(
         &self,
         req: Request<pb::GetDeadLetterRequest>,
     ) -> Result<Response<pb::DeadLetter>, Status> {
-        observe("processor", "GetDeadLetter", async {
-            let caller = self.auth.admin(req.metadata())?;
-            let id = req.into_inner().task_id;
-            let filters = format!("task_id={id:?}");
-            let mut v = Violations::default();
-            let id = v.check(
-                "task_id",
-                TaskId::parse(&id).map_err(|_| format!("{id:?} is not a task id")),
-            );
-            let Some(id) = id else {
-                return Err(AdminError::Invalid(v).into());
-            };
-            let got = self.admin.dead_letter(id).await.map_err(Status::from);
-            audit(&caller, "GetDeadLetter", false, &filters, &got, |_| {
-                "found".into()
-            });
-            let (d, payload) = got?;
-            let mut out = convert::dead_letter(&d);
-            out.payload = payload.unwrap_or_default();
-            Ok(Response::new(out))
-        })
-        .await
+        let caller = self.auth.admin(req.metadata())?;
+        let id = req.into_inner().task_id;
+        let filters = format!("task_id={id:?}");
+        let mut v = Violations::default();
+        let id = v.check(
+            "task_id",
+            TaskId::parse(&id).map_err(|_| format!("{id:?} is not a task id")),
+        );
+        let Some(id) = id else {
+            return Err(AdminError::Invalid(v).into());
+        };
+        let got = self.admin.dead_letter(id).await.map_err(Status::from);
+        audit(&caller, "GetDeadLetter", false, &filters, &got, |_| {
+            "found".into()
+        });
+        let (d, payload) = got?;
+        let mut out = convert::dead_letter(&d);
+        out.payload = payload.unwrap_or_default();
+        Ok(Response::new(out))
     }
 
     async fn redrive_dead_letters(
         &self,
         req: Request<pb::RedriveDeadLettersRequest>,
     ) -> Result<Response<pb::RedriveDeadLettersResponse>, Status> {
-        observe("processor", "RedriveDeadLetters", async {
-            let caller = self.auth.admin(req.metadata())?;
-            let r = req.into_inner();
-            let mut v = Violations::default();
-            let request = RedriveRequest {
-                filter: convert::filter(r.filter, &mut v),
-                dry_run: r.dry_run,
-                max_count: convert::bounded(
-                    "max_count",
-                    r.max_count,
-                    convert::DEFAULT_REDRIVE,
-                    convert::MAX_REDRIVE,
-                    &mut v,
-                ),
-                rate_per_second: convert::bounded(
-                    "rate_per_second",
-                    r.rate_per_second,
-                    convert::DEFAULT_RATE,
-                    convert::MAX_REDRIVE,
-                    &mut v,
-                ),
-            };
-            invalid_if_any(v)?;
-            let filters = format!(
-                "{:?} dry_run={} max_count={} rate_per_second={}",
-                request.filter, request.dry_run, request.max_count, request.rate_per_second
-            );
-            // Runs to the end even if the caller goes away, so a batch is never cut between
-            // its produce and its mark.
-            let admin = self.admin.clone();
-            let o = tokio::spawn(async move { admin.redrive(request).await })
-                .await
-                .map_err(|e| AdminError::Internal(e.to_string()))
-                .and_then(|r| r)
-                .map_err(Status::from);
-            audit(&caller, "RedriveDeadLetters", true, &filters, &o, |o| {
-                format!(
-                    "redrive_id={} matched={} redriven={}",
-                    o.redrive_id, o.matched, o.redriven
-                )
-            });
-            let o = o?;
-            Ok(Response::new(pb::RedriveDeadLettersResponse {
-                redrive_id: o.redrive_id,
-                matched: o.matched,
-                redriven: o.redriven,
-                dry_run: r.dry_run,
-            }))
-        })
-        .await
+        let caller = self.auth.admin(req.metadata())?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let request = RedriveRequest {
+            filter: convert::filter(r.filter, &mut v),
+            dry_run: r.dry_run,
+            max_count: convert::bounded(
+                "max_count",
+                r.max_count,
+                convert::DEFAULT_REDRIVE,
+                convert::MAX_REDRIVE,
+                &mut v,
+            ),
+            rate_per_second: convert::bounded(
+                "rate_per_second",
+                r.rate_per_second,
+                convert::DEFAULT_RATE,
+                convert::MAX_REDRIVE,
+                &mut v,
+            ),
+        };
+        invalid_if_any(v)?;
+        let filters = format!(
+            "{:?} dry_run={} max_count={} rate_per_second={}",
+            request.filter, request.dry_run, request.max_count, request.rate_per_second
+        );
+        // Runs to the end even if the caller goes away, so a batch is never cut between
+        // its produce and its mark.
+        let admin = self.admin.clone();
+        let o = tokio::spawn(async move { admin.redrive(request).await })
+            .await
+            .map_err(|e| AdminError::Internal(e.to_string()))
+            .and_then(|r| r)
+            .map_err(Status::from);
+        audit(&caller, "RedriveDeadLetters", true, &filters, &o, |o| {
+            format!(
+                "redrive_id={} matched={} redriven={}",
+                o.redrive_id, o.matched, o.redriven
+            )
+        });
+        let o = o?;
+        Ok(Response::new(pb::RedriveDeadLettersResponse {
+            redrive_id: o.redrive_id,
+            matched: o.matched,
+            redriven: o.redriven,
+            dry_run: r.dry_run,
+        }))
     }
 
     async fn purge_dead_letters(
         &self,
         req: Request<pb::PurgeDeadLettersRequest>,
     ) -> Result<Response<pb::PurgeDeadLettersResponse>, Status> {
-        observe("processor", "PurgeDeadLetters", async {
-            let caller = self.auth.admin(req.metadata())?;
-            let r = req.into_inner();
-            let mut v = Violations::default();
-            let filter = convert::filter(r.filter, &mut v);
-            invalid_if_any(v)?;
-            let filters = format!("{filter:?} dry_run={}", r.dry_run);
-            let n = dispatch_store::dead_letters_admin::purge(&self.admin.pool, &filter, r.dry_run)
-                .await
-                .map_err(AdminError::from)
-                .map_err(Status::from);
-            audit(&caller, "PurgeDeadLetters", true, &filters, &n, |n| {
-                format!("purged={n}")
-            });
-            let n = n?;
-            if !r.dry_run {
-                tracing::info!(purged = n, "dead letters purged");
-            }
-            Ok(Response::new(pb::PurgeDeadLettersResponse {
-                purged: n,
-                dry_run: r.dry_run,
-            }))
-        })
-        .await
+        let caller = self.auth.admin(req.metadata())?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        let filter = convert::filter(r.filter, &mut v);
+        invalid_if_any(v)?;
+        let filters = format!("{filter:?} dry_run={}", r.dry_run);
+        let n = dispatch_store::dead_letters_admin::purge(&self.admin.pool, &filter, r.dry_run)
+            .await
+            .map_err(AdminError::from)
+            .map_err(Status::from);
+        audit(&caller, "PurgeDeadLetters", true, &filters, &n, |n| {
+            format!("purged={n}")
+        });
+        let n = n?;
+        if !r.dry_run {
+            tracing::info!(purged = n, "dead letters purged");
+        }
+        Ok(Response::new(pb::PurgeDeadLettersResponse {
+            purged: n,
+            dry_run: r.dry_run,
+        }))
     }
 
     async fn pause_consumption(
         &self,
         req: Request<pb::PauseRequest>,
     ) -> Result<Response<pb::PauseResponse>, Status> {
-        observe("processor", "PauseConsumption", async {
-            let caller = self.auth.admin(req.metadata())?;
-            let target = convert::target(req.into_inner()).map_err(AdminError::Invalid)?;
-            let filters = format!("{target:?}");
-            let p = self
-                .admin
-                .control
-                .pause(&target)
-                .await
-                .map_err(AdminError::from)
-                .map_err(Status::from);
-            audit(&caller, "PauseConsumption", true, &filters, &p, |p| {
-                format!("{p:?}")
-            });
-            let p = p?;
-            Ok(Response::new(convert::paused(&p)))
-        })
-        .await
+        let caller = self.auth.admin(req.metadata())?;
+        let target = convert::target(req.into_inner()).map_err(AdminError::Invalid)?;
+        let filters = format!("{target:?}");
+        let p = self
+            .admin
+            .control
+            .pause(&target)
+            .await
+            .map_err(AdminError::from)
+            .map_err(Status::from);
+        audit(&caller, "PauseConsumption", true, &filters, &p, |p| {
+            format!("{p:?}")
+        });
+        let p = p?;
+        Ok(Response::new(convert::paused(&p)))
     }
 
     async fn resume_consumption(
         &self,
         req: Request<pb::PauseRequest>,
     ) -> Result<Response<pb::PauseResponse>, Status> {
-        observe("processor", "ResumeConsumption", async {
-            let caller = self.auth.admin(req.metadata())?;
-            let target = convert::target(req.into_inner()).map_err(AdminError::Invalid)?;
-            let filters = format!("{target:?}");
-            let p = self
-                .admin
-                .control
-                .resume(&target)
-                .await
-                .map_err(AdminError::from)
-                .map_err(Status::from);
-            audit(&caller, "ResumeConsumption", true, &filters, &p, |p| {
-                format!("{p:?}")
-            });
-            let p = p?;
-            Ok(Response::new(convert::paused(&p)))
-        })
-        .await
+        let caller = self.auth.admin(req.metadata())?;
+        let target = convert::target(req.into_inner()).map_err(AdminError::Invalid)?;
+        let filters = format!("{target:?}");
+        let p = self
+            .admin
+            .control
+            .resume(&target)
+            .await
+            .map_err(AdminError::from)
+            .map_err(Status::from);
+        audit(&caller, "ResumeConsumption", true, &filters, &p, |p| {
+            format!("{p:?}")
+        });
+        let p = p?;
+        Ok(Response::new(convert::paused(&p)))
     }
 
     async fn get_stats(
         &self,
         req: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::Stats>, Status> {
-        observe("processor", "GetStats", async {
-            let caller = self.auth.admin(req.metadata())?;
-            tracing::debug!(target: AUDIT_TARGET, key_id = %caller.key_id, action = "GetStats", "admin read");
-            let a = &self.admin;
-            let (stats, dlq, outbox) = tokio::join!(
-                a.control.stats(),
-                dispatch_store::dead_letters_admin::open_count(&a.pool),
-                dispatch_store::outbox::backlog(&a.pool),
-            );
-            let stats = stats.map_err(|e| AdminError::Kafka(format!("{e:#}")))?;
-            let dlq = dlq.map_err(AdminError::from)?;
-            let outbox = outbox.map_err(AdminError::from)?;
-            Ok(Response::new(convert::stats(stats, dlq, outbox.pending)))
-        })
-        .await
+        let caller = self.auth.admin(req.metadata())?;
+        tracing::debug!(target: AUDIT_TARGET, key_id = %caller.key_id, action = "GetStats", "admin read");
+        let a = &self.admin;
+        let (stats, dlq, outbox) = tokio::join!(
+            a.control.stats(),
+            dispatch_store::dead_letters_admin::open_count(&a.pool),
+            dispatch_store::outbox::backlog(&a.pool),
+        );
+        let stats = stats.map_err(|e| AdminError::Kafka(format!("{e:#}")))?;
+        let dlq = dlq.map_err(AdminError::from)?;
+        let outbox = outbox.map_err(AdminError::from)?;
+        Ok(Response::new(convert::stats(stats, dlq, outbox.pending)))
     }
 
     async fn list_outbox(
         &self,
         req: Request<pb::ListOutboxRequest>,
     ) -> Result<Response<pb::ListOutboxResponse>, Status> {
-        observe("processor", "ListOutbox", async {
-            let caller = self.auth.admin(req.metadata())?;
-            let r = req.into_inner();
-            let filters = format!("{r:?}");
-            let out = self.admin.list_outbox(r).await.map_err(Status::from);
-            audit(&caller, "ListOutbox", false, &filters, &out, |r| {
-                format!("rows={}", r.rows.len())
-            });
-            Ok(Response::new(out?))
-        })
-        .await
+        let caller = self.auth.admin(req.metadata())?;
+        let r = req.into_inner();
+        let filters = format!("{r:?}");
+        let out = self.admin.list_outbox(r).await.map_err(Status::from);
+        audit(&caller, "ListOutbox", false, &filters, &out, |r| {
+            format!("rows={}", r.rows.len())
+        });
+        Ok(Response::new(out?))
     }
 
     async fn requeue_outbox(
         &self,
         req: Request<pb::RequeueOutboxRequest>,
     ) -> Result<Response<pb::RequeueOutboxResponse>, Status> {
-        observe("processor", "RequeueOutbox", async {
-            let caller = self.auth.admin(req.metadata())?;
-            let r = req.into_inner();
-            let filters = format!("ids={:?} all={} dry_run={}", r.ids, r.all, r.dry_run);
-            let out = self.admin.requeue_outbox(r).await.map_err(Status::from);
-            audit(&caller, "RequeueOutbox", true, &filters, &out, |r| {
-                format!("requeued={} dry_run={}", r.requeued, r.dry_run)
-            });
-            Ok(Response::new(out?))
-        })
-        .await
+        let caller = self.auth.admin(req.metadata())?;
+        let r = req.into_inner();
+        let filters = format!("ids={:?} all={} dry_run={}", r.ids, r.all, r.dry_run);
+        let out = self.admin.requeue_outbox(r).await.map_err(Status::from);
+        audit(&caller, "RequeueOutbox", true, &filters, &out, |r| {
+            format!("requeued={} dry_run={}", r.requeued, r.dry_run)
+        });
+        Ok(Response::new(out?))
     }
 }
