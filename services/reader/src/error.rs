@@ -12,6 +12,10 @@ pub enum ReadError {
     /// No such task for this tenant (another tenant's task looks exactly like a missing one).
     #[error("task not found")]
     NotFound,
+    /// No such task for this tenant, and retention has purged the tenant's tasks that finished
+    /// before the id was made: NOT_FOUND with this message (see `dispatch_store::retention`).
+    #[error("{0}")]
+    Purged(String),
     /// The caller holds a newer version than anything visible within the wait.
     #[error("version {wanted} not visible yet (have {have})")]
     NotVisible {
@@ -42,6 +46,7 @@ impl From<ReadError> for Status {
         match e {
             ReadError::Invalid(v) => v.to_status(),
             ReadError::NotFound => Status::not_found("task not found"),
+            ReadError::Purged(m) => Status::not_found(m),
             ReadError::NotVisible { wanted, .. } => Status::failed_precondition(format!(
                 "version {wanted} not visible yet; retry shortly"
             )),

@@ -65,6 +65,23 @@ impl Reader {
         id: TaskId,
         min_version: Version,
     ) -> Result<Lookup, ReadError> {
+        match self.get_unhinted(tenant, id, min_version).await {
+            // Whatever made it NOT_FOUND (another tenant's task included): the hint depends only
+            // on the caller's tenant and the id, so it reveals nothing about other tenants.
+            Err(ReadError::NotFound) => Err(match self.store.purged_hint(tenant, id).await {
+                Some(message) => ReadError::Purged(message),
+                None => ReadError::NotFound,
+            }),
+            r => r,
+        }
+    }
+
+    async fn get_unhinted(
+        self: &Arc<Self>,
+        tenant: &Tenant,
+        id: TaskId,
+        min_version: Version,
+    ) -> Result<Lookup, ReadError> {
         match self.cached(id).await {
             Ok((entry, served_from)) => match &entry.value {
                 Cached::Found(t) if !owned(t, tenant) => Err(ReadError::NotFound),

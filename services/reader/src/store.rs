@@ -23,6 +23,7 @@ pub struct Store {
     limit: Arc<Semaphore>,
     queue_timeout: Duration,
     stats: Arc<Stats>,
+    horizons: Arc<dispatch_store::retention::HorizonCache>,
 }
 
 impl Store {
@@ -38,6 +39,7 @@ impl Store {
             limit: Arc::new(Semaphore::new(max_concurrency)),
             queue_timeout,
             stats,
+            horizons: Arc::default(),
         }
     }
 
@@ -100,6 +102,19 @@ impl Store {
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<pb::Task>, StoreFailure> {
         self.run("list", dispatch_store::tasks::list(&self.pool, filter))
             .await
+    }
+
+    /// The NOT_FOUND message for a missing `id` of `tenant` when retention purged it (its id was
+    /// made before the tenant's purge horizon); `None` when that is not known (no horizon, an id
+    /// without a time, or MySQL did not answer within the queue timeout).
+    pub async fn purged_hint(&self, tenant: &dispatch_core::Tenant, id: TaskId) -> Option<String> {
+        dispatch_store::retention::id_created_at(id)?;
+        let lookup = self.horizons.get(&self.pool, tenant.as_str());
+        let horizon = tokio::time::timeout(self.queue_timeout, lookup)
+            .await
+            .ok()?
+            .ok()??;
+        dispatch_store::retention::purged_message(id, horizon)
     }
 
     /// `SELECT 1` with a timeout (the health probe).

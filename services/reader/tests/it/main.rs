@@ -12,6 +12,7 @@ mod limits;
 mod list;
 mod lookups;
 mod read_your_writes;
+mod retention;
 mod tenancy;
 mod views;
 mod watch;
