@@ -50,6 +50,8 @@ impl AppBuilder {
     }
 
     /// Runs tasks of `task_type` with `handler` (bounds from `[handlers.types.<task_type>]`).
+    /// A handler registered here wins over a configured one of the same type; see
+    /// [`Handler`] for an example, and `examples/custom-handler` for a whole program.
     pub fn handler(mut self, task_type: &str, handler: impl Handler) -> Self {
         self.handlers
             .push((task_type.to_owned(), Arc::new(handler)));
@@ -333,6 +335,18 @@ impl App {
                     batch_size: s.scheduler.batch_size,
                     republish_after: Duration::from_millis(s.scheduler.republish_after_ms),
                     stop: background.clone(),
+                }
+                .run(),
+            );
+        }
+        if s.retention.enabled {
+            tracker.spawn(
+                crate::retention::Retention {
+                    pool: self.pool.clone(),
+                    settings: s.retention.clone(),
+                    kafka: s.kafka.clone(),
+                    stop: background.clone(),
+                    observer: None,
                 }
                 .run(),
             );

@@ -6,7 +6,8 @@
 //! zombies never move a task backwards or re-run a task whose terminal state is committed.
 //!
 //! Map (a record's path through the crate, top to bottom):
-//! - [`settings`]: `Settings` (`[consumer]`, `[writer]`, `[scheduler]`, `[handlers]` + shared).
+//! - [`settings`]: `Settings` (`[consumer]`, `[writer]`, `[scheduler]`, `[handlers]`,
+//!   `[retention]` + shared).
 //! - [`consumer`]: a `BaseConsumer` polled on its own thread; offset tracking with contiguous
 //!   watermarks ([`consumer::offsets`]), rebalance handling ([`consumer::context`]), pauses for
 //!   backpressure, operator pauses and retry delays ([`consumer::poller`]).
@@ -20,6 +21,7 @@
 //! - [`writer`]: the batch writer (coalesced, fenced, one transaction per batch, then events).
 //! - [`produce`]: the producer wrapper (retry, DLQ, events, scheduler records).
 //! - [`scheduler`]: publishes due `scheduled` tasks (`FOR UPDATE SKIP LOCKED`).
+//! - [`retention`]: the leader's purge of finished tasks after each tenant's retention.
 //! - [`control`]: [`Control`], the pause/resume/stats hooks for AdminService.
 //! - [`admin`]: AdminService (DLQ list/inspect/purge/redrive, pause/resume, stats), admin key only.
 //! - [`lag`]: consumer lag gauges.
@@ -37,6 +39,7 @@ pub mod lag;
 pub mod metrics;
 pub mod process;
 pub mod produce;
+pub mod retention;
 pub mod scheduler;
 pub mod settings;
 pub mod slots;

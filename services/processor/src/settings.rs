@@ -1,5 +1,5 @@
 //! The processor's settings: the shared runtime sections plus `[consumer]`, `[writer]`,
-//! `[scheduler]` and `[handlers]`.
+//! `[scheduler]`, `[handlers]` and `[retention]`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -43,6 +43,8 @@ pub struct Settings {
     pub scheduler: SchedulerSettings,
     /// Handlers by task type.
     pub handlers: HandlersSettings,
+    /// Purging finished tasks after a per-tenant retention.
+    pub retention: RetentionSettings,
 }
 
 /// The processor's default `grpc.request_timeout_ms` (10 minutes: see [`Settings::grpc`]).
@@ -67,6 +69,7 @@ impl Default for Settings {
             writer: WriterSettings::default(),
             scheduler: SchedulerSettings::default(),
             handlers: HandlersSettings::default(),
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -289,6 +292,68 @@ impl Default for HttpHostSettings {
     }
 }
 
+/// `[retention]`: how long finished work is kept (docs/reliability.md, "Retention").
+///
+/// Terminal tasks (SUCCEEDED, DEAD, CANCELLED), their attempts and ledger rows are deleted once
+/// they finished longer ago than their tenant's retention; dead-letter index rows once they died
+/// longer ago than that, and never later than the DLQ topic deletes their payloads. One processor
+/// instance purges at a time (a MySQL named lock), a bounded batch per short transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    /// Run the purge in this instance (it still purges only while it holds the leader lock).
+    pub enabled: bool,
+    /// Retention of a tenant without its own entry in `tenants` (0 keeps tasks forever).
+    pub default_retention_ms: u64,
+    /// Tenant -> retention in milliseconds (0 keeps that tenant's tasks forever). At least an
+    /// hour otherwise: a replayed record of a purged task would run it again.
+    pub tenants: BTreeMap<String, u64>,
+    /// Pause between purge rounds, and between tries to become the leader.
+    pub interval_ms: u64,
+    /// Rows per batch (one short transaction each).
+    pub batch_size: u32,
+    /// Pause between two batches, so a large backlog is purged without hogging MySQL.
+    pub batch_pause_ms: u64,
+    /// How long the DLQ topic keeps records; unset: read the topic's `retention.ms` from Kafka at
+    /// every round (the topics are created with 30 days). Dead-letter index rows are deleted
+    /// `dlq_margin_ms` before that, whatever the tenant's retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dlq_topic_retention_ms: Option<u64>,
+    /// How much earlier than the DLQ topic's retention its index rows go (covers the interval
+    /// between rounds and clock skew between Kafka and MySQL).
+    pub dlq_margin_ms: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            default_retention_ms: 7 * 86_400_000,
+            tenants: BTreeMap::new(),
+            interval_ms: 60_000,
+            batch_size: 500,
+            batch_pause_ms: 20,
+            dlq_topic_retention_ms: None,
+            dlq_margin_ms: 3_600_000,
+        }
+    }
+}
+
+impl RetentionSettings {
+    /// The retention of `tenant`'s tasks (`None`: kept forever).
+    pub fn retention_of(&self, tenant: &str) -> Option<std::time::Duration> {
+        let ms = self
+            .tenants
+            .get(tenant)
+            .copied()
+            .unwrap_or(self.default_retention_ms);
+        (ms > 0).then(|| std::time::Duration::from_millis(ms))
+    }
+
+    /// The shortest retention allowed (0 excepted).
+    pub const MIN_RETENTION_MS: u64 = 3_600_000;
+}
+
 impl Settings {
     /// Checks cross-field rules that types cannot express, naming the bad key.
     ///
@@ -336,6 +401,28 @@ impl Settings {
         }
         if self.scheduler.batch_size == 0 {
             return bad("scheduler.batch_size", "must be at least 1");
+        }
+        let r = &self.retention;
+        if !(1..=10_000).contains(&r.batch_size) {
+            return bad("retention.batch_size", "must be between 1 and 10000");
+        }
+        if r.interval_ms < 100 {
+            return bad("retention.interval_ms", "must be at least 100");
+        }
+        let short = |ms: u64| ms != 0 && ms < RetentionSettings::MIN_RETENTION_MS;
+        if short(r.default_retention_ms) {
+            return bad(
+                "retention.default_retention_ms",
+                "must be 0 (keep forever) or at least 3600000 (an hour)",
+            );
+        }
+        for (tenant, &ms) in &r.tenants {
+            if short(ms) {
+                return bad(
+                    &format!("retention.tenants.{tenant}"),
+                    "must be 0 (keep forever) or at least 3600000 (an hour)",
+                );
+            }
         }
         for (ty, t) in &self.handlers.types {
             if !["noop", "simulate", "http", "custom"].contains(&t.kind.as_str()) {
@@ -406,6 +493,42 @@ mod tests {
                 .expect_err("no url")
                 .to_string()
                 .contains("handlers.http.x")
+        );
+    }
+
+    #[test]
+    fn retention_is_per_tenant_with_a_default_and_refuses_short_ones() {
+        let s: Settings = dispatch_runtime::settings::load_from(
+            None,
+            vec![
+                (
+                    "DISPATCH_RETENTION__TENANTS__ACME".to_string(),
+                    "86400000".to_string(),
+                ),
+                (
+                    "DISPATCH_RETENTION__TENANTS__GLOBEX".to_string(),
+                    "0".to_string(),
+                ),
+            ],
+        )
+        .expect("load");
+        s.validate().expect("valid");
+        let r = &s.retention;
+        let day = std::time::Duration::from_secs(86_400);
+        assert_eq!(r.retention_of("acme"), Some(day));
+        assert_eq!(r.retention_of("globex"), None, "0 keeps forever");
+        assert_eq!(r.retention_of("initech"), Some(day * 7), "the default");
+        let mut bad = Settings::default();
+        bad.retention.tenants.insert("acme".into(), 60_000);
+        let err = bad.validate().expect_err("a minute is too short");
+        assert!(err.to_string().contains("retention.tenants.acme"), "{err}");
+        let mut bad = Settings::default();
+        bad.retention.batch_size = 0;
+        assert!(
+            bad.validate()
+                .expect_err("empty batches")
+                .to_string()
+                .contains("retention.batch_size")
         );
     }
 }

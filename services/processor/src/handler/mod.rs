@@ -22,13 +22,40 @@ use tokio_util::sync::CancellationToken;
 use crate::settings::HandlersSettings;
 
 /// A successful run.
+///
+/// ```
+/// use dispatch_processor::Outcome;
+///
+/// let done = Outcome { result: Some(br#"{"rows":42}"#.to_vec()) };
+/// assert_eq!(Outcome::default().result, None); // success without a result
+/// # let _ = done;
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
     /// Stored as the task's result (at most 64 KiB is kept).
     pub result: Option<Vec<u8>>,
 }
 
-/// A failed run.
+/// A failed run: the variant decides what happens to the task.
+///
+/// A [`Retryable`](HandlerError::Retryable) failure is retried with the task's backoff until its
+/// `max_attempts` are used up, then dead-lettered (error class `exhausted`); a
+/// [`Permanent`](HandlerError::Permanent) one is dead-lettered at once (error class
+/// `permanent`). A timeout (the type's `timeout_ms` or the task's own) counts as retryable, and
+/// so does a panic. The text is stored as the task's `last_error` and the attempt's error.
+///
+/// ```
+/// use dispatch_processor::HandlerError;
+///
+/// fn classify(http_status: u16) -> HandlerError {
+///     match http_status {
+///         429 | 500..=599 => HandlerError::Retryable(format!("upstream answered {http_status}")),
+///         _ => HandlerError::Permanent(format!("upstream refused: {http_status}")),
+///     }
+/// }
+/// assert!(matches!(classify(503), HandlerError::Retryable(_)));
+/// assert_eq!(classify(404).to_string(), "permanent: upstream refused: 404");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandlerError {
     /// A later attempt may succeed (timeouts, 5xx, 429, a dependency down).
@@ -40,6 +67,27 @@ pub enum HandlerError {
 }
 
 /// What a handler gets besides the task.
+///
+/// Built by the processor for every attempt; a test builds one itself to call a handler
+/// directly (a lazy pool never connects unless the handler uses it):
+///
+/// ```
+/// use dispatch_processor::HandlerContext;
+/// use tokio_util::sync::CancellationToken;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let ctx = HandlerContext {
+///     cancel: CancellationToken::new(),
+///     attempt: 1,
+///     generation: 0,
+///     pool: sqlx::mysql::MySqlPoolOptions::new()
+///         .connect_lazy("mysql://unused@127.0.0.1/unused")
+///         .expect("a lazy pool"),
+/// };
+/// assert!(!ctx.cancel.is_cancelled());
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct HandlerContext {
     /// Fires when the task is cancelled, the handler times out or the processor stops: return soon.
@@ -52,10 +100,67 @@ pub struct HandlerContext {
     pub pool: MySqlPool,
 }
 
-/// Runs tasks of one or more types.
+/// Runs tasks of one or more types: the extension point for work of your own.
+///
+/// Implement it (with [`async_trait`](https://docs.rs/async-trait)), register the handler for a
+/// task type with [`AppBuilder::handler`](crate::AppBuilder::handler), and give the type its
+/// bounds in the settings (`[handlers.types.<type>]` with `kind = "custom"`, `timeout_ms`,
+/// `concurrency`). One handler value serves every task of its types, concurrently (`&self`).
+///
+/// What the processor guarantees around [`handle`](Handler::handle): tasks of one business key
+/// run one at a time, in submission order; a task whose terminal state is committed never runs
+/// again; but an attempt may run more than once (a crash before its outcome is stored re-runs it),
+/// so side effects should be idempotent (key them by `task.task_id` and `ctx.attempt`). At the
+/// timeout the processor drops the handler's future and fires `ctx.cancel`; work the handler
+/// spawned must watch that token. At shutdown running handlers get `shutdown.drain_timeout_ms`
+/// to finish, then `ctx.cancel` fires.
+///
+/// A complete program with settings, errors, a timeout, graceful stop and tests against the real
+/// stack is `examples/custom-handler` in the repository.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use async_trait::async_trait;
+/// use dispatch_core::Envelope;
+/// use dispatch_processor::settings::TypeSettings;
+/// use dispatch_processor::{App, Handler, HandlerContext, HandlerError, Outcome, Settings};
+///
+/// /// Uppercases its payload, slowly.
+/// struct Shout;
+///
+/// #[async_trait]
+/// impl Handler for Shout {
+///     async fn handle(&self, ctx: HandlerContext, task: &Envelope) -> Result<Outcome, HandlerError> {
+///         let text = std::str::from_utf8(&task.payload)
+///             .map_err(|e| HandlerError::Permanent(format!("payload is not text: {e}")))?;
+///         tokio::select! {
+///             // Cancelled, timed out or stopping: give up this attempt.
+///             () = ctx.cancel.cancelled() => Err(HandlerError::Retryable("stopped".into())),
+///             () = tokio::time::sleep(Duration::from_millis(100)) => Ok(Outcome {
+///                 result: Some(text.to_uppercase().into_bytes()),
+///             }),
+///         }
+///     }
+/// }
+///
+/// #[tokio::main]
+/// async fn main() -> anyhow::Result<()> {
+///     // DISPATCH_CONFIG and DISPATCH_<SECTION>__<KEY>, as the stock processor.
+///     let mut settings: Settings = dispatch_runtime::settings::load(None)?;
+///     settings.handlers.types.insert(
+///         "text.shout".into(),
+///         TypeSettings { kind: "custom".into(), timeout_ms: Some(2_000), concurrency: Some(8) },
+///     );
+///     let app = App::builder(settings).handler("text.shout", Shout).build().await?;
+///     // Until SIGTERM/SIGINT, then the graceful stop (see App::run_until_stopped).
+///     app.run_until_stopped(dispatch_runtime::shutdown::on_signals()).await
+/// }
+/// ```
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
-    /// Runs one attempt of `task`.
+    /// Runs one attempt of `task` (`task.payload` holds the submitted bytes; `ctx.attempt`
+    /// counts from 1).
     ///
     /// # Errors
     /// [`HandlerError::Retryable`] or [`HandlerError::Permanent`].

@@ -12,6 +12,7 @@ mod harness;
 mod hostile;
 mod outbox_admin;
 mod pauses;
+mod retention;
 mod scheduling;
 mod timeouts;
 mod writer;
