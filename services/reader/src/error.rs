@@ -1,7 +1,9 @@
-//! The reader's error boundary and its one mapping to `tonic::Status`.
+//! The reader's error boundary and its one mapping to `tonic::Status` (a store failure's detail is
+//! logged, the caller reads `dispatch_runtime::server::status::STORE_UNAVAILABLE`).
 
 use dispatch_core::{Version, Violations};
-use tonic::Status;
+use dispatch_runtime::server::status;
+use tonic::{Code, Status};
 
 /// Why a lookup failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -50,8 +52,8 @@ impl From<ReadError> for Status {
             ReadError::NotVisible { wanted, .. } => Status::failed_precondition(format!(
                 "version {wanted} not visible yet; retry shortly"
             )),
-            ReadError::Unavailable(_) => {
-                Status::unavailable("task store unavailable; retry shortly")
+            ReadError::Unavailable(detail) => {
+                status::hidden(Code::Unavailable, status::STORE_UNAVAILABLE, &detail)
             }
             ReadError::Exhausted(m) => Status::resource_exhausted(m),
         }
