@@ -374,3 +374,66 @@ async fn horizons_only_move_forward_and_name_purged_ids() -> anyhow::Result<()> 
     env.cleanup().await;
     Ok(())
 }
+
+/// A measurement, not a check (`--ignored --nocapture`): the purge of 20,000 expired tasks in
+/// batches of 500 while a writer upserts new tasks of the same tenant, as the processor's batch
+/// writer does, 50 rows per transaction. Prints the slowest writer transaction and batch.
+#[tokio::test]
+#[ignore]
+async fn measure_the_purge_beside_a_writer() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let old = ago(3 * DAY);
+    let seeds: Vec<Seed> = (0..20_000)
+        .map(|_| seed("acme", "succeeded", old))
+        .collect();
+    store(&env.pool, &seeds).await?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let pool = env.pool.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut worst = Duration::ZERO;
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let batch: Vec<Seed> = (0..50)
+                    .map(|_| seed("acme", "pending", Utc::now()))
+                    .collect();
+                let t = std::time::Instant::now();
+                store(&pool, &batch).await.expect("write");
+                worst = worst.max(t.elapsed());
+                n += 1;
+            }
+            (n, worst)
+        })
+    };
+    let mut conn = lock_conn(&env).await;
+    let mut worst_batch = Duration::ZERO;
+    let started = std::time::Instant::now();
+    let mut purged = 0;
+    loop {
+        let t = std::time::Instant::now();
+        let b = retention::purge_tasks_batch(&mut conn, "acme", ago(DAY), 500).await?;
+        worst_batch = worst_batch.max(t.elapsed());
+        purged += b.tasks;
+        if b.candidates < 500 {
+            break;
+        }
+    }
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (writes, worst_write) = writer.await?;
+    let (lock_max,): (String,) = sqlx::query_as(
+        "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'INNODB_ROW_LOCK_TIME_MAX'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap_or(("?".into(),));
+    println!(
+        "purged {purged} tasks in {took:?}; slowest batch {worst_batch:?}; {writes} writer transactions \
+         of 50 tasks (each 3 statements, autocommit), slowest {worst_write:?}; server-wide \
+         Innodb_row_lock_time_max {lock_max} ms"
+    );
+    assert_eq!(purged, 20_000);
+    env.cleanup().await;
+    Ok(())
+}
