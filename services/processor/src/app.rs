@@ -76,6 +76,7 @@ impl AppBuilder {
         dispatch_runtime::tls::check_dependencies(&s.kafka, &s.database, &s.redis).await?;
         let registry = Registry::build(&s.handlers, self.handlers)?;
         crate::metrics::init(&registry.task_types());
+        crate::schedules::init_metrics();
         let pool = dispatch_store::connect(&s.database)
             .await
             .context("connecting to MySQL")?;
@@ -347,6 +348,18 @@ impl App {
                     kafka: s.kafka.clone(),
                     stop: background.clone(),
                     observer: None,
+                }
+                .run(),
+            );
+        }
+        if s.schedules.enabled {
+            tracker.spawn(
+                crate::schedules::ScheduleLoop {
+                    pool: self.pool.clone(),
+                    interval: Duration::from_millis(s.schedules.interval_ms),
+                    batch_size: s.schedules.batch_size,
+                    misfire_grace: Duration::from_millis(s.schedules.misfire_grace_ms),
+                    stop: background.clone(),
                 }
                 .run(),
             );

@@ -20,6 +20,7 @@
 //! - [`handler`]: the [`Handler`] trait, the registry and the built-ins (`noop`, `simulate`, `http`).
 //! - [`writer`]: the batch writer (coalesced, fenced, one transaction per batch, then events).
 //! - [`produce`]: the producer wrapper (retry, DLQ, events, scheduler records).
+//! - [`schedules`]: the schedule loop: fires due schedules as `scheduled` tasks.
 //! - [`scheduler`]: publishes due `scheduled` tasks (`FOR UPDATE SKIP LOCKED`).
 //! - [`retention`]: the leader's purge of finished tasks after each tenant's retention.
 //! - [`control`]: [`Control`], the pause/resume/stats hooks for AdminService.
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod process;
 pub mod produce;
 pub mod retention;
+pub mod schedules;
 pub mod scheduler;
 pub mod settings;
 pub mod slots;

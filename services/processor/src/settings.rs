@@ -41,6 +41,8 @@ pub struct Settings {
     pub writer: WriterSettings,
     /// The scheduler of future `run_at` tasks.
     pub scheduler: SchedulerSettings,
+    /// The schedule loop (ScheduleService's schedules).
+    pub schedules: SchedulesSettings,
     /// Handlers by task type.
     pub handlers: HandlersSettings,
     /// Purging finished tasks after a per-tenant retention.
@@ -68,6 +70,7 @@ impl Default for Settings {
             consumer: ConsumerSettings::default(),
             writer: WriterSettings::default(),
             scheduler: SchedulerSettings::default(),
+            schedules: SchedulesSettings::default(),
             handlers: HandlersSettings::default(),
             retention: RetentionSettings::default(),
         }
@@ -196,6 +199,33 @@ impl Default for SchedulerSettings {
             interval_ms: 500,
             batch_size: 500,
             republish_after_ms: 30_000,
+        }
+    }
+}
+
+/// `[schedules]`: the loop that fires due schedules as `scheduled` tasks (the scheduler of some
+/// instance then publishes them: keep `scheduler.enabled` on somewhere).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulesSettings {
+    /// Run the schedule loop in this instance (any number of instances may).
+    pub enabled: bool,
+    /// Pause between passes.
+    pub interval_ms: u64,
+    /// Schedules claimed per transaction.
+    pub batch_size: u32,
+    /// A due fire time at most this old when a pass looks at it fires; an older one was missed
+    /// and the schedule's catch-up policy decides (docs/scheduling.md#schedules).
+    pub misfire_grace_ms: u64,
+}
+
+impl Default for SchedulesSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: 250,
+            batch_size: 100,
+            misfire_grace_ms: 5_000,
         }
     }
 }
@@ -401,6 +431,18 @@ impl Settings {
         }
         if self.scheduler.batch_size == 0 {
             return bad("scheduler.batch_size", "must be at least 1");
+        }
+        if !(1..=1_000).contains(&self.schedules.batch_size) {
+            return bad("schedules.batch_size", "must be between 1 and 1000");
+        }
+        if self.schedules.interval_ms < 10 {
+            return bad("schedules.interval_ms", "must be at least 10");
+        }
+        if self.schedules.misfire_grace_ms < self.schedules.interval_ms {
+            return bad(
+                "schedules.misfire_grace_ms",
+                "must be at least schedules.interval_ms (else every fire would count as missed)",
+            );
         }
         let r = &self.retention;
         if !(1..=10_000).contains(&r.batch_size) {

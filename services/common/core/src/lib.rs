@@ -9,6 +9,8 @@
 //! - [`topics`]: topic names (with an optional prefix, so tests can share one broker).
 //! - [`partition`]: Kafka's Java-compatible murmur2 partitioner.
 //! - [`retry`]: exponential backoff with jitter for the retry ladder.
+//! - [`schedule`]: schedules' fire times (cron with seconds in a time zone, or an interval),
+//!   catch-up after downtime, and the fire ids derived from (schedule, fire time).
 //! - [`error`]: field violations and the single mapping to `tonic::Status`.
 
 pub mod envelope;
@@ -16,6 +18,7 @@ pub mod error;
 pub mod ids;
 pub mod partition;
 pub mod retry;
+pub mod schedule;
 pub mod state;
 pub mod task;
 pub mod time;

@@ -13,6 +13,7 @@
 //! - [`dead_letters`]: the DLQ index operators filter, redrive and purge.
 //! - [`dead_letters_admin`]: AdminService's side of it: list, purge, claim rows for a redrive.
 //! - [`attempts`]: the per-attempt history the processor's batch writer records.
+//! - [`schedules`]: ScheduleService's schedules and the schedule loop's claims, fires and passes.
 //! - [`scheduler`]: claiming due scheduled tasks (`FOR UPDATE SKIP LOCKED`).
 //! - [`trace_context`]: the trace context a SCHEDULED task keeps until it is published.
 //! - [`pauses`]: operator pauses of consumption, shared by every processor instance.
@@ -34,6 +35,7 @@ pub mod outbox_relay;
 pub mod pauses;
 pub mod pool;
 pub mod retention;
+pub mod schedules;
 pub mod scheduler;
 pub mod tasks;
 pub mod trace_context;

@@ -13,6 +13,7 @@ mod hostile;
 mod outbox_admin;
 mod pauses;
 mod retention;
+mod schedules;
 mod scheduling;
 mod timeouts;
 mod writer;
