@@ -85,8 +85,9 @@ pub enum Command {
     Pause(cmd::ops::TargetArgs),
     /// Resume a paused priority topic or task type on every processor instance (admin key).
     Resume(cmd::ops::TargetArgs),
-    /// Processor stats: lag per partition, in-flight, retry depths, DLQ size, outbox backlog,
-    /// breakers, pauses (admin key).
+    /// The processor group: lag of every partition and its owner, every instance, the pauses in
+    /// force (since when), retry depths, DLQ size, outbox backlog; in-flight and breakers of the
+    /// answering instance (admin key).
     Stats,
     /// Database migrations.
     Migrate(cmd::migrate::Args),

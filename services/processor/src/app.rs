@@ -139,10 +139,12 @@ impl AppBuilder {
         let control = Control {
             shared: shared.clone(),
             types: Arc::new(types_tx),
-            consumer: consumer.clone(),
             hosts: registry.hosts().clone(),
             topics,
             pool: pool.clone(),
+            group: s.consumer.group.clone(),
+            client_id: cc.get("client.id").unwrap_or_default().to_owned(),
+            stats_client: crate::lag::StatsClient::new(&cc),
             sync: Arc::default(),
         };
         // Start with the pauses every instance shares, before the first fetch.

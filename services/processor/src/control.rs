@@ -20,13 +20,12 @@ use chrono::Utc;
 use dispatch_core::{Priority, Topics};
 use dispatch_store::MySqlPool;
 use dispatch_store::pauses::{self, Pause, PauseTarget};
-use rdkafka::consumer::BaseConsumer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::consumer::{Ctx, Shared};
+use crate::consumer::Shared;
 use crate::handler::http::Hosts;
-use crate::lag::{PartitionStats, partition_stats};
+use crate::lag::{Member, PartitionStats, QUERY_TIMEOUT, cluster_stats};
 
 /// What a pause or resume acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,11 +54,20 @@ pub struct Paused {
     pub task_types: Vec<String>,
 }
 
-/// A snapshot for operators.
+/// A snapshot for operators: the whole consumer group, plus this instance's own in-flight
+/// records and breakers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Assigned partitions.
+    /// Every partition of the group's topics, with its owner.
     pub partitions: Vec<PartitionStats>,
+    /// Every member of the group.
+    pub members: Vec<Member>,
+    /// The pauses recorded for every instance, oldest first.
+    pub pauses: Vec<Pause>,
+    /// This instance's Kafka client id.
+    pub client_id: String,
+    /// The consumer group.
+    pub group: String,
     /// Records consumed and not yet persisted.
     pub in_flight: u64,
     /// Summed lag per retry topic.
@@ -75,10 +83,14 @@ pub struct Stats {
 pub struct Control {
     pub(crate) shared: Arc<Shared>,
     pub(crate) types: Arc<watch::Sender<BTreeSet<String>>>,
-    pub(crate) consumer: Arc<BaseConsumer<Ctx>>,
     pub(crate) hosts: Hosts,
     pub(crate) topics: Topics,
     pub(crate) pool: MySqlPool,
+    /// The consumer's group and `client.id` (how stats name this instance).
+    pub(crate) group: String,
+    pub(crate) client_id: String,
+    /// The client stats queries go through.
+    pub(crate) stats_client: crate::lag::StatsClient,
     /// Serializes "read the shared pauses, apply them", so a slow poll can never apply a list
     /// older than a pause this instance just recorded.
     pub(crate) sync: Arc<tokio::sync::Mutex<()>>,
@@ -209,25 +221,41 @@ impl Control {
         }
     }
 
-    /// Positions, lag, in-flight work, retry depths, breakers and pauses.
+    /// The group's lag on every partition and who owns it, every member, the pauses in force;
+    /// in-flight work and breakers of this instance. A handful of batched broker requests and
+    /// one MySQL read, whatever the partition count.
     ///
     /// # Errors
-    /// The blocking broker queries could not be run.
+    /// A broker query failed or timed out, or MySQL could not be read.
     pub async fn stats(&self) -> anyhow::Result<Stats> {
-        let (c, s) = (self.consumer.clone(), self.shared.clone());
-        let partitions = tokio::task::spawn_blocking(move || partition_stats(&c, &s)).await?;
+        let c = self.stats_client.clone();
+        let group = self.group.clone();
+        let topics = self.topics.all_task_topics();
+        let (view, stored) = tokio::join!(
+            tokio::task::spawn_blocking(move || {
+                cluster_stats(c.get()?, &group, &topics, QUERY_TIMEOUT)
+            }),
+            pauses::list(&self.pool),
+        );
+        let view = view??;
+        let mut stored = stored?;
+        stored.sort_by(|a, b| (a.paused_at, &a.target).cmp(&(b.paused_at, &b.target)));
         let mut retry_depths = BTreeMap::new();
         for level in 1..=dispatch_core::topics::RETRY_LEVELS {
             retry_depths.insert(self.topics.retry(level), 0);
         }
-        for p in &partitions {
+        for p in &view.partitions {
             if let Some(d) = retry_depths.get_mut(&p.topic) {
                 *d += p.lag;
             }
         }
         Ok(Stats {
             in_flight: self.shared.partitions.in_flight() as u64,
-            partitions,
+            partitions: view.partitions,
+            members: view.members,
+            pauses: stored,
+            client_id: self.client_id.clone(),
+            group: self.group.clone(),
             retry_depths,
             breakers: self.hosts.states(),
             paused: self.paused(),

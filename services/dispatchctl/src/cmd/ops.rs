@@ -92,9 +92,25 @@ pub fn stats_json(s: &pb::Stats) -> serde_json::Value {
         "breakers": s.breakers.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "partitions": s.partitions.iter().map(|p| json!({
             "topic": p.topic, "partition": p.partition, "high_watermark": p.high_watermark,
-            "committed_offset": p.committed_offset, "lag": p.lag,
+            "committed_offset": p.committed_offset, "lag": p.lag, "owner": p.owner,
+        })).collect::<Vec<_>>(),
+        "group": s.group,
+        "answered_by": s.answered_by,
+        "total_lag": s.partitions.iter().map(|p| p.lag).sum::<i64>(),
+        "instances": s.instances.iter().map(|i| json!({
+            "client_id": i.client_id, "member_id": i.member_id, "host": i.host,
+            "partitions": i.partitions, "lag": i.lag,
+        })).collect::<Vec<_>>(),
+        "pauses": s.pauses.iter().map(|p| json!({
+            "kind": p.kind, "target": p.target, "paused_at": p.paused_at.as_ref().map(timestamp),
         })).collect::<Vec<_>>(),
     })
+}
+
+fn timestamp(t: &dispatch_proto::Timestamp) -> String {
+    dispatch_core::time::from_proto(t)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
 }
 
 /// Runs `stats`.
@@ -131,6 +147,54 @@ pub async fn stats(conn: &Conn, format: Format) -> anyhow::Result<()> {
             ]],
         )
     );
+    println!(
+        "{}",
+        output::table(
+            &["GROUP", "TOTAL LAG", "INSTANCES", "ANSWERED BY"],
+            vec![vec![
+                s.group.clone(),
+                s.partitions.iter().map(|p| p.lag).sum::<i64>().to_string(),
+                s.instances.len().to_string(),
+                s.answered_by.clone(),
+            ]],
+        )
+    );
+    println!(
+        "{}",
+        output::table(
+            &["INSTANCE", "HOST", "PARTITIONS", "LAG", "MEMBER ID"],
+            s.instances
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.client_id.clone(),
+                        i.host.clone(),
+                        i.partitions.to_string(),
+                        i.lag.to_string(),
+                        i.member_id.clone(),
+                    ]
+                })
+                .collect(),
+        )
+    );
+    if !s.pauses.is_empty() {
+        println!(
+            "{}",
+            output::table(
+                &["PAUSED KIND", "TARGET", "SINCE"],
+                s.pauses
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.kind.clone(),
+                            p.target.clone(),
+                            p.paused_at.as_ref().map(timestamp).unwrap_or_default(),
+                        ]
+                    })
+                    .collect(),
+            )
+        );
+    }
     let mut depths: Vec<_> = s.retry_depths.iter().collect();
     depths.sort();
     println!(
@@ -146,7 +210,14 @@ pub async fn stats(conn: &Conn, format: Format) -> anyhow::Result<()> {
     println!(
         "{}",
         output::table(
-            &["TOPIC", "PARTITION", "HIGH WATERMARK", "COMMITTED", "LAG"],
+            &[
+                "TOPIC",
+                "PARTITION",
+                "HIGH WATERMARK",
+                "COMMITTED",
+                "LAG",
+                "OWNER"
+            ],
             s.partitions
                 .iter()
                 .map(|p| {
@@ -156,6 +227,11 @@ pub async fn stats(conn: &Conn, format: Format) -> anyhow::Result<()> {
                         p.high_watermark.to_string(),
                         p.committed_offset.to_string(),
                         p.lag.to_string(),
+                        if p.owner.is_empty() {
+                            "-".into()
+                        } else {
+                            p.owner.clone()
+                        },
                     ]
                 })
                 .collect(),

@@ -7,4 +7,5 @@ mod harness;
 mod help;
 mod outbox;
 mod snapshots;
+mod stats;
 mod tls;

@@ -164,6 +164,36 @@ pub fn stats(mut s: Stats, dlq_size: u64, outbox_backlog: u64) -> pb::Stats {
     let p = paused(&s.paused);
     s.partitions
         .sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    let mut lag_of: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    for part in &s.partitions {
+        *lag_of.entry(part.owner.as_str()).or_default() += part.lag;
+    }
+    let instances = s
+        .members
+        .iter()
+        .map(|m| pb::InstanceStats {
+            client_id: m.client_id.clone(),
+            member_id: m.member_id.clone(),
+            host: m.host.clone(),
+            partitions: u32::try_from(m.partitions.len()).unwrap_or(u32::MAX),
+            lag: lag_of.get(m.client_id.as_str()).copied().unwrap_or(0),
+        })
+        .collect();
+    let pauses = s
+        .pauses
+        .iter()
+        .map(|x| {
+            let (kind, target) = match &x.target {
+                dispatch_store::pauses::PauseTarget::Priority(t) => ("priority", t),
+                dispatch_store::pauses::PauseTarget::TaskType(t) => ("task_type", t),
+            };
+            pb::PauseInfo {
+                kind: kind.into(),
+                target: target.clone(),
+                paused_at: Some(dispatch_core::time::to_proto(x.paused_at)),
+            }
+        })
+        .collect();
     pb::Stats {
         partitions: s
             .partitions
@@ -174,6 +204,7 @@ pub fn stats(mut s: Stats, dlq_size: u64, outbox_backlog: u64) -> pb::Stats {
                 high_watermark: p.high_watermark,
                 committed_offset: p.committed_offset,
                 lag: p.lag,
+                owner: p.owner,
             })
             .collect(),
         in_flight: s.in_flight,
@@ -183,5 +214,9 @@ pub fn stats(mut s: Stats, dlq_size: u64, outbox_backlog: u64) -> pb::Stats {
         breakers: s.breakers.into_iter().collect(),
         paused_priorities: p.paused_priorities,
         paused_task_types: p.paused_task_types,
+        instances,
+        pauses,
+        answered_by: s.client_id,
+        group: s.group,
     }
 }
