@@ -16,7 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{Ctx, Shared};
-use crate::metrics::{LAG, OLDEST_PENDING};
+use crate::metrics::{COMMITTED, LAG, OLDEST_PENDING};
 
 /// The client stats queries go through: created on first use from the group consumer's
 /// configuration, with connections of its own. (A query sent on the group consumer's own broker
@@ -347,9 +347,11 @@ pub async fn run(
         let (c, s) = (consumer.clone(), shared.clone());
         if let Ok(stats) = tokio::task::spawn_blocking(move || partition_stats(&c, &s)).await {
             LAG.reset();
+            COMMITTED.reset();
             for p in stats {
-                LAG.with_label_values(&[&p.topic, &p.partition.to_string()])
-                    .set(p.lag);
+                let labels = [p.topic.as_str(), &p.partition.to_string()];
+                LAG.with_label_values(&labels).set(p.lag);
+                COMMITTED.with_label_values(&labels).set(p.committed_offset);
             }
         }
         tokio::select! {

@@ -37,6 +37,38 @@ pub static LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
         &["topic", "partition"],
     )
 });
+/// `dispatch_consumer_committed_offset{topic, partition}`: progress, for the stall alert.
+pub static COMMITTED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "dispatch_consumer_committed_offset",
+        "The group's committed offset of each partition this instance owns.",
+        &["topic", "partition"],
+    )
+});
+/// `dispatch_consumption_pause_started_timestamp_seconds{kind, target}`.
+pub static PAUSE_STARTED: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
+    register(def(prometheus::GaugeVec::new(
+        Opts::new(
+            "dispatch_consumption_pause_started_timestamp_seconds",
+            "When each operator pause in force began (kind: priority or task_type); no series when nothing is paused.",
+        ),
+        &["kind", "target"],
+    )))
+});
+/// `dispatch_consumption_pauses`: operator pauses in force (always exported; 0 when none).
+pub static PAUSES: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "dispatch_consumption_pauses",
+        "Operator pauses in force (priorities and task types), as this instance last read them.",
+    )
+});
+/// `dispatch_consumption_oldest_pause_age_seconds`: how long the oldest pause has held.
+pub static OLDEST_PAUSE_AGE: LazyLock<prometheus::Gauge> = LazyLock::new(|| {
+    register(def(prometheus::Gauge::new(
+        "dispatch_consumption_oldest_pause_age_seconds",
+        "Age of the oldest operator pause in force; 0 when nothing is paused.",
+    )))
+});
 /// `dispatch_consumer_oldest_pending_age_seconds`.
 pub static OLDEST_PENDING: LazyLock<prometheus::Gauge> = LazyLock::new(|| {
     register(def(prometheus::Gauge::new(
@@ -182,6 +214,55 @@ pub static START_DELAY: LazyLock<HistogramVec> = LazyLock::new(|| {
         &["priority"],
     )))
 });
+/// Buckets of the symptom histograms (queue wait, completion): 10 ms to an hour. The SLO
+/// thresholds (docs/metrics.md#slos) are bucket bounds: 10 s for the queue wait.
+pub const WAIT_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1800.0, 3600.0,
+];
+/// `dispatch_task_queue_wait_seconds{priority, tenant}`: what a user waits for before their task
+/// runs (tenant: [`tenant_label`]).
+pub static QUEUE_WAIT: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(def(HistogramVec::new(
+        HistogramOpts::new(
+            "dispatch_task_queue_wait_seconds",
+            "From the gateway's accept (or the task's run_at, if later) to the start of its first attempt's handler.",
+        )
+        .buckets(WAIT_BUCKETS.to_vec()),
+        &["priority", "tenant"],
+    )))
+});
+
+/// Tenants with their own `tenant` label value; later ones share `other`, so a flood of new
+/// tenants cannot grow the series without bound.
+pub const MAX_TENANT_LABELS: usize = 100;
+
+/// The `tenant` label value of `tenant`: itself for the first [`MAX_TENANT_LABELS`] tenants this
+/// process sees, `other` after that.
+pub fn tenant_label(tenant: &str) -> String {
+    static SEEN: LazyLock<parking_lot::Mutex<std::collections::HashSet<String>>> =
+        LazyLock::new(Default::default);
+    let mut seen = SEEN.lock();
+    if seen.contains(tenant) {
+        return tenant.to_owned();
+    }
+    if seen.len() < MAX_TENANT_LABELS {
+        seen.insert(tenant.to_owned());
+        return tenant.to_owned();
+    }
+    "other".to_owned()
+}
+/// `dispatch_task_completion_seconds{priority, state}`: accept to terminal state.
+pub static COMPLETION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(def(HistogramVec::new(
+        HistogramOpts::new(
+            "dispatch_task_completion_seconds",
+            "From the gateway's accept (or the task's run_at, if later) to its terminal state's write, retries included.",
+        )
+        .buckets(WAIT_BUCKETS.to_vec()),
+        &["priority", "state"],
+    )))
+});
 /// `dispatch_slot_wait_seconds`.
 pub static SLOT_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
     register(def(Histogram::with_opts(
@@ -274,10 +355,24 @@ pub const ERROR_CLASSES: [&str; 5] = [
     "poison",
 ];
 
+/// Seconds from `from` (the later of accept and `run_at`) to `to`, never negative.
+pub fn since(
+    from: chrono::DateTime<chrono::Utc>,
+    run_at: Option<chrono::DateTime<chrono::Utc>>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> f64 {
+    let from = run_at.map_or(from, |r| r.max(from));
+    ((to - from).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6).max(0.0)
+}
+
 /// Registers every metric and pre-creates the labelled series (`task_types`: the configured types).
 pub fn init(task_types: &[String]) {
     dispatch_runtime::metrics::register_runtime_metrics("processor");
     LazyLock::force(&LAG);
+    LazyLock::force(&COMMITTED);
+    LazyLock::force(&PAUSE_STARTED);
+    PAUSES.set(0);
+    OLDEST_PAUSE_AGE.set(0.0);
     OLDEST_PENDING.set(0.0);
     for k in ["tasks", "retry"] {
         RECORDS.with_label_values(&[k]);
@@ -315,6 +410,11 @@ pub fn init(task_types: &[String]) {
         START_DELAY.with_label_values(&[p]);
     }
     LazyLock::force(&SLOT_WAIT);
+    for p in ["critical", "default", "low"] {
+        for st in [TaskState::Succeeded, TaskState::Dead, TaskState::Cancelled] {
+            COMPLETION.with_label_values(&[p, st.as_str()]);
+        }
+    }
     for t in task_types {
         PANICS.with_label_values(&[t.as_str()]);
     }
@@ -328,4 +428,38 @@ pub fn init(task_types: &[String]) {
         PRODUCE_ERRORS.with_label_values(&[k]);
     }
     dispatch_runtime::metrics::db_pool_init("processor");
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+
+    use super::{MAX_TENANT_LABELS, since, tenant_label};
+
+    #[test]
+    fn waits_count_from_the_later_of_accept_and_run_at_and_never_go_negative() {
+        let at = |s: i64| {
+            Utc.timestamp_opt(1_800_000_000 + s, 0)
+                .single()
+                .expect("time")
+        };
+        assert!((since(at(0), None, at(3)) - 3.0).abs() < 1e-9);
+        // Scheduled: the wait starts when it is due.
+        assert!((since(at(0), Some(at(10)), at(12)) - 2.0).abs() < 1e-9);
+        // A run_at before the accept changes nothing; clocks that disagree give 0, not < 0.
+        assert!((since(at(5), Some(at(1)), at(6)) - 1.0).abs() < 1e-9);
+        assert_eq!(since(at(5), None, at(4)), 0.0);
+    }
+
+    #[test]
+    fn tenant_labels_are_bounded() {
+        let mine = tenant_label("metrics-test-tenant");
+        assert_eq!(mine, "metrics-test-tenant");
+        for i in 0..MAX_TENANT_LABELS + 5 {
+            let _ = tenant_label(&format!("flood-{i}"));
+        }
+        assert_eq!(tenant_label("metrics-test-latecomer"), "other");
+        // A tenant seen before the flood keeps its label.
+        assert_eq!(tenant_label("metrics-test-tenant"), "metrics-test-tenant");
+    }
 }

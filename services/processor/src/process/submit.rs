@@ -288,6 +288,18 @@ impl Processor {
             .with_label_values(&[env.priority.as_str()])
             .observe(d.lease.polled_at.elapsed().as_secs_f64());
         SLOT_WAIT.observe(waited.elapsed().as_secs_f64());
+        if a == 1 && g == 0 {
+            crate::metrics::QUEUE_WAIT
+                .with_label_values(&[
+                    env.priority.as_str(),
+                    &crate::metrics::tenant_label(env.tenant.as_str()),
+                ])
+                .observe(crate::metrics::since(
+                    env.submitted_at,
+                    env.run_at,
+                    chrono::Utc::now(),
+                ));
+        }
         let running = write_of(env, TaskState::Running, a, TaskState::Running.version(g, a));
         // A retry or a redrive comes from another partition than the task's cancels, possibly
         // on another instance: its RUNNING is a claim, awaited before the handler starts, so a

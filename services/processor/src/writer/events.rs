@@ -43,6 +43,7 @@ pub(super) fn enqueue_events(
             let ev = snapshot_event(task);
             if let Some(st) = TaskState::from_proto(ev.state()).filter(|s| s.is_terminal()) {
                 FINISHED.with_label_values(&[st.as_str()]).inc();
+                observe_completion(ev.task.as_ref(), st);
             }
             let key = ev.task_id.clone();
             let headers = event_headers(trace, &key);
@@ -57,6 +58,28 @@ pub(super) fn enqueue_events(
             }
         })
         .collect()
+}
+
+/// `dispatch_task_completion_seconds` of a terminal write.
+fn observe_completion(task: Option<&pb::Task>, st: TaskState) {
+    let Some(t) = task else { return };
+    let time =
+        |ts: Option<&dispatch_proto::Timestamp>| ts.and_then(dispatch_core::time::from_proto);
+    let (Some(created), Some(finished)) = (
+        time(t.created_at.as_ref()),
+        time(t.finished_at.as_ref()).or_else(|| time(t.updated_at.as_ref())),
+    ) else {
+        return;
+    };
+    let priority = dispatch_core::Priority::from_proto_i32(t.priority)
+        .map_or("default", dispatch_core::Priority::as_str);
+    crate::metrics::COMPLETION
+        .with_label_values(&[priority, st.as_str()])
+        .observe(crate::metrics::since(
+            created,
+            time(t.run_at.as_ref()),
+            finished,
+        ));
 }
 
 /// The fault build's choice of events to drop: one task in 50, by id.
