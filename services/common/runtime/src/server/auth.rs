@@ -1,6 +1,8 @@
 //! API-key authentication of gRPC callers: `[auth]` settings, tenant keys and admin keys with ids,
 //! digests compared in constant time, and the `mode = "none"` guard (loopback only unless
 //! explicitly allowed; a gauge and a periodic warning while it runs).
+//!
+//! (Over 400 lines because of its tests: the code ends where `mod tests` starts, near line 360.)
 
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
