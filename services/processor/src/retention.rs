@@ -170,11 +170,29 @@ impl Retention {
         let mut lock: Option<MySqlConnection> = None;
         while !self.stop.is_cancelled() {
             if lock.is_none() {
-                lock = self.try_lead().await;
+                lock = tokio::select! {
+                    l = self.try_lead() => l,
+                    () = self.stop.cancelled() => break,
+                };
             }
             if let Some(conn) = lock.as_mut() {
-                let dlq_retention = dlq.get(&self.settings, &self.kafka).await;
-                match self.round(conn, dlq_retention).await {
+                // Neither a Kafka nor a MySQL that does not answer holds up the processor's stop.
+                let dlq_retention = tokio::select! {
+                    r = dlq.get(&self.settings, &self.kafka) => r,
+                    () = self.stop.cancelled() => break,
+                };
+                let round = tokio::select! {
+                    r = self.round(conn, dlq_retention) => r,
+                    () = self.stop.cancelled() => {
+                        // Dropped mid-statement: the connection goes (its open batch rolls back
+                        // and the lock is released when the server ends the session).
+                        lock = None;
+                        LEADER.set(0);
+                        ROUNDS.with_label_values(&["interrupted"]).inc();
+                        break;
+                    }
+                };
+                match round {
                     Ok(r) if r.complete => {
                         ROUNDS.with_label_values(&["complete"]).inc();
                         LAST_ROUND.set(Utc::now().timestamp());
