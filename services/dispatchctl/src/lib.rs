@@ -4,8 +4,8 @@
 //!   config file ([`config`]), in that order.
 //! - [`client`]: connections and keys; gRPC statuses mapped to exit codes.
 //! - [`cmd`]: one module per command group: `submit`, `tasks` (get/watch/list/cancel), `dlq`
-//!   (list/show/redrive/purge), `ops` (pause/resume/stats), `outbox` (list/requeue), `migrate`,
-//!   `topics`.
+//!   (list/show/redrive/purge), `ops` (pause/resume/stats), `outbox` (list/requeue), `schedule`
+//!   (create/get/list/pause/resume/trigger/delete), `migrate`, `topics`.
 //! - [`output`]: human tables or `--output json`.
 //!
 //! Keys: task commands send `--api-key` (a tenant key); admin commands (`dlq`, `pause`, `resume`,
@@ -81,6 +81,9 @@ pub enum Command {
     Dlq(cmd::dlq::Args),
     /// The submit outbox: list rows, requeue dead ones (admin key).
     Outbox(cmd::outbox::Args),
+    /// Schedules: periodic tasks by cron expression or interval (create, get, list, pause, resume,
+    /// trigger, delete).
+    Schedule(cmd::schedule::Args),
     /// Pause consumption of a priority topic or a task type on every processor instance (admin key).
     Pause(cmd::ops::TargetArgs),
     /// Resume a paused priority topic or task type on every processor instance (admin key).
@@ -163,6 +166,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => cmd::tasks::cancel(task_id, key, reason, conn, out).await,
         Command::Dlq(a) => cmd::dlq::run(a, conn, out).await,
         Command::Outbox(a) => cmd::outbox::run(a, conn, out).await,
+        Command::Schedule(a) => cmd::schedule::run(a, conn, out).await,
         Command::Pause(t) => cmd::ops::pause(t, false, conn, out).await,
         Command::Resume(t) => cmd::ops::pause(t, true, conn, out).await,
         Command::Stats => cmd::ops::stats(conn, out).await,

@@ -30,10 +30,16 @@ use crate::settings::Settings;
 /// `dispatch_load_shed_total` too).
 pub const GRPC: Spec = Spec {
     label: metrics::SERVICE,
-    services: &[Rpcs {
-        service: dispatch_proto::v1::task_service_server::SERVICE_NAME,
-        methods: &crate::service::METHODS,
-    }],
+    services: &[
+        Rpcs {
+            service: dispatch_proto::v1::task_service_server::SERVICE_NAME,
+            methods: &crate::service::METHODS,
+        },
+        Rpcs {
+            service: dispatch_proto::v1::schedule_service_server::SERVICE_NAME,
+            methods: &crate::schedules::METHODS,
+        },
+    ],
 };
 
 /// A built gateway, bound but not yet serving.
@@ -221,10 +227,11 @@ impl App {
             ));
         }
 
+        let schedule_service = crate::schedules::server(&self.pool, s).await?;
         let task_service = TaskServiceServer::new(self.api.clone())
             .max_decoding_message_size(s.grpc.max_request_bytes);
         let token = shutdown.token().clone();
-        let routes = Routes::new(task_service);
+        let routes = Routes::new(task_service).add_service(schedule_service);
         let stop = async move { token.cancelled().await };
         let serve = self.grpc.on_shed(metrics::load_shed).serve(routes, stop);
         tokio::pin!(serve);

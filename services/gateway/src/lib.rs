@@ -15,6 +15,7 @@
 //! - [`limits`], [`shed`]: per-tenant and global token buckets; the in-flight bound.
 //! - [`probe`]: dependency probes behind gRPC health and `/readyz`.
 //! - [`recent`]: recent submits, so a cancel can route before the task is stored.
+//! - [`schedules`]: ScheduleService: a tenant's schedules (the processors fire them).
 //! - [`metrics`], [`error`]: the metric catalogue (circuit breakers: `dispatch_runtime::breaker`), the one
 //!   error-to-status mapping.
 //!
@@ -57,6 +58,7 @@ pub mod probe;
 pub mod producer;
 pub mod recent;
 pub mod relay;
+pub mod schedules;
 pub mod service;
 pub mod settings;
 pub mod shed;

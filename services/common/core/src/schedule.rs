@@ -475,7 +475,14 @@ pub fn check_template(
             "must be unset: each fire's key is derived from (schedule, fire time)",
         );
     }
-    if let Err(more) = parse_task_spec_with(prefix, tenant, spec.clone(), now, limits) {
+    // The rest as SubmitTask checks it (the fields above are reported once, above).
+    let rest = pb::TaskSpec {
+        run_at: None,
+        deadline: None,
+        idempotency_key: String::new(),
+        ..spec.clone()
+    };
+    if let Err(more) = parse_task_spec_with(prefix, tenant, rest, now, limits) {
         v.0.extend(more.0);
     }
     if v.is_empty() { Ok(()) } else { Err(v) }

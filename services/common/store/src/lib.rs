@@ -35,8 +35,8 @@ pub mod outbox_relay;
 pub mod pauses;
 pub mod pool;
 pub mod retention;
-pub mod schedules;
 pub mod scheduler;
+pub mod schedules;
 pub mod tasks;
 pub mod trace_context;
 

@@ -11,5 +11,6 @@ mod idempotency;
 mod outage;
 mod outbox;
 mod relay;
+mod schedules;
 mod submit;
 mod wedge;
