@@ -176,12 +176,13 @@ fn stats_counter(name: &str, help: &str) -> prometheus::IntCounterVec {
     )))
 }
 
-/// `dispatch_kafka_broker_rtt_seconds{service, client, broker, quantile}`.
+/// `dispatch_kafka_broker_rtt_seconds{service, client, broker, stat}` (`stat`, not `quantile`:
+/// a gauge with a `quantile` label reads as a broken summary to Prometheus tooling).
 static BROKER_RTT: std::sync::LazyLock<prometheus::GaugeVec> = std::sync::LazyLock::new(|| {
     stats_gauge(
         "dispatch_kafka_broker_rtt_seconds",
-        "Broker round-trip time seen by a client over librdkafka's last statistics window (quantile: 0.5, 0.99, or avg).",
-        &["service", "client", "broker", "quantile"],
+        "Broker round-trip time seen by a client over librdkafka's last statistics window (stat: p50, p99 or avg).",
+        &["service", "client", "broker", "stat"],
     )
 });
 /// `dispatch_kafka_broker_requests{service, client, broker, queue}`.
@@ -266,7 +267,7 @@ pub fn record_statistics(service: &str, json: &[u8]) {
     for b in s.brokers.values().filter(|b| b.nodeid >= 0) {
         let broker = b.nodename.as_str();
         if let Some(rtt) = &b.rtt {
-            for (q, v) in [("0.5", rtt.p50), ("0.99", rtt.p99), ("avg", rtt.avg)] {
+            for (q, v) in [("p50", rtt.p50), ("p99", rtt.p99), ("avg", rtt.avg)] {
                 BROKER_RTT
                     .with_label_values(&[service, client, broker, q])
                     .set(v as f64 / 1e6);
@@ -534,8 +535,8 @@ mod security_tests {
                 .with_label_values(&[labels[0], labels[1], labels[2], q])
                 .get()
         };
-        assert!((q("0.99") - 0.04).abs() < 1e-9);
-        assert!((q("0.5") - 0.0015).abs() < 1e-9);
+        assert!((q("p99") - 0.04).abs() < 1e-9);
+        assert!((q("p50") - 0.0015).abs() < 1e-9);
         assert_eq!(
             BROKER_REQUESTS
                 .with_label_values(&[labels[0], labels[1], labels[2], "outbuf"])
