@@ -542,10 +542,32 @@ fn item_error(i: usize, e: GatewayError) -> pb::ItemError {
                 })
                 .collect(),
         },
+        // The same message the unary RPC would send: a dependency's own error text (Kafka,
+        // sqlx) is logged by the conversion and never reaches the tenant.
         other => pb::ItemError {
             code,
-            message: other.to_string(),
+            message: tonic::Status::from(other).message().to_owned(),
             violations: Vec::new(),
         },
+    }
+}
+
+#[cfg(test)]
+mod item_error_tests {
+    use super::*;
+
+    #[test]
+    fn an_item_error_never_carries_a_dependencys_own_text() {
+        let detail = "error returned from database: Access denied for user 'dispatch'@'10.0.0.7'";
+        for e in [
+            GatewayError::StoreUnavailable(detail.into()),
+            GatewayError::Internal(detail.into()),
+        ] {
+            let code = e.code() as i32;
+            let item = item_error(3, e);
+            assert_eq!(item.code, code);
+            assert!(!item.message.contains("10.0.0.7"), "{}", item.message);
+            assert!(!item.message.is_empty());
+        }
     }
 }
