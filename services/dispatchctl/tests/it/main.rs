@@ -6,6 +6,7 @@ mod exit_codes;
 mod harness;
 mod help;
 mod outbox;
+mod schedule;
 mod snapshots;
 mod stats;
 mod tls;
