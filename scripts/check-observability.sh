@@ -12,6 +12,10 @@
 #                  processor that owns no partition exports no lag series, so all instances
 #                  count), and `promtool check metrics` must parse each body (lint findings are
 #                  warnings).
+#                  Then every Grafana panel's query is run on the local Prometheus
+#                  (PROMETHEUS_URL, default http://127.0.0.1:9090) over the last PANELS_WINDOW
+#                  (30m) and must return data, bar a commented allow-list
+#                  (scripts/check_panels_live.py).
 #   --strict-lint  with --live, lint findings of `promtool check metrics` fail too.
 #   LIVE_WAIT_S    how long a live check that misses names is retried (default 30 s).
 # Read-only and idempotent; exits non-zero on the first failing step's report.
@@ -99,5 +103,13 @@ until "${PY}" scripts/check_metric_names.py "${args[@]}"; do
 ' "${LIVE_WAIT_S:-30}"
     sleep 5
 done
+
+if [[ ${live} -eq 1 ]]; then
+    # Not only "the metric exists": every panel's query must return data on the local
+    # Prometheus (PROMETHEUS_URL, 127.0.0.1:9090) over the recent load (PANELS_WINDOW, 30m), with
+    # an explicit, commented list of panels allowed to be empty (scripts/check_panels_live.py).
+    step "every dashboard panel's query returns data on the live Prometheus"
+    "${PY}" scripts/check_panels_live.py --window "${PANELS_WINDOW:-30m}"
+fi
 
 printf '\ncheck-observability: all checks passed\n'
