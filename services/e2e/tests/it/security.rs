@@ -3,7 +3,7 @@
 //! until it has a row in [`call`].
 //!
 //! Every RPC is called with no key, malformed and wrong keys (UNAUTHENTICATED), and as another
-//! tenant: a tenant RPC hides the owner's task; an AdminService RPC answers PERMISSION_DENIED to
+//! tenant: a tenant RPC hides the owner's task (or schedule); an AdminService RPC answers PERMISSION_DENIED to
 //! any tenant key (the tenant's own or another's) and UNAUTHENTICATED to the rest, and serves
 //! both admin keys of a rotation in progress.
 
@@ -11,6 +11,7 @@ use dispatch_core::TaskId;
 use dispatch_e2e::{KEY_ACME, KEY_ADMIN, KEY_ADMIN_NEXT, KEY_GLOBEX, Stack};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::admin_service_client::AdminServiceClient;
+use dispatch_proto::v1::schedule_service_client::ScheduleServiceClient;
 use dispatch_proto::v1::task_query_service_client::TaskQueryServiceClient;
 use dispatch_proto::v1::task_service_client::TaskServiceClient;
 use prost::Message;
@@ -47,6 +48,9 @@ struct Fixture {
     task_id: String,
     business_key: String,
     idempotency_key: String,
+    /// `acme`'s schedule (paused, firing once a year) and its id.
+    schedule: String,
+    schedule_id: String,
 }
 
 /// One client per service.
@@ -54,6 +58,7 @@ struct Clients {
     tasks: TaskServiceClient<Channel>,
     queries: TaskQueryServiceClient<Channel>,
     admin: AdminServiceClient<Channel>,
+    schedules: ScheduleServiceClient<Channel>,
 }
 
 impl Clients {
@@ -62,6 +67,7 @@ impl Clients {
             tasks: stack.tasks().await?,
             queries: stack.queries().await?,
             admin: AdminServiceClient::new(dispatch_e2e::channel(stack.processor.addr).await?),
+            schedules: ScheduleServiceClient::new(dispatch_e2e::channel(stack.gateway.addr).await?),
         })
     }
 }
@@ -82,6 +88,26 @@ enum Answer {
     Listed(Vec<(String, String)>),
     Watched(Option<String>),
     Admin,
+    /// A schedule (its id) or a page of them.
+    Schedule(String),
+    Schedules(Vec<String>),
+    Triggered,
+    Deleted,
+}
+
+/// `name`, paused, firing once a year: a schedule that never fires during the test.
+fn schedule_spec(name: &str) -> pb::ScheduleSpec {
+    pb::ScheduleSpec {
+        name: name.into(),
+        timing: Some(pb::schedule_spec::Timing::Cron("0 0 0 1 1 *".into())),
+        template: Some(spec("noop", b"")),
+        paused: true,
+        ..Default::default()
+    }
+}
+
+fn schedule_id(s: Option<pb::Schedule>) -> Answer {
+    Answer::Schedule(s.map(|s| s.schedule_id).unwrap_or_default())
 }
 
 /// Every `service/method` of the `dispatch.v1` package, from the embedded descriptors.
@@ -118,6 +144,8 @@ async fn call(
     fx: &Fixture,
 ) -> Option<Result<Answer, Status>> {
     let (mut tasks, mut queries, mut admin) = (c.tasks.clone(), c.queries.clone(), c.admin.clone());
+    let mut schedules = c.schedules.clone();
+    let name = || fx.schedule.clone();
     let again = || pb::TaskSpec {
         business_key: fx.business_key.clone(),
         idempotency_key: fx.idempotency_key.clone(),
@@ -228,6 +256,48 @@ async fn call(
                 Err(s) => Err(s),
             }
         }
+        // The caller's own new schedule; every other RPC names acme's.
+        ("dispatch.v1.ScheduleService", "CreateSchedule") => schedules
+            .create_schedule(request(
+                pb::CreateScheduleRequest {
+                    schedule: Some(schedule_spec(&format!("{}-new", fx.schedule))),
+                },
+                auth,
+            ))
+            .await
+            .map(|r| schedule_id(r.into_inner().schedule)),
+        ("dispatch.v1.ScheduleService", "GetSchedule") => schedules
+            .get_schedule(request(pb::GetScheduleRequest { name: name() }, auth))
+            .await
+            .map(|r| schedule_id(r.into_inner().schedule)),
+        ("dispatch.v1.ScheduleService", "ListSchedules") => schedules
+            .list_schedules(request(pb::ListSchedulesRequest::default(), auth))
+            .await
+            .map(|r| {
+                Answer::Schedules(
+                    r.into_inner()
+                        .schedules
+                        .into_iter()
+                        .map(|s| s.schedule_id)
+                        .collect(),
+                )
+            }),
+        ("dispatch.v1.ScheduleService", "PauseSchedule") => schedules
+            .pause_schedule(request(pb::PauseScheduleRequest { name: name() }, auth))
+            .await
+            .map(|r| schedule_id(r.into_inner().schedule)),
+        ("dispatch.v1.ScheduleService", "ResumeSchedule") => schedules
+            .resume_schedule(request(pb::ResumeScheduleRequest { name: name() }, auth))
+            .await
+            .map(|r| schedule_id(r.into_inner().schedule)),
+        ("dispatch.v1.ScheduleService", "TriggerSchedule") => schedules
+            .trigger_schedule(request(pb::TriggerScheduleRequest { name: name() }, auth))
+            .await
+            .map(|_| Answer::Triggered),
+        ("dispatch.v1.ScheduleService", "DeleteSchedule") => schedules
+            .delete_schedule(request(pb::DeleteScheduleRequest { name: name() }, auth))
+            .await
+            .map(|_| Answer::Deleted),
         ("dispatch.v1.AdminService", m) => {
             let r = match m {
                 "ListDeadLetters" => admin
@@ -331,6 +401,17 @@ fn check_other_tenant(rpc: &str, fx: &Fixture, r: Result<Answer, Status>) -> Res
             Ok(())
         }
         ("CancelTask" | "GetTask" | "WatchTask", Err(s)) if s.code() == Code::NotFound => Ok(()),
+        // A schedule name is per tenant: another tenant creates its own, and never reaches
+        // acme's (the owner deleted it before DeleteSchedule's other-tenant call: NOT_FOUND too).
+        ("CreateSchedule", Ok(Answer::Schedule(id))) if !id.is_empty() && *id != fx.schedule_id => {
+            Ok(())
+        }
+        (
+            "GetSchedule" | "PauseSchedule" | "ResumeSchedule" | "TriggerSchedule"
+            | "DeleteSchedule",
+            Err(s),
+        ) if s.code() == Code::NotFound => Ok(()),
+        ("ListSchedules", Ok(Answer::Schedules(ids))) if !ids.contains(&fx.schedule_id) => Ok(()),
         ("BatchGetTasks", Ok(Answer::BatchGot { found, not_found }))
             if found.is_empty() && not_found == vec![fx.task_id.clone()] =>
         {
@@ -360,6 +441,14 @@ fn check_owner(rpc: &str, fx: &Fixture, r: Result<Answer, Status>) -> Result<(),
             *found == vec![fx.task_id.clone()] && not_found.is_empty()
         }
         ("ListTasks", Ok(Answer::Listed(tasks))) => tasks.iter().any(|(id, _)| *id == fx.task_id),
+        ("CreateSchedule", Ok(Answer::Schedule(id))) => !id.is_empty() && *id != fx.schedule_id,
+        ("GetSchedule" | "PauseSchedule" | "ResumeSchedule", Ok(Answer::Schedule(id))) => {
+            *id == fx.schedule_id
+        }
+        ("ListSchedules", Ok(Answer::Schedules(ids))) => ids.contains(&fx.schedule_id),
+        ("TriggerSchedule", Ok(Answer::Triggered)) | ("DeleteSchedule", Ok(Answer::Deleted)) => {
+            true
+        }
         _ => false,
     };
     if ok {
@@ -387,12 +476,29 @@ async fn every_rpc_rejects_bad_callers_and_hides_other_tenants() -> anyhow::Resu
         pb::TaskState::Succeeded,
     )
     .await?;
+    let clients = Clients::new(&stack).await?;
+    let schedule = format!("sec-{}", uuid::Uuid::now_v7().simple());
+    let created = clients
+        .schedules
+        .clone()
+        .create_schedule(request(
+            pb::CreateScheduleRequest {
+                schedule: Some(schedule_spec(&schedule)),
+            },
+            &Auth::bearer(KEY_ACME),
+        ))
+        .await?
+        .into_inner()
+        .schedule
+        .map(|s| s.schedule_id)
+        .unwrap_or_default();
     let fx = Fixture {
         task_id: accepted.task_id,
         business_key,
         idempotency_key,
+        schedule,
+        schedule_id: created,
     };
-    let clients = Clients::new(&stack).await?;
     let admin_served = admin_served(&clients).await;
     if !admin_served {
         // AdminService is being added to the processor; until it is served its rows are
