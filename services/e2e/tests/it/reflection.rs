@@ -134,22 +134,27 @@ async fn call_without_credentials(
 }
 
 async fn check(stack: &Stack) -> anyhow::Result<()> {
-    let servers = [
-        ("gateway", stack.gateway.addr, "dispatch.v1.TaskService"),
+    let servers: [(&str, _, &[&str]); 3] = [
+        (
+            "gateway",
+            stack.gateway.addr,
+            &["dispatch.v1.TaskService", "dispatch.v1.ScheduleService"],
+        ),
         (
             "processor",
             stack.processor.addr,
-            "dispatch.v1.AdminService",
+            &["dispatch.v1.AdminService"],
         ),
-        ("reader", stack.reader.addr, "dispatch.v1.TaskQueryService"),
+        (
+            "reader",
+            stack.reader.addr,
+            &["dispatch.v1.TaskQueryService"],
+        ),
     ];
     for (server, addr, own) in servers {
         let ch = channel(addr).await?;
-        let expected: BTreeSet<String> = ALWAYS
-            .iter()
-            .chain([&own])
-            .map(|s| (*s).to_owned())
-            .collect();
+        let expected: BTreeSet<String> =
+            ALWAYS.iter().chain(own).map(|s| (*s).to_owned()).collect();
         for version in [Version::V1, Version::V1alpha] {
             let listed = version.list(ch.clone()).await?;
             assert_eq!(listed, expected, "{server} over {version:?}");
