@@ -1,6 +1,7 @@
 //! Submit rate limits: a per-tenant and a global GCRA shared by every gateway replica through
 //! Redis (`dispatch_runtime::ratelimit`), so a tenant's quota does not grow with the replica
-//! count. While Redis cannot decide (not connected, breaker open, past `limits.redis_timeout_ms`)
+//! count. Each replica leases a few cells at a time (`limits.lease_ms`) and spends them without
+//! a Redis call until they run out or expire. While Redis cannot decide (not connected, breaker open, past `limits.redis_timeout_ms`)
 //! each replica falls back to local buckets of the limits divided by `limits.replicas`. A batch
 //! spends one cell per item, all or nothing.
 
@@ -57,6 +58,7 @@ pub fn config(s: &LimitSettings) -> LimiterConfig {
         replicas: s.replicas,
         shared: s.shared,
         redis_timeout: std::time::Duration::from_millis(s.redis_timeout_ms),
+        lease: std::time::Duration::from_millis(s.lease_ms),
         breaker: BreakerSettings::from_ms(
             s.breaker_failures,
             s.breaker_open_ms,

@@ -1,5 +1,6 @@
 //! Per-tenant read rate limits: a GCRA per tenant shared by every reader replica through Redis
-//! (`dispatch_runtime::ratelimit`, the gateway's limiter), falling back to local buckets of the
+//! (`dispatch_runtime::ratelimit`, the gateway's limiter; cells are leased a few at a time, see
+//! `limits.lease_ms`, so most reads make no Redis call), falling back to local buckets of the
 //! limit divided by `limits.replicas` while Redis cannot decide. GetTask, ListTasks and opening a
 //! WatchTask spend one cell, BatchGetTasks one per id; a refused read answers RESOURCE_EXHAUSTED
 //! with `retry-after-ms`.
@@ -67,6 +68,7 @@ pub fn config(s: &ReadLimitSettings) -> LimiterConfig {
         replicas: s.replicas,
         shared: s.shared,
         redis_timeout: Duration::from_millis(s.redis_timeout_ms),
+        lease: Duration::from_millis(s.lease_ms),
         breaker: BreakerSettings::from_ms(
             s.breaker_failures,
             s.breaker_open_ms,

@@ -60,6 +60,12 @@ pub struct ReadLimitSettings {
     /// Budget of one Redis decision; past it this read is decided locally and counts as a Redis
     /// failure.
     pub redis_timeout_ms: u64,
+    /// How long a replica may spend cells leased from Redis: one Redis call leases up to
+    /// `rate x lease_ms` cells (bounded by the burst) for this tenant, and requests spend them
+    /// without a Redis call until they run out or this long has passed (unused cells are then
+    /// dropped: slight under-admission, never more than the quota). 0: one Redis call per
+    /// request.
+    pub lease_ms: u64,
     /// Consecutive Redis failures that open the rate-limit breaker (decisions stay local while
     /// it is open).
     pub breaker_failures: u32,
@@ -77,6 +83,7 @@ impl Default for ReadLimitSettings {
             replicas: 1,
             shared: true,
             redis_timeout_ms: 5,
+            lease_ms: 20,
             breaker_failures: 5,
             breaker_open_ms: 1_000,
             breaker_max_open_ms: 30_000,

@@ -2,11 +2,38 @@
 //! tenant (and optionally one global) kept in Redis and decided by one Lua script, so a tenant's
 //! quota is the configured one however many replicas serve it.
 //!
-//! Each decision is one `EVALSHA` of [`SCRIPT`]: it reads the theoretical arrival time (TAT) of
-//! every bucket the request spends from, admits the request only if all of them have room (all or
-//! nothing; a batch of `n` spends `n` cells), writes the new TATs with a TTL that ends when the
-//! bucket is full again, and otherwise answers how long until it would fit. The clock is Redis'
-//! `TIME`, the same for every replica (a test may pass its own clock instead).
+//! Cells are leased: one `EVALSHA` of [`SCRIPT`] reads the theoretical arrival time (TAT) of
+//! every bucket a tenant's requests spend from and, when all of them have room for the request's
+//! `n` cells (all or nothing; a batch of `n` spends `n` cells), grants up to `want` cells
+//! (`rate x lease`, bounded by the burst; at least `n`) that are free in every bucket and debits
+//! them all from every bucket in that call (new TATs with a TTL that ends when the bucket is full
+//! again); otherwise it answers how long until `n` would fit. The clock is Redis' `TIME`, the same
+//! for every replica (a test may pass its own clock instead). The replica keeps the cells left
+//! over in a per-key lease and admits later requests from it under a short mutex, without an
+//! await, until the cells run out or `lease` has passed since the call was sent; cells unused by
+//! then are dropped. Only a request the lease cannot cover goes to Redis, and concurrent such
+//! requests for one key share one in-flight refill (singleflight): they wait for it, then spend
+//! from the new lease (or decide locally if it could not reach Redis). So a replica makes about
+//! one Redis call per key per `lease` at most rates, counted in
+//! `dispatch_rate_limit_redis_calls_total{service}`.
+//!
+//! Why this never admits more than the shared quota: every cell spent from a lease was debited
+//! from the shared bucket(s) when it was granted, so the cluster never spends more cells than
+//! the GCRA handed out; since a cell is spent within `lease` of its debit, the admissions in any
+//! window are at most the GCRA's allowance for that window widened by `lease` (no more than
+//! `rate x lease` cells above it, and never above burst + rate x elapsed counted from a
+//! tenant's first grant). With a global limit as
+//! well, the tenant's lease is debited from the tenant's and the global bucket in the same call
+//! (the smaller of their free cells), so each cell spent is one cell of both and a refusal debits
+//! neither; leasing the global bucket separately would let a replica hold global cells whose
+//! tenant cells it cannot get, and admit half a request. The price of leasing is bounded
+//! under-admission: cells unused at expiry are lost (at most one lease per key and replica per
+//! `lease`), and, with a global limit, global cells sit in several tenants' leases. To keep that
+//! small a lease is sized by demand: a fresh key asks for the cap (`rate x lease`), a lease that
+//! ran out asks for twice what it had, one that expired asks for a quarter more than was spent
+//! from it (a replica with little traffic for a tenant does not park that tenant's quota), and
+//! requests waiting on a refill add theirs. A refusal is remembered until its retry time (other
+//! replicas only spend, so `n` or more cells cannot fit sooner) and repeated without a call.
 //!
 //! Redis is on the request path, so it gets a small budget (`redis_timeout`) behind a
 //! [`Breaker`]: when Redis is not connected, the breaker is open, or the call fails or runs past
@@ -17,7 +44,7 @@
 //! `dispatch_rate_limit_rejected_total{service, scope, backend}`.
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -30,54 +57,72 @@ use redis::aio::ConnectionManager;
 use crate::breaker::{Breaker, BreakerSettings};
 use crate::settings::RedisSettings;
 
-/// The GCRA over every key in `KEYS` at once.
+/// The GCRA over every key in `KEYS` at once, granting a lease of cells.
 ///
-/// `ARGV[1]` = cells the request spends (`n`), `ARGV[2]` = the clock in microseconds, or empty
-/// for Redis `TIME`; then per key `i`: `ARGV[1 + 2i]` = emission interval in microseconds
-/// (`1e6 / rate`), `ARGV[2 + 2i]` = burst in cells.
+/// `ARGV[1]` = cells the request needs (`n`), `ARGV[2]` = cells wanted for the lease (`want`,
+/// at least `n`), `ARGV[3]` = the clock in microseconds, or empty for Redis `TIME`; then per key
+/// `i`: `ARGV[2 + 2i]` = emission interval in microseconds (`1e6 / rate`), `ARGV[3 + 2i]` = burst
+/// in cells.
 ///
-/// Answers `{1, 0, 0}` when admitted (every TAT advanced by `n` intervals), `{0, i, wait_us}` when
-/// key `i` (1-based; the one that needs the longest wait) has no room for `n` cells yet, and
-/// `{-1, i, 0}` when `n` exceeds key `i`'s burst (it never fits). Nothing is written unless the
-/// request is admitted. A key's TTL ends when its bucket is full again, so idle tenants cost no
+/// Answers `{1, 0, 0, granted}` when at least `n` cells are free in every key: `granted` is the
+/// smallest of `want` and every key's free cells, and every TAT is advanced by `granted`
+/// intervals (the whole lease is debited in this call). `{0, i, wait_us, 0}` when key `i`
+/// (1-based; the one that needs the longest wait) has no room for `n` cells yet, and
+/// `{-1, i, 0, 0}` when `n` exceeds key `i`'s burst (it never fits). Nothing is written unless
+/// cells are granted. A key's TTL ends when its bucket is full again, so idle tenants cost no
 /// memory; a missing key is a full bucket.
 pub const SCRIPT: &str = r"
 local n = tonumber(ARGV[1])
+local want = tonumber(ARGV[2])
+if want < n then
+  want = n
+end
 local now
-if ARGV[2] ~= '' then
-  now = tonumber(ARGV[2])
+if ARGV[3] ~= '' then
+  now = tonumber(ARGV[3])
 else
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local tats = {}
+local grant = want
 local worst, worst_i = 0, 0
 for i = 1, #KEYS do
-  local interval = tonumber(ARGV[1 + 2 * i])
-  local burst = tonumber(ARGV[2 + 2 * i])
+  local interval = tonumber(ARGV[2 + 2 * i])
+  local burst = tonumber(ARGV[3 + 2 * i])
   if n > burst then
-    return {-1, i, 0}
+    return {-1, i, 0, 0}
   end
   local tat = tonumber(redis.call('GET', KEYS[i]) or 0) or 0
   if tat < now then
     tat = now
   end
-  local new_tat = tat + n * interval
-  local wait = new_tat - burst * interval - now
+  local free = math.ceil((burst * interval + now - tat + 1) / interval) - 1
+  if free > burst then
+    free = burst
+  end
+  if free < grant then
+    grant = free
+  end
+  local wait = tat + n * interval - burst * interval - now
   if wait >= 1 and wait > worst then
     worst = wait
     worst_i = i
   end
-  tats[i] = new_tat
+  tats[i] = tat
 end
 if worst_i > 0 then
-  return {0, worst_i, math.ceil(worst)}
+  return {0, worst_i, math.ceil(worst), 0}
+end
+if grant < n then
+  grant = n
 end
 for i = 1, #KEYS do
-  local ttl_ms = math.ceil((tats[i] - now) / 1000) + 1
-  redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', ttl_ms)
+  local new_tat = tats[i] + grant * tonumber(ARGV[2 + 2 * i])
+  local ttl_ms = math.ceil((new_tat - now) / 1000) + 1
+  redis.call('SET', KEYS[i], string.format('%.0f', new_tat), 'PX', ttl_ms)
 end
-return {1, 0, 0}
+return {1, 0, 0, grant}
 ";
 
 /// `dispatch_rate_limit_backend{service, backend}`.
@@ -119,6 +164,21 @@ static REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
                 "Requests refused by a rate limit (scope: tenant, global; backend: redis, local).",
             ),
             &["service", "scope", "backend"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
+/// `dispatch_rate_limit_redis_calls_total{service}`.
+static CALLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    crate::metrics::register(
+        IntCounterVec::new(
+            Opts::new(
+                "dispatch_rate_limit_redis_calls_total",
+                "Lease calls of the shared rate limiter to Redis (one script call each; requests \
+                 covered by a replica's lease make none).",
+            ),
+            &["service"],
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
     )
@@ -186,6 +246,9 @@ pub struct LimiterConfig {
     pub shared: bool,
     /// Budget of one Redis decision; past it the decision is made locally.
     pub redis_timeout: Duration,
+    /// How long a replica may spend the cells leased from Redis in one call (at most `rate x
+    /// lease` cells per lease; zero: every request asks Redis for exactly its own cells).
+    pub lease: Duration,
     /// The breaker in front of Redis (`dispatch_circuit_breaker_open{service, breaker="ratelimit"}`).
     pub breaker: BreakerSettings,
 }
@@ -259,8 +322,12 @@ impl Backend {
 /// Per-instance decision counts (tests, benchmarks).
 #[derive(Debug, Default)]
 pub struct LimiterStats {
-    /// Decisions made by Redis.
+    /// Decisions made on the shared quota: by a Redis call or from a lease it granted.
     pub redis: AtomicU64,
+    /// Script calls to Redis (`dispatch_rate_limit_redis_calls_total`).
+    pub redis_calls: AtomicU64,
+    /// Decisions made from a lease (or a remembered refusal) without calling Redis.
+    pub leased: AtomicU64,
     /// Decisions made locally because Redis could not decide.
     pub fallback: AtomicU64,
 }
@@ -285,6 +352,91 @@ struct Local {
     clock: DefaultClock,
 }
 
+/// What the last refill of a lease came to (read by the requests that waited for it).
+#[derive(Debug, Clone, Copy)]
+enum Refill {
+    Granted,
+    Refused,
+    Failed(&'static str),
+}
+
+/// One key's lease (a tenant's, or the global bucket's when only that limit is on): cells
+/// already debited from the shared bucket(s), spendable here until `expires`.
+#[derive(Debug, Default)]
+struct LeaseState {
+    /// Cells left.
+    cells: u32,
+    /// When the cells left are dropped (`None`: never leased).
+    expires: Option<Instant>,
+    /// Cells the last lease granted.
+    granted: u32,
+    /// Cells spent from the last lease.
+    used: u32,
+    /// Bumped by every refill; a request that waited for one reads its outcome in `last`.
+    epoch: u64,
+    last: Option<Refill>,
+    /// The last refusal: `n` cells do not fit before `until` (other replicas only spend, so
+    /// `n` or more cells are refused here until then without asking Redis).
+    refused: Option<(u32, Instant, &'static str)>,
+}
+
+impl LeaseState {
+    /// Spends `n` cells of an unexpired lease, or repeats a refusal still in force.
+    fn try_local(&mut self, n: u32, now: Instant, max_n: u32) -> Option<Result<(), Limited>> {
+        if self.cells >= n && self.expires.is_some_and(|e| now < e) {
+            self.cells -= n;
+            self.used = self.used.saturating_add(n);
+            return Some(Ok(()));
+        }
+        match self.refused {
+            Some((at_least, until, scope)) if now < until && n >= at_least && n <= max_n => {
+                Some(Err(limited(scope, until - now, false)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Counts a request's cells in [`Slot::waiting`] while it waits for the refill, including when
+/// the request is dropped while waiting.
+struct Waiting<'a>(&'a AtomicU32, u32);
+
+impl<'a> Waiting<'a> {
+    fn new(counter: &'a AtomicU32, n: u32) -> Self {
+        counter.fetch_add(n, Ordering::AcqRel);
+        Self(counter, n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::AcqRel);
+    }
+}
+
+/// A key's lease and its single in-flight refill.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<LeaseState>,
+    /// Held across the refill's Redis call: concurrent requests that the lease cannot cover
+    /// wait for it and then spend from the new lease (singleflight per key).
+    refill: tokio::sync::Mutex<()>,
+    /// Cells wanted by requests waiting for the refill (added to the lease asked for).
+    waiting: AtomicU32,
+}
+
+impl Slot {
+    fn idle(self: &Arc<Self>, now: Instant) -> bool {
+        let st = self.state.lock();
+        Arc::strong_count(self) == 1
+            && st.expires.is_none_or(|e| now >= e)
+            && st.refused.is_none_or(|(_, until, _)| now >= until)
+    }
+}
+
+/// Slots are pruned (idle ones dropped) when the map grows past this many.
+const SLOTS_PRUNE_AT: usize = 1_024;
+
 /// A per-tenant (and global) rate limiter shared through Redis, with a local fallback. Cheap to
 /// share behind an `Arc`.
 pub struct SharedLimiter {
@@ -293,6 +445,13 @@ pub struct SharedLimiter {
     local: Local,
     last: AtomicU8,
     stats: LimiterStats,
+    slots: RwLock<std::collections::HashMap<String, Arc<Slot>>>,
+    prune_at: AtomicUsize,
+    /// The largest lease asked for: `ceil(rate x lease)` of the smallest such among the limits,
+    /// at most their smallest burst, at least 1.
+    lease_cap: u32,
+    /// The smallest burst among the limits (a larger request never fits).
+    max_n: u32,
 }
 
 const LAST_NONE: u8 = 0;
@@ -329,6 +488,18 @@ impl SharedLimiter {
         for b in ["redis", "local"] {
             BACKEND.with_label_values(&[cfg.service, b]).set(0);
         }
+        let _ = CALLS.with_label_values(&[cfg.service]);
+        let rates = || cfg.tenant.into_iter().chain(cfg.global);
+        let max_n = rates().map(|r| r.burst).min().unwrap_or(u32::MAX);
+        let lease_cap = rates()
+            .map(|r| {
+                let cells = (f64::from(r.per_second) * cfg.lease.as_secs_f64()).ceil();
+                // Saturating float-to-int conversion, then bounded by the burst.
+                (cells as u32).min(r.burst)
+            })
+            .min()
+            .unwrap_or(1)
+            .max(1);
         for r in FALLBACK_REASONS {
             let _ = FALLBACK.with_label_values(&[cfg.service, r]);
         }
@@ -344,6 +515,10 @@ impl SharedLimiter {
             local,
             last: AtomicU8::new(LAST_NONE),
             stats: LimiterStats::default(),
+            slots: RwLock::new(std::collections::HashMap::new()),
+            prune_at: AtomicUsize::new(SLOTS_PRUNE_AT),
+            lease_cap,
+            max_n,
         }
     }
 
@@ -403,7 +578,7 @@ impl SharedLimiter {
             return Ok(Backend::Local);
         }
         let (backend, outcome) = match self.redis.as_ref() {
-            Some(shared) => match self.decide_in_redis(shared, tenant, n).await {
+            Some(shared) => match self.decide_shared(shared, tenant, n).await {
                 Ok(outcome) => (Backend::Redis, outcome),
                 Err(reason) => {
                     FALLBACK
@@ -451,13 +626,127 @@ impl SharedLimiter {
         }
     }
 
-    /// One script call; `Err(reason)` when Redis could not decide.
-    async fn decide_in_redis(
+    /// A decision on the shared quota: from the key's lease when it covers `n` (no await), else
+    /// after the key's one in-flight refill (joined if another request started it, else started
+    /// here); `Err(reason)` when Redis could not decide.
+    async fn decide_shared(
         &self,
         shared: &Arc<Shared>,
         tenant: &str,
         n: u32,
     ) -> Result<Result<(), Limited>, &'static str> {
+        // Both buckets are leased together (one lease per tenant, or of the global bucket alone
+        // when there is no tenant limit): every cell spent here was debited from both.
+        let key = if self.cfg.tenant.is_some() {
+            tenant
+        } else {
+            ""
+        };
+        if let Some(slot) = self.slots.read().get(key) {
+            let decided = slot.state.lock().try_local(n, Instant::now(), self.max_n);
+            if let Some(decided) = decided {
+                self.stats.leased.fetch_add(1, Ordering::Relaxed);
+                self.stats.redis.fetch_add(1, Ordering::Relaxed);
+                return Ok(decided);
+            }
+        }
+        let slot = self.slot(key);
+        let seen = slot.state.lock().epoch;
+        let waiting = Waiting::new(&slot.waiting, n);
+        let flight = slot.refill.lock().await;
+        drop(waiting);
+        let others = slot.waiting.load(Ordering::Acquire);
+        let want = {
+            let mut st = slot.state.lock();
+            let now = Instant::now();
+            if let Some(decided) = st.try_local(n, now, self.max_n) {
+                drop(st);
+                drop(flight);
+                self.stats.leased.fetch_add(1, Ordering::Relaxed);
+                self.stats.redis.fetch_add(1, Ordering::Relaxed);
+                return Ok(decided);
+            }
+            if st.epoch != seen
+                && let Some(Refill::Failed(reason)) = st.last
+            {
+                // The refill this request waited for could not reach Redis: decide locally
+                // rather than queue one more call behind a failing one.
+                return Err(reason);
+            }
+            self.lease_size(&st, n, others, now)
+        };
+        let sent = Instant::now();
+        let answer = self.lease_from_redis(shared, tenant, n, want).await;
+        let mut st = slot.state.lock();
+        st.epoch += 1;
+        match answer {
+            Ok(Ok(granted)) => {
+                st.last = Some(Refill::Granted);
+                st.refused = None;
+                st.granted = granted;
+                st.used = n;
+                // Unused cells of the previous lease (fewer than `n`) are dropped with it.
+                st.cells = granted.saturating_sub(n);
+                st.expires = Some(sent + self.cfg.lease);
+                Ok(Ok(()))
+            }
+            Ok(Err(l)) => {
+                st.last = Some(Refill::Refused);
+                if !l.too_large {
+                    // Measured from before the call, so it never outlasts Redis' own wait.
+                    st.refused = Some((n, sent + l.retry_after, l.scope));
+                }
+                Ok(Err(l))
+            }
+            Err(reason) => {
+                st.last = Some(Refill::Failed(reason));
+                Err(reason)
+            }
+        }
+    }
+
+    /// The key's slot, made on first use (idle slots are pruned when the map grows).
+    fn slot(&self, key: &str) -> Arc<Slot> {
+        if let Some(slot) = self.slots.read().get(key) {
+            return Arc::clone(slot);
+        }
+        let mut slots = self.slots.write();
+        if slots.len() >= self.prune_at.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            slots.retain(|_, s| !s.idle(now));
+            self.prune_at
+                .store((slots.len() * 2).max(SLOTS_PRUNE_AT), Ordering::Relaxed);
+        }
+        Arc::clone(slots.entry(key.to_owned()).or_default())
+    }
+
+    /// Cells to ask for: at least `n` plus what waiting requests want, else sized by the
+    /// previous lease (a fresh key asks for the cap; a lease that ran out asks for twice as
+    /// many; one that expired unused asks for a quarter more than was spent from it, so a
+    /// replica with little traffic for the key does not park the key's quota in leases that
+    /// expire), never above the cap unless `n` is.
+    fn lease_size(&self, st: &LeaseState, n: u32, others: u32, now: Instant) -> u32 {
+        if self.cfg.lease.is_zero() {
+            return n;
+        }
+        let cap = self.lease_cap;
+        let sized = match st.expires {
+            None => cap,
+            Some(e) if now >= e => st.used.saturating_add(st.used / 4 + 1),
+            Some(_) => st.granted.saturating_mul(2),
+        };
+        sized.max(n.saturating_add(others)).clamp(1, cap).max(n)
+    }
+
+    /// One script call leasing up to `want` cells; `Ok(Ok(granted))` with `granted >= n`, and
+    /// `Err(reason)` when Redis could not decide.
+    async fn lease_from_redis(
+        &self,
+        shared: &Arc<Shared>,
+        tenant: &str,
+        n: u32,
+        want: u32,
+    ) -> Result<Result<u32, Limited>, &'static str> {
         let Some(mut conn) = shared.conn.read().clone() else {
             Self::connect_in_background(shared);
             return Err("unconnected");
@@ -475,16 +764,18 @@ impl SharedLimiter {
             inv.key(&shared.global_key);
             scopes.push(("global", r));
         }
-        inv.arg(n).arg("");
+        inv.arg(n).arg(want).arg("");
         for (_, r) in &scopes {
             inv.arg(r.interval_us()).arg(r.burst);
         }
-        let call = inv.invoke_async::<(i64, i64, i64)>(&mut conn);
+        CALLS.with_label_values(&[self.cfg.service]).inc();
+        self.stats.redis_calls.fetch_add(1, Ordering::Relaxed);
+        let call = inv.invoke_async::<(i64, i64, i64, i64)>(&mut conn);
         match tokio::time::timeout(self.cfg.redis_timeout, call).await {
             Ok(Ok(answer)) => {
                 shared.breaker.success();
                 self.stats.redis.fetch_add(1, Ordering::Relaxed);
-                Ok(interpret(answer, &scopes))
+                Ok(interpret(answer, &scopes).map(|granted| granted.max(n)))
             }
             Ok(Err(e)) => {
                 shared.breaker.failure();
@@ -569,17 +860,17 @@ fn limited(scope: &'static str, retry_after: Duration, too_large: bool) -> Limit
     }
 }
 
-/// Maps the script's answer to a decision.
+/// Maps the script's answer to a decision: the cells granted, or the refusal.
 fn interpret(
-    (code, index, wait_us): (i64, i64, i64),
+    (code, index, wait_us, granted): (i64, i64, i64, i64),
     scopes: &[(&'static str, Rate)],
-) -> Result<(), Limited> {
+) -> Result<u32, Limited> {
     let scope = usize::try_from(index - 1)
         .ok()
         .and_then(|i| scopes.get(i))
         .map_or("tenant", |(s, _)| *s);
     match code {
-        1 => Ok(()),
+        1 => Ok(u32::try_from(granted).unwrap_or(0)),
         0 => Err(limited(
             scope,
             Duration::from_micros(u64::try_from(wait_us).unwrap_or(0).max(1)),
@@ -602,6 +893,7 @@ mod tests {
             replicas,
             shared: true,
             redis_timeout: Duration::from_millis(5),
+            lease: Duration::from_millis(20),
             breaker: BreakerSettings::from_ms(1, 1_000, 1_000),
         }
     }
@@ -655,18 +947,18 @@ mod tests {
             ("tenant", Rate::new(1, 1).expect("on")),
             ("global", Rate::new(1, 1).expect("on")),
         ];
-        assert_eq!(interpret((1, 0, 0), &scopes), Ok(()));
+        assert_eq!(interpret((1, 0, 0, 7), &scopes), Ok(7));
         assert_eq!(
-            interpret((0, 2, 1_500), &scopes),
+            interpret((0, 2, 1_500, 0), &scopes),
             Err(limited("global", Duration::from_micros(1_500), false))
         );
         assert_eq!(
-            interpret((0, 1, 0), &scopes),
+            interpret((0, 1, 0, 0), &scopes),
             Err(limited("tenant", Duration::from_micros(1), false)),
             "a retry hint is never zero"
         );
         assert_eq!(
-            interpret((-1, 1, 0), &scopes),
+            interpret((-1, 1, 0, 0), &scopes),
             Err(limited("tenant", Duration::from_secs(1), true))
         );
     }
@@ -691,6 +983,100 @@ mod tests {
             0,
             "no redis configured is not a fallback"
         );
+    }
+
+    #[test]
+    fn a_lease_is_spent_until_it_runs_out_or_expires_and_a_refusal_is_remembered() {
+        let t0 = Instant::now();
+        let mut st = LeaseState {
+            cells: 3,
+            expires: Some(t0 + Duration::from_millis(20)),
+            granted: 4,
+            used: 1,
+            ..LeaseState::default()
+        };
+        assert_eq!(st.try_local(2, t0, 10), Some(Ok(())));
+        assert_eq!(st.try_local(2, t0, 10), None, "one cell left");
+        assert_eq!(st.try_local(1, t0, 10), Some(Ok(())));
+        assert_eq!((st.cells, st.used), (0, 4));
+        st.cells = 5;
+        assert_eq!(
+            st.try_local(1, t0 + Duration::from_millis(20), 10),
+            None,
+            "unused cells are dropped at expiry"
+        );
+        st.refused = Some((2, t0 + Duration::from_millis(100), "tenant"));
+        st.cells = 0;
+        let e = st
+            .try_local(3, t0 + Duration::from_millis(40), 10)
+            .expect("remembered")
+            .expect_err("refused");
+        assert_eq!(e.retry_after, Duration::from_millis(60));
+        assert_eq!(
+            st.try_local(1, t0, 10),
+            None,
+            "fewer cells than refused may fit"
+        );
+        assert_eq!(
+            st.try_local(11, t0, 10),
+            None,
+            "above the burst: asked (never fits)"
+        );
+        assert_eq!(st.try_local(2, t0 + Duration::from_millis(100), 10), None);
+    }
+
+    #[test]
+    fn leases_are_sized_by_rate_and_demand_within_the_cap() {
+        let mut c = cfg(Rate::new(1_000, 500), Rate::new(10_000, 100), 1);
+        c.lease = Duration::from_millis(200);
+        let l = SharedLimiter::new(c.clone(), None);
+        assert_eq!(
+            l.lease_cap, 100,
+            "tenant 200 cells, bounded by the global burst"
+        );
+        assert_eq!(l.max_n, 100);
+        let now = Instant::now();
+        let fresh = LeaseState::default();
+        assert_eq!(
+            l.lease_size(&fresh, 1, 0, now),
+            100,
+            "a fresh key asks for the cap"
+        );
+        assert_eq!(l.lease_size(&fresh, 100, 0, now), 100);
+        let ran_out = LeaseState {
+            granted: 8,
+            expires: Some(now + Duration::from_secs(1)),
+            ..LeaseState::default()
+        };
+        assert_eq!(
+            l.lease_size(&ran_out, 1, 0, now),
+            16,
+            "ran out: twice as many"
+        );
+        let expired = LeaseState {
+            granted: 100,
+            used: 4,
+            expires: Some(now),
+            ..LeaseState::default()
+        };
+        assert_eq!(
+            l.lease_size(&expired, 1, 0, now),
+            6,
+            "spent 4: a quarter more, plus one"
+        );
+        assert_eq!(
+            l.lease_size(&expired, 1, 30, now),
+            31,
+            "and what waiters want"
+        );
+        assert_eq!(
+            l.lease_size(&expired, 1, 300, now),
+            100,
+            "never above the cap"
+        );
+        c.lease = Duration::ZERO;
+        let l = SharedLimiter::new(c, None);
+        assert_eq!(l.lease_size(&fresh, 3, 50, now), 3, "no lease: exactly n");
     }
 
     #[tokio::test]

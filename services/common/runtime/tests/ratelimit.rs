@@ -1,7 +1,8 @@
 //! The shared rate limiter against the real Redis of the local stack (`DISPATCH_TEST_REDIS`,
-//! deploy/local/env.sh): the GCRA script's arithmetic under a clock the test drives, two limiters
-//! (two replicas) sharing one tenant quota, and the local fallback (limit / replicas) while Redis
-//! is unreachable, with recovery once it answers again. Every test uses its own key prefix.
+//! deploy/local/env.sh): the GCRA script's arithmetic (and its leases) under a clock the test
+//! drives, two limiters (two replicas) sharing one tenant quota, leases sparing Redis calls (and
+//! one refill for many concurrent requests), and the local fallback (limit / replicas) while
+//! Redis is unreachable, with recovery once it answers again. Every test uses its own key prefix.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,6 +48,7 @@ fn config(service: &'static str, tenant: Rate, replicas: u32, budget: Duration) 
         replicas,
         shared: true,
         redis_timeout: budget,
+        lease: Duration::from_millis(100),
         breaker: BreakerSettings::from_ms(1, 50, 200),
     }
 }
@@ -59,7 +61,7 @@ async fn conn() -> redis::aio::MultiplexedConnection {
         .expect("redis of the local stack (deploy/local/stack.sh up)")
 }
 
-/// One script call with the test's clock: `(code, index, wait_us)`.
+/// One script call with the test's clock asking for exactly `n` cells: `(code, index, wait_us)`.
 async fn gcra(
     c: &mut redis::aio::MultiplexedConnection,
     keys: &[&str],
@@ -67,12 +69,27 @@ async fn gcra(
     now_us: u64,
     rates: &[(f64, u32)],
 ) -> (i64, i64, i64) {
+    let (code, index, wait, granted) = lease(c, keys, n, n, now_us, rates).await;
+    assert_eq!(granted, if code == 1 { i64::from(n) } else { 0 });
+    (code, index, wait)
+}
+
+/// One script call with the test's clock leasing up to `want` cells, at least `n`:
+/// `(code, index, wait_us, granted)`.
+async fn lease(
+    c: &mut redis::aio::MultiplexedConnection,
+    keys: &[&str],
+    n: u32,
+    want: u32,
+    now_us: u64,
+    rates: &[(f64, u32)],
+) -> (i64, i64, i64, i64) {
     let script = redis::Script::new(SCRIPT);
     let mut inv = script.prepare_invoke();
     for k in keys {
         inv.key(*k);
     }
-    inv.arg(n).arg(now_us);
+    inv.arg(n).arg(want).arg(now_us);
     for (interval, burst) in rates {
         inv.arg(*interval).arg(*burst);
     }
@@ -150,6 +167,98 @@ async fn the_script_is_a_gcra_all_or_nothing_across_keys() {
         .expect("del");
 }
 
+#[tokio::test]
+async fn the_script_leases_up_to_the_free_cells_and_debits_them_all() {
+    let mut c = conn().await;
+    let p = unique_prefix("lease");
+    let (tenant, global) = (format!("{p}tenant"), format!("{p}global"));
+    let t0: u64 = 2_000_000_000_000;
+    // 10/s (one cell every 100 ms), burst 8.
+    let rate = [(100_000.0, 8)];
+
+    assert_eq!(
+        lease(&mut c, &[&tenant], 1, 5, t0, &rate).await,
+        (1, 0, 0, 5),
+        "a full bucket grants the whole lease asked for"
+    );
+    assert_eq!(
+        lease(&mut c, &[&tenant], 1, 5, t0, &rate).await,
+        (1, 0, 0, 3),
+        "the lease was debited: three cells left, all granted"
+    );
+    assert_eq!(
+        lease(&mut c, &[&tenant], 1, 5, t0, &rate).await,
+        (0, 1, 100_000, 0),
+        "nothing left: refused with the wait for n cells"
+    );
+    assert_eq!(
+        lease(&mut c, &[&tenant], 2, 5, t0 + 250_000, &rate).await,
+        (1, 0, 0, 2),
+        "250 ms later two cells are free: granted, fewer than wanted"
+    );
+    assert_eq!(
+        lease(&mut c, &[&tenant], 3, 5, t0 + 250_000, &rate).await,
+        (0, 1, 250_000, 0),
+        "n larger than the free cells: refused, nothing granted"
+    );
+    assert_eq!(
+        lease(&mut c, &[&tenant], 9, 9, t0 + 10_000_000, &rate).await,
+        (-1, 1, 0, 0),
+        "n above the burst never fits"
+    );
+    let tat: String = redis::cmd("GET")
+        .arg(&tenant)
+        .query_async(&mut c)
+        .await
+        .expect("get");
+    assert_eq!(
+        tat,
+        (t0 + 1_000_000).to_string(),
+        "10 cells debited from t0: the TAT is 10 intervals later"
+    );
+
+    // Tenant (burst 8, full again later) and global (burst 4) leased together: the grant is the
+    // smaller of the free cells, debited from both.
+    let t1 = t0 + 60_000_000;
+    let global_rate = (100_000.0, 4);
+    assert_eq!(
+        lease(
+            &mut c,
+            &[&tenant, &global],
+            1,
+            6,
+            t1,
+            &[rate[0], global_rate]
+        )
+        .await,
+        (1, 0, 0, 4)
+    );
+    assert_eq!(
+        lease(
+            &mut c,
+            &[&tenant, &global],
+            1,
+            6,
+            t1,
+            &[rate[0], global_rate]
+        )
+        .await,
+        (0, 2, 100_000, 0),
+        "the global bucket is empty"
+    );
+    assert_eq!(
+        lease(&mut c, &[&tenant], 1, 8, t1, &rate).await,
+        (1, 0, 0, 4),
+        "the tenant bucket lost the same four cells"
+    );
+
+    let _: () = redis::cmd("DEL")
+        .arg(&[&tenant, &global])
+        .query_async(&mut c)
+        .await
+        .expect("del");
+}
+
 /// Hammers `limiter` for `tenant` until `until`, counting admissions.
 async fn hammer(limiter: Arc<SharedLimiter>, tenant: &'static str, until: Instant) -> u64 {
     let mut admitted = 0;
@@ -212,6 +321,86 @@ async fn two_replicas_never_admit_more_than_one_quota() {
         "the quota is used, not starved: {admitted} of {bound:.0}"
     );
     assert!(x > 0 && y > 0, "both replicas admitted some ({x}, {y})");
+}
+
+/// A limiter on the local stack's Redis, connected (its first decisions already shared).
+async fn connected(
+    service: &'static str,
+    test: &str,
+    rate: Rate,
+    lease: Duration,
+) -> SharedLimiter {
+    let settings = redis_settings(redis_url(), &unique_prefix(test));
+    let mut cfg = config(service, rate, 1, Duration::from_millis(500));
+    cfg.lease = lease;
+    let l = SharedLimiter::new(cfg, Some(&settings));
+    l.connect().await;
+    dispatch_await(Duration::from_secs(5), "limiter connected", || async {
+        l.check("warm-up", 1).await == Ok(Backend::Redis)
+    })
+    .await;
+    l
+}
+
+#[tokio::test]
+async fn a_lease_spares_redis_calls_for_admits_under_the_rate() {
+    const SVC: &str = "rl-test-calls";
+    // 2000/s: a 100 ms lease is at most 200 cells.
+    let rate = Rate::new(2_000, 2_000).expect("rate");
+    let l = connected(SVC, "calls", rate, Duration::from_millis(100)).await;
+    let calls = || l.stats().redis_calls.load(Ordering::Relaxed);
+    let (before, metric_before) = (
+        calls(),
+        metric("dispatch_rate_limit_redis_calls_total", &[("service", SVC)]),
+    );
+    const N: u64 = 400;
+    // About 1000 admits a second, half the rate.
+    let mut pace = tokio::time::interval(Duration::from_millis(1));
+    for i in 0..N {
+        pace.tick().await;
+        assert_eq!(l.check("acme", 1).await, Ok(Backend::Redis), "admit {i}");
+    }
+    let made = calls() - before;
+    assert!(
+        (1..=N / 10).contains(&made),
+        "{N} admits made {made} redis calls"
+    );
+    assert_eq!(
+        metric("dispatch_rate_limit_redis_calls_total", &[("service", SVC)]) - metric_before,
+        made as f64,
+        "every call is counted in the metric"
+    );
+    assert!(l.stats().leased.load(Ordering::Relaxed) >= N - made);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_an_empty_lease_share_one_refill() {
+    // 10000/s: a 100 ms lease covers 1000 cells, more than the requests below.
+    let rate = Rate::new(10_000, 10_000).expect("rate");
+    let l = Arc::new(connected("rl-test-flight", "flight", rate, Duration::from_millis(100)).await);
+    let before = l.stats().redis_calls.load(Ordering::Relaxed);
+    const REQUESTS: usize = 200;
+    let start = Arc::new(tokio::sync::Barrier::new(REQUESTS));
+    let mut set = JoinSet::new();
+    for _ in 0..REQUESTS {
+        let (l, start) = (Arc::clone(&l), Arc::clone(&start));
+        set.spawn(async move {
+            start.wait().await;
+            l.check("acme", 1).await
+        });
+    }
+    let mut admitted = 0;
+    while let Some(r) = set.join_next().await {
+        if r.expect("task") == Ok(Backend::Redis) {
+            admitted += 1;
+        }
+    }
+    assert_eq!(
+        l.stats().redis_calls.load(Ordering::Relaxed) - before,
+        1,
+        "{REQUESTS} concurrent requests on an empty lease: one refill"
+    );
+    assert_eq!(admitted, REQUESTS, "all admitted from that one lease");
 }
 
 /// Polls `cond` every 10 ms until it holds, or fails after `timeout`.
