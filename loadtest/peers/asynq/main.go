@@ -22,6 +22,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +43,32 @@ type report struct {
 	Seconds     float64 `json:"seconds"`
 	TasksPerS   float64 `json:"tasks_per_s"`
 	Errors      int64   `json:"enqueue_errors"`
+	// Busy CPU seconds of the whole machine (every process and the kernel, /proc/stat) over the
+	// timed phase only; 0 where /proc/stat cannot be read.
+	MachineCPU float64 `json:"machine_cpu_s"`
+}
+
+// machineCPU is the machine's busy CPU time so far in seconds (USER_HZ ticks of /proc/stat's
+// first line, less idle and iowait).
+func machineCPU() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line := strings.SplitN(string(b), "\n", 2)[0]
+	var busy, total float64
+	for i, f := range strings.Fields(line)[1:] {
+		v, err := strconv.ParseFloat(f, 64)
+		if err != nil || i >= 8 {
+			break
+		}
+		total += v
+		if i == 3 || i == 4 {
+			busy -= v
+		}
+	}
+	busy += total
+	return busy / 100
 }
 
 func main() {
@@ -130,14 +158,15 @@ func main() {
 	}
 
 	var start time.Time
+	var cpu0 float64
 	switch *mode {
 	case "enqueue":
-		start = time.Now()
+		start, cpu0 = time.Now(), machineCPU()
 		enqueue()
 	case "drain":
 		enqueue()
 		srv := newServer()
-		start = time.Now()
+		start, cpu0 = time.Now(), machineCPU()
 		if err := srv.Start(handler); err != nil {
 			fail("start server: %v", err)
 		}
@@ -148,7 +177,7 @@ func main() {
 		if err := srv.Start(handler); err != nil {
 			fail("start server: %v", err)
 		}
-		start = time.Now()
+		start, cpu0 = time.Now(), machineCPU()
 		enqueue()
 		waitDone(srv)
 		srv.Shutdown()
@@ -156,6 +185,7 @@ func main() {
 		fail("unknown -mode %q (enqueue | drain | both)", *mode)
 	}
 	rep.Seconds = time.Since(start).Seconds()
+	rep.MachineCPU = machineCPU() - cpu0
 	rep.TasksPerS = float64(*n) / rep.Seconds
 	rep.Errors = errs.Load()
 	if err := json.NewEncoder(os.Stdout).Encode(rep); err != nil {
