@@ -7,10 +7,19 @@ Figures (and baselines):
   3. gateway SubmitTask p99 at 2k/s offered (open loop)
   4. reader GetTask (hot set) calls/s    vs the no-op server; p99 at 5k/s offered
   5. reader GetTask with L1 disabled     vs the no-op server (reader restarted with cache.l1_enabled=false)
-  6. processor persisted tasks/s (noop)  vs a plain multi-row upsert loop (same batch size)
+  6. processor drain tasks/s (noop)      vs asynq's drain of the same tasks (loadtest/peers/asynq)
   7. processor simulate 10 ms, 1 partition, 100 keys  vs strictly sequential (100 tasks/s)
   8. submit-to-visible latency           vs Kafka's EndToEndLatency at the same rate
-Also CPU-seconds per 1k requests of the service under test and peak RSS.
+  9. end to end: SubmitTasks while the processor drains, until every task SUCCEEDED
+                                         vs asynq enqueueing while its server drains
+Also CPU-seconds per 1k requests of the service under test, whole-machine CPU per task in the
+drains (all processes and the kernel, from /proc/stat) and peak RSS. Figures 6 and 9 alternate
+dispatch and asynq three times and compare the medians. Finished tasks are counted from the
+processors' own `dispatch_tasks_finished_total{state="succeeded"}`, not by querying MariaDB.
+
+asynq acknowledges an enqueue once the task is in Redis memory; dispatch acknowledges a submit
+after Kafka acks=all and writes task state to MySQL with a commit per batch. The comparison is
+of the queues as each is meant to be run, not of equal durability.
 
 The gateway runs with its tenant and global rate limits off (`limits.*_rps = 0`): they exist to
 protect the system from one tenant, and with the defaults (20k tasks/s per tenant) figure 1 would
@@ -115,32 +124,57 @@ def end_to_end_latency(records):
     return {"p50_ms": float(m.group(1)), "p99_ms": float(m.group(2))}
 
 
-def db_now():
-    return sh(["mariadb", "-h127.0.0.1", "-udispatch", "-pdispatch", "-N", "-e", "SELECT NOW(6)"]).stdout.strip()
+ASYNQ_PEER = os.path.join(REPO, ".local", "bin", "asynq-peer")
 
 
-def count_succeeded(since):
-    """Tasks of the generator's tenant that reached SUCCEEDED since `since` (a DB timestamp).
-    Counted through (tenant, state, updated_at): a COUNT over every succeeded row of a
-    multi-million-row table costs MariaDB about a second per poll, taken from the processor
-    under test."""
-    out = sh(["mariadb", "-h127.0.0.1", "-udispatch", "-pdispatch", "-N", "-e",
-              "SELECT COUNT(*) FROM dispatch.tasks WHERE tenant='acme' AND state='succeeded' "
-              f"AND updated_at >= '{since}'"]).stdout
-    return int(out.strip())
+def asynq(mode, n, workers=64, concurrency=64):
+    """One run of the asynq peer on the stack's Redis (database 9, flushed first). Its report
+    holds the whole machine's CPU seconds over the timed phase (`machine_cpu_s`: the drain alone
+    in `drain` mode, not the enqueue before it)."""
+    out = sh([ASYNQ_PEER, "-mode", mode, "-n", str(n), "-size", "300", "-workers", str(workers),
+              "-concurrency", str(concurrency), "-redis", "127.0.0.1:6379", "-db", "9"]).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
-def drain(since, target, timeout=600, still_s=5.0):
-    """Polls until `target` tasks succeeded since `since`, or nothing moved for `still_s` (the
-    generator's errors may have kept some tasks out). Returns (tasks, seconds to the last one)."""
-    t0 = time.time()
-    done, last = count_succeeded(since), t0
+def machine_cpu_seconds():
+    """Busy CPU seconds of the whole machine (every process and the kernel) from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def processor_metric_urls():
+    out = subprocess.run([os.path.join(REPO, "deploy/local/services.sh"), "metrics-urls"], check=True,
+                         capture_output=True, text=True).stdout.split()
+    return [u for u in out if any(f":{p}/" in u for p in range(9603, 9700, 10))]
+
+
+def succeeded_total(urls=None):
+    """dispatch_tasks_finished_total{state="succeeded"} summed over every running processor (or
+    the given /metrics URLs)."""
+    total = 0.0
+    for url in urls or processor_metric_urls():
+        body = urllib.request.urlopen(url, timeout=5).read().decode()
+        total += sum(float(l.rsplit(" ", 1)[1]) for l in body.splitlines()
+                     if l.startswith("dispatch_tasks_finished_total{") and 'state="succeeded"' in l)
+    return total
+
+
+def await_succeeded(base, target, t0, timeout=600, still_s=5.0, urls=None):
+    """Polls the processors' counter until `target` more tasks succeeded than `base`, or nothing
+    moved for `still_s`. Returns (tasks, seconds from t0 to the last one seen)."""
+    done, last = succeeded_total(urls) - base, time.time()
     while done < target and time.time() - last < still_s and time.time() - t0 < timeout:
-        time.sleep(0.2)
-        c = count_succeeded(since)
+        time.sleep(0.05)
+        c = succeeded_total(urls) - base
         if c > done:
             done, last = c, time.time()
-    return done, last - t0
+    return int(done), last - t0
+
+
+def median_of(runs, key):
+    return sorted(runs, key=key)[len(runs) // 2]
 
 
 def wait_idle(timeout=900):
@@ -243,18 +277,88 @@ def simulate_one_partition(n_tasks):
     try:
         wait_ready("127.0.0.1:9673")
         wait_ready("127.0.0.1:9671")
-        since = db_now()
+        urls = ["http://127.0.0.1:9673/metrics"]
+        base = succeeded_total(urls)  # read before SIGSTOP: a stopped process does not answer
         with Stopped(proc.pid):
             loadgen("bench1p-backlog", "--scenario", "batch", "--gateway", "http://127.0.0.1:50071",
                     "--task-type", "simulate", "--sim-latency-ms", "10", "--keys", "100", "--rate", "20",
                     "--batch", "500", "--duration-s", str(n_tasks / 500 / 20), "--warmup-s", "0")
-        c0 = cpu_seconds(proc.pid)
-        done, took = drain(since, n_tasks)
+        c0, t0 = cpu_seconds(proc.pid), time.time()
+        done, took = await_succeeded(base, n_tasks, t0, urls=urls)
         return done / took, (cpu_seconds(proc.pid) - c0) / max(done, 1) * 1000, {"tasks": done, "seconds": took}
     finally:
         for p in (gw, proc):
             p.terminate()
             p.wait(timeout=60)
+
+
+def versus_asynq(rows, notes):
+    """Figures 6 and 9: the processor's drain and the whole system end to end, each alternated
+    three times with asynq doing the same work. Returns the processor's pid."""
+    # 6. Processor drain vs asynq's drain of the same tasks, alternated three times. The
+    # backlog is produced while the processor is stopped (SIGSTOP); the drain is timed from
+    # SIGCONT until the processors' counter has seen every task succeed.
+    ppid = pid("processor")
+    n_tasks = 20_000 if QUICK else 100_000
+    drains, peer_drains = [], []
+    for rep in range(3):
+        wait_idle()
+        base = succeeded_total()  # read before SIGSTOP: a stopped process does not answer
+        os.kill(ppid, 19)
+        try:
+            loadgen(f"backlog-{rep}", "--scenario", "batch", "--rate", "100", "--batch", "500",
+                    "--duration-s", str(n_tasks / 500 / 100), "--warmup-s", "0")
+        finally:
+            os.kill(ppid, 18)
+        c0, m0, t0 = cpu_seconds(ppid), machine_cpu_seconds(), time.time()
+        done, took = await_succeeded(base, n_tasks, t0)
+        drains.append({"tasks": done, "seconds": took, "tasks_per_s": done / took,
+                       "processor_cpu_us_per_task": (cpu_seconds(ppid) - c0) / max(done, 1) * 1e6,
+                       "machine_cpu_us_per_task": (machine_cpu_seconds() - m0) / max(done, 1) * 1e6})
+        peer = asynq("drain", n_tasks)
+        peer["machine_cpu_us_per_task"] = peer["machine_cpu_s"] / n_tasks * 1e6
+        peer_drains.append(peer)
+    d = median_of(drains, lambda x: x["tasks_per_s"])
+    pd = median_of(peer_drains, lambda x: x["tasks_per_s"])
+    rows.append((f"processor drain tasks/s ({n_tasks:,} noop tasks, 300 B), median of 3", d["tasks_per_s"], pd["tasks_per_s"],
+                 "asynq drain tasks/s, same tasks, 64 workers, median of 3", d["processor_cpu_us_per_task"] / 1000,
+                 dict(d, runs=drains, asynq_runs=peer_drains)))
+    notes.append("drain runs (tasks/s): dispatch " + ", ".join(f"{x['tasks_per_s']:,.0f}" for x in drains)
+                 + "; asynq " + ", ".join(f"{x['tasks_per_s']:,.0f}" for x in peer_drains))
+    notes.append("whole-machine CPU per task in the drain (median run, /proc/stat): dispatch "
+                 f"{median_of(drains, lambda x: x['machine_cpu_us_per_task'])['machine_cpu_us_per_task']:.0f} µs, asynq "
+                 f"{median_of(peer_drains, lambda x: x['machine_cpu_us_per_task'])['machine_cpu_us_per_task']:.0f} µs")
+    # 9. End to end: SubmitTasks of 100 offered at 30k tasks/s while the processor drains,
+    # until every task succeeded; asynq enqueues the same number from 64 goroutines while
+    # its server drains. Alternated three times.
+    e2es, peer_e2es = [], []
+    for rep in range(3):
+        wait_idle()
+        base, t0 = succeeded_total(), time.time()
+        loadgen(f"e2e-batch-{rep}", "--scenario", "batch", "--rate", "300", "--batch", "100",
+                "--duration-s", str(n_tasks / 100 / 300), "--warmup-s", "0", "--concurrency", "64")
+        done, took = await_succeeded(base, n_tasks, t0)
+        e2es.append({"tasks": done, "seconds": took, "tasks_per_s": done / took})
+        peer_e2es.append(asynq("both", n_tasks))
+    e = median_of(e2es, lambda x: x["tasks_per_s"])
+    pe = median_of(peer_e2es, lambda x: x["tasks_per_s"])
+    rows.append((f"end to end tasks/s: SubmitTasks at 30k/s offered while draining, until all {n_tasks:,} succeeded, median of 3",
+                 e["tasks_per_s"], pe["tasks_per_s"], "asynq enqueue while draining tasks/s, median of 3", 0.0,
+                 dict(e, runs=e2es, asynq_runs=peer_e2es)))
+    notes.append("end-to-end runs (tasks/s): dispatch " + ", ".join(f"{x['tasks_per_s']:,.0f}" for x in e2es)
+                 + "; asynq " + ", ".join(f"{x['tasks_per_s']:,.0f}" for x in peer_e2es))
+    return ppid
+
+
+def peers_only():
+    """ONLY=peers: figures 6 and 9 alone (a few minutes), written to their own block."""
+    rows, notes = [], []
+    restart_service("gateway", NO_LIMITS)
+    try:
+        versus_asynq(rows, notes)
+    finally:
+        restart_service("gateway", {})
+    write(rows, notes, block="bench-peers")
 
 
 def main():
@@ -323,26 +427,7 @@ def main():
         rows.append(("SubmitTask p99 ms at 2k/s offered, processor consuming", g2all["p99_ms"], n2["p99_ms"], "no-op p99 ms",
                      cpu2all / max(g2all["ok"], 1) * 1000, g2all))
         wait_idle()
-        # 6. Processor persist rate vs upsert baseline.
-        sh([LOADGEN, "upsert-baseline", "--rows", "50000" if QUICK else "200000", "--batch", "500", "--json", os.path.join(OUT, "upsert.json")])
-        with open(os.path.join(OUT, "upsert.json")) as f:
-            up = json.load(f)
-        # Let the earlier stages' backlog drain, then load the topics while the processor is
-        # stopped (SIGSTOP) and time how fast it persists the backlog.
-        wait_idle()
-        ppid = pid("processor")
-        os.kill(ppid, 19)  # SIGSTOP: the processor consumes nothing while the backlog is produced
-        try:
-            n_tasks = 20_000 if QUICK else 100_000
-            since = db_now()
-            loadgen("backlog", "--scenario", "batch", "--rate", "100", "--batch", "500",
-                    "--duration-s", str(n_tasks / 500 / 100), "--warmup-s", "0")
-        finally:
-            os.kill(ppid, 18)  # SIGCONT
-        c0 = cpu_seconds(ppid)
-        done, took = drain(since, n_tasks)
-        rows.append(("processor persisted tasks/s (noop handler)", done / took, up["rows_per_second"],
-                     f"plain multi-row upsert rows/s (batch 500, into the live table of ~{up['table_rows_before'] / 1e6:.1f}M rows)", (cpu_seconds(ppid) - c0) / max(done, 1) * 1000, {"tasks": done, "seconds": took}))
+        ppid = versus_asynq(rows, notes)
         proc_rss = rss_mib(ppid)
         wait_idle()
         # 7. simulate 10 ms on one partition with 100 keys vs strictly sequential.
@@ -362,7 +447,7 @@ def main():
     write(rows, notes)
 
 
-def write(rows, notes):
+def write(rows, notes, block="bench"):
     cpu_model = ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -380,13 +465,15 @@ def write(rows, notes):
     table = "\n".join(lines)
     machine = f"{os.cpu_count()} cores ({cpu_model}), {mem:.0f} GiB, {platform.system()} {platform.release()}"
     result = (
-        f"<!-- bench:begin -->\nLatest run: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"<!-- {block}:begin -->\nLatest run: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
         f"{'QUICK' if QUICK else 'full'} mode, on {machine}. Kafka, MariaDB and Redis co-located on the same machine.\n\n"
-        f"{table}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n<!-- bench:end -->"
+        f"{table}\n\n" + "\n".join(f"- {n}" for n in notes) + f"\n<!-- {block}:end -->"
     )
     path = os.path.join(REPO, "docs", "benchmarks.md")
-    doc = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n<!-- bench:begin -->\n<!-- bench:end -->\n"
-    doc = re.sub(r"<!-- bench:begin -->.*<!-- bench:end -->", lambda _: result, doc, flags=re.S)
+    doc = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    if f"<!-- {block}:begin -->" not in doc:
+        doc += f"\n<!-- {block}:begin -->\n<!-- {block}:end -->\n"
+    doc = re.sub(rf"<!-- {block}:begin -->.*<!-- {block}:end -->", lambda _: result, doc, flags=re.S)
     with open(path, "w") as f:
         f.write(doc)
     print(table)
@@ -394,4 +481,4 @@ def write(rows, notes):
 
 
 if __name__ == "__main__":
-    main()
+    peers_only() if os.environ.get("ONLY") == "peers" else main()

@@ -9,6 +9,8 @@ cd "${REPO}"
 deploy/local/stack.sh up
 scripts/clean-test-state.sh
 cargo build --release --locked -p dispatch-loadtest
+# The asynq peer (figures 6 and 9), from the Go module proxy; GOTOOLCHAIN=local: this Go only.
+(cd loadtest/peers/asynq && GOTOOLCHAIN=local go build -o "${REPO}/.local/bin/asynq-peer" .)
 PROFILE=release deploy/local/services.sh stop || true
 PROFILE=release deploy/local/services.sh start
 exec python3 loadtest/bench/run.py "$@"
