@@ -89,7 +89,11 @@ impl AppBuilder {
         // behind it stays unacknowledged. A timeout would hand a state-change event back for an
         // application re-send, which lands after newer events of the same task.
         kafka::set_default(&mut pc, &s.kafka, "message.timeout.ms", "0");
-        let producer = Producer::new(pc.create().context("creating the Kafka producer")?);
+        kafka::enable_statistics(&mut pc, &s.kafka);
+        let producer = Producer::new(
+            pc.create_with_context(kafka::StatisticsContext::new("processor"))
+                .context("creating the Kafka producer")?,
+        );
         let topics = s.kafka.topics();
         let shared = Arc::new(Shared::new(
             topics.clone(),

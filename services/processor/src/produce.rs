@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use dispatch_core::Headers;
+use dispatch_runtime::kafka::StatisticsContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use tokio_util::sync::CancellationToken;
@@ -21,7 +22,7 @@ pub struct Delivered {
 /// The processor's producer.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    inner: FutureProducer<StatisticsContext>,
 }
 
 /// Kafka headers from ours.
@@ -35,8 +36,8 @@ pub fn kafka_headers(h: &Headers) -> OwnedHeaders {
 }
 
 impl Producer {
-    /// Wraps a producer.
-    pub fn new(inner: FutureProducer) -> Self {
+    /// Wraps a producer (its context records librdkafka's statistics as the processor's).
+    pub fn new(inner: FutureProducer<StatisticsContext>) -> Self {
         Self { inner }
     }
 

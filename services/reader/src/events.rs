@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use dispatch_proto::v1 as pb;
 use dispatch_runtime::admin::{ComponentStatus, Health};
+use dispatch_runtime::kafka::StatisticsContext;
 use dispatch_runtime::settings::KafkaSettings;
 use prost::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -28,7 +29,7 @@ const CHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// The consumer and what it has been assigned.
 pub struct EventsConsumer {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<StatisticsContext>>,
     topic: String,
     partitions: usize,
     health: Health,
@@ -51,8 +52,9 @@ impl EventsConsumer {
             "queued.max.messages.kbytes",
             prefetch_kbytes.to_string(),
         );
-        let consumer: StreamConsumer = cfg
-            .create()
+        dispatch_runtime::kafka::enable_statistics(&mut cfg, s);
+        let consumer: StreamConsumer<StatisticsContext> = cfg
+            .create_with_context(StatisticsContext::new("reader"))
             .map_err(|e| anyhow::anyhow!("events consumer: {e}"))?;
         health.set(EVENTS, ComponentStatus::Degraded("not assigned yet".into()));
         Ok(Self {

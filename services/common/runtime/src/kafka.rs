@@ -294,6 +294,29 @@ pub fn record_statistics(service: &str, json: &[u8]) {
     }
 }
 
+/// A client context for clients without one of their own: it records librdkafka's statistics as
+/// the `dispatch_kafka_*` metrics of `service` ([`record_statistics`]) and otherwise behaves as
+/// rdkafka's default context. Pair it with [`enable_statistics`].
+#[derive(Debug, Clone, Copy)]
+pub struct StatisticsContext {
+    service: &'static str,
+}
+
+impl StatisticsContext {
+    /// A context whose reports are labelled `service`.
+    pub const fn new(service: &'static str) -> Self {
+        Self { service }
+    }
+}
+
+impl rdkafka::ClientContext for StatisticsContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        record_statistics(self.service, statistics);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for StatisticsContext {}
+
 /// What [`ensure_topics`] creates for one topic.
 #[derive(Debug, Clone)]
 pub struct TopicSpec {

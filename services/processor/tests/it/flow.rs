@@ -191,3 +191,44 @@ async fn one_partition_runs_many_keys_in_parallel() -> anyhow::Result<()> {
     env.cleanup().await;
     Ok(())
 }
+
+/// The processor's consumer and its producer (retries, DLQ, events) both report librdkafka's
+/// statistics as `dispatch_kafka_*` metrics; the client id is unique to this test.
+#[tokio::test]
+async fn the_consumer_and_the_producer_report_librdkafka_statistics() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let client_id = format!("processor-stats-{}", uuid::Uuid::now_v7().simple());
+    let mut s = settings(&env);
+    s.kafka
+        .librdkafka
+        .insert("statistics.interval.ms".into(), "200".into());
+    s.kafka
+        .librdkafka
+        .insert("client.id".into(), client_id.clone());
+    let app = start(s).await?;
+    for role in ["consumer", "producer"] {
+        let client = format!("client=\"{client_id}#{role}");
+        eventually(
+            &format!("the {role}'s statistics as metrics"),
+            Duration::from_secs(15),
+            || {
+                let admin = app.admin;
+                let client = client.clone();
+                async move {
+                    let text = metrics(admin).await.ok()?;
+                    text.lines()
+                        .any(|l| {
+                            l.starts_with("dispatch_kafka_client_queue_messages{")
+                                && l.contains("service=\"processor\"")
+                                && l.contains(&client)
+                        })
+                        .then_some(())
+                }
+            },
+        )
+        .await?;
+    }
+    app.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}

@@ -7,6 +7,7 @@ use dispatch_processor::process::write_of;
 use dispatch_processor::produce::Producer;
 use dispatch_processor::writer::{self, WriterTask};
 use dispatch_runtime::admin::Health;
+use dispatch_runtime::kafka::StatisticsContext;
 use dispatch_testkit::TestEnv;
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +26,7 @@ async fn a_claim_resolves_at_its_commit_while_the_events_pipeline_stalls() -> an
     let stalled = ClientConfig::new()
         .set("bootstrap.servers", "127.0.0.1:1")
         .set("message.timeout.ms", "300000")
-        .create()?;
+        .create_with_context(StatisticsContext::new("processor"))?;
     let (close, abort) = (CancellationToken::new(), CancellationToken::new());
     let tracker = TaskTracker::new();
     let w = writer::spawn(

@@ -184,3 +184,41 @@ async fn an_event_refreshes_redis_only_where_something_is_cached() {
     assert!(matches!(l2.get(&uncached).await, L2Lookup::Miss));
     env.cleanup().await;
 }
+
+/// The events consumer reports librdkafka's statistics as the reader's `dispatch_kafka_*` metrics
+/// (its client id is unique to this test, so another test's reader cannot satisfy it).
+#[tokio::test]
+async fn the_events_consumer_reports_librdkafka_statistics() {
+    let env = TestEnv::new().await.expect("env");
+    let client_id = format!("reader-stats-{}", uuid::Uuid::now_v7().simple());
+    let id = client_id.clone();
+    let r = Reader::start_with(&env, move |s| {
+        s.kafka
+            .librdkafka
+            .insert("statistics.interval.ms".into(), "200".into());
+        s.kafka.librdkafka.insert("client.id".into(), id);
+    })
+    .await;
+    let series = "service=\"reader\"";
+    dispatch_testkit::eventually(
+        "the events consumer's statistics as metrics",
+        Duration::from_secs(15),
+        || {
+            let text = dispatch_runtime::metrics::render();
+            let found = text.lines().any(|l| {
+                l.starts_with("dispatch_kafka_client_queue_messages{")
+                    && l.contains(series)
+                    && l.contains(&format!("client=\"{client_id}"))
+            }) && text.lines().any(|l| {
+                l.starts_with("dispatch_kafka_broker_rtt_seconds{")
+                    && l.contains(series)
+                    && l.contains(&format!("client=\"{client_id}"))
+            });
+            async move { found.then_some(()) }
+        },
+    )
+    .await
+    .expect("statistics recorded");
+    r.stop().await;
+    env.cleanup().await;
+}
