@@ -51,7 +51,7 @@ pub struct Cli {
 pub enum Command {
     /// Submit a task (flags) or many (--file, JSON array or NDJSON).
     Submit(cmd::submit::SubmitArgs),
-    /// Show a task.
+    /// Show a task, with its payload and result (GetTask always answers the whole task).
     Get {
         /// Task id.
         task_id: String,
@@ -64,7 +64,7 @@ pub enum Command {
         /// Task id.
         task_id: String,
     },
-    /// List tasks.
+    /// List tasks, newest first: without payload and result (the BASIC view) unless --full.
     List(cmd::tasks::ListArgs),
     /// Cancel a task.
     Cancel {

@@ -24,19 +24,64 @@ fn ts(t: &Option<prost_types::Timestamp>) -> String {
         .unwrap_or_default()
 }
 
-/// A task as JSON (payload as UTF-8 when it is, else base64-free length).
+/// Adds `bytes` to `m` under `name` when there are any: UTF-8 text as `name`, other bytes as
+/// `<name>_base64` (the dead-letter convention).
+fn insert_bytes(m: &mut serde_json::Map<String, serde_json::Value>, name: &str, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(s) => m.insert(name.into(), s.into()),
+        Err(_) => {
+            use base64::Engine as _;
+            let b = base64::engine::general_purpose::STANDARD.encode(bytes);
+            m.insert(format!("{name}_base64"), b.into())
+        }
+    };
+}
+
+/// A task as JSON. `payload` and `result` appear when the answer carries them (GetTask always,
+/// ListTasks only in the FULL view): UTF-8 text as is, other bytes as `payload_base64` /
+/// `result_base64`.
 pub fn task_json(t: &pb::Task) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "task_id": t.task_id, "tenant": t.tenant, "business_key": t.business_key, "task_type": t.task_type,
         "state": state_name(t.state), "attempts": t.attempts, "max_attempts": t.max_attempts,
         "version": t.version, "last_error": t.last_error, "created_at": ts(&t.created_at),
         "updated_at": ts(&t.updated_at), "finished_at": ts(&t.finished_at),
-        "payload": String::from_utf8(t.payload.clone()).unwrap_or_else(|_| format!("<{} bytes>", t.payload.len())),
-    })
+    });
+    if let Some(m) = v.as_object_mut() {
+        insert_bytes(m, "payload", &t.payload);
+        insert_bytes(m, "result", &t.result);
+    }
+    v
 }
 
-fn task_row(t: &pb::Task) -> Vec<String> {
-    vec![
+/// A table cell for opaque bytes: the first [`BYTES_CELL_CHARS`] characters of the UTF-8 text
+/// on one line, else their length.
+fn bytes_cell(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => {
+            let one_line: String = s
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            if one_line.chars().count() > BYTES_CELL_CHARS {
+                let cut: String = one_line.chars().take(BYTES_CELL_CHARS - 1).collect();
+                format!("{cut}…")
+            } else {
+                one_line
+            }
+        }
+        Err(_) => format!("<{} bytes>", bytes.len()),
+    }
+}
+
+/// Characters of a payload or result shown in a table cell.
+const BYTES_CELL_CHARS: usize = 40;
+
+fn task_row(t: &pb::Task, bytes: Columns) -> Vec<String> {
+    let mut row = vec![
         t.task_id.clone(),
         t.business_key.clone(),
         t.task_type.clone(),
@@ -45,7 +90,52 @@ fn task_row(t: &pb::Task) -> Vec<String> {
         t.version.to_string(),
         ts(&t.updated_at),
         t.last_error.chars().take(60).collect(),
-    ]
+    ];
+    if bytes.payload {
+        row.push(bytes_cell(&t.payload));
+    }
+    if bytes.result {
+        row.push(bytes_cell(&t.result));
+    }
+    row
+}
+
+/// Which of the PAYLOAD and RESULT columns a table has: each one when a task in it carries
+/// that field (a BASIC list carries neither).
+#[derive(Debug, Clone, Copy)]
+struct Columns {
+    payload: bool,
+    result: bool,
+}
+
+impl Columns {
+    fn of(tasks: &[pb::Task]) -> Self {
+        Self {
+            payload: tasks.iter().any(|t| !t.payload.is_empty()),
+            result: tasks.iter().any(|t| !t.result.is_empty()),
+        }
+    }
+
+    fn headers(self) -> Vec<&'static str> {
+        let mut h = TASK_HEADERS.to_vec();
+        if self.payload {
+            h.push("PAYLOAD");
+        }
+        if self.result {
+            h.push("RESULT");
+        }
+        h
+    }
+}
+
+fn print_tasks(format: Format, tasks: &[pb::Task], json: &serde_json::Value) {
+    let cols = Columns::of(tasks);
+    output::print(
+        format,
+        &cols.headers(),
+        tasks.iter().map(|t| task_row(t, cols)).collect(),
+        json,
+    );
 }
 
 const TASK_HEADERS: [&str; 8] = [
@@ -76,7 +166,7 @@ pub async fn get(id: String, min_version: u64, conn: &Conn, format: Format) -> a
     let t = r
         .task
         .ok_or_else(|| anyhow::anyhow!("reader answered without a task"))?;
-    output::print(format, &TASK_HEADERS, vec![task_row(&t)], &task_json(&t));
+    print_tasks(format, std::slice::from_ref(&t), &task_json(&t));
     Ok(())
 }
 
@@ -135,6 +225,11 @@ pub struct ListArgs {
     /// Page token from a previous page.
     #[arg(long)]
     pub page_token: Option<String>,
+    /// Ask for the FULL view: each task's payload and result too (by default the reader answers
+    /// the BASIC view, without them). A FULL page may hold fewer tasks than --limit when they
+    /// would pass the reader's response size bound; --page-token then goes on from there.
+    #[arg(long)]
+    pub full: bool,
 }
 
 /// Runs `list`.
@@ -159,6 +254,11 @@ pub async fn list(a: ListArgs, conn: &Conn, format: Format) -> anyhow::Result<()
             task_type: a.task_type.unwrap_or_default(),
             page_size: a.limit,
             page_token: a.page_token.unwrap_or_default(),
+            view: if a.full {
+                pb::TaskView::Full
+            } else {
+                pb::TaskView::Basic
+            } as i32,
             ..Default::default()
         })?)
         .await
@@ -168,12 +268,7 @@ pub async fn list(a: ListArgs, conn: &Conn, format: Format) -> anyhow::Result<()
         "tasks": r.tasks.iter().map(task_json).collect::<Vec<_>>(),
         "next_page_token": r.next_page_token,
     });
-    output::print(
-        format,
-        &TASK_HEADERS,
-        r.tasks.iter().map(task_row).collect(),
-        &json,
-    );
+    print_tasks(format, &r.tasks, &json);
     if format == Format::Table && !r.next_page_token.is_empty() {
         eprintln!("more: --page-token {}", r.next_page_token);
     }

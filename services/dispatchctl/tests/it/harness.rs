@@ -31,6 +31,25 @@ fn local() -> SocketAddr {
 
 type Task = tokio::task::JoinHandle<anyhow::Result<()>>;
 
+/// The task type of [`Echo`], registered on every processor the harness starts.
+pub const ECHO_TYPE: &str = "echo";
+
+/// Succeeds with the task's payload as its result (so a task has both).
+struct Echo;
+
+#[async_trait::async_trait]
+impl dispatch_processor::Handler for Echo {
+    async fn handle(
+        &self,
+        _: dispatch_processor::HandlerContext,
+        task: &dispatch_core::Envelope,
+    ) -> Result<dispatch_processor::Outcome, dispatch_processor::HandlerError> {
+        Ok(dispatch_processor::Outcome {
+            result: Some(task.payload.clone()),
+        })
+    }
+}
+
 /// Which services to start.
 #[derive(Clone, Copy)]
 pub struct Services {
@@ -99,7 +118,10 @@ impl Stack {
             s.consumer.group = format!("ctl-{}", env.id);
             s.consumer.lag_interval_ms = 500;
             s.shutdown.drain_timeout_ms = 2_000;
-            let app = dispatch_processor::App::build(s).await?;
+            let app = dispatch_processor::App::builder(s)
+                .handler(ECHO_TYPE, Echo)
+                .build()
+                .await?;
             admin = format!("http://{}", app.local_addr()?);
             let control = app.control();
             tasks.push(tokio::spawn(app.run_until_stopped(shutdown.clone())));

@@ -1,5 +1,5 @@
 //! dispatchctl against the real services (in-process, on the local stack), driven through its
-//! binary: output snapshots, bulk submit counts, exit codes.
+//! binary: output snapshots, bulk submit counts, exit codes, task views.
 
 mod bulk;
 mod exit_codes;
@@ -10,3 +10,4 @@ mod schedule;
 mod snapshots;
 mod stats;
 mod tls;
+mod view;
