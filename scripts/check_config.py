@@ -7,7 +7,10 @@ Static (always), for every container running dispatch-gateway / -processor / -re
     checked against the structs in services/common/runtime/src/{settings,server/auth}.rs and
     services/common/store/src/pool.rs
   - every secret/configmap reference resolves (Secrets: rendered, else k8s/base/secret.example.yaml)
-  - DISPATCH_CONFIG names a file a ConfigMap/Secret volume provides, and that file is valid TOML
+  - DISPATCH_CONFIG names a file a ConfigMap/Secret volume provides, and that file is valid TOML;
+    every admin key in its [auth] has an id ([[auth.admin_keys]] with a unique id of 1 to 64
+    [A-Za-z0-9._-] and a hex SHA-256): the single `auth.admin_key_sha256` (no id) fails, since
+    rotations overlap only with ids and admin actions are logged by key id
   - grpc.listen and admin.listen are set, not loopback, and use the contract ports; container ports,
     probes, Service targetPorts and NetworkPolicy ingress ports all match them
   - preStop sleep + shutdown.drain_timeout_ms < terminationGracePeriodSeconds
@@ -51,6 +54,8 @@ SETTINGS_SOURCES = {
 DEFAULT_DRAIN_MS = 20_000
 KEY_RE = re.compile(r"^DISPATCH_[A-Z0-9]+(?:_[A-Z0-9]+)*(?:__[A-Z0-9]+(?:[_.-][A-Z0-9]+)*)+$")
 RUN_TIMEOUT_S = 30
+ADMIN_KEY_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+SHA256_HEX_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 def known_sections(r: Report) -> dict[str, dict[str, str]]:
@@ -124,6 +129,37 @@ class Workload:
         return (str(v), f"{section}.{key} in DISPATCH_CONFIG") if v is not None else (None, None)
 
 
+def check_admin_keys(r: Report, wl: Workload, src: str) -> None:
+    """Every admin key of the DISPATCH_CONFIG file's [auth] has an id: keys with ids can overlap
+    during a rotation (docs/deploy.md, "Rotating keys") and name the key in admin action logs."""
+    auth = wl.config.get("auth")
+    if not isinstance(auth, dict):
+        return
+    where = f"{wl.where}: DISPATCH_CONFIG ({src})"
+    r.check("admin_key_sha256" not in auth, f"{where}: no admin key without an id",
+            f"{where}: auth.admin_key_sha256 is an admin key without an id; use [[auth.admin_keys]] "
+            f"entries with id and key_sha256 (docs/deploy.md, \"Rotating keys\")")
+    keys = auth.get("admin_keys", [])
+    if not r.check(isinstance(keys, list), f"{where}: auth.admin_keys is a list",
+                   f"{where}: auth.admin_keys is not an array of tables ([[auth.admin_keys]])"):
+        return
+    seen: set[str] = set()
+    for i, k in enumerate(keys):
+        k = k if isinstance(k, dict) else {}
+        kid = k.get("id")
+        if not r.check(isinstance(kid, str) and ADMIN_KEY_ID_RE.match(kid),
+                       f"{where}: auth.admin_keys[{i}] has id {kid!r}",
+                       f"{where}: auth.admin_keys[{i}] has no id (or not 1 to 64 of [A-Za-z0-9._-]: {kid!r}); "
+                       f"every admin key needs one"):
+            continue
+        r.check(kid not in seen, f"{where}: auth.admin_keys id {kid!r} is unique",
+                f"{where}: auth.admin_keys id {kid!r} is used twice")
+        seen.add(kid)
+        r.check(isinstance(k.get("key_sha256"), str) and SHA256_HEX_RE.match(k["key_sha256"]),
+                f"{where}: auth.admin_keys[{i}] ({kid}) key_sha256 is a SHA-256 hex digest",
+                f"{where}: auth.admin_keys[{i}] ({kid}) key_sha256 is not 64 hex digits")
+
+
 def check_env(r: Report, wl: Workload, sections: dict[str, dict[str, str]]) -> None:
     for var, ev in wl.env.items():
         if var.startswith("<envFrom"):
@@ -145,6 +181,7 @@ def check_env(r: Report, wl: Workload, sections: dict[str, dict[str, str]]) -> N
             except tomllib.TOMLDecodeError as e:
                 r.fail(f"{wl.where}: DISPATCH_CONFIG file ({src}) is not valid TOML: {e}")
                 continue
+            check_admin_keys(r, wl, src)
             for sec, body in wl.config.items():
                 if sec in sections and isinstance(body, dict):
                     for key in body:
