@@ -21,7 +21,8 @@
 #              deploy/prometheus/alerts.yml and grafana/dashboards/ give; every alert has a section in
 #              docs/runbook-k8s.md
 # 6. config    scripts/check_config.py: DISPATCH_* keys and listen ports vs Deployments, Services,
-#              probes, NetworkPolicies; with the binaries (target/debug, unless --skip-binaries) also
+#              probes, NetworkPolicies; admin keys with ids; gateway/reader limits.replicas = the
+#              most pods sharing a quota (HPA max or replicas, canary included); with the binaries (target/debug, unless --skip-binaries) also
 #              against each service's `--print-config` output
 # 7. docker    deploy/docker/check.sh (static Dockerfile checks)
 # 8. server    scripts/kube-apiserver.sh start (kube-apiserver + etcd on loopback with the Strimzi,
@@ -52,7 +53,7 @@ while [ $# -gt 0 ]; do
         --bin-dir) config_args+=(--bin-dir "$2"); shift ;;
         --skip-server) skip_server=1 ;;
         -v|--verbose) verbose=(-v) ;;
-        -h|--help) sed -n '2,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,36p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift

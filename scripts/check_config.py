@@ -14,6 +14,13 @@ Static (always), for every container running dispatch-gateway / -processor / -re
   - grpc.listen and admin.listen are set, not loopback, and use the contract ports; container ports,
     probes, Service targetPorts and NetworkPolicy ingress ports all match them
   - preStop sleep + shutdown.drain_timeout_ms < terminationGracePeriodSeconds
+  - limits.replicas (DISPATCH_LIMITS__REPLICAS) of every gateway and reader Deployment equals the
+    most pods of that service that can share a tenant's quota at once: in each render holding the
+    Deployment (same namespace and name; a canary render holds prod's), the sum over that
+    service's Deployments of the HPA's maxReplicas (else spec.replicas), and the largest such sum
+    over those renders. Each pod admits rate / limits.replicas while Redis is down: fewer than the
+    pods that run admits more than the quota, more admits less (docs/deploy.md, "Rate limits
+    without Redis")
 With the binaries (default; --skip-binaries turns it off), from target/debug (or --bin-dir):
   - `<bin> --print-config` with an empty environment gives the defaults; again with the manifest's
     environment (DISPATCH_CONFIG pointing to a temp copy of the mounted file) gives the effective
@@ -294,6 +301,56 @@ def check_grace(r: Report, wl: Workload) -> None:
             f"the kubelet kills the pod mid-drain")
 
 
+# ---- limits.replicas -------------------------------------------------------------------------
+# Services whose rate limits fall back to `rate / limits.replicas` per pod while Redis is down.
+RATE_LIMITED = ("dispatch-gateway", "dispatch-reader")
+
+
+def max_pods(docs: list[dict], w: dict) -> tuple[int, str]:
+    """The most pods `w` runs: its HPA's maxReplicas, else spec.replicas (default 1)."""
+    ns = w.get("metadata", {}).get("namespace")
+    for h in of_kind(docs, "HorizontalPodAutoscaler"):
+        ref = (h.get("spec") or {}).get("scaleTargetRef") or {}
+        if (h.get("metadata", {}).get("namespace") == ns and ref.get("kind") == "Deployment"
+                and ref.get("name") == name(w)):
+            return int(h["spec"].get("maxReplicas", 1)), f"HPA {name(h)} maxReplicas"
+    return int((w.get("spec") or {}).get("replicas", 1)), "spec.replicas"
+
+
+def check_limit_replicas(r: Report, workloads: list[Workload]) -> None:
+    limited = [wl for wl in workloads if wl.bin in RATE_LIMITED and wl.w.get("kind") == "Deployment"]
+    # (render, binary) -> the pods of that service in that render, and how they add up
+    totals: dict[tuple[str, str], int] = {}
+    parts: dict[tuple[str, str], list[str]] = {}
+    # (namespace, Deployment, binary) -> the renders holding it
+    holders: dict[tuple, set[str]] = {}
+    for wl in limited:
+        n, how = max_pods(wl.docs, wl.w)
+        key = (wl.render, wl.bin)
+        totals[key] = totals.get(key, 0) + n
+        parts.setdefault(key, []).append(f"{name(wl.w)} {n} ({how})")
+        holders.setdefault((wl.w.get("metadata", {}).get("namespace"), name(wl.w), wl.bin), set()).add(wl.render)
+    for wl in limited:
+        renders = holders[(wl.w.get("metadata", {}).get("namespace"), name(wl.w), wl.bin)]
+        want_render = max(sorted(renders), key=lambda rn: totals[(rn, wl.bin)])
+        want = totals[(want_render, wl.bin)]
+        why = f"[{want_render}] " + " + ".join(parts[(want_render, wl.bin)])
+        value, src = wl.setting("limits", "replicas")
+        if not r.check(value is not None, f"{wl.where}: limits.replicas set ({src})",
+                       f"{wl.where}: DISPATCH_LIMITS__REPLICAS is not set (default 1) but up to {want} pod(s) "
+                       f"share a tenant's quota ({why}): while Redis is down they would admit {want}x it"):
+            continue
+        got = int(value) if str(value).isdigit() else None
+        if got == want:
+            r.ok(f"{wl.where}: limits.replicas {got} = the most pods sharing the quota ({why})")
+        elif got is not None and got < want:
+            r.fail(f"{wl.where}: limits.replicas is {got} ({src}) but up to {want} pod(s) share a tenant's quota "
+                   f"({why}): while Redis is down they would admit up to {want}/{got} of it; set {want}")
+        else:
+            r.fail(f"{wl.where}: limits.replicas is {value} ({src}) but at most {want} pod(s) share a tenant's "
+                   f"quota ({why}): while Redis is down they would admit at most {want}/{value} of it; set {want}")
+
+
 # ---- binaries --------------------------------------------------------------------------------
 def run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess | None:
     base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
@@ -422,6 +479,7 @@ def main() -> int:
             if b in SERVICES:
                 check_ports(r, wl)
                 check_grace(r, wl)
+    check_limit_replicas(r, workloads)
     if skip:
         r.note("--skip-binaries: keys of service-specific sections and effective settings not checked")
     else:
