@@ -113,12 +113,6 @@ static OUTBOX_BLOCKED_KEYS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
     )
 });
-static PRODUCER_REBUILDS: LazyLock<IntCounter> = LazyLock::new(|| {
-    counter(
-        "dispatch_kafka_producer_rebuilds_total",
-        "Kafka producers replaced because they made no progress while the cluster was reachable.",
-    )
-});
 static OUTBOX_PURGED: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
         "dispatch_outbox_purged_total",
@@ -167,7 +161,7 @@ pub fn init() {
         OUTBOX_BLOCKED_KEYS.with_label_values(&[r]).set(0);
     }
     OUTBOX_PURGED.inc_by(0);
-    PRODUCER_REBUILDS.inc_by(0);
+    dispatch_runtime::producer::init_metrics();
     for o in ["published", "failed"] {
         let _ = OUTBOX_RELAYED.with_label_values(&[o]);
     }
@@ -253,11 +247,6 @@ pub fn outbox_relayed(published: usize, failed: usize) {
     OUTBOX_RELAYED
         .with_label_values(&["failed"])
         .inc_by(failed as u64);
-}
-
-/// A wedged Kafka producer was rebuilt.
-pub fn producer_rebuilt() {
-    PRODUCER_REBUILDS.inc();
 }
 
 /// Published outbox rows deleted after their retention.

@@ -33,6 +33,7 @@ use crate::scheduler::Scheduler;
 use crate::settings::Settings;
 use crate::slots::Slots;
 use crate::writer::{self, WriterTask};
+use dispatch_runtime::producer::{ProducerCore, WedgeRules};
 
 /// Builds an [`App`] with handlers registered in code.
 pub struct AppBuilder {
@@ -91,8 +92,7 @@ impl AppBuilder {
         kafka::set_default(&mut pc, &s.kafka, "message.timeout.ms", "0");
         kafka::enable_statistics(&mut pc, &s.kafka);
         let producer = Producer::new(
-            pc.create_with_context(kafka::StatisticsContext::new("processor"))
-                .context("creating the Kafka producer")?,
+            ProducerCore::new("processor", pc).context("creating the Kafka producer")?,
         );
         let topics = s.kafka.topics();
         let shared = Arc::new(Shared::new(
@@ -382,6 +382,18 @@ impl App {
             Duration::from_millis(s.consumer.lag_interval_ms),
             background.clone(),
         ));
+        // Until the producer is flushed at shutdown: a producer wedged after broker restarts
+        // holds every attempt waiting on a retry record or an event, and their keys' lanes.
+        let watch_producer = CancellationToken::new();
+        tracker.spawn(dispatch_runtime::producer::watchdog(
+            self.producer.core().clone(),
+            WedgeRules {
+                wedge: Duration::from_millis(s.writer.producer_wedge_ms),
+                probe_topic: s.kafka.topics().events(),
+                blind: false,
+            },
+            watch_producer.clone(),
+        ));
         self.health.set("mysql", ComponentStatus::Up);
         self.health.set("kafka", ComponentStatus::Up);
         serving.set(true).await;
@@ -432,6 +444,7 @@ impl App {
         // 4. Flush the producer.
         let producer = self.producer.clone();
         let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+        watch_producer.cancel();
         // 5. Commit what is persisted and leave the group.
         close.cancel();
         let _ = tokio::task::spawn_blocking(move || poll_thread.join()).await;

@@ -3,9 +3,9 @@
 use std::time::{Duration, Instant};
 
 use dispatch_core::Headers;
-use dispatch_runtime::kafka::StatisticsContext;
+use dispatch_runtime::producer::{Landed, ProducerCore};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{PRODUCE_DURATION, PRODUCE_ERRORS};
@@ -19,10 +19,11 @@ pub struct Delivered {
     pub offset: i64,
 }
 
-/// The processor's producer.
+/// The processor's producer: the shared core ([`ProducerCore`]: progress, wedge report, rebuild),
+/// with the processor's delivery metrics. Cheap to clone; every clone sees a rebuild.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer<StatisticsContext>,
+    core: ProducerCore,
 }
 
 /// Kafka headers from ours.
@@ -35,16 +36,41 @@ pub fn kafka_headers(h: &Headers) -> OwnedHeaders {
     })
 }
 
+fn observed(
+    kind: &'static str,
+    started: Instant,
+    r: Result<Landed, rdkafka::error::KafkaError>,
+) -> Result<Delivered, rdkafka::error::KafkaError> {
+    match r {
+        Ok((partition, offset)) => {
+            PRODUCE_DURATION
+                .with_label_values(&[kind])
+                .observe(started.elapsed().as_secs_f64());
+            Ok(Delivered { partition, offset })
+        }
+        Err(e) => {
+            PRODUCE_ERRORS.with_label_values(&[kind]).inc();
+            Err(e)
+        }
+    }
+}
+
 impl Producer {
-    /// Wraps a producer (its context records librdkafka's statistics as the processor's).
-    pub fn new(inner: FutureProducer<StatisticsContext>) -> Self {
-        Self { inner }
+    /// Wraps a producer core.
+    pub fn new(core: ProducerCore) -> Self {
+        Self { core }
+    }
+
+    /// The shared core (for the watchdog and tests).
+    pub fn core(&self) -> &ProducerCore {
+        &self.core
     }
 
     /// Produces one record and waits for its acknowledgement.
     ///
     /// # Errors
-    /// The delivery failed (after the client's own retries within `message.timeout.ms`).
+    /// The delivery failed (after the client's own retries within `message.timeout.ms`), or the
+    /// record was purged by a rebuild.
     pub async fn send(
         &self,
         kind: &'static str,
@@ -58,22 +84,11 @@ impl Producer {
             .key(key)
             .payload(value)
             .headers(kafka_headers(headers));
-        let r = self.inner.send(record, Duration::from_secs(5)).await;
-        match r {
-            Ok(d) => {
-                PRODUCE_DURATION
-                    .with_label_values(&[kind])
-                    .observe(started.elapsed().as_secs_f64());
-                Ok(Delivered {
-                    partition: d.partition,
-                    offset: d.offset,
-                })
-            }
-            Err((e, _)) => {
-                PRODUCE_ERRORS.with_label_values(&[kind]).inc();
-                Err(e)
-            }
-        }
+        observed(
+            kind,
+            started,
+            self.core.send(record, Duration::from_secs(5)).await,
+        )
     }
 
     /// Hands one record to the client *now* and returns the wait for its acknowledgement. Records
@@ -93,24 +108,8 @@ impl Producer {
             .key(key)
             .payload(value)
             .headers(kafka_headers(headers));
-        match self.inner.send_result(record) {
-            Ok(delivery) => Box::pin(async move {
-                let outcome = match delivery.await {
-                    Ok(Ok(d)) => Ok(Delivered {
-                        partition: d.partition,
-                        offset: d.offset,
-                    }),
-                    Ok(Err((e, _))) => Err(e),
-                    Err(_) => Err(rdkafka::error::KafkaError::Canceled),
-                };
-                match &outcome {
-                    Ok(_) => PRODUCE_DURATION
-                        .with_label_values(&[kind])
-                        .observe(started.elapsed().as_secs_f64()),
-                    Err(_) => PRODUCE_ERRORS.with_label_values(&[kind]).inc(),
-                }
-                outcome
-            }),
+        match self.core.enqueue(record) {
+            Ok(delivery) => Box::pin(async move { observed(kind, started, delivery.await) }),
             Err(_) => {
                 let (this, topic, key, value, headers) = (
                     self.clone(),
@@ -140,9 +139,9 @@ impl Producer {
         .await
     }
 
-    /// Waits up to `timeout` for every queued record to be delivered.
+    /// Waits up to `timeout` for every queued record to be delivered (blocking).
     pub fn flush(&self, timeout: Duration) {
-        if let Err(e) = self.inner.flush(timeout) {
+        if let Err(e) = self.core.flush_blocking(timeout) {
             tracing::warn!(error = %e, "producer flush incomplete");
         }
     }

@@ -163,6 +163,10 @@ pub struct WriterSettings {
     pub gate_max_ids: usize,
     /// ...or after this long.
     pub gate_max_delay_us: u64,
+    /// The producer (events, retry and DLQ records, the scheduler's tasks) is rebuilt when it
+    /// has had work but no delivery report for this long while the cluster answers a new
+    /// client (`dispatch_runtime::producer::watchdog`; the gateway's is `outbox.producer_wedge_ms`).
+    pub producer_wedge_ms: u64,
 }
 
 impl Default for WriterSettings {
@@ -173,6 +177,7 @@ impl Default for WriterSettings {
             max_concurrent_batches: 3,
             gate_max_ids: 256,
             gate_max_delay_us: 250,
+            producer_wedge_ms: 15_000,
         }
     }
 }

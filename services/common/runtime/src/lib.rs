@@ -26,6 +26,7 @@ pub mod cli;
 pub mod grpc;
 pub mod kafka;
 pub mod metrics;
+pub mod producer;
 pub mod ratelimit;
 pub mod redis_client;
 pub mod retry;

@@ -16,4 +16,5 @@ mod retention;
 mod schedules;
 mod scheduling;
 mod timeouts;
+mod wedge;
 mod writer;

@@ -7,7 +7,7 @@ use dispatch_processor::process::write_of;
 use dispatch_processor::produce::Producer;
 use dispatch_processor::writer::{self, WriterTask};
 use dispatch_runtime::admin::Health;
-use dispatch_runtime::kafka::StatisticsContext;
+use dispatch_runtime::producer::ProducerCore;
 use dispatch_testkit::TestEnv;
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
@@ -23,10 +23,11 @@ use crate::harness::task;
 #[tokio::test]
 async fn a_claim_resolves_at_its_commit_while_the_events_pipeline_stalls() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let stalled = ClientConfig::new()
+    let mut stalled = ClientConfig::new();
+    stalled
         .set("bootstrap.servers", "127.0.0.1:1")
-        .set("message.timeout.ms", "300000")
-        .create_with_context(StatisticsContext::new("processor"))?;
+        .set("message.timeout.ms", "300000");
+    let stalled = ProducerCore::new("processor", stalled)?;
     let (close, abort) = (CancellationToken::new(), CancellationToken::new());
     let tracker = TaskTracker::new();
     let w = writer::spawn(
