@@ -88,8 +88,10 @@ is_running() {
     [[ -f "${pid_file}" ]] && kill -0 "$(cat "${pid_file}")" 2>/dev/null
 }
 
+# Every binary of the workspace, with the flags of the test command's "binaries" stage: another
+# package selection unifies dependency features differently and rebuilds ~40 crates.
 build() {
-    local flags=(--locked -p dispatch-gateway -p dispatch-processor -p dispatch-reader -p dispatchctl)
+    local flags=(--locked --workspace --bins)
     [[ "${PROFILE}" == "release" ]] && flags+=(--release)
     log "building services (${PROFILE})"
     (cd "${REPO}" && cargo build "${flags[@]}")
