@@ -43,7 +43,8 @@
 #   mysql-and-kafka         MariaDB down for 10 s inside a Kafka outage: submits refused with
 #                           UNAVAILABLE only, every accepted one delivered
 # Every scenario ends with `audit PASS` or `audit FAIL (reasons)`; the run fails if any did not
-# pass. Environment: SOAK=1 (long versions), PROFILE=debug|release, GATEWAYS/READERS/PROCESSORS
+# pass. FAULT=<feature> runs them against a processor built with a test-only fault feature (the
+# checks must then FAIL; docs/reliability.md, "Proof that the checks bite"). Environment: SOAK=1 (long versions), PROFILE=debug|release, GATEWAYS/READERS/PROCESSORS
 # (default 2/2/3), SKIP_BUILD=1 (use the built binaries), STACK_UP=0 (do not run stack.sh up: the
 # stack is already up, e.g. started from another checkout), COMMIT (named in the verdicts when
 # the tree is not a git checkout).
@@ -709,8 +710,38 @@ scenario_mysql_and_kafka() {
 }
 
 [[ "${STACK_UP:-1}" == "1" ]] && "${STACK}" up >/dev/null
+release_flag() { [[ "${PROFILE}" == "release" ]] && echo --release; return 0; }
 if [[ "${SKIP_BUILD:-0}" != "1" ]]; then
-    cargo build --locked -p dispatch-loadtest $([[ "${PROFILE}" == "release" ]] && echo --release)
+    cargo build --locked -p dispatch-loadtest $(release_flag)
+fi
+# FAULT=<feature>: run against a deliberately broken processor, built with one of its test-only
+# cargo features (fault-equal-version, fault-no-epoch, fault-skip-cancel-tenant, fault-drop-event,
+# fault-lane-release-early; services/processor/Cargo.toml), to see the audit FAIL. The running
+# services are stopped first, and the normal binaries are rebuilt when the run ends.
+if [[ -n "${FAULT:-}" ]]; then
+    if ! grep -q "^${FAULT} = " services/processor/Cargo.toml; then
+        printf 'unknown fault feature: %s\nknown: %s\n' "${FAULT}" \
+            "$(grep -o '^fault-[a-z-]*' services/processor/Cargo.toml | paste -sd' ')" >&2
+        exit 2
+    fi
+    "${SVC}" stop >/dev/null
+    log "building the processor with the fault feature ${FAULT}"
+    cargo build --locked -p dispatch-processor --features "dispatch-processor/${FAULT}" $(release_flag)
+    # The services run from a copy, so a build in the shared target while the scenario runs
+    # (another engineer's tests) cannot swap the broken processor for a sound one mid-run.
+    fault_dir="${OUT}/fault-target" build_target="${CARGO_TARGET_DIR:-${REPO}/target}"
+    mkdir -p "${fault_dir}/${PROFILE}"
+    for b in dispatch-gateway dispatch-processor dispatch-reader dispatch-loadgen dispatchctl; do
+        cp -f "${BIN}/${b}" "${fault_dir}/${PROFILE}/"
+    done
+    export CARGO_TARGET_DIR="${fault_dir}" SKIP_BUILD=1
+    BIN="${fault_dir}/${PROFILE}"
+    rebuild_normal() {
+        "${SVC}" stop >/dev/null
+        log "rebuilding the normal binaries"
+        CARGO_TARGET_DIR="${build_target}" cargo build --locked --workspace --bins $(release_flag)
+    }
+    trap rebuild_normal EXIT
 fi
 "${SVC}" start
 failed=()
