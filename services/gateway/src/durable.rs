@@ -15,7 +15,7 @@
 //! client alternating instances within that window while another instance is falling back could
 //! see two of its submits reordered; sequential submits through one instance never are.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -68,10 +68,15 @@ pub struct Unavailable {
     pub outbox: String,
 }
 
-/// Sticky-routing state: `active` while the outbox may hold pending rows of keys that are not
-/// blocked behind a dead row; `blocked`, the keys that are (their records always go to the
-/// outbox, behind the dead row, until an operator requeues it). `epoch` counts outbox writes, so
-/// a "no pending rows" answer that raced with a new write cannot clear the flag.
+/// Sticky routing, per key: a record goes to the outbox while the outbox may hold a row of its
+/// `(topic, key)` (pending, or dead and waiting for an operator), so it never overtakes one; every
+/// other key goes to Kafka as soon as Kafka takes records. `keys` is what the outbox held at the
+/// last check (`refresh_sticky`, every `outbox.relay_interval_ms`: also rows of other
+/// instances); `recent`, the keys this instance wrote since, with the write's `epoch`, so a check
+/// that raced with a write cannot forget it. `all` routes everything to the outbox (more keys than
+/// are tracked). A global flag (every record to the outbox while any row was pending) kept a
+/// loaded gateway on the outbox path long after Kafka's return: its own writes kept the outbox
+/// from ever looking empty (`kafka-restart-x5`: 56 s).
 #[derive(Debug, Default)]
 struct Sticky {
     state: Mutex<StickyState>,
@@ -79,40 +84,61 @@ struct Sticky {
 
 #[derive(Debug, Default)]
 struct StickyState {
-    active: bool,
+    all: bool,
     epoch: u64,
-    blocked: HashSet<(String, Vec<u8>)>,
+    keys: HashSet<(String, Vec<u8>)>,
+    recent: HashMap<(String, Vec<u8>), u64>,
+}
+
+impl StickyState {
+    fn active(&self) -> bool {
+        self.all || !self.keys.is_empty() || !self.recent.is_empty()
+    }
 }
 
 impl Sticky {
+    /// Whether the outbox may hold rows that route some records.
     fn active(&self) -> bool {
-        self.state.lock().active
+        self.state.lock().active()
     }
+
     /// Whether a record for `(topic, key)` must go to the outbox.
     fn routes_to_outbox(&self, topic: &str, key: &[u8]) -> bool {
         let s = self.state.lock();
-        s.active || (!s.blocked.is_empty() && s.blocked.contains(&(topic.to_owned(), key.to_vec())))
+        if s.all {
+            return true;
+        }
+        if s.keys.is_empty() && s.recent.is_empty() {
+            return false;
+        }
+        let k = (topic.to_owned(), key.to_vec());
+        s.keys.contains(&k) || s.recent.contains_key(&k)
     }
-    fn mark(&self) {
+
+    /// This instance committed an outbox row of `(topic, key)`.
+    fn mark(&self, topic: &str, key: &[u8]) {
         let mut s = self.state.lock();
-        s.active = true;
         s.epoch += 1;
+        let epoch = s.epoch;
+        s.recent.insert((topic.to_owned(), key.to_vec()), epoch);
+        if s.recent.len() > BLOCKED_KEYS_MAX as usize {
+            s.all = true;
+        }
     }
+
     fn epoch(&self) -> u64 {
         self.state.lock().epoch
     }
-    /// Applies what the outbox holds (read after `epoch` was taken); true when this switched
-    /// submits back to Kafka.
-    fn update(&self, epoch: u64, pending: bool, blocked: HashSet<(String, Vec<u8>)>) -> bool {
+
+    /// Applies what the outbox holds (read after `epoch` was taken: writes up to it are in
+    /// `keys` if still pending); true when this switched every key back to Kafka.
+    fn update(&self, epoch: u64, all: bool, keys: HashSet<(String, Vec<u8>)>) -> bool {
         let mut s = self.state.lock();
-        let was = s.active;
-        s.blocked = blocked;
-        if pending {
-            s.active = true;
-        } else if s.epoch == epoch {
-            s.active = false;
-        }
-        was && !s.active
+        let was = s.active();
+        s.all = all;
+        s.keys = keys;
+        s.recent.retain(|_, written| *written > epoch);
+        was && !s.active()
     }
 }
 
@@ -311,8 +337,8 @@ impl Durable {
             return Err(Park::Deadline);
         }
         tx.commit().await.map_err(|e| Park::Failed(e.to_string()))?;
-        // After the commit and before the caller answers OK: the next submit sees the flag.
-        self.sticky.mark();
+        // After the commit and before the caller answers OK: the next record of the key sees it.
+        self.sticky.mark(&row.topic, &row.key);
         metrics::outbox_written(reason);
         Ok(id)
     }
@@ -323,8 +349,10 @@ impl Durable {
         let epoch = self.sticky.epoch();
         match outbox_relay::routing(&self.pool, BLOCKED_KEYS_MAX).await {
             Ok(r) => {
-                let pending = r.pending || r.dead_overflow;
-                if self.sticky.update(epoch, pending, r.dead_keys) {
+                let all = r.pending_overflow || r.dead_overflow;
+                let mut keys = r.pending_keys;
+                keys.extend(r.dead_keys);
+                if self.sticky.update(epoch, all, keys) {
                     tracing::info!("outbox drained; submits go to kafka again");
                 }
             }
@@ -343,11 +371,12 @@ mod tests {
     #[test]
     fn a_write_racing_with_a_drain_check_keeps_the_flag() {
         let s = Sticky::default();
-        s.mark();
+        s.mark("t", b"k");
         let e = s.epoch();
-        s.mark(); // a write lands while the check runs
+        s.mark("t", b"k"); // a write lands while the check runs
         assert!(!s.update(e, false, HashSet::new()));
         assert!(s.active());
+        assert!(s.routes_to_outbox("t", b"k"));
         assert!(s.update(s.epoch(), false, HashSet::new()));
         assert!(!s.active());
     }
@@ -357,11 +386,43 @@ mod tests {
         let s = Sticky::default();
         let dead: HashSet<_> = [("t".to_owned(), b"k".to_vec())].into();
         s.update(s.epoch(), false, dead);
-        assert!(!s.active());
         assert!(s.routes_to_outbox("t", b"k"));
         assert!(!s.routes_to_outbox("t", b"j"));
         assert!(!s.routes_to_outbox("u", b"k"));
         s.update(s.epoch(), false, HashSet::new()); // requeued and published
         assert!(!s.routes_to_outbox("t", b"k"));
+        assert!(!s.active());
+    }
+
+    /// Only keys the outbox holds stay on the outbox path: under load the others go to Kafka
+    /// at once, although this instance keeps writing rows of the pending keys.
+    #[test]
+    fn keys_without_outbox_rows_go_to_kafka_while_others_drain() {
+        let s = Sticky::default();
+        s.mark("t", b"a");
+        s.mark("t", b"b");
+        assert!(s.routes_to_outbox("t", b"a") && s.routes_to_outbox("t", b"b"));
+        assert!(
+            !s.routes_to_outbox("t", b"c"),
+            "a key never written goes to kafka"
+        );
+        // The relay published b's rows; a's are pending, and a new one of a lands meanwhile.
+        let e = s.epoch();
+        s.mark("t", b"a");
+        let pending: HashSet<_> = [("t".to_owned(), b"a".to_vec())].into();
+        assert!(!s.update(e, false, pending));
+        assert!(s.routes_to_outbox("t", b"a"));
+        assert!(!s.routes_to_outbox("t", b"b"), "b drained: back to kafka");
+        assert!(s.update(s.epoch(), false, HashSet::new()));
+        assert!(!s.routes_to_outbox("t", b"a"));
+    }
+
+    #[test]
+    fn too_many_keys_route_everything_to_the_outbox() {
+        let s = Sticky::default();
+        s.update(s.epoch(), true, HashSet::new());
+        assert!(s.routes_to_outbox("t", b"any"));
+        assert!(s.update(s.epoch(), false, HashSet::new()));
+        assert!(!s.routes_to_outbox("t", b"any"));
     }
 }

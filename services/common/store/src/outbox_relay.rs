@@ -35,13 +35,17 @@ pub async fn has_pending(pool: &MySqlPool) -> Result<bool> {
     Ok(n != 0)
 }
 
-/// What routes a new record: whether any pending row of an unblocked key waits (then every
-/// record goes to the outbox, behind it), and the keys blocked behind a dead row (their records
-/// go to the outbox whatever the rest does).
+/// What routes a new record: the keys with a pending row (a new record of such a key goes to the
+/// outbox, behind it) and the keys blocked behind a dead row (their records go to the outbox until
+/// an operator acts); past `limit` keys of either kind, everything goes to the outbox.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Routing {
     /// A pending row of a key without a dead row exists.
     pub pending: bool,
+    /// `(topic, key)` of every pending row (at most `limit`; see `pending_overflow`).
+    pub pending_keys: HashSet<(String, Vec<u8>)>,
+    /// More pending keys than `limit`: route everything to the outbox.
+    pub pending_overflow: bool,
     /// `(topic, key)` of every dead row (at most `limit`; see `dead_overflow`).
     pub dead_keys: HashSet<(String, Vec<u8>)>,
     /// More dead keys than `limit`: route everything to the outbox.
@@ -70,13 +74,20 @@ pub async fn routing(pool: &MySqlPool, limit: u32) -> Result<Routing> {
         tx.commit().await?;
         return Ok(out);
     }
-    let mut qb: QueryBuilder<MySql> =
-        QueryBuilder::new("SELECT EXISTS(SELECT 1 FROM outbox WHERE state = 'pending'");
-    push_not_in(&mut qb, &out.dead_keys);
-    qb.push(" LIMIT 1)");
-    let (n,): (i64,) = qb.build_query_as().fetch_one(&mut *tx).await?;
-    out.pending = n != 0;
+    let rows = sqlx::query(
+        "SELECT DISTINCT topic, record_key FROM outbox WHERE state = 'pending' LIMIT ?",
+    )
+    .bind(limit.saturating_add(1))
+    .fetch_all(&mut *tx)
+    .await?;
     tx.commit().await?;
+    for r in &rows {
+        out.pending_keys
+            .insert((r.try_get("topic")?, r.try_get("record_key")?));
+    }
+    out.pending_overflow = out.pending_keys.len() > limit as usize;
+    out.pending =
+        out.pending_overflow || out.pending_keys.difference(&out.dead_keys).next().is_some();
     Ok(out)
 }
 
