@@ -12,6 +12,7 @@ use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
 use dispatch_runtime::grpc::Authenticator;
 use dispatch_runtime::server::{GrpcServer, Rpcs, Spec};
 use dispatch_runtime::tls::ServerTls;
+use dispatch_runtime::tls_failures::{Dependency, TlsFailures};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
@@ -55,6 +56,7 @@ pub struct App {
     redis: RedisSlot,
     pool: sqlx::MySqlPool,
     health: Health,
+    tls: TlsFailures,
 }
 
 /// The MySQL pool. MySQL is the fallback, not a hard dependency: when it cannot be reached at
@@ -155,6 +157,10 @@ impl App {
             redis,
             pool,
             health,
+            tls: TlsFailures::new(
+                metrics::SERVICE,
+                &[Dependency::Kafka, Dependency::Mysql, Dependency::Redis],
+            ),
         })
     }
 
@@ -171,6 +177,11 @@ impl App {
     /// The readiness registry behind `/readyz`.
     pub fn health(&self) -> Health {
         self.health.clone()
+    }
+
+    /// The TLS failures the health probe turns into the `<dependency>_tls` readiness components.
+    pub fn tls_failures(&self) -> TlsFailures {
+        self.tls.clone()
     }
 
     /// Serves until `shutdown` triggers, then shuts down in order:
@@ -203,6 +214,7 @@ impl App {
                 reporter: reporter.clone(),
                 kafka: s.kafka.clone(),
                 settings: s.health.clone(),
+                tls: self.tls.clone(),
             }
             .run(shutdown.child()),
         );

@@ -5,12 +5,21 @@
 //! Kafka *or* MySQL works (the outbox covers a Kafka outage) and reports NOT_SERVING only when
 //! both are down. `/readyz` components: `kafka` and `mysql` are Degraded when the other one still
 //! works and Down when both fail; `redis` is at worst Degraded (only the idempotency fast path).
+//!
+//! A TLS failure is another matter: a certificate that does not verify or a refused handshake
+//! does not heal by waiting, and it is this pod's trust or credentials that are wrong. The probe
+//! records what it sees of them (MySQL's and Redis' errors) in the app's [`TlsFailures`], and
+//! `dispatch_runtime::tls_failures` turns them into the components `mysql_tls` (Down:
+//! NOT_SERVING, whatever Kafka does) and `redis_tls` (Degraded, like `redis`), held for
+//! `health.tls_hold_ms` and until the dependency works again. A Kafka TLS failure recorded there
+//! (`kafka_tls`, Down) is cleared the same way by the probe's metadata answers.
 
 use std::time::Duration;
 
 use dispatch_proto::v1::task_service_server::TaskServiceServer;
 use dispatch_runtime::admin::{ComponentStatus, Health};
 use dispatch_runtime::settings::KafkaSettings;
+use dispatch_runtime::tls_failures::{Dependency, TlsFailures};
 use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 
@@ -36,8 +45,10 @@ pub struct Probe {
     pub reporter: HealthReporter,
     /// Topic bootstrap.
     pub kafka: KafkaSettings,
-    /// Period and timeout.
+    /// Period, timeout and TLS hold.
     pub settings: HealthSettings,
+    /// TLS failures of Kafka, MySQL and Redis (shared with whatever else sees them).
+    pub tls: TlsFailures,
 }
 
 fn status(result: &Result<(), String>, other_ok: bool) -> ComponentStatus {
@@ -69,6 +80,7 @@ impl Probe {
     pub async fn run(self, stop: CancellationToken) {
         let timeout = Duration::from_millis(self.settings.probe_timeout_ms.max(1));
         let period = Duration::from_millis(self.settings.probe_interval_ms.max(1));
+        let tls_hold = Duration::from_millis(self.settings.tls_hold_ms);
         let mut serving = false;
         let mut topics_ready = !self.kafka.create_topics;
         let probe_topic = self.kafka.topics().tasks(dispatch_core::Priority::Default);
@@ -80,12 +92,30 @@ impl Probe {
                         .await
                     {
                         Ok(Ok(_)) => Ok(()),
-                        Ok(Err(e)) => Err(e.to_string()),
+                        Ok(Err(e)) => {
+                            self.tls.observe(Dependency::Mysql, &e);
+                            Err(e.to_string())
+                        }
                         Err(_) => Err("timeout".to_string()),
                     }
                 },
                 self.idempotency.ping(),
             );
+            for (dep, ok) in [
+                (Dependency::Kafka, kafka.is_ok()),
+                (Dependency::Mysql, mysql.is_ok()),
+            ] {
+                if ok {
+                    self.tls.succeeded(dep);
+                }
+            }
+            match &redis {
+                Ok(()) => self.tls.succeeded(Dependency::Redis),
+                Err(e) => {
+                    self.tls.observe_text(Dependency::Redis, e);
+                }
+            }
+            let tls_down = self.tls.sync(&self.health, tls_hold, &[Dependency::Redis]);
             self.health.set("kafka", status(&kafka, mysql.is_ok()));
             self.health.set("mysql", status(&mysql, kafka.is_ok()));
             self.health.set(
@@ -100,11 +130,12 @@ impl Probe {
                     Err(e) => tracing::warn!(error = %e, "cannot create topics"),
                 }
             }
-            let next = if serving {
-                kafka.is_ok() || mysql.is_ok()
-            } else {
-                kafka.is_ok() && topics_ready
-            };
+            let next = !tls_down
+                && if serving {
+                    kafka.is_ok() || mysql.is_ok()
+                } else {
+                    kafka.is_ok() && topics_ready
+                };
             if next != serving && !stop.is_cancelled() {
                 set_serving(&self.reporter, next).await;
                 tracing::info!(serving = next, "grpc health changed");

@@ -352,6 +352,11 @@ pub struct HealthSettings {
     pub probe_interval_ms: u64,
     /// Timeout of one probe (Kafka metadata, `SELECT 1`, `PING`).
     pub probe_timeout_ms: u64,
+    /// How long a TLS failure of a dependency (a certificate that does not verify, a refused
+    /// handshake, a wrong SASL password) keeps its readiness component `<dependency>_tls` failing
+    /// at least, besides until the dependency has worked again (see
+    /// `dispatch_runtime::tls_failures`).
+    pub tls_hold_ms: u64,
 }
 
 impl Default for HealthSettings {
@@ -359,6 +364,7 @@ impl Default for HealthSettings {
         Self {
             probe_interval_ms: 1_000,
             probe_timeout_ms: 2_000,
+            tls_hold_ms: dispatch_runtime::tls_failures::DEFAULT_HOLD_MS,
         }
     }
 }

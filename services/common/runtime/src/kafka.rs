@@ -295,8 +295,9 @@ pub fn record_statistics(service: &str, json: &[u8]) {
 }
 
 /// A client context for clients without one of their own: it records librdkafka's statistics as
-/// the `dispatch_kafka_*` metrics of `service` ([`record_statistics`]) and otherwise behaves as
-/// rdkafka's default context. Pair it with [`enable_statistics`].
+/// the `dispatch_kafka_*` metrics of `service` ([`record_statistics`]), counts TLS and SASL
+/// failures in `dispatch_tls_errors_total` ([`crate::tls_failures::kafka_error`]) and otherwise
+/// behaves as rdkafka's default context. Pair it with [`enable_statistics`].
 #[derive(Debug, Clone, Copy)]
 pub struct StatisticsContext {
     service: &'static str,
@@ -312,6 +313,11 @@ impl StatisticsContext {
 impl rdkafka::ClientContext for StatisticsContext {
     fn stats_raw(&self, statistics: &[u8]) {
         record_statistics(self.service, statistics);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let tls = crate::tls_failures::kafka_error(self.service, &error, reason);
+        tracing::error!(error = %error, reason, tls, "librdkafka error");
     }
 }
 

@@ -19,6 +19,8 @@
 //! - [`grpc`]: the names other crates import (re-exported from [`server`]).
 //! - [`breaker`]: the circuit breaker every service uses, with its metric.
 //! - [`retry`]: jittered exponential retries of what must eventually succeed.
+//! - [`tls_failures`]: run-time TLS and authentication failures of the dependencies, counted
+//!   (`dispatch_tls_errors_total`) and turned into readiness.
 
 pub mod admin;
 pub mod breaker;
@@ -35,6 +37,7 @@ pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod tls_failures;
 
 pub use settings::{SettingsError, load};
 pub use shutdown::Shutdown;

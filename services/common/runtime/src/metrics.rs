@@ -84,6 +84,14 @@ pub fn render() -> String {
 /// Build and runtime information: `dispatch_build_info{service, version} 1` and tokio runtime gauges.
 pub fn register_runtime_metrics(service: &str) {
     crate::kafka::init_statistics_metrics();
+    // Every service talks to Kafka and MySQL; Redis' series come with its users.
+    crate::tls_failures::init(
+        service,
+        &[
+            crate::tls_failures::Dependency::Kafka,
+            crate::tls_failures::Dependency::Mysql,
+        ],
+    );
     let info = register(
         prometheus::IntGaugeVec::new(
             prometheus::Opts::new("dispatch_build_info", "Build information; always 1."),

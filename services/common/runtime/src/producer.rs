@@ -146,8 +146,9 @@ impl Drop for SendGuard {
 }
 
 /// The producer's librdkafka context: tells [`Health`] when librdkafka gives up on every broker,
-/// logs like the default context, records the statistics as `dispatch_kafka_*` metrics of its
-/// service, and keeps what a wedge report needs: the last [`CAPTURED_LINES`] librdkafka log lines
+/// logs like the default context, counts TLS and SASL failures in `dispatch_tls_errors_total`
+/// ([`crate::tls_failures::kafka_error`]), records the statistics as `dispatch_kafka_*` metrics
+/// of its service, and keeps what a wedge report needs: the last [`CAPTURED_LINES`] librdkafka log lines
 /// (debug contexts go only there) and the latest statistics.
 #[derive(Clone)]
 pub struct Context {
@@ -201,7 +202,8 @@ impl ClientContext for Context {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.health.all_brokers_down();
         }
-        tracing::warn!(error = %error, reason, "librdkafka error");
+        let tls = crate::tls_failures::kafka_error(self.service, &error, reason);
+        tracing::warn!(error = %error, reason, tls, "librdkafka error");
     }
 }
 

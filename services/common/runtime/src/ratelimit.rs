@@ -489,6 +489,9 @@ impl SharedLimiter {
             BACKEND.with_label_values(&[cfg.service, b]).set(0);
         }
         let _ = CALLS.with_label_values(&[cfg.service]);
+        if redis.is_some() {
+            crate::tls_failures::init(cfg.service, &[crate::tls_failures::Dependency::Redis]);
+        }
         let rates = || cfg.tenant.into_iter().chain(cfg.global);
         let max_n = rates().map(|r| r.burst).min().unwrap_or(u32::MAX);
         let lease_cap = rates()
@@ -534,11 +537,18 @@ impl SharedLimiter {
         *shared.last_attempt.lock() = Some(Instant::now());
         match crate::redis_client::connect(&shared.settings).await {
             Ok(c) => *shared.conn.write() = Some(c),
-            Err(e) => tracing::warn!(
+            Err(e) => {
+                crate::tls_failures::count_if_tls(
+                    self.cfg.service,
+                    crate::tls_failures::Dependency::Redis,
+                    &e,
+                );
+                tracing::warn!(
                 error = %e,
                 limiter = self.cfg.name,
                 "rate limiter cannot reach redis; limits are local (limit / replicas) until it can"
-            ),
+                );
+            }
         }
     }
 
@@ -748,7 +758,7 @@ impl SharedLimiter {
         want: u32,
     ) -> Result<Result<u32, Limited>, &'static str> {
         let Some(mut conn) = shared.conn.read().clone() else {
-            Self::connect_in_background(shared);
+            Self::connect_in_background(shared, self.cfg.service);
             return Err("unconnected");
         };
         if !shared.breaker.permits() {
@@ -779,6 +789,11 @@ impl SharedLimiter {
             }
             Ok(Err(e)) => {
                 shared.breaker.failure();
+                crate::tls_failures::count_if_tls(
+                    self.cfg.service,
+                    crate::tls_failures::Dependency::Redis,
+                    &e,
+                );
                 tracing::debug!(error = %e, "rate limit script failed");
                 Err("error")
             }
@@ -791,7 +806,7 @@ impl SharedLimiter {
 
     /// Starts one connection attempt unless one is running or the last began less than the
     /// breaker's open period ago.
-    fn connect_in_background(shared: &Arc<Shared>) {
+    fn connect_in_background(shared: &Arc<Shared>, service: &'static str) {
         {
             let mut last = shared.last_attempt.lock();
             if last.is_some_and(|t| t.elapsed() < shared.retry_every) {
@@ -818,7 +833,14 @@ impl SharedLimiter {
                         *shared.conn.write() = Some(c);
                         tracing::info!("rate limiter connected to redis");
                     }
-                    Err(e) => tracing::debug!(error = %e, "rate limiter cannot reach redis"),
+                    Err(e) => {
+                        crate::tls_failures::count_if_tls(
+                            service,
+                            crate::tls_failures::Dependency::Redis,
+                            &e,
+                        );
+                        tracing::debug!(error = %e, "rate limiter cannot reach redis");
+                    }
                 }
                 shared.connecting.store(false, Ordering::Release);
             }

@@ -52,6 +52,7 @@ pub fn settings(env: &TestEnv) -> Settings {
         health: HealthSettings {
             probe_interval_ms: 200,
             probe_timeout_ms: 1_000,
+            ..HealthSettings::default()
         },
         ..Settings::default()
     }

@@ -13,4 +13,5 @@ mod outbox;
 mod relay;
 mod schedules;
 mod submit;
+mod tls_readiness;
 mod wedge;

@@ -84,6 +84,13 @@ impl ClientContext for Ctx {
     fn stats_raw(&self, statistics: &[u8]) {
         dispatch_runtime::kafka::record_statistics("processor", statistics);
     }
+
+    /// Logs like rdkafka's default context, and counts TLS and SASL failures
+    /// (`dispatch_tls_errors_total{service="processor", dependency="kafka"}`).
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let tls = dispatch_runtime::tls_failures::kafka_error("processor", &error, reason);
+        tracing::error!(error = %error, reason, tls, "librdkafka error");
+    }
 }
 
 impl Ctx {
