@@ -714,19 +714,23 @@ release_flag() { [[ "${PROFILE}" == "release" ]] && echo --release; return 0; }
 if [[ "${SKIP_BUILD:-0}" != "1" ]]; then
     cargo build --locked -p dispatch-loadtest $(release_flag)
 fi
-# FAULT=<feature>: run against a deliberately broken processor, built with one of its test-only
+# FAULT=<feature>[,<feature>...]: run against a deliberately broken processor, built with test-only
 # cargo features (fault-equal-version, fault-no-epoch, fault-skip-cancel-tenant, fault-drop-event,
-# fault-lane-release-early; services/processor/Cargo.toml), to see the audit FAIL. The running
-# services are stopped first, and the normal binaries are rebuilt when the run ends.
+# fault-lane-release-early, fault-skip-gate; services/processor/Cargo.toml), to see the audit
+# FAIL. The running services are stopped first, and the normal binaries are rebuilt at the end.
 if [[ -n "${FAULT:-}" ]]; then
-    if ! grep -q "^${FAULT} = " services/processor/Cargo.toml; then
-        printf 'unknown fault feature: %s\nknown: %s\n' "${FAULT}" \
-            "$(grep -o '^fault-[a-z-]*' services/processor/Cargo.toml | paste -sd' ')" >&2
-        exit 2
-    fi
+    features=()
+    for f in ${FAULT//,/ }; do
+        if ! grep -q "^${f} = " services/processor/Cargo.toml; then
+            printf 'unknown fault feature: %s\nknown: %s\n' "${f}" \
+                "$(grep -o '^fault-[a-z-]*' services/processor/Cargo.toml | paste -sd' ')" >&2
+            exit 2
+        fi
+        features+=("dispatch-processor/${f}")
+    done
     "${SVC}" stop >/dev/null
-    log "building the processor with the fault feature ${FAULT}"
-    cargo build --locked -p dispatch-processor --features "dispatch-processor/${FAULT}" $(release_flag)
+    log "building the processor with the fault features ${FAULT}"
+    cargo build --locked -p dispatch-processor --features "${features[*]}" $(release_flag)
     # The services run from a copy, so a build in the shared target while the scenario runs
     # (another engineer's tests) cannot swap the broken processor for a sound one mid-run.
     fault_dir="${OUT}/fault-target" build_target="${CARGO_TARGET_DIR:-${REPO}/target}"
