@@ -136,7 +136,18 @@ impl Admin {
                 .take()
                 .ok_or_else(|| AdminError::Internal("dlq reader lost".into()))?;
             let (rd, records) = tokio::task::spawn_blocking(move || {
-                let records: Vec<_> = coords.iter().map(|(p, o)| rd.read(*p, *o)).collect();
+                // Read in (partition, offset) order, so the reader streams runs of one partition
+                // instead of seeking for nearly every letter (claims come in id order, which
+                // interleaves partitions: ~0.4 s a seek); the results keep the claim's order.
+                let mut order: Vec<usize> = (0..coords.len()).collect();
+                order.sort_by_key(|&i| coords[i]);
+                let mut records: Vec<Option<Result<_, _>>> =
+                    std::iter::repeat_with(|| None).take(coords.len()).collect();
+                for i in order {
+                    let (p, o) = coords[i];
+                    records[i] = Some(rd.read(p, o));
+                }
+                let records: Vec<_> = records.into_iter().flatten().collect();
                 (rd, records)
             })
             .await
