@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # A few seconds of real traffic through the running services (deploy/local/services.sh), so the
 # load tooling cannot rot: end-to-end (submit -> processed -> visible on the reader), submit, batch
-# and get. Fails on any gRPC error. PROFILE picks the cargo profile of the binaries (default debug).
+# and get. Fails on any gRPC error. PROFILE picks the cargo profile of the binaries (default debug);
+# SKIP_BUILD=1 uses the built ones.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PROFILE="${PROFILE:-debug}"
 LOADGEN="${CARGO_TARGET_DIR:-${REPO}/target}/${PROFILE}/dispatch-loadgen"
 OUT="${REPO}/.local/smoke"
 mkdir -p "${OUT}"
-(cd "${REPO}" && cargo build -q --locked -p dispatch-loadtest $([[ "${PROFILE}" == "release" ]] && echo --release))
+if [[ "${SKIP_BUILD:-0}" != "1" ]]; then
+    (cd "${REPO}" && cargo build -q --locked -p dispatch-loadtest $([[ "${PROFILE}" == "release" ]] && echo --release))
+fi
 
 run() {
     local name="$1"; shift

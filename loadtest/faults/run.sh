@@ -84,7 +84,7 @@ STACK="deploy/local/stack.sh"
 RUN_DIR="${REPO}/.local/services"
 mkdir -p "${OUT}"
 
-if [[ "${SOAK}" == "1" ]]; then RATE=500; DURATION=120; DOWN=30; WAIT=600; else RATE=150; DURATION=16; DOWN=8; WAIT=90; fi
+if [[ "${SOAK}" == "1" ]]; then RATE=500; DURATION=120; DOWN=30; WAIT=600; else RATE=150; DURATION=13; DOWN=8; WAIT=90; fi
 
 GW=""
 for ((k = 1; k <= GATEWAYS; k++)); do GW+="${GW:+,}http://127.0.0.1:$((50051 + 10 * (k - 1)))"; done
