@@ -11,9 +11,8 @@
 use std::time::{Duration, Instant};
 
 use dispatch_core::Headers;
-use dispatch_runtime::producer::{Health, ProducerCore, WedgeRules};
+use dispatch_runtime::producer::{Health, ProducerCore, WedgeRules, kafka_headers};
 use dispatch_runtime::settings::KafkaSettings;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
 
@@ -247,17 +246,10 @@ impl Producer {
         topic_kind: &'static str,
     ) -> Result<Produced, ProduceError> {
         let start = Instant::now();
-        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.0.len());
-        for (key, value) in rec.headers.iter() {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
         let record = FutureRecord::to(&rec.topic)
             .key(rec.key.as_slice())
             .payload(rec.value.as_slice())
-            .headers(headers);
+            .headers(kafka_headers(&rec.headers));
         match self.core.send(record, self.timeout).await {
             Ok((partition, offset)) => {
                 metrics::produced(topic_kind, start.elapsed());

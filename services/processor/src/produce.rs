@@ -3,8 +3,7 @@
 use std::time::{Duration, Instant};
 
 use dispatch_core::Headers;
-use dispatch_runtime::producer::{Landed, ProducerCore};
-use rdkafka::message::{Header, OwnedHeaders};
+use dispatch_runtime::producer::{Landed, ProducerCore, kafka_headers};
 use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
 
@@ -24,16 +23,6 @@ pub struct Delivered {
 #[derive(Clone)]
 pub struct Producer {
     core: ProducerCore,
-}
-
-/// Kafka headers from ours.
-pub fn kafka_headers(h: &Headers) -> OwnedHeaders {
-    h.iter().fold(OwnedHeaders::new(), |acc, (k, v)| {
-        acc.insert(Header {
-            key: k,
-            value: Some(v),
-        })
-    })
 }
 
 fn observed(

@@ -14,8 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use dispatch_core::Headers;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _, PurgeConfig};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, ClientContext};
@@ -205,6 +207,19 @@ impl ClientContext for Context {
         let tls = crate::tls_failures::kafka_error(self.service, &error, reason);
         tracing::warn!(error = %error, reason, tls, "librdkafka error");
     }
+}
+
+/// Kafka headers from ours.
+pub fn kafka_headers(h: &Headers) -> OwnedHeaders {
+    h.iter().fold(
+        OwnedHeaders::new_with_capacity(h.0.len()),
+        |acc, (key, value)| {
+            acc.insert(Header {
+                key,
+                value: Some(value),
+            })
+        },
+    )
 }
 
 /// Where a record landed: (partition, offset).
