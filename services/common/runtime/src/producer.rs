@@ -9,6 +9,9 @@
 //! on a retry record or an event stayed in flight, its key's lane with it, and the records behind
 //! them parked until the process restarted (`kafka-restart-x5`). A rebuilt producer purges the
 //! old one's records: their sends fail at once and their callers retry on the new client.
+//!
+//! Over 400 lines on purpose: the progress state, the librdkafka context that feeds it, the client
+//! that reports to it and the watchdog that reads it are one mechanism, read together.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
