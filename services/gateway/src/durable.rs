@@ -299,17 +299,21 @@ impl Durable {
             Some(d) if d <= cap => (d, false),
             _ => (cap, true),
         };
+        let started = Instant::now();
         let r = match self.write_row(&row, kind, reason, Some(until)).await {
-            Err(Park::Deadline) if capped => Err(Park::Failed(format!(
-                "the outbox write took longer than {} ms",
-                OUTBOX_WRITE_TIMEOUT.as_millis()
+            // A write that had its fair chance (capped at OUTBOX_WRITE_TIMEOUT, or at least the
+            // write reserve before the caller's deadline) and got no answer says the database
+            // failed, not the caller: UNAVAILABLE (retry), answered before the caller's deadline.
+            // Only a deadline too short for any write is the caller's DEADLINE_EXCEEDED.
+            Err(Park::Deadline) if capped || fair_chance => Err(Park::Failed(format!(
+                "the outbox write did not finish within {} ms",
+                started.elapsed().as_millis()
             ))),
             r => r,
         };
         match &r {
             Ok(_) => self.outbox_breaker.success(),
             Err(Park::Failed(_)) => self.outbox_breaker.failure(),
-            Err(Park::Deadline) if fair_chance => self.outbox_breaker.failure(),
             Err(Park::Deadline) => {}
         }
         r

@@ -379,3 +379,52 @@ async fn with_kafka_and_mysql_down_submits_are_refused_unavailable_without_waiti
     env.cleanup().await;
     Ok(())
 }
+
+/// A keyed submit checks its idempotency key in MySQL first; with MySQL gone that check takes
+/// up to `idempotency.store_timeout_ms` of the caller's deadline, and the outbox write that
+/// follows gets only what is left. When that write had a fair chance (at least
+/// `outbox.write_reserve_ms`) and got no answer, the database failed, not the caller's deadline:
+/// the answer is UNAVAILABLE (retry), not DEADLINE_EXCEEDED, and it comes before the deadline.
+#[tokio::test]
+async fn a_keyed_submit_whose_key_check_ate_the_deadline_is_refused_unavailable()
+-> anyhow::Result<()> {
+    use secrecy::ExposeSecret;
+    let env = TestEnv::new().await?;
+    let url = env.db.url.expose_secret().to_owned();
+    let rest = url.split_once('@').map(|(_, r)| r).unwrap_or_default();
+    let hostport = rest.split_once('/').map_or(rest, |(h, _)| h);
+    let proxy = CuttableDb::start(hostport.to_owned()).await?;
+    let mut s = stalled(&env).await?;
+    s.database.url = url.replace(hostport, &proxy.addr).into();
+    s.database.acquire_timeout_ms = 10_000;
+    s.outbox.breaker_failures = 1;
+    s.outbox.produce_timeout_ms = 200;
+    s.idempotency.store_timeout_ms = 3_000;
+    let gw = Running::start(s).await?;
+    let mut client = gw.client().await?;
+    proxy.cut();
+
+    let mut spec = spec("keyed-outage", b"x");
+    spec.idempotency_key = "keyed-outage-1".into();
+    let mut req = submit(spec, KEY_A);
+    let timeout = Duration::from_millis(5_000); // the load generator's deadline
+    req.set_timeout(timeout);
+    let t = Instant::now();
+    let err = client
+        .submit_task(req)
+        .await
+        .expect_err("nothing can make it durable");
+    assert_eq!(
+        err.code(),
+        Code::Unavailable,
+        "the outbox write had time and the database did not answer: {err:?}"
+    );
+    assert!(
+        t.elapsed() < timeout,
+        "answered within the caller's deadline: {:?}",
+        t.elapsed()
+    );
+    gw.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}
