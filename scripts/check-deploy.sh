@@ -14,12 +14,16 @@
 #              ServiceMonitor / PrometheusRule fields and policy (topics in the Kafka namespace,
 #              replicas 3, min.insync.replicas 2, KEDA max <= partitions and auth = the services'
 #              Kafka security, honorLabels and selector labels, rules and dashboards equal to their
-#              sources with absolute runbook URLs, no processor HPA, PDBs vs replicas, no CPU limits
-#              on gRPC pods, client.id / group.instance.id = pod name, the migration Job named per
-#              release, securityContext, probes)
+#              sources with absolute runbook URLs, alerts' and dashboards' runbook links on the
+#              runbookUrl the render's kustomization sets (--kustomization), no processor HPA, PDBs
+#              vs replicas, no CPU limits on gRPC pods, client.id / group.instance.id = pod name, the
+#              migration Job named per release, securityContext, probes)
 # 5. monitoring scripts/gen-monitoring.py --check: k8s/base/monitoring/ equals what
 #              deploy/prometheus/alerts.yml and grafana/dashboards/ give; every alert has a section in
-#              docs/runbook-k8s.md
+#              docs/runbook-k8s.md. Then a probe: a copy of k8s/ in .local/deploy-check/runbook-probe/
+#              whose overlays set another runbookUrl each, rendered and checked like step 4's runbook
+#              links, so an overlay whose dashboards or alerts do not follow its runbookUrl fails even
+#              while that value equals the sources' placeholder
 # 6. config    scripts/check_config.py: DISPATCH_* keys and listen ports vs Deployments, Services,
 #              probes, NetworkPolicies; admin keys with ids; gateway/reader limits.replicas = the
 #              most pods sharing a quota (HPA max or replicas, canary included); with the binaries (target/debug, unless --skip-binaries) also
@@ -53,7 +57,7 @@ while [ $# -gt 0 ]; do
         --bin-dir) config_args+=(--bin-dir "$2"); shift ;;
         --skip-server) skip_server=1 ;;
         -v|--verbose) verbose=(-v) ;;
-        -h|--help) sed -n '2,36p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,40p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -194,6 +198,13 @@ topics_for() {
         [ -f "${out}/${cand}-kafka-topics.yaml" ] && { echo "${out}/${cand}-kafka-topics.yaml"; return; }
     done
 }
+# The kustomization a render was built from (its runbookUrl is what the runbook links must use).
+target_of() {
+    local nt
+    for nt in "${targets[@]}"; do
+        [ "${nt%%=*}" = "$1" ] && { echo "${repo}/${nt#*=}"; return; }
+    done
+}
 
 # ---- 3. schema -----------------------------------------------------------------------------
 step "schema (Kubernetes ${K8S_VERSION}, strict; CRD kinds are checked in the next step)"
@@ -244,7 +255,7 @@ for f in "${app_rendered[@]}"; do
     topics_args=()
     [ -n "${tf}" ] && topics_args=(--topics "${tf}")
     echo "${n}${tf:+ with $(basename "${tf}")}"
-    if (cd "${repo}/scripts" && "${py}" check_crds.py "$f" "${topics_args[@]}" "${verbose[@]}"); then
+    if (cd "${repo}/scripts" && "${py}" check_crds.py "$f" "${topics_args[@]}" --kustomization "$(target_of "${n}")" "${verbose[@]}"); then
         record "crds/policy ${n}${tf:+ + $(basename "${tf}" .yaml)}" PASS
     else
         record "crds/policy ${n}${tf:+ + $(basename "${tf}" .yaml)}" FAIL
@@ -252,12 +263,33 @@ for f in "${app_rendered[@]}"; do
 done
 
 # ---- 5. monitoring assets ------------------------------------------------------------------
-step "PrometheusRule and dashboards vs their sources (scripts/gen-monitoring.py --check)"
+step "PrometheusRule and dashboards vs their sources (scripts/gen-monitoring.py --check); runbook links follow runbookUrl (probe)"
 if "${py}" "${repo}/scripts/gen-monitoring.py" --check; then
     record "monitoring: k8s/base/monitoring = its sources" PASS
 else
     record "monitoring: k8s/base/monitoring = its sources" FAIL
 fi
+# The probe: every overlay with its own runbookUrl gets a distinct one in a copy of k8s/; each
+# overlay's render must carry its (or, like the canary, its parent's) value in every runbook link.
+probe="${out}/runbook-probe"
+rm -rf "${probe}"; mkdir -p "${probe}"
+cp -R "${repo}/k8s" "${probe}/k8s"
+for v in "${probe}"/k8s/overlays/*/values.yaml; do
+    [ -f "$v" ] || continue
+    o="$(basename "$(dirname "$v")")"
+    sed -i "s#^\([[:space:]]*runbookUrl:\).*#\1 https://runbooks-${o}.invalid/dispatch/runbook-k8s.md#" "$v"
+    grep -q "runbooks-${o}.invalid" "$v" || { echo "FAIL: no runbookUrl line to set in ${v#"${probe}/"}"; record "monitoring: probe sets runbookUrl (${o})" FAIL; }
+done
+for d in "${probe}"/k8s/overlays/*/; do
+    o="$(basename "$d")"
+    if [ ${#kustomize[@]} -gt 0 ] && "${kustomize[@]}" "$d" > "${probe}/${o}.yaml" 2> "${probe}/${o}.err" &&
+        (cd "${repo}/scripts" && "${py}" check_crds.py "${probe}/${o}.yaml" --kustomization "$d" --monitoring-only "${verbose[@]}"); then
+        record "monitoring: runbook links follow runbookUrl (probe ${o})" PASS
+    else
+        sed 's/^/    /' "${probe}/${o}.err" 2>/dev/null
+        record "monitoring: runbook links follow runbookUrl (probe ${o})" FAIL
+    fi
+done
 
 # ---- 6. settings keys and ports ------------------------------------------------------------
 step "settings keys and ports (scripts/check_config.py ${config_args[*]})"

@@ -20,7 +20,11 @@ CRD resources (no schema offline):
   PrometheusRule / dashboards  when ServiceMonitors are rendered: PrometheusRule dispatch-alerts with
                  the groups of deploy/prometheus/alerts.yml and absolute runbook_urls ending in
                  #<alert in lower case>; one ConfigMap per grafana/dashboards/*.json, labelled
-                 grafana_dashboard: "1", holding the file byte for byte
+                 grafana_dashboard: "1", holding the file byte for byte but for the value of its
+                 `runbook` constant (the base of its runbook links); one runbook base URL across
+                 alerts and dashboards, and with --kustomization DIR it is the runbookUrl that
+                 kustomization configures (its ConfigMap dispatch-values, values.yaml, or that of
+                 the kustomization it builds on; none: the sources' placeholder, as in k8s/base)
 Kafka topics (--topics TOPICS.yaml, the overlay's kafka-topics/ render):
   - no KafkaTopic in the services' render (the Topic Operator watches the Kafka namespace only)
   - the topics' namespace and strimzi.io/cluster match DISPATCH_KAFKA__BROKERS
@@ -41,7 +45,9 @@ Policy across kinds:
     namespace), DISPATCH_KAFKA__BROKERS of every service (not unset, not loopback); secret names
     and keys are check_config.py's (every reference must resolve)
 
-Usage: check_crds.py RENDERED.yaml [--topics TOPICS.yaml] [-v]
+Usage: check_crds.py RENDERED.yaml [--topics TOPICS.yaml] [--kustomization DIR] [--monitoring-only] [-v]
+  --monitoring-only  only the PrometheusRule / dashboards checks (scripts/check-deploy.sh's probe
+                     renders with another runbookUrl per overlay)
 """
 
 from __future__ import annotations
@@ -267,12 +273,63 @@ def check_selector_labels(r: Report, docs: list[dict]) -> None:
         r.note("no namespace (base): the selector label is the overlays' to add")
 
 
-def check_monitoring_assets(r: Report, docs: list[dict]) -> None:
+RUNBOOK_VAR = "runbook"  # the dashboards' constant holding the runbook base URL (scripts/gen-monitoring.py)
+
+
+def configured_runbook_url(kdir: str) -> tuple[str, str] | None:
+    """(runbookUrl, file) of the ConfigMap dispatch-values a kustomization renders with: one of its
+    resource files, else one of the kustomizations it builds on (depth first, in order)."""
+    kfile = next((os.path.join(kdir, f) for f in ("kustomization.yaml", "kustomization.yml", "Kustomization")
+                  if os.path.isfile(os.path.join(kdir, f))), None)
+    if kfile is None:
+        return None
+    with open(kfile, encoding="utf-8") as f:
+        k = yaml.safe_load(f) or {}
+    resources = [os.path.normpath(os.path.join(kdir, res)) for res in k.get("resources") or [] if "://" not in res]
+    for res in [r for r in resources if os.path.isfile(r)] + [r for r in resources if os.path.isdir(r)]:
+        if os.path.isdir(res):
+            found = configured_runbook_url(res)
+            if found:
+                return found
+            continue
+        with open(res, encoding="utf-8") as f:
+            for d in yaml.safe_load_all(f):
+                if isinstance(d, dict) and d.get("kind") == "ConfigMap" and name(d) == "dispatch-values":
+                    return str((d.get("data") or {}).get("runbookUrl", "")), os.path.relpath(res, REPO)
+    return None
+
+
+def dashboard_runbook_base(text: str) -> str | None:
+    """The value of a dashboard's `runbook` constant (None: no such constant, or not JSON)."""
+    try:
+        dash = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(dash, dict):
+        return None
+    for v in (dash.get("templating") or {}).get("list") or []:
+        if v.get("name") == RUNBOOK_VAR and v.get("type") == "constant":
+            return str(v.get("query", ""))
+    return None
+
+
+def check_monitoring_assets(r: Report, docs: list[dict], kdir: str | None = None) -> None:
     """The PrometheusRule and the dashboards ship with every render that is scraped, equal to their
-    single sources (the generated files' drift is scripts/gen-monitoring.py --check)."""
+    single sources (the generated files' drift is scripts/gen-monitoring.py --check), their runbook
+    links on one base URL: that of the kustomization (kdir), when given."""
     dash_files = sorted(glob.glob(os.path.join(REPO, "grafana", "dashboards", "*.json")))
     cms = {name(c): c for c in of_kind(docs, "ConfigMap")}
     scraped = bool(of_kind(docs, "ServiceMonitor"))
+    want, where = None, ""
+    if kdir is not None:
+        found = configured_runbook_url(kdir)
+        if found:
+            want, where = found[0], f"runbookUrl in {found[1]}"
+        elif dash_files:
+            want = dashboard_runbook_base(open(dash_files[0], encoding="utf-8").read())
+            where = "no ConfigMap dispatch-values, so the sources' placeholder"
+        r.note(f"runbook base URL {want} ({where})")
+    bases: dict[str, set[str]] = {}  # base URL -> what links to it
     if scraped or any(n.startswith("dispatch-dashboard-") for n in cms):
         for path in dash_files:
             base = os.path.splitext(os.path.basename(path))[0]
@@ -284,9 +341,20 @@ def check_monitoring_assets(r: Report, docs: list[dict]) -> None:
                     f"dispatch-dashboard-{base}: no label grafana_dashboard: \"1\" (the Grafana sidecar ignores it)")
             text = open(path, encoding="utf-8").read()
             data = list((cm.get("data") or {}).values())
-            r.check(data == [text], f"dispatch-dashboard-{base} holds grafana/dashboards/{base}.json",
-                    f"dispatch-dashboard-{base} differs from grafana/dashboards/{base}.json (run scripts/gen-monitoring.py)")
+            src_url = dashboard_runbook_base(text)
+            url = dashboard_runbook_base(data[0]) if len(data) == 1 else None
+            if src_url and url is not None:
+                bases.setdefault(url, set()).add(f"dispatch-dashboard-{base}")
+                if want is not None:
+                    r.check(url == want, f"dispatch-dashboard-{base}: runbook links to {url}",
+                            f"dispatch-dashboard-{base}: runbook links go to {url}; {where}: {want}")
+                text = text.replace(src_url, url)
+            r.check(data == [text], f"dispatch-dashboard-{base} holds grafana/dashboards/{base}.json (runbook base aside)",
+                    f"dispatch-dashboard-{base} differs from grafana/dashboards/{base}.json other than in its "
+                    "runbook base URL (run scripts/gen-monitoring.py)")
     if not scraped:
+        r.check(len(bases) <= 1, f"one runbook base URL {sorted(bases)}",
+                f"several runbook base URLs: {', '.join(f'{u} ({sorted(w)})' for u, w in sorted(bases.items()))}")
         return
     rule = find(docs, "PrometheusRule", "dispatch-alerts")
     if not r.check(rule is not None, "PrometheusRule dispatch-alerts", "no PrometheusRule dispatch-alerts: no alerts in production"):
@@ -294,7 +362,6 @@ def check_monitoring_assets(r: Report, docs: list[dict]) -> None:
     with open(os.path.join(REPO, "deploy", "prometheus", "alerts.yml"), encoding="utf-8") as f:
         src = yaml.safe_load(f)
     got = json.loads(json.dumps((rule.get("spec") or {}).get("groups") or []))
-    bases = set()
     for g in got:
         for rl in g.get("rules") or []:
             if "alert" not in rl:
@@ -303,15 +370,20 @@ def check_monitoring_assets(r: Report, docs: list[dict]) -> None:
             r.check(re.match(r"^https?://[^/]+/", url) and url.endswith("#" + rl["alert"].lower()),
                     f"{rl['alert']}: runbook_url {url}",
                     f"{rl['alert']}: runbook_url {url!r} is not absolute with #{rl['alert'].lower()}")
-            bases.add(url.split("#")[0])
+            bases.setdefault(url.split("#")[0], set()).add("PrometheusRule dispatch-alerts")
             rl["annotations"]["runbook_url"] = "#" + url.split("#", 1)[-1]
+    if want is not None:
+        off = sorted(u for u, w in bases.items() if u != want and "PrometheusRule dispatch-alerts" in w)
+        r.check(not off, f"PrometheusRule dispatch-alerts: runbook_urls on {want}",
+                f"PrometheusRule dispatch-alerts: runbook_urls on {off}; {where}: {want}")
     for g in src.get("groups") or []:
         for rl in g.get("rules") or []:
             if "runbook_url" in (rl.get("annotations") or {}):
                 rl["annotations"]["runbook_url"] = "#" + rl["annotations"]["runbook_url"].split("#", 1)[-1]
     r.check(got == src.get("groups"), "PrometheusRule dispatch-alerts == deploy/prometheus/alerts.yml",
             "PrometheusRule dispatch-alerts differs from deploy/prometheus/alerts.yml (run scripts/gen-monitoring.py)")
-    r.check(len(bases) <= 1, f"one runbook base URL {sorted(bases)}", f"several runbook base URLs: {sorted(bases)}")
+    r.check(len(bases) <= 1, f"one runbook base URL {sorted(bases)}",
+            f"several runbook base URLs: {', '.join(f'{u} ({sorted(w)})' for u, w in sorted(bases.items()))}")
 
 
 def min_replicas(docs: list[dict], deployment: dict) -> tuple[int | None, str]:
@@ -526,17 +598,23 @@ def check_topic_placement(r: Report, docs: list[dict], topic_docs: list[dict] | 
 
 def main() -> int:
     args = sys.argv[1:]
+    valued = ("--topics", "--kustomization")
     topics_path = args[args.index("--topics") + 1] if "--topics" in args else None
-    paths = [a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] != "--topics")]
+    kdir = args[args.index("--kustomization") + 1] if "--kustomization" in args else None
+    paths = [a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] not in valued)]
     if len(paths) != 1:
         print(__doc__)
         return 2
     docs = load(paths[0])
+    if "--monitoring-only" in args:
+        r = Report(f"runbook links and monitoring assets {paths[0]}", verbose=verbose_flag())
+        check_monitoring_assets(r, docs, kdir)
+        return r.finish()
     r = Report(f"CRD/policy checks {paths[0]}", verbose=verbose_flag())
     partitions = check_topic_placement(r, docs, load(topics_path) if topics_path else None)
     check_scaledobjects(r, docs, partitions)
     check_servicemonitors(r, docs)
-    check_monitoring_assets(r, docs)
+    check_monitoring_assets(r, docs, kdir)
     check_autoscaling(r, docs)
     check_pdbs(r, docs)
     check_workloads(r, docs)

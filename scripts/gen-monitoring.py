@@ -4,17 +4,28 @@
   deploy/prometheus/alerts.yml   -> k8s/base/monitoring/prometheusrule.yaml  (PrometheusRule dispatch-alerts)
   grafana/dashboards/<name>.json -> k8s/base/monitoring/dashboards.yaml      (one ConfigMap per dashboard,
                                                                              label grafana_dashboard: "1")
-  and k8s/base/monitoring/kustomization.yaml listing both.
+  and k8s/base/monitoring/kustomization.yaml listing both, and
+  k8s/base/monitoring/runbook-url/kustomization.yaml: the kustomize component an overlay includes
+  to point the alerts' and the dashboards' runbook links at its `runbookUrl`.
 
 The rule groups are copied as text (comments included) under `spec:`; each `runbook_url` becomes
 absolute: `docs/runbook.md#<anchor>` -> `<RUNBOOK_URL>#<anchor>`, the section of the alert in the
-Kubernetes runbook (docs/runbook-k8s.md). The base URL written here is a placeholder; each overlay
-sets its own through kustomize (`runbookUrl` in its values.yaml), so nothing needs regenerating per
-environment. Dashboards are embedded byte for byte.
+Kubernetes runbook (docs/runbook-k8s.md). Dashboards are embedded byte for byte; their links into
+docs/runbook-k8s.md are `${runbook:raw}[#<anchor>]`, `runbook` being a hidden constant variable
+whose value, RUNBOOK_URL, is the only place the base URL appears in the file.
+
+The base URL written here is a placeholder. Each overlay sets its own (`runbookUrl` of its
+local-config ConfigMap dispatch-values, values.yaml) and includes the runbook-url component: its
+replacements copy that value into every runbook_url before the '#' and into every dashboard's
+`runbook` constant. A kustomize replacement sets a whole field or one delimiter-separated part of
+it, and a dashboard is one JSON string, hence the constant: the base URL appears once, as the N-th
+'"'-separated part of the file, N counted here per dashboard. Changing runbookUrl needs no
+regeneration; changing a dashboard does (N moves), which --check enforces like any other drift.
 
   scripts/gen-monitoring.py           write the files
   scripts/gen-monitoring.py --check   exit 1 (with a diff) when the files differ from what the sources
-                                      give, or an alert has no section in docs/runbook-k8s.md
+                                      give, an alert has no section in docs/runbook-k8s.md, or a
+                                      dashboard links into it other than through ${runbook:raw}
                                       (scripts/check-deploy.sh runs this)
 """
 
@@ -36,6 +47,9 @@ OUT = os.path.join(REPO, "k8s", "base", "monitoring")
 RUNBOOK_K8S = os.path.join(REPO, "docs", "runbook-k8s.md")
 # Placeholder: the overlays replace everything before the '#' (k8s/overlays/*/values.yaml).
 RUNBOOK_URL = "https://git.example.com/dispatch/dispatch/blob/main/docs/runbook-k8s.md"
+# The dashboards' constant variable holding RUNBOOK_URL, and how their links refer to it.
+RUNBOOK_VAR = "runbook"
+RUNBOOK_REF = "${runbook:raw}"
 LOCAL_RUNBOOK = "docs/runbook.md"
 # The Grafana sidecar's default label (Grafana Helm chart, kube-prometheus-stack).
 SIDECAR_LABEL = ("grafana_dashboard", "1")
@@ -98,17 +112,62 @@ def prometheus_rule(alerts_text: str) -> str:
     return out
 
 
-def dashboards() -> str:
+def link_urls(node) -> list[str]:
+    """The URLs of a dashboard's links: its own, its panels' and their fields' (data links)."""
+    urls = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "links" and isinstance(v, list):
+                urls += [str(link["url"]) for link in v if isinstance(link, dict) and "url" in link]
+            urls += link_urls(v)
+    elif isinstance(node, list):
+        for v in node:
+            urls += link_urls(v)
+    return urls
+
+
+def runbook_index(path: str, text: str, dash: dict, sections: set[str]) -> int:
+    """Checks the dashboard's runbook links and returns the position of its `runbook` constant's
+    value among the '"'-separated parts of the file (what the runbook-url component replaces)."""
+    consts = [v for v in (dash.get("templating") or {}).get("list") or [] if v.get("name") == RUNBOOK_VAR]
+    if len(consts) != 1 or consts[0].get("type") != "constant" or consts[0].get("query") != RUNBOOK_URL:
+        raise GenError(f"{rel(path)}: needs one constant variable `{RUNBOOK_VAR}` with query \"{RUNBOOK_URL}\"")
+    for url in link_urls(dash):
+        if url.startswith(RUNBOOK_REF):
+            anchor = url[len(RUNBOOK_REF):]
+            if anchor and (not anchor.startswith("#") or anchor[1:] not in sections):
+                raise GenError(f"{rel(path)}: link {url}: no section #{anchor.lstrip('#')} in {rel(RUNBOOK_K8S)}")
+        elif "runbook-k8s" in url or re.search(r"\$\{?" + RUNBOOK_VAR + r"\b", url):
+            raise GenError(f"{rel(path)}: link {url}: runbook links are {RUNBOOK_REF} or {RUNBOOK_REF}#<anchor>, "
+                           "so that each overlay's runbookUrl reaches them")
+    parts = text.split('"')
+    at = [i for i, part in enumerate(parts) if part == RUNBOOK_URL]
+    if text.count(RUNBOOK_URL) != 1 or len(at) != 1:
+        raise GenError(f"{rel(path)}: {RUNBOOK_URL} must appear once, as the `{RUNBOOK_VAR}` constant's query "
+                       f"(found {text.count(RUNBOOK_URL)} times)")
+    return at[0]
+
+
+def dashboard_files() -> list[str]:
     files = sorted(glob.glob(os.path.join(DASHBOARDS, "*.json")))
     if not files:
         raise GenError(f"no dashboards in {rel(DASHBOARDS)}")
+    return files
+
+
+def dashboard_key(path: str, dash: dict) -> tuple[str, str]:
+    """(ConfigMap name, data key) of a dashboard."""
+    base = os.path.splitext(os.path.basename(path))[0]
+    return f"dispatch-dashboard-{base}", f"{dash.get('uid') or f'dispatch-{base}'}.json"
+
+
+def dashboards() -> str:
     docs = []
-    for path in files:
+    for path in dashboard_files():
         text = open(path, encoding="utf-8").read()
         dash = json.loads(text)
         base = os.path.splitext(os.path.basename(path))[0]
-        uid = dash.get("uid") or f"dispatch-{base}"
-        key = f"{uid}.json"
+        key = dashboard_key(path, dash)[1]
         if "\t" in text or any(line != line.rstrip() for line in text.splitlines()) or not text.endswith("\n"):
             block = "    " + json.dumps(text)  # not representable as a literal block: quoted
             data = f"  {key}:\n{block}\n"
@@ -146,18 +205,70 @@ def kustomization() -> str:
         "resources:\n"
         "  - prometheusrule.yaml\n"
         "  - dashboards.yaml\n"
+        "# runbook-url/: the component each overlay includes to set the runbook base URL of both.\n"
     )
+
+
+def runbook_component(sections: set[str]) -> str:
+    targets = []
+    for path in dashboard_files():
+        text = open(path, encoding="utf-8").read()
+        dash = json.loads(text)
+        cm, key = dashboard_key(path, dash)
+        index = runbook_index(path, text, dash, sections)
+        targets.append(
+            f"      # {rel(path)}: the `{RUNBOOK_VAR}` constant, part {index} of the file split at '\"'.\n"
+            "      - select:\n"
+            "          kind: ConfigMap\n"
+            f"          name: {cm}\n"
+            "        fieldPaths:\n"
+            f"          - data.[{key}]\n"
+            "        options:\n"
+            "          delimiter: '\"'\n"
+            f"          index: {index}\n"
+        )
+    return HEADER.format(src="grafana/dashboards/ (the positions below)") + (
+        "# The runbook base URL of an overlay: `runbookUrl` of its ConfigMap dispatch-values (values.yaml, a\n"
+        "# local-config object) becomes the part before the '#' of every alert's runbook_url and the value\n"
+        "# of every dashboard's `runbook` constant, which its runbook links use (${runbook:raw}#<anchor>).\n"
+        "# An overlay lists this under `components:` and has dispatch-values among its resources; the\n"
+        "# dashboards' positions change with their text, hence generated (docs/deploy.md, Runbook links).\n"
+        "apiVersion: kustomize.config.k8s.io/v1alpha1\n"
+        "kind: Component\n"
+        "\n"
+        "replacements:\n"
+        "  - source:\n"
+        "      kind: ConfigMap\n"
+        "      name: dispatch-values\n"
+        "      fieldPath: data.runbookUrl\n"
+        "    targets:\n"
+        "      # runbook_url: <runbookUrl>#<alert in lower case>\n"
+        "      - select:\n"
+        "          kind: PrometheusRule\n"
+        "          name: dispatch-alerts\n"
+        "        fieldPaths:\n"
+        "          - spec.groups.*.rules.*.annotations.runbook_url\n"
+        "        options:\n"
+        "          delimiter: \"#\"\n"
+        "          index: 0\n"
+        + "".join(targets)
+    )
+
+
+def runbook_k8s_sections() -> set[str]:
+    """The anchors of docs/runbook-k8s.md's sections (`## <AlertName>` -> `<alertname>`)."""
+    try:
+        text = open(RUNBOOK_K8S, encoding="utf-8").read()
+    except OSError:
+        return set()
+    return {m.group(1).strip().lower() for m in re.finditer(r"^##\s+(.+)$", text, re.M)}
 
 
 def runbook_sections(alerts_text: str) -> list[str]:
     """Alerts without a section (`## <AlertName>`) in docs/runbook-k8s.md."""
     src = yaml.safe_load(alerts_text)
     names = [r["alert"] for g in src.get("groups") or [] for r in g.get("rules") or [] if "alert" in r]
-    try:
-        text = open(RUNBOOK_K8S, encoding="utf-8").read()
-    except OSError:
-        return names
-    have = {m.group(1).strip().lower() for m in re.finditer(r"^##\s+(.+)$", text, re.M)}
+    have = runbook_k8s_sections()
     return [n for n in names if n.lower() not in have]
 
 
@@ -169,6 +280,7 @@ def main() -> int:
             "prometheusrule.yaml": prometheus_rule(alerts_text),
             "dashboards.yaml": dashboards(),
             "kustomization.yaml": kustomization(),
+            os.path.join("runbook-url", "kustomization.yaml"): runbook_component(runbook_k8s_sections()),
         }
     except (GenError, OSError, ValueError, yaml.YAMLError) as e:
         print(f"gen-monitoring: FAIL: {e}")
@@ -195,7 +307,7 @@ def main() -> int:
                     break
                 print("    " + line)
         else:
-            os.makedirs(OUT, exist_ok=True)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w", encoding="utf-8") as f:
                 f.write(text)
             print(f"gen-monitoring: wrote {rel(path)}")
