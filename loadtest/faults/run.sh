@@ -372,12 +372,15 @@ scenario_cancel_storm() {
     # retrying: 30% failures, 1 s backoff); half of the retrying ones cancelled mid-run through
     # both gateways; 10% of the simulate tasks die at once and are redriven after the load, and
     # half of the redriven ones are cancelled while the redrive runs (racing their new runs on
-    # other instances); and globex cancels, just before each submit, the id that acme's
-    # idempotency key will produce (half of the 40% idempotent submits).
+    # other instances); globex cancels, just before each submit, the id that acme's idempotency
+    # key will produce (half of the 40% idempotent submits), and 20% of the accepted tasks
+    # 0-150 ms after the accept through the other gateway, naming the business key (a gateway
+    # that has not seen the task routes it: the processor and the store must refuse it).
     local t0=${SECONDS} n=0 redrive
     load cancel-storm --sim-latency-max-ms 2000 --sim-fail-rate 0.3 --sim-redrivable-share 0.1 \
         --cancel-share 0.3 --cancel-delay-max-ms 3000 --idempotency-share 0.4 \
-        --foreign-cancel-share 0.5 --foreign-api-key dev-key-globex
+        --foreign-cancel-share 0.5 --foreign-cancel-after-share 0.2 \
+        --foreign-cancel-delay-max-ms 150 --foreign-api-key dev-key-globex
     sleep $((DURATION / 2))
     log "cancelling retrying tasks"
     "${BIN}/dispatch-loadgen" cancel --ids "${OUT}/cancel-storm.ids" --select retrying --share 0.5 \

@@ -200,6 +200,15 @@ pub struct RunArgs {
     /// cancels just before the submit.
     #[arg(long, default_value_t = 0.0)]
     pub foreign_cancel_share: f64,
+    /// Mixed load: share of accepted submits that another tenant (`--foreign-api-key`) cancels
+    /// 0 ..= `--foreign-cancel-delay-max-ms` after the accept, through the other gateway and
+    /// naming the task's business key (so a gateway that has not seen the task yet routes it:
+    /// the processor and the store must refuse it).
+    #[arg(long, default_value_t = 0.0)]
+    pub foreign_cancel_after_share: f64,
+    /// Delays of `--foreign-cancel-after-share` cancels are drawn from 0 ..= this many ms.
+    #[arg(long, default_value_t = 200)]
+    pub foreign_cancel_delay_max_ms: u64,
     /// API key of the other tenant for `--foreign-cancel-share`.
     #[arg(long)]
     pub foreign_api_key: Option<String>,

@@ -55,6 +55,8 @@ const SALT_RUN_AT: u64 = 6;
 const SALT_CANCEL: u64 = 7;
 const SALT_CANCEL_DELAY: u64 = 8;
 const SALT_FOREIGN: u64 = 9;
+const SALT_FOREIGN_AFTER: u64 = 10;
+const SALT_FOREIGN_DELAY: u64 = 11;
 
 /// FNV-1a, 64 bits: a stable fingerprint of what a submit asked for (the audit compares the
 /// fingerprints of submits that share an idempotency key).
@@ -192,11 +194,15 @@ struct Item {
     scheduled: bool,
     cancel_after: Option<Duration>,
     foreign_cancel: bool,
+    /// Another tenant cancels the accepted task after this delay.
+    foreign_cancel_after: Option<Duration>,
 }
 
 /// A cancel to send later.
 struct CancelJob {
     gateway: usize,
+    /// Sent by the other tenant (`--foreign-api-key`).
+    foreign: bool,
     task_id: String,
     key: String,
     at: tokio::time::Instant,
@@ -248,6 +254,8 @@ struct Mix {
     cancel_share: f64,
     cancel_delay_max_ms: u64,
     foreign_cancel_share: f64,
+    foreign_cancel_after_share: f64,
+    foreign_cancel_delay_max_ms: u64,
     max_attempts: u32,
     initial_backoff_ms: u32,
 }
@@ -271,6 +279,8 @@ impl Mix {
             cancel_share: a.cancel_share,
             cancel_delay_max_ms: a.cancel_delay_max_ms,
             foreign_cancel_share: a.foreign_cancel_share,
+            foreign_cancel_after_share: a.foreign_cancel_after_share,
+            foreign_cancel_delay_max_ms: a.foreign_cancel_delay_max_ms,
             max_attempts: a.max_attempts,
             initial_backoff_ms: a.initial_backoff_ms,
         };
@@ -284,6 +294,7 @@ impl Mix {
             || m.run_at_share > 0.0
             || m.cancel_share > 0.0
             || m.foreign_cancel_share > 0.0
+            || m.foreign_cancel_after_share > 0.0
             || m.max_attempts > 0
             || m.initial_backoff_ms > 0;
         m
@@ -364,6 +375,15 @@ impl Scenario {
                 || (a.foreign_api_key.is_some() && !a.tenant.is_empty()),
             "--foreign-cancel-share needs --foreign-api-key and --tenant (to compute the ids the tenant's idempotency keys produce)"
         );
+        anyhow::ensure!(
+            mix.foreign_cancel_after_share == 0.0 || a.foreign_api_key.is_some(),
+            "--foreign-cancel-after-share needs --foreign-api-key"
+        );
+        let foreign_auth = a
+            .foreign_api_key
+            .as_deref()
+            .map(|k| auth_value(k, "--foreign-api-key"))
+            .transpose()?;
         let cancels = Arc::new(CancelLog::open(a.record_cancels.as_deref())?);
         let auth = auth_value(&a.api_key, "--api-key")?;
         let timeout = Duration::from_millis(a.timeout_ms);
@@ -372,6 +392,7 @@ impl Scenario {
             cancel_rx,
             gateways.clone(),
             auth.clone(),
+            foreign_auth.clone(),
             timeout,
             cancels.clone(),
             a.tenant.clone(),
@@ -386,11 +407,7 @@ impl Scenario {
             gateways,
             readers,
             auth,
-            foreign_auth: a
-                .foreign_api_key
-                .as_deref()
-                .map(|k| auth_value(k, "--foreign-api-key"))
-                .transpose()?,
+            foreign_auth,
             payload: payload(a.payload_bytes, a.sim_latency_ms, a.sim_fail_rate),
             keys: a.keys.max(1),
             key_prefix: a.key_prefix.clone(),
@@ -482,6 +499,7 @@ impl Scenario {
                 scheduled: false,
                 cancel_after: None,
                 foreign_cancel: false,
+                foreign_cancel_after: None,
             };
         }
         let task_type = if roll(seq, SALT_NOOP) < m.noop_share {
@@ -546,6 +564,13 @@ impl Scenario {
             scheduled,
             cancel_after,
             foreign_cancel: idem && roll(seq, SALT_FOREIGN) < m.foreign_cancel_share,
+            foreign_cancel_after: (roll(seq, SALT_FOREIGN_AFTER) < m.foreign_cancel_after_share)
+                .then(|| {
+                    Duration::from_millis(
+                        (m.foreign_cancel_delay_max_ms as f64 * roll(seq, SALT_FOREIGN_DELAY))
+                            as u64,
+                    )
+                }),
         }
     }
 
@@ -558,6 +583,7 @@ impl Scenario {
         let mut it = self.base_item(seq - 1);
         it.cancel_after = None;
         it.foreign_cancel = false;
+        it.foreign_cancel_after = None;
         match seq % 4 {
             0 => {
                 it.spec.business_key = if self.keys > 1 {
@@ -657,18 +683,27 @@ impl Scenario {
         self.cancels.flush();
     }
 
-    /// After an accepted submit: schedule its cancel, if the mix asks for one.
+    /// After an accepted submit: schedule its cancels (its tenant's, through the gateway that
+    /// accepted it; another tenant's, through the other one), if the mix asks for them.
     fn after_accept(&self, pick: usize, it: &Item, task_id: &str) {
-        if let Some(d) = it.cancel_after
-            && let Ok(tx) = self.cancel_tx.lock()
-            && let Some(tx) = tx.as_ref()
-        {
-            let _ = tx.send(CancelJob {
-                gateway: pick,
-                task_id: task_id.to_owned(),
-                key: it.spec.business_key.clone(),
-                at: tokio::time::Instant::now() + d,
-            });
+        let Ok(tx) = self.cancel_tx.lock() else {
+            return;
+        };
+        let Some(tx) = tx.as_ref() else { return };
+        let jobs = [
+            (it.cancel_after, pick, false),
+            (it.foreign_cancel_after, pick + 1, true),
+        ];
+        for (d, gateway, foreign) in jobs {
+            if let Some(d) = d {
+                let _ = tx.send(CancelJob {
+                    gateway,
+                    foreign,
+                    task_id: task_id.to_owned(),
+                    key: it.spec.business_key.clone(),
+                    at: tokio::time::Instant::now() + d,
+                });
+            }
         }
     }
 
@@ -905,6 +940,7 @@ async fn cancel_worker(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<CancelJob>,
     gateways: Vec<TaskServiceClient<Channel>>,
     auth: MetadataValue<Ascii>,
+    foreign_auth: Option<MetadataValue<Ascii>>,
     timeout: Duration,
     log: Arc<CancelLog>,
     tenant: String,
@@ -912,7 +948,12 @@ async fn cancel_worker(
     let mut set = tokio::task::JoinSet::new();
     while let Some(job) = rx.recv().await {
         let mut c = gateways[job.gateway % gateways.len()].clone();
-        let (auth, log, tenant) = (auth.clone(), log.clone(), tenant.clone());
+        let (auth, tenant) = match (&foreign_auth, job.foreign) {
+            (Some(f), true) => (f.clone(), "foreign".to_owned()),
+            (None, true) => continue,
+            (_, false) => (auth.clone(), tenant.clone()),
+        };
+        let log = log.clone();
         set.spawn(async move {
             tokio::time::sleep_until(job.at).await;
             send_cancel(
@@ -920,7 +961,7 @@ async fn cancel_worker(
                 &auth,
                 timeout,
                 &log,
-                (&job.task_id, &job.key, &tenant, false),
+                (&job.task_id, &job.key, &tenant, job.foreign),
             )
             .await;
         });

@@ -117,7 +117,11 @@ fn on_duplicate() -> String {
     );
     // A cancel's row of another tenant, and this write is its real owner's.
     let foreign = "(task_type = '' AND tenant <> VALUES(tenant) AND VALUES(task_type) <> '')";
-    let apply = format!("(({fence} AND tenant = VALUES(tenant)) OR {foreign})");
+    let apply = if cfg!(feature = "fault-skip-tenant-fence") {
+        format!("({fence} OR {foreign})")
+    } else {
+        format!("(({fence} AND tenant = VALUES(tenant)) OR {foreign})")
+    };
     // Take the data columns: replacing a foreign placeholder, or filling the owner's own.
     let data = "(task_type = '' AND VALUES(task_type) <> '')";
     let mut sets: Vec<String> = Vec::new();
