@@ -239,6 +239,13 @@ scenario_kill_processor() {
 }
 
 
+# submit_latency NAME: a note with the submit latency (sent .. answered OK) of NAME's load by the
+# path that made each submit durable: the outbox's are the submits of the outage.
+submit_latency() {
+    echo "scenario note: submit latency: $(timing "$1" "$1" submits_kafka) via Kafka p50 $(timing "$1" "$1" submit_kafka_p50_ms) ms p99 $(timing "$1" "$1" submit_kafka_p99_ms) ms; $(timing "$1" "$1" submits_outbox) via the outbox (the outage) p50 $(timing "$1" "$1" submit_outbox_p50_ms) ms p99 $(timing "$1" "$1" submit_outbox_p99_ms) ms max $(timing "$1" "$1" submit_outbox_max_ms) ms (client deadline 5000 ms)" |
+        tee -a "${OUT}/$1.verdict"
+}
+
 scenario_kafka_restart() {
     FLOOR=1 # the outbox takes every submit of the outage: none may be refused
     load kafka-restart
@@ -249,6 +256,7 @@ scenario_kafka_restart() {
     "${STACK}" start kafka
     audit kafka-restart
     restart_dead_services
+    submit_latency kafka-restart
 }
 
 scenario_redis_stop() {
@@ -628,6 +636,7 @@ scenario_kafka_restart_x5() {
     done
     audit kafka-restart-x5
     restart_dead_services
+    submit_latency kafka-restart-x5
     echo "scenario note: outbox drained after each restart in ${drained[*]} (bound 30 s)" | tee -a "${OUT}/kafka-restart-x5.verdict"
     if ((slow > 0)); then
         scenario_fail kafka-restart-x5 "the outbox took longer than 30 s to drain after ${slow} of 5 restarts (${drained[*]})"

@@ -399,13 +399,27 @@ pub struct Timing {
     pub retry_p99_ms: f64,
     /// Largest.
     pub retry_max_ms: f64,
+    /// Submits answered OK after a produce to Kafka (sent and answered times known).
+    pub submits_kafka: u64,
+    /// Their latency (sent .. answered): median.
+    pub submit_kafka_p50_ms: f64,
+    /// 99th percentile.
+    pub submit_kafka_p99_ms: f64,
+    /// Submits answered OK after an outbox write (a Kafka outage, or their key behind one).
+    pub submits_outbox: u64,
+    /// Their latency: median.
+    pub submit_outbox_p50_ms: f64,
+    /// 99th percentile.
+    pub submit_outbox_p99_ms: f64,
+    /// Largest.
+    pub submit_outbox_max_ms: f64,
 }
 
 impl Timing {
     /// One line.
     pub fn line(&self) -> String {
         format!(
-            "started={} start_p50_ms={:.0} start_p99_ms={:.0} start_max_ms={:.0} retries={} retry_p50_ms={:.0} retry_p99_ms={:.0} retry_max_ms={:.0}",
+            "started={} start_p50_ms={:.0} start_p99_ms={:.0} start_max_ms={:.0} retries={} retry_p50_ms={:.0} retry_p99_ms={:.0} retry_max_ms={:.0} submits_kafka={} submit_kafka_p50_ms={:.0} submit_kafka_p99_ms={:.0} submits_outbox={} submit_outbox_p50_ms={:.0} submit_outbox_p99_ms={:.0} submit_outbox_max_ms={:.0}",
             self.started,
             self.start_p50_ms,
             self.start_p99_ms,
@@ -413,7 +427,14 @@ impl Timing {
             self.retries,
             self.retry_p50_ms,
             self.retry_p99_ms,
-            self.retry_max_ms
+            self.retry_max_ms,
+            self.submits_kafka,
+            self.submit_kafka_p50_ms,
+            self.submit_kafka_p99_ms,
+            self.submits_outbox,
+            self.submit_outbox_p50_ms,
+            self.submit_outbox_p99_ms,
+            self.submit_outbox_max_ms
         )
     }
 }
@@ -427,15 +448,23 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank - 1]
 }
 
-/// Per source: time to start (sent .. attempt 1's first start) and retry delays (attempt n's end
-/// .. attempt n+1's first start), generation 0.
+/// Per source: time to start (sent .. attempt 1's first start), retry delays (attempt n's end
+/// .. attempt n+1's first start), generation 0, and submit latency by the path that made the
+/// submit durable (Kafka or the outbox).
 fn timing(h: &History) -> BTreeMap<String, Timing> {
     let mut starts: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut retries: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut submits: BTreeMap<(&str, bool), Vec<f64>> = BTreeMap::new();
     let mut seen = HashSet::new();
     for a in &h.accepted {
         if a.duplicate || !seen.insert(a.task_id) {
             continue;
+        }
+        if a.sent_us > 0 && a.acked_us >= a.sent_us {
+            submits
+                .entry((a.source.as_str(), a.via == "outbox"))
+                .or_default()
+                .push((a.acked_us - a.sent_us) as f64 / 1000.0);
         }
         let execs: Vec<&Exec> = h
             .execs
@@ -495,8 +524,11 @@ fn timing(h: &History) -> BTreeMap<String, Timing> {
     for src in sources {
         let mut s = starts.remove(src).unwrap_or_default();
         let mut r = retries.remove(src).unwrap_or_default();
-        s.sort_by(f64::total_cmp);
-        r.sort_by(f64::total_cmp);
+        let mut k = submits.remove(&(src, false)).unwrap_or_default();
+        let mut o = submits.remove(&(src, true)).unwrap_or_default();
+        for v in [&mut s, &mut r, &mut k, &mut o] {
+            v.sort_by(f64::total_cmp);
+        }
         out.insert(
             src.to_owned(),
             Timing {
@@ -508,6 +540,13 @@ fn timing(h: &History) -> BTreeMap<String, Timing> {
                 retry_p50_ms: quantile(&r, 0.5),
                 retry_p99_ms: quantile(&r, 0.99),
                 retry_max_ms: r.last().copied().unwrap_or(0.0),
+                submits_kafka: k.len() as u64,
+                submit_kafka_p50_ms: quantile(&k, 0.5),
+                submit_kafka_p99_ms: quantile(&k, 0.99),
+                submits_outbox: o.len() as u64,
+                submit_outbox_p50_ms: quantile(&o, 0.5),
+                submit_outbox_p99_ms: quantile(&o, 0.99),
+                submit_outbox_max_ms: o.last().copied().unwrap_or(0.0),
             },
         );
     }

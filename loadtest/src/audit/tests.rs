@@ -832,3 +832,34 @@ fn timing_measures_time_to_start_and_retry_delays_per_load() {
     assert_eq!(t["slow"].retries, 1);
     assert_eq!(t["slow"].retry_max_ms, 200.0);
 }
+
+#[test]
+fn timing_measures_submit_latency_by_the_path_that_made_it_durable() {
+    let ids: Vec<TaskId> = (0..4).map(|_| TaskId::new()).collect();
+    let mut lines = vec![
+        line(ids[0], "k1", "kafka", 1, 100, 102),
+        line(ids[1], "k2", "kafka", 2, 100, 104),
+        line(ids[2], "k3", "outbox", 3, 100, 900),
+        line(ids[3], "k4", "outbox", 4, 100, 1_300),
+    ];
+    for l in &mut lines {
+        l.source = "load".into();
+    }
+    // A duplicate answer is not a second submit of its task.
+    let mut dup = line(ids[0], "k1", "kafka", 1, 100, 5_000);
+    dup.source = "load".into();
+    dup.duplicate = true;
+    lines.push(dup);
+    let h = History {
+        accepted: lines,
+        ..Default::default()
+    };
+    let t = &timing(&h)["load"];
+    assert_eq!(t.submits_kafka, 2);
+    assert_eq!(t.submit_kafka_p50_ms, 2.0);
+    assert_eq!(t.submit_kafka_p99_ms, 4.0);
+    assert_eq!(t.submits_outbox, 2);
+    assert_eq!(t.submit_outbox_p50_ms, 800.0);
+    assert_eq!(t.submit_outbox_p99_ms, 1_200.0);
+    assert_eq!(t.submit_outbox_max_ms, 1_200.0);
+}
