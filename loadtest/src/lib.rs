@@ -215,6 +215,11 @@ pub struct RunArgs {
     /// Append every cancel (id, tenant, own|foreign, outcome, sent at) to this file, for `audit`.
     #[arg(long)]
     pub record_cancels: Option<std::path::PathBuf>,
+    /// Priorities of the submitted tasks as `name=weight` pairs (`critical`, `default`, `low`),
+    /// drawn per sequence number in proportion to the weights: `critical=1,default=1,low=1` is a
+    /// third of each. Empty: no priority is set (the server's default).
+    #[arg(long, default_value = "")]
+    pub priority_mix: String,
 }
 
 /// Runs the CLI.

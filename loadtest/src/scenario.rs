@@ -57,6 +57,58 @@ const SALT_CANCEL_DELAY: u64 = 8;
 const SALT_FOREIGN: u64 = 9;
 const SALT_FOREIGN_AFTER: u64 = 10;
 const SALT_FOREIGN_DELAY: u64 = 11;
+const SALT_PRIORITY: u64 = 12;
+
+/// Parses `--priority-mix` (`critical=6,default=3,low=1`) into (wire priority, cumulative
+/// share) pairs whose last share is 1. Empty: no pairs (no priority set).
+///
+/// # Errors
+/// An unknown name, a pair without `=`, a weight that is not a non-negative number, or weights
+/// that sum to zero.
+pub fn parse_priority_mix(s: &str) -> anyhow::Result<Vec<(i32, f64)>> {
+    let mut pairs = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, weight) = part
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--priority-mix: `{part}` is not name=weight"))?;
+        let p = match name.trim() {
+            "critical" => pb::Priority::Critical,
+            "default" => pb::Priority::Default,
+            "low" => pb::Priority::Low,
+            other => {
+                anyhow::bail!("--priority-mix: unknown priority `{other}` (critical, default, low)")
+            }
+        };
+        let w: f64 = weight
+            .trim()
+            .parse()
+            .ok()
+            .filter(|w: &f64| w.is_finite() && *w >= 0.0)
+            .ok_or_else(|| anyhow::anyhow!("--priority-mix: bad weight in `{part}`"))?;
+        pairs.push((p as i32, w));
+    }
+    if pairs.is_empty() {
+        return Ok(pairs);
+    }
+    let total: f64 = pairs.iter().map(|(_, w)| w).sum();
+    anyhow::ensure!(total > 0.0, "--priority-mix: the weights sum to zero");
+    // The last pair with a weight closes at exactly 1 (no rounding gap after it).
+    let last = pairs.iter().rposition(|(_, w)| *w > 0.0).unwrap_or(0);
+    let mut acc = 0.0;
+    for (i, (_, w)) in pairs.iter_mut().enumerate() {
+        acc += *w / total;
+        *w = if i >= last { 1.0 } else { acc };
+    }
+    Ok(pairs)
+}
+
+/// The priority of a roll `r` in [0, 1) under a parsed `--priority-mix` (0, unspecified, when
+/// the mix is empty).
+pub fn pick_priority(mix: &[(i32, f64)], r: f64) -> i32 {
+    mix.iter()
+        .find(|(_, upto)| r < *upto)
+        .map_or(0, |(p, _)| *p)
+}
 
 /// FNV-1a, 64 bits: a stable fingerprint of what a submit asked for (the audit compares the
 /// fingerprints of submits that share an idempotency key).
@@ -233,6 +285,8 @@ pub struct Scenario {
     cancel_tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<CancelJob>>>,
     cancel_worker: Mutex<Option<tokio::task::JoinHandle<()>>>,
     counts: Mutex<Counts>,
+    /// `--priority-mix`, parsed.
+    priorities: Vec<(i32, f64)>,
 }
 
 /// The mixed-load knobs of `run` (all off by default).
@@ -435,6 +489,7 @@ impl Scenario {
             cancel_tx: Mutex::new(Some(cancel_tx)),
             cancel_worker: Mutex::new(Some(worker)),
             counts: Mutex::new(Counts::default()),
+            priorities: parse_priority_mix(&a.priority_mix)?,
         };
         if a.scenario == Kind::Get {
             s.ids = s.seed(a.get_set.max(1)).await?;
@@ -494,6 +549,7 @@ impl Scenario {
                         .as_ref()
                         .map(|p| format!("{p}-{seq}"))
                         .unwrap_or_default(),
+                    priority: pick_priority(&self.priorities, roll(seq, SALT_PRIORITY)),
                     ..Default::default()
                 },
                 scheduled: false,
@@ -559,6 +615,7 @@ impl Scenario {
                 },
                 run_at,
                 retry_policy: self.retry_policy(),
+                priority: pick_priority(&self.priorities, roll(seq, SALT_PRIORITY)),
                 ..Default::default()
             },
             scheduled,
@@ -982,6 +1039,42 @@ mod tests {
         assert_eq!(roll(42, 1), roll(42, 1));
         assert_ne!(roll(42, 1), roll(42, 2));
         assert!((0..n).all(|s| (0.0..1.0).contains(&roll(s, 3))));
+    }
+
+    #[test]
+    fn priority_mixes_parse_and_pick_in_proportion() {
+        assert!(parse_priority_mix("").expect("empty").is_empty());
+        assert_eq!(pick_priority(&[], 0.3), 0);
+        let one = parse_priority_mix("low=2").expect("one");
+        assert_eq!(one, vec![(pb::Priority::Low as i32, 1.0)]);
+        assert_eq!(pick_priority(&one, 0.999), pb::Priority::Low as i32);
+        let mix = parse_priority_mix("critical=6, default=3,low=1").expect("three");
+        let n = 100_000u64;
+        let mut seen = [0usize; 4];
+        for seq in 0..n {
+            seen[pick_priority(&mix, roll(seq, SALT_PRIORITY)) as usize] += 1;
+        }
+        assert_eq!(seen[0], 0, "every task gets a priority");
+        for (p, want) in [(1, 60_000), (2, 30_000), (3, 10_000)] {
+            assert!(seen[p].abs_diff(want) < 1_000, "priority {p}: {seen:?}");
+        }
+        // A zero weight never picks its priority.
+        let no_default = parse_priority_mix("critical=1,default=0,low=1").expect("zero");
+        assert!((0..n).all(|s| pick_priority(&no_default, roll(s, SALT_PRIORITY)) != 2));
+        let no_low = parse_priority_mix("critical=1,default=2,low=0").expect("last zero");
+        assert_eq!(
+            pick_priority(&no_low, 1.0 - f64::EPSILON),
+            pb::Priority::Default as i32
+        );
+        for bad in [
+            "urgent=1",
+            "critical",
+            "critical=-1",
+            "critical=x",
+            "critical=0,low=0",
+        ] {
+            assert!(parse_priority_mix(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
