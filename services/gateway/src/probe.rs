@@ -11,8 +11,17 @@
 //! records what it sees of them (MySQL's and Redis' errors) in the app's [`TlsFailures`], and
 //! `dispatch_runtime::tls_failures` turns them into the components `mysql_tls` (Down:
 //! NOT_SERVING, whatever Kafka does) and `redis_tls` (Degraded, like `redis`), held for
-//! `health.tls_hold_ms` and until the dependency works again. A Kafka TLS failure recorded there
-//! (`kafka_tls`, Down) is cleared the same way by the probe's metadata answers.
+//! `health.tls_hold_ms` and until the dependency works again.
+//!
+//! Kafka's TLS failures reach the same [`TlsFailures`] from the producer's librdkafka context
+//! (`dispatch_runtime::tls_failures::kafka_error`) and are cleared the same way by the probe's
+//! metadata answers, but `kafka_tls` is only Degraded while MySQL works: accepted records then go
+//! to the outbox, as in any Kafka outage, and the relay publishes them once Kafka takes them
+//! again. Turning the gateway NOT_SERVING would not get the records to Kafka any sooner; with
+//! every replica sharing the same trust and credentials it would refuse every submit instead
+//! of queueing them. When MySQL fails too nothing covers for Kafka, and `kafka_tls` is Down
+//! (NOT_SERVING) until Kafka has worked again and the hold has passed: a metadata answer on a
+//! connection made before the failure proves little.
 
 use std::time::Duration;
 
@@ -56,6 +65,16 @@ fn status(result: &Result<(), String>, other_ok: bool) -> ComponentStatus {
         Ok(()) => ComponentStatus::Up,
         Err(e) if other_ok => ComponentStatus::Degraded(e.clone()),
         Err(e) => ComponentStatus::Down(e.clone()),
+    }
+}
+
+/// The dependencies whose TLS failures only degrade the gateway (see the module docs): Redis, and
+/// Kafka while the outbox covers for it (MySQL works).
+fn tls_optional(mysql_ok: bool) -> &'static [Dependency] {
+    if mysql_ok {
+        &[Dependency::Redis, Dependency::Kafka]
+    } else {
+        &[Dependency::Redis]
     }
 }
 
@@ -115,7 +134,9 @@ impl Probe {
                     self.tls.observe_text(Dependency::Redis, e);
                 }
             }
-            let tls_down = self.tls.sync(&self.health, tls_hold, &[Dependency::Redis]);
+            let tls_down = self
+                .tls
+                .sync(&self.health, tls_hold, tls_optional(mysql.is_ok()));
             self.health.set("kafka", status(&kafka, mysql.is_ok()));
             self.health.set("mysql", status(&mysql, kafka.is_ok()));
             self.health.set(
@@ -145,6 +166,37 @@ impl Probe {
                 () = stop.cancelled() => {}
                 () = tokio::time::sleep(period) => {}
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kafka_tls_failure_degrades_while_the_outbox_covers_and_is_down_without_it() {
+        let tls = TlsFailures::new("gateway-probe-unit", &[Dependency::Kafka]);
+        let health = Health::new();
+        tls.record(
+            Dependency::Kafka,
+            "SSL handshake failed: certificate verify failed",
+        );
+        // MySQL works: Degraded, still serving.
+        assert!(!tls.sync(&health, Duration::ZERO, tls_optional(true)));
+        let r = health.readiness();
+        assert!(
+            matches!(&r.components["kafka_tls"], ComponentStatus::Degraded(why) if why.contains("certificate verify failed")),
+            "{r:?}"
+        );
+        assert!(r.down.is_empty(), "{r:?}");
+        // MySQL fails too: Down, NOT_SERVING.
+        assert!(tls.sync(&health, Duration::ZERO, tls_optional(false)));
+        assert_eq!(health.readiness().down, vec!["kafka_tls".to_string()]);
+        // Redis stays optional either way; MySQL never is.
+        for mysql_ok in [true, false] {
+            assert!(tls_optional(mysql_ok).contains(&Dependency::Redis));
+            assert!(!tls_optional(mysql_ok).contains(&Dependency::Mysql));
         }
     }
 }

@@ -12,6 +12,7 @@ use dispatch_runtime::kafka;
 use dispatch_runtime::server::GrpcServer;
 use dispatch_runtime::shutdown::Shutdown;
 use dispatch_runtime::tls::ServerTls;
+use dispatch_runtime::tls_failures::{Dependency, TlsFailures};
 use dispatch_store::MySqlPool;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::sync::{mpsc, watch};
@@ -29,6 +30,7 @@ use crate::gate::Gate;
 use crate::handler::{Handler, Registry};
 use crate::process::{Parts, Processor};
 use crate::produce::Producer;
+use crate::readiness::TlsProbe;
 use crate::scheduler::Scheduler;
 use crate::settings::Settings;
 use crate::slots::Slots;
@@ -78,6 +80,8 @@ impl AppBuilder {
         let registry = Registry::build(&s.handlers, self.handlers)?;
         crate::metrics::init(&registry.task_types());
         crate::schedules::init_metrics();
+        // Before the clients: their contexts' TLS failures reach it from the first one.
+        let tls_failures = TlsFailures::new("processor", &[Dependency::Kafka, Dependency::Mysql]);
         let pool = dispatch_store::connect(&s.database)
             .await
             .context("connecting to MySQL")?;
@@ -165,6 +169,7 @@ impl AppBuilder {
             consumer,
             control,
             auth,
+            tls_failures,
         })
     }
 }
@@ -182,6 +187,7 @@ pub struct App {
     consumer: Arc<BaseConsumer<Ctx>>,
     control: Control,
     auth: Authenticator,
+    tls_failures: TlsFailures,
 }
 
 impl App {
@@ -222,6 +228,11 @@ impl App {
     /// The processor's MySQL pool.
     pub fn pool(&self) -> &MySqlPool {
         &self.pool
+    }
+
+    /// The TLS failures of MySQL and Kafka that turn readiness down ([`crate::readiness`]).
+    pub fn tls_failures(&self) -> TlsFailures {
+        self.tls_failures.clone()
     }
 
     /// Runs until `shutdown` triggers, then stops in order: stop fetching, drain in-flight records
@@ -268,6 +279,7 @@ impl App {
                 max_delay: Duration::from_millis(s.writer.max_delay_ms),
                 max_concurrent: s.writer.max_concurrent_batches,
                 health: self.health.clone(),
+                tls: self.tls_failures.clone(),
                 close: writer_close.clone(),
                 abort: writer_abort.clone(),
             },
@@ -397,10 +409,26 @@ impl App {
         self.health.set("mysql", ComponentStatus::Up);
         self.health.set("kafka", ComponentStatus::Up);
         serving.set(true).await;
+        let stop_probe = CancellationToken::new();
+        let probe = tokio::spawn(
+            TlsProbe {
+                tls: self.tls_failures.clone(),
+                health: self.health.clone(),
+                serving: serving.clone(),
+                pool: self.pool.clone(),
+                producer: self.producer.core().clone(),
+                topic: s.kafka.topics().events(),
+                settings: s.health.clone(),
+            }
+            .run(stop_probe.clone()),
+        );
         tracing::info!(group = %s.consumer.group, topics = topics.len(), "processor running");
 
         shutdown.triggered().await;
         tracing::info!("shutting down");
+        // The probe first, so it cannot report SERVING after this.
+        stop_probe.cancel();
+        let _ = probe.await;
         serving.set(false).await;
         self.health
             .set("processor", ComponentStatus::Down("shutting down".into()));

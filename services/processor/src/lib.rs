@@ -7,7 +7,7 @@
 //!
 //! Map (a record's path through the crate, top to bottom):
 //! - [`settings`]: `Settings` (`[consumer]`, `[writer]`, `[scheduler]`, `[handlers]`,
-//!   `[retention]` + shared).
+//!   `[retention]`, `[health]` + shared).
 //! - [`consumer`]: a `BaseConsumer` polled on its own thread; offset tracking with contiguous
 //!   watermarks ([`consumer::offsets`]), rebalance handling ([`consumer::context`]), pauses for
 //!   backpressure, operator pauses and retry delays ([`consumer::poller`]).
@@ -27,6 +27,8 @@
 //! - [`admin`]: AdminService (DLQ list/inspect/purge/redrive, pause/resume, stats), admin key only.
 //! - [`lag`]: consumer lag gauges.
 //! - [`metrics`]: the metric catalogue's processor section.
+//! - [`readiness`]: readiness (`/readyz`, gRPC health) from run-time TLS failures of MySQL and
+//!   Kafka.
 //! - here: [`App`] (build, run, the shutdown order) and [`AppBuilder`] (custom handlers).
 
 pub mod admin;
@@ -40,6 +42,7 @@ pub mod lag;
 pub mod metrics;
 pub mod process;
 pub mod produce;
+pub mod readiness;
 pub mod retention;
 pub mod scheduler;
 pub mod schedules;

@@ -1,5 +1,5 @@
 //! The processor's settings: the shared runtime sections plus `[consumer]`, `[writer]`,
-//! `[scheduler]`, `[handlers]` and `[retention]`.
+//! `[scheduler]`, `[handlers]`, `[retention]` and `[health]`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -47,6 +47,8 @@ pub struct Settings {
     pub handlers: HandlersSettings,
     /// Purging finished tasks after a per-tenant retention.
     pub retention: RetentionSettings,
+    /// Readiness from run-time TLS failures of MySQL and Kafka.
+    pub health: HealthSettings,
 }
 
 /// The processor's default `grpc.request_timeout_ms` (10 minutes: see [`Settings::grpc`]).
@@ -73,6 +75,7 @@ impl Default for Settings {
             schedules: SchedulesSettings::default(),
             handlers: HandlersSettings::default(),
             retention: RetentionSettings::default(),
+            health: HealthSettings::default(),
         }
     }
 }
@@ -178,6 +181,33 @@ impl Default for WriterSettings {
             gate_max_ids: 256,
             gate_max_delay_us: 250,
             producer_wedge_ms: 15_000,
+        }
+    }
+}
+
+/// `[health]`: the probe that turns run-time TLS failures of MySQL and Kafka into readiness
+/// (`crate::readiness`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSettings {
+    /// How often the probe runs: a `SELECT 1`, and a Kafka metadata request while a Kafka TLS
+    /// failure waits for Kafka to work again.
+    pub probe_interval_ms: u64,
+    /// Timeout of one probe.
+    pub probe_timeout_ms: u64,
+    /// How long a TLS failure of a dependency (a certificate that does not verify, a refused
+    /// handshake, a wrong SASL password) keeps its readiness component `<dependency>_tls` Down at
+    /// least, besides until the dependency has worked again (as the gateway's
+    /// `health.tls_hold_ms`; see `dispatch_runtime::tls_failures`).
+    pub tls_hold_ms: u64,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            probe_interval_ms: 1_000,
+            probe_timeout_ms: 2_000,
+            tls_hold_ms: dispatch_runtime::tls_failures::DEFAULT_HOLD_MS,
         }
     }
 }
@@ -455,6 +485,12 @@ impl Settings {
         }
         if r.interval_ms < 100 {
             return bad("retention.interval_ms", "must be at least 100");
+        }
+        if self.health.probe_interval_ms < 10 {
+            return bad("health.probe_interval_ms", "must be at least 10");
+        }
+        if self.health.probe_timeout_ms == 0 {
+            return bad("health.probe_timeout_ms", "must be at least 1");
         }
         let short = |ms: u64| ms != 0 && ms < RetentionSettings::MIN_RETENTION_MS;
         if short(r.default_retention_ms) {

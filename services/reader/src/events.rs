@@ -27,6 +27,23 @@ pub const EVENTS: &str = "events";
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 const CHECK_EVERY: Duration = Duration::from_secs(10);
 
+/// Whether the events consumer's Kafka answers: clears a Kafka TLS failure once it does.
+#[derive(Clone)]
+pub struct KafkaProbe {
+    consumer: Arc<StreamConsumer<StatisticsContext>>,
+    topic: String,
+}
+
+impl KafkaProbe {
+    /// Whether a metadata request for the events topic is answered within `timeout`.
+    pub async fn reaches(&self, timeout: Duration) -> bool {
+        let (consumer, topic) = (Arc::clone(&self.consumer), self.topic.clone());
+        tokio::task::spawn_blocking(move || consumer.fetch_metadata(Some(&topic), timeout).is_ok())
+            .await
+            .unwrap_or(false)
+    }
+}
+
 /// The consumer and what it has been assigned.
 pub struct EventsConsumer {
     consumer: Arc<StreamConsumer<StatisticsContext>>,
@@ -63,6 +80,14 @@ impl EventsConsumer {
             partitions: 0,
             health,
         })
+    }
+
+    /// A metadata probe on this consumer's connections (for the health probe).
+    pub fn probe(&self) -> KafkaProbe {
+        KafkaProbe {
+            consumer: Arc::clone(&self.consumer),
+            topic: self.topic.clone(),
+        }
     }
 
     /// Assigns partitions not assigned yet: at their current end on the first call, from their

@@ -24,6 +24,7 @@ use crate::metrics;
 use crate::settings::CacheSettings;
 use crate::xfetch::jittered;
 use dispatch_runtime::breaker::Breaker;
+use dispatch_runtime::tls_failures::{Dependency, TlsFailures};
 
 /// Health component (and breaker) name of Redis.
 pub const REDIS: &str = "redis";
@@ -69,6 +70,8 @@ pub struct L2 {
     cas: redis::Script,
     /// Background writes (see [`put_in_background`]); made on first use.
     queue: std::sync::OnceLock<mpsc::Sender<(Arc<pb::Task>, Fill)>>,
+    /// Where a failed command's TLS failure is recorded (`redis_tls`: see `startup`).
+    tls: Option<TlsFailures>,
 }
 
 impl L2 {
@@ -93,7 +96,15 @@ impl L2 {
             jitter: s.ttl_jitter_ratio,
             cas: redis::Script::new(CAS),
             queue: std::sync::OnceLock::new(),
+            tls: None,
         }
+    }
+
+    /// Records the TLS failures of commands (a reconnect the server refuses) in `tls`.
+    #[must_use]
+    pub fn with_tls_failures(mut self, tls: TlsFailures) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Whether L2 is configured on.
@@ -144,6 +155,9 @@ impl L2 {
             }
             Ok(Err(e)) => {
                 tracing::debug!(op = what, error = %e, "redis command failed");
+                if let Some(tls) = &self.tls {
+                    tls.observe(Dependency::Redis, &e);
+                }
                 self.breaker.failure();
                 None
             }

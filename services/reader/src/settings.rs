@@ -1,4 +1,5 @@
-//! The reader's settings: the shared runtime sections plus `[cache]`.
+//! The reader's settings: the shared runtime sections plus `[cache]`, `[query]`, `[limits]` and
+//! `[health]`.
 
 use std::net::SocketAddr;
 
@@ -36,6 +37,28 @@ pub struct Settings {
     pub query: QuerySettings,
     /// Per-tenant read rate limits, shared by every reader replica.
     pub limits: ReadLimitSettings,
+    /// Readiness from run-time TLS failures of MySQL, Redis and Kafka.
+    pub health: HealthSettings,
+}
+
+/// `[health]`: how run-time TLS failures of the dependencies turn into readiness (see
+/// `startup`'s probe, which runs every `cache.probe_interval_ms`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSettings {
+    /// How long a TLS failure of a dependency (a certificate that does not verify, a refused
+    /// handshake, a wrong SASL password) keeps its readiness component `<dependency>_tls` failing
+    /// at least, besides until the dependency has worked again (as the gateway's
+    /// `health.tls_hold_ms`; see `dispatch_runtime::tls_failures`).
+    pub tls_hold_ms: u64,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            tls_hold_ms: dispatch_runtime::tls_failures::DEFAULT_HOLD_MS,
+        }
+    }
 }
 
 /// `[limits]`: per-tenant read rate limits (GetTask, BatchGetTasks, ListTasks, WatchTask),
@@ -126,6 +149,7 @@ impl Default for Settings {
             cache: CacheSettings::default(),
             query: QuerySettings::default(),
             limits: ReadLimitSettings::default(),
+            health: HealthSettings::default(),
         }
     }
 }

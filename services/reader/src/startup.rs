@@ -10,10 +10,11 @@ use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
 use dispatch_runtime::grpc::Authenticator;
 use dispatch_runtime::server::{GrpcServer, Rpcs, Serving, Spec};
 use dispatch_runtime::tls::ServerTls;
+use dispatch_runtime::tls_failures::{Dependency, TlsFailures};
 use dispatch_runtime::{Shutdown, kafka, redis_client};
 use tonic::service::Routes;
 
-use crate::events::EventsConsumer;
+use crate::events::{EventsConsumer, KafkaProbe};
 use crate::l1::L1;
 use crate::l2::L2;
 use crate::l2::REDIS;
@@ -46,6 +47,7 @@ pub struct App {
     reader: Arc<Reader>,
     auth: Arc<Authenticator>,
     events: EventsConsumer,
+    tls: TlsFailures,
 }
 
 /// A view of a running app for tests and benchmarks.
@@ -53,6 +55,7 @@ pub struct App {
 pub struct ReaderHandle {
     reader: Arc<Reader>,
     health: Health,
+    tls: TlsFailures,
 }
 
 impl ReaderHandle {
@@ -64,6 +67,11 @@ impl ReaderHandle {
     /// Component health (mysql, redis, events).
     pub fn health(&self) -> &Health {
         &self.health
+    }
+
+    /// The TLS failures of MySQL, Redis and Kafka that the probe turns into readiness.
+    pub fn tls_failures(&self) -> &TlsFailures {
+        &self.tls
     }
 
     /// Whether the Redis breaker is open.
@@ -105,6 +113,11 @@ impl App {
         metrics::init();
         dispatch_runtime::metrics::register_runtime_metrics("reader");
         let health = Health::new();
+        // Before the clients: the events consumer's context reports to it from the start.
+        let tls_failures = TlsFailures::new(
+            "reader",
+            &[Dependency::Kafka, Dependency::Mysql, Dependency::Redis],
+        );
         let c = &settings.cache;
         let ms = Duration::from_millis;
 
@@ -118,7 +131,8 @@ impl App {
             c.store_max_concurrency,
             ms(c.store_queue_timeout_ms),
             Arc::clone(&stats),
-        );
+        )
+        .with_tls_failures(tls_failures.clone());
 
         let breaker = Breaker::with_health(
             "reader",
@@ -127,14 +141,17 @@ impl App {
             health.clone(),
             REDIS,
         );
-        let l2 = Arc::new(L2::new(
-            c,
-            settings.redis.key_prefix.clone(),
-            ms(settings.redis.command_timeout_ms),
-            breaker,
-        ));
+        let l2 = Arc::new(
+            L2::new(
+                c,
+                settings.redis.key_prefix.clone(),
+                ms(settings.redis.command_timeout_ms),
+                breaker,
+            )
+            .with_tls_failures(tls_failures.clone()),
+        );
         if l2.enabled() {
-            connect_redis(&settings, &l2, &health).await;
+            connect_redis(&settings, &l2, &health, &tls_failures).await;
         }
 
         let mut events = EventsConsumer::new(
@@ -181,6 +198,7 @@ impl App {
             reader,
             auth,
             events,
+            tls: tls_failures,
         })
     }
 
@@ -205,6 +223,7 @@ impl App {
         ReaderHandle {
             reader: Arc::clone(&self.reader),
             health: self.health.clone(),
+            tls: self.tls.clone(),
         }
     }
 
@@ -224,8 +243,10 @@ impl App {
             reader,
             auth,
             events,
+            tls,
         } = self;
         let serving = grpc.serving();
+        let kafka = events.probe();
 
         let admin_stop = tokio_util::sync::CancellationToken::new();
         let admin_task = tokio::spawn(admin.serve(admin_stop.clone()));
@@ -235,6 +256,10 @@ impl App {
             health.clone(),
             serving.clone(),
             settings.clone(),
+            Tls {
+                failures: tls,
+                kafka,
+            },
             shutdown.child(),
         ));
 
@@ -285,14 +310,16 @@ impl App {
     }
 }
 
-async fn connect_redis(settings: &Settings, l2: &L2, health: &Health) {
+async fn connect_redis(settings: &Settings, l2: &L2, health: &Health, tls: &TlsFailures) {
     let wait = Duration::from_millis(settings.redis.connect_timeout_ms.saturating_mul(2));
     match tokio::time::timeout(wait, redis_client::connect(&settings.redis)).await {
         Ok(Ok(conn)) => {
             l2.set_connection(conn);
+            tls.succeeded(Dependency::Redis);
             health.set(REDIS, ComponentStatus::Up);
         }
         Ok(Err(e)) => {
+            tls.observe(Dependency::Redis, &e);
             health.set(
                 REDIS,
                 ComponentStatus::Degraded(format!("not reachable: {e}")),
@@ -302,16 +329,37 @@ async fn connect_redis(settings: &Settings, l2: &L2, health: &Health) {
     }
 }
 
+/// What the probe turns into the `<dependency>_tls` components.
+struct Tls {
+    /// Recorded by the store, L2, the Redis connects and (heard) the events consumer's context.
+    failures: TlsFailures,
+    /// Clears a Kafka failure once Kafka answers.
+    kafka: KafkaProbe,
+}
+
+/// The dependencies whose TLS failures only degrade the reader, as their other failures do
+/// (`redis`, `events`): it answers correctly without Redis, and without the events topic its
+/// caches are kept by their TTLs (a live task's L2 copy: 10 s) and read-your-writes re-reads
+/// MySQL. Taking every replica out of service (they share trust and credentials) would turn a
+/// cache and freshness problem into an outage of reads. MySQL's failure is Down: NOT_SERVING.
+const TLS_OPTIONAL: &[Dependency] = &[Dependency::Redis, Dependency::Kafka];
+
 /// Background probes: MySQL reachability drives readiness and gRPC health; Redis is reconnected
 /// and pinged so its breaker closes again without traffic; cache and pool gauges are published.
+/// Run-time TLS failures (`dispatch_runtime::tls_failures`): `mysql_tls` Down (and NOT_SERVING),
+/// `redis_tls` and `kafka_tls` Degraded ([`TLS_OPTIONAL`]), each for `health.tls_hold_ms` after
+/// the last failure and until the dependency has worked since (a `SELECT 1`, a Redis connect or
+/// PING, a metadata answer to the events consumer).
 async fn probe_loop(
     reader: Arc<Reader>,
     health: Health,
     serving: Serving,
     settings: Settings,
+    tls: Tls,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let every = Duration::from_millis(settings.cache.probe_interval_ms);
+    let hold = Duration::from_millis(settings.health.tls_hold_ms);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reported = None;
@@ -320,11 +368,19 @@ async fn probe_loop(
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let mysql = reader
-            .store
-            .ping(every.max(Duration::from_millis(500)))
-            .await;
-        let up = mysql.is_ok();
+        let timeout = every.max(Duration::from_millis(500));
+        let (mysql, ()) = tokio::join!(reader.store.ping(timeout), async {
+            // Only while a Kafka TLS failure waits for Kafka to work again.
+            if tls
+                .failures
+                .failing(Dependency::Kafka, Duration::ZERO)
+                .is_some()
+                && tls.kafka.reaches(timeout).await
+            {
+                tls.failures.succeeded(Dependency::Kafka);
+            }
+        });
+        let up = mysql.is_ok() && tls.failures.failing(Dependency::Mysql, hold).is_none();
         // gRPC health first, so whoever sees the component change sees gRPC health agree.
         if reported != Some(up) {
             serving.set(up).await;
@@ -334,14 +390,25 @@ async fn probe_loop(
         let l2 = &reader.l2;
         if l2.enabled() {
             if !l2.connected() {
-                connect_redis(&settings, l2, &health).await;
+                connect_redis(&settings, l2, &health, &tls.failures).await;
             } else if l2.breaker().is_open() {
                 // Permitted only once the open period passed (half-open): a success closes it.
-                l2.ping().await;
+                if l2.ping().await {
+                    tls.failures.succeeded(Dependency::Redis);
+                }
             } else {
                 health.set(REDIS, ComponentStatus::Up);
+                if tls
+                    .failures
+                    .failing(Dependency::Redis, Duration::ZERO)
+                    .is_some()
+                    && l2.ping().await
+                {
+                    tls.failures.succeeded(Dependency::Redis);
+                }
             }
         }
+        tls.failures.sync(&health, hold, TLS_OPTIONAL);
         let (entries, bytes) = reader.l1.size().await;
         metrics::CACHE_ENTRIES.set(i64::try_from(entries).unwrap_or(i64::MAX));
         metrics::CACHE_BYTES.set(i64::try_from(bytes).unwrap_or(i64::MAX));

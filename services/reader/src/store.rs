@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use dispatch_core::TaskId;
 use dispatch_proto::v1 as pb;
+use dispatch_runtime::tls_failures::{Dependency, TlsFailures};
 use dispatch_store::MySqlPool;
 use dispatch_store::tasks::ListFilter;
 use tokio::sync::Semaphore;
@@ -24,6 +25,7 @@ pub struct Store {
     queue_timeout: Duration,
     stats: Arc<Stats>,
     horizons: Arc<dispatch_store::retention::HorizonCache>,
+    tls: Option<TlsFailures>,
 }
 
 impl Store {
@@ -40,7 +42,16 @@ impl Store {
             queue_timeout,
             stats,
             horizons: Arc::default(),
+            tls: None,
         }
+    }
+
+    /// Records the TLS failures of lookups and probes in `tls`, and the probe's successes
+    /// (`mysql_tls`: see `startup`).
+    #[must_use]
+    pub fn with_tls_failures(mut self, tls: TlsFailures) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// The pool (health probe, pool gauges, test hooks).
@@ -70,6 +81,9 @@ impl Store {
             .observe(start.elapsed().as_secs_f64());
         out.map_err(|e| {
             tracing::warn!(query, error = %e, "store lookup failed");
+            if let Some(tls) = &self.tls {
+                tls.observe(Dependency::Mysql, &e);
+            }
             StoreFailure(e.to_string())
         })
     }
@@ -117,14 +131,25 @@ impl Store {
         dispatch_store::retention::purged_message(id, horizon)
     }
 
-    /// `SELECT 1` with a timeout (the health probe).
+    /// `SELECT 1` with a timeout (the health probe); tells the TLS failures whether MySQL
+    /// worked or failed that way.
     ///
     /// # Errors
     /// The database does not answer.
     pub async fn ping(&self, timeout: Duration) -> Result<(), String> {
         match tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&self.pool)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(_)) => {
+                if let Some(tls) = &self.tls {
+                    tls.succeeded(Dependency::Mysql);
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                if let Some(tls) = &self.tls {
+                    tls.observe(Dependency::Mysql, &e);
+                }
+                Err(e.to_string())
+            }
             Err(_) => Err("ping timed out".into()),
         }
     }

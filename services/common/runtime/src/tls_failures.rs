@@ -7,11 +7,16 @@
 //! - Counted, by everything that sees dependency errors: `dispatch_tls_errors_total{service,
 //!   dependency}` (`kafka`, `mysql`, `redis`). The librdkafka contexts count through
 //!   [`kafka_error`], the rate limiter its Redis errors through [`count_if_tls`].
+//! - Heard by a [`TlsFailures`] made with [`Dependency::Kafka`]: [`kafka_error`] also records
+//!   the failure in every live one of its service, so the contexts of a service's long-lived
+//!   Kafka clients (`runtime::producer`'s, `kafka::StatisticsContext`, the processor's group
+//!   consumer) feed its readiness without holding it. (One service per process: in a test
+//!   process running several instances of a service, each hears all of them.)
 //! - Turned into readiness by a service that owns a [`TlsFailures`]: its health loop records the
 //!   failures it sees and the successes, and [`TlsFailures::sync`] sets the readiness component
 //!   `<dependency>_tls` Down (with the error; Degraded for a dependency the service works
-//!   without) while the dependency is failing that way, Up afterwards. "Failing" lasts until the dependency has worked since the last TLS failure and
-//!   at least `hold` has passed since it (librdkafka repeats an identical error at most every
+//!   without) while the dependency is failing that way, Up afterwards. "Failing" lasts until the
+//!   dependency has worked since the last TLS failure and at least `hold` has passed since it (librdkafka repeats an identical error at most every
 //!   30 s, and pools keep using connections made before the failure, so one success proves
 //!   little).
 //!
@@ -22,12 +27,14 @@
 
 use std::collections::BTreeMap;
 use std::error::Error as StdError;
-use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, LazyLock, Weak};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use prometheus::IntCounterVec;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+// tokio's clock (the std clock outside a runtime, and off librdkafka's threads): tests can pause it.
+use tokio::time::Instant;
 
 use crate::admin::{ComponentStatus, Health};
 
@@ -119,11 +126,22 @@ pub fn is_kafka_failure(code: Option<RDKafkaErrorCode>, text: &str) -> bool {
 }
 
 /// For a librdkafka context's `error` callback: counts `error` under (`service`, kafka) when it
-/// is a TLS or authentication failure ([`is_kafka_failure`]) and says whether it was.
+/// is a TLS or authentication failure ([`is_kafka_failure`]), records it in the [`TlsFailures`]
+/// of `service` that hear Kafka (see the module docs) and says whether it was one.
 pub fn kafka_error(service: &str, error: &KafkaError, reason: &str) -> bool {
     let tls = is_kafka_failure(error.rdkafka_error_code(), &format!("{error} {reason}"));
     if tls {
         count(service, Dependency::Kafka);
+        let hearing: Vec<Arc<Failures>> = KAFKA_LISTENERS
+            .lock()
+            .iter()
+            .filter(|(s, _)| *s == service)
+            .filter_map(|(_, f)| f.upgrade())
+            .collect();
+        let text = format!("{error}: {reason}");
+        for f in hearing {
+            remember(&f, Dependency::Kafka, &text);
+        }
     }
     tls
 }
@@ -190,47 +208,64 @@ struct State {
     worked_since: bool,
 }
 
+/// One [`TlsFailures`]' state.
+type Failures = Mutex<BTreeMap<Dependency, State>>;
+
+/// A [`TlsFailures`] that hears its service's librdkafka failures: (service, its state).
+type Listener = (&'static str, Weak<Failures>);
+
+/// The [`TlsFailures`] that hear their service's librdkafka failures ([`kafka_error`]).
+static KAFKA_LISTENERS: LazyLock<Mutex<Vec<Listener>>> = LazyLock::new(Mutex::default);
+
+/// Remembers a TLS failure of `dep` (not counted here).
+fn remember(failures: &Failures, dep: Dependency, reason: &str) {
+    let first = failures
+        .lock()
+        .insert(
+            dep,
+            State {
+                last_failure: Instant::now(),
+                reason: reason.to_owned(),
+                worked_since: false,
+            },
+        )
+        .is_none_or(|s| s.worked_since);
+    if first {
+        tracing::warn!(
+            dependency = dep.as_str(),
+            error = reason,
+            "TLS failure of a dependency; its readiness component is down until it works again"
+        );
+    }
+}
+
 /// One service instance's TLS failures per dependency, for its readiness (see the module docs).
 /// Cheap to clone; clones share the state.
 #[derive(Debug, Clone)]
 pub struct TlsFailures {
     service: &'static str,
-    state: Arc<Mutex<BTreeMap<Dependency, State>>>,
+    state: Arc<Failures>,
 }
 
 impl TlsFailures {
     /// Failures of `service`'s dependencies, counted under that service; creates its series for
-    /// `deps`.
+    /// `deps`. With [`Dependency::Kafka`] among them it hears the librdkafka failures the
+    /// service's client contexts report through [`kafka_error`] (for as long as a clone lives).
     pub fn new(service: &'static str, deps: &[Dependency]) -> Self {
         init(service, deps);
-        Self {
-            service,
-            state: Arc::default(),
+        let state = Arc::<Failures>::default();
+        if deps.contains(&Dependency::Kafka) {
+            let mut listeners = KAFKA_LISTENERS.lock();
+            listeners.retain(|(_, f)| f.strong_count() > 0);
+            listeners.push((service, Arc::downgrade(&state)));
         }
+        Self { service, state }
     }
 
     /// A TLS failure of `dep`: counted, and remembered with its text.
     pub fn record(&self, dep: Dependency, reason: &str) {
         count(self.service, dep);
-        let first = self
-            .state
-            .lock()
-            .insert(
-                dep,
-                State {
-                    last_failure: Instant::now(),
-                    reason: reason.to_owned(),
-                    worked_since: false,
-                },
-            )
-            .is_none_or(|s| s.worked_since);
-        if first {
-            tracing::warn!(
-                dependency = dep.as_str(),
-                error = reason,
-                "TLS failure of a dependency; its readiness component is down until it works again"
-            );
-        }
+        remember(&self.state, dep, reason);
     }
 
     /// Records `e` when it is a TLS failure of `dep` ([`is_tls_error`]); says whether it was.
@@ -252,8 +287,9 @@ impl TlsFailures {
         tls
     }
 
-    /// For a librdkafka context's `error` callback: records `error` when it is a TLS or
-    /// authentication failure ([`is_kafka_failure`]); says whether it was.
+    /// For a librdkafka context's `error` callback that holds this (instead of counting through
+    /// [`kafka_error`]): records `error` when it is a TLS or authentication failure
+    /// ([`is_kafka_failure`]); says whether it was.
     pub fn observe_kafka(&self, error: &KafkaError, reason: &str) -> bool {
         let tls = is_kafka_failure(error.rdkafka_error_code(), &format!("{error} {reason}"));
         if tls {
@@ -460,5 +496,80 @@ mod tests {
             matches!(&r.components["redis_tls"], ComponentStatus::Degraded(why) if why.contains("UnknownIssuer")),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn a_kafka_failure_a_context_reports_reaches_its_services_tls_failures_that_hear_kafka() {
+        use RDKafkaErrorCode as C;
+        let svc = "tls-failures-hook-unit";
+        let hears = TlsFailures::new(svc, &[Dependency::Kafka, Dependency::Mysql]);
+        let deaf = TlsFailures::new(svc, &[Dependency::Mysql]);
+        let other = TlsFailures::new("tls-failures-hook-other", &[Dependency::Kafka]);
+        let verify =
+            "ssl://127.0.0.1:19093/bootstrap: SSL handshake failed: certificate verify failed";
+
+        // A transport failure: neither counted nor heard.
+        assert!(!kafka_error(
+            svc,
+            &KafkaError::Global(C::BrokerTransportFailure),
+            "Connection refused"
+        ));
+        assert!(hears.failing(Dependency::Kafka, Duration::ZERO).is_none());
+
+        assert!(kafka_error(svc, &KafkaError::Global(C::SSL), verify));
+        // Counted once, however many hear it.
+        assert_eq!(counted(svc, Dependency::Kafka), 1);
+        let why = hears.failing(Dependency::Kafka, Duration::ZERO);
+        assert!(
+            why.as_deref()
+                .is_some_and(|w| w.contains("certificate verify failed")),
+            "{why:?}"
+        );
+        // A clone hears it too (shared state); the others do not.
+        assert!(
+            hears
+                .clone()
+                .failing(Dependency::Kafka, Duration::ZERO)
+                .is_some()
+        );
+        assert!(deaf.failing(Dependency::Kafka, Duration::ZERO).is_none());
+        assert!(other.failing(Dependency::Kafka, Duration::ZERO).is_none());
+        assert_eq!(counted("tls-failures-hook-other", Dependency::Kafka), 0);
+        let health = Health::new();
+        assert!(hears.sync(&health, Duration::ZERO, &[]));
+        assert_eq!(health.readiness().down, vec!["kafka_tls".to_string()]);
+
+        // Gone: still counted, nothing left to hear it.
+        drop(hears);
+        assert!(kafka_error(
+            svc,
+            &KafkaError::Global(C::Authentication),
+            "SASL authentication error"
+        ));
+        assert_eq!(counted(svc, Dependency::Kafka), 2);
+        assert!(
+            KAFKA_LISTENERS
+                .lock()
+                .iter()
+                .filter(|(s, _)| *s == svc)
+                .all(|(_, f)| f.upgrade().is_none())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_hold_runs_on_tokios_clock() {
+        let f = TlsFailures::new("tls-failures-clock-unit", &[Dependency::Mysql]);
+        let hold = Duration::from_secs(60);
+        f.record(Dependency::Mysql, "invalid peer certificate: Expired");
+        f.succeeded(Dependency::Mysql);
+        tokio::time::advance(hold - Duration::from_millis(1)).await;
+        assert!(f.failing(Dependency::Mysql, hold).is_some());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(f.failing(Dependency::Mysql, hold).is_none());
+        // Another failure starts the hold over.
+        f.record(Dependency::Mysql, "invalid peer certificate: Expired");
+        f.succeeded(Dependency::Mysql);
+        tokio::time::advance(hold / 2).await;
+        assert!(f.failing(Dependency::Mysql, hold).is_some());
     }
 }

@@ -86,7 +86,8 @@ impl ClientContext for Ctx {
     }
 
     /// Logs like rdkafka's default context, and counts TLS and SASL failures
-    /// (`dispatch_tls_errors_total{service="processor", dependency="kafka"}`).
+    /// (`dispatch_tls_errors_total{service="processor", dependency="kafka"}`), which the app's
+    /// `TlsFailures` hears and turns into readiness (`crate::readiness`).
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         let tls = dispatch_runtime::tls_failures::kafka_error("processor", &error, reason);
         tracing::error!(error = %error, reason, tls, "librdkafka error");

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use dispatch_core::{TaskId, TaskState, Topics};
 use dispatch_runtime::admin::{ComponentStatus, Health};
+use dispatch_runtime::tls_failures::{Dependency, TlsFailures};
 use dispatch_store::MySqlPool;
 use dispatch_store::attempts::AttemptRow;
 use dispatch_store::tasks::TaskWrite;
@@ -156,6 +157,8 @@ pub struct WriterTask {
     pub max_concurrent: usize,
     /// Health registry (`mysql`).
     pub health: Health,
+    /// Where a failed commit's TLS failure is recorded (`mysql_tls`: `crate::readiness`).
+    pub tls: TlsFailures,
     /// Stop accepting writes: flush what is queued and exit.
     pub close: CancellationToken,
     /// Gives up retrying a failing batch (hard stop).
@@ -366,6 +369,7 @@ async fn commit_with_retry(cfg: &WriterTask, batch: &Batch) -> Option<Landed> {
             }
             Err(e) => {
                 DB_WRITE_ERRORS.inc();
+                cfg.tls.observe(Dependency::Mysql, &e);
                 cfg.health
                     .set("mysql", ComponentStatus::Down(e.to_string()));
                 let delay = delays.next().unwrap_or(dispatch_runtime::retry::MAX_DELAY);

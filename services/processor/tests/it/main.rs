@@ -16,5 +16,6 @@ mod retention;
 mod schedules;
 mod scheduling;
 mod timeouts;
+mod tls_readiness;
 mod wedge;
 mod writer;

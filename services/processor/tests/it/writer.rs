@@ -8,6 +8,7 @@ use dispatch_processor::produce::Producer;
 use dispatch_processor::writer::{self, WriterTask};
 use dispatch_runtime::admin::Health;
 use dispatch_runtime::producer::ProducerCore;
+use dispatch_runtime::tls_failures::TlsFailures;
 use dispatch_testkit::TestEnv;
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +40,7 @@ async fn a_claim_resolves_at_its_commit_while_the_events_pipeline_stalls() -> an
             max_delay: Duration::from_millis(5),
             max_concurrent: 2,
             health: Health::new(),
+            tls: TlsFailures::new("processor", &[]),
             close: close.clone(),
             abort: abort.clone(),
         },

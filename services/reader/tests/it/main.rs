@@ -14,5 +14,6 @@ mod lookups;
 mod read_your_writes;
 mod retention;
 mod tenancy;
+mod tls_readiness;
 mod views;
 mod watch;
