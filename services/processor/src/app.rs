@@ -79,7 +79,6 @@ impl AppBuilder {
         dispatch_runtime::tls::check_dependencies(&s.kafka, &s.database, &s.redis).await?;
         let registry = Registry::build(&s.handlers, self.handlers)?;
         crate::metrics::init(&registry.task_types());
-        crate::schedules::init_metrics();
         // Before the clients: their contexts' TLS failures reach it from the first one.
         let tls_failures = TlsFailures::new("processor", &[Dependency::Kafka, Dependency::Mysql]);
         let pool = dispatch_store::connect(&s.database)

@@ -433,6 +433,9 @@ pub fn init(task_types: &[String]) {
         PRODUCE_ERRORS.with_label_values(&[k]);
     }
     dispatch_runtime::metrics::db_pool_init("processor");
+    crate::retention::init_metrics();
+    crate::schedules::init_metrics();
+    crate::admin::init_metrics();
 }
 
 #[cfg(test)]

@@ -164,7 +164,6 @@ impl Retention {
     /// Tries to lead every `interval_ms`; purges a round per interval while leading; releases the
     /// lock at `stop`.
     pub async fn run(self) {
-        init_metrics();
         let interval = Duration::from_millis(self.settings.interval_ms.max(1));
         let mut dlq = DlqRetention::default();
         let mut lock: Option<MySqlConnection> = None;

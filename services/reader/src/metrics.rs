@@ -146,6 +146,9 @@ pub fn init() {
     LazyLock::force(&EVENT_LAG);
     LazyLock::force(&STALE_READS);
     WATCH_STREAMS.add(0);
+    for l in ["instance", "tenant"] {
+        WATCH_REFUSED.with_label_values(&[l]);
+    }
     dispatch_runtime::metrics::db_pool_init("reader");
     dispatch_runtime::grpc::init_rpc_metrics("reader", &METHODS);
 }

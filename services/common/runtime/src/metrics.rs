@@ -24,11 +24,70 @@ pub fn registry() -> &'static Registry {
     &REGISTRY
 }
 
+/// Every collector registered through [`register`], for [`families`].
+static REGISTERED: LazyLock<parking_lot::Mutex<Vec<Box<dyn prometheus::core::Collector>>>> =
+    LazyLock::new(Default::default);
+
 /// Registers a collector, returning it (a second registration of the same name is ignored, so
 /// tests that build several apps in one process share the metric).
 pub fn register<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
-    let _ = REGISTRY.register(Box::new(c.clone()));
+    if REGISTRY.register(Box::new(c.clone())).is_ok() {
+        REGISTERED.lock().push(Box::new(c.clone()));
+    }
     c
+}
+
+/// A metric family as registered: what docs/metrics.md must say about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Family {
+    /// `dispatch_...`.
+    pub name: String,
+    /// `counter`, `gauge`, `histogram`, `summary` or `untyped`.
+    pub kind: &'static str,
+    /// Label names (constant and variable), sorted.
+    pub labels: Vec<String>,
+}
+
+/// Every family registered through [`register`] so far, by name, series or not (a labelled
+/// family without a series yet is left out of `/metrics`, not of this). The metric catalogue
+/// (docs/metrics.md) is checked against it by each service's tests.
+pub fn families() -> Vec<Family> {
+    use prometheus::proto::MetricType;
+    let mut out: Vec<Family> = REGISTERED
+        .lock()
+        .iter()
+        .flat_map(|c| {
+            let descs = c.desc();
+            c.collect().into_iter().map(move |mf| {
+                let mut labels: Vec<String> = descs
+                    .iter()
+                    .filter(|d| d.fq_name == mf.name())
+                    .flat_map(|d| {
+                        d.variable_labels
+                            .iter()
+                            .cloned()
+                            .chain(d.const_label_pairs.iter().map(|l| l.name().to_owned()))
+                    })
+                    .collect();
+                labels.sort();
+                labels.dedup();
+                Family {
+                    name: mf.name().to_owned(),
+                    kind: match mf.get_field_type() {
+                        MetricType::COUNTER => "counter",
+                        MetricType::GAUGE => "gauge",
+                        MetricType::HISTOGRAM => "histogram",
+                        MetricType::SUMMARY => "summary",
+                        MetricType::UNTYPED => "untyped",
+                    },
+                    labels,
+                }
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.dedup_by(|a, b| a.name == b.name);
+    out
 }
 
 /// `dispatch_db_pool_connections{service, state}`: defined here once for every service.

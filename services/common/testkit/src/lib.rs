@@ -8,6 +8,7 @@
 //!
 //! [`cli`] runs a service binary and checks its command line.
 
+pub mod catalogue;
 pub mod cli;
 
 use std::time::Duration;

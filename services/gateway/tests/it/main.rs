@@ -4,6 +4,7 @@
 mod api;
 mod cancel;
 mod cancel_outbox;
+mod catalogue;
 mod cli;
 mod conflicts;
 mod harness;

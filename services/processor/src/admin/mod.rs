@@ -73,6 +73,11 @@ pub(crate) static REDRIVEN: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// Registers the admin API's metrics (part of [`crate::metrics::init`]).
+pub(crate) fn init_metrics() {
+    LazyLock::force(&REDRIVEN);
+}
+
 /// Why an admin operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {

@@ -3,6 +3,7 @@
 mod admin;
 mod admin_harness;
 mod cancel;
+mod catalogue;
 mod cli;
 mod control;
 mod crash;
