@@ -132,6 +132,19 @@ wait_ready() {
     log "${inst} ready (gRPC 127.0.0.1:$(grpc_port "${inst}"), admin http://127.0.0.1:${port})"
 }
 
+# The gRPC ports (50051 ...) lie inside Linux's ephemeral port range (32768-60999): a client
+# connection of any process can hold one as its local port, and the service's bind then fails
+# with "Address already in use" (seen in a fault run: a reader restarted 24 s after it stopped).
+# Reserve them from ephemeral use where the kernel lets us (root, a writable /proc/sys).
+reserve_ports() {
+    local f=/proc/sys/net/ipv4/ip_local_reserved_ports want=50050-50099 have
+    have="$(cat "${f}" 2>/dev/null)" || return 0
+    [[ ",${have}," == *",${want},"* ]] && return 0
+    if ! { echo "${have:+${have},}${want}" >"${f}"; } 2>/dev/null; then
+        log "note: cannot reserve ports ${want} from ephemeral use (${f} not writable); a start can then fail with 'Address already in use'"
+    fi
+}
+
 cmd_start() {
     local targets=("$@") instances inst
     ((${#targets[@]})) || targets=("${SERVICES[@]}")
@@ -141,6 +154,7 @@ cmd_start() {
     [[ "${SKIP_BUILD:-0}" == "1" ]] || build
     "$(bin_dir)/dispatchctl" migrate --database-url "mysql://dispatch:dispatch@127.0.0.1:3306/dispatch" up >/dev/null
     "$(bin_dir)/dispatchctl" topics create --partitions 6 >/dev/null
+    reserve_ports
     for inst in "${instances[@]}"; do start_one "${inst}"; done
     for inst in "${instances[@]}"; do wait_ready "${inst}"; done
 }

@@ -44,7 +44,7 @@
 #                           UNAVAILABLE only, every accepted one delivered
 # Every scenario ends with `audit PASS` or `audit FAIL (reasons)`; the run fails if any did not
 # pass. FAULT=<feature> runs them against a processor built with a test-only fault feature (the
-# checks must then FAIL; docs/reliability.md, "Proof that the checks bite"). Environment: SOAK=1 (long versions), PROFILE=debug|release, GATEWAYS/READERS/PROCESSORS
+# checks must then FAIL; docs/reliability.md, "Proof that the checks bite"). Environment: SOAK=1 (long versions), DRAIN_MS (the processors' rebalance drain in rebalance and long-handler-rebalance, default 5000), PROFILE=debug|release, GATEWAYS/READERS/PROCESSORS
 # (default 2/2/3), SKIP_BUILD=1 (use the built binaries), STACK_UP=0 (do not run stack.sh up: the
 # stack is already up, e.g. started from another checkout), COMMIT (named in the verdicts when
 # the tree is not a git checkout).
@@ -321,7 +321,7 @@ scenario_rebalance() {
     # retrying load of 0.5-2.5 s handlers on 20 of the same keys puts retry records in their key
     # lanes next to first attempts (a retry partition moves on its own: its records leave a lane
     # while the ones ahead of them still wait or run).
-    restart_processors DISPATCH_CONSUMER__REBALANCE_DRAIN_MS=5000
+    restart_processors DISPATCH_CONSUMER__REBALANCE_DRAIN_MS=${DRAIN_MS:-5000}
     sleep 5 # the group settles
     load rebalance
     slow_load rebalance-slow 5 6000 8000
@@ -331,7 +331,7 @@ scenario_rebalance() {
     local end=$((SECONDS + DURATION)) n=0 extra
     extra="$(inst processor $((PROCESSORS + 1)))"
     while ((SECONDS < end)); do
-        DISPATCH_CONSUMER__REBALANCE_DRAIN_MS=5000 SKIP_BUILD=1 "${SVC}" start "${extra}" >/dev/null
+        DISPATCH_CONSUMER__REBALANCE_DRAIN_MS=${DRAIN_MS:-5000} SKIP_BUILD=1 "${SVC}" start "${extra}" >/dev/null
         sleep 4
         if ((n++ % 2)); then
             log "SIGKILL ${extra}"; kill -KILL "$(pid_of "${extra}")"; rm -f "${RUN_DIR}/${extra}.pid"
@@ -352,7 +352,7 @@ scenario_long_handler_rebalance() {
     # timeout the others take its partitions and run its handlers again, then it resumes. Of
     # those, the busiest is then killed (its partitions move again while their handlers run),
     # and the other leaves by SIGTERM; both come back.
-    restart_processors DISPATCH_CONSUMER__REBALANCE_DRAIN_MS=5000
+    restart_processors DISPATCH_CONSUMER__REBALANCE_DRAIN_MS=${DRAIN_MS:-5000}
     sleep 5 # the group settles
     load long-handler-rebalance --rate $((RATE / 3))
     slow_load long-handler-rebalance-slow 10 6000 12000
@@ -362,9 +362,9 @@ scenario_long_handler_rebalance() {
     freeze "${frozen}" 15
     sleep 12
     killed="$(busiest_processor "${frozen}")"
-    DISPATCH_CONSUMER__REBALANCE_DRAIN_MS=5000 sigkill "${killed}"
+    DISPATCH_CONSUMER__REBALANCE_DRAIN_MS=${DRAIN_MS:-5000} sigkill "${killed}"
     sleep 4
-    DISPATCH_CONSUMER__REBALANCE_DRAIN_MS=5000 sigterm "$(busiest_processor "${frozen}" "${killed}")"
+    DISPATCH_CONSUMER__REBALANCE_DRAIN_MS=${DRAIN_MS:-5000} sigterm "$(busiest_processor "${frozen}" "${killed}")"
     audit long-handler-rebalance
     restart_processors
 }
@@ -729,7 +729,7 @@ if [[ "${SKIP_BUILD:-0}" != "1" ]]; then
 fi
 # FAULT=<feature>[,<feature>...]: run against a deliberately broken processor, built with test-only
 # cargo features (fault-equal-version, fault-no-epoch, fault-skip-cancel-tenant, fault-drop-event,
-# fault-lane-release-early, fault-skip-gate; services/processor/Cargo.toml), to see the audit
+# fault-lane-release-early, fault-skip-gate, fault-run-past-revoke; services/processor/Cargo.toml), to see the audit
 # FAIL. The running services are stopped first, and the normal binaries are rebuilt at the end.
 if [[ -n "${FAULT:-}" ]]; then
     features=()

@@ -342,11 +342,17 @@ impl Processor {
         let run = std::panic::AssertUnwindSafe(reg.handler.handle(ctx, env)).catch_unwind();
         // The shorter of the task's own timeout and its type's.
         let limit = env.attempt_timeout(reg.timeout);
+        let stop = async {
+            if cfg!(feature = "fault-run-past-revoke") {
+                std::future::pending::<()>().await;
+            }
+            d.lease.stop.cancelled().await;
+        };
         let r = tokio::select! {
             r = tokio::time::timeout(limit.limit, run) => Some(r),
             // The partition was revoked and the drain bound is over: its new owner runs the
             // attempt; nothing of this one is written.
-            () = d.lease.stop.cancelled() => None,
+            () = stop => None,
         };
         let ran = if r.is_none() {
             token.cancel();
