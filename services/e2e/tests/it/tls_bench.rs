@@ -1,22 +1,24 @@
-//! SubmitTask and GetTask latency and throughput with and without TLS (docs/benchmarks.md).
-//! Ignored by default; run with
+//! SubmitTask and GetTask latency and throughput, and the processor's drain, with and without
+//! TLS (docs/benchmarks.md). Ignored by default; run with
 //! `cargo test -p dispatch-e2e --test it tls_bench -- --ignored --nocapture`
 //! (the plain stack and `deploy/local/stack.sh tls-up` running).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use dispatch_e2e::{KEY_ACME, Stack, StackSettings, authed};
+use dispatch_e2e::{KEY_ACME, Stack, StackSettings, authed, start_gateway, start_processor};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::task_query_service_client::TaskQueryServiceClient;
 use dispatch_proto::v1::task_service_client::TaskServiceClient;
-use dispatch_testkit::{TestEnv, TlsStack};
+use dispatch_testkit::{TestEnv, TlsStack, eventually};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 use crate::support::spec;
 
 const CALLS: usize = 2_000;
 const CONCURRENCY: usize = 8;
+/// Tasks queued (the processor not running yet) and then drained.
+const DRAIN_TASKS: i64 = 10_000;
 
 async fn channel(addr: SocketAddr, ca: Option<&[u8]>) -> anyhow::Result<Channel> {
     let ep = match ca {
@@ -118,6 +120,46 @@ async fn measure(label: &str, stack: &Stack, ca: Option<&[u8]>) -> anyhow::Resul
     Ok(out)
 }
 
+/// The processor's drain over `env`'s dependencies: [`DRAIN_TASKS`] noop tasks queued through a
+/// gateway while no processor runs, then a processor started; tasks/s from its partition
+/// assignment until every task is SUCCEEDED (counted in `env`'s own database).
+async fn drain(label: &str, env: &TestEnv, s: StackSettings) -> anyhow::Result<String> {
+    let gateway = start_gateway(s.gateway).await?;
+    let mut c = TaskServiceClient::new(dispatch_e2e::channel(gateway.addr).await?);
+    for _ in 0..DRAIN_TASKS / 500 {
+        let tasks = (0..500).map(|_| spec("noop", b"bench")).collect();
+        let r = c
+            .submit_tasks(authed(pb::SubmitTasksRequest { tasks }, KEY_ACME))
+            .await?
+            .into_inner();
+        anyhow::ensure!(
+            r.results
+                .iter()
+                .all(|r| matches!(r.outcome, Some(pb::submit_result::Outcome::Accepted(_)))),
+            "a queued task was refused"
+        );
+    }
+    gateway.stop().await?;
+    let succeeded = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM tasks WHERE state = 'succeeded'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap_or(0)
+    };
+    let processor = start_processor(s.processor).await?;
+    let (t0, done0) = (Instant::now(), succeeded().await);
+    eventually("drained", Duration::from_secs(600), || async {
+        (succeeded().await >= DRAIN_TASKS).then_some(())
+    })
+    .await?;
+    let wall = t0.elapsed();
+    processor.stop().await?;
+    Ok(format!(
+        "{label} drain: {DRAIN_TASKS} noop tasks ({done0} done before the assignment): {:.0} tasks/s",
+        (DRAIN_TASKS - done0) as f64 / wall.as_secs_f64()
+    ))
+}
+
 mod parking_lot_free {
     /// Task ids collected by the submit workers.
     #[derive(Default)]
@@ -167,6 +209,18 @@ async fn tls_bench() -> anyhow::Result<()> {
     let stack = Stack::start_on(env, s).await?;
     lines.extend(measure("all-tls", &stack, Some(&ca)).await?);
     stack.stop().await?;
+
+    // 4. The drain, plain and over the TLS stack, each twice, alternated.
+    for round in 1..=2 {
+        let env = TestEnv::new().await?;
+        let s = StackSettings::for_env(&env);
+        lines.push(drain(&format!("plain ({round})"), &env, s).await?);
+        env.cleanup().await;
+        let env = TestEnv::on_tls_stack(&tls).await?;
+        let s = StackSettings::for_env(&env);
+        lines.push(drain(&format!("all-tls ({round})"), &env, s).await?);
+        env.cleanup().await;
+    }
 
     for l in lines {
         println!("{l}");
