@@ -31,6 +31,11 @@ static OPEN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+/// Registers `dispatch_circuit_breaker_open` (its series come with each breaker).
+pub(crate) fn init_metrics() {
+    LazyLock::force(&OPEN);
+}
+
 /// The gauge's current value for one breaker (tests, health summaries).
 pub fn gauge_is_open(service: &str, breaker: &str) -> bool {
     OPEN.with_label_values(&[service, breaker]).get() == 1

@@ -184,6 +184,14 @@ static CALLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Registers the rate limiter's metrics (their series come with each limiter's service).
+pub(crate) fn init_metrics() {
+    LazyLock::force(&BACKEND);
+    LazyLock::force(&FALLBACK);
+    LazyLock::force(&REJECTED);
+    LazyLock::force(&CALLS);
+}
+
 /// Why a decision fell back to the local bucket.
 const FALLBACK_REASONS: [&str; 4] = ["unconnected", "breaker_open", "timeout", "error"];
 

@@ -102,6 +102,12 @@ static UNAUTHENTICATED: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+/// Registers `dispatch_auth_unauthenticated` (0 until an authenticator runs without keys), so
+/// every service exports it and an alert on `== 1` sees the healthy value too.
+pub(crate) fn init_metrics() {
+    LazyLock::force(&UNAUTHENTICATED);
+}
+
 /// How often a service without authentication says so.
 pub const UNAUTHENTICATED_WARNING_INTERVAL: std::time::Duration =
     std::time::Duration::from_secs(60);
