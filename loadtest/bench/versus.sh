@@ -31,6 +31,12 @@ GEN_FLAG=9577648
 
 build() {
     local v rev
+    # 9ea9e0c compiles its protos with protoc and the well-known types.
+    if ! command -v protoc >/dev/null 2>&1 || [[ ! -d /usr/include/google/protobuf ]]; then
+        local sudo=()
+        ((EUID == 0)) || sudo=(sudo)
+        "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq protobuf-compiler libprotobuf-dev
+    fi
     for v in before after; do
         rev="${BEFORE}"; [[ "${v}" == after ]] && rev="${AFTER}"
         if [[ ! -d "${WORK}/${v}" ]]; then
