@@ -344,30 +344,8 @@ impl Default for CancelSettings {
     }
 }
 
-/// `[health]`: dependency probes behind gRPC health and `/readyz`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HealthSettings {
-    /// Probe period.
-    pub probe_interval_ms: u64,
-    /// Timeout of one probe (Kafka metadata, `SELECT 1`, `PING`).
-    pub probe_timeout_ms: u64,
-    /// How long a TLS failure of a dependency (a certificate that does not verify, a refused
-    /// handshake, a wrong SASL password) keeps its readiness component `<dependency>_tls` failing
-    /// at least, besides until the dependency has worked again (see
-    /// `dispatch_runtime::tls_failures`).
-    pub tls_hold_ms: u64,
-}
-
-impl Default for HealthSettings {
-    fn default() -> Self {
-        Self {
-            probe_interval_ms: 1_000,
-            probe_timeout_ms: 2_000,
-            tls_hold_ms: dispatch_runtime::tls_failures::DEFAULT_HOLD_MS,
-        }
-    }
-}
+/// `[health]`: dependency probes behind gRPC health and `/readyz` (shared with the processor).
+pub use dispatch_runtime::settings::HealthSettings;
 
 #[cfg(test)]
 mod tests {

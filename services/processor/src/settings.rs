@@ -186,31 +186,8 @@ impl Default for WriterSettings {
 }
 
 /// `[health]`: the probe that turns run-time TLS failures of MySQL and Kafka into readiness
-/// (`crate::readiness`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HealthSettings {
-    /// How often the probe runs: a `SELECT 1`, and a Kafka metadata request while a Kafka TLS
-    /// failure waits for Kafka to work again.
-    pub probe_interval_ms: u64,
-    /// Timeout of one probe.
-    pub probe_timeout_ms: u64,
-    /// How long a TLS failure of a dependency (a certificate that does not verify, a refused
-    /// handshake, a wrong SASL password) keeps its readiness component `<dependency>_tls` Down at
-    /// least, besides until the dependency has worked again (as the gateway's
-    /// `health.tls_hold_ms`; see `dispatch_runtime::tls_failures`).
-    pub tls_hold_ms: u64,
-}
-
-impl Default for HealthSettings {
-    fn default() -> Self {
-        Self {
-            probe_interval_ms: 1_000,
-            probe_timeout_ms: 2_000,
-            tls_hold_ms: dispatch_runtime::tls_failures::DEFAULT_HOLD_MS,
-        }
-    }
-}
+/// (`crate::readiness`; shared with the gateway).
+pub use dispatch_runtime::settings::HealthSettings;
 
 /// `[scheduler]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -517,3 +517,30 @@ mod redact_tests {
         assert!(out.contains("acme") && out.contains("ops-2026"), "{out}");
     }
 }
+
+/// `[health]` of the gateway and the processor: the dependency probes behind gRPC health and
+/// `/readyz`, which also turn run-time TLS failures into readiness
+/// ([`crate::tls_failures`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSettings {
+    /// How often the probe runs (`SELECT 1`; the gateway's also Kafka metadata and Redis `PING`,
+    /// the processor's a Kafka metadata request while a Kafka TLS failure waits to clear).
+    pub probe_interval_ms: u64,
+    /// Timeout of one probe.
+    pub probe_timeout_ms: u64,
+    /// How long a TLS failure of a dependency (a certificate that does not verify, a refused
+    /// handshake, a wrong SASL password) keeps its readiness component `<dependency>_tls`
+    /// failing at least, besides until the dependency has worked again.
+    pub tls_hold_ms: u64,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            probe_interval_ms: 1_000,
+            probe_timeout_ms: 2_000,
+            tls_hold_ms: crate::tls_failures::DEFAULT_HOLD_MS,
+        }
+    }
+}

@@ -124,6 +124,20 @@ pub fn mismatches(
     out
 }
 
+/// Panics with every drift between docs/metrics.md and what the process registered so far,
+/// checked as the `section` service's (call it after the service's metrics `init`).
+///
+/// # Panics
+/// When docs/metrics.md is out of date.
+pub fn assert_matches(section: &str) {
+    let wrong = mismatches(&read(), section, &dispatch_runtime::metrics::families());
+    assert!(
+        wrong.is_empty(),
+        "docs/metrics.md is out of date:\n{}",
+        wrong.join("\n")
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
