@@ -221,6 +221,7 @@ impl Scheduler {
             &self.pool,
             &self.topics.events(),
             events.into_iter().flatten().collect(),
+            crate::writer::Publisher::Other,
         )
         .await;
         let retried = self.publish_retries(&retries, &mut invalid_later).await;

@@ -286,7 +286,14 @@ impl Processor {
             version: 0,
             headers,
         }];
-        crate::writer::settle(&self.producer, &self.pool, &self.topics.events(), published).await;
+        crate::writer::settle(
+            &self.producer,
+            &self.pool,
+            &self.topics.events(),
+            published,
+            crate::writer::Publisher::Other,
+        )
+        .await;
     }
 
     fn remember_cancel(&self, id: TaskId, tenant: &str) {

@@ -9,9 +9,95 @@ use dispatch_store::MySqlPool;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use dispatch_core::TaskId;
+use dispatch_core::version::Stamp;
+use parking_lot::Mutex;
+
 use super::Batch;
 use crate::metrics::{EVENTS, EVENTS_REPAIRED, FINISHED};
 use crate::produce::Producer;
+
+/// What this writer committed, kept while an earlier batch may still settle: per task, the
+/// stamp of its latest landed write and the batch (by sequence number) that carries its event.
+///
+/// A batch's [`settle`] that finds a task's row at a stamp of a *later* batch of this writer
+/// leaves the row alone: that batch's event carries the row and is enqueued after this batch's on
+/// the same producer (batches enqueue in order), so it lands after it, whether it is acknowledged
+/// yet or not. Without this, a task whose RUNNING and outcome commit in consecutive batches
+/// (every task of a drain whose handler outlasts one batch window) was published three times:
+/// RUNNING, a repair of the outcome read back row by row, and the outcome.
+#[derive(Default)]
+pub(crate) struct Owed(Mutex<OwedInner>);
+
+#[derive(Default)]
+struct OwedInner {
+    /// Per task: the stamp of this writer's latest landed write and its batch.
+    rows: HashMap<TaskId, (Stamp, u64)>,
+    /// Per batch still remembered: its tasks.
+    batches: BTreeMap<u64, Vec<TaskId>>,
+    /// Batches committed and not yet settled.
+    unsettled: BTreeSet<u64>,
+}
+
+impl Owed {
+    /// Batch `seq` committed these writes (their stamps as stored).
+    pub(super) fn committed(&self, seq: u64, stamps: impl IntoIterator<Item = (TaskId, Stamp)>) {
+        let mut m = self.0.lock();
+        let mut ids = Vec::new();
+        for (id, stamp) in stamps {
+            m.rows.insert(id, (stamp, seq));
+            ids.push(id);
+        }
+        m.batches.insert(seq, ids);
+        m.unsettled.insert(seq);
+    }
+
+    /// Batch `seq` settled. A batch's entries serve only the settles of earlier batches: once
+    /// every batch before it has settled, they are forgotten (an entry a later batch of the same
+    /// task replaced stays with that batch).
+    fn settled(&self, seq: u64) {
+        let mut m = self.0.lock();
+        m.unsettled.remove(&seq);
+        let low = m.unsettled.first().copied().unwrap_or(u64::MAX);
+        while m.batches.first_key_value().is_some_and(|(k, _)| *k <= low) {
+            let Some((k, ids)) = m.batches.pop_first() else {
+                break;
+            };
+            for id in ids {
+                if m.rows.get(&id).is_some_and(|(_, by)| *by == k) {
+                    m.rows.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Whether a batch after `seq` carries the event of `id`'s row at `stamp`.
+    fn covers(&self, id: TaskId, stamp: Stamp, seq: u64) -> bool {
+        self.0
+            .lock()
+            .rows
+            .get(&id)
+            .is_some_and(|(s, by)| *s == stamp && *by > seq)
+    }
+
+    /// Tasks remembered right now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().rows.len()
+    }
+}
+
+/// Which publisher is settling: a batch of this writer (its [`Owed`] and sequence number), or
+/// another publisher (the scheduler, a replay), which owes nothing in order with anyone.
+#[derive(Clone, Copy)]
+pub(crate) enum Publisher<'a> {
+    /// Batch `seq` of the writer whose commitments `owed` holds.
+    Batch(&'a Owed, u64),
+    /// Anything else.
+    Other,
+}
 
 /// An enqueued event: its acknowledgement, and what a re-send needs.
 pub(super) struct PendingEvent {
@@ -102,6 +188,7 @@ pub(crate) fn event_headers(trace: &[(String, String)], task_id: &str) -> Header
 /// acknowledged. Then [`settle`] makes sure no event of the batch became a task's stale last
 /// event. Only a hard stop gives up, leaving the waiters unreleased so the records are read (and
 /// their events published) again.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn release_after(
     producer: Producer,
     pool: MySqlPool,
@@ -110,6 +197,7 @@ pub(super) async fn release_after(
     landed: Vec<bool>,
     pending: Vec<PendingEvent>,
     abort: CancellationToken,
+    (owed, seq): (std::sync::Arc<Owed>, u64),
 ) {
     let acks = pending.into_iter().map(|p| {
         let (producer, pool, topic) = (producer.clone(), pool.clone(), topic.clone());
@@ -161,7 +249,14 @@ pub(super) async fn release_after(
     let done = async {
         let mut published = futures::future::join_all(acks).await;
         published.extend(unlanded);
-        settle(&producer, &pool, &topic, published).await;
+        settle(
+            &producer,
+            &pool,
+            &topic,
+            published,
+            Publisher::Batch(&owed, seq),
+        )
+        .await;
     };
     tokio::select! {
         () = done => {}
@@ -170,6 +265,7 @@ pub(super) async fn release_after(
             return;
         }
     }
+    owed.settled(seq);
     for (e, landed) in batch.entries.into_iter().zip(landed) {
         for w in e.waiters {
             let _ = w.send(landed);
@@ -194,12 +290,14 @@ pub(crate) struct Published {
 /// acknowledged, a publisher reads the rows; where a row is newer than what it published, it
 /// publishes the row as it is now and checks again. Every publisher does this after every
 /// acknowledgement, so whichever event lands last, its publisher sees the latest row afterwards,
-/// and the topic ends with it.
+/// and the topic ends with it. A row that a later batch of the same writer committed is left to
+/// that batch (see [`Owed`]).
 pub(crate) async fn settle(
     producer: &Producer,
     pool: &MySqlPool,
     topic: &str,
     mut published: Vec<Published>,
+    by: Publisher<'_>,
 ) {
     let mut delays = dispatch_runtime::retry::backoff();
     while !published.is_empty() {
@@ -216,9 +314,13 @@ pub(crate) async fn settle(
                 continue;
             }
         };
-        let newer: std::collections::HashMap<String, u64> = stored
+        let newer: HashMap<String, u64> = stored
             .into_iter()
             .filter(|(_, s)| !s.placeholder)
+            .filter(|(id, s)| match by {
+                Publisher::Batch(owed, seq) => !owed.covers(*id, s.stamp(), seq),
+                Publisher::Other => true,
+            })
             .map(|(id, s)| (id.to_string(), s.version))
             .collect();
         published.retain(|p| newer.get(&p.key).is_some_and(|v| *v != p.version));
@@ -269,5 +371,58 @@ pub fn snapshot_event(task: pb::Task) -> pb::TaskEvent {
         version: task.version,
         occurred_at: task.updated_at,
         task: Some(task),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(version: u64, epoch: u64) -> Stamp {
+        Stamp { version, epoch }
+    }
+
+    #[test]
+    fn a_later_batch_of_the_writer_covers_its_own_stamp_only() {
+        let owed = Owed::default();
+        let (a, b) = (TaskId::new(), TaskId::new());
+        owed.committed(1, [(a, stamp(10, 1)), (b, stamp(10, 1))]);
+        owed.committed(2, [(a, stamp(20, 1))]);
+        assert!(
+            owed.covers(a, stamp(20, 1), 1),
+            "batch 2 publishes a's row after batch 1"
+        );
+        assert!(!owed.covers(a, stamp(20, 1), 2), "not after itself");
+        assert!(
+            !owed.covers(a, stamp(20, 2), 1),
+            "another owner's write at the same version"
+        );
+        assert!(!owed.covers(b, stamp(10, 1), 1), "batch 1's own write");
+        assert!(
+            !owed.covers(b, stamp(30, 1), 1),
+            "a write this writer never made"
+        );
+    }
+
+    #[test]
+    fn a_batch_is_remembered_until_every_earlier_one_settled() {
+        let owed = Owed::default();
+        let (a, b) = (TaskId::new(), TaskId::new());
+        owed.committed(1, [(a, stamp(10, 1)), (b, stamp(10, 1))]);
+        owed.committed(2, [(a, stamp(20, 1))]);
+        owed.committed(3, [(b, stamp(20, 1))]);
+        // Batch 2 settles first: batch 1 may still find a's row at batch 2's stamp.
+        owed.settled(2);
+        assert!(
+            owed.covers(a, stamp(20, 1), 1),
+            "batch 2 settled, its event is before"
+        );
+        assert!(owed.covers(b, stamp(20, 1), 1), "batch 3 is unsettled");
+        // Batch 1 settles: every batch left (3) is the lowest unsettled, and no batch before it
+        // can ask any more: everything is forgotten.
+        owed.settled(1);
+        assert_eq!(owed.len(), 0);
+        owed.settled(3);
+        assert_eq!(owed.len(), 0);
     }
 }

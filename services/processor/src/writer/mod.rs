@@ -39,8 +39,8 @@ use dispatch_proto::v1 as pb;
 mod events;
 
 pub use events::snapshot_event;
-pub(crate) use events::{Published, event_headers, settle};
-use events::{enqueue_events, release_after};
+use events::{Owed, enqueue_events, release_after};
+pub(crate) use events::{Published, Publisher, event_headers, settle};
 
 /// One state change to persist.
 #[derive(Debug)]
@@ -270,6 +270,8 @@ async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTr
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent.max(1)));
     // Resolves once the previous batch has enqueued its events (or given up).
     let mut previous: Option<oneshot::Receiver<()>> = None;
+    let owed = std::sync::Arc::new(Owed::default());
+    let mut seq = 0u64;
     let mut closing = false;
     loop {
         let first = tokio::select! {
@@ -301,12 +303,15 @@ async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTr
         };
         let (enqueued, next) = oneshot::channel();
         let before = previous.replace(next);
-        let (cfg, acks2) = (cfg.clone(), acks.clone());
+        let (cfg, acks2, owed) = (cfg.clone(), acks.clone(), owed.clone());
+        seq += 1;
+        let seq = seq;
         acks.spawn(async move {
             let mut batch = batch;
             let landed = commit_with_retry(&cfg, &batch).await;
             drop(slot);
             if let Some(landed) = &landed {
+                owed.committed(seq, owed_stamps(&batch, landed));
                 release_claims(&mut batch, landed);
             }
             if let Some(before) = before {
@@ -332,6 +337,7 @@ async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTr
                 flags,
                 pending,
                 cfg.abort.clone(),
+                (owed, seq),
             ));
         });
     }
@@ -342,6 +348,21 @@ async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTr
 
 /// Per entry of a batch: the row as stored after its write, if the write landed.
 type Landed = Vec<Option<pb::Task>>;
+
+/// The stamps the landed writes of a committed batch left on their rows.
+fn owed_stamps<'a>(
+    batch: &'a Batch,
+    landed: &'a Landed,
+) -> impl Iterator<Item = (TaskId, dispatch_core::version::Stamp)> + 'a {
+    batch.entries.iter().zip(landed).filter_map(|(e, row)| {
+        let (w, row) = (e.write.as_ref()?, row.as_ref()?);
+        let stamp = dispatch_core::version::Stamp {
+            version: row.version,
+            epoch: w.lease_epoch,
+        };
+        Some((w.task_id, stamp))
+    })
+}
 
 /// Tells each claim of a committed batch whether it holds: its entry's write landed and the row
 /// carries the claim's version (a newer write of the task coalesced into the same entry, a cancel
