@@ -334,6 +334,7 @@ impl App {
             max_in_flight: s.consumer.max_in_flight,
             max_in_flight_bytes: s.consumer.max_in_flight_kbytes * 1024,
             resume_ratio: s.consumer.resume_ratio,
+            priority_weights: s.consumer.priority_weights,
             stop_fetch: stop_fetch.clone(),
             close: close.clone(),
         };

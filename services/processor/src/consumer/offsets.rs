@@ -119,6 +119,21 @@ impl Partition {
     }
 }
 
+/// What [`Partitions::window`] counts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Records consumed and not persisted, parked ones left out.
+    pub records: usize,
+    /// Their bytes.
+    pub bytes: usize,
+    /// Records parked.
+    pub parked: usize,
+    /// Their bytes.
+    pub parked_bytes: usize,
+    /// `records` of the critical, default and low first-attempt topics.
+    pub by_priority: [usize; 3],
+}
+
 /// The tracker of every assigned partition.
 #[derive(Debug, Default)]
 pub struct Partitions {
@@ -345,6 +360,24 @@ impl Partitions {
         self.inner.lock().values().fold((0, 0), |(n, b), p| {
             (n + p.slots.len() - p.parked, b + p.bytes - p.parked_bytes)
         })
+    }
+
+    /// The in-flight window in one pass: records and bytes consumed and not yet persisted
+    /// (parked ones left out), what is parked, and the records of each priority's first-attempt
+    /// topics, by `priority_of(topic)` (`None`: a retry topic).
+    pub fn window(&self, priority_of: impl Fn(&str) -> Option<usize>) -> Window {
+        let mut w = Window::default();
+        for (tp, p) in self.inner.lock().iter() {
+            let n = p.slots.len() - p.parked;
+            w.records += n;
+            w.bytes += p.bytes - p.parked_bytes;
+            w.parked += p.parked;
+            w.parked_bytes += p.parked_bytes;
+            if let Some(i) = priority_of(&tp.topic).filter(|i| *i < 3) {
+                w.by_priority[i] += n;
+            }
+        }
+        w
     }
 
     /// Records running right now.

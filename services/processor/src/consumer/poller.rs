@@ -5,6 +5,14 @@
 //! retry partition is held in memory and the partition is paused; records behind it (already
 //! fetched) queue behind it in offset order. Delays are uniform per retry level, so the head is
 //! always the next one due; when the queue empties the partition resumes.
+//!
+//! The in-flight window is shared by priority: each priority's first-attempt partitions pause
+//! once it holds its share of the window (by the priority weights) plus whatever the others leave
+//! unused. A backlog of one priority therefore never fills the window with its records alone:
+//! the execution slots, granted by weight, always find records of every priority that has work,
+//! and a critical record is fetched while a low-priority backlog waits. Only a priority with work
+//! (records in the window, or one consumed within [`ACTIVE_FOR`]) is owed its share, so a lone
+//! priority still has the whole window.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,6 +27,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use super::context::commit_marks;
+use super::offsets::Window;
 use super::{Ctx, Delivery, Shared, Source, Tp};
 use crate::metrics::{IN_FLIGHT, IN_FLIGHT_BYTES, PARKED, PARKED_BYTES, PAUSED, RECORDS};
 
@@ -31,6 +40,10 @@ const RECORD_OVERHEAD_BYTES: usize = 1024;
 
 /// How often persisted progress is committed.
 const COMMIT_EVERY: Duration = Duration::from_millis(1000);
+
+/// A priority that consumed a record this recently is owed its share of the window even with
+/// none in it.
+const ACTIVE_FOR: Duration = Duration::from_secs(5);
 
 /// Pauses are reconciled when one of their inputs changed, and at least this often (which also
 /// retries a pause or resume the client refused).
@@ -50,6 +63,8 @@ pub struct Poller {
     pub max_in_flight_bytes: usize,
     /// ...and resume once both are down to this fraction.
     pub resume_ratio: f64,
+    /// Weights of the critical, default and low priorities: their shares of the window.
+    pub priority_weights: [u32; 3],
     /// Stop handing out records (shutdown started); keep serving callbacks.
     pub stop_fetch: CancellationToken,
     /// Commit, leave the group and exit.
@@ -71,37 +86,40 @@ fn channel(p: Priority) -> usize {
 impl Poller {
     /// Runs until `close`; then commits what is persisted and leaves the group.
     pub fn run(self) {
-        let mut backpressure = false;
+        let mut window = WindowState::default();
         let mut committed: HashMap<Tp, i64> = HashMap::new();
         let mut last_commit = Instant::now();
-        let mut last_reconcile: Option<(Instant, bool)> = None;
+        let mut last_reconcile: Option<(Instant, Pauses)> = None;
+        let mut seen: [Option<Instant>; 3] = [None; 3];
+        let names: [String; 3] = Priority::ALL.map(|p| self.shared.topics.tasks(p));
+        let priority_of = |topic: &str| names.iter().position(|n| n == topic);
         while !self.close.is_cancelled() {
             if last_commit.elapsed() >= COMMIT_EVERY {
                 last_commit = Instant::now();
                 self.commit_progress(&mut committed);
             }
             let draining = self.stop_fetch.is_cancelled();
-            let (in_flight, bytes) = self.shared.partitions.in_flight_with_bytes();
-            IN_FLIGHT.set(in_flight as i64);
-            IN_FLIGHT_BYTES.set(bytes as i64);
-            let (parked, parked_bytes) = self.shared.partitions.parked();
-            PARKED.set(parked as i64);
-            PARKED_BYTES.set(parked_bytes as i64);
-            backpressure = if backpressure {
-                in_flight as f64 > self.max_in_flight as f64 * self.resume_ratio
-                    || bytes as f64 > self.max_in_flight_bytes as f64 * self.resume_ratio
-            } else {
-                in_flight >= self.max_in_flight || bytes >= self.max_in_flight_bytes
-            };
+            let w = self.shared.partitions.window(priority_of);
+            IN_FLIGHT.set(w.records as i64);
+            IN_FLIGHT_BYTES.set(w.bytes as i64);
+            PARKED.set(w.parked as i64);
+            PARKED_BYTES.set(w.parked_bytes as i64);
+            window = self.window_state(window, &w, &seen);
             let next_due = if draining { None } else { self.release_due() };
-            let all = backpressure || draining;
+            let pauses = Pauses {
+                all: window.bytes_full || draining,
+                records_full: window.records_full,
+                held: std::array::from_fn(|i| {
+                    window.held[i] || (window.records_full && !window.room[i])
+                }),
+            };
             let changed = self.shared.take_pauses_changed();
             if changed
                 || last_reconcile
-                    .is_none_or(|(at, was)| was != all || at.elapsed() >= RECONCILE_EVERY)
+                    .is_none_or(|(at, was)| was != pauses || at.elapsed() >= RECONCILE_EVERY)
             {
-                self.reconcile_pauses(all);
-                last_reconcile = Some((Instant::now(), all));
+                self.reconcile_pauses(pauses);
+                last_reconcile = Some((Instant::now(), pauses));
             }
             let timeout = next_due.map_or(POLL, |d| d.min(POLL));
             match self.consumer.poll(timeout) {
@@ -110,7 +128,12 @@ impl Poller {
                     tracing::warn!(error = %e, "consumer error");
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                Some(Ok(m)) if !draining => self.accept(&m),
+                Some(Ok(m)) if !draining => {
+                    if let Some(i) = priority_of(m.topic()) {
+                        seen[i] = Some(Instant::now());
+                    }
+                    self.accept(&m);
+                }
                 // Draining: not tracked, so it does not move any watermark; it is re-read later.
                 Some(Ok(_)) => {}
             }
@@ -213,10 +236,39 @@ impl Poller {
         next.map(|n| Duration::from_millis(u64::try_from(n - now).unwrap_or(0)))
     }
 
+    /// The window's state after this turn's counts `w`, given the last turn's (every bound
+    /// trips at its limit and releases once down to `resume_ratio` of it).
+    fn window_state(
+        &self,
+        was: WindowState,
+        w: &Window,
+        seen: &[Option<Instant>; 3],
+    ) -> WindowState {
+        let r = self.resume_ratio;
+        let over = |was: bool, n: usize, limit: usize| {
+            if was {
+                n as f64 > limit as f64 * r
+            } else {
+                n >= limit
+            }
+        };
+        let n = w.by_priority;
+        let active: [bool; 3] =
+            std::array::from_fn(|i| n[i] > 0 || seen[i].is_some_and(|t| t.elapsed() < ACTIVE_FOR));
+        let limits = window_limits(self.max_in_flight, self.priority_weights, n, active);
+        let shares = shares(self.max_in_flight, self.priority_weights);
+        WindowState {
+            records_full: over(was.records_full, w.records, self.max_in_flight),
+            bytes_full: over(was.bytes_full, w.bytes, self.max_in_flight_bytes),
+            held: std::array::from_fn(|i| over(was.held[i], n[i], limits[i])),
+            room: std::array::from_fn(|i| !over(!was.room[i], n[i], shares[i])),
+        }
+    }
+
     /// Pauses/resumes partitions so that exactly the ones that should be paused are.
-    fn reconcile_pauses(&self, all: bool) {
+    fn reconcile_pauses(&self, pauses: Pauses) {
         let assigned = self.shared.partitions.assigned();
-        let want: HashSet<Tp> = if all {
+        let want: HashSet<Tp> = if pauses.all {
             assigned.into_iter().collect()
         } else {
             let prios = self.shared.paused_priorities.lock().clone();
@@ -225,11 +277,11 @@ impl Poller {
                 .into_iter()
                 .filter(|tp| {
                     holds.contains_key(tp)
-                        || self
-                            .shared
-                            .topics
-                            .priority_of(&tp.topic)
-                            .is_some_and(|p| prios.contains(&p))
+                        || match self.shared.topics.priority_of(&tp.topic) {
+                            Some(p) => prios.contains(&p) || pauses.held[channel(p)],
+                            // A retry topic: only the window as a whole holds it.
+                            None => pauses.records_full,
+                        }
                 })
                 .collect()
         };
@@ -306,10 +358,107 @@ impl Poller {
     }
 }
 
+/// The window's bounds as they stood on the last turn.
+#[derive(Debug, Default, Clone, Copy)]
+struct WindowState {
+    /// The records bound is reached.
+    records_full: bool,
+    /// The bytes bound is reached.
+    bytes_full: bool,
+    /// Per priority: its part of the window is full.
+    held: [bool; 3],
+    /// Per priority: it holds less than its share, so the records bound does not hold it.
+    room: [bool; 3],
+}
+
+/// Which partitions pause: all (bytes bound, shutdown), or by priority, with the retry topics
+/// when the records bound is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pauses {
+    all: bool,
+    records_full: bool,
+    held: [bool; 3],
+}
+
+/// Each priority's weighted share of a window of `max` records.
+fn shares(max: usize, weights: [u32; 3]) -> [usize; 3] {
+    let total: u64 = weights.iter().map(|w| u64::from(*w)).sum::<u64>().max(1);
+    std::array::from_fn(|i| {
+        usize::try_from(max as u64 * u64::from(weights[i]) / total).unwrap_or(max)
+    })
+}
+
+/// Each priority's part of an in-flight window of `max` records, given what each holds now
+/// (`n`) and which have work (`active`): the window less what the others hold or are owed. An
+/// active priority is owed its weighted share of the window, so it finds room however large the
+/// others' backlogs; a priority may use beyond its share what the others neither hold nor are
+/// owed.
+fn window_limits(max: usize, weights: [u32; 3], n: [usize; 3], active: [bool; 3]) -> [usize; 3] {
+    let share = shares(max, weights);
+    std::array::from_fn(|i| {
+        let others: usize = (0..3)
+            .filter(|j| *j != i)
+            .map(|j| if active[j] { n[j].max(share[j]) } else { n[j] })
+            .sum();
+        max.saturating_sub(others).max(share[i])
+    })
+}
+
 fn tpl<'a>(tps: impl Iterator<Item = &'a Tp>) -> TopicPartitionList {
     let mut l = TopicPartitionList::new();
     for tp in tps {
         l.add_partition(&tp.topic, tp.partition);
     }
     l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::window_limits;
+
+    const ALL: [bool; 3] = [true; 3];
+
+    #[test]
+    fn every_active_priority_keeps_its_share_of_the_window() {
+        // All with work: each may take the window less what the others are owed.
+        assert_eq!(window_limits(100, [6, 3, 1], [0, 0, 0], ALL), [60, 30, 10]);
+        // A critical backlog filled its part: default and low still find theirs free.
+        assert_eq!(window_limits(100, [6, 3, 1], [60, 0, 0], ALL), [60, 30, 10]);
+        // Low holds more than its share (it came first): the others keep theirs, critical's
+        // part shrinks to its share and no further.
+        assert_eq!(window_limits(100, [6, 3, 1], [0, 0, 90], ALL), [60, 30, 10]);
+        assert_eq!(
+            window_limits(100, [6, 3, 1], [10, 0, 30], ALL),
+            [60, 30, 10]
+        );
+        // Equal weights.
+        assert_eq!(window_limits(90, [1, 1, 1], [0, 0, 0], ALL), [30, 30, 30]);
+    }
+
+    #[test]
+    fn a_lone_priority_has_the_whole_window() {
+        let alone = [false, true, false];
+        assert_eq!(window_limits(100, [6, 3, 1], [0, 40, 0], alone)[1], 100);
+        // Another priority's records still in the window count, its share does not.
+        assert_eq!(window_limits(100, [6, 3, 1], [5, 40, 0], alone)[1], 95);
+    }
+
+    #[test]
+    fn the_parts_never_exceed_the_window_once_every_priority_is_at_its_limit() {
+        for n in [
+            [0, 0, 0],
+            [60, 30, 10],
+            [5, 80, 3],
+            [100, 100, 100],
+            [60, 0, 40],
+        ] {
+            let l = window_limits(100, [6, 3, 1], n, ALL);
+            // What each may hold without another exceeding its own limit.
+            let held: [usize; 3] = std::array::from_fn(|i| n[i].min(l[i]));
+            assert!(
+                held.iter().sum::<usize>() <= 100 || n.iter().sum::<usize>() > 100,
+                "{n:?} {l:?}"
+            );
+        }
+    }
 }

@@ -13,6 +13,7 @@ mod harness;
 mod hostile;
 mod outbox_admin;
 mod pauses;
+mod priorities;
 mod retention;
 mod schedules;
 mod scheduling;
