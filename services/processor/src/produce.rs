@@ -80,10 +80,12 @@ impl Producer {
         )
     }
 
-    /// Hands one record to the client *now* and returns the wait for its acknowledgement. Records
-    /// enqueued one after another keep that order on their partition (the idempotent producer
-    /// preserves it), which [`Producer::send`] cannot promise for concurrent callers. Falls back to
-    /// `send` (waiting for queue space) when the local queue is full.
+    /// Hands one record to the client *now* and returns the wait for its acknowledgement, with
+    /// whether it was handed over now. Records handed over one after another keep that order on
+    /// their partition (the idempotent producer preserves it, within one client: see
+    /// [`Producer::rebuilds`]), which [`Producer::send`] cannot promise for concurrent callers.
+    /// Falls back to `send` (waiting for queue space, so *not* in order with records enqueued
+    /// meanwhile) when the local queue is full.
     pub fn enqueue(
         &self,
         kind: &'static str,
@@ -91,14 +93,20 @@ impl Producer {
         key: &[u8],
         value: &[u8],
         headers: &Headers,
-    ) -> futures::future::BoxFuture<'static, Result<Delivered, rdkafka::error::KafkaError>> {
+    ) -> (
+        futures::future::BoxFuture<'static, Result<Delivered, rdkafka::error::KafkaError>>,
+        bool,
+    ) {
         let started = Instant::now();
         let record = FutureRecord::to(topic)
             .key(key)
             .payload(value)
             .headers(kafka_headers(headers));
         match self.core.enqueue(record) {
-            Ok(delivery) => Box::pin(async move { observed(kind, started, delivery.await) }),
+            Ok(delivery) => (
+                Box::pin(async move { observed(kind, started, delivery.await) }),
+                true,
+            ),
             Err(_) => {
                 let (this, topic, key, value, headers) = (
                     self.clone(),
@@ -107,9 +115,18 @@ impl Producer {
                     value.to_vec(),
                     headers.clone(),
                 );
-                Box::pin(async move { this.send(kind, &topic, &key, &value, &headers).await })
+                (
+                    Box::pin(async move { this.send(kind, &topic, &key, &value, &headers).await }),
+                    false,
+                )
             }
         }
+    }
+
+    /// How many times the client was rebuilt. A rebuild starts a new client (a new idempotence
+    /// session), so records handed over before it are in no order with records after it.
+    pub fn rebuilds(&self) -> u64 {
+        self.core.rebuilds()
     }
 
     /// [`Producer::send`], retried with backoff until it succeeds or `give_up` fires (`None`).

@@ -197,6 +197,7 @@ impl Scheduler {
                     key,
                     version: row.task.version,
                     headers,
+                    direct: false,
                 });
                 let mut h = env.headers();
                 for (k, v) in trace {

@@ -90,8 +90,11 @@ pub struct ConsumerSettings {
     pub priority_weights: [u32; 3],
     /// Records executing (or waiting on their key's lane) at once, across all partitions.
     pub max_concurrency: usize,
-    /// Records consumed but not yet persisted before every partition is paused (backpressure).
-    /// Pausing makes librdkafka drop what it prefetched for those partitions, and every resume
+    /// Records consumed but not yet persisted before partitions pause (backpressure). The window
+    /// is shared by priority (`consumer/poller.rs`): a priority with work is owed its weighted
+    /// share, and reaching this bound pauses the priorities at or above their share and the
+    /// retry topics, so the records held can exceed it by up to the shares of the others (at
+    /// most twice it). Pausing makes librdkafka drop what it prefetched for those partitions, and every resume
     /// fetches it again: a bound near the throughput of a fraction of a second starves the
     /// pipeline at each pause. `max_in_flight_kbytes` bounds the memory this may take.
     pub max_in_flight: usize,

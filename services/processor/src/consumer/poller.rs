@@ -383,8 +383,11 @@ struct Pauses {
 /// Each priority's weighted share of a window of `max` records.
 fn shares(max: usize, weights: [u32; 3]) -> [usize; 3] {
     let total: u64 = weights.iter().map(|w| u64::from(*w)).sum::<u64>().max(1);
+    // At least one record: a share of 0 would trip and release its bound on alternate turns.
     std::array::from_fn(|i| {
-        usize::try_from(max as u64 * u64::from(weights[i]) / total).unwrap_or(max)
+        usize::try_from(max as u64 * u64::from(weights[i]) / total)
+            .unwrap_or(max)
+            .max(1)
     })
 }
 
@@ -433,6 +436,8 @@ mod tests {
         );
         // Equal weights.
         assert_eq!(window_limits(90, [1, 1, 1], [0, 0, 0], ALL), [30, 30, 30]);
+        // A share never rounds to nothing.
+        assert_eq!(super::shares(8, [6, 3, 1]), [4, 2, 1]);
     }
 
     #[test]

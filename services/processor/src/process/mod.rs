@@ -285,6 +285,7 @@ impl Processor {
             key,
             version: 0,
             headers,
+            direct: false,
         }];
         crate::writer::settle(
             &self.producer,

@@ -19,13 +19,19 @@ use super::Batch;
 use crate::metrics::{EVENTS, EVENTS_REPAIRED, FINISHED};
 use crate::produce::Producer;
 
+/// Most tasks [`Owed`] remembers. Forgetting only costs repairs, so past this (a batch whose
+/// events never settle pins everything after it) it starts over.
+const MAX_REMEMBERED: usize = 200_000;
+
 /// What this writer committed, kept while an earlier batch may still settle: per task, the
 /// stamp of its latest landed write and the batch (by sequence number) that carries its event.
 ///
 /// A batch's [`settle`] that finds a task's row at a stamp of a *later* batch of this writer
-/// leaves the row alone: that batch's event carries the row and is enqueued after this batch's on
-/// the same producer (batches enqueue in order), so it lands after it, whether it is acknowledged
-/// yet or not. Without this, a task whose RUNNING and outcome commit in consecutive batches
+/// leaves the row alone: that batch's event carries the row and is handed to the client after
+/// this batch's (batches enqueue in order), so it lands after it, whether it is acknowledged yet
+/// or not. That holds only for an event this batch handed over at once (not the full-queue
+/// fallback, not a re-send of the current row) and acknowledged without a client rebuild in
+/// between (a rebuilt client is a new idempotence session); anything else is repaired as before. Without this, a task whose RUNNING and outcome commit in consecutive batches
 /// (every task of a drain whose handler outlasts one batch window) was published three times:
 /// RUNNING, a repair of the outcome read back row by row, and the outcome.
 #[derive(Default)]
@@ -45,6 +51,10 @@ impl Owed {
     /// Batch `seq` committed these writes (their stamps as stored).
     pub(super) fn committed(&self, seq: u64, stamps: impl IntoIterator<Item = (TaskId, Stamp)>) {
         let mut m = self.0.lock();
+        if m.rows.len() >= MAX_REMEMBERED {
+            m.rows.clear();
+            m.batches.clear();
+        }
         let mut ids = Vec::new();
         for (id, stamp) in stamps {
             m.rows.insert(id, (stamp, seq));
@@ -93,8 +103,13 @@ impl Owed {
 /// another publisher (the scheduler, a replay), which owes nothing in order with anyone.
 #[derive(Clone, Copy)]
 pub(crate) enum Publisher<'a> {
-    /// Batch `seq` of the writer whose commitments `owed` holds.
-    Batch(&'a Owed, u64),
+    /// Batch `seq` of the writer whose commitments `owed` holds, its events handed over while
+    /// the producer had been rebuilt `rebuilds` times.
+    Batch {
+        owed: &'a Owed,
+        seq: u64,
+        rebuilds: u64,
+    },
     /// Anything else.
     Other,
 }
@@ -108,6 +123,8 @@ pub(super) struct PendingEvent {
     key: String,
     version: u64,
     headers: Headers,
+    /// Handed to the client at once, in batch order (not the full-queue fallback).
+    direct: bool,
 }
 
 /// Enqueues the event of every landed write of `batch`, in order: the row as the write left it.
@@ -117,8 +134,10 @@ pub(super) fn enqueue_events(
     topic: &str,
     batch: &Batch,
     landed: Vec<Option<pb::Task>>,
-) -> Vec<PendingEvent> {
-    batch
+) -> (Vec<PendingEvent>, u64) {
+    // Read before the first hand-over: a rebuild after it shows in the count at settle time.
+    let rebuilds = producer.rebuilds();
+    let pending = batch
         .entries
         .iter()
         .zip(landed)
@@ -135,15 +154,17 @@ pub(super) fn enqueue_events(
             let headers = event_headers(trace, &key);
             let version = ev.version;
             let value = ev.encode_to_vec();
-            let ack = producer.enqueue("events", topic, key.as_bytes(), &value, &headers);
+            let (ack, direct) = producer.enqueue("events", topic, key.as_bytes(), &value, &headers);
             PendingEvent {
                 ack,
                 key,
                 version,
                 headers,
+                direct,
             }
         })
-        .collect()
+        .collect();
+    (pending, rebuilds)
 }
 
 /// `dispatch_task_completion_seconds` of a terminal write.
@@ -197,13 +218,14 @@ pub(super) async fn release_after(
     landed: Vec<bool>,
     pending: Vec<PendingEvent>,
     abort: CancellationToken,
-    (owed, seq): (std::sync::Arc<Owed>, u64),
+    (owed, seq, rebuilds): (std::sync::Arc<Owed>, u64, u64),
 ) {
     let acks = pending.into_iter().map(|p| {
         let (producer, pool, topic) = (producer.clone(), pool.clone(), topic.clone());
         async move {
             let mut result = p.ack.await.map(|_| p.version).map_err(|e| e.to_string());
             let mut delays = dispatch_runtime::retry::backoff();
+            let mut direct = p.direct;
             loop {
                 match result {
                     Ok(version) => {
@@ -212,9 +234,11 @@ pub(super) async fn release_after(
                             key: p.key,
                             version,
                             headers: p.headers,
+                            direct,
                         };
                     }
                     Err(e) => {
+                        direct = false;
                         tracing::warn!(error = %e, task_id = %p.key, "state-change event not delivered; sending the task's current row again");
                         let delay = delays.next().unwrap_or(dispatch_runtime::retry::MAX_DELAY);
                         tokio::time::sleep(delay).await;
@@ -243,6 +267,7 @@ pub(super) async fn release_after(
                 headers: event_headers(&[], &key),
                 key,
                 version: 0,
+                direct: false,
             }
         })
         .collect();
@@ -254,7 +279,11 @@ pub(super) async fn release_after(
             &pool,
             &topic,
             published,
-            Publisher::Batch(&owed, seq),
+            Publisher::Batch {
+                owed: &owed,
+                seq,
+                rebuilds,
+            },
         )
         .await;
     };
@@ -282,6 +311,8 @@ pub(crate) struct Published {
     pub version: u64,
     /// Headers it was sent with.
     pub headers: Headers,
+    /// Acknowledged from a batch's in-order hand-over (see [`Owed`]); `false` for anything else.
+    pub direct: bool,
 }
 
 /// Makes the last event of each task in `published` equal its row. Several processes publish
@@ -314,18 +345,33 @@ pub(crate) async fn settle(
                 continue;
             }
         };
+        let rebuilds_now = producer.rebuilds();
+        let direct: std::collections::HashSet<&str> = published
+            .iter()
+            .filter(|p| p.direct)
+            .map(|p| p.key.as_str())
+            .collect();
         let newer: HashMap<String, u64> = stored
             .into_iter()
             .filter(|(_, s)| !s.placeholder)
-            .filter(|(id, s)| match by {
-                Publisher::Batch(owed, seq) => !owed.covers(*id, s.stamp(), seq),
-                Publisher::Other => true,
+            .filter(|(id, s)| {
+                let key = id.to_string();
+                !left_to_later(
+                    by,
+                    rebuilds_now,
+                    direct.contains(key.as_str()),
+                    *id,
+                    s.stamp(),
+                )
             })
             .map(|(id, s)| (id.to_string(), s.version))
             .collect();
+        drop(direct);
         published.retain(|p| newer.get(&p.key).is_some_and(|v| *v != p.version));
         for p in &mut published {
             EVENTS_REPAIRED.inc();
+            // A re-send is in no order with the later batches' events.
+            p.direct = false;
             match resend_current(producer, pool, topic, &p.key, &p.headers).await {
                 Ok(v) => p.version = v,
                 Err(e) => {
@@ -335,6 +381,26 @@ pub(crate) async fn settle(
                 }
             }
         }
+    }
+}
+
+/// Whether `settle` leaves the row of `id`, found at `stamp`, to a later batch of the same
+/// writer: only for a batch's event handed over in order (`direct`), with no client rebuild
+/// since, and a row that a later batch committed (see [`Owed`]).
+fn left_to_later(
+    by: Publisher<'_>,
+    rebuilds_now: u64,
+    direct: bool,
+    id: TaskId,
+    stamp: Stamp,
+) -> bool {
+    match by {
+        Publisher::Batch {
+            owed,
+            seq,
+            rebuilds,
+        } => direct && rebuilds == rebuilds_now && owed.covers(id, stamp, seq),
+        Publisher::Other => false,
     }
 }
 
@@ -402,6 +468,28 @@ mod tests {
             !owed.covers(b, stamp(30, 1), 1),
             "a write this writer never made"
         );
+    }
+
+    #[test]
+    fn only_an_in_order_hand_over_leaves_a_row_to_a_later_batch() {
+        let owed = Owed::default();
+        let a = TaskId::new();
+        owed.committed(2, [(a, stamp(20, 1))]);
+        let batch1 = Publisher::Batch {
+            owed: &owed,
+            seq: 1,
+            rebuilds: 0,
+        };
+        assert!(left_to_later(batch1, 0, true, a, stamp(20, 1)));
+        assert!(
+            !left_to_later(batch1, 0, false, a, stamp(20, 1)),
+            "batch 1's event went through the full-queue fallback or was sent again"
+        );
+        assert!(
+            !left_to_later(batch1, 1, true, a, stamp(20, 1)),
+            "the client was rebuilt since batch 1 handed its events over"
+        );
+        assert!(!left_to_later(Publisher::Other, 0, true, a, stamp(20, 1)));
     }
 
     #[test]

@@ -327,7 +327,7 @@ async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTr
             // waking the waiters overlaps with later batches.
             let topic = cfg.topics.events();
             let flags: Vec<bool> = landed.iter().map(Option::is_some).collect();
-            let pending = enqueue_events(&cfg.producer, &topic, &batch, landed);
+            let (pending, rebuilds) = enqueue_events(&cfg.producer, &topic, &batch, landed);
             let _ = enqueued.send(());
             acks2.spawn(release_after(
                 cfg.producer.clone(),
@@ -337,7 +337,7 @@ async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTr
                 flags,
                 pending,
                 cfg.abort.clone(),
-                (owed, seq),
+                (owed, seq, rebuilds),
             ));
         });
     }
