@@ -263,11 +263,14 @@ pub(super) async fn release_after(
         .filter_map(|(e, _)| e.write.as_ref())
         .map(|w| {
             let key = w.task_id.to_string();
+            // Nothing of this batch's was published for it, so nothing is out of order with a
+            // later batch's event (it is fenced out when a later batch's write got there first:
+            // concurrent transactions commit in any order).
             Published {
                 headers: event_headers(&[], &key),
                 key,
                 version: 0,
-                direct: false,
+                direct: true,
             }
         })
         .collect();
@@ -311,7 +314,9 @@ pub(crate) struct Published {
     pub version: u64,
     /// Headers it was sent with.
     pub headers: Headers,
-    /// Acknowledged from a batch's in-order hand-over (see [`Owed`]); `false` for anything else.
+    /// Nothing of this publisher's for the task is out of order with a later batch's events:
+    /// acknowledged from a batch's in-order hand-over, or a batch's write that did not land
+    /// (nothing published); `false` for anything else (see [`Owed`]).
     pub direct: bool,
 }
 
