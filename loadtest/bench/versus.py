@@ -12,7 +12,8 @@
 
 Environment: WORK (clones), BUILDS ("before after"; one name runs that build alone), RUNS (3),
 FIRST_RUN (1: later alternations continue the numbering), N (100000 drain tasks), DUR (15 s per
-gateway load), PER_PRIORITY (40000), SIM_LATENCY_MS (250), PRIORITY_RUNS (1), LOADGEN,
+gateway load), LOADS (gateway loads to run: submit_2k submit_15k submit_30k batch_100;
+default all), PER_PRIORITY (40000), SIM_LATENCY_MS (250), PRIORITY_RUNS (1), LOADGEN,
 VERSUS_OUT (results directory), STOP_FILE (stop at the next safe point once it exists),
 KAFKA_LIBS (for deleting the run's topics).
 
@@ -58,6 +59,7 @@ FIRST = int(os.environ.get("FIRST_RUN", "1"))  # run numbers FIRST .. FIRST + RU
 N = int(os.environ.get("N", "100000"))
 DUR = os.environ.get("DUR", "15")
 STOP_FILE = os.environ.get("STOP_FILE", "")
+LOADS = os.environ.get("LOADS", "").split()  # gateway loads to run (default: all four)
 GW_GRPC, GW_ADMIN, PR_GRPC, PR_ADMIN = 50281, 9781, 50283, 9783
 TICK = os.sysconf("SC_CLK_TCK")
 os.makedirs(OUT, exist_ok=True)
@@ -95,6 +97,13 @@ def root_sql(statements):
 def sql(q):
     return subprocess.run(["mariadb", "-h127.0.0.1", "-udispatch", "-pdispatch", "-N", "-e", q],
                           check=True, capture_output=True, text=True).stdout
+
+
+def statements():
+    """MariaDB's statement counters (every client's: the drain is the only load)."""
+    names = ("Questions", "Com_select", "Com_insert", "Com_update", "Com_commit")
+    rows = sql("SHOW GLOBAL STATUS WHERE Variable_name IN ('" + "','".join(names) + "')")
+    return {k: int(v) for k, v in (l.split("\t") for l in rows.splitlines())}
 
 
 def cpu_s(pid):
@@ -272,6 +281,7 @@ def drain_once(build, r):
                       "--duration-s", str(N / 50000), "--warmup-s", "0")
         accepted = sub["items_accepted"]
         probe = Probe({"processor": s.pr.pid, "gateway": s.gw.pid})
+        st0 = statements()
         with probe:
             t0 = time.time()
             os.kill(s.pr.pid, signal.SIGCONT)
@@ -282,6 +292,10 @@ def drain_once(build, r):
                 if c > done:
                     done, last = c, time.time()
         took = last - t0
+        st1 = statements()
+        # Events per task: what the drain cost Kafka (a republish is a repair of a stale event).
+        events = {k: metric_sum(PR_ADMIN, f"dispatch_events_{k}_total")
+                  for k in ("published", "republished")}
         in_mysql = int(sql(f"SELECT COUNT(*) FROM {s.db}.tasks WHERE state='succeeded'").strip())
         m = probe.result
         record("drain", build, r, {
@@ -290,6 +304,9 @@ def drain_once(build, r):
             "processor_cpu_s": m["cpu_s"]["processor"],
             "processor_us_per_task": round(m["cpu_s"]["processor"] / done * 1e6, 1),
             "machine_us_per_task": round(m["machine_cpu_s"] / done * 1e6, 1),
+            "events_per_task": round(events["published"] / max(done, 1), 3),
+            "republished_per_task": round(events["republished"] / max(done, 1), 3),
+            "statements_per_task": {k: round((st1[k] - st0[k]) / max(done, 1), 3) for k in st0},
             "probe": m})
 
 
@@ -303,6 +320,8 @@ def gateway_once(build, r):
                 ("submit_15k", ["--scenario", "submit", "--rate", "15000"]),
                 ("submit_30k", ["--scenario", "submit", "--rate", "30000"]),
                 ("batch_100", ["--scenario", "batch", "--rate", "2000", "--batch", "100", "--concurrency", "64"])):
+            if LOADS and name not in LOADS:
+                continue
             check_stop()
             probe = Probe({"gateway": s.gw.pid})
             with probe:

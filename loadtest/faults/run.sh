@@ -57,14 +57,13 @@ KNOWN=(kill-processor kafka-restart redis-stop mariadb-stop db-proxy rebalance
     redrive-under-load hot-key retry-mixed-delays pause-flood noisy-tenant kafka-restart-x5
     outbox-publish-failures mysql-and-kafka)
 # What `scripts/test.sh` runs (no arguments). A scenario joins this list with the fix that makes
-# it pass. redis-stop is out until its floor holds in the test command (at 8378640, fresh clone:
-# 2261 of 2850 submits accepted, 406 UNAVAILABLE and 183 past the client's deadline while Redis was
-# down; docs/reliability.md); the fairness and outbox scenarios are out while the fault stage must
-# stay within the test command's 25 minutes: with mysql-and-kafka (55 s) and
-# outbox-publish-failures (79 s) in, the fresh-clone test command at 65957df took 27 min 4 s;
-# kafka-restart-x5 alone takes 226 s. Run them by name.
-DEFAULT=(kill-processor kafka-restart mariadb-stop db-proxy rebalance long-handler-rebalance
-    handler-panic cancel-storm idempotency-conflicts scheduled-burst redrive-under-load)
+# it pass. Out, and run by name: kafka-restart-x5 (226 s: five broker restarts, each a JVM start)
+# and noisy-tenant (its absolute 1 s bound measures the machine's load more than fairness: 800 ms
+# for the quiet tenant against 711 ms for the noisy one, docs/reliability.md). Stage times are in
+# docs/build.md.
+DEFAULT=(kill-processor kafka-restart redis-stop mariadb-stop db-proxy rebalance long-handler-rebalance
+    handler-panic cancel-storm idempotency-conflicts scheduled-burst redrive-under-load hot-key
+    retry-mixed-delays pause-flood outbox-publish-failures mysql-and-kafka)
 
 SCENARIOS=("$@")
 ((${#SCENARIOS[@]})) || SCENARIOS=("${DEFAULT[@]}")
