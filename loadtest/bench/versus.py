@@ -272,6 +272,18 @@ def order(r):
     return BUILDS if r % 2 == 1 else tuple(reversed(BUILDS))
 
 
+def drained(base, accepted, t0, idle_s, poll_s, cap_s):
+    """Polls the processor's succeeded count (less `base`) until `accepted` tasks are done, nothing
+    moved for `idle_s`, or `cap_s` passed since `t0`; returns the count and when it last grew."""
+    done, last = 0.0, time.time()
+    while done < accepted and time.time() - last < idle_s and time.time() - t0 < cap_s:
+        time.sleep(poll_s)
+        c = succeeded() - base
+        if c > done:
+            done, last = c, time.time()
+    return done, last
+
+
 def drain_once(build, r):
     tag = f"{build[0]}d{r}{int(time.time()) % 100000}"
     with Services(build, tag) as s:
@@ -285,12 +297,7 @@ def drain_once(build, r):
         with probe:
             t0 = time.time()
             os.kill(s.pr.pid, signal.SIGCONT)
-            done, last = 0.0, time.time()
-            while done < accepted and time.time() - last < 5.0 and time.time() - t0 < 900:
-                time.sleep(0.05)
-                c = succeeded() - base
-                if c > done:
-                    done, last = c, time.time()
+            done, last = drained(base, accepted, t0, idle_s=5.0, poll_s=0.05, cap_s=900)
         took = last - t0
         st1 = statements()
         # Events per task: what the drain cost Kafka (a republish is a repair of a stale event).
@@ -353,12 +360,7 @@ def priority_once(r, per_priority, latency_ms):
         with probe:
             t0 = time.time()
             os.kill(s.pr.pid, signal.SIGCONT)
-            done, last = 0.0, time.time()
-            while done < accepted and time.time() - last < 10.0 and time.time() - t0 < 1800:
-                time.sleep(0.2)
-                c = succeeded() - base
-                if c > done:
-                    done, last = c, time.time()
+            done, last = drained(base, accepted, t0, idle_s=10.0, poll_s=0.2, cap_s=1800)
         attempts = sql(
             "SET time_zone = '+00:00'; "
             f"SELECT t.priority, UNIX_TIMESTAMP(t.created_at), UNIX_TIMESTAMP(a.started_at) FROM {s.db}.tasks t "

@@ -359,17 +359,12 @@ pub(crate) async fn settle(
         let newer: HashMap<String, u64> = stored
             .into_iter()
             .filter(|(_, s)| !s.placeholder)
-            .filter(|(id, s)| {
+            .filter_map(|(id, s)| {
                 let key = id.to_string();
-                !left_to_later(
-                    by,
-                    rebuilds_now,
-                    direct.contains(key.as_str()),
-                    *id,
-                    s.stamp(),
-                )
+                let in_order = direct.contains(key.as_str());
+                (!left_to_later(by, rebuilds_now, in_order, id, s.stamp()))
+                    .then_some((key, s.version))
             })
-            .map(|(id, s)| (id.to_string(), s.version))
             .collect();
         drop(direct);
         published.retain(|p| newer.get(&p.key).is_some_and(|v| *v != p.version));
