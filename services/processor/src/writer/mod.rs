@@ -37,10 +37,13 @@ use crate::produce::Producer;
 use dispatch_proto::v1 as pb;
 
 mod events;
+mod owed;
 
 pub use events::snapshot_event;
-use events::{Owed, enqueue_events, release_after};
-pub(crate) use events::{Published, Publisher, event_headers, settle};
+pub(crate) use events::{Published, event_headers, settle};
+use events::{enqueue_events, release_after};
+use owed::Owed;
+pub(crate) use owed::Publisher;
 
 /// One state change to persist.
 #[derive(Debug)]
