@@ -2,7 +2,9 @@
 //!
 //! Writes arrive over a channel and are coalesced by task id while a batch is open (the write with
 //! the higher version wins; equal versions: the later one, which may carry fuller data), so a task
-//! that starts and finishes within one window costs one row. A batch is flushed at
+//! that starts and finishes within one window costs one row; a first attempt's RUNNING (a start
+//! nobody waits on) is held back into the next batch once, so its outcome usually still joins it.
+//! A batch is flushed at
 //! `writer.max_rows` tasks or `writer.max_delay_ms` after its first write, as ONE transaction:
 //! the fenced multi-row upsert, the attempt rows, and a read-back of the written rows: a write
 //! landed exactly when its row carries its write token (the fence may reject replays, zombies and
@@ -177,6 +179,8 @@ struct Entry {
     waiters: Vec<oneshot::Sender<bool>>,
     /// Claims in this entry: (version, released after the commit).
     claims: Vec<(u64, oneshot::Sender<bool>)>,
+    /// Held back from the batch it arrived in once already ([`Batch::carry_starts`]).
+    carried: bool,
 }
 
 /// A batch being collected, coalesced by task id.
@@ -220,6 +224,38 @@ impl Batch {
 
     fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Takes out the entries that only start a first attempt: a RUNNING that is not a claim, with
+    /// no finished attempt and no retry, which nobody waits on before the handler runs. They open
+    /// the next batch instead (once), where the attempt's outcome usually joins them: a quick task
+    /// then costs one row and one event instead of two of each, even when its RUNNING and its
+    /// outcome arrive on either side of a batch boundary (which, under load, is about one task in
+    /// three). The RUNNING commits at most one batch later (`max_delay` after this batch closed).
+    fn carry_starts(&mut self) -> Batch {
+        let mut keep = Batch::default();
+        let mut carry = Batch::default();
+        for mut e in self.entries.drain(..) {
+            let start = !e.carried
+                && e.claims.is_empty()
+                && e.attempts.is_empty()
+                && e.retry_due.is_none()
+                && e.write
+                    .as_ref()
+                    .is_some_and(|w| w.state == TaskState::Running);
+            let to = if start {
+                e.carried = true;
+                &mut carry
+            } else {
+                &mut keep
+            };
+            if let Some(w) = &e.write {
+                to.index.insert(w.task_id, to.entries.len());
+            }
+            to.entries.push(e);
+        }
+        *self = keep;
+        carry
     }
 }
 
@@ -276,29 +312,43 @@ async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTr
     let owed = std::sync::Arc::new(Owed::default());
     let mut seq = 0u64;
     let mut closing = false;
+    // First-attempt starts held back from the previous batch: they open the next one.
+    let mut carried = Batch::default();
     loop {
-        let first = tokio::select! {
-            r = rx.recv() => match r {
-                Some(r) => r,
-                None => break,
-            },
+        if cfg.close.is_cancelled() && !closing {
             // Closing the receiver still yields what is buffered, then `None`.
-            () = cfg.close.cancelled(), if !closing => {
-                closing = true;
-                rx.close();
-                continue;
-            }
-        };
-        let mut batch = Batch::default();
-        batch.add(first);
+            closing = true;
+            rx.close();
+        }
+        let mut batch = std::mem::take(&mut carried);
+        if batch.len() == 0 {
+            let first = tokio::select! {
+                r = rx.recv() => match r {
+                    Some(r) => r,
+                    None => break,
+                },
+                () = cfg.close.cancelled(), if !closing => continue,
+            };
+            batch.add(first);
+        }
         let deadline = tokio::time::Instant::now() + cfg.max_delay;
+        let mut open = true;
         while batch.len() < cfg.max_rows {
             tokio::select! {
                 r = rx.recv() => match r {
                     Some(r) => batch.add(r),
-                    None => break,
+                    None => {
+                        open = false;
+                        break;
+                    }
                 },
                 () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        if open && !closing {
+            carried = batch.carry_starts();
+            if batch.len() == 0 {
+                continue;
             }
         }
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -551,6 +601,49 @@ mod tests {
             .map(|mut rx| rx.try_recv().expect("released"));
         assert_eq!(got.next(), Some(true), "its RUNNING is the row");
         assert_eq!(got.next(), Some(false), "a cancel in the same batch won");
+    }
+
+    #[test]
+    fn only_an_unawaited_start_is_carried_and_only_once() {
+        let (start, claim, done, retry) =
+            (TaskId::new(), TaskId::new(), TaskId::new(), TaskId::new());
+        let mut b = Batch::default();
+        b.add(req(write(start, TaskState::Running, 1)).0);
+        let (mut c, _) = req(write(claim, TaskState::Running, 2));
+        let (tx, _rx) = oneshot::channel();
+        c.claimed = Some((c.write.version, tx));
+        b.add(c);
+        b.add(req(write(done, TaskState::Succeeded, 1)).0);
+        let (mut r, _) = req(write(retry, TaskState::Running, 1));
+        r.retry_due = Some(Utc::now());
+        b.add(r);
+        let mut carried = b.carry_starts();
+        let ids = |b: &Batch| -> Vec<TaskId> {
+            b.entries
+                .iter()
+                .filter_map(|e| e.write.as_ref().map(|w| w.task_id))
+                .collect()
+        };
+        assert_eq!(ids(&carried), vec![start]);
+        assert_eq!(ids(&b), vec![claim, done, retry]);
+        assert_eq!(
+            b.index.get(&retry),
+            Some(&2),
+            "the index follows the entries"
+        );
+        // Its outcome joins it in the next batch: one row.
+        carried.add(req(write(start, TaskState::Succeeded, 1)).0);
+        assert_eq!(carried.len(), 1);
+        assert_eq!(
+            carried.entries[0].write.as_ref().map(|w| w.state),
+            Some(TaskState::Succeeded)
+        );
+        // A start that was carried once commits with the next batch, outcome or not.
+        let mut next = Batch::default();
+        next.add(req(write(TaskId::new(), TaskState::Running, 1)).0);
+        next.entries[0].carried = true;
+        assert_eq!(next.carry_starts().len(), 0);
+        assert_eq!(next.len(), 1);
     }
 
     #[test]
