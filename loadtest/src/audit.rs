@@ -1054,7 +1054,8 @@ fn check_order(h: &History, v: &mut Verdict, ex: &mut Examples<'_>) {
     for a in &h.accepted {
         lines.entry(a.task_id).or_default().push(a);
     }
-    let mut groups: HashMap<(String, String), Vec<Ordered>> = HashMap::new();
+    // Order is per (tenant, business key): two tenants' tasks on one key are unrelated.
+    let mut groups: HashMap<(String, String, String), Vec<Ordered>> = HashMap::new();
     for (id, ls) in &lines {
         if ls.iter().any(|l| l.scheduled) || h.unanswered.contains(id) {
             continue;
@@ -1094,8 +1095,9 @@ fn check_order(h: &History, v: &mut Verdict, ex: &mut Examples<'_>) {
             .iter()
             .filter(|l| l.acked_us > 0)
             .min_by_key(|l| l.acked_us);
+        let tenant = ls[0].tenant.clone().unwrap_or_default();
         groups
-            .entry((key.clone(), topic.to_owned()))
+            .entry((tenant, key.clone(), topic.to_owned()))
             .or_default()
             .push(Ordered {
                 id: *id,
@@ -1111,7 +1113,12 @@ fn check_order(h: &History, v: &mut Verdict, ex: &mut Examples<'_>) {
                 start: first,
             });
     }
-    for ((key, topic), tasks) in &mut groups {
+    for ((tenant, key, topic), tasks) in &mut groups {
+        let key = if tenant.is_empty() {
+            key.clone()
+        } else {
+            format!("{tenant}/{key}")
+        };
         if tasks.len() < 2 {
             continue;
         }

@@ -630,6 +630,21 @@ fn kafka_records_out_of_order_fail() {
 }
 
 #[test]
+fn another_tenants_task_on_the_same_key_has_its_own_order() {
+    let (mut h, t) = sound();
+    h.execs.get_mut(&t.second).expect("execs")[0] = exec(2, (0, 1), H1, 2_500, 2_900);
+    fails_with(&h, "1 keys out of submission order");
+    let other = h
+        .accepted
+        .iter_mut()
+        .find(|a| a.task_id == t.second)
+        .expect("line");
+    other.tenant = Some("globex".into());
+    h.rows.get_mut(&t.second).expect("row").tenant = "globex".into();
+    assert!(judge(&h).passed(), "{}", judge(&h).line());
+}
+
+#[test]
 fn outbox_records_out_of_order_fail() {
     let (mut h, t) = sound();
     h.execs.get_mut(&t.ob2).expect("execs")[0] = exec(8, (0, 1), H1, ms(29), 29_500);

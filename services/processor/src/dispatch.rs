@@ -211,8 +211,8 @@ impl Dispatcher {
                 // Cancels bypass the lanes so they reach a queued or running submit of the task.
                 tokio::spawn(async move { p.cancel(d).await });
             }
-            Ok(_) => {
-                let (ticket, prev) = self.lanes.enter(d.key.clone());
+            Ok(e) => {
+                let (ticket, prev) = self.lanes.enter(lane_key(e.tenant.as_str(), &d.key));
                 tokio::spawn(async move { p.in_lane(d, prev, ticket).await });
             }
             Err(_) => {
@@ -222,9 +222,26 @@ impl Dispatcher {
     }
 }
 
+/// A lane per (tenant, business key): per-key order is one tenant's, so another tenant's task on
+/// the same business key (same record key, same partition) never waits behind it. A tenant has no
+/// NUL byte (`Tenant::parse`), so the two parts cannot run into each other.
+fn lane_key(tenant: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + 1 + key.len());
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key);
+    k
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lanes_are_per_tenant_and_key() {
+        assert_ne!(lane_key("acme", b"order-1"), lane_key("globex", b"order-1"));
+        assert_eq!(lane_key("acme", b"order-1"), lane_key("acme", b"order-1"));
+    }
 
     #[test]
     fn weighted_order_matches_the_weights_and_interleaves() {

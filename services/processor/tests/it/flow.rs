@@ -232,3 +232,79 @@ async fn the_consumer_and_the_producer_report_librdkafka_statistics() -> anyhow:
     env.cleanup().await;
     Ok(())
 }
+
+/// Runs until the test lets it go.
+struct Held(std::sync::Arc<tokio::sync::Semaphore>);
+
+#[async_trait::async_trait]
+impl dispatch_processor::Handler for Held {
+    async fn handle(
+        &self,
+        _ctx: dispatch_processor::HandlerContext,
+        _task: &dispatch_core::Envelope,
+    ) -> Result<dispatch_processor::Outcome, dispatch_processor::HandlerError> {
+        let _ = self
+            .0
+            .acquire()
+            .await
+            .map_err(|e| dispatch_processor::HandlerError::Retryable(e.to_string()))?;
+        Ok(dispatch_processor::Outcome { result: None })
+    }
+}
+
+/// Per-key order is per tenant: another tenant's task on the same business key (same record key,
+/// same partition) never waits behind this tenant's running one.
+#[tokio::test]
+async fn a_business_key_orders_one_tenants_tasks_not_another_tenants() -> anyhow::Result<()> {
+    let env = TestEnv::with_partitions(1).await?;
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let app = crate::harness::Running::start(
+        dispatch_processor::App::builder(settings(&env)).handler("held", Held(gate.clone())),
+    )
+    .await?;
+    let p = producer(&env)?;
+    let held = task("held", "order-1", "");
+    produce(&p, &env.topics(), &held).await?;
+    eventually("the held task runs", Duration::from_secs(30), || async {
+        let s = crate::harness::states(&env.pool, &[held.task_id])
+            .await
+            .ok()?;
+        (s.get(&held.task_id)?.state == TaskState::Running).then_some(())
+    })
+    .await?;
+    let mut other = task("noop", "order-1", "");
+    other.tenant = dispatch_core::Tenant::parse("globex").map_err(anyhow::Error::msg)?;
+    let mut same = task("noop", "order-1", "");
+    same.tenant = held.tenant.clone();
+    produce(&p, &env.topics(), &other).await?;
+    produce(&p, &env.topics(), &same).await?;
+    // Well within the held task's type timeout (30 s), after which it would free the lane anyway.
+    wait_all(
+        &env.pool,
+        &[other.task_id],
+        TaskState::Succeeded,
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|e| e.context("another tenant's task waited behind this tenant's running one"))?;
+    // The same tenant's next task on that key still waits for the held one.
+    let s = crate::harness::states(&env.pool, &[held.task_id, same.task_id]).await?;
+    assert_eq!(s[&held.task_id].state, TaskState::Running);
+    assert!(
+        s.get(&same.task_id)
+            .is_none_or(|v| v.state == TaskState::Pending),
+        "the same tenant's task on the key ran before the held one finished: {:?}",
+        s.get(&same.task_id)
+    );
+    gate.add_permits(1);
+    wait_all(
+        &env.pool,
+        &[held.task_id, same.task_id],
+        TaskState::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await?;
+    app.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}
