@@ -4,10 +4,8 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use dispatch_runtime::metrics::{LATENCY_BUCKETS, register};
-use prometheus::{
-    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-};
+use dispatch_runtime::metrics::register;
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGaugeVec, Opts};
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     register(
@@ -28,26 +26,6 @@ static SUBMITS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "dispatch_submit_total",
         "Submitted tasks by outcome.",
         &["outcome"],
-    )
-});
-static PRODUCE_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register(
-        HistogramVec::new(
-            HistogramOpts::new(
-                "dispatch_kafka_produce_duration_seconds",
-                "Kafka delivery-report latency.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["topic_kind"],
-        )
-        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
-    )
-});
-static PRODUCE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec(
-        "dispatch_kafka_produce_errors_total",
-        "Failed Kafka deliveries (errors and timeouts).",
-        &["topic_kind"],
     )
 });
 static OUTBOX_WRITES: LazyLock<IntCounter> = LazyLock::new(|| {
@@ -141,10 +119,6 @@ pub fn init() {
     for o in SUBMIT_OUTCOMES {
         let _ = SUBMITS.with_label_values(&[o]);
     }
-    for k in ["tasks", "cancel"] {
-        let _ = PRODUCE_DURATION.with_label_values(&[k]);
-        let _ = PRODUCE_ERRORS.with_label_values(&[k]);
-    }
     let _ = OUTBOX_WRITES.get();
     for s in ["tenant", "global"] {
         let _ = RATE_LIMITED.with_label_values(&[s]);
@@ -161,7 +135,7 @@ pub fn init() {
         OUTBOX_BLOCKED_KEYS.with_label_values(&[r]).set(0);
     }
     OUTBOX_PURGED.inc_by(0);
-    dispatch_runtime::producer::init_metrics();
+    dispatch_runtime::producer::init_metrics(&["tasks", "cancel"]);
     for o in ["published", "failed"] {
         let _ = OUTBOX_RELAYED.with_label_values(&[o]);
     }
@@ -180,15 +154,13 @@ pub fn submit_n(outcome: &'static str, n: u64) {
 
 /// A delivery report arrived after `elapsed`.
 pub fn produced(topic_kind: &'static str, elapsed: Duration) {
-    PRODUCE_DURATION
-        .with_label_values(&[topic_kind])
-        .observe(elapsed.as_secs_f64());
+    dispatch_runtime::producer::delivered(topic_kind, elapsed);
 }
 
 /// A produce failed or timed out.
 pub fn produce_failed(topic_kind: &'static str, reason: &str) {
     tracing::warn!(topic_kind, reason, "kafka produce failed");
-    PRODUCE_ERRORS.with_label_values(&[topic_kind]).inc();
+    dispatch_runtime::producer::delivery_failed(topic_kind);
 }
 
 /// A record was written to the outbox.

@@ -318,26 +318,6 @@ pub static SCHEDULER_CLAIMED: LazyLock<IntCounter> = LazyLock::new(|| {
         "Scheduled tasks published when due.",
     )
 });
-/// `dispatch_kafka_produce_duration_seconds{topic_kind}`.
-pub static PRODUCE_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register(def(HistogramVec::new(
-        HistogramOpts::new(
-            "dispatch_kafka_produce_duration_seconds",
-            "Delivery-report latency.",
-        )
-        .buckets(LATENCY_BUCKETS.to_vec()),
-        &["topic_kind"],
-    )))
-});
-/// `dispatch_kafka_produce_errors_total{topic_kind}`.
-pub static PRODUCE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec(
-        "dispatch_kafka_produce_errors_total",
-        "Failed deliveries.",
-        &["topic_kind"],
-    )
-});
-
 /// Handler outcomes used as label values.
 pub const OUTCOMES: [&str; 5] = [
     "succeeded",
@@ -428,10 +408,7 @@ pub fn init(task_types: &[String]) {
         TRACKED.with_label_values(&[s]).set(0);
     }
     LazyLock::force(&SCHEDULER_CLAIMED);
-    for k in ["retry", "dlq", "events", "tasks"] {
-        PRODUCE_DURATION.with_label_values(&[k]);
-        PRODUCE_ERRORS.with_label_values(&[k]);
-    }
+    dispatch_runtime::producer::init_metrics(&["retry", "dlq", "events", "tasks"]);
     dispatch_runtime::metrics::db_pool_init("processor");
     crate::retention::init_metrics();
     crate::schedules::init_metrics();

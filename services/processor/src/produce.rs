@@ -7,7 +7,7 @@ use dispatch_runtime::producer::{Landed, ProducerCore, kafka_headers};
 use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{PRODUCE_DURATION, PRODUCE_ERRORS};
+use dispatch_runtime::producer::{delivered, delivery_failed};
 
 /// Where a produced record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,13 +32,11 @@ fn observed(
 ) -> Result<Delivered, rdkafka::error::KafkaError> {
     match r {
         Ok((partition, offset)) => {
-            PRODUCE_DURATION
-                .with_label_values(&[kind])
-                .observe(started.elapsed().as_secs_f64());
+            delivered(kind, started.elapsed());
             Ok(Delivered { partition, offset })
         }
         Err(e) => {
-            PRODUCE_ERRORS.with_label_values(&[kind]).inc();
+            delivery_failed(kind);
             Err(e)
         }
     }

@@ -441,9 +441,56 @@ static REBUILDS: std::sync::LazyLock<prometheus::IntCounter> = std::sync::LazyLo
     )
 });
 
-/// Registers the producer core's metrics (zero until a rebuild).
-pub fn init_metrics() {
+static PRODUCE_DURATION: std::sync::LazyLock<prometheus::HistogramVec> =
+    std::sync::LazyLock::new(|| {
+        crate::metrics::register(
+            prometheus::HistogramVec::new(
+                prometheus::HistogramOpts::new(
+                    "dispatch_kafka_produce_duration_seconds",
+                    "Kafka delivery-report latency, by the kind of topic produced to.",
+                )
+                .buckets(crate::metrics::LATENCY_BUCKETS.to_vec()),
+                &["topic_kind"],
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+        )
+    });
+
+static PRODUCE_ERRORS: std::sync::LazyLock<prometheus::IntCounterVec> =
+    std::sync::LazyLock::new(|| {
+        crate::metrics::register(
+            prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "dispatch_kafka_produce_errors_total",
+                    "Failed Kafka deliveries (errors and timeouts), by the kind of topic.",
+                ),
+                &["topic_kind"],
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+        )
+    });
+
+/// A record of `topic_kind` was acknowledged `elapsed` after it was produced
+/// (`dispatch_kafka_produce_duration_seconds`).
+pub fn delivered(topic_kind: &str, elapsed: Duration) {
+    PRODUCE_DURATION
+        .with_label_values(&[topic_kind])
+        .observe(elapsed.as_secs_f64());
+}
+
+/// A produce of `topic_kind` failed or timed out (`dispatch_kafka_produce_errors_total`).
+pub fn delivery_failed(topic_kind: &str) {
+    PRODUCE_ERRORS.with_label_values(&[topic_kind]).inc();
+}
+
+/// Registers the producer metrics: the rebuild counter (zero until a rebuild) and the delivery
+/// series of each of a service's `topic_kinds`.
+pub fn init_metrics(topic_kinds: &[&str]) {
     std::sync::LazyLock::force(&REBUILDS);
+    for k in topic_kinds {
+        let _ = PRODUCE_DURATION.with_label_values(&[k]);
+        let _ = PRODUCE_ERRORS.with_label_values(&[k]);
+    }
 }
 
 /// What the [`watchdog`] treats as a wedge.
