@@ -124,6 +124,11 @@ impl AppBuilder {
             "fetch.max.bytes",
             prefetch_bytes.max(1 << 20).to_string(),
         );
+        // A resumed partition (a retry partition whose held record came due, a priority back
+        // under its share) is fetched again only once the fetch in flight returns: at most this
+        // long (librdkafka's default, 500 ms, shows as the tail of short retry delays). An idle
+        // consumer costs a few more empty fetches per second.
+        kafka::set_default(&mut cc, &s.kafka, "fetch.wait.max.ms", "100");
         let consumer: BaseConsumer<Ctx> = cc
             .create_with_context(Ctx::fenced(
                 shared.clone(),
