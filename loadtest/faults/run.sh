@@ -33,8 +33,9 @@
 #   pause-flood             a paused type with 4,800 queued records (50,000 with SOAK=1) while
 #                           another type flows; max_in_flight scaled down to 1,000 (20,000 is the
 #                           default) so the flood is larger than the in-flight window
-#   noisy-tenant            acme at 10x globex's rate on the same priority: globex's p99 time to
-#                           start reported and bounded (1 s)
+#   noisy-tenant            4 execution slots per processor, tasks of 100 ms: acme floods at
+#                           125% of the slots, globex sends 15/s beside it; globex's p99 time to
+#                           start within its own baseline + 500 ms, and acme must be backlogged
 #   kafka-restart-x5        five broker restarts under load (5 s down, 8 s apart; SOAK=1: 10 s
 #                           down, 30 s apart): 0 refused, the outbox drained within 30 s each time
 #   outbox-publish-failures the relay's publishes fail for a long stretch (the gateways' fault
@@ -57,15 +58,14 @@ KNOWN=(kill-processor kafka-restart redis-stop mariadb-stop db-proxy rebalance
     redrive-under-load hot-key retry-mixed-delays pause-flood noisy-tenant kafka-restart-x5
     outbox-publish-failures mysql-and-kafka)
 # What `scripts/test.sh` runs (no arguments). A scenario joins this list with the fix that makes
-# it pass. Out, and run by name: kafka-restart-x5 (226 s: five broker restarts, each a JVM start)
-# and noisy-tenant (its absolute 1 s bound measures the machine's load more than fairness: 800 ms
-# for the quiet tenant against 711 ms for the noisy one, docs/reliability.md). Stage times are in
-# docs/build.md. retry-mixed-delays is out again: in the fresh-clone test command at 595880c
-# its 100 ms retries' p99 delay was 1,067 ms against the 1 s bound (p50 206 ms, max 1,220 ms;
-# 504 ms p99 when run by hand), a tail not yet explained.
+# it pass. Out, and run by name, for the test command's 25-minute budget (stage times in
+# docs/build.md): kafka-restart-x5 (226 s: five broker restarts, each a JVM start) and
+# noisy-tenant (about 140 s: a backlog of acme's 100 ms tasks must drain before the audit).
+# retry-mixed-delays is back since its short retries no longer overlap the 1 h tasks' first
+# attempts and the consumer's fetch wait is 100 ms (p99 1,067 ms at 595880c, 304 ms after).
 DEFAULT=(kill-processor kafka-restart redis-stop mariadb-stop db-proxy rebalance long-handler-rebalance
     handler-panic cancel-storm idempotency-conflicts scheduled-burst redrive-under-load hot-key
-    pause-flood outbox-publish-failures mysql-and-kafka)
+    retry-mixed-delays pause-flood outbox-publish-failures mysql-and-kafka)
 
 SCENARIOS=("$@")
 ((${#SCENARIOS[@]})) || SCENARIOS=("${DEFAULT[@]}")
@@ -502,24 +502,27 @@ scenario_hot_key() {
     # and next to the same HOT tasks on one key (1,500; 10,000 with SOAK=1). The other keys' p99
     # time to start next to the hot key must stay within 2x of the control's (bound: 2 x
     # max(p99, 50 ms): a p99 of a few ms is within the noise of a shared 2-core machine). The
-    # first run is reported: on 2 cores the extra work alone costs start latency.
+    # first run (SOAK=1 only) is reported: on 2 cores the extra work alone costs start latency.
     local hot=1500 base ctl p99 bound extra
     [[ "${SOAK}" == "1" ]] && hot=10000
     extra=(--rate $((hot / DURATION)) --noop-share 0 --sim-latency-ms 20 --sim-latency-max-ms 20
         --sim-fail-rate 0 --sim-permanent-share 0 --idempotency-share 0 --run-at-share 0 --cancel-share 0)
-    measured hot-key-alone --rate 50 --keys 100 --key-prefix other-
-    wait_loads
+    if [[ "${SOAK}" == "1" ]]; then
+        measured hot-key-alone --rate 50 --keys 100 --key-prefix other-
+        wait_loads
+    fi
     measured hot-key-control --rate 50 --keys 100 --key-prefix other-
     load hot-key-spread "${extra[@]}" --keys 100 --key-prefix spread-
     wait_loads
     measured hot-key-others --rate 50 --keys 100 --key-prefix other-
     load hot-key-hot "${extra[@]}" --keys 1 --key-prefix hot-
     audit hot-key
-    base="$(timing hot-key hot-key-alone start_p99_ms)"
+    base="not run (SOAK=1 runs it)"
+    [[ "${SOAK}" == "1" ]] && base="$(timing hot-key hot-key-alone start_p99_ms) ms"
     ctl="$(timing hot-key hot-key-control start_p99_ms)"
     p99="$(timing hot-key hot-key-others start_p99_ms)"
     bound=$((2 * (ctl > 50 ? ctl : 50)))
-    echo "scenario note: other keys' p99 time to start ${p99} ms next to the hot key, ${ctl} ms next to the same work spread over 100 keys (bound ${bound} ms), ${base} ms alone; hot key: $(timing hot-key hot-key-hot started) tasks, p99 $(timing hot-key hot-key-hot start_p99_ms) ms" |
+    echo "scenario note: other keys' p99 time to start ${p99} ms next to the hot key, ${ctl} ms next to the same work spread over 100 keys (bound ${bound} ms), alone ${base}; hot key: $(timing hot-key hot-key-hot started) tasks, p99 $(timing hot-key hot-key-hot start_p99_ms) ms" |
         tee -a "${OUT}/hot-key.verdict"
     if ((p99 > bound)); then
         scenario_fail hot-key "other keys' p99 time to start ${p99} ms > ${bound} ms (2x the run with the same work spread over 100 keys)"
@@ -537,13 +540,15 @@ scenario_retry_mixed_delays() {
         --keys 100 --key-prefix long- --noop-share 0 --sim-latency-ms 2 --sim-latency-max-ms 5 \
         --sim-fail-rate 1 --sim-permanent-share 0 --max-attempts 2 --initial-backoff-ms 3600000 \
         --idempotency-share 0 --run-at-share 0 --cancel-share 0
-    sleep 2
-    load retry-mixed-delays-short --rate 30 --keys 100 --key-prefix short- --noop-share 0 \
-        --sim-latency-ms 2 --sim-latency-max-ms 5 --sim-fail-rate 1 --sim-permanent-share 0 \
-        --max-attempts 3 --initial-backoff-ms 100 --idempotency-share 0 --run-at-share 0 \
-        --cancel-share 0
+    # The short retries run beside 1 h retries that wait, not beside a burst of first attempts
+    # (which measures how fast 2 cores submit and run them, not how retries are delayed).
     wait_loads
-    sleep 5 # the short ones' last retries
+    load retry-mixed-delays-short --rate 30 --duration-s 8 --keys 100 --key-prefix short- \
+        --noop-share 0 --sim-latency-ms 2 --sim-latency-max-ms 5 --sim-fail-rate 1 \
+        --sim-permanent-share 0 --max-attempts 3 --initial-backoff-ms 100 --idempotency-share 0 \
+        --run-at-share 0 --cancel-share 0
+    wait_loads
+    sleep 1 # the short ones' last retries (the audit waits for every task to end anyway)
     log "cancelling the 1 h retries"
     "${BIN}/dispatch-loadgen" cancel --ids "${OUT}/retry-mixed-delays-long.ids" --select live \
         --gateway "${GW}" --tenant acme --record-cancels "${OUT}/retry-mixed-delays-long-cancel.cancels" \
@@ -595,17 +600,41 @@ scenario_pause_flood() {
 }
 
 scenario_noisy_tenant() {
-    # acme submits at 10x globex's rate (300/s against 30/s), same type, same priority: globex's
-    # p99 time to start must stay within 1 s.
-    local p99
-    measured noisy-tenant-acme --rate $((RATE * 2)) --keys 200
-    measured noisy-tenant-globex --rate $((RATE / 5)) --keys 50 --tenant globex --api-key dev-key-globex
+    # Execution slots, not the CPU, are the bottleneck: 4 per processor (12 in all) and tasks of
+    # 100 ms, so at most 120 tasks/s. globex alone at 15/s gives the baseline. Then acme floods at
+    # 150/s (125% of the capacity: its backlog grows by about 45 tasks a second) on keys of its
+    # own, and globex sends the same 15/s beside it. Slots go round-robin across the tenants
+    # waiting for one, so globex's p99 time to start must stay within its baseline plus five
+    # task lengths (500 ms; with 4 slots a slot frees every 25 ms on average and one within 100 ms
+    # at worst, the rest is a 2-core machine running 3 processors flat out: at the first run,
+    # bound base + 200 ms, globex's p99 was 350 ms, p50 75 ms); first come, first served would
+    # make it wait behind acme's backlog (acme's own p50 was 47 s). A run whose acme p50 time
+    # to start is under 2 s did not saturate, and proves nothing: FAIL.
+    local base p99 acme bound
+    local task=(--sim-latency-ms 100 --sim-latency-max-ms 100)
+    local globex=(--tenant globex --api-key dev-key-globex --rate 15 --keys 50 --key-prefix globex-)
+    restart_processors DISPATCH_CONSUMER__MAX_CONCURRENCY=4
+    sleep 5 # the group settles
+    measured noisy-tenant-base "${globex[@]}" "${task[@]}" --duration-s 10
+    wait_loads
+    measured noisy-tenant-acme --rate 150 --keys 400 --key-prefix acme- "${task[@]}" --duration-s 25
+    sleep 3
+    measured noisy-tenant-globex "${globex[@]}" "${task[@]}" --duration-s 20
+    wait_loads
     audit noisy-tenant
+    restart_processors
+    base="$(timing noisy-tenant noisy-tenant-base start_p99_ms)"
     p99="$(timing noisy-tenant noisy-tenant-globex start_p99_ms)"
-    echo "scenario note: globex (quiet) p99 time to start ${p99} ms (bound 1000 ms), acme (10x) p99 $(timing noisy-tenant noisy-tenant-acme start_p99_ms) ms" |
+    acme="$(timing noisy-tenant noisy-tenant-acme start_p50_ms)"
+    bound=$(( (base > 50 ? base : 50) + 500 ))
+    echo "scenario note: globex (quiet, 15/s) p99 time to start ${p99} ms beside acme's flood (bound ${bound} ms: its ${base} ms alone + 500 ms); acme (150/s against 120/s of slots) p50 ${acme} ms, p99 $(timing noisy-tenant noisy-tenant-acme start_p99_ms) ms" |
         tee -a "${OUT}/noisy-tenant.verdict"
-    if ((p99 > 1000)); then
-        scenario_fail noisy-tenant "the quiet tenant's p99 time to start ${p99} ms > 1000 ms"
+    if ((acme < 2000)); then
+        scenario_fail noisy-tenant "acme's p50 time to start ${acme} ms < 2000 ms: the slots were not saturated, the run shows nothing"
+        return 1
+    fi
+    if ((p99 > bound)); then
+        scenario_fail noisy-tenant "the quiet tenant's p99 time to start ${p99} ms > ${bound} ms beside the flood"
         return 1
     fi
 }
@@ -731,7 +760,8 @@ if [[ "${SKIP_BUILD:-0}" != "1" ]]; then
 fi
 # FAULT=<feature>[,<feature>...]: run against a deliberately broken processor, built with test-only
 # cargo features (fault-equal-version, fault-no-epoch, fault-skip-cancel-tenant, fault-drop-event,
-# fault-lane-release-early, fault-skip-gate, fault-run-past-revoke; services/processor/Cargo.toml), to see the audit
+# fault-lane-release-early, fault-skip-gate, fault-run-past-revoke, fault-fifo-tenants;
+# services/processor/Cargo.toml), to see the audit
 # FAIL. The running services are stopped first, and the normal binaries are rebuilt at the end.
 if [[ -n "${FAULT:-}" ]]; then
     features=()
