@@ -1095,7 +1095,15 @@ fn check_order(h: &History, v: &mut Verdict, ex: &mut Examples<'_>) {
             .iter()
             .filter(|l| l.acked_us > 0)
             .min_by_key(|l| l.acked_us);
-        let tenant = ls[0].tenant.clone().unwrap_or_default();
+        // The stored row's tenant (what the processor's lanes go by), else the generator's.
+        let Some(tenant) = h
+            .rows
+            .get(id)
+            .map(|r| r.tenant.clone())
+            .or_else(|| ls[0].tenant.clone())
+        else {
+            continue;
+        };
         groups
             .entry((tenant, key.clone(), topic.to_owned()))
             .or_default()

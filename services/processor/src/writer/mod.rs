@@ -236,7 +236,9 @@ impl Batch {
         let mut keep = Batch::default();
         let mut carry = Batch::default();
         for mut e in self.entries.drain(..) {
+            // One waiter: the start's own (a coalesced cancel placeholder's waiter is not held).
             let start = !e.carried
+                && e.waiters.len() <= 1
                 && e.claims.is_empty()
                 && e.attempts.is_empty()
                 && e.retry_due.is_none()
@@ -638,6 +640,16 @@ mod tests {
             carried.entries[0].write.as_ref().map(|w| w.state),
             Some(TaskState::Succeeded)
         );
+        // A start that another write (a cancel's placeholder) coalesced into is not held back.
+        let mut joined = Batch::default();
+        let other = TaskId::new();
+        joined.add(req(write(other, TaskState::Running, 1)).0);
+        let mut placeholder = write(other, TaskState::Cancelled, 0);
+        placeholder.task_type = String::new();
+        placeholder.tenant = "globex".into();
+        joined.add(req(placeholder).0);
+        assert_eq!(joined.carry_starts().len(), 0);
+        assert_eq!(joined.len(), 1);
         // A start that was carried once commits with the next batch, outcome or not.
         let mut next = Batch::default();
         next.add(req(write(TaskId::new(), TaskState::Running, 1)).0);
