@@ -63,7 +63,10 @@ KNOWN=(kill-processor kafka-restart redis-stop mariadb-stop db-proxy rebalance
 # noisy-tenant (about 140 s: a backlog of acme's 100 ms tasks must drain before the audit).
 # retry-mixed-delays is back since its short retries no longer overlap the 1 h tasks' first
 # attempts and the consumer's fetch wait is 100 ms (p99 1,067 ms at 595880c, 304 ms after).
-DEFAULT=(kill-processor kafka-restart redis-stop mariadb-stop db-proxy rebalance long-handler-rebalance
+# redis-stop runs first, on a quiet system: right after kafka-restart the gateways' rebuilt
+# producers and the relayed backlog still loaded MariaDB, and with Redis down every keyed submit
+# binds its key there (the fresh-clone run of 2026-12-02 14:01 failed its floor that way).
+DEFAULT=(redis-stop kill-processor kafka-restart mariadb-stop db-proxy rebalance long-handler-rebalance
     handler-panic cancel-storm idempotency-conflicts scheduled-burst redrive-under-load hot-key
     retry-mixed-delays pause-flood outbox-publish-failures mysql-and-kafka)
 
