@@ -1122,14 +1122,10 @@ fn check_order(h: &History, v: &mut Verdict, ex: &mut Examples<'_>) {
             });
     }
     for ((tenant, key, topic), tasks) in &mut groups {
-        let key = if tenant.is_empty() {
-            key.clone()
-        } else {
-            format!("{tenant}/{key}")
-        };
         if tasks.len() < 2 {
             continue;
         }
+        let key = format!("{tenant}/{key}");
         v.keys_checked += 1;
         let mut bad: Option<String> = None;
         // One path: its own sequence (Kafka offsets; outbox ids, which the relay keeps).
