@@ -410,6 +410,13 @@ async fn retries_waiting_in_mysql_run_when_due() -> anyhow::Result<()> {
             .fetch_all(&env.pool)
             .await?;
     assert_eq!(attempts, vec![1, 2, 3]);
+    // Only a waiting retry keeps a due time (the index on it stays as small as the wait).
+    let due: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT next_attempt_at FROM tasks WHERE task_id = ?")
+            .bind(e.task_id.as_bytes().as_slice())
+            .fetch_one(&env.pool)
+            .await?;
+    assert_eq!(due, None, "a finished task keeps no due time");
     app.stop().await?;
     env.cleanup().await;
     Ok(())
