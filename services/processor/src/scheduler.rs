@@ -226,6 +226,11 @@ impl Scheduler {
         )
         .await;
         let retried = self.publish_retries(&retries, &mut invalid_later).await;
+        if let Err(e) = dispatch_store::scheduler::finish_retries(&self.pool, &retried).await {
+            // Their leases run out and the next claim finds them run (or publishes again).
+            tracing::warn!(error = %e, "cannot end the waits of published retries");
+        }
+        let retried = retried.len();
         if !invalid_later.is_empty() {
             let mut conn = self.pool.acquire().await?;
             dispatch_store::scheduler::mark_invalid(&mut conn, &invalid_later, Utc::now()).await?;
@@ -240,12 +245,13 @@ impl Scheduler {
         Ok(claimed)
     }
 
-    /// Publishes the next attempt of each due retry to its retry level's topic, due now.
+    /// Publishes the next attempt of each due retry to its retry level's topic, due now; returns
+    /// the (task, version) of each one published.
     async fn publish_retries(
         &self,
         retries: &[DueTask],
         invalid: &mut Vec<(TaskId, u32, String)>,
-    ) -> usize {
+    ) -> Vec<(TaskId, dispatch_core::Version)> {
         let mut ready = Vec::new();
         for t in retries {
             match retry_envelope(t) {
@@ -267,10 +273,10 @@ impl Scheduler {
                 let level = t.attempts.clamp(1, dispatch_core::topics::RETRY_LEVELS);
                 let topic = self.topics.retry(level);
                 match self.producer.send("retry", &topic, env.key(), &env.encode(), &h).await {
-                    Ok(_) => true,
+                    Ok(_) => Some((t.task_id, t.version)),
                     Err(e) => {
                         tracing::warn!(task_id = %t.task_id, error = %e, "cannot publish a due retry; published again later");
-                        false
+                        None
                     }
                 }
             }
@@ -278,7 +284,7 @@ impl Scheduler {
         futures::future::join_all(sends)
             .await
             .into_iter()
-            .filter(|ok| *ok)
-            .count()
+            .flatten()
+            .collect()
     }
 }

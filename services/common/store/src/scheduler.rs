@@ -6,6 +6,11 @@
 //! held while Kafka is waited on. A row left `pending` by a claimer that died before publishing
 //! is claimed again once stale ([`claim_stale_pending`]); the consumer's fence absorbs the
 //! duplicate when both were published.
+//!
+//! Retries whose delay is longer than the retry topics take wait in `retry_waits` (a row per
+//! waiting retry, indexed by due time, so the tasks table carries no index for them):
+//! [`set_retry_due`] with the RETRYING write, [`claim_due_retries`] and [`lease_retries`] when
+//! due, [`finish_retries`] once the next attempt is published.
 
 use chrono::{DateTime, Utc};
 use dispatch_core::{Priority, TaskId, TaskState, Version};
@@ -77,8 +82,10 @@ const DUE_COLUMNS: &str = "task_id, tenant, business_key, task_type, priority, p
     initial_backoff_ms, max_backoff_ms, generation, idempotency_key, run_at, deadline_at, timeout_ms, version, created_at, \
     trace_context, attempts, last_error";
 
-/// Locks up to `limit` RETRYING rows whose next attempt is due (oldest first), skipping rows
-/// another transaction holds. Finish with [`lease_retries`] and a commit, then publish.
+/// Locks up to `limit` retries waiting in MySQL (`retry_waits`) whose next attempt is due, oldest
+/// first, skipping rows another transaction holds, and returns the tasks still waiting for them.
+/// A wait whose task moved on (it ran, was cancelled or purged since) is deleted here. Call inside
+/// a transaction; finish with [`lease_retries`] and a commit, publish, then [`finish_retries`].
 ///
 /// # Errors
 /// Database errors or a corrupt row.
@@ -89,17 +96,49 @@ pub async fn claim_due_retries(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    let rows = sqlx::query(&format!(
-        "SELECT {DUE_COLUMNS} FROM tasks WHERE state = 'retrying' AND next_attempt_at <= NOW(6) \
-         ORDER BY next_attempt_at LIMIT ? FOR UPDATE SKIP LOCKED"
-    ))
+    let waits = sqlx::query(
+        "SELECT w.task_id, CAST(COALESCE(t.state = 'retrying' AND t.version = w.version, 0) AS SIGNED) AS live \
+         FROM retry_waits w LEFT JOIN tasks t ON t.task_id = w.task_id \
+         WHERE w.due_at <= NOW(6) ORDER BY w.due_at LIMIT ? FOR UPDATE SKIP LOCKED",
+    )
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
-    decode(&rows)
+    let (mut live, mut stale) = (Vec::new(), Vec::new());
+    for r in &waits {
+        let id: Vec<u8> = r.try_get("task_id")?;
+        let is_live: i64 = r.try_get("live")?;
+        if is_live == 1 { &mut live } else { &mut stale }.push(id);
+    }
+    if !stale.is_empty() {
+        let mut qb: QueryBuilder<MySql> =
+            QueryBuilder::new("DELETE FROM retry_waits WHERE task_id IN (");
+        push_byte_ids(&mut qb, &stale);
+        qb.build().execute(&mut *conn).await?;
+    }
+    if live.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut qb: QueryBuilder<MySql> = QueryBuilder::new(format!(
+        "SELECT {DUE_COLUMNS} FROM tasks WHERE state = 'retrying' AND task_id IN ("
+    ));
+    push_byte_ids(&mut qb, &live);
+    decode(&qb.build().fetch_all(&mut *conn).await?)
 }
 
-/// Pushes claimed retries' due time to `until`: if their next attempt is not consumed by then
+fn push_byte_ids(qb: &mut QueryBuilder<'_, MySql>, ids: &[Vec<u8>]) {
+    let mut sep = qb.separated(", ");
+    for id in crate::padded(ids).iter() {
+        sep.push_bind(id.clone());
+    }
+    qb.push(")");
+}
+
+fn id_bytes(ids: &[TaskId]) -> Vec<Vec<u8>> {
+    ids.iter().map(|id| id.as_bytes().to_vec()).collect()
+}
+
+/// Pushes claimed retries' due time to `until`: if their next attempt is not published by then
 /// (the claimer died, or Kafka failed), they are claimed again.
 ///
 /// # Errors
@@ -109,20 +148,35 @@ pub async fn lease_retries(
     ids: &[TaskId],
     until: DateTime<Utc>,
 ) -> Result<()> {
-    for id in ids {
-        sqlx::query(
-            "UPDATE tasks SET next_attempt_at = ? WHERE task_id = ? AND state = 'retrying'",
-        )
-        .bind(until)
-        .bind(id.as_bytes().as_slice())
-        .execute(&mut *conn)
-        .await?;
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut qb: QueryBuilder<MySql> = QueryBuilder::new("UPDATE retry_waits SET due_at = ");
+    qb.push_bind(until).push(" WHERE task_id IN (");
+    push_byte_ids(&mut qb, &id_bytes(ids));
+    qb.build().execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Ends the waits of retries whose next attempt was published: each `(task, version)` wait is
+/// deleted unless a newer wait of the task replaced it meanwhile (its next attempt ran and failed
+/// again before this call).
+///
+/// # Errors
+/// Database errors.
+pub async fn finish_retries(pool: &sqlx::MySqlPool, published: &[(TaskId, Version)]) -> Result<()> {
+    for (id, version) in published {
+        sqlx::query("DELETE FROM retry_waits WHERE task_id = ? AND version = ?")
+            .bind(id.as_bytes().as_slice())
+            .bind(version)
+            .execute(pool)
+            .await?;
     }
     Ok(())
 }
 
-/// Records when the next attempt of each landed RETRYING write is due (the write's version
-/// guards against a row that moved on).
+/// Records when the next attempt of each landed RETRYING write is due: a wait in `retry_waits`
+/// for the write's version (call in the write's transaction, after the write).
 ///
 /// # Errors
 /// Database errors.
@@ -130,16 +184,19 @@ pub async fn set_retry_due(
     conn: &mut sqlx::MySqlConnection,
     due: &[(TaskId, Version, DateTime<Utc>)],
 ) -> Result<()> {
-    for (id, version, at) in due {
-        sqlx::query(
-            "UPDATE tasks SET next_attempt_at = ? WHERE task_id = ? AND version = ? AND state = 'retrying'",
-        )
-        .bind(at)
-        .bind(id.as_bytes().as_slice())
-        .bind(version)
-        .execute(&mut *conn)
-        .await?;
+    if due.is_empty() {
+        return Ok(());
     }
+    let mut qb: QueryBuilder<MySql> =
+        QueryBuilder::new("INSERT INTO retry_waits (task_id, version, due_at) ");
+    // A repeated last row is the same wait again: a no-op.
+    qb.push_values(crate::padded(due).iter(), |mut b, (id, version, at)| {
+        b.push_bind(id.as_bytes().to_vec())
+            .push_bind(*version)
+            .push_bind(*at);
+    });
+    qb.push(" ON DUPLICATE KEY UPDATE version = VALUES(version), due_at = VALUES(due_at)");
+    qb.build().execute(&mut *conn).await?;
     Ok(())
 }
 

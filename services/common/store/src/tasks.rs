@@ -137,12 +137,6 @@ fn on_duplicate() -> String {
     sets.push(format!(
         "write_token = IF({apply} OR {data}, VALUES(write_token), write_token)"
     ));
-    // A retry waiting in MySQL has its due time set after the write, in the same transaction
-    // (`scheduler::set_retry_due`); any applied write ends the wait (migration
-    // 20261202000500: only waiting retries keep an entry in ix_tasks_next_attempt).
-    sets.push(format!(
-        "next_attempt_at = IF({apply}, NULL, next_attempt_at)"
-    ));
     for col in [
         "business_key",
         "priority",

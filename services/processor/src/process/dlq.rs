@@ -80,7 +80,7 @@ fn provenance(h: &mut Headers, d: &Delivery, class: &str, error: &str) {
 impl Processor {
     /// Schedules the next attempt, then writes RETRYING. A delay the retry topics take (up to
     /// `consumer.retry_topic_max_delay_ms`) goes to the retry topic of its level; a longer one
-    /// waits in MySQL (the RETRYING row's `next_attempt_at`) and the scheduler publishes it when
+    /// waits in MySQL (a row in `retry_waits`) and the scheduler publishes it when
     /// due, so a long backoff never holds up the short ones queued behind it on a retry topic.
     pub(super) async fn retry(
         &self,
