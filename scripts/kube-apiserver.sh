@@ -11,7 +11,7 @@
 #   scripts/kube-apiserver.sh status    one line: running or not, and the versions
 #   scripts/kube-apiserver.sh kubectl ARGS...   the pinned kubectl against this server
 #   scripts/kube-apiserver.sh env       prints KUBECONFIG=... and KUBECTL=... (eval-able)
-#   scripts/kube-apiserver.sh clean     stop and delete .local/kube (the next ensure is cold)
+#   scripts/kube-apiserver.sh clean     stop, delete .local/kube and the machine's cache (the next ensure is cold)
 #
 # Everything is pinned below and fetched only from package registries:
 #   kube-apiserver, kubectl  built from k8s.io/kubernetes@${KUBE_VERSION} (Go module proxy): its go.mod
@@ -27,7 +27,10 @@
 #                            the io.strimzi:api:${STRIMZI_VERSION} classes
 # Needs Go >= 1.24 (scripts/preflight.sh), Java 17 + Maven and apt-get (deploy/local/stack.sh install).
 # Cold (nothing cached) it takes minutes, most of it building kube-apiserver (about 2 GB of memory);
-# warm, `start` takes seconds. Measured times: docs/build.md.
+# warm, `start` takes seconds. Measured times: docs/build.md. What ensure builds or fetches is also
+# kept, by version, in the machine's cache (${DISPATCH_CACHE_DIR:-~/.cache/dispatch}/kube), where
+# another clone's ensure copies it from instead of building again (as Go's and Maven's caches do for
+# their parts).
 #
 # Ports (loopback only): etcd 12379 and 12380 (peers), kube-apiserver 16443; KUBE_ETCD_PORT and
 # KUBE_APISERVER_PORT change them.
@@ -52,6 +55,7 @@ CRDS="${KUBE}/crds"
 RUN="${KUBE}/run"
 KUBECONFIG_FILE="${RUN}/kubeconfig"
 KUBECTL="${BIN}/kubectl"
+CACHE="${DISPATCH_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME}/.cache}/dispatch}/kube"
 
 log() { printf 'kube-apiserver: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -61,6 +65,34 @@ as_root() {
     if [[ ${EUID} -eq 0 ]]; then "$@"
     elif have sudo; then sudo "$@"
     else die "need root for: $*"; fi
+}
+
+# ------------------------------------------------------------------------------------ cache ---
+
+# from_cache NAME VERSION DIR: replaces DIR with the cached copy of NAME at VERSION; fails when
+# there is none.
+from_cache() {
+    local src="${CACHE}/$1/$2"
+    [[ -f ${src}/.complete ]] || return 1
+    rm -rf "$3"
+    mkdir -p "$3"
+    cp -a "${src}/." "$3/" || return 1
+    rm -f "$3/.complete"
+    log "$1 $2 copied from the cache (${src})"
+}
+
+# to_cache NAME VERSION DIR: keeps a copy of DIR as NAME at VERSION (best effort).
+to_cache() {
+    local dst="${CACHE}/$1/$2" tmp
+    [[ -f ${dst}/.complete ]] && return 0
+    mkdir -p "${CACHE}/$1" 2>/dev/null || return 0
+    tmp=$(mktemp -d "${CACHE}/$1/.partial.XXXXXX") || return 0
+    if cp -a "$3/." "${tmp}/" && touch "${tmp}/.complete"; then
+        rm -rf "${dst}"
+        mv "${tmp}" "${dst}" 2>/dev/null || rm -rf "${tmp}"
+    else
+        rm -rf "${tmp}"
+    fi
 }
 
 # --------------------------------------------------------------------------------- binaries ---
@@ -79,6 +111,7 @@ bins_current() {
 
 build_kube() {
     bins_current && return 0
+    from_cache bin "${KUBE_VERSION}" "${BIN}" && bins_current && return 0
     go_ok || die "Go >= 1.24 is needed to build kube-apiserver ${KUBE_VERSION}: install Go from https://go.dev/dl/ into /usr/local/go (Debian 12's golang-go is too old)"
     local t0=${SECONDS} dir src
     log "building kube-apiserver and kubectl ${KUBE_VERSION} from the Go module proxy (minutes, ~2 GB of memory)"
@@ -109,13 +142,19 @@ build_kube() {
     ) || die "building kube-apiserver/kubectl ${KUBE_VERSION} failed (source in ${src#"${REPO}"/})"
     echo "${KUBE_VERSION}" >"${BIN}/.version"
     rm -rf "${src}"
+    to_cache bin "${KUBE_VERSION}" "${BIN}"
     log "kube-apiserver and kubectl ${KUBE_VERSION} built in $((SECONDS - t0)) s"
 }
 
 etcd_bin() { echo "${KUBE}/etcd/usr/bin/etcd"; }
 
+etcd_current() {
+    [[ -x "$(etcd_bin)" && "$(cat "${KUBE}/etcd/.version" 2>/dev/null)" == "${ETCD_DEB_VERSION}" ]]
+}
+
 fetch_etcd() {
-    [[ -x "$(etcd_bin)" && "$(cat "${KUBE}/etcd/.version" 2>/dev/null)" == "${ETCD_DEB_VERSION}" ]] && return 0
+    etcd_current && return 0
+    from_cache etcd "${ETCD_DEB_VERSION}" "${KUBE}/etcd" && etcd_current && return 0
     have apt-get || die "etcd comes from Debian's etcd-server package and this machine has no apt-get"
     log "fetching etcd-server ${ETCD_DEB_VERSION} (apt-get download, dpkg -x: not installed)"
     local tmp
@@ -131,6 +170,7 @@ fetch_etcd() {
     rm -rf "${tmp}"
     [[ -x "$(etcd_bin)" ]] || die "etcd-server ${ETCD_DEB_VERSION} has no usr/bin/etcd"
     echo "${ETCD_DEB_VERSION}" >"${KUBE}/etcd/.version"
+    to_cache etcd "${ETCD_DEB_VERSION}" "${KUBE}/etcd"
 }
 
 # ------------------------------------------------------------------------------------- CRDs ---
@@ -142,6 +182,8 @@ go_module_dir() { # go_module_dir MODULE@VERSION
 fetch_crds_go() { # fetch_crds_go NAME MODULE@VERSION SUBDIR
     local name=$1 mod=$2 sub=$3 out="${CRDS}/$1" dir
     [[ "$(cat "${out}/.version" 2>/dev/null)" == "${mod}" ]] && return 0
+    from_cache "crds-${name}" "${mod##*@}" "${out}" &&
+        [[ "$(cat "${out}/.version" 2>/dev/null)" == "${mod}" ]] && return 0
     go_ok || die "Go >= 1.24 is needed to fetch the ${name} CRDs from the Go module proxy"
     log "fetching the ${name} CRDs (${mod}, ${sub})"
     dir=$(go_module_dir "${mod}")
@@ -152,6 +194,7 @@ fetch_crds_go() { # fetch_crds_go NAME MODULE@VERSION SUBDIR
     chmod u+w "${out}"/*.yaml
     rm -f "${out}/kustomization.yaml"
     echo "${mod}" >"${out}/.version"
+    to_cache "crds-${name}" "${mod##*@}" "${out}"
 }
 
 # Strimzi publishes no CRD YAML to a package registry, but its crd-generator and the annotated API
@@ -159,6 +202,8 @@ fetch_crds_go() { # fetch_crds_go NAME MODULE@VERSION SUBDIR
 fetch_crds_strimzi() {
     local out="${CRDS}/strimzi" work="${KUBE}/strimzi"
     [[ "$(cat "${out}/.version" 2>/dev/null)" == "${STRIMZI_VERSION}" ]] && return 0
+    from_cache crds-strimzi "${STRIMZI_VERSION}" "${out}" &&
+        [[ "$(cat "${out}/.version" 2>/dev/null)" == "${STRIMZI_VERSION}" ]] && return 0
     have java || die "Java is needed to generate the Strimzi CRDs (deploy/local/stack.sh install provides it)"
     have mvn || die "Maven is needed to fetch io.strimzi:crd-generator (deploy/local/stack.sh install provides it)"
     log "generating the Strimzi ${STRIMZI_VERSION} CRDs (io.strimzi:crd-generator from Maven Central)"
@@ -191,6 +236,7 @@ EOF
         { cat "${work}/gen.log" >&2; die "io.strimzi:crd-generator ${STRIMZI_VERSION} failed"; }
     ls "${out}"/*.yaml >/dev/null 2>&1 || die "crd-generator wrote no CRDs"
     echo "${STRIMZI_VERSION}" >"${out}/.version"
+    to_cache crds-strimzi "${STRIMZI_VERSION}" "${out}"
 }
 
 ensure() {
@@ -362,6 +408,6 @@ stop) stop ;;
 status) status ;;
 env) printf 'KUBECONFIG=%q\nKUBECTL=%q\n' "${KUBECONFIG_FILE}" "${KUBECTL}" ;;
 kubectl) shift; k "$@" ;;
-clean) stop; rm -rf "${KUBE}" ;;
+clean) stop; rm -rf "${KUBE}" "${CACHE}" ;;
 *) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
