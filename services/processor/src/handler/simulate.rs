@@ -12,6 +12,11 @@
 //! retryable otherwise. `panic` panics on every attempt, `panic_attempts` on the first that many
 //! (after the ledger row is written, so the panicking execution is counted).
 //!
+//! A successful execution's result names it: `{"instance":"<host>:<pid>","started_at":"<RFC 3339>"}`.
+//! Two executions of one task therefore leave different results, so a committed outcome that a
+//! later execution overwrote shows in the task's events (the audit's `terminal_changed`), even
+//! when both wrote the same state and version.
+//!
 //! Ledger rows of concurrent executions are inserted together (a [`Coalescer`] gathering for up
 //! to 250 µs): one autocommit insert per execution made the ledger, not the simulated
 //! latency, the limit of every simulate benchmark. Each execution still waits for its own row.
@@ -170,8 +175,20 @@ impl Handler for SimulateHandler {
                 HandlerError::Retryable(msg)
             });
         }
-        Ok(Outcome::default())
+        Ok(Outcome {
+            result: Some(result_of(started_at)),
+        })
     }
+}
+
+/// The result of a successful execution: which one it was.
+fn result_of(started_at: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
+    format!(
+        r#"{{"instance":"{}","started_at":"{}"}}"#,
+        instance(),
+        started_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    )
+    .into_bytes()
 }
 
 #[cfg(test)]
@@ -234,7 +251,19 @@ mod tests {
         let live = tokio_util::sync::CancellationToken::new;
 
         let ok = envelope(r#"{"latency_ms":5}"#);
-        assert!(h.handle(ctx(live()), &ok).await.is_ok());
+        let first = h.handle(ctx(live()), &ok).await.expect("ok").result;
+        let again = h
+            .handle(ctx(live()), &envelope(r#"{"latency_ms":5}"#))
+            .await
+            .expect("ok")
+            .result;
+        assert_ne!(first, again, "each execution leaves its own result");
+        assert!(
+            String::from_utf8(first.expect("a result"))
+                .expect("utf-8")
+                .contains(instance()),
+            "the result names the instance"
+        );
         let failed = envelope(r#"{"fail_attempts":1,"permanent":true}"#);
         assert!(matches!(
             h.handle(ctx(live()), &failed).await,
