@@ -101,7 +101,9 @@ def sql(q):
 
 def statements():
     """MariaDB's statement counters (every client's: the drain is the only load)."""
-    names = ("Questions", "Com_select", "Com_insert", "Com_update", "Com_commit")
+    # Com_stmt_prepare: each pooled connection prepares each statement shape once (a new process
+    # per run pays them all; docs/benchmarks.md, "Where MariaDB's extra CPU goes").
+    names = ("Questions", "Com_select", "Com_insert", "Com_update", "Com_commit", "Com_stmt_prepare")
     rows = sql("SHOW GLOBAL STATUS WHERE Variable_name IN ('" + "','".join(names) + "')")
     return {k: int(v) for k, v in (l.split("\t") for l in rows.splitlines())}
 
