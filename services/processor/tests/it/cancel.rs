@@ -85,10 +85,21 @@ async fn cancel_stops_queued_and_running_tasks_and_leaves_finished_ones() -> any
         sent.elapsed() < Duration::from_secs(10),
         "the handler stopped early"
     );
-    let outcome: String = sqlx::query_scalar("SELECT outcome FROM task_attempts WHERE task_id = ?")
-        .bind(running.task_id.as_bytes().as_slice())
-        .fetch_one(&env.pool)
-        .await?;
+    // The stopped attempt's row comes from the attempt's own end, which may commit a batch
+    // after the cancel's state (a fresh-clone run at b2e538e read it in between: no row yet).
+    let outcome: String = eventually("the stopped attempt's row", Duration::from_secs(10), || {
+        let pool = env.pool.clone();
+        let id = running.task_id;
+        async move {
+            sqlx::query_scalar("SELECT outcome FROM task_attempts WHERE task_id = ?")
+                .bind(id.as_bytes().as_slice())
+                .fetch_optional(&pool)
+                .await
+                .ok()
+                .flatten()
+        }
+    })
+    .await?;
     assert_eq!(outcome, "cancelled");
     // The ledger records the stopped execution, and nothing else of it.
     let outcomes: Vec<String> =
