@@ -219,6 +219,11 @@ impl Durable {
         if left().is_some_and(|l| l.is_zero()) {
             return Err(Refused::DeadlineExceeded("no time left".into()));
         }
+        // Whether the caller left too little time for even one outbox write. Only then is a
+        // write that runs out of time the caller's DEADLINE_EXCEEDED; otherwise it was this
+        // gateway's wait on a failing Kafka (or a late timer on a busy host) that used the time,
+        // and the answer is UNAVAILABLE, safe to retry (fault scenario mysql-and-kafka).
+        let short = left().is_some_and(|l| l < self.producer.write_reserve());
         let kafka_err = if self.sticky.routes_to_outbox(&rec.topic, &rec.key) {
             None
         } else {
@@ -236,9 +241,15 @@ impl Durable {
             .unwrap_or("outbox backlog pending or key blocked (sticky routing)");
         match self.park(&rec, task_id, kind, reason, deadline).await {
             Ok(id) => Ok(Accepted::Outbox(id)),
-            Err(Park::Deadline) => Err(Refused::DeadlineExceeded(format!(
+            Err(Park::Deadline) if short => Err(Refused::DeadlineExceeded(format!(
                 "kafka: {reason}; the outbox write did not fit in the deadline"
             ))),
+            Err(Park::Deadline) => Err(Refused::Unavailable(Unavailable {
+                kafka: reason.to_owned(),
+                outbox:
+                    "the outbox write did not fit in what the kafka attempt left of the deadline"
+                        .into(),
+            })),
             Err(Park::Failed(outbox)) if kafka_err.is_none() => {
                 // Sticky, but MySQL is failing: availability wins over ordering behind a backlog
                 // that cannot drain anyway; Kafka is still durable.
