@@ -106,14 +106,15 @@ pub async fn claim_due_retries(
     .await?;
     let (mut live, mut stale) = (Vec::new(), Vec::new());
     for r in &waits {
-        let id: Vec<u8> = r.try_get("task_id")?;
+        let id = TaskId::from_slice(r.try_get::<Vec<u8>, _>("task_id")?.as_slice())
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let is_live: i64 = r.try_get("live")?;
         if is_live == 1 { &mut live } else { &mut stale }.push(id);
     }
     if !stale.is_empty() {
         let mut qb: QueryBuilder<MySql> =
             QueryBuilder::new("DELETE FROM retry_waits WHERE task_id IN (");
-        push_byte_ids(&mut qb, &stale);
+        crate::tasks::push_ids(&mut qb, &stale);
         qb.build().execute(&mut *conn).await?;
     }
     if live.is_empty() {
@@ -122,20 +123,8 @@ pub async fn claim_due_retries(
     let mut qb: QueryBuilder<MySql> = QueryBuilder::new(format!(
         "SELECT {DUE_COLUMNS} FROM tasks WHERE state = 'retrying' AND task_id IN ("
     ));
-    push_byte_ids(&mut qb, &live);
+    crate::tasks::push_ids(&mut qb, &live);
     decode(&qb.build().fetch_all(&mut *conn).await?)
-}
-
-fn push_byte_ids(qb: &mut QueryBuilder<'_, MySql>, ids: &[Vec<u8>]) {
-    let mut sep = qb.separated(", ");
-    for id in crate::padded(ids).iter() {
-        sep.push_bind(id.clone());
-    }
-    qb.push(")");
-}
-
-fn id_bytes(ids: &[TaskId]) -> Vec<Vec<u8>> {
-    ids.iter().map(|id| id.as_bytes().to_vec()).collect()
 }
 
 /// Pushes claimed retries' due time to `until`: if their next attempt is not published by then
@@ -153,7 +142,7 @@ pub async fn lease_retries(
     }
     let mut qb: QueryBuilder<MySql> = QueryBuilder::new("UPDATE retry_waits SET due_at = ");
     qb.push_bind(until).push(" WHERE task_id IN (");
-    push_byte_ids(&mut qb, &id_bytes(ids));
+    crate::tasks::push_ids(&mut qb, ids);
     qb.build().execute(&mut *conn).await?;
     Ok(())
 }

@@ -474,7 +474,7 @@ fn list_query<'a>(f: &'a ListFilter, prefix: &str) -> QueryBuilder<'a, MySql> {
 
 /// Appends `ids` (padded to a fixed shape, see `crate::padded`) and the closing parenthesis of
 /// an `IN (` list.
-fn push_ids(qb: &mut QueryBuilder<'_, MySql>, ids: &[TaskId]) {
+pub(crate) fn push_ids(qb: &mut QueryBuilder<'_, MySql>, ids: &[TaskId]) {
     let mut sep = qb.separated(", ");
     for id in crate::padded(ids).iter() {
         sep.push_bind(id.as_bytes().to_vec());
