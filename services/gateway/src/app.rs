@@ -195,7 +195,7 @@ impl App {
         let s = &self.settings;
         let drain = Duration::from_millis(s.shutdown.drain_timeout_ms);
         // NOT_SERVING until the probe finds Kafka or MySQL up.
-        let reporter = self.grpc.serving().reporter().clone();
+        let serving = self.grpc.serving();
 
         // The admin server outlives the drain, so /metrics and /readyz answer until the end.
         let admin_stop = CancellationToken::new();
@@ -211,7 +211,7 @@ impl App {
                 pool_max: s.database.max_connections,
                 idempotency: self.idempotency.clone(),
                 health: self.health.clone(),
-                reporter: reporter.clone(),
+                serving,
                 kafka: s.kafka.clone(),
                 settings: s.health.clone(),
                 tls: self.tls.clone(),

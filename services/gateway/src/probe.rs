@@ -25,17 +25,15 @@
 
 use std::time::Duration;
 
-use dispatch_proto::v1::task_service_server::TaskServiceServer;
 use dispatch_runtime::admin::{ComponentStatus, Health};
+use dispatch_runtime::server::Serving;
 use dispatch_runtime::settings::KafkaSettings;
 use dispatch_runtime::tls_failures::{Dependency, TlsFailures};
 use tokio_util::sync::CancellationToken;
-use tonic_health::server::HealthReporter;
 
 use crate::idempotency::Idempotency;
 use crate::metrics;
 use crate::producer::Producer;
-use crate::service::TaskApi;
 use crate::settings::HealthSettings;
 
 /// What the probe loop watches.
@@ -50,8 +48,9 @@ pub struct Probe {
     pub idempotency: Idempotency,
     /// `/readyz`.
     pub health: Health,
-    /// grpc.health.v1.
-    pub reporter: HealthReporter,
+    /// grpc.health.v1: the server as a whole and each service it serves (the gRPC server's own
+    /// [`Serving`], which knows every service name).
+    pub serving: Serving,
     /// Topic bootstrap.
     pub kafka: KafkaSettings,
     /// Period, timeout and TLS hold.
@@ -76,22 +75,6 @@ fn tls_optional(mysql_ok: bool) -> &'static [Dependency] {
     } else {
         &[Dependency::Redis]
     }
-}
-
-/// Sets the overall and TaskService serving status.
-pub async fn set_serving(reporter: &HealthReporter, serving: bool) {
-    let st = if serving {
-        tonic_health::ServingStatus::Serving
-    } else {
-        tonic_health::ServingStatus::NotServing
-    };
-    reporter.set_service_status("", st).await;
-    reporter
-        .set_service_status(
-            <TaskServiceServer<TaskApi> as tonic::server::NamedService>::NAME,
-            st,
-        )
-        .await;
 }
 
 impl Probe {
@@ -158,7 +141,7 @@ impl Probe {
                     kafka.is_ok() && topics_ready
                 };
             if next != serving && !stop.is_cancelled() {
-                set_serving(&self.reporter, next).await;
+                self.serving.set(next).await;
                 tracing::info!(serving = next, "grpc health changed");
                 serving = next;
             }

@@ -340,6 +340,50 @@ async fn rate_limits_answer_resource_exhausted_with_a_retry_hint() -> anyhow::Re
     Ok(())
 }
 
+/// Every dispatch service the gateway serves turns SERVING with it: a client (or a k8s gRPC
+/// probe) that checks `dispatch.v1.ScheduleService` by name must not read NOT_SERVING from a
+/// gateway that serves it.
+#[tokio::test]
+async fn schedule_service_health_turns_serving_with_the_gateway() -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let env = TestEnv::new().await?;
+    let gw = Running::start(settings(&env)).await?;
+    let health = HealthClient::new(gw.channel().await?);
+    let status = |service: &'static str| {
+        let mut h = health.clone();
+        async move {
+            h.check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .ok()
+            .map(|r| r.into_inner().status)
+        }
+    };
+    eventually("the gateway SERVING", Duration::from_secs(20), || async {
+        (status("").await? == ServingStatus::Serving as i32).then_some(())
+    })
+    .await?;
+    // Set right after "" by the same call; a few probe periods are plenty.
+    let schedules = "dispatch.v1.ScheduleService";
+    let r = eventually(
+        "ScheduleService SERVING",
+        Duration::from_secs(3),
+        || async { (status(schedules).await? == ServingStatus::Serving as i32).then_some(()) },
+    )
+    .await;
+    let last = status(schedules).await;
+    assert!(
+        r.is_ok(),
+        "{schedules} reports {last:?} while the gateway serves (SERVING = {})",
+        ServingStatus::Serving as i32
+    );
+    gw.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn health_turns_serving_and_reflection_lists_the_service() -> anyhow::Result<()> {
     use tonic_health::pb::health_check_response::ServingStatus;
