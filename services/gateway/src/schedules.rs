@@ -17,6 +17,8 @@ use dispatch_core::{Tenant, Violations, time};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::schedule_service_server::{ScheduleService, ScheduleServiceServer};
 use dispatch_runtime::grpc::Authenticator;
+use dispatch_runtime::server::status;
+use dispatch_store::StoreError;
 use dispatch_store::schedules::{self as store, Created, Fired, ScheduleRow};
 use prost::Message as _;
 use tonic::{Code, Request, Response, Status};
@@ -101,9 +103,15 @@ pub async fn server(
     Ok(ScheduleServiceServer::new(api).max_decoding_message_size(settings.grpc.max_request_bytes))
 }
 
-fn db(e: impl std::fmt::Display) -> Status {
-    tracing::warn!(error = %e, "schedule store failed");
-    Status::unavailable(format!("store unavailable: {e}"))
+/// A store failure, through the runtime's one rule: the detail is logged, the caller reads
+/// UNAVAILABLE (INTERNAL for a row that does not decode) with a generic message.
+fn db(e: impl Into<StoreError>) -> Status {
+    status::store_error(&e.into())
+}
+
+/// A stored schedule that no longer parses: INTERNAL with a generic message; the detail is logged.
+fn corrupt(detail: &dyn std::fmt::Display) -> Status {
+    status::hidden(Code::Internal, status::STORE_CORRUPT, detail)
 }
 
 fn not_found(name: &str) -> Status {
@@ -349,7 +357,7 @@ fn timing_of(s: &ScheduleRow) -> Result<Timing, Status> {
         (None, Some(ms)) => Timing::every(ms, s.anchor_at),
         _ => Err("exactly one of cron_expr and interval_ms must be set".into()),
     };
-    t.map_err(|e| Status::internal(format!("stored schedule {:?} does not parse: {e}", s.name)))
+    t.map_err(|e| corrupt(&format!("stored schedule {:?} does not parse: {e}", s.name)))
 }
 
 #[tonic::async_trait]
@@ -486,7 +494,9 @@ impl ScheduleService for ScheduleApi {
                 .ok_or_else(|| not_found(&name))?;
             let now = store::db_now(&mut *tx).await.map_err(db)?;
             let task = schedule::fire_task(&s.template, &tenant, &s.schedule_id, now, true, 0, now)
-                .map_err(|e| Status::internal(format!("stored template does not parse: {e}")))?;
+                .map_err(|e| {
+                    corrupt(&format!("stored template of {name:?} does not parse: {e}"))
+                })?;
             let id = task.task_id;
             let fired = store::insert_fire(&mut tx, &store::scheduled_write(&task, now))
                 .await
@@ -581,6 +591,34 @@ mod tests {
         assert_eq!(row.catchup_limit, schedule::CATCHUP_LIMIT_DEFAULT);
         let back = to_proto(&row);
         assert_eq!(back.spec.as_ref().map(|s| s.name.as_str()), Some("nightly"));
+    }
+
+    #[test]
+    fn store_and_stored_row_detail_never_reaches_the_caller() {
+        let detail = "error returned from database: 1045 (28000): Access denied for user \
+                    'dispatch'@'10.0.0.7' (using password: YES)";
+        for (s, code, message) in [
+            (
+                db(sqlx::Error::Protocol(detail.into())),
+                Code::Unavailable,
+                status::STORE_UNAVAILABLE,
+            ),
+            (
+                db(StoreError::Corrupt(format!("schedules.template: {detail}"))),
+                Code::Internal,
+                status::STORE_CORRUPT,
+            ),
+            (
+                corrupt(&format!(
+                    "stored schedule \"nightly\" does not parse: {detail}"
+                )),
+                Code::Internal,
+                status::STORE_CORRUPT,
+            ),
+        ] {
+            assert_eq!((s.code(), s.message()), (code, message));
+            assert!(!format!("{s:?}").contains("Access denied"), "{s:?}");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! ScheduleService through a running gateway: every RPC's bad input (field details, nothing
 //! stored), a name taken, tenant isolation, and the life of a schedule (create, get, list, pause,
-//! resume, trigger, delete).
+//! resume, trigger, delete), and a store that cannot answer.
 
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::schedule_service_client::ScheduleServiceClient;
@@ -464,6 +464,54 @@ async fn a_schedule_is_created_listed_paused_resumed_triggered_and_deleted() -> 
         .expect_err("deleted twice");
     assert_eq!(e.code(), Code::NotFound);
     assert_eq!(rows(&env).await?, (2, 1));
+    gw.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}
+
+/// With MySQL unreachable every RPC that reads or writes the store is UNAVAILABLE with the
+/// runtime's generic message: nothing of the driver's error (host, port, pool state) reaches the
+/// caller.
+#[tokio::test]
+async fn a_failing_store_is_unavailable_without_its_detail() -> anyhow::Result<()> {
+    use dispatch_runtime::server::status::STORE_UNAVAILABLE;
+    let env = TestEnv::new().await?;
+    let mut s = settings(&env);
+    s.database.url = "mysql://dispatch:dispatch@127.0.0.1:1/nope"
+        .to_string()
+        .into();
+    s.database.connect_timeout_ms = 100;
+    s.database.acquire_timeout_ms = 300;
+    s.database.min_connections = 0;
+    let gw = Running::start(s).await?;
+    let mut c = client(&gw).await?;
+    let name = || "nightly".to_string();
+    let errors = [
+        c.create_schedule(create(spec("nightly"), KEY_A))
+            .await
+            .err(),
+        c.get_schedule(authed(pb::GetScheduleRequest { name: name() }, KEY_A))
+            .await
+            .err(),
+        c.list_schedules(authed(pb::ListSchedulesRequest::default(), KEY_A))
+            .await
+            .err(),
+        c.pause_schedule(authed(pb::PauseScheduleRequest { name: name() }, KEY_A))
+            .await
+            .err(),
+        c.trigger_schedule(authed(pb::TriggerScheduleRequest { name: name() }, KEY_A))
+            .await
+            .err(),
+        c.delete_schedule(authed(pb::DeleteScheduleRequest { name: name() }, KEY_A))
+            .await
+            .err(),
+    ];
+    for (i, e) in errors.into_iter().enumerate() {
+        let e = e.unwrap_or_else(|| panic!("call {i} succeeded without a store"));
+        assert_eq!(e.code(), Code::Unavailable, "call {i}: {e:?}");
+        assert_eq!(e.message(), STORE_UNAVAILABLE, "call {i}: {e:?}");
+        assert!(!format!("{e:?}").contains("127.0.0.1"), "call {i}: {e:?}");
+    }
     gw.stop().await?;
     env.cleanup().await;
     Ok(())
