@@ -5,8 +5,8 @@
 //! deployable would have to reach into a running processor for the first anyway.
 //!
 //! - here: [`Admin`] (the operations' dependencies), [`AdminError`] and its one mapping to
-//!   `tonic::Status` (store and internal errors through `dispatch_runtime::server::status`: the
-//!   detail is logged, the caller reads a generic message), [`GRPC`], what the processor's gRPC
+//!   `tonic::Status` (store, Kafka and internal errors through `dispatch_runtime::server::status`:
+//!   the detail is logged, the caller reads a generic message), [`GRPC`], what the processor's gRPC
 //!   server serves (the server, its RPC metrics and spans: `dispatch_runtime::server`), and
 //!   [`AdminApi`], the gRPC adapter (the admin key check, and the audit log: every call that
 //!   changes something is logged under the target [`AUDIT_TARGET`] with the admin key's id,
@@ -34,7 +34,7 @@ use dispatch_runtime::server::{Rpcs, Spec, status};
 use dispatch_runtime::settings::KafkaSettings;
 use dispatch_store::{MySqlPool, StoreError};
 use prometheus::IntCounter;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use self::dlq::RedriveRequest;
 use crate::control::Control;
@@ -104,7 +104,11 @@ impl From<AdminError> for Status {
             AdminError::Invalid(v) => v.to_status(),
             AdminError::NotFound(m) => Status::not_found(m),
             AdminError::Store(e) => status::store_error(&e),
-            AdminError::Kafka(m) => Status::unavailable(format!("kafka: {m}")),
+            AdminError::Kafka(m) => status::hidden(
+                Code::Unavailable,
+                status::KAFKA_UNAVAILABLE,
+                &format!("kafka: {m}"),
+            ),
             AdminError::Internal(m) => status::internal(&m),
         }
     }
@@ -427,5 +431,37 @@ impl AdminService for AdminApi {
             format!("requeued={} dry_run={}", r.requeued, r.dry_run)
         });
         Ok(Response::new(out?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_store_and_internal_detail_never_reaches_the_caller() {
+        let detail = "sasl_ssl://kafka-0.internal:9094/1: SASL authentication error: \
+                      Authentication failed for user 'dispatch-admin'";
+        for (e, code, message) in [
+            (
+                AdminError::Kafka(format!("producing to dispatch.retry.1 failed: {detail}")),
+                Code::Unavailable,
+                status::KAFKA_UNAVAILABLE,
+            ),
+            (
+                AdminError::Store(StoreError::Db(sqlx::Error::Protocol(detail.into()))),
+                Code::Unavailable,
+                status::STORE_UNAVAILABLE,
+            ),
+            (
+                AdminError::Internal(detail.into()),
+                Code::Internal,
+                status::INTERNAL,
+            ),
+        ] {
+            let s = Status::from(e);
+            assert_eq!((s.code(), s.message()), (code, message));
+            assert!(!format!("{s:?}").contains("kafka-0.internal"), "{s:?}");
+        }
     }
 }

@@ -14,6 +14,9 @@ pub const STORE_UNAVAILABLE: &str = "task store unavailable; retry shortly";
 /// What a caller reads when a stored row cannot be read back.
 pub const STORE_CORRUPT: &str = "a stored record could not be read; see the server log";
 
+/// What a caller reads when Kafka did not take or give what the request needed.
+pub const KAFKA_UNAVAILABLE: &str = "kafka unavailable; retry shortly";
+
 /// What a caller reads for a bug or a broken runtime.
 pub const INTERNAL: &str = "internal error; see the server log";
 
