@@ -21,7 +21,7 @@ use dispatch_proto::v1::task_query_service_client::TaskQueryServiceClient;
 use dispatch_proto::v1::task_service_client::TaskServiceClient;
 use dispatch_runtime::Shutdown;
 use dispatch_runtime::admin::ComponentStatus;
-use dispatch_runtime::grpc::{AdminKeyEntry, ApiKeyEntry, AuthSettings, hash_key};
+use dispatch_runtime::server::auth::{AdminKeyEntry, ApiKeyEntry, AuthSettings, hash_key};
 use dispatch_testkit::{TestEnv, eventually};
 use tonic::transport::Channel;
 

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use dispatch_proto::v1::task_service_server::TaskServiceServer;
 use dispatch_runtime::Shutdown;
 use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
-use dispatch_runtime::grpc::Authenticator;
+use dispatch_runtime::server::auth::Authenticator;
 use dispatch_runtime::server::{GrpcServer, Rpcs, Spec};
 use dispatch_runtime::tls::ServerTls;
 use dispatch_runtime::tls_failures::{Dependency, TlsFailures};

@@ -16,7 +16,7 @@ use dispatch_core::validate::SpecLimits;
 use dispatch_core::{Tenant, Violations, time};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::schedule_service_server::{ScheduleService, ScheduleServiceServer};
-use dispatch_runtime::grpc::Authenticator;
+use dispatch_runtime::server::auth::Authenticator;
 use dispatch_runtime::server::status;
 use dispatch_store::StoreError;
 use dispatch_store::schedules::{self as store, Created, Fired, ScheduleRow};

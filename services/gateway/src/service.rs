@@ -19,7 +19,7 @@ use dispatch_core::validate::parse_task_spec_with;
 use dispatch_core::{Violations, envelope::header};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::task_service_server::TaskService;
-use dispatch_runtime::grpc::Authenticator;
+use dispatch_runtime::server::auth::Authenticator;
 use dispatch_runtime::server::layer::parse_grpc_timeout;
 use dispatch_runtime::telemetry;
 use tonic::metadata::MetadataMap;

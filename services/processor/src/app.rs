@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
-use dispatch_runtime::grpc::Authenticator;
 use dispatch_runtime::kafka;
 use dispatch_runtime::server::GrpcServer;
+use dispatch_runtime::server::auth::Authenticator;
 use dispatch_runtime::shutdown::Shutdown;
 use dispatch_runtime::tls::ServerTls;
 use dispatch_runtime::tls_failures::{Dependency, TlsFailures};

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use dispatch_runtime::SettingsError;
-use dispatch_runtime::grpc::AuthSettings;
+use dispatch_runtime::server::auth::AuthSettings;
 use dispatch_runtime::settings::{
     AdminSettings, DbSettings, GrpcSettings, KafkaSettings, RedisSettings, ShutdownSettings,
     TelemetrySettings,

@@ -150,7 +150,7 @@ pub fn init() {
         WATCH_REFUSED.with_label_values(&[l]);
     }
     dispatch_runtime::metrics::db_pool_init("reader");
-    dispatch_runtime::grpc::init_rpc_metrics("reader", &METHODS);
+    dispatch_runtime::server::metrics::init_rpc_metrics("reader", &METHODS);
 }
 
 /// Per-instance counters (the process-wide metrics are shared by every app in a test binary).

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use dispatch_core::{TaskId, Tenant};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::task_query_service_server::TaskQueryService;
-use dispatch_runtime::grpc::Authenticator;
+use dispatch_runtime::server::auth::Authenticator;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 

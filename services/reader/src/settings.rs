@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use dispatch_runtime::SettingsError;
-use dispatch_runtime::grpc::AuthSettings;
+use dispatch_runtime::server::auth::AuthSettings;
 use dispatch_runtime::settings::{
     AdminSettings, DbSettings, GrpcSettings, KafkaSettings, RedisSettings, ShutdownSettings,
     TelemetrySettings,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use dispatch_proto::v1::task_query_service_server::TaskQueryServiceServer;
 use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
-use dispatch_runtime::grpc::Authenticator;
+use dispatch_runtime::server::auth::Authenticator;
 use dispatch_runtime::server::{GrpcServer, Rpcs, Serving, Spec};
 use dispatch_runtime::tls::ServerTls;
 use dispatch_runtime::tls_failures::{Dependency, TlsFailures};

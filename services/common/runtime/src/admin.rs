@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use crate::grpc::{AuthSettings, Authenticator};
+use crate::server::auth::{AuthSettings, Authenticator};
 use crate::settings::AdminSettings;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -368,7 +368,7 @@ impl AdminServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grpc::{ApiKeyEntry, hash_key};
+    use crate::server::auth::{ApiKeyEntry, hash_key};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const ADMIN: &str = "profile-admin-key-0123456789";

@@ -16,7 +16,6 @@
 //! - [`server`]: the gRPC server skeleton (TLS, accept with `TCP_NODELAY`, health, reflection,
 //!   HTTP/2 limits), its per-request layer (load shedding, RPC spans, metrics, timeout), the
 //!   store-error-to-status rule and API-key authentication.
-//! - [`grpc`]: the names other crates import (re-exported from [`server`]).
 //! - [`breaker`]: the circuit breaker every service uses, with its metric.
 //! - [`retry`]: jittered exponential retries of what must eventually succeed.
 //! - [`tls_failures`]: run-time TLS and authentication failures of the dependencies, counted
@@ -25,7 +24,6 @@
 pub mod admin;
 pub mod breaker;
 pub mod cli;
-pub mod grpc;
 pub mod kafka;
 pub mod metrics;
 pub mod producer;

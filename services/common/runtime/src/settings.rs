@@ -476,7 +476,7 @@ mod redact_tests {
 
     #[test]
     fn secrets_are_redacted() {
-        use crate::grpc::{AdminKeyEntry, ApiKeyEntry, AuthSettings, hash_key};
+        use crate::server::auth::{AdminKeyEntry, ApiKeyEntry, AuthSettings, hash_key};
         #[derive(Serialize)]
         struct S {
             database: DbSettings,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dispatch_runtime::Shutdown;
-use dispatch_runtime::grpc::{ApiKeyEntry, AuthSettings, hash_key};
+use dispatch_runtime::server::auth::{ApiKeyEntry, AuthSettings, hash_key};
 use dispatch_testkit::{TestEnv, eventually};
 
 /// Tenant `acme`'s key.

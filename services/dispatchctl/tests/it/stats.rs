@@ -31,8 +31,8 @@ async fn processor(env: &TestEnv, group: &str, client_id: &str) -> anyhow::Resul
     let mut s = dispatch_processor::Settings {
         kafka: env.kafka.clone(),
         database: env.db.clone(),
-        auth: dispatch_runtime::grpc::AuthSettings {
-            admin_key_sha256: Some(dispatch_runtime::grpc::hash_key(ADMIN_KEY)),
+        auth: dispatch_runtime::server::auth::AuthSettings {
+            admin_key_sha256: Some(dispatch_runtime::server::auth::hash_key(ADMIN_KEY)),
             ..Default::default()
         },
         ..Default::default()

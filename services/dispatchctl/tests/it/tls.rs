@@ -25,10 +25,10 @@ async fn dispatchctl_submits_to_a_tls_gateway() -> anyhow::Result<()> {
         kafka: env.kafka.clone(),
         database: env.db.clone(),
         redis: env.redis.clone(),
-        auth: dispatch_runtime::grpc::AuthSettings {
-            api_keys: vec![dispatch_runtime::grpc::ApiKeyEntry {
+        auth: dispatch_runtime::server::auth::AuthSettings {
+            api_keys: vec![dispatch_runtime::server::auth::ApiKeyEntry {
                 tenant: "acme".into(),
-                key_sha256: dispatch_runtime::grpc::hash_key(TENANT_KEY),
+                key_sha256: dispatch_runtime::server::auth::hash_key(TENANT_KEY),
             }],
             ..Default::default()
         },

@@ -612,7 +612,7 @@ async fn every_rpc_rejects_bad_callers_and_hides_other_tenants() -> anyhow::Resu
 /// service starts, serves callers without a key, and exports `dispatch_auth_unauthenticated 1`.
 #[tokio::test]
 async fn auth_mode_none_refuses_listeners_beyond_loopback() -> anyhow::Result<()> {
-    use dispatch_runtime::grpc::AuthSettings;
+    use dispatch_runtime::server::auth::AuthSettings;
     let env = dispatch_testkit::TestEnv::new().await?;
     let s = dispatch_e2e::StackSettings::for_env(&env);
     let none = AuthSettings {

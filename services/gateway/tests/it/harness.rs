@@ -9,7 +9,7 @@ use dispatch_gateway::{App, Settings};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::task_service_client::TaskServiceClient;
 use dispatch_runtime::Shutdown;
-use dispatch_runtime::grpc::{ApiKeyEntry, AuthSettings, hash_key};
+use dispatch_runtime::server::auth::{ApiKeyEntry, AuthSettings, hash_key};
 use dispatch_runtime::settings::{AdminSettings, GrpcSettings};
 use dispatch_testkit::{Record, TestEnv};
 use tonic::transport::Channel;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use dispatch_processor::{App, AppBuilder, Control};
 use dispatch_proto::v1::admin_service_client::AdminServiceClient;
 use dispatch_runtime::Shutdown;
-use dispatch_runtime::grpc::{ApiKeyEntry, hash_key};
+use dispatch_runtime::server::auth::{ApiKeyEntry, hash_key};
 use dispatch_testkit::{TestEnv, eventually};
 use tonic::transport::Channel;
 

@@ -10,7 +10,7 @@ use dispatch_proto::v1::task_query_service_client::TaskQueryServiceClient;
 use dispatch_reader::{App, ReaderHandle, Settings};
 use dispatch_runtime::Shutdown;
 use dispatch_runtime::admin::ComponentStatus;
-use dispatch_runtime::grpc::{ApiKeyEntry, AuthSettings, hash_key};
+use dispatch_runtime::server::auth::{ApiKeyEntry, AuthSettings, hash_key};
 use dispatch_store::tasks::TaskWrite;
 use dispatch_testkit::TestEnv;
 use prost::Message;
