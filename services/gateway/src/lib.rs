@@ -12,7 +12,9 @@
 //! - [`durable`]: Kafka-or-outbox, with sticky routing that keeps per-key order.
 //! - [`producer`]: the idempotent producer, its circuit breaker and produce timeout.
 //! - [`relay`]: the outbox relay (leader by MySQL named lock) and the sticky-routing watcher.
-//! - [`limits`], [`shed`]: per-tenant and global token buckets; the in-flight bound.
+//! - [`limits`]: per-tenant and global token buckets. (The in-flight bound is the runtime's,
+//!   `dispatch_runtime::server::layer`; the gateway also counts what it sheds in
+//!   `dispatch_load_shed_total`.)
 //! - [`probe`]: dependency probes behind gRPC health and `/readyz`.
 //! - [`recent`]: recent submits, so a cancel can route before the task is stored.
 //! - [`schedules`]: ScheduleService: a tenant's schedules (the processors fire them).
@@ -36,8 +38,9 @@
 //!
 //! # Overload and deadlines
 //! The server honours `grpc-timeout` (capped by `grpc.request_timeout_ms`); a request over the
-//! in-flight bound is answered UNAVAILABLE at once ([`shed`]). Handlers run the domain call on
-//! their own task, so a client that gives up cannot leave a submit half done.
+//! in-flight bound is answered UNAVAILABLE at once (`dispatch_runtime::server::layer`). Handlers
+//! run the domain call on their own task, so a client that gives up cannot leave a submit half
+//! done.
 //!
 //! # Cancel
 //! A cancel record goes to the task's own partition (its business key and priority, from the
@@ -61,7 +64,6 @@ pub mod relay;
 pub mod schedules;
 pub mod service;
 pub mod settings;
-pub mod shed;
 
 pub use app::App;
 pub use error::GatewayError;
