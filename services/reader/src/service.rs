@@ -27,7 +27,7 @@ pub struct Limits {
 
 /// The service.
 #[derive(Clone)]
-pub struct QueryService {
+pub struct QueryApi {
     reader: Arc<Reader>,
     auth: Arc<Authenticator>,
     stop: CancellationToken,
@@ -36,7 +36,7 @@ pub struct QueryService {
     rate: Option<Arc<crate::limits::ReadLimits>>,
 }
 
-impl QueryService {
+impl QueryApi {
     /// A service over `reader`; open WatchTask streams end when `stop` fires.
     pub fn new(
         reader: Arc<Reader>,
@@ -65,14 +65,14 @@ fn parse_id(field: &str, raw: &str) -> Result<TaskId, ReadError> {
     TaskId::parse(raw).map_err(|e| ReadError::field(field, e.to_string()))
 }
 
-impl QueryService {
+impl QueryApi {
     fn tenant<T>(&self, req: &Request<T>) -> Result<Tenant, Status> {
         self.auth.tenant(req.metadata())
     }
 }
 
 #[tonic::async_trait]
-impl TaskQueryService for QueryService {
+impl TaskQueryService for QueryApi {
     async fn get_task(
         &self,
         req: Request<pb::GetTaskRequest>,

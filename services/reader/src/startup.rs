@@ -21,7 +21,7 @@ use crate::l2::REDIS;
 use crate::metrics::{self, Stats};
 use crate::notify::Notifier;
 use crate::reader::{Freshness, Reader};
-use crate::service::{Limits, QueryService};
+use crate::service::{Limits, QueryApi};
 use crate::settings::Settings;
 use crate::store::Store;
 use dispatch_runtime::breaker::{Breaker, BreakerSettings};
@@ -263,7 +263,7 @@ impl App {
             shutdown.child(),
         ));
 
-        let svc = QueryService::new(
+        let svc = QueryApi::new(
             Arc::clone(&reader),
             auth,
             shutdown.child(),
