@@ -70,7 +70,7 @@ pub struct L2 {
     cas: redis::Script,
     /// Background writes (see [`put_in_background`]); made on first use.
     queue: std::sync::OnceLock<mpsc::Sender<(Arc<pb::Task>, Fill)>>,
-    /// Where a failed command's TLS failure is recorded (`redis_tls`: see `startup`).
+    /// Where a failed command's TLS failure is recorded (`redis_tls`: see `app`).
     tls: Option<TlsFailures>,
 }
 

@@ -4,7 +4,7 @@
 //! Request path, top to bottom:
 //! - [`service`]: the gRPC adapter (auth, parse, call); the server around it (load shedding, RPC
 //!   spans and metrics, the request timeout) is `dispatch_runtime::server`'s, assembled in
-//!   [`startup`].
+//!   [`app`].
 //! - [`reader`]: GetTask's lookup path L1 → L2 → MySQL, read-your-writes (`min_version`),
 //!   stale answers when MySQL fails, and how events are applied; [`batch`] and [`list`] are
 //!   BatchGetTasks and ListTasks; [`watch`] streams WatchTask.
@@ -14,9 +14,10 @@
 //!   the Redis breaker (`dispatch_runtime::breaker`), and [`store`] (MySQL behind a concurrency limit).
 //! - Freshness: [`events`] consumes the events topic on every instance; [`notify`] fans applied
 //!   events out per task id to read-your-writes waiters and watchers.
-//! - Plumbing: [`settings`], [`metrics`], [`error`], and [`startup`] (`App`: build, run, shutdown,
+//! - Plumbing: [`settings`], [`metrics`], [`error`], and [`app`] (`App`: build, run, shutdown,
 //!   health probes).
 
+pub mod app;
 pub mod batch;
 pub mod error;
 pub mod events;
@@ -29,10 +30,9 @@ pub mod notify;
 pub mod reader;
 pub mod service;
 pub mod settings;
-pub mod startup;
 pub mod store;
 pub mod watch;
 pub mod xfetch;
 
+pub use app::{App, ReaderHandle};
 pub use settings::Settings;
-pub use startup::{App, ReaderHandle};

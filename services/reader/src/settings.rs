@@ -42,7 +42,7 @@ pub struct Settings {
 }
 
 /// `[health]`: how run-time TLS failures of the dependencies turn into readiness (see
-/// `startup`'s probe, which runs every `cache.probe_interval_ms`).
+/// `app`'s probe, which runs every `cache.probe_interval_ms`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthSettings {

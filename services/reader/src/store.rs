@@ -47,7 +47,7 @@ impl Store {
     }
 
     /// Records the TLS failures of lookups and probes in `tls`, and the probe's successes
-    /// (`mysql_tls`: see `startup`).
+    /// (`mysql_tls`: see `app`).
     #[must_use]
     pub fn with_tls_failures(mut self, tls: TlsFailures) -> Self {
         self.tls = Some(tls);
