@@ -53,6 +53,13 @@ pub fn is_terminal(v: Version) -> bool {
     rank(v) >= TERMINAL_RANK
 }
 
+/// Whether nothing may ever replace a row carrying this version: SUCCEEDED and CANCELLED (a DEAD
+/// task can be redriven into a later generation). An event that carried such a version is the
+/// task's last one for good, so a publisher has nothing to check after its acknowledgement.
+pub fn is_final(v: Version) -> bool {
+    is_terminal(v) && rank(v) != DEAD_RANK
+}
+
 /// The state a version was computed for.
 pub fn state_of(v: Version) -> Option<TaskState> {
     TaskState::ALL.into_iter().find(|s| s.rank() == rank(v))
@@ -119,6 +126,11 @@ mod tests {
         for s in TaskState::ALL {
             assert_eq!(state_of(s.version(3, 2)), Some(s), "{s}");
             assert_eq!(is_terminal(s.version(0, 1)), s.is_terminal(), "{s}");
+            assert_eq!(
+                is_final(s.version(0, 1)),
+                matches!(s, Succeeded | Cancelled),
+                "{s}"
+            );
         }
     }
 
@@ -189,6 +201,15 @@ mod tests {
             if is_terminal(stored.version) && may_overwrite(stored, new) {
                 prop_assert_eq!(rank(stored.version), DEAD_RANK);
                 prop_assert!(generation(new.version) > generation(stored.version));
+            }
+        }
+
+        /// A final version is never replaced, by any write of any owner (the fault builds that
+        /// break the fence excepted).
+        #[test]
+        fn final_rows_are_never_replaced(stored in any_stamp(), new in any_stamp()) {
+            if is_final(stored.version) && !cfg!(feature = "fault-equal-version") {
+                prop_assert!(!may_overwrite(stored, new), "{:?} <- {:?}", stored, new);
             }
         }
 

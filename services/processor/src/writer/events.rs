@@ -229,7 +229,8 @@ pub(crate) struct Published {
 /// publishes the row as it is now and checks again. Every publisher does this after every
 /// acknowledgement, so whichever event lands last, its publisher sees the latest row afterwards,
 /// and the topic ends with it. A row that a later batch of the same writer committed is left to
-/// that batch (see [`Owed`]).
+/// that batch (see [`Owed`]). An event of a final version (SUCCEEDED, CANCELLED: no write replaces
+/// such a row) needs no read: its row can only be the same or gone.
 pub(crate) async fn settle(
     producer: &Producer,
     pool: &MySqlPool,
@@ -238,7 +239,14 @@ pub(crate) async fn settle(
     by: Publisher<'_>,
 ) {
     let mut delays = dispatch_runtime::retry::backoff();
-    while !published.is_empty() {
+    loop {
+        // A final version (SUCCEEDED, CANCELLED) is never replaced, so an event that carried one
+        // is its task's last for good: only the others need their rows read. Most events of a
+        // busy processor are final, and this read was one of the three row lookups per task.
+        published.retain(|p| !dispatch_core::version::is_final(p.version));
+        if published.is_empty() {
+            break;
+        }
         let ids: Vec<dispatch_core::TaskId> = published
             .iter()
             .filter_map(|p| p.key.parse().ok())
