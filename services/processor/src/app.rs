@@ -84,6 +84,9 @@ impl AppBuilder {
         let pool = dispatch_store::connect(&s.database)
             .await
             .context("connecting to MySQL")?;
+        let commits = writer::commit_pool(&s.database, s.writer.max_concurrent_batches)
+            .await
+            .context("connecting the batch writer to MySQL")?;
         if s.kafka.create_topics {
             kafka::ensure_topics(&s.kafka, &kafka::dispatch_topics(&s.kafka)).await?;
         }
@@ -164,6 +167,7 @@ impl AppBuilder {
         Ok(App {
             settings: s,
             pool,
+            commits,
             producer,
             registry,
             health,
@@ -182,6 +186,8 @@ impl AppBuilder {
 pub struct App {
     settings: Settings,
     pool: MySqlPool,
+    /// The batch writer's own connections ([`writer::commit_pool`]).
+    commits: MySqlPool,
     producer: Producer,
     registry: Registry,
     health: Health,
@@ -276,6 +282,7 @@ impl App {
         let writers = TaskTracker::new();
         let writer = writer::spawn(
             WriterTask {
+                commits: self.commits.clone(),
                 pool: self.pool.clone(),
                 producer: self.producer.clone(),
                 topics: s.kafka.topics(),
@@ -486,6 +493,7 @@ impl App {
         tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
         self.pool.close().await;
+        self.commits.close().await;
         tracing::info!("processor stopped");
         Ok(())
     }

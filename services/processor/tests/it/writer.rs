@@ -33,6 +33,7 @@ async fn a_claim_resolves_at_its_commit_while_the_events_pipeline_stalls() -> an
     let tracker = TaskTracker::new();
     let w = writer::spawn(
         WriterTask {
+            commits: env.pool.clone(),
             pool: env.pool.clone(),
             producer: Producer::new(stalled),
             topics: env.topics(),
