@@ -410,8 +410,7 @@ async fn probe_loop(
         }
         tls.failures.sync(&health, hold, TLS_OPTIONAL);
         let (entries, bytes) = reader.l1.size().await;
-        metrics::CACHE_ENTRIES.set(i64::try_from(entries).unwrap_or(i64::MAX));
-        metrics::CACHE_BYTES.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        metrics::cache_size(entries, bytes);
         reader
             .store
             .export_pool_gauges(settings.database.max_connections);

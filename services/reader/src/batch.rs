@@ -11,7 +11,7 @@ use dispatch_proto::v1 as pb;
 use crate::error::ReadError;
 use crate::l1::{Cached, Replace};
 use crate::l2::{self, L2Lookup};
-use crate::metrics;
+use crate::metrics::{self, CacheResult, Tier};
 use crate::reader::Reader;
 
 /// Most ids in one request.
@@ -80,19 +80,15 @@ impl Reader {
             match self.l1.get(id).await {
                 Some(e) => {
                     let result = match e.value {
-                        Cached::Found(_) => "hit",
-                        Cached::Missing => "negative_hit",
+                        Cached::Found(_) => CacheResult::Hit,
+                        Cached::Missing => CacheResult::NegativeHit,
                     };
-                    metrics::CACHE_REQUESTS
-                        .with_label_values(&["l1", result])
-                        .inc();
+                    metrics::cache_request(Tier::L1, result);
                     known.insert(*id, e.value.clone());
                 }
                 None => {
                     if self.l1.enabled() {
-                        metrics::CACHE_REQUESTS
-                            .with_label_values(&["l1", "miss"])
-                            .inc();
+                        metrics::cache_request(Tier::L1, CacheResult::Miss);
                     }
                     missing.push(*id);
                 }
@@ -190,7 +186,7 @@ impl Reader {
                         return Err(e.into());
                     };
                     crate::metrics::Stats::bump(&self.stats.stale_reads);
-                    metrics::STALE_READS.inc();
+                    metrics::stale_read();
                     known.insert(*id, Cached::Found(t));
                 }
                 tracing::warn!(error = %e, ids = ids.len(), "store failing; batch served from stale copies");

@@ -20,7 +20,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::{OnceCell, mpsc};
 
 use crate::l1::is_terminal;
-use crate::metrics;
+use crate::metrics::{self, CacheResult, Tier};
 use crate::settings::CacheSettings;
 use crate::xfetch::jittered;
 use dispatch_runtime::breaker::Breaker;
@@ -209,9 +209,7 @@ impl L2 {
             }
             _ => {
                 if self.enabled {
-                    metrics::CACHE_REQUESTS
-                        .with_label_values(&["l2", "error"])
-                        .inc_by(ids.len() as u64);
+                    metrics::cache_requests(Tier::L2, CacheResult::Error, ids.len() as u64);
                 }
                 vec![L2Lookup::Unavailable; ids.len()]
             }
@@ -221,20 +219,18 @@ impl L2 {
     fn classify(&self, got: Option<(Option<Vec<u8>>, bool)>) -> L2Lookup {
         let (result, out) = match got {
             None if !self.enabled => return L2Lookup::Unavailable,
-            None => ("error", L2Lookup::Unavailable),
+            None => (CacheResult::Error, L2Lookup::Unavailable),
             Some((Some(bytes), _)) => match pb::Task::decode(bytes.as_slice()) {
-                Ok(t) => ("hit", L2Lookup::Hit(Arc::new(t))),
+                Ok(t) => (CacheResult::Hit, L2Lookup::Hit(Arc::new(t))),
                 Err(e) => {
                     tracing::warn!(error = %e, "undecodable task in redis; ignoring it");
-                    ("error", L2Lookup::Miss)
+                    (CacheResult::Error, L2Lookup::Miss)
                 }
             },
-            Some((None, true)) => ("negative_hit", L2Lookup::NegativeHit),
-            Some((None, false)) => ("miss", L2Lookup::Miss),
+            Some((None, true)) => (CacheResult::NegativeHit, L2Lookup::NegativeHit),
+            Some((None, false)) => (CacheResult::Miss, L2Lookup::Miss),
         };
-        metrics::CACHE_REQUESTS
-            .with_label_values(&["l2", result])
-            .inc();
+        metrics::cache_request(Tier::L2, result);
         out
     }
 
@@ -365,9 +361,7 @@ pub fn put_in_background(l2: &Arc<L2>, tasks: Vec<Arc<pb::Task>>, fill: Fill) {
     });
     for t in tasks {
         if queue.try_send((t, fill)).is_err() {
-            metrics::CACHE_REQUESTS
-                .with_label_values(&["l2", "write_dropped"])
-                .inc();
+            metrics::cache_request(Tier::L2, CacheResult::WriteDropped);
         }
     }
 }

@@ -1,9 +1,11 @@
-//! The reader's metrics (docs/metrics.md, "Reader"), registered once in the process registry, and
-//! [`Stats`]: the same counts per [`App`](crate::App) instance, so tests running several apps in one
-//! process can assert exact numbers.
+//! The reader's metrics (docs/metrics.md, "Reader"), registered once in the process registry, each
+//! recorded through one function here, and [`Stats`]: the same counts per [`App`](crate::App)
+//! instance, so tests running several apps in one process can assert exact numbers. Labelled series
+//! are pre-created by [`init`].
 
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use dispatch_runtime::metrics::{LATENCY_BUCKETS, register};
 use prometheus::{
@@ -15,7 +17,7 @@ fn def<T>(r: Result<T, prometheus::Error>) -> T {
 }
 
 /// `dispatch_cache_requests_total{tier, result}`.
-pub static CACHE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+static CACHE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(def(IntCounterVec::new(
         Opts::new(
             "dispatch_cache_requests_total",
@@ -26,7 +28,7 @@ pub static CACHE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 /// `dispatch_cache_coalesced_loads_total`.
-pub static COALESCED: LazyLock<IntCounter> = LazyLock::new(|| {
+static COALESCED: LazyLock<IntCounter> = LazyLock::new(|| {
     register(def(IntCounter::new(
         "dispatch_cache_coalesced_loads_total",
         "Lookups that joined another caller's in-flight load.",
@@ -34,7 +36,7 @@ pub static COALESCED: LazyLock<IntCounter> = LazyLock::new(|| {
 });
 
 /// `dispatch_cache_early_refreshes_total`.
-pub static EARLY_REFRESHES: LazyLock<IntCounter> = LazyLock::new(|| {
+static EARLY_REFRESHES: LazyLock<IntCounter> = LazyLock::new(|| {
     register(def(IntCounter::new(
         "dispatch_cache_early_refreshes_total",
         "XFetch probabilistic early refreshes.",
@@ -42,11 +44,11 @@ pub static EARLY_REFRESHES: LazyLock<IntCounter> = LazyLock::new(|| {
 });
 
 /// `dispatch_cache_entries`.
-pub static CACHE_ENTRIES: LazyLock<IntGauge> =
+static CACHE_ENTRIES: LazyLock<IntGauge> =
     LazyLock::new(|| register(def(IntGauge::new("dispatch_cache_entries", "L1 entries."))));
 
 /// `dispatch_cache_weighted_size_bytes`.
-pub static CACHE_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+static CACHE_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
     register(def(IntGauge::new(
         "dispatch_cache_weighted_size_bytes",
         "L1 weighted size.",
@@ -54,7 +56,7 @@ pub static CACHE_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
 });
 
 /// `dispatch_store_queries_total{query}`.
-pub static STORE_QUERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+static STORE_QUERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(def(IntCounterVec::new(
         Opts::new("dispatch_store_queries_total", "MySQL lookups."),
         &["query"],
@@ -62,7 +64,7 @@ pub static STORE_QUERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 /// `dispatch_store_query_duration_seconds{query}`.
-pub static STORE_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+static STORE_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     register(def(HistogramVec::new(
         HistogramOpts::new(
             "dispatch_store_query_duration_seconds",
@@ -74,7 +76,7 @@ pub static STORE_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
 });
 
 /// `dispatch_events_applied_total{result}`.
-pub static EVENTS_APPLIED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+static EVENTS_APPLIED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(def(IntCounterVec::new(
         Opts::new(
             "dispatch_events_applied_total",
@@ -85,7 +87,7 @@ pub static EVENTS_APPLIED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 /// `dispatch_event_apply_lag_seconds`.
-pub static EVENT_LAG: LazyLock<Histogram> = LazyLock::new(|| {
+static EVENT_LAG: LazyLock<Histogram> = LazyLock::new(|| {
     register(def(Histogram::with_opts(
         HistogramOpts::new(
             "dispatch_event_apply_lag_seconds",
@@ -96,7 +98,7 @@ pub static EVENT_LAG: LazyLock<Histogram> = LazyLock::new(|| {
 });
 
 /// `dispatch_stale_reads_total`.
-pub static STALE_READS: LazyLock<IntCounter> = LazyLock::new(|| {
+static STALE_READS: LazyLock<IntCounter> = LazyLock::new(|| {
     register(def(IntCounter::new(
         "dispatch_stale_reads_total",
         "Answers served stale from L1 because MySQL failed.",
@@ -104,7 +106,7 @@ pub static STALE_READS: LazyLock<IntCounter> = LazyLock::new(|| {
 });
 
 /// `dispatch_watch_streams`.
-pub static WATCH_STREAMS: LazyLock<IntGauge> = LazyLock::new(|| {
+static WATCH_STREAMS: LazyLock<IntGauge> = LazyLock::new(|| {
     register(def(IntGauge::new(
         "dispatch_watch_streams",
         "Open WatchTask streams.",
@@ -112,7 +114,7 @@ pub static WATCH_STREAMS: LazyLock<IntGauge> = LazyLock::new(|| {
 });
 
 /// `dispatch_watch_streams_refused_total{limit}`.
-pub static WATCH_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+static WATCH_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(def(IntCounterVec::new(
         Opts::new(
             "dispatch_watch_streams_refused_total",
@@ -127,9 +129,14 @@ pub const METHODS: [&str; 4] = ["GetTask", "BatchGetTasks", "ListTasks", "WatchT
 
 /// Pre-creates every labelled series so /metrics shows them before traffic.
 pub fn init() {
-    for tier in ["l1", "l2"] {
-        for result in ["hit", "miss", "negative_hit", "error"] {
-            let _ = CACHE_REQUESTS.with_label_values(&[tier, result]);
+    for tier in [Tier::L1, Tier::L2] {
+        for result in [
+            CacheResult::Hit,
+            CacheResult::Miss,
+            CacheResult::NegativeHit,
+            CacheResult::Error,
+        ] {
+            let _ = CACHE_REQUESTS.with_label_values(&[tier.label(), result.label()]);
         }
     }
     for q in ["get", "batch_get", "list"] {
@@ -146,11 +153,145 @@ pub fn init() {
     LazyLock::force(&EVENT_LAG);
     LazyLock::force(&STALE_READS);
     WATCH_STREAMS.add(0);
-    for l in ["instance", "tenant"] {
-        WATCH_REFUSED.with_label_values(&[l]);
+    for l in [WatchLimit::Instance, WatchLimit::Tenant] {
+        WATCH_REFUSED.with_label_values(&[l.label()]);
     }
     dispatch_runtime::metrics::db_pool_init("reader");
     dispatch_runtime::server::metrics::init_rpc_metrics("reader", &METHODS);
+}
+
+/// A cache tier (the `tier` label of `dispatch_cache_requests_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// The in-process cache.
+    L1,
+    /// Redis.
+    L2,
+}
+
+impl Tier {
+    fn label(self) -> &'static str {
+        match self {
+            Self::L1 => "l1",
+            Self::L2 => "l2",
+        }
+    }
+}
+
+/// What a cache lookup (or write) found (the `result` label of `dispatch_cache_requests_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    /// The task was cached.
+    Hit,
+    /// Nothing was cached.
+    Miss,
+    /// The task was cached as missing.
+    NegativeHit,
+    /// The tier failed (or held something undecodable).
+    Error,
+    /// A background write was dropped because the tier's write queue was full.
+    WriteDropped,
+}
+
+impl CacheResult {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::NegativeHit => "negative_hit",
+            Self::Error => "error",
+            Self::WriteDropped => "write_dropped",
+        }
+    }
+}
+
+/// A bound on WatchTask streams (the `limit` label of `dispatch_watch_streams_refused_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchLimit {
+    /// The instance's maximum (`cache.watch_max_streams`).
+    Instance,
+    /// The tenant's maximum on this instance (`cache.watch_max_streams_per_tenant`).
+    Tenant,
+}
+
+impl WatchLimit {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Instance => "instance",
+            Self::Tenant => "tenant",
+        }
+    }
+}
+
+/// One lookup in `tier` found `result`.
+pub fn cache_request(tier: Tier, result: CacheResult) {
+    cache_requests(tier, result, 1);
+}
+
+/// `n` lookups in `tier` found `result`.
+pub fn cache_requests(tier: Tier, result: CacheResult, n: u64) {
+    CACHE_REQUESTS
+        .with_label_values(&[tier.label(), result.label()])
+        .inc_by(n);
+}
+
+/// A lookup joined another caller's in-flight load.
+pub fn coalesced_load() {
+    COALESCED.inc();
+}
+
+/// An XFetch early refresh started.
+pub fn early_refresh() {
+    EARLY_REFRESHES.inc();
+}
+
+/// The size of L1.
+pub fn cache_size(entries: u64, bytes: u64) {
+    CACHE_ENTRIES.set(i64::try_from(entries).unwrap_or(i64::MAX));
+    CACHE_BYTES.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+}
+
+/// A MySQL lookup (`query`: `get`, `batch_get`, `list`) starts.
+pub fn store_query(query: &'static str) {
+    STORE_QUERIES.with_label_values(&[query]).inc();
+}
+
+/// A MySQL lookup finished after `elapsed`.
+pub fn store_query_duration(query: &'static str, elapsed: Duration) {
+    STORE_DURATION
+        .with_label_values(&[query])
+        .observe(elapsed.as_secs_f64());
+}
+
+/// An event from the events topic changed L1 (`applied`) or was older than what it held.
+pub fn event_applied(applied: bool) {
+    let result = if applied { "applied" } else { "stale" };
+    EVENTS_APPLIED.with_label_values(&[result]).inc();
+}
+
+/// An event was applied `lag` after it occurred.
+pub fn event_lag(lag: Duration) {
+    EVENT_LAG.observe(lag.as_secs_f64());
+}
+
+/// An answer was served stale from L1 because MySQL failed.
+pub fn stale_read() {
+    STALE_READS.inc();
+}
+
+/// A WatchTask stream opened.
+pub fn watch_opened() {
+    WATCH_STREAMS.inc();
+}
+
+/// A WatchTask stream closed.
+pub fn watch_closed() {
+    WATCH_STREAMS.dec();
+}
+
+/// A WatchTask stream was refused at `limit`.
+pub fn watch_refused(limit: WatchLimit) {
+    WATCH_REFUSED.with_label_values(&[limit.label()]).inc();
 }
 
 /// Per-instance counters (the process-wide metrics are shared by every app in a test binary).

@@ -12,7 +12,7 @@ use dispatch_proto::v1 as pb;
 use crate::error::{ReadError, StoreFailure};
 use crate::l1::{Cached, Entry, L1, Replace};
 use crate::l2::{self, L2, L2Lookup};
-use crate::metrics::{self, Stats};
+use crate::metrics::{self, CacheResult, Stats, Tier};
 use crate::notify::Notifier;
 use crate::store::Store;
 use crate::xfetch;
@@ -114,18 +114,14 @@ impl Reader {
         }
         if let Some(e) = self.l1.get(&id).await {
             let result = match e.value {
-                Cached::Found(_) => "hit",
-                Cached::Missing => "negative_hit",
+                Cached::Found(_) => CacheResult::Hit,
+                Cached::Missing => CacheResult::NegativeHit,
             };
-            metrics::CACHE_REQUESTS
-                .with_label_values(&["l1", result])
-                .inc();
+            metrics::cache_request(Tier::L1, result);
             self.maybe_refresh_early(id, &e);
             return Ok((e, pb::ServedFrom::L1));
         }
-        metrics::CACHE_REQUESTS
-            .with_label_values(&["l1", "miss"])
-            .inc();
+        metrics::cache_request(Tier::L1, CacheResult::Miss);
         let this = Arc::clone(self);
         let (e, fresh) = self
             .l1
@@ -138,7 +134,7 @@ impl Reader {
         } else {
             // Another caller's load answered this one (singleflight).
             Stats::bump(&self.stats.coalesced);
-            metrics::COALESCED.inc();
+            metrics::coalesced_load();
             Ok((e, pb::ServedFrom::L1))
         }
     }
@@ -187,7 +183,7 @@ impl Reader {
             return;
         };
         Stats::bump(&self.stats.early_refreshes);
-        metrics::EARLY_REFRESHES.inc();
+        metrics::early_refresh();
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let _claim = claim;
@@ -283,7 +279,7 @@ impl Reader {
             Some(t) if !owned(&t, tenant) => Err(ReadError::NotFound),
             Some(t) if t.version >= min_version => {
                 Stats::bump(&self.stats.stale_reads);
-                metrics::STALE_READS.inc();
+                metrics::stale_read();
                 tracing::warn!(task_id = %id, error = %cause, "store failing; serving a stale copy");
                 Ok(Lookup {
                     task: t,
@@ -324,8 +320,7 @@ impl Reader {
         } else {
             newer
         };
-        let result = if applied { "applied" } else { "stale" };
-        metrics::EVENTS_APPLIED.with_label_values(&[result]).inc();
+        metrics::event_applied(applied);
         Stats::bump(if applied {
             &self.stats.events_applied
         } else {
@@ -337,7 +332,7 @@ impl Reader {
             .and_then(dispatch_core::time::from_proto)
         {
             let lag = (chrono::Utc::now() - at).to_std().unwrap_or_default();
-            metrics::EVENT_LAG.observe(lag.as_secs_f64());
+            metrics::event_lag(lag);
         }
         // Watchers filter by version themselves, so every event is handed on.
         self.notifier.publish(id, &task);

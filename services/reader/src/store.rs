@@ -73,12 +73,10 @@ impl Store {
             _ => &self.stats.store_lists,
         };
         Stats::bump(counter);
-        metrics::STORE_QUERIES.with_label_values(&[query]).inc();
+        metrics::store_query(query);
         let start = Instant::now();
         let out = fut.await;
-        metrics::STORE_DURATION
-            .with_label_values(&[query])
-            .observe(start.elapsed().as_secs_f64());
+        metrics::store_query_duration(query, start.elapsed());
         out.map_err(|e| {
             tracing::warn!(query, error = %e, "store lookup failed");
             if let Some(tls) = &self.tls {

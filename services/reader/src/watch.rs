@@ -27,7 +27,7 @@ use tonic::Status;
 
 use crate::error::ReadError;
 use crate::l1::is_terminal;
-use crate::metrics;
+use crate::metrics::{self, WatchLimit};
 use crate::reader::Reader;
 
 /// The stream type of WatchTask.
@@ -83,7 +83,7 @@ impl Drop for Admitted {
                 open.1.remove(&self.tenant);
             }
         }
-        metrics::WATCH_STREAMS.dec();
+        metrics::watch_closed();
     }
 }
 
@@ -108,9 +108,7 @@ impl Watches {
     pub fn admit(self: &Arc<Self>, tenant: &Tenant) -> Result<Admitted, ReadError> {
         let mut open = self.open.lock();
         if open.0 >= self.limits.max_streams {
-            metrics::WATCH_REFUSED
-                .with_label_values(&["instance"])
-                .inc();
+            metrics::watch_refused(WatchLimit::Instance);
             return Err(ReadError::Exhausted(format!(
                 "this reader holds its maximum of {} WatchTask streams (cache.watch_max_streams); retry later or on another instance",
                 self.limits.max_streams
@@ -118,7 +116,7 @@ impl Watches {
         }
         let mine = open.1.get(tenant.as_str()).copied().unwrap_or(0);
         if mine >= self.limits.max_streams_per_tenant {
-            metrics::WATCH_REFUSED.with_label_values(&["tenant"]).inc();
+            metrics::watch_refused(WatchLimit::Tenant);
             return Err(ReadError::Exhausted(format!(
                 "tenant {tenant} holds its maximum of {} WatchTask streams on this reader (cache.watch_max_streams_per_tenant)",
                 self.limits.max_streams_per_tenant
@@ -126,7 +124,7 @@ impl Watches {
         }
         open.0 += 1;
         *open.1.entry(tenant.to_string()).or_default() += 1;
-        metrics::WATCH_STREAMS.inc();
+        metrics::watch_opened();
         Ok(Admitted {
             watches: Arc::clone(self),
             tenant: tenant.to_string(),
