@@ -6,10 +6,14 @@
 //! Endpoints come from `DISPATCH_TEST_KAFKA`, `DISPATCH_TEST_MYSQL` and `DISPATCH_TEST_REDIS`
 //! (deploy/local/env.sh), defaulting to the local stack's ports.
 //!
-//! [`cli`] runs a service binary and checks its command line.
+//! [`cli`] runs a service binary and checks its command line; [`task_write`] is a processor's state
+//! write, for tests that store a task directly.
 
 pub mod catalogue;
 pub mod cli;
+mod write;
+
+pub use write::task_write;
 
 use std::time::Duration;
 

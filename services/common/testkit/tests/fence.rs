@@ -3,9 +3,9 @@
 //! states, drops a replaced owner's writes and keeps tenants apart.
 
 use dispatch_core::version::{self, Stamp};
-use dispatch_core::{Priority, TaskId, TaskState};
+use dispatch_core::{TaskId, TaskState};
 use dispatch_store::tasks::{self, TaskWrite};
-use dispatch_testkit::TestEnv;
+use dispatch_testkit::{TestEnv, task_write};
 use sqlx::{MySql, QueryBuilder, Row};
 
 fn stamps() -> Vec<Stamp> {
@@ -70,30 +70,12 @@ async fn the_sql_fence_agrees_with_the_rust_rule_on_every_pair() -> anyhow::Resu
 }
 
 fn write(id: TaskId, tenant: &str, state: TaskState, attempt: u32, epoch: u64) -> TaskWrite {
-    let now = chrono::Utc::now();
     TaskWrite {
-        task_id: id,
-        tenant: tenant.into(),
-        business_key: "k".into(),
-        task_type: "noop".into(),
-        priority: Priority::Default,
-        payload: b"p".to_vec(),
-        state,
-        attempts: attempt,
         max_attempts: 3,
         initial_backoff_ms: 100,
         max_backoff_ms: 1000,
-        generation: 0,
-        idempotency_key: None,
-        run_at: None,
-        deadline_at: None,
-        timeout_ms: None,
-        last_error: String::new(),
-        result: None,
-        version: state.version(0, attempt),
         lease_epoch: epoch,
-        created_at: now,
-        updated_at: now,
+        ..task_write(id, tenant, state, attempt)
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use dispatch_core::{Envelope, NewTask, Payload, Priority, RetryPolicy, TaskId, TaskState};
 use dispatch_runtime::kafka::{consumer_config, dispatch_topics, ensure_topics, producer_config};
 use dispatch_store::tasks::{self, TaskWrite};
-use dispatch_testkit::{TestEnv, consume_until};
+use dispatch_testkit::{TestEnv, consume_until, task_write};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -76,34 +76,6 @@ async fn kafka_round_trip_with_project_configs() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write(id: TaskId, state: TaskState, attempt: u32) -> TaskWrite {
-    let now = chrono::Utc::now();
-    TaskWrite {
-        task_id: id,
-        tenant: "acme".into(),
-        business_key: "k".into(),
-        task_type: "noop".into(),
-        priority: Priority::Default,
-        payload: b"p".to_vec(),
-        state,
-        attempts: attempt,
-        max_attempts: 4,
-        initial_backoff_ms: 1000,
-        max_backoff_ms: 300_000,
-        generation: 0,
-        idempotency_key: None,
-        run_at: None,
-        deadline_at: None,
-        timeout_ms: None,
-        last_error: String::new(),
-        result: None,
-        version: state.version(0, attempt),
-        lease_epoch: 0,
-        created_at: now,
-        updated_at: now,
-    }
-}
-
 #[tokio::test]
 async fn migrations_go_up_down_and_up_again() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
@@ -152,14 +124,14 @@ async fn upserts_are_fenced_by_version() -> anyhow::Result<()> {
             anyhow::Ok(())
         }
     };
-    apply(write(id, TaskState::Running, 2)).await?;
+    apply(task_write(id, "acme", TaskState::Running, 2)).await?;
     // An older attempt (zombie) does not overwrite.
-    apply(write(id, TaskState::Retrying, 1)).await?;
+    apply(task_write(id, "acme", TaskState::Retrying, 1)).await?;
     let s = tasks::states(&env.pool, &[id]).await?;
     assert_eq!(s[0].1.state, TaskState::Running);
-    apply(write(id, TaskState::Succeeded, 2)).await?;
+    apply(task_write(id, "acme", TaskState::Succeeded, 2)).await?;
     // Nothing moves a terminal state, even a higher version.
-    apply(write(id, TaskState::Running, 3)).await?;
+    apply(task_write(id, "acme", TaskState::Running, 3)).await?;
     let t = tasks::get(&env.pool, id).await?.expect("row");
     assert_eq!(t.state, TaskState::Succeeded.to_proto() as i32);
     assert_eq!(t.version, TaskState::Succeeded.version(0, 2));
@@ -167,11 +139,11 @@ async fn upserts_are_fenced_by_version() -> anyhow::Result<()> {
 
     // A cancel that overtook its submit leaves a placeholder the submit's write fills in.
     let id2 = TaskId::new();
-    let mut cancel = write(id2, TaskState::Cancelled, 0);
+    let mut cancel = task_write(id2, "acme", TaskState::Cancelled, 0);
     cancel.task_type = String::new();
     cancel.payload = Vec::new();
     apply(cancel).await?;
-    apply(write(id2, TaskState::Running, 1)).await?;
+    apply(task_write(id2, "acme", TaskState::Running, 1)).await?;
     let t = tasks::get(&env.pool, id2).await?.expect("row");
     assert_eq!(
         t.state,

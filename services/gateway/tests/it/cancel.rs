@@ -2,11 +2,10 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use dispatch_core::{EnvelopeKind, Priority, TaskId, TaskState};
 use dispatch_proto::v1 as pb;
 use dispatch_store::tasks::{TaskWrite, upsert_batch};
-use dispatch_testkit::{TestEnv, consume_until};
+use dispatch_testkit::{TestEnv, consume_until, task_write};
 use tonic::Code;
 
 use crate::harness::*;
@@ -30,30 +29,12 @@ async fn store(
     key: &str,
     state: TaskState,
 ) -> anyhow::Result<()> {
-    let now = Utc::now();
     let w = TaskWrite {
-        task_id: id,
-        tenant: tenant.into(),
         business_key: key.into(),
         task_type: "email.send".into(),
         priority: Priority::Low,
         payload: b"x".to_vec(),
-        state,
-        attempts: 1,
-        max_attempts: 4,
-        initial_backoff_ms: 1000,
-        max_backoff_ms: 300_000,
-        generation: 0,
-        idempotency_key: None,
-        run_at: None,
-        deadline_at: None,
-        timeout_ms: None,
-        last_error: String::new(),
-        result: None,
-        version: state.version(0, 1),
-        lease_epoch: 0,
-        created_at: now,
-        updated_at: now,
+        ..task_write(id, tenant, state, 1)
     };
     let mut tx = env.pool.begin().await?;
     upsert_batch(&mut tx, &[w]).await?;

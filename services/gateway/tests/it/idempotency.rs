@@ -2,11 +2,10 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use dispatch_core::{Priority, TaskState};
 use dispatch_proto::v1 as pb;
 use dispatch_store::tasks::{TaskWrite, upsert_batch};
-use dispatch_testkit::{TestEnv, consume_until};
+use dispatch_testkit::{TestEnv, consume_until, task_write};
 
 use crate::harness::*;
 
@@ -110,30 +109,12 @@ async fn without_redis_the_id_is_stable_and_the_store_dedupes() -> anyhow::Resul
     );
 
     // Once the processor stored the task, the store answers "duplicate" without Redis.
-    let now = Utc::now();
     let w = TaskWrite {
-        task_id: id(&a.task_id),
-        tenant: "acme".into(),
         business_key: "order-8".into(),
         task_type: "email.send".into(),
-        priority: Priority::Default,
         payload: b"x".to_vec(),
-        state: TaskState::Pending,
-        attempts: 0,
-        max_attempts: 4,
-        initial_backoff_ms: 1000,
-        max_backoff_ms: 300_000,
-        generation: 0,
         idempotency_key: Some("idem-2".into()),
-        run_at: None,
-        deadline_at: None,
-        timeout_ms: None,
-        last_error: String::new(),
-        result: None,
-        version: TaskState::Pending.version(0, 0),
-        lease_epoch: 0,
-        created_at: now,
-        updated_at: now,
+        ..task_write(id(&a.task_id), "acme", TaskState::Pending, 0)
     };
     let mut tx = env.pool.begin().await?;
     upsert_batch(&mut tx, &[w]).await?;

@@ -553,32 +553,14 @@ async fn commit(pool: &MySqlPool, batch: &Batch) -> dispatch_store::Result<Lande
 mod tests {
     use super::*;
     use chrono::Utc;
-    use dispatch_core::Priority;
 
     fn write(id: TaskId, state: TaskState, attempt: u32) -> TaskWrite {
         TaskWrite {
-            task_id: id,
-            tenant: "acme".into(),
-            business_key: "k".into(),
-            task_type: "noop".into(),
-            priority: Priority::Default,
             payload: Vec::new(),
-            state,
-            attempts: attempt,
             max_attempts: 3,
             initial_backoff_ms: 100,
             max_backoff_ms: 1000,
-            generation: 0,
-            idempotency_key: None,
-            run_at: None,
-            deadline_at: None,
-            timeout_ms: None,
-            last_error: String::new(),
-            result: None,
-            version: state.version(0, attempt),
-            lease_epoch: 0,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
+            ..dispatch_testkit::task_write(id, "acme", state, attempt)
         }
     }
 

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono::Utc;
-use dispatch_core::{Priority, TaskId, TaskState, Version};
+use dispatch_core::{TaskId, TaskState, Version};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::task_query_service_client::TaskQueryServiceClient;
 use dispatch_reader::{App, ReaderHandle, Settings};
@@ -181,30 +181,11 @@ impl TaskRow {
 
     /// The processor's write of this state.
     pub fn write(&self) -> TaskWrite {
-        let now = Utc::now();
         TaskWrite {
-            task_id: self.id,
-            tenant: self.tenant.clone(),
             business_key: self.business_key.clone(),
             task_type: self.task_type.clone(),
-            priority: Priority::Default,
             payload: b"{}".to_vec(),
-            state: self.state,
-            attempts: self.attempt,
-            max_attempts: 4,
-            initial_backoff_ms: 1000,
-            max_backoff_ms: 300_000,
-            generation: 0,
-            idempotency_key: None,
-            run_at: None,
-            deadline_at: None,
-            timeout_ms: None,
-            last_error: String::new(),
-            result: None,
-            version: self.version(),
-            lease_epoch: 0,
-            created_at: now,
-            updated_at: now,
+            ..dispatch_testkit::task_write(self.id, &self.tenant, self.state, self.attempt)
         }
     }
 
