@@ -2,7 +2,13 @@
 //! way the defect would (an equal-version overwrite, a lost event, a late zombie commit, ...) and
 //! sees FAIL with its reason.
 
+use std::collections::BTreeMap;
+
+use super::files::parse_line;
+use super::history::decode;
+use super::timing::timing;
 use super::*;
+use dispatch_core::TaskState;
 use dispatch_core::TaskState::{Cancelled, Dead, Retrying, Running, Succeeded};
 
 const H1: &str = "host:100";

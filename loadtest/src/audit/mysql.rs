@@ -1,0 +1,109 @@
+//! Reading MySQL: the tasks' rows, the simulate handler's execution ledger
+//! (`handler_executions`) and `task_attempts`.
+
+use std::collections::HashMap;
+
+use dispatch_core::{TaskId, TaskState};
+use sqlx::{MySqlPool, Row};
+
+use super::history::{AttemptRec, Exec, StoredRow};
+
+fn ts_us(t: Option<chrono::DateTime<chrono::Utc>>) -> Option<i64> {
+    t.map(|t| t.timestamp_micros())
+}
+
+pub(super) async fn rows(
+    pool: &MySqlPool,
+    ids: &[TaskId],
+) -> anyhow::Result<HashMap<TaskId, StoredRow>> {
+    let mut out = HashMap::new();
+    for chunk in ids.chunks(1000) {
+        let mut qb = sqlx::QueryBuilder::new(
+            "SELECT task_id, state, version, generation, finished_at, tenant, business_key FROM tasks WHERE task_id IN (",
+        );
+        let mut sep = qb.separated(", ");
+        for id in chunk {
+            sep.push_bind(id.as_bytes().to_vec());
+        }
+        qb.push(")");
+        for r in qb.build().fetch_all(pool).await? {
+            let id = TaskId::from_slice(&r.try_get::<Vec<u8>, _>(0)?)?;
+            let st: String = r.try_get(1)?;
+            let state =
+                TaskState::parse(&st).ok_or_else(|| anyhow::anyhow!("unknown state {st}"))?;
+            out.insert(
+                id,
+                StoredRow {
+                    state,
+                    version: r.try_get(2)?,
+                    generation: r.try_get(3)?,
+                    finished_us: ts_us(r.try_get(4)?),
+                    tenant: r.try_get(5)?,
+                    // utf8mb4_bin: the driver sees a binary string.
+                    business_key: String::from_utf8_lossy(&r.try_get::<Vec<u8>, _>(6)?)
+                        .into_owned(),
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+pub(super) async fn ledger(
+    pool: &MySqlPool,
+    ids: &[TaskId],
+) -> anyhow::Result<HashMap<TaskId, Vec<Exec>>> {
+    let mut out: HashMap<TaskId, Vec<Exec>> = HashMap::new();
+    for chunk in ids.chunks(1000) {
+        let mut qb = sqlx::QueryBuilder::new(
+            "SELECT id, task_id, generation, attempt, executed_at, instance, started_at, outcome FROM handler_executions WHERE task_id IN (",
+        );
+        let mut sep = qb.separated(", ");
+        for id in chunk {
+            sep.push_bind(id.as_bytes().to_vec());
+        }
+        qb.push(") ORDER BY id");
+        for r in qb.build().fetch_all(pool).await? {
+            let id = TaskId::from_slice(&r.try_get::<Vec<u8>, _>(1)?)?;
+            let finished: chrono::DateTime<chrono::Utc> = r.try_get(4)?;
+            out.entry(id).or_default().push(Exec {
+                id: r.try_get(0)?,
+                generation: r.try_get(2)?,
+                attempt: r.try_get(3)?,
+                finished_us: finished.timestamp_micros(),
+                instance: r.try_get(5)?,
+                started_us: ts_us(r.try_get(6)?),
+                outcome: r.try_get(7)?,
+            });
+        }
+    }
+    Ok(out)
+}
+
+pub(super) async fn attempts(
+    pool: &MySqlPool,
+    ids: &[TaskId],
+) -> anyhow::Result<HashMap<TaskId, Vec<AttemptRec>>> {
+    let mut out: HashMap<TaskId, Vec<AttemptRec>> = HashMap::new();
+    for chunk in ids.chunks(1000) {
+        let mut qb = sqlx::QueryBuilder::new(
+            "SELECT task_id, generation, attempt, outcome, started_at FROM task_attempts WHERE task_id IN (",
+        );
+        let mut sep = qb.separated(", ");
+        for id in chunk {
+            sep.push_bind(id.as_bytes().to_vec());
+        }
+        qb.push(")");
+        for r in qb.build().fetch_all(pool).await? {
+            let id = TaskId::from_slice(&r.try_get::<Vec<u8>, _>(0)?)?;
+            let started: chrono::DateTime<chrono::Utc> = r.try_get(4)?;
+            out.entry(id).or_default().push(AttemptRec {
+                generation: r.try_get(1)?,
+                attempt: r.try_get(2)?,
+                outcome: r.try_get(3)?,
+                started_us: started.timestamp_micros(),
+            });
+        }
+    }
+    Ok(out)
+}
