@@ -36,6 +36,11 @@
 # KUBE_APISERVER_PORT change them.
 # The server admits objects into namespaces that do not exist (NamespaceLifecycle is off), so one dry
 # run can contain a Namespace and the objects in it.
+#
+# Over 400 lines because it is the whole life of one local API server (pinned builds and fetches,
+# PKI and kubeconfig, start/stop/status, the CRD install), all sharing the paths, ports and versions
+# set below; the CRD fetches (the Go-module ones and the Strimzi generator) would move to a script
+# of their own first.
 set -euo pipefail
 
 KUBE_VERSION=v1.34.4

@@ -25,6 +25,10 @@
 #   PROMETHEUS_CONFIG  prometheus config (default: deploy/prometheus/prometheus.yml)
 #   MARIADB_BUFFER_POOL InnoDB buffer pool size (default: 1G; MariaDB's own default of 128M makes
 #                   every write to a tasks table of a few million rows read index pages from disk)
+#
+# Over 400 lines because it runs four components the same way (install, start, wait until ready,
+# stop, status) with the process helpers at the top; the per-component functions would move to
+# files of their own first, Kafka's (install and start) before the others.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -29,6 +29,10 @@ The gateway figures (1-3) are taken with the processor stopped (SIGSTOP), so the
 gateway in front of Kafka rather than the gateway competing with the processor for the same two
 cores; figure 3 is also taken with the processor running, as the whole-system figure.
 """
+
+# Over 400 lines because every figure and its baseline are measured in one run, sharing the
+# process, metric and service helpers here; the asynq comparison (`asynq`, `versus_asynq`,
+# `peers_only`) would move to a module of its own first.
 import datetime
 import json
 import os

@@ -36,6 +36,10 @@ the machine included, which is why the CPU of the processes we know is reported 
 Gateway (as run.py's figures 1-3): the processor is stopped (SIGSTOP) for the whole run, so the
 gateway runs in front of Kafka alone. Each load is 15 s measured after 2 s of warm-up.
 """
+
+# Over 400 lines because the three comparisons (drain, gateway, priority) and their summaries share
+# the two builds' services, probes and results file; the priority comparison, measured on one build
+# only, would move out first.
 import json
 import os
 import re

@@ -49,6 +49,10 @@
 # (default 2/2/3), SKIP_BUILD=1 (use the built binaries), STACK_UP=0 (do not run stack.sh up: the
 # stack is already up, e.g. started from another checkout), COMMIT (named in the verdicts when
 # the tree is not a git checkout).
+#
+# Over 400 lines because it holds one function per scenario (about twenty), sharing the load, audit
+# and process-control helpers at the top; a growing scenario would move to a file sourced from here
+# first, the measured ones (hot-key, retry-mixed-delays, noisy-tenant) before the others.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "${REPO}"

@@ -18,6 +18,10 @@
 //!   processor, which drops the handler's future and fires `ctx.cancel`, and retries the task;
 //! - **graceful stop**: on SIGTERM the processor stops fetching and lets running handlers finish
 //!   for `shutdown.drain_timeout_ms`, then fires `ctx.cancel`; the handler returns at once then.
+//!
+//! Over 400 lines because it is a complete example meant to be read top to bottom in one file, and
+//! its tests (from near line 270) show how to test a handler; the tax-rate stand-in ([`TaxRates`],
+//! [`ConfiguredRates`]) would move to a module of its own first.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

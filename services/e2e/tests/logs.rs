@@ -11,6 +11,11 @@
 //! in a batch), reads them back (Get, BatchGet, List, Watch), calls with a wrong key and with
 //! another tenant's key; then it scans the capture for the marker (as text, as a Rust
 //! byte-slice `Debug` and as hex), the API keys and the database credentials.
+//!
+//! Over 400 lines because both tests must live in this binary, which owns the process-wide
+//! subscriber, and share the capture and `drive` (every RPC the marker goes through, about 150
+//! lines); the audit-log test would be the first to get a binary of its own, with a copy of the
+//! capture.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};

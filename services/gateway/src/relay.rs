@@ -25,6 +25,11 @@
 //! The leader also deletes published rows past `published_retention_ms` and idempotency keys
 //! past `idempotency.store_retention_ms`, every `purge_interval_ms`, a bounded batch per
 //! statement: without that the tables only grow.
+//!
+//! Over 400 lines because the fence, the publish round, the fault injection the fault scenarios
+//! use and the relay's loop (leader election, draining, backlog metrics, the purges of published
+//! rows and old idempotency keys) are one task; the purges ([`purge_published`],
+//! [`purge_idempotency_keys`]) would move out first.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

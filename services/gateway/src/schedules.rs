@@ -7,6 +7,11 @@
 //! already uses is ALREADY_EXISTS naming `schedule.name`. Another tenant's schedule is NOT_FOUND,
 //! like an unknown one. TriggerSchedule writes its fire's task row in the same way the loop does
 //! (a SCHEDULED row due now, published by the processors' scheduler).
+//!
+//! Over 400 lines because every RPC validates its request in full before one statement or
+//! transaction, and the tests start near line 549; the request parsing and reply building
+//! ([`parse_spec`], [`to_proto`]) would move to a `convert` module first, as in the processor's
+//! admin.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,4 +1,8 @@
 //! [`App`]: wiring, start-up and the shutdown order.
+//!
+//! Over 400 lines because the processor's wiring and shutdown order are read in one place (what
+//! must stop before what); the construction of the components in [`AppBuilder::build`] (about 120
+//! lines) would move out first.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

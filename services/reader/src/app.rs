@@ -1,4 +1,9 @@
 //! Assembles the reader ([`App::build`]) and runs it until shutdown ([`App::run_until_stopped`]).
+//!
+//! Over 400 lines because it is the reader's whole wiring in one place: what [`App::build`]
+//! creates (caches, store, Redis, the event consumer, the gRPC and admin servers), the shutdown
+//! order in [`App::run_until_stopped`], and the background Redis connect and dependency probes the
+//! health checks read; those background loops would move out first.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -9,6 +9,10 @@
 //!   one, whatever order loads and events finish in.
 //! - `last_known` holds the newest snapshot of each recently seen task for longer than the L1 TTL,
 //!   so the reader can still answer (flagged stale) when MySQL fails after an entry expired.
+//!
+//! Over 400 lines because of its tests, which start near line 351: the sized cache, its expiry
+//! policy, the version-checked writes and the last-known copies answer the same lookups; the
+//! last-known copies and the refresh claims would move out first.
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -42,6 +42,11 @@
 //! exported: `dispatch_rate_limit_backend{service, backend}` (1 for the backend of the last
 //! decision) and `dispatch_rate_limit_fallback_total{service, reason}`. Rejections are counted in
 //! `dispatch_rate_limit_rejected_total{service, scope, backend}`.
+//!
+//! Over 400 lines because the Lua script, the per-key leases and the local fallback make one
+//! decision per request ([`SharedLimiter::check`]), and the module doc above is its specification;
+//! the tests start near line 914. The local fallback (buckets at the limit / replicas) would move
+//! out first.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};

@@ -4,6 +4,10 @@
 //! environment variables `DISPATCH_<SECTION>__<KEY>` (e.g. `DISPATCH_KAFKA__BROKERS`,
 //! `DISPATCH_DATABASE__MAX_CONNECTIONS`). Every settings struct uses `deny_unknown_fields`, so a
 //! typo in a file or an env var fails start-up with a message naming the key.
+//!
+//! Over 400 lines because it holds the loader and every section the services share, with the
+//! redacted rendering `--print-config` prints and their tests; the shared section structs would
+//! move to a `sections` module first.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -24,6 +24,10 @@
 //! `SaslAuthenticationFailed` codes, not a disconnect during the handshake (librdkafka itself
 //! calls that a transport error: a broker restarting); for the Rust clients (sqlx, redis) a
 //! rustls error anywhere in the error's chain, or its text ([`is_tls_text`]).
+//!
+//! Over 400 lines because of its tests, which start near line 341 and feed it the error texts each
+//! client library produces; the classification of errors (`is_kafka_failure`, `is_tls_text`,
+//! `is_tls_error`) would move out first.
 
 use std::collections::BTreeMap;
 use std::error::Error as StdError;

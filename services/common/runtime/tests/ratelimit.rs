@@ -3,6 +3,10 @@
 //! drives, two limiters (two replicas) sharing one tenant quota, leases sparing Redis calls (and
 //! one refill for many concurrent requests), and the local fallback (limit / replicas) while
 //! Redis is unreachable, with recovery once it answers again. Every test uses its own key prefix.
+//!
+//! Over 400 lines because its tests share the Redis setup and GCRA helpers at the top; the
+//! fallback test with its TCP `Proxy` and metric reader (about 190 lines) would move to a file of
+//! its own first.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

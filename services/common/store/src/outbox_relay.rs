@@ -13,6 +13,11 @@
 //! before every record, [`holds_relay_lock`]), reads a window of due rows, publishes, and
 //! records the verdicts in a short transaction ([`record_verdicts`]) that only touches rows still
 //! pending, so the gateway's outbox inserts never wait on a relay that waits on Kafka.
+//!
+//! Over 400 lines because the rule above (a blocked key publishes nothing past its head row) is
+//! spelled out across several queries that must agree, kept side by side: routing, the blocked
+//! keys, the pending window, the verdicts and the leader lock; the task lookups for the idempotency
+//! fallback ([`find_task`], [`find_tasks`]), which do not read the outbox, would move out first.
 
 use std::collections::{HashMap, HashSet};
 

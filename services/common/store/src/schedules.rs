@@ -8,6 +8,10 @@
 //! derived from (schedule, fire time), so the tasks primary key refuses a second attempt at one
 //! fire ([`Fired::Duplicate`]) whatever happened to the first attempt's claimer. Times compare on
 //! the database's clock ([`db_now`]), as the scheduler's do.
+//!
+//! Over 400 lines because it is every statement on the `schedules` table, ScheduleService's rows
+//! and the schedule loop's fire transaction, sharing [`ScheduleRow`] and its decoder; the fire
+//! transaction ([`claim_due`] to [`record_pass`]) would move to a module of its own first.
 
 use chrono::{DateTime, Utc};
 use dispatch_core::schedule::ScheduleId;

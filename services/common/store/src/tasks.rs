@@ -17,6 +17,10 @@
 //! assignments left to right, each seeing the ones before it, so the columns the conditions read
 //! (`version`, `lease_epoch`, `tenant`, `task_type`) are assigned last. Each landed write stores a
 //! random `write_token`, by which the writer tells exactly which of its writes landed.
+//!
+//! Over 400 lines because the fenced upsert (its rules above) and every read of the `tasks` table
+//! share the columns and the row decoder; the code ends near line 499. The list query
+//! ([`ListFilter`], [`list`], [`explain_list`]) would move to a module of its own first.
 
 use chrono::{DateTime, Utc};
 use dispatch_core::{Priority, TaskId, TaskState, Version};

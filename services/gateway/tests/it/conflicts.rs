@@ -1,5 +1,10 @@
 //! One idempotency key, one task, one execution, with the same parameters: a key reused with
 //! other parameters is refused on every instance, with Redis up or down, and within a batch.
+//!
+//! Over 400 lines because it holds the five conflict scenarios of one idempotency key (every
+//! instance, racing instances, within a batch, a key nobody can check, a slow MySQL), all built on
+//! the `variants()` table and `assert_conflict` at the top; the two dependency-failure cases (no
+//! store to check the key, a slow MySQL) would move to a file of their own first.
 
 use std::time::Duration;
 

@@ -7,6 +7,11 @@
 //! and never answers: reachable but stalled) or librdkafka's in-process mock cluster, whose
 //! broker can be taken down and brought back while the gateway runs (the real broker advertises
 //! its own address, so a TCP proxy in front of it would only see the bootstrap connection).
+//!
+//! Over 400 lines because it holds one test per outage (a deadline, a stalled Kafka, a broker
+//! outage, Kafka and MySQL down, a key check that ate the deadline), sharing the black hole, the
+//! mock cluster helpers and `CuttableDb`; the MySQL-down cases with `CuttableDb` would move to a
+//! file of their own first.
 
 use std::collections::HashMap;
 use std::sync::Arc;

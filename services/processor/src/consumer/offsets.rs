@@ -22,6 +22,10 @@
 //! records have their own budget ([`Partitions::set_parking_budget`]: records and bytes, the
 //! memory they hold); beyond it a waiting record counts against the window as before
 //! (backpressure instead of growth).
+//!
+//! Over 400 lines because of its tests, which start near line 426: slots, epochs, fences, the
+//! parking budget and revocation all move the one watermark; the parking budget
+//! ([`Partitions::park`] and its counters) would move out first.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -20,6 +20,11 @@
 //! partition paused that thread idles, so a priority resumed after a moment when all were held
 //! went unfetched for 0.3-0.5 s (measured on loopback) while the slots drained the others' records
 //! — the low-priority backlog then ran beyond its weight.
+//!
+//! Over 400 lines because one turn of the poll thread (due retries, the priority window and the
+//! pauses it implies, offset commits, leaving the group) shares the poller's state; the tests start
+//! near line 427. The window arithmetic (`shares`, `window_limits`) with its tests would move out
+//! first.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

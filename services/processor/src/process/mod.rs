@@ -4,6 +4,11 @@
 //! - [`dlq`]: retry and DLQ records, and the dead-letter index.
 //! - here: cancels, poison records and the bookkeeping every path shares (finish/abandon an
 //!   offset lease, in-flight and cancelled sets).
+//!
+//! Over 400 lines because [`Processor`] is defined here with the state every path shares (offset
+//! leases, task locks, in-flight and cancelled sets) and the cancel path, which reads all of it;
+//! the cancel path (`cancel` and the cancelled set) would move to a `cancel` submodule first, as
+//! `submit` and `dlq` did.
 
 mod dlq;
 mod submit;

@@ -1,6 +1,10 @@
 //! Hostile schedules for the processor's guarantees (issue: the guarantees hold under hostile
 //! schedules): a handler that panics, a partition that moves while handlers run longer than the
 //! drain bound, cancels from another tenant, a cancel of a redriven task.
+//!
+//! Over 400 lines because it holds one test per hostile schedule, sharing `cancel_by`,
+//! `committed_to_end` and `read_events`; the three scheduling tests (a hot key beside a limited
+//! type, mixed backoffs, retries due from MySQL) would move to a file of their own first.
 
 use std::collections::HashMap;
 use std::time::Duration;
