@@ -105,6 +105,17 @@ start_one() {
         log "${inst} already running (pid $(cat "${RUN_DIR}/${inst}.pid"))"
         return
     fi
+    # A port held by a process this checkout did not start (another clone's services, a
+    # leftover of an earlier run) would answer the readiness check for an instance that died
+    # on "Address already in use": refuse, naming the holder.
+    local port holder
+    for port in "$(admin_port "${inst}")" "$(grpc_port "${inst}")"; do
+        if (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; then
+            holder="$(ss -ltnpH "sport = :${port}" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true)"
+            log "${inst}: port ${port} is already in use${holder:+ by pid ${holder} ($(readlink "/proc/${holder}/exe" 2>/dev/null || echo '?'))}; stop that process (another checkout's services?) and start again"
+            return 1
+        fi
+    done
     if [[ "$(num_of "${inst}")" == 1 ]]; then
         DISPATCH_CONFIG="${SCRIPT_DIR}/config/${svc}.toml" nohup "${bin}" >>"${RUN_DIR}/${inst}.log" 2>&1 &
     else
@@ -155,7 +166,7 @@ cmd_start() {
     "$(bin_dir)/dispatchctl" migrate --database-url "mysql://dispatch:dispatch@127.0.0.1:3306/dispatch" up >/dev/null
     "$(bin_dir)/dispatchctl" topics create --partitions 6 >/dev/null
     reserve_ports
-    for inst in "${instances[@]}"; do start_one "${inst}"; done
+    for inst in "${instances[@]}"; do start_one "${inst}" || exit 1; done
     for inst in "${instances[@]}"; do wait_ready "${inst}"; done
 }
 

@@ -802,6 +802,11 @@ if [[ -n "${FAULT:-}" ]]; then
     }
     trap rebuild_normal EXIT
 fi
+# Services this run starts are stopped when it ends (the test command starts them before and
+# stops them after, so they stay up for its next stage).
+if ! "${SVC}" status | grep -q ' up '; then
+    [[ -n "${FAULT:-}" ]] || trap '"${SVC}" stop >/dev/null' EXIT
+fi
 "${SVC}" start
 failed=()
 for s in "${SCENARIOS[@]}"; do
