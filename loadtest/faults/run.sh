@@ -804,7 +804,9 @@ if [[ -n "${FAULT:-}" ]]; then
 fi
 # Services this run starts are stopped when it ends (the test command starts them before and
 # stops them after, so they stay up for its next stage).
-if ! "${SVC}" status | grep -q ' up '; then
+# (status read whole first: with pipefail, `status | grep -q` fails when grep quits early.)
+svc_status="$("${SVC}" status)"
+if ! grep -q ' up ' <<<"${svc_status}"; then
     [[ -n "${FAULT:-}" ]] || trap '"${SVC}" stop >/dev/null' EXIT
 fi
 "${SVC}" start
