@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use dispatch_core::{TaskId, TaskState};
+use sqlx::mysql::MySqlRow;
 use sqlx::{MySqlPool, Row};
 
 use super::history::{AttemptRec, Exec, StoredRow};
@@ -12,21 +13,41 @@ fn ts_us(t: Option<chrono::DateTime<chrono::Utc>>) -> Option<i64> {
     t.map(|t| t.timestamp_micros())
 }
 
-pub(super) async fn rows(
+/// The rows `select` (a statement ending in `WHERE task_id IN (`) finds for `ids`, read 1,000 ids
+/// at a time; `tail` follows the closing parenthesis.
+async fn by_ids(
     pool: &MySqlPool,
     ids: &[TaskId],
-) -> anyhow::Result<HashMap<TaskId, StoredRow>> {
-    let mut out = HashMap::new();
+    select: &str,
+    tail: &str,
+) -> anyhow::Result<Vec<MySqlRow>> {
+    let mut out = Vec::new();
     for chunk in ids.chunks(1000) {
-        let mut qb = sqlx::QueryBuilder::new(
-            "SELECT task_id, state, version, generation, finished_at, tenant, business_key FROM tasks WHERE task_id IN (",
-        );
+        let mut qb = sqlx::QueryBuilder::new(select);
         let mut sep = qb.separated(", ");
         for id in chunk {
             sep.push_bind(id.as_bytes().to_vec());
         }
         qb.push(")");
-        for r in qb.build().fetch_all(pool).await? {
+        qb.push(tail);
+        out.extend(qb.build().fetch_all(pool).await?);
+    }
+    Ok(out)
+}
+
+pub(super) async fn rows(
+    pool: &MySqlPool,
+    ids: &[TaskId],
+) -> anyhow::Result<HashMap<TaskId, StoredRow>> {
+    let mut out = HashMap::new();
+    for r in by_ids(
+        pool,
+        ids,
+        "SELECT task_id, state, version, generation, finished_at, tenant, business_key FROM tasks WHERE task_id IN (",
+        "",
+    )
+    .await?
+    {
             let id = TaskId::from_slice(&r.try_get::<Vec<u8>, _>(0)?)?;
             let st: String = r.try_get(1)?;
             let state =
@@ -45,7 +66,6 @@ pub(super) async fn rows(
                 },
             );
         }
-    }
     Ok(out)
 }
 
@@ -54,16 +74,14 @@ pub(super) async fn ledger(
     ids: &[TaskId],
 ) -> anyhow::Result<HashMap<TaskId, Vec<Exec>>> {
     let mut out: HashMap<TaskId, Vec<Exec>> = HashMap::new();
-    for chunk in ids.chunks(1000) {
-        let mut qb = sqlx::QueryBuilder::new(
-            "SELECT id, task_id, generation, attempt, executed_at, instance, started_at, outcome FROM handler_executions WHERE task_id IN (",
-        );
-        let mut sep = qb.separated(", ");
-        for id in chunk {
-            sep.push_bind(id.as_bytes().to_vec());
-        }
-        qb.push(") ORDER BY id");
-        for r in qb.build().fetch_all(pool).await? {
+    for r in by_ids(
+        pool,
+        ids,
+        "SELECT id, task_id, generation, attempt, executed_at, instance, started_at, outcome FROM handler_executions WHERE task_id IN (",
+        " ORDER BY id",
+    )
+    .await?
+    {
             let id = TaskId::from_slice(&r.try_get::<Vec<u8>, _>(1)?)?;
             let finished: chrono::DateTime<chrono::Utc> = r.try_get(4)?;
             out.entry(id).or_default().push(Exec {
@@ -76,7 +94,6 @@ pub(super) async fn ledger(
                 outcome: r.try_get(7)?,
             });
         }
-    }
     Ok(out)
 }
 
@@ -85,16 +102,14 @@ pub(super) async fn attempts(
     ids: &[TaskId],
 ) -> anyhow::Result<HashMap<TaskId, Vec<AttemptRec>>> {
     let mut out: HashMap<TaskId, Vec<AttemptRec>> = HashMap::new();
-    for chunk in ids.chunks(1000) {
-        let mut qb = sqlx::QueryBuilder::new(
-            "SELECT task_id, generation, attempt, outcome, started_at FROM task_attempts WHERE task_id IN (",
-        );
-        let mut sep = qb.separated(", ");
-        for id in chunk {
-            sep.push_bind(id.as_bytes().to_vec());
-        }
-        qb.push(")");
-        for r in qb.build().fetch_all(pool).await? {
+    for r in by_ids(
+        pool,
+        ids,
+        "SELECT task_id, generation, attempt, outcome, started_at FROM task_attempts WHERE task_id IN (",
+        "",
+    )
+    .await?
+    {
             let id = TaskId::from_slice(&r.try_get::<Vec<u8>, _>(0)?)?;
             let started: chrono::DateTime<chrono::Utc> = r.try_get(4)?;
             out.entry(id).or_default().push(AttemptRec {
@@ -104,6 +119,5 @@ pub(super) async fn attempts(
                 started_us: started.timestamp_micros(),
             });
         }
-    }
     Ok(out)
 }
