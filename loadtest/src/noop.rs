@@ -48,6 +48,18 @@ impl TaskService for Noop {
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
         Ok(Response::new(pb::CancelTaskResponse::default()))
     }
+    async fn submit_workflow(
+        &self,
+        _: Request<pb::SubmitWorkflowRequest>,
+    ) -> Result<Response<pb::SubmitWorkflowResponse>, Status> {
+        Ok(Response::new(pb::SubmitWorkflowResponse::default()))
+    }
+    async fn cancel_workflow(
+        &self,
+        _: Request<pb::CancelWorkflowRequest>,
+    ) -> Result<Response<pb::CancelWorkflowResponse>, Status> {
+        Ok(Response::new(pb::CancelWorkflowResponse::default()))
+    }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TaskEvent, Status>> + Send>>;
@@ -78,6 +90,12 @@ impl TaskQueryService for Noop {
         _: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         Ok(Response::new(pb::ListTasksResponse::default()))
+    }
+    async fn get_workflow(
+        &self,
+        _: Request<pb::GetWorkflowRequest>,
+    ) -> Result<Response<pb::GetWorkflowResponse>, Status> {
+        Ok(Response::new(pb::GetWorkflowResponse::default()))
     }
     type WatchTaskStream = EventStream;
     async fn watch_task(

@@ -8,8 +8,10 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../proto");
-    let files = ["task", "gateway", "query", "events", "admin", "schedule"]
-        .map(|name| root.join(format!("dispatch/v1/{name}.proto")));
+    let files = [
+        "task", "workflow", "gateway", "query", "events", "admin", "schedule",
+    ]
+    .map(|name| root.join(format!("dispatch/v1/{name}.proto")));
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let fds = protox::compile(&files, [&root])?;
     std::fs::write(

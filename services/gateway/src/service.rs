@@ -213,4 +213,18 @@ impl TaskService for TaskApi {
         .await
         .map(Response::new)
     }
+
+    async fn submit_workflow(
+        &self,
+        _request: Request<pb::SubmitWorkflowRequest>,
+    ) -> Result<Response<pb::SubmitWorkflowResponse>, Status> {
+        Err(Status::unimplemented("SubmitWorkflow is not served yet"))
+    }
+
+    async fn cancel_workflow(
+        &self,
+        _request: Request<pb::CancelWorkflowRequest>,
+    ) -> Result<Response<pb::CancelWorkflowResponse>, Status> {
+        Err(Status::unimplemented("CancelWorkflow is not served yet"))
+    }
 }

@@ -85,6 +85,7 @@ fn first_attempt(t: &DueTask) -> Result<Envelope, String> {
         last_error: String::new(),
         cancel_reason: String::new(),
         timeout_ms: t.timeout_ms,
+        workflow_id: t.workflow_id,
     })
 }
 

@@ -89,6 +89,13 @@ impl TaskQueryService for QueryApi {
         }))
     }
 
+    async fn get_workflow(
+        &self,
+        _req: Request<pb::GetWorkflowRequest>,
+    ) -> Result<Response<pb::GetWorkflowResponse>, Status> {
+        Err(Status::unimplemented("GetWorkflow is not served yet"))
+    }
+
     async fn batch_get_tasks(
         &self,
         req: Request<pb::BatchGetTasksRequest>,

@@ -149,6 +149,8 @@ pub struct Envelope {
     /// The task's own attempt timeout in milliseconds (None: only the type's timeout applies;
     /// also every envelope written before the field existed).
     pub timeout_ms: Option<u32>,
+    /// The workflow the task is a node of, if any: its outcome may release other nodes.
+    pub workflow_id: Option<TaskId>,
 }
 
 /// Which bound an attempt's run time is limited by.
@@ -230,6 +232,7 @@ impl Envelope {
             last_error: String::new(),
             cancel_reason: String::new(),
             timeout_ms: task.timeout_ms,
+            workflow_id: None,
         }
     }
 
@@ -261,6 +264,7 @@ impl Envelope {
             last_error: String::new(),
             cancel_reason: reason,
             timeout_ms: None,
+            workflow_id: None,
         }
     }
 
@@ -334,6 +338,7 @@ impl Envelope {
             cancel_reason: self.cancel_reason.clone(),
             generation: self.generation,
             timeout_ms: self.timeout_ms.unwrap_or(0),
+            workflow_id: self.workflow_id.map(|w| w.to_string()).unwrap_or_default(),
         }
     }
 
@@ -400,6 +405,14 @@ impl Envelope {
                 max_backoff_ms: r.max_backoff_ms,
             },
         };
+        let workflow_id = if p.workflow_id.is_empty() {
+            None
+        } else {
+            Some(field(
+                "workflow_id",
+                TaskId::parse(&p.workflow_id).map_err(|e| e.to_string()),
+            )?)
+        };
         if kind == EnvelopeKind::Submit && p.attempt == 0 {
             return field("attempt", Err("must be at least 1".into()));
         }
@@ -421,6 +434,7 @@ impl Envelope {
             last_error: p.last_error,
             cancel_reason: p.cancel_reason,
             timeout_ms: (p.timeout_ms > 0).then_some(p.timeout_ms),
+            workflow_id,
         })
     }
 }

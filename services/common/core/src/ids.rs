@@ -27,11 +27,35 @@ impl TaskId {
 
     /// The deterministic id of `(tenant, idempotency_key)`.
     pub fn from_idempotency_key(tenant: &str, idempotency_key: &str) -> Self {
+        Self::derived(
+            b"dispatch.v1/idempotency\0",
+            tenant.as_bytes(),
+            idempotency_key,
+        )
+    }
+
+    /// The deterministic id of a workflow submitted with `(tenant, idempotency_key)`; another
+    /// namespace than [`TaskId::from_idempotency_key`], so the two never meet.
+    pub fn workflow_from_idempotency_key(tenant: &str, idempotency_key: &str) -> Self {
+        Self::derived(
+            b"dispatch.v1/workflow\0",
+            tenant.as_bytes(),
+            idempotency_key,
+        )
+    }
+
+    /// The deterministic id of the node `name` of workflow `workflow`: a repeated submit of one
+    /// workflow writes the same node rows, which its primary keys then collapse.
+    pub fn workflow_node(workflow: TaskId, name: &str) -> Self {
+        Self::derived(b"dispatch.v1/workflow-node\0", workflow.as_bytes(), name)
+    }
+
+    fn derived(namespace: &[u8], owner: &[u8], name: &str) -> Self {
         let mut hasher = Sha256::new();
-        hasher.update(b"dispatch.v1/idempotency\0");
-        hasher.update(tenant.as_bytes());
+        hasher.update(namespace);
+        hasher.update(owner);
         hasher.update([0u8]);
-        hasher.update(idempotency_key.as_bytes());
+        hasher.update(name.as_bytes());
         let digest = hasher.finalize();
         let mut bytes = [0u8; 16];
         bytes.copy_from_slice(&digest[..16]);
@@ -100,6 +124,24 @@ mod tests {
         let b = TaskId::new();
         assert_eq!(a.uuid().get_version_num(), 7);
         assert!(a < b, "v7 ids must sort by creation");
+    }
+
+    #[test]
+    fn workflow_ids_are_deterministic_and_apart_from_task_ids() {
+        let w = TaskId::workflow_from_idempotency_key("acme", "nightly-1");
+        assert_eq!(
+            w,
+            TaskId::workflow_from_idempotency_key("acme", "nightly-1")
+        );
+        assert_ne!(w, TaskId::from_idempotency_key("acme", "nightly-1"));
+        assert_ne!(
+            w,
+            TaskId::workflow_from_idempotency_key("globex", "nightly-1")
+        );
+        let n = TaskId::workflow_node(w, "extract");
+        assert_eq!(n, TaskId::workflow_node(w, "extract"));
+        assert_ne!(n, TaskId::workflow_node(w, "load"));
+        assert_ne!(n, TaskId::workflow_node(TaskId::new(), "extract"));
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod time;
 pub mod topics;
 pub mod validate;
 pub mod version;
+pub mod workflow;
 
 pub use envelope::{AttemptTimeout, Envelope, EnvelopeError, EnvelopeKind, Headers, TimeoutBound};
 pub use error::{FieldViolation, Violations};

@@ -8,7 +8,8 @@
 //! version = generation << 32 | attempt << 3 | rank(state)      (CANCELLED: generation << 32 | 0xFFFF_FFFF)
 //! ```
 //!
-//! Every state has its own rank (SCHEDULED 1 … RETRYING 4, SUCCEEDED 5, DEAD 6, CANCELLED 7), so a
+//! Every state has its own rank (WAITING 0, SCHEDULED 1 … RETRYING 4, SUCCEEDED 5, DEAD 6,
+//! CANCELLED 7), so a
 //! version alone tells the state it was written for and whether it is terminal. `generation`
 //! counts operator redrives from the DLQ. Which write may replace which stored row is decided in
 //! one place, [`crate::version::may_overwrite`], from which the store's SQL is generated.
@@ -24,6 +25,8 @@ pub const ACCEPTED_VERSION: Version = 1;
 /// The lifecycle of a task; see `proto/dispatch/v1/task.proto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TaskState {
+    /// A workflow node waiting for its dependencies; released to SCHEDULED once they finish.
+    Waiting,
     /// Waiting for its `run_at`.
     Scheduled,
     /// Waiting to run.
@@ -42,7 +45,8 @@ pub enum TaskState {
 
 impl TaskState {
     /// Every state, in lifecycle order.
-    pub const ALL: [TaskState; 7] = [
+    pub const ALL: [TaskState; 8] = [
+        Self::Waiting,
         Self::Scheduled,
         Self::Pending,
         Self::Running,
@@ -60,6 +64,7 @@ impl TaskState {
     /// The low bits of a version: how far along one attempt a state is.
     pub(crate) fn rank(self) -> u64 {
         match self {
+            Self::Waiting => 0,
             Self::Scheduled => 1,
             Self::Pending => 2,
             Self::Running => 3,
@@ -76,6 +81,7 @@ impl TaskState {
         use TaskState::*;
         match (self, next) {
             (s, Cancelled) => !s.is_terminal(),
+            (Waiting, Scheduled) => true,
             (Scheduled, Pending | Running | Dead) => true,
             (Pending, Running | Dead) => true,
             (Running, Retrying | Succeeded | Dead) => true,
@@ -112,6 +118,7 @@ impl TaskState {
     /// Lower-case name, as stored in MySQL and used in metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Waiting => "waiting",
             Self::Scheduled => "scheduled",
             Self::Pending => "pending",
             Self::Running => "running",
@@ -130,6 +137,7 @@ impl TaskState {
     /// To the protobuf enum.
     pub fn to_proto(self) -> pb::TaskState {
         match self {
+            Self::Waiting => pb::TaskState::Waiting,
             Self::Scheduled => pb::TaskState::Scheduled,
             Self::Pending => pb::TaskState::Pending,
             Self::Running => pb::TaskState::Running,
@@ -144,6 +152,7 @@ impl TaskState {
     pub fn from_proto(state: pb::TaskState) -> Option<Self> {
         Some(match state {
             pb::TaskState::Unspecified => return None,
+            pb::TaskState::Waiting => Self::Waiting,
             pb::TaskState::Scheduled => Self::Scheduled,
             pb::TaskState::Pending => Self::Pending,
             pb::TaskState::Running => Self::Running,
@@ -169,6 +178,7 @@ mod tests {
     #[test]
     fn a_full_lifecycle_only_moves_forward() {
         let steps = [
+            (Waiting, 0),
             (Scheduled, 0),
             (Pending, 0),
             (Running, 1),
@@ -199,10 +209,12 @@ mod tests {
                 // The next state happens at the same attempt or (Retrying -> Running) the next one.
                 let next_attempt = if from == Retrying && to == Running {
                     2
+                } else if to == Scheduled {
+                    0
                 } else {
                     1
                 };
-                let from_attempt = if matches!(from, Scheduled | Pending) {
+                let from_attempt = if matches!(from, Waiting | Scheduled | Pending) {
                     0
                 } else {
                     1
@@ -232,6 +244,8 @@ mod tests {
         assert!(!Running.can_transition_to(Pending));
         assert!(!Retrying.can_transition_to(Pending));
         assert!(!Pending.can_transition_to(Scheduled));
+        assert!(!Scheduled.can_transition_to(Waiting));
+        assert!(!Waiting.can_transition_to(Running));
         assert!(!Running.can_transition_to(Scheduled));
         assert!(!Retrying.can_transition_to(Succeeded));
     }

@@ -20,6 +20,8 @@
 //! - [`retention`]: purging finished tasks, their attempts, ledger and dead-letter rows after a
 //!   per-tenant retention, and the horizons GetTask tells a purged task by.
 //! - [`ledger`]: the `simulate` handler's execution ledger (fault tests count executions).
+//! - [`workflows`]: SubmitWorkflow's atomic insert, GetWorkflow's view, and the processor's
+//!   workflow advancer (release, cancel).
 
 pub mod attempts;
 pub mod dead_letters;
@@ -39,6 +41,7 @@ pub mod scheduler;
 pub mod schedules;
 pub mod tasks;
 pub mod trace_context;
+pub mod workflows;
 
 pub use pool::{DbSettings, connect};
 pub use sqlx::MySqlPool;

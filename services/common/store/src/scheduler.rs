@@ -60,6 +60,8 @@ pub struct DueTask {
     pub created_at: DateTime<Utc>,
     /// The trace context it was scheduled with (`traceparent`, `tracestate` pairs).
     pub trace: Vec<(String, String)>,
+    /// The workflow it is a node of, if any.
+    pub workflow_id: Option<TaskId>,
 }
 
 /// Locks up to `limit` due `scheduled` rows (oldest `run_at` first), skipping rows another
@@ -80,7 +82,7 @@ pub async fn claim_due(conn: &mut sqlx::MySqlConnection, limit: u32) -> Result<V
 
 const DUE_COLUMNS: &str = "task_id, tenant, business_key, task_type, priority, payload, max_attempts, \
     initial_backoff_ms, max_backoff_ms, generation, idempotency_key, run_at, deadline_at, timeout_ms, version, created_at, \
-    trace_context, attempts, last_error";
+    trace_context, attempts, last_error, workflow_id";
 
 /// Locks up to `limit` retries waiting in MySQL (`retry_waits`) whose next attempt is due, oldest
 /// first, skipping rows another transaction holds, and returns the tasks still waiting for them.
@@ -292,6 +294,11 @@ fn decode(rows: &[sqlx::mysql::MySqlRow]) -> Result<Vec<DueTask>> {
                         .and_then(|b| String::from_utf8(b).ok())
                         .as_deref(),
                 ),
+                workflow_id: r
+                    .try_get::<Option<Vec<u8>>, _>("workflow_id")?
+                    .map(|b| TaskId::from_slice(&b))
+                    .transpose()
+                    .map_err(|e| StoreError::Corrupt(format!("workflow_id: {e}")))?,
             })
         })
         .collect()

@@ -44,6 +44,20 @@ impl TaskService for Slow {
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
         Err(Status::not_found("no such task"))
     }
+
+    async fn submit_workflow(
+        &self,
+        _: Request<pb::SubmitWorkflowRequest>,
+    ) -> Result<Response<pb::SubmitWorkflowResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn cancel_workflow(
+        &self,
+        _: Request<pb::CancelWorkflowRequest>,
+    ) -> Result<Response<pb::CancelWorkflowResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 struct Running {

@@ -1,0 +1,584 @@
+//! Workflows: their rows, the gateway's atomic insert, the reader's view, and the processor's
+//! advancer queries.
+//!
+//! A workflow is a `workflows` row, one ordinary `tasks` row per node (with `workflow_id`), a
+//! `workflow_nodes` row per node (name, position) and a `workflow_edges` row per dependency.
+//! [`insert`] writes all of them in one transaction: nodes without dependencies as SCHEDULED
+//! (due at their `run_at`, else at once: the scheduler publishes them), the others WAITING.
+//! The advancer finds WAITING nodes whose dependencies decided them ([`resolvable`]): all
+//! finished (released with [`release`], a conditional update from `waiting`), or one ended DEAD
+//! or CANCELLED behind a `cancel` edge (the advancer produces a CANCEL for it and records it with
+//! [`mark_cancel_sent`]). Every statement is conditional on the state it moves from, so two
+//! advancers at once do nothing twice that matters.
+
+use chrono::{DateTime, Utc};
+use dispatch_core::workflow::OnFailure;
+use dispatch_core::{NewTask, Priority, TaskId, TaskState};
+use dispatch_proto::v1 as pb;
+use sqlx::{MySql, MySqlPool, QueryBuilder, Row};
+
+use crate::tasks::{push_ids, text};
+use crate::{Result, StoreError};
+
+/// Rows per multi-row insert.
+const CHUNK: usize = 250;
+
+/// One node of a workflow to insert.
+#[derive(Debug, Clone)]
+pub struct NewNode {
+    /// Its name in the workflow.
+    pub name: String,
+    /// The task (its `task_id` the node's id, no idempotency key).
+    pub task: NewTask,
+    /// Whether it waits for nothing.
+    pub root: bool,
+}
+
+/// A workflow to insert.
+#[derive(Debug, Clone)]
+pub struct NewWorkflow {
+    /// Its id.
+    pub workflow_id: TaskId,
+    /// Owner.
+    pub tenant: String,
+    /// The submit's idempotency key, if any.
+    pub idempotency_key: Option<String>,
+    /// Nodes, in the request's order.
+    pub nodes: Vec<NewNode>,
+    /// `(node, depends_on, on_failure)` by node index.
+    pub edges: Vec<(usize, usize, OnFailure)>,
+}
+
+/// What [`insert`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// Everything was written.
+    New,
+    /// A workflow with this id exists: its nodes' `(name, task id)` in order.
+    Duplicate(Vec<(String, TaskId)>),
+}
+
+fn id_of(r: &sqlx::mysql::MySqlRow, col: &str) -> Result<TaskId> {
+    TaskId::from_slice(r.try_get::<Vec<u8>, _>(col)?.as_slice())
+        .map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+
+/// Writes the workflow, its tasks, nodes and edges in one transaction, or nothing: a workflow
+/// whose id exists already (a repeated submit with the same idempotency key) is answered with
+/// that workflow's nodes and changes nothing.
+///
+/// # Errors
+/// Database errors.
+pub async fn insert(pool: &MySqlPool, wf: &NewWorkflow, now: DateTime<Utc>) -> Result<Inserted> {
+    let mut tx = pool.begin().await?;
+    let head = sqlx::query(
+        "INSERT INTO workflows (workflow_id, tenant, idempotency_key, nodes, created_at) \
+         VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(wf.workflow_id.as_bytes().as_slice())
+    .bind(&wf.tenant)
+    .bind(&wf.idempotency_key)
+    .bind(wf.nodes.len() as u32)
+    .bind(now)
+    .execute(&mut *tx)
+    .await;
+    match head {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            tx.rollback().await?;
+            return Ok(Inserted::Duplicate(node_ids(pool, wf.workflow_id).await?));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    for chunk in wf.nodes.chunks(CHUNK) {
+        let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
+            "INSERT INTO tasks (task_id, tenant, business_key, task_type, priority, payload, state, \
+             attempts, max_attempts, initial_backoff_ms, max_backoff_ms, generation, idempotency_key, \
+             run_at, deadline_at, timeout_ms, last_error, version, lease_epoch, write_token, \
+             created_at, updated_at, workflow_id) ",
+        );
+        qb.push_values(chunk, |mut b, n| {
+            let t = &n.task;
+            let (state, run_at) = if n.root {
+                (TaskState::Scheduled, Some(t.run_at.unwrap_or(now)))
+            } else {
+                (TaskState::Waiting, t.run_at)
+            };
+            b.push_bind(t.task_id.as_bytes().to_vec())
+                .push_bind(t.tenant.as_str().to_owned())
+                .push_bind(t.business_key.as_str().to_owned())
+                .push_bind(t.task_type.as_str().to_owned())
+                .push_bind(t.priority.to_proto() as i32 as u8)
+                .push_bind(t.payload.as_bytes().to_vec())
+                .push_bind(state.as_str())
+                .push_bind(0u32)
+                .push_bind(t.retry.max_attempts)
+                .push_bind(t.retry.initial_backoff_ms)
+                .push_bind(t.retry.max_backoff_ms)
+                .push_bind(0u32)
+                .push_bind(None::<String>)
+                .push_bind(run_at)
+                .push_bind(t.deadline)
+                .push_bind(t.timeout_ms)
+                .push_bind("")
+                .push_bind(state.version(0, 0))
+                .push_bind(0u64)
+                .push_bind(rand::random::<u64>() | 1)
+                .push_bind(now)
+                .push_bind(now)
+                .push_bind(wf.workflow_id.as_bytes().to_vec());
+        });
+        qb.build().execute(&mut *tx).await?;
+    }
+    let positioned: Vec<(usize, &NewNode)> = wf.nodes.iter().enumerate().collect();
+    for chunk in positioned.chunks(CHUNK) {
+        let mut qb: QueryBuilder<MySql> =
+            QueryBuilder::new("INSERT INTO workflow_nodes (task_id, workflow_id, name, position) ");
+        qb.push_values(chunk, |mut b, (i, n)| {
+            b.push_bind(n.task.task_id.as_bytes().to_vec())
+                .push_bind(wf.workflow_id.as_bytes().to_vec())
+                .push_bind(n.name.clone())
+                .push_bind(*i as u32);
+        });
+        qb.build().execute(&mut *tx).await?;
+    }
+    for chunk in wf.edges.chunks(CHUNK) {
+        let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
+            "INSERT INTO workflow_edges (task_id, depends_on, workflow_id, on_failure) ",
+        );
+        qb.push_values(chunk, |mut b, (node, dep, on_failure)| {
+            b.push_bind(wf.nodes[*node].task.task_id.as_bytes().to_vec())
+                .push_bind(wf.nodes[*dep].task.task_id.as_bytes().to_vec())
+                .push_bind(wf.workflow_id.as_bytes().to_vec())
+                .push_bind(on_failure.as_str());
+        });
+        qb.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(Inserted::New)
+}
+
+/// The `(name, task id)` of every node of `workflow`, in position order.
+///
+/// # Errors
+/// Database errors.
+pub async fn node_ids(pool: &MySqlPool, workflow: TaskId) -> Result<Vec<(String, TaskId)>> {
+    sqlx::query("SELECT name, task_id FROM workflow_nodes WHERE workflow_id = ? ORDER BY position")
+        .bind(workflow.as_bytes().as_slice())
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| Ok((text(r, "name")?, id_of(r, "task_id")?)))
+        .collect()
+}
+
+/// What [`request_cancel`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelRequest {
+    /// No workflow of this id belongs to the tenant.
+    NotFound,
+    /// Recorded; this many nodes had not finished.
+    Accepted(u64),
+    /// Every node had finished already: nothing to cancel.
+    Finished,
+}
+
+/// Records a CancelWorkflow of `tenant`'s workflow (the first reason stays); the processor's
+/// advancer cancels its unfinished nodes.
+///
+/// # Errors
+/// Database errors.
+pub async fn request_cancel(
+    pool: &MySqlPool,
+    tenant: &str,
+    workflow: TaskId,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<CancelRequest> {
+    let owned: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM workflows WHERE workflow_id = ? AND tenant = ?")
+            .bind(workflow.as_bytes().as_slice())
+            .bind(tenant)
+            .fetch_optional(pool)
+            .await?;
+    if owned.is_none() {
+        return Ok(CancelRequest::NotFound);
+    }
+    let unfinished: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM workflow_nodes n JOIN tasks t ON t.task_id = n.task_id \
+         WHERE n.workflow_id = ? AND t.state NOT IN ('succeeded', 'dead', 'cancelled')",
+    )
+    .bind(workflow.as_bytes().as_slice())
+    .fetch_one(pool)
+    .await?;
+    if unfinished == 0 {
+        return Ok(CancelRequest::Finished);
+    }
+    sqlx::query(
+        "UPDATE workflows SET cancel_reason = IF(cancel_requested_at IS NULL, ?, cancel_reason), \
+         cancel_requested_at = COALESCE(cancel_requested_at, ?), cancel_done_at = NULL \
+         WHERE workflow_id = ?",
+    )
+    .bind(reason.chars().take(256).collect::<String>())
+    .bind(now)
+    .bind(workflow.as_bytes().as_slice())
+    .execute(pool)
+    .await?;
+    Ok(CancelRequest::Accepted(unfinished as u64))
+}
+
+/// The workflow as GetWorkflow shows it, if it exists (any tenant's: the caller checks).
+///
+/// # Errors
+/// Database errors or a corrupt row.
+pub async fn get(pool: &MySqlPool, workflow: TaskId) -> Result<Option<pb::Workflow>> {
+    let Some(head) = sqlx::query(
+        "SELECT tenant, idempotency_key, created_at, cancel_requested_at FROM workflows \
+         WHERE workflow_id = ?",
+    )
+    .bind(workflow.as_bytes().as_slice())
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let rows = sqlx::query(
+        "SELECT n.name, n.task_id, t.state, t.business_key, t.task_type, t.attempts, t.last_error, \
+         t.finished_at FROM workflow_nodes n LEFT JOIN tasks t ON t.task_id = n.task_id \
+         WHERE n.workflow_id = ? ORDER BY n.position",
+    )
+    .bind(workflow.as_bytes().as_slice())
+    .fetch_all(pool)
+    .await?;
+    let edges = sqlx::query(
+        "SELECT e.task_id, d.name, e.on_failure FROM workflow_edges e \
+         JOIN workflow_nodes d ON d.task_id = e.depends_on WHERE e.workflow_id = ?",
+    )
+    .bind(workflow.as_bytes().as_slice())
+    .fetch_all(pool)
+    .await?;
+    let mut deps: std::collections::HashMap<TaskId, Vec<pb::WorkflowDependency>> =
+        std::collections::HashMap::new();
+    for e in &edges {
+        let on_failure = OnFailure::parse(&text(e, "on_failure")?)
+            .ok_or_else(|| StoreError::Corrupt("workflow_edges.on_failure".into()))?;
+        deps.entry(id_of(e, "task_id")?)
+            .or_default()
+            .push(pb::WorkflowDependency {
+                name: text(e, "name")?,
+                on_failure: on_failure.to_proto() as i32,
+            });
+    }
+    let mut nodes = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let task_id = id_of(r, "task_id")?;
+        // A node whose task row is gone was purged after it finished (retention).
+        let state = r
+            .try_get::<Option<String>, _>("state")?
+            .map(|s| {
+                TaskState::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("state {s:?}")))
+            })
+            .transpose()?;
+        let mut node_deps = deps.remove(&task_id).unwrap_or_default();
+        node_deps.sort_by(|a, b| a.name.cmp(&b.name));
+        nodes.push(pb::WorkflowNodeStatus {
+            name: text(r, "name")?,
+            task_id: task_id.to_string(),
+            state: state.map_or(pb::TaskState::Unspecified, TaskState::to_proto) as i32,
+            depends_on: node_deps,
+            business_key: r
+                .try_get::<Option<Vec<u8>>, _>("business_key")?
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default(),
+            task_type: r
+                .try_get::<Option<String>, _>("task_type")?
+                .unwrap_or_default(),
+            attempts: r.try_get::<Option<u32>, _>("attempts")?.unwrap_or(0),
+            last_error: r
+                .try_get::<Option<Vec<u8>>, _>("last_error")?
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default(),
+            finished_at: r
+                .try_get::<Option<DateTime<Utc>>, _>("finished_at")?
+                .map(dispatch_core::time::to_proto),
+        });
+    }
+    let cancel_requested = head
+        .try_get::<Option<DateTime<Utc>>, _>("cancel_requested_at")?
+        .is_some();
+    let states: Vec<Option<TaskState>> = nodes
+        .iter()
+        .map(|n| {
+            pb::TaskState::try_from(n.state)
+                .ok()
+                .and_then(TaskState::from_proto)
+        })
+        .collect();
+    Ok(Some(pb::Workflow {
+        workflow_id: workflow.to_string(),
+        tenant: head.try_get("tenant")?,
+        state: workflow_state(&states, cancel_requested) as i32,
+        idempotency_key: head
+            .try_get::<Option<String>, _>("idempotency_key")?
+            .unwrap_or_default(),
+        created_at: Some(dispatch_core::time::to_proto(head.try_get("created_at")?)),
+        cancel_requested,
+        nodes,
+    }))
+}
+
+/// A workflow's state from its nodes' (`None`: purged, so finished).
+pub fn workflow_state(nodes: &[Option<TaskState>], cancel_requested: bool) -> pb::WorkflowState {
+    if nodes.iter().flatten().any(|s| !s.is_terminal()) {
+        pb::WorkflowState::Running
+    } else if cancel_requested {
+        pb::WorkflowState::Cancelled
+    } else if nodes.iter().flatten().all(|s| *s == TaskState::Succeeded) {
+        pb::WorkflowState::Succeeded
+    } else {
+        pb::WorkflowState::Failed
+    }
+}
+
+/// A WAITING node whose dependencies decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    /// Every dependency finished, none failed behind a `cancel` edge: release it.
+    Release(TaskId),
+    /// A dependency ended DEAD or CANCELLED behind a `cancel` edge: cancel it.
+    Cancel(NodeCancel),
+}
+
+/// What a CANCEL of a node needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCancel {
+    /// The node's task.
+    pub task_id: TaskId,
+    /// Its workflow.
+    pub workflow_id: TaskId,
+    /// Owner.
+    pub tenant: String,
+    /// Record key.
+    pub business_key: String,
+    /// Its topic.
+    pub priority: Priority,
+    /// Why.
+    pub reason: String,
+}
+
+fn node_cancel(r: &sqlx::mysql::MySqlRow, reason: String) -> Result<NodeCancel> {
+    let priority: u8 = r.try_get("priority")?;
+    Ok(NodeCancel {
+        task_id: id_of(r, "task_id")?,
+        workflow_id: id_of(r, "workflow_id")?,
+        tenant: r.try_get("tenant")?,
+        business_key: text(r, "business_key")?,
+        priority: Priority::from_proto_i32(i32::from(priority)).map_err(StoreError::Corrupt)?,
+        reason,
+    })
+}
+
+/// Up to `limit` WAITING nodes whose dependencies decided them. A node whose CANCEL was produced
+/// less than `resend_after` ago is left out (its cancel is on its way); one whose CANCEL was
+/// produced at all is never released.
+///
+/// # Errors
+/// Database errors or a corrupt row.
+pub async fn resolvable(
+    conn: &mut sqlx::MySqlConnection,
+    limit: u32,
+    resend_after: std::time::Duration,
+) -> Result<Vec<Resolved>> {
+    let rows = sqlx::query(
+        "SELECT w.task_id, w.workflow_id, w.tenant, w.business_key, w.priority, \
+           CAST(SUM(d.state IS NOT NULL AND d.state NOT IN ('succeeded', 'dead', 'cancelled')) AS SIGNED) AS open_deps, \
+           CAST(MIN(CASE WHEN e.on_failure = 'cancel' AND d.state IN ('dead', 'cancelled') \
+               THEN CONCAT(dn.name, ' ended ', d.state) END) AS BINARY) AS failed, \
+           MAX(n.cancel_sent_at) AS cancel_sent_at \
+         FROM tasks w \
+         JOIN workflow_nodes n ON n.task_id = w.task_id \
+         JOIN workflow_edges e ON e.task_id = w.task_id \
+         LEFT JOIN tasks d ON d.task_id = e.depends_on \
+         LEFT JOIN workflow_nodes dn ON dn.task_id = e.depends_on \
+         WHERE w.state = 'waiting' \
+         GROUP BY w.task_id, w.workflow_id, w.tenant, w.business_key, w.priority \
+         HAVING (failed IS NULL AND open_deps = 0 AND cancel_sent_at IS NULL) \
+             OR (failed IS NOT NULL AND (cancel_sent_at IS NULL OR cancel_sent_at < NOW(6) - INTERVAL ? MICROSECOND)) \
+         LIMIT ?",
+    )
+    .bind(resend_after.as_micros() as u64)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let failed: Option<Vec<u8>> = r.try_get("failed")?;
+            Ok(match failed {
+                None => Resolved::Release(id_of(r, "task_id")?),
+                Some(f) => Resolved::Cancel(node_cancel(
+                    r,
+                    format!("dependency {}", String::from_utf8_lossy(&f)),
+                )?),
+            })
+        })
+        .collect()
+}
+
+/// Moves WAITING nodes to SCHEDULED, due at their own `run_at` or now; a node that left
+/// `waiting` meanwhile (cancelled) is left alone. Returns how many moved.
+///
+/// # Errors
+/// Database errors.
+pub async fn release(pool: &MySqlPool, ids: &[TaskId], now: DateTime<Utc>) -> Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut qb: QueryBuilder<MySql> =
+        QueryBuilder::new("UPDATE tasks SET state = 'scheduled', version = ");
+    qb.push_bind(TaskState::Scheduled.version(0, 0))
+        .push(", run_at = COALESCE(run_at, ")
+        .push_bind(now)
+        .push("), updated_at = ")
+        .push_bind(now)
+        .push(" WHERE state = 'waiting' AND task_id IN (");
+    push_ids(&mut qb, ids);
+    Ok(qb.build().execute(pool).await?.rows_affected())
+}
+
+/// Records that a CANCEL was produced for these nodes.
+///
+/// # Errors
+/// Database errors.
+pub async fn mark_cancel_sent(pool: &MySqlPool, ids: &[TaskId], now: DateTime<Utc>) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut qb: QueryBuilder<MySql> =
+        QueryBuilder::new("UPDATE workflow_nodes SET cancel_sent_at = ");
+    qb.push_bind(now).push(" WHERE task_id IN (");
+    push_ids(&mut qb, ids);
+    qb.build().execute(pool).await?;
+    Ok(())
+}
+
+/// Up to `limit` workflows with a CancelWorkflow not yet carried out.
+///
+/// # Errors
+/// Database errors.
+pub async fn cancel_requests(pool: &MySqlPool, limit: u32) -> Result<Vec<(TaskId, String)>> {
+    sqlx::query(
+        "SELECT workflow_id, cancel_reason FROM workflows \
+         WHERE cancel_done_at IS NULL AND cancel_requested_at IS NOT NULL \
+         ORDER BY cancel_requested_at LIMIT ?",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| Ok((id_of(r, "workflow_id")?, text(r, "cancel_reason")?)))
+    .collect()
+}
+
+/// The unfinished nodes of `workflow`, to cancel with `reason`.
+///
+/// # Errors
+/// Database errors or a corrupt row.
+pub async fn unfinished_nodes(
+    pool: &MySqlPool,
+    workflow: TaskId,
+    reason: &str,
+) -> Result<Vec<NodeCancel>> {
+    sqlx::query(
+        "SELECT t.task_id, t.workflow_id, t.tenant, t.business_key, t.priority FROM workflow_nodes n \
+         JOIN tasks t ON t.task_id = n.task_id \
+         WHERE n.workflow_id = ? AND t.state NOT IN ('succeeded', 'dead', 'cancelled')",
+    )
+    .bind(workflow.as_bytes().as_slice())
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| node_cancel(r, format!("workflow cancelled: {reason}")))
+    .collect()
+}
+
+/// Records that every unfinished node of `workflow` was sent its CANCEL.
+///
+/// # Errors
+/// Database errors.
+pub async fn cancel_done(pool: &MySqlPool, workflow: TaskId, now: DateTime<Utc>) -> Result<()> {
+    sqlx::query("UPDATE workflows SET cancel_done_at = ? WHERE workflow_id = ?")
+        .bind(now)
+        .bind(workflow.as_bytes().as_slice())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// A finished dependency of a node, as its handler reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DependencyResult {
+    /// The dependency's node name.
+    pub name: String,
+    /// Its task.
+    pub task_id: TaskId,
+    /// Its state (SUCCEEDED, or DEAD / CANCELLED behind a `run` edge).
+    pub state: TaskState,
+    /// Its handler's result, if any.
+    pub result: Option<Vec<u8>>,
+}
+
+/// The dependencies of node `task` with their states and results, by name.
+///
+/// # Errors
+/// Database errors or a corrupt row.
+pub async fn dependency_results(pool: &MySqlPool, task: TaskId) -> Result<Vec<DependencyResult>> {
+    sqlx::query(
+        "SELECT n.name, e.depends_on, t.state, t.result FROM workflow_edges e \
+         JOIN workflow_nodes n ON n.task_id = e.depends_on \
+         LEFT JOIN tasks t ON t.task_id = e.depends_on \
+         WHERE e.task_id = ? ORDER BY n.name",
+    )
+    .bind(task.as_bytes().as_slice())
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| {
+        let state: Option<String> = r.try_get("state")?;
+        Ok(DependencyResult {
+            name: text(r, "name")?,
+            task_id: id_of(r, "depends_on")?,
+            // Purged after it finished: it succeeded or it could not have been released.
+            state: state
+                .as_deref()
+                .map_or(Some(TaskState::Succeeded), TaskState::parse)
+                .ok_or_else(|| StoreError::Corrupt(format!("state {state:?}")))?,
+            result: r.try_get("result")?,
+        })
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TaskState::*;
+
+    #[test]
+    fn a_workflow_state_follows_its_nodes() {
+        use pb::WorkflowState as W;
+        assert_eq!(
+            workflow_state(&[Some(Succeeded), Some(Running)], false),
+            W::Running
+        );
+        assert_eq!(
+            workflow_state(&[Some(Succeeded), None], false),
+            W::Succeeded
+        );
+        assert_eq!(
+            workflow_state(&[Some(Succeeded), Some(Dead)], false),
+            W::Failed
+        );
+        assert_eq!(workflow_state(&[Some(Cancelled)], true), W::Cancelled);
+        assert_eq!(workflow_state(&[Some(Waiting)], true), W::Running);
+    }
+}
