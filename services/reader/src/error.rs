@@ -14,6 +14,10 @@ pub enum ReadError {
     /// No such task for this tenant (another tenant's task looks exactly like a missing one).
     #[error("task not found")]
     NotFound,
+    /// No such workflow for this tenant (another tenant's workflow looks exactly like a missing
+    /// one).
+    #[error("workflow not found")]
+    WorkflowNotFound,
     /// No such task for this tenant, and retention has purged the tenant's tasks that finished
     /// before the id was made: NOT_FOUND with this message (see `dispatch_store::retention`).
     #[error("{0}")]
@@ -48,6 +52,7 @@ impl From<ReadError> for Status {
         match e {
             ReadError::Invalid(v) => v.to_status(),
             ReadError::NotFound => Status::not_found("task not found"),
+            ReadError::WorkflowNotFound => Status::not_found("workflow not found"),
             ReadError::Purged(m) => Status::not_found(m),
             ReadError::NotVisible { wanted, .. } => Status::failed_precondition(format!(
                 "version {wanted} not visible yet; retry shortly"

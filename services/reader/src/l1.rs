@@ -474,9 +474,13 @@ mod tests {
         };
         let id = TaskId::new();
         let live = p.ttl(&Cached::Found(task(id, 1, pb::TaskState::Running)));
+        // A workflow node waiting for its dependencies will change: live too.
+        let waiting = p.ttl(&Cached::Found(task(id, 0, pb::TaskState::Waiting)));
         let done = p.ttl(&Cached::Found(task(id, 1, pb::TaskState::Succeeded)));
         let neg = p.ttl(&Cached::Missing);
         assert!(live <= Duration::from_millis(2400) && live >= Duration::from_millis(1600));
+        assert!(waiting <= Duration::from_millis(2400));
+        assert!(!is_terminal(&task(id, 0, pb::TaskState::Waiting)));
         assert!(done >= Duration::from_secs(480));
         assert!(neg <= Duration::from_millis(1200));
     }

@@ -1,5 +1,6 @@
 //! The dispatch reader: TaskQueryService (GetTask, BatchGetTasks, ListTasks, WatchTask) served
-//! from an in-process moka L1, a Redis L2 and MySQL, kept fresh by the events topic.
+//! from an in-process moka L1, a Redis L2 and MySQL, kept fresh by the events topic; GetWorkflow
+//! straight from MySQL.
 //!
 //! Request path, top to bottom:
 //! - [`service`]: the gRPC adapter (auth, parse, call); the server around it (load shedding, RPC
@@ -7,7 +8,7 @@
 //!   [`app`].
 //! - [`reader`]: GetTask's lookup path L1 → L2 → MySQL, read-your-writes (`min_version`),
 //!   stale answers when MySQL fails, and how events are applied; [`batch`] and [`list`] are
-//!   BatchGetTasks and ListTasks; [`watch`] streams WatchTask.
+//!   BatchGetTasks and ListTasks; [`watch`] streams WatchTask; [`workflows`] is GetWorkflow.
 //! - Tiers: [`l1`] (moka: weighted size bound, per-entry jittered expiry, singleflight loads,
 //!   version-checked writes, last-known copies), [`xfetch`] (probabilistic early refresh),
 //!   [`l2`] (Redis: protobuf values, Lua compare-and-set on version, negative entries) behind
@@ -32,6 +33,7 @@ pub mod service;
 pub mod settings;
 pub mod store;
 pub mod watch;
+pub mod workflows;
 pub mod xfetch;
 
 pub use app::{App, ReaderHandle};

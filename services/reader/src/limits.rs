@@ -1,9 +1,9 @@
 //! Per-tenant read rate limits: a GCRA per tenant shared by every reader replica through Redis
 //! (`dispatch_runtime::ratelimit`, the gateway's limiter; cells are leased a few at a time, see
 //! `limits.lease_ms`, so most reads make no Redis call), falling back to local buckets of the
-//! limit divided by `limits.replicas` while Redis cannot decide. GetTask, ListTasks and opening a
-//! WatchTask spend one cell, BatchGetTasks one per id; a refused read answers RESOURCE_EXHAUSTED
-//! with `retry-after-ms`.
+//! limit divided by `limits.replicas` while Redis cannot decide. GetTask, ListTasks, GetWorkflow
+//! and opening a WatchTask spend one cell, BatchGetTasks one per id; a refused read answers
+//! RESOURCE_EXHAUSTED with `retry-after-ms`.
 
 use std::time::Duration;
 

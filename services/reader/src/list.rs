@@ -186,6 +186,20 @@ mod tests {
     }
 
     #[test]
+    fn every_state_filters_waiting_included() {
+        let f = parse_request(
+            &tenant(),
+            &pb::ListTasksRequest {
+                states: TaskState::ALL.iter().map(|s| s.to_proto() as i32).collect(),
+                ..Default::default()
+            },
+        )
+        .expect("valid");
+        assert_eq!(f.states, TaskState::ALL);
+        assert!(f.states.contains(&TaskState::Waiting));
+    }
+
+    #[test]
     fn bad_fields_are_all_named() {
         let Err(ReadError::Invalid(v)) = parse_request(
             &tenant(),

@@ -125,7 +125,13 @@ static WATCH_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 /// The gRPC methods of TaskQueryService (the `method` label).
-pub const METHODS: [&str; 4] = ["GetTask", "BatchGetTasks", "ListTasks", "WatchTask"];
+pub const METHODS: [&str; 5] = [
+    "GetTask",
+    "BatchGetTasks",
+    "ListTasks",
+    "WatchTask",
+    "GetWorkflow",
+];
 
 /// Pre-creates every labelled series so /metrics shows them before traffic.
 pub fn init() {
@@ -139,9 +145,9 @@ pub fn init() {
             let _ = CACHE_REQUESTS.with_label_values(&[tier.label(), result.label()]);
         }
     }
-    for q in ["get", "batch_get", "list"] {
-        let _ = STORE_QUERIES.with_label_values(&[q]);
-        let _ = STORE_DURATION.with_label_values(&[q]);
+    for q in StoreQuery::ALL {
+        let _ = STORE_QUERIES.with_label_values(&[q.label()]);
+        let _ = STORE_DURATION.with_label_values(&[q.label()]);
     }
     for r in ["applied", "stale"] {
         let _ = EVENTS_APPLIED.with_label_values(&[r]);
@@ -205,6 +211,35 @@ impl CacheResult {
     }
 }
 
+/// A MySQL lookup (the `query` label of `dispatch_store_queries_total` and
+/// `dispatch_store_query_duration_seconds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreQuery {
+    /// One task by id (GetTask, WatchTask, read-your-writes).
+    Get,
+    /// Several tasks by id (BatchGetTasks).
+    BatchGet,
+    /// A page of a tenant's tasks (ListTasks).
+    List,
+    /// A workflow with its nodes (GetWorkflow).
+    Workflow,
+}
+
+impl StoreQuery {
+    /// Every query.
+    pub const ALL: [StoreQuery; 4] = [Self::Get, Self::BatchGet, Self::List, Self::Workflow];
+
+    /// The label value (also the `query` field of the store's log lines).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Get => "get",
+            Self::BatchGet => "batch_get",
+            Self::List => "list",
+            Self::Workflow => "workflow",
+        }
+    }
+}
+
 /// A bound on WatchTask streams (the `limit` label of `dispatch_watch_streams_refused_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatchLimit {
@@ -251,15 +286,15 @@ pub fn cache_size(entries: u64, bytes: u64) {
     CACHE_BYTES.set(i64::try_from(bytes).unwrap_or(i64::MAX));
 }
 
-/// A MySQL lookup (`query`: `get`, `batch_get`, `list`) starts.
-pub fn store_query(query: &'static str) {
-    STORE_QUERIES.with_label_values(&[query]).inc();
+/// A MySQL lookup starts.
+pub fn store_query(query: StoreQuery) {
+    STORE_QUERIES.with_label_values(&[query.label()]).inc();
 }
 
 /// A MySQL lookup finished after `elapsed`.
-pub fn store_query_duration(query: &'static str, elapsed: Duration) {
+pub fn store_query_duration(query: StoreQuery, elapsed: Duration) {
     STORE_DURATION
-        .with_label_values(&[query])
+        .with_label_values(&[query.label()])
         .observe(elapsed.as_secs_f64());
 }
 
@@ -303,6 +338,8 @@ pub struct Stats {
     pub store_batch_gets: AtomicU64,
     /// Listing queries (`query="list"`).
     pub store_lists: AtomicU64,
+    /// Workflow lookups (`query="workflow"`).
+    pub store_workflows: AtomicU64,
     /// Lookups that joined another caller's load.
     pub coalesced: AtomicU64,
     /// XFetch early refreshes started.

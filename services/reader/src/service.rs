@@ -89,11 +89,19 @@ impl TaskQueryService for QueryApi {
         }))
     }
 
+    /// Read straight from MySQL (the replica when one is configured) on every call: workflows
+    /// are not cached, so there is no stale answer when MySQL fails (UNAVAILABLE).
     async fn get_workflow(
         &self,
-        _req: Request<pb::GetWorkflowRequest>,
+        req: Request<pb::GetWorkflowRequest>,
     ) -> Result<Response<pb::GetWorkflowResponse>, Status> {
-        Err(Status::unimplemented("GetWorkflow is not served yet"))
+        let tenant = self.tenant(&req)?;
+        let id = parse_id("workflow_id", &req.get_ref().workflow_id)?;
+        crate::limits::check(self.rate.as_deref(), &tenant, 1).await?;
+        let workflow = self.reader.workflow(&tenant, id).await?;
+        Ok(Response::new(pb::GetWorkflowResponse {
+            workflow: Some(workflow),
+        }))
     }
 
     async fn batch_get_tasks(

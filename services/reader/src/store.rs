@@ -15,7 +15,7 @@ use dispatch_store::tasks::ListFilter;
 use tokio::sync::Semaphore;
 
 use crate::error::StoreFailure;
-use crate::metrics::{self, Stats};
+use crate::metrics::{self, Stats, StoreQuery};
 
 /// MySQL lookups for the reader.
 #[derive(Debug, Clone)]
@@ -59,7 +59,7 @@ impl Store {
         &self.pool
     }
 
-    async fn run<T, F>(&self, query: &'static str, fut: F) -> Result<T, StoreFailure>
+    async fn run<T, F>(&self, query: StoreQuery, fut: F) -> Result<T, StoreFailure>
     where
         F: Future<Output = dispatch_store::Result<T>>,
     {
@@ -68,9 +68,10 @@ impl Store {
             .map_err(|_| StoreFailure("timed out waiting for a database slot".into()))?
             .map_err(|_| StoreFailure("store limiter closed".into()))?;
         let counter = match query {
-            "get" => &self.stats.store_gets,
-            "batch_get" => &self.stats.store_batch_gets,
-            _ => &self.stats.store_lists,
+            StoreQuery::Get => &self.stats.store_gets,
+            StoreQuery::BatchGet => &self.stats.store_batch_gets,
+            StoreQuery::List => &self.stats.store_lists,
+            StoreQuery::Workflow => &self.stats.store_workflows,
         };
         Stats::bump(counter);
         metrics::store_query(query);
@@ -78,7 +79,7 @@ impl Store {
         let out = fut.await;
         metrics::store_query_duration(query, start.elapsed());
         out.map_err(|e| {
-            tracing::warn!(query, error = %e, "store lookup failed");
+            tracing::warn!(query = query.label(), error = %e, "store lookup failed");
             if let Some(tls) = &self.tls {
                 tls.observe(Dependency::Mysql, &e);
             }
@@ -91,7 +92,7 @@ impl Store {
     /// # Errors
     /// Database failure.
     pub async fn get(&self, id: TaskId) -> Result<Option<pb::Task>, StoreFailure> {
-        self.run("get", dispatch_store::tasks::get(&self.pool, id))
+        self.run(StoreQuery::Get, dispatch_store::tasks::get(&self.pool, id))
             .await
     }
 
@@ -101,7 +102,7 @@ impl Store {
     /// Database failure.
     pub async fn get_many(&self, ids: &[TaskId]) -> Result<Vec<pb::Task>, StoreFailure> {
         self.run(
-            "batch_get",
+            StoreQuery::BatchGet,
             dispatch_store::tasks::get_many(&self.pool, ids),
         )
         .await
@@ -112,8 +113,23 @@ impl Store {
     /// # Errors
     /// Database failure.
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<pb::Task>, StoreFailure> {
-        self.run("list", dispatch_store::tasks::list(&self.pool, filter))
-            .await
+        self.run(
+            StoreQuery::List,
+            dispatch_store::tasks::list(&self.pool, filter),
+        )
+        .await
+    }
+
+    /// A workflow with its nodes (any tenant's: the caller checks), straight from MySQL.
+    ///
+    /// # Errors
+    /// Database failure or a corrupt row.
+    pub async fn workflow(&self, id: TaskId) -> Result<Option<pb::Workflow>, StoreFailure> {
+        self.run(
+            StoreQuery::Workflow,
+            dispatch_store::workflows::get(&self.pool, id),
+        )
+        .await
     }
 
     /// The NOT_FOUND message for a missing `id` of `tenant` when retention purged it (its id was

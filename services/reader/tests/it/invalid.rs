@@ -8,7 +8,7 @@ use tonic_types::StatusExt;
 
 use crate::common::{ACME, Reader, req};
 
-fn violated_field(s: &tonic::Status) -> String {
+pub fn violated_field(s: &tonic::Status) -> String {
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
     let details = s.get_error_details();
     let bad = details.bad_request().expect("bad request details");
@@ -136,10 +136,12 @@ async fn health_reflection_and_metrics_are_served() {
     for name in [
         "dispatch_cache_requests_total{result=\"negative_hit\",tier=\"l2\"}",
         "dispatch_store_queries_total{query=\"batch_get\"}",
+        "dispatch_store_queries_total{query=\"workflow\"}",
         "dispatch_events_applied_total{result=\"stale\"}",
         "dispatch_circuit_breaker_open{breaker=\"redis\",service=\"reader\"}",
         "dispatch_watch_streams",
         "dispatch_grpc_requests_total{code=\"OK\",method=\"WatchTask\",service=\"reader\"}",
+        "dispatch_grpc_requests_total{code=\"OK\",method=\"GetWorkflow\",service=\"reader\"}",
     ] {
         assert!(body.contains(name), "/metrics lacks {name}");
     }

@@ -18,3 +18,4 @@ mod tenancy;
 mod tls_readiness;
 mod views;
 mod watch;
+mod workflows;
