@@ -29,6 +29,10 @@ use sqlx::{MySql, MySqlPool, QueryBuilder, Row};
 
 use crate::{Result, StoreError};
 
+/// The largest result a task keeps: its `result` column is a BLOB (at most 65,535 bytes); a
+/// longer one is cut to this. (64 KiB, one byte more, failed the whole write batch forever.)
+pub const RESULT_MAX_BYTES: usize = 65_535;
+
 /// One state write, as the processor's batch writer produces it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskWrite {

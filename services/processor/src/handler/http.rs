@@ -21,8 +21,8 @@ use parking_lot::Mutex;
 use super::{Handler, HandlerContext, HandlerError, Outcome};
 use crate::settings::{HttpEndpointSettings, HttpHostSettings};
 
-/// Largest result kept from a response body.
-const MAX_RESULT_BYTES: usize = 64 * 1024;
+/// Largest result stored (the `result` column's size).
+const MAX_RESULT_BYTES: usize = dispatch_store::tasks::RESULT_MAX_BYTES;
 
 /// Protection of one host.
 struct Host {

@@ -32,8 +32,8 @@ use crate::handler::{HandlerContext, HandlerError, Outcome};
 use crate::metrics::{HANDLER_DURATION, HANDLER_EXECUTIONS, PANICS, SLOT_WAIT, START_DELAY};
 use crate::writer::Committed;
 
-/// Largest result stored.
-const MAX_RESULT_BYTES: usize = 64 * 1024;
+/// Largest result stored (the `result` column's size).
+const MAX_RESULT_BYTES: usize = dispatch_store::tasks::RESULT_MAX_BYTES;
 
 /// How an attempt ended.
 enum Ran {
@@ -183,7 +183,7 @@ impl Processor {
                     TaskState::Cancelled.version(g, 0),
                 );
                 let committed = self.writer.write(w, None, Vec::new()).await;
-                return self.finish_after(&d.lease, committed).await;
+                return self.finish_after(&d.lease, committed, env).await;
             }
             // A replay: this record's effects are committed, but the process that committed them
             // may have died before their event was delivered. Publish the row again.
@@ -197,7 +197,7 @@ impl Processor {
         }
         let committed = self.attempt(d, env, ticket, &token).await;
         match committed {
-            Some(c) => self.finish_after(&d.lease, c).await,
+            Some(c) => self.finish_after(&d.lease, c, env).await,
             None => self.abandon(&d.lease),
         }
         self.unclaim(env);

@@ -21,6 +21,45 @@ impl Handler for Echo {
     }
 }
 
+/// Answers a result longer than the `result` column holds.
+struct Large;
+
+#[async_trait]
+impl Handler for Large {
+    async fn handle(&self, _: HandlerContext, _: &Envelope) -> Result<Outcome, HandlerError> {
+        Ok(Outcome {
+            result: Some(vec![b'x'; 70_000]),
+        })
+    }
+}
+
+/// A result of 64 KiB or more once failed its write batch on every retry (the BLOB column holds
+/// 65,535 bytes), so the task never finished and its partition stalled behind it.
+#[tokio::test]
+async fn a_result_longer_than_the_column_is_cut_and_the_task_finishes() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let app = Running::start(App::builder(settings(&env)).handler("custom.large", Large)).await?;
+    let p = producer(&env)?;
+    let t = task("custom.large", "large-1", "");
+    let after = task("noop", "large-1", "");
+    produce(&p, &env.topics(), &t).await?;
+    produce(&p, &env.topics(), &after).await?;
+    wait_all(
+        &env.pool,
+        &[t.task_id, after.task_id],
+        TaskState::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let row = dispatch_store::tasks::get(&env.pool, t.task_id)
+        .await?
+        .expect("stored");
+    assert_eq!(row.result.len(), dispatch_store::tasks::RESULT_MAX_BYTES);
+    app.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn custom_handlers_run_and_a_paused_priority_waits() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
