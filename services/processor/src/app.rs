@@ -307,6 +307,8 @@ impl App {
             Duration::from_micros(s.writer.gate_max_delay_us),
         );
         let hard_stop = CancellationToken::new();
+        let workflows_waker = crate::workflows::Waker::default();
+        let scheduler_waker = crate::workflows::Waker::default();
         let processor = Arc::new(Processor::new(Parts {
             topics: s.kafka.topics(),
             registry: self.registry.clone(),
@@ -321,6 +323,7 @@ impl App {
             cancelled_ttl: Duration::from_millis(s.consumer.cancelled_ttl_ms),
             slots: Slots::new(s.consumer.max_concurrency, s.consumer.priority_weights),
             retry_topic_max_delay: Duration::from_millis(s.consumer.retry_topic_max_delay_ms),
+            workflows: workflows_waker.clone(),
         }));
 
         let (c_tx, c_rx) = mpsc::unbounded_channel();
@@ -369,6 +372,23 @@ impl App {
                     interval: Duration::from_millis(s.scheduler.interval_ms),
                     batch_size: s.scheduler.batch_size,
                     republish_after: Duration::from_millis(s.scheduler.republish_after_ms),
+                    wake: scheduler_waker.clone(),
+                    stop: background.clone(),
+                }
+                .run(),
+            );
+        }
+        if s.workflows.enabled {
+            tracker.spawn(
+                crate::workflows::Advancer {
+                    pool: self.pool.clone(),
+                    producer: self.producer.clone(),
+                    topics: s.kafka.topics(),
+                    interval: Duration::from_millis(s.workflows.interval_ms),
+                    batch_size: s.workflows.batch_size,
+                    resend_after: Duration::from_millis(s.workflows.resend_after_ms),
+                    waker: workflows_waker,
+                    scheduler: scheduler_waker,
                     stop: background.clone(),
                 }
                 .run(),

@@ -6,8 +6,8 @@
 //! zombies never move a task backwards or re-run a task whose terminal state is committed.
 //!
 //! Map (a record's path through the crate, top to bottom):
-//! - [`settings`]: `Settings` (`[consumer]`, `[writer]`, `[scheduler]`, `[handlers]`,
-//!   `[retention]`, `[health]` + shared).
+//! - [`settings`]: `Settings` (`[consumer]`, `[writer]`, `[scheduler]`, `[workflows]`,
+//!   `[handlers]`, `[retention]`, `[health]` + shared).
 //! - [`consumer`]: a `BaseConsumer` polled on its own thread; offset tracking with contiguous
 //!   watermarks ([`consumer::offsets`]), rebalance handling ([`consumer::context`]), pauses for
 //!   backpressure, operator pauses and retry delays ([`consumer::poller`]).
@@ -22,6 +22,8 @@
 //! - [`produce`]: the producer wrapper (retry, DLQ, events, scheduler records).
 //! - [`schedules`]: the schedule loop: fires due schedules as `scheduled` tasks.
 //! - [`scheduler`]: publishes due `scheduled` tasks (`FOR UPDATE SKIP LOCKED`).
+//! - [`workflows`]: the workflow advancer: releases WAITING nodes once their dependencies
+//!   finish, cancels them when one fails or the workflow is cancelled.
 //! - [`retention`]: the leader's purge of finished tasks after each tenant's retention.
 //! - [`control`]: [`Control`], the pause/resume/stats hooks for AdminService.
 //! - [`admin`]: AdminService (DLQ list/inspect/purge/redrive, pause/resume, stats), admin key only.
@@ -48,6 +50,7 @@ pub mod scheduler;
 pub mod schedules;
 pub mod settings;
 pub mod slots;
+pub mod workflows;
 pub mod writer;
 
 mod app;

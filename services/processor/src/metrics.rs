@@ -415,6 +415,7 @@ pub fn init(task_types: &[String]) {
     dispatch_runtime::producer::init_metrics(&["retry", "dlq", "events", "tasks"]);
     dispatch_runtime::metrics::db_pool_init("processor");
     crate::retention::init_metrics();
+    crate::workflows::init_metrics();
     crate::schedules::init_metrics();
     crate::admin::init_metrics();
 }

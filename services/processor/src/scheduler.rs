@@ -45,6 +45,8 @@ pub struct Scheduler {
     /// A row claimed this long ago and still `pending` (its task never reached a consumer) is
     /// published again.
     pub republish_after: Duration,
+    /// Wakes the loop before its interval (the workflow advancer after a release).
+    pub wake: crate::workflows::Waker,
     /// Stops the loop.
     pub stop: CancellationToken,
 }
@@ -104,6 +106,7 @@ impl Scheduler {
             if claimed < self.batch_size as usize {
                 tokio::select! {
                     () = tokio::time::sleep(self.interval) => {}
+                    () = self.wake.woken() => {}
                     () = self.stop.cancelled() => break,
                 }
             } else if self.stop.is_cancelled() {

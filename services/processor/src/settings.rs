@@ -47,6 +47,8 @@ pub struct Settings {
     pub scheduler: SchedulerSettings,
     /// The schedule loop (ScheduleService's schedules).
     pub schedules: SchedulesSettings,
+    /// The workflow advancer (SubmitWorkflow's dependencies).
+    pub workflows: WorkflowsSettings,
     /// Handlers by task type.
     pub handlers: HandlersSettings,
     /// Purging finished tasks after a per-tenant retention.
@@ -77,6 +79,7 @@ impl Default for Settings {
             writer: WriterSettings::default(),
             scheduler: SchedulerSettings::default(),
             schedules: SchedulesSettings::default(),
+            workflows: WorkflowsSettings::default(),
             handlers: HandlersSettings::default(),
             retention: RetentionSettings::default(),
             health: HealthSettings::default(),
@@ -245,6 +248,33 @@ impl Default for SchedulesSettings {
             interval_ms: 250,
             batch_size: 100,
             misfire_grace_ms: 5_000,
+        }
+    }
+}
+
+/// `[workflows]`: the advancer that releases workflow nodes once their dependencies finish and
+/// cancels them when one fails (`crate::workflows`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkflowsSettings {
+    /// Run the advancer in this instance (any number of instances may).
+    pub enabled: bool,
+    /// Longest pause between passes; a pass also runs whenever this instance commits a state of
+    /// a workflow node.
+    pub interval_ms: u64,
+    /// Nodes decided per round.
+    pub batch_size: u32,
+    /// A node still WAITING this long after its CANCEL was produced gets another one.
+    pub resend_after_ms: u64,
+}
+
+impl Default for WorkflowsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: 1_000,
+            batch_size: 500,
+            resend_after_ms: 30_000,
         }
     }
 }

@@ -32,7 +32,8 @@ use crate::settings::HandlersSettings;
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
-    /// Stored as the task's result (at most 64 KiB is kept).
+    /// Stored as the task's result: at most 65,535 bytes are kept (the `result` column), a
+    /// longer one is cut.
     pub result: Option<Vec<u8>>,
 }
 
@@ -99,6 +100,41 @@ pub struct HandlerContext {
     /// The processor's MySQL pool (for ledgers and other side tables).
     pub pool: MySqlPool,
 }
+
+impl HandlerContext {
+    /// The finished dependencies of `task` when it is a workflow node (empty otherwise), by
+    /// name, with their states and results: what a node reads of the work it waited for.
+    ///
+    /// A node runs only after every dependency finished, so each is SUCCEEDED, or DEAD or
+    /// CANCELLED behind an edge whose `on_failure` is RUN. One query on the pool; call it once.
+    ///
+    /// ```no_run
+    /// # use dispatch_processor::{HandlerContext, HandlerError};
+    /// # async fn f(ctx: &HandlerContext, task: &dispatch_core::Envelope) -> Result<(), HandlerError> {
+    /// let deps = ctx
+    ///     .dependencies(task)
+    ///     .await
+    ///     .map_err(|e| HandlerError::Retryable(format!("reading dependencies: {e}")))?;
+    /// for d in &deps {
+    ///     println!("{} ended {}: {:?}", d.name, d.state, d.result);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// Database errors (worth a retry).
+    pub async fn dependencies(
+        &self,
+        task: &Envelope,
+    ) -> Result<Vec<DependencyResult>, dispatch_store::StoreError> {
+        if task.workflow_id.is_none() {
+            return Ok(Vec::new());
+        }
+        dispatch_store::workflows::dependency_results(&self.pool, task.task_id).await
+    }
+}
+
+pub use dispatch_store::workflows::DependencyResult;
 
 /// Runs tasks of one or more types: the extension point for work of your own.
 ///

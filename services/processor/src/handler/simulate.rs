@@ -13,6 +13,8 @@
 //! (after the ledger row is written, so the panicking execution is counted).
 //!
 //! A successful execution's result names it: `{"instance":"<host>:<pid>","started_at":"<RFC 3339>"}`.
+//! With `"with_dependencies": true` (a workflow node) it also carries what the node read of its
+//! dependencies when it ran: `"dependencies":[{"name":..,"state":..,"result":<their result text>}]`.
 //! Two executions of one task therefore leave different results, so a committed outcome that a
 //! later execution overwrote shows in the task's events (the audit's `terminal_changed`), even
 //! when both wrote the same state and version.
@@ -59,6 +61,8 @@ pub struct Plan {
     pub panic: bool,
     /// Panic on the first this-many attempts.
     pub panic_attempts: u32,
+    /// Put the node's dependencies (names, states, results) into the result.
+    pub with_dependencies: bool,
 }
 
 impl Plan {
@@ -148,6 +152,15 @@ impl Handler for SimulateHandler {
                 }
             }
         }
+        let dependencies = if plan.with_dependencies {
+            let deps = ctx
+                .dependencies(task)
+                .await
+                .map_err(|e| HandlerError::Retryable(format!("reading dependencies: {e}")))?;
+            Some(deps)
+        } else {
+            None
+        };
         let roll: f64 = rand::rng().random();
         let fails = plan.fails(ctx.generation, ctx.attempt, roll);
         let panics = plan.panics(ctx.attempt);
@@ -176,19 +189,34 @@ impl Handler for SimulateHandler {
             });
         }
         Ok(Outcome {
-            result: Some(result_of(started_at)),
+            result: Some(result_of(started_at, dependencies.as_deref())),
         })
     }
 }
 
-/// The result of a successful execution: which one it was.
-fn result_of(started_at: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
-    format!(
-        r#"{{"instance":"{}","started_at":"{}"}}"#,
-        instance(),
-        started_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-    )
-    .into_bytes()
+/// The result of a successful execution: which one it was, and what it read of its dependencies.
+fn result_of(
+    started_at: chrono::DateTime<chrono::Utc>,
+    dependencies: Option<&[super::DependencyResult]>,
+) -> Vec<u8> {
+    let mut result = serde_json::json!({
+        "instance": instance(),
+        "started_at": started_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    });
+    if let Some(deps) = dependencies {
+        result["dependencies"] = deps
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "name": d.name,
+                    "task_id": d.task_id.to_string(),
+                    "state": d.state.as_str(),
+                    "result": d.result.as_deref().map(String::from_utf8_lossy),
+                })
+            })
+            .collect();
+    }
+    result.to_string().into_bytes()
 }
 
 #[cfg(test)]

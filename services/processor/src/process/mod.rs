@@ -77,6 +77,8 @@ pub struct Processor {
     pub slots: Arc<Slots>,
     /// Longer retry delays wait in MySQL instead of on a retry topic.
     pub retry_topic_max_delay: Duration,
+    /// Wakes the workflow advancer when a workflow node's state commits.
+    pub workflows: crate::workflows::Waker,
     in_flight: Mutex<HashMap<TaskId, InFlight>>,
     /// Cancels seen here: task id -> (the cancelling tenant, when).
     cancelled: Mutex<HashMap<TaskId, (String, Instant)>>,
@@ -136,6 +138,8 @@ pub struct Parts {
     pub slots: Arc<Slots>,
     /// Longer retry delays wait in MySQL.
     pub retry_topic_max_delay: Duration,
+    /// Wakes the workflow advancer.
+    pub workflows: crate::workflows::Waker,
 }
 
 impl Processor {
@@ -155,6 +159,7 @@ impl Processor {
             cancelled_ttl: p.cancelled_ttl,
             slots: p.slots,
             retry_topic_max_delay: p.retry_topic_max_delay,
+            workflows: p.workflows,
             in_flight: Mutex::default(),
             cancelled: Mutex::default(),
             task_locks: Mutex::default(),
@@ -200,10 +205,16 @@ impl Processor {
         self.shared.partitions.abandon(lease);
     }
 
-    /// Finishes once `committed` resolves, or abandons if the writer gave up.
-    async fn finish_after(&self, lease: &Lease, committed: Committed) {
+    /// Finishes once `committed` resolves, or abandons if the writer gave up. A committed state
+    /// of a workflow node wakes the workflow advancer: it may decide the node's dependents.
+    async fn finish_after(&self, lease: &Lease, committed: Committed, env: &Envelope) {
         match committed.await {
-            Ok(_) => self.finish(lease),
+            Ok(_) => {
+                if env.workflow_id.is_some() {
+                    self.workflows.wake();
+                }
+                self.finish(lease)
+            }
             Err(_) => self.abandon(lease),
         }
     }
@@ -269,7 +280,11 @@ impl Processor {
         w.payload = Vec::new();
         w.last_error = format!("cancelled: {}", env.cancel_reason);
         let committed = self.writer.write(w, None, Vec::new()).await;
-        match committed.await {
+        let result = committed.await;
+        if env.workflow_id.is_some() && result.is_ok() {
+            self.workflows.wake();
+        }
+        match result {
             Ok(true) => self.finish(&d.lease),
             // Fenced: a replay of a cancel already committed (whose event a killed process may
             // never have delivered), or a task already finished. Publish the row as it is.

@@ -20,4 +20,5 @@ mod scheduling;
 mod timeouts;
 mod tls_readiness;
 mod wedge;
+mod workflows;
 mod writer;

@@ -1,0 +1,244 @@
+//! The workflow advancer: moves WAITING workflow nodes on once their dependencies decide them.
+//!
+//! A node with dependencies is stored WAITING by the gateway (`SubmitWorkflow`). Each pass:
+//! 1. carries out CancelWorkflow requests: a CANCEL record for every unfinished node of the
+//!    workflow, produced on the node's own partition like a CancelTask's, so the consumer writes
+//!    CANCELLED (and its event) through the fenced writer; the node is marked `cancel_sent_at`,
+//!    which keeps it from ever being released;
+//! 2. finds WAITING nodes whose dependencies decided them (`dispatch_store::workflows::resolvable`):
+//!    - every dependency finished and none failed behind a `cancel` edge: released to SCHEDULED
+//!      (a conditional update from `waiting`), then the scheduler is woken to publish it;
+//!    - a dependency ended DEAD or CANCELLED behind a `cancel` edge: a CANCEL record as above
+//!      (produced again after `resend_after` if the node is still WAITING: the record was lost).
+//!
+//! Passes run every `interval` and whenever this instance commits a state of a workflow node
+//! ([`Advancer::waker`]; a CANCEL of a node carries its workflow too), so a chain advances, and a
+//! failure cascades down it, at the pace of its tasks rather than of the interval. Any number of instances may run it: every move is conditional on
+//! the state it leaves, and a repeated CANCEL is a no-op for the consumer.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use chrono::Utc;
+use dispatch_core::{BusinessKey, Envelope, TaskId, Tenant, Topics};
+use dispatch_runtime::metrics::register;
+use dispatch_store::MySqlPool;
+use dispatch_store::workflows::{self, NodeCancel, Resolved};
+use prometheus::{IntCounter, IntCounterVec, Opts};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::produce::Producer;
+
+fn def<T>(r: Result<T, prometheus::Error>) -> T {
+    r.unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
+}
+
+/// `dispatch_workflow_nodes_released_total`.
+pub static RELEASED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(def(IntCounter::new(
+        "dispatch_workflow_nodes_released_total",
+        "Workflow nodes moved from WAITING to SCHEDULED once their dependencies finished.",
+    )))
+});
+/// `dispatch_workflow_node_cancels_total{cause}`.
+pub static CANCELS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(def(IntCounterVec::new(
+        Opts::new(
+            "dispatch_workflow_node_cancels_total",
+            "CANCEL records produced for workflow nodes (cause: dependency failed, or workflow cancelled).",
+        ),
+        &["cause"],
+    )))
+});
+/// `dispatch_workflow_advance_errors_total`.
+pub static ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(def(IntCounter::new(
+        "dispatch_workflow_advance_errors_total",
+        "Workflow advancer passes that failed (database or Kafka); the next pass tries again.",
+    )))
+});
+
+/// Creates the series so dashboards see them before the first workflow.
+pub fn init_metrics() {
+    LazyLock::force(&RELEASED);
+    LazyLock::force(&ERRORS);
+    for cause in ["dependency", "workflow"] {
+        CANCELS.with_label_values(&[cause]);
+    }
+}
+
+/// Wakes an advancer: cheap, callable from any task.
+#[derive(Debug, Clone, Default)]
+pub struct Waker(Arc<Notify>);
+
+impl Waker {
+    /// Asks for a pass soon (several calls before it starts make one pass).
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+
+    /// Resolves at the next [`Waker::wake`] (or at once if one came since the last).
+    pub async fn woken(&self) {
+        self.0.notified().await;
+    }
+}
+
+/// The advancer's wiring.
+pub struct Advancer {
+    /// Pool.
+    pub pool: MySqlPool,
+    /// Producer of CANCEL records.
+    pub producer: Producer,
+    /// Topic names.
+    pub topics: Topics,
+    /// Longest pause between passes.
+    pub interval: Duration,
+    /// Nodes decided per round.
+    pub batch_size: u32,
+    /// A node still WAITING this long after its CANCEL was produced gets another.
+    pub resend_after: Duration,
+    /// Wakes this advancer (the processor calls it when a workflow node's state commits).
+    pub waker: Waker,
+    /// Wakes the scheduler after a release.
+    pub scheduler: Waker,
+    /// Stops the loop.
+    pub stop: CancellationToken,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Nodes released to SCHEDULED.
+    pub released: u64,
+    /// CANCEL records produced.
+    pub cancels: u64,
+}
+
+impl Advancer {
+    /// Runs until `stop`.
+    pub async fn run(self) {
+        loop {
+            match self.pass().await {
+                Ok(p) if p.released > 0 || p.cancels > 0 => {
+                    tracing::debug!(
+                        released = p.released,
+                        cancels = p.cancels,
+                        "workflows advanced"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    ERRORS.inc();
+                    tracing::warn!(error = %e, "workflow advancer pass failed");
+                }
+            }
+            tokio::select! {
+                () = self.stop.cancelled() => break,
+                () = self.waker.woken() => {}
+                () = tokio::time::sleep(self.interval) => {}
+            }
+        }
+        tracing::info!("workflow advancer stopped");
+    }
+
+    /// One pass: cancel requests, then rounds of decided nodes until none is left.
+    ///
+    /// # Errors
+    /// Database errors (Kafka failures leave the node for the next pass).
+    pub async fn pass(&self) -> anyhow::Result<Pass> {
+        let mut pass = Pass::default();
+        for (workflow, reason) in workflows::cancel_requests(&self.pool, 16).await? {
+            let nodes = workflows::unfinished_nodes(&self.pool, workflow, &reason).await?;
+            let sent = self.send_cancels(&nodes).await;
+            workflows::mark_cancel_sent(&self.pool, &sent, Utc::now()).await?;
+            CANCELS
+                .with_label_values(&["workflow"])
+                .inc_by(sent.len() as u64);
+            pass.cancels += sent.len() as u64;
+            if sent.len() == nodes.len() {
+                workflows::cancel_done(&self.pool, workflow, Utc::now()).await?;
+            }
+        }
+        loop {
+            let decided = {
+                let mut conn = self.pool.acquire().await?;
+                workflows::resolvable(&mut conn, self.batch_size, self.resend_after).await?
+            };
+            if decided.is_empty() {
+                break;
+            }
+            let full = decided.len() >= self.batch_size as usize;
+            let mut release = Vec::new();
+            let mut cancel = Vec::new();
+            for d in decided {
+                match d {
+                    Resolved::Release(id) => release.push(id),
+                    Resolved::Cancel(c) => cancel.push(c),
+                }
+            }
+            let released = workflows::release(&self.pool, &release, Utc::now()).await?;
+            if released > 0 {
+                RELEASED.inc_by(released);
+                self.scheduler.wake();
+            }
+            let sent = self.send_cancels(&cancel).await;
+            workflows::mark_cancel_sent(&self.pool, &sent, Utc::now()).await?;
+            CANCELS
+                .with_label_values(&["dependency"])
+                .inc_by(sent.len() as u64);
+            pass.released += released;
+            pass.cancels += sent.len() as u64;
+            // What this round moved decides nothing else until it finishes (a released node runs,
+            // a cancelled one is written by the consumer): another round only for a full batch.
+            if !full || self.stop.is_cancelled() {
+                break;
+            }
+        }
+        Ok(pass)
+    }
+
+    /// Produces a CANCEL for each node; returns the ids whose record was acknowledged.
+    async fn send_cancels(&self, nodes: &[NodeCancel]) -> Vec<TaskId> {
+        let sends = nodes.iter().map(|n| async move {
+            let env = match cancel_envelope(n) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(task_id = %n.task_id, error = %e, "workflow node row does not make a cancel");
+                    return None;
+                }
+            };
+            let topic = self.topics.tasks(env.priority);
+            match self
+                .producer
+                .send("tasks", &topic, env.key(), &env.encode(), &env.headers())
+                .await
+            {
+                Ok(_) => Some(n.task_id),
+                Err(e) => {
+                    tracing::warn!(task_id = %n.task_id, error = %e, "cannot produce a workflow node's cancel; sent again later");
+                    None
+                }
+            }
+        });
+        futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+}
+
+/// The CANCEL record of a node: on its own partition (its business key, its priority's topic),
+/// so it is ordered with the node's SUBMIT if the node was released meanwhile.
+fn cancel_envelope(n: &NodeCancel) -> Result<Envelope, String> {
+    let mut env = Envelope::cancel(
+        n.task_id,
+        Tenant::parse(&n.tenant)?,
+        BusinessKey::parse(&n.business_key)?,
+        n.priority,
+        n.reason.clone(),
+    );
+    env.workflow_id = Some(n.workflow_id);
+    Ok(env)
+}
