@@ -26,6 +26,7 @@ use crate::producer::Producer;
 use crate::relay;
 use crate::service::TaskApi;
 use crate::settings::Settings;
+use crate::workflows::Workflows;
 
 /// What the gateway's gRPC server serves (the in-flight bound sheds into
 /// `dispatch_load_shed_total` too).
@@ -126,8 +127,14 @@ impl App {
             &settings.cancel,
         )
         .with_spec_limits(settings.limits.spec_limits());
+        let workflows = Workflows::new(
+            pool.clone(),
+            settings.limits.spec_limits(),
+            settings.limits.max_workflow_nodes,
+        );
         let api = TaskApi::new(
             Arc::new(gateway),
+            Arc::new(workflows),
             Arc::new(auth),
             Arc::new(Limits::new(&settings.limits, Some(&settings.redis)).await),
         )

@@ -15,6 +15,7 @@ use crate::limits::Limited;
 
 /// `google.rpc.ErrorInfo.reason` of a reused idempotency key; its metadata names the first
 /// differing field (`field`), all of them (`fields`, comma-separated), the `task_id` and the
+/// `idempotency_key`. A workflow's reused key: `field` is `nodes`, with `workflow_id` and
 /// `idempotency_key`.
 pub const CONFLICT_REASON: &str = "IDEMPOTENCY_KEY_REUSED";
 /// `google.rpc.ErrorInfo.domain` of the gateway's errors.
@@ -62,6 +63,17 @@ pub enum GatewayError {
         .0.task_id
     )]
     Conflict(Conflict),
+    /// A workflow's idempotency key was first used with other nodes.
+    #[error(
+        "idempotency key {idempotency_key:?} belongs to workflow {workflow_id}, which has other \
+         nodes; resubmit the same nodes, or use a new key"
+    )]
+    WorkflowConflict {
+        /// The workflow the key names.
+        workflow_id: dispatch_core::TaskId,
+        /// The key.
+        idempotency_key: String,
+    },
     /// A bug or a panic in a request task.
     #[error("internal error: {0}")]
     Internal(String),
@@ -76,7 +88,7 @@ impl GatewayError {
             Self::Unavailable(_) | Self::StoreUnavailable(_) => Code::Unavailable,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::NotFound(_) => Code::NotFound,
-            Self::Conflict(_) => Code::AlreadyExists,
+            Self::Conflict(_) | Self::WorkflowConflict { .. } => Code::AlreadyExists,
             Self::Internal(_) => Code::Internal,
         }
     }
@@ -121,6 +133,26 @@ impl From<GatewayError> for Status {
                     ("fields".to_owned(), c.fields.join(",")),
                     ("task_id".to_owned(), c.task_id.to_string()),
                     ("idempotency_key".to_owned(), c.idempotency_key.clone()),
+                ]);
+                Status::with_error_details(
+                    Code::AlreadyExists,
+                    message,
+                    ErrorDetails::with_error_info(CONFLICT_REASON, ERROR_DOMAIN, metadata),
+                )
+            }
+            GatewayError::WorkflowConflict {
+                workflow_id,
+                idempotency_key,
+            } => {
+                let message = GatewayError::WorkflowConflict {
+                    workflow_id,
+                    idempotency_key: idempotency_key.clone(),
+                }
+                .to_string();
+                let metadata = HashMap::from([
+                    ("field".to_owned(), "nodes".to_owned()),
+                    ("workflow_id".to_owned(), workflow_id.to_string()),
+                    ("idempotency_key".to_owned(), idempotency_key),
                 ]);
                 Status::with_error_details(
                     Code::AlreadyExists,

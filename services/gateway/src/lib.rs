@@ -18,6 +18,8 @@
 //! - [`probe`]: dependency probes behind gRPC health and `/readyz`.
 //! - [`recent`]: recent submits, so a cancel can route before the task is stored.
 //! - [`schedules`]: ScheduleService: a tenant's schedules (the processors fire them).
+//! - [`workflows`]: SubmitWorkflow and CancelWorkflow: a workflow's graph and node specs
+//!   validated, then stored in one MySQL transaction (no Kafka: the processor releases nodes).
 //! - [`metrics`], [`error`]: the metric catalogue (circuit breakers: `dispatch_runtime::breaker`), the one
 //!   error-to-status mapping.
 //!
@@ -64,6 +66,7 @@ pub mod relay;
 pub mod schedules;
 pub mod service;
 pub mod settings;
+pub mod workflows;
 
 pub use app::App;
 pub use error::GatewayError;

@@ -98,6 +98,27 @@ static OUTBOX_PURGED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+static WORKFLOW_SUBMITS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "dispatch_workflow_submit_total",
+        "Submitted workflows by outcome.",
+        &["outcome"],
+    )
+});
+static WORKFLOW_NODES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "dispatch_workflow_nodes_accepted_total",
+        "Nodes of the workflows stored.",
+    )
+});
+static WORKFLOW_CANCELS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "dispatch_workflow_cancel_total",
+        "CancelWorkflow requests by outcome.",
+        &["outcome"],
+    )
+});
+
 /// The service label.
 pub const SERVICE: &str = "gateway";
 
@@ -114,12 +135,39 @@ pub const SUBMIT_OUTCOMES: [&str; 9] = [
     "unauthenticated",
 ];
 
+/// Outcomes of `dispatch_workflow_submit_total`.
+pub const WORKFLOW_SUBMIT_OUTCOMES: [&str; 7] = [
+    "accepted",
+    "duplicate",
+    "conflict",
+    "invalid",
+    "unavailable",
+    "rate_limited",
+    "unauthenticated",
+];
+
+/// Outcomes of `dispatch_workflow_cancel_total`.
+pub const WORKFLOW_CANCEL_OUTCOMES: [&str; 5] = [
+    "accepted",
+    "finished",
+    "not_found",
+    "invalid",
+    "unavailable",
+];
+
 /// Pre-creates every labelled series.
 pub fn init() {
     for o in SUBMIT_OUTCOMES {
         let _ = SUBMITS.with_label_values(&[o]);
     }
     let _ = OUTBOX_WRITES.get();
+    for o in WORKFLOW_SUBMIT_OUTCOMES {
+        let _ = WORKFLOW_SUBMITS.with_label_values(&[o]);
+    }
+    WORKFLOW_NODES.inc_by(0);
+    for o in WORKFLOW_CANCEL_OUTCOMES {
+        let _ = WORKFLOW_CANCELS.with_label_values(&[o]);
+    }
     for s in ["tenant", "global"] {
         let _ = RATE_LIMITED.with_label_values(&[s]);
     }
@@ -150,6 +198,21 @@ pub fn submit(outcome: &'static str) {
 /// `n` submitted items finished with `outcome`.
 pub fn submit_n(outcome: &'static str, n: u64) {
     SUBMITS.with_label_values(&[outcome]).inc_by(n);
+}
+
+/// One SubmitWorkflow finished with `outcome` (one of [`WORKFLOW_SUBMIT_OUTCOMES`]).
+pub fn workflow_submit(outcome: &'static str) {
+    WORKFLOW_SUBMITS.with_label_values(&[outcome]).inc();
+}
+
+/// A workflow of `nodes` nodes was stored.
+pub fn workflow_nodes_accepted(nodes: usize) {
+    WORKFLOW_NODES.inc_by(nodes as u64);
+}
+
+/// One CancelWorkflow finished with `outcome` (one of [`WORKFLOW_CANCEL_OUTCOMES`]).
+pub fn workflow_cancel(outcome: &'static str) {
+    WORKFLOW_CANCELS.with_label_values(&[outcome]).inc();
 }
 
 /// A delivery report arrived after `elapsed`.

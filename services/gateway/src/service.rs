@@ -30,14 +30,22 @@ use crate::error::GatewayError;
 use crate::gateway::{Gateway, TraceHeaders};
 use crate::limits::Limits;
 use crate::metrics;
+use crate::workflows::Workflows;
 
 /// TaskService's RPCs (the metrics' `method` label).
-pub const METHODS: [&str; 3] = ["SubmitTask", "SubmitTasks", "CancelTask"];
+pub const METHODS: [&str; 5] = [
+    "SubmitTask",
+    "SubmitTasks",
+    "CancelTask",
+    "SubmitWorkflow",
+    "CancelWorkflow",
+];
 
 /// The TaskService implementation.
 #[derive(Clone)]
 pub struct TaskApi {
     gateway: Arc<Gateway>,
+    workflows: Arc<Workflows>,
     auth: Arc<Authenticator>,
     limits: Arc<Limits>,
     request_timeout: Option<Duration>,
@@ -45,9 +53,15 @@ pub struct TaskApi {
 
 impl TaskApi {
     /// Over the shared domain state.
-    pub fn new(gateway: Arc<Gateway>, auth: Arc<Authenticator>, limits: Arc<Limits>) -> Self {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        workflows: Arc<Workflows>,
+        auth: Arc<Authenticator>,
+        limits: Arc<Limits>,
+    ) -> Self {
         Self {
             gateway,
+            workflows,
             auth,
             limits,
             request_timeout: None,
@@ -216,15 +230,56 @@ impl TaskService for TaskApi {
 
     async fn submit_workflow(
         &self,
-        _request: Request<pb::SubmitWorkflowRequest>,
+        request: Request<pb::SubmitWorkflowRequest>,
     ) -> Result<Response<pb::SubmitWorkflowResponse>, Status> {
-        Err(Status::unimplemented("SubmitWorkflow is not served yet"))
+        let span = tracing::Span::current();
+        async move {
+            let tenant = self.auth.tenant(request.metadata()).inspect_err(|_| {
+                metrics::workflow_submit("unauthenticated");
+            })?;
+            let n = request.get_ref().nodes.len();
+            let invalid = |v: Violations| {
+                metrics::workflow_submit("invalid");
+                v.to_status()
+            };
+            // A workflow of no nodes or too many is refused on its size before it costs tokens
+            // (as a batch is); otherwise it costs one per node.
+            if n == 0 || n > self.workflows.max_nodes() {
+                return Err(invalid(
+                    self.workflows
+                        .parse(&tenant, request.into_inner(), Utc::now())
+                        .err()
+                        .unwrap_or_default(),
+                ));
+            }
+            self.limits.check(&tenant, n as u32).await.map_err(|l| {
+                metrics::workflow_submit("rate_limited");
+                Status::from(GatewayError::Limited(l))
+            })?;
+            let parsed = self
+                .workflows
+                .parse(&tenant, request.into_inner(), Utc::now())
+                .map_err(invalid)?;
+            let wf = self.workflows.clone();
+            detached(span, async move { wf.submit(parsed).await }).await
+        }
+        .await
+        .map(Response::new)
     }
 
     async fn cancel_workflow(
         &self,
-        _request: Request<pb::CancelWorkflowRequest>,
+        request: Request<pb::CancelWorkflowRequest>,
     ) -> Result<Response<pb::CancelWorkflowResponse>, Status> {
-        Err(Status::unimplemented("CancelWorkflow is not served yet"))
+        let span = tracing::Span::current();
+        async move {
+            let tenant = self.tenant(request.metadata(), 0)?;
+            self.limit(&tenant, 1, false).await?;
+            let req = request.into_inner();
+            let wf = self.workflows.clone();
+            detached(span, async move { wf.cancel(&tenant, req).await }).await
+        }
+        .await
+        .map(Response::new)
     }
 }

@@ -106,6 +106,9 @@ impl Settings {
         if self.limits.max_schedule_horizon_secs == 0 {
             return bad("limits.max_schedule_horizon_secs must be > 0");
         }
+        if self.limits.max_workflow_nodes == 0 {
+            return bad("limits.max_workflow_nodes must be > 0");
+        }
         if self.limits.max_task_timeout_ms == 0 {
             return bad("limits.max_task_timeout_ms must be > 0");
         }
@@ -175,6 +178,10 @@ pub struct LimitSettings {
     /// 31_536_000); beyond it a submit is refused with INVALID_ARGUMENT naming the field and
     /// this limit.
     pub max_schedule_horizon_secs: u64,
+    /// Most nodes one SubmitWorkflow may hold (default 2_000); above it the request is refused
+    /// with INVALID_ARGUMENT naming `nodes` and this limit. The rate limits charge one token per
+    /// node, so keep `tenant_burst` (divided by `replicas`) at or above it.
+    pub max_workflow_nodes: usize,
 }
 
 impl Default for LimitSettings {
@@ -194,6 +201,7 @@ impl Default for LimitSettings {
             max_task_timeout_ms: dispatch_core::task::limits::TASK_TIMEOUT_MAX_MS,
             task_type_max_timeout_ms: BTreeMap::new(),
             max_schedule_horizon_secs: dispatch_core::validate::DEFAULT_SCHEDULE_HORIZON_SECS,
+            max_workflow_nodes: dispatch_core::workflow::DEFAULT_MAX_NODES,
         }
     }
 }
@@ -372,6 +380,31 @@ mod tests {
         assert_eq!(s.limits.tenant_rps, 7);
         assert_eq!(s.outbox.produce_timeout_ms, 250);
         assert_eq!(s.grpc.listen.port(), 50051);
+    }
+
+    #[test]
+    fn the_workflow_node_bound_loads_and_is_checked() {
+        assert_eq!(
+            Settings::default().limits.max_workflow_nodes,
+            dispatch_core::workflow::DEFAULT_MAX_NODES
+        );
+        let s: Settings = dispatch_runtime::settings::load_from(
+            None,
+            [(
+                "DISPATCH_LIMITS__MAX_WORKFLOW_NODES".to_string(),
+                "50".to_string(),
+            )],
+        )
+        .expect("load");
+        assert_eq!(s.limits.max_workflow_nodes, 50);
+        let mut bad = Settings::default();
+        bad.limits.max_workflow_nodes = 0;
+        assert!(
+            bad.validate()
+                .expect_err("0 nodes")
+                .to_string()
+                .contains("limits.max_workflow_nodes")
+        );
     }
 
     #[test]

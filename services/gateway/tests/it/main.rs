@@ -16,3 +16,4 @@ mod schedules;
 mod submit;
 mod tls_readiness;
 mod wedge;
+mod workflows;
