@@ -90,10 +90,11 @@ pub static LAST_ROUND: LazyLock<IntGauge> = LazyLock::new(|| {
 });
 
 /// The tables the purge deletes from (`table` label values).
-pub const TABLES: [&str; 4] = [
+pub const TABLES: [&str; 5] = [
     "tasks",
     "task_attempts",
     "handler_executions",
+    "workflow_nodes",
     "dead_letters",
 ];
 const OUTCOMES: [&str; 3] = ["complete", "failed", "interrupted"];
@@ -299,6 +300,9 @@ impl Retention {
                     PURGED
                         .with_label_values(&["handler_executions"])
                         .inc_by(b.executions);
+                    PURGED
+                        .with_label_values(&["workflow_nodes"])
+                        .inc_by(b.workflow_nodes);
                     self.observe("tasks", &tenant, b.tasks, started);
                     if b.candidates < u64::from(s.batch_size) {
                         break;

@@ -46,6 +46,8 @@ pub struct TaskPurge {
     pub attempts: u64,
     /// `handler_executions` (ledger) rows.
     pub executions: u64,
+    /// `workflow_nodes` rows (with their edges; a workflow whose last node went goes too).
+    pub workflow_nodes: u64,
     /// Candidates read (the batch is full when this equals the limit: more may wait).
     pub candidates: u64,
 }
@@ -196,15 +198,42 @@ pub async fn purge_tasks_batch(
         tx.commit().await?;
         return Ok(out);
     }
+    // The workflows the purged nodes belong to (none for tasks submitted on their own).
+    let mut qb: QueryBuilder<MySql> =
+        QueryBuilder::new("SELECT DISTINCT workflow_id FROM workflow_nodes WHERE task_id IN (");
+    push_ids(&mut qb, &confirmed);
+    let workflows: Vec<Vec<u8>> = qb
+        .build()
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<Vec<u8>, _>(0))
+        .collect::<std::result::Result<_, _>>()?;
+    let mut edges = 0;
     for (table, slot) in [
         ("task_attempts", &mut out.attempts),
         ("handler_executions", &mut out.executions),
+        ("workflow_edges", &mut edges),
+        ("workflow_nodes", &mut out.workflow_nodes),
         ("tasks", &mut out.tasks),
     ] {
+        if table.starts_with("workflow_") && workflows.is_empty() {
+            continue;
+        }
         let mut qb: QueryBuilder<MySql> =
             QueryBuilder::new(format!("DELETE FROM {table} WHERE task_id IN ("));
         push_ids(&mut qb, &confirmed);
         *slot = qb.build().execute(&mut *tx).await?.rows_affected();
+    }
+    if !workflows.is_empty() {
+        // A node is purged only once it finished, and its dependents finish after it, so a
+        // workflow with no node left is done with.
+        let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
+            "DELETE FROM workflows WHERE NOT EXISTS (SELECT 1 FROM workflow_nodes n \
+             WHERE n.workflow_id = workflows.workflow_id) AND workflow_id IN (",
+        );
+        push_ids(&mut qb, &workflows);
+        qb.build().execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(out)

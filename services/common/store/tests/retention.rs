@@ -199,6 +199,7 @@ async fn the_purge_removes_exactly_the_expired_terminal_rows_of_the_tenant() -> 
             tasks: 5,
             attempts: 10,
             executions: 5,
+            workflow_nodes: 0,
             candidates: 5,
         }
     );
@@ -229,6 +230,91 @@ async fn the_purge_removes_exactly_the_expired_terminal_rows_of_the_tenant() -> 
     // Nothing left to purge: a second pass deletes nothing.
     let again = purge_all(&mut conn, "short", horizon, 500).await;
     assert_eq!(again, vec![TaskPurge::default()]);
+    env.cleanup().await;
+    Ok(())
+}
+
+/// A workflow's nodes go with their tasks; the workflow goes with its last node, and a node
+/// still running keeps its workflow (and its own edges) in place.
+#[tokio::test]
+async fn purged_workflow_nodes_take_their_edges_and_finally_their_workflow() -> anyhow::Result<()> {
+    use dispatch_core::workflow::OnFailure;
+    use dispatch_core::{BusinessKey, NewTask, Payload, Priority, RetryPolicy, TaskType, Tenant};
+    use dispatch_store::workflows::{self, NewNode, NewWorkflow};
+    let env = TestEnv::new().await?;
+    let workflow = |names: &[&str]| {
+        let workflow_id = TaskId::new();
+        NewWorkflow {
+            workflow_id,
+            tenant: "short".into(),
+            idempotency_key: None,
+            nodes: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| NewNode {
+                    name: (*n).into(),
+                    root: i == 0,
+                    task: NewTask {
+                        task_id: TaskId::workflow_node(workflow_id, n),
+                        tenant: Tenant::parse("short").expect("tenant"),
+                        business_key: BusinessKey::parse(n).expect("key"),
+                        task_type: TaskType::parse("noop").expect("type"),
+                        payload: Payload::parse(Vec::new()).expect("payload"),
+                        priority: Priority::Default,
+                        idempotency_key: None,
+                        run_at: None,
+                        deadline: None,
+                        retry: RetryPolicy::DEFAULT,
+                        timeout_ms: None,
+                        submitted_at: Utc::now(),
+                    },
+                })
+                .collect(),
+            edges: (1..names.len())
+                .map(|i| (i, i - 1, OnFailure::Cancel))
+                .collect(),
+        }
+    };
+    let done = workflow(&["a", "b"]);
+    let half = workflow(&["c", "d"]);
+    for w in [&done, &half] {
+        workflows::insert(&env.pool, w, ago(2 * DAY)).await?;
+    }
+    // Every node of `done` finished two days ago; of `half`, only the first.
+    let finished = [
+        done.nodes[0].task.task_id,
+        done.nodes[1].task.task_id,
+        half.nodes[0].task.task_id,
+    ];
+    for id in finished {
+        sqlx::query("UPDATE tasks SET state = 'succeeded', finished_at = ?, updated_at = ? WHERE task_id = ?")
+            .bind(ago(2 * DAY))
+            .bind(ago(2 * DAY))
+            .bind(id.as_bytes().as_slice())
+            .execute(&env.pool)
+            .await?;
+    }
+    let mut conn = lock_conn(&env).await;
+    let batches = purge_all(&mut conn, "short", ago(DAY), 500).await;
+    assert_eq!(batches[0].tasks, 3, "{batches:?}");
+    assert_eq!(batches[0].workflow_nodes, 3, "{batches:?}");
+    let left = |sql: &'static str| count(&env.pool, sql);
+    assert_eq!(
+        left("SELECT COUNT(*) FROM workflow_nodes").await,
+        1,
+        "d's node stays"
+    );
+    assert_eq!(
+        left("SELECT COUNT(*) FROM workflow_edges").await,
+        1,
+        "d's edge stays"
+    );
+    let workflows_left = ids(&env.pool, "SELECT workflow_id FROM workflows").await;
+    assert_eq!(
+        workflows_left,
+        BTreeSet::from([half.workflow_id.as_bytes().to_vec()]),
+        "the finished workflow went with its last node"
+    );
     env.cleanup().await;
     Ok(())
 }
