@@ -11,3 +11,4 @@ mod tls_bench;
 mod tls_stack;
 mod trace;
 mod trace_flow;
+mod workflows;

@@ -55,6 +55,9 @@ struct Fixture {
     /// `acme`'s schedule (paused, firing once a year) and its id.
     schedule: String,
     schedule_id: String,
+    /// `acme`'s workflow (one noop node), its idempotency key and id.
+    workflow_key: String,
+    workflow_id: String,
 }
 
 /// One client per service.
@@ -97,6 +100,12 @@ enum Answer {
     Schedules(Vec<String>),
     Triggered,
     Deleted,
+    /// A workflow's id (SubmitWorkflow, GetWorkflow).
+    Workflow {
+        workflow_id: String,
+        duplicate: bool,
+    },
+    WorkflowCancelled,
 }
 
 /// `name`, paused, firing once a year: a schedule that never fires during the test.
@@ -129,6 +138,21 @@ fn rpcs() -> anyhow::Result<Vec<(String, String)>> {
         }
     }
     Ok(out)
+}
+
+/// The one-node workflow `acme` submitted with `key` (a repeat is a duplicate).
+fn workflow_request(key: &str) -> pb::SubmitWorkflowRequest {
+    pb::SubmitWorkflowRequest {
+        nodes: vec![pb::WorkflowNode {
+            name: "only".into(),
+            task: Some(pb::TaskSpec {
+                business_key: format!("wf-{key}"),
+                ..spec("noop", b"")
+            }),
+            depends_on: Vec::new(),
+        }],
+        idempotency_key: key.into(),
+    }
 }
 
 fn submitted(r: pb::SubmitTaskResponse) -> Answer {
@@ -196,6 +220,42 @@ async fn call(
             ))
             .await
             .map(|_| Answer::Cancelled),
+        ("dispatch.v1.TaskService", "SubmitWorkflow") => tasks
+            .submit_workflow(request(workflow_request(&fx.workflow_key), auth))
+            .await
+            .map(|r| {
+                let r = r.into_inner();
+                Answer::Workflow {
+                    workflow_id: r.workflow_id,
+                    duplicate: r.duplicate,
+                }
+            }),
+        ("dispatch.v1.TaskService", "CancelWorkflow") => tasks
+            .cancel_workflow(request(
+                pb::CancelWorkflowRequest {
+                    workflow_id: fx.workflow_id.clone(),
+                    reason: "security test".into(),
+                },
+                auth,
+            ))
+            .await
+            .map(|_| Answer::WorkflowCancelled),
+        ("dispatch.v1.TaskQueryService", "GetWorkflow") => queries
+            .get_workflow(request(
+                pb::GetWorkflowRequest {
+                    workflow_id: fx.workflow_id.clone(),
+                },
+                auth,
+            ))
+            .await
+            .map(|r| Answer::Workflow {
+                workflow_id: r
+                    .into_inner()
+                    .workflow
+                    .map(|w| w.workflow_id)
+                    .unwrap_or_default(),
+                duplicate: false,
+            }),
         ("dispatch.v1.TaskQueryService", "GetTask") => queries
             .get_task(request(
                 pb::GetTaskRequest {
@@ -405,6 +465,15 @@ fn check_other_tenant(rpc: &str, fx: &Fixture, r: Result<Answer, Status>) -> Res
             Ok(())
         }
         ("CancelTask" | "GetTask" | "WatchTask", Err(s)) if s.code() == Code::NotFound => Ok(()),
+        // A workflow's idempotency key is per tenant too: another tenant's key names its own.
+        ("SubmitWorkflow", Ok(Answer::Workflow { workflow_id, .. }))
+            if *workflow_id
+                == TaskId::workflow_from_idempotency_key("globex", &fx.workflow_key)
+                    .to_string() =>
+        {
+            Ok(())
+        }
+        ("CancelWorkflow" | "GetWorkflow", Err(s)) if s.code() == Code::NotFound => Ok(()),
         // A schedule name is per tenant: another tenant creates its own, and never reaches
         // acme's (the owner deleted it before DeleteSchedule's other-tenant call: NOT_FOUND too).
         ("CreateSchedule", Ok(Answer::Schedule(id))) if !id.is_empty() && *id != fx.schedule_id => {
@@ -439,6 +508,15 @@ fn check_owner(rpc: &str, fx: &Fixture, r: Result<Answer, Status>) -> Result<(),
             *duplicate && *task_id == fx.task_id
         }
         ("CancelTask", Ok(Answer::Cancelled)) => true,
+        (
+            "SubmitWorkflow",
+            Ok(Answer::Workflow {
+                workflow_id,
+                duplicate,
+            }),
+        ) => *duplicate && *workflow_id == fx.workflow_id,
+        ("GetWorkflow", Ok(Answer::Workflow { workflow_id, .. })) => *workflow_id == fx.workflow_id,
+        ("CancelWorkflow", Ok(Answer::WorkflowCancelled)) => true,
         ("GetTask", Ok(Answer::Got(id))) => *id == fx.task_id,
         ("WatchTask", Ok(Answer::Watched(id))) => id.as_deref() == Some(fx.task_id.as_str()),
         ("BatchGetTasks", Ok(Answer::BatchGot { found, not_found })) => {
@@ -496,12 +574,25 @@ async fn every_rpc_rejects_bad_callers_and_hides_other_tenants() -> anyhow::Resu
         .schedule
         .map(|s| s.schedule_id)
         .unwrap_or_default();
+    let workflow_key = format!("wf-{}", uuid::Uuid::now_v7().simple());
+    let workflow_id = clients
+        .tasks
+        .clone()
+        .submit_workflow(request(
+            workflow_request(&workflow_key),
+            &Auth::bearer(KEY_ACME),
+        ))
+        .await?
+        .into_inner()
+        .workflow_id;
     let fx = Fixture {
         task_id: accepted.task_id,
         business_key,
         idempotency_key,
         schedule,
         schedule_id: created,
+        workflow_key,
+        workflow_id,
     };
     let admin_served = admin_served(&clients).await;
     if !admin_served {
