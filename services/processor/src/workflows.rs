@@ -11,13 +11,18 @@
 //!    - a dependency ended DEAD or CANCELLED behind a `cancel` edge: a CANCEL record as above
 //!      (produced again after `resend_after` if the node is still WAITING: the record was lost).
 //!
-//! Passes run every `interval` and whenever this instance commits a state of a workflow node
-//! ([`Advancer::waker`]; a CANCEL of a node carries its workflow too), so a chain advances, and a
-//! failure cascades down it, at the pace of its tasks rather than of the interval. Any number of instances may run it: every move is conditional on
-//! the state it leaves, and a repeated CANCEL is a no-op for the consumer.
+//! A pass over every WAITING node runs every `interval` (a sweep: its cost grows with their
+//! number), and a pass over one workflow whenever this instance commits a state of one of its
+//! nodes ([`Advancer::waker`]; a CANCEL of a node carries its workflow too), so a chain advances,
+//! and a failure cascades down it, at the pace of its tasks rather than of the interval. The sweep
+//! catches what no wake reported: CancelWorkflow requests, a node cancelled through the gateway,
+//! an instance that died between a commit and its pass. Any number of instances may run it:
+//! every move is conditional on the state it leaves, and a repeated CANCEL is a no-op for the
+//! consumer.
 
+use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use dispatch_core::{BusinessKey, Envelope, TaskId, Tenant, Topics};
@@ -29,6 +34,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::produce::Producer;
+
+/// Shortest pause between two passes. A pass reads every WAITING node's edges; while many nodes
+/// commit, back-to-back wakes would run passes without pause. 10 ms bounds them at 100/s and adds
+/// at most that to each step of a chain.
+const MIN_GAP: Duration = Duration::from_millis(10);
 
 fn def<T>(r: Result<T, prometheus::Error>) -> T {
     r.unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
@@ -68,19 +78,37 @@ pub fn init_metrics() {
     }
 }
 
-/// Wakes an advancer: cheap, callable from any task.
+/// Wakes an advancer (or the scheduler): cheap, callable from any task.
 #[derive(Debug, Clone, Default)]
-pub struct Waker(Arc<Notify>);
+pub struct Waker(Arc<WakerInner>);
+
+#[derive(Debug, Default)]
+struct WakerInner {
+    notify: Notify,
+    /// Workflows whose nodes' states committed since the last pass.
+    workflows: parking_lot::Mutex<HashSet<TaskId>>,
+}
 
 impl Waker {
     /// Asks for a pass soon (several calls before it starts make one pass).
     pub fn wake(&self) {
-        self.0.notify_one();
+        self.0.notify.notify_one();
     }
 
-    /// Resolves at the next [`Waker::wake`] (or at once if one came since the last).
+    /// Asks for a pass over `workflow` soon.
+    pub fn wake_for(&self, workflow: TaskId) {
+        self.0.workflows.lock().insert(workflow);
+        self.wake();
+    }
+
+    /// Resolves at the next wake (or at once if one came since the last).
     pub async fn woken(&self) {
-        self.0.notified().await;
+        self.0.notify.notified().await;
+    }
+
+    /// The workflows woken for since the last call.
+    fn take(&self) -> Vec<TaskId> {
+        self.0.workflows.lock().drain().collect()
     }
 }
 
@@ -116,14 +144,20 @@ pub struct Pass {
 }
 
 impl Advancer {
-    /// Runs until `stop`.
+    /// Runs until `stop`: a pass over every workflow each `interval`, and in between a pass over
+    /// the workflows woken for.
     pub async fn run(self) {
+        let mut last_sweep: Option<Instant> = None;
         loop {
-            match self.pass().await {
+            let sweep = last_sweep.is_none_or(|at| at.elapsed() >= self.interval);
+            let scope = self.waker.take();
+            let scope = (!sweep).then_some(scope.as_slice());
+            match self.pass(scope).await {
                 Ok(p) if p.released > 0 || p.cancels > 0 => {
                     tracing::debug!(
                         released = p.released,
                         cancels = p.cancels,
+                        sweep,
                         "workflows advanced"
                     );
                 }
@@ -133,20 +167,31 @@ impl Advancer {
                     tracing::warn!(error = %e, "workflow advancer pass failed");
                 }
             }
+            if sweep {
+                last_sweep = Some(Instant::now());
+            }
+            let next_sweep = self
+                .interval
+                .saturating_sub(last_sweep.map_or(Duration::ZERO, |at| at.elapsed()));
             tokio::select! {
                 () = self.stop.cancelled() => break,
                 () = self.waker.woken() => {}
-                () = tokio::time::sleep(self.interval) => {}
+                () = tokio::time::sleep(next_sweep) => {}
+            }
+            tokio::select! {
+                () = self.stop.cancelled() => break,
+                () = tokio::time::sleep(MIN_GAP) => {}
             }
         }
         tracing::info!("workflow advancer stopped");
     }
 
-    /// One pass: cancel requests, then rounds of decided nodes until none is left.
+    /// One pass over the workflows in `scope` (every workflow when `None`): cancel requests
+    /// (always all of them: one indexed read), then rounds of decided nodes until none is left.
     ///
     /// # Errors
     /// Database errors (Kafka failures leave the node for the next pass).
-    pub async fn pass(&self) -> anyhow::Result<Pass> {
+    pub async fn pass(&self, scope: Option<&[TaskId]>) -> anyhow::Result<Pass> {
         let mut pass = Pass::default();
         for (workflow, reason) in workflows::cancel_requests(&self.pool, 16).await? {
             let nodes = workflows::unfinished_nodes(&self.pool, workflow, &reason).await?;
@@ -163,7 +208,7 @@ impl Advancer {
         loop {
             let decided = {
                 let mut conn = self.pool.acquire().await?;
-                workflows::resolvable(&mut conn, self.batch_size, self.resend_after).await?
+                workflows::resolvable(&mut conn, self.batch_size, self.resend_after, scope).await?
             };
             if decided.is_empty() {
                 break;

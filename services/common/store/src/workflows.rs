@@ -378,9 +378,10 @@ fn node_cancel(r: &sqlx::mysql::MySqlRow, reason: String) -> Result<NodeCancel> 
     })
 }
 
-/// Up to `limit` WAITING nodes whose dependencies decided them. A node whose CANCEL was produced
-/// less than `resend_after` ago is left out (its cancel is on its way); one whose CANCEL was
-/// produced at all is never released.
+/// Up to `limit` WAITING nodes whose dependencies decided them, of the workflows in `scope`
+/// (all when `None`: a read of every WAITING node's edges, linear in their number). A node whose
+/// CANCEL was produced less than `resend_after` ago is left out (its cancel is on its way); one
+/// whose CANCEL was produced at all is never released.
 ///
 /// # Errors
 /// Database errors or a corrupt row.
@@ -388,28 +389,37 @@ pub async fn resolvable(
     conn: &mut sqlx::MySqlConnection,
     limit: u32,
     resend_after: std::time::Duration,
+    scope: Option<&[TaskId]>,
 ) -> Result<Vec<Resolved>> {
-    let rows = sqlx::query(
+    if scope.is_some_and(<[TaskId]>::is_empty) {
+        return Ok(Vec::new());
+    }
+    let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
         "SELECT w.task_id, w.workflow_id, w.tenant, w.business_key, w.priority, \
            CAST(SUM(d.state IS NOT NULL AND d.state NOT IN ('succeeded', 'dead', 'cancelled')) AS SIGNED) AS open_deps, \
            CAST(MIN(CASE WHEN e.on_failure = 'cancel' AND d.state IN ('dead', 'cancelled') \
                THEN CONCAT(dn.name, ' ended ', d.state) END) AS BINARY) AS failed, \
            MAX(n.cancel_sent_at) AS cancel_sent_at \
-         FROM tasks w \
-         JOIN workflow_nodes n ON n.task_id = w.task_id \
-         JOIN workflow_edges e ON e.task_id = w.task_id \
+         FROM workflow_nodes n \
+         JOIN tasks w ON w.task_id = n.task_id \
+         JOIN workflow_edges e ON e.task_id = n.task_id \
          LEFT JOIN tasks d ON d.task_id = e.depends_on \
          LEFT JOIN workflow_nodes dn ON dn.task_id = e.depends_on \
-         WHERE w.state = 'waiting' \
-         GROUP BY w.task_id, w.workflow_id, w.tenant, w.business_key, w.priority \
+         WHERE w.state = 'waiting'",
+    );
+    if let Some(ids) = scope {
+        qb.push(" AND n.workflow_id IN (");
+        push_ids(&mut qb, ids);
+    }
+    qb.push(
+        " GROUP BY w.task_id, w.workflow_id, w.tenant, w.business_key, w.priority \
          HAVING (failed IS NULL AND open_deps = 0 AND cancel_sent_at IS NULL) \
-             OR (failed IS NOT NULL AND (cancel_sent_at IS NULL OR cancel_sent_at < NOW(6) - INTERVAL ? MICROSECOND)) \
-         LIMIT ?",
-    )
-    .bind(resend_after.as_micros() as u64)
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?;
+             OR (failed IS NOT NULL AND (cancel_sent_at IS NULL OR cancel_sent_at < NOW(6) - INTERVAL ",
+    );
+    qb.push_bind(resend_after.as_micros() as u64)
+        .push(" MICROSECOND)) LIMIT ")
+        .push_bind(limit);
+    let rows = qb.build().fetch_all(&mut *conn).await?;
     rows.iter()
         .map(|r| {
             let failed: Option<Vec<u8>> = r.try_get("failed")?;

@@ -210,8 +210,8 @@ impl Processor {
     async fn finish_after(&self, lease: &Lease, committed: Committed, env: &Envelope) {
         match committed.await {
             Ok(_) => {
-                if env.workflow_id.is_some() {
-                    self.workflows.wake();
+                if let Some(w) = env.workflow_id {
+                    self.workflows.wake_for(w);
                 }
                 self.finish(lease)
             }
@@ -281,8 +281,8 @@ impl Processor {
         w.last_error = format!("cancelled: {}", env.cancel_reason);
         let committed = self.writer.write(w, None, Vec::new()).await;
         let result = committed.await;
-        if env.workflow_id.is_some() && result.is_ok() {
-            self.workflows.wake();
+        if let Some(w) = env.workflow_id.filter(|_| result.is_ok()) {
+            self.workflows.wake_for(w);
         }
         match result {
             Ok(true) => self.finish(&d.lease),

@@ -1,0 +1,176 @@
+//! The workflow advancer's queries against MariaDB: what `resolvable` decides, and (ignored, run
+//! by hand) what one pass costs with many nodes waiting.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use dispatch_core::workflow::OnFailure;
+use dispatch_core::{
+    BusinessKey, NewTask, Payload, Priority, RetryPolicy, TaskId, TaskType, Tenant,
+};
+use dispatch_store::workflows::{self, NewNode, NewWorkflow, Resolved};
+use dispatch_testkit::TestEnv;
+
+/// A fan-out: `root` and `leaves` nodes waiting for it.
+fn fan_out(leaves: usize) -> NewWorkflow {
+    let workflow_id = TaskId::new();
+    let names: Vec<String> = std::iter::once("root".to_owned())
+        .chain((0..leaves).map(|i| format!("leaf-{i}")))
+        .collect();
+    NewWorkflow {
+        workflow_id,
+        tenant: "acme".into(),
+        idempotency_key: None,
+        nodes: names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NewNode {
+                name: n.clone(),
+                root: i == 0,
+                task: NewTask {
+                    task_id: TaskId::workflow_node(workflow_id, n),
+                    tenant: Tenant::parse("acme").expect("tenant"),
+                    business_key: BusinessKey::parse(n).expect("key"),
+                    task_type: TaskType::parse("noop").expect("type"),
+                    payload: Payload::parse(Vec::new()).expect("payload"),
+                    priority: Priority::Default,
+                    idempotency_key: None,
+                    run_at: None,
+                    deadline: None,
+                    retry: RetryPolicy::DEFAULT,
+                    timeout_ms: None,
+                    submitted_at: Utc::now(),
+                },
+            })
+            .collect(),
+        edges: (1..names.len())
+            .map(|i| (i, 0, OnFailure::Cancel))
+            .collect(),
+    }
+}
+
+async fn set_state(env: &TestEnv, id: TaskId, state: &str) -> anyhow::Result<()> {
+    sqlx::query("UPDATE tasks SET state = ? WHERE task_id = ?")
+        .bind(state)
+        .bind(id.as_bytes().as_slice())
+        .execute(&env.pool)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn waiting_nodes_are_decided_only_by_finished_dependencies() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let ok = fan_out(3);
+    let failed = fan_out(2);
+    for w in [&ok, &failed] {
+        workflows::insert(&env.pool, w, Utc::now()).await?;
+    }
+    let mut conn = env.pool.acquire().await?;
+    let resend = Duration::from_secs(30);
+    // The roots run: nothing is decided.
+    set_state(&env, ok.nodes[0].task.task_id, "running").await?;
+    assert!(
+        workflows::resolvable(&mut conn, 100, resend, None)
+            .await?
+            .is_empty()
+    );
+    set_state(&env, ok.nodes[0].task.task_id, "succeeded").await?;
+    set_state(&env, failed.nodes[0].task.task_id, "dead").await?;
+    // Scoped to one workflow, only its nodes are decided.
+    let scoped = workflows::resolvable(&mut conn, 100, resend, Some(&[failed.workflow_id])).await?;
+    assert_eq!(scoped.len(), 2);
+    assert!(scoped.iter().all(|d| matches!(d, Resolved::Cancel(_))));
+    let decided = workflows::resolvable(&mut conn, 100, resend, None).await?;
+    let released: Vec<TaskId> = decided
+        .iter()
+        .filter_map(|d| match d {
+            Resolved::Release(id) => Some(*id),
+            Resolved::Cancel(_) => None,
+        })
+        .collect();
+    let cancelled: Vec<TaskId> = decided
+        .iter()
+        .filter_map(|d| match d {
+            Resolved::Cancel(c) => Some(c.task_id),
+            Resolved::Release(_) => None,
+        })
+        .collect();
+    let mut want: Vec<TaskId> = ok.nodes[1..].iter().map(|n| n.task.task_id).collect();
+    let mut got = released.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    assert_eq!(cancelled.len(), 2);
+    assert!(
+        decided
+            .iter()
+            .any(|d| matches!(d, Resolved::Cancel(c) if c.reason == "dependency root ended dead"))
+    );
+    // Released: no longer waiting, so no longer decided; cancels sent are not sent again soon.
+    assert_eq!(
+        workflows::release(&env.pool, &released, Utc::now()).await?,
+        3
+    );
+    assert_eq!(
+        workflows::release(&env.pool, &released, Utc::now()).await?,
+        0
+    );
+    workflows::mark_cancel_sent(&env.pool, &cancelled, Utc::now()).await?;
+    assert!(
+        workflows::resolvable(&mut conn, 100, resend, None)
+            .await?
+            .is_empty()
+    );
+    // ... until `resend_after` has passed with the node still waiting.
+    assert_eq!(
+        workflows::resolvable(&mut conn, 100, Duration::ZERO, None)
+            .await?
+            .len(),
+        2
+    );
+    drop(conn);
+    env.cleanup().await;
+    Ok(())
+}
+
+/// Run by hand: `cargo test -p dispatch-store --test workflows -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement: prints what a pass's query costs with many nodes waiting"]
+async fn measure_a_pass_with_many_nodes_waiting() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let mut conn = env.pool.acquire().await?;
+    let small = fan_out(3);
+    workflows::insert(&env.pool, &small, Utc::now()).await?;
+    for round in 1..=5 {
+        let w = fan_out(2_000);
+        workflows::insert(&env.pool, &w, Utc::now()).await?;
+        let n = 20;
+        for (what, scope) in [
+            ("every workflow", None),
+            ("the small one only", Some(vec![small.workflow_id])),
+        ] {
+            let started = Instant::now();
+            for _ in 0..n {
+                assert!(
+                    workflows::resolvable(
+                        &mut conn,
+                        500,
+                        Duration::from_secs(30),
+                        scope.as_deref()
+                    )
+                    .await?
+                    .is_empty()
+                );
+            }
+            println!(
+                "{} nodes waiting, {what}: {:.1} ms per pass (nothing decided)",
+                round * 2_000,
+                started.elapsed().as_secs_f64() * 1e3 / f64::from(n)
+            );
+        }
+    }
+    drop(conn);
+    env.cleanup().await;
+    Ok(())
+}
