@@ -5,7 +5,8 @@
 //! - [`client`]: connections and keys; gRPC statuses mapped to exit codes.
 //! - [`cmd`]: one module per command group: `submit`, `tasks` (get/watch/list/cancel), `dlq`
 //!   (list/show/redrive/purge), `ops` (pause/resume/stats), `outbox` (list/requeue), `schedule`
-//!   (create/get/list/pause/resume/trigger/delete), `migrate`, `topics`.
+//!   (create/get/list/pause/resume/trigger/delete), `workflow` (submit/get/cancel), `migrate`,
+//!   `topics`.
 //! - [`output`]: human tables or `--output json`.
 //!
 //! Keys: task commands send `--api-key` (a tenant key); admin commands (`dlq`, `pause`, `resume`,
@@ -81,6 +82,8 @@ pub enum Command {
     Dlq(cmd::dlq::Args),
     /// The submit outbox: list rows, requeue dead ones (admin key).
     Outbox(cmd::outbox::Args),
+    /// Workflows: tasks with dependencies (submit from a JSON file, get, cancel).
+    Workflow(cmd::workflow::Args),
     /// Schedules: periodic tasks by cron expression or interval (create, get, list, pause, resume,
     /// trigger, delete).
     Schedule(cmd::schedule::Args),
@@ -167,6 +170,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(a) => cmd::dlq::run(a, conn, out).await,
         Command::Outbox(a) => cmd::outbox::run(a, conn, out).await,
         Command::Schedule(a) => cmd::schedule::run(a, conn, out).await,
+        Command::Workflow(a) => cmd::workflow::run(a, conn, out).await,
         Command::Pause(t) => cmd::ops::pause(t, false, conn, out).await,
         Command::Resume(t) => cmd::ops::pause(t, true, conn, out).await,
         Command::Stats => cmd::ops::stats(conn, out).await,

@@ -8,3 +8,4 @@ pub mod schedule;
 pub mod submit;
 pub mod tasks;
 pub mod topics;
+pub mod workflow;

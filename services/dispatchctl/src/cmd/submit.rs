@@ -119,27 +119,40 @@ fn spec(
 type Item = (usize, Result<pb::TaskSpec, String>);
 
 fn item(line: usize, t: Result<FileTask, serde_json::Error>) -> Item {
-    let spec = t.map_err(|e| e.to_string()).and_then(|t| {
-        let payload = match t.payload {
-            serde_json::Value::String(s) => s.into_bytes(),
-            serde_json::Value::Null => Vec::new(),
-            other => other.to_string().into_bytes(),
-        };
-        let timeout = match t.timeout.as_deref().map(parse_timeout).transpose() {
-            Ok(t) => t,
-            Err(e) => return Err(format!("timeout: {e}")),
-        };
-        spec(
-            t.key,
-            t.task_type,
-            payload,
-            t.priority.as_deref().unwrap_or("default"),
-            t.idempotency_key,
-            timeout,
-        )
-        .map_err(|e| format!("{e:#}"))
-    });
-    (line, spec)
+    (line, t.map_err(|e| e.to_string()).and_then(file_spec))
+}
+
+/// The TaskSpec of a file task.
+fn file_spec(t: FileTask) -> Result<pb::TaskSpec, String> {
+    let payload = match t.payload {
+        serde_json::Value::String(s) => s.into_bytes(),
+        serde_json::Value::Null => Vec::new(),
+        other => other.to_string().into_bytes(),
+    };
+    let timeout = match t.timeout.as_deref().map(parse_timeout).transpose() {
+        Ok(t) => t,
+        Err(e) => return Err(format!("timeout: {e}")),
+    };
+    spec(
+        t.key,
+        t.task_type,
+        payload,
+        t.priority.as_deref().unwrap_or("default"),
+        t.idempotency_key,
+        timeout,
+    )
+    .map_err(|e| format!("{e:#}"))
+}
+
+/// A task in the bulk file form (`{"key","type","payload","priority","idempotency_key",
+/// "timeout"}`) as a TaskSpec (`workflow submit` reads its nodes' tasks this way).
+///
+/// # Errors
+/// What is wrong with it, without a location (the caller adds one).
+pub fn task_from_json(v: serde_json::Value) -> Result<pb::TaskSpec, String> {
+    serde_json::from_value::<FileTask>(v)
+        .map_err(|e| e.to_string())
+        .and_then(file_spec)
 }
 
 /// Reads a JSON array or NDJSON file. A malformed NDJSON line is one failed item (the rest is

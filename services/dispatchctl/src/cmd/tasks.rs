@@ -7,7 +7,8 @@ use dispatch_proto::v1::task_service_client::TaskServiceClient;
 use crate::client::{Conn, status_error};
 use crate::{CliError, Format, output};
 
-fn state_name(s: i32) -> String {
+/// A task state's lower-case name (`waiting`, `succeeded`, ...).
+pub(crate) fn state_name(s: i32) -> String {
     pb::TaskState::try_from(s)
         .map(|s| {
             s.as_str_name()
@@ -17,7 +18,8 @@ fn state_name(s: i32) -> String {
         .unwrap_or_else(|_| s.to_string())
 }
 
-fn ts(t: &Option<prost_types::Timestamp>) -> String {
+/// A timestamp in RFC 3339 with milliseconds (empty when unset).
+pub(crate) fn ts(t: &Option<prost_types::Timestamp>) -> String {
     t.as_ref()
         .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
         .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))

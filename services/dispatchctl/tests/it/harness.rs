@@ -159,6 +159,20 @@ impl Stack {
         ctl(&full).await
     }
 
+    /// [`Stack::ctl`] with `input` on standard input.
+    pub async fn ctl_stdin(&self, args: &[&str], input: &str) -> anyhow::Result<Out> {
+        let mut full = vec![
+            "--gateway",
+            &self.gateway,
+            "--reader",
+            &self.reader,
+            "--api-key",
+            TENANT_KEY,
+        ];
+        full.extend_from_slice(args);
+        run(&full, Some(input)).await
+    }
+
     /// Stops the services and drops the database.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.trigger();
@@ -189,18 +203,33 @@ impl Out {
 /// Runs the binary with `args` only: no `DISPATCH_*` variables from the outer environment and a
 /// config directory of its own, so a developer's setup cannot leak in.
 pub async fn ctl(args: &[&str]) -> anyhow::Result<Out> {
+    run(args, None).await
+}
+
+/// [`ctl`], with `input` on standard input when given.
+async fn run(args: &[&str], input: Option<&str>) -> anyhow::Result<Out> {
+    use tokio::io::AsyncWriteExt as _;
     let home = std::env::temp_dir().join("dispatchctl-test-home");
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_dispatchctl"));
     cmd.args(args)
         .env("HOME", &home)
         .env("XDG_CONFIG_HOME", &home)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("DISPATCH") {
             cmd.env_remove(k);
         }
     }
-    let o = tokio::time::timeout(Duration::from_secs(120), cmd.output()).await??;
+    let mut child = cmd.spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.unwrap_or_default().as_bytes())
+            .await?;
+    }
+    let o = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await??;
     Ok(Out {
         code: o.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&o.stdout).into_owned(),

@@ -11,3 +11,4 @@ mod snapshots;
 mod stats;
 mod tls;
 mod view;
+mod workflow;
