@@ -43,6 +43,9 @@
 #                           blocked, an operator requeues; nothing lost, nothing overtaken
 #   mysql-and-kafka         MariaDB down for 10 s inside a Kafka outage: submits refused with
 #                           UNAVAILABLE only, every accepted one delivered
+#   workflow-chaos          SubmitWorkflow of chains, fan-outs and diamonds (failing nodes, run
+#                           edges, CancelWorkflow) while a processor is SIGKILLed twice and another
+#                           SIGSTOPped past its session timeout; the audit's workflow checks
 # Every scenario ends with `audit PASS` or `audit FAIL (reasons)`; the run fails if any did not
 # pass. FAULT=<feature> runs them against a processor built with a test-only fault feature (the
 # checks must then FAIL; docs/reliability.md, "Proof that the checks bite"). Environment: SOAK=1 (long versions), DRAIN_MS (the processors' rebalance drain in rebalance and long-handler-rebalance, default 5000), PROFILE=debug|release, GATEWAYS/READERS/PROCESSORS
@@ -60,7 +63,7 @@ cd "${REPO}"
 KNOWN=(kill-processor kafka-restart redis-stop mariadb-stop db-proxy rebalance
     long-handler-rebalance handler-panic cancel-storm idempotency-conflicts scheduled-burst
     redrive-under-load hot-key retry-mixed-delays pause-flood noisy-tenant kafka-restart-x5
-    outbox-publish-failures mysql-and-kafka)
+    outbox-publish-failures mysql-and-kafka workflow-chaos)
 # What `scripts/test.sh` runs (no arguments). A scenario joins this list with the fix that makes
 # it pass. Out, and run by name, for the test command's 25-minute budget (stage times in
 # docs/build.md): kafka-restart-x5 (226 s: five broker restarts, each a JVM start) and
@@ -72,7 +75,7 @@ KNOWN=(kill-processor kafka-restart redis-stop mariadb-stop db-proxy rebalance
 # binds its key there (the fresh-clone run of 2026-12-02 14:01 failed its floor that way).
 DEFAULT=(redis-stop kill-processor kafka-restart mariadb-stop db-proxy rebalance long-handler-rebalance
     handler-panic cancel-storm idempotency-conflicts scheduled-burst redrive-under-load hot-key
-    retry-mixed-delays pause-flood outbox-publish-failures mysql-and-kafka)
+    retry-mixed-delays pause-flood outbox-publish-failures mysql-and-kafka workflow-chaos)
 
 SCENARIOS=("$@")
 ((${#SCENARIOS[@]})) || SCENARIOS=("${DEFAULT[@]}")
@@ -103,8 +106,8 @@ log() { printf '\n[faults] %s\n' "$*" >&2; }
 now_us() { date +%s%6N; }
 
 # Per scenario: the load runs, their files, background fault jobs.
-LOAD_PIDS=(); IDS=(); LOADS=(); CANCELS=(); JOBS=()
-reset_scenario() { LOAD_PIDS=(); IDS=(); LOADS=(); CANCELS=(); JOBS=(); FLOOR=0.9; FROZEN="${OUT}/$1.frozen"; rm -f "${FROZEN}"; }
+LOAD_PIDS=(); IDS=(); LOADS=(); CANCELS=(); JOBS=(); WORKFLOWS=()
+reset_scenario() { LOAD_PIDS=(); IDS=(); LOADS=(); CANCELS=(); JOBS=(); WORKFLOWS=(); FLOOR=0.9; FROZEN="${OUT}/$1.frozen"; rm -f "${FROZEN}"; }
 
 # The mixed load (acme): noop and simulate tasks (2-40 ms, 5% retryable failures, 2% permanent),
 # 10% with an idempotency key, 5% with a run_at 3 s out, 5% cancelled within 0.5 s of the accept,
@@ -177,6 +180,7 @@ audit() {
     local extra=()
     [[ -f "${FROZEN}" ]] && extra+=(--frozen "${FROZEN}")
     for f in "${CANCELS[@]}"; do [[ -f "${f}" ]] && extra+=(--cancels "${f}"); done
+    for f in "${WORKFLOWS[@]}"; do extra+=(--workflows "${f}"); done
     "${BIN}/dispatch-loadgen" audit "${IDS[@]}" "${LOADS[@]}" "${extra[@]}" \
         --floor "${FLOOR}" --wait-s "${WAIT}" --json "${OUT}/${name}.audit.json" \
         2>"${OUT}/${name}.audit.err" | tee "${OUT}/${name}.verdict"
@@ -763,6 +767,32 @@ scenario_mysql_and_kafka() {
     fi
 }
 
+scenario_workflow_chaos() {
+    # Workflows at 3/s (SOAK=1: 10/s): chains of 5-20 nodes, fan-outs of 20-100 leaves between a
+    # root and a sink, stacks of one to three diamonds; simulate nodes of 50-500 ms, 3% failing
+    # permanently, a quarter of the edges `run` (the rest `cancel`), 30% of the nodes reading
+    # their dependencies, 10% of the workflows cancelled 0-3 s after the accept; next to a third
+    # of the mixed load. processor-1 is SIGKILLed and restarted twice, processor-2 is frozen past
+    # its session timeout (10 s) in between: partitions move while nodes run, and advancers die
+    # mid-pass. Every node must end terminal, released only after all its dependencies finished,
+    # cancelled only for a cause (the audit's workflow checks, loadtest/src/audit/workflows.rs).
+    local wf="${OUT}/workflow-chaos.workflows" rate=3
+    [[ "${SOAK}" == "1" ]] && rate=10
+    rm -f "${wf}"
+    load workflow-chaos-mix --rate $((RATE / 3))
+    load workflow-chaos --scenario workflow --rate "${rate}" --sim-latency-ms 50 \
+        --sim-latency-max-ms 500 --wf-fail-share 0.03 --wf-run-edge-share 0.25 \
+        --wf-with-deps-share 0.3 --wf-cancel-share 0.1 --cancel-delay-max-ms 3000 --keys 500 \
+        --key-prefix wf- --record-workflows "${wf}"
+    WORKFLOWS+=("${wf}")
+    sleep 3
+    sigkill "$(inst processor 1)"
+    freeze "$(inst processor 2)" 13
+    sleep 3
+    sigkill "$(inst processor 1)"
+    audit workflow-chaos
+}
+
 [[ "${STACK_UP:-1}" == "1" ]] && "${STACK}" up >/dev/null
 release_flag() { [[ "${PROFILE}" == "release" ]] && echo --release; return 0; }
 if [[ "${SKIP_BUILD:-0}" != "1" ]]; then
@@ -770,7 +800,8 @@ if [[ "${SKIP_BUILD:-0}" != "1" ]]; then
 fi
 # FAULT=<feature>[,<feature>...]: run against a deliberately broken processor, built with test-only
 # cargo features (fault-equal-version, fault-no-epoch, fault-skip-cancel-tenant, fault-drop-event,
-# fault-lane-release-early, fault-skip-gate, fault-run-past-revoke, fault-fifo-tenants;
+# fault-lane-release-early, fault-skip-gate, fault-run-past-revoke, fault-fifo-tenants,
+# fault-release-early;
 # services/processor/Cargo.toml), to see the audit
 # FAIL. The running services are stopped first, and the normal binaries are rebuilt at the end.
 if [[ -n "${FAULT:-}" ]]; then

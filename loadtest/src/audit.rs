@@ -45,7 +45,14 @@
 //!   `idempotency_split`: one key answered with two task ids;
 //! - `key_mismatch` / `tenant_mismatch`: a stored row whose business key or tenant is not what
 //!   the accepted submit asked for;
-//! - `foreign_cancels_applied`: a task CANCELLED although only another tenant cancelled it.
+//! - `foreign_cancels_applied`: a task CANCELLED although only another tenant cancelled it;
+//! - with `--workflows` (the workflow load; its nodes are ids-file lines, so every check above
+//!   covers them too): a node not terminal, started before a dependency finished, SUCCEEDED
+//!   behind a failed `cancel` edge, CANCELLED without a cause (every dependency SUCCEEDED, or
+//!   none failed behind a `cancel` edge, and no CancelWorkflow), run although a dependency
+//!   cancelled it, run after its terminal commit, having read a dependency before it finished;
+//!   a workflow cancelled without a CancelWorkflow; accepted workflows below `--floor` (see
+//!   `workflows`).
 //!
 //! `duplicate_runs_before_commit` counts re-executions of an attempt before its outcome was
 //! committed (at-least-once after a crash or a lost partition); they are reported, not failures.
@@ -58,7 +65,8 @@
 //!   `events` (`terminal_changed`, `events_reordered`, `last_event_mismatch`), `executions`
 //!   (`ran_after_terminal`, `reran_after_commit`, `concurrent_runs`), `order`
 //!   (`order_violations`) and `submits` (idempotency, key and tenant mismatches, foreign
-//!   cancels), and `timing` (time to start, retry delays, submit latency; measured, not judged);
+//!   cancels), `workflows` (the workflow checks), and `timing` (time to start, retry delays,
+//!   submit latency; measured, not judged);
 //! - here: the flags ([`AuditArgs`]) and [`audit`], which reads the history and judges it.
 
 mod events;
@@ -71,6 +79,7 @@ mod submits;
 mod timing;
 mod topic;
 mod verdict;
+mod workflows;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -80,14 +89,17 @@ use sqlx::MySqlPool;
 
 pub use files::{
     UNANSWERED, read_cancels, read_frozen, read_ids, read_ids_while_written, read_unanswered,
+    read_workflows,
 };
 pub use history::{
-    Accepted, AttemptRec, CancelRecord, EventRec, Exec, Frozen, History, LoadSummary, StoredRow,
+    Accepted, AttemptRec, CancelRecord, EventRec, Exec, Frozen, History, LoadSummary, NodeRec,
+    StoredRow, WorkflowRec, Workflows,
 };
 pub use timing::Timing;
 pub use verdict::{Verdict, judge};
+pub use workflows::WorkflowCounts;
 
-use mysql::{attempts, ledger, rows};
+use mysql::{attempts, ledger, results, rows, workflow_cancels};
 use topic::EventsReader;
 
 /// Audit flags.
@@ -109,6 +121,10 @@ pub struct AuditArgs {
     /// Files of SIGSTOP windows (`pid \t stopped_us \t continued_us`, repeatable).
     #[arg(long = "frozen")]
     pub frozen: Vec<std::path::PathBuf>,
+    /// Files written by `run --scenario workflow --record-workflows` (repeatable): the workflow
+    /// checks (their nodes are in the ids files too).
+    #[arg(long = "workflows")]
+    pub workflows: Vec<std::path::PathBuf>,
     /// MySQL URL of the dispatch database.
     #[arg(
         long,
@@ -155,6 +171,7 @@ pub async fn audit(a: &AuditArgs) -> anyhow::Result<Verdict> {
         unanswered: read_unanswered(&a.ids)?,
         cancels: read_cancels(&a.cancels)?,
         frozen: read_frozen(&a.frozen)?,
+        workflows: read_workflows(&a.workflows)?,
         loads,
         floor: a.floor,
         ..Default::default()
@@ -175,6 +192,17 @@ pub async fn audit(a: &AuditArgs) -> anyhow::Result<Verdict> {
     };
     h.execs = ledger(&pool, &ids).await?;
     h.attempts = attempts(&pool, &ids).await?;
+    if !h.workflows.accepted.is_empty() {
+        let wfs: Vec<TaskId> = h.workflows.accepted.iter().map(|w| w.id).collect();
+        h.workflows.cancel_requested = workflow_cancels(&pool, &wfs).await?;
+        let readers: Vec<TaskId> = h
+            .workflows
+            .accepted
+            .iter()
+            .flat_map(|w| w.nodes.iter().filter(|n| n.with_deps).map(|n| n.task_id))
+            .collect();
+        h.workflows.results = results(&pool, &readers).await?;
+    }
 
     let mut reader = if a.brokers.is_empty() {
         h.events_incomplete = Some("no --brokers: the events were not read".into());
@@ -231,3 +259,5 @@ pub async fn audit(a: &AuditArgs) -> anyhow::Result<Verdict> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod workflow_tests;

@@ -75,6 +75,9 @@ pub enum Kind {
     Get,
     /// SubmitTask, then the time until the reader shows a terminal state (WatchTask).
     E2e,
+    /// SubmitWorkflow of chains, fan-outs and diamonds of simulate nodes (one workflow a call;
+    /// the `--wf-*` flags, `--sim-latency-ms` ..= `--sim-latency-max-ms`).
+    Workflow,
 }
 
 /// Flags of `run`.
@@ -220,6 +223,29 @@ pub struct RunArgs {
     /// third of each. Empty: no priority is set (the server's default).
     #[arg(long, default_value = "")]
     pub priority_mix: String,
+    /// Workflow load: append every accepted workflow (its nodes and edges), refused submit and
+    /// CancelWorkflow to this file, for `audit --workflows`.
+    #[arg(long)]
+    pub record_workflows: Option<std::path::PathBuf>,
+    /// Workflow load: the longest chain (chains have 5 ..= this many nodes).
+    #[arg(long, default_value_t = 20)]
+    pub wf_chain_max: usize,
+    /// Workflow load: the most leaves of a fan-out (20 ..= this many, between a root and a sink).
+    #[arg(long, default_value_t = 100)]
+    pub wf_fanout_max: usize,
+    /// Workflow load: share of nodes that fail permanently.
+    #[arg(long, default_value_t = 0.03)]
+    pub wf_fail_share: f64,
+    /// Workflow load: share of edges whose node runs anyway when the dependency fails.
+    #[arg(long, default_value_t = 0.25)]
+    pub wf_run_edge_share: f64,
+    /// Workflow load: share of non-root nodes that put their dependencies into their result.
+    #[arg(long, default_value_t = 0.3)]
+    pub wf_with_deps_share: f64,
+    /// Workflow load: share of accepted workflows cancelled (CancelWorkflow) 0 ..=
+    /// `--cancel-delay-max-ms` after the accept.
+    #[arg(long, default_value_t = 0.0)]
+    pub wf_cancel_share: f64,
 }
 
 /// Runs the CLI.

@@ -27,6 +27,11 @@ use tonic::{Code, Request};
 
 use crate::{Kind, RunArgs};
 
+mod workflow;
+
+pub use workflow::WorkflowLog;
+use workflow::{WorkflowMix, send_cancel_workflow};
+
 /// Microseconds since the Unix epoch (the clock the ids and cancels files use).
 pub fn now_us() -> i64 {
     SystemTime::now()
@@ -255,6 +260,8 @@ struct CancelJob {
     gateway: usize,
     /// Sent by the other tenant (`--foreign-api-key`).
     foreign: bool,
+    /// A CancelWorkflow of the workflow `task_id`.
+    workflow: bool,
     task_id: String,
     key: String,
     at: tokio::time::Instant,
@@ -287,6 +294,10 @@ pub struct Scenario {
     counts: Mutex<Counts>,
     /// `--priority-mix`, parsed.
     priorities: Vec<(i32, f64)>,
+    /// The workflow load's knobs.
+    wf: WorkflowMix,
+    /// `--record-workflows`.
+    workflows: Arc<WorkflowLog>,
 }
 
 /// The mixed-load knobs of `run` (all off by default).
@@ -439,6 +450,7 @@ impl Scenario {
             .map(|k| auth_value(k, "--foreign-api-key"))
             .transpose()?;
         let cancels = Arc::new(CancelLog::open(a.record_cancels.as_deref())?);
+        let workflows = Arc::new(WorkflowLog::open(a.record_workflows.as_deref())?);
         let auth = auth_value(&a.api_key, "--api-key")?;
         let timeout = Duration::from_millis(a.timeout_ms);
         let (cancel_tx, cancel_rx) = tokio::sync::mpsc::unbounded_channel::<CancelJob>();
@@ -448,7 +460,7 @@ impl Scenario {
             auth.clone(),
             foreign_auth.clone(),
             timeout,
-            cancels.clone(),
+            (cancels.clone(), workflows.clone()),
             a.tenant.clone(),
         ));
         let label = if a.label.is_empty() {
@@ -490,6 +502,15 @@ impl Scenario {
             cancel_worker: Mutex::new(Some(worker)),
             counts: Mutex::new(Counts::default()),
             priorities: parse_priority_mix(&a.priority_mix)?,
+            wf: WorkflowMix {
+                chain_max: a.wf_chain_max,
+                fanout_max: a.wf_fanout_max,
+                fail_share: a.wf_fail_share,
+                run_edge_share: a.wf_run_edge_share,
+                with_deps_share: a.wf_with_deps_share,
+                cancel_share: a.wf_cancel_share,
+            },
+            workflows,
         };
         if a.scenario == Kind::Get {
             s.ids = s.seed(a.get_set.max(1)).await?;
@@ -738,6 +759,7 @@ impl Scenario {
             let _ = w.flush();
         }
         self.cancels.flush();
+        self.workflows.flush();
     }
 
     /// After an accepted submit: schedule its cancels (its tenant's, through the gateway that
@@ -756,6 +778,7 @@ impl Scenario {
                 let _ = tx.send(CancelJob {
                     gateway,
                     foreign,
+                    workflow: false,
                     task_id: task_id.to_owned(),
                     key: it.spec.business_key.clone(),
                     at: tokio::time::Instant::now() + d,
@@ -887,6 +910,7 @@ impl Scenario {
         let pick = seq as usize;
         match self.kind {
             Kind::Submit => self.submit_one(seq).await.map(|_| ()),
+            Kind::Workflow => self.submit_workflow(seq).await,
             Kind::Batch => {
                 let mut c = self.gateways[pick % self.gateways.len()].clone();
                 let base = seq * self.batch as u64;
@@ -999,7 +1023,7 @@ async fn cancel_worker(
     auth: MetadataValue<Ascii>,
     foreign_auth: Option<MetadataValue<Ascii>>,
     timeout: Duration,
-    log: Arc<CancelLog>,
+    (log, workflows): (Arc<CancelLog>, Arc<WorkflowLog>),
     tenant: String,
 ) {
     let mut set = tokio::task::JoinSet::new();
@@ -1011,6 +1035,14 @@ async fn cancel_worker(
             (_, false) => (auth.clone(), tenant.clone()),
         };
         let log = log.clone();
+        if job.workflow {
+            let workflows = workflows.clone();
+            set.spawn(async move {
+                tokio::time::sleep_until(job.at).await;
+                send_cancel_workflow(&mut c, &auth, timeout, &workflows, &job.task_id).await;
+            });
+            continue;
+        }
         set.spawn(async move {
             tokio::time::sleep_until(job.at).await;
             send_cancel(

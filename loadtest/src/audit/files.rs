@@ -1,12 +1,12 @@
 //! Reading the load generator's files: ids files (accepted and unanswered submits), cancels
 //! files and SIGSTOP windows.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
 
 use dispatch_core::TaskId;
 
-use super::history::{Accepted, CancelRecord, Frozen};
+use super::history::{Accepted, CancelRecord, Frozen, NodeRec, WorkflowRec, Workflows};
 
 pub(super) fn parse_line(line: &str) -> Result<Accepted, String> {
     let c: Vec<&str> = line.split('\t').collect();
@@ -171,6 +171,89 @@ pub fn read_frozen(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<Frozen>> 
                 from_us: c[1].parse().map_err(|_| bad())?,
                 to_us: c[2].parse().map_err(|_| bad())?,
             });
+        }
+    }
+    Ok(out)
+}
+
+/// Reads `--record-workflows` files (the line kinds are in the load generator's
+/// `scenario::workflow` module): accepted workflows with their nodes, edges and CancelWorkflow
+/// calls, and refused submits by code.
+///
+/// # Errors
+/// Unreadable or malformed files, or a node, edge or cancel of a workflow not recorded before it.
+pub fn read_workflows(paths: &[std::path::PathBuf]) -> anyhow::Result<Workflows> {
+    let mut out = Workflows::default();
+    let mut index: HashMap<TaskId, usize> = HashMap::new();
+    for p in paths {
+        for (n, l) in read_lines(p)?.iter().enumerate() {
+            let at = || format!("{} line {}", p.display(), n + 1);
+            let c: Vec<&str> = l.split('\t').collect();
+            let id = |i: usize| -> anyhow::Result<TaskId> {
+                TaskId::parse(c.get(i).copied().unwrap_or_default())
+                    .map_err(|e| anyhow::anyhow!("{}: column {}: {e}", at(), i + 1))
+            };
+            let want = |k: usize| -> anyhow::Result<()> {
+                anyhow::ensure!(c.len() >= k, "{}: {k} columns", at());
+                Ok(())
+            };
+            if c[0] == "# refused" {
+                want(2)?;
+                *out.refused.entry(c[1].to_owned()).or_default() += 1;
+                continue;
+            }
+            if c[0] == "workflow" {
+                want(3)?;
+                let wf = id(1)?;
+                if let std::collections::hash_map::Entry::Vacant(e) = index.entry(wf) {
+                    e.insert(out.accepted.len());
+                    out.accepted.push(WorkflowRec {
+                        id: wf,
+                        shape: c[2].to_owned(),
+                        ..Default::default()
+                    });
+                }
+                continue;
+            }
+            let wf = id(1)?;
+            let Some(&w) = index.get(&wf) else {
+                anyhow::bail!("{}: workflow {wf} not recorded before", at());
+            };
+            let rec = &mut out.accepted[w];
+            match c[0] {
+                "node" => {
+                    want(6)?;
+                    let task_id = id(2)?;
+                    if rec.nodes.iter().all(|x| x.task_id != task_id) {
+                        rec.nodes.push(NodeRec {
+                            task_id,
+                            name: c[3].to_owned(),
+                            with_deps: c[4] == "1",
+                            fails: c[5] == "1",
+                            deps: Vec::new(),
+                        });
+                    }
+                }
+                "edge" => {
+                    want(5)?;
+                    let (task_id, dep) = (id(2)?, id(3)?);
+                    let Some(node) = rec.nodes.iter_mut().find(|x| x.task_id == task_id) else {
+                        anyhow::bail!("{}: edge of node {task_id} not recorded before", at());
+                    };
+                    if node.deps.iter().all(|d| d.0 != dep) {
+                        node.deps.push((dep, c[4] == "run"));
+                    }
+                }
+                "cancel" => {
+                    want(4)?;
+                    rec.cancels.push((
+                        c[2].to_owned(),
+                        c[3].parse()
+                            .map_err(|e| anyhow::anyhow!("{}: sent_us: {e}", at()))?,
+                    ));
+                }
+                other => anyhow::bail!("{}: unknown line kind {other:?}", at()),
+            }
         }
     }
     Ok(out)

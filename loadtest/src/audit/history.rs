@@ -180,6 +180,47 @@ pub struct EventRec {
     pub result: Vec<u8>,
 }
 
+/// One node of an accepted workflow (`--record-workflows`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeRec {
+    /// Its task.
+    pub task_id: TaskId,
+    /// Its name.
+    pub name: String,
+    /// Its plan puts its dependencies into its result.
+    pub with_deps: bool,
+    /// Its plan fails permanently.
+    pub fails: bool,
+    /// `(dependency, runs when it fails)`: `false` is a `cancel` edge.
+    pub deps: Vec<(TaskId, bool)>,
+}
+
+/// One accepted workflow and the CancelWorkflow calls sent for it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WorkflowRec {
+    /// Its id.
+    pub id: TaskId,
+    /// `chain`, `fanout` or `diamond`.
+    pub shape: String,
+    /// Nodes, in the submitted order.
+    pub nodes: Vec<NodeRec>,
+    /// CancelWorkflow calls: (outcome, sent at µs).
+    pub cancels: Vec<(String, i64)>,
+}
+
+/// The workflow load's records, and what MySQL holds of them beyond the tasks' rows.
+#[derive(Debug, Clone, Default)]
+pub struct Workflows {
+    /// Accepted workflows.
+    pub accepted: Vec<WorkflowRec>,
+    /// Refused (or unanswered) SubmitWorkflow calls, by code.
+    pub refused: BTreeMap<String, u64>,
+    /// `workflows.cancel_requested_at` (µs) of the accepted workflows that have one.
+    pub cancel_requested: HashMap<TaskId, i64>,
+    /// Results of the nodes that put their dependencies into theirs.
+    pub results: HashMap<TaskId, Vec<u8>>,
+}
+
 /// Everything the audit judges.
 #[derive(Debug, Clone, Default)]
 pub struct History {
@@ -210,6 +251,8 @@ pub struct History {
     pub events_incomplete: Option<String>,
     /// Events of audited tasks read.
     pub events_checked: u64,
+    /// The workflow load (empty without `--workflows`).
+    pub workflows: Workflows,
 }
 
 /// (generation, attempt) of a version; attempt None for CANCELLED.

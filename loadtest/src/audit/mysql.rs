@@ -121,3 +121,47 @@ pub(super) async fn attempts(
         }
     Ok(out)
 }
+
+/// `cancel_requested_at` (µs) of the workflows that have one.
+pub(super) async fn workflow_cancels(
+    pool: &MySqlPool,
+    ids: &[TaskId],
+) -> anyhow::Result<HashMap<TaskId, i64>> {
+    let mut out = HashMap::new();
+    for r in by_ids(
+        pool,
+        ids,
+        "SELECT workflow_id, cancel_requested_at FROM workflows WHERE workflow_id IN (",
+        " AND cancel_requested_at IS NOT NULL",
+    )
+    .await?
+    {
+        let id = TaskId::from_slice(&r.try_get::<Vec<u8>, _>(0)?)?;
+        if let Some(t) = ts_us(r.try_get(1)?) {
+            out.insert(id, t);
+        }
+    }
+    Ok(out)
+}
+
+/// The stored results of these tasks (those that have one).
+pub(super) async fn results(
+    pool: &MySqlPool,
+    ids: &[TaskId],
+) -> anyhow::Result<HashMap<TaskId, Vec<u8>>> {
+    let mut out = HashMap::new();
+    for r in by_ids(
+        pool,
+        ids,
+        "SELECT task_id, result FROM tasks WHERE task_id IN (",
+        " AND result IS NOT NULL",
+    )
+    .await?
+    {
+        out.insert(
+            TaskId::from_slice(&r.try_get::<Vec<u8>, _>(0)?)?,
+            r.try_get(1)?,
+        );
+    }
+    Ok(out)
+}

@@ -12,6 +12,7 @@ use super::history::History;
 use super::order::check_order;
 use super::submits::check_submits;
 use super::timing::{Timing, timing};
+use super::workflows::{WorkflowCounts, check_workflows};
 
 /// Examples kept per check.
 const EXAMPLES_PER_CHECK: usize = 3;
@@ -71,6 +72,8 @@ pub struct Verdict {
     pub tenant_mismatch: u64,
     /// Tasks CANCELLED by another tenant's cancel alone.
     pub foreign_cancels_applied: u64,
+    /// The workflow checks' counts (`--workflows`; None without).
+    pub workflows: Option<WorkflowCounts>,
     /// Why the verdict is FAIL (empty: PASS).
     pub reasons: Vec<String>,
     /// A few failing tasks per check, with their evidence.
@@ -93,8 +96,13 @@ impl Verdict {
         } else {
             format!("audit FAIL ({})", self.reasons.join("; "))
         };
+        let workflows = self
+            .workflows
+            .as_ref()
+            .map(|w| format!("; {}", w.line()))
+            .unwrap_or_default();
         format!(
-            "{head}: accepted={} recorded={} offered={} accepted_submits={} rejected={:?} stored={} terminal={:?} missing={} not_terminal={} terminal_changed={} events_reordered={} last_event_mismatch={} (events {}{}) ran_after_terminal={} reran_after_commit={} concurrent_runs={} zombie_overlaps={} duplicate_runs_before_commit={} order_violations={} (keys {}) idempotency_conflicts_accepted={} idempotency_split={} key_mismatch={} tenant_mismatch={} foreign_cancels_applied={}",
+            "{head}: accepted={} recorded={} offered={} accepted_submits={} rejected={:?} stored={} terminal={:?} missing={} not_terminal={} terminal_changed={} events_reordered={} last_event_mismatch={} (events {}{}) ran_after_terminal={} reran_after_commit={} concurrent_runs={} zombie_overlaps={} duplicate_runs_before_commit={} order_violations={} (keys {}) idempotency_conflicts_accepted={} idempotency_split={} key_mismatch={} tenant_mismatch={} foreign_cancels_applied={}{workflows}",
             self.accepted,
             self.recorded,
             self.offered,
@@ -260,6 +268,8 @@ pub fn judge(h: &History) -> Verdict {
         }
     }
     v.reasons = r;
+    // After the task checks' reasons: the workflow checks add theirs.
+    check_workflows(h, &mut v, &mut ex);
     v.examples = examples;
     v.timing = timing(h);
     v

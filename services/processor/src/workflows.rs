@@ -205,6 +205,10 @@ impl Advancer {
                 workflows::cancel_done(&self.pool, workflow, Utc::now()).await?;
             }
         }
+        #[cfg(feature = "fault-release-early")]
+        {
+            pass.released += self.release_early().await?;
+        }
         loop {
             let decided = {
                 let mut conn = self.pool.acquire().await?;
@@ -241,6 +245,32 @@ impl Advancer {
             }
         }
         Ok(pass)
+    }
+
+    /// The fault build's release: WAITING nodes with ANY finished dependency, not every one.
+    #[cfg(feature = "fault-release-early")]
+    async fn release_early(&self) -> anyhow::Result<u64> {
+        let ids: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT DISTINCT w.task_id FROM tasks w \
+             JOIN workflow_nodes n ON n.task_id = w.task_id \
+             JOIN workflow_edges e ON e.task_id = w.task_id \
+             JOIN tasks d ON d.task_id = e.depends_on \
+             WHERE w.state = 'waiting' AND n.cancel_sent_at IS NULL \
+               AND d.state IN ('succeeded', 'dead', 'cancelled') LIMIT ?",
+        )
+        .bind(self.batch_size)
+        .fetch_all(&self.pool)
+        .await?;
+        let ids: Vec<TaskId> = ids
+            .iter()
+            .filter_map(|b| TaskId::from_slice(b).ok())
+            .collect();
+        let released = workflows::release(&self.pool, &ids, Utc::now()).await?;
+        if released > 0 {
+            RELEASED.inc_by(released);
+            self.scheduler.wake();
+        }
+        Ok(released)
     }
 
     /// Produces a CANCEL for each node; returns the ids whose record was acknowledged.
