@@ -71,6 +71,7 @@ impl Workflows {
                 IdempotencyKey::parse(&req.idempotency_key),
             )
         };
+        let fingerprint = dispatch_core::workflow::fingerprint(&req.nodes);
         let graph = match parse_graph(&req.nodes, self.max_nodes) {
             Ok(g) => Some(g),
             Err(g) => {
@@ -144,6 +145,7 @@ impl Workflows {
                     .iter()
                     .map(|e| (e.node, e.depends_on, e.on_failure))
                     .collect(),
+                fingerprint,
             },
             names: graph.names,
         })
@@ -170,9 +172,18 @@ impl Workflows {
                 let ids: Vec<TaskId> = wf.nodes.iter().map(|n| n.task.task_id).collect();
                 (false, p.names.into_iter().zip(ids).collect::<Vec<_>>())
             }
-            Inserted::Duplicate(stored) => {
-                let same = stored.len() == p.names.len()
-                    && stored.iter().zip(&p.names).all(|((s, _), n)| s == n);
+            Inserted::Duplicate {
+                nodes: stored,
+                fingerprint,
+            } => {
+                let same = match fingerprint {
+                    Some(f) => f == wf.fingerprint,
+                    // Stored before fingerprints were: its names are all there is to compare.
+                    None => {
+                        stored.len() == p.names.len()
+                            && stored.iter().zip(&p.names).all(|((s, _), n)| s == n)
+                    }
+                };
                 if !same {
                     metrics::workflow_submit("conflict");
                     tracing::info!(workflow_id = %wf.workflow_id, "workflow idempotency key reused with other nodes");

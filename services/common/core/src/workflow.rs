@@ -6,6 +6,9 @@
 
 use std::collections::HashMap;
 
+use prost::Message;
+use sha2::{Digest, Sha256};
+
 use dispatch_proto::v1 as pb;
 
 use crate::error::Violations;
@@ -202,6 +205,20 @@ pub fn parse_graph(nodes: &[pb::WorkflowNode], max_nodes: usize) -> Result<Graph
     })
 }
 
+/// What a workflow was submitted with: SHA-256 of its nodes as sent (protobuf encoding, which
+/// is deterministic for one message), so a repeated submit with the same idempotency key is told
+/// apart from another workflow under that key, whatever differs (a name, a task field, an edge).
+pub fn fingerprint(nodes: &[pb::WorkflowNode]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(b"dispatch.v1/workflow-fingerprint\0");
+    for n in nodes {
+        let bytes = n.encode_to_vec();
+        hasher.update((bytes.len() as u64).to_be_bytes());
+        hasher.update(&bytes);
+    }
+    hasher.finalize().into()
+}
+
 /// A cycle among `n` nodes, as the node indexes along it (first repeated at the end), if any.
 fn find_cycle(n: usize, edges: &[Edge]) -> Option<Vec<usize>> {
     let mut out: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -355,6 +372,27 @@ mod tests {
             parse_graph(&chain, 5_000).expect("chain").edges.len(),
             4_999
         );
+    }
+
+    #[test]
+    fn fingerprints_follow_every_field() {
+        let base = vec![node("a", &[]), node("b", &["a"])];
+        let f = fingerprint(&base);
+        assert_eq!(f, fingerprint(&base.clone()));
+        let mut renamed = base.clone();
+        renamed[1].name = "c".into();
+        let mut task = base.clone();
+        task[0].task = Some(pb::TaskSpec {
+            business_key: "k".into(),
+            ..Default::default()
+        });
+        let mut edge = base.clone();
+        edge[1].depends_on[0].on_failure = pb::DependencyFailure::Run as i32;
+        let mut split = base.clone();
+        split.truncate(1);
+        for other in [renamed, task, edge, split] {
+            assert_ne!(fingerprint(&other), f, "{other:?}");
+        }
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub struct NewWorkflow {
     pub nodes: Vec<NewNode>,
     /// `(node, depends_on, on_failure)` by node index.
     pub edges: Vec<(usize, usize, OnFailure)>,
+    /// What it was submitted with (`dispatch_core::workflow::fingerprint`), compared when its
+    /// idempotency key comes again.
+    pub fingerprint: [u8; 32],
 }
 
 /// What [`insert`] did.
@@ -54,8 +57,13 @@ pub struct NewWorkflow {
 pub enum Inserted {
     /// Everything was written.
     New,
-    /// A workflow with this id exists: its nodes' `(name, task id)` in order.
-    Duplicate(Vec<(String, TaskId)>),
+    /// A workflow with this id exists.
+    Duplicate {
+        /// Its nodes' `(name, task id)` in order.
+        nodes: Vec<(String, TaskId)>,
+        /// What it was submitted with (`None`: stored before fingerprints were).
+        fingerprint: Option<Vec<u8>>,
+    },
 }
 
 fn id_of(r: &sqlx::mysql::MySqlRow, col: &str) -> Result<TaskId> {
@@ -72,21 +80,30 @@ fn id_of(r: &sqlx::mysql::MySqlRow, col: &str) -> Result<TaskId> {
 pub async fn insert(pool: &MySqlPool, wf: &NewWorkflow, now: DateTime<Utc>) -> Result<Inserted> {
     let mut tx = pool.begin().await?;
     let head = sqlx::query(
-        "INSERT INTO workflows (workflow_id, tenant, idempotency_key, nodes, created_at) \
-         VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO workflows (workflow_id, tenant, idempotency_key, nodes, created_at, fingerprint) \
+         VALUES (?, ?, ?, ?, ?, ?)",
     )
     .bind(wf.workflow_id.as_bytes().as_slice())
     .bind(&wf.tenant)
     .bind(&wf.idempotency_key)
     .bind(wf.nodes.len() as u32)
     .bind(now)
+    .bind(wf.fingerprint.as_slice())
     .execute(&mut *tx)
     .await;
     match head {
         Ok(_) => {}
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
             tx.rollback().await?;
-            return Ok(Inserted::Duplicate(node_ids(pool, wf.workflow_id).await?));
+            let fingerprint: Option<Option<Vec<u8>>> =
+                sqlx::query_scalar("SELECT fingerprint FROM workflows WHERE workflow_id = ?")
+                    .bind(wf.workflow_id.as_bytes().as_slice())
+                    .fetch_optional(pool)
+                    .await?;
+            return Ok(Inserted::Duplicate {
+                nodes: node_ids(pool, wf.workflow_id).await?,
+                fingerprint: fingerprint.flatten(),
+            });
         }
         Err(e) => return Err(e.into()),
     }
@@ -195,13 +212,13 @@ pub async fn request_cancel(
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<CancelRequest> {
-    let owned: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM workflows WHERE workflow_id = ? AND tenant = ?")
+    // Compared here, byte for byte: the column compares without letter case.
+    let owner: Option<String> =
+        sqlx::query_scalar("SELECT tenant FROM workflows WHERE workflow_id = ?")
             .bind(workflow.as_bytes().as_slice())
-            .bind(tenant)
             .fetch_optional(pool)
             .await?;
-    if owned.is_none() {
+    if owner.as_deref() != Some(tenant) {
         return Ok(CancelRequest::NotFound);
     }
     let unfinished: i64 = sqlx::query_scalar(
@@ -219,7 +236,7 @@ pub async fn request_cancel(
          cancel_requested_at = COALESCE(cancel_requested_at, ?), cancel_done_at = NULL \
          WHERE workflow_id = ?",
     )
-    .bind(reason.chars().take(256).collect::<String>())
+    .bind(reason.chars().take(512).collect::<String>())
     .bind(now)
     .bind(workflow.as_bytes().as_slice())
     .execute(pool)

@@ -248,6 +248,7 @@ async fn purged_workflow_nodes_take_their_edges_and_finally_their_workflow() -> 
             workflow_id,
             tenant: "short".into(),
             idempotency_key: None,
+            fingerprint: [0; 32],
             nodes: names
                 .iter()
                 .enumerate()

@@ -21,6 +21,7 @@ fn fan_out(leaves: usize) -> NewWorkflow {
         workflow_id,
         tenant: "acme".into(),
         idempotency_key: None,
+        fingerprint: [0; 32],
         nodes: names
             .iter()
             .enumerate()

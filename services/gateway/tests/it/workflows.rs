@@ -381,6 +381,20 @@ async fn a_repeated_submit_answers_the_same_ids_and_other_nodes_already_exist() 
         .await
         .expect_err("fewer nodes");
     assert_eq!(err.code(), Code::AlreadyExists);
+    // The same names with another task, or another edge: ALREADY_EXISTS too (the fingerprint).
+    let mut other_task = diamond();
+    if let Some(t) = other_task[1].task.as_mut() {
+        t.payload = b"other".to_vec();
+    }
+    let mut other_edge = diamond();
+    other_edge[3].depends_on[1].on_failure = pb::DependencyFailure::Run as i32;
+    for (what, nodes) in [("another task", other_task), ("another edge", other_edge)] {
+        let err = client
+            .submit_workflow(submit_wf(nodes, "nightly-1", KEY_A))
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), Code::AlreadyExists, "{what}: {err:?}");
+    }
     assert_eq!(rows_of(&env, "acme").await?, (1, 4), "stored once");
 
     // The same key is another tenant's own workflow.

@@ -63,6 +63,7 @@ fn workflow(specs: &[Spec<'_>]) -> NewWorkflow {
         idempotency_key: None,
         nodes,
         edges,
+        fingerprint: [0; 32],
     }
 }
 

@@ -45,6 +45,7 @@ fn diamond() -> NewWorkflow {
         workflow_id,
         tenant: "acme".into(),
         idempotency_key: Some("wf-diamond".into()),
+        fingerprint: [0; 32],
         nodes: NODES.iter().map(|n| node(n)).collect(),
         edges: vec![
             (1, 0, OnFailure::Cancel),

@@ -190,6 +190,19 @@ impl Authenticator {
             let d = parse_digest(&e.key_sha256, &format!("auth.api_keys[{i}].key_sha256"))?;
             let t = Tenant::parse(&e.tenant)
                 .map_err(|err| bad(format!("auth.api_keys[{i}].tenant {err}")))?;
+            // MySQL compares tenant columns without letter case: two such tenants would see,
+            // cancel and purge each other's rows.
+            if let Some((_, other)) = tenant_keys.iter().find(|(_, o): &&([u8; 32], Tenant)| {
+                o.as_str() != t.as_str() && o.as_str().eq_ignore_ascii_case(t.as_str())
+            }) {
+                return Err(bad(format!(
+                    "auth.api_keys[{i}].tenant {:?} differs from tenant {:?} only in letter case; \
+                     the store compares tenant names without case, so they would share their \
+                     tasks: rename one",
+                    t.as_str(),
+                    other.as_str()
+                )));
+            }
             tenant_keys.push((d, t));
         }
         let mut admin_keys: Vec<([u8; 32], String)> = Vec::new();
@@ -602,6 +615,24 @@ mod tests {
                 .to_string()
                 .contains("key_sha256")
         );
+        let entry = |tenant: &str, key: &str| ApiKeyEntry {
+            tenant: tenant.into(),
+            key_sha256: hash_key(key),
+        };
+        let cased = AuthSettings {
+            api_keys: vec![entry("acme", "k1"), entry("ACME", "k2")],
+            ..AuthSettings::default()
+        };
+        let err = Authenticator::from_settings(&cased)
+            .expect_err("tenants differing in case")
+            .to_string();
+        assert!(err.contains("auth.api_keys[1].tenant \"ACME\""), "{err}");
+        // One tenant under several keys (a rotation) is fine.
+        let rotated = AuthSettings {
+            api_keys: vec![entry("acme", "k1"), entry("acme", "k2")],
+            ..AuthSettings::default()
+        };
+        assert!(Authenticator::from_settings(&rotated).is_ok());
         let none = AuthSettings {
             mode: "none".into(),
             ..AuthSettings::default()
