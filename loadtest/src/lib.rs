@@ -5,7 +5,7 @@
 //! the percentiles instead of silently lowering the offered rate (no coordinated omission).
 //!
 //! - [`Cli`]: flags; [`run`] dispatches to a scenario or to the baseline server.
-//! - [`scenario`]: request makers (submit, batch, get, end-to-end).
+//! - [`scenario`]: request makers (submit, batch, get, end-to-end, workflow).
 //! - [`report`]: HdrHistogram percentiles, achieved vs offered rate, errors by gRPC code, JSON.
 //! - [`audit`]: after a run with `--record-ids`, prove the guarantees from MySQL, the ledger and the
 //!   events topic, and print a one-line verdict.

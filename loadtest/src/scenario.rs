@@ -10,7 +10,8 @@
 //! the submit.
 //!
 //! Every accepted submit is appended to `--record-ids` (see [`crate::audit::read_ids`] for the
-//! columns), every cancel to `--record-cancels`.
+//! columns), every cancel to `--record-cancels`. The workflow scenario (SubmitWorkflow of chains,
+//! fan-outs and diamonds) is in `workflow`; it also writes `--record-workflows`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
