@@ -40,6 +40,9 @@ use crate::produce::Producer;
 /// at most that to each step of a chain.
 const MIN_GAP: Duration = Duration::from_millis(10);
 
+/// How long a pass waits for one CANCEL record's acknowledgement.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn def<T>(r: Result<T, prometheus::Error>) -> T {
     r.unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
 }
@@ -195,8 +198,11 @@ impl Advancer {
         let mut pass = Pass::default();
         for (workflow, reason) in workflows::cancel_requests(&self.pool, 16).await? {
             let nodes = workflows::unfinished_nodes(&self.pool, workflow, &reason).await?;
+            // Marked before the records are produced: a node marked is never released, and one
+            // whose record is lost is sent another `resend_after` later.
+            let ids: Vec<TaskId> = nodes.iter().map(|n| n.task_id).collect();
+            workflows::mark_cancel_sent(&self.pool, &ids).await?;
             let sent = self.send_cancels(&nodes).await;
-            workflows::mark_cancel_sent(&self.pool, &sent, Utc::now()).await?;
             CANCELS
                 .with_label_values(&["workflow"])
                 .inc_by(sent.len() as u64);
@@ -226,21 +232,24 @@ impl Advancer {
                     Resolved::Cancel(c) => cancel.push(c),
                 }
             }
-            let released = workflows::release(&self.pool, &release, Utc::now()).await?;
+            let released = workflows::release(&self.pool, &release).await?;
             if released > 0 {
                 RELEASED.inc_by(released);
                 self.scheduler.wake();
             }
+            let ids: Vec<TaskId> = cancel.iter().map(|n| n.task_id).collect();
+            workflows::mark_cancel_sent(&self.pool, &ids).await?;
             let sent = self.send_cancels(&cancel).await;
-            workflows::mark_cancel_sent(&self.pool, &sent, Utc::now()).await?;
             CANCELS
                 .with_label_values(&["dependency"])
                 .inc_by(sent.len() as u64);
             pass.released += released;
             pass.cancels += sent.len() as u64;
             // What this round moved decides nothing else until it finishes (a released node runs,
-            // a cancelled one is written by the consumer): another round only for a full batch.
-            if !full || self.stop.is_cancelled() {
+            // a cancelled one is written by the consumer): another round only for a full batch,
+            // and only when this one moved something (else the same rows would come back).
+            let moved = released > 0 || !ids.is_empty();
+            if !full || !moved || self.stop.is_cancelled() {
                 break;
             }
         }
@@ -265,7 +274,7 @@ impl Advancer {
             .iter()
             .filter_map(|b| TaskId::from_slice(b).ok())
             .collect();
-        let released = workflows::release(&self.pool, &ids, Utc::now()).await?;
+        let released = workflows::release(&self.pool, &ids).await?;
         if released > 0 {
             RELEASED.inc_by(released);
             self.scheduler.wake();
@@ -284,10 +293,15 @@ impl Advancer {
                 }
             };
             let topic = self.topics.tasks(env.priority);
-            match self
+            let (value, headers) = (env.encode(), env.headers());
+            let send = self
                 .producer
-                .send("tasks", &topic, env.key(), &env.encode(), &env.headers())
+                .send("tasks", &topic, env.key(), &value, &headers);
+            // Bounded: a partition without a leader must not hold up the pass (releases and
+            // every other workflow's cancels); the node is sent again later.
+            match tokio::time::timeout(SEND_TIMEOUT, send)
                 .await
+                .unwrap_or_else(|_| Err(rdkafka::error::KafkaError::Canceled))
             {
                 Ok(_) => Some(n.task_id),
                 Err(e) => {

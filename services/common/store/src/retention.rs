@@ -86,6 +86,12 @@ fn push_expired(qb: &mut QueryBuilder<'_, MySql>, before: DateTime<Utc>) {
         sep.push_bind(s.as_str());
     }
     qb.push(") AND finished_at < ").push_bind(before);
+    // A workflow node stays while a node that depends on it has not finished: the advancer
+    // decides that node by this one's state, and its handler may read this one's result.
+    qb.push(
+        " AND NOT EXISTS (SELECT 1 FROM workflow_edges e JOIN tasks t ON t.task_id = e.task_id \
+         WHERE e.depends_on = tasks.task_id AND t.state NOT IN ('succeeded', 'dead', 'cancelled'))",
+    );
 }
 
 /// The statement [`purge_tasks_batch`] reads its candidates with (`prefix`: `EXPLAIN ` or empty).

@@ -348,10 +348,11 @@ pub async fn get(pool: &MySqlPool, workflow: TaskId) -> Result<Option<pb::Workfl
 pub fn workflow_state(nodes: &[Option<TaskState>], cancel_requested: bool) -> pb::WorkflowState {
     if nodes.iter().flatten().any(|s| !s.is_terminal()) {
         pb::WorkflowState::Running
+    } else if nodes.iter().flatten().all(|s| *s == TaskState::Succeeded) {
+        // Every node succeeded, a cancel that came too late notwithstanding.
+        pb::WorkflowState::Succeeded
     } else if cancel_requested {
         pb::WorkflowState::Cancelled
-    } else if nodes.iter().flatten().all(|s| *s == TaskState::Succeeded) {
-        pb::WorkflowState::Succeeded
     } else {
         pb::WorkflowState::Failed
     }
@@ -411,27 +412,37 @@ pub async fn resolvable(
     if scope.is_some_and(<[TaskId]>::is_empty) {
         return Ok(Vec::new());
     }
-    let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
+    // A sweep reads the WAITING rows through the tasks state index; a scoped pass reads its
+    // workflows' nodes through theirs. (Driven from workflow_nodes, a sweep scanned every node
+    // kept, finished ones included.)
+    let from = match scope {
+        None => "FROM tasks w STRAIGHT_JOIN workflow_nodes n ON n.task_id = w.task_id",
+        Some(_) => "FROM workflow_nodes n JOIN tasks w ON w.task_id = n.task_id",
+    };
+    let mut qb: QueryBuilder<MySql> = QueryBuilder::new(format!(
         "SELECT w.task_id, w.workflow_id, w.tenant, w.business_key, w.priority, \
-           CAST(SUM(d.state IS NOT NULL AND d.state NOT IN ('succeeded', 'dead', 'cancelled')) AS SIGNED) AS open_deps, \
+           CAST(COALESCE(SUM(d.state IS NOT NULL AND d.state NOT IN ('succeeded', 'dead', 'cancelled')), 0) AS SIGNED) AS open_deps, \
            CAST(MIN(CASE WHEN e.on_failure = 'cancel' AND d.state IN ('dead', 'cancelled') \
                THEN CONCAT(dn.name, ' ended ', d.state) END) AS BINARY) AS failed, \
            MAX(n.cancel_sent_at) AS cancel_sent_at \
-         FROM workflow_nodes n \
-         JOIN tasks w ON w.task_id = n.task_id \
-         JOIN workflow_edges e ON e.task_id = n.task_id \
+         {from} \
+         LEFT JOIN workflow_edges e ON e.task_id = n.task_id \
          LEFT JOIN tasks d ON d.task_id = e.depends_on \
          LEFT JOIN workflow_nodes dn ON dn.task_id = e.depends_on \
-         WHERE w.state = 'waiting'",
-    );
+         WHERE w.state = 'waiting'"
+    ));
     if let Some(ids) = scope {
         qb.push(" AND n.workflow_id IN (");
         push_ids(&mut qb, ids);
     }
+    // Released: nothing failed, nothing open, never sent a CANCEL. Cancelled: a dependency
+    // failed, or a CANCEL was sent (a dependency, or CancelWorkflow) and the node still waits
+    // `resend_after` later (the record was lost): sent (again).
     qb.push(
         " GROUP BY w.task_id, w.workflow_id, w.tenant, w.business_key, w.priority \
          HAVING (failed IS NULL AND open_deps = 0 AND cancel_sent_at IS NULL) \
-             OR (failed IS NOT NULL AND (cancel_sent_at IS NULL OR cancel_sent_at < NOW(6) - INTERVAL ",
+             OR ((failed IS NOT NULL OR cancel_sent_at IS NOT NULL) \
+                 AND (cancel_sent_at IS NULL OR cancel_sent_at < NOW(6) - INTERVAL ",
     );
     qb.push_bind(resend_after.as_micros() as u64)
         .push(" MICROSECOND)) LIMIT ")
@@ -440,49 +451,58 @@ pub async fn resolvable(
     rows.iter()
         .map(|r| {
             let failed: Option<Vec<u8>> = r.try_get("failed")?;
-            Ok(match failed {
-                None => Resolved::Release(id_of(r, "task_id")?),
-                Some(f) => Resolved::Cancel(node_cancel(
+            let sent: Option<DateTime<Utc>> = r.try_get("cancel_sent_at")?;
+            Ok(match (failed, sent) {
+                (Some(f), _) => Resolved::Cancel(node_cancel(
                     r,
                     format!("dependency {}", String::from_utf8_lossy(&f)),
                 )?),
+                (None, Some(_)) => Resolved::Cancel(node_cancel(
+                    r,
+                    "workflow cancelled (sent again)".to_owned(),
+                )?),
+                (None, None) => Resolved::Release(id_of(r, "task_id")?),
             })
         })
         .collect()
 }
 
-/// Moves WAITING nodes to SCHEDULED, due at their own `run_at` or now; a node that left
-/// `waiting` meanwhile (cancelled) is left alone. Returns how many moved.
+/// Moves WAITING nodes to SCHEDULED, due at their own `run_at` or now (the database's clock); a
+/// node that left `waiting` meanwhile, was sent a CANCEL, or whose workflow is being cancelled
+/// is left alone. Returns how many moved.
 ///
 /// # Errors
 /// Database errors.
-pub async fn release(pool: &MySqlPool, ids: &[TaskId], now: DateTime<Utc>) -> Result<u64> {
+pub async fn release(pool: &MySqlPool, ids: &[TaskId]) -> Result<u64> {
     if ids.is_empty() {
         return Ok(0);
     }
     let mut qb: QueryBuilder<MySql> =
         QueryBuilder::new("UPDATE tasks SET state = 'scheduled', version = ");
-    qb.push_bind(TaskState::Scheduled.version(0, 0))
-        .push(", run_at = COALESCE(run_at, ")
-        .push_bind(now)
-        .push("), updated_at = ")
-        .push_bind(now)
-        .push(" WHERE state = 'waiting' AND task_id IN (");
+    qb.push_bind(TaskState::Scheduled.version(0, 0)).push(
+        ", run_at = COALESCE(run_at, NOW(6)), updated_at = NOW(6) \
+         WHERE state = 'waiting' \
+         AND NOT EXISTS (SELECT 1 FROM workflow_nodes n WHERE n.task_id = tasks.task_id \
+             AND n.cancel_sent_at IS NOT NULL) \
+         AND NOT EXISTS (SELECT 1 FROM workflows f WHERE f.workflow_id = tasks.workflow_id \
+             AND f.cancel_requested_at IS NOT NULL) \
+         AND task_id IN (",
+    );
     push_ids(&mut qb, ids);
     Ok(qb.build().execute(pool).await?.rows_affected())
 }
 
-/// Records that a CANCEL was produced for these nodes.
+/// Records that a CANCEL is being produced for these nodes (before it is: a node marked is never
+/// released, and one still WAITING `resend_after` later is sent another).
 ///
 /// # Errors
 /// Database errors.
-pub async fn mark_cancel_sent(pool: &MySqlPool, ids: &[TaskId], now: DateTime<Utc>) -> Result<()> {
+pub async fn mark_cancel_sent(pool: &MySqlPool, ids: &[TaskId]) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
     let mut qb: QueryBuilder<MySql> =
-        QueryBuilder::new("UPDATE workflow_nodes SET cancel_sent_at = ");
-    qb.push_bind(now).push(" WHERE task_id IN (");
+        QueryBuilder::new("UPDATE workflow_nodes SET cancel_sent_at = NOW(6) WHERE task_id IN (");
     push_ids(&mut qb, ids);
     qb.build().execute(pool).await?;
     Ok(())
@@ -606,6 +626,7 @@ mod tests {
             W::Failed
         );
         assert_eq!(workflow_state(&[Some(Cancelled)], true), W::Cancelled);
+        assert_eq!(workflow_state(&[Some(Succeeded)], true), W::Succeeded);
         assert_eq!(workflow_state(&[Some(Waiting)], true), W::Running);
     }
 }

@@ -234,8 +234,8 @@ async fn the_purge_removes_exactly_the_expired_terminal_rows_of_the_tenant() -> 
     Ok(())
 }
 
-/// A workflow's nodes go with their tasks; the workflow goes with its last node, and a node
-/// still running keeps its workflow (and its own edges) in place.
+/// A workflow's nodes go with their tasks and the workflow with its last node; a finished node
+/// stays while a node that depends on it has not finished.
 #[tokio::test]
 async fn purged_workflow_nodes_take_their_edges_and_finally_their_workflow() -> anyhow::Result<()> {
     use dispatch_core::workflow::OnFailure;
@@ -297,13 +297,14 @@ async fn purged_workflow_nodes_take_their_edges_and_finally_their_workflow() -> 
     }
     let mut conn = lock_conn(&env).await;
     let batches = purge_all(&mut conn, "short", ago(DAY), 500).await;
-    assert_eq!(batches[0].tasks, 3, "{batches:?}");
-    assert_eq!(batches[0].workflow_nodes, 3, "{batches:?}");
+    // c finished, but d (which waits for it) has not: c stays.
+    assert_eq!(batches[0].tasks, 2, "{batches:?}");
+    assert_eq!(batches[0].workflow_nodes, 2, "{batches:?}");
     let left = |sql: &'static str| count(&env.pool, sql);
     assert_eq!(
         left("SELECT COUNT(*) FROM workflow_nodes").await,
-        1,
-        "d's node stays"
+        2,
+        "c and d stay"
     );
     assert_eq!(
         left("SELECT COUNT(*) FROM workflow_edges").await,
@@ -316,6 +317,19 @@ async fn purged_workflow_nodes_take_their_edges_and_finally_their_workflow() -> 
         BTreeSet::from([half.workflow_id.as_bytes().to_vec()]),
         "the finished workflow went with its last node"
     );
+    // Once d finished too, both go, and their workflow with them.
+    sqlx::query(
+        "UPDATE tasks SET state = 'succeeded', finished_at = ?, updated_at = ? WHERE task_id = ?",
+    )
+    .bind(ago(2 * DAY))
+    .bind(ago(2 * DAY))
+    .bind(half.nodes[1].task.task_id.as_bytes().as_slice())
+    .execute(&env.pool)
+    .await?;
+    let batches = purge_all(&mut conn, "short", ago(DAY), 500).await;
+    assert_eq!(batches[0].tasks, 2, "{batches:?}");
+    assert_eq!(left("SELECT COUNT(*) FROM workflow_nodes").await, 0);
+    assert_eq!(left("SELECT COUNT(*) FROM workflows").await, 0);
     env.cleanup().await;
     Ok(())
 }

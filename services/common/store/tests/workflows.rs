@@ -109,15 +109,9 @@ async fn waiting_nodes_are_decided_only_by_finished_dependencies() -> anyhow::Re
             .any(|d| matches!(d, Resolved::Cancel(c) if c.reason == "dependency root ended dead"))
     );
     // Released: no longer waiting, so no longer decided; cancels sent are not sent again soon.
-    assert_eq!(
-        workflows::release(&env.pool, &released, Utc::now()).await?,
-        3
-    );
-    assert_eq!(
-        workflows::release(&env.pool, &released, Utc::now()).await?,
-        0
-    );
-    workflows::mark_cancel_sent(&env.pool, &cancelled, Utc::now()).await?;
+    assert_eq!(workflows::release(&env.pool, &released).await?, 3);
+    assert_eq!(workflows::release(&env.pool, &released).await?, 0);
+    workflows::mark_cancel_sent(&env.pool, &cancelled).await?;
     assert!(
         workflows::resolvable(&mut conn, 100, resend, None)
             .await?
@@ -130,6 +124,16 @@ async fn waiting_nodes_are_decided_only_by_finished_dependencies() -> anyhow::Re
             .len(),
         2
     );
+    // Marked for a CANCEL, or of a workflow being cancelled: never released, whatever a
+    // concurrent pass decided.
+    let held = fan_out(2);
+    workflows::insert(&env.pool, &held, Utc::now()).await?;
+    set_state(&env, held.nodes[0].task.task_id, "succeeded").await?;
+    let (one, two) = (held.nodes[1].task.task_id, held.nodes[2].task.task_id);
+    workflows::mark_cancel_sent(&env.pool, &[one]).await?;
+    assert_eq!(workflows::release(&env.pool, &[one]).await?, 0);
+    workflows::request_cancel(&env.pool, "acme", held.workflow_id, "stop", Utc::now()).await?;
+    assert_eq!(workflows::release(&env.pool, &[two]).await?, 0);
     drop(conn);
     env.cleanup().await;
     Ok(())

@@ -1,0 +1,1 @@
+ALTER TABLE workflow_edges DROP KEY ix_workflow_edges_depends_on;
