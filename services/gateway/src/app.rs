@@ -131,6 +131,7 @@ impl App {
             pool.clone(),
             settings.limits.spec_limits(),
             settings.limits.max_workflow_nodes,
+            settings.limits.max_workflow_edges,
         );
         let api = TaskApi::new(
             Arc::new(gateway),

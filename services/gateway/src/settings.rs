@@ -109,6 +109,9 @@ impl Settings {
         if self.limits.max_workflow_nodes == 0 {
             return bad("limits.max_workflow_nodes must be > 0");
         }
+        if self.limits.max_workflow_edges == 0 {
+            return bad("limits.max_workflow_edges must be > 0");
+        }
         if self.limits.max_task_timeout_ms == 0 {
             return bad("limits.max_task_timeout_ms must be > 0");
         }
@@ -182,6 +185,9 @@ pub struct LimitSettings {
     /// with INVALID_ARGUMENT naming `nodes` and this limit. The rate limits charge one token per
     /// node, so keep `tenant_burst` (divided by `replicas`) at or above it.
     pub max_workflow_nodes: usize,
+    /// Most dependencies one SubmitWorkflow may hold, all nodes' together (default 10_000);
+    /// above it the request is refused with INVALID_ARGUMENT naming `nodes` and this limit.
+    pub max_workflow_edges: usize,
 }
 
 impl Default for LimitSettings {
@@ -202,6 +208,7 @@ impl Default for LimitSettings {
             task_type_max_timeout_ms: BTreeMap::new(),
             max_schedule_horizon_secs: dispatch_core::validate::DEFAULT_SCHEDULE_HORIZON_SECS,
             max_workflow_nodes: dispatch_core::workflow::DEFAULT_MAX_NODES,
+            max_workflow_edges: dispatch_core::workflow::DEFAULT_MAX_EDGES,
         }
     }
 }

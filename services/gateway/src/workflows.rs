@@ -24,6 +24,7 @@ pub struct Workflows {
     pool: sqlx::MySqlPool,
     spec_limits: SpecLimits,
     max_nodes: usize,
+    max_edges: usize,
 }
 
 /// A validated SubmitWorkflowRequest, ready to store.
@@ -38,11 +39,17 @@ pub struct Parsed {
 impl Workflows {
     /// Over `pool`, validating node specs under `spec_limits` and at most `max_nodes` nodes per
     /// workflow (`limits.max_workflow_nodes`).
-    pub fn new(pool: sqlx::MySqlPool, spec_limits: SpecLimits, max_nodes: usize) -> Self {
+    pub fn new(
+        pool: sqlx::MySqlPool,
+        spec_limits: SpecLimits,
+        max_nodes: usize,
+        max_edges: usize,
+    ) -> Self {
         Self {
             pool,
             spec_limits,
             max_nodes,
+            max_edges,
         }
     }
 
@@ -72,12 +79,15 @@ impl Workflows {
             )
         };
         let fingerprint = dispatch_core::workflow::fingerprint(&req.nodes);
-        let graph = match parse_graph(&req.nodes, self.max_nodes) {
+        let graph = match parse_graph(&req.nodes, self.max_nodes, self.max_edges) {
             Ok(g) => Some(g),
             Err(g) => {
                 // An empty or oversized workflow is answered on its size alone: its nodes are
                 // not worth validating one by one.
-                let sized = req.nodes.is_empty() || req.nodes.len() > self.max_nodes;
+                let edges: usize = req.nodes.iter().map(|n| n.depends_on.len()).sum();
+                let sized = req.nodes.is_empty()
+                    || req.nodes.len() > self.max_nodes
+                    || edges > self.max_edges;
                 v.0.extend(g.0);
                 if sized {
                     return Err(v);
@@ -310,7 +320,12 @@ mod tests {
         let pool = sqlx::mysql::MySqlPoolOptions::new()
             .connect_lazy("mysql://nobody@127.0.0.1:1/none")
             .expect("lazy pool");
-        Workflows::new(pool, SpecLimits::default(), max)
+        Workflows::new(
+            pool,
+            SpecLimits::default(),
+            max,
+            dispatch_core::workflow::DEFAULT_MAX_EDGES,
+        )
     }
 
     fn fields(r: Result<Parsed, Violations>) -> Vec<String> {

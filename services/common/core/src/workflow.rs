@@ -19,6 +19,11 @@ pub const NAME_MAX_LEN: usize = 64;
 /// The default bound on nodes per workflow (the gateway's `limits.max_workflow_nodes`).
 pub const DEFAULT_MAX_NODES: usize = 2_000;
 
+/// The default bound on dependencies per workflow, all nodes' together (the gateway's
+/// `limits.max_workflow_edges`): the store writes them in the submit's transaction and the
+/// advancer reads a node's on every pass over its workflow.
+pub const DEFAULT_MAX_EDGES: usize = 10_000;
+
 /// What a node does when a task it depends on ends DEAD or CANCELLED.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OnFailure {
@@ -113,12 +118,17 @@ fn valid_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Checks the shape of a workflow of `nodes` (at most `max_nodes`): every name valid and unique,
-/// every dependency naming another node once, and no cycle.
+/// Checks the shape of a workflow of `nodes` (at most `max_nodes`, with at most `max_edges`
+/// dependencies in all): every name valid and unique, every dependency naming another node once,
+/// and no cycle.
 ///
 /// # Errors
 /// Every violation found, with paths such as `nodes[3].depends_on[0].name`.
-pub fn parse_graph(nodes: &[pb::WorkflowNode], max_nodes: usize) -> Result<Graph, Violations> {
+pub fn parse_graph(
+    nodes: &[pb::WorkflowNode],
+    max_nodes: usize,
+    max_edges: usize,
+) -> Result<Graph, Violations> {
     let mut v = Violations::default();
     if nodes.is_empty() {
         v.add("nodes", "is required: a workflow has at least one node");
@@ -130,6 +140,17 @@ pub fn parse_graph(nodes: &[pb::WorkflowNode], max_nodes: usize) -> Result<Graph
             format!(
                 "has {} nodes; at most {max_nodes} (limits.max_workflow_nodes)",
                 nodes.len()
+            ),
+        );
+        return Err(v);
+    }
+    let edges_total: usize = nodes.iter().map(|n| n.depends_on.len()).sum();
+    if edges_total > max_edges {
+        v.add(
+            "nodes",
+            format!(
+                "have {edges_total} dependencies in all; at most {max_edges} \
+                 (limits.max_workflow_edges)"
             ),
         );
         return Err(v);
@@ -295,6 +316,7 @@ mod tests {
                 node("d", &["b", "c"]),
             ],
             10,
+            DEFAULT_MAX_EDGES,
         )
         .expect("valid");
         assert_eq!(g.edges.len(), 4);
@@ -315,10 +337,11 @@ mod tests {
         let f = fields(parse_graph(
             &[node("a", &["c"]), node("b", &["a"]), node("c", &["b"])],
             10,
+            DEFAULT_MAX_EDGES,
         ));
         assert_eq!(f.len(), 1, "{f:?}");
         assert!(f[0].contains("closes a cycle: a -> c -> b -> a"), "{f:?}");
-        let f = fields(parse_graph(&[node("a", &["a"])], 10));
+        let f = fields(parse_graph(&[node("a", &["a"])], 10, DEFAULT_MAX_EDGES));
         assert!(f[0].starts_with("nodes[0].depends_on[0].name: a node cannot depend on itself"));
     }
 
@@ -333,6 +356,7 @@ mod tests {
                 node("e", &["a", "a"]),
             ],
             10,
+            DEFAULT_MAX_EDGES,
         ));
         assert_eq!(
             f,
@@ -346,7 +370,7 @@ mod tests {
         );
         let mut bad = node("x", &["a"]);
         bad.depends_on[0].on_failure = 9;
-        let f = fields(parse_graph(&[node("a", &[]), bad], 10));
+        let f = fields(parse_graph(&[node("a", &[]), bad], 10, DEFAULT_MAX_EDGES));
         assert_eq!(
             f,
             ["nodes[1].depends_on[0].on_failure: 9 is not a DependencyFailure"]
@@ -355,9 +379,20 @@ mod tests {
 
     #[test]
     fn size_bounds() {
-        assert!(fields(parse_graph(&[], 10))[0].starts_with("nodes: is required"));
+        assert!(
+            fields(parse_graph(&[], 10, DEFAULT_MAX_EDGES))[0].starts_with("nodes: is required")
+        );
         let many: Vec<_> = (0..11).map(|i| node(&format!("n{i}"), &[])).collect();
-        assert!(fields(parse_graph(&many, 10))[0].contains("at most 10"));
+        assert!(fields(parse_graph(&many, 10, DEFAULT_MAX_EDGES))[0].contains("at most 10"));
+        let star: Vec<_> = std::iter::once(node("hub", &[]))
+            .chain((0..4).map(|i| node(&format!("s{i}"), &["hub"])))
+            .collect();
+        assert!(parse_graph(&star, 10, 4).is_ok());
+        let f = fields(parse_graph(&star, 10, 3));
+        assert_eq!(
+            f,
+            ["nodes: have 4 dependencies in all; at most 3 (limits.max_workflow_edges)"]
+        );
         // A chain as long as the bound: the search is iterative, no recursion depth.
         let chain: Vec<_> = (0..5_000)
             .map(|i| {
@@ -369,7 +404,10 @@ mod tests {
             })
             .collect();
         assert_eq!(
-            parse_graph(&chain, 5_000).expect("chain").edges.len(),
+            parse_graph(&chain, 5_000, DEFAULT_MAX_EDGES)
+                .expect("chain")
+                .edges
+                .len(),
             4_999
         );
     }
