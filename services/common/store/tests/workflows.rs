@@ -139,6 +139,57 @@ async fn waiting_nodes_are_decided_only_by_finished_dependencies() -> anyhow::Re
     Ok(())
 }
 
+/// A CancelTask of a node's id before its workflow was submitted leaves a placeholder row: another
+/// tenant's is replaced by the node, the owner's own keeps the node CANCELLED; the insert
+/// succeeds either way (it failed on the primary key for ever).
+#[tokio::test]
+async fn placeholders_of_early_cancels_do_not_block_the_submit() -> anyhow::Result<()> {
+    use dispatch_core::TaskState;
+    use dispatch_store::tasks::{self, TaskWrite};
+    let env = TestEnv::new().await?;
+    let wf = fan_out(2);
+    let placeholder = |id, tenant: &str| TaskWrite {
+        task_type: String::new(),
+        payload: Vec::new(),
+        version: TaskState::Cancelled.version(0, 0),
+        ..dispatch_testkit::task_write(id, tenant, TaskState::Cancelled, 0)
+    };
+    let (root, leaf) = (wf.nodes[0].task.task_id, wf.nodes[1].task.task_id);
+    let mut conn = env.pool.acquire().await?;
+    tasks::upsert_batch(
+        &mut conn,
+        &[placeholder(root, "globex"), placeholder(leaf, "acme")],
+    )
+    .await?;
+    drop(conn);
+    assert_eq!(
+        workflows::insert(&env.pool, &wf, Utc::now()).await?,
+        workflows::Inserted::New
+    );
+    let states = tasks::states(&env.pool, &[root, leaf]).await?;
+    let of = |id| {
+        states
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, s)| s.clone())
+            .expect("row")
+    };
+    assert_eq!(
+        of(root).state,
+        TaskState::Scheduled,
+        "another tenant's placeholder is replaced"
+    );
+    assert!(of(root).owned_by("acme"));
+    assert_eq!(
+        of(leaf).state,
+        TaskState::Cancelled,
+        "the owner's own cancel holds"
+    );
+    assert!(!of(leaf).placeholder, "and the node's data is filled in");
+    env.cleanup().await;
+    Ok(())
+}
+
 /// Run by hand: `cargo test -p dispatch-store --test workflows -- --ignored --nocapture`.
 #[tokio::test]
 #[ignore = "a measurement: prints what a pass's query costs with many nodes waiting"]
