@@ -25,6 +25,9 @@
 //! Reported, not failures: `ran_after_workflow_cancel`, executions of nodes of a cancelled
 //! workflow that started after the cancel was requested (a node released by one advancer while
 //! another carries the cancel out runs until its CANCEL reaches it).
+//!
+//! Over 400 lines because it is one check per rule above, each with its counted reason, kept in
+//! one place so the list and the checks stay together; its tests are in `workflow_tests.rs`.
 
 use std::collections::{BTreeMap, HashMap};
 

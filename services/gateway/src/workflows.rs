@@ -6,6 +6,8 @@
 //! once it is SCHEDULED. So there is no Kafka or outbox route here, and no Redis claim: the
 //! workflow's id is derived from `(tenant, idempotency_key)` and the store's primary key is the
 //! dedupe.
+//!
+//! Over 400 lines because of its tests: the code ends where `mod tests` starts, near line 295.
 
 use chrono::{DateTime, Utc};
 use dispatch_core::validate::{SpecLimits, parse_task_spec_with};

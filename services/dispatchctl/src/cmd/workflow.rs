@@ -13,6 +13,9 @@
 //! A node's `task` has the form of a `submit --file` task; `on_failure` is `cancel` (the
 //! default) or `run`. A document that does not have this shape is refused before anything is
 //! sent, naming the JSON path of the problem (`nodes[1].depends_on[0].on_failure: ...`).
+//!
+//! Over 400 lines because of its tests (from `mod tests`, near line 375) and the JSON document's
+//! parser, which names the path of every problem; the parser would move out first.
 
 use std::io::Read as _;
 
