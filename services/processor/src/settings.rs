@@ -267,7 +267,8 @@ pub struct WorkflowsSettings {
     pub interval_ms: u64,
     /// Nodes decided per round.
     pub batch_size: u32,
-    /// A node still WAITING this long after its CANCEL was produced gets another one.
+    /// A node still WAITING this long after its CANCEL was produced gets another one; each
+    /// further resend waits twice as long as the one before, up to 16 times this.
     pub resend_after_ms: u64,
 }
 

@@ -124,6 +124,48 @@ async fn waiting_nodes_are_decided_only_by_finished_dependencies() -> anyhow::Re
             .len(),
         2
     );
+    // A second send waits twice as long: 1.5 s after it, a 1 s resend_after is not yet up.
+    let backdate = |secs: f64| {
+        let pool = env.pool.clone();
+        let ids = cancelled.clone();
+        async move {
+            for id in ids {
+                sqlx::query(
+                    "UPDATE workflow_nodes SET cancel_sent_at = NOW(6) - INTERVAL ? MICROSECOND \
+                     WHERE task_id = ?",
+                )
+                .bind((secs * 1e6) as u64)
+                .bind(id.as_bytes().as_slice())
+                .execute(&pool)
+                .await?;
+            }
+            anyhow::Ok(())
+        }
+    };
+    let second = Duration::from_secs(1);
+    backdate(1.5).await?;
+    assert_eq!(
+        workflows::resolvable(&mut conn, 100, second, None)
+            .await?
+            .len(),
+        2,
+        "first resend due"
+    );
+    workflows::mark_cancel_sent(&env.pool, &cancelled).await?;
+    backdate(1.5).await?;
+    assert!(
+        workflows::resolvable(&mut conn, 100, second, None)
+            .await?
+            .is_empty(),
+        "the second resend waits 2 s"
+    );
+    backdate(2.5).await?;
+    assert_eq!(
+        workflows::resolvable(&mut conn, 100, second, None)
+            .await?
+            .len(),
+        2
+    );
     // Marked for a CANCEL, or of a workflow being cancelled: never released, whatever a
     // concurrent pass decided.
     let held = fan_out(2);

@@ -78,7 +78,7 @@ pub async fn resolvable(
            CAST(COALESCE(SUM(d.state IS NOT NULL AND d.state NOT IN ('succeeded', 'dead', 'cancelled')), 0) AS SIGNED) AS open_deps, \
            CAST(MIN(CASE WHEN e.on_failure = 'cancel' AND d.state IN ('dead', 'cancelled') \
                THEN CONCAT(dn.name, ' ended ', d.state) END) AS BINARY) AS failed, \
-           MAX(n.cancel_sent_at) AS cancel_sent_at \
+           MAX(n.cancel_sent_at) AS cancel_sent_at, MAX(n.cancel_sends) AS cancel_sends \
          {from} \
          LEFT JOIN workflow_edges e ON e.task_id = n.task_id \
          LEFT JOIN tasks d ON d.task_id = e.depends_on \
@@ -91,15 +91,18 @@ pub async fn resolvable(
     }
     // Released: nothing failed, nothing open, never sent a CANCEL. Cancelled: a dependency
     // failed, or a CANCEL was sent (a dependency, or CancelWorkflow) and the node still waits
-    // `resend_after` later (the record was lost): sent (again).
+    // `resend_after` later (the record was lost, or its consumer lags): sent (again), each
+    // resend waiting twice as long as the one before, up to 16 x `resend_after`.
     qb.push(
         " GROUP BY w.task_id, w.workflow_id, w.tenant, w.business_key, w.priority \
          HAVING (failed IS NULL AND open_deps = 0 AND cancel_sent_at IS NULL) \
              OR ((failed IS NOT NULL OR cancel_sent_at IS NOT NULL) \
-                 AND (cancel_sent_at IS NULL OR cancel_sent_at < NOW(6) - INTERVAL ",
+                 AND (cancel_sent_at IS NULL OR cancel_sent_at < NOW(6) - INTERVAL CAST(",
     );
     qb.push_bind(resend_after.as_micros() as u64)
-        .push(" MICROSECOND)) LIMIT ")
+        .push(
+            " * POW(2, LEAST(GREATEST(cancel_sends, 1) - 1, 4)) AS UNSIGNED) MICROSECOND)) LIMIT ",
+        )
         .push_bind(limit);
     let rows = qb.build().fetch_all(&mut *conn).await?;
     rows.iter()
@@ -155,8 +158,10 @@ pub async fn mark_cancel_sent(pool: &MySqlPool, ids: &[TaskId]) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
-    let mut qb: QueryBuilder<MySql> =
-        QueryBuilder::new("UPDATE workflow_nodes SET cancel_sent_at = NOW(6) WHERE task_id IN (");
+    let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
+        "UPDATE workflow_nodes SET cancel_sent_at = NOW(6), cancel_sends = cancel_sends + 1 \
+             WHERE task_id IN (",
+    );
     push_ids(&mut qb, ids);
     qb.build().execute(pool).await?;
     Ok(())

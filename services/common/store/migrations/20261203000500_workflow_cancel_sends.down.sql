@@ -1,0 +1,1 @@
+ALTER TABLE workflow_nodes DROP COLUMN cancel_sends;
