@@ -239,7 +239,6 @@ async fn the_purge_removes_exactly_the_expired_terminal_rows_of_the_tenant() -> 
 #[tokio::test]
 async fn purged_workflow_nodes_take_their_edges_and_finally_their_workflow() -> anyhow::Result<()> {
     use dispatch_core::workflow::OnFailure;
-    use dispatch_core::{BusinessKey, NewTask, Payload, Priority, RetryPolicy, TaskType, Tenant};
     use dispatch_store::workflows::{self, NewNode, NewWorkflow};
     let env = TestEnv::new().await?;
     let workflow = |names: &[&str]| {
@@ -255,20 +254,7 @@ async fn purged_workflow_nodes_take_their_edges_and_finally_their_workflow() -> 
                 .map(|(i, n)| NewNode {
                     name: (*n).into(),
                     root: i == 0,
-                    task: NewTask {
-                        task_id: TaskId::workflow_node(workflow_id, n),
-                        tenant: Tenant::parse("short").expect("tenant"),
-                        business_key: BusinessKey::parse(n).expect("key"),
-                        task_type: TaskType::parse("noop").expect("type"),
-                        payload: Payload::parse(Vec::new()).expect("payload"),
-                        priority: Priority::Default,
-                        idempotency_key: None,
-                        run_at: None,
-                        deadline: None,
-                        retry: RetryPolicy::DEFAULT,
-                        timeout_ms: None,
-                        submitted_at: Utc::now(),
-                    },
+                    task: dispatch_testkit::node_task(workflow_id, n, "short"),
                 })
                 .collect(),
             edges: (1..names.len())

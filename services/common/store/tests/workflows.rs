@@ -4,10 +4,8 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use dispatch_core::TaskId;
 use dispatch_core::workflow::OnFailure;
-use dispatch_core::{
-    BusinessKey, NewTask, Payload, Priority, RetryPolicy, TaskId, TaskType, Tenant,
-};
 use dispatch_store::workflows::{self, NewNode, NewWorkflow, Resolved};
 use dispatch_testkit::TestEnv;
 
@@ -28,20 +26,7 @@ fn fan_out(leaves: usize) -> NewWorkflow {
             .map(|(i, n)| NewNode {
                 name: n.clone(),
                 root: i == 0,
-                task: NewTask {
-                    task_id: TaskId::workflow_node(workflow_id, n),
-                    tenant: Tenant::parse("acme").expect("tenant"),
-                    business_key: BusinessKey::parse(n).expect("key"),
-                    task_type: TaskType::parse("noop").expect("type"),
-                    payload: Payload::parse(Vec::new()).expect("payload"),
-                    priority: Priority::Default,
-                    idempotency_key: None,
-                    run_at: None,
-                    deadline: None,
-                    retry: RetryPolicy::DEFAULT,
-                    timeout_ms: None,
-                    submitted_at: Utc::now(),
-                },
+                task: dispatch_testkit::node_task(workflow_id, n, "acme"),
             })
             .collect(),
         edges: (1..names.len())

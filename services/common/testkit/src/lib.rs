@@ -13,7 +13,7 @@ pub mod catalogue;
 pub mod cli;
 mod write;
 
-pub use write::task_write;
+pub use write::{node_task, task_write};
 
 use std::time::Duration;
 

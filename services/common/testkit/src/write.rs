@@ -36,3 +36,24 @@ pub fn task_write(id: TaskId, tenant: &str, state: TaskState, attempt: u32) -> T
         updated_at: now,
     }
 }
+
+/// The task of workflow node `name` of `workflow`, owned by `tenant`, as the gateway builds it:
+/// its derived id, business key `name`, type `noop`, empty payload, default priority and retry
+/// policy, no schedule, deadline or timeout.
+pub fn node_task(workflow: TaskId, name: &str, tenant: &str) -> dispatch_core::NewTask {
+    use dispatch_core::{BusinessKey, Payload, RetryPolicy, TaskType, Tenant};
+    dispatch_core::NewTask {
+        task_id: TaskId::workflow_node(workflow, name),
+        tenant: Tenant::parse(tenant).expect("a valid tenant"),
+        business_key: BusinessKey::parse(name).expect("a node name is a valid key"),
+        task_type: TaskType::parse("noop").expect("noop"),
+        payload: Payload::parse(Vec::new()).expect("an empty payload"),
+        priority: Priority::Default,
+        idempotency_key: None,
+        run_at: None,
+        deadline: None,
+        retry: RetryPolicy::DEFAULT,
+        timeout_ms: None,
+        submitted_at: chrono::Utc::now(),
+    }
+}
