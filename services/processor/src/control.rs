@@ -162,23 +162,7 @@ impl Control {
 
     /// Makes this instance's pauses exactly `stored`.
     fn apply(&self, stored: &[Pause]) {
-        crate::metrics::PAUSE_STARTED.reset();
-        crate::metrics::PAUSES.set(stored.len() as i64);
-        crate::metrics::OLDEST_PAUSE_AGE.set(
-            stored
-                .iter()
-                .map(|p| (Utc::now() - p.paused_at).num_milliseconds().max(0) as f64 / 1000.0)
-                .fold(0.0, f64::max),
-        );
-        for p in stored {
-            let (kind, target) = match &p.target {
-                PauseTarget::Priority(t) => ("priority", t),
-                PauseTarget::TaskType(t) => ("task_type", t),
-            };
-            crate::metrics::PAUSE_STARTED
-                .with_label_values(&[kind, target])
-                .set(p.paused_at.timestamp_millis() as f64 / 1000.0);
-        }
+        crate::metrics::operator_pauses(stored);
         let mut priorities = std::collections::HashSet::new();
         let mut types = BTreeSet::new();
         for p in stored {

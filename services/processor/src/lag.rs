@@ -21,7 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{Ctx, Shared};
-use crate::metrics::{COMMITTED, LAG, OLDEST_PENDING};
+use crate::metrics;
 
 /// The client stats queries go through: created on first use from the group consumer's
 /// configuration, with connections of its own. (A query sent on the group consumer's own broker
@@ -347,17 +347,11 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     loop {
-        OLDEST_PENDING.set(shared.partitions.oldest_pending_age().as_secs_f64());
-        dispatch_runtime::metrics::db_pool("processor", &pool, max_connections);
+        metrics::oldest_pending_age(shared.partitions.oldest_pending_age());
+        metrics::db_pool(&pool, max_connections);
         let (c, s) = (consumer.clone(), shared.clone());
         if let Ok(stats) = tokio::task::spawn_blocking(move || partition_stats(&c, &s)).await {
-            LAG.reset();
-            COMMITTED.reset();
-            for p in stats {
-                let labels = [p.topic.as_str(), &p.partition.to_string()];
-                LAG.with_label_values(&labels).set(p.lag);
-                COMMITTED.with_label_values(&labels).set(p.committed_offset);
-            }
+            metrics::partition_positions(&stats);
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}

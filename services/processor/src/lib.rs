@@ -28,7 +28,8 @@
 //! - [`control`]: [`Control`], the pause/resume/stats hooks for AdminService.
 //! - [`admin`]: AdminService (DLQ list/inspect/purge/redrive, pause/resume, stats), admin key only.
 //! - [`lag`]: consumer lag gauges.
-//! - [`metrics`]: the metric catalogue's processor section.
+//! - [`metrics`]: the metric catalogue's processor section, each metric recorded through one
+//!   function.
 //! - [`readiness`]: readiness (`/readyz`, gRPC health) from run-time TLS failures of MySQL and
 //!   Kafka.
 //! - here: [`App`] (build, run, the shutdown order) and [`AppBuilder`] (custom handlers).

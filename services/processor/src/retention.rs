@@ -19,98 +19,22 @@
 //!    tasks are kept forever.
 //!
 //! Between batches the leader pauses `batch_pause_ms`, checks that it still holds the lock and
-//! stops at shutdown. Purged rows are counted in `dispatch_retention_purged_rows_total{table}`.
-//!
-//! Over 400 lines because the purge leader's loop, its metrics and the DLQ topic's retention (read
-//! from Kafka, it bounds the dead-letter index rows) serve one purge round; the DLQ retention
-//! lookup (`DlqRetention`) would move out first.
+//! stops at shutdown. Purged rows are counted in `dispatch_retention_purged_rows_total{table}`
+//! (the loop's metrics are recorded through [`crate::metrics`]).
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use dispatch_runtime::metrics::{LATENCY_BUCKETS, register};
 use dispatch_runtime::settings::KafkaSettings;
 use dispatch_store::{MySqlPool, leader, retention};
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use sqlx::MySqlConnection;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{self, PurgedTable, RetentionRound};
 use crate::settings::RetentionSettings;
-
-fn def<T>(r: Result<T, prometheus::Error>) -> T {
-    r.unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
-}
-
-/// `dispatch_retention_purged_rows_total{table}`.
-pub static PURGED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(def(IntCounterVec::new(
-        Opts::new(
-            "dispatch_retention_purged_rows_total",
-            "Rows deleted by the retention purge.",
-        ),
-        &["table"],
-    )))
-});
-/// `dispatch_retention_rounds_total{outcome}`.
-pub static ROUNDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(def(IntCounterVec::new(
-        Opts::new(
-            "dispatch_retention_rounds_total",
-            "Retention purge rounds of the leader by outcome.",
-        ),
-        &["outcome"],
-    )))
-});
-/// `dispatch_retention_batch_duration_seconds`.
-pub static BATCH_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
-    register(def(Histogram::with_opts(
-        HistogramOpts::new(
-            "dispatch_retention_batch_duration_seconds",
-            "Time one retention batch (read, lock, delete, commit) took.",
-        )
-        .buckets(LATENCY_BUCKETS.to_vec()),
-    )))
-});
-/// `dispatch_retention_leader`.
-pub static LEADER: LazyLock<IntGauge> = LazyLock::new(|| {
-    register(def(IntGauge::new(
-        "dispatch_retention_leader",
-        "1 while this instance holds the retention leader lock.",
-    )))
-});
-/// `dispatch_retention_last_round_timestamp_seconds`.
-pub static LAST_ROUND: LazyLock<IntGauge> = LazyLock::new(|| {
-    register(def(IntGauge::new(
-        "dispatch_retention_last_round_timestamp_seconds",
-        "Unix time the last complete retention round of this instance ended.",
-    )))
-});
-
-/// The tables the purge deletes from (`table` label values).
-pub const TABLES: [&str; 5] = [
-    "tasks",
-    "task_attempts",
-    "handler_executions",
-    "workflow_nodes",
-    "dead_letters",
-];
-const OUTCOMES: [&str; 3] = ["complete", "failed", "interrupted"];
-
-/// Pre-creates every labelled series.
-pub fn init_metrics() {
-    for t in TABLES {
-        PURGED.with_label_values(&[t]);
-    }
-    for o in OUTCOMES {
-        ROUNDS.with_label_values(&[o]);
-    }
-    LazyLock::force(&BATCH_DURATION);
-    LEADER.set(0);
-    LazyLock::force(&LAST_ROUND);
-}
 
 /// The DLQ topic's retention when Kafka cannot be asked and it never answered: the retention
 /// `dispatch_runtime::kafka::dispatch_topics` creates the topic with.
@@ -191,15 +115,14 @@ impl Retention {
                         // Dropped mid-statement: the connection goes (its open batch rolls back
                         // and the lock is released when the server ends the session).
                         lock = None;
-                        LEADER.set(0);
-                        ROUNDS.with_label_values(&["interrupted"]).inc();
+                        metrics::retention_leader(false);
+                        metrics::retention_round_ended(RetentionRound::Interrupted);
                         break;
                     }
                 };
                 match round {
                     Ok(r) if r.complete => {
-                        ROUNDS.with_label_values(&["complete"]).inc();
-                        LAST_ROUND.set(Utc::now().timestamp());
+                        metrics::retention_round_ended(RetentionRound::Complete);
                         if r.batches > 0 {
                             tracing::info!(
                                 tasks = r.tasks,
@@ -211,19 +134,19 @@ impl Retention {
                         }
                     }
                     Ok(_) => {
-                        ROUNDS.with_label_values(&["interrupted"]).inc();
+                        metrics::retention_round_ended(RetentionRound::Interrupted);
                         if !self.stop.is_cancelled() {
                             tracing::warn!("retention leader lock lost");
                             lock = None;
-                            LEADER.set(0);
+                            metrics::retention_leader(false);
                         }
                     }
                     Err(e) => {
-                        ROUNDS.with_label_values(&["failed"]).inc();
+                        metrics::retention_round_ended(RetentionRound::Failed);
                         tracing::warn!(error = %e, "retention round failed; giving up the lock");
                         // Dropping the connection closes it, which releases the lock.
                         lock = None;
-                        LEADER.set(0);
+                        metrics::retention_leader(false);
                     }
                 }
             }
@@ -231,7 +154,7 @@ impl Retention {
         }
         if let Some(mut conn) = lock {
             let _ = leader::release_lock(&mut conn, retention::LOCK).await;
-            LEADER.set(0);
+            metrics::retention_leader(false);
             tracing::info!("retention leader stopped");
         }
     }
@@ -247,7 +170,7 @@ impl Retention {
         };
         match leader::try_lock(&mut conn, retention::LOCK).await {
             Ok(true) => {
-                LEADER.set(1);
+                metrics::retention_leader(true);
                 tracing::info!("retention leader");
                 Some(conn)
             }
@@ -293,16 +216,10 @@ impl Retention {
                     out.attempts += b.attempts;
                     out.executions += b.executions;
                     out.batches += 1;
-                    PURGED.with_label_values(&["tasks"]).inc_by(b.tasks);
-                    PURGED
-                        .with_label_values(&["task_attempts"])
-                        .inc_by(b.attempts);
-                    PURGED
-                        .with_label_values(&["handler_executions"])
-                        .inc_by(b.executions);
-                    PURGED
-                        .with_label_values(&["workflow_nodes"])
-                        .inc_by(b.workflow_nodes);
+                    metrics::retention_purged(PurgedTable::Tasks, b.tasks);
+                    metrics::retention_purged(PurgedTable::TaskAttempts, b.attempts);
+                    metrics::retention_purged(PurgedTable::HandlerExecutions, b.executions);
+                    metrics::retention_purged(PurgedTable::WorkflowNodes, b.workflow_nodes);
                     self.observe("tasks", &tenant, b.tasks, started);
                     if b.candidates < u64::from(s.batch_size) {
                         break;
@@ -328,7 +245,7 @@ impl Retention {
                         retention::purge_dead_letters_batch(conn, &tenant, h, s.batch_size).await?;
                     out.dead_letters += n;
                     out.batches += 1;
-                    PURGED.with_label_values(&["dead_letters"]).inc_by(n);
+                    metrics::retention_purged(PurgedTable::DeadLetters, n);
                     self.observe("dead_letters", &tenant, n, started);
                     if n < u64::from(s.batch_size) {
                         break;
@@ -360,7 +277,7 @@ impl Retention {
 
     fn observe(&self, table: &'static str, tenant: &str, rows: u64, started: Instant) {
         let finished = Instant::now();
-        BATCH_DURATION.observe((finished - started).as_secs_f64());
+        metrics::retention_batch_took(finished - started);
         if let Some(f) = &self.observer {
             f(&Batch {
                 table,

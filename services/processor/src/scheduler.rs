@@ -27,7 +27,7 @@ use dispatch_store::scheduler::DueTask;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::SCHEDULER_CLAIMED;
+use crate::metrics;
 use crate::produce::Producer;
 
 /// The scheduler's wiring.
@@ -196,7 +196,7 @@ impl Scheduler {
                     tracing::warn!(task_id = %t.task_id, error = %e, "cannot publish the pending event; the task is published again later");
                     return (false, None);
                 }
-                crate::metrics::EVENTS.inc();
+                metrics::event_published();
                 let event = Some(crate::writer::Published {
                     key,
                     version: row.task.version,
@@ -242,7 +242,7 @@ impl Scheduler {
         if retried > 0 {
             tracing::debug!(retried, "due retries published");
         }
-        SCHEDULER_CLAIMED.inc_by(published as u64);
+        metrics::scheduled_tasks_published(published);
         if published > 0 {
             tracing::info!(published, "due scheduled tasks published");
         }

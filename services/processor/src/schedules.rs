@@ -12,56 +12,16 @@
 //! next instance; a fire attempted twice anyway (a schedule's `next_fire_at` set back) is refused
 //! by the tasks primary key and counted `duplicate`.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dispatch_core::Tenant;
 use dispatch_core::schedule::{self, Catchup, Overlap, Timing};
-use dispatch_runtime::metrics::register;
 use dispatch_store::MySqlPool;
 use dispatch_store::schedules::{self as store, Fired, Pass, ScheduleRow};
-use prometheus::{Gauge, IntCounterVec, Opts};
 use tokio_util::sync::CancellationToken;
 
-/// `dispatch_schedule_fires_total{outcome}`: fired (a task was submitted), missed (a missed time
-/// the catch-up policy did not fire), overlap_skipped, duplicate (the fire's task existed already),
-/// invalid (the schedule's timing or template no longer parses).
-pub static FIRES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(
-        IntCounterVec::new(
-            Opts::new(
-                "dispatch_schedule_fires_total",
-                "Schedule fire times by outcome: fired, missed, overlap_skipped, duplicate, invalid.",
-            ),
-            &["outcome"],
-        )
-        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
-    )
-});
-
-/// `dispatch_schedule_lag_seconds`: now minus the oldest `next_fire_at` of the unpaused
-/// schedules (0 when none is due), as this instance saw it after its last pass.
-pub static LAG: LazyLock<Gauge> = LazyLock::new(|| {
-    register(
-        Gauge::new(
-            "dispatch_schedule_lag_seconds",
-            "How far the schedule loop is behind: now minus the oldest due next_fire_at (0 when none is due).",
-        )
-        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
-    )
-});
-
-/// Outcomes of [`FIRES`].
-pub const OUTCOMES: [&str; 5] = ["fired", "missed", "overlap_skipped", "duplicate", "invalid"];
-
-/// Pre-creates the series.
-pub fn init_metrics() {
-    for o in OUTCOMES {
-        FIRES.with_label_values(&[o]);
-    }
-    LAG.set(0.0);
-}
+use crate::metrics::{self, FireOutcome};
 
 /// The loop's wiring.
 pub struct ScheduleLoop {
@@ -155,14 +115,14 @@ impl ScheduleLoop {
         }
         tx.commit().await?;
         for (outcome, n) in [
-            ("fired", tick.fired),
-            ("missed", tick.missed),
-            ("overlap_skipped", tick.overlap_skipped),
-            ("duplicate", tick.duplicate),
-            ("invalid", tick.invalid),
+            (FireOutcome::Fired, tick.fired),
+            (FireOutcome::Missed, tick.missed),
+            (FireOutcome::OverlapSkipped, tick.overlap_skipped),
+            (FireOutcome::Duplicate, tick.duplicate),
+            (FireOutcome::Invalid, tick.invalid),
         ] {
             if n > 0 {
-                FIRES.with_label_values(&[outcome]).inc_by(n);
+                metrics::schedule_fires(outcome, n);
             }
         }
         if tick.fired > 0 {
@@ -263,7 +223,7 @@ impl ScheduleLoop {
                 let lag = oldest.map_or(0.0, |o| {
                     ((now - o).num_milliseconds().max(0) as f64) / 1000.0
                 });
-                LAG.set(lag);
+                metrics::schedule_lag(lag);
             }
             Err(e) => tracing::debug!(error = %e, "schedule lag not read"),
         }

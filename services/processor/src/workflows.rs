@@ -21,18 +21,17 @@
 //! consumer.
 
 use std::collections::HashSet;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use dispatch_core::{BusinessKey, Envelope, TaskId, Tenant, Topics};
-use dispatch_runtime::metrics::register;
 use dispatch_store::MySqlPool;
 use dispatch_store::workflows::{self, NodeCancel, Resolved};
-use prometheus::{IntCounter, IntCounterVec, Opts};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{self, NodeCancelCause};
 use crate::produce::Producer;
 
 /// Shortest pause between two passes. A pass reads every WAITING node's edges; while many nodes
@@ -42,44 +41,6 @@ const MIN_GAP: Duration = Duration::from_millis(10);
 
 /// How long a pass waits for one CANCEL record's acknowledgement.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn def<T>(r: Result<T, prometheus::Error>) -> T {
-    r.unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
-}
-
-/// `dispatch_workflow_nodes_released_total`.
-pub static RELEASED: LazyLock<IntCounter> = LazyLock::new(|| {
-    register(def(IntCounter::new(
-        "dispatch_workflow_nodes_released_total",
-        "Workflow nodes moved from WAITING to SCHEDULED once their dependencies finished.",
-    )))
-});
-/// `dispatch_workflow_node_cancels_total{cause}`.
-pub static CANCELS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(def(IntCounterVec::new(
-        Opts::new(
-            "dispatch_workflow_node_cancels_total",
-            "CANCEL records produced for workflow nodes (cause: dependency failed, or workflow cancelled).",
-        ),
-        &["cause"],
-    )))
-});
-/// `dispatch_workflow_advance_errors_total`.
-pub static ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register(def(IntCounter::new(
-        "dispatch_workflow_advance_errors_total",
-        "Workflow advancer passes that failed (database or Kafka); the next pass tries again.",
-    )))
-});
-
-/// Creates the series so dashboards see them before the first workflow.
-pub fn init_metrics() {
-    LazyLock::force(&RELEASED);
-    LazyLock::force(&ERRORS);
-    for cause in ["dependency", "workflow"] {
-        CANCELS.with_label_values(&[cause]);
-    }
-}
 
 /// Wakes an advancer (or the scheduler): cheap, callable from any task.
 #[derive(Debug, Clone, Default)]
@@ -166,7 +127,7 @@ impl Advancer {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    ERRORS.inc();
+                    metrics::workflow_pass_failed();
                     tracing::warn!(error = %e, "workflow advancer pass failed");
                 }
             }
@@ -203,9 +164,7 @@ impl Advancer {
             let ids: Vec<TaskId> = nodes.iter().map(|n| n.task_id).collect();
             workflows::mark_cancel_sent(&self.pool, &ids).await?;
             let sent = self.send_cancels(&nodes).await;
-            CANCELS
-                .with_label_values(&["workflow"])
-                .inc_by(sent.len() as u64);
+            metrics::workflow_nodes_cancelled(NodeCancelCause::Workflow, sent.len());
             pass.cancels += sent.len() as u64;
             if sent.len() == nodes.len() {
                 workflows::cancel_done(&self.pool, workflow, Utc::now()).await?;
@@ -234,15 +193,13 @@ impl Advancer {
             }
             let released = workflows::release(&self.pool, &release).await?;
             if released > 0 {
-                RELEASED.inc_by(released);
+                metrics::workflow_nodes_released(released);
                 self.scheduler.wake();
             }
             let ids: Vec<TaskId> = cancel.iter().map(|n| n.task_id).collect();
             workflows::mark_cancel_sent(&self.pool, &ids).await?;
             let sent = self.send_cancels(&cancel).await;
-            CANCELS
-                .with_label_values(&["dependency"])
-                .inc_by(sent.len() as u64);
+            metrics::workflow_nodes_cancelled(NodeCancelCause::Dependency, sent.len());
             pass.released += released;
             pass.cancels += sent.len() as u64;
             // What this round moved decides nothing else until it finishes (a released node runs,
@@ -276,7 +233,7 @@ impl Advancer {
             .collect();
         let released = workflows::release(&self.pool, &ids).await?;
         if released > 0 {
-            RELEASED.inc_by(released);
+            metrics::workflow_nodes_released(released);
             self.scheduler.wake();
         }
         Ok(released)

@@ -179,7 +179,7 @@ impl Admin {
             }
             claim.mark(&moved, &redrive_id).await?;
             redriven += moved.len() as u64;
-            super::REDRIVEN.inc_by(moved.len() as u64);
+            crate::metrics::dead_letters_redriven(moved.len());
             if let Some(e) = failure {
                 tracing::warn!(redrive_id = %redrive_id, error = %e, redriven, "redrive stopped: produce failed");
                 return Err(AdminError::Kafka(format!(

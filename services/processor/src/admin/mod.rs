@@ -24,7 +24,7 @@ pub mod dlq;
 pub mod outbox;
 pub mod reader;
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use dispatch_core::{TaskId, Topics, Violations};
 use dispatch_proto::v1 as pb;
@@ -34,7 +34,6 @@ use dispatch_runtime::server::metrics::code_name;
 use dispatch_runtime::server::{Rpcs, Spec, status};
 use dispatch_runtime::settings::KafkaSettings;
 use dispatch_store::{MySqlPool, StoreError};
-use prometheus::IntCounter;
 use tonic::{Code, Request, Response, Status};
 
 use self::dlq::RedriveRequest;
@@ -62,22 +61,6 @@ pub const GRPC: Spec = Spec {
         methods: &METHODS,
     }],
 };
-
-/// Dead letters moved back by redrives.
-pub(crate) static REDRIVEN: LazyLock<IntCounter> = LazyLock::new(|| {
-    dispatch_runtime::metrics::register(
-        IntCounter::new(
-            "dispatch_dlq_redriven_total",
-            "Dead letters moved back to the first retry level by operator redrives.",
-        )
-        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
-    )
-});
-
-/// Registers the admin API's metrics (part of [`crate::metrics::init`]).
-pub(crate) fn init_metrics() {
-    LazyLock::force(&REDRIVEN);
-}
 
 /// Why an admin operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +123,7 @@ pub struct AdminApi {
 impl AdminApi {
     /// A server for `admin`, callable with the admin key of `auth`.
     pub fn server(admin: Admin, auth: Authenticator, max_bytes: usize) -> AdminServiceServer<Self> {
-        LazyLock::force(&REDRIVEN);
+        crate::metrics::init_redrives();
         AdminServiceServer::new(Self {
             admin: Arc::new(admin),
             auth: Arc::new(auth),

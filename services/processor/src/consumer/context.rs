@@ -14,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{Shared, Tp};
-use crate::metrics::REBALANCES;
+use crate::metrics;
 
 /// Where lease epochs come from.
 pub struct Fences {
@@ -131,7 +131,7 @@ impl ConsumerContext for Ctx {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
-        REBALANCES.with_label_values(&["revoke"]).inc();
+        metrics::partitions_revoked();
         let tps = tps_of(tpl);
         tracing::info!(partitions = tps.len(), "partitions revoked");
         self.shared.holds.lock().retain(|tp, _| !tps.contains(tp));
@@ -158,7 +158,7 @@ impl ConsumerContext for Ctx {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                REBALANCES.with_label_values(&["assign"]).inc();
+                metrics::partitions_assigned();
                 let tps = tps_of(tpl);
                 tracing::info!(partitions = tps.len(), "partitions assigned");
                 // The client may keep a partition's old pause across a revoke and re-assign

@@ -30,16 +30,6 @@ pub enum Source {
     Retry(u32),
 }
 
-impl Source {
-    /// The `topic_kind` metric label.
-    pub fn kind(self) -> &'static str {
-        match self {
-            Self::Tasks(_) => "tasks",
-            Self::Retry(_) => "retry",
-        }
-    }
-}
-
 /// One consumed record on its way through the processor.
 #[derive(Debug)]
 pub struct Delivery {

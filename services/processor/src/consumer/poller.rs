@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use super::context::commit_marks;
 use super::offsets::Window;
 use super::{Ctx, Delivery, Shared, Source, Tp};
-use crate::metrics::{IN_FLIGHT, IN_FLIGHT_BYTES, PARKED, PARKED_BYTES, PAUSED, RECORDS};
+use crate::metrics;
 
 /// Longest single poll (bounds how late stop, pauses and due retries are noticed).
 const POLL: Duration = Duration::from_millis(50);
@@ -112,10 +112,7 @@ impl Poller {
             }
             let draining = self.stop_fetch.is_cancelled();
             let w = self.shared.partitions.window(priority_of);
-            IN_FLIGHT.set(w.records as i64);
-            IN_FLIGHT_BYTES.set(w.bytes as i64);
-            PARKED.set(w.parked as i64);
-            PARKED_BYTES.set(w.parked_bytes as i64);
+            metrics::consumer_window(&w);
             window = self.window_state(window, &w, &seen);
             let next_due = if draining { None } else { self.release_due() };
             let retries_in_window = w.records > w.by_priority.iter().sum::<usize>();
@@ -165,7 +162,7 @@ impl Poller {
         let Some(lease) = self.shared.partitions.begin(&tp, m.offset(), bytes) else {
             return;
         };
-        RECORDS.with_label_values(&[source.kind()]).inc();
+        metrics::record_consumed(source);
         let mut headers = Headers::default();
         if let Some(hs) = m.headers() {
             for h in hs.iter() {
@@ -323,7 +320,7 @@ impl Poller {
                 }
             }
         }
-        PAUSED.set(paused.len() as i64);
+        metrics::paused_partitions(paused.len());
     }
 
     /// Commits (asynchronously) the watermarks that moved since the last commit. Done here rather

@@ -223,6 +223,8 @@ pub struct Registered {
     pub timeout: Duration,
     /// Concurrency bound of the type, if any.
     pub limit: Option<Arc<Semaphore>>,
+    /// The type's handler metrics, resolved once.
+    pub series: Arc<crate::metrics::TaskTypeSeries>,
 }
 
 /// Task type -> handler.
@@ -275,12 +277,14 @@ impl Registry {
                     .and_then(|t| t.concurrency)
                     .unwrap_or(s.default_concurrency);
                 let limit = (concurrency > 0).then(|| Arc::new(Semaphore::new(concurrency)));
+                let series = Arc::new(crate::metrics::TaskTypeSeries::of(&ty));
                 (
                     ty,
                     Registered {
                         handler,
                         timeout,
                         limit,
+                        series,
                     },
                 )
             })

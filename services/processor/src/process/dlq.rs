@@ -15,7 +15,7 @@ use dispatch_store::dead_letters::DeadLetterRow;
 use super::{Processor, write_of};
 use crate::consumer::Delivery;
 use crate::dispatch::LaneTicket;
-use crate::metrics::{DLQ, RETRIES};
+use crate::metrics::{self, ErrorClass};
 use crate::produce::Delivered;
 use crate::writer::Committed;
 
@@ -24,15 +24,15 @@ const MAX_ERROR_BYTES: usize = 1024;
 
 /// Why a task dies.
 pub struct DeadCause {
-    /// `permanent`, `exhausted`, `deadline`, `unknown_type` (`poison` is for records).
-    pub class: &'static str,
+    /// `Permanent`, `Exhausted`, `Deadline`, `UnknownType` (`Poison` is for records).
+    pub class: ErrorClass,
     /// The error.
     pub error: String,
 }
 
 impl DeadCause {
     /// A cause.
-    pub fn new(class: &'static str, error: impl Into<String>) -> Self {
+    pub fn new(class: ErrorClass, error: impl Into<String>) -> Self {
         Self {
             class,
             error: error.into(),
@@ -41,11 +41,11 @@ impl DeadCause {
 }
 
 /// `exhausted` or `deadline` for a retryable failure that gets no further attempt.
-pub fn error_class(env: &Envelope, attempt: u32, next_at: DateTime<Utc>) -> &'static str {
+pub fn error_class(env: &Envelope, attempt: u32, next_at: DateTime<Utc>) -> ErrorClass {
     if env.retry.has_attempts_left(attempt) && env.deadline.is_some_and(|dl| next_at > dl) {
-        "deadline"
+        ErrorClass::Deadline
     } else {
-        "exhausted"
+        ErrorClass::Exhausted
     }
 }
 
@@ -116,7 +116,7 @@ impl Processor {
                 )
                 .await?;
         }
-        RETRIES.with_label_values(&[&level.to_string()]).inc();
+        metrics::retry_scheduled(level);
         tracing::info!(error = %error, next_attempt = a + 1, level, delay_ms = delay.as_millis() as u64, in_mysql, "attempt failed; retry scheduled");
         let mut w = write_of(
             env,
@@ -148,7 +148,7 @@ impl Processor {
         let mut dead = env.clone();
         dead.last_error = truncate_bytes(&cause.error, MAX_ERROR_BYTES).to_string();
         let mut h = with_trace(dead.headers());
-        provenance(&mut h, d, cause.class, &cause.error);
+        provenance(&mut h, d, cause.class.as_str(), &cause.error);
         let delivered = self
             .producer
             .send_until(
@@ -160,8 +160,8 @@ impl Processor {
                 &d.lease.revoked,
             )
             .await?;
-        DLQ.with_label_values(&[cause.class]).inc();
-        tracing::warn!(error_class = cause.class, error = %cause.error, "task dead-lettered");
+        metrics::dead_lettered(cause.class);
+        tracing::warn!(error_class = cause.class.as_str(), error = %cause.error, "task dead-lettered");
         let ran = row.is_some();
         let index = DeadLetterRow {
             task_id: env.task_id,
@@ -169,7 +169,7 @@ impl Processor {
             task_type: env.task_type.to_string(),
             business_key: env.business_key.to_string(),
             generation: env.generation,
-            error_class: cause.class.to_string(),
+            error_class: cause.class.as_str().to_string(),
             error: cause.error.clone(),
             attempts: if ran {
                 env.attempt
@@ -219,7 +219,7 @@ impl Processor {
         let error = err.to_string();
         tracing::warn!(error = %error, topic = %d.lease.tp.topic, partition = d.lease.tp.partition, offset = d.lease.offset, "poison record");
         let mut h = d.headers.clone();
-        provenance(&mut h, &d, "poison", &error);
+        provenance(&mut h, &d, ErrorClass::Poison.as_str(), &error);
         let Some(Delivered { partition, offset }) = self
             .producer
             .send_until(
@@ -234,7 +234,7 @@ impl Processor {
         else {
             return self.abandon(&d.lease);
         };
-        DLQ.with_label_values(&["poison"]).inc();
+        metrics::dead_lettered(ErrorClass::Poison);
         let hs = &d.headers;
         let index = DeadLetterRow {
             task_id: hs
@@ -255,7 +255,7 @@ impl Processor {
                 .collect(),
             business_key: String::from_utf8_lossy(&d.key).chars().take(256).collect(),
             generation: 0,
-            error_class: "poison".into(),
+            error_class: ErrorClass::Poison.as_str().into(),
             error,
             attempts: hs
                 .get_i64(header::ATTEMPT)

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::consumer::{Ctx, Delivery, Lease, Shared, Tp};
 use crate::gate::Gate;
 use crate::handler::Registry;
-use crate::metrics::{CANCELS_IGNORED, TRACKED};
+use crate::metrics::{self, Tracked};
 use crate::produce::Producer;
 use crate::slots::Slots;
 use crate::writer::{Committed, Writer};
@@ -104,9 +104,7 @@ impl Drop for TaskLock<'_> {
         {
             locks.remove(&self.id);
         }
-        TRACKED
-            .with_label_values(&["task_locks"])
-            .set(locks.len() as i64);
+        metrics::tracked(Tracked::TaskLocks, locks.len());
     }
 }
 
@@ -175,9 +173,7 @@ impl Processor {
         let lock = {
             let mut locks = self.task_locks.lock();
             let lock = Arc::clone(locks.entry(id).or_default());
-            TRACKED
-                .with_label_values(&["task_locks"])
-                .set(locks.len() as i64);
+            metrics::tracked(Tracked::TaskLocks, locks.len());
             lock
         };
         let guard = lock.lock_owned().await;
@@ -252,7 +248,7 @@ impl Processor {
         };
         if let Some(s) = stored.as_ref().filter(foreign) {
             tracing::warn!(task_id = %env.task_id, tenant, owner = %s.tenant, "cancel of another tenant's task ignored");
-            CANCELS_IGNORED.with_label_values(&["tenant"]).inc();
+            metrics::cancel_of_another_tenant_ignored();
             return self.finish(&d.lease);
         }
         let generation = stored
@@ -331,7 +327,7 @@ impl Processor {
             }
         }
         c.insert(id, (tenant.to_owned(), Instant::now()));
-        TRACKED.with_label_values(&["cancels"]).set(c.len() as i64);
+        metrics::tracked(Tracked::Cancels, c.len());
     }
 
     /// Whether `tenant` cancelled `id` recently (this process saw the cancel).
@@ -360,9 +356,7 @@ impl Processor {
                 token: token.clone(),
             },
         );
-        TRACKED
-            .with_label_values(&["in_flight"])
-            .set(m.len() as i64);
+        metrics::tracked(Tracked::InFlight, m.len());
         true
     }
 
@@ -373,9 +367,7 @@ impl Processor {
         {
             m.remove(&env.task_id);
         }
-        TRACKED
-            .with_label_values(&["in_flight"])
-            .set(m.len() as i64);
+        metrics::tracked(Tracked::InFlight, m.len());
     }
 
     /// Task types an operator paused.

@@ -10,7 +10,7 @@
 //! soon as the outcome is queued; the offset is finished only once the outcome is committed.
 //!
 //! Over 400 lines because the life of one attempt (the steps above) is one chain of methods on
-//! [`Processor`], read in order; the tests start near line 454. What follows the handler's return
+//! [`Processor`], read in order; the tests start near line 448. What follows the handler's return
 //! (success, retry, dead letter) would move to a module of its own first.
 
 use std::time::Instant;
@@ -29,7 +29,7 @@ use super::{Processor, write_of};
 use crate::consumer::Delivery;
 use crate::dispatch::LaneTicket;
 use crate::handler::{HandlerContext, HandlerError, Outcome};
-use crate::metrics::{HANDLER_DURATION, HANDLER_EXECUTIONS, PANICS, SLOT_WAIT, START_DELAY};
+use crate::metrics::{self, ErrorClass, HandlerOutcome};
 use crate::writer::Committed;
 
 /// Largest result stored (the `result` column's size).
@@ -47,13 +47,13 @@ enum Ran {
 }
 
 impl Ran {
-    fn label(&self) -> &'static str {
+    fn outcome(&self) -> HandlerOutcome {
         match self {
-            Self::Ok(_) => "succeeded",
-            Self::Retryable(_) => "retryable",
-            Self::Timeout => "timeout",
-            Self::Permanent(_) => "permanent",
-            Self::Cancelled | Self::Stopped => "cancelled",
+            Self::Ok(_) => HandlerOutcome::Succeeded,
+            Self::Retryable(_) => HandlerOutcome::Retryable,
+            Self::Timeout => HandlerOutcome::Timeout,
+            Self::Permanent(_) => HandlerOutcome::Permanent,
+            Self::Cancelled | Self::Stopped => HandlerOutcome::Cancelled,
         }
     }
 }
@@ -245,7 +245,10 @@ impl Processor {
             return Some(self.writer.write(w, None, trace).await);
         }
         if env.deadline.is_some_and(|t| t <= now) {
-            let cause = DeadCause::new("deadline", "deadline passed before the attempt started");
+            let cause = DeadCause::new(
+                ErrorClass::Deadline,
+                "deadline passed before the attempt started",
+            );
             return self.dead(d, env, cause, None, ticket).await;
         }
         let Some(reg) = self.registry.get(env.task_type.as_str()).cloned() else {
@@ -256,7 +259,13 @@ impl Processor {
             );
             tracing::warn!(error = %msg, "unknown task type");
             return self
-                .dead(d, env, DeadCause::new("unknown_type", msg), None, ticket)
+                .dead(
+                    d,
+                    env,
+                    DeadCause::new(ErrorClass::UnknownType, msg),
+                    None,
+                    ticket,
+                )
                 .await;
         };
         // Waiting for the type's permit, then for an execution slot, holds nothing other work
@@ -291,21 +300,9 @@ impl Processor {
         if d.lease.revoked.is_cancelled() {
             return None;
         }
-        START_DELAY
-            .with_label_values(&[env.priority.as_str()])
-            .observe(d.lease.polled_at.elapsed().as_secs_f64());
-        SLOT_WAIT.observe(waited.elapsed().as_secs_f64());
+        metrics::attempt_started(env.priority, d.lease.polled_at.elapsed(), waited.elapsed());
         if a == 1 && g == 0 {
-            crate::metrics::QUEUE_WAIT
-                .with_label_values(&[
-                    env.priority.as_str(),
-                    &crate::metrics::tenant_label(env.tenant.as_str()),
-                ])
-                .observe(crate::metrics::since(
-                    env.submitted_at,
-                    env.run_at,
-                    chrono::Utc::now(),
-                ));
+            metrics::first_attempt_started(env.priority, tenant, env.submitted_at, env.run_at);
         }
         let running = write_of(env, TaskState::Running, a, TaskState::Running.version(g, a));
         // A retry or a redrive comes from another partition than the task's cancels, possibly
@@ -374,7 +371,7 @@ impl Processor {
                 Some(Ok(Err(panic))) => {
                     let msg = panic_message(panic.as_ref());
                     tracing::error!(panic = %msg, "handler panicked");
-                    PANICS.with_label_values(&[env.task_type.as_str()]).inc();
+                    metrics::handler_panicked(&reg.series);
                     Ran::Retryable(format!("handler panicked: {msg}"))
                 }
                 Some(Err(_)) => {
@@ -384,18 +381,12 @@ impl Processor {
                 None => Ran::Stopped,
             }
         };
-        let ty = env.task_type.as_str();
-        HANDLER_DURATION
-            .with_label_values(&[ty, ran.label()])
-            .observe(t0.elapsed().as_secs_f64());
-        HANDLER_EXECUTIONS
-            .with_label_values(&[ty, ran.label()])
-            .inc();
+        metrics::handler_finished(&reg.series, ran.outcome(), t0.elapsed());
         let row = |error: &str| AttemptRow {
             task_id: env.task_id,
             generation: g,
             attempt: a,
-            outcome: ran.label().to_string(),
+            outcome: ran.outcome().as_str().to_string(),
             error: error.to_string(),
             started_at,
             finished_at: Utc::now(),
@@ -430,7 +421,7 @@ impl Processor {
                 Some(c)
             }
             Ran::Permanent(e) => {
-                let cause = DeadCause::new("permanent", e.clone());
+                let cause = DeadCause::new(ErrorClass::Permanent, e.clone());
                 self.dead(d, env, cause, Some(row(e)), ticket).await
             }
             Ran::Retryable(_) | Ran::Timeout => {

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use super::Batch;
 use super::owed::{Owed, Publisher, left_to_later};
-use crate::metrics::{EVENTS, EVENTS_REPAIRED, FINISHED};
+use crate::metrics;
 use crate::produce::Producer;
 
 /// An enqueued event: its acknowledgement, and what a re-send needs.
@@ -49,7 +49,7 @@ pub(super) fn enqueue_events(
         .map(|(task, trace)| {
             let ev = snapshot_event(task);
             if let Some(st) = TaskState::from_proto(ev.state()).filter(|s| s.is_terminal()) {
-                FINISHED.with_label_values(&[st.as_str()]).inc();
+                metrics::task_finished(st);
                 observe_completion(ev.task.as_ref(), st);
             }
             let key = ev.task_id.clone();
@@ -80,15 +80,8 @@ fn observe_completion(task: Option<&pb::Task>, st: TaskState) {
     ) else {
         return;
     };
-    let priority = dispatch_core::Priority::from_proto_i32(t.priority)
-        .map_or("default", dispatch_core::Priority::as_str);
-    crate::metrics::COMPLETION
-        .with_label_values(&[priority, st.as_str()])
-        .observe(crate::metrics::since(
-            created,
-            time(t.run_at.as_ref()),
-            finished,
-        ));
+    let priority = dispatch_core::Priority::from_proto_i32(t.priority).unwrap_or_default();
+    metrics::task_completed(priority, st, created, time(t.run_at.as_ref()), finished);
 }
 
 /// The fault build's choice of events to drop: one task in 50, by id.
@@ -131,7 +124,7 @@ pub(super) async fn release_after(
             loop {
                 match result {
                     Ok(version) => {
-                        EVENTS.inc();
+                        metrics::event_published();
                         return Published {
                             key: p.key,
                             version,
@@ -279,7 +272,7 @@ pub(crate) async fn settle(
         drop(direct);
         published.retain(|p| newer.get(&p.key).is_some_and(|v| *v != p.version));
         for p in &mut published {
-            EVENTS_REPAIRED.inc();
+            metrics::event_republished();
             // A re-send is in no order with the later batches' events.
             p.direct = false;
             match resend_current(producer, pool, topic, &p.key, &p.headers).await {

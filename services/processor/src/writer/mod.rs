@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::metrics::{BATCH_ROWS, DB_WRITE, DB_WRITE_ERRORS, FENCED};
+use crate::metrics;
 use crate::produce::Producer;
 use dispatch_proto::v1 as pb;
 
@@ -469,13 +469,12 @@ async fn commit_with_retry(cfg: &WriterTask, batch: &Batch) -> Option<Landed> {
         let started = Instant::now();
         match commit(&cfg.commits, batch).await {
             Ok(landed) => {
-                DB_WRITE.observe(started.elapsed().as_secs_f64());
-                BATCH_ROWS.observe(batch.len() as f64);
+                metrics::batch_written(batch.len(), started.elapsed());
                 cfg.health.set("mysql", ComponentStatus::Up);
                 return Some(landed);
             }
             Err(e) => {
-                DB_WRITE_ERRORS.inc();
+                metrics::batch_failed();
                 cfg.tls.observe(Dependency::Mysql, &e);
                 cfg.health
                     .set("mysql", ComponentStatus::Down(e.to_string()));
@@ -530,7 +529,7 @@ async fn commit(pool: &MySqlPool, batch: &Batch) -> dispatch_store::Result<Lande
         if token_of.get(&id) == Some(&s.write_token) {
             stored.insert(id, s.task);
         } else {
-            FENCED.inc();
+            metrics::write_fenced();
         }
     }
     let due: Vec<_> = batch

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use dispatch_core::TaskId;
-use dispatch_processor::retention::{Batch, PURGED, Retention};
+use dispatch_processor::metrics::{PurgedTable, retention_purged_rows};
+use dispatch_processor::retention::{Batch, Retention};
 use dispatch_processor::settings::RetentionSettings;
 use dispatch_store::MySqlPool;
 use dispatch_testkit::{TestEnv, eventually};
@@ -118,7 +119,7 @@ async fn two_instances_purge_per_tenant_one_at_a_time_and_the_second_takes_over(
     // Tasks kept forever, but these index rows point at a topic that keeps records 30 days.
     dead_letter(pool, "keep", 3, ago(31 * DAY)).await;
     dead_letter(pool, "keep", 4, ago(20 * DAY)).await;
-    let purged_before = PURGED.with_label_values(&["tasks"]).get();
+    let purged_before = retention_purged_rows(PurgedTable::Tasks);
 
     let settings = RetentionSettings {
         tenants: [("short".to_string(), 3_600_000), ("keep".to_string(), 0)].into(),
@@ -264,6 +265,6 @@ async fn two_instances_purge_per_tenant_one_at_a_time_and_the_second_takes_over(
         None,
         "a tenant kept forever has no horizon"
     );
-    assert!(PURGED.with_label_values(&["tasks"]).get() - purged_before >= 600);
+    assert!(retention_purged_rows(PurgedTable::Tasks) - purged_before >= 600);
     env.cleanup().await;
 }

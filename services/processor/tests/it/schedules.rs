@@ -9,7 +9,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use dispatch_core::schedule::{self, ScheduleId};
 use dispatch_core::{TaskId, TaskState};
-use dispatch_processor::schedules::{FIRES, ScheduleLoop};
+use dispatch_processor::metrics::{FireOutcome, schedule_fire_count};
+use dispatch_processor::schedules::ScheduleLoop;
 use dispatch_proto::v1 as pb;
 use dispatch_store::MySqlPool;
 use dispatch_store::schedules::{self as store, Created, ScheduleRow};
@@ -229,7 +230,7 @@ async fn catch_up_after_downtime_follows_the_policy() -> anyhow::Result<()> {
     for s in [&one, &all, &skip] {
         create(&env.pool, s).await?;
     }
-    let missed_before = FIRES.with_label_values(&["missed"]).get();
+    let missed_before = schedule_fire_count(FireOutcome::Missed);
     let tick = looper(env.pool.clone(), CancellationToken::new())
         .tick()
         .await?;
@@ -263,7 +264,7 @@ async fn catch_up_after_downtime_follows_the_policy() -> anyhow::Result<()> {
             s.name
         );
     }
-    assert!(FIRES.with_label_values(&["missed"]).get() >= missed_before + 29);
+    assert!(schedule_fire_count(FireOutcome::Missed) >= missed_before + 29);
     // A second pass finds nothing due.
     let again = looper(env.pool.clone(), CancellationToken::new())
         .tick()
@@ -284,7 +285,7 @@ async fn overlap_skip_waits_for_the_previous_fire_to_finish() -> anyhow::Result<
     let allow = every("overlap-allow", 1_000, anchor);
     create(&env.pool, &skip).await?;
     create(&env.pool, &allow).await?;
-    let skipped_before = FIRES.with_label_values(&["overlap_skipped"]).get();
+    let skipped_before = schedule_fire_count(FireOutcome::OverlapSkipped);
     let l = looper(env.pool.clone(), CancellationToken::new());
     // No processor runs here: the first fire's task stays SCHEDULED (unfinished).
     eventually("three fires skipped", Duration::from_secs(20), || async {
@@ -303,7 +304,7 @@ async fn overlap_skip_waits_for_the_previous_fire_to_finish() -> anyhow::Result<
         fired(&env.pool, &allow).await?.len() >= 4,
         "ALLOW fires every time"
     );
-    assert!(FIRES.with_label_values(&["overlap_skipped"]).get() >= skipped_before + 3);
+    assert!(schedule_fire_count(FireOutcome::OverlapSkipped) >= skipped_before + 3);
 
     // The task finishes: the next fire happens.
     sqlx::query(
