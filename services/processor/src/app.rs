@@ -1,16 +1,15 @@
-//! [`App`]: wiring, start-up and the shutdown order.
-//!
-//! Over 400 lines because the processor's wiring and shutdown order are read in one place (what
-//! must stop before what); the construction of the components in [`AppBuilder::build`] (about 120
-//! lines) would move out first.
+//! [`App`]: wiring. [`AppBuilder::build`] connects the dependencies and binds the listeners;
+//! [`App::run_until_stopped`] starts the servers, then the consumption pipeline, and on shutdown
+//! stops the pipeline, which stops everything in order (the start and stop orders are in the
+//! docs of `pipeline.rs`).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
+use dispatch_runtime::admin::{AdminServer, Health};
 use dispatch_runtime::kafka;
 use dispatch_runtime::server::GrpcServer;
 use dispatch_runtime::server::auth::Authenticator;
@@ -18,28 +17,22 @@ use dispatch_runtime::shutdown::Shutdown;
 use dispatch_runtime::tls::ServerTls;
 use dispatch_runtime::tls_failures::{Dependency, TlsFailures};
 use dispatch_store::MySqlPool;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use tokio::sync::{mpsc, watch};
+use rdkafka::consumer::BaseConsumer;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::service::Routes;
 
 use crate::admin::{Admin, AdminApi};
 use crate::consumer::context::Fences;
-use crate::consumer::poller::Poller;
 use crate::consumer::{Ctx, Shared};
 use crate::control::Control;
-use crate::dispatch::{Dispatcher, Lanes, weighted_order};
-use crate::gate::Gate;
 use crate::handler::{Handler, Registry};
-use crate::process::{Parts, Processor};
+use crate::pipeline::{Deps, Pipeline};
 use crate::produce::Producer;
-use crate::readiness::TlsProbe;
-use crate::scheduler::Scheduler;
 use crate::settings::Settings;
-use crate::slots::Slots;
-use crate::writer::{self, WriterTask};
-use dispatch_runtime::producer::{ProducerCore, WedgeRules};
+use crate::writer;
+use dispatch_runtime::producer::ProducerCore;
 
 /// Builds an [`App`] with handlers registered in code.
 pub struct AppBuilder {
@@ -251,7 +244,7 @@ impl App {
 
     /// Runs until `shutdown` triggers, then stops in order: stop fetching, drain in-flight records
     /// (bounded), flush the writer, flush the producer, commit offsets and leave the group, stop
-    /// the servers, close the pool.
+    /// the servers, close the pool (`pipeline.rs` has each step).
     ///
     /// # Errors
     /// The consumer cannot subscribe or the gRPC server cannot start.
@@ -281,244 +274,26 @@ impl App {
             }
         });
 
-        let writer_close = CancellationToken::new();
-        let writer_abort = CancellationToken::new();
-        let writers = TaskTracker::new();
-        let writer = writer::spawn(
-            WriterTask {
-                commits: self.commits.clone(),
-                pool: self.pool.clone(),
-                producer: self.producer.clone(),
-                topics: s.kafka.topics(),
-                max_rows: s.writer.max_rows,
-                max_delay: Duration::from_millis(s.writer.max_delay_ms),
-                max_concurrent: s.writer.max_concurrent_batches,
-                health: self.health.clone(),
-                tls: self.tls_failures.clone(),
-                close: writer_close.clone(),
-                abort: writer_abort.clone(),
-            },
-            &writers,
-            s.writer.max_rows * 4,
-        );
-        let gate = Gate::spawn(
-            self.pool.clone(),
-            s.writer.gate_max_ids,
-            Duration::from_micros(s.writer.gate_max_delay_us),
-        );
-        let hard_stop = CancellationToken::new();
-        let workflows_waker = crate::workflows::Waker::default();
-        let scheduler_waker = crate::workflows::Waker::default();
-        let processor = Arc::new(Processor::new(Parts {
-            topics: s.kafka.topics(),
-            registry: self.registry.clone(),
-            writer,
-            gate,
-            producer: self.producer.clone(),
-            pool: self.pool.clone(),
-            shared: self.shared.clone(),
-            consumer: self.consumer.clone(),
-            paused_types: self.control.types.subscribe(),
-            hard_stop: hard_stop.clone(),
-            cancelled_ttl: Duration::from_millis(s.consumer.cancelled_ttl_ms),
-            slots: Slots::new(s.consumer.max_concurrency, s.consumer.priority_weights),
-            retry_topic_max_delay: Duration::from_millis(s.consumer.retry_topic_max_delay_ms),
-            workflows: workflows_waker.clone(),
-        }));
-
-        let (c_tx, c_rx) = mpsc::unbounded_channel();
-        let (d_tx, d_rx) = mpsc::unbounded_channel();
-        let (l_tx, l_rx) = mpsc::unbounded_channel();
-        let stop_dispatch = CancellationToken::new();
-        let dispatcher = tokio::spawn(
-            Dispatcher {
-                rx: [c_rx, d_rx, l_rx],
-                order: weighted_order(s.consumer.priority_weights),
-                lanes: Arc::new(Lanes::default()),
-                processor: processor.clone(),
-                stop: stop_dispatch.clone(),
-            }
-            .run(),
-        );
-
-        let topics = s.kafka.topics().all_task_topics();
-        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        self.consumer.subscribe(&refs).context("subscribing")?;
-        let stop_fetch = CancellationToken::new();
-        let close = CancellationToken::new();
-        let poller = Poller {
-            consumer: self.consumer.clone(),
-            shared: self.shared.clone(),
-            out: [c_tx, d_tx, l_tx],
-            max_in_flight: s.consumer.max_in_flight,
-            max_in_flight_bytes: s.consumer.max_in_flight_kbytes * 1024,
-            resume_ratio: s.consumer.resume_ratio,
-            priority_weights: s.consumer.priority_weights,
-            stop_fetch: stop_fetch.clone(),
-            close: close.clone(),
-        };
-        let poll_thread = std::thread::Builder::new()
-            .name("kafka-poll".into())
-            .spawn(move || poller.run())
-            .context("spawning the poll thread")?;
-
-        let background = CancellationToken::new();
-        if s.scheduler.enabled {
-            tracker.spawn(
-                Scheduler {
-                    pool: self.pool.clone(),
-                    producer: self.producer.clone(),
-                    topics: s.kafka.topics(),
-                    interval: Duration::from_millis(s.scheduler.interval_ms),
-                    batch_size: s.scheduler.batch_size,
-                    republish_after: Duration::from_millis(s.scheduler.republish_after_ms),
-                    wake: scheduler_waker.clone(),
-                    stop: background.clone(),
-                }
-                .run(),
-            );
-        }
-        if s.workflows.enabled {
-            tracker.spawn(
-                crate::workflows::Advancer {
-                    pool: self.pool.clone(),
-                    producer: self.producer.clone(),
-                    topics: s.kafka.topics(),
-                    interval: Duration::from_millis(s.workflows.interval_ms),
-                    batch_size: s.workflows.batch_size,
-                    resend_after: Duration::from_millis(s.workflows.resend_after_ms),
-                    waker: workflows_waker,
-                    scheduler: scheduler_waker,
-                    stop: background.clone(),
-                }
-                .run(),
-            );
-        }
-        if s.retention.enabled {
-            tracker.spawn(
-                crate::retention::Retention {
-                    pool: self.pool.clone(),
-                    settings: s.retention.clone(),
-                    kafka: s.kafka.clone(),
-                    stop: background.clone(),
-                    observer: None,
-                }
-                .run(),
-            );
-        }
-        if s.schedules.enabled {
-            tracker.spawn(
-                crate::schedules::ScheduleLoop {
-                    pool: self.pool.clone(),
-                    interval: Duration::from_millis(s.schedules.interval_ms),
-                    batch_size: s.schedules.batch_size,
-                    misfire_grace: Duration::from_millis(s.schedules.misfire_grace_ms),
-                    stop: background.clone(),
-                }
-                .run(),
-            );
-        }
-        tracker.spawn(self.control.clone().sync_loop(
-            Duration::from_millis(s.consumer.pause_sync_ms),
-            background.clone(),
-        ));
-        tracker.spawn(crate::lag::run(
-            self.consumer.clone(),
-            self.shared.clone(),
-            self.pool.clone(),
-            s.database.max_connections,
-            Duration::from_millis(s.consumer.lag_interval_ms),
-            background.clone(),
-        ));
-        // Until the producer is flushed at shutdown: a producer wedged after broker restarts
-        // holds every attempt waiting on a retry record or an event, and their keys' lanes.
-        let watch_producer = CancellationToken::new();
-        tracker.spawn(dispatch_runtime::producer::watchdog(
-            self.producer.core().clone(),
-            WedgeRules {
-                wedge: Duration::from_millis(s.writer.producer_wedge_ms),
-                probe_topic: s.kafka.topics().events(),
-                blind: false,
-            },
-            watch_producer.clone(),
-        ));
-        self.health.set("mysql", ComponentStatus::Up);
-        self.health.set("kafka", ComponentStatus::Up);
-        serving.set(true).await;
-        let stop_probe = CancellationToken::new();
-        let probe = tokio::spawn(
-            TlsProbe {
-                tls: self.tls_failures.clone(),
-                health: self.health.clone(),
-                serving: serving.clone(),
-                pool: self.pool.clone(),
-                producer: self.producer.core().clone(),
-                topic: s.kafka.topics().events(),
-                settings: s.health.clone(),
-            }
-            .run(stop_probe.clone()),
-        );
-        tracing::info!(group = %s.consumer.group, topics = topics.len(), "processor running");
-
+        let pipeline = Pipeline::start(Deps {
+            settings: s,
+            pool: &self.pool,
+            commits: &self.commits,
+            producer: &self.producer,
+            registry: &self.registry,
+            health: &self.health,
+            serving,
+            shared: &self.shared,
+            consumer: &self.consumer,
+            control: &self.control,
+            tls_failures: &self.tls_failures,
+            servers,
+            tracker,
+        })
+        .await?;
         shutdown.triggered().await;
-        tracing::info!("shutting down");
-        // The probe first, so it cannot report SERVING after this.
-        stop_probe.cancel();
-        let _ = probe.await;
-        serving.set(false).await;
-        self.health
-            .set("processor", ComponentStatus::Down("shutting down".into()));
-
-        // 1. Stop fetching and dispatching; stop the scheduler.
-        stop_fetch.cancel();
-        stop_dispatch.cancel();
-        background.cancel();
-        let _ = dispatcher.await;
-        // Records not started yet are dropped (read again by the next owner), as on a revoke: a
-        // record waiting behind a running one of its key must not start once that one is
-        // stopped, or it would run ahead of it.
-        self.shared.partitions.revoke_all_tokens();
-        // 2. Drain running records within the bound; then cancel what is left.
-        let drain = Duration::from_millis(s.shutdown.drain_timeout_ms);
-        let started = Instant::now();
-        while self.shared.partitions.running() > 0 && started.elapsed() < drain {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if self.shared.partitions.running() > 0 {
-            tracing::warn!(
-                running = self.shared.partitions.running(),
-                "drain timed out; cancelling the rest"
-            );
-            hard_stop.cancel();
-            let grace = Instant::now();
-            while self.shared.partitions.running() > 0 && grace.elapsed() < Duration::from_secs(2) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-        // 3. Flush the writer (bounded: a dead database cannot hold shutdown forever).
-        writer_close.cancel();
-        writers.close();
-        if tokio::time::timeout(Duration::from_secs(10), writers.wait())
-            .await
-            .is_err()
-        {
-            writer_abort.cancel();
-            writers.wait().await;
-        }
-        // 4. Flush the producer.
-        let producer = self.producer.clone();
-        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
-        watch_producer.cancel();
-        // 5. Commit what is persisted and leave the group.
-        close.cancel();
-        let _ = tokio::task::spawn_blocking(move || poll_thread.join()).await;
-        // 6. Servers and pool.
-        servers.cancel();
-        tracker.close();
-        let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
-        self.pool.close().await;
-        self.commits.close().await;
-        tracing::info!("processor stopped");
+        pipeline
+            .stop(Duration::from_millis(s.shutdown.drain_timeout_ms))
+            .await;
         Ok(())
     }
 }

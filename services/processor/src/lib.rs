@@ -32,7 +32,9 @@
 //!   function.
 //! - [`readiness`]: readiness (`/readyz`, gRPC health) from run-time TLS failures of MySQL and
 //!   Kafka.
-//! - here: [`App`] (build, run, the shutdown order) and [`AppBuilder`] (custom handlers).
+//! - `pipeline`: the consumption pipeline (writer, gate, processor, dispatcher, poll thread,
+//!   background loops) with its start order and the processor's shutdown order.
+//! - here: [`App`] (build, run) and [`AppBuilder`] (custom handlers).
 
 pub mod admin;
 pub mod coalesce;
@@ -55,6 +57,7 @@ pub mod workflows;
 pub mod writer;
 
 mod app;
+mod pipeline;
 
 pub use app::{App, AppBuilder};
 pub use control::{Control, Paused, Stats, Target};
