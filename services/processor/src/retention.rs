@@ -18,8 +18,9 @@
 //!    `dlq_topic_retention_ms` sets it); dead letters are bounded by it even for a tenant whose
 //!    tasks are kept forever.
 //!
-//! Between batches the leader pauses `batch_pause_ms`, checks that it still holds the lock and
-//! stops at shutdown. Purged rows are counted in `dispatch_retention_purged_rows_total{table}`
+//! Between batches the leader pauses `batch_pause_ms`, or `batch_pause_factor` times as long as
+//! the batch took when that is longer (a busy MySQL slows the purge down instead of the purge
+//! slowing everyone else further), checks that it still holds the lock and stops at shutdown. Purged rows are counted in `dispatch_retention_purged_rows_total{table}`
 //! (the loop's metrics are recorded through [`crate::metrics`]).
 
 use std::sync::Arc;
@@ -224,7 +225,7 @@ impl Retention {
                     if b.candidates < u64::from(s.batch_size) {
                         break;
                     }
-                    if !self.pause_between_batches().await {
+                    if !self.pause_between_batches(started.elapsed()).await {
                         return Ok(out);
                     }
                 }
@@ -250,7 +251,7 @@ impl Retention {
                     if n < u64::from(s.batch_size) {
                         break;
                     }
-                    if !self.pause_between_batches().await {
+                    if !self.pause_between_batches(started.elapsed()).await {
                         return Ok(out);
                     }
                 }
@@ -266,9 +267,10 @@ impl Retention {
         Ok(!self.stop.is_cancelled() && leader::holds_lock(conn, retention::LOCK).await?)
     }
 
-    /// Waits `batch_pause_ms`; false when stopped meanwhile.
-    async fn pause_between_batches(&self) -> bool {
-        let d = Duration::from_millis(self.settings.batch_pause_ms);
+    /// Waits after a batch that took `took` ([`RetentionSettings::pause_after`]): a purge whose
+    /// batches slow down because MySQL is busy slows down with them. False when stopped meanwhile.
+    async fn pause_between_batches(&self, took: Duration) -> bool {
+        let d = self.settings.pause_after(took);
         if !d.is_zero() {
             pause(&self.stop, d).await;
         }

@@ -395,8 +395,12 @@ pub struct RetentionSettings {
     pub interval_ms: u64,
     /// Rows per batch (one short transaction each).
     pub batch_size: u32,
-    /// Pause between two batches, so a large backlog is purged without hogging MySQL.
+    /// Shortest pause between two batches.
     pub batch_pause_ms: u64,
+    /// The pause after a batch is at least this many times as long as the batch took, so the
+    /// purge holds at most about `1 / (1 + factor)` of its time in transactions and slows down
+    /// by itself when MySQL does (0: only `batch_pause_ms`).
+    pub batch_pause_factor: f64,
     /// How long the DLQ topic keeps records; unset: read the topic's `retention.ms` from Kafka at
     /// every round (the topics are created with 30 days). Dead-letter index rows are deleted
     /// `dlq_margin_ms` before that, whatever the tenant's retention.
@@ -416,6 +420,7 @@ impl Default for RetentionSettings {
             interval_ms: 60_000,
             batch_size: 500,
             batch_pause_ms: 20,
+            batch_pause_factor: 1.0,
             dlq_topic_retention_ms: None,
             dlq_margin_ms: 3_600_000,
         }
@@ -435,6 +440,13 @@ impl RetentionSettings {
 
     /// The shortest retention allowed (0 excepted).
     pub const MIN_RETENTION_MS: u64 = 3_600_000;
+
+    /// The pause after a batch that took `took`: `batch_pause_ms`, or `batch_pause_factor` times
+    /// `took` when that is longer.
+    pub fn pause_after(&self, took: std::time::Duration) -> std::time::Duration {
+        std::time::Duration::from_millis(self.batch_pause_ms)
+            .max(took.mul_f64(self.batch_pause_factor))
+    }
 }
 
 impl Settings {
@@ -503,6 +515,9 @@ impl Settings {
         }
         if r.interval_ms < 100 {
             return bad("retention.interval_ms", "must be at least 100");
+        }
+        if !(0.0..=100.0).contains(&r.batch_pause_factor) {
+            return bad("retention.batch_pause_factor", "must be between 0 and 100");
         }
         if self.health.probe_interval_ms < 10 {
             return bad("health.probe_interval_ms", "must be at least 10");
@@ -631,5 +646,34 @@ mod tests {
                 .to_string()
                 .contains("retention.batch_size")
         );
+        for f in [-1.0, 101.0, f64::NAN] {
+            let mut bad = Settings::default();
+            bad.retention.batch_pause_factor = f;
+            assert!(
+                bad.validate()
+                    .expect_err("factor out of range")
+                    .to_string()
+                    .contains("retention.batch_pause_factor"),
+                "{f}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_pause_after_a_batch_grows_with_the_batch() {
+        let ms = std::time::Duration::from_millis;
+        let r = RetentionSettings::default();
+        assert_eq!(r.pause_after(ms(5)), ms(20), "the shortest pause");
+        assert_eq!(r.pause_after(ms(300)), ms(300), "as long as the batch took");
+        let r = RetentionSettings {
+            batch_pause_factor: 3.0,
+            ..RetentionSettings::default()
+        };
+        assert_eq!(r.pause_after(ms(300)), ms(900));
+        let r = RetentionSettings {
+            batch_pause_factor: 0.0,
+            ..RetentionSettings::default()
+        };
+        assert_eq!(r.pause_after(ms(300)), ms(20), "0: the fixed pause only");
     }
 }
