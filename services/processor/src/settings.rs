@@ -418,7 +418,7 @@ impl Default for RetentionSettings {
             default_retention_ms: 7 * 86_400_000,
             tenants: BTreeMap::new(),
             interval_ms: 60_000,
-            batch_size: 500,
+            batch_size: 100,
             batch_pause_ms: 20,
             batch_pause_factor: 1.0,
             dlq_topic_retention_ms: None,
