@@ -4,22 +4,9 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use dispatch_runtime::metrics::new::{counter, counter_vec};
 use dispatch_runtime::metrics::register;
 use prometheus::{Gauge, IntCounter, IntCounterVec, IntGaugeVec, Opts};
-
-fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    register(
-        IntCounterVec::new(Opts::new(name, help), labels)
-            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
-    )
-}
-
-fn counter(name: &str, help: &str) -> IntCounter {
-    register(
-        IntCounter::new(name, help)
-            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
-    )
-}
 
 static SUBMITS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(

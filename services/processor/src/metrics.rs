@@ -35,52 +35,9 @@ pub use loops::*;
 pub use writer::*;
 
 use dispatch_core::Priority;
-use dispatch_runtime::metrics::register;
-use prometheus::{
-    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts,
+use dispatch_runtime::metrics::new::{
+    counter, counter_vec, float_gauge, float_gauge_vec, gauge, gauge_vec, histogram, histogram_vec,
 };
-
-fn def<T>(r: Result<T, prometheus::Error>) -> T {
-    r.unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
-}
-
-fn counter(name: &str, help: &str) -> IntCounter {
-    register(def(IntCounter::new(name, help)))
-}
-
-fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    register(def(IntCounterVec::new(Opts::new(name, help), labels)))
-}
-
-fn gauge(name: &str, help: &str) -> IntGauge {
-    register(def(IntGauge::new(name, help)))
-}
-
-fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    register(def(IntGaugeVec::new(Opts::new(name, help), labels)))
-}
-
-fn float_gauge(name: &str, help: &str) -> Gauge {
-    register(def(Gauge::new(name, help)))
-}
-
-fn float_gauge_vec(name: &str, help: &str, labels: &[&str]) -> GaugeVec {
-    register(def(GaugeVec::new(Opts::new(name, help), labels)))
-}
-
-fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
-    register(def(Histogram::with_opts(
-        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-    )))
-}
-
-fn histogram_vec(name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
-    register(def(HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        labels,
-    )))
-}
 
 /// Buckets of the symptom histograms (queue wait, completion): 10 ms to an hour. The SLO
 /// thresholds (docs/metrics.md#slos) are bucket bounds: 10 s for the queue wait.

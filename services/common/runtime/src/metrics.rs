@@ -37,6 +37,67 @@ pub fn register<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
     c
 }
 
+/// Constructors of registered metrics, for each crate's `LazyLock` statics: a definition that
+/// fails (a bad name, a label list that does not fit) is a bug in a static, never a run-time
+/// condition.
+pub mod new {
+    use prometheus::{
+        Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+        IntGauge, IntGaugeVec, Opts,
+    };
+
+    use super::register;
+
+    fn def<T>(r: Result<T, prometheus::Error>) -> T {
+        r.unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
+    }
+
+    /// A registered [`IntCounter`].
+    pub fn counter(name: &str, help: &str) -> IntCounter {
+        register(def(IntCounter::new(name, help)))
+    }
+
+    /// A registered [`IntCounterVec`].
+    pub fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        register(def(IntCounterVec::new(Opts::new(name, help), labels)))
+    }
+
+    /// A registered [`IntGauge`].
+    pub fn gauge(name: &str, help: &str) -> IntGauge {
+        register(def(IntGauge::new(name, help)))
+    }
+
+    /// A registered [`IntGaugeVec`].
+    pub fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        register(def(IntGaugeVec::new(Opts::new(name, help), labels)))
+    }
+
+    /// A registered float [`Gauge`].
+    pub fn float_gauge(name: &str, help: &str) -> Gauge {
+        register(def(Gauge::new(name, help)))
+    }
+
+    /// A registered float [`GaugeVec`].
+    pub fn float_gauge_vec(name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        register(def(GaugeVec::new(Opts::new(name, help), labels)))
+    }
+
+    /// A registered [`Histogram`] with `buckets`.
+    pub fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        register(def(Histogram::with_opts(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        )))
+    }
+
+    /// A registered [`HistogramVec`] with `buckets`.
+    pub fn histogram_vec(name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+        register(def(HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            labels,
+        )))
+    }
+}
+
 /// A metric family as registered: what docs/metrics.md must say about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Family {
