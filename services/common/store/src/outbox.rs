@@ -172,17 +172,24 @@ pub async fn backlog(pool: &MySqlPool) -> Result<Backlog> {
 ///
 /// A published row is only kept so that the gateway can still recognise its task (idempotency
 /// without Redis, cancel routing) until the processor stored it in `tasks`, which takes seconds;
-/// the relay purges them after a retention of a day or so, a bounded batch per statement.
+/// the relay purges them after a retention of a day or so, a bounded batch per statement. The
+/// statement reads only the rows it deletes (`ix_outbox_state_published`), so its locks never
+/// reach the rows and gaps the gateway and the relay write.
 ///
 /// # Errors
 /// Database errors.
-pub async fn purge_published(pool: &MySqlPool, before: DateTime<Utc>, limit: u32) -> Result<u64> {
+pub async fn purge_published<'c>(
+    db: impl sqlx::MySqlExecutor<'c>,
+    before: DateTime<Utc>,
+    limit: u32,
+) -> Result<u64> {
     let done = sqlx::query(
-        "DELETE FROM outbox WHERE state = 'published' AND published_at < ? ORDER BY id LIMIT ?",
+        "DELETE FROM outbox WHERE state = 'published' AND published_at < ? \
+         ORDER BY published_at LIMIT ?",
     )
     .bind(before)
     .bind(limit)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(done.rows_affected())
 }
