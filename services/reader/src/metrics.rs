@@ -7,121 +7,94 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dispatch_runtime::metrics::{LATENCY_BUCKETS, register};
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-};
-
-fn def<T>(r: Result<T, prometheus::Error>) -> T {
-    r.unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
-}
+use dispatch_runtime::metrics::LATENCY_BUCKETS;
+use dispatch_runtime::metrics::new::{counter, counter_vec, gauge, histogram, histogram_vec};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge};
 
 /// `dispatch_cache_requests_total{tier, result}`.
 static CACHE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(def(IntCounterVec::new(
-        Opts::new(
-            "dispatch_cache_requests_total",
-            "Cache lookups by tier and result.",
-        ),
+    counter_vec(
+        "dispatch_cache_requests_total",
+        "Cache lookups by tier and result.",
         &["tier", "result"],
-    )))
+    )
 });
 
 /// `dispatch_cache_coalesced_loads_total`.
 static COALESCED: LazyLock<IntCounter> = LazyLock::new(|| {
-    register(def(IntCounter::new(
+    counter(
         "dispatch_cache_coalesced_loads_total",
         "Lookups that joined another caller's in-flight load.",
-    )))
+    )
 });
 
 /// `dispatch_cache_early_refreshes_total`.
 static EARLY_REFRESHES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register(def(IntCounter::new(
+    counter(
         "dispatch_cache_early_refreshes_total",
         "XFetch probabilistic early refreshes.",
-    )))
+    )
 });
 
 /// `dispatch_cache_entries`.
 static CACHE_ENTRIES: LazyLock<IntGauge> =
-    LazyLock::new(|| register(def(IntGauge::new("dispatch_cache_entries", "L1 entries."))));
+    LazyLock::new(|| gauge("dispatch_cache_entries", "L1 entries."));
 
 /// `dispatch_cache_weighted_size_bytes`.
-static CACHE_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
-    register(def(IntGauge::new(
-        "dispatch_cache_weighted_size_bytes",
-        "L1 weighted size.",
-    )))
-});
+static CACHE_BYTES: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("dispatch_cache_weighted_size_bytes", "L1 weighted size."));
 
 /// `dispatch_store_queries_total{query}`.
-static STORE_QUERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(def(IntCounterVec::new(
-        Opts::new("dispatch_store_queries_total", "MySQL lookups."),
-        &["query"],
-    )))
-});
+static STORE_QUERIES: LazyLock<IntCounterVec> =
+    LazyLock::new(|| counter_vec("dispatch_store_queries_total", "MySQL lookups.", &["query"]));
 
 /// `dispatch_store_query_duration_seconds{query}`.
 static STORE_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register(def(HistogramVec::new(
-        HistogramOpts::new(
-            "dispatch_store_query_duration_seconds",
-            "MySQL lookup latency.",
-        )
-        .buckets(LATENCY_BUCKETS.to_vec()),
+    histogram_vec(
+        "dispatch_store_query_duration_seconds",
+        "MySQL lookup latency.",
+        LATENCY_BUCKETS,
         &["query"],
-    )))
+    )
 });
 
 /// `dispatch_events_applied_total{result}`.
 static EVENTS_APPLIED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(def(IntCounterVec::new(
-        Opts::new(
-            "dispatch_events_applied_total",
-            "Events-topic updates by result (applied / stale).",
-        ),
+    counter_vec(
+        "dispatch_events_applied_total",
+        "Events-topic updates by result (applied / stale).",
         &["result"],
-    )))
+    )
 });
 
 /// `dispatch_event_apply_lag_seconds`.
 static EVENT_LAG: LazyLock<Histogram> = LazyLock::new(|| {
-    register(def(Histogram::with_opts(
-        HistogramOpts::new(
-            "dispatch_event_apply_lag_seconds",
-            "Event occurred_at to applied in L1.",
-        )
-        .buckets(LATENCY_BUCKETS.to_vec()),
-    )))
+    histogram(
+        "dispatch_event_apply_lag_seconds",
+        "Event occurred_at to applied in L1.",
+        LATENCY_BUCKETS,
+    )
 });
 
 /// `dispatch_stale_reads_total`.
 static STALE_READS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register(def(IntCounter::new(
+    counter(
         "dispatch_stale_reads_total",
         "Answers served stale from L1 because MySQL failed.",
-    )))
+    )
 });
 
 /// `dispatch_watch_streams`.
-static WATCH_STREAMS: LazyLock<IntGauge> = LazyLock::new(|| {
-    register(def(IntGauge::new(
-        "dispatch_watch_streams",
-        "Open WatchTask streams.",
-    )))
-});
+static WATCH_STREAMS: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("dispatch_watch_streams", "Open WatchTask streams."));
 
 /// `dispatch_watch_streams_refused_total{limit}`.
 static WATCH_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(def(IntCounterVec::new(
-        Opts::new(
-            "dispatch_watch_streams_refused_total",
-            "WatchTask streams refused at a bound (limit: instance, tenant).",
-        ),
+    counter_vec(
+        "dispatch_watch_streams_refused_total",
+        "WatchTask streams refused at a bound (limit: instance, tenant).",
         &["limit"],
-    )))
+    )
 });
 
 /// The gRPC methods of TaskQueryService (the `method` label).
