@@ -11,8 +11,10 @@
 //! - [`retry`]: exponential backoff with jitter for the retry ladder.
 //! - [`schedule`]: schedules' fire times (cron with seconds in a time zone, or an interval),
 //!   catch-up after downtime, and the fire ids derived from (schedule, fire time).
+//! - [`dead_letter`]: why a task was dead-lettered ([`ErrorClass`]).
 //! - [`error`]: field violations and the single mapping to `tonic::Status`.
 
+pub mod dead_letter;
 pub mod envelope;
 pub mod error;
 pub mod ids;
@@ -27,6 +29,7 @@ pub mod validate;
 pub mod version;
 pub mod workflow;
 
+pub use dead_letter::ErrorClass;
 pub use envelope::{AttemptTimeout, Envelope, EnvelopeError, EnvelopeKind, Headers, TimeoutBound};
 pub use error::{FieldViolation, Violations};
 pub use ids::{TaskId, TaskIdError};

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
+use dispatch_core::ErrorClass;
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::admin_service_client::AdminServiceClient;
 use serde_json::json;
@@ -11,15 +12,6 @@ use tonic::transport::Channel;
 
 use crate::client::{Conn, status_error};
 use crate::{CliError, Format, output};
-
-/// Error classes the processor writes.
-const ERROR_CLASSES: [&str; 5] = [
-    "permanent",
-    "exhausted",
-    "deadline",
-    "poison",
-    "unknown_type",
-];
 
 /// Which dead letters (every given flag must match).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -31,7 +23,7 @@ pub struct FilterArgs {
     #[arg(long = "type", visible_alias = "task-type")]
     pub task_type: Option<String>,
     /// Error class.
-    #[arg(long, value_parser = ERROR_CLASSES)]
+    #[arg(long, value_parser = ErrorClass::NAMES)]
     pub error_class: Option<String>,
     /// Died at or after: RFC 3339 (2026-01-02T03:04:05Z) or an age (90s, 30m, 1h, 2d, 1w).
     #[arg(long)]

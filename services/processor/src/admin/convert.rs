@@ -1,19 +1,10 @@
 //! The boundary: AdminService requests parsed into domain values, domain values into replies.
 
-use dispatch_core::{Priority, TaskType, Tenant, Violations};
+use dispatch_core::{ErrorClass, Priority, TaskType, Tenant, Violations};
 use dispatch_proto::v1 as pb;
 use dispatch_store::dead_letters_admin::{DeadLetterFilter, StoredDeadLetter};
 
 use crate::control::{Paused, Stats, Target};
-
-/// The error classes the processor writes.
-pub const ERROR_CLASSES: [&str; 5] = [
-    "permanent",
-    "exhausted",
-    "deadline",
-    "poison",
-    "unknown_type",
-];
 
 /// Largest page of ListDeadLetters.
 pub const MAX_PAGE_SIZE: u32 = 1_000;
@@ -39,14 +30,14 @@ pub fn filter(f: Option<pb::DeadLetterFilter>, v: &mut Violations) -> DeadLetter
             .map(|t| t.as_str().to_owned())
     });
     let error_class = nonempty(f.error_class).and_then(|c| {
-        if ERROR_CLASSES.contains(&c.as_str()) {
+        if ErrorClass::parse(&c).is_some() {
             Some(c)
         } else {
             v.add(
                 "filter.error_class",
                 format!(
                     "unknown error class {c:?}; use one of {}",
-                    ERROR_CLASSES.join(", ")
+                    ErrorClass::NAMES.join(", ")
                 ),
             );
             None

@@ -3,6 +3,7 @@
 
 use std::sync::LazyLock;
 
+pub use dispatch_core::ErrorClass;
 use dispatch_core::topics::RETRY_LEVELS;
 use prometheus::{IntCounter, IntCounterVec};
 
@@ -41,44 +42,6 @@ static REDRIVEN: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
-/// Why a record went to the DLQ: the `error_class` label of `dispatch_dlq_records_total`, also
-/// the dead letter's `error_class` (header and index row).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// The handler failed permanently.
-    Permanent,
-    /// No attempt left.
-    Exhausted,
-    /// The deadline passed (before the attempt, or before the next one would start).
-    Deadline,
-    /// No handler is registered for the task type.
-    UnknownType,
-    /// Not a valid envelope.
-    Poison,
-}
-
-impl ErrorClass {
-    /// Every class, in label order.
-    pub const ALL: [Self; 5] = [
-        Self::Permanent,
-        Self::Exhausted,
-        Self::Deadline,
-        Self::UnknownType,
-        Self::Poison,
-    ];
-
-    /// The label (and header) value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Permanent => "permanent",
-            Self::Exhausted => "exhausted",
-            Self::Deadline => "deadline",
-            Self::UnknownType => "unknown_type",
-            Self::Poison => "poison",
-        }
-    }
-}
-
 /// Pre-creates the series.
 pub(super) fn init() {
     LazyLock::force(&RETRIES_BY_LEVEL);
@@ -111,27 +74,4 @@ pub fn dead_lettered(class: ErrorClass) {
 /// An operator redrive moved `n` dead letters back to the first retry level.
 pub fn dead_letters_redriven(n: usize) {
     REDRIVEN.inc_by(n as u64);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ErrorClass;
-
-    #[test]
-    fn error_classes_are_the_catalogued_ones() {
-        assert_eq!(
-            ErrorClass::ALL.map(ErrorClass::as_str),
-            [
-                "permanent",
-                "exhausted",
-                "deadline",
-                "unknown_type",
-                "poison"
-            ]
-        );
-        // The resolved series are indexed by the discriminant.
-        for (i, c) in ErrorClass::ALL.into_iter().enumerate() {
-            assert_eq!(c as usize, i);
-        }
-    }
 }
