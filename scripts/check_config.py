@@ -3,9 +3,10 @@
 
 Static (always), for every container running dispatch-gateway / -processor / -reader / dispatchctl:
   - every DISPATCH_* variable (env and envFrom ConfigMaps) is DISPATCH_CONFIG or a settings key
-    DISPATCH_<SECTION>__<KEY>; keys of the shared sections (and of the DISPATCH_CONFIG file) are
-    checked against the structs in services/common/runtime/src/{settings,server/auth}.rs and
-    services/common/store/src/pool.rs
+    DISPATCH_<SECTION>__<KEY>; with the binaries, each key (and each key of the DISPATCH_CONFIG
+    file) names a field of the service's settings, as `<bin> --print-config=json` lists them with
+    their defaults (JSON also lists the optional keys left unset, as null): the binaries say what
+    they accept, nothing here re-reads the Rust structs
   - every secret/configmap reference resolves (Secrets: rendered, else k8s/base/secret.example.yaml)
   - DISPATCH_CONFIG names a file a ConfigMap/Secret volume provides, and that file is valid TOML;
     every admin key in its [auth] has an id ([[auth.admin_keys]] with a unique id of 1 to 64
@@ -22,7 +23,7 @@ Static (always), for every container running dispatch-gateway / -processor / -re
     pods that run admits more than the quota, more admits less (docs/deploy.md, "Rate limits
     without Redis")
 With the binaries (default; --skip-binaries turns it off), from target/debug (or --bin-dir):
-  - `<bin> --print-config` with an empty environment gives the defaults; again with the manifest's
+  - `<bin> --print-config=json` with an empty environment gives the defaults; again with the manifest's
     environment (DISPATCH_CONFIG pointing to a temp copy of the mounted file) gives the effective
     settings, and must exit 0 (unknown keys make it fail)
   - every DISPATCH_<SECTION>__<KEY> set in a manifest names a key path present in that output
@@ -41,6 +42,7 @@ Usage: check_config.py RENDERED.yaml... [--skip-binaries] [--bin-dir DIR] [-v]
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import subprocess
@@ -53,39 +55,11 @@ from deploy_manifests import (
     pod_labels, pod_spec, resolve_env, selector_matches, service_workloads, verbose_flag,
 )
 
-SETTINGS_SOURCES = {
-    "kafka": ("services/common/runtime/src/settings.rs", "KafkaSettings"),
-    "redis": ("services/common/runtime/src/settings.rs", "RedisSettings"),
-    "telemetry": ("services/common/runtime/src/settings.rs", "TelemetrySettings"),
-    "admin": ("services/common/runtime/src/settings.rs", "AdminSettings"),
-    "grpc": ("services/common/runtime/src/settings.rs", "GrpcSettings"),
-    "shutdown": ("services/common/runtime/src/settings.rs", "ShutdownSettings"),
-    "database": ("services/common/store/src/pool.rs", "DbSettings"),
-    "auth": ("services/common/runtime/src/server/auth.rs", "AuthSettings"),
-}
 DEFAULT_DRAIN_MS = 20_000
 KEY_RE = re.compile(r"^DISPATCH_[A-Z0-9]+(?:_[A-Z0-9]+)*(?:__[A-Z0-9]+(?:[_.-][A-Z0-9]+)*)+$")
 RUN_TIMEOUT_S = 30
 ADMIN_KEY_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 SHA256_HEX_RE = re.compile(r"^[0-9a-fA-F]{64}$")
-
-
-def known_sections(r: Report) -> dict[str, dict[str, str]]:
-    """section -> {field: rust type} parsed from the settings structs."""
-    out: dict[str, dict[str, str]] = {}
-    for section, (rel, struct) in SETTINGS_SOURCES.items():
-        path = os.path.join(REPO, rel)
-        try:
-            src = open(path).read()
-        except OSError:
-            r.note(f"{rel} not found: [{section}] keys not checked statically")
-            continue
-        m = re.search(r"pub struct " + struct + r"\s*\{(.*?)\n\}", src, re.S)
-        if not m:
-            r.note(f"struct {struct} not found in {rel}: [{section}] keys not checked statically")
-            continue
-        out[section] = dict(re.findall(r"^\s*pub (\w+):\s*([^\n]+?),?\s*$", m.group(1), re.M))
-    return out
 
 
 def split_listen(value: str) -> tuple[str, int] | None:
@@ -172,7 +146,17 @@ def check_admin_keys(r: Report, wl: Workload, src: str) -> None:
                 f"{where}: auth.admin_keys[{i}] ({kid}) key_sha256 is not 64 hex digits")
 
 
-def check_env(r: Report, wl: Workload, sections: dict[str, dict[str, str]]) -> None:
+def key_known(schema: dict, path: list[str]) -> bool:
+    """`path` (section, key[, map key]) names a setting in `schema` (`--print-config=json`'s defaults):
+    a third segment only under a map or a nested section."""
+    fields = schema.get(path[0])
+    if not isinstance(fields, dict) or len(path) < 2 or path[1] not in fields:
+        return False
+    return len(path) == 2 or (len(path) == 3 and isinstance(fields[path[1]], dict))
+
+
+def check_env(r: Report, wl: Workload, schema: dict | None) -> None:
+    """`schema`: the service's settings with their defaults (None: keys not checked)."""
     for var, ev in wl.env.items():
         if var.startswith("<envFrom"):
             r.fail(f"{wl.where}: {var} does not resolve")
@@ -194,24 +178,27 @@ def check_env(r: Report, wl: Workload, sections: dict[str, dict[str, str]]) -> N
                 r.fail(f"{wl.where}: DISPATCH_CONFIG file ({src}) is not valid TOML: {e}")
                 continue
             check_admin_keys(r, wl, src)
+            if schema is None:
+                continue
             for sec, body in wl.config.items():
-                if sec in sections and isinstance(body, dict):
-                    for key in body:
-                        r.check(key in sections[sec], f"{wl.where}: {sec}.{key} in DISPATCH_CONFIG is a known key",
-                                f"{wl.where}: {sec}.{key} in the DISPATCH_CONFIG file is not a field of [{sec}]")
+                if not r.check(isinstance(body, dict) and isinstance(schema.get(sec), dict),
+                               f"{wl.where}: [{sec}] in DISPATCH_CONFIG is a section of {wl.bin}",
+                               f"{wl.where}: [{sec}] in the DISPATCH_CONFIG file is not a section of {wl.bin}"):
+                    continue
+                for key in body:
+                    r.check(key in schema[sec], f"{wl.where}: {sec}.{key} in DISPATCH_CONFIG is a known key",
+                            f"{wl.where}: {sec}.{key} in the DISPATCH_CONFIG file is not a field of [{sec}]")
             continue
         if not r.check(KEY_RE.match(var), f"{wl.where}: {var} is a settings key",
                        f"{wl.where}: {var} is not DISPATCH_<SECTION>__<KEY> (the loader ignores it)"):
             continue
+        if schema is None:
+            continue
         path = [s.lower() for s in var[len("DISPATCH_"):].split("__")]
         section = path[0]
-        if section not in sections:
-            r.note(f"{wl.bin}: [{section}] is service-specific, its keys are checked with --print-config only")
-            continue
-        fields = sections[section]
-        ok = path[1] in fields and (len(path) == 2 or (len(path) == 3 and "Map" in fields[path[1]]))
-        r.check(ok, f"{wl.where}: {var} -> {'.'.join(path)}",
-                f"{wl.where}: {var}: {'.'.join(path)} is not a key of [{section}] ({sorted(fields)})")
+        r.check(key_known(schema, path), f"{wl.where}: {var} -> {'.'.join(path)}",
+                f"{wl.where}: {var}: {'.'.join(path)} is not a key of {wl.bin}'s settings "
+                f"([{section}] has {sorted(schema.get(section) or {})})")
 
 
 def resolve_port(container: dict, port) -> int | None:
@@ -366,39 +353,46 @@ def run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess | No
 
 
 def print_config(r: Report, path: str, env: dict[str, str], what: str) -> dict | None:
-    res = run([path, "--print-config"], env)
+    res = run([path, "--print-config=json"], env)
     b = os.path.basename(path)
     if res is None:
-        r.fail(f"{what}: `{b} --print-config` did not exit within {RUN_TIMEOUT_S}s")
+        r.fail(f"{what}: `{b} --print-config=json` did not exit within {RUN_TIMEOUT_S}s")
         return None
     if res.returncode != 0:
         err = (res.stderr.strip() or res.stdout.strip()).splitlines()
-        r.fail(f"{what}: `{b} --print-config` exited {res.returncode}: {' | '.join(err[-3:]) or '(no output)'}")
+        r.fail(f"{what}: `{b} --print-config=json` exited {res.returncode}: {' | '.join(err[-3:]) or '(no output)'}")
         return None
     try:
-        settings = tomllib.loads(res.stdout)
-    except tomllib.TOMLDecodeError as e:
-        r.fail(f"{what}: `{b} --print-config` did not print TOML ({e}); first line: {res.stdout[:80]!r}")
+        settings = json.loads(res.stdout)
+    except json.JSONDecodeError as e:
+        r.fail(f"{what}: `{b} --print-config=json` did not print JSON ({e}); first line: {res.stdout[:80]!r}")
         return None
     if not settings:
-        r.fail(f"{what}: `{b} --print-config` exited 0 but printed no settings (not implemented yet?)")
+        r.fail(f"{what}: `{b} --print-config=json` exited 0 but printed no settings (not implemented yet?)")
         return None
     return settings
 
 
-def check_binaries(r: Report, workloads: list[Workload], bin_dir: str) -> None:
+def service_defaults(r: Report, workloads: list[Workload], bin_dir: str) -> dict[str, dict | None] | None:
+    """Each service's settings with their defaults (`--print-config=json`, empty environment); None
+    when a binary is missing (reported)."""
     needed = sorted({wl.bin for wl in workloads} | set(SERVICES))
     missing = [b for b in needed if not os.access(os.path.join(bin_dir, b), os.X_OK)]
     if missing:
         r.fail(f"binaries not built: {', '.join(os.path.join(os.path.relpath(bin_dir, REPO), b) for b in missing)} "
                f"(build them with `cargo build -p dispatch-gateway -p dispatch-processor -p dispatch-reader "
                f"-p dispatchctl`, or pass --skip-binaries)")
-        return
+        return None
     defaults: dict[str, dict | None] = {}
     for b in SERVICES:
         defaults[b] = print_config(r, os.path.join(bin_dir, b), {}, f"{b} (defaults)")
         if defaults[b] is not None:
-            r.ok(f"{b} --print-config prints the defaults")
+            r.ok(f"{b} --print-config=json prints the defaults")
+    return defaults
+
+
+def check_binaries(r: Report, workloads: list[Workload], bin_dir: str,
+                   defaults: dict[str, dict | None]) -> None:
     for wl in workloads:
         if wl.bin != "dispatchctl":
             continue
@@ -467,7 +461,6 @@ def main() -> int:
         print(__doc__)
         return 2
     r = Report("settings/ports cross-check", verbose=verbose_flag())
-    sections = known_sections(r)
     secrets = example_secrets()
     workloads: list[Workload] = []
     for path in renders:
@@ -477,18 +470,20 @@ def main() -> int:
         bins = {b for _, _, b in found}
         r.check(bins >= set(SERVICES), f"[{render}] runs {sorted(bins)}",
                 f"[{render}] does not run {sorted(set(SERVICES) - bins)}")
-        for w, c, b in found:
-            wl = Workload(render, docs, w, c, b, secrets)
-            workloads.append(wl)
-            check_env(r, wl, sections)
-            if b in SERVICES:
-                check_ports(r, wl)
-                check_grace(r, wl)
+        workloads += [Workload(render, docs, w, c, b, secrets) for w, c, b in found]
+    defaults = None if skip else service_defaults(r, workloads, bin_dir)
+    if defaults is None:
+        r.note("without the binaries the settings keys, service-specific or shared, are not checked")
+    for wl in workloads:
+        check_env(r, wl, (defaults or {}).get(wl.bin))
+        if wl.bin in SERVICES:
+            check_ports(r, wl)
+            check_grace(r, wl)
     check_limit_replicas(r, workloads)
     if skip:
-        r.note("--skip-binaries: keys of service-specific sections and effective settings not checked")
-    else:
-        check_binaries(r, workloads, bin_dir)
+        r.note("--skip-binaries: settings keys and effective settings not checked")
+    elif defaults is not None:
+        check_binaries(r, workloads, bin_dir, defaults)
     return r.finish()
 
 

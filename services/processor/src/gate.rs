@@ -2,7 +2,7 @@
 //!
 //! Every record asks before it runs whether its task already moved past this attempt (a replay,
 //! a duplicate, a zombie's leftovers). Lookups from concurrent records are gathered for up to
-//! `writer.gate_max_delay_us` or `writer.gate_max_ids` ids and answered by one `IN (...)` query.
+//! `gate.max_delay_us` or `gate.max_ids` ids and answered by one `IN (...)` query.
 
 use std::collections::HashMap;
 use std::time::Duration;

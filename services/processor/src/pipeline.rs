@@ -158,8 +158,8 @@ impl Pipeline {
         );
         let gate = Gate::spawn(
             d.pool.clone(),
-            s.writer.gate_max_ids,
-            Duration::from_micros(s.writer.gate_max_delay_us),
+            s.gate.max_ids,
+            Duration::from_micros(s.gate.max_delay_us),
         );
         let workflows_waker = crate::workflows::Waker::default();
         let scheduler_waker = crate::workflows::Waker::default();

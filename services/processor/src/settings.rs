@@ -1,4 +1,4 @@
-//! The processor's settings: the shared runtime sections plus `[consumer]`, `[writer]`,
+//! The processor's settings: the shared runtime sections plus `[consumer]`, `[writer]`, `[gate]`,
 //! `[scheduler]`, `[handlers]`, `[retention]` and `[health]`.
 //!
 //! Over 400 lines because every processor-only section is defined here with its defaults and
@@ -43,6 +43,8 @@ pub struct Settings {
     pub consumer: ConsumerSettings,
     /// The batch writer.
     pub writer: WriterSettings,
+    /// The gate: batched lookups of stored states before a record runs.
+    pub gate: GateSettings,
     /// The scheduler of future `run_at` tasks.
     pub scheduler: SchedulerSettings,
     /// The schedule loop (ScheduleService's schedules).
@@ -77,6 +79,7 @@ impl Default for Settings {
             shutdown: ShutdownSettings::default(),
             consumer: ConsumerSettings::default(),
             writer: WriterSettings::default(),
+            gate: GateSettings::default(),
             scheduler: SchedulerSettings::default(),
             schedules: SchedulesSettings::default(),
             workflows: WorkflowsSettings::default(),
@@ -172,10 +175,6 @@ pub struct WriterSettings {
     /// Batch transactions in flight at once (the next batch commits while one waits on MySQL;
     /// events are still published in batch order).
     pub max_concurrent_batches: usize,
-    /// Batch lookups of stored states: flush at this many ids...
-    pub gate_max_ids: usize,
-    /// ...or after this long.
-    pub gate_max_delay_us: u64,
     /// The producer (events, retry and DLQ records, the scheduler's tasks) is rebuilt when it
     /// has had work but no delivery report for this long while the cluster answers a new
     /// client (`dispatch_runtime::producer::watchdog`; the gateway's is `outbox.producer_wedge_ms`).
@@ -188,9 +187,27 @@ impl Default for WriterSettings {
             max_rows: 500,
             max_delay_ms: 5,
             max_concurrent_batches: 3,
-            gate_max_ids: 256,
-            gate_max_delay_us: 250,
             producer_wedge_ms: 15_000,
+        }
+    }
+}
+
+/// `[gate]`: every record asks for its task's stored state and version before it runs
+/// (`crate::gate`); lookups of concurrent records are gathered into one `IN (...)` query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GateSettings {
+    /// Send a lookup once this many ids are gathered...
+    pub max_ids: usize,
+    /// ...or this long after the first.
+    pub max_delay_us: u64,
+}
+
+impl Default for GateSettings {
+    fn default() -> Self {
+        Self {
+            max_ids: 256,
+            max_delay_us: 250,
         }
     }
 }
@@ -491,8 +508,8 @@ impl Settings {
         if self.writer.max_rows == 0 {
             return bad("writer.max_rows", "must be at least 1");
         }
-        if self.writer.gate_max_ids == 0 {
-            return bad("writer.gate_max_ids", "must be at least 1");
+        if self.gate.max_ids == 0 {
+            return bad("gate.max_ids", "must be at least 1");
         }
         if self.scheduler.batch_size == 0 {
             return bad("scheduler.batch_size", "must be at least 1");

@@ -1,5 +1,5 @@
 //! The command line every service binary shares: `--config PATH` (or `--config=PATH`, or
-//! `DISPATCH_CONFIG`), `--print-config`, `--help` and `--version`.
+//! `DISPATCH_CONFIG`), `--print-config[=toml|json]`, `--help` and `--version`.
 //!
 //! Parsed with clap so a service binary behaves like any other CLI: a misspelt or unknown flag
 //! stops start-up with a message instead of being ignored while the service starts on its
@@ -11,6 +11,7 @@ use clap::{Args, FromArgMatches};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::settings::redact::render_redacted_json;
 use crate::settings::{SettingsError, load, render_redacted};
 
 /// The flags of a service binary.
@@ -19,9 +20,20 @@ pub struct ServiceArgs {
     /// TOML settings file; `DISPATCH_<SECTION>__<KEY>` environment variables override it.
     #[arg(long, value_name = "PATH", env = "DISPATCH_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Print the effective settings (secrets redacted) and exit.
-    #[arg(long)]
-    pub print_config: bool,
+    /// Print the effective settings (secrets redacted) and exit: TOML, or JSON (which also lists
+    /// the optional keys left unset, as null) for tools.
+    #[arg(long, value_name = "FORMAT", value_enum, num_args = 0..=1, require_equals = true,
+          default_missing_value = "toml")]
+    pub print_config: Option<ConfigFormat>,
+}
+
+/// The format of `--print-config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConfigFormat {
+    /// As a settings file is written.
+    Toml,
+    /// For tools: every key, unset optional ones as null.
+    Json,
 }
 
 impl ServiceArgs {
@@ -81,10 +93,12 @@ impl ServiceArgs {
     /// # Errors
     /// The settings do not serialize.
     pub fn print_config<T: Serialize>(&self, settings: &T) -> Result<bool, SettingsError> {
-        if self.print_config {
-            println!("{}", render_redacted(settings)?);
+        match self.print_config {
+            None => return Ok(false),
+            Some(ConfigFormat::Toml) => println!("{}", render_redacted(settings)?),
+            Some(ConfigFormat::Json) => println!("{}", render_redacted_json(settings)?),
         }
-        Ok(self.print_config)
+        Ok(true)
     }
 }
 
@@ -107,11 +121,15 @@ mod tests {
         for args in [&["--config", "a.toml"][..], &["--config=a.toml"][..]] {
             let a = parse(args).expect("parses");
             assert_eq!(a.config.as_deref(), Some(std::path::Path::new("a.toml")));
-            assert!(!a.print_config);
+            assert_eq!(a.print_config, None);
         }
         let a = parse(&["--print-config", "--config=b.toml"]).expect("parses");
-        assert!(a.print_config);
+        assert_eq!(a.print_config, Some(ConfigFormat::Toml));
         assert_eq!(a.config.as_deref(), Some(std::path::Path::new("b.toml")));
+        // `--print-config json` would be a stray argument: the format takes `=`.
+        let a = parse(&["--print-config=json"]).expect("parses");
+        assert_eq!(a.print_config, Some(ConfigFormat::Json));
+        assert!(parse(&["--print-config=yaml"]).is_err());
     }
 
     #[test]

@@ -89,6 +89,7 @@ pub fn assert_behaves_like_a_cli(bin: &str, name: &str, version: &str) {
     for args in [
         vec!["--config", path.as_str(), "--print-config"],
         vec![joined.as_str(), "--print-config"],
+        vec![joined.as_str(), "--print-config=json"],
     ] {
         let printed = run(bin, &args);
         let out = text(&printed.stdout);
@@ -104,6 +105,16 @@ pub fn assert_behaves_like_a_cli(bin: &str, name: &str, version: &str) {
             );
         }
         assert!(out.contains("ops-1"), "the admin key id is shown:\n{out}");
+        if args.contains(&"--print-config=json") {
+            // For tools: JSON, naming the optional keys left unset (TOML cannot).
+            let v: serde_json::Value = serde_json::from_str(&out)
+                .unwrap_or_else(|e| panic!("--print-config=json is not JSON ({e}):\n{out}"));
+            assert_eq!(
+                v.pointer("/kafka/ssl_ca_file"),
+                Some(&serde_json::Value::Null),
+                "{out}"
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
