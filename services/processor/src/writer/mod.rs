@@ -15,8 +15,11 @@
 //! Up to `writer.max_concurrent_batches` transactions are in flight at once, so the next batch
 //! gathers and commits while the previous one waits on MySQL. Their events are still enqueued in
 //! batch order: a batch publishes only after the batch before it has. Together with the version
-//! fence this keeps every task's events in version order: two batches holding writes of one task
-//! serialize on its row lock, and a write overtaken by a newer one is fenced out (no event).
+//! fence this keeps every task's events in version order: a write overtaken by a newer one is
+//! fenced out (no event). A write of a task that a batch in flight also writes waits for that
+//! batch to commit outside the transaction: it joins the next batch instead of this one
+//! ([`Batch::hold_uncommitted`]), so a batch never waits on another's row locks (which it did,
+//! holding its own meanwhile: under load, InnoDB's longest row-lock waits were these).
 //!
 //! A failing database stops the flow: the batch is retried with backoff, nothing is acknowledged,
 //! senders block once the channel is full and consumer lag grows until MySQL is back.
@@ -266,6 +269,67 @@ impl Batch {
         *self = keep;
         carry
     }
+
+    /// Takes out the entries of tasks that a batch still in flight also writes, and moves them
+    /// into `into` (which holds none of this batch's tasks). In this batch they would wait on
+    /// that batch's row locks until it commits, and hold the locks of every row written before
+    /// them meanwhile; held back, they join the first batch that starts after it committed,
+    /// and the rest of this batch commits without waiting.
+    fn hold_uncommitted(&mut self, uncommitted: &Uncommitted, into: &mut Batch) {
+        let busy = uncommitted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if busy.is_empty() || !self.index.keys().any(|id| busy.contains_key(id)) {
+            return;
+        }
+        let mut keep = Batch::default();
+        for e in self.entries.drain(..) {
+            let id = e.write.as_ref().map(|w| w.task_id);
+            let to = if id.is_some_and(|id| busy.contains_key(&id)) {
+                &mut *into
+            } else {
+                &mut keep
+            };
+            if let Some(id) = id {
+                to.index.insert(id, to.entries.len());
+            }
+            to.entries.push(e);
+        }
+        *self = keep;
+    }
+
+    fn task_ids(&self) -> impl Iterator<Item = TaskId> + '_ {
+        self.entries
+            .iter()
+            .filter_map(|e| e.write.as_ref().map(|w| w.task_id))
+    }
+}
+
+/// The tasks of the batches begun and not yet committed (or given up), with how many such
+/// batches write each.
+type Uncommitted = std::sync::Mutex<HashMap<TaskId, u32>>;
+
+fn begin_uncommitted(uncommitted: &Uncommitted, batch: &Batch) {
+    let mut busy = uncommitted
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for id in batch.task_ids() {
+        *busy.entry(id).or_default() += 1;
+    }
+}
+
+fn end_uncommitted(uncommitted: &Uncommitted, batch: &Batch) {
+    let mut busy = uncommitted
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for id in batch.task_ids() {
+        if let Some(n) = busy.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                busy.remove(&id);
+            }
+        }
+    }
 }
 
 /// Two writes of one task in one batch, as the store would leave them applied one after the
@@ -345,8 +409,10 @@ async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTr
     let owed = std::sync::Arc::new(Owed::default());
     let mut seq = 0u64;
     let mut closing = false;
-    // First-attempt starts held back from the previous batch: they open the next one.
+    // First-attempt starts held back from the previous batch, and writes of tasks an uncommitted
+    // batch also writes: they open the next one.
     let mut carried = Batch::default();
+    let uncommitted = std::sync::Arc::new(Uncommitted::default());
     loop {
         if cfg.close.is_cancelled() && !closing {
             // Closing the receiver still yields what is buffered, then `None`.
@@ -387,14 +453,28 @@ async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTr
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
+        if open && !closing {
+            // Checked once the slot is ours: a batch that committed meanwhile holds nothing back.
+            batch.hold_uncommitted(&uncommitted, &mut carried);
+            if batch.len() == 0 {
+                // All of it waits for batches in flight: give them a batch window to commit
+                // (with a full batch carried, the loop would not wait otherwise).
+                drop(slot);
+                tokio::time::sleep(cfg.max_delay).await;
+                continue;
+            }
+        }
+        begin_uncommitted(&uncommitted, &batch);
         let (enqueued, next) = oneshot::channel();
         let before = previous.replace(next);
         let (cfg, acks2, owed) = (cfg.clone(), acks.clone(), owed.clone());
+        let uncommitted = uncommitted.clone();
         seq += 1;
         let seq = seq;
         acks.spawn(async move {
             let mut batch = batch;
             let landed = commit_with_retry(&cfg, &batch).await;
+            end_uncommitted(&uncommitted, &batch);
             drop(slot);
             if let Some(landed) = &landed {
                 owed.committed(seq, owed_stamps(&batch, landed));
@@ -668,6 +748,43 @@ mod tests {
         next.entries[0].carried = true;
         assert_eq!(next.carry_starts().len(), 0);
         assert_eq!(next.len(), 1);
+    }
+
+    #[test]
+    fn writes_of_tasks_in_an_uncommitted_batch_wait_for_the_next_one() {
+        let (a, b, c) = (TaskId::new(), TaskId::new(), TaskId::new());
+        let uncommitted = Uncommitted::default();
+        let mut first = Batch::default();
+        first.add(req(write(b, TaskState::Running, 1)).0);
+        begin_uncommitted(&uncommitted, &first);
+
+        let mut batch = Batch::default();
+        for id in [a, b, c] {
+            batch.add(req(write(id, TaskState::Succeeded, 1)).0);
+        }
+        let mut carried = Batch::default();
+        carried.add(req(write(TaskId::new(), TaskState::Running, 1)).0);
+        batch.hold_uncommitted(&uncommitted, &mut carried);
+        let ids = |b: &Batch| -> Vec<TaskId> { b.task_ids().collect() };
+        assert_eq!(ids(&batch), vec![a, c]);
+        assert_eq!(
+            batch.index.get(&c),
+            Some(&1),
+            "the index follows the entries"
+        );
+        assert_eq!(ids(&carried)[1], b);
+        // A later write of the held task coalesces into it.
+        carried.add(req(write(b, TaskState::Succeeded, 1)).0);
+        assert_eq!(carried.len(), 2);
+
+        // Once the first batch committed, nothing is held.
+        end_uncommitted(&uncommitted, &first);
+        let mut again = std::mem::take(&mut carried);
+        let mut next = Batch::default();
+        again.hold_uncommitted(&uncommitted, &mut next);
+        assert_eq!(again.len(), 2);
+        assert_eq!(next.len(), 0);
+        assert!(uncommitted.lock().expect("lock").is_empty());
     }
 
     #[test]
