@@ -164,4 +164,60 @@ mod tests {
             .expect_err("a miscounted answer fails the batch");
         assert!(wrong.contains("answered with 2 results"), "{wrong}");
     }
+
+    // Paused clock: tokio moves time forward only when every task waits, so a window is
+    // exactly its length, with no sleeping and no slack for a slow machine.
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ask_waits_the_window_for_company_and_no_longer() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let co = Coalescer::spawn(100, Duration::from_millis(20), move |xs: Vec<u32>| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async move { Ok(xs) }
+        });
+        let t0 = tokio::time::Instant::now();
+        let first = {
+            let co = co.clone();
+            tokio::spawn(async move { (co.call(1).await, t0.elapsed()) })
+        };
+        // 15 ms into the first ask's window: the second joins its call.
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        let second = co.call(2).await;
+        assert_eq!(second, Ok(2));
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_millis(20),
+            "answered when the window closed"
+        );
+        let (first, waited) = first.await.expect("task");
+        assert_eq!((first, waited), (Ok(1), Duration::from_millis(20)));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // An ask after the window opens a window of its own.
+        let t1 = tokio::time::Instant::now();
+        assert_eq!(co.call(3).await, Ok(3));
+        assert_eq!(t1.elapsed(), Duration::from_millis(20));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_goes_without_waiting_out_the_window() {
+        let co = Coalescer::spawn(
+            4,
+            Duration::from_secs(60),
+            |xs: Vec<u32>| async move { Ok(xs) },
+        );
+        let t0 = tokio::time::Instant::now();
+        let answers = futures::future::join_all((0..4u32).map(|i| {
+            let co = co.clone();
+            async move { co.call(i).await }
+        }))
+        .await;
+        assert_eq!(answers, vec![Ok(0), Ok(1), Ok(2), Ok(3)]);
+        assert_eq!(
+            t0.elapsed(),
+            Duration::ZERO,
+            "four asks fill the batch: no wait"
+        );
+    }
 }

@@ -204,47 +204,73 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use failsafe::clock;
 
     fn settings(failures: u32, open_ms: u64, max_ms: u64) -> BreakerSettings {
         BreakerSettings::from_ms(failures, open_ms, max_ms)
     }
 
+    // The breaker reads failsafe's clock, which `clock::freeze` stops for the closure (on this
+    // thread): open periods pass with `advance`, exactly, without sleeping.
+
     #[test]
     fn opens_after_consecutive_failures_and_closes_after_a_probe() {
-        let health = Health::new();
-        let b = Breaker::with_health("test", "probe", settings(3, 20, 40), health.clone(), "dep");
-        health.set("dep", ComponentStatus::Up);
-        b.failure();
-        b.success();
-        b.failure();
-        b.failure();
-        assert!(!b.is_open(), "failures were not consecutive");
-        assert!(!gauge_is_open("test", "probe"));
-        b.failure();
-        assert!(b.is_open());
-        assert!(gauge_is_open("test", "probe"));
-        assert!(!b.permits());
-        assert_eq!(health.readiness().status, "degraded");
-        std::thread::sleep(Duration::from_millis(30));
-        assert!(b.permits(), "half-open after the open period");
-        assert!(b.is_open(), "half-open still counts as open");
-        assert!(gauge_is_open("test", "probe"));
-        b.success();
-        assert!(!b.is_open());
-        assert!(!gauge_is_open("test", "probe"));
-        assert_eq!(health.readiness().status, "ready");
+        clock::freeze(|time| {
+            let health = Health::new();
+            let b =
+                Breaker::with_health("test", "probe", settings(3, 20, 40), health.clone(), "dep");
+            health.set("dep", ComponentStatus::Up);
+            b.failure();
+            b.success();
+            b.failure();
+            b.failure();
+            assert!(!b.is_open(), "failures were not consecutive");
+            assert!(!gauge_is_open("test", "probe"));
+            b.failure();
+            assert!(b.is_open());
+            assert!(gauge_is_open("test", "probe"));
+            assert!(!b.permits());
+            assert_eq!(health.readiness().status, "degraded");
+            time.advance(Duration::from_millis(20));
+            assert!(!b.permits(), "open until the period has passed");
+            time.advance(Duration::from_millis(1));
+            assert!(b.permits(), "half-open once it has");
+            assert!(b.is_open(), "half-open still counts as open");
+            assert!(gauge_is_open("test", "probe"));
+            b.success();
+            assert!(!b.is_open());
+            assert!(!gauge_is_open("test", "probe"));
+            assert_eq!(health.readiness().status, "ready");
+        });
     }
 
     #[test]
-    fn a_failed_probe_reopens_it() {
-        let b = Breaker::new("test", "reopen", settings(1, 20, 1_000));
-        b.failure();
-        assert!(!b.permits());
-        std::thread::sleep(Duration::from_millis(30));
-        assert!(b.permits());
-        b.failure();
-        assert!(!b.permits(), "open again, for a longer period");
-        assert!(gauge_is_open("test", "reopen"));
+    fn a_failed_probe_reopens_it_for_twice_as_long_up_to_the_cap() {
+        clock::freeze(|time| {
+            let b = Breaker::new("test", "reopen", settings(1, 20, 50));
+            // Each period: not permitted at its end, permitted 1 ms later.
+            let mut open_for = |ms: u64| {
+                time.advance(Duration::from_millis(ms));
+                let at_end = b.permits();
+                time.advance(Duration::from_millis(1));
+                (at_end, b.permits())
+            };
+            b.failure();
+            assert_eq!(open_for(20), (false, true), "the first period");
+            b.failure();
+            assert!(
+                gauge_is_open("test", "reopen"),
+                "a failed probe opens it again"
+            );
+            assert_eq!(open_for(40), (false, true), "twice as long");
+            b.failure();
+            assert_eq!(open_for(50), (false, true), "then the cap, 50 ms (not 80)");
+            // A successful probe closes it and starts the periods over.
+            b.success();
+            assert!(!gauge_is_open("test", "reopen"));
+            b.failure();
+            assert_eq!(open_for(20), (false, true), "20 ms again after a close");
+        });
     }
 
     #[test]
