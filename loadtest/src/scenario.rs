@@ -12,6 +12,10 @@
 //! Every accepted submit is appended to `--record-ids` (see [`crate::audit::read_ids`] for the
 //! columns), every cancel to `--record-cancels`. The workflow scenario (SubmitWorkflow of chains,
 //! fan-outs and diamonds) is in `workflow`; it also writes `--record-workflows`.
+//!
+//! Over 400 lines because every request kind's maker (`Scenario`'s methods, near line 416 to
+//! 1,020) reads the one mix of flags; the deterministic choices (`roll`, the salts, `Mix`,
+//! `fingerprint`) and the cancel log and worker would move to `mix` and `cancel` modules first.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

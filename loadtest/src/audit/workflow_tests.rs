@@ -2,6 +2,9 @@
 //! succeeds, a failure cascading down `cancel` edges beside a `run` edge, a workflow its client
 //! cancelled) PASSES, and each test breaks it the way a defect would (a node released before
 //! every dependency finished, a cancel without a cause, ...) and sees FAIL with its reason.
+//!
+//! Over 400 lines because each of the workflow audit's checks has its breaking case here, next
+//! to the one passing run they all start from.
 
 use super::files::read_workflows;
 use super::*;
