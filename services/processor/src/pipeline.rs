@@ -148,6 +148,7 @@ impl Pipeline {
                 max_rows: s.writer.max_rows,
                 max_delay: Duration::from_millis(s.writer.max_delay_ms),
                 max_concurrent: s.writer.max_concurrent_batches,
+                hold_uncommitted: s.writer.hold_uncommitted,
                 health: d.health.clone(),
                 tls: d.tls_failures.clone(),
                 close: stops.writer_close.clone(),

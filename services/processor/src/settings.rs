@@ -175,6 +175,10 @@ pub struct WriterSettings {
     /// Batch transactions in flight at once (the next batch commits while one waits on MySQL;
     /// events are still published in batch order).
     pub max_concurrent_batches: usize,
+    /// A write of a task that a batch in flight also writes waits for that batch's commit
+    /// outside the transaction, joining the next batch (default), instead of waiting on the row
+    /// lock inside its own batch while holding the locks of the rows written before it.
+    pub hold_uncommitted: bool,
     /// The producer (events, retry and DLQ records, the scheduler's tasks) is rebuilt when it
     /// has had work but no delivery report for this long while the cluster answers a new
     /// client (`dispatch_runtime::producer::watchdog`; the gateway's is `outbox.producer_wedge_ms`).
@@ -187,6 +191,7 @@ impl Default for WriterSettings {
             max_rows: 500,
             max_delay_ms: 5,
             max_concurrent_batches: 3,
+            hold_uncommitted: true,
             producer_wedge_ms: 15_000,
         }
     }

@@ -170,6 +170,9 @@ pub struct WriterTask {
     pub max_delay: Duration,
     /// Transactions in flight at once.
     pub max_concurrent: usize,
+    /// Hold a write of a task an uncommitted batch also writes for the next batch
+    /// ([`Batch::hold_uncommitted`]); off, it waits on that batch's row lock inside its own.
+    pub hold_uncommitted: bool,
     /// Health registry (`mysql`).
     pub health: Health,
     /// Where a failed commit's TLS failure is recorded (`mysql_tls`: `crate::readiness`).
@@ -453,7 +456,7 @@ async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTr
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
-        if open && !closing {
+        if open && !closing && cfg.hold_uncommitted {
             // Checked once the slot is ours: a batch that committed meanwhile holds nothing back.
             batch.hold_uncommitted(&uncommitted, &mut carried);
             if batch.len() == 0 {

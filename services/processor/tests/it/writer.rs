@@ -40,6 +40,7 @@ async fn a_claim_resolves_at_its_commit_while_the_events_pipeline_stalls() -> an
             max_rows: 100,
             max_delay: Duration::from_millis(5),
             max_concurrent: 2,
+            hold_uncommitted: true,
             health: Health::new(),
             tls: TlsFailures::new("processor", &[]),
             close: close.clone(),
