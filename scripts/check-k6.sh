@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Static and dry-run checks for the k6 load-test scripts in loadtest/k6/. Needs only node (>= 20.6)
-# and python3; k6 itself is not required.
+# Static and dry-run checks for the k6 load-test scripts in loadtest/k6/. Needs node (>= 20.6),
+# python3 and dispatch-loadgen (target/debug; built when missing, or LOADGEN=path), whose
+# `proto-schema` writes the API as the binaries have it compiled in (services, messages, enums);
+# k6 itself is not required.
 #
 #   1. syntax: every script (and lib/, tools/ module) parses as an ES module (`node --check`);
-#   2. rpc names: every 'pkg.Service/Method' string in the scripts names an rpc declared in a
-#      `service X { rpc Method(...) }` block under proto/, and every '*.proto' literal exists;
+#   2. rpc names (tools/rpcnames.py): every 'pkg.Service/Method' string in the scripts names an
+#      rpc of the API's schema, and every '*.proto' literal exists under proto/;
 #   3. dry run (tools/harness.mjs): each script is evaluated with stand-in k6 modules; its
 #      `options` must use constant-arrival-rate scenarios and carry grpc_req_duration p95/p99,
 #      checks rate>0.99 and dropped_iterations count==0 thresholds; client.load() files must
@@ -34,7 +36,7 @@ node_minor="$(node -p 'process.versions.node.split(".")[1]')"
 if (( node_major < 20 || (node_major == 20 && node_minor < 6) )); then
   fail "node >= 20.6 is required (module.register), found $(node --version)"
 fi
-[[ -f "$tools/protoschema.py" && -f "$tools/harness.mjs" ]] || fail "missing $tools/protoschema.py or harness.mjs"
+[[ -f "$tools/rpcnames.py" && -f "$tools/harness.mjs" ]] || fail "missing $tools/rpcnames.py or harness.mjs"
 
 shopt -s nullglob
 scripts=("$k6_dir"/*.js)
@@ -67,9 +69,15 @@ for f in "${scripts[@]}" "${libs[@]}" "$tools/harness.mjs"; do
   fi
 done
 
-# 2. RPC names and proto literals against the proto files.
-echo "check-k6: [2/4] rpc names vs $(rel "$proto_root")/**/*.proto"
-if ! python3 "$tools/protoschema.py" methods "$proto_root" "$k6_dir" "${scripts[@]}" "${libs[@]}"; then
+# 2. RPC names and proto literals against the API's schema, which the binaries carry compiled in.
+loadgen="${LOADGEN:-$repo/target/debug/dispatch-loadgen}"
+if [[ ! -x "$loadgen" ]]; then
+  echo "check-k6: building dispatch-loadgen (for its proto-schema)"
+  (cd "$repo" && cargo build --quiet -p dispatch-loadtest --bin dispatch-loadgen) || fail "could not build dispatch-loadgen"
+fi
+"$loadgen" proto-schema --out "$tmp/schema.json" || fail "$(rel "$loadgen") proto-schema failed"
+echo "check-k6: [2/4] rpc names vs the API's schema ($(rel "$loadgen") proto-schema)"
+if ! python3 "$tools/rpcnames.py" "$tmp/schema.json" "$proto_root" "$k6_dir" "${scripts[@]}" "${libs[@]}"; then
   note_fail "unknown rpc names or proto files (see above)"
 fi
 
@@ -78,15 +86,13 @@ echo "check-k6: [3/4] options, client.load and dry run (stand-in k6 modules, fak
 task_types=""
 if ! task_types="$(python3 "$tools/tasktypes.py" "$repo")" || [[ -z "$task_types" ]]; then
   note_fail "could not read the processor's task types (tools/tasktypes.py)"
-elif python3 "$tools/protoschema.py" schema "$proto_root" "$tmp/schema.json"; then
+else
   echo "  task types with a handler: $task_types${TASK_TYPE:+ (TASK_TYPE=$TASK_TYPE)}"
   for f in "${scripts[@]}"; do
     if ! (cd "$repo" && node "$tools/harness.mjs" "$tmp/schema.json" "$proto_root" "$f" "$task_types"); then
       note_fail "$(rel "$f") failed the dry run (see above)"
     fi
   done
-else
-  note_fail "could not parse the proto files under $(rel "$proto_root")"
 fi
 
 # 4. The dry run must fail a script whose tasks have no handler: they would all be dead-lettered

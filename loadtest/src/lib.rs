@@ -12,9 +12,11 @@
 //! - [`noop`]: a no-op tonic server implementing TaskService and TaskQueryService, the baseline
 //!   "what does the same generator get from a server that does nothing".
 //! - [`cancel`]: cancel a chosen share of recorded tasks (redriven, retrying, live, any).
+//! - [`k6schema`]: the API's schema from the compiled descriptor set, for the k6 checks.
 
 pub mod audit;
 pub mod cancel;
+pub mod k6schema;
 pub mod noop;
 pub mod proxy;
 pub mod report;
@@ -56,6 +58,13 @@ pub enum Command {
     Audit(audit::AuditArgs),
     /// Cancel a share of the tasks recorded by `run --record-ids` (chosen by their state in MySQL).
     Cancel(cancel::CancelArgs),
+    /// Write the API's schema (services, messages, enums; from the compiled descriptor set) as
+    /// JSON for the k6 checks (scripts/check-k6.sh).
+    ProtoSchema {
+        /// Output file (`-`: standard output).
+        #[arg(long, default_value = "-")]
+        out: String,
+    },
     /// Serve the no-op baseline server (TaskService + TaskQueryService) until Ctrl-C.
     NoopServer {
         /// Listen address.
@@ -255,6 +264,15 @@ pub struct RunArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::NoopServer { listen } => noop::serve(listen).await,
+        Command::ProtoSchema { out } => {
+            let json = serde_json::to_string_pretty(&k6schema::schema()?)?;
+            if out == "-" {
+                println!("{json}");
+            } else {
+                std::fs::write(&out, json).map_err(|e| anyhow::anyhow!("{out}: {e}"))?;
+            }
+            Ok(())
+        }
         Command::FaultProxy(a) => proxy::run(a).await.map(|_| ()),
         Command::UpsertBaseline(a) => {
             let r = upsert::run(&a).await?;
