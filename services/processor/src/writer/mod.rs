@@ -312,24 +312,41 @@ impl Batch {
 /// batches write each.
 type Uncommitted = std::sync::Mutex<HashMap<TaskId, u32>>;
 
-fn begin_uncommitted(uncommitted: &Uncommitted, batch: &Batch) {
-    let mut busy = uncommitted
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for id in batch.task_ids() {
-        *busy.entry(id).or_default() += 1;
+/// A batch's place in [`Uncommitted`], given up when dropped: after its commit, or however else
+/// the task committing it ends (a panic must not hold its tasks' later writes back for ever).
+struct InFlight {
+    uncommitted: std::sync::Arc<Uncommitted>,
+    ids: Vec<TaskId>,
+}
+
+impl InFlight {
+    fn begin(uncommitted: &std::sync::Arc<Uncommitted>, batch: &Batch) -> Self {
+        let ids: Vec<TaskId> = batch.task_ids().collect();
+        let mut busy = uncommitted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for id in &ids {
+            *busy.entry(*id).or_default() += 1;
+        }
+        Self {
+            uncommitted: uncommitted.clone(),
+            ids,
+        }
     }
 }
 
-fn end_uncommitted(uncommitted: &Uncommitted, batch: &Batch) {
-    let mut busy = uncommitted
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for id in batch.task_ids() {
-        if let Some(n) = busy.get_mut(&id) {
-            *n -= 1;
-            if *n == 0 {
-                busy.remove(&id);
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut busy = self
+            .uncommitted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for id in &self.ids {
+            if let Some(n) = busy.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    busy.remove(id);
+                }
             }
         }
     }
@@ -467,17 +484,16 @@ async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTr
                 continue;
             }
         }
-        begin_uncommitted(&uncommitted, &batch);
+        let in_flight = InFlight::begin(&uncommitted, &batch);
         let (enqueued, next) = oneshot::channel();
         let before = previous.replace(next);
         let (cfg, acks2, owed) = (cfg.clone(), acks.clone(), owed.clone());
-        let uncommitted = uncommitted.clone();
         seq += 1;
         let seq = seq;
         acks.spawn(async move {
             let mut batch = batch;
             let landed = commit_with_retry(&cfg, &batch).await;
-            end_uncommitted(&uncommitted, &batch);
+            drop(in_flight);
             drop(slot);
             if let Some(landed) = &landed {
                 owed.committed(seq, owed_stamps(&batch, landed));
@@ -756,10 +772,10 @@ mod tests {
     #[test]
     fn writes_of_tasks_in_an_uncommitted_batch_wait_for_the_next_one() {
         let (a, b, c) = (TaskId::new(), TaskId::new(), TaskId::new());
-        let uncommitted = Uncommitted::default();
+        let uncommitted = std::sync::Arc::new(Uncommitted::default());
         let mut first = Batch::default();
         first.add(req(write(b, TaskState::Running, 1)).0);
-        begin_uncommitted(&uncommitted, &first);
+        let in_flight = InFlight::begin(&uncommitted, &first);
 
         let mut batch = Batch::default();
         for id in [a, b, c] {
@@ -781,7 +797,7 @@ mod tests {
         assert_eq!(carried.len(), 2);
 
         // Once the first batch committed, nothing is held.
-        end_uncommitted(&uncommitted, &first);
+        drop(in_flight);
         let mut again = std::mem::take(&mut carried);
         let mut next = Batch::default();
         again.hold_uncommitted(&uncommitted, &mut next);
