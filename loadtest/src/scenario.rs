@@ -12,10 +12,12 @@
 //! Every accepted submit is appended to `--record-ids` (see [`crate::audit::read_ids`] for the
 //! columns), every cancel to `--record-cancels`. The workflow scenario (SubmitWorkflow of chains,
 //! fan-outs and diamonds) is in `workflow`; it also writes `--record-workflows`.
+//! The deterministic choices of a mixed load are in `mix`, the cancels' log and worker in
+//! `cancel`.
 //!
-//! Over 400 lines because every request kind's maker (`Scenario`'s methods, near line 416 to
-//! 1,020) reads the one mix of flags; the deterministic choices (`roll`, the salts, `Mix`,
-//! `fingerprint`) and the cancel log and worker would move to `mix` and `cancel` modules first.
+//! Over 400 lines because every request kind's maker (`Scenario`'s methods) reads the one mix
+//! of flags and shares the connections and the recording state; the workflow load, the mix and
+//! the cancels are modules already.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -32,120 +34,22 @@ use tonic::{Code, Request};
 
 use crate::{Kind, RunArgs};
 
+mod cancel;
+mod mix;
 mod workflow;
 
+use cancel::{CancelJob, cancel_worker};
+pub use cancel::{CancelLog, send_cancel};
+use mix::*;
+pub use mix::{fingerprint, parse_priority_mix, pick_priority, roll};
 pub use workflow::WorkflowLog;
-use workflow::{WorkflowMix, send_cancel_workflow};
+use workflow::WorkflowMix;
 
 /// Microseconds since the Unix epoch (the clock the ids and cancels files use).
 pub fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
-}
-
-/// A number in [0, 1) from `seq` and `salt` (splitmix64): the same run flags always make the same
-/// choices for the same sequence number.
-pub fn roll(seq: u64, salt: u64) -> f64 {
-    let mut z = seq
-        .wrapping_add(salt.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 53) as f64
-}
-
-const SALT_NOOP: u64 = 1;
-const SALT_LATENCY: u64 = 2;
-const SALT_KIND: u64 = 3;
-const SALT_IDEM: u64 = 4;
-const SALT_CONFLICT: u64 = 5;
-const SALT_RUN_AT: u64 = 6;
-const SALT_CANCEL: u64 = 7;
-const SALT_CANCEL_DELAY: u64 = 8;
-const SALT_FOREIGN: u64 = 9;
-const SALT_FOREIGN_AFTER: u64 = 10;
-const SALT_FOREIGN_DELAY: u64 = 11;
-const SALT_PRIORITY: u64 = 12;
-
-/// Parses `--priority-mix` (`critical=6,default=3,low=1`) into (wire priority, cumulative
-/// share) pairs whose last share is 1. Empty: no pairs (no priority set).
-///
-/// # Errors
-/// An unknown name, a pair without `=`, a weight that is not a non-negative number, or weights
-/// that sum to zero.
-pub fn parse_priority_mix(s: &str) -> anyhow::Result<Vec<(i32, f64)>> {
-    let mut pairs = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (name, weight) = part
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("--priority-mix: `{part}` is not name=weight"))?;
-        let p = match name.trim() {
-            "critical" => pb::Priority::Critical,
-            "default" => pb::Priority::Default,
-            "low" => pb::Priority::Low,
-            other => {
-                anyhow::bail!("--priority-mix: unknown priority `{other}` (critical, default, low)")
-            }
-        };
-        let w: f64 = weight
-            .trim()
-            .parse()
-            .ok()
-            .filter(|w: &f64| w.is_finite() && *w >= 0.0)
-            .ok_or_else(|| anyhow::anyhow!("--priority-mix: bad weight in `{part}`"))?;
-        pairs.push((p as i32, w));
-    }
-    if pairs.is_empty() {
-        return Ok(pairs);
-    }
-    let total: f64 = pairs.iter().map(|(_, w)| w).sum();
-    anyhow::ensure!(total > 0.0, "--priority-mix: the weights sum to zero");
-    // The last pair with a weight closes at exactly 1 (no rounding gap after it).
-    let last = pairs.iter().rposition(|(_, w)| *w > 0.0).unwrap_or(0);
-    let mut acc = 0.0;
-    for (i, (_, w)) in pairs.iter_mut().enumerate() {
-        acc += *w / total;
-        *w = if i >= last { 1.0 } else { acc };
-    }
-    Ok(pairs)
-}
-
-/// The priority of a roll `r` in [0, 1) under a parsed `--priority-mix` (0, unspecified, when
-/// the mix is empty).
-pub fn pick_priority(mix: &[(i32, f64)], r: f64) -> i32 {
-    mix.iter()
-        .find(|(_, upto)| r < *upto)
-        .map_or(0, |(p, _)| *p)
-}
-
-/// FNV-1a, 64 bits: a stable fingerprint of what a submit asked for (the audit compares the
-/// fingerprints of submits that share an idempotency key).
-fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in p.iter().chain(std::iter::once(&0xffu8)) {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
-}
-
-/// The fingerprint of a spec: business key, type, priority, payload, run_at.
-pub fn fingerprint(s: &pb::TaskSpec) -> u64 {
-    let run_at = s
-        .run_at
-        .map(|t| format!("{}.{}", t.seconds, t.nanos))
-        .unwrap_or_default();
-    fnv1a(&[
-        s.business_key.as_bytes(),
-        s.task_type.as_bytes(),
-        &s.priority.to_le_bytes(),
-        &s.payload,
-        run_at.as_bytes(),
-    ])
 }
 
 /// Counts of one run's items (tasks offered in submits) and cancels, for the report.
@@ -161,95 +65,6 @@ pub struct Counts {
     pub cancels: BTreeMap<String, u64>,
 }
 
-/// Cancels sent and what they were answered, optionally appended to a file
-/// (`task_id \t tenant \t own|foreign \t outcome \t sent_us`).
-pub struct CancelLog {
-    counts: Mutex<BTreeMap<String, u64>>,
-    file: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
-}
-
-impl CancelLog {
-    /// A log writing to `path` (appending), if given.
-    ///
-    /// # Errors
-    /// The file cannot be opened.
-    pub fn open(path: Option<&std::path::Path>) -> anyhow::Result<Self> {
-        Ok(Self {
-            counts: Mutex::new(BTreeMap::new()),
-            file: match path {
-                Some(p) => Some(Mutex::new(std::io::BufWriter::new(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(p)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
-                ))),
-                None => None,
-            },
-        })
-    }
-
-    /// Records one cancel.
-    pub fn note(&self, task_id: &str, tenant: &str, foreign: bool, outcome: &str, sent_us: i64) {
-        use std::io::Write as _;
-        let who = if foreign { "foreign" } else { "own" };
-        if let Ok(mut c) = self.counts.lock() {
-            *c.entry(format!("{who}:{outcome}")).or_default() += 1;
-        }
-        if let Some(f) = &self.file
-            && let Ok(mut f) = f.lock()
-        {
-            let _ = writeln!(f, "{task_id}\t{tenant}\t{who}\t{outcome}\t{sent_us}");
-        }
-    }
-
-    /// Counts so far.
-    pub fn counts(&self) -> BTreeMap<String, u64> {
-        self.counts.lock().map(|c| c.clone()).unwrap_or_default()
-    }
-
-    /// Flushes the file.
-    pub fn flush(&self) {
-        use std::io::Write as _;
-        if let Some(f) = &self.file
-            && let Ok(mut f) = f.lock()
-        {
-            let _ = f.flush();
-        }
-    }
-}
-
-/// Sends one cancel and logs its answer.
-///
-/// # Errors
-/// Never: failures are logged as outcomes.
-pub async fn send_cancel(
-    client: &mut TaskServiceClient<Channel>,
-    auth: &MetadataValue<Ascii>,
-    timeout: Duration,
-    log: &CancelLog,
-    (task_id, business_key, tenant, foreign): (&str, &str, &str, bool),
-) {
-    let mut r = Request::new(pb::CancelTaskRequest {
-        task_id: task_id.to_owned(),
-        business_key: business_key.to_owned(),
-        reason: if foreign {
-            "fault suite: cross-tenant cancel".into()
-        } else {
-            "fault suite: cancel".into()
-        },
-    });
-    r.metadata_mut().insert("authorization", auth.clone());
-    r.set_timeout(timeout);
-    let sent = now_us();
-    let outcome = match client.cancel_task(r).await {
-        Ok(a) if a.get_ref().accepted => "accepted".to_owned(),
-        Ok(_) => "finished".to_owned(),
-        Err(s) => format!("{:?}", s.code()),
-    };
-    log.note(task_id, tenant, foreign, &outcome, sent);
-}
-
 /// One planned submit.
 struct Item {
     spec: pb::TaskSpec,
@@ -258,18 +73,6 @@ struct Item {
     foreign_cancel: bool,
     /// Another tenant cancels the accepted task after this delay.
     foreign_cancel_after: Option<Duration>,
-}
-
-/// A cancel to send later.
-struct CancelJob {
-    gateway: usize,
-    /// Sent by the other tenant (`--foreign-api-key`).
-    foreign: bool,
-    /// A CancelWorkflow of the workflow `task_id`.
-    workflow: bool,
-    task_id: String,
-    key: String,
-    at: tokio::time::Instant,
 }
 
 /// A connected scenario.
@@ -306,71 +109,6 @@ pub struct Scenario {
 }
 
 /// The mixed-load knobs of `run` (all off by default).
-#[derive(Debug, Clone, Default)]
-struct Mix {
-    on: bool,
-    noop_share: f64,
-    latency_ms: u64,
-    latency_max_ms: u64,
-    fail_rate: f64,
-    permanent_share: f64,
-    redrivable_share: f64,
-    panic_share: f64,
-    idempotency_share: f64,
-    conflict_share: f64,
-    run_at_share: f64,
-    run_at_ms: u64,
-    run_at_unix_ms: Option<i64>,
-    cancel_share: f64,
-    cancel_delay_max_ms: u64,
-    foreign_cancel_share: f64,
-    foreign_cancel_after_share: f64,
-    foreign_cancel_delay_max_ms: u64,
-    max_attempts: u32,
-    initial_backoff_ms: u32,
-}
-
-impl Mix {
-    fn from_args(a: &RunArgs) -> Self {
-        let mut m = Self {
-            on: false,
-            noop_share: a.noop_share,
-            latency_ms: a.sim_latency_ms,
-            latency_max_ms: a.sim_latency_max_ms.max(a.sim_latency_ms),
-            fail_rate: a.sim_fail_rate,
-            permanent_share: a.sim_permanent_share,
-            redrivable_share: a.sim_redrivable_share,
-            panic_share: a.sim_panic_share,
-            idempotency_share: a.idempotency_share,
-            conflict_share: a.idem_conflict_share,
-            run_at_share: a.run_at_share,
-            run_at_ms: a.run_at_ms,
-            run_at_unix_ms: a.run_at_unix_ms,
-            cancel_share: a.cancel_share,
-            cancel_delay_max_ms: a.cancel_delay_max_ms,
-            foreign_cancel_share: a.foreign_cancel_share,
-            foreign_cancel_after_share: a.foreign_cancel_after_share,
-            foreign_cancel_delay_max_ms: a.foreign_cancel_delay_max_ms,
-            max_attempts: a.max_attempts,
-            initial_backoff_ms: a.initial_backoff_ms,
-        };
-        m.on = m.noop_share > 0.0
-            || m.latency_max_ms > m.latency_ms
-            || m.permanent_share > 0.0
-            || m.redrivable_share > 0.0
-            || m.panic_share > 0.0
-            || m.idempotency_share > 0.0
-            || m.conflict_share > 0.0
-            || m.run_at_share > 0.0
-            || m.cancel_share > 0.0
-            || m.foreign_cancel_share > 0.0
-            || m.foreign_cancel_after_share > 0.0
-            || m.max_attempts > 0
-            || m.initial_backoff_ms > 0;
-        m
-    }
-}
-
 async fn channels(addrs: &[String], n: usize) -> anyhow::Result<Vec<Channel>> {
     // Interleaved (a, b, a, b, ...): consecutive calls go to different endpoints.
     let mut per_addr = Vec::with_capacity(addrs.len());
@@ -397,20 +135,6 @@ async fn channels(addrs: &[String], n: usize) -> anyhow::Result<Vec<Channel>> {
 }
 
 /// A JSON payload of about `n` bytes: a `simulate` plan (the `noop` handler ignores it) padded out.
-fn payload(n: usize, latency_ms: u64, fail_rate: f64) -> Vec<u8> {
-    plan_payload(
-        n,
-        &format!(r#""latency_ms":{latency_ms},"fail_rate":{fail_rate}"#),
-    )
-}
-
-/// `{<fields>,"pad":"xxx"}` padded to about `n` bytes.
-fn plan_payload(n: usize, fields: &str) -> Vec<u8> {
-    let bare = format!(r#"{{{fields},"pad":""}}"#);
-    let pad = n.saturating_sub(bare.len());
-    format!(r#"{{{fields},"pad":"{}"}}"#, "x".repeat(pad)).into_bytes()
-}
-
 fn auth_value(key: &str, flag: &str) -> anyhow::Result<MetadataValue<Ascii>> {
     format!("Bearer {key}")
         .parse()
@@ -1022,48 +746,6 @@ impl Scenario {
 }
 
 /// Sends the scheduled cancels, each at its time, until the sender is dropped and all are done.
-async fn cancel_worker(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<CancelJob>,
-    gateways: Vec<TaskServiceClient<Channel>>,
-    auth: MetadataValue<Ascii>,
-    foreign_auth: Option<MetadataValue<Ascii>>,
-    timeout: Duration,
-    (log, workflows): (Arc<CancelLog>, Arc<WorkflowLog>),
-    tenant: String,
-) {
-    let mut set = tokio::task::JoinSet::new();
-    while let Some(job) = rx.recv().await {
-        let mut c = gateways[job.gateway % gateways.len()].clone();
-        let (auth, tenant) = match (&foreign_auth, job.foreign) {
-            (Some(f), true) => (f.clone(), "foreign".to_owned()),
-            (None, true) => continue,
-            (_, false) => (auth.clone(), tenant.clone()),
-        };
-        let log = log.clone();
-        if job.workflow {
-            let workflows = workflows.clone();
-            set.spawn(async move {
-                tokio::time::sleep_until(job.at).await;
-                send_cancel_workflow(&mut c, &auth, timeout, &workflows, &job.task_id).await;
-            });
-            continue;
-        }
-        set.spawn(async move {
-            tokio::time::sleep_until(job.at).await;
-            send_cancel(
-                &mut c,
-                &auth,
-                timeout,
-                &log,
-                (&job.task_id, &job.key, &tenant, job.foreign),
-            )
-            .await;
-        });
-        while set.try_join_next().is_some() {}
-    }
-    while set.join_next().await.is_some() {}
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
