@@ -122,7 +122,7 @@ impl Scheduler {
     /// Database errors.
     pub async fn tick(&self) -> anyhow::Result<usize> {
         let now = Utc::now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = dispatch_store::scheduler::begin_claim(&self.pool).await?;
         let due = dispatch_store::scheduler::claim_due(&mut tx, self.batch_size).await?;
         let left = self.batch_size.saturating_sub(due.len() as u32);
         let stale =

@@ -91,3 +91,47 @@ async fn a_claim_takes_due_live_waits_and_drops_stale_ones() -> anyhow::Result<(
     env.cleanup().await;
     Ok(())
 }
+
+/// A claim holds the rows it claims and no gap: a new `scheduled` row due now (a workflow's root,
+/// a submit with `run_at`) goes in while a claim is open. In REPEATABLE READ the claim's range
+/// scan locked the gap where it goes, and a processor frozen mid-claim held the gateway's
+/// inserts for 10-12 s (a `workflow-chaos` run).
+#[tokio::test]
+async fn an_open_claim_does_not_block_new_scheduled_rows() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let pool = &env.pool;
+    let due = task(
+        pool,
+        TaskState::Scheduled,
+        TaskState::Scheduled.version(0, 0),
+    )
+    .await?;
+    sqlx::query("UPDATE tasks SET run_at = NOW(6) - INTERVAL 1 SECOND WHERE task_id = ?")
+        .bind(due.as_bytes().as_slice())
+        .execute(pool)
+        .await?;
+    let mut claim = scheduler::begin_claim(pool).await?;
+    let claimed = scheduler::claim_due(&mut claim, 100).await?;
+    assert_eq!(claimed.len(), 1);
+
+    let mut other = pool.acquire().await?;
+    sqlx::query("SET SESSION innodb_lock_wait_timeout = 2")
+        .execute(&mut *other)
+        .await?;
+    let fresh = TaskId::new();
+    let inserted = sqlx::query(
+        "INSERT INTO tasks (task_id, tenant, business_key, task_type, priority, payload, state, attempts, \
+         max_attempts, initial_backoff_ms, max_backoff_ms, version, created_at, updated_at, run_at) \
+         VALUES (?, 'acme', 'k2', 'noop', 1, '', 'scheduled', 0, 3, 100, 1000, 1, NOW(6), NOW(6), NOW(6))",
+    )
+    .bind(fresh.as_bytes().as_slice())
+    .execute(&mut *other)
+    .await;
+    claim.rollback().await?;
+    assert!(
+        inserted.is_ok(),
+        "a new scheduled row waited on the open claim: {inserted:?}"
+    );
+    env.cleanup().await;
+    Ok(())
+}
