@@ -21,7 +21,7 @@
 //! (`retention_horizons`): the reader answers GetTask of a missing task whose id (a UUIDv7)
 //! was created before it with a NOT_FOUND that says the task was purged ([`purged_message`]).
 //!
-//! Over 400 lines only by its unit tests (the code ends near line 396): the purge of tasks and
+//! Over 400 lines only by its unit tests (the code ends near line 399): the purge of tasks and
 //! that of dead letters share the candidate reads, the READ COMMITTED batches and the horizons.
 
 use std::collections::HashMap;

@@ -25,7 +25,7 @@
 //! senders block once the channel is full and consumer lag grows until MySQL is back.
 //!
 //! Over 400 lines because the batch loop, the coalescing rule and the commit with its read-back
-//! are one transaction path, and the tests start near line 553; the commit (`commit`,
+//! are one transaction path, and the tests start near line 654; the commit (`commit`,
 //! `commit_with_retry`) would move to a submodule first, as `events` and `owed` did.
 
 use std::collections::HashMap;

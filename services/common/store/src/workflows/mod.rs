@@ -11,7 +11,7 @@
 //! [`mark_cancel_sent`]). Every statement is conditional on the state it moves from, so two
 //! advancers at once do nothing twice that matters.
 //!
-//! Over 400 lines only by its unit tests (the code ends near line 394); the accept path would
+//! Over 400 lines only by its unit tests (the code ends near line 397); the accept path would
 //! move to a module of its own first, as the advancer's reads did.
 
 mod advance;
