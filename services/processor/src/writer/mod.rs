@@ -25,7 +25,7 @@
 //! senders block once the channel is full and consumer lag grows until MySQL is back.
 //!
 //! Over 400 lines because the batch loop, the coalescing rule and the commit with its read-back
-//! are one transaction path, and the tests start near line 654; the commit (`commit`,
+//! are one transaction path, and the tests start near line 681; the commit (`commit`,
 //! `commit_with_retry`) would move to a submodule first, as `events` and `owed` did.
 
 use std::collections::HashMap;
@@ -450,39 +450,23 @@ async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTr
             };
             batch.add(first);
         }
-        let deadline = tokio::time::Instant::now() + cfg.max_delay;
-        let mut open = true;
-        while batch.len() < cfg.max_rows {
-            tokio::select! {
-                r = rx.recv() => match r {
-                    Some(r) => batch.add(r),
-                    None => {
-                        open = false;
-                        break;
-                    }
-                },
-                () = tokio::time::sleep_until(deadline) => break,
-            }
-        }
+        let open = fill(&mut rx, &mut batch, cfg.max_rows, cfg.max_delay).await;
         if open && !closing {
             carried = batch.carry_starts();
             if batch.len() == 0 {
                 continue;
             }
         }
-        let Ok(slot) = slots.clone().acquire_owned().await else {
+        let Ok(mut slot) = slots.clone().acquire_owned().await else {
             break;
         };
         if open && !closing && cfg.hold_uncommitted {
-            // Checked once the slot is ours: a batch that committed meanwhile holds nothing back.
-            batch.hold_uncommitted(&uncommitted, &mut carried);
-            if batch.len() == 0 {
-                // All of it waits for batches in flight: give them a batch window to commit
-                // (with a full batch carried, the loop would not wait otherwise).
-                drop(slot);
-                tokio::time::sleep(cfg.max_delay).await;
+            let Some(kept) =
+                hold_back(&mut batch, &uncommitted, &mut carried, slot, cfg.max_delay).await
+            else {
                 continue;
-            }
+            };
+            slot = kept;
         }
         let in_flight = InFlight::begin(&uncommitted, &batch);
         let (enqueued, next) = oneshot::channel();
@@ -529,6 +513,49 @@ async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTr
     acks.close();
     acks.wait().await;
     tracing::info!("batch writer stopped");
+}
+
+/// Collects writes into `batch` until it holds `max_rows` tasks or `max_delay` has passed since the
+/// call: the batch's window opens with its first write (or with the writes carried into it).
+/// Returns `false` once the channel is closed and drained (the batch is the last), else `true`.
+async fn fill(
+    rx: &mut mpsc::Receiver<WriteRequest>,
+    batch: &mut Batch,
+    max_rows: usize,
+    max_delay: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + max_delay;
+    while batch.len() < max_rows {
+        tokio::select! {
+            r = rx.recv() => match r {
+                Some(r) => batch.add(r),
+                None => return false,
+            },
+            () = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    true
+}
+
+/// Moves the writes of tasks that a batch in flight also writes into `carried`
+/// ([`Batch::hold_uncommitted`]); called once the slot is ours, so a batch that committed
+/// meanwhile holds nothing back. Returns the slot if anything is left to commit. If all of the
+/// batch waits for batches in flight, gives the slot up and waits one batch window for them to
+/// commit (with a full batch carried, the loop would not wait otherwise), then returns `None`.
+async fn hold_back(
+    batch: &mut Batch,
+    uncommitted: &Uncommitted,
+    carried: &mut Batch,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    max_delay: Duration,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    batch.hold_uncommitted(uncommitted, carried);
+    if batch.len() > 0 {
+        return Some(slot);
+    }
+    drop(slot);
+    tokio::time::sleep(max_delay).await;
+    None
 }
 
 /// Per entry of a batch: the row as stored after its write, if the write landed.
@@ -655,6 +682,8 @@ async fn commit(pool: &MySqlPool, batch: &Batch) -> dispatch_store::Result<Lande
 mod tests {
     use super::*;
     use chrono::Utc;
+    use futures::poll;
+    use std::task::Poll;
 
     fn write(id: TaskId, state: TaskState, attempt: u32) -> TaskWrite {
         TaskWrite {
@@ -854,6 +883,135 @@ mod tests {
         assert_eq!(
             (w.task_type.as_str(), w.payload.as_slice()),
             ("noop", &b"data"[..])
+        );
+    }
+
+    // Paused clock, futures polled by hand: nothing here awaits a timer, so time moves only by
+    // `advance`, a window is exactly its length, and one closing 1 ms early or late fails a poll.
+
+    const WINDOW: Duration = Duration::from_millis(20);
+    const MS: Duration = Duration::from_millis(1);
+
+    fn running() -> WriteRequest {
+        req(write(TaskId::new(), TaskState::Running, 1)).0
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_stays_open_for_its_window_and_takes_what_arrives_in_it() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut batch = Batch::default();
+        batch.add(running());
+        {
+            let mut fill = std::pin::pin!(fill(&mut rx, &mut batch, 10, WINDOW));
+            assert!(poll!(&mut fill).is_pending());
+            tokio::time::advance(WINDOW / 2).await;
+            tx.send(running()).await.expect("send");
+            assert!(poll!(&mut fill).is_pending(), "a write does not close it");
+            tokio::time::advance(WINDOW / 2 - MS).await;
+            assert!(
+                poll!(&mut fill).is_pending(),
+                "open 1 ms before its window ends"
+            );
+            tokio::time::advance(MS).await;
+            assert_eq!(poll!(&mut fill), Poll::Ready(true), "closed as it ends");
+        }
+        assert_eq!(
+            batch.len(),
+            2,
+            "the write that arrived in the window joined it"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_closes_at_once() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut batch = Batch::default();
+        batch.add(running());
+        for _ in 0..3 {
+            tx.send(running()).await.expect("send");
+        }
+        let open = poll!(std::pin::pin!(fill(&mut rx, &mut batch, 3, WINDOW)));
+        assert_eq!(open, Poll::Ready(true), "closed without waiting");
+        assert_eq!(batch.len(), 3);
+        assert!(
+            rx.try_recv().is_ok(),
+            "the write past max_rows waits for the next batch"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_channel_closes_the_last_batch() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut batch = Batch::default();
+        batch.add(running());
+        tx.send(running()).await.expect("send");
+        drop(tx);
+        let open = poll!(std::pin::pin!(fill(&mut rx, &mut batch, 10, WINDOW)));
+        assert_eq!(open, Poll::Ready(false), "closed at once, as the last");
+        assert_eq!(batch.len(), 2, "what was queued still joins it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_held_back_whole_gives_its_slot_up_for_one_window() {
+        let (a, b) = (TaskId::new(), TaskId::new());
+        let uncommitted = std::sync::Arc::new(Uncommitted::default());
+        let mut first = Batch::default();
+        first.add(req(write(b, TaskState::Running, 1)).0);
+        let _in_flight = InFlight::begin(&uncommitted, &first);
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+        let mut carried = Batch::default();
+
+        // Some of it is left: it goes at once, with its slot.
+        let mut batch = Batch::default();
+        batch.add(req(write(a, TaskState::Succeeded, 1)).0);
+        batch.add(req(write(b, TaskState::Succeeded, 1)).0);
+        let slot = slots.clone().acquire_owned().await.expect("slot");
+        let kept = poll!(std::pin::pin!(hold_back(
+            &mut batch,
+            &uncommitted,
+            &mut carried,
+            slot,
+            WINDOW
+        )));
+        assert!(
+            matches!(kept, Poll::Ready(Some(_))),
+            "goes at once, with its slot"
+        );
+        drop(kept);
+        assert_eq!((batch.len(), carried.len()), (1, 1));
+
+        // All of it waits: the slot is free meanwhile, and the loop goes on one window later.
+        let mut batch = std::mem::take(&mut carried);
+        let slot = slots.clone().acquire_owned().await.expect("slot");
+        {
+            let mut held = std::pin::pin!(hold_back(
+                &mut batch,
+                &uncommitted,
+                &mut carried,
+                slot,
+                WINDOW
+            ));
+            assert!(poll!(&mut held).is_pending());
+            assert_eq!(
+                slots.available_permits(),
+                1,
+                "the slot is free while it waits"
+            );
+            tokio::time::advance(WINDOW - MS).await;
+            assert!(
+                poll!(&mut held).is_pending(),
+                "waiting 1 ms before the window ends"
+            );
+            tokio::time::advance(MS).await;
+            assert!(
+                matches!(poll!(&mut held), Poll::Ready(None)),
+                "done as it ends"
+            );
+        }
+        assert_eq!(
+            (batch.len(), carried.len()),
+            (0, 1),
+            "the write is carried on"
         );
     }
 }
