@@ -21,12 +21,12 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use dispatch_e2e::{
-    KEY_ACME, KEY_ADMIN, KEY_ADMIN_ID, KEY_ADMIN_NEXT, KEY_ADMIN_NEXT_ID, KEY_GLOBEX, Stack,
-    StackSettings, authed,
-};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::admin_service_client::AdminServiceClient;
+use dispatch_testkit::auth::{
+    KEY_ACME, KEY_ADMIN, KEY_ADMIN_ID, KEY_ADMIN_NEXT, KEY_ADMIN_NEXT_ID, KEY_GLOBEX, authed,
+};
+use dispatch_testkit::stack::{Stack, StackSettings};
 use dispatch_testkit::{TestEnv, eventually};
 use secrecy::ExposeSecret;
 use tokio_stream::StreamExt;
@@ -222,7 +222,8 @@ async fn drive(stack: &Stack, marker: &str, wrong_key: &str) -> anyhow::Result<(
         .into_inner();
     while watch.next().await.transpose()?.is_some() {}
     // Dead letters (with their payloads) through AdminService, where the processor serves it.
-    let mut admin = AdminServiceClient::new(dispatch_e2e::channel(stack.processor.addr).await?);
+    let mut admin =
+        AdminServiceClient::new(dispatch_testkit::stack::channel(stack.processor.addr).await?);
     let _ = admin
         .list_dead_letters(authed(pb::ListDeadLettersRequest::default(), KEY_ADMIN))
         .await;
@@ -328,7 +329,8 @@ async fn admin_actions_are_audited_with_key_id_and_filters() -> anyhow::Result<(
     let settings = StackSettings::for_env(&env);
     let stack = Stack::start_on(env, settings).await?;
     let driven = async {
-        let mut admin = AdminServiceClient::new(dispatch_e2e::channel(stack.processor.addr).await?);
+        let mut admin =
+            AdminServiceClient::new(dispatch_testkit::stack::channel(stack.processor.addr).await?);
         let filter = || {
             Some(pb::DeadLetterFilter {
                 task_type: task_type.clone(),

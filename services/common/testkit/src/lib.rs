@@ -6,11 +6,15 @@
 //! Endpoints come from `DISPATCH_TEST_KAFKA`, `DISPATCH_TEST_MYSQL` and `DISPATCH_TEST_REDIS`
 //! (deploy/local/env.sh), defaulting to the local stack's ports.
 //!
-//! [`cli`] runs a service binary and checks its command line; [`task_write`] is a processor's state
-//! write, for tests that store a task directly.
+//! [`auth`] holds the keys every test uses and requests that carry them; [`cli`] runs a service
+//! binary and checks its command line; [`task_write`] is a processor's state write, for tests that
+//! store a task directly; [`stack`] (feature `stack`) runs the services in-process.
 
+pub mod auth;
 pub mod catalogue;
 pub mod cli;
+#[cfg(feature = "stack")]
+pub mod stack;
 mod write;
 
 pub use write::{node_task, task_write};

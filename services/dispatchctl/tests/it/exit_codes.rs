@@ -1,7 +1,7 @@
 //! Exit codes scripts rely on: 2 invalid input, 3 not found, 4 auth, 5 unreachable; with clear
 //! messages.
 
-use crate::harness::{ADMIN_KEY, Services, Stack, TENANT_KEY, ctl};
+use crate::harness::{KEY_ACME, KEY_ADMIN, Services, Stack, ctl};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_and_messages_scripts_can_rely_on() -> anyhow::Result<()> {
@@ -25,7 +25,7 @@ async fn exit_codes_and_messages_scripts_can_rely_on() -> anyhow::Result<()> {
     let admin = stack.admin.clone();
 
     // 4: a wrong admin key, and a tenant key used as an admin key.
-    for key in ["wrong-key", TENANT_KEY] {
+    for key in ["wrong-key", KEY_ACME] {
         let out = ctl(&["--admin", &admin, "--admin-key", key, "stats"]).await?;
         assert_eq!(out.code, 4, "{out:?}");
         assert!(
@@ -35,13 +35,13 @@ async fn exit_codes_and_messages_scripts_can_rely_on() -> anyhow::Result<()> {
         );
     }
     // The admin key may come from --api-key alone.
-    let out = ctl(&["--admin", &admin, "--api-key", ADMIN_KEY, "stats"]).await?;
+    let out = ctl(&["--admin", &admin, "--api-key", KEY_ADMIN, "stats"]).await?;
     assert_eq!(out.code, 0, "{out:?}");
     // ...or from the config file, with flags still winning.
     let cfg = std::env::temp_dir().join(format!("dispatchctl-{}.toml", stack.env.id));
     std::fs::write(
         &cfg,
-        format!("admin = \"{admin}\"\nadmin_key = \"{ADMIN_KEY}\"\n"),
+        format!("admin = \"{admin}\"\nadmin_key = \"{KEY_ADMIN}\"\n"),
     )?;
     let cfg_s = cfg.to_string_lossy().into_owned();
     let out = ctl(&["--config", &cfg_s, "stats"]).await?;

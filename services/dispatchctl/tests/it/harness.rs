@@ -1,35 +1,14 @@
 //! The real services in-process on one [`TestEnv`], the CLI binary run against them, and
 //! snapshot files.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dispatch_runtime::Shutdown;
-use dispatch_runtime::server::auth::{ApiKeyEntry, AuthSettings, hash_key};
-use dispatch_testkit::{TestEnv, eventually};
-
-/// Tenant `acme`'s key.
-pub const TENANT_KEY: &str = "ctl-acme-key-0123456789";
-/// The admin key.
-pub const ADMIN_KEY: &str = "ctl-admin-key-0123456789";
-
-fn auth() -> AuthSettings {
-    AuthSettings {
-        api_keys: vec![ApiKeyEntry {
-            tenant: "acme".into(),
-            key_sha256: hash_key(TENANT_KEY),
-        }],
-        admin_key_sha256: Some(hash_key(ADMIN_KEY)),
-        ..AuthSettings::default()
-    }
-}
-
-fn local() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
-type Task = tokio::task::JoinHandle<anyhow::Result<()>>;
+use dispatch_testkit::TestEnv;
+pub use dispatch_testkit::auth::{KEY_ACME, KEY_ADMIN};
+use dispatch_testkit::stack::{
+    Gateway, Processor, Reader, gateway_settings, processor_settings, reader_settings,
+};
 
 /// The task type of [`Echo`], registered on every processor the harness starts.
 pub const ECHO_TYPE: &str = "echo";
@@ -58,86 +37,46 @@ pub struct Services {
     pub processor: bool,
 }
 
-/// Running services and their endpoints (`http://...`, empty when not started).
+/// Running services ([`dispatch_testkit::stack`]'s) and their endpoints (`http://...`, empty
+/// when not started).
 pub struct Stack {
     pub env: TestEnv,
     pub gateway: String,
     pub reader: String,
     pub admin: String,
-    shutdown: Shutdown,
-    tasks: Vec<Task>,
+    running: (Option<Gateway>, Option<Processor>, Option<Reader>),
 }
 
 impl Stack {
-    /// Starts the asked services on a fresh environment; the processor once it owns partitions.
+    /// Starts the asked services on a fresh environment, each once it is ready; the processor
+    /// with [`Echo`] registered.
     pub async fn start(which: Services) -> anyhow::Result<Self> {
         let env = TestEnv::new().await?;
-        let shutdown = Shutdown::new();
-        let mut tasks = Vec::new();
-        let (mut gateway, mut reader, mut admin) = (String::new(), String::new(), String::new());
-        if which.gateway {
-            let mut s = dispatch_gateway::Settings {
-                kafka: env.kafka.clone(),
-                database: env.db.clone(),
-                redis: env.redis.clone(),
-                auth: auth(),
-                ..Default::default()
-            };
-            s.kafka.create_topics = false;
-            s.grpc.listen = local();
-            s.admin.listen = local();
-            let app = dispatch_gateway::App::build(s).await?;
-            gateway = format!("http://{}", app.local_addr());
-            tasks.push(tokio::spawn(app.run_until_stopped(shutdown.clone())));
-        }
-        if which.reader {
-            let mut s = dispatch_reader::Settings {
-                kafka: env.kafka.clone(),
-                database: env.db.clone(),
-                redis: env.redis.clone(),
-                auth: auth(),
-                ..Default::default()
-            };
-            s.kafka.create_topics = false;
-            s.grpc.listen = local();
-            s.admin.listen = local();
-            let app = dispatch_reader::App::build(s).await?;
-            reader = format!("http://{}", app.local_addr()?);
-            tasks.push(tokio::spawn(app.run_until_stopped(shutdown.clone())));
-        }
-        if which.processor {
-            let mut s = dispatch_processor::Settings {
-                kafka: env.kafka.clone(),
-                database: env.db.clone(),
-                auth: auth(),
-                ..Default::default()
-            };
-            s.kafka.create_topics = false;
-            s.grpc.listen = local();
-            s.admin.listen = local();
-            s.consumer.group = format!("ctl-{}", env.id);
-            s.consumer.lag_interval_ms = 500;
-            s.shutdown.drain_timeout_ms = 2_000;
-            let app = dispatch_processor::App::builder(s)
-                .handler(ECHO_TYPE, Echo)
-                .build()
-                .await?;
-            admin = format!("http://{}", app.local_addr()?);
-            let control = app.control();
-            tasks.push(tokio::spawn(app.run_until_stopped(shutdown.clone())));
-            eventually("partition assignment", Duration::from_secs(30), || {
-                let c = control.clone();
-                async move { (c.assigned_partitions() > 0).then_some(()) }
-            })
-            .await?;
-        }
+        let url = |addr: std::net::SocketAddr| format!("http://{addr}");
+        let gateway = match which.gateway {
+            true => Some(Gateway::start(gateway_settings(&env)).await?),
+            false => None,
+        };
+        let reader = match which.reader {
+            true => Some(Reader::start(reader_settings(&env)).await?),
+            false => None,
+        };
+        let processor = match which.processor {
+            true => {
+                let mut s = processor_settings(&env);
+                s.consumer.group = format!("ctl-{}", env.id);
+                s.shutdown.drain_timeout_ms = 2_000;
+                let builder = dispatch_processor::App::builder(s).handler(ECHO_TYPE, Echo);
+                Some(Processor::start(builder).await?)
+            }
+            false => None,
+        };
         Ok(Self {
+            gateway: gateway.as_ref().map(|g| url(g.addr)).unwrap_or_default(),
+            reader: reader.as_ref().map(|r| url(r.addr)).unwrap_or_default(),
+            admin: processor.as_ref().map(|p| url(p.addr)).unwrap_or_default(),
+            running: (gateway, processor, reader),
             env,
-            gateway,
-            reader,
-            admin,
-            shutdown,
-            tasks,
         })
     }
 
@@ -151,9 +90,9 @@ impl Stack {
             "--admin",
             &self.admin,
             "--api-key",
-            TENANT_KEY,
+            KEY_ACME,
             "--admin-key",
-            ADMIN_KEY,
+            KEY_ADMIN,
         ];
         full.extend_from_slice(args);
         ctl(&full).await
@@ -167,17 +106,23 @@ impl Stack {
             "--reader",
             &self.reader,
             "--api-key",
-            TENANT_KEY,
+            KEY_ACME,
         ];
         full.extend_from_slice(args);
         run(&full, Some(input)).await
     }
 
-    /// Stops the services and drops the database.
+    /// Stops the services (gateway first) and drops the database.
     pub async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.trigger();
-        for t in self.tasks {
-            tokio::time::timeout(Duration::from_secs(30), t).await???;
+        let (gateway, processor, reader) = self.running;
+        if let Some(g) = gateway {
+            g.stop().await?;
+        }
+        if let Some(p) = processor {
+            p.stop().await?;
+        }
+        if let Some(r) = reader {
+            r.stop().await?;
         }
         self.env.cleanup().await;
         Ok(())

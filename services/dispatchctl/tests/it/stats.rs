@@ -10,52 +10,36 @@ use dispatch_testkit::{TestEnv, eventually};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 
-use crate::harness::{ADMIN_KEY, ctl};
+use dispatch_testkit::stack::{Processor, processor_settings};
+
+use crate::harness::{KEY_ADMIN, ctl};
 
 /// Partitions per task topic: 6 topics (3 priorities, 3 retry levels) of 17 = 102 partitions.
 const PARTITIONS: i32 = 17;
 /// Records produced to the paused low topic.
 const WAITING: usize = 40;
 
-type Task = tokio::task::JoinHandle<anyhow::Result<()>>;
-
 struct Instance {
     admin: String,
     client_id: String,
     control: dispatch_processor::Control,
-    shutdown: dispatch_runtime::Shutdown,
-    task: Task,
+    app: Processor,
 }
 
+/// A processor of `group` with librdkafka client id `client_id`, not waiting for partitions.
 async fn processor(env: &TestEnv, group: &str, client_id: &str) -> anyhow::Result<Instance> {
-    let mut s = dispatch_processor::Settings {
-        kafka: env.kafka.clone(),
-        database: env.db.clone(),
-        auth: dispatch_runtime::server::auth::AuthSettings {
-            admin_key_sha256: Some(dispatch_runtime::server::auth::hash_key(ADMIN_KEY)),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    s.kafka.create_topics = false;
+    let mut s = processor_settings(env);
     s.kafka
         .librdkafka
         .insert("client.id".into(), client_id.into());
-    s.grpc.listen = ([127, 0, 0, 1], 0).into();
-    s.admin.listen = ([127, 0, 0, 1], 0).into();
     s.consumer.group = group.into();
     s.shutdown.drain_timeout_ms = 2_000;
-    let app = dispatch_processor::App::build(s).await?;
-    let admin = format!("http://{}", app.local_addr()?);
-    let control = app.control();
-    let shutdown = dispatch_runtime::Shutdown::new();
-    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let app = Processor::spawn(dispatch_processor::App::builder(s)).await?;
     Ok(Instance {
-        admin,
+        admin: format!("http://{}", app.addr),
         client_id: client_id.into(),
-        control,
-        shutdown,
-        task,
+        control: app.control.clone(),
+        app,
     })
 }
 
@@ -65,7 +49,7 @@ async fn stats(admin: &str) -> anyhow::Result<(Value, Duration)> {
         "--admin",
         admin,
         "--admin-key",
-        ADMIN_KEY,
+        KEY_ADMIN,
         "-o",
         "json",
         "stats",
@@ -114,7 +98,7 @@ async fn stats_shows_every_partition_instance_and_pause_of_the_group_fast() -> a
         "--admin",
         &a.admin,
         "--admin-key",
-        ADMIN_KEY,
+        KEY_ADMIN,
         "pause",
         "--priority",
         "low",
@@ -237,7 +221,7 @@ async fn stats_shows_every_partition_instance_and_pause_of_the_group_fast() -> a
     assert!(took[2] < Duration::from_secs(3), "stats took {took:?}");
 
     // The table names the instances, the owners and the pause.
-    let table = ctl(&["--admin", &a.admin, "--admin-key", ADMIN_KEY, "stats"]).await?;
+    let table = ctl(&["--admin", &a.admin, "--admin-key", KEY_ADMIN, "stats"]).await?;
     assert_eq!(table.code, 0, "{table:?}");
     for h in [
         "INSTANCE",
@@ -251,8 +235,7 @@ async fn stats_shows_every_partition_instance_and_pause_of_the_group_fast() -> a
     }
 
     for i in [a, b] {
-        i.shutdown.trigger();
-        tokio::time::timeout(Duration::from_secs(30), i.task).await???;
+        i.app.stop().await?;
     }
     env.cleanup().await;
     Ok(())

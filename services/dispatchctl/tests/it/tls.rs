@@ -3,12 +3,10 @@
 //! the gateway, `--cert`/`--client-key` (or `cert`/`key`) authenticate the client; with another
 //! CA the handshake fails with exit code 5.
 
-use std::net::SocketAddr;
-
-use dispatch_runtime::Shutdown;
+use dispatch_testkit::stack::{Gateway, gateway_settings};
 use dispatch_testkit::{TestEnv, TlsStack};
 
-use crate::harness::{TENANT_KEY, ctl};
+use crate::harness::{KEY_ACME, ctl};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatchctl_submits_to_a_tls_gateway() -> anyhow::Result<()> {
@@ -21,29 +19,12 @@ async fn dispatchctl_submits_to_a_tls_gateway() -> anyhow::Result<()> {
         tls.file("ca.pem").display()
     );
     let env = TestEnv::new().await?;
-    let mut s = dispatch_gateway::Settings {
-        kafka: env.kafka.clone(),
-        database: env.db.clone(),
-        redis: env.redis.clone(),
-        auth: dispatch_runtime::server::auth::AuthSettings {
-            api_keys: vec![dispatch_runtime::server::auth::ApiKeyEntry {
-                tenant: "acme".into(),
-                key_sha256: dispatch_runtime::server::auth::hash_key(TENANT_KEY),
-            }],
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    s.kafka.create_topics = false;
-    s.grpc.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    s.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut s = gateway_settings(&env);
     s.grpc.tls_cert_path = Some(tls.file("server.pem"));
     s.grpc.tls_key_path = Some(tls.file("server.key"));
     s.grpc.tls_client_ca_path = Some(tls.file("ca.pem"));
-    let app = dispatch_gateway::App::build(s).await?;
-    let gateway = format!("https://localhost:{}", app.local_addr().port());
-    let shutdown = Shutdown::new();
-    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let app = Gateway::spawn(s).await?;
+    let gateway = format!("https://localhost:{}", app.addr.port());
 
     let ca = tls.file("ca.pem").to_string_lossy().into_owned();
     let cert = tls.file("client.pem").to_string_lossy().into_owned();
@@ -56,7 +37,7 @@ async fn dispatchctl_submits_to_a_tls_gateway() -> anyhow::Result<()> {
                 "--gateway".into(),
                 gateway,
                 "--api-key".into(),
-                TENANT_KEY.into(),
+                KEY_ACME.into(),
             ];
             args.extend(extra);
             args.extend(["submit", "--key", "k-tls", "--type", "noop"].map(String::from));
@@ -108,8 +89,7 @@ async fn dispatchctl_submits_to_a_tls_gateway() -> anyhow::Result<()> {
     let half = submit(vec!["--ca".into(), ca, "--cert".into(), cert]).await?;
     assert_eq!(half.code, 2, "{half:?}");
 
-    shutdown.trigger();
-    task.await??;
+    app.stop().await?;
     env.cleanup().await;
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! Submit -> process -> visible: the whole path through the three services.
 
-use dispatch_e2e::{KEY_ACME, Stack, authed};
 use dispatch_proto::v1 as pb;
+use dispatch_testkit::auth::{KEY_ACME, authed};
+use dispatch_testkit::stack::Stack;
 use tokio_stream::StreamExt;
 
 use crate::support::{SETTLE, await_state, spec, submit};

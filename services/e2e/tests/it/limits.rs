@@ -1,8 +1,9 @@
 //! Oversized gRPC messages are refused by the configured transport limit, and the services
 //! keep serving.
 
-use dispatch_e2e::{KEY_ACME, Stack, authed};
 use dispatch_proto::v1 as pb;
+use dispatch_testkit::auth::{KEY_ACME, authed};
+use dispatch_testkit::stack::Stack;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -17,7 +18,7 @@ fn is_size_rejection(s: &tonic::Status) -> bool {
 }
 
 async fn serving(addr: std::net::SocketAddr) -> anyhow::Result<bool> {
-    let mut h = HealthClient::new(dispatch_e2e::channel(addr).await?);
+    let mut h = HealthClient::new(dispatch_testkit::stack::channel(addr).await?);
     let r = h
         .check(HealthCheckRequest {
             service: String::new(),

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use dispatch_e2e::{Stack, channel};
+use dispatch_testkit::stack::{Stack, channel};
 use prost::Message;
 use tonic::Code;
 use tonic::transport::Channel;

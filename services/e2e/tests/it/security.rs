@@ -12,12 +12,13 @@
 //! would move out first.
 
 use dispatch_core::TaskId;
-use dispatch_e2e::{KEY_ACME, KEY_ADMIN, KEY_ADMIN_NEXT, KEY_GLOBEX, Stack};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::admin_service_client::AdminServiceClient;
 use dispatch_proto::v1::schedule_service_client::ScheduleServiceClient;
 use dispatch_proto::v1::task_query_service_client::TaskQueryServiceClient;
 use dispatch_proto::v1::task_service_client::TaskServiceClient;
+use dispatch_testkit::auth::{KEY_ACME, KEY_ADMIN, KEY_ADMIN_NEXT, KEY_GLOBEX};
+use dispatch_testkit::stack::Stack;
 use prost::Message;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -73,8 +74,12 @@ impl Clients {
         Ok(Self {
             tasks: stack.tasks().await?,
             queries: stack.queries().await?,
-            admin: AdminServiceClient::new(dispatch_e2e::channel(stack.processor.addr).await?),
-            schedules: ScheduleServiceClient::new(dispatch_e2e::channel(stack.gateway.addr).await?),
+            admin: AdminServiceClient::new(
+                dispatch_testkit::stack::channel(stack.processor.addr).await?,
+            ),
+            schedules: ScheduleServiceClient::new(
+                dispatch_testkit::stack::channel(stack.gateway.addr).await?,
+            ),
         })
     }
 }
@@ -709,7 +714,7 @@ async fn every_rpc_rejects_bad_callers_and_hides_other_tenants() -> anyhow::Resu
 async fn auth_mode_none_refuses_listeners_beyond_loopback() -> anyhow::Result<()> {
     use dispatch_runtime::server::auth::AuthSettings;
     let env = dispatch_testkit::TestEnv::new().await?;
-    let s = dispatch_e2e::StackSettings::for_env(&env);
+    let s = dispatch_testkit::stack::StackSettings::for_env(&env);
     let none = AuthSettings {
         mode: "none".into(),
         dev_tenant: "acme".into(),
@@ -761,9 +766,9 @@ async fn auth_mode_none_refuses_listeners_beyond_loopback() -> anyhow::Result<()
         ..none
     };
     g.grpc.listen = any;
-    let gateway = dispatch_e2e::start_gateway(g).await?;
+    let gateway = dispatch_testkit::stack::Gateway::start(g).await?;
     let mut tasks = TaskServiceClient::new(
-        dispatch_e2e::channel(([127, 0, 0, 1], gateway.addr.port()).into()).await?,
+        dispatch_testkit::stack::channel(([127, 0, 0, 1], gateway.addr.port()).into()).await?,
     );
     let r = tasks
         .submit_task(request(

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use dispatch_e2e::{KEY_ACME, Stack, authed};
 use dispatch_proto::v1 as pb;
+use dispatch_testkit::auth::{KEY_ACME, authed};
+use dispatch_testkit::stack::Stack;
 
 /// How long a task may take from submit to its terminal state.
 pub const SETTLE: Duration = Duration::from_secs(30);

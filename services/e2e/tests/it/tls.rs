@@ -6,12 +6,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dispatch_e2e::{KEY_ACME, StackSettings, authed, start_gateway, start_reader};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::task_query_service_client::TaskQueryServiceClient;
 use dispatch_proto::v1::task_service_client::TaskServiceClient;
 use dispatch_runtime::settings::GrpcSettings;
 use dispatch_testkit::TestEnv;
+use dispatch_testkit::auth::{KEY_ACME, authed};
+use dispatch_testkit::stack::{Gateway, Reader, StackSettings};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -141,7 +142,9 @@ async fn submit(channel: Result<Channel, String>) -> Result<pb::SubmitTaskRespon
 
 /// A plaintext channel to a TLS port; `Err` when the connection already fails.
 async fn plaintext(addr: SocketAddr) -> Result<Channel, String> {
-    dispatch_e2e::channel(addr).await.map_err(|e| e.to_string())
+    dispatch_testkit::stack::channel(addr)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::test]
@@ -161,7 +164,7 @@ async fn gateway_serves_tls_and_refuses_plaintext() -> anyhow::Result<()> {
     assert!(format!("{err:#}").contains("grpc.tls_cert_path"), "{err:#}");
 
     pki.apply(&mut s.grpc, false);
-    let gateway = start_gateway(s).await?;
+    let gateway = Gateway::start(s).await?;
     let ok = submit(pki.channel(gateway.addr, None).await).await;
     let accepted = ok.map_err(|e| anyhow::anyhow!("submit over TLS failed: {e}"))?;
     assert_eq!(accepted.accepted_via, pb::AcceptedVia::Kafka as i32);
@@ -184,7 +187,7 @@ async fn gateway_mtls_requires_a_client_certificate_from_the_ca() -> anyhow::Res
     let pki = Pki::new()?;
     let mut s = StackSettings::for_env(&env).gateway;
     pki.apply(&mut s.grpc, true);
-    let gateway = start_gateway(s).await?;
+    let gateway = Gateway::start(s).await?;
 
     let anonymous = submit(pki.channel(gateway.addr, None).await).await;
     assert!(
@@ -216,7 +219,7 @@ async fn reader_mtls_requires_a_client_certificate_from_the_ca() -> anyhow::Resu
     let pki = Pki::new()?;
     let mut s = StackSettings::for_env(&env).reader;
     pki.apply(&mut s.grpc, true);
-    let reader = start_reader(s).await?;
+    let reader = Reader::start(s).await?;
     let unknown = dispatch_core::TaskId::new().to_string();
     let get = |channel: Result<Channel, String>| {
         let unknown = unknown.clone();
@@ -271,7 +274,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() -> anyhow::Result<(
     let pki = Pki::new()?;
     let mut s = StackSettings::for_env(&env).gateway;
     pki.apply(&mut s.grpc, false);
-    let gateway = start_gateway(s).await?;
+    let gateway = Gateway::start(s).await?;
     let first = submit(pki.channel(gateway.addr, None).await).await;
     assert!(first.is_ok(), "{first:?}");
 

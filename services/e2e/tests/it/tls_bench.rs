@@ -6,10 +6,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use dispatch_e2e::{KEY_ACME, Stack, StackSettings, authed, start_gateway, start_processor};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::task_query_service_client::TaskQueryServiceClient;
 use dispatch_proto::v1::task_service_client::TaskServiceClient;
+use dispatch_testkit::auth::{KEY_ACME, authed};
+use dispatch_testkit::stack::{Gateway, Processor, Stack, StackSettings};
 use dispatch_testkit::{TestEnv, TlsStack, eventually};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
@@ -124,8 +125,8 @@ async fn measure(label: &str, stack: &Stack, ca: Option<&[u8]>) -> anyhow::Resul
 /// gateway while no processor runs, then a processor started; tasks/s from its partition
 /// assignment until every task is SUCCEEDED (counted in `env`'s own database).
 async fn drain(label: &str, env: &TestEnv, s: StackSettings) -> anyhow::Result<String> {
-    let gateway = start_gateway(s.gateway).await?;
-    let mut c = TaskServiceClient::new(dispatch_e2e::channel(gateway.addr).await?);
+    let gateway = Gateway::start(s.gateway).await?;
+    let mut c = TaskServiceClient::new(dispatch_testkit::stack::channel(gateway.addr).await?);
     for _ in 0..DRAIN_TASKS / 500 {
         let tasks = (0..500).map(|_| spec("noop", b"bench")).collect();
         let r = c
@@ -146,7 +147,7 @@ async fn drain(label: &str, env: &TestEnv, s: StackSettings) -> anyhow::Result<S
             .await
             .unwrap_or(0)
     };
-    let processor = start_processor(s.processor).await?;
+    let processor = Processor::start(dispatch_processor::App::builder(s.processor)).await?;
     let (t0, done0) = (Instant::now(), succeeded().await);
     eventually("drained", Duration::from_secs(600), || async {
         (succeeded().await >= DRAIN_TASKS).then_some(())

@@ -7,10 +7,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use dispatch_e2e::{KEY_ACME, Stack, StackSettings, authed};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::task_query_service_client::TaskQueryServiceClient;
 use dispatch_proto::v1::task_service_client::TaskServiceClient;
+use dispatch_testkit::auth::{KEY_ACME, authed};
+use dispatch_testkit::stack::{Stack, StackSettings};
 use dispatch_testkit::{TestEnv, TlsStack};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
@@ -224,8 +225,8 @@ async fn kafka_over_ssl_with_a_client_certificate() -> anyhow::Result<()> {
     s.kafka.sasl_password = None;
     s.kafka.ssl_cert_file = Some(tls.file("client.pem"));
     s.kafka.ssl_key_file = Some(tls.file("client.key"));
-    let gateway = dispatch_e2e::start_gateway(s).await?;
-    let mut c = TaskServiceClient::new(dispatch_e2e::channel(gateway.addr).await?);
+    let gateway = dispatch_testkit::stack::Gateway::start(s).await?;
+    let mut c = TaskServiceClient::new(dispatch_testkit::stack::channel(gateway.addr).await?);
     let accepted = c
         .submit_task(authed(
             pb::SubmitTaskRequest {

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use dispatch_core::Priority;
 use dispatch_core::envelope::header;
-use dispatch_e2e::{KEY_ACME, Stack, authed};
 use dispatch_proto::v1 as pb;
+use dispatch_testkit::auth::{KEY_ACME, authed};
+use dispatch_testkit::stack::Stack;
 use dispatch_testkit::{Record, consume_until};
 use prost::Message;
 

@@ -3,8 +3,9 @@
 //! anyway), GetWorkflow at the reader showing every node's outcome, and a node's dependents
 //! reading its result.
 
-use dispatch_e2e::{KEY_ACME, Stack, authed};
 use dispatch_proto::v1 as pb;
+use dispatch_testkit::auth::{KEY_ACME, authed};
+use dispatch_testkit::stack::Stack;
 
 use crate::support::{SETTLE, spec};
 

@@ -18,7 +18,7 @@ use crate::harness::*;
 #[tokio::test]
 async fn missing_or_wrong_keys_are_unauthenticated() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let gw = Running::start(settings(&env)).await?;
+    let gw = Gateway::spawn(settings(&env)).await?;
     let mut client = gw.client().await?;
     let err = client
         .submit_task(pb::SubmitTaskRequest {
@@ -58,7 +58,7 @@ async fn missing_or_wrong_keys_are_unauthenticated() -> anyhow::Result<()> {
 #[tokio::test]
 async fn every_validation_error_names_its_field() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let gw = Running::start(settings(&env)).await?;
+    let gw = Gateway::spawn(settings(&env)).await?;
     let mut client = gw.client().await?;
     let now = Utc::now();
     type Edit = Box<dyn Fn(&mut pb::TaskSpec)>;
@@ -110,12 +110,15 @@ async fn every_validation_error_names_its_field() -> anyhow::Result<()> {
     for (field, edit) in cases {
         let mut s = spec("k", b"x");
         edit(&mut s);
-        let err = client.submit_task(submit(s, KEY_A)).await.expect_err(field);
+        let err = client
+            .submit_task(submit(s, KEY_ACME))
+            .await
+            .expect_err(field);
         assert_eq!(err.code(), Code::InvalidArgument, "{field}");
         assert_eq!(bad_fields(&err), [field], "{}", err.message());
     }
     let err = client
-        .submit_task(authed(pb::SubmitTaskRequest { task: None }, KEY_A))
+        .submit_task(authed(pb::SubmitTaskRequest { task: None }, KEY_ACME))
         .await
         .expect_err("missing task");
     assert_eq!(bad_fields(&err), ["task"]);
@@ -125,7 +128,7 @@ async fn every_validation_error_names_its_field() -> anyhow::Result<()> {
                 pb::SubmitTasksRequest {
                     tasks: vec![spec("k", b"x"); n],
                 },
-                KEY_A,
+                KEY_ACME,
             ))
             .await
             .expect_err("batch size");
@@ -138,7 +141,7 @@ async fn every_validation_error_names_its_field() -> anyhow::Result<()> {
         ..Default::default()
     };
     let err = client
-        .submit_task(submit(bad, KEY_A))
+        .submit_task(submit(bad, KEY_ACME))
         .await
         .expect_err("many");
     assert_eq!(
@@ -173,7 +176,7 @@ async fn a_per_task_timeout_or_retry_delay_beyond_its_limit_is_invalid_argument_
     s.limits
         .task_type_max_timeout_ms
         .insert("report.build".into(), 600_000);
-    let gw = Running::start(s).await?;
+    let gw = Gateway::spawn(s).await?;
     let mut client = gw.client().await?;
     let with = |ty: &str, timeout_ms: u32| pb::TaskSpec {
         task_type: ty.into(),
@@ -183,7 +186,7 @@ async fn a_per_task_timeout_or_retry_delay_beyond_its_limit_is_invalid_argument_
 
     // Above the gateway's maximum: the field and the limit are named.
     let err = client
-        .submit_task(submit(with("email.send", 60_001), KEY_A))
+        .submit_task(submit(with("email.send", 60_001), KEY_ACME))
         .await
         .expect_err("above limits.max_task_timeout_ms");
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -198,7 +201,7 @@ async fn a_per_task_timeout_or_retry_delay_beyond_its_limit_is_invalid_argument_
     );
     // A type with its own maximum: above it is refused naming the type; at it is accepted.
     let err = client
-        .submit_task(submit(with("report.build", 600_001), KEY_A))
+        .submit_task(submit(with("report.build", 600_001), KEY_ACME))
         .await
         .expect_err("above the type's maximum");
     let v = violations(&err);
@@ -209,12 +212,12 @@ async fn a_per_task_timeout_or_retry_delay_beyond_its_limit_is_invalid_argument_
         v[0].1
     );
     let ok = client
-        .submit_task(submit(with("report.build", 600_000), KEY_A))
+        .submit_task(submit(with("report.build", 600_000), KEY_ACME))
         .await?
         .into_inner();
     // At the maximum it is accepted and travels in the envelope.
     let ok2 = client
-        .submit_task(submit(with("email.send", 60_000), KEY_A))
+        .submit_task(submit(with("email.send", 60_000), KEY_ACME))
         .await?
         .into_inner();
 
@@ -224,7 +227,7 @@ async fn a_per_task_timeout_or_retry_delay_beyond_its_limit_is_invalid_argument_
             pb::SubmitTasksRequest {
                 tasks: vec![with("email.send", 300), with("email.send", 3_600_000)],
             },
-            KEY_A,
+            KEY_ACME,
         ))
         .await?
         .into_inner()
@@ -264,7 +267,10 @@ async fn a_per_task_timeout_or_retry_delay_beyond_its_limit_is_invalid_argument_
             retry_policy: Some(policy),
             ..spec("k", b"x")
         };
-        let err = client.submit_task(submit(s, KEY_A)).await.expect_err(field);
+        let err = client
+            .submit_task(submit(s, KEY_ACME))
+            .await
+            .expect_err(field);
         assert_eq!(err.code(), Code::InvalidArgument, "{field}");
         let v = violations(&err);
         assert_eq!(v.len(), 1, "{v:?}");
@@ -307,14 +313,14 @@ async fn rate_limits_answer_resource_exhausted_with_a_retry_hint() -> anyhow::Re
         global_burst: 0,
         ..LimitSettings::default()
     };
-    let gw = Running::start(s).await?;
+    let gw = Gateway::spawn(s).await?;
     let mut client = gw.client().await?;
     let resp = client
         .submit_tasks(authed(
             pb::SubmitTasksRequest {
                 tasks: vec![spec("k", b"1"), spec("k", b"2")],
             },
-            KEY_A,
+            KEY_ACME,
         ))
         .await?;
     assert_eq!(
@@ -322,9 +328,11 @@ async fn rate_limits_answer_resource_exhausted_with_a_retry_hint() -> anyhow::Re
         2,
         "a batch spends one token per item"
     );
-    client.submit_task(submit(spec("k", b"3"), KEY_A)).await?;
+    client
+        .submit_task(submit(spec("k", b"3"), KEY_ACME))
+        .await?;
     let err = client
-        .submit_task(submit(spec("k", b"4"), KEY_A))
+        .submit_task(submit(spec("k", b"4"), KEY_ACME))
         .await
         .expect_err("limited");
     assert_eq!(err.code(), Code::ResourceExhausted);
@@ -336,7 +344,9 @@ async fn rate_limits_answer_resource_exhausted_with_a_retry_hint() -> anyhow::Re
         .expect("retry-after-ms");
     assert!((1..=1_000).contains(&hint), "{hint}");
     // Tenants do not share a bucket.
-    client.submit_task(submit(spec("k", b"b"), KEY_B)).await?;
+    client
+        .submit_task(submit(spec("k", b"b"), KEY_GLOBEX))
+        .await?;
     let m = gw.metrics().await?;
     assert!(m.contains("dispatch_rate_limited_total{scope=\"tenant\"}"));
     gw.stop().await?;
@@ -352,7 +362,7 @@ async fn schedule_service_health_turns_serving_with_the_gateway() -> anyhow::Res
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
     let env = TestEnv::new().await?;
-    let gw = Running::start(settings(&env)).await?;
+    let gw = Gateway::spawn(settings(&env)).await?;
     let health = HealthClient::new(gw.channel().await?);
     let status = |service: &'static str| {
         let mut h = health.clone();
@@ -393,8 +403,8 @@ async fn health_turns_serving_and_reflection_lists_the_service() -> anyhow::Resu
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
     let env = TestEnv::new().await?;
-    let gw = Running::start(settings(&env)).await?;
-    let down = Running::start(kafka_down(&env)).await?;
+    let gw = Gateway::spawn(settings(&env)).await?;
+    let down = Gateway::spawn(kafka_down(&env)).await?;
     let health = HealthClient::new(gw.channel().await?);
     for service in ["", "dispatch.v1.TaskService"] {
         eventually("SERVING", Duration::from_secs(20), || {

@@ -45,23 +45,23 @@ async fn store(
 #[tokio::test]
 async fn cancel_follows_its_submit_on_the_same_partition() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let gw = Running::start(settings(&env)).await?;
+    let gw = Gateway::spawn(settings(&env)).await?;
     let mut client = gw.client().await?;
     let sub = client
-        .submit_task(submit(spec("order-9", b"x"), KEY_A))
+        .submit_task(submit(spec("order-9", b"x"), KEY_ACME))
         .await?
         .into_inner();
 
     // Another tenant cannot cancel it, and cannot even learn it exists.
     let err = client
-        .cancel_task(cancel(&sub.task_id, "", KEY_B))
+        .cancel_task(cancel(&sub.task_id, "", KEY_GLOBEX))
         .await
         .expect_err("other tenant");
     assert_eq!(err.code(), Code::NotFound);
 
     // Not in the store yet: routed by this instance's memory of the submit.
     let c = client
-        .cancel_task(cancel(&sub.task_id, "", KEY_A))
+        .cancel_task(cancel(&sub.task_id, "", KEY_ACME))
         .await?
         .into_inner();
     assert!(c.accepted);
@@ -87,13 +87,13 @@ async fn cancel_follows_its_submit_on_the_same_partition() -> anyhow::Result<()>
 #[tokio::test]
 async fn cancel_uses_the_store_and_leaves_finished_tasks_alone() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let gw = Running::start(settings(&env)).await?;
+    let gw = Gateway::spawn(settings(&env)).await?;
     let mut client = gw.client().await?;
 
     let done = TaskId::new();
     store(&env, done, "acme", "k-done", TaskState::Succeeded).await?;
     let c = client
-        .cancel_task(cancel(&done.to_string(), "", KEY_A))
+        .cancel_task(cancel(&done.to_string(), "", KEY_ACME))
         .await?
         .into_inner();
     assert!(!c.accepted, "finished tasks are unchanged");
@@ -102,18 +102,18 @@ async fn cancel_uses_the_store_and_leaves_finished_tasks_alone() -> anyhow::Resu
     let running = TaskId::new();
     store(&env, running, "acme", "k-run", TaskState::Running).await?;
     let err = client
-        .cancel_task(cancel(&running.to_string(), "", KEY_B))
+        .cancel_task(cancel(&running.to_string(), "", KEY_GLOBEX))
         .await
         .expect_err("other tenant");
     assert_eq!(err.code(), Code::NotFound);
     let err = client
-        .cancel_task(cancel(&running.to_string(), "other-key", KEY_A))
+        .cancel_task(cancel(&running.to_string(), "other-key", KEY_ACME))
         .await
         .expect_err("key mismatch");
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(bad_fields(&err), ["business_key"]);
     let c = client
-        .cancel_task(cancel(&running.to_string(), "", KEY_A))
+        .cancel_task(cancel(&running.to_string(), "", KEY_ACME))
         .await?
         .into_inner();
     assert!(c.accepted);
@@ -131,10 +131,10 @@ async fn cancel_uses_the_store_and_leaves_finished_tasks_alone() -> anyhow::Resu
 #[tokio::test]
 async fn cancel_of_an_unknown_task_needs_its_business_key() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let gw = Running::start(settings(&env)).await?;
+    let gw = Gateway::spawn(settings(&env)).await?;
     let mut client = gw.client().await?;
     let err = client
-        .cancel_task(cancel("not-a-uuid", "", KEY_A))
+        .cancel_task(cancel("not-a-uuid", "", KEY_ACME))
         .await
         .expect_err("bad id");
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -142,14 +142,14 @@ async fn cancel_of_an_unknown_task_needs_its_business_key() -> anyhow::Result<()
 
     let unknown = TaskId::new().to_string();
     let err = client
-        .cancel_task(cancel(&unknown, "", KEY_A))
+        .cancel_task(cancel(&unknown, "", KEY_ACME))
         .await
         .expect_err("unknown");
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().contains("business_key"), "{}", err.message());
 
     let c = client
-        .cancel_task(cancel(&unknown, "k-later", KEY_A))
+        .cancel_task(cancel(&unknown, "k-later", KEY_ACME))
         .await?
         .into_inner();
     assert!(c.accepted, "routed by the caller's key");
@@ -160,7 +160,7 @@ async fn cancel_of_an_unknown_task_needs_its_business_key() -> anyhow::Result<()
                 business_key: "k".into(),
                 reason: "r".repeat(513),
             },
-            KEY_A,
+            KEY_ACME,
         ))
         .await
         .expect_err("long reason");

@@ -24,43 +24,43 @@ fn cancel(task_id: &str, business_key: &str, key: &str) -> tonic::Request<pb::Ca
 #[tokio::test]
 async fn cancels_while_kafka_is_down_go_through_the_outbox_in_order() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let down = Running::start(kafka_down(&env)).await?;
+    let down = Gateway::spawn(kafka_down(&env)).await?;
     let mut client = down.client().await?;
     let a = client
-        .submit_task(submit(spec("acct-1", b"a"), KEY_A))
+        .submit_task(submit(spec("acct-1", b"a"), KEY_ACME))
         .await?
         .into_inner();
     assert_eq!(a.accepted_via, pb::AcceptedVia::Outbox as i32);
     // Routed by this instance's memory of the submit; parked behind it.
     let c = client
-        .cancel_task(cancel(&a.task_id, "", KEY_A))
+        .cancel_task(cancel(&a.task_id, "", KEY_ACME))
         .await?
         .into_inner();
     assert!(c.accepted);
     // A client's retry of the cancel is accepted too (a second, harmless cancel record).
     assert!(
         client
-            .cancel_task(cancel(&a.task_id, "", KEY_A))
+            .cancel_task(cancel(&a.task_id, "", KEY_ACME))
             .await?
             .into_inner()
             .accepted
     );
     let b = client
-        .submit_task(submit(spec("acct-1", b"b"), KEY_A))
+        .submit_task(submit(spec("acct-1", b"b"), KEY_ACME))
         .await?
         .into_inner();
     // A cancel that only knows the business key (the task is nowhere yet) is parked too.
     let unknown = dispatch_core::TaskId::new().to_string();
     assert!(
         client
-            .cancel_task(cancel(&unknown, "acct-1", KEY_A))
+            .cancel_task(cancel(&unknown, "acct-1", KEY_ACME))
             .await?
             .into_inner()
             .accepted
     );
     // Another tenant still cannot cancel the outboxed task.
     let err = client
-        .cancel_task(cancel(&b.task_id, "acct-1", KEY_B))
+        .cancel_task(cancel(&b.task_id, "acct-1", KEY_GLOBEX))
         .await
         .expect_err("other tenant");
     assert_eq!(err.code(), Code::NotFound);
@@ -69,7 +69,7 @@ async fn cancels_while_kafka_is_down_go_through_the_outbox_in_order() -> anyhow:
     down.stop().await?;
 
     // A healthy gateway drains the outbox; the key's records arrive in the order accepted.
-    let up = Running::start(settings(&env)).await?;
+    let up = Gateway::spawn(settings(&env)).await?;
     let consumer = env.consumer(&[env.topics().tasks(Priority::Default)])?;
     let records = consume_until(&consumer, Duration::from_secs(30), |r| r.len() >= 5).await?;
     let got: Vec<(EnvelopeKind, String)> = records
@@ -107,8 +107,8 @@ async fn cancels_while_kafka_is_down_go_through_the_outbox_in_order() -> anyhow:
 #[tokio::test]
 async fn a_task_seen_in_mysql_cannot_be_cancelled_by_another_tenant() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let first = Running::start(settings(&env)).await?;
-    let other = Running::start(settings(&env)).await?;
+    let first = Gateway::spawn(settings(&env)).await?;
+    let other = Gateway::spawn(settings(&env)).await?;
     // Accepted on Kafka through one instance; no processor stores it here.
     let mut s = spec("acct-9", b"x");
     s.idempotency_key = "cancel-me".into();
@@ -116,7 +116,7 @@ async fn a_task_seen_in_mysql_cannot_be_cancelled_by_another_tenant() -> anyhow:
     let sub = first
         .client()
         .await?
-        .submit_task(submit(s, KEY_A))
+        .submit_task(submit(s, KEY_ACME))
         .await?
         .into_inner();
     assert_eq!(sub.accepted_via, pb::AcceptedVia::Kafka as i32);
@@ -125,14 +125,14 @@ async fn a_task_seen_in_mysql_cannot_be_cancelled_by_another_tenant() -> anyhow:
     // another tenant gets NOT_FOUND even with the right business key...
     let mut c2 = other.client().await?;
     let err = c2
-        .cancel_task(cancel(&sub.task_id, "acct-9", KEY_B))
+        .cancel_task(cancel(&sub.task_id, "acct-9", KEY_GLOBEX))
         .await
         .expect_err("another tenant's task");
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     // ...and the owner's cancel needs no business key: it goes to the submit's topic and
     // partition, after it.
     let c = c2
-        .cancel_task(cancel(&sub.task_id, "", KEY_A))
+        .cancel_task(cancel(&sub.task_id, "", KEY_ACME))
         .await?
         .into_inner();
     assert!(c.accepted);

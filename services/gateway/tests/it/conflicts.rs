@@ -111,7 +111,7 @@ async fn records_of(
             s.priority = p as i32;
             sentinels.push(
                 client
-                    .submit_task(submit(s, KEY_A))
+                    .submit_task(submit(s, KEY_ACME))
                     .await?
                     .into_inner()
                     .task_id,
@@ -147,12 +147,12 @@ fn without_redis(env: &TestEnv) -> dispatch_gateway::Settings {
 async fn a_reused_key_with_other_parameters_is_refused_everywhere_naming_the_field()
 -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let a = Running::start(settings(&env)).await?;
-    let b = Running::start(settings(&env)).await?;
-    let no_redis = Running::start(without_redis(&env)).await?;
+    let a = Gateway::spawn(settings(&env)).await?;
+    let b = Gateway::spawn(settings(&env)).await?;
+    let no_redis = Gateway::spawn(without_redis(&env)).await?;
     let mut ca = a.client().await?;
     let first = ca
-        .submit_task(submit(keyed("pay-1"), KEY_A))
+        .submit_task(submit(keyed("pay-1"), KEY_ACME))
         .await?
         .into_inner();
     assert!(!first.duplicate);
@@ -166,7 +166,7 @@ async fn a_reused_key_with_other_parameters_is_refused_everywhere_naming_the_fie
         for (field, mut other) in variants() {
             other.idempotency_key = "pay-1".into();
             let err = c
-                .submit_task(submit(other, KEY_A))
+                .submit_task(submit(other, KEY_ACME))
                 .await
                 .expect_err("a different parameter is refused");
             assert_conflict(&err, field, &first.task_id, &format!("{name}, {field}"));
@@ -175,7 +175,7 @@ async fn a_reused_key_with_other_parameters_is_refused_everywhere_naming_the_fie
         // (Without Redis, a task neither stored nor in the outbox yet is produced again: a second
         // record of the same task id, which the processor dedupes.)
         let again = c
-            .submit_task(submit(keyed("pay-1"), KEY_A))
+            .submit_task(submit(keyed("pay-1"), KEY_ACME))
             .await?
             .into_inner();
         assert_eq!(again.task_id, first.task_id, "{name}");
@@ -185,20 +185,20 @@ async fn a_reused_key_with_other_parameters_is_refused_everywhere_naming_the_fie
     // never seen it, refuses other parameters too (and does not keep the key in Redis).
     let mut cn = no_redis.client().await?;
     let second = cn
-        .submit_task(submit(keyed("pay-2"), KEY_A))
+        .submit_task(submit(keyed("pay-2"), KEY_ACME))
         .await?
         .into_inner();
     let mut other = keyed("pay-2");
     other.payload = b"{\"amount\":3}".to_vec();
     for c in [&mut ca, &mut cn] {
         let err = c
-            .submit_task(submit(other.clone(), KEY_A))
+            .submit_task(submit(other.clone(), KEY_ACME))
             .await
             .expect_err("refused");
         assert_conflict(&err, "payload", &second.task_id, "key bound without redis");
     }
     let again = ca
-        .submit_task(submit(keyed("pay-2"), KEY_A))
+        .submit_task(submit(keyed("pay-2"), KEY_ACME))
         .await?
         .into_inner();
     assert_eq!(again.task_id, second.task_id);
@@ -206,7 +206,10 @@ async fn a_reused_key_with_other_parameters_is_refused_everywhere_naming_the_fie
     // Another tenant's identical key is its own task, with its own parameters.
     let mut theirs = keyed("pay-1");
     theirs.payload = b"other".to_vec();
-    let g = ca.submit_task(submit(theirs, KEY_B)).await?.into_inner();
+    let g = ca
+        .submit_task(submit(theirs, KEY_GLOBEX))
+        .await?
+        .into_inner();
     assert!(!g.duplicate);
     assert_ne!(g.task_id, first.task_id);
 
@@ -225,8 +228,8 @@ async fn a_reused_key_with_other_parameters_is_refused_everywhere_naming_the_fie
 #[tokio::test]
 async fn racing_instances_without_redis_accept_one_parameter_set() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let a = Running::start(without_redis(&env)).await?;
-    let b = Running::start(without_redis(&env)).await?;
+    let a = Gateway::spawn(without_redis(&env)).await?;
+    let b = Gateway::spawn(without_redis(&env)).await?;
     for round in 0..5 {
         let key = format!("race-{round}");
         let mut x = keyed(&key);
@@ -235,8 +238,8 @@ async fn racing_instances_without_redis_accept_one_parameter_set() -> anyhow::Re
         y.payload = b"from-b".to_vec();
         let (mut ca, mut cb) = (a.client().await?, b.client().await?);
         let (ra, rb) = tokio::join!(
-            ca.submit_task(submit(x, KEY_A)),
-            cb.submit_task(submit(y, KEY_A))
+            ca.submit_task(submit(x, KEY_ACME)),
+            cb.submit_task(submit(y, KEY_ACME))
         );
         let oks = [ra.is_ok(), rb.is_ok()].iter().filter(|ok| **ok).count();
         assert_eq!(oks, 1, "round {round}: {ra:?} / {rb:?}");
@@ -253,7 +256,7 @@ async fn racing_instances_without_redis_accept_one_parameter_set() -> anyhow::Re
 async fn repeats_of_a_key_within_a_batch_get_the_first_items_answer() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     for (name, s) in [("redis", settings(&env)), ("no-redis", without_redis(&env))] {
-        let gw = Running::start(s).await?;
+        let gw = Gateway::spawn(s).await?;
         let mut client = gw.client().await?;
         let k1 = format!("batch-{name}-1");
         let mut changed = keyed(&k1);
@@ -269,7 +272,7 @@ async fn repeats_of_a_key_within_a_batch_get_the_first_items_answer() -> anyhow:
             keyed(&k1),                        // 5: same parameters again
         ];
         let r = client
-            .submit_tasks(authed(pb::SubmitTasksRequest { tasks }, KEY_A))
+            .submit_tasks(authed(pb::SubmitTasksRequest { tasks }, KEY_ACME))
             .await?
             .into_inner()
             .results;
@@ -328,17 +331,17 @@ async fn a_key_nobody_can_check_is_refused_not_accepted() -> anyhow::Result<()> 
     s.database.connect_timeout_ms = 100;
     s.database.acquire_timeout_ms = 300;
     s.database.min_connections = 0;
-    let gw = Running::start(s).await?;
+    let gw = Gateway::spawn(s).await?;
     let mut client = gw.client().await?;
     // Without an idempotency key there is nothing to check: Kafka takes it.
     let plain = client
-        .submit_task(submit(spec("order-1", b"x"), KEY_A))
+        .submit_task(submit(spec("order-1", b"x"), KEY_ACME))
         .await?
         .into_inner();
     assert_eq!(plain.accepted_via, pb::AcceptedVia::Kafka as i32);
     // With one, accepting could accept a reuse with other parameters: UNAVAILABLE, retry later.
     let err = client
-        .submit_task(submit(keyed("unchecked-1"), KEY_A))
+        .submit_task(submit(keyed("unchecked-1"), KEY_ACME))
         .await
         .expect_err("nothing can compare its parameters");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
@@ -353,16 +356,16 @@ async fn a_key_nobody_can_check_is_refused_not_accepted() -> anyhow::Result<()> 
     s.database.connect_timeout_ms = 100;
     s.database.acquire_timeout_ms = 300;
     s.database.min_connections = 0;
-    let gw = Running::start(s).await?;
+    let gw = Gateway::spawn(s).await?;
     let mut client = gw.client().await?;
     let first = client
-        .submit_task(submit(keyed("unchecked-2"), KEY_A))
+        .submit_task(submit(keyed("unchecked-2"), KEY_ACME))
         .await?
         .into_inner();
     let mut other = keyed("unchecked-2");
     other.priority = pb::Priority::Low as i32;
     let err = client
-        .submit_task(submit(other, KEY_A))
+        .submit_task(submit(other, KEY_ACME))
         .await
         .expect_err("redis compares");
     assert_conflict(&err, "priority", &first.task_id, "mysql down");
@@ -376,10 +379,10 @@ async fn a_slow_mysql_does_not_hold_a_keyed_submit_past_its_bound() -> anyhow::R
     let env = TestEnv::new().await?;
     let mut s = without_redis(&env);
     s.idempotency.store_timeout_ms = 300;
-    let gw = Running::start(s).await?;
+    let gw = Gateway::spawn(s).await?;
     let mut client = gw.client().await?;
     let first = client
-        .submit_task(submit(keyed("slow-1"), KEY_A))
+        .submit_task(submit(keyed("slow-1"), KEY_ACME))
         .await?
         .into_inner();
     // The key's row is locked (a long transaction elsewhere): binding it waits.
@@ -390,7 +393,7 @@ async fn a_slow_mysql_does_not_hold_a_keyed_submit_past_its_bound() -> anyhow::R
         .await?;
     let start = std::time::Instant::now();
     let err = client
-        .submit_task(submit(keyed("slow-1"), KEY_A))
+        .submit_task(submit(keyed("slow-1"), KEY_ACME))
         .await
         .expect_err("cannot be checked in time");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
@@ -402,7 +405,7 @@ async fn a_slow_mysql_does_not_hold_a_keyed_submit_past_its_bound() -> anyhow::R
     tx.rollback().await?;
     // Once MySQL answers again, the same parameters are the same task.
     let again = client
-        .submit_task(submit(keyed("slow-1"), KEY_A))
+        .submit_task(submit(keyed("slow-1"), KEY_ACME))
         .await?
         .into_inner();
     assert_eq!(again.task_id, first.task_id);

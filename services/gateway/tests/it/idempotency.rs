@@ -26,7 +26,7 @@ async fn records_of(
     task_id: &str,
 ) -> anyhow::Result<usize> {
     let sentinel = client
-        .submit_task(submit(spec(business_key, b"sentinel"), KEY_A))
+        .submit_task(submit(spec(business_key, b"sentinel"), KEY_ACME))
         .await?
         .into_inner();
     let consumer = env.consumer(&[env.topics().tasks(Priority::Default)])?;
@@ -44,16 +44,16 @@ async fn records_of(
 #[tokio::test]
 async fn the_same_idempotency_key_twice_is_one_record() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let gw = Running::start(settings(&env)).await?;
+    let gw = Gateway::spawn(settings(&env)).await?;
     let mut client = gw.client().await?;
     let first = client
-        .submit_task(submit(with_key("order-7", "idem-1"), KEY_A))
+        .submit_task(submit(with_key("order-7", "idem-1"), KEY_ACME))
         .await?
         .into_inner();
     assert!(!first.duplicate);
     assert_eq!(id(&first.task_id).uuid().get_version_num(), 8, "derived id");
     let second = client
-        .submit_task(submit(with_key("order-7", "idem-1"), KEY_A))
+        .submit_task(submit(with_key("order-7", "idem-1"), KEY_ACME))
         .await?
         .into_inner();
     assert!(second.duplicate);
@@ -65,7 +65,7 @@ async fn the_same_idempotency_key_twice_is_one_record() -> anyhow::Result<()> {
     );
     // Another tenant's identical key is a different task.
     let other = client
-        .submit_task(submit(with_key("order-7", "idem-1"), KEY_B))
+        .submit_task(submit(with_key("order-7", "idem-1"), KEY_GLOBEX))
         .await?
         .into_inner();
     assert!(!other.duplicate);
@@ -88,14 +88,14 @@ async fn without_redis_the_id_is_stable_and_the_store_dedupes() -> anyhow::Resul
     let mut s = settings(&env);
     s.redis.url = "redis://127.0.0.1:1/0".into();
     s.redis.connect_timeout_ms = 200;
-    let gw = Running::start(s).await?;
+    let gw = Gateway::spawn(s).await?;
     let mut client = gw.client().await?;
     let a = client
-        .submit_task(submit(with_key("order-8", "idem-2"), KEY_A))
+        .submit_task(submit(with_key("order-8", "idem-2"), KEY_ACME))
         .await?
         .into_inner();
     let b = client
-        .submit_task(submit(with_key("order-8", "idem-2"), KEY_A))
+        .submit_task(submit(with_key("order-8", "idem-2"), KEY_ACME))
         .await?
         .into_inner();
     assert_eq!(a.task_id, b.task_id, "same id without redis");
@@ -120,7 +120,7 @@ async fn without_redis_the_id_is_stable_and_the_store_dedupes() -> anyhow::Resul
     upsert_batch(&mut tx, &[w]).await?;
     tx.commit().await?;
     let c = client
-        .submit_task(submit(with_key("order-8", "idem-2"), KEY_A))
+        .submit_task(submit(with_key("order-8", "idem-2"), KEY_ACME))
         .await?
         .into_inner();
     assert!(c.duplicate);

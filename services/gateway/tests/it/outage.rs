@@ -67,13 +67,13 @@ async fn outbox_rows(env: &TestEnv) -> anyhow::Result<i64> {
 async fn a_produce_that_would_outlive_the_callers_deadline_goes_to_the_outbox_in_time()
 -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let gw = Running::start(stalled(&env).await?).await?;
+    let gw = Gateway::spawn(stalled(&env).await?).await?;
     let mut client = gw.client().await?;
 
     // Too short to make anything durable (under outbox.write_reserve_ms, 250 ms): Kafka gets the
     // whole deadline, does not answer, and the gateway itself says DEADLINE_EXCEEDED (not the
     // transport's CANCELLED) with no outbox row written, now or later.
-    let mut req = submit(spec("k", b"short"), KEY_A);
+    let mut req = submit(spec("k", b"short"), KEY_ACME);
     req.set_timeout(Duration::from_millis(200));
     let err = client.submit_task(req).await.expect_err("too short");
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
@@ -81,7 +81,7 @@ async fn a_produce_that_would_outlive_the_callers_deadline_goes_to_the_outbox_in
 
     // A 1 s deadline against a 3 s produce timeout: the produce is abandoned in time for the
     // outbox, and the caller gets OK within its deadline.
-    let mut req = submit(spec("k", b"in time"), KEY_A);
+    let mut req = submit(spec("k", b"in time"), KEY_ACME);
     req.set_timeout(Duration::from_millis(1_000));
     let start = Instant::now();
     let r = client.submit_task(req).await?.into_inner();
@@ -102,7 +102,7 @@ async fn a_produce_that_would_outlive_the_callers_deadline_goes_to_the_outbox_in
             business_key: String::new(),
             reason: String::new(),
         },
-        KEY_A,
+        KEY_ACME,
     );
     req.set_timeout(Duration::from_millis(1_000));
     assert!(client.cancel_task(req).await?.into_inner().accepted);
@@ -118,7 +118,7 @@ async fn a_stalled_kafka_sends_submits_to_the_outbox_without_waiting_out_the_pro
     let mut s = stalled(&env).await?;
     s.outbox.produce_timeout_ms = 10_000;
     s.outbox.produce_stall_ms = 300;
-    let gw = Running::start(s).await?;
+    let gw = Gateway::spawn(s).await?;
     let client = gw.client().await?;
     let start = Instant::now();
     let submits = (0..20).map(|i| {
@@ -126,7 +126,7 @@ async fn a_stalled_kafka_sends_submits_to_the_outbox_without_waiting_out_the_pro
         async move {
             let t = Instant::now();
             let r = c
-                .submit_task(submit(spec(&format!("k{}", i % 4), b"x"), KEY_A))
+                .submit_task(submit(spec(&format!("k{}", i % 4), b"x"), KEY_ACME))
                 .await;
             (r, t.elapsed())
         }
@@ -176,7 +176,7 @@ async fn a_broker_outage_refuses_no_submit_and_loses_none() -> anyhow::Result<()
     s.kafka.message_timeout_ms = 10_000;
     // The defaults, except a shorter stall rule than production's (the run is short).
     s.outbox.produce_stall_ms = 500;
-    let gw = Running::start(s).await?;
+    let gw = Gateway::spawn(s).await?;
     let client = gw.client().await?;
     // Healthy first (the mock broker may take a moment: early submits may go to the outbox).
     let mut warm = 0;
@@ -184,7 +184,7 @@ async fn a_broker_outage_refuses_no_submit_and_loses_none() -> anyhow::Result<()
     loop {
         let r = client
             .clone()
-            .submit_task(submit(spec("warm", b"x"), KEY_A))
+            .submit_task(submit(spec("warm", b"x"), KEY_ACME))
             .await?
             .into_inner();
         warm += 1;
@@ -204,7 +204,10 @@ async fn a_broker_outage_refuses_no_submit_and_loses_none() -> anyhow::Result<()
             let mut out = Vec::new();
             let mut i = 0;
             while started.elapsed() < run {
-                let mut req = submit(spec(&format!("acct-{k}"), format!("{i}").as_bytes()), KEY_A);
+                let mut req = submit(
+                    spec(&format!("acct-{k}"), format!("{i}").as_bytes()),
+                    KEY_ACME,
+                );
                 req.set_timeout(Duration::from_secs(2));
                 let t = Instant::now();
                 let r = c.submit_task(req).await.map(tonic::Response::into_inner);
@@ -347,7 +350,7 @@ async fn with_kafka_and_mysql_down_submits_are_refused_unavailable_without_waiti
     s.database.acquire_timeout_ms = 10_000;
     s.outbox.breaker_failures = 1; // Kafka is at risk after one failed produce
     s.outbox.produce_timeout_ms = 200;
-    let gw = Running::start(s).await?;
+    let gw = Gateway::spawn(s).await?;
     let mut client = gw.client().await?;
     let _ = db;
     proxy.cut();
@@ -355,7 +358,7 @@ async fn with_kafka_and_mysql_down_submits_are_refused_unavailable_without_waiti
     let mut codes = Vec::new();
     let mut slow = 0;
     for i in 0..8 {
-        let mut req = submit(spec(&format!("k{i}"), b"x"), KEY_A);
+        let mut req = submit(spec(&format!("k{i}"), b"x"), KEY_ACME);
         req.set_timeout(Duration::from_millis(4_000));
         let t = Instant::now();
         let err = client
@@ -405,13 +408,13 @@ async fn a_keyed_submit_whose_key_check_ate_the_deadline_is_refused_unavailable(
     s.outbox.breaker_failures = 1;
     s.outbox.produce_timeout_ms = 200;
     s.idempotency.store_timeout_ms = 3_000;
-    let gw = Running::start(s).await?;
+    let gw = Gateway::spawn(s).await?;
     let mut client = gw.client().await?;
     proxy.cut();
 
     let mut spec = spec("keyed-outage", b"x");
     spec.idempotency_key = "keyed-outage-1".into();
-    let mut req = submit(spec, KEY_A);
+    let mut req = submit(spec, KEY_ACME);
     let timeout = Duration::from_millis(5_000); // the load generator's deadline
     req.set_timeout(timeout);
     let t = Instant::now();

@@ -15,14 +15,14 @@ async fn kafka_down_goes_to_the_outbox_and_the_relay_delivers_each_once_in_order
 -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     // A gateway whose Kafka is unreachable (the shared broker stays up for everyone else).
-    let down = Running::start(kafka_down(&env)).await?;
+    let down = Gateway::spawn(kafka_down(&env)).await?;
     let mut client = down.client().await?;
     let mut submitted: Vec<(String, String)> = Vec::new(); // (key, task id) in submit order
     for i in 0..12 {
         let key = format!("acct-{}", i % 3);
         let start = std::time::Instant::now();
         let r = client
-            .submit_task(submit(spec(&key, i.to_string().as_bytes()), KEY_A))
+            .submit_task(submit(spec(&key, i.to_string().as_bytes()), KEY_ACME))
             .await?
             .into_inner();
         if i > 0 {
@@ -45,7 +45,7 @@ async fn kafka_down_goes_to_the_outbox_and_the_relay_delivers_each_once_in_order
             pb::SubmitTasksRequest {
                 tasks: vec![spec("acct-0", b"b0"), spec("acct-1", b"b1")],
             },
-            KEY_A,
+            KEY_ACME,
         ))
         .await?
         .into_inner();
@@ -58,10 +58,13 @@ async fn kafka_down_goes_to_the_outbox_and_the_relay_delivers_each_once_in_order
     let mut idem = spec("acct-2", b"idem");
     idem.idempotency_key = "retry-me".into();
     let i1 = client
-        .submit_task(submit(idem.clone(), KEY_A))
+        .submit_task(submit(idem.clone(), KEY_ACME))
         .await?
         .into_inner();
-    let i2 = client.submit_task(submit(idem, KEY_A)).await?.into_inner();
+    let i2 = client
+        .submit_task(submit(idem, KEY_ACME))
+        .await?
+        .into_inner();
     assert!(i2.duplicate);
     assert_eq!(i2.outbox_id, i1.outbox_id);
     submitted.push(("acct-2".into(), i1.task_id.clone()));
@@ -73,7 +76,7 @@ async fn kafka_down_goes_to_the_outbox_and_the_relay_delivers_each_once_in_order
     down.stop().await?;
 
     // A healthy gateway on the same database takes the relay lock and drains the outbox.
-    let up = Running::start(settings(&env)).await?;
+    let up = Gateway::spawn(settings(&env)).await?;
     let consumer = env.consumer(&[env.topics().tasks(Priority::Default)])?;
     let want = submitted.len();
     let records = consume_until(&consumer, Duration::from_secs(30), |r| r.len() >= want).await?;
@@ -87,7 +90,7 @@ async fn kafka_down_goes_to_the_outbox_and_the_relay_delivers_each_once_in_order
     let mut sentinels = Vec::new();
     for k in ["acct-0", "acct-1", "acct-2"] {
         let s = client
-            .submit_task(submit(spec(k, b"sentinel"), KEY_A))
+            .submit_task(submit(spec(k, b"sentinel"), KEY_ACME))
             .await?
             .into_inner();
         sentinels.push(s.task_id);
@@ -139,11 +142,11 @@ async fn kafka_and_mysql_down_is_unavailable() -> anyhow::Result<()> {
     s.database.connect_timeout_ms = 100;
     s.database.acquire_timeout_ms = 300;
     s.database.min_connections = 0;
-    let gw = Running::start(s).await?;
+    let gw = Gateway::spawn(s).await?;
     let mut client = gw.client().await?;
     for _ in 0..3 {
         let err = client
-            .submit_task(submit(spec("k", b"x"), KEY_A))
+            .submit_task(submit(spec("k", b"x"), KEY_ACME))
             .await
             .expect_err("nothing durable");
         assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
@@ -153,7 +156,7 @@ async fn kafka_and_mysql_down_is_unavailable() -> anyhow::Result<()> {
             pb::SubmitTasksRequest {
                 tasks: vec![spec("k", b"x")],
             },
-            KEY_A,
+            KEY_ACME,
         ))
         .await?
         .into_inner();
@@ -176,12 +179,12 @@ async fn overload_is_shed_fast_not_queued() -> anyhow::Result<()> {
     s.outbox.produce_timeout_ms = 2_000;
     s.outbox.breaker_failures = 1_000;
     s.grpc.max_concurrent_requests = 1;
-    let gw = Running::start(s).await?;
+    let gw = Gateway::spawn(s).await?;
     let mut slow = gw.client().await?;
     // The hog retries if one of the probes below happens to hold the slot when it arrives.
     let hog = tokio::spawn(async move {
         loop {
-            match slow.submit_task(submit(spec("k", b"x"), KEY_A)).await {
+            match slow.submit_task(submit(spec("k", b"x"), KEY_ACME)).await {
                 Err(e) if e.code() == Code::Unavailable => continue,
                 other => return other,
             }
@@ -195,7 +198,7 @@ async fn overload_is_shed_fast_not_queued() -> anyhow::Result<()> {
             let mut bad = spec("k", b"x");
             bad.task_type = String::new();
             let start = std::time::Instant::now();
-            let err = c.submit_task(submit(bad, KEY_A)).await.err()?;
+            let err = c.submit_task(submit(bad, KEY_ACME)).await.err()?;
             (err.code() == Code::Unavailable).then(|| (start.elapsed(), err))
         }
     })
@@ -223,7 +226,7 @@ async fn with_all_brokers_down_a_short_deadline_is_met_through_the_outbox() -> a
     // librdkafka's "all brokers down" tells the gateway not to wait on Kafka.
     s.outbox.produce_timeout_ms = 2_000;
     s.outbox.breaker_failures = 1_000;
-    let gw = Running::start(s).await?;
+    let gw = Gateway::spawn(s).await?;
     let mut client = gw.client().await?;
     // The first probe of Kafka has failed (by then librdkafka, which connects as soon as the
     // producer exists, has long given up on its only broker).
@@ -234,7 +237,7 @@ async fn with_all_brokers_down_a_short_deadline_is_met_through_the_outbox() -> a
     })
     .await?;
     // The caller's 200 ms deadline is met: OK, durable in the outbox, well before it.
-    let mut req = submit(spec("k2", b"x"), KEY_A);
+    let mut req = submit(spec("k2", b"x"), KEY_ACME);
     req.set_timeout(Duration::from_millis(200));
     let start = std::time::Instant::now();
     let r = client.submit_task(req).await?.into_inner();
@@ -273,7 +276,7 @@ async fn the_relay_leader_purges_published_rows_past_their_retention() -> anyhow
     let mut s = settings(&env);
     s.outbox.published_retention_ms = 3_600_000;
     s.outbox.purge_interval_ms = 100;
-    let gw = Running::start(s).await?;
+    let gw = Gateway::spawn(s).await?;
     let remaining = || async {
         let rows: Vec<(u64,)> = sqlx::query_as("SELECT id FROM outbox ORDER BY id")
             .fetch_all(&env.pool)

@@ -76,7 +76,7 @@ async fn a_row_that_cannot_be_published_keeps_blocking_its_key_until_an_operator
         max_attempts: 3,
         ..fast_relay()
     };
-    let gw = Running::start(s).await?;
+    let gw = Gateway::spawn(s).await?;
 
     eventually("r1 dead, r4 published", Duration::from_secs(20), || async {
         let (a, _) = state(&env, r1).await.ok()?;
@@ -107,13 +107,16 @@ async fn a_row_that_cannot_be_published_keeps_blocking_its_key_until_an_operator
     eventually("key j back on kafka", Duration::from_secs(10), || {
         let mut c = client.clone();
         async move {
-            let r = c.submit_task(submit(spec("j", b"x"), KEY_A)).await.ok()?;
+            let r = c
+                .submit_task(submit(spec("j", b"x"), KEY_ACME))
+                .await
+                .ok()?;
             (r.get_ref().accepted_via == pb::AcceptedVia::Kafka as i32).then_some(())
         }
     })
     .await?;
     let later = client
-        .submit_task(submit(spec("k", b"x"), KEY_A))
+        .submit_task(submit(spec("k", b"x"), KEY_ACME))
         .await?
         .into_inner();
     assert_eq!(later.accepted_via, pb::AcceptedVia::Outbox as i32);
@@ -159,7 +162,7 @@ async fn a_head_row_held_by_someone_else_is_not_overtaken() -> anyhow::Result<()
         .await?;
     let mut s = settings(&env);
     s.outbox = fast_relay();
-    let gw = Running::start(s).await?;
+    let gw = Gateway::spawn(s).await?;
     let consumer = env.consumer(&[env.topics().tasks(Priority::Default)])?;
     let records = consume_until(&consumer, Duration::from_secs(20), |r| r.len() >= 2).await?;
     let got: Vec<String> = records.iter().map(label).collect();

@@ -13,7 +13,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-use crate::harness::{KEY_A, KEY_B, Running, authed, bad_fields, settings};
+use crate::harness::{Gateway, KEY_ACME, KEY_GLOBEX, authed, bad_fields, settings};
 
 fn spec(name: &str) -> pb::ScheduleSpec {
     pb::ScheduleSpec {
@@ -44,14 +44,14 @@ async fn rows(env: &TestEnv) -> anyhow::Result<(i64, i64)> {
     Ok((s, t))
 }
 
-async fn client(gw: &Running) -> anyhow::Result<ScheduleServiceClient<Channel>> {
+async fn client(gw: &Gateway) -> anyhow::Result<ScheduleServiceClient<Channel>> {
     Ok(ScheduleServiceClient::new(gw.channel().await?))
 }
 
 #[tokio::test]
 async fn bad_input_to_every_rpc_names_the_field_and_stores_nothing() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let gw = Running::start(settings(&env)).await?;
+    let gw = Gateway::spawn(settings(&env)).await?;
     let mut c = client(&gw).await?;
 
     // CreateSchedule: (what is wrong, the spec, the fields named).
@@ -168,12 +168,18 @@ async fn bad_input_to_every_rpc_names_the_field_and_stores_nothing() -> anyhow::
         ),
     ];
     for (what, s, fields) in cases {
-        let e = c.create_schedule(create(s, KEY_A)).await.expect_err(what);
+        let e = c
+            .create_schedule(create(s, KEY_ACME))
+            .await
+            .expect_err(what);
         assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
         assert_eq!(bad_fields(&e), fields, "{what}");
     }
     let e = c
-        .create_schedule(authed(pb::CreateScheduleRequest { schedule: None }, KEY_A))
+        .create_schedule(authed(
+            pb::CreateScheduleRequest { schedule: None },
+            KEY_ACME,
+        ))
         .await
         .expect_err("no schedule");
     assert_eq!(bad_fields(&e), ["schedule"]);
@@ -183,19 +189,19 @@ async fn bad_input_to_every_rpc_names_the_field_and_stores_nothing() -> anyhow::
     for name in ["has space", ""] {
         let n = || name.to_owned();
         let errs = [
-            c.get_schedule(authed(pb::GetScheduleRequest { name: n() }, KEY_A))
+            c.get_schedule(authed(pb::GetScheduleRequest { name: n() }, KEY_ACME))
                 .await
                 .map(|_| ()),
-            c.pause_schedule(authed(pb::PauseScheduleRequest { name: n() }, KEY_A))
+            c.pause_schedule(authed(pb::PauseScheduleRequest { name: n() }, KEY_ACME))
                 .await
                 .map(|_| ()),
-            c.resume_schedule(authed(pb::ResumeScheduleRequest { name: n() }, KEY_A))
+            c.resume_schedule(authed(pb::ResumeScheduleRequest { name: n() }, KEY_ACME))
                 .await
                 .map(|_| ()),
-            c.trigger_schedule(authed(pb::TriggerScheduleRequest { name: n() }, KEY_A))
+            c.trigger_schedule(authed(pb::TriggerScheduleRequest { name: n() }, KEY_ACME))
                 .await
                 .map(|_| ()),
-            c.delete_schedule(authed(pb::DeleteScheduleRequest { name: n() }, KEY_A))
+            c.delete_schedule(authed(pb::DeleteScheduleRequest { name: n() }, KEY_ACME))
                 .await
                 .map(|_| ()),
         ];
@@ -210,7 +216,7 @@ async fn bad_input_to_every_rpc_names_the_field_and_stores_nothing() -> anyhow::
             pb::TriggerScheduleRequest {
                 name: "nope".into(),
             },
-            KEY_A,
+            KEY_ACME,
         ))
         .await
         .expect_err("unknown");
@@ -222,7 +228,7 @@ async fn bad_input_to_every_rpc_names_the_field_and_stores_nothing() -> anyhow::
                 page_size: 5_000,
                 page_token: "has space".into(),
             },
-            KEY_A,
+            KEY_ACME,
         ))
         .await
         .expect_err("bad page");
@@ -237,7 +243,7 @@ async fn bad_input_to_every_rpc_names_the_field_and_stores_nothing() -> anyhow::
 
     // A name taken: ALREADY_EXISTS naming schedule.name; the first schedule is unchanged.
     let first = c
-        .create_schedule(create(spec("nightly"), KEY_A))
+        .create_schedule(create(spec("nightly"), KEY_ACME))
         .await?
         .into_inner()
         .schedule
@@ -247,7 +253,7 @@ async fn bad_input_to_every_rpc_names_the_field_and_stores_nothing() -> anyhow::
         ..spec("nightly")
     };
     let e = c
-        .create_schedule(create(other, KEY_A))
+        .create_schedule(create(other, KEY_ACME))
         .await
         .expect_err("taken");
     assert_eq!(e.code(), Code::AlreadyExists);
@@ -261,20 +267,21 @@ async fn bad_input_to_every_rpc_names_the_field_and_stores_nothing() -> anyhow::
             pb::GetScheduleRequest {
                 name: "nightly".into(),
             },
-            KEY_A,
+            KEY_ACME,
         ))
         .await?
         .into_inner()
         .schedule;
     assert_eq!(got.as_ref(), Some(&first));
     // Another tenant may use the name; it cannot see this one.
-    c.create_schedule(create(spec("nightly"), KEY_B)).await?;
+    c.create_schedule(create(spec("nightly"), KEY_GLOBEX))
+        .await?;
     let theirs = c
         .get_schedule(authed(
             pb::GetScheduleRequest {
                 name: "nightly".into(),
             },
-            KEY_B,
+            KEY_GLOBEX,
         ))
         .await?
         .into_inner()
@@ -290,7 +297,7 @@ async fn bad_input_to_every_rpc_names_the_field_and_stores_nothing() -> anyhow::
 #[tokio::test]
 async fn a_schedule_is_created_listed_paused_resumed_triggered_and_deleted() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let gw = Running::start(settings(&env)).await?;
+    let gw = Gateway::spawn(settings(&env)).await?;
     let mut c = client(&gw).await?;
     for name in ["b-every-minute", "a-nightly", "c-paused"] {
         let mut s = spec(name);
@@ -303,7 +310,7 @@ async fn a_schedule_is_created_listed_paused_resumed_triggered_and_deleted() -> 
         }
         s.paused = name == "c-paused";
         let got = c
-            .create_schedule(create(s.clone(), KEY_A))
+            .create_schedule(create(s.clone(), KEY_ACME))
             .await?
             .into_inner()
             .schedule
@@ -330,7 +337,7 @@ async fn a_schedule_is_created_listed_paused_resumed_triggered_and_deleted() -> 
                 page_size: 2,
                 page_token: String::new(),
             },
-            KEY_A,
+            KEY_ACME,
         ))
         .await?
         .into_inner();
@@ -347,14 +354,14 @@ async fn a_schedule_is_created_listed_paused_resumed_triggered_and_deleted() -> 
                 page_size: 2,
                 page_token: page.next_page_token.clone(),
             },
-            KEY_A,
+            KEY_ACME,
         ))
         .await?
         .into_inner();
     assert_eq!(names(&rest), ["c-paused"]);
     assert!(rest.next_page_token.is_empty());
     let theirs = c
-        .list_schedules(authed(pb::ListSchedulesRequest::default(), KEY_B))
+        .list_schedules(authed(pb::ListSchedulesRequest::default(), KEY_GLOBEX))
         .await?
         .into_inner();
     assert!(theirs.schedules.is_empty(), "another tenant sees none");
@@ -365,7 +372,7 @@ async fn a_schedule_is_created_listed_paused_resumed_triggered_and_deleted() -> 
             pb::PauseScheduleRequest {
                 name: "a-nightly".into(),
             },
-            KEY_A,
+            KEY_ACME,
         ))
         .await?
         .into_inner()
@@ -377,7 +384,7 @@ async fn a_schedule_is_created_listed_paused_resumed_triggered_and_deleted() -> 
             pb::ResumeScheduleRequest {
                 name: "c-paused".into(),
             },
-            KEY_A,
+            KEY_ACME,
         ))
         .await?
         .into_inner()
@@ -392,7 +399,7 @@ async fn a_schedule_is_created_listed_paused_resumed_triggered_and_deleted() -> 
             pb::TriggerScheduleRequest {
                 name: "a-nightly".into(),
             },
-            KEY_A,
+            KEY_ACME,
         ))
         .await?
         .into_inner();
@@ -419,7 +426,7 @@ async fn a_schedule_is_created_listed_paused_resumed_triggered_and_deleted() -> 
             pb::GetScheduleRequest {
                 name: "a-nightly".into(),
             },
-            KEY_A,
+            KEY_ACME,
         ))
         .await?
         .into_inner()
@@ -433,7 +440,7 @@ async fn a_schedule_is_created_listed_paused_resumed_triggered_and_deleted() -> 
             pb::TriggerScheduleRequest {
                 name: "a-nightly".into(),
             },
-            KEY_B,
+            KEY_GLOBEX,
         ))
         .await
         .expect_err("not theirs");
@@ -444,7 +451,7 @@ async fn a_schedule_is_created_listed_paused_resumed_triggered_and_deleted() -> 
         pb::DeleteScheduleRequest {
             name: "a-nightly".into(),
         },
-        KEY_A,
+        KEY_ACME,
     ))
     .await?;
     let e = c
@@ -452,7 +459,7 @@ async fn a_schedule_is_created_listed_paused_resumed_triggered_and_deleted() -> 
             pb::GetScheduleRequest {
                 name: "a-nightly".into(),
             },
-            KEY_A,
+            KEY_ACME,
         ))
         .await
         .expect_err("deleted");
@@ -462,7 +469,7 @@ async fn a_schedule_is_created_listed_paused_resumed_triggered_and_deleted() -> 
             pb::DeleteScheduleRequest {
                 name: "a-nightly".into(),
             },
-            KEY_A,
+            KEY_ACME,
         ))
         .await
         .expect_err("deleted twice");
@@ -487,26 +494,29 @@ async fn a_failing_store_is_unavailable_without_its_detail() -> anyhow::Result<(
     s.database.connect_timeout_ms = 100;
     s.database.acquire_timeout_ms = 300;
     s.database.min_connections = 0;
-    let gw = Running::start(s).await?;
+    let gw = Gateway::spawn(s).await?;
     let mut c = client(&gw).await?;
     let name = || "nightly".to_string();
     let errors = [
-        c.create_schedule(create(spec("nightly"), KEY_A))
+        c.create_schedule(create(spec("nightly"), KEY_ACME))
             .await
             .err(),
-        c.get_schedule(authed(pb::GetScheduleRequest { name: name() }, KEY_A))
+        c.get_schedule(authed(pb::GetScheduleRequest { name: name() }, KEY_ACME))
             .await
             .err(),
-        c.list_schedules(authed(pb::ListSchedulesRequest::default(), KEY_A))
+        c.list_schedules(authed(pb::ListSchedulesRequest::default(), KEY_ACME))
             .await
             .err(),
-        c.pause_schedule(authed(pb::PauseScheduleRequest { name: name() }, KEY_A))
+        c.pause_schedule(authed(pb::PauseScheduleRequest { name: name() }, KEY_ACME))
             .await
             .err(),
-        c.trigger_schedule(authed(pb::TriggerScheduleRequest { name: name() }, KEY_A))
-            .await
-            .err(),
-        c.delete_schedule(authed(pb::DeleteScheduleRequest { name: name() }, KEY_A))
+        c.trigger_schedule(authed(
+            pb::TriggerScheduleRequest { name: name() },
+            KEY_ACME,
+        ))
+        .await
+        .err(),
+        c.delete_schedule(authed(pb::DeleteScheduleRequest { name: name() }, KEY_ACME))
             .await
             .err(),
     ];

@@ -14,12 +14,12 @@ use crate::harness::*;
 #[tokio::test]
 async fn submit_round_trip_lands_where_the_response_says() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let gw = Running::start(settings(&env)).await?;
+    let gw = Gateway::spawn(settings(&env)).await?;
     let mut client = gw.client().await?;
 
     let mut s = spec("order-1", b"{\"to\":\"a@example.com\"}");
     s.priority = pb::Priority::Critical as i32;
-    let mut req = submit(s, KEY_A);
+    let mut req = submit(s, KEY_ACME);
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     req.metadata_mut()
         .insert("traceparent", traceparent.parse()?);
@@ -61,12 +61,12 @@ async fn submit_round_trip_lands_where_the_response_says() -> anyhow::Result<()>
 #[tokio::test]
 async fn partitions_match_javas_murmur2_for_many_keys() -> anyhow::Result<()> {
     let env = TestEnv::with_partitions(6).await?;
-    let gw = Running::start(settings(&env)).await?;
+    let gw = Gateway::spawn(settings(&env)).await?;
     let mut client = gw.client().await?;
     let keys: Vec<String> = (0..120).map(|i| format!("customer-{i}-é")).collect();
     let tasks = keys.iter().map(|k| spec(k, b"x")).collect();
     let resp = client
-        .submit_tasks(authed(pb::SubmitTasksRequest { tasks }, KEY_A))
+        .submit_tasks(authed(pb::SubmitTasksRequest { tasks }, KEY_ACME))
         .await?
         .into_inner();
     assert_eq!(resp.results.len(), keys.len());
@@ -111,7 +111,7 @@ async fn partitions_match_javas_murmur2_for_many_keys() -> anyhow::Result<()> {
 #[tokio::test]
 async fn per_key_order_holds_across_1000_interleaved_submits() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let gw = Running::start(settings(&env)).await?;
+    let gw = Gateway::spawn(settings(&env)).await?;
     const KEYS: usize = 5;
     const PER_KEY: usize = 200;
     let mut writers = Vec::new();
@@ -122,7 +122,7 @@ async fn per_key_order_holds_across_1000_interleaved_submits() -> anyhow::Result
                 // One client per key waits for each OK before the next submit: that is the
                 // order the gateway promises to keep; the keys interleave freely.
                 let s = spec(&format!("key-{k}"), seq.to_string().as_bytes());
-                client.submit_task(submit(s, KEY_A)).await?;
+                client.submit_task(submit(s, KEY_ACME)).await?;
             }
             anyhow::Ok(())
         }));
@@ -151,13 +151,13 @@ async fn per_key_order_holds_across_1000_interleaved_submits() -> anyhow::Result
 #[tokio::test]
 async fn a_bad_item_does_not_fail_the_rest_of_its_batch() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let gw = Running::start(settings(&env)).await?;
+    let gw = Gateway::spawn(settings(&env)).await?;
     let mut client = gw.client().await?;
     let mut bad = spec("b-2", b"x");
     bad.task_type = "Not Valid".into();
     let tasks = vec![spec("b-1", b"1"), bad, spec("b-3", b"3")];
     let resp = client
-        .submit_tasks(authed(pb::SubmitTasksRequest { tasks }, KEY_A))
+        .submit_tasks(authed(pb::SubmitTasksRequest { tasks }, KEY_ACME))
         .await?
         .into_inner();
     let idx: Vec<u32> = resp.results.iter().map(|r| r.index).collect();

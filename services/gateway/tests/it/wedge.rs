@@ -121,14 +121,14 @@ async fn a_wedged_gateway_producer_is_rebuilt_and_its_outbox_drains() -> anyhow:
     s.outbox.relay_backoff_max_ms = 200;
     s.outbox.relay_lease_ms = 100;
     s.outbox.relay_fence_ms = 20;
-    let gw = Running::start(s).await?;
+    let gw = Gateway::spawn(s).await?;
     let mut client = gw.client().await?;
     // Healthy first (the mock broker may take a moment: early submits may go to the outbox).
     let mut accepted = Vec::new();
     let until = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let r = client
-            .submit_task(submit(spec("warm", b"x"), KEY_A))
+            .submit_task(submit(spec("warm", b"x"), KEY_ACME))
             .await?
             .into_inner();
         accepted.push(r.task_id);
@@ -141,7 +141,7 @@ async fn a_wedged_gateway_producer_is_rebuilt_and_its_outbox_drains() -> anyhow:
     mock.request_errors(RDKafkaApiKey::Produce, &[NO_PROGRESS; 10_000]);
     for i in 0..10 {
         let r = client
-            .submit_task(submit(spec(&format!("acct-{}", i % 3), b"x"), KEY_A))
+            .submit_task(submit(spec(&format!("acct-{}", i % 3), b"x"), KEY_ACME))
             .await?
             .into_inner();
         accepted.push(r.task_id);

@@ -82,7 +82,7 @@ async fn bad_workflows_are_invalid_argument_naming_every_field_and_store_nothing
     let env = TestEnv::new().await?;
     let mut s = settings(&env);
     s.limits.max_workflow_nodes = 5;
-    let gw = Running::start(s).await?;
+    let gw = Gateway::spawn(s).await?;
     let mut client = gw.client().await?;
 
     let keyed = {
@@ -162,7 +162,7 @@ async fn bad_workflows_are_invalid_argument_naming_every_field_and_store_nothing
     ];
     for (what, nodes, fields) in cases {
         let err = client
-            .submit_workflow(submit_wf(nodes, "wf-bad", KEY_A))
+            .submit_workflow(submit_wf(nodes, "wf-bad", KEY_ACME))
             .await
             .expect_err(what);
         assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
@@ -175,7 +175,7 @@ async fn bad_workflows_are_invalid_argument_naming_every_field_and_store_nothing
     }
     // The request's own idempotency key is checked beside the nodes.
     let err = client
-        .submit_workflow(submit_wf(vec![node("a", &[])], "has space", KEY_A))
+        .submit_workflow(submit_wf(vec![node("a", &[])], "has space", KEY_ACME))
         .await
         .expect_err("bad key");
     assert_eq!(bad_fields(&err), ["idempotency_key"]);
@@ -184,7 +184,7 @@ async fn bad_workflows_are_invalid_argument_naming_every_field_and_store_nothing
         .submit_workflow(submit_wf(
             (0..6).map(|i| node(&format!("n{i}"), &[])).collect(),
             "",
-            KEY_A,
+            KEY_ACME,
         ))
         .await
         .expect_err("too many");
@@ -224,7 +224,7 @@ async fn bad_workflows_are_invalid_argument_naming_every_field_and_store_nothing
 async fn a_diamond_stores_its_roots_scheduled_the_rest_waiting_and_every_edge() -> anyhow::Result<()>
 {
     let env = TestEnv::new().await?;
-    let gw = Running::start(settings(&env)).await?;
+    let gw = Gateway::spawn(settings(&env)).await?;
     let mut client = gw.client().await?;
     let before = gw.metrics().await?;
 
@@ -239,7 +239,7 @@ async fn a_diamond_stores_its_roots_scheduled_the_rest_waiting_and_every_edge() 
         node("e", &[]),
     ];
     let r = client
-        .submit_workflow(submit_wf(nodes, "", KEY_A))
+        .submit_workflow(submit_wf(nodes, "", KEY_ACME))
         .await?
         .into_inner();
     assert!(!r.duplicate);
@@ -338,7 +338,7 @@ async fn a_diamond_stores_its_roots_scheduled_the_rest_waiting_and_every_edge() 
 async fn a_repeated_submit_answers_the_same_ids_and_other_nodes_already_exist() -> anyhow::Result<()>
 {
     let env = TestEnv::new().await?;
-    let gw = Running::start(settings(&env)).await?;
+    let gw = Gateway::spawn(settings(&env)).await?;
     let mut client = gw.client().await?;
     let diamond = || {
         vec![
@@ -349,7 +349,7 @@ async fn a_repeated_submit_answers_the_same_ids_and_other_nodes_already_exist() 
         ]
     };
     let first = client
-        .submit_workflow(submit_wf(diamond(), "nightly-1", KEY_A))
+        .submit_workflow(submit_wf(diamond(), "nightly-1", KEY_ACME))
         .await?
         .into_inner();
     assert!(!first.duplicate);
@@ -359,7 +359,7 @@ async fn a_repeated_submit_answers_the_same_ids_and_other_nodes_already_exist() 
     );
 
     let again = client
-        .submit_workflow(submit_wf(diamond(), "nightly-1", KEY_A))
+        .submit_workflow(submit_wf(diamond(), "nightly-1", KEY_ACME))
         .await?
         .into_inner();
     assert!(again.duplicate);
@@ -370,7 +370,7 @@ async fn a_repeated_submit_answers_the_same_ids_and_other_nodes_already_exist() 
     let mut other = diamond();
     other[3].name = "z".into();
     let err = client
-        .submit_workflow(submit_wf(other, "nightly-1", KEY_A))
+        .submit_workflow(submit_wf(other, "nightly-1", KEY_ACME))
         .await
         .expect_err("other nodes");
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
@@ -380,7 +380,7 @@ async fn a_repeated_submit_answers_the_same_ids_and_other_nodes_already_exist() 
         err.message()
     );
     let err = client
-        .submit_workflow(submit_wf(diamond()[..3].to_vec(), "nightly-1", KEY_A))
+        .submit_workflow(submit_wf(diamond()[..3].to_vec(), "nightly-1", KEY_ACME))
         .await
         .expect_err("fewer nodes");
     assert_eq!(err.code(), Code::AlreadyExists);
@@ -393,7 +393,7 @@ async fn a_repeated_submit_answers_the_same_ids_and_other_nodes_already_exist() 
     other_edge[3].depends_on[1].on_failure = pb::DependencyFailure::Run as i32;
     for (what, nodes) in [("another task", other_task), ("another edge", other_edge)] {
         let err = client
-            .submit_workflow(submit_wf(nodes, "nightly-1", KEY_A))
+            .submit_workflow(submit_wf(nodes, "nightly-1", KEY_ACME))
             .await
             .expect_err(what);
         assert_eq!(err.code(), Code::AlreadyExists, "{what}: {err:?}");
@@ -402,7 +402,7 @@ async fn a_repeated_submit_answers_the_same_ids_and_other_nodes_already_exist() 
 
     // The same key is another tenant's own workflow.
     let theirs = client
-        .submit_workflow(submit_wf(diamond(), "nightly-1", KEY_B))
+        .submit_workflow(submit_wf(diamond(), "nightly-1", KEY_GLOBEX))
         .await?
         .into_inner();
     assert!(!theirs.duplicate);
@@ -416,13 +416,13 @@ async fn a_repeated_submit_answers_the_same_ids_and_other_nodes_already_exist() 
 #[tokio::test]
 async fn cancel_workflow_is_tenant_scoped_and_records_the_request() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let gw = Running::start(settings(&env)).await?;
+    let gw = Gateway::spawn(settings(&env)).await?;
     let mut client = gw.client().await?;
     let wf = client
         .submit_workflow(submit_wf(
             vec![node("a", &[]), node("b", &["a"])],
             "",
-            KEY_A,
+            KEY_ACME,
         ))
         .await?
         .into_inner();
@@ -438,18 +438,18 @@ async fn cancel_workflow_is_tenant_scoped_and_records_the_request() -> anyhow::R
 
     // Another tenant's workflow is not found, and left alone.
     let err = client
-        .cancel_workflow(cancel_wf(&wf.workflow_id, KEY_B))
+        .cancel_workflow(cancel_wf(&wf.workflow_id, KEY_GLOBEX))
         .await
         .expect_err("other tenant");
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert_eq!(requested().await?, (false, String::new()));
     let err = client
-        .cancel_workflow(cancel_wf(&TaskId::new().to_string(), KEY_A))
+        .cancel_workflow(cancel_wf(&TaskId::new().to_string(), KEY_ACME))
         .await
         .expect_err("unknown");
     assert_eq!(err.code(), Code::NotFound);
     let err = client
-        .cancel_workflow(cancel_wf("not-a-workflow", KEY_A))
+        .cancel_workflow(cancel_wf("not-a-workflow", KEY_ACME))
         .await
         .expect_err("bad id");
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -457,7 +457,7 @@ async fn cancel_workflow_is_tenant_scoped_and_records_the_request() -> anyhow::R
 
     // The owner's: recorded, with its reason.
     let r = client
-        .cancel_workflow(cancel_wf(&wf.workflow_id, KEY_A))
+        .cancel_workflow(cancel_wf(&wf.workflow_id, KEY_ACME))
         .await?
         .into_inner();
     assert!(r.accepted);
@@ -466,7 +466,7 @@ async fn cancel_workflow_is_tenant_scoped_and_records_the_request() -> anyhow::R
 
     // A workflow whose nodes have all finished has nothing left to cancel.
     let done = client
-        .submit_workflow(submit_wf(vec![node("a", &[])], "", KEY_A))
+        .submit_workflow(submit_wf(vec![node("a", &[])], "", KEY_ACME))
         .await?
         .into_inner();
     sqlx::query("UPDATE tasks SET state = 'succeeded' WHERE workflow_id = ?")
@@ -474,7 +474,7 @@ async fn cancel_workflow_is_tenant_scoped_and_records_the_request() -> anyhow::R
         .execute(&env.pool)
         .await?;
     let r = client
-        .cancel_workflow(cancel_wf(&done.workflow_id, KEY_A))
+        .cancel_workflow(cancel_wf(&done.workflow_id, KEY_ACME))
         .await?
         .into_inner();
     assert!(!r.accepted);

@@ -19,7 +19,7 @@ use dispatch_testkit::{TestEnv, consume_until, eventually};
 use parking_lot::Mutex;
 use tonic::transport::Channel;
 
-use crate::admin_harness::{Admin, TENANT_KEY, admin, req};
+use crate::admin_harness::{Admin, KEY_ACME, admin, with_key};
 use crate::harness::{produce, producer, states, task, wait_all};
 
 /// Fails permanently in generation 0 (so every task dies once), succeeds after a redrive;
@@ -457,16 +457,16 @@ async fn only_the_admin_key_may_call() -> anyhow::Result<()> {
     // PERMISSION_DENIED.
     for (key, code) in [
         (None, tonic::Code::Unauthenticated),
-        (Some(TENANT_KEY), tonic::Code::PermissionDenied),
+        (Some(KEY_ACME), tonic::Code::PermissionDenied),
         (Some("wrong"), tonic::Code::Unauthenticated),
     ] {
         let e = c
-            .get_stats(req(pb::GetStatsRequest {}, key))
+            .get_stats(with_key(pb::GetStatsRequest {}, key))
             .await
             .expect_err("refused");
         assert_eq!(e.code(), code, "key {key:?}");
         let e = c
-            .redrive_dead_letters(req(pb::RedriveDeadLettersRequest::default(), key))
+            .redrive_dead_letters(with_key(pb::RedriveDeadLettersRequest::default(), key))
             .await
             .expect_err("refused");
         assert_eq!(e.code(), code, "key {key:?}");

@@ -1,7 +1,6 @@
 //! Shared helpers: settings for a TestEnv, a running App, producing envelopes, reading state.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -9,93 +8,23 @@ use dispatch_core::{
     BusinessKey, Envelope, NewTask, Payload, Priority, RetryPolicy, TaskId, TaskState, TaskType,
     Tenant, Topics,
 };
-use dispatch_processor::{App, AppBuilder, Control, Settings};
-use dispatch_runtime::Shutdown;
+use dispatch_processor::{App, Settings};
 use dispatch_store::tasks::StateVersion;
+pub use dispatch_testkit::stack::metrics;
 use dispatch_testkit::{TestEnv, eventually};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::{MySqlPool, Row};
-use tokio::task::JoinHandle;
 
-/// Settings pointing at `env`, on port 0, with a group of its own.
+/// Settings pointing at `env` ([`dispatch_testkit::stack::processor_settings`]: port 0, a group
+/// of its own).
 pub fn settings(env: &TestEnv) -> Settings {
-    let mut s = Settings {
-        kafka: env.kafka.clone(),
-        database: env.db.clone(),
-        ..Settings::default()
-    };
-    s.kafka.create_topics = false;
-    s.grpc.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    s.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    s.consumer.group = format!("processor-{}", env.id);
-    s.consumer.lag_interval_ms = 500;
-    s.consumer.rebalance_drain_ms = 2_000;
-    s.consumer.pause_sync_ms = 200;
-    s.scheduler.interval_ms = 100;
-    s.shutdown.drain_timeout_ms = 5_000;
-    s
+    dispatch_testkit::stack::processor_settings(env)
 }
 
 /// A running processor.
-pub struct Running {
-    pub shutdown: Shutdown,
-    pub handle: JoinHandle<anyhow::Result<()>>,
-    pub control: Control,
-    pub admin: SocketAddr,
-}
+pub type Running = dispatch_testkit::stack::Processor;
 
-impl Running {
-    /// Starts `builder` and waits until it owns partitions.
-    pub async fn start(builder: AppBuilder) -> anyhow::Result<Self> {
-        let r = Self::start_unwaited(builder).await?;
-        let c = r.control.clone();
-        eventually("partition assignment", Duration::from_secs(30), || {
-            let c = c.clone();
-            async move { (c.assigned_partitions() > 0).then_some(()) }
-        })
-        .await?;
-        Ok(r)
-    }
-
-    /// Starts without waiting for an assignment.
-    pub async fn start_unwaited(builder: AppBuilder) -> anyhow::Result<Self> {
-        init_logs();
-        let app = builder.build().await?;
-        let control = app.control();
-        let admin = app.admin_addr()?;
-        let shutdown = Shutdown::new();
-        let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        Ok(Self {
-            shutdown,
-            handle,
-            control,
-            admin,
-        })
-    }
-
-    /// Triggers shutdown and waits for it.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.trigger();
-        self.handle.await?
-    }
-}
-
-/// Logs at `warn` (or `RUST_LOG`), once per process.
-fn init_logs() {
-    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    ONCE.get_or_init(|| {
-        let s = dispatch_runtime::settings::TelemetrySettings {
-            log_level: "warn".into(),
-            log_format: "pretty".into(),
-            ..Default::default()
-        };
-        if let Ok(guard) = dispatch_runtime::telemetry::init("processor-test", &s) {
-            std::mem::forget(guard);
-        }
-    });
-}
-
-/// Starts an App with plain settings.
+/// Starts an App with plain settings once it owns partitions.
 pub async fn start(s: Settings) -> anyhow::Result<Running> {
     Running::start(App::builder(s)).await
 }
@@ -226,12 +155,4 @@ pub async fn executions(pool: &MySqlPool) -> anyhow::Result<Vec<Execution>> {
             })
         })
         .collect()
-}
-
-/// `/metrics` of a running app.
-pub async fn metrics(admin: SocketAddr) -> anyhow::Result<String> {
-    Ok(reqwest::get(format!("http://{admin}/metrics"))
-        .await?
-        .text()
-        .await?)
 }

@@ -5,7 +5,7 @@ use dispatch_proto::v1::admin_service_client::AdminServiceClient;
 use dispatch_testkit::TestEnv;
 use tonic::transport::Channel;
 
-use crate::admin_harness::{Admin, TENANT_KEY, admin, req};
+use crate::admin_harness::{Admin, KEY_ACME, admin, with_key};
 
 /// Inserts an outbox row and puts it in `state`; a pending one is not due for a day.
 async fn row(env: &TestEnv, key: &str, state: &str) -> anyhow::Result<u64> {
@@ -168,10 +168,10 @@ async fn outbox_requests_are_checked() -> anyhow::Result<()> {
     }
     for (key, code) in [
         (None, tonic::Code::Unauthenticated),
-        (Some(TENANT_KEY), tonic::Code::PermissionDenied),
+        (Some(KEY_ACME), tonic::Code::PermissionDenied),
     ] {
         let e = c
-            .requeue_outbox(req(
+            .requeue_outbox(with_key(
                 pb::RequeueOutboxRequest {
                     all: true,
                     ..Default::default()

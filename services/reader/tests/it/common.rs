@@ -1,126 +1,42 @@
-//! The harness: start a reader on port 0, write tasks like the processor, produce events.
+//! The reader's test helpers on top of [`dispatch_testkit`]: start a reader on port 0, write tasks
+//! like the processor, produce events. The keys are [`dispatch_testkit::auth`]'s.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono::Utc;
 use dispatch_core::{TaskId, TaskState, Version};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::task_query_service_client::TaskQueryServiceClient;
-use dispatch_reader::{App, ReaderHandle, Settings};
-use dispatch_runtime::Shutdown;
-use dispatch_runtime::admin::ComponentStatus;
-use dispatch_runtime::server::auth::{ApiKeyEntry, AuthSettings, hash_key};
+use dispatch_reader::Settings;
 use dispatch_store::tasks::TaskWrite;
 use dispatch_testkit::TestEnv;
+pub use dispatch_testkit::auth::{KEY_ACME, KEY_GLOBEX, authed};
+pub use dispatch_testkit::stack::Reader;
 use prost::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tonic::transport::Channel;
 
-/// API key of tenant `acme`.
-pub const ACME: &str = "acme-key";
-/// API key of tenant `globex`.
-pub const GLOBEX: &str = "globex-key";
-
-/// Settings for `env` (ports 0, two tenants).
+/// Settings for `env` ([`dispatch_testkit::stack::reader_settings`]: ports 0, the test keys).
 pub fn settings(env: &TestEnv) -> Settings {
-    let mut s = Settings::default();
-    s.grpc.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    s.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    s.database = env.db.clone();
-    s.redis = env.redis.clone();
-    s.kafka = env.kafka.clone();
-    s.kafka.create_topics = false;
-    s.auth = AuthSettings {
-        api_keys: vec![
-            ApiKeyEntry {
-                tenant: "acme".into(),
-                key_sha256: hash_key(ACME),
-            },
-            ApiKeyEntry {
-                tenant: "globex".into(),
-                key_sha256: hash_key(GLOBEX),
-            },
-        ],
-        ..AuthSettings::default()
-    };
-    s.shutdown.drain_timeout_ms = 5_000;
-    s
+    dispatch_testkit::stack::reader_settings(env)
 }
 
-/// A running reader.
-pub struct Reader {
-    pub addr: SocketAddr,
-    pub admin: SocketAddr,
-    pub handle: ReaderHandle,
-    shutdown: Shutdown,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+/// Starts a reader on `env` with default test settings, once its events consumer is assigned.
+pub async fn reader(env: &TestEnv) -> Reader {
+    reader_with(env, |_| {}).await
 }
 
-impl Reader {
-    /// Starts a reader on `env` with default test settings.
-    pub async fn start(env: &TestEnv) -> Self {
-        Self::start_with(env, |_| {}).await
-    }
-
-    /// Starts a reader with `tweak` applied to its settings; waits until its events consumer is
-    /// assigned (events produced from then on are seen).
-    pub async fn start_with(env: &TestEnv, tweak: impl FnOnce(&mut Settings)) -> Self {
-        let mut s = settings(env);
-        tweak(&mut s);
-        let app = App::build(s).await.expect("build reader");
-        let addr = app.local_addr().expect("addr");
-        let admin = app.admin_addr().expect("admin addr");
-        let handle = app.handle();
-        let shutdown = Shutdown::new();
-        let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        let h = handle.clone();
-        dispatch_testkit::eventually("events consumer assigned", Duration::from_secs(15), || {
-            let up = h.health().readiness().components.get("events") == Some(&ComponentStatus::Up);
-            async move { up.then_some(()) }
-        })
-        .await
-        .expect("events consumer");
-        Self {
-            addr,
-            admin,
-            handle,
-            shutdown,
-            task,
-        }
-    }
-
-    /// A client.
-    pub async fn client(&self) -> TaskQueryServiceClient<Channel> {
-        TaskQueryServiceClient::connect(format!("http://{}", self.addr))
-            .await
-            .expect("connect")
-    }
-
-    /// Stops the app and waits for it.
-    pub async fn stop(self) {
-        self.shutdown.trigger();
-        let r = tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("stops in time")
-            .expect("task");
-        r.expect("clean shutdown");
-    }
-
-    /// Single-id MySQL lookups so far.
-    pub fn store_gets(&self) -> u64 {
-        dispatch_reader::metrics::Stats::get(&self.handle.stats().store_gets)
-    }
+/// Starts a reader with `tweak` applied to its settings; waits until its events consumer is
+/// assigned (events produced from then on are seen).
+pub async fn reader_with(env: &TestEnv, tweak: impl FnOnce(&mut Settings)) -> Reader {
+    let mut s = settings(env);
+    tweak(&mut s);
+    Reader::start(s).await.expect("reader starts")
 }
 
-/// A request carrying `key`.
-pub fn req<T>(msg: T, key: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {key}").parse().expect("ascii"),
-    );
-    r
+/// Single-id MySQL lookups a reader made so far.
+pub fn store_gets(r: &Reader) -> u64 {
+    dispatch_reader::metrics::Stats::get(&r.handle.stats().store_gets)
 }
 
 /// GetTask.
@@ -130,7 +46,7 @@ pub async fn get(
     min_version: Version,
     key: &str,
 ) -> Result<pb::GetTaskResponse, tonic::Status> {
-    c.get_task(req(
+    c.get_task(authed(
         pb::GetTaskRequest {
             task_id: id.to_string(),
             min_version,

@@ -9,7 +9,7 @@ use dispatch_runtime::admin::ComponentStatus;
 use dispatch_testkit::TestEnv;
 use tonic::Code;
 
-use crate::common::{ACME, Reader, TaskRow, get, req, store};
+use crate::common::{KEY_ACME, TaskRow, authed, get, reader_with, store};
 use crate::invalid::http_get;
 
 #[tokio::test]
@@ -20,34 +20,34 @@ async fn with_redis_down_answers_stay_correct_and_the_breaker_opens() {
         .collect();
     store(&env, &rows).await;
     // Nothing listens on port 1: Redis is "stopped" for this instance only.
-    let r = Reader::start_with(&env, |s| {
+    let r = reader_with(&env, |s| {
         s.redis.url = "redis://127.0.0.1:1/0".into();
         s.cache.probe_interval_ms = 100;
     })
     .await;
-    let mut c = r.client().await;
+    let mut c = r.client().await.expect("connect");
     for row in &rows {
-        let got = get(&mut c, row.id, 0, ACME).await.expect("from mysql");
+        let got = get(&mut c, row.id, 0, KEY_ACME).await.expect("from mysql");
         assert_eq!(got.served_from(), pb::ServedFrom::Store);
         assert_eq!(got.task.expect("task").version, row.version());
-        let hot = get(&mut c, row.id, 0, ACME).await.expect("from l1");
+        let hot = get(&mut c, row.id, 0, KEY_ACME).await.expect("from l1");
         assert_eq!(hot.served_from(), pb::ServedFrom::L1);
     }
     assert!(r.handle.redis_breaker_open(), "breaker opened");
     assert_eq!(
-        get(&mut c, TaskId::new(), 0, ACME)
+        get(&mut c, TaskId::new(), 0, KEY_ACME)
             .await
             .expect_err("unknown")
             .code(),
         Code::NotFound
     );
     let batch = c
-        .batch_get_tasks(req(
+        .batch_get_tasks(authed(
             pb::BatchGetTasksRequest {
                 task_ids: rows.iter().map(|t| t.id.to_string()).collect(),
                 ..Default::default()
             },
-            ACME,
+            KEY_ACME,
         ))
         .await
         .expect("batch")
@@ -64,7 +64,7 @@ async fn with_redis_down_answers_stay_correct_and_the_breaker_opens() {
         ready.starts_with("HTTP/1.0 200") || ready.starts_with("HTTP/1.1 200"),
         "{ready}"
     );
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }
 
@@ -73,21 +73,21 @@ async fn with_mysql_failing_cached_copies_are_served_flagged_stale() {
     let env = TestEnv::new().await.expect("env");
     let row = TaskRow::new("acme", TaskState::Running, 1);
     store(&env, std::slice::from_ref(&row)).await;
-    let r = Reader::start_with(&env, |s| {
+    let r = reader_with(&env, |s| {
         // Short L1 life and no Redis, so lookups soon need MySQL again.
         s.cache.l1_live_ttl_ms = 100;
         s.cache.l2_enabled = false;
         s.cache.probe_interval_ms = 100;
     })
     .await;
-    let mut c = r.client().await;
-    get(&mut c, row.id, 0, ACME).await.expect("cache it");
+    let mut c = r.client().await.expect("connect");
+    get(&mut c, row.id, 0, KEY_ACME).await.expect("cache it");
 
     r.handle.close_store_for_tests().await;
     let stale = dispatch_testkit::eventually("a stale answer", Duration::from_secs(3), || {
         let mut c = c.clone();
         async move {
-            let got = get(&mut c, row.id, 0, ACME).await.ok()?;
+            let got = get(&mut c, row.id, 0, KEY_ACME).await.ok()?;
             got.stale.then_some(got)
         }
     })
@@ -97,12 +97,12 @@ async fn with_mysql_failing_cached_copies_are_served_flagged_stale() {
     assert!(Stats::get(&r.handle.stats().stale_reads) >= 1);
 
     // Nothing cached for this one: the store failure shows.
-    let err = get(&mut c, TaskId::new(), 0, ACME)
+    let err = get(&mut c, TaskId::new(), 0, KEY_ACME)
         .await
         .expect_err("no copy");
     assert_eq!(err.code(), Code::Unavailable);
     // A version newer than the stale copy cannot be promised either.
-    let err = get(&mut c, row.id, row.version() + 1, ACME)
+    let err = get(&mut c, row.id, row.version() + 1, KEY_ACME)
         .await
         .expect_err("too new");
     assert_eq!(err.code(), Code::Unavailable);
@@ -138,6 +138,6 @@ async fn with_mysql_failing_cached_copies_are_served_flagged_stale() {
         tonic_health::pb::health_check_response::ServingStatus::NotServing as i32,
         "grpc health follows mysql"
     );
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }

@@ -7,17 +7,17 @@ use dispatch_proto::v1 as pb;
 use dispatch_reader::metrics::Stats;
 use dispatch_testkit::TestEnv;
 
-use crate::common::{ACME, Events, Reader, TaskRow, get, store};
+use crate::common::{Events, KEY_ACME, TaskRow, get, reader, reader_with, store, store_gets};
 
 #[tokio::test]
 async fn a_state_change_event_is_visible_through_get_task_quickly() {
     let env = TestEnv::new().await.expect("env");
     let running = TaskRow::new("acme", TaskState::Running, 1);
     store(&env, std::slice::from_ref(&running)).await;
-    let r = Reader::start(&env).await;
-    let mut c = r.client().await;
+    let r = reader(&env).await;
+    let mut c = r.client().await.expect("connect");
     let events = Events::new(&env);
-    let first = get(&mut c, running.id, 0, ACME).await.expect("get");
+    let first = get(&mut c, running.id, 0, KEY_ACME).await.expect("get");
     assert_eq!(first.task.expect("task").version, running.version());
 
     let done = running.at(TaskState::Succeeded, 1);
@@ -27,7 +27,7 @@ async fn a_state_change_event_is_visible_through_get_task_quickly() {
     events.publish(&done).await;
     let acked = started.elapsed();
     let seen = loop {
-        let got = get(&mut c, running.id, 0, ACME).await.expect("get");
+        let got = get(&mut c, running.id, 0, KEY_ACME).await.expect("get");
         let from = got.served_from();
         let task = got.task.expect("task");
         if task.version == done.version() {
@@ -42,8 +42,8 @@ async fn a_state_change_event_is_visible_through_get_task_quickly() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     };
     println!("event visible through GetTask {seen:?} after produce (broker ack took {acked:?})");
-    assert_eq!(r.store_gets(), 1, "the event updated L1; no reload");
-    r.stop().await;
+    assert_eq!(store_gets(&r), 1, "the event updated L1; no reload");
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }
 
@@ -52,9 +52,11 @@ async fn an_old_event_after_a_new_one_changes_nothing() {
     let env = TestEnv::new().await.expect("env");
     let pending = TaskRow::new("acme", TaskState::Pending, 0);
     store(&env, std::slice::from_ref(&pending)).await;
-    let r = Reader::start(&env).await;
-    let mut c = r.client().await;
-    get(&mut c, pending.id, 0, ACME).await.expect("cache it");
+    let r = reader(&env).await;
+    let mut c = r.client().await.expect("connect");
+    get(&mut c, pending.id, 0, KEY_ACME)
+        .await
+        .expect("cache it");
     let events = Events::new(&env);
     let retrying = pending.at(TaskState::Retrying, 1);
     let running_old = pending.at(TaskState::Running, 1);
@@ -68,20 +70,20 @@ async fn an_old_event_after_a_new_one_changes_nothing() {
     .await
     .expect("old event consumed");
     assert_eq!(Stats::get(&stats.events_applied), 1);
-    let got = get(&mut c, pending.id, 0, ACME).await.expect("get");
+    let got = get(&mut c, pending.id, 0, KEY_ACME).await.expect("get");
     assert_eq!(got.served_from(), pb::ServedFrom::L1);
     let task = got.task.expect("task");
     assert_eq!(task.version, retrying.version());
     assert_eq!(task.state(), pb::TaskState::Retrying);
 
     // Redis converged on the newest version too: a fresh instance reads it from L2.
-    let other = Reader::start(&env).await;
-    let mut oc = other.client().await;
-    let warm = get(&mut oc, pending.id, 0, ACME).await.expect("get");
+    let other = reader(&env).await;
+    let mut oc = other.client().await.expect("connect");
+    let warm = get(&mut oc, pending.id, 0, KEY_ACME).await.expect("get");
     assert_eq!(warm.served_from(), pb::ServedFrom::L2);
     assert_eq!(warm.task.expect("task").version, retrying.version());
-    other.stop().await;
-    r.stop().await;
+    other.stop().await.expect("clean shutdown");
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }
 
@@ -192,7 +194,7 @@ async fn the_events_consumer_reports_librdkafka_statistics() {
     let env = TestEnv::new().await.expect("env");
     let client_id = format!("reader-stats-{}", uuid::Uuid::now_v7().simple());
     let id = client_id.clone();
-    let r = Reader::start_with(&env, move |s| {
+    let r = reader_with(&env, move |s| {
         s.kafka
             .librdkafka
             .insert("statistics.interval.ms".into(), "200".into());
@@ -219,6 +221,6 @@ async fn the_events_consumer_reports_librdkafka_statistics() {
     )
     .await
     .expect("statistics recorded");
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }

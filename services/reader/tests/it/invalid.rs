@@ -6,7 +6,7 @@ use dispatch_testkit::TestEnv;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::common::{ACME, Reader, req};
+use crate::common::{KEY_ACME, authed, reader};
 
 pub fn violated_field(s: &tonic::Status) -> String {
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
@@ -18,91 +18,91 @@ pub fn violated_field(s: &tonic::Status) -> String {
 #[tokio::test]
 async fn invalid_inputs_are_rejected_with_the_field_named() {
     let env = TestEnv::new().await.expect("env");
-    let r = Reader::start(&env).await;
-    let mut c = r.client().await;
+    let r = reader(&env).await;
+    let mut c = r.client().await.expect("connect");
 
     let e = c
-        .get_task(req(
+        .get_task(authed(
             pb::GetTaskRequest {
                 task_id: "not-an-id".into(),
                 min_version: 0,
             },
-            ACME,
+            KEY_ACME,
         ))
         .await
         .expect_err("bad id");
     assert_eq!(violated_field(&e), "task_id");
 
     let e = c
-        .batch_get_tasks(req(
+        .batch_get_tasks(authed(
             pb::BatchGetTasksRequest {
                 task_ids: (0..101).map(|_| TaskId::new().to_string()).collect(),
                 ..Default::default()
             },
-            ACME,
+            KEY_ACME,
         ))
         .await
         .expect_err("too many");
     assert_eq!(violated_field(&e), "task_ids");
     let e = c
-        .batch_get_tasks(req(pb::BatchGetTasksRequest::default(), ACME))
+        .batch_get_tasks(authed(pb::BatchGetTasksRequest::default(), KEY_ACME))
         .await
         .expect_err("none");
     assert_eq!(violated_field(&e), "task_ids");
     let e = c
-        .batch_get_tasks(req(
+        .batch_get_tasks(authed(
             pb::BatchGetTasksRequest {
                 task_ids: vec![TaskId::new().to_string(), "x".into()],
                 ..Default::default()
             },
-            ACME,
+            KEY_ACME,
         ))
         .await
         .expect_err("bad id");
     assert_eq!(violated_field(&e), "task_ids[1]");
 
     let e = c
-        .list_tasks(req(
+        .list_tasks(authed(
             pb::ListTasksRequest {
                 page_token: "garbage!".into(),
                 ..Default::default()
             },
-            ACME,
+            KEY_ACME,
         ))
         .await
         .expect_err("bad token");
     assert_eq!(violated_field(&e), "page_token");
     let e = c
-        .list_tasks(req(
+        .list_tasks(authed(
             pb::ListTasksRequest {
                 page_size: 501,
                 ..Default::default()
             },
-            ACME,
+            KEY_ACME,
         ))
         .await
         .expect_err("page too large");
     assert_eq!(violated_field(&e), "page_size");
 
     let e = c
-        .watch_task(req(
+        .watch_task(authed(
             pb::WatchTaskRequest {
                 task_id: String::new(),
                 min_version: 0,
             },
-            ACME,
+            KEY_ACME,
         ))
         .await
         .expect_err("bad id");
     assert_eq!(violated_field(&e), "task_id");
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }
 
 #[tokio::test]
 async fn health_reflection_and_metrics_are_served() {
     let env = TestEnv::new().await.expect("env");
-    let r = Reader::start(&env).await;
+    let r = reader(&env).await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", r.addr))
         .expect("uri")
         .connect()
@@ -147,7 +147,7 @@ async fn health_reflection_and_metrics_are_served() {
     }
     let ready = http_get(r.admin, "/readyz").await;
     assert!(ready.contains("\"mysql\""), "{ready}");
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }
 

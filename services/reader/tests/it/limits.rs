@@ -6,7 +6,7 @@ use dispatch_proto::v1 as pb;
 use dispatch_testkit::TestEnv;
 use tonic::Code;
 
-use crate::common::{ACME, GLOBEX, Reader, TaskRow, get, req, store};
+use crate::common::{KEY_ACME, KEY_GLOBEX, TaskRow, authed, get, reader_with, store};
 
 fn retry_after_ms(s: &tonic::Status) -> u64 {
     s.metadata()
@@ -31,18 +31,18 @@ async fn a_tenant_over_its_read_limit_is_refused_and_another_is_not() {
     )
     .await;
     // One read a minute after a burst of 4: nothing refills during the test.
-    let r = Reader::start_with(&env, |s| {
+    let r = reader_with(&env, |s| {
         s.limits.tenant_rps = 1;
         s.limits.tenant_burst = 4;
         s.limits.redis_timeout_ms = 1_000;
     })
     .await;
-    let mut c = r.client().await;
+    let mut c = r.client().await.expect("connect");
 
     // acme: a GetTask and a BatchGetTasks of three ids spend its burst of 4.
-    get(&mut c, mine.id, 0, ACME).await.expect("first read");
+    get(&mut c, mine.id, 0, KEY_ACME).await.expect("first read");
     let batch = c
-        .batch_get_tasks(req(
+        .batch_get_tasks(authed(
             pb::BatchGetTasksRequest {
                 task_ids: vec![
                     mine.id.to_string(),
@@ -51,40 +51,40 @@ async fn a_tenant_over_its_read_limit_is_refused_and_another_is_not() {
                 ],
                 ..Default::default()
             },
-            ACME,
+            KEY_ACME,
         ))
         .await
         .expect("a batch of 3 ids costs 3");
     assert_eq!(batch.into_inner().tasks.len(), 3);
 
-    let refused = get(&mut c, mine.id, 0, ACME)
+    let refused = get(&mut c, mine.id, 0, KEY_ACME)
         .await
         .expect_err("over the limit");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!((1..=1_000).contains(&retry_after_ms(&refused)));
     let refused = c
-        .list_tasks(req(pb::ListTasksRequest::default(), ACME))
+        .list_tasks(authed(pb::ListTasksRequest::default(), KEY_ACME))
         .await
         .expect_err("ListTasks is limited too");
     assert_eq!(refused.code(), Code::ResourceExhausted);
     let refused = c
-        .watch_task(req(
+        .watch_task(authed(
             pb::WatchTaskRequest {
                 task_id: mine.id.to_string(),
                 min_version: 0,
             },
-            ACME,
+            KEY_ACME,
         ))
         .await
         .expect_err("WatchTask is limited too");
     assert_eq!(refused.code(), Code::ResourceExhausted);
     let refused = c
-        .batch_get_tasks(req(
+        .batch_get_tasks(authed(
             pb::BatchGetTasksRequest {
                 task_ids: vec![mine.id.to_string()],
                 ..Default::default()
             },
-            ACME,
+            KEY_ACME,
         ))
         .await
         .expect_err("BatchGetTasks is limited too");
@@ -92,12 +92,12 @@ async fn a_tenant_over_its_read_limit_is_refused_and_another_is_not() {
 
     // globex is unaffected: its own burst of 4.
     for _ in 0..4 {
-        let got = get(&mut c, theirs.id, 0, GLOBEX)
+        let got = get(&mut c, theirs.id, 0, KEY_GLOBEX)
             .await
             .expect("globex reads on");
         assert_eq!(got.task.expect("task").tenant, "globex");
     }
-    let refused = get(&mut c, theirs.id, 0, GLOBEX)
+    let refused = get(&mut c, theirs.id, 0, KEY_GLOBEX)
         .await
         .expect_err("its own limit");
     assert_eq!(refused.code(), Code::ResourceExhausted);
@@ -120,6 +120,6 @@ async fn a_tenant_over_its_read_limit_is_refused_and_another_is_not() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!(refused_in_redis >= 5.0, "{m}");
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }

@@ -6,7 +6,7 @@ use dispatch_core::{TaskId, TaskState};
 use dispatch_proto::v1 as pb;
 use dispatch_testkit::TestEnv;
 
-use crate::common::{ACME, Reader, TaskRow, req, store};
+use crate::common::{KEY_ACME, TaskRow, authed, reader, store};
 
 #[tokio::test]
 async fn pagination_is_stable_while_rows_are_inserted() {
@@ -15,21 +15,21 @@ async fn pagination_is_stable_while_rows_are_inserted() {
         .map(|_| TaskRow::new("acme", TaskState::Pending, 0))
         .collect();
     store(&env, &originals).await;
-    let r = Reader::start(&env).await;
-    let mut c = r.client().await;
+    let r = reader(&env).await;
+    let mut c = r.client().await.expect("connect");
 
     let mut seen = Vec::new();
     let mut token = String::new();
     let mut pages = 0;
     loop {
         let page = c
-            .list_tasks(req(
+            .list_tasks(authed(
                 pb::ListTasksRequest {
                     page_size: 5,
                     page_token: token.clone(),
                     ..Default::default()
                 },
-                ACME,
+                KEY_ACME,
             ))
             .await
             .expect("page")
@@ -70,7 +70,7 @@ async fn pagination_is_stable_while_rows_are_inserted() {
         })
         .collect();
     assert!(positions.windows(2).all(|w| w[0] > w[1]), "descending ids");
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }
 
@@ -83,12 +83,12 @@ async fn filters_narrow_the_listing() {
     b.task_type = "http".into();
     let c_row = TaskRow::new("acme", TaskState::Pending, 0);
     store(&env, &[a.clone(), b.clone(), c_row.clone()]).await;
-    let r = Reader::start(&env).await;
-    let c = r.client().await;
+    let r = reader(&env).await;
+    let c = r.client().await.expect("connect");
     let list = |f: pb::ListTasksRequest| {
         let mut c = c.clone();
         async move {
-            c.list_tasks(req(f, ACME))
+            c.list_tasks(authed(f, KEY_ACME))
                 .await
                 .expect("list")
                 .into_inner()
@@ -132,6 +132,6 @@ async fn filters_narrow_the_listing() {
     })
     .await;
     assert_eq!(all.len(), 3);
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }

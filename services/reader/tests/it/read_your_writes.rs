@@ -8,7 +8,7 @@ use dispatch_proto::v1 as pb;
 use dispatch_testkit::TestEnv;
 use tonic::Code;
 
-use crate::common::{ACME, Events, Reader, TaskRow, get, store};
+use crate::common::{Events, KEY_ACME, TaskRow, get, reader, reader_with, store};
 
 #[tokio::test]
 async fn min_version_reads_through_a_stale_cache_entry() {
@@ -17,10 +17,10 @@ async fn min_version_reads_through_a_stale_cache_entry() {
     let v3 = TaskRow::new("acme", TaskState::Running, 0);
     assert_eq!(v3.version(), 3);
     store(&env, std::slice::from_ref(&v3)).await;
-    let r = Reader::start_with(&env, |s| s.cache.read_your_writes_wait_ms = 300).await;
-    let mut c = r.client().await;
+    let r = reader_with(&env, |s| s.cache.read_your_writes_wait_ms = 300).await;
+    let mut c = r.client().await.expect("connect");
     assert_eq!(
-        get(&mut c, v3.id, 0, ACME)
+        get(&mut c, v3.id, 0, KEY_ACME)
             .await
             .expect("get")
             .task
@@ -32,19 +32,21 @@ async fn min_version_reads_through_a_stale_cache_entry() {
     let v11 = v3.at(TaskState::Running, 1);
     assert_eq!(v11.version(), 11);
     store(&env, std::slice::from_ref(&v11)).await;
-    let cached = get(&mut c, v3.id, 0, ACME).await.expect("get");
+    let cached = get(&mut c, v3.id, 0, KEY_ACME).await.expect("get");
     assert_eq!(cached.task.expect("task").version, 3, "plain reads may lag");
-    let fresh = get(&mut c, v3.id, 11, ACME).await.expect("min_version 11");
+    let fresh = get(&mut c, v3.id, 11, KEY_ACME)
+        .await
+        .expect("min_version 11");
     assert_eq!(fresh.served_from(), pb::ServedFrom::Store);
     assert_eq!(fresh.task.expect("task").version, 11);
     // The read-through refreshed the cache for everyone.
-    let after = get(&mut c, v3.id, 0, ACME).await.expect("get");
+    let after = get(&mut c, v3.id, 0, KEY_ACME).await.expect("get");
     assert_eq!(after.served_from(), pb::ServedFrom::L1);
     assert_eq!(after.task.expect("task").version, 11);
 
     // A version nobody wrote: FAILED_PRECONDITION after the bounded wait.
     let started = Instant::now();
-    let err = get(&mut c, v3.id, 1000, ACME)
+    let err = get(&mut c, v3.id, 1000, KEY_ACME)
         .await
         .expect_err("not visible");
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -54,19 +56,19 @@ async fn min_version_reads_through_a_stale_cache_entry() {
         err.message()
     );
     assert!(started.elapsed() >= Duration::from_millis(250), "it waited");
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }
 
 #[tokio::test]
 async fn a_submit_version_token_waits_for_the_task_to_appear() {
     let env = TestEnv::new().await.expect("env");
-    let r = Reader::start(&env).await;
-    let mut c = r.client().await;
+    let r = reader(&env).await;
+    let mut c = r.client().await.expect("connect");
     // Right after SubmitTask: the gateway returned ACCEPTED_VERSION, the processor has not
     // written the task yet. A plain read says NOT_FOUND (and caches that)...
     let row = TaskRow::new("acme", TaskState::Pending, 0);
-    let err = get(&mut c, row.id, 0, ACME).await.expect_err("not yet");
+    let err = get(&mut c, row.id, 0, KEY_ACME).await.expect_err("not yet");
     assert_eq!(err.code(), Code::NotFound);
     // ...but a read with the token waits for the task: here it arrives through MySQL and the
     // event, 150 ms later.
@@ -84,7 +86,7 @@ async fn a_submit_version_token_waits_for_the_task_to_appear() {
         events.publish(&writer_row).await;
     });
     let started = Instant::now();
-    let got = get(&mut c, row.id, ACCEPTED_VERSION, ACME)
+    let got = get(&mut c, row.id, ACCEPTED_VERSION, KEY_ACME)
         .await
         .expect("visible within the wait");
     let waited = started.elapsed();
@@ -92,6 +94,6 @@ async fn a_submit_version_token_waits_for_the_task_to_appear() {
     assert!(waited < Duration::from_secs(1), "{waited:?}");
     println!("read-your-writes answered {waited:?} after the call (task written at ~150 ms)");
     writer.await.expect("writer");
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }

@@ -5,7 +5,7 @@ use dispatch_core::{TaskId, TaskState};
 use dispatch_testkit::TestEnv;
 use tonic::Code;
 
-use crate::common::{ACME, GLOBEX, Reader, TaskRow, get};
+use crate::common::{KEY_ACME, KEY_GLOBEX, TaskRow, get, reader};
 
 /// An id made `days` ago (a UUIDv7 carries its creation time).
 fn id_from(days: i64) -> TaskId {
@@ -49,9 +49,11 @@ async fn get_task_of_a_purged_task_says_it_was_purged() {
         .expect("horizon");
     drop(conn);
 
-    let r = Reader::start(&env).await;
-    let mut c = r.client().await;
-    let err = get(&mut c, finished.id, 0, ACME).await.expect_err("purged");
+    let r = reader(&env).await;
+    let mut c = r.client().await.expect("connect");
+    let err = get(&mut c, finished.id, 0, KEY_ACME)
+        .await
+        .expect_err("purged");
     assert_eq!(err.code(), Code::NotFound);
     assert!(
         err.message().contains("purged: finished before"),
@@ -59,23 +61,23 @@ async fn get_task_of_a_purged_task_says_it_was_purged() {
         err.message()
     );
     // A task as old that is still running is there.
-    let found = get(&mut c, running.id, 0, ACME).await.expect("running");
+    let found = get(&mut c, running.id, 0, KEY_ACME).await.expect("running");
     assert_eq!(
         found.task.expect("task").state(),
         dispatch_proto::v1::TaskState::Running
     );
     // An id made after the horizon: plainly not found.
-    let err = get(&mut c, TaskId::new(), 0, ACME)
+    let err = get(&mut c, TaskId::new(), 0, KEY_ACME)
         .await
         .expect_err("missing");
     assert_eq!(err.code(), Code::NotFound);
     assert_eq!(err.message(), "task not found");
     // Another tenant with no purge horizon learns nothing.
-    let err = get(&mut c, finished.id, 0, GLOBEX)
+    let err = get(&mut c, finished.id, 0, KEY_GLOBEX)
         .await
         .expect_err("not theirs");
     assert_eq!(err.code(), Code::NotFound);
     assert_eq!(err.message(), "task not found");
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }

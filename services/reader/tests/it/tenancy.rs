@@ -5,7 +5,7 @@ use dispatch_proto::v1 as pb;
 use dispatch_testkit::TestEnv;
 use tonic::Code;
 
-use crate::common::{ACME, GLOBEX, Reader, TaskRow, get, req, store};
+use crate::common::{KEY_ACME, KEY_GLOBEX, TaskRow, authed, get, reader_with, store};
 
 #[tokio::test]
 async fn other_tenants_tasks_answer_not_found_everywhere() {
@@ -13,18 +13,18 @@ async fn other_tenants_tasks_answer_not_found_everywhere() {
     let mine = TaskRow::new("acme", TaskState::Running, 1);
     let theirs = TaskRow::new("globex", TaskState::Running, 1);
     store(&env, &[mine.clone(), theirs.clone()]).await;
-    let r = Reader::start_with(&env, |s| s.cache.read_your_writes_wait_ms = 200).await;
-    let mut c = r.client().await;
+    let r = reader_with(&env, |s| s.cache.read_your_writes_wait_ms = 200).await;
+    let mut c = r.client().await.expect("connect");
 
     // Cold, then hot (from L1), with and without a version token.
     for min_version in [0, 0, theirs.version(), theirs.version() + 100] {
-        let err = get(&mut c, theirs.id, min_version, ACME)
+        let err = get(&mut c, theirs.id, min_version, KEY_ACME)
             .await
             .expect_err("not mine");
         assert_eq!(err.code(), Code::NotFound, "min_version {min_version}");
     }
     assert_eq!(
-        get(&mut c, theirs.id, 0, GLOBEX)
+        get(&mut c, theirs.id, 0, KEY_GLOBEX)
             .await
             .expect("owner sees it")
             .task
@@ -34,12 +34,12 @@ async fn other_tenants_tasks_answer_not_found_everywhere() {
     );
 
     let batch = c
-        .batch_get_tasks(req(
+        .batch_get_tasks(authed(
             pb::BatchGetTasksRequest {
                 task_ids: vec![mine.id.to_string(), theirs.id.to_string()],
                 ..Default::default()
             },
-            ACME,
+            KEY_ACME,
         ))
         .await
         .expect("batch")
@@ -49,19 +49,19 @@ async fn other_tenants_tasks_answer_not_found_everywhere() {
     assert_eq!(batch.not_found, vec![theirs.id.to_string()]);
 
     let err = c
-        .watch_task(req(
+        .watch_task(authed(
             pb::WatchTaskRequest {
                 task_id: theirs.id.to_string(),
                 min_version: 0,
             },
-            ACME,
+            KEY_ACME,
         ))
         .await
         .expect_err("not mine");
     assert_eq!(err.code(), Code::NotFound);
 
     let list = c
-        .list_tasks(req(pb::ListTasksRequest::default(), ACME))
+        .list_tasks(authed(pb::ListTasksRequest::default(), KEY_ACME))
         .await
         .expect("list")
         .into_inner();
@@ -72,6 +72,6 @@ async fn other_tenants_tasks_answer_not_found_everywhere() {
         .await
         .expect_err("auth");
     assert_eq!(err.code(), Code::Unauthenticated);
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }

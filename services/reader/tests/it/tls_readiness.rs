@@ -16,7 +16,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::common::Reader;
+use crate::common::reader_with;
 use crate::invalid::http_get;
 
 /// Whether gRPC health says SERVING for the query service (`None`: no answer).
@@ -73,7 +73,7 @@ async fn counted(admin: SocketAddr, dep: Dependency) -> Option<f64> {
 async fn a_tls_failure_shows_in_readiness_for_the_hold_then_it_recovers() {
     let env = TestEnv::new().await.expect("env");
     let hold = Duration::from_millis(1_500);
-    let r = Reader::start_with(&env, |s| {
+    let r = reader_with(&env, |s| {
         s.cache.probe_interval_ms = 100;
         s.health.tls_hold_ms = u64::try_from(hold.as_millis()).expect("ms");
     })
@@ -150,6 +150,6 @@ async fn a_tls_failure_shows_in_readiness_for_the_hold_then_it_recovers() {
         );
     }
 
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }

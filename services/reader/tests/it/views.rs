@@ -9,7 +9,7 @@ use dispatch_proto::v1 as pb;
 use dispatch_store::tasks::ListFilter;
 use dispatch_testkit::TestEnv;
 
-use crate::common::{ACME, Reader, TaskRow, req};
+use crate::common::{KEY_ACME, TaskRow, authed, reader, reader_with};
 
 const PAYLOAD: usize = 200 * 1024;
 
@@ -39,32 +39,32 @@ async fn store_big(env: &TestEnv, n: usize) -> Vec<String> {
 async fn list_and_batch_get_return_the_basic_view_by_default() {
     let env = TestEnv::new().await.expect("env");
     let ids = store_big(&env, 3).await;
-    let r = Reader::start(&env).await;
-    let mut c = r.client().await;
+    let r = reader(&env).await;
+    let mut c = r.client().await.expect("connect");
     for (view, full) in [
         (pb::TaskView::Unspecified, false),
         (pb::TaskView::Basic, false),
         (pb::TaskView::Full, true),
     ] {
         let listed = c
-            .list_tasks(req(
+            .list_tasks(authed(
                 pb::ListTasksRequest {
                     view: view as i32,
                     ..Default::default()
                 },
-                ACME,
+                KEY_ACME,
             ))
             .await
             .expect("list")
             .into_inner()
             .tasks;
         let got = c
-            .batch_get_tasks(req(
+            .batch_get_tasks(authed(
                 pb::BatchGetTasksRequest {
                     task_ids: ids.clone(),
                     view: view as i32,
                 },
-                ACME,
+                KEY_ACME,
             ))
             .await
             .expect("batch")
@@ -93,18 +93,18 @@ async fn list_and_batch_get_return_the_basic_view_by_default() {
         }
     }
     let bad = c
-        .list_tasks(req(
+        .list_tasks(authed(
             pb::ListTasksRequest {
                 view: 7,
                 ..Default::default()
             },
-            ACME,
+            KEY_ACME,
         ))
         .await
         .expect_err("not a view");
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     assert!(bad.message().contains("view"), "{}", bad.message());
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }
 
@@ -114,8 +114,8 @@ async fn full_answers_are_bounded_in_size() {
     let ids = store_big(&env, 5).await;
     // Room for two 200 KiB tasks, not three.
     let bound = 500 * 1024;
-    let r = Reader::start_with(&env, |s| s.query.max_response_bytes = bound).await;
-    let mut c = r.client().await;
+    let r = reader_with(&env, |s| s.query.max_response_bytes = bound).await;
+    let mut c = r.client().await.expect("connect");
 
     // ListTasks: each FULL page stops at the bound and carries on with a page token; every task
     // comes exactly once.
@@ -123,14 +123,14 @@ async fn full_answers_are_bounded_in_size() {
     let mut token = String::new();
     loop {
         let page = c
-            .list_tasks(req(
+            .list_tasks(authed(
                 pb::ListTasksRequest {
                     view: pb::TaskView::Full as i32,
                     page_size: 5,
                     page_token: token.clone(),
                     ..Default::default()
                 },
-                ACME,
+                KEY_ACME,
             ))
             .await
             .expect("page")
@@ -153,12 +153,12 @@ async fn full_answers_are_bounded_in_size() {
 
     // BatchGetTasks: what does not fit is named in `omitted`.
     let got = c
-        .batch_get_tasks(req(
+        .batch_get_tasks(authed(
             pb::BatchGetTasksRequest {
                 task_ids: ids.clone(),
                 view: pb::TaskView::Full as i32,
             },
-            ACME,
+            KEY_ACME,
         ))
         .await
         .expect("batch")
@@ -170,7 +170,7 @@ async fn full_answers_are_bounded_in_size() {
     let mut all: Vec<String> = got.tasks.into_iter().map(|t| t.task_id).collect();
     all.extend(got.omitted);
     assert_eq!(all, ids, "request order");
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }
 

@@ -7,7 +7,7 @@ use dispatch_proto::v1 as pb;
 use dispatch_testkit::TestEnv;
 use tonic::Code;
 
-use crate::common::{ACME, Events, GLOBEX, Reader, TaskRow, req, store};
+use crate::common::{Events, KEY_ACME, KEY_GLOBEX, TaskRow, authed, reader, reader_with, store};
 
 async fn next(s: &mut tonic::Streaming<pb::TaskEvent>) -> Option<pb::TaskEvent> {
     tokio::time::timeout(Duration::from_secs(5), s.message())
@@ -21,15 +21,15 @@ async fn watch_sees_every_transition_in_order_until_terminal() {
     let env = TestEnv::new().await.expect("env");
     let pending = TaskRow::new("acme", TaskState::Pending, 0);
     store(&env, std::slice::from_ref(&pending)).await;
-    let r = Reader::start(&env).await;
-    let mut c = r.client().await;
+    let r = reader(&env).await;
+    let mut c = r.client().await.expect("connect");
     let mut stream = c
-        .watch_task(req(
+        .watch_task(authed(
             pb::WatchTaskRequest {
                 task_id: pending.id.to_string(),
                 min_version: 0,
             },
-            ACME,
+            KEY_ACME,
         ))
         .await
         .expect("watch")
@@ -65,7 +65,7 @@ async fn watch_sees_every_transition_in_order_until_terminal() {
         seen, want,
         "every transition, in order, then the stream ends"
     );
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }
 
@@ -74,15 +74,15 @@ async fn watching_a_terminal_task_yields_its_state_and_ends() {
     let env = TestEnv::new().await.expect("env");
     let done = TaskRow::new("acme", TaskState::Dead, 4);
     store(&env, std::slice::from_ref(&done)).await;
-    let r = Reader::start(&env).await;
-    let mut c = r.client().await;
+    let r = reader(&env).await;
+    let mut c = r.client().await.expect("connect");
     let mut stream = c
-        .watch_task(req(
+        .watch_task(authed(
             pb::WatchTaskRequest {
                 task_id: done.id.to_string(),
                 min_version: 0,
             },
-            ACME,
+            KEY_ACME,
         ))
         .await
         .expect("watch")
@@ -92,36 +92,36 @@ async fn watching_a_terminal_task_yields_its_state_and_ends() {
     assert!(stream.message().await.expect("ok").is_none(), "ended");
 
     let err = c
-        .watch_task(req(
+        .watch_task(authed(
             pb::WatchTaskRequest {
                 task_id: TaskId::new().to_string(),
                 min_version: 0,
             },
-            ACME,
+            KEY_ACME,
         ))
         .await
         .expect_err("unknown");
     assert_eq!(err.code(), Code::NotFound);
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }
 
 #[tokio::test]
 async fn watch_with_a_submit_token_waits_for_the_task_to_appear() {
     let env = TestEnv::new().await.expect("env");
-    let r = Reader::start(&env).await;
-    let mut c = r.client().await;
+    let r = reader(&env).await;
+    let mut c = r.client().await.expect("connect");
     let row = TaskRow::new("acme", TaskState::Succeeded, 1);
     let id = row.id.to_string();
 
     // Without a token an unknown task is NOT_FOUND...
     let err = c
-        .watch_task(req(
+        .watch_task(authed(
             pb::WatchTaskRequest {
                 task_id: id.clone(),
                 min_version: 0,
             },
-            ACME,
+            KEY_ACME,
         ))
         .await
         .expect_err("unknown");
@@ -129,12 +129,12 @@ async fn watch_with_a_submit_token_waits_for_the_task_to_appear() {
 
     // ...with the submit's token the reader waits for the row (stored while the call waits).
     let watch = tokio::spawn(async move {
-        c.watch_task(req(
+        c.watch_task(authed(
             pb::WatchTaskRequest {
                 task_id: id,
                 min_version: 1,
             },
-            ACME,
+            KEY_ACME,
         ))
         .await
     });
@@ -158,7 +158,7 @@ async fn open_watch(
     key: &str,
 ) -> Result<tonic::Streaming<pb::TaskEvent>, tonic::Status> {
     let mut s = c
-        .watch_task(req(
+        .watch_task(authed(
             pb::WatchTaskRequest {
                 task_id: id.to_string(),
                 min_version: 0,
@@ -180,15 +180,15 @@ async fn watch_streams_are_bounded_per_tenant_and_per_instance() {
     let a = TaskRow::new("acme", TaskState::Pending, 0);
     let g = TaskRow::new("globex", TaskState::Pending, 0);
     store(&env, &[a.clone(), g.clone()]).await;
-    let r = Reader::start_with(&env, |s| {
+    let r = reader_with(&env, |s| {
         s.cache.watch_max_streams = 3;
         s.cache.watch_max_streams_per_tenant = 2;
     })
     .await;
-    let mut c = r.client().await;
-    let first = open_watch(&mut c, a.id, ACME).await.expect("first");
-    let _second = open_watch(&mut c, a.id, ACME).await.expect("second");
-    let refused = open_watch(&mut c, a.id, ACME)
+    let mut c = r.client().await.expect("connect");
+    let first = open_watch(&mut c, a.id, KEY_ACME).await.expect("first");
+    let _second = open_watch(&mut c, a.id, KEY_ACME).await.expect("second");
+    let refused = open_watch(&mut c, a.id, KEY_ACME)
         .await
         .expect_err("third of acme");
     assert_eq!(refused.code(), Code::ResourceExhausted);
@@ -199,10 +199,10 @@ async fn watch_streams_are_bounded_per_tenant_and_per_instance() {
         "{}",
         refused.message()
     );
-    let _other = open_watch(&mut c, g.id, GLOBEX)
+    let _other = open_watch(&mut c, g.id, KEY_GLOBEX)
         .await
         .expect("globex's first");
-    let refused = open_watch(&mut c, g.id, GLOBEX)
+    let refused = open_watch(&mut c, g.id, KEY_GLOBEX)
         .await
         .expect_err("fourth on the instance");
     assert_eq!(refused.code(), Code::ResourceExhausted);
@@ -229,12 +229,12 @@ async fn watch_streams_are_bounded_per_tenant_and_per_instance() {
         Duration::from_secs(10),
         || {
             let mut c = c.clone();
-            async move { open_watch(&mut c, a.id, ACME).await.ok() }
+            async move { open_watch(&mut c, a.id, KEY_ACME).await.ok() }
         },
     )
     .await
     .expect("admitted again");
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }
 
@@ -245,9 +245,9 @@ async fn a_watch_stream_ends_after_its_maximum_duration() {
     let env = TestEnv::new().await.expect("env");
     let a = TaskRow::new("acme", TaskState::Pending, 0);
     store(&env, std::slice::from_ref(&a)).await;
-    let r = Reader::start_with(&env, |s| s.cache.watch_max_duration_ms = 1_000).await;
-    let mut c = r.client().await;
-    let mut s = open_watch(&mut c, a.id, ACME).await.expect("watch");
+    let r = reader_with(&env, |s| s.cache.watch_max_duration_ms = 1_000).await;
+    let mut c = r.client().await.expect("connect");
+    let mut s = open_watch(&mut c, a.id, KEY_ACME).await.expect("watch");
     let end = tokio::time::timeout(Duration::from_secs(10), s.message())
         .await
         .expect("the stream ends within 10 s")
@@ -258,6 +258,6 @@ async fn a_watch_stream_ends_after_its_maximum_duration() {
         "{}",
         end.message()
     );
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }

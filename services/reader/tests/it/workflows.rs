@@ -12,7 +12,7 @@ use dispatch_testkit::TestEnv;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::common::{ACME, GLOBEX, Reader, get, req};
+use crate::common::{KEY_ACME, KEY_GLOBEX, authed, get, reader, reader_with};
 use crate::invalid::violated_field;
 
 /// The diamond's nodes in submission order (not the names' order): `fetch` first, `resize` and
@@ -91,7 +91,7 @@ async fn get_workflow(
     id: &str,
     key: &str,
 ) -> Result<pb::Workflow, tonic::Status> {
-    c.get_workflow(req(
+    c.get_workflow(authed(
         pb::GetWorkflowRequest {
             workflow_id: id.into(),
         },
@@ -124,11 +124,11 @@ async fn get_workflow_shows_every_node_in_order_and_the_state_follows_them() {
     let env = TestEnv::new().await.expect("env");
     let wf = diamond();
     insert(&env, &wf).await;
-    let r = Reader::start(&env).await;
-    let mut c = r.client().await;
+    let r = reader(&env).await;
+    let mut c = r.client().await.expect("connect");
     let id = wf.workflow_id.to_string();
 
-    let w = get_workflow(&mut c, &id, ACME)
+    let w = get_workflow(&mut c, &id, KEY_ACME)
         .await
         .expect("owner reads it");
     assert_eq!(w.workflow_id, id);
@@ -169,7 +169,9 @@ async fn get_workflow_shows_every_node_in_order_and_the_state_follows_them() {
     for name in NODES {
         set_state(&env, &wf, name, TaskState::Succeeded, "").await;
     }
-    let w = get_workflow(&mut c, &id, ACME).await.expect("succeeded");
+    let w = get_workflow(&mut c, &id, KEY_ACME)
+        .await
+        .expect("succeeded");
     assert_eq!(w.state(), pb::WorkflowState::Succeeded);
     assert_eq!(states(&w), [S::Succeeded; 4]);
     assert!(
@@ -179,7 +181,7 @@ async fn get_workflow_shows_every_node_in_order_and_the_state_follows_them() {
     );
 
     set_state(&env, &wf, "thumbnail", TaskState::Dead, "decoder crashed").await;
-    let w = get_workflow(&mut c, &id, ACME).await.expect("failed");
+    let w = get_workflow(&mut c, &id, KEY_ACME).await.expect("failed");
     assert_eq!(w.state(), pb::WorkflowState::Failed);
     assert_eq!(
         states(&w),
@@ -192,7 +194,7 @@ async fn get_workflow_shows_every_node_in_order_and_the_state_follows_them() {
         dispatch_reader::metrics::Stats::get(&r.handle.stats().store_workflows),
         3
     );
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }
 
@@ -201,14 +203,14 @@ async fn another_tenants_workflow_answers_not_found_like_an_unknown_one() {
     let env = TestEnv::new().await.expect("env");
     let wf = diamond();
     insert(&env, &wf).await;
-    let r = Reader::start(&env).await;
-    let mut c = r.client().await;
+    let r = reader(&env).await;
+    let mut c = r.client().await.expect("connect");
     let id = wf.workflow_id.to_string();
 
-    let theirs = get_workflow(&mut c, &id, GLOBEX)
+    let theirs = get_workflow(&mut c, &id, KEY_GLOBEX)
         .await
         .expect_err("not globex's");
-    let unknown = get_workflow(&mut c, &TaskId::new().to_string(), GLOBEX)
+    let unknown = get_workflow(&mut c, &TaskId::new().to_string(), KEY_GLOBEX)
         .await
         .expect_err("unknown");
     for s in [&theirs, &unknown] {
@@ -222,31 +224,34 @@ async fn another_tenants_workflow_answers_not_found_like_an_unknown_one() {
     assert!(theirs.details().is_empty() && unknown.details().is_empty());
 
     // A workflow's node ids are task ids of its tenant, not workflow ids.
-    let node = get_workflow(&mut c, &node_id(&wf, "fetch").to_string(), ACME)
+    let node = get_workflow(&mut c, &node_id(&wf, "fetch").to_string(), KEY_ACME)
         .await
         .expect_err("a task id");
     assert_eq!(node.code(), Code::NotFound);
 
     // The positive control, and the credentials GetTask asks for.
     assert_eq!(
-        get_workflow(&mut c, &id, ACME).await.expect("owner").tenant,
+        get_workflow(&mut c, &id, KEY_ACME)
+            .await
+            .expect("owner")
+            .tenant,
         "acme"
     );
     let no_key = get_workflow(&mut c, &id, "no-such-key")
         .await
         .expect_err("auth");
     assert_eq!(no_key.code(), Code::Unauthenticated);
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }
 
 #[tokio::test]
 async fn get_workflow_names_a_malformed_workflow_id() {
     let env = TestEnv::new().await.expect("env");
-    let r = Reader::start(&env).await;
-    let mut c = r.client().await;
+    let r = reader(&env).await;
+    let mut c = r.client().await.expect("connect");
     for bad in ["not-a-workflow", ""] {
-        let e = get_workflow(&mut c, bad, ACME)
+        let e = get_workflow(&mut c, bad, KEY_ACME)
             .await
             .expect_err("malformed");
         assert_eq!(violated_field(&e), "workflow_id", "{bad:?}");
@@ -256,7 +261,7 @@ async fn get_workflow_names_a_malformed_workflow_id() {
         0,
         "rejected before any read"
     );
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }
 
@@ -265,16 +270,16 @@ async fn waiting_nodes_are_listed_read_and_watched_as_not_terminal() {
     let env = TestEnv::new().await.expect("env");
     let wf = diamond();
     insert(&env, &wf).await;
-    let r = Reader::start_with(&env, |s| s.cache.watch_poll_ms = 200).await;
-    let mut c = r.client().await;
+    let r = reader_with(&env, |s| s.cache.watch_poll_ms = 200).await;
+    let mut c = r.client().await.expect("connect");
 
     let mut waiting: Vec<String> = c
-        .list_tasks(req(
+        .list_tasks(authed(
             pb::ListTasksRequest {
                 states: vec![pb::TaskState::Waiting as i32],
                 ..Default::default()
             },
-            ACME,
+            KEY_ACME,
         ))
         .await
         .expect("list")
@@ -295,7 +300,7 @@ async fn waiting_nodes_are_listed_read_and_watched_as_not_terminal() {
     );
 
     let resize = node_id(&wf, "resize");
-    let got = get(&mut c, resize, 0, ACME).await.expect("get");
+    let got = get(&mut c, resize, 0, KEY_ACME).await.expect("get");
     assert_eq!(
         got.task.expect("task").state(),
         pb::TaskState::Waiting,
@@ -303,12 +308,12 @@ async fn waiting_nodes_are_listed_read_and_watched_as_not_terminal() {
     );
 
     let mut stream = c
-        .watch_task(req(
+        .watch_task(authed(
             pb::WatchTaskRequest {
                 task_id: resize.to_string(),
                 min_version: 0,
             },
-            ACME,
+            KEY_ACME,
         ))
         .await
         .expect("watch")
@@ -333,6 +338,6 @@ async fn waiting_nodes_are_listed_read_and_watched_as_not_terminal() {
         next(&mut stream).await.is_none(),
         "ends at a terminal state"
     );
-    r.stop().await;
+    r.stop().await.expect("clean shutdown");
     env.cleanup().await;
 }
