@@ -130,6 +130,32 @@ impl AdminApi {
         })
         .max_decoding_message_size(max_bytes)
     }
+
+    /// PauseConsumption and ResumeConsumption: the same target rules, audit and answer.
+    async fn switch_consumption(
+        &self,
+        req: Request<pb::PauseRequest>,
+        switch: Switch,
+    ) -> Result<Response<pb::PauseResponse>, Status> {
+        let caller = self.auth.admin(req.metadata())?;
+        let target = convert::target(req.into_inner()).map_err(AdminError::Invalid)?;
+        let filters = format!("{target:?}");
+        let control = &self.admin.control;
+        let (action, p) = match switch {
+            Switch::Pause => ("PauseConsumption", control.pause(&target).await),
+            Switch::Resume => ("ResumeConsumption", control.resume(&target).await),
+        };
+        let p = p.map_err(AdminError::from).map_err(Status::from);
+        audit(&caller, action, true, &filters, &p, |p| format!("{p:?}"));
+        Ok(Response::new(convert::paused(&p?)))
+    }
+}
+
+/// Which way [`AdminApi::switch_consumption`] turns consumption.
+#[derive(Clone, Copy)]
+enum Switch {
+    Pause,
+    Resume,
 }
 
 /// The log target of admin actions (route it to an audit sink with a target filter).
@@ -333,42 +359,14 @@ impl AdminService for AdminApi {
         &self,
         req: Request<pb::PauseRequest>,
     ) -> Result<Response<pb::PauseResponse>, Status> {
-        let caller = self.auth.admin(req.metadata())?;
-        let target = convert::target(req.into_inner()).map_err(AdminError::Invalid)?;
-        let filters = format!("{target:?}");
-        let p = self
-            .admin
-            .control
-            .pause(&target)
-            .await
-            .map_err(AdminError::from)
-            .map_err(Status::from);
-        audit(&caller, "PauseConsumption", true, &filters, &p, |p| {
-            format!("{p:?}")
-        });
-        let p = p?;
-        Ok(Response::new(convert::paused(&p)))
+        self.switch_consumption(req, Switch::Pause).await
     }
 
     async fn resume_consumption(
         &self,
         req: Request<pb::PauseRequest>,
     ) -> Result<Response<pb::PauseResponse>, Status> {
-        let caller = self.auth.admin(req.metadata())?;
-        let target = convert::target(req.into_inner()).map_err(AdminError::Invalid)?;
-        let filters = format!("{target:?}");
-        let p = self
-            .admin
-            .control
-            .resume(&target)
-            .await
-            .map_err(AdminError::from)
-            .map_err(Status::from);
-        audit(&caller, "ResumeConsumption", true, &filters, &p, |p| {
-            format!("{p:?}")
-        });
-        let p = p?;
-        Ok(Response::new(convert::paused(&p)))
+        self.switch_consumption(req, Switch::Resume).await
     }
 
     async fn get_stats(

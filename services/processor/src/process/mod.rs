@@ -49,8 +49,49 @@ struct InFlight {
     token: CancellationToken,
 }
 
-/// Everything a record needs.
+/// Everything a record needs: the [`Parts`] it is built from (reached through `Deref`, so
+/// `processor.writer` reads as before) and the per-task state it keeps.
 pub struct Processor {
+    parts: Parts,
+    in_flight: Mutex<HashMap<TaskId, InFlight>>,
+    /// Cancels seen here: task id -> (the cancelling tenant, when).
+    cancelled: Mutex<HashMap<TaskId, (String, Instant)>>,
+    task_locks: Mutex<HashMap<TaskId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::ops::Deref for Processor {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        &self.parts
+    }
+}
+
+/// Held while one record of a task goes from its gate lookup to the commit of its outcome; see
+/// [`Processor::lock_task`].
+pub(crate) struct TaskLock<'a> {
+    processor: &'a Processor,
+    id: TaskId,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for TaskLock<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut locks = self.processor.task_locks.lock();
+        // Only the map still holds it: nobody waits, forget the entry.
+        if locks
+            .get(&self.id)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            locks.remove(&self.id);
+        }
+        metrics::tracked(Tracked::TaskLocks, locks.len());
+    }
+}
+
+/// What a [`Processor`] is built from (the pipeline builds these).
+pub struct Parts {
     /// Topic names.
     pub topics: Topics,
     /// Handlers.
@@ -79,85 +120,13 @@ pub struct Processor {
     pub retry_topic_max_delay: Duration,
     /// Wakes the workflow advancer when a workflow node's state commits.
     pub workflows: crate::workflows::Waker,
-    in_flight: Mutex<HashMap<TaskId, InFlight>>,
-    /// Cancels seen here: task id -> (the cancelling tenant, when).
-    cancelled: Mutex<HashMap<TaskId, (String, Instant)>>,
-    task_locks: Mutex<HashMap<TaskId, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// Held while one record of a task goes from its gate lookup to the commit of its outcome; see
-/// [`Processor::lock_task`].
-pub(crate) struct TaskLock<'a> {
-    processor: &'a Processor,
-    id: TaskId,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Drop for TaskLock<'_> {
-    fn drop(&mut self) {
-        self.guard.take();
-        let mut locks = self.processor.task_locks.lock();
-        // Only the map still holds it: nobody waits, forget the entry.
-        if locks
-            .get(&self.id)
-            .is_some_and(|l| Arc::strong_count(l) == 1)
-        {
-            locks.remove(&self.id);
-        }
-        metrics::tracked(Tracked::TaskLocks, locks.len());
-    }
-}
-
-/// The parts of a [`Processor`] not built here.
-pub struct Parts {
-    /// Topic names.
-    pub topics: Topics,
-    /// Handlers.
-    pub registry: Registry,
-    /// Batch writer.
-    pub writer: Writer,
-    /// Gate.
-    pub gate: Gate,
-    /// Producer.
-    pub producer: Producer,
-    /// Pool.
-    pub pool: MySqlPool,
-    /// Consumption state.
-    pub shared: Arc<Shared>,
-    /// Consumer.
-    pub consumer: Arc<BaseConsumer<Ctx>>,
-    /// Paused types.
-    pub paused_types: watch::Receiver<BTreeSet<String>>,
-    /// Hard stop.
-    pub hard_stop: CancellationToken,
-    /// Cancel memory.
-    pub cancelled_ttl: Duration,
-    /// Execution slots.
-    pub slots: Arc<Slots>,
-    /// Longer retry delays wait in MySQL.
-    pub retry_topic_max_delay: Duration,
-    /// Wakes the workflow advancer.
-    pub workflows: crate::workflows::Waker,
 }
 
 impl Processor {
     /// Assembles a processor.
-    pub fn new(p: Parts) -> Self {
+    pub fn new(parts: Parts) -> Self {
         Self {
-            topics: p.topics,
-            registry: p.registry,
-            writer: p.writer,
-            gate: p.gate,
-            producer: p.producer,
-            pool: p.pool,
-            shared: p.shared,
-            consumer: p.consumer,
-            paused_types: p.paused_types,
-            hard_stop: p.hard_stop,
-            cancelled_ttl: p.cancelled_ttl,
-            slots: p.slots,
-            retry_topic_max_delay: p.retry_topic_max_delay,
-            workflows: p.workflows,
+            parts,
             in_flight: Mutex::default(),
             cancelled: Mutex::default(),
             task_locks: Mutex::default(),
