@@ -1,8 +1,8 @@
 //! The API as the k6 checks see it (`dispatch-loadgen proto-schema OUT.json`): every service with
 //! its RPCs, every message with its fields and oneofs, every enum, and per `.proto` file its
 //! package, imports and services. `scripts/check-k6.sh` gives it to the dry run
-//! (`loadtest/k6/tools/harness.mjs`) and to the check of the RPC names the scripts call
-//! (`loadtest/k6/tools/rpcnames.py`).
+//! (`scripts/k6/harness.mjs`) and to the check of the RPC names the scripts call
+//! (`scripts/k6/rpcnames.py`).
 //!
 //! Read from the file descriptor set compiled into `dispatch-proto` (`FILE_DESCRIPTOR_SET`, what
 //! gRPC reflection serves): the API the binaries speak, not a re-parse of the `.proto` text.

@@ -1,5 +1,6 @@
 //! The command line every service binary shares: `--config PATH` (or `--config=PATH`, or
-//! `DISPATCH_CONFIG`), `--print-config[=toml|json]`, `--help` and `--version`.
+//! `DISPATCH_CONFIG`), `--print-config[=toml|json]`, `--help` and `--version`. A binary with flags
+//! of its own flattens [`ServiceArgs`] into its flags struct and parses that with [`parse`].
 //!
 //! Parsed with clap so a service binary behaves like any other CLI: a misspelt or unknown flag
 //! stops start-up with a message instead of being ignored while the service starts on its
@@ -36,6 +37,53 @@ pub enum ConfigFormat {
     Json,
 }
 
+/// The clap command of binary `name` with flags `A`: [`ServiceArgs`], or a binary's own flags
+/// struct that flattens it (`#[command(flatten)]`) and adds flags of that binary only.
+pub fn command<A: Args>(
+    name: &'static str,
+    version: &'static str,
+    about: &'static str,
+) -> clap::Command {
+    // After `augment_args`, which would otherwise make the struct's doc comment the about.
+    A::augment_args(clap::Command::new(name))
+        .version(version)
+        .about(about)
+        .after_help(
+            "Settings: defaults < the --config file < DISPATCH_<SECTION>__<KEY> environment \
+             variables (for example DISPATCH_KAFKA__BROKERS). Unknown keys stop start-up.",
+        )
+}
+
+/// Parses the process arguments into flags `A` (as [`command`]); prints help, the version or a
+/// usage error and exits the process as clap does (status 0 for help and version, 2 for a usage
+/// error).
+pub fn parse<A: Args + FromArgMatches>(
+    name: &'static str,
+    version: &'static str,
+    about: &'static str,
+) -> A {
+    try_parse_from(name, version, about, std::env::args_os()).unwrap_or_else(|e| e.exit())
+}
+
+/// Parses `args` (the first is the binary's name) into flags `A` (as [`command`]).
+///
+/// # Errors
+/// A usage error, or the help or version text (clap reports both as errors to print).
+pub fn try_parse_from<A, I, T>(
+    name: &'static str,
+    version: &'static str,
+    about: &'static str,
+    args: I,
+) -> Result<A, clap::Error>
+where
+    A: Args + FromArgMatches,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = command::<A>(name, version, about).try_get_matches_from(args)?;
+    A::from_arg_matches(&matches)
+}
+
 impl ServiceArgs {
     /// The clap command of binary `name`: what `--help` and `--version` print.
     pub fn command(
@@ -43,20 +91,13 @@ impl ServiceArgs {
         version: &'static str,
         about: &'static str,
     ) -> clap::Command {
-        // After `augment_args`, which would otherwise make this struct's doc comment the about.
-        Self::augment_args(clap::Command::new(name))
-            .version(version)
-            .about(about)
-            .after_help(
-                "Settings: defaults < the --config file < DISPATCH_<SECTION>__<KEY> environment \
-                 variables (for example DISPATCH_KAFKA__BROKERS). Unknown keys stop start-up.",
-            )
+        command::<Self>(name, version, about)
     }
 
     /// Parses the process arguments; prints help, the version or a usage error and exits the
     /// process as clap does (status 0 for help and version, 2 for a usage error).
     pub fn parse(name: &'static str, version: &'static str, about: &'static str) -> Self {
-        Self::try_parse_from(name, version, about, std::env::args_os()).unwrap_or_else(|e| e.exit())
+        parse(name, version, about)
     }
 
     /// Parses `args` (the first is the binary's name).
@@ -73,8 +114,7 @@ impl ServiceArgs {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let matches = Self::command(name, version, about).try_get_matches_from(args)?;
-        Self::from_arg_matches(&matches)
+        try_parse_from(name, version, about, args)
     }
 
     /// Loads the settings from defaults, the `--config` file and the environment.
@@ -130,6 +170,44 @@ mod tests {
         let a = parse(&["--print-config=json"]).expect("parses");
         assert_eq!(a.print_config, Some(ConfigFormat::Json));
         assert!(parse(&["--print-config=yaml"]).is_err());
+    }
+
+    /// A binary's own flags next to the shared ones.
+    #[derive(Debug, Args)]
+    struct WithOwn {
+        #[command(flatten)]
+        service: ServiceArgs,
+        /// A flag of that binary only.
+        #[arg(long)]
+        own: bool,
+    }
+
+    #[test]
+    fn a_binary_adds_its_own_flags_to_the_shared_ones() {
+        let parse_own = |args: &[&str]| {
+            try_parse_from::<WithOwn, _, _>(
+                "dispatch-test",
+                "1.2.3",
+                "a test service",
+                std::iter::once("dispatch-test").chain(args.iter().copied()),
+            )
+        };
+        let a = parse_own(&["--own", "--config=a.toml"]).expect("parses");
+        assert!(a.own);
+        assert_eq!(
+            a.service.config.as_deref(),
+            Some(std::path::Path::new("a.toml"))
+        );
+        assert!(!parse_own(&[]).expect("parses").own);
+        let help = parse_own(&["--help"]).expect_err("help").to_string();
+        for word in [
+            "--own",
+            "--config <PATH>",
+            "--print-config",
+            "DISPATCH_KAFKA__BROKERS",
+        ] {
+            assert!(help.contains(word), "help lacks {word}: {help}");
+        }
     }
 
     #[test]

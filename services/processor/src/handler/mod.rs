@@ -308,6 +308,16 @@ impl Registry {
         v.sort();
         v
     }
+
+    /// The task types the stock binary has a handler for with settings `s`, sorted: the registry
+    /// [`Registry::build`] makes from them with no handlers registered in code (what
+    /// `dispatch-processor --print-task-types` prints).
+    ///
+    /// # Errors
+    /// As [`Registry::build`].
+    pub fn stock_task_types(s: &HandlersSettings) -> anyhow::Result<Vec<String>> {
+        Ok(Self::build(s, Vec::new())?.task_types())
+    }
 }
 
 #[cfg(test)]
@@ -337,5 +347,37 @@ mod tests {
         assert_eq!(e.limit.as_ref().map(|l| l.available_permits()), Some(2));
         assert!(r.get("noop").expect("noop").limit.is_none());
         assert!(r.get("unknown").is_none());
+    }
+
+    #[test]
+    fn stock_task_types_are_the_built_ins_plus_configured_types_with_a_built_in_kind() {
+        let mut s = HandlersSettings::default();
+        assert_eq!(
+            Registry::stock_task_types(&s).expect("types"),
+            vec!["noop", "simulate"]
+        );
+        for (ty, kind) in [
+            ("email.send", "http"),
+            ("report", "simulate"),
+            ("mine", "custom"),
+        ] {
+            s.types.insert(
+                ty.into(),
+                TypeSettings {
+                    kind: kind.into(),
+                    timeout_ms: None,
+                    concurrency: None,
+                },
+            );
+        }
+        s.http.insert(
+            "email.send".into(),
+            serde_json::from_str(r#"{"url": "http://127.0.0.1:9/send"}"#).expect("endpoint"),
+        );
+        // `custom` needs a handler registered in code, which the stock binary has not.
+        assert_eq!(
+            Registry::stock_task_types(&s).expect("types"),
+            vec!["email.send", "noop", "report", "simulate"]
+        );
     }
 }

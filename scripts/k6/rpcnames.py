@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""The RPC names and proto files the k6 scripts name exist (scripts/check-k6.sh, check 2).
+"""Checks that the RPC names and proto files the k6 scripts (loadtest/k6/) name exist
+(scripts/check-k6.sh, check 2).
 
 Usage:
-  rpcnames.py <schema.json> <proto_root> <k6_dir> <script.js>...
+  scripts/k6/rpcnames.py <schema.json> <proto_root> <k6_dir> <script.js>...
       Every 'pkg.Service/Method' string literal in the scripts must name an rpc of a service in
       <schema.json> (`dispatch-loadgen proto-schema`: the API from the descriptor set compiled into
       the binaries), every '*.proto' string literal must exist under the proto root the scripts

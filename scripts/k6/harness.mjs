@@ -1,10 +1,15 @@
-// Dry-run harness for the k6 scripts, used by scripts/check-k6.sh (k6 itself is not required).
+// Checks one k6 script of loadtest/k6/ by a dry run under node (scripts/check-k6.sh, check 3;
+// k6 itself is not required): its `options`, its client.load() files, and every request its
+// setup() and scenarios send (methods, auth metadata, messages against the API's schema, task
+// types against the processor's registry).
 //
-//   node harness.mjs <schema.json> <proto_root> <script.js> <task types>
+//   node scripts/k6/harness.mjs <schema.json> <proto_root> <script.js> <task-types.json>
 //
-// <task types>: comma-separated task types the processor's default registry has a handler for
-// (tools/tasktypes.py prints them); a TaskSpec.task_type outside it fails the run, since every
-// such task would be dead-lettered while the latency thresholds pass.
+// <schema.json>: `dispatch-loadgen proto-schema` (the API from the descriptor set compiled into
+// the binaries). <task-types.json>: `dispatch-processor --print-task-types=json`, a JSON array of
+// the task types the processor's registry has a handler for with the effective settings; a
+// TaskSpec.task_type outside it fails the run, since every such task would be dead-lettered while
+// the latency thresholds pass.
 //
 // Evaluates one k6 script under node with stand-ins for the k6 modules it imports ('k6',
 // 'k6/net/grpc', 'k6/encoding', 'k6/metrics'), then:
@@ -26,12 +31,16 @@ import { readFileSync, existsSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
-const [schemaPath, protoRootArg, scriptArg, taskTypesArg] = process.argv.slice(2);
-if (!schemaPath || !protoRootArg || !scriptArg || !taskTypesArg) {
-  console.error('usage: node harness.mjs <schema.json> <proto_root> <script.js> <task types, comma-separated>');
+const [schemaPath, protoRootArg, scriptArg, taskTypesPath] = process.argv.slice(2);
+if (!schemaPath || !protoRootArg || !scriptArg || !taskTypesPath) {
+  console.error('usage: node harness.mjs <schema.json> <proto_root> <script.js> <task-types.json>');
   process.exit(2);
 }
-const knownTaskTypes = taskTypesArg.split(',').map((t) => t.trim()).filter((t) => t !== '');
+const knownTaskTypes = JSON.parse(readFileSync(taskTypesPath, 'utf8'));
+if (!Array.isArray(knownTaskTypes) || knownTaskTypes.length === 0 || !knownTaskTypes.every((t) => typeof t === 'string' && t !== '')) {
+  console.error(`${taskTypesPath}: not a non-empty JSON array of task types (dispatch-processor --print-task-types=json)`);
+  process.exit(2);
+}
 const schema = JSON.parse(readFileSync(schemaPath, 'utf8'));
 const protoRoot = path.resolve(protoRootArg);
 const scriptPath = path.resolve(scriptArg);
@@ -66,7 +75,7 @@ const STUBS = ${JSON.stringify(STUBS)};
 const K6DIR = ${JSON.stringify(pathToFileURL(k6Dir).href + '/')};
 export async function resolve(spec, ctx, next) {
   if (spec === 'k6' || spec.startsWith('k6/')) {
-    if (!(spec in STUBS)) throw new Error('k6 module ' + spec + ' has no stand-in in loadtest/k6/tools/harness.mjs; add one');
+    if (!(spec in STUBS)) throw new Error('k6 module ' + spec + ' has no stand-in in scripts/k6/harness.mjs; add one');
     return { url: 'data:text/javascript,' + encodeURIComponent(STUBS[spec]), shortCircuit: true };
   }
   const r = await next(spec, ctx);
@@ -130,7 +139,7 @@ const LIMITS = {
     else if (Buffer.byteLength(bk, 'utf8') > 256) err(`${where}: ${p}.business_key longer than 256 bytes`);
     const tt = v.task_type ?? v.taskType;
     if (typeof tt !== 'string' || !/^[a-z0-9._-]{1,128}$/.test(tt)) err(`${where}: ${p}.task_type must be 1..=128 of [a-z0-9._-], got ${JSON.stringify(tt)}`);
-    else if (!knownTaskTypes.includes(tt)) err(`${where}: ${p}.task_type ${JSON.stringify(tt)} has no handler in the processor's default registry (${knownTaskTypes.join(', ')}): every such task is dead-lettered`);
+    else if (!knownTaskTypes.includes(tt)) err(`${where}: ${p}.task_type ${JSON.stringify(tt)} has no handler in the processor's registry (${knownTaskTypes.join(', ')}): every such task is dead-lettered`);
     const pl = v.payload;
     if (typeof pl === 'string' && b64len(pl) > 262144) err(`${where}: ${p}.payload larger than 262144 bytes`);
     if (tt === 'simulate' && typeof pl === 'string' && Buffer.from(pl, 'base64').toString('utf8').trim() !== '') {
