@@ -206,7 +206,7 @@ class Services:
                  f"GRANT ALL PRIVILEGES ON {self.db}.* TO 'dispatch'@'localhost';")
         url = f"mysql://dispatch:dispatch@127.0.0.1:3306/{self.db}"
         env = dict(os.environ, DISPATCH_DATABASE__URL=url, DISPATCH_KAFKA__TOPIC_PREFIX=self.prefix,
-                   DISPATCH_KAFKA__CREATE_TOPICS="true", DISPATCH_REDIS__KEY_PREFIX=f"vs{self.tag}:")
+                   DISPATCH_KAFKA__CREATE_TOPICS="true")
         ctl = bin_of(self.build, "dispatchctl")
         subprocess.run([ctl, "migrate", "--database-url", url, "up"], check=True, capture_output=True, env=env)
         subprocess.run([ctl, "topics", "create", "--partitions", "6"], check=True, capture_output=True, env=env)
@@ -214,6 +214,7 @@ class Services:
         self.gw = subprocess.Popen(
             [bin_of(self.build, "dispatch-gateway")],
             env=dict(env, DISPATCH_CONFIG=os.path.join(cfg, "gateway.toml"), DISPATCH_LIMITS__TENANT_RPS="0",
+                     DISPATCH_REDIS__KEY_PREFIX=f"vs{self.tag}:",
                      DISPATCH_LIMITS__GLOBAL_RPS="0", DISPATCH_GRPC__LISTEN=f"127.0.0.1:{GW_GRPC}",
                      DISPATCH_ADMIN__LISTEN=f"127.0.0.1:{GW_ADMIN}"),
             stdout=open(os.path.join(OUT, f"{self.tag}-gateway.log"), "w"), stderr=subprocess.STDOUT)

@@ -93,7 +93,7 @@ impl App {
         dispatch_runtime::tls::check_dependencies(
             &settings.kafka,
             &settings.database,
-            &settings.redis,
+            Some(&settings.redis),
         )
         .await?;
         let auth = Authenticator::for_listeners(

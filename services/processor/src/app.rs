@@ -73,7 +73,7 @@ impl AppBuilder {
             ],
         )?;
         let tls = ServerTls::from_settings(&s.grpc)?;
-        dispatch_runtime::tls::check_dependencies(&s.kafka, &s.database, &s.redis).await?;
+        dispatch_runtime::tls::check_dependencies(&s.kafka, &s.database, None).await?;
         let registry = Registry::build(&s.handlers, self.handlers)?;
         crate::metrics::init(&registry.task_types());
         // Before the clients: their contexts' TLS failures reach it from the first one.

@@ -11,8 +11,7 @@ use std::net::SocketAddr;
 use dispatch_runtime::SettingsError;
 use dispatch_runtime::server::auth::AuthSettings;
 use dispatch_runtime::settings::{
-    AdminSettings, DbSettings, GrpcSettings, KafkaSettings, RedisSettings, ShutdownSettings,
-    TelemetrySettings,
+    AdminSettings, DbSettings, GrpcSettings, KafkaSettings, ShutdownSettings, TelemetrySettings,
 };
 use serde::{Deserialize, Serialize};
 
@@ -31,8 +30,6 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// MySQL (tasks, attempts, dead letters).
     pub database: DbSettings,
-    /// Redis (unused by the processor today; accepted so the shared environment applies).
-    pub redis: RedisSettings,
     /// Kafka brokers, topic prefix and client tuning.
     pub kafka: KafkaSettings,
     /// Logs and traces.
@@ -73,7 +70,6 @@ impl Default for Settings {
             admin: AdminSettings::on_port(9603),
             auth: AuthSettings::default(),
             database: DbSettings::default(),
-            redis: RedisSettings::default(),
             kafka: KafkaSettings::default(),
             telemetry: TelemetrySettings::default(),
             shutdown: ShutdownSettings::default(),
@@ -597,19 +593,23 @@ mod tests {
     fn env_and_validation_name_keys() {
         let s: Settings = dispatch_runtime::settings::load_from(
             None,
-            vec![
-                (
-                    "DISPATCH_CONSUMER__MAX_CONCURRENCY".to_string(),
-                    "8".to_string(),
-                ),
-                (
-                    "DISPATCH_REDIS__URL".to_string(),
-                    "redis://x:6379/0".to_string(),
-                ),
-            ],
+            vec![(
+                "DISPATCH_CONSUMER__MAX_CONCURRENCY".to_string(),
+                "8".to_string(),
+            )],
         )
         .expect("load");
         assert_eq!(s.consumer.max_concurrency, 8);
+        // The processor has no Redis: a Redis setting is a mistake in its environment.
+        let err = dispatch_runtime::settings::load_from::<Settings>(
+            None,
+            vec![(
+                "DISPATCH_REDIS__URL".to_string(),
+                "redis://x:6379/0".to_string(),
+            )],
+        )
+        .expect_err("no [redis] section");
+        assert!(err.to_string().contains("redis"), "{err}");
         let mut bad = Settings::default();
         bad.consumer.priority_weights = [1, 0, 1];
         let err = bad.validate().expect_err("zero weight");

@@ -105,7 +105,7 @@ impl App {
         dispatch_runtime::tls::check_dependencies(
             &settings.kafka,
             &settings.database,
-            &settings.redis,
+            Some(&settings.redis),
         )
         .await?;
         let auth = Arc::new(Authenticator::for_listeners(

@@ -121,21 +121,25 @@ pub fn read_key(setting: &str, path: &Path) -> Result<PrivateKeyDer<'static>, Se
 /// connects once to each dependency: a certificate that does not verify, an expired one, TLS
 /// refused, or a wrong SASL password fails with one line naming the setting and the cause.
 /// Unreachable dependencies pass (the services start degraded and report it on `/readyz`).
+/// `redis` is `None` for a service without Redis (the processor).
 ///
 /// # Errors
 /// The first problem found.
 pub async fn check_dependencies(
     kafka: &KafkaSettings,
     db: &DbSettings,
-    redis: &RedisSettings,
+    redis: Option<&RedisSettings>,
 ) -> Result<(), SettingsError> {
     install_crypto_provider();
     crate::kafka::validate_security(kafka)?;
     for (setting, path) in [
-        ("kafka.ssl_ca_file", &kafka.ssl_ca_file),
-        ("kafka.ssl_cert_file", &kafka.ssl_cert_file),
-        ("database.ssl_ca", &db.ssl_ca),
-        ("redis.tls_ca_file", &redis.tls_ca_file),
+        ("kafka.ssl_ca_file", kafka.ssl_ca_file.as_ref()),
+        ("kafka.ssl_cert_file", kafka.ssl_cert_file.as_ref()),
+        ("database.ssl_ca", db.ssl_ca.as_ref()),
+        (
+            "redis.tls_ca_file",
+            redis.and_then(|r| r.tls_ca_file.as_ref()),
+        ),
     ] {
         if let Some(p) = path {
             read_certs(setting, p)?;
@@ -153,7 +157,7 @@ pub async fn check_dependencies(
             .await
             .map_err(SettingsError)?;
     }
-    if redis.url.starts_with("rediss://") {
+    if let Some(redis) = redis.filter(|r| r.url.starts_with("rediss://")) {
         check_redis(redis).await?;
     }
     Ok(())

@@ -67,7 +67,6 @@ pub fn processor_settings(env: &TestEnv) -> dispatch_processor::Settings {
     let mut s = dispatch_processor::Settings {
         kafka: kafka(env),
         database: env.db.clone(),
-        redis: env.redis.clone(),
         auth: auth(),
         ..dispatch_processor::Settings::default()
     };
