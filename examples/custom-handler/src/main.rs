@@ -16,17 +16,13 @@ use dispatch_runtime::{shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = ServiceArgs::parse(
-        env!("CARGO_BIN_NAME"),
-        env!("CARGO_PKG_VERSION"),
-        env!("CARGO_PKG_DESCRIPTION"),
-    );
-    let settings: Settings = args.load()?;
+    let args: ServiceArgs = dispatch_runtime::service_flags!();
     let invoice_file = std::env::var_os("INVOICE_CONFIG").map(std::path::PathBuf::from);
+    // Loaded first, so that --print-config also fails on bad invoice settings.
     let invoice = InvoiceSettings::load(invoice_file.as_deref())?;
-    if args.print_config(&settings)? {
+    let Some(settings) = args.settings::<Settings>()? else {
         return Ok(());
-    }
+    };
     let _telemetry = telemetry::init("invoice-processor", &settings.telemetry)?;
     let rates = ConfiguredRates::new(&invoice);
     let app = builder(settings, invoice, rates).build().await?;

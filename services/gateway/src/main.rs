@@ -15,15 +15,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = ServiceArgs::parse(
-        env!("CARGO_BIN_NAME"),
-        env!("CARGO_PKG_VERSION"),
-        env!("CARGO_PKG_DESCRIPTION"),
-    );
-    let settings: Settings = args.load()?;
-    if args.print_config(&settings)? {
+    let args: ServiceArgs = dispatch_runtime::service_flags!();
+    let Some(settings) = args.settings::<Settings>()? else {
         return Ok(());
-    }
+    };
     let _telemetry = telemetry::init("gateway", &settings.telemetry)?;
     let app = App::build(settings).await?;
     tracing::info!(

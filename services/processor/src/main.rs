@@ -7,7 +7,7 @@
 
 use dispatch_processor::handler::Registry;
 use dispatch_processor::{App, Settings};
-use dispatch_runtime::cli::{self, ServiceArgs};
+use dispatch_runtime::cli::ServiceArgs;
 use dispatch_runtime::{shutdown, telemetry};
 
 /// Consuming, decoding and persisting allocate many small buffers per record; mimalloc costs
@@ -38,16 +38,10 @@ enum ListFormat {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let flags: Flags = cli::parse(
-        env!("CARGO_BIN_NAME"),
-        env!("CARGO_PKG_VERSION"),
-        env!("CARGO_PKG_DESCRIPTION"),
-    );
-    let args = flags.service;
-    let settings: Settings = args.load()?;
-    if args.print_config(&settings)? {
+    let flags: Flags = dispatch_runtime::service_flags!();
+    let Some(settings) = flags.service.settings::<Settings>()? else {
         return Ok(());
-    }
+    };
     settings.validate()?;
     if let Some(format) = flags.print_task_types {
         let types = Registry::stock_task_types(&settings.handlers)?;

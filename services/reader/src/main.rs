@@ -9,15 +9,10 @@ use dispatch_runtime::{shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = ServiceArgs::parse(
-        env!("CARGO_BIN_NAME"),
-        env!("CARGO_PKG_VERSION"),
-        env!("CARGO_PKG_DESCRIPTION"),
-    );
-    let settings: Settings = args.load()?;
-    if args.print_config(&settings)? {
+    let args: ServiceArgs = dispatch_runtime::service_flags!();
+    let Some(settings) = args.settings::<Settings>()? else {
         return Ok(());
-    }
+    };
     settings.validate()?;
     let _telemetry = telemetry::init("reader", &settings.telemetry)?;
     let app = match App::build(settings).await {

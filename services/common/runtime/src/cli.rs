@@ -84,6 +84,20 @@ where
     A::from_arg_matches(&matches)
 }
 
+/// Parses a service binary's flags ([`parse`]) under the binary's name, version and
+/// description from its Cargo manifest: `let args: ServiceArgs = dispatch_runtime::service_flags!();`
+/// (or a flags struct of the binary's own that flattens [`ServiceArgs`]).
+#[macro_export]
+macro_rules! service_flags {
+    () => {
+        $crate::cli::parse(
+            env!("CARGO_BIN_NAME"),
+            env!("CARGO_PKG_VERSION"),
+            env!("CARGO_PKG_DESCRIPTION"),
+        )
+    };
+}
+
 impl ServiceArgs {
     /// The clap command of binary `name`: what `--help` and `--version` print.
     pub fn command(
@@ -126,6 +140,19 @@ impl ServiceArgs {
         T: DeserializeOwned + Serialize + Default,
     {
         load(self.config.as_deref())
+    }
+
+    /// The settings to start with ([`ServiceArgs::load`]), or `None` once `--print-config` has
+    /// printed them (the binary then exits).
+    ///
+    /// # Errors
+    /// As [`ServiceArgs::load`] and [`ServiceArgs::print_config`].
+    pub fn settings<T>(&self) -> Result<Option<T>, SettingsError>
+    where
+        T: DeserializeOwned + Serialize + Default,
+    {
+        let settings = self.load()?;
+        Ok((!self.print_config(&settings)?).then_some(settings))
     }
 
     /// With `--print-config`, prints `settings` (redacted) and returns true: the binary then exits.
