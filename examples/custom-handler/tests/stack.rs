@@ -6,11 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chrono::Utc;
-use dispatch_core::{
-    BusinessKey, Envelope, NewTask, Payload, Priority, RetryPolicy, TaskId, TaskState, TaskType,
-    Tenant,
-};
+use dispatch_core::{Envelope, NewTask, RetryPolicy, TaskId, TaskState};
 use dispatch_example_custom_handler::{ConfiguredRates, InvoiceSettings, Rendered, builder};
 use dispatch_processor::Settings;
 use dispatch_runtime::Shutdown;
@@ -30,22 +26,13 @@ fn invoice(region: &str, lines: usize) -> String {
 
 fn task(key: &str, payload: &str, timeout_ms: Option<u32>) -> Envelope {
     Envelope::submit(NewTask {
-        task_id: TaskId::new(),
-        tenant: Tenant::parse("acme").expect("tenant"),
-        business_key: BusinessKey::parse(key).expect("key"),
-        task_type: TaskType::parse("invoice.render").expect("type"),
-        payload: Payload::parse(payload.as_bytes().to_vec()).expect("payload"),
-        priority: Priority::Default,
-        idempotency_key: None,
-        run_at: None,
-        deadline: None,
         retry: RetryPolicy {
             max_attempts: 2,
             initial_backoff_ms: 100,
             max_backoff_ms: 200,
         },
         timeout_ms,
-        submitted_at: Utc::now(),
+        ..dispatch_testkit::new_task("invoice.render", key, payload.as_bytes())
     })
 }
 

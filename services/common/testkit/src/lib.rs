@@ -17,7 +17,7 @@ pub mod cli;
 pub mod stack;
 mod write;
 
-pub use write::{node_task, task_write};
+pub use write::{new_task, node_task, task_write};
 
 use std::time::Duration;
 

@@ -1,7 +1,9 @@
-//! [`task_write`]: a processor's state write with the defaults tests share, to change with struct
-//! update syntax where a test needs other values.
+//! [`task_write`]: a processor's state write, and [`new_task`]: a submitted task, with the
+//! defaults tests share, to change with struct update syntax where a test needs other values.
 
-use dispatch_core::{Priority, TaskId, TaskState};
+use dispatch_core::{
+    BusinessKey, NewTask, Payload, Priority, RetryPolicy, TaskId, TaskState, TaskType, Tenant,
+};
 use dispatch_store::tasks::TaskWrite;
 
 /// The processor's write of `id` (owned by `tenant`) in `state` at `attempt`, generation 0, made
@@ -37,17 +39,17 @@ pub fn task_write(id: TaskId, tenant: &str, state: TaskState, attempt: u32) -> T
     }
 }
 
-/// The task of workflow node `name` of `workflow`, owned by `tenant`, as the gateway builds it:
-/// its derived id, business key `name`, type `noop`, empty payload, default priority and retry
-/// policy, no schedule, deadline or timeout.
-pub fn node_task(workflow: TaskId, name: &str, tenant: &str) -> dispatch_core::NewTask {
-    use dispatch_core::{BusinessKey, Payload, RetryPolicy, TaskType, Tenant};
-    dispatch_core::NewTask {
-        task_id: TaskId::workflow_node(workflow, name),
-        tenant: Tenant::parse(tenant).expect("a valid tenant"),
-        business_key: BusinessKey::parse(name).expect("a node name is a valid key"),
-        task_type: TaskType::parse("noop").expect("noop"),
-        payload: Payload::parse(Vec::new()).expect("an empty payload"),
+/// A first submit of `task_type` on business key `key` of tenant `acme` carrying `payload`, as the
+/// gateway builds it: a new id, default priority and retry policy, no idempotency key, schedule,
+/// deadline or timeout. Other values with struct update syntax:
+/// `NewTask { retry, ..new_task("simulate", "k", b"{}") }`.
+pub fn new_task(task_type: &str, key: &str, payload: &[u8]) -> NewTask {
+    NewTask {
+        task_id: TaskId::new(),
+        tenant: Tenant::parse("acme").expect("a valid tenant"),
+        business_key: BusinessKey::parse(key).expect("a valid business key"),
+        task_type: TaskType::parse(task_type).expect("a valid task type"),
+        payload: Payload::parse(payload.to_vec()).expect("a payload within the limit"),
         priority: Priority::Default,
         idempotency_key: None,
         run_at: None,
@@ -55,5 +57,15 @@ pub fn node_task(workflow: TaskId, name: &str, tenant: &str) -> dispatch_core::N
         retry: RetryPolicy::DEFAULT,
         timeout_ms: None,
         submitted_at: chrono::Utc::now(),
+    }
+}
+
+/// The task of workflow node `name` of `workflow`, owned by `tenant`, as the gateway builds it:
+/// a `noop` on business key `name` with an empty payload.
+pub fn node_task(workflow: TaskId, name: &str, tenant: &str) -> NewTask {
+    NewTask {
+        task_id: TaskId::workflow_node(workflow, name),
+        tenant: Tenant::parse(tenant).expect("a valid tenant"),
+        ..new_task("noop", name, b"")
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use dispatch_core::{Envelope, NewTask, Payload, Priority, RetryPolicy, TaskId, TaskState};
+use dispatch_core::{Envelope, NewTask, Priority, TaskId, TaskState};
 use dispatch_runtime::kafka::{consumer_config, dispatch_topics, ensure_topics, producer_config};
 use dispatch_store::tasks::{self, TaskWrite};
 use dispatch_testkit::{TestEnv, consume_until, task_write};
@@ -12,20 +12,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 fn sample_task(key: &str) -> NewTask {
-    NewTask {
-        task_id: TaskId::new(),
-        tenant: dispatch_core::Tenant::parse("acme").expect("tenant"),
-        business_key: dispatch_core::BusinessKey::parse(key).expect("key"),
-        task_type: dispatch_core::TaskType::parse("noop").expect("type"),
-        payload: Payload::parse(b"{}".to_vec()).expect("payload"),
-        priority: Priority::Default,
-        idempotency_key: None,
-        run_at: None,
-        deadline: None,
-        retry: RetryPolicy::DEFAULT,
-        timeout_ms: None,
-        submitted_at: chrono::Utc::now(),
-    }
+    dispatch_testkit::new_task("noop", key, b"{}")
 }
 
 #[tokio::test]

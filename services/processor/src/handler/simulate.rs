@@ -244,23 +244,11 @@ mod tests {
     }
 
     fn envelope(payload: &str) -> Envelope {
-        use dispatch_core::{
-            BusinessKey, NewTask, Payload, Priority, RetryPolicy, TaskId, TaskType, Tenant,
-        };
-        Envelope::submit(NewTask {
-            task_id: TaskId::new(),
-            tenant: Tenant::parse("acme").expect("tenant"),
-            business_key: BusinessKey::parse("k").expect("key"),
-            task_type: TaskType::parse("simulate").expect("type"),
-            payload: Payload::parse(payload.as_bytes().to_vec()).expect("payload"),
-            priority: Priority::Default,
-            idempotency_key: None,
-            run_at: None,
-            deadline: None,
-            retry: RetryPolicy::DEFAULT,
-            timeout_ms: None,
-            submitted_at: chrono::Utc::now(),
-        })
+        Envelope::submit(dispatch_testkit::new_task(
+            "simulate",
+            "k",
+            payload.as_bytes(),
+        ))
     }
 
     /// Every way an execution ends leaves one ledger row naming this process, with its start no

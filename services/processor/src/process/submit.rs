@@ -448,25 +448,9 @@ impl Processor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dispatch_core::{
-        BusinessKey, NewTask, Payload, Priority, RetryPolicy, TaskId, TaskType, Tenant,
-    };
 
     fn env(attempt: u32) -> Envelope {
-        let mut e = Envelope::submit(NewTask {
-            task_id: TaskId::new(),
-            tenant: Tenant::parse("acme").expect("tenant"),
-            business_key: BusinessKey::parse("k").expect("key"),
-            task_type: TaskType::parse("noop").expect("type"),
-            payload: Payload::default(),
-            priority: Priority::Default,
-            idempotency_key: None,
-            run_at: None,
-            deadline: None,
-            retry: RetryPolicy::DEFAULT,
-            timeout_ms: None,
-            submitted_at: Utc::now(),
-        });
+        let mut e = Envelope::submit(dispatch_testkit::new_task("noop", "k", b""));
         e.attempt = attempt;
         e
     }

@@ -4,10 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dispatch_core::{
-    BusinessKey, Envelope, NewTask, Payload, Priority, RetryPolicy, TaskId, TaskState, TaskType,
-    Tenant, Topics,
-};
+use dispatch_core::{Envelope, NewTask, RetryPolicy, TaskId, TaskState, Topics};
 use dispatch_processor::{App, Settings};
 use dispatch_store::tasks::StateVersion;
 pub use dispatch_testkit::stack::metrics;
@@ -32,22 +29,12 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
 /// A first-attempt envelope.
 pub fn task(task_type: &str, key: &str, payload: &str) -> Envelope {
     Envelope::submit(NewTask {
-        task_id: TaskId::new(),
-        tenant: Tenant::parse("acme").expect("tenant"),
-        business_key: BusinessKey::parse(key).expect("key"),
-        task_type: TaskType::parse(task_type).expect("type"),
-        payload: Payload::parse(payload.as_bytes().to_vec()).expect("payload"),
-        priority: Priority::Default,
-        idempotency_key: None,
-        run_at: None,
-        deadline: None,
         retry: RetryPolicy {
             max_attempts: 4,
             initial_backoff_ms: 100,
             max_backoff_ms: 1_000,
         },
-        timeout_ms: None,
-        submitted_at: Utc::now(),
+        ..dispatch_testkit::new_task(task_type, key, payload.as_bytes())
     })
 }
 

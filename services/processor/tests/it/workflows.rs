@@ -10,11 +10,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dispatch_core::workflow::OnFailure;
-use dispatch_core::{
-    BusinessKey, NewTask, Payload, Priority, RetryPolicy, TaskId, TaskState, TaskType, Tenant,
-};
+use dispatch_core::{NewTask, RetryPolicy, TaskId, TaskState};
 use dispatch_store::workflows::{self, CancelRequest, NewNode, NewWorkflow};
-use dispatch_testkit::{TestEnv, eventually};
+use dispatch_testkit::{TestEnv, eventually, new_task};
 use sqlx::{MySqlPool, Row};
 
 use crate::harness::{settings, start, wait_all};
@@ -32,22 +30,17 @@ fn workflow(specs: &[Spec<'_>]) -> NewWorkflow {
             root: deps.is_empty(),
             task: NewTask {
                 task_id: TaskId::workflow_node(workflow_id, name),
-                tenant: Tenant::parse("acme").expect("tenant"),
-                // One key per node: order between nodes comes from the edges alone.
-                business_key: BusinessKey::parse(&format!("wf-{workflow_id}-{name}")).expect("key"),
-                task_type: TaskType::parse("simulate").expect("type"),
-                payload: Payload::parse(payload.clone().into_bytes()).expect("payload"),
-                priority: Priority::Default,
-                idempotency_key: None,
-                run_at: None,
-                deadline: None,
                 retry: RetryPolicy {
                     max_attempts: 2,
                     initial_backoff_ms: 100,
                     max_backoff_ms: 100,
                 },
-                timeout_ms: None,
-                submitted_at: Utc::now(),
+                // One key per node: order between nodes comes from the edges alone.
+                ..new_task(
+                    "simulate",
+                    &format!("wf-{workflow_id}-{name}"),
+                    payload.as_bytes(),
+                )
             },
         })
         .collect();

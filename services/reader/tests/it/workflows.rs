@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use dispatch_core::workflow::OnFailure;
-use dispatch_core::{NewTask, Payload, Priority, RetryPolicy, TaskId, TaskState};
+use dispatch_core::{NewTask, TaskId, TaskState};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::task_query_service_client::TaskQueryServiceClient;
 use dispatch_store::workflows::{Inserted, NewNode, NewWorkflow};
@@ -27,17 +27,7 @@ fn diamond() -> NewWorkflow {
         name: name.into(),
         task: NewTask {
             task_id: TaskId::workflow_node(workflow_id, name),
-            tenant: dispatch_core::Tenant::parse("acme").expect("tenant"),
-            business_key: dispatch_core::BusinessKey::parse(&format!("img-{name}")).expect("key"),
-            task_type: dispatch_core::TaskType::parse(&format!("image.{name}")).expect("type"),
-            payload: Payload::parse(b"{}".to_vec()).expect("payload"),
-            priority: Priority::Default,
-            idempotency_key: None,
-            run_at: None,
-            deadline: None,
-            retry: RetryPolicy::DEFAULT,
-            timeout_ms: None,
-            submitted_at: Utc::now(),
+            ..dispatch_testkit::new_task(&format!("image.{name}"), &format!("img-{name}"), b"{}")
         },
         root: name == "fetch",
     };
