@@ -11,7 +11,6 @@ use dispatch_runtime::Shutdown;
 use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
 use dispatch_runtime::server::auth::Authenticator;
 use dispatch_runtime::server::{GrpcServer, Rpcs, Spec};
-use dispatch_runtime::tls::ServerTls;
 use dispatch_runtime::tls_failures::{Dependency, TlsFailures};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -85,12 +84,10 @@ impl App {
     /// Invalid settings or an address that cannot be bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.validate()?;
-        // Read the certificate files now, so a bad path fails start-up rather than the first
-        // handshake.
-        let tls = ServerTls::from_settings(&settings.grpc)?;
-        // TLS and SASL to the dependencies: a certificate that does not verify or a refused
-        // login stops start-up (an unreachable dependency does not).
-        dispatch_runtime::tls::check_dependencies(
+        // A certificate that does not verify or a refused login stops start-up (an unreachable
+        // dependency does not).
+        let tls = dispatch_runtime::tls::check_at_start(
+            &settings.grpc,
             &settings.kafka,
             &settings.database,
             Some(&settings.redis),

@@ -35,6 +35,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use dispatch_runtime::shutdown::pause;
 use dispatch_store::outbox;
 use dispatch_store::outbox_relay::{self, Verdict};
 use futures::future::join_all;
@@ -427,13 +428,6 @@ pub async fn purge_idempotency_keys(
         if n < u64::from(PURGE_BATCH) {
             return Ok(total);
         }
-    }
-}
-
-async fn pause(stop: &CancellationToken, d: Duration) {
-    tokio::select! {
-        () = stop.cancelled() => {}
-        () = tokio::time::sleep(d) => {}
     }
 }
 

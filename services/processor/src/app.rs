@@ -14,7 +14,6 @@ use dispatch_runtime::kafka;
 use dispatch_runtime::server::GrpcServer;
 use dispatch_runtime::server::auth::Authenticator;
 use dispatch_runtime::shutdown::Shutdown;
-use dispatch_runtime::tls::ServerTls;
 use dispatch_runtime::tls_failures::{Dependency, TlsFailures};
 use dispatch_store::MySqlPool;
 use rdkafka::consumer::BaseConsumer;
@@ -72,8 +71,8 @@ impl AppBuilder {
                 ("admin.listen", s.admin.listen),
             ],
         )?;
-        let tls = ServerTls::from_settings(&s.grpc)?;
-        dispatch_runtime::tls::check_dependencies(&s.kafka, &s.database, None).await?;
+        let tls =
+            dispatch_runtime::tls::check_at_start(&s.grpc, &s.kafka, &s.database, None).await?;
         let registry = Registry::build(&s.handlers, self.handlers)?;
         crate::metrics::init(&registry.task_types());
         // Before the clients: their contexts' TLS failures reach it from the first one.

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use dispatch_runtime::settings::KafkaSettings;
+use dispatch_runtime::shutdown::pause;
 use dispatch_store::{MySqlPool, leader, retention};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
@@ -353,13 +354,6 @@ impl DlqRetention {
             .map_err(|_| anyhow::anyhow!("{name} retention.ms {value:?}"))?;
         // -1: the topic keeps records forever.
         Ok(u64::try_from(ms).ok().map(Duration::from_millis))
-    }
-}
-
-async fn pause(stop: &CancellationToken, d: Duration) {
-    tokio::select! {
-        () = stop.cancelled() => {}
-        () = tokio::time::sleep(d) => {}
     }
 }
 

@@ -14,7 +14,6 @@ use dispatch_proto::v1::task_query_service_server::TaskQueryServiceServer;
 use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
 use dispatch_runtime::server::auth::Authenticator;
 use dispatch_runtime::server::{GrpcServer, Rpcs, Serving, Spec};
-use dispatch_runtime::tls::ServerTls;
 use dispatch_runtime::tls_failures::{Dependency, TlsFailures};
 use dispatch_runtime::{Shutdown, kafka, redis_client};
 use tonic::service::Routes;
@@ -99,10 +98,8 @@ impl App {
     /// that cannot be bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.validate()?;
-        // Read the certificate files now, so a bad path fails start-up rather than the first
-        // handshake.
-        let tls = ServerTls::from_settings(&settings.grpc)?;
-        dispatch_runtime::tls::check_dependencies(
+        let tls = dispatch_runtime::tls::check_at_start(
+            &settings.grpc,
             &settings.kafka,
             &settings.database,
             Some(&settings.redis),

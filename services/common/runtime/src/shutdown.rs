@@ -105,6 +105,15 @@ pub fn on_signals() -> Shutdown {
     s
 }
 
+/// Sleeps for `d`, or less if `stop` fires first: the pause between rounds of a background loop
+/// that must not hold shutdown up.
+pub async fn pause(stop: &CancellationToken, d: Duration) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = tokio::time::sleep(d) => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

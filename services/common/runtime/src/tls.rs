@@ -117,6 +117,23 @@ pub fn read_key(setting: &str, path: &Path) -> Result<PrivateKeyDer<'static>, Se
         .map_err(|e| file_error(setting, path, format!("no PEM private key: {e}")))
 }
 
+/// The TLS checks every service makes before it binds: its own gRPC certificate files (read now,
+/// so a bad path fails start-up rather than the first handshake), then [`check_dependencies`]
+/// (`redis` is `None` for a service without Redis). Returns the gRPC server's TLS, if any.
+///
+/// # Errors
+/// The first problem found.
+pub async fn check_at_start(
+    grpc: &GrpcSettings,
+    kafka: &KafkaSettings,
+    db: &DbSettings,
+    redis: Option<&RedisSettings>,
+) -> Result<Option<ServerTls>, SettingsError> {
+    let tls = ServerTls::from_settings(grpc)?;
+    check_dependencies(kafka, db, redis).await?;
+    Ok(tls)
+}
+
 /// Checks every TLS file the dependency settings name, then, where TLS or SASL is configured,
 /// connects once to each dependency: a certificate that does not verify, an expired one, TLS
 /// refused, or a wrong SASL password fails with one line naming the setting and the cause.

@@ -125,7 +125,7 @@ pub async fn explain_candidates(
     before: DateTime<Utc>,
     limit: u32,
 ) -> Result<Vec<String>> {
-    explain(
+    crate::tasks::explain_lines(
         candidates_query("EXPLAIN ", tenant, before, limit)
             .build()
             .fetch_all(&mut *conn)
@@ -133,18 +133,12 @@ pub async fn explain_candidates(
     )
 }
 
-fn explain(rows: Vec<sqlx::mysql::MySqlRow>) -> Result<Vec<String>> {
-    rows.iter()
-        .map(|r| {
-            let key: Option<String> = r.try_get("key").ok().flatten();
-            let extra: Option<String> = r.try_get("Extra").ok().flatten();
-            Ok(format!(
-                "{} | {}",
-                key.unwrap_or_default(),
-                extra.unwrap_or_default()
-            ))
-        })
-        .collect()
+/// The first column of every row: the ids a query selected.
+fn first_column(rows: Vec<sqlx::mysql::MySqlRow>) -> Result<Vec<Vec<u8>>> {
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get::<Vec<u8>, _>(0))
+        .collect::<std::result::Result<_, _>>()?)
 }
 
 fn push_ids(qb: &mut QueryBuilder<'_, MySql>, ids: &[Vec<u8>]) {
@@ -168,13 +162,12 @@ pub async fn purge_tasks_batch(
     before: DateTime<Utc>,
     limit: u32,
 ) -> Result<TaskPurge> {
-    let ids: Vec<Vec<u8>> = candidates_query("", tenant, before, limit)
-        .build()
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<Vec<u8>, _>(0))
-        .collect::<std::result::Result<_, _>>()?;
+    let ids = first_column(
+        candidates_query("", tenant, before, limit)
+            .build()
+            .fetch_all(&mut *conn)
+            .await?,
+    )?;
     let mut out = TaskPurge {
         candidates: ids.len() as u64,
         ..TaskPurge::default()
@@ -196,13 +189,7 @@ pub async fn purge_tasks_batch(
     qb.push(" AND task_id IN (");
     push_ids(&mut qb, &ids);
     qb.push(" FOR UPDATE");
-    let confirmed: Vec<Vec<u8>> = qb
-        .build()
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<Vec<u8>, _>(0))
-        .collect::<std::result::Result<_, _>>()?;
+    let confirmed = first_column(qb.build().fetch_all(&mut *tx).await?)?;
     if confirmed.is_empty() {
         tx.commit().await?;
         return Ok(out);
@@ -211,13 +198,7 @@ pub async fn purge_tasks_batch(
     let mut qb: QueryBuilder<MySql> =
         QueryBuilder::new("SELECT DISTINCT workflow_id FROM workflow_nodes WHERE task_id IN (");
     push_ids(&mut qb, &confirmed);
-    let workflows: Vec<Vec<u8>> = qb
-        .build()
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<Vec<u8>, _>(0))
-        .collect::<std::result::Result<_, _>>()?;
+    let workflows = first_column(qb.build().fetch_all(&mut *tx).await?)?;
     let mut edges = 0;
     for (table, slot) in [
         ("task_attempts", &mut out.attempts),

@@ -432,18 +432,23 @@ const BASIC_COLUMNS: &str = "task_id, tenant, business_key, task_type, priority,
 /// # Errors
 /// Database errors.
 pub async fn explain_list(pool: &MySqlPool, f: &ListFilter) -> Result<Vec<String>> {
-    let rows = list_query(f, "EXPLAIN ").build().fetch_all(pool).await?;
-    rows.iter()
+    explain_lines(list_query(f, "EXPLAIN ").build().fetch_all(pool).await?)
+}
+
+/// One `key | Extra` line per row of an `EXPLAIN`.
+pub(crate) fn explain_lines(rows: Vec<sqlx::mysql::MySqlRow>) -> Result<Vec<String>> {
+    Ok(rows
+        .iter()
         .map(|r| {
             let key: Option<String> = r.try_get("key").ok().flatten();
             let extra: Option<String> = r.try_get("Extra").ok().flatten();
-            Ok(format!(
+            format!(
                 "{} | {}",
                 key.unwrap_or_default(),
                 extra.unwrap_or_default()
-            ))
+            )
         })
-        .collect()
+        .collect())
 }
 
 fn list_query<'a>(f: &'a ListFilter, prefix: &str) -> QueryBuilder<'a, MySql> {

@@ -128,6 +128,8 @@ async fn an_open_claim_does_not_block_new_scheduled_rows() -> anyhow::Result<()>
     .execute(&mut *other)
     .await;
     claim.rollback().await?;
+    // Back to the pool before cleanup, which closes the pool and waits for every connection.
+    drop(other);
     assert!(
         inserted.is_ok(),
         "a new scheduled row waited on the open claim: {inserted:?}"
