@@ -93,13 +93,7 @@ impl App {
             Some(&settings.redis),
         )
         .await?;
-        let auth = Authenticator::for_listeners(
-            &settings.auth,
-            &[
-                ("grpc.listen", settings.grpc.listen),
-                ("admin.listen", settings.admin.listen),
-            ],
-        )?;
+        let auth = Authenticator::for_service(&settings.auth, &settings.grpc, &settings.admin)?;
         metrics::init();
         dispatch_runtime::metrics::register_runtime_metrics(metrics::SERVICE);
 

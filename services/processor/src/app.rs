@@ -64,13 +64,7 @@ impl AppBuilder {
     pub async fn build(self) -> anyhow::Result<App> {
         let s = self.settings;
         s.validate()?;
-        let auth = Authenticator::for_listeners(
-            &s.auth,
-            &[
-                ("grpc.listen", s.grpc.listen),
-                ("admin.listen", s.admin.listen),
-            ],
-        )?;
+        let auth = Authenticator::for_service(&s.auth, &s.grpc, &s.admin)?;
         let tls =
             dispatch_runtime::tls::check_at_start(&s.grpc, &s.kafka, &s.database, None).await?;
         let registry = Registry::build(&s.handlers, self.handlers)?;

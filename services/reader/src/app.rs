@@ -105,12 +105,10 @@ impl App {
             Some(&settings.redis),
         )
         .await?;
-        let auth = Arc::new(Authenticator::for_listeners(
+        let auth = Arc::new(Authenticator::for_service(
             &settings.auth,
-            &[
-                ("grpc.listen", settings.grpc.listen),
-                ("admin.listen", settings.admin.listen),
-            ],
+            &settings.grpc,
+            &settings.admin,
         )?);
         metrics::init();
         dispatch_runtime::metrics::register_runtime_metrics("reader");

@@ -264,6 +264,21 @@ impl Authenticator {
         Self::for_listeners_every(s, listeners, UNAUTHENTICATED_WARNING_INTERVAL)
     }
 
+    /// [`Self::for_listeners`] for a service's two listeners, `grpc.listen` and `admin.listen`.
+    ///
+    /// # Errors
+    /// As [`Self::for_listeners`].
+    pub fn for_service(
+        s: &AuthSettings,
+        grpc: &crate::settings::GrpcSettings,
+        admin: &crate::settings::AdminSettings,
+    ) -> Result<Self, crate::SettingsError> {
+        Self::for_listeners(
+            s,
+            &[("grpc.listen", grpc.listen), ("admin.listen", admin.listen)],
+        )
+    }
+
     /// [`Self::for_listeners`] with the warning every `every` (tests).
     ///
     /// # Errors
