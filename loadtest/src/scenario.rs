@@ -32,6 +32,19 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
 
+/// A JSON-lines file the load generator appends to (ids, cancels, workflows), shared by its
+/// workers.
+type AppendLog = Mutex<std::io::BufWriter<std::fs::File>>;
+
+/// Opens `path` for appending (created when missing).
+fn append_log(path: &std::path::Path) -> std::io::Result<AppendLog> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    Ok(Mutex::new(std::io::BufWriter::new(file)))
+}
+
 use crate::{Kind, RunArgs};
 
 mod cancel;
@@ -95,7 +108,7 @@ pub struct Scenario {
     mix: Mix,
     t0: SystemTime,
     interval: Duration,
-    record: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
+    record: Option<AppendLog>,
     cancels: Arc<CancelLog>,
     cancel_tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<CancelJob>>>,
     cancel_worker: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -216,16 +229,13 @@ impl Scenario {
             mix,
             t0: SystemTime::now(),
             interval: Duration::from_secs_f64(1.0 / a.rate.max(1e-9)),
-            record: match &a.record_ids {
-                Some(p) => Some(Mutex::new(std::io::BufWriter::new(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(p)
-                        .map_err(|e| anyhow::anyhow!("--record-ids {}: {e}", p.display()))?,
-                ))),
-                None => None,
-            },
+            record: a
+                .record_ids
+                .as_deref()
+                .map(|p| {
+                    append_log(p).map_err(|e| anyhow::anyhow!("--record-ids {}: {e}", p.display()))
+                })
+                .transpose()?,
             cancels,
             cancel_tx: Mutex::new(Some(cancel_tx)),
             cancel_worker: Mutex::new(Some(worker)),

@@ -17,7 +17,7 @@ use super::workflow::{WorkflowLog, send_cancel_workflow};
 /// (`task_id \t tenant \t own|foreign \t outcome \t sent_us`).
 pub struct CancelLog {
     counts: Mutex<BTreeMap<String, u64>>,
-    file: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
+    file: Option<super::AppendLog>,
 }
 
 impl CancelLog {
@@ -28,16 +28,9 @@ impl CancelLog {
     pub fn open(path: Option<&std::path::Path>) -> anyhow::Result<Self> {
         Ok(Self {
             counts: Mutex::new(BTreeMap::new()),
-            file: match path {
-                Some(p) => Some(Mutex::new(std::io::BufWriter::new(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(p)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
-                ))),
-                None => None,
-            },
+            file: path
+                .map(|p| super::append_log(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display())))
+                .transpose()?,
         })
     }
 

@@ -20,7 +20,6 @@
 //!
 //! Just over 400 lines with its tests (from `mod tests`, near line 350).
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use dispatch_proto::v1 as pb;
@@ -142,7 +141,7 @@ pub(super) fn plan(m: &WorkflowMix, seq: u64, lat_min: u64, lat_max: u64) -> Pla
 
 /// The `--record-workflows` file.
 pub struct WorkflowLog {
-    file: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
+    file: Option<super::AppendLog>,
 }
 
 impl WorkflowLog {
@@ -152,16 +151,12 @@ impl WorkflowLog {
     /// The file cannot be opened.
     pub fn open(path: Option<&std::path::Path>) -> anyhow::Result<Self> {
         Ok(Self {
-            file: match path {
-                Some(p) => Some(Mutex::new(std::io::BufWriter::new(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(p)
-                        .map_err(|e| anyhow::anyhow!("--record-workflows {}: {e}", p.display()))?,
-                ))),
-                None => None,
-            },
+            file: path
+                .map(|p| {
+                    super::append_log(p)
+                        .map_err(|e| anyhow::anyhow!("--record-workflows {}: {e}", p.display()))
+                })
+                .transpose()?,
         })
     }
 

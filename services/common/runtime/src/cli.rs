@@ -99,38 +99,6 @@ macro_rules! service_flags {
 }
 
 impl ServiceArgs {
-    /// The clap command of binary `name`: what `--help` and `--version` print.
-    pub fn command(
-        name: &'static str,
-        version: &'static str,
-        about: &'static str,
-    ) -> clap::Command {
-        command::<Self>(name, version, about)
-    }
-
-    /// Parses the process arguments; prints help, the version or a usage error and exits the
-    /// process as clap does (status 0 for help and version, 2 for a usage error).
-    pub fn parse(name: &'static str, version: &'static str, about: &'static str) -> Self {
-        parse(name, version, about)
-    }
-
-    /// Parses `args` (the first is the binary's name).
-    ///
-    /// # Errors
-    /// A usage error, or the help or version text (clap reports both as errors to print).
-    pub fn try_parse_from<I, T>(
-        name: &'static str,
-        version: &'static str,
-        about: &'static str,
-        args: I,
-    ) -> Result<Self, clap::Error>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        try_parse_from(name, version, about, args)
-    }
-
     /// Loads the settings from defaults, the `--config` file and the environment.
     ///
     /// # Errors
@@ -175,7 +143,7 @@ mod tests {
     use clap::error::ErrorKind;
 
     fn parse(args: &[&str]) -> Result<ServiceArgs, clap::Error> {
-        ServiceArgs::try_parse_from(
+        try_parse_from::<ServiceArgs, _, _>(
             "dispatch-test",
             "1.2.3",
             "a test service",

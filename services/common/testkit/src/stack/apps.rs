@@ -1,17 +1,4 @@
-//! The services in-process (feature `stack`): gateway, processor and reader, each on port 0,
-//! over one isolated [`TestEnv`] (own database, topic prefix, Redis prefix and consumer group) on
-//! the shared local stack; tests talk to them as clients do.
-//!
-//! # Map
-//! - [`gateway_settings`], [`processor_settings`], [`reader_settings`]: one service's settings
-//!   for an env (ports 0, the env's database, topics and Redis prefix, [`auth`], short test
-//!   intervals); [`StackSettings`] holds all three.
-//! - [`Gateway`], [`Processor`], [`Reader`]: one running app each. `start` returns once it is
-//!   ready (gateway probes up, processor owns partitions, reader's events consumer assigned);
-//!   `spawn` returns at once, for tests of start-up itself. Each has `stop`, `is_running`,
-//!   `metrics` and a client of its API.
-//! - [`Stack`]: all three over one env; [`Stack::stop`] stops them and drops the database.
-//! - [`channel`]: a plaintext channel; [`init_logs`]: test logs when `RUST_LOG` is set.
+//! One running app each: [`Gateway`], [`Processor`], [`Reader`], and what they share.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,110 +11,11 @@ use dispatch_runtime::Shutdown;
 use dispatch_runtime::admin::{ComponentStatus, Health};
 use tonic::transport::Channel;
 
-use crate::auth::auth;
-use crate::{TestEnv, eventually};
+use super::{channel, init_logs, metrics, readyz};
+use crate::eventually;
 
 /// How long a service may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
-fn kafka(env: &TestEnv) -> dispatch_runtime::settings::KafkaSettings {
-    dispatch_runtime::settings::KafkaSettings {
-        // TestEnv created the topics already.
-        create_topics: false,
-        ..env.kafka.clone()
-    }
-}
-
-/// A gateway's settings for `env`: relay every 50 ms, probes every 200 ms.
-pub fn gateway_settings(env: &TestEnv) -> dispatch_gateway::Settings {
-    let mut s = dispatch_gateway::Settings {
-        kafka: kafka(env),
-        database: env.db.clone(),
-        redis: env.redis.clone(),
-        auth: auth(),
-        ..dispatch_gateway::Settings::default()
-    };
-    s.grpc.listen = loopback();
-    s.admin.listen = loopback();
-    s.outbox.relay_interval_ms = 50;
-    s.outbox.lock_retry_ms = 100;
-    s.health.probe_interval_ms = 200;
-    s.health.probe_timeout_ms = 1_000;
-    s.shutdown.drain_timeout_ms = 5_000;
-    s
-}
-
-/// A processor's settings for `env`: a consumer group of the env's own, lag every 500 ms, a 2 s
-/// rebalance drain, the scheduler every 100 ms.
-pub fn processor_settings(env: &TestEnv) -> dispatch_processor::Settings {
-    let mut s = dispatch_processor::Settings {
-        kafka: kafka(env),
-        database: env.db.clone(),
-        auth: auth(),
-        ..dispatch_processor::Settings::default()
-    };
-    s.grpc.listen = loopback();
-    s.admin.listen = loopback();
-    s.consumer.group = format!("processor-{}", env.id);
-    s.consumer.lag_interval_ms = 500;
-    s.consumer.rebalance_drain_ms = 2_000;
-    s.consumer.pause_sync_ms = 200;
-    s.scheduler.interval_ms = 100;
-    s.shutdown.drain_timeout_ms = 5_000;
-    s
-}
-
-/// A reader's settings for `env`.
-pub fn reader_settings(env: &TestEnv) -> dispatch_reader::Settings {
-    let mut s = dispatch_reader::Settings {
-        kafka: kafka(env),
-        database: env.db.clone(),
-        redis: env.redis.clone(),
-        auth: auth(),
-        ..dispatch_reader::Settings::default()
-    };
-    s.grpc.listen = loopback();
-    s.admin.listen = loopback();
-    s.shutdown.drain_timeout_ms = 5_000;
-    s
-}
-
-/// Settings of the three services over one env. Tests tweak the fields before starting.
-#[derive(Debug, Clone)]
-pub struct StackSettings {
-    /// The gateway's.
-    pub gateway: dispatch_gateway::Settings,
-    /// The processor's.
-    pub processor: dispatch_processor::Settings,
-    /// The reader's.
-    pub reader: dispatch_reader::Settings,
-}
-
-impl StackSettings {
-    /// [`gateway_settings`], [`processor_settings`] and [`reader_settings`] of `env`.
-    pub fn for_env(env: &TestEnv) -> Self {
-        Self {
-            gateway: gateway_settings(env),
-            processor: processor_settings(env),
-            reader: reader_settings(env),
-        }
-    }
-}
-
-/// Test logs, once per process, when `RUST_LOG` is set (a test binary that installs its own
-/// subscriber first keeps it).
-pub fn init_logs() {
-    if let Ok(filter) = std::env::var("RUST_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_test_writer()
-            .try_init();
-    }
-}
 
 /// What every running app has: its task and the trigger that stops it.
 struct Running {
@@ -162,28 +50,6 @@ impl Running {
             .with_context(|| format!("{} task panicked", self.name))?
             .with_context(|| format!("{} failed", self.name))
     }
-}
-
-/// The text of `/metrics` on an admin address.
-///
-/// # Errors
-/// Nothing answers there.
-pub async fn metrics(admin: SocketAddr) -> anyhow::Result<String> {
-    Ok(reqwest::get(format!("http://{admin}/metrics"))
-        .await?
-        .text()
-        .await?)
-}
-
-/// The JSON of `/readyz` on an admin address.
-///
-/// # Errors
-/// Nothing answers there, or the body is not JSON.
-pub async fn readyz(admin: SocketAddr) -> anyhow::Result<serde_json::Value> {
-    Ok(reqwest::get(format!("http://{admin}/readyz"))
-        .await?
-        .json()
-        .await?)
 }
 
 /// Implements what the three running apps share.
@@ -386,93 +252,4 @@ impl Reader {
     pub async fn client(&self) -> anyhow::Result<TaskQueryServiceClient<Channel>> {
         Ok(TaskQueryServiceClient::new(self.channel().await?))
     }
-}
-
-/// The whole stack over one env.
-pub struct Stack {
-    /// The env (its pool, topics, settings).
-    pub env: TestEnv,
-    /// The gateway (TaskService).
-    pub gateway: Gateway,
-    /// The processor (AdminService, when it is served).
-    pub processor: Processor,
-    /// The reader (TaskQueryService).
-    pub reader: Reader,
-}
-
-impl Stack {
-    /// A new env with the default [`StackSettings`].
-    ///
-    /// # Errors
-    /// The local stack is unreachable or a service does not start.
-    pub async fn start() -> anyhow::Result<Self> {
-        Self::start_with(|_| {}).await
-    }
-
-    /// A new env with `tweak` applied to the settings.
-    ///
-    /// # Errors
-    /// As [`Stack::start`].
-    pub async fn start_with(tweak: impl FnOnce(&mut StackSettings)) -> anyhow::Result<Self> {
-        let env = TestEnv::new().await?;
-        let mut s = StackSettings::for_env(&env);
-        tweak(&mut s);
-        Self::start_on(env, s).await
-    }
-
-    /// The services with `s` over an env the caller prepared.
-    ///
-    /// # Errors
-    /// A service does not start.
-    pub async fn start_on(env: TestEnv, s: StackSettings) -> anyhow::Result<Self> {
-        // Consumers first, so nothing the gateway accepts waits on an assignment.
-        let processor = Processor::start(dispatch_processor::App::builder(s.processor)).await?;
-        let reader = Reader::start(s.reader).await?;
-        let gateway = Gateway::start(s.gateway).await?;
-        Ok(Self {
-            env,
-            gateway,
-            processor,
-            reader,
-        })
-    }
-
-    /// A TaskService client on the gateway.
-    ///
-    /// # Errors
-    /// The gateway is unreachable.
-    pub async fn tasks(&self) -> anyhow::Result<TaskServiceClient<Channel>> {
-        self.gateway.client().await
-    }
-
-    /// A TaskQueryService client on the reader.
-    ///
-    /// # Errors
-    /// The reader is unreachable.
-    pub async fn queries(&self) -> anyhow::Result<TaskQueryServiceClient<Channel>> {
-        self.reader.client().await
-    }
-
-    /// Stops the services (gateway first, so nothing new arrives) and drops the database.
-    ///
-    /// # Errors
-    /// A service failed or did not stop in time.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        let g = self.gateway.stop().await;
-        let p = self.processor.stop().await;
-        let r = self.reader.stop().await;
-        self.env.cleanup().await;
-        g.and(p).and(r)
-    }
-}
-
-/// A plaintext channel to `addr`.
-///
-/// # Errors
-/// Nothing listens there.
-pub async fn channel(addr: SocketAddr) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await?)
 }
