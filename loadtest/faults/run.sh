@@ -517,8 +517,12 @@ scenario_hot_key() {
     # spread over 100 keys of their own (the control: the same extra work without a hot key);
     # and next to the same HOT tasks on one key (1,000; 10,000 with SOAK=1). The other keys' p99
     # time to start next to the hot key must stay within 2x of the control's (bound: 2 x
-    # max(p99, 50 ms): a p99 of a few ms is within the noise of a shared 2-core machine). The
-    # first run (SOAK=1 only) is reported: on 2 cores the extra work alone costs start latency.
+    # max(p99, 250 ms)). The floor is the noise of a shared 2-core machine: over 11 s at 50/s
+    # the p99 is the sixth-latest of 550 starts, so one stall of 150-200 ms anywhere in the stack
+    # (seen: 189 ms against a control of 32 ms, and a control of 891 ms) moves it; the defect
+    # this guards against (waiting records holding the slots, FAULT=fault-slot-before-lane)
+    # costs seconds. The first run (SOAK=1 only) is reported: on 2 cores the extra work alone
+    # costs start latency.
     local hot=1000 base ctl p99 bound extra
     [[ "${SOAK}" == "1" ]] && hot=10000
     extra=(--rate $((hot / DURATION)) --noop-share 0 --sim-latency-ms 20 --sim-latency-max-ms 20
@@ -537,7 +541,7 @@ scenario_hot_key() {
     [[ "${SOAK}" == "1" ]] && base="$(timing hot-key hot-key-alone start_p99_ms) ms"
     ctl="$(timing hot-key hot-key-control start_p99_ms)"
     p99="$(timing hot-key hot-key-others start_p99_ms)"
-    bound=$((2 * (ctl > 50 ? ctl : 50)))
+    bound=$((2 * (ctl > 250 ? ctl : 250)))
     echo "scenario note: other keys' p99 time to start ${p99} ms next to the hot key, ${ctl} ms next to the same work spread over 100 keys (bound ${bound} ms), alone ${base}; hot key: $(timing hot-key hot-key-hot started) tasks, p99 $(timing hot-key hot-key-hot start_p99_ms) ms" |
         tee -a "${OUT}/hot-key.verdict"
     if ((p99 > bound)); then
@@ -806,7 +810,7 @@ fi
 # FAULT=<feature>[,<feature>...]: run against a deliberately broken processor, built with test-only
 # cargo features (fault-equal-version, fault-no-epoch, fault-skip-cancel-tenant, fault-drop-event,
 # fault-lane-release-early, fault-skip-gate, fault-run-past-revoke, fault-fifo-tenants,
-# fault-release-early;
+# fault-slot-before-lane, fault-release-early;
 # services/processor/Cargo.toml), to see the audit
 # FAIL. The running services are stopped first, and the normal binaries are rebuilt at the end.
 if [[ -n "${FAULT:-}" ]]; then

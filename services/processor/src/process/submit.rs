@@ -107,6 +107,13 @@ impl Processor {
         // window (within the parking budget), so what waits does not pause the partitions.
         let partitions = &self.shared.partitions;
         let mut parked = false;
+        // The fault build takes its execution slot before it waits for the lane and holds it
+        // through the attempt: a hot key's waiting records take the slots other keys need.
+        #[cfg(feature = "fault-slot-before-lane")]
+        let _held = match &d.envelope {
+            Ok(env) => Some(self.slots.acquire(env.priority, env.tenant.as_str()).await),
+            Err(_) => None,
+        };
         if let Some(prev) = prev
             && prev.clone().now_or_never().is_none()
         {
@@ -290,10 +297,15 @@ impl Processor {
             None => None,
         };
         let waited = Instant::now();
-        let _slot = tokio::select! {
-            biased;
-            () = d.lease.revoked.cancelled() => return None,
-            s = self.slots.acquire(env.priority, tenant) => s,
+        // (The fault build took its slot in `in_lane`, before the lane wait.)
+        let _slot = if cfg!(feature = "fault-slot-before-lane") {
+            None
+        } else {
+            tokio::select! {
+                biased;
+                () = d.lease.revoked.cancelled() => return None,
+                s = self.slots.acquire(env.priority, tenant) => Some(s),
+            }
         };
         // The partition may have been revoked while this record waited: revoked work that has
         // not started is dropped (the next owner runs it, in order with its key's other records).
