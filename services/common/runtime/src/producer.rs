@@ -77,7 +77,10 @@ impl Health {
 
     fn acked(&self) {
         self.last_ack_ms.store(self.now_ms(), Ordering::Release);
-        self.brokers_down.store(false, Ordering::Release);
+        // Read first: a store on every delivery would bounce the line between the cores.
+        if self.brokers_down.load(Ordering::Acquire) {
+            self.brokers_down.store(false, Ordering::Release);
+        }
     }
 
     fn failed(&self) {
@@ -123,9 +126,10 @@ impl Health {
     }
 
     /// How long records have waited without any delivery report, if any wait (`queued`:
-    /// librdkafka's own count of records not yet reported, which includes abandoned sends).
-    pub fn stalled_for(&self, queued: i32) -> Option<Duration> {
-        if self.sending.load(Ordering::Acquire) == 0 && queued <= 0 {
+    /// librdkafka's own count of records not yet reported, which includes abandoned sends; asked
+    /// only when no send of ours waits, since it takes librdkafka's queue locks).
+    pub fn stalled_for(&self, queued: impl FnOnce() -> i32) -> Option<Duration> {
+        if self.sending.load(Ordering::Acquire) == 0 && queued() <= 0 {
             return None;
         }
         let since = self
@@ -139,6 +143,15 @@ impl Health {
     pub fn brokers_down(&self) -> bool {
         self.brokers_down.load(Ordering::Acquire)
     }
+}
+
+/// Tells `health` how a send ended.
+fn settle(health: &Health, r: Result<Landed, KafkaError>) -> Result<Landed, KafkaError> {
+    match &r {
+        Ok(_) => health.acked(),
+        Err(_) => health.failed(),
+    }
+    r
 }
 
 /// Counts a send until its report arrives or it is abandoned.
@@ -308,27 +321,22 @@ impl ProducerCore {
     pub fn enqueue(
         &self,
         record: FutureRecord<'_, [u8], [u8]>,
-    ) -> Result<futures::future::BoxFuture<'static, Result<Landed, KafkaError>>, KafkaError> {
+    ) -> Result<impl Future<Output = Result<Landed, KafkaError>> + Send + 'static, KafkaError> {
         let sending = self.health.started();
-        let delivery = self.client().send_result(record).map_err(|(e, _)| e)?;
-        let this = self.clone();
-        Ok(Box::pin(async move {
-            let _sending = sending;
+        // Through the lock's guard: a clone of the client's handle per record is not needed.
+        let delivery = self.client.read().send_result(record).map_err(|(e, _)| e)?;
+        Ok(async move {
             let r = match delivery.await {
                 Ok(Ok(d)) => Ok((d.partition, d.offset)),
                 Ok(Err((e, _))) => Err(e),
                 Err(_) => Err(KafkaError::Canceled),
             };
-            this.settle(r)
-        }))
+            settle(&sending.0, r)
+        })
     }
 
     fn settle(&self, r: Result<Landed, KafkaError>) -> Result<Landed, KafkaError> {
-        match &r {
-            Ok(_) => self.health.acked(),
-            Err(_) => self.health.failed(),
-        }
-        r
+        settle(&self.health, r)
     }
 
     /// Records not yet delivered, in librdkafka's own count.

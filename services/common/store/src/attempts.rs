@@ -31,14 +31,18 @@ pub struct AttemptRow {
 ///
 /// # Errors
 /// Database errors.
-pub async fn insert_batch(conn: &mut sqlx::MySqlConnection, rows: &[AttemptRow]) -> Result<()> {
+pub async fn insert_batch(
+    conn: &mut sqlx::MySqlConnection,
+    rows: &[impl std::borrow::Borrow<AttemptRow> + Sync],
+) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
+    let rows: Vec<&AttemptRow> = rows.iter().map(std::borrow::Borrow::borrow).collect();
     let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
         "INSERT INTO task_attempts (task_id, generation, attempt, outcome, error, started_at, finished_at, duration_ms) ",
     );
-    let rows = crate::padded(rows);
+    let rows = crate::padded(&rows);
     qb.push_values(rows.iter(), |mut b, r| {
         let ms = (r.finished_at - r.started_at)
             .num_milliseconds()

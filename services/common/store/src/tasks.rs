@@ -180,13 +180,14 @@ fn token() -> u64 {
 /// Applies `writes` in one multi-row upsert on `conn` (call inside a transaction) and returns
 /// each write's token: a write landed exactly when the row's `write_token` (see [`states`]) is its
 /// token afterwards. Later writes for the same task in one batch must already be coalesced by the
-/// caller.
+/// caller. `writes` may be rows or references to them (a caller that sorts a batch need not
+/// copy it).
 ///
 /// # Errors
 /// Database errors.
 pub async fn upsert_batch(
     conn: &mut sqlx::MySqlConnection,
-    writes: &[TaskWrite],
+    writes: &[impl std::borrow::Borrow<TaskWrite> + Sync],
 ) -> Result<Vec<u64>> {
     if writes.is_empty() {
         return Ok(Vec::new());
@@ -197,7 +198,11 @@ pub async fn upsert_batch(
          max_attempts, initial_backoff_ms, max_backoff_ms, generation, idempotency_key, run_at, deadline_at, \
          timeout_ms, last_error, result, version, lease_epoch, write_token, created_at, updated_at, finished_at) ",
     );
-    let rows: Vec<(&TaskWrite, u64)> = writes.iter().zip(tokens.iter().copied()).collect();
+    let rows: Vec<(&TaskWrite, u64)> = writes
+        .iter()
+        .map(std::borrow::Borrow::borrow)
+        .zip(tokens.iter().copied())
+        .collect();
     let rows = crate::padded(&rows);
     qb.push_values(rows.iter(), |mut b, (w, token)| {
         b.push_bind(w.task_id.as_bytes().as_slice())

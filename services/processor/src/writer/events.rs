@@ -115,8 +115,10 @@ pub(super) async fn release_after(
     abort: CancellationToken,
     (owed, seq, rebuilds): (std::sync::Arc<Owed>, u64, u64),
 ) {
+    let (producer_ref, pool_ref, topic_ref) = (&producer, &pool, topic.as_str());
     let acks = pending.into_iter().map(|p| {
-        let (producer, pool, topic) = (producer.clone(), pool.clone(), topic.clone());
+        // Borrowed: only a failed event needs them, and they outlive the join below.
+        let (producer, pool, topic) = (producer_ref, pool_ref, topic_ref);
         async move {
             let mut result = p.ack.await.map(|_| p.version).map_err(|e| e.to_string());
             let mut delays = dispatch_runtime::retry::backoff();
@@ -137,7 +139,7 @@ pub(super) async fn release_after(
                         tracing::warn!(error = %e, task_id = %p.key, "state-change event not delivered; sending the task's current row again");
                         let delay = delays.next().unwrap_or(dispatch_runtime::retry::MAX_DELAY);
                         tokio::time::sleep(delay).await;
-                        result = resend_current(&producer, &pool, &topic, &p.key, &p.headers).await;
+                        result = resend_current(producer, pool, topic, &p.key, &p.headers).await;
                     }
                 }
             }

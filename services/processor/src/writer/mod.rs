@@ -618,16 +618,16 @@ async fn commit_with_retry(cfg: &WriterTask, batch: &Batch) -> Option<Landed> {
 async fn commit(pool: &MySqlPool, batch: &Batch) -> dispatch_store::Result<Landed> {
     // Sorted by id: concurrent batches (two instances during a rebalance) lock rows in the same
     // order, which avoids deadlocks.
-    let mut writes: Vec<TaskWrite> = batch
+    let mut writes: Vec<&TaskWrite> = batch
         .entries
         .iter()
-        .filter_map(|e| e.write.clone())
+        .filter_map(|e| e.write.as_ref())
         .collect();
     writes.sort_by_key(|w| w.task_id);
-    let mut attempts: Vec<AttemptRow> = batch
+    let mut attempts: Vec<&AttemptRow> = batch
         .entries
         .iter()
-        .flat_map(|e| e.attempts.clone())
+        .flat_map(|e| e.attempts.iter())
         .collect();
     attempts.sort_by_key(|a| (a.task_id, a.generation, a.attempt));
     let ids: Vec<TaskId> = writes.iter().map(|w| w.task_id).collect();
