@@ -84,6 +84,9 @@ pub struct Unavailable {
 #[derive(Debug, Default)]
 struct Sticky {
     state: Mutex<StickyState>,
+    /// `state.active()`, written under the lock: lets the common case (nothing routed to the
+    /// outbox) skip the lock every record of every call would take.
+    engaged: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -108,6 +111,10 @@ impl Sticky {
 
     /// Whether a record for `(topic, key)` must go to the outbox.
     fn routes_to_outbox(&self, topic: &str, key: &[u8]) -> bool {
+        // A `mark` that returned before this call stored `true` first (under the lock).
+        if !self.engaged.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
         let s = self.state.lock();
         if s.all {
             return true;
@@ -128,6 +135,8 @@ impl Sticky {
         if s.recent.len() > BLOCKED_KEYS_MAX as usize {
             s.all = true;
         }
+        self.engaged
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     fn epoch(&self) -> u64 {
@@ -142,6 +151,8 @@ impl Sticky {
         s.all = all;
         s.keys = keys;
         s.recent.retain(|_, written| *written > epoch);
+        self.engaged
+            .store(s.active(), std::sync::atomic::Ordering::Release);
         was && !s.active()
     }
 }

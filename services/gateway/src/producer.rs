@@ -173,7 +173,7 @@ impl Producer {
         if health.brokers_down() {
             return Some("all brokers down".into());
         }
-        match health.stalled_for(self.core.in_flight_count()) {
+        match health.stalled_for(|| self.core.in_flight_count()) {
             Some(d) if d >= self.stall => {
                 Some(format!("no delivery report for {} ms", d.as_millis()))
             }
