@@ -63,6 +63,13 @@ FIRST = int(os.environ.get("FIRST_RUN", "1"))  # run numbers FIRST .. FIRST + RU
 N = int(os.environ.get("N", "100000"))
 DUR = os.environ.get("DUR", "15")
 STOP_FILE = os.environ.get("STOP_FILE", "")
+# PERF_S=<seconds>: sample the measured process (the processor in a drain, the gateway under each
+# gateway load) with `perf record -F 999` for that long from the start of the measurement, into
+# $VERSUS_OUT/perf/<run tag>[-<load>].data (`perf report -i ... --no-children` reads it).
+PERF_S = float(os.environ.get("PERF_S", "0"))
+# PERF_CALL_GRAPH: perf's --call-graph mode (default fp; dwarf gives whole stacks of a release
+# build without frame pointers, at a larger file).
+PERF_CALL_GRAPH = os.environ.get("PERF_CALL_GRAPH", "fp")
 LOADS = os.environ.get("LOADS", "").split()  # gateway loads to run (default: all four)
 GW_GRPC, GW_ADMIN, PR_GRPC, PR_ADMIN = 50281, 9781, 50283, 9783
 TICK = os.sysconf("SC_CLK_TCK")
@@ -291,6 +298,16 @@ def drained(base, accepted, t0, idle_s, poll_s, cap_s):
     return done, last
 
 
+def perf(pid, name):
+    """Starts `perf record` on pid for PERF_S seconds (None when PERF_S is 0)."""
+    if PERF_S <= 0:
+        return None
+    os.makedirs(os.path.join(OUT, "perf"), exist_ok=True)
+    return subprocess.Popen(["perf", "record", "-q", "-F", "999", "--call-graph", PERF_CALL_GRAPH, "-p", str(pid), "-o",
+                             os.path.join(OUT, "perf", f"{name}.data"), "--", "sleep", str(PERF_S)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def drain_once(build, r):
     tag = f"{build[0]}d{r}{int(time.time()) % 100000}"
     with Services(build, tag) as s:
@@ -304,7 +321,10 @@ def drain_once(build, r):
         with probe:
             t0 = time.time()
             os.kill(s.pr.pid, signal.SIGCONT)
+            sampler = perf(s.pr.pid, tag)
             done, last = drained(base, accepted, t0, idle_s=5.0, poll_s=0.05, cap_s=900)
+            if sampler:
+                sampler.wait()
         took = last - t0
         st1 = statements()
         # Events per task: what the drain cost Kafka (a republish is a repair of a stale event).
@@ -339,7 +359,10 @@ def gateway_once(build, r):
             check_stop()
             probe = Probe({"gateway": s.gw.pid})
             with probe:
+                sampler = perf(s.gw.pid, f"{tag}-{name}")
                 rep = loadgen(f"{tag}-{name}", *args, "--duration-s", DUR)
+                if sampler:
+                    sampler.wait()
             m = probe.result
             items = rep["items_accepted"]  # warm-up included, like the CPU
             out[name] = {"ok_rate": round(rep["ok_rate"], 1), "items_per_s": round(rep["items_per_second"], 1),
