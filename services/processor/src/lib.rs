@@ -53,6 +53,7 @@ pub mod scheduler;
 pub mod schedules;
 pub mod settings;
 pub mod slots;
+pub mod stall;
 pub mod workflows;
 pub mod writer;
 

@@ -134,6 +134,8 @@ impl Pipeline {
     /// The consumer cannot subscribe or the poll thread cannot be spawned.
     pub async fn start(d: Deps<'_>) -> anyhow::Result<Pipeline> {
         let s = d.settings;
+        // Ticking before the first record, so a stall is seen from the start (crate::stall).
+        crate::stall::start();
         let stops = Stops {
             servers: d.servers,
             ..Stops::default()

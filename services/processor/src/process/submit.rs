@@ -30,6 +30,7 @@ use crate::consumer::Delivery;
 use crate::dispatch::LaneTicket;
 use crate::handler::{HandlerContext, HandlerError, Outcome};
 use crate::metrics::{self, ErrorClass, HandlerOutcome};
+use crate::stall;
 use crate::writer::Committed;
 
 /// Largest result stored (the `result` column's size).
@@ -164,6 +165,8 @@ impl Processor {
             lock = self.lock_task(env.task_id) => lock,
             () = d.lease.revoked.cancelled() => return self.abandon(&d.lease),
         };
+        // What the gate reads is as of now: a stall of the process after it makes it suspect.
+        let read_at = Instant::now();
         let stored = loop {
             match self.gate.lookup(env.task_id).await {
                 // A cancel's placeholder of another tenant is not this task's row: the first
@@ -206,7 +209,7 @@ impl Processor {
             tracing::debug!("attempt already in flight here; duplicate skipped");
             return self.finish(&d.lease);
         }
-        let committed = self.attempt(d, env, ticket, &token).await;
+        let committed = self.attempt(d, env, ticket, &token, read_at).await;
         match committed {
             Some(c) => self.finish_after(&d.lease, c, env).await,
             None => self.abandon(&d.lease),
@@ -221,6 +224,7 @@ impl Processor {
         env: &Envelope,
         ticket: &mut LaneTicket,
         token: &tokio_util::sync::CancellationToken,
+        read_at: Instant,
     ) -> Option<Committed> {
         let (g, a) = (env.generation, env.attempt);
         let trace = telemetry::current_trace_headers();
@@ -328,8 +332,11 @@ impl Processor {
         // would otherwise see the handler start seconds after it when the events pipeline is
         // slow. A first attempt shares its partition with its cancels, which this process sees
         // first (the cancel set below): its RUNNING stays unawaited and coalesces with the
-        // outcome of a quick task.
-        if a > 1 || g > 0 {
+        // outcome of a quick task, unless the process may have stood still since the gate read
+        // the state (`crate::stall`): then another instance may own the partition and have
+        // finished the task, which only the fenced claim can tell.
+        let stalled = !cfg!(feature = "fault-no-stall-claim") && stall::suspect_since(read_at);
+        if a > 1 || g > 0 || stalled {
             let (claimed, _event) = self.writer.claim(running, trace.clone()).await;
             match claimed.await {
                 Ok(true) => {}

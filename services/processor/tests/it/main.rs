@@ -9,6 +9,7 @@ mod control;
 mod crash;
 mod failures;
 mod flow;
+mod frozen;
 mod harness;
 mod hostile;
 mod outbox_admin;
