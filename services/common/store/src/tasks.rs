@@ -19,7 +19,7 @@
 //! random `write_token`, by which the writer tells exactly which of its writes landed.
 //!
 //! Over 400 lines because the fenced upsert (its rules above) and every read of the `tasks` table
-//! share the columns and the row decoder; the code ends near line 499. The list query
+//! share the columns and the row decoder; the code ends near line 500. The list query
 //! ([`ListFilter`], [`list`], [`explain_list`]) would move to a module of its own first.
 
 use chrono::{DateTime, Utc};
@@ -254,8 +254,7 @@ where
     let rows = qb.build().fetch_all(executor).await?;
     rows.iter()
         .map(|r| {
-            let id = TaskId::from_slice(r.try_get::<Vec<u8>, _>(0)?.as_slice())
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let id = task_id(r, "task_id")?;
             let state: String = r.try_get(1)?;
             let state = TaskState::parse(&state)
                 .ok_or_else(|| StoreError::Corrupt(format!("state {state}")))?;
@@ -283,8 +282,7 @@ fn ts(t: Option<DateTime<Utc>>) -> Option<dispatch_proto::Timestamp> {
 
 /// Decodes one row selected with [`COLUMNS`].
 fn task_from_row(r: &sqlx::mysql::MySqlRow) -> Result<pb::Task> {
-    let id = TaskId::from_slice(r.try_get::<Vec<u8>, _>("task_id")?.as_slice())
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let id = task_id(r, "task_id")?;
     let state: String = r.try_get("state")?;
     let state =
         TaskState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("state {state}")))?;
@@ -498,6 +496,15 @@ pub(crate) fn push_ids(qb: &mut QueryBuilder<'_, MySql>, ids: &[TaskId]) {
         sep.push_bind(id.as_bytes().to_vec());
     }
     qb.push(")");
+}
+
+/// Reads a task id column (its 16 bytes).
+///
+/// # Errors
+/// No such column, or bytes that are not a task id ([`StoreError::Corrupt`]).
+pub fn task_id(r: &sqlx::mysql::MySqlRow, col: &str) -> Result<TaskId> {
+    TaskId::from_slice(r.try_get::<Vec<u8>, _>(col)?.as_slice())
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 /// Reads a `utf8mb4_bin` column. sqlx reports binary-collated text as VARBINARY, so it is read as
