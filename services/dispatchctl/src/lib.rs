@@ -8,6 +8,7 @@
 //!   (create/get/list/pause/resume/trigger/delete), `workflow` (submit/get/cancel), `migrate`,
 //!   `topics`.
 //! - [`output`]: human tables or `--output json`.
+//! - [`units`]: numbers with a unit in flags (`30s`, `5m`, `2d`).
 //!
 //! Keys: task commands send `--api-key` (a tenant key); admin commands (`dlq`, `pause`, `resume`,
 //! `stats`, `outbox`) send `--admin-key` (`DISPATCH_ADMIN_KEY`), or `--api-key` when no admin key is set.
@@ -19,6 +20,7 @@ pub mod client;
 pub mod cmd;
 pub mod config;
 pub mod output;
+pub mod units;
 
 use clap::{Parser, Subcommand, ValueEnum};
 

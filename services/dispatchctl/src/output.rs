@@ -26,3 +26,9 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     }
     t.to_string()
 }
+
+/// A time as RFC 3339, `-` when absent (or not a valid time).
+pub fn time(t: Option<&prost_types::Timestamp>) -> String {
+    t.and_then(dispatch_core::time::from_proto)
+        .map_or_else(|| "-".into(), |t| t.to_rfc3339())
+}

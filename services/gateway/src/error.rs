@@ -30,8 +30,8 @@ pub const UNAVAILABLE_MESSAGE: &str =
 pub const STORE_UNAVAILABLE_MESSAGE: &str =
     "the store behind idempotency keys and task lookups is unavailable; retry shortly";
 
-/// Metadata key of the retry hint on RESOURCE_EXHAUSTED.
-pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+/// Metadata key of the retry hint on RESOURCE_EXHAUSTED (set by [`Limited::to_status`]).
+pub use dispatch_runtime::ratelimit::RETRY_AFTER_MS;
 
 /// Why a TaskService call failed.
 #[derive(Debug, thiserror::Error)]
@@ -107,22 +107,7 @@ impl From<GatewayError> for Status {
     fn from(e: GatewayError) -> Self {
         match e {
             GatewayError::Invalid(v) => v.to_status(),
-            GatewayError::Limited(l) => {
-                let msg = if l.too_large {
-                    format!(
-                        "request larger than the {} rate limit burst; split it",
-                        l.scope
-                    )
-                } else {
-                    format!("{} rate limit exceeded; retry later", l.scope)
-                };
-                let mut s = Status::resource_exhausted(msg);
-                let ms = l.retry_after.as_micros().div_ceil(1000).max(1).to_string();
-                if let Ok(v) = ms.parse() {
-                    s.metadata_mut().insert(RETRY_AFTER_MS, v);
-                }
-                s
-            }
+            GatewayError::Limited(l) => l.to_status(),
             GatewayError::Conflict(c) => {
                 let message = GatewayError::Conflict(c.clone()).to_string();
                 let metadata = HashMap::from([

@@ -113,14 +113,7 @@ impl TaskApi {
 fn trace_headers(md: &MetadataMap) -> TraceHeaders {
     let mut out = telemetry::current_trace_headers();
     if !out.iter().any(|(k, _)| k == header::TRACEPARENT) {
-        out = [header::TRACEPARENT, header::TRACESTATE]
-            .iter()
-            .filter_map(|k| {
-                md.get(*k)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| ((*k).to_owned(), v.to_owned()))
-            })
-            .collect();
+        out = telemetry::pairs_from_metadata(md);
     }
     out
 }

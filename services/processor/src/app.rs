@@ -128,7 +128,7 @@ impl AppBuilder {
                 Fences {
                     pool: pool.clone(),
                     group: s.consumer.group.clone(),
-                    owner: instance_name(),
+                    owner: dispatch_core::instance::name(),
                     runtime: tokio::runtime::Handle::current(),
                 },
             ))
@@ -289,12 +289,4 @@ impl App {
             .await;
         Ok(())
     }
-}
-
-/// This process as the owner recorded with its lease epochs: `<hostname>:<pid>`.
-fn instance_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into());
-    format!("{host}:{}", std::process::id())
 }

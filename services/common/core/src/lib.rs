@@ -13,11 +13,13 @@
 //!   catch-up after downtime, and the fire ids derived from (schedule, fire time).
 //! - [`dead_letter`]: why a task was dead-lettered ([`ErrorClass`]).
 //! - [`error`]: field violations and the single mapping to `tonic::Status`.
+//! - [`instance`]: this process's `<hostname>:<pid>`, where other processes read who did what.
 
 pub mod dead_letter;
 pub mod envelope;
 pub mod error;
 pub mod ids;
+pub mod instance;
 pub mod partition;
 pub mod retry;
 pub mod schedule;

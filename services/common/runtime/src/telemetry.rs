@@ -217,17 +217,21 @@ pub fn context_from_pairs(pairs: &[(String, String)]) -> Context {
     TraceContextPropagator::new().extract(&PairsExtractor(pairs))
 }
 
-/// The context carried by gRPC request metadata.
-pub fn context_from_metadata(md: &tonic::metadata::MetadataMap) -> Context {
-    let pairs: Vec<(String, String)> = ["traceparent", "tracestate"]
+/// The trace context pairs (`traceparent`, `tracestate`) of gRPC request metadata, as received.
+pub fn pairs_from_metadata(md: &tonic::metadata::MetadataMap) -> Vec<(String, String)> {
+    ["traceparent", "tracestate"]
         .iter()
         .filter_map(|k| {
             md.get(*k)
                 .and_then(|v| v.to_str().ok())
                 .map(|v| ((*k).to_owned(), v.to_owned()))
         })
-        .collect();
-    context_from_pairs(&pairs)
+        .collect()
+}
+
+/// The context carried by gRPC request metadata.
+pub fn context_from_metadata(md: &tonic::metadata::MetadataMap) -> Context {
+    context_from_pairs(&pairs_from_metadata(md))
 }
 
 /// Makes `span` a child of `parent` (a remote context from gRPC metadata or Kafka headers).

@@ -13,9 +13,9 @@ use dispatch_core::TaskId;
 use sqlx::mysql::MySqlRow;
 use sqlx::{MySql, MySqlPool, QueryBuilder, Row, Transaction};
 
+use crate::Result;
 use crate::dead_letters::DeadLetterRow;
-use crate::tasks::text;
-use crate::{Result, StoreError};
+use crate::tasks::{task_id, text};
 
 /// Selects dead letters; every set field must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -88,8 +88,7 @@ fn decode(r: &MySqlRow) -> Result<StoredDeadLetter> {
     Ok(StoredDeadLetter {
         id: r.try_get("id")?,
         row: DeadLetterRow {
-            task_id: TaskId::from_slice(r.try_get::<Vec<u8>, _>("task_id")?.as_slice())
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            task_id: task_id(r, "task_id")?,
             tenant: r.try_get("tenant")?,
             task_type: r.try_get("task_type")?,
             business_key: text(r, "business_key")?,

@@ -52,18 +52,12 @@ pub struct Execution {
     pub outcome: ExecutionOutcome,
 }
 
-/// This process's instance id for the ledger: `<hostname>:<pid>`. Two processor processes never
-/// share it while both run, and a restarted processor gets a new one.
+/// This process's instance id for the ledger: `<hostname>:<pid>`
+/// ([`dispatch_core::instance::name`]) as the column holds it.
 pub fn instance_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".to_owned());
-    let id = format!("{host}:{}", std::process::id());
     // The column is VARCHAR(128) ascii.
-    id.chars()
+    dispatch_core::instance::name()
+        .chars()
         .filter(char::is_ascii_graphic)
         .rev()
         .take(128)

@@ -4,8 +4,8 @@ use chrono::{DateTime, Utc};
 use dispatch_core::TaskId;
 use sqlx::{MySql, MySqlPool, QueryBuilder, Row};
 
-use crate::tasks::text;
-use crate::{Result, StoreError};
+use crate::Result;
+use crate::tasks::{task_id, text};
 
 /// Row states. `discarded` is set by hand only (docs/runbook.md, DispatchOutboxKeyStuck): a dead
 /// row that can never be published, taken out of its key's way.
@@ -61,8 +61,7 @@ pub async fn list(
         .map(|r| {
             Ok(OutboxRow {
                 id: r.try_get("id")?,
-                task_id: TaskId::from_slice(r.try_get::<Vec<u8>, _>("task_id")?.as_slice())
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                task_id: task_id(r, "task_id")?,
                 topic: r.try_get("topic")?,
                 key: r.try_get("record_key")?,
                 state: r.try_get("state")?,

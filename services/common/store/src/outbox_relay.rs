@@ -26,6 +26,7 @@ use dispatch_core::{Envelope, TaskId};
 use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
 
 use crate::outbox::{OutboxRecord, decode_headers};
+use crate::tasks::task_id;
 use crate::{Result, StoreError};
 
 /// Whether any outbox row is still waiting to be published.
@@ -158,14 +159,9 @@ pub async fn find_tasks(pool: &MySqlPool, ids: &[TaskId]) -> Result<HashMap<Task
     let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
         "SELECT task_id, tenant FROM tasks WHERE task_type <> '' AND task_id IN (",
     );
-    let mut sep = qb.separated(", ");
-    for id in crate::padded(ids).iter() {
-        sep.push_bind(id.as_bytes().to_vec());
-    }
-    qb.push(")");
+    crate::tasks::push_ids(&mut qb, ids);
     for r in qb.build().fetch_all(pool).await? {
-        let id = TaskId::from_slice(r.try_get::<Vec<u8>, _>("task_id")?.as_slice())
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let id = task_id(&r, "task_id")?;
         found.insert(
             id,
             KnownTask::Stored {
@@ -183,14 +179,10 @@ pub async fn find_tasks(pool: &MySqlPool, ids: &[TaskId]) -> Result<HashMap<Task
     }
     let mut qb: QueryBuilder<MySql> =
         QueryBuilder::new("SELECT id, task_id, topic, record_value FROM outbox WHERE task_id IN (");
-    let mut sep = qb.separated(", ");
-    for id in crate::padded(&rest).iter() {
-        sep.push_bind(id.as_bytes().to_vec());
-    }
-    qb.push(") ORDER BY id");
+    crate::tasks::push_ids(&mut qb, &rest);
+    qb.push(" ORDER BY id");
     for r in qb.build().fetch_all(pool).await? {
-        let id = TaskId::from_slice(r.try_get::<Vec<u8>, _>("task_id")?.as_slice())
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let id = task_id(&r, "task_id")?;
         if found.contains_key(&id) {
             continue; // one submit row per topic; the oldest is the task's first
         }
@@ -340,8 +332,7 @@ pub async fn pending_window(
         let (topic, key) = route;
         out.push(OutboxRecord {
             id: r.try_get("id")?,
-            task_id: TaskId::from_slice(r.try_get::<Vec<u8>, _>("task_id")?.as_slice())
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            task_id: task_id(r, "task_id")?,
             topic,
             key,
             value: r.try_get("record_value")?,

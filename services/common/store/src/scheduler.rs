@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use dispatch_core::{Priority, TaskId, TaskState, Version};
 use sqlx::{MySql, QueryBuilder, Row};
 
-use crate::tasks::text;
+use crate::tasks::{task_id, text};
 use crate::{Result, StoreError};
 
 /// A due scheduled task, with everything needed to publish it again.
@@ -123,8 +123,7 @@ pub async fn claim_due_retries(
     .await?;
     let (mut live, mut stale) = (Vec::new(), Vec::new());
     for r in &waits {
-        let id = TaskId::from_slice(r.try_get::<Vec<u8>, _>("task_id")?.as_slice())
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let id = task_id(r, "task_id")?;
         let is_live: i64 = r.try_get("live")?;
         if is_live == 1 { &mut live } else { &mut stale }.push(id);
     }
@@ -283,8 +282,7 @@ fn decode(rows: &[sqlx::mysql::MySqlRow]) -> Result<Vec<DueTask>> {
         .map(|r| {
             let priority: u8 = r.try_get("priority")?;
             Ok(DueTask {
-                task_id: TaskId::from_slice(r.try_get::<Vec<u8>, _>("task_id")?.as_slice())
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                task_id: task_id(r, "task_id")?,
                 tenant: r.try_get("tenant")?,
                 business_key: text(r, "business_key")?,
                 task_type: r.try_get("task_type")?,

@@ -366,35 +366,10 @@ pub enum Fired {
 /// # Errors
 /// Database errors.
 pub async fn insert_fire(conn: &mut sqlx::MySqlConnection, w: &TaskWrite) -> Result<Fired> {
-    let r = sqlx::query(
-        "INSERT INTO tasks (task_id, tenant, business_key, task_type, priority, payload, state, attempts, \
-         max_attempts, initial_backoff_ms, max_backoff_ms, generation, idempotency_key, run_at, deadline_at, \
-         timeout_ms, last_error, result, version, lease_epoch, write_token, created_at, updated_at, finished_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', NULL, ?, ?, ?, ?, ?, NULL)",
-    )
-    .bind(w.task_id.as_bytes().as_slice())
-    .bind(&w.tenant)
-    .bind(&w.business_key)
-    .bind(&w.task_type)
-    .bind(w.priority.to_proto() as i32 as u8)
-    .bind(&w.payload)
-    .bind(w.state.as_str())
-    .bind(w.attempts)
-    .bind(w.max_attempts)
-    .bind(w.initial_backoff_ms)
-    .bind(w.max_backoff_ms)
-    .bind(w.generation)
-    .bind(&w.idempotency_key)
-    .bind(w.run_at)
-    .bind(w.deadline_at)
-    .bind(w.timeout_ms)
-    .bind(w.version)
-    .bind(w.lease_epoch)
-    .bind(rand::random::<u64>() | 1)
-    .bind(w.created_at)
-    .bind(w.updated_at)
-    .execute(&mut *conn)
-    .await;
+    let r = crate::tasks::insert([(w, crate::tasks::token())])
+        .build()
+        .execute(&mut *conn)
+        .await;
     match r {
         Ok(_) => Ok(Fired::Inserted),
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(Fired::Duplicate),

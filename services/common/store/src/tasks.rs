@@ -19,7 +19,7 @@
 //! random `write_token`, by which the writer tells exactly which of its writes landed.
 //!
 //! Over 400 lines because the fenced upsert (its rules above) and every read of the `tasks` table
-//! share the columns and the row decoder; the code ends near line 499. The list query
+//! share the columns and the row decoder; the code ends near line 500. The list query
 //! ([`ListFilter`], [`list`], [`explain_list`]) would move to a module of its own first.
 
 use chrono::{DateTime, Utc};
@@ -173,38 +173,22 @@ fn on_duplicate() -> String {
 }
 
 /// A random, non-zero write token.
-fn token() -> u64 {
+pub(crate) fn token() -> u64 {
     rand::random::<u64>() | 1
 }
 
-/// Applies `writes` in one multi-row upsert on `conn` (call inside a transaction) and returns
-/// each write's token: a write landed exactly when the row's `write_token` (see [`states`]) is its
-/// token afterwards. Later writes for the same task in one batch must already be coalesced by the
-/// caller. `writes` may be rows or references to them (a caller that sorts a batch need not
-/// copy it).
-///
-/// # Errors
-/// Database errors.
-pub async fn upsert_batch(
-    conn: &mut sqlx::MySqlConnection,
-    writes: &[impl std::borrow::Borrow<TaskWrite> + Sync],
-) -> Result<Vec<u64>> {
-    if writes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let tokens: Vec<u64> = writes.iter().map(|_| token()).collect();
+/// `INSERT INTO tasks` of `rows`: each write with its write token, every column a write sets.
+/// The one column list and binding order of the upsert ([`upsert_batch`], which appends
+/// [`on_duplicate`]) and a schedule fire's plain insert (`schedules::insert_fire`).
+pub(crate) fn insert<'a>(
+    rows: impl IntoIterator<Item = (&'a TaskWrite, u64)>,
+) -> QueryBuilder<'a, MySql> {
     let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
         "INSERT INTO tasks (task_id, tenant, business_key, task_type, priority, payload, state, attempts, \
          max_attempts, initial_backoff_ms, max_backoff_ms, generation, idempotency_key, run_at, deadline_at, \
          timeout_ms, last_error, result, version, lease_epoch, write_token, created_at, updated_at, finished_at) ",
     );
-    let rows: Vec<(&TaskWrite, u64)> = writes
-        .iter()
-        .map(std::borrow::Borrow::borrow)
-        .zip(tokens.iter().copied())
-        .collect();
-    let rows = crate::padded(&rows);
-    qb.push_values(rows.iter(), |mut b, (w, token)| {
+    qb.push_values(rows, |mut b, (w, token)| {
         b.push_bind(w.task_id.as_bytes().as_slice())
             .push_bind(&w.tenant)
             .push_bind(&w.business_key)
@@ -225,11 +209,37 @@ pub async fn upsert_batch(
             .push_bind(&w.result)
             .push_bind(w.version)
             .push_bind(w.lease_epoch)
-            .push_bind(*token)
+            .push_bind(token)
             .push_bind(w.created_at)
             .push_bind(w.updated_at)
             .push_bind(w.state.is_terminal().then_some(w.updated_at));
     });
+    qb
+}
+
+/// Applies `writes` in one multi-row upsert on `conn` (call inside a transaction) and returns
+/// each write's token: a write landed exactly when the row's `write_token` (see [`states`]) is its
+/// token afterwards. Later writes for the same task in one batch must already be coalesced by the
+/// caller. `writes` may be rows or references to them (a caller that sorts a batch need not
+/// copy it).
+///
+/// # Errors
+/// Database errors.
+pub async fn upsert_batch(
+    conn: &mut sqlx::MySqlConnection,
+    writes: &[impl std::borrow::Borrow<TaskWrite> + Sync],
+) -> Result<Vec<u64>> {
+    if writes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tokens: Vec<u64> = writes.iter().map(|_| token()).collect();
+    let rows: Vec<(&TaskWrite, u64)> = writes
+        .iter()
+        .map(std::borrow::Borrow::borrow)
+        .zip(tokens.iter().copied())
+        .collect();
+    let rows = crate::padded(&rows);
+    let mut qb = insert(rows.iter().copied());
     qb.push(on_duplicate());
     qb.build().execute(&mut *conn).await?;
     Ok(tokens)
@@ -254,8 +264,7 @@ where
     let rows = qb.build().fetch_all(executor).await?;
     rows.iter()
         .map(|r| {
-            let id = TaskId::from_slice(r.try_get::<Vec<u8>, _>(0)?.as_slice())
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let id = task_id(r, "task_id")?;
             let state: String = r.try_get(1)?;
             let state = TaskState::parse(&state)
                 .ok_or_else(|| StoreError::Corrupt(format!("state {state}")))?;
@@ -283,8 +292,7 @@ fn ts(t: Option<DateTime<Utc>>) -> Option<dispatch_proto::Timestamp> {
 
 /// Decodes one row selected with [`COLUMNS`].
 fn task_from_row(r: &sqlx::mysql::MySqlRow) -> Result<pb::Task> {
-    let id = TaskId::from_slice(r.try_get::<Vec<u8>, _>("task_id")?.as_slice())
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let id = task_id(r, "task_id")?;
     let state: String = r.try_get("state")?;
     let state =
         TaskState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("state {state}")))?;
@@ -498,6 +506,15 @@ pub(crate) fn push_ids(qb: &mut QueryBuilder<'_, MySql>, ids: &[TaskId]) {
         sep.push_bind(id.as_bytes().to_vec());
     }
     qb.push(")");
+}
+
+/// Reads a task id column (its 16 bytes).
+///
+/// # Errors
+/// No such column, or bytes that are not a task id ([`StoreError::Corrupt`]).
+pub fn task_id(r: &sqlx::mysql::MySqlRow, col: &str) -> Result<TaskId> {
+    TaskId::from_slice(r.try_get::<Vec<u8>, _>(col)?.as_slice())
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 /// Reads a `utf8mb4_bin` column. sqlx reports binary-collated text as VARBINARY, so it is read as

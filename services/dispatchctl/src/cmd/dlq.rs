@@ -11,6 +11,7 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use crate::client::{Conn, status_error};
+use crate::cmd::tasks::ts;
 use crate::{CliError, Format, output};
 
 /// Which dead letters (every given flag must match).
@@ -101,23 +102,18 @@ pub fn parse_time(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> 
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
-    let bad = || format!("{s:?} is neither an RFC 3339 time nor an age like 30m, 1h or 2d");
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (n, unit) = s.split_at(split);
-    let n: i64 = n.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => return Err(bad()),
-    };
-    let age = n
-        .checked_mul(secs)
+    const UNITS: [(&str, u64); 5] = [
+        ("s", 1),
+        ("m", 60),
+        ("h", 3_600),
+        ("d", 86_400),
+        ("w", 604_800),
+    ];
+    crate::units::scaled(s, &UNITS)
+        .and_then(|secs| i64::try_from(secs).ok())
         .and_then(chrono::Duration::try_seconds)
-        .ok_or_else(bad)?;
-    now.checked_sub_signed(age).ok_or_else(bad)
+        .and_then(|age| now.checked_sub_signed(age))
+        .ok_or_else(|| format!("{s:?} is neither an RFC 3339 time nor an age like 30m, 1h or 2d"))
 }
 
 impl FilterArgs {
@@ -148,13 +144,6 @@ impl FilterArgs {
             dead_before: time("until", &self.until)?,
         })
     }
-}
-
-fn ts(t: &Option<prost_types::Timestamp>) -> String {
-    t.as_ref()
-        .and_then(dispatch_core::time::from_proto)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
 }
 
 /// A dead letter as JSON (`payload` only when `with_payload`: UTF-8 text, else base64).

@@ -6,6 +6,7 @@ use dispatch_proto::v1::admin_service_client::AdminServiceClient;
 use serde_json::json;
 
 use crate::client::{Conn, status_error};
+use crate::output::time;
 use crate::{CliError, Format, output};
 
 /// Arguments.
@@ -42,11 +43,6 @@ pub enum Action {
         #[arg(long)]
         dry_run: bool,
     },
-}
-
-fn time(t: Option<&prost_types::Timestamp>) -> String {
-    t.and_then(dispatch_core::time::from_proto)
-        .map_or_else(|| "-".into(), |t| t.to_rfc3339())
 }
 
 fn row_json(r: &pb::OutboxRow) -> serde_json::Value {

@@ -7,6 +7,7 @@ use dispatch_proto::v1::schedule_service_client::ScheduleServiceClient;
 use serde_json::json;
 
 use crate::client::{Conn, status_error};
+use crate::output::time;
 use crate::{CliError, Format, output};
 
 /// Arguments.
@@ -110,38 +111,16 @@ pub struct CreateArgs {
 /// # Errors
 /// Not such a duration.
 pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
-    let bad = || format!("{s:?} is not a duration like 500ms, 30s, 5m, 1h or 1d");
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    let scale: u64 = match unit {
-        "" | "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(scale).ok_or_else(bad)
-}
-
-fn priority(s: &str) -> anyhow::Result<i32> {
-    Ok(match s {
-        "critical" => pb::Priority::Critical,
-        "default" => pb::Priority::Default,
-        "low" => pb::Priority::Low,
-        other => {
-            return Err(CliError::Invalid(format!(
-                "unknown priority {other:?}: use critical, default or low"
-            ))
-            .into());
-        }
-    } as i32)
-}
-
-fn time(t: Option<&prost_types::Timestamp>) -> String {
-    t.and_then(dispatch_core::time::from_proto)
-        .map_or_else(|| "-".into(), |t| t.to_rfc3339())
+    const UNITS: [(&str, u64); 6] = [
+        ("", 1),
+        ("ms", 1),
+        ("s", 1_000),
+        ("m", 60_000),
+        ("h", 3_600_000),
+        ("d", 86_400_000),
+    ];
+    crate::units::scaled(s, &UNITS)
+        .ok_or_else(|| format!("{s:?} is not a duration like 500ms, 30s, 5m, 1h or 1d"))
 }
 
 fn timing(s: &pb::ScheduleSpec) -> String {
@@ -229,7 +208,7 @@ pub async fn run(a: Args, conn: &Conn, format: Format) -> anyhow::Result<()> {
                     business_key: a.key,
                     task_type: a.task_type,
                     payload: a.payload.into_bytes(),
-                    priority: priority(&a.priority)?,
+                    priority: crate::cmd::submit::priority(&a.priority)?,
                     timeout_ms: a.timeout.unwrap_or(0),
                     ..Default::default()
                 }),

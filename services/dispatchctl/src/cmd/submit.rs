@@ -63,25 +63,26 @@ struct FileTask {
 /// # Errors
 /// Not such a duration.
 pub fn parse_timeout(s: &str) -> Result<u32, String> {
-    let bad = || format!("{s:?} is not a timeout like 500ms, 30s, 5m or 1h");
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    let scale: u64 = match unit {
-        "" | "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(bad()),
-    };
-    let ms = n.checked_mul(scale).ok_or_else(bad)?;
+    const UNITS: [(&str, u64); 5] = [
+        ("", 1),
+        ("ms", 1),
+        ("s", 1_000),
+        ("m", 60_000),
+        ("h", 3_600_000),
+    ];
+    let ms = crate::units::scaled(s, &UNITS)
+        .ok_or_else(|| format!("{s:?} is not a timeout like 500ms, 30s, 5m or 1h"))?;
     if ms == 0 {
         return Err(format!("{s:?}: a timeout must be above zero"));
     }
     u32::try_from(ms).map_err(|_| format!("{s:?} is longer than {} ms", u32::MAX))
 }
 
-fn priority(s: &str) -> anyhow::Result<i32> {
+/// A priority's name (`critical`, `default` or `low`; empty: `default`) as its protobuf value.
+///
+/// # Errors
+/// Another name.
+pub(crate) fn priority(s: &str) -> anyhow::Result<i32> {
     Ok(match s {
         "critical" => pb::Priority::Critical,
         "default" | "" => pb::Priority::Default,

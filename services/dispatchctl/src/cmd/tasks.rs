@@ -21,7 +21,7 @@ pub(crate) fn state_name(s: i32) -> String {
 /// A timestamp in RFC 3339 with milliseconds (empty when unset).
 pub(crate) fn ts(t: &Option<prost_types::Timestamp>) -> String {
     t.as_ref()
-        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+        .and_then(dispatch_core::time::from_proto)
         .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
 }

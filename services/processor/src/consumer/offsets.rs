@@ -113,6 +113,14 @@ impl Partition {
         self.slots.keys().next().copied().or(self.next)
     }
 
+    /// Records of this partition running right now.
+    fn running(&self) -> usize {
+        self.slots
+            .values()
+            .filter(|s| s.state == Slot::Running)
+            .count()
+    }
+
     /// A slot leaves: its bytes (and its parking) no longer count.
     fn forget(&mut self, old: &SlotEntry) {
         self.bytes -= old.bytes;
@@ -337,12 +345,7 @@ impl Partitions {
         let m = self.inner.lock();
         tps.iter()
             .filter_map(|tp| m.get(tp))
-            .map(|p| {
-                p.slots
-                    .values()
-                    .filter(|s| s.state == Slot::Running)
-                    .count()
-            })
+            .map(Partition::running)
             .sum()
     }
 
@@ -386,16 +389,7 @@ impl Partitions {
 
     /// Records running right now.
     pub fn running(&self) -> usize {
-        self.inner
-            .lock()
-            .values()
-            .map(|p| {
-                p.slots
-                    .values()
-                    .filter(|s| s.state == Slot::Running)
-                    .count()
-            })
-            .sum()
+        self.inner.lock().values().map(Partition::running).sum()
     }
 
     /// Age of the oldest unfinished record.

@@ -57,14 +57,8 @@ pub fn consumer_config(s: &KafkaSettings, group: &str) -> ClientConfig {
 /// in one process included.
 pub fn default_client_id(group: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".to_owned());
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let id = format!("{group}@{host}:{}", std::process::id());
+    let id = format!("{group}@{}", dispatch_core::instance::name());
     if n == 0 { id } else { format!("{id}#{n}") }
 }
 
