@@ -15,6 +15,8 @@ pub use dispatch_testkit::stack::Reader;
 use prost::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 /// Settings for `env` ([`dispatch_testkit::stack::reader_settings`]: ports 0, the test keys).
 pub fn settings(env: &TestEnv) -> Settings {
@@ -32,6 +34,57 @@ pub async fn reader_with(env: &TestEnv, tweak: impl FnOnce(&mut Settings)) -> Re
     let mut s = settings(env);
     tweak(&mut s);
     Reader::start(s).await.expect("reader starts")
+}
+
+/// WatchTask of `task_id` from `min_version` with `key`: the stream, or the call's error.
+pub async fn watch(
+    c: &mut TaskQueryServiceClient<Channel>,
+    task_id: impl ToString,
+    min_version: Version,
+    key: &str,
+) -> Result<tonic::Streaming<pb::TaskEvent>, tonic::Status> {
+    let req = pb::WatchTaskRequest {
+        task_id: task_id.to_string(),
+        min_version,
+    };
+    Ok(c.watch_task(authed(req, key)).await?.into_inner())
+}
+
+/// ListTasks with `req` as tenant `acme` (panics on an error status).
+pub async fn list(
+    c: &mut TaskQueryServiceClient<Channel>,
+    req: pb::ListTasksRequest,
+) -> pb::ListTasksResponse {
+    c.list_tasks(authed(req, KEY_ACME))
+        .await
+        .expect("list")
+        .into_inner()
+}
+
+/// The ids of the tasks [`list`] answers `req` with, in its order.
+pub async fn list_ids(
+    c: &mut TaskQueryServiceClient<Channel>,
+    req: pb::ListTasksRequest,
+) -> Vec<String> {
+    list(c, req)
+        .await
+        .tasks
+        .into_iter()
+        .map(|t| t.task_id)
+        .collect()
+}
+
+/// The query service's gRPC health (a `ServingStatus` as the wire carries it) at `addr`; `None`
+/// when nothing answers.
+pub async fn query_health(addr: std::net::SocketAddr) -> Option<i32> {
+    let channel = dispatch_testkit::stack::channel(addr).await.ok()?;
+    let r = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "dispatch.v1.TaskQueryService".into(),
+        })
+        .await
+        .ok()?;
+    Some(r.into_inner().status)
 }
 
 /// Single-id MySQL lookups a reader made so far.

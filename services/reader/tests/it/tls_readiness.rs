@@ -12,29 +12,14 @@ use std::time::{Duration, Instant};
 
 use dispatch_runtime::tls_failures::{self, Dependency};
 use dispatch_testkit::{TestEnv, eventually};
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
-use crate::common::reader_with;
+use crate::common::{query_health, reader_with};
 use crate::invalid::http_get;
 
 /// Whether gRPC health says SERVING for the query service (`None`: no answer).
 async fn serving(addr: SocketAddr) -> Option<bool> {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .ok()?
-        .connect()
-        .await
-        .ok()?;
-    let st = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: "dispatch.v1.TaskQueryService".into(),
-        })
-        .await
-        .ok()?
-        .into_inner()
-        .status;
-    Some(st == ServingStatus::Serving as i32)
+    Some(query_health(addr).await? == ServingStatus::Serving as i32)
 }
 
 /// `/readyz`: the HTTP status and `component`'s status (`absent` when it has none).

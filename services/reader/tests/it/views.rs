@@ -9,7 +9,7 @@ use dispatch_proto::v1 as pb;
 use dispatch_store::tasks::ListFilter;
 use dispatch_testkit::TestEnv;
 
-use crate::common::{KEY_ACME, TaskRow, authed, reader, reader_with};
+use crate::common::{KEY_ACME, TaskRow, authed, list, reader, reader_with};
 
 const PAYLOAD: usize = 200 * 1024;
 
@@ -46,18 +46,15 @@ async fn list_and_batch_get_return_the_basic_view_by_default() {
         (pb::TaskView::Basic, false),
         (pb::TaskView::Full, true),
     ] {
-        let listed = c
-            .list_tasks(authed(
-                pb::ListTasksRequest {
-                    view: view as i32,
-                    ..Default::default()
-                },
-                KEY_ACME,
-            ))
-            .await
-            .expect("list")
-            .into_inner()
-            .tasks;
+        let listed = list(
+            &mut c,
+            pb::ListTasksRequest {
+                view: view as i32,
+                ..Default::default()
+            },
+        )
+        .await
+        .tasks;
         let got = c
             .batch_get_tasks(authed(
                 pb::BatchGetTasksRequest {
@@ -122,19 +119,16 @@ async fn full_answers_are_bounded_in_size() {
     let mut seen = Vec::new();
     let mut token = String::new();
     loop {
-        let page = c
-            .list_tasks(authed(
-                pb::ListTasksRequest {
-                    view: pb::TaskView::Full as i32,
-                    page_size: 5,
-                    page_token: token.clone(),
-                    ..Default::default()
-                },
-                KEY_ACME,
-            ))
-            .await
-            .expect("page")
-            .into_inner();
+        let page = list(
+            &mut c,
+            pb::ListTasksRequest {
+                view: pb::TaskView::Full as i32,
+                page_size: 5,
+                page_token: token.clone(),
+                ..Default::default()
+            },
+        )
+        .await;
         assert!(
             prost::Message::encoded_len(&page) <= bound,
             "a page of {} tasks",

@@ -12,7 +12,7 @@ use dispatch_testkit::TestEnv;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::common::{KEY_ACME, KEY_GLOBEX, authed, get, reader, reader_with};
+use crate::common::{KEY_ACME, KEY_GLOBEX, authed, get, list_ids, reader, reader_with, watch};
 use crate::invalid::violated_field;
 
 /// The diamond's nodes in submission order (not the names' order): `fetch` first, `resize` and
@@ -263,21 +263,14 @@ async fn waiting_nodes_are_listed_read_and_watched_as_not_terminal() {
     let r = reader_with(&env, |s| s.cache.watch_poll_ms = 200).await;
     let mut c = r.client().await.expect("connect");
 
-    let mut waiting: Vec<String> = c
-        .list_tasks(authed(
-            pb::ListTasksRequest {
-                states: vec![pb::TaskState::Waiting as i32],
-                ..Default::default()
-            },
-            KEY_ACME,
-        ))
-        .await
-        .expect("list")
-        .into_inner()
-        .tasks
-        .into_iter()
-        .map(|t| t.task_id)
-        .collect();
+    let mut waiting = list_ids(
+        &mut c,
+        pb::ListTasksRequest {
+            states: vec![pb::TaskState::Waiting as i32],
+            ..Default::default()
+        },
+    )
+    .await;
     waiting.sort();
     let mut want: Vec<String> = ["resize", "thumbnail", "archive"]
         .iter()
@@ -297,17 +290,7 @@ async fn waiting_nodes_are_listed_read_and_watched_as_not_terminal() {
         "read as WAITING"
     );
 
-    let mut stream = c
-        .watch_task(authed(
-            pb::WatchTaskRequest {
-                task_id: resize.to_string(),
-                min_version: 0,
-            },
-            KEY_ACME,
-        ))
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut stream = watch(&mut c, resize, 0, KEY_ACME).await.expect("watch");
     let first = next(&mut stream).await.expect("current state");
     assert_eq!(first.state(), pb::TaskState::Waiting);
     // Released (as the advancer does): the stream is still open and shows it.
