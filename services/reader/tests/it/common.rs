@@ -28,6 +28,13 @@ pub async fn reader(env: &TestEnv) -> Reader {
     reader_with(env, |_| {}).await
 }
 
+/// [`reader`], and a client of its query service.
+pub async fn reader_and_client(env: &TestEnv) -> (Reader, TaskQueryServiceClient<Channel>) {
+    let r = reader(env).await;
+    let c = r.client().await.expect("connect");
+    (r, c)
+}
+
 /// Starts a reader with `tweak` applied to its settings; waits until its events consumer is
 /// assigned (events produced from then on are seen).
 pub async fn reader_with(env: &TestEnv, tweak: impl FnOnce(&mut Settings)) -> Reader {
@@ -85,6 +92,13 @@ pub async fn query_health(addr: std::net::SocketAddr) -> Option<i32> {
         .await
         .ok()?;
     Some(r.into_inner().status)
+}
+
+/// Stops `r` (a test fails when it does not stop cleanly), then drops `env`'s database and
+/// topics.
+pub async fn stop(r: Reader, env: TestEnv) {
+    r.stop().await.expect("clean shutdown");
+    env.cleanup().await;
 }
 
 /// Single-id MySQL lookups a reader made so far.

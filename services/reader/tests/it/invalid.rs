@@ -6,7 +6,7 @@ use dispatch_testkit::TestEnv;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::common::{KEY_ACME, authed, query_health, reader, watch};
+use crate::common::{KEY_ACME, authed, query_health, reader, reader_and_client, stop, watch};
 
 pub fn violated_field(s: &tonic::Status) -> String {
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
@@ -18,8 +18,7 @@ pub fn violated_field(s: &tonic::Status) -> String {
 #[tokio::test]
 async fn invalid_inputs_are_rejected_with_the_field_named() {
     let env = TestEnv::new().await.expect("env");
-    let r = reader(&env).await;
-    let mut c = r.client().await.expect("connect");
+    let (r, mut c) = reader_and_client(&env).await;
 
     let e = c
         .get_task(authed(
@@ -86,8 +85,7 @@ async fn invalid_inputs_are_rejected_with_the_field_named() {
 
     let e = watch(&mut c, "", 0, KEY_ACME).await.expect_err("bad id");
     assert_eq!(violated_field(&e), "task_id");
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 #[tokio::test]
@@ -118,8 +116,7 @@ async fn health_reflection_and_metrics_are_served() {
     }
     let ready = http_get(r.admin, "/readyz").await;
     assert!(ready.contains("\"mysql\""), "{ready}");
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 /// A minimal HTTP/1.0 GET (the admin server is plain HTTP).

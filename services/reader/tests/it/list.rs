@@ -6,7 +6,7 @@ use dispatch_core::{TaskId, TaskState};
 use dispatch_proto::v1 as pb;
 use dispatch_testkit::TestEnv;
 
-use crate::common::{TaskRow, list, list_ids, reader, store};
+use crate::common::{TaskRow, list, list_ids, reader, reader_and_client, stop, store};
 
 #[tokio::test]
 async fn pagination_is_stable_while_rows_are_inserted() {
@@ -15,8 +15,7 @@ async fn pagination_is_stable_while_rows_are_inserted() {
         .map(|_| TaskRow::new("acme", TaskState::Pending, 0))
         .collect();
     store(&env, &originals).await;
-    let r = reader(&env).await;
-    let mut c = r.client().await.expect("connect");
+    let (r, mut c) = reader_and_client(&env).await;
 
     let mut seen = Vec::new();
     let mut token = String::new();
@@ -67,8 +66,7 @@ async fn pagination_is_stable_while_rows_are_inserted() {
         })
         .collect();
     assert!(positions.windows(2).all(|w| w[0] > w[1]), "descending ids");
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 #[tokio::test]
@@ -120,6 +118,5 @@ async fn filters_narrow_the_listing() {
     })
     .await;
     assert_eq!(all.len(), 3);
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }

@@ -5,7 +5,7 @@ use dispatch_proto::v1 as pb;
 use dispatch_testkit::TestEnv;
 use tonic::Code;
 
-use crate::common::{KEY_ACME, KEY_GLOBEX, TaskRow, authed, get, reader_with, store, watch};
+use crate::common::{KEY_ACME, KEY_GLOBEX, TaskRow, authed, get, reader_with, stop, store, watch};
 
 #[tokio::test]
 async fn other_tenants_tasks_answer_not_found_everywhere() {
@@ -65,6 +65,5 @@ async fn other_tenants_tasks_answer_not_found_everywhere() {
         .await
         .expect_err("auth");
     assert_eq!(err.code(), Code::Unauthenticated);
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }

@@ -9,7 +9,7 @@ use dispatch_proto::v1 as pb;
 use dispatch_store::tasks::ListFilter;
 use dispatch_testkit::TestEnv;
 
-use crate::common::{KEY_ACME, TaskRow, authed, list, reader, reader_with};
+use crate::common::{KEY_ACME, TaskRow, authed, list, reader_and_client, reader_with, stop};
 
 const PAYLOAD: usize = 200 * 1024;
 
@@ -39,8 +39,7 @@ async fn store_big(env: &TestEnv, n: usize) -> Vec<String> {
 async fn list_and_batch_get_return_the_basic_view_by_default() {
     let env = TestEnv::new().await.expect("env");
     let ids = store_big(&env, 3).await;
-    let r = reader(&env).await;
-    let mut c = r.client().await.expect("connect");
+    let (r, mut c) = reader_and_client(&env).await;
     for (view, full) in [
         (pb::TaskView::Unspecified, false),
         (pb::TaskView::Basic, false),
@@ -101,8 +100,7 @@ async fn list_and_batch_get_return_the_basic_view_by_default() {
         .expect_err("not a view");
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     assert!(bad.message().contains("view"), "{}", bad.message());
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 #[tokio::test]
@@ -164,8 +162,7 @@ async fn full_answers_are_bounded_in_size() {
     let mut all: Vec<String> = got.tasks.into_iter().map(|t| t.task_id).collect();
     all.extend(got.omitted);
     assert_eq!(all, ids, "request order");
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 #[tokio::test]

@@ -7,7 +7,9 @@ use dispatch_proto::v1 as pb;
 use dispatch_testkit::TestEnv;
 use tonic::Code;
 
-use crate::common::{Events, KEY_ACME, KEY_GLOBEX, TaskRow, reader, reader_with, store, watch};
+use crate::common::{
+    Events, KEY_ACME, KEY_GLOBEX, TaskRow, reader_and_client, reader_with, stop, store, watch,
+};
 
 async fn next(s: &mut tonic::Streaming<pb::TaskEvent>) -> Option<pb::TaskEvent> {
     tokio::time::timeout(Duration::from_secs(5), s.message())
@@ -21,8 +23,7 @@ async fn watch_sees_every_transition_in_order_until_terminal() {
     let env = TestEnv::new().await.expect("env");
     let pending = TaskRow::new("acme", TaskState::Pending, 0);
     store(&env, std::slice::from_ref(&pending)).await;
-    let r = reader(&env).await;
-    let mut c = r.client().await.expect("connect");
+    let (r, mut c) = reader_and_client(&env).await;
     let mut stream = watch(&mut c, pending.id, 0, KEY_ACME).await.expect("watch");
     let first = next(&mut stream).await.expect("current state");
     assert_eq!(first.state(), pb::TaskState::Pending);
@@ -55,8 +56,7 @@ async fn watch_sees_every_transition_in_order_until_terminal() {
         seen, want,
         "every transition, in order, then the stream ends"
     );
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 #[tokio::test]
@@ -64,8 +64,7 @@ async fn watching_a_terminal_task_yields_its_state_and_ends() {
     let env = TestEnv::new().await.expect("env");
     let done = TaskRow::new("acme", TaskState::Dead, 4);
     store(&env, std::slice::from_ref(&done)).await;
-    let r = reader(&env).await;
-    let mut c = r.client().await.expect("connect");
+    let (r, mut c) = reader_and_client(&env).await;
     let mut stream = watch(&mut c, done.id, 0, KEY_ACME).await.expect("watch");
     let first = stream.message().await.expect("ok").expect("one event");
     assert_eq!(first.state(), pb::TaskState::Dead);
@@ -75,15 +74,13 @@ async fn watching_a_terminal_task_yields_its_state_and_ends() {
         .await
         .expect_err("unknown");
     assert_eq!(err.code(), Code::NotFound);
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 #[tokio::test]
 async fn watch_with_a_submit_token_waits_for_the_task_to_appear() {
     let env = TestEnv::new().await.expect("env");
-    let r = reader(&env).await;
-    let mut c = r.client().await.expect("connect");
+    let (_r, mut c) = reader_and_client(&env).await;
     let row = TaskRow::new("acme", TaskState::Succeeded, 1);
     let id = row.id.to_string();
 
@@ -179,8 +176,7 @@ async fn watch_streams_are_bounded_per_tenant_and_per_instance() {
     )
     .await
     .expect("admitted again");
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 /// A stream on a task that never finishes ends after the maximum duration with UNAVAILABLE
@@ -203,6 +199,5 @@ async fn a_watch_stream_ends_after_its_maximum_duration() {
         "{}",
         end.message()
     );
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
