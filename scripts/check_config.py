@@ -76,24 +76,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def toml_get(doc: dict, path: list[str]):
+_ABSENT = object()
+
+
+def _walk(doc: dict | None, path: list[str]):
+    """The value at `path` in nested tables, or `_ABSENT` where a segment is missing."""
     cur = doc
     for seg in path:
         if not isinstance(cur, dict) or seg not in cur:
-            return None
+            return _ABSENT
         cur = cur[seg]
     return cur
+
+
+def toml_get(doc: dict, path: list[str]):
+    v = _walk(doc, path)
+    return None if v is _ABSENT else v
 
 
 def has_path(doc: dict | None, path: list[str]) -> bool:
     """Optional settings (None) and map entries are absent from the defaults; the caller also
     looks in the effective output, where the manifest's value makes them appear."""
-    cur = doc
-    for seg in path:
-        if not isinstance(cur, dict) or seg not in cur:
-            return False
-        cur = cur[seg]
-    return True
+    return _walk(doc, path) is not _ABSENT
 
 
 class Workload:

@@ -138,24 +138,20 @@ def resolve_env(docs: list[dict], container: dict, example_secrets: list[dict] |
     env: dict[str, EnvVar] = {}
     for src in container.get("envFrom") or []:
         prefix = src.get("prefix", "")
-        if "configMapRef" in src:
-            ref = src["configMapRef"]
-            cm = configmaps.get(ref.get("name"))
-            if cm is None:
-                if not ref.get("optional"):
-                    env[f"<envFrom configMap {ref.get('name')}>"] = EnvVar(None, "configmap", missing=True)
+        for ref_key, kind, objects, data in (
+            ("configMapRef", "configMap", configmaps, lambda cm: {k: str(v) for k, v in (cm.get("data") or {}).items()}),
+            ("secretRef", "secret", secrets, secret_data),
+        ):
+            if ref_key not in src:
                 continue
-            for k, v in (cm.get("data") or {}).items():
-                env[prefix + k] = EnvVar(str(v), f"configmap {name(cm)}")
-        if "secretRef" in src:
-            ref = src["secretRef"]
-            sec = secrets.get(ref.get("name"))
-            if sec is None:
+            ref = src[ref_key]
+            obj = objects.get(ref.get("name"))
+            if obj is None:
                 if not ref.get("optional"):
-                    env[f"<envFrom secret {ref.get('name')}>"] = EnvVar(None, "secret", missing=True)
-                continue
-            for k, v in secret_data(sec).items():
-                env[prefix + k] = EnvVar(v, f"secret {name(sec)}")
+                    env[f"<envFrom {kind} {ref.get('name')}>"] = EnvVar(None, kind.lower(), missing=True)
+                break
+            for k, v in data(obj).items():
+                env[prefix + k] = EnvVar(v, f"{kind.lower()} {name(obj)}")
     for e in container.get("env") or []:
         n = e["name"]
         if "value" in e:

@@ -171,6 +171,27 @@ check_port_free() {
     fi
 }
 
+# await_ready NAME LOGFILE PIDFILE SECONDS ALIVE CHECK...: runs CHECK every 0.1 s until it
+# succeeds, then logs NAME's pid and how long it took. Fails with the log's tail when ALIVE (a
+# command: is the process still there? `true` for a server that daemonizes itself) fails, or
+# after SECONDS.
+await_ready() {
+    local name=$1 logfile=$2 pidfile=$3 seconds=$4 alive=$5 i
+    shift 5
+    for ((i = 0; i < seconds * 10; i++)); do
+        "${alive}" || fail_with_log "${name}" "${logfile}" "process exited during startup"
+        if "$@"; then
+            log "${name}: up (pid $(read_pid "${pidfile}"), $((i / 10)).$((i % 10))s)"
+            return 0
+        fi
+        sleep 0.1
+    done
+    fail_with_log "${name}" "${logfile}" "not ready after ${seconds}s"
+}
+
+# http_ok URL: URL answers 2xx within 2 s.
+http_ok() { curl -fsS -m 2 "$1" >/dev/null 2>&1; }
+
 prometheus_enabled() { [[ -f ${PROM_CONFIG} ]]; }
 
 default_components() {
@@ -345,28 +366,25 @@ start_kafka() {
     wait_kafka_ready "${offset}"
 }
 
-# wait_kafka_ready LOG_OFFSET|port: readiness = "Kafka Server started" logged
-# after byte LOG_OFFSET (an old line from a previous run does not count) and the
-# port open; "port" = only wait for the port (process started by an earlier run).
+# kafka_started LOGFILE LOG_OFFSET|port PORT: "Kafka Server started" logged after byte
+# LOG_OFFSET (an old line from a previous run does not count) and PORT open; "port" = only the
+# port (process started by an earlier run).
+kafka_started() {
+    local logfile=$1 offset=$2 port=$3
+    # Not `tail | grep -q`: under pipefail, grep's early exit on a match kills tail with
+    # SIGPIPE once more than a pipe buffer of log follows the line (a broker deleting many
+    # old test topics logs megabytes after it), and the pipeline then reads as "not found".
+    if [[ ${offset} != port ]] &&
+        ! grep -q 'Kafka Server started' < <(tail -c +"$((offset + 1))" "${logfile}" 2>/dev/null); then
+        return 1
+    fi
+    port_open "${port}"
+}
+
+# wait_kafka_ready LOG_OFFSET|port: up to 90 s for kafka_started.
 wait_kafka_ready() {
-    local offset=$1 i
-    for ((i = 0; i < 900; i++)); do
-        if ! kafka_running; then
-            fail_with_log kafka "${KAFKA_LOG}" "process exited during startup"
-        fi
-        # Not `tail | grep -q`: under pipefail, grep's early exit on a match kills tail with
-        # SIGPIPE once more than a pipe buffer of log follows the line (a broker deleting many
-        # old test topics logs megabytes after it), and the pipeline then reads as "not found".
-        if [[ ${offset} == port ]] ||
-            grep -q 'Kafka Server started' < <(tail -c +"$((offset + 1))" "${KAFKA_LOG}" 2>/dev/null); then
-            if port_open "${KAFKA_PORT}"; then
-                log "kafka: up (pid $(read_pid "${KAFKA_PID}"), $((i / 10)).$((i % 10))s)"
-                return 0
-            fi
-        fi
-        sleep 0.1
-    done
-    fail_with_log kafka "${KAFKA_LOG}" "not ready after 90s"
+    await_ready kafka "${KAFKA_LOG}" "${KAFKA_PID}" 90 kafka_running \
+        kafka_started "${KAFKA_LOG}" "$1" "${KAFKA_PORT}"
 }
 
 stop_kafka() { stop_pid kafka "${KAFKA_PID}" kafka.Kafka 60; }
@@ -388,6 +406,38 @@ mariadb_running() { pid_alive "${MARIADB_PID}" "${MARIADB_DATA}"; }
 
 mariadb_root() { mariadb --no-defaults --socket="${MARIADB_SOCK}" -uroot "$@"; }
 
+# mariadb_start NAME DIR PORT NOTE OPTION...: a server on 127.0.0.1:PORT in the background, its
+# data dir (initialized on first use), socket, pid file, error log and tmpdir in DIR; NOTE ends
+# the "starting" line, OPTIONs are the server's own.
+mariadb_start() {
+    local name=$1 dir=$2 port=$3 note=$4
+    shift 4
+    mkdir -p "${dir}"
+    if [[ ! -d ${dir}/data/mysql ]]; then
+        log "${name}: initializing data dir"
+        rm -rf "${dir}/data"
+        mariadb-install-db --no-defaults --user=root --datadir="${dir}/data" \
+            --auth-root-authentication-method=normal --skip-test-db \
+            >>"${dir}/error.log" 2>&1 || fail_with_log "${name}" "${dir}/error.log" "mariadb-install-db failed"
+    fi
+    log "${name}: starting on 127.0.0.1:${port}${note}"
+    start_bg "${dir}/mysqld.pid" "${dir}/error.log" \
+        "$(mariadb_bin)" --no-defaults --user=root \
+        --datadir="${dir}/data" \
+        --socket="${dir}/mysqld.sock" \
+        --port="${port}" \
+        --bind-address=127.0.0.1 \
+        --pid-file="${dir}/mysqld.pid" \
+        --log-error="${dir}/error.log" \
+        --tmpdir="${dir}" \
+        "$@"
+}
+
+# mariadb_answers SOCKET PORT: the server answers a ping on SOCKET and listens on PORT.
+mariadb_answers() {
+    mariadb-admin --no-defaults --socket="$1" -uroot ping >/dev/null 2>&1 && port_open "$2"
+}
+
 start_mariadb() {
     if mariadb_running && port_open "${MARIADB_PORT}"; then
         log "mariadb: already up (pid $(read_pid "${MARIADB_PID}"))"
@@ -396,24 +446,7 @@ start_mariadb() {
     fi
     if ! mariadb_running; then
         check_port_free mariadb "${MARIADB_PORT}"
-        mkdir -p "${MARIADB_DIR}"
-        if [[ ! -d ${MARIADB_DATA}/mysql ]]; then
-            log "mariadb: initializing data dir"
-            rm -rf "${MARIADB_DATA}"
-            mariadb-install-db --no-defaults --user=root --datadir="${MARIADB_DATA}" \
-                --auth-root-authentication-method=normal --skip-test-db \
-                >>"${MARIADB_LOG}" 2>&1 || fail_with_log mariadb "${MARIADB_LOG}" "mariadb-install-db failed"
-        fi
-        log "mariadb: starting on 127.0.0.1:${MARIADB_PORT}"
-        start_bg "${MARIADB_PID}" "${MARIADB_LOG}" \
-            "$(mariadb_bin)" --no-defaults --user=root \
-            --datadir="${MARIADB_DATA}" \
-            --socket="${MARIADB_SOCK}" \
-            --port="${MARIADB_PORT}" \
-            --bind-address=127.0.0.1 \
-            --pid-file="${MARIADB_PID}" \
-            --log-error="${MARIADB_LOG}" \
-            --tmpdir="${MARIADB_DIR}" \
+        mariadb_start mariadb "${MARIADB_DIR}" "${MARIADB_PORT}" "" \
             --innodb_flush_log_at_trx_commit=1 \
             --innodb_buffer_pool_size="${MARIADB_BUFFER_POOL:-1G}" \
             --sync_binlog=1 \
@@ -421,23 +454,20 @@ start_mariadb() {
             --character-set-server=utf8mb4 \
             --collation-server=utf8mb4_bin
     fi
-    local i
-    for ((i = 0; i < 600; i++)); do
-        mariadb_running || fail_with_log mariadb "${MARIADB_LOG}" "process exited during startup"
-        if mariadb-admin --no-defaults --socket="${MARIADB_SOCK}" -uroot ping >/dev/null 2>&1 &&
-            port_open "${MARIADB_PORT}"; then
-            log "mariadb: up (pid $(read_pid "${MARIADB_PID}"), $((i / 10)).$((i % 10))s)"
-            ensure_mariadb_users
-            return 0
-        fi
-        sleep 0.1
-    done
-    fail_with_log mariadb "${MARIADB_LOG}" "not ready after 60s"
+    await_ready mariadb "${MARIADB_LOG}" "${MARIADB_PID}" 60 mariadb_running \
+        mariadb_answers "${MARIADB_SOCK}" "${MARIADB_PORT}"
+    ensure_mariadb_users
 }
 
 ensure_mariadb_users() {
-    mariadb_root --batch <<'SQL'
-CREATE DATABASE IF NOT EXISTS dispatch;
+    mariadb_root --batch -e 'CREATE DATABASE IF NOT EXISTS dispatch;'
+    mariadb_grant_dispatch "${MARIADB_SOCK}"
+}
+
+# mariadb_grant_dispatch SOCKET: user `dispatch` (password `dispatch`, every privilege) from
+# 127.0.0.1 and localhost on the server at SOCKET, and no anonymous user.
+mariadb_grant_dispatch() {
+    mariadb --no-defaults --socket="$1" -uroot --batch <<'SQL'
 CREATE USER IF NOT EXISTS 'dispatch'@'127.0.0.1' IDENTIFIED BY 'dispatch';
 CREATE USER IF NOT EXISTS 'dispatch'@'localhost' IDENTIFIED BY 'dispatch';
 GRANT ALL PRIVILEGES ON *.* TO 'dispatch'@'127.0.0.1';
@@ -452,6 +482,13 @@ stop_mariadb() { stop_pid mariadb "${MARIADB_PID}" "${MARIADB_DATA}" 60; }
 # ------------------------------------------------------------------ redis ---
 
 redis_running() { pid_alive "${REDIS_PID}" "redis-server"; }
+
+# redis_pong PORT [REDIS-CLI OPTION...]: the server on 127.0.0.1:PORT answers PING.
+redis_pong() {
+    local port=$1
+    shift
+    [[ "$(redis-cli "$@" -h 127.0.0.1 -p "${port}" ping 2>/dev/null)" == PONG ]]
+}
 
 start_redis() {
     if redis_running && port_open "${REDIS_PORT}"; then
@@ -469,15 +506,7 @@ start_redis() {
             --save '' --appendonly no </dev/null >/dev/null 2>&1 ||
             fail_with_log redis "${REDIS_LOG}" "redis-server failed to start"
     fi
-    local i
-    for ((i = 0; i < 100; i++)); do
-        if [[ "$(redis-cli -h 127.0.0.1 -p "${REDIS_PORT}" ping 2>/dev/null)" == PONG ]]; then
-            log "redis: up (pid $(read_pid "${REDIS_PID}"))"
-            return 0
-        fi
-        sleep 0.1
-    done
-    fail_with_log redis "${REDIS_LOG}" "no PONG after 10s"
+    await_ready redis "${REDIS_LOG}" "${REDIS_PID}" 10 true redis_pong "${REDIS_PORT}"
 }
 
 stop_redis() { stop_pid redis "${REDIS_PID}" "redis-server" 20; }
@@ -510,16 +539,8 @@ start_prometheus() {
             --web.listen-address="127.0.0.1:${PROM_PORT}" \
             --web.enable-lifecycle
     fi
-    local i
-    for ((i = 0; i < 300; i++)); do
-        prom_running || fail_with_log prometheus "${PROM_LOG}" "process exited during startup"
-        if curl -fsS -m 2 "http://127.0.0.1:${PROM_PORT}/-/ready" >/dev/null 2>&1; then
-            log "prometheus: up (pid $(read_pid "${PROM_PID}"))"
-            return 0
-        fi
-        sleep 0.1
-    done
-    fail_with_log prometheus "${PROM_LOG}" "not ready after 30s"
+    await_ready prometheus "${PROM_LOG}" "${PROM_PID}" 30 prom_running \
+        http_ok "http://127.0.0.1:${PROM_PORT}/-/ready"
 }
 
 stop_prometheus() { stop_pid prometheus "${PROM_PID}" "prometheus" 30; }

@@ -153,17 +153,8 @@ EOF
                 -cp "${KAFKA_LIBS}/*" kafka.Kafka "${KAFKA_TLS_CONF}"
         )
     fi
-    local i
-    for ((i = 0; i < 900; i++)); do
-        kafka_tls_running || fail_with_log kafka-tls "${KAFKA_TLS_LOG}" "process exited during startup"
-        if grep -q 'Kafka Server started' < <(tail -c +"$((offset + 1))" "${KAFKA_TLS_LOG}" 2>/dev/null) &&
-            port_open "${KAFKA_TLS_SASL_PORT}"; then
-            log "kafka-tls: up (pid $(read_pid "${KAFKA_TLS_PID}"), $((i / 10)).$((i % 10))s)"
-            return 0
-        fi
-        sleep 0.1
-    done
-    fail_with_log kafka-tls "${KAFKA_TLS_LOG}" "not ready after 90s"
+    await_ready kafka-tls "${KAFKA_TLS_LOG}" "${KAFKA_TLS_PID}" 90 kafka_tls_running \
+        kafka_started "${KAFKA_TLS_LOG}" "${offset}" "${KAFKA_TLS_SASL_PORT}"
 }
 
 # ---------------------------------------------------------------- mariadb ---
@@ -173,24 +164,7 @@ mariadb_tls_running() { pid_alive "${MARIADB_TLS_PID}" "${MARIADB_TLS_DATA}"; }
 start_mariadb_tls() {
     if ! mariadb_tls_running; then
         check_port_free mariadb-tls "${MARIADB_TLS_PORT}"
-        mkdir -p "${MARIADB_TLS_DIR}"
-        if [[ ! -d ${MARIADB_TLS_DATA}/mysql ]]; then
-            log "mariadb-tls: initializing data dir"
-            rm -rf "${MARIADB_TLS_DATA}"
-            mariadb-install-db --no-defaults --user=root --datadir="${MARIADB_TLS_DATA}" \
-                --auth-root-authentication-method=normal --skip-test-db \
-                >>"${MARIADB_TLS_LOG}" 2>&1 || fail_with_log mariadb-tls "${MARIADB_TLS_LOG}" "mariadb-install-db failed"
-        fi
-        log "mariadb-tls: starting on 127.0.0.1:${MARIADB_TLS_PORT} (TLS required)"
-        start_bg "${MARIADB_TLS_PID}" "${MARIADB_TLS_LOG}" \
-            "$(mariadb_bin)" --no-defaults --user=root \
-            --datadir="${MARIADB_TLS_DATA}" \
-            --socket="${MARIADB_TLS_SOCK}" \
-            --port="${MARIADB_TLS_PORT}" \
-            --bind-address=127.0.0.1 \
-            --pid-file="${MARIADB_TLS_PID}" \
-            --log-error="${MARIADB_TLS_LOG}" \
-            --tmpdir="${MARIADB_TLS_DIR}" \
+        mariadb_start mariadb-tls "${MARIADB_TLS_DIR}" "${MARIADB_TLS_PORT}" " (TLS required)" \
             --innodb_buffer_pool_size=64M \
             --max_connections=300 \
             --character-set-server=utf8mb4 \
@@ -200,25 +174,9 @@ start_mariadb_tls() {
             --ssl-key="${TLS_DIR}/server.key" \
             --require-secure-transport=ON
     fi
-    local i
-    for ((i = 0; i < 600; i++)); do
-        mariadb_tls_running || fail_with_log mariadb-tls "${MARIADB_TLS_LOG}" "process exited during startup"
-        if mariadb-admin --no-defaults --socket="${MARIADB_TLS_SOCK}" -uroot ping >/dev/null 2>&1 &&
-            port_open "${MARIADB_TLS_PORT}"; then
-            mariadb --no-defaults --socket="${MARIADB_TLS_SOCK}" -uroot --batch <<'SQL'
-CREATE USER IF NOT EXISTS 'dispatch'@'127.0.0.1' IDENTIFIED BY 'dispatch';
-CREATE USER IF NOT EXISTS 'dispatch'@'localhost' IDENTIFIED BY 'dispatch';
-GRANT ALL PRIVILEGES ON *.* TO 'dispatch'@'127.0.0.1';
-GRANT ALL PRIVILEGES ON *.* TO 'dispatch'@'localhost';
-DROP USER IF EXISTS ''@'localhost';
-FLUSH PRIVILEGES;
-SQL
-            log "mariadb-tls: up (pid $(read_pid "${MARIADB_TLS_PID}"), $((i / 10)).$((i % 10))s)"
-            return 0
-        fi
-        sleep 0.1
-    done
-    fail_with_log mariadb-tls "${MARIADB_TLS_LOG}" "not ready after 60s"
+    await_ready mariadb-tls "${MARIADB_TLS_LOG}" "${MARIADB_TLS_PID}" 60 mariadb_tls_running \
+        mariadb_answers "${MARIADB_TLS_SOCK}" "${MARIADB_TLS_PORT}"
+    mariadb_grant_dispatch "${MARIADB_TLS_SOCK}"
 }
 
 # ------------------------------------------------------------------ redis ---
@@ -237,15 +195,8 @@ start_redis_tls() {
             --logfile "${REDIS_TLS_LOG}" --save '' --appendonly no </dev/null >/dev/null 2>&1 ||
             fail_with_log redis-tls "${REDIS_TLS_LOG}" "redis-server failed to start (built without TLS?)"
     fi
-    local i
-    for ((i = 0; i < 100; i++)); do
-        if [[ "$(redis-cli --tls --cacert "${TLS_DIR}/ca.pem" -h 127.0.0.1 -p "${REDIS_TLS_PORT}" ping 2>/dev/null)" == PONG ]]; then
-            log "redis-tls: up (pid $(read_pid "${REDIS_TLS_PID}"))"
-            return 0
-        fi
-        sleep 0.1
-    done
-    fail_with_log redis-tls "${REDIS_TLS_LOG}" "no PONG over TLS after 10s"
+    await_ready redis-tls "${REDIS_TLS_LOG}" "${REDIS_TLS_PID}" 10 true \
+        redis_pong "${REDIS_TLS_PORT}" --tls --cacert "${TLS_DIR}/ca.pem"
 }
 
 # --------------------------------------------------------------- commands ---

@@ -43,6 +43,8 @@ import sys
 import time
 import urllib.request
 
+from ready import wait_ready
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
 LOADGEN = os.path.join(TARGET, "release", "dispatch-loadgen")
@@ -229,17 +231,6 @@ def spawn(binary, env, log):
     e = dict(os.environ, DISPATCH_CONFIG=os.path.join(REPO, "deploy", "local", "config", f"{svc}.toml"), **env)
     return subprocess.Popen([os.path.join(TARGET, "release", binary)], env=e,
                             stdout=open(os.path.join(OUT, log), "w"), stderr=subprocess.STDOUT)
-
-
-def wait_ready(admin, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://{admin}/readyz", timeout=2)
-            return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"{admin} did not become ready")
 
 
 class bench_gateway:

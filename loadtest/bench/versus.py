@@ -51,6 +51,8 @@ import sys
 import time
 import urllib.request
 
+from ready import wait_ready
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 WORK = os.environ.get("WORK", "/work/bench")
 BUILDS = tuple(os.environ.get("BUILDS", "before after").split())  # the clones under WORK
@@ -180,19 +182,6 @@ def succeeded():
     return metric_sum(PR_ADMIN, "dispatch_tasks_finished_total{", 'state="succeeded"')
 
 
-def wait_ready(port, proc, timeout=90):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"service on admin port {port} exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2)
-            return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"admin port {port} not ready")
-
-
 def kafka_topics(*args):
     return subprocess.run(["java", "-cp", LIBS, "org.apache.kafka.tools.TopicCommand", "--bootstrap-server",
                            "127.0.0.1:9092", *args], capture_output=True, text=True)
@@ -231,8 +220,8 @@ class Services:
                      DISPATCH_CONSUMER__GROUP=f"vs-{self.tag}", DISPATCH_GRPC__LISTEN=f"127.0.0.1:{PR_GRPC}",
                      DISPATCH_ADMIN__LISTEN=f"127.0.0.1:{PR_ADMIN}", **self.processor_env),
             stdout=open(os.path.join(OUT, f"{self.tag}-processor.log"), "w"), stderr=subprocess.STDOUT)
-        wait_ready(GW_ADMIN, self.gw)
-        wait_ready(PR_ADMIN, self.pr)
+        wait_ready(f"127.0.0.1:{GW_ADMIN}", self.gw, timeout=90)
+        wait_ready(f"127.0.0.1:{PR_ADMIN}", self.pr, timeout=90)
         # Until it owns its partitions (their lag series appear), so the drain does not time the
         # group join.
         deadline = time.time() + 60

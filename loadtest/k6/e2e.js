@@ -13,7 +13,7 @@ import grpc from 'k6/net/grpc';
 import { check } from 'k6';
 import { Rate, Trend } from 'k6/metrics';
 import {
-  cfg, conn, invoke, isOk, field, envNum, envStr, taskSpec, callParams, ensureConnected,
+  cfg, gatewayAndReader, invoke, isOk, field, envNum, envStr, taskSpec, callParams, ensureConnected,
   arrivalScenario, buildThresholds, latencyLimits, SUBMIT_LIMITS, E2E_LIMITS, TERMINAL_STATES,
   summaryTrendStats, GATEWAY_PROTO, QUERY_PROTO, RPC,
 } from './lib/common.js';
@@ -23,8 +23,7 @@ gatewayClient.load([cfg.protoDir], GATEWAY_PROTO);
 const readerClient = new grpc.Client();
 readerClient.load([cfg.protoDir], QUERY_PROTO);
 
-const gateway = conn(gatewayClient, cfg.gatewayAddr);
-const reader = conn(readerClient, cfg.readerAddr);
+const { gateway, reader } = gatewayAndReader(gatewayClient, readerClient);
 
 // How long one watch may take before it counts as a failure.
 const WATCH_TIMEOUT = envStr('E2E_WATCH_TIMEOUT', '30s');

@@ -7,11 +7,11 @@
 // (L1/L2) lookup path. Served tiers are counted in dispatch_get_served_from_*.
 
 import grpc from 'k6/net/grpc';
-import { check, sleep } from 'k6';
+import { sleep } from 'k6';
 import { Counter } from 'k6/metrics';
 import {
-  cfg, conn, closeConn, invoke, isOk, field, createHotSet, arrivalScenario, buildThresholds,
-  latencyLimits, GET_LIMITS, SETUP_TIMEOUT_S, summaryTrendStats, GATEWAY_PROTO, QUERY_PROTO, RPC,
+  cfg, gatewayAndReader, hotSetSetup, getHotTask, isOk, field, arrivalScenario, buildThresholds,
+  latencyLimits, GET_LIMITS, SETUP_TIMEOUT_S, summaryTrendStats, GATEWAY_PROTO, QUERY_PROTO,
 } from './lib/common.js';
 
 const gatewayClient = new grpc.Client();
@@ -19,8 +19,7 @@ gatewayClient.load([cfg.protoDir], GATEWAY_PROTO);
 const readerClient = new grpc.Client();
 readerClient.load([cfg.protoDir], QUERY_PROTO);
 
-const gateway = conn(gatewayClient, cfg.gatewayAddr);
-const reader = conn(readerClient, cfg.readerAddr);
+const { gateway, reader } = gatewayAndReader(gatewayClient, readerClient);
 
 const servedFromStore = new Counter('dispatch_get_served_from_store');
 const servedStale = new Counter('dispatch_get_stale');
@@ -37,20 +36,11 @@ export const options = {
 };
 
 export function setup() {
-  const ids = createHotSet(gateway, reader, sleep);
-  closeConn(gateway);
-  closeConn(reader);
-  return { ids };
+  return hotSetSetup(gateway, reader, sleep);
 }
 
 export function get(data) {
-  const id = data.ids[Math.floor(Math.random() * data.ids.length)];
-  const res = invoke(reader, RPC.GetTask, { task_id: id });
-  const task = isOk(res) ? field(res.message, 'task', 'task') : undefined;
-  check(res, {
-    'GetTask status is OK': (r) => isOk(r),
-    'GetTask returned the requested task': () => !!task && field(task, 'taskId', 'task_id') === id,
-  });
+  const res = getHotTask(reader, data.ids);
   if (isOk(res)) {
     if (field(res.message, 'servedFrom', 'served_from') === 'SERVED_FROM_STORE') servedFromStore.add(1);
     if (field(res.message, 'stale', 'stale') === true) servedStale.add(1);

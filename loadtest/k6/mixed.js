@@ -17,7 +17,7 @@ import grpc from 'k6/net/grpc';
 import { check, sleep } from 'k6';
 import { Counter } from 'k6/metrics';
 import {
-  cfg, conn, closeConn, invoke, isOk, field, envInt, envNum, taskSpec, businessKey, createHotSet,
+  cfg, gatewayAndReader, hotSetSetup, getHotTask, invoke, isOk, field, envInt, envNum, taskSpec, businessKey,
   arrivalScenario, buildThresholds, latencyLimits, SUBMIT_LIMITS, GET_LIMITS, SETUP_TIMEOUT_S,
   summaryTrendStats, GATEWAY_PROTO, QUERY_PROTO, RPC,
 } from './lib/common.js';
@@ -68,8 +68,7 @@ gatewayClient.load([cfg.protoDir], GATEWAY_PROTO);
 const readerClient = new grpc.Client();
 readerClient.load([cfg.protoDir], QUERY_PROTO);
 
-const gateway = conn(gatewayClient, cfg.gatewayAddr);
-const reader = conn(readerClient, cfg.readerAddr);
+const { gateway, reader } = gatewayAndReader(gatewayClient, readerClient);
 
 const submitLimits = latencyLimits('SUBMIT', SUBMIT_LIMITS.p95, SUBMIT_LIMITS.p99);
 const getLimits = latencyLimits('GET', GET_LIMITS.p95, GET_LIMITS.p99);
@@ -98,10 +97,7 @@ export const options = {
 };
 
 export function setup() {
-  const ids = createHotSet(gateway, reader, sleep);
-  closeConn(gateway);
-  closeConn(reader);
-  return { ids };
+  return hotSetSetup(gateway, reader, sleep);
 }
 
 export function submit() {
@@ -113,13 +109,7 @@ export function submit() {
 }
 
 export function get(data) {
-  const id = data.ids[Math.floor(Math.random() * data.ids.length)];
-  const res = invoke(reader, RPC.GetTask, { task_id: id });
-  const task = isOk(res) ? field(res.message, 'task', 'task') : undefined;
-  check(res, {
-    'GetTask status is OK': (r) => isOk(r),
-    'GetTask returned the requested task': () => !!task && field(task, 'taskId', 'task_id') === id,
-  });
+  getHotTask(reader, data.ids);
 }
 
 // Schedules a task CANCEL_RUN_AT_S ahead, then cancels it while it waits (routed by its

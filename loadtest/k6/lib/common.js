@@ -6,6 +6,7 @@
 // script (all of which live in loadtest/k6/) loads its own protos with `protoDir` below.
 
 import grpc from 'k6/net/grpc';
+import { check } from 'k6';
 import encoding from 'k6/encoding';
 
 // ---------------------------------------------------------------------------------------------
@@ -140,6 +141,12 @@ export function closeConn(c) {
   if (!c.connected) return;
   c.client.close();
   c.connected = false;
+}
+
+// The gateway's and the reader's connection handles, over clients the calling script has loaded
+// its protos into (`load()` stays in the script: see the top of this file).
+export function gatewayAndReader(gatewayClient, readerClient) {
+  return { gateway: conn(gatewayClient, cfg.gatewayAddr), reader: conn(readerClient, cfg.readerAddr) };
 }
 
 export function callParams(tags) {
@@ -307,4 +314,26 @@ export function createHotSet(gateway, reader, sleepFn) {
     console.warn(`setup: ${pending.length}/${submitted.length} tasks not visible after ${SETUP_TIMEOUT_S}s; using ${ready.length}`);
   }
   return ready;
+}
+
+// A setup() for scripts that read the hot set: creates it, then closes setup's own connections
+// (each VU opens its own). Returns the data the scenarios get: `{ ids }`.
+export function hotSetSetup(gateway, reader, sleepFn) {
+  const ids = createHotSet(gateway, reader, sleepFn);
+  closeConn(gateway);
+  closeConn(reader);
+  return { ids };
+}
+
+// GetTask of a random id of the hot set `ids`, checked (OK, and the task asked for). Returns the
+// response, for what else a script counts.
+export function getHotTask(reader, ids) {
+  const id = ids[Math.floor(Math.random() * ids.length)];
+  const res = invoke(reader, RPC.GetTask, { task_id: id });
+  const task = isOk(res) ? field(res.message, 'task', 'task') : undefined;
+  check(res, {
+    'GetTask status is OK': (r) => isOk(r),
+    'GetTask returned the requested task': () => !!task && field(task, 'taskId', 'task_id') === id,
+  });
+  return res;
 }

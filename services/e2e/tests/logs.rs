@@ -14,11 +14,9 @@
 //!
 //! Over 400 lines because both tests must live in this binary, which owns the process-wide
 //! subscriber, and share the capture and `drive` (every RPC the marker goes through, about 150
-//! lines); the audit-log test would be the first to get a binary of its own, with a copy of the
-//! capture.
+//! lines); the audit-log test would be the first to get a binary of its own.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use dispatch_proto::v1 as pb;
@@ -27,7 +25,7 @@ use dispatch_testkit::auth::{
     KEY_ACME, KEY_ADMIN, KEY_ADMIN_ID, KEY_ADMIN_NEXT, KEY_ADMIN_NEXT_ID, KEY_GLOBEX, authed,
 };
 use dispatch_testkit::stack::{Stack, StackSettings};
-use dispatch_testkit::{TestEnv, eventually};
+use dispatch_testkit::{LogCapture, TestEnv, eventually};
 use secrecy::ExposeSecret;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -35,49 +33,23 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-/// The captured log output.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Capture {
-    fn text(&self) -> String {
-        let buf = self.0.lock().map(|b| b.clone()).unwrap_or_default();
-        String::from_utf8_lossy(&buf).into_owned()
-    }
-}
-
-impl Write for Capture {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut b) = self.0.lock() {
-            b.extend_from_slice(data);
-        }
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 /// Installs the capturing subscriber (once; the tests of this binary share it, each looking for
 /// its own markers).
-fn capture() -> Capture {
-    static CAPTURE: OnceLock<Capture> = OnceLock::new();
+fn capture() -> LogCapture {
+    static CAPTURE: OnceLock<LogCapture> = OnceLock::new();
     CAPTURE
         .get_or_init(|| {
-            let c = Capture::default();
+            let c = LogCapture::default();
+            let sink = {
+                let c = c.clone();
+                move || c.clone()
+            };
             let filter = tracing_subscriber::EnvFilter::new(
                 "info,dispatch_gateway=trace,dispatch_processor=trace,dispatch_reader=trace,\
                  dispatch_runtime=trace,dispatch_store=trace,dispatch_core=trace,sqlx=debug",
             );
             let _ = tracing_subscriber::registry()
-                .with(dispatch_runtime::telemetry::json_layer(c.clone()).with_filter(filter))
+                .with(dispatch_runtime::telemetry::json_layer(sink).with_filter(filter))
                 .try_init();
             c
         })

@@ -5,44 +5,17 @@
 //! theirs globally, and the trace ids on a line come from the global dispatcher (a scoped one,
 //! `with_default`, is not visible while an event is being formatted).
 
-use std::sync::{Arc, Mutex};
-
 use dispatch_runtime::telemetry;
+use dispatch_testkit::LogCapture;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use serde_json::Value;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// A log sink the test reads back.
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buffer {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut b) = self.0.lock() {
-            b.extend_from_slice(data);
-        }
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Buffer {
-    fn lines(&self) -> Vec<Value> {
-        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect()
-    }
-}
-
 #[test]
 fn json_lines_have_rfc3339_timestamps_fields_spans_and_trace_ids() {
-    let buffer = Buffer::default();
+    let buffer = LogCapture::default();
     let sink = buffer.clone();
     // What `telemetry::init` installs, with every root trace sampled and the lines captured.
     let provider = SdkTracerProvider::builder()
@@ -63,7 +36,7 @@ fn json_lines_have_rfc3339_timestamps_fields_spans_and_trace_ids() {
         tracing::warn!(latency_ms = 12, "task ran");
     }
 
-    let lines = buffer.lines();
+    let lines = buffer.json_lines();
     assert_eq!(lines.len(), 2, "{lines:?}");
     for line in &lines {
         let ts = line["timestamp"].as_str().expect("a timestamp string");

@@ -65,6 +65,31 @@ async fn conn() -> redis::aio::MultiplexedConnection {
         .expect("redis of the local stack (deploy/local/stack.sh up)")
 }
 
+/// A test's keys under a prefix of its own: `(prefix, tenant key, global key)`.
+fn keys(test: &str) -> (String, String, String) {
+    let p = unique_prefix(test);
+    let (tenant, global) = (format!("{p}tenant"), format!("{p}global"));
+    (p, tenant, global)
+}
+
+/// The stored value of `key` (a bucket's TAT in µs), `None` when it has none.
+async fn stored(c: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<String> {
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(c)
+        .await
+        .expect("get")
+}
+
+/// Deletes a test's `keys`.
+async fn del(c: &mut redis::aio::MultiplexedConnection, keys: &[&String]) {
+    let _: () = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(c)
+        .await
+        .expect("del");
+}
+
 /// One script call with the test's clock asking for exactly `n` cells: `(code, index, wait_us)`.
 async fn gcra(
     c: &mut redis::aio::MultiplexedConnection,
@@ -103,8 +128,7 @@ async fn lease(
 #[tokio::test]
 async fn the_script_is_a_gcra_all_or_nothing_across_keys() {
     let mut c = conn().await;
-    let p = unique_prefix("math");
-    let (tenant, global) = (format!("{p}tenant"), format!("{p}global"));
+    let (p, tenant, global) = keys("math");
     let t0: u64 = 1_000_000_000_000;
     // 10/s (one cell every 100 ms), burst 3.
     let rate = [(100_000.0, 3)];
@@ -147,12 +171,11 @@ async fn the_script_is_a_gcra_all_or_nothing_across_keys() {
         (0, 2, 100_000),
         "the global bucket (key 2) has room for one cell only"
     );
-    let other_tat: Option<String> = redis::cmd("GET")
-        .arg(&other)
-        .query_async(&mut c)
-        .await
-        .expect("get");
-    assert_eq!(other_tat, None, "a refused request spends nothing");
+    assert_eq!(
+        stored(&mut c, &other).await,
+        None,
+        "a refused request spends nothing"
+    );
     assert_eq!(
         gcra(&mut c, &[&other, &global], 1, t1, &[rate[0], global_rate]).await,
         (1, 0, 0)
@@ -164,18 +187,13 @@ async fn the_script_is_a_gcra_all_or_nothing_across_keys() {
     assert_eq!(gcra(&mut c, &[&k3], 3, t0, &r3).await, (1, 0, 0));
     assert_eq!(gcra(&mut c, &[&k3], 1, t0, &r3).await.0, 0);
 
-    let _: () = redis::cmd("DEL")
-        .arg(&[&tenant, &global, &other, &k3])
-        .query_async(&mut c)
-        .await
-        .expect("del");
+    del(&mut c, &[&tenant, &global, &other, &k3]).await;
 }
 
 #[tokio::test]
 async fn the_script_leases_up_to_the_free_cells_and_debits_them_all() {
     let mut c = conn().await;
-    let p = unique_prefix("lease");
-    let (tenant, global) = (format!("{p}tenant"), format!("{p}global"));
+    let (_, tenant, global) = keys("lease");
     let t0: u64 = 2_000_000_000_000;
     // 10/s (one cell every 100 ms), burst 8.
     let rate = [(100_000.0, 8)];
@@ -210,43 +228,20 @@ async fn the_script_leases_up_to_the_free_cells_and_debits_them_all() {
         (-1, 1, 0, 0),
         "n above the burst never fits"
     );
-    let tat: String = redis::cmd("GET")
-        .arg(&tenant)
-        .query_async(&mut c)
-        .await
-        .expect("get");
     assert_eq!(
-        tat,
-        (t0 + 1_000_000).to_string(),
+        stored(&mut c, &tenant).await,
+        Some((t0 + 1_000_000).to_string()),
         "10 cells debited from t0: the TAT is 10 intervals later"
     );
 
     // Tenant (burst 8, full again later) and global (burst 4) leased together: the grant is the
     // smaller of the free cells, debited from both.
     let t1 = t0 + 60_000_000;
-    let global_rate = (100_000.0, 4);
+    let both: [&str; 2] = [&tenant, &global];
+    let rates = [rate[0], (100_000.0, 4)];
+    assert_eq!(lease(&mut c, &both, 1, 6, t1, &rates).await, (1, 0, 0, 4));
     assert_eq!(
-        lease(
-            &mut c,
-            &[&tenant, &global],
-            1,
-            6,
-            t1,
-            &[rate[0], global_rate]
-        )
-        .await,
-        (1, 0, 0, 4)
-    );
-    assert_eq!(
-        lease(
-            &mut c,
-            &[&tenant, &global],
-            1,
-            6,
-            t1,
-            &[rate[0], global_rate]
-        )
-        .await,
+        lease(&mut c, &both, 1, 6, t1, &rates).await,
         (0, 2, 100_000, 0),
         "the global bucket is empty"
     );
@@ -256,11 +251,7 @@ async fn the_script_leases_up_to_the_free_cells_and_debits_them_all() {
         "the tenant bucket lost the same four cells"
     );
 
-    let _: () = redis::cmd("DEL")
-        .arg(&[&tenant, &global])
-        .query_async(&mut c)
-        .await
-        .expect("del");
+    del(&mut c, &[&tenant, &global]).await;
 }
 
 /// Hammers `limiter` for `tenant` until `until`, counting admissions.

@@ -94,29 +94,13 @@ async fn store(pool: &MySqlPool, seeds: &[Seed]) -> anyhow::Result<()> {
 }
 
 async fn dead_letter(pool: &MySqlPool, tenant: &str, offset: i64, at: DateTime<Utc>) -> TaskId {
-    let id = TaskId::new();
-    dead_letters::insert(
-        pool,
-        &dead_letters::DeadLetterRow {
-            task_id: id,
-            tenant: tenant.into(),
-            task_type: "noop".into(),
-            business_key: "k".into(),
-            generation: 0,
-            error_class: "exhausted".into(),
-            error: "boom".into(),
-            attempts: 3,
-            original_topic: "dispatch.tasks.default".into(),
-            original_partition: 0,
-            original_offset: offset,
-            dlq_partition: 0,
-            dlq_offset: offset,
-            dead_at: at,
-        },
-    )
-    .await
-    .expect("dead letter");
-    id
+    let row = dead_letters::DeadLetterRow {
+        error: "boom".into(),
+        original_topic: "dispatch.tasks.default".into(),
+        ..dispatch_testkit::dead_letter(tenant, offset, at)
+    };
+    dead_letters::insert(pool, &row).await.expect("dead letter");
+    row.task_id
 }
 
 async fn ids(pool: &MySqlPool, sql: &str) -> BTreeSet<Vec<u8>> {
@@ -239,28 +223,14 @@ async fn the_purge_removes_exactly_the_expired_terminal_rows_of_the_tenant() -> 
 #[tokio::test]
 async fn purged_workflow_nodes_take_their_edges_and_finally_their_workflow() -> anyhow::Result<()> {
     use dispatch_core::workflow::OnFailure;
-    use dispatch_store::workflows::{self, NewNode, NewWorkflow};
+    use dispatch_store::workflows;
     let env = TestEnv::new().await?;
+    // A chain: each node waits for the one before it.
     let workflow = |names: &[&str]| {
-        let workflow_id = TaskId::new();
-        NewWorkflow {
-            workflow_id,
-            tenant: "short".into(),
-            idempotency_key: None,
-            fingerprint: [0; 32],
-            nodes: names
-                .iter()
-                .enumerate()
-                .map(|(i, n)| NewNode {
-                    name: (*n).into(),
-                    root: i == 0,
-                    task: dispatch_testkit::node_task(workflow_id, n, "short"),
-                })
-                .collect(),
-            edges: (1..names.len())
-                .map(|i| (i, i - 1, OnFailure::Cancel))
-                .collect(),
-        }
+        let edges = (1..names.len())
+            .map(|i| (i, i - 1, OnFailure::Cancel))
+            .collect();
+        dispatch_testkit::new_workflow("short", names, edges)
     };
     let done = workflow(&["a", "b"]);
     let half = workflow(&["c", "d"]);

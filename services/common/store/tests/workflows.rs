@@ -6,33 +6,19 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use dispatch_core::TaskId;
 use dispatch_core::workflow::OnFailure;
-use dispatch_store::workflows::{self, NewNode, NewWorkflow, Resolved};
+use dispatch_store::workflows::{self, NewWorkflow, Resolved};
 use dispatch_testkit::TestEnv;
 
 /// A fan-out: `root` and `leaves` nodes waiting for it.
 fn fan_out(leaves: usize) -> NewWorkflow {
-    let workflow_id = TaskId::new();
-    let names: Vec<String> = std::iter::once("root".to_owned())
-        .chain((0..leaves).map(|i| format!("leaf-{i}")))
+    let leaves: Vec<String> = (0..leaves).map(|i| format!("leaf-{i}")).collect();
+    let names: Vec<&str> = std::iter::once("root")
+        .chain(leaves.iter().map(String::as_str))
         .collect();
-    NewWorkflow {
-        workflow_id,
-        tenant: "acme".into(),
-        idempotency_key: None,
-        fingerprint: [0; 32],
-        nodes: names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| NewNode {
-                name: n.clone(),
-                root: i == 0,
-                task: dispatch_testkit::node_task(workflow_id, n, "acme"),
-            })
-            .collect(),
-        edges: (1..names.len())
-            .map(|i| (i, 0, OnFailure::Cancel))
-            .collect(),
-    }
+    let edges = (1..names.len())
+        .map(|i| (i, 0, OnFailure::Cancel))
+        .collect();
+    dispatch_testkit::new_workflow("acme", &names, edges)
 }
 
 async fn set_state(env: &TestEnv, id: TaskId, state: &str) -> anyhow::Result<()> {

@@ -8,16 +8,19 @@
 //!
 //! [`auth`] holds the keys every test uses and requests that carry them; [`cli`] runs a service
 //! binary and checks its command line; [`task_write`] is a processor's state write, for tests that
-//! store a task directly; [`stack`] (feature `stack`) runs the services in-process.
+//! store a task directly, [`dead_letter`] a DLQ index row; [`LogCapture`] keeps log lines for a
+//! test to read; [`stack`] (feature `stack`) runs the services in-process.
 
 pub mod auth;
 pub mod catalogue;
 pub mod cli;
+mod logs;
 #[cfg(feature = "stack")]
 pub mod stack;
 mod write;
 
-pub use write::{new_task, node_task, task_write};
+pub use logs::LogCapture;
+pub use write::{dead_letter, new_task, new_workflow, node_task, task_write};
 
 use std::time::Duration;
 

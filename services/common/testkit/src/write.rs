@@ -1,10 +1,14 @@
-//! [`task_write`]: a processor's state write, and [`new_task`]: a submitted task, with the
-//! defaults tests share, to change with struct update syntax where a test needs other values.
+//! [`task_write`]: a processor's state write, [`new_task`]: a submitted task, [`new_workflow`]: a
+//! submitted workflow, and [`dead_letter`]: a DLQ index row, with the defaults tests share, to change with struct update
+//! syntax where a test needs other values.
 
+use dispatch_core::workflow::OnFailure;
 use dispatch_core::{
     BusinessKey, NewTask, Payload, Priority, RetryPolicy, TaskId, TaskState, TaskType, Tenant,
 };
+use dispatch_store::dead_letters::DeadLetterRow;
 use dispatch_store::tasks::TaskWrite;
+use dispatch_store::workflows::{NewNode, NewWorkflow};
 
 /// The processor's write of `id` (owned by `tenant`) in `state` at `attempt`, generation 0, made
 /// without a lease, stamped now. The rest: business key `k`, type `noop`, default priority,
@@ -67,5 +71,56 @@ pub fn node_task(workflow: TaskId, name: &str, tenant: &str) -> NewTask {
         task_id: TaskId::workflow_node(workflow, name),
         tenant: Tenant::parse(tenant).expect("a valid tenant"),
         ..new_task("noop", name, b"")
+    }
+}
+
+/// A workflow of `tenant` with a new id: a [`node_task`] per name of `names`, in that order, and
+/// `edges` as `(node, the node it waits for, on failure)` by index; a node that waits for none is
+/// a root. No idempotency key, a zero fingerprint.
+pub fn new_workflow(
+    tenant: &str,
+    names: &[&str],
+    edges: Vec<(usize, usize, OnFailure)>,
+) -> NewWorkflow {
+    let workflow_id = TaskId::new();
+    let nodes = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| NewNode {
+            name: (*name).into(),
+            root: !edges.iter().any(|(node, _, _)| *node == i),
+            task: node_task(workflow_id, name, tenant),
+        })
+        .collect();
+    NewWorkflow {
+        workflow_id,
+        tenant: tenant.into(),
+        idempotency_key: None,
+        fingerprint: [0; 32],
+        nodes,
+        edges,
+    }
+}
+
+/// The DLQ index row of a new task of `tenant` that died `at`, at `offset` of partition 0 of both
+/// topic `t` and the DLQ. The rest: type `noop`, business key `k`, generation 0, class
+/// `exhausted` after 3 attempts, no error text. Other values with struct update syntax:
+/// `DeadLetterRow { error: "boom".into(), ..dead_letter("acme", 7, at) }`.
+pub fn dead_letter(tenant: &str, offset: i64, at: chrono::DateTime<chrono::Utc>) -> DeadLetterRow {
+    DeadLetterRow {
+        task_id: TaskId::new(),
+        tenant: tenant.into(),
+        task_type: "noop".into(),
+        business_key: "k".into(),
+        generation: 0,
+        error_class: "exhausted".into(),
+        error: String::new(),
+        attempts: 3,
+        original_topic: "t".into(),
+        original_partition: 0,
+        original_offset: offset,
+        dlq_partition: 0,
+        dlq_offset: offset,
+        dead_at: at,
     }
 }

@@ -16,12 +16,7 @@ async fn exit_codes_and_messages_scripts_can_rely_on() -> anyhow::Result<()> {
     let down = ctl(&["--reader", "http://127.0.0.1:1", "get", "x"]).await?;
     assert_eq!(down.code, 5, "{down:?}");
 
-    let stack = Stack::start(Services {
-        gateway: true,
-        reader: true,
-        processor: true,
-    })
-    .await?;
+    let stack = Stack::start(Services::ALL).await?;
     let admin = stack.admin.clone();
 
     // 4: a wrong admin key, and a tenant key used as an admin key.

@@ -4,11 +4,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dispatch_testkit::TestEnv;
+use dispatch_core::{TaskId, TaskState};
 pub use dispatch_testkit::auth::{KEY_ACME, KEY_ADMIN};
 use dispatch_testkit::stack::{
     Gateway, Processor, Reader, gateway_settings, processor_settings, reader_settings,
 };
+use dispatch_testkit::{TestEnv, eventually};
 
 /// The task type of [`Echo`], registered on every processor the harness starts.
 pub const ECHO_TYPE: &str = "echo";
@@ -35,6 +36,15 @@ pub struct Services {
     pub gateway: bool,
     pub reader: bool,
     pub processor: bool,
+}
+
+impl Services {
+    /// Gateway, reader and processor.
+    pub const ALL: Self = Self {
+        gateway: true,
+        reader: true,
+        processor: true,
+    };
 }
 
 /// Running services ([`dispatch_testkit::stack`]'s) and their endpoints (`http://...`, empty
@@ -112,6 +122,39 @@ impl Stack {
         run(&full, Some(input)).await
     }
 
+    /// `-o json submit --key <key> --type <task_type> --payload <payload>`.
+    pub async fn submit(&self, key: &str, task_type: &str, payload: &str) -> anyhow::Result<Out> {
+        self.ctl(&[
+            "-o",
+            "json",
+            "submit",
+            "--key",
+            key,
+            "--type",
+            task_type,
+            "--payload",
+            payload,
+        ])
+        .await
+    }
+
+    /// Waits up to 30 s until the task `id` is stored in `state`.
+    pub async fn await_state(&self, id: &str, state: TaskState) -> anyhow::Result<()> {
+        let task_id = TaskId::parse(id).map_err(|_| anyhow::anyhow!("bad id {id}"))?;
+        let pool = &self.env.pool;
+        eventually(
+            &format!("task {state}"),
+            Duration::from_secs(30),
+            || async move {
+                let s = dispatch_store::tasks::states(pool, &[task_id]).await.ok()?;
+                s.iter()
+                    .any(|(id, v)| *id == task_id && v.state == state)
+                    .then_some(())
+            },
+        )
+        .await
+    }
+
     /// Stops the services (gateway first) and drops the database.
     pub async fn stop(self) -> anyhow::Result<()> {
         let (gateway, processor, reader) = self.running;
@@ -142,6 +185,14 @@ impl Out {
     pub fn json(&self) -> anyhow::Result<serde_json::Value> {
         serde_json::from_str(&self.stdout)
             .map_err(|e| anyhow::anyhow!("stdout is not JSON ({e}): {self:?}"))
+    }
+
+    /// The `task_id` of stdout as JSON (what `-o json submit` prints).
+    pub fn task_id(&self) -> anyhow::Result<String> {
+        self.json()?["task_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("no task id: {self:?}"))
     }
 }
 

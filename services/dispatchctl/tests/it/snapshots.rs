@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use dispatch_core::{TaskId, TaskState};
+use dispatch_core::TaskState;
 use dispatch_testkit::eventually;
 
 use crate::harness::{Services, Stack, assert_snapshot, normalize};
@@ -13,50 +13,17 @@ const DEAD_TYPE: &str = "no.such.type";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_and_json_match_the_snapshots() -> anyhow::Result<()> {
-    let stack = Stack::start(Services {
-        gateway: true,
-        reader: true,
-        processor: true,
-    })
-    .await?;
+    let stack = Stack::start(Services::ALL).await?;
     let prefix = stack.env.kafka.topic_prefix.clone();
     let snap = |name: &str, out: &crate::harness::Out| {
         assert_eq!(out.code, 0, "{name}: {out:?}");
         assert_snapshot(name, &normalize(&out.stdout, &prefix));
     };
 
-    let sub = stack
-        .ctl(&[
-            "-o",
-            "json",
-            "submit",
-            "--key",
-            "snap-1",
-            "--type",
-            DEAD_TYPE,
-            "--payload",
-            r#"{"n":1}"#,
-        ])
-        .await?;
+    let sub = stack.submit("snap-1", DEAD_TYPE, r#"{"n":1}"#).await?;
     snap("submit.json", &sub);
-    let id = sub.json()?["task_id"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow::anyhow!("no task id: {sub:?}"))?;
-    let task_id = TaskId::parse(&id).map_err(|_| anyhow::anyhow!("bad id {id}"))?;
-    let pool = stack.env.pool.clone();
-    eventually("task dead", Duration::from_secs(30), || {
-        let pool = pool.clone();
-        async move {
-            let s = dispatch_store::tasks::states(&pool, &[task_id])
-                .await
-                .ok()?;
-            s.iter()
-                .any(|(id, v)| *id == task_id && v.state == TaskState::Dead)
-                .then_some(())
-        }
-    })
-    .await?;
+    let id = sub.task_id()?;
+    stack.await_state(&id, TaskState::Dead).await?;
 
     snap("get.txt", &stack.ctl(&["get", &id]).await?);
     snap("get.json", &stack.ctl(&["-o", "json", "get", &id]).await?);

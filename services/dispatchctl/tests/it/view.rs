@@ -1,9 +1,6 @@
 //! `list` asks for the BASIC view (no payload, no result) unless `--full`; `get` shows both.
 
-use std::time::Duration;
-
-use dispatch_core::{TaskId, TaskState};
-use dispatch_testkit::eventually;
+use dispatch_core::TaskState;
 
 use crate::harness::{ECHO_TYPE, Services, Stack};
 
@@ -11,45 +8,12 @@ const PAYLOAD: &str = r#"{"view":"full-only"}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_leaves_payload_and_result_out_unless_full() -> anyhow::Result<()> {
-    let stack = Stack::start(Services {
-        gateway: true,
-        reader: true,
-        processor: true,
-    })
-    .await?;
+    let stack = Stack::start(Services::ALL).await?;
     // The echo handler stores the payload as the result: the task has both.
-    let sub = stack
-        .ctl(&[
-            "-o",
-            "json",
-            "submit",
-            "--key",
-            "view-1",
-            "--type",
-            ECHO_TYPE,
-            "--payload",
-            PAYLOAD,
-        ])
-        .await?;
+    let sub = stack.submit("view-1", ECHO_TYPE, PAYLOAD).await?;
     assert_eq!(sub.code, 0, "{sub:?}");
-    let id = sub.json()?["task_id"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow::anyhow!("no task id: {sub:?}"))?;
-    let task_id = TaskId::parse(&id).map_err(|_| anyhow::anyhow!("bad id {id}"))?;
-    let pool = stack.env.pool.clone();
-    eventually("task succeeded", Duration::from_secs(30), || {
-        let pool = pool.clone();
-        async move {
-            let s = dispatch_store::tasks::states(&pool, &[task_id])
-                .await
-                .ok()?;
-            s.iter()
-                .any(|(id, v)| *id == task_id && v.state == TaskState::Succeeded)
-                .then_some(())
-        }
-    })
-    .await?;
+    let id = sub.task_id()?;
+    stack.await_state(&id, TaskState::Succeeded).await?;
 
     // The default: the task, without payload or result, in JSON and in the table.
     let basic = stack.ctl(&["-o", "json", "list"]).await?;

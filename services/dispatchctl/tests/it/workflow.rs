@@ -27,12 +27,7 @@ fn diamond(idempotency_key: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workflow_from_the_command_line() -> anyhow::Result<()> {
-    let stack = Stack::start(Services {
-        gateway: true,
-        reader: true,
-        processor: true,
-    })
-    .await?;
+    let stack = Stack::start(Services::ALL).await?;
     let dir = std::env::temp_dir().join(format!("dispatchctl-wf-{}", stack.env.id));
     std::fs::create_dir_all(&dir)?;
     let file = dir.join("diamond.json");

@@ -5,7 +5,7 @@ use dispatch_testkit::auth::{KEY_ACME, authed};
 use dispatch_testkit::stack::Stack;
 use tokio_stream::StreamExt;
 
-use crate::support::{SETTLE, await_state, spec, submit};
+use crate::support::{SETTLE, await_succeeded, spec, submit};
 
 /// A submitted task becomes visible in the reader as SUCCEEDED, read with the version token the
 /// gateway returned, and carries what was submitted.
@@ -17,14 +17,7 @@ async fn submitted_task_becomes_visible_as_succeeded() -> anyhow::Result<()> {
     assert_eq!(accepted.accepted_via, pb::AcceptedVia::Kafka as i32);
     assert!(!accepted.duplicate);
 
-    let task = await_state(
-        &stack,
-        KEY_ACME,
-        &accepted.task_id,
-        accepted.version,
-        pb::TaskState::Succeeded,
-    )
-    .await?;
+    let task = await_succeeded(&stack, &accepted).await?;
     assert_eq!(task.task_id, accepted.task_id);
     assert_eq!(task.tenant, "acme");
     assert_eq!(task.business_key, spec.business_key);

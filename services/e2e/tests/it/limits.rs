@@ -9,7 +9,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::support::{await_state, spec, submit};
+use crate::support::{await_succeeded, spec, submit};
 
 const LIMIT: usize = 64 * 1024;
 
@@ -95,14 +95,7 @@ async fn oversized_requests_are_rejected_and_services_stay_healthy() -> anyhow::
         .submit_task(authed(pb::SubmitTaskRequest { task: Some(near) }, KEY_ACME))
         .await?
         .into_inner();
-    await_state(
-        &stack,
-        KEY_ACME,
-        &accepted.task_id,
-        accepted.version,
-        pb::TaskState::Succeeded,
-    )
-    .await?;
+    await_succeeded(&stack, &accepted).await?;
     let small = submit(&stack, spec("noop", b"")).await?;
     assert!(!small.task_id.is_empty());
     stack.stop().await

@@ -23,7 +23,7 @@ use prost::Message;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
-use crate::support::{await_state, spec};
+use crate::support::{await_state, await_succeeded, spec};
 
 /// What a caller puts in `authorization`.
 #[derive(Debug, Clone)]
@@ -555,14 +555,7 @@ async fn every_rpc_rejects_bad_callers_and_hides_other_tenants() -> anyhow::Resu
     };
     let business_key = s.business_key.clone();
     let accepted = crate::support::submit(&stack, s).await?;
-    await_state(
-        &stack,
-        KEY_ACME,
-        &accepted.task_id,
-        accepted.version,
-        pb::TaskState::Succeeded,
-    )
-    .await?;
+    await_succeeded(&stack, &accepted).await?;
     let clients = Clients::new(&stack).await?;
     let schedule = format!("sec-{}", uuid::Uuid::now_v7().simple());
     let created = clients

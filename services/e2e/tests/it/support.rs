@@ -29,6 +29,22 @@ pub async fn submit(stack: &Stack, spec: pb::TaskSpec) -> anyhow::Result<pb::Sub
     )
 }
 
+/// [`await_state`] of a task `acme` submitted, as accepted (from its version), until it
+/// succeeded.
+pub async fn await_succeeded(
+    stack: &Stack,
+    accepted: &pb::SubmitTaskResponse,
+) -> anyhow::Result<pb::Task> {
+    await_state(
+        stack,
+        KEY_ACME,
+        &accepted.task_id,
+        accepted.version,
+        pb::TaskState::Succeeded,
+    )
+    .await
+}
+
 /// Reads the task through the reader (read-your-writes from `min_version`) until its state is
 /// `want`.
 pub async fn await_state(

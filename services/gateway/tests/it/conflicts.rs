@@ -324,13 +324,7 @@ async fn repeats_of_a_key_within_a_batch_get_the_first_items_answer() -> anyhow:
 async fn a_key_nobody_can_check_is_refused_not_accepted() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     // Redis and MySQL both unreachable, Kafka up.
-    let mut s = without_redis(&env);
-    s.database.url = "mysql://dispatch:dispatch@127.0.0.1:1/nope"
-        .to_string()
-        .into();
-    s.database.connect_timeout_ms = 100;
-    s.database.acquire_timeout_ms = 300;
-    s.database.min_connections = 0;
+    let s = mysql_down(without_redis(&env));
     let gw = Gateway::spawn(s).await?;
     let mut client = gw.client().await?;
     // Without an idempotency key there is nothing to check: Kafka takes it.
@@ -349,13 +343,7 @@ async fn a_key_nobody_can_check_is_refused_not_accepted() -> anyhow::Result<()> 
     gw.stop().await?;
 
     // With Redis up (MySQL still down), Redis compares: accepted, and a reuse refused.
-    let mut s = settings(&env);
-    s.database.url = "mysql://dispatch:dispatch@127.0.0.1:1/nope"
-        .to_string()
-        .into();
-    s.database.connect_timeout_ms = 100;
-    s.database.acquire_timeout_ms = 300;
-    s.database.min_connections = 0;
+    let s = mysql_down(settings(&env));
     let gw = Gateway::spawn(s).await?;
     let mut client = gw.client().await?;
     let first = client

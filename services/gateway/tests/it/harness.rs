@@ -27,6 +27,18 @@ pub fn kafka_down(env: &TestEnv) -> Settings {
     s
 }
 
+/// `s` with its MySQL unreachable (a closed port), failing fast: connect 100 ms, acquire 300 ms,
+/// no connection opened at start.
+pub fn mysql_down(mut s: Settings) -> Settings {
+    s.database.url = "mysql://dispatch:dispatch@127.0.0.1:1/nope"
+        .to_string()
+        .into();
+    s.database.connect_timeout_ms = 100;
+    s.database.acquire_timeout_ms = 300;
+    s.database.min_connections = 0;
+    s
+}
+
 /// A valid spec.
 pub fn spec(business_key: &str, payload: &[u8]) -> pb::TaskSpec {
     pb::TaskSpec {

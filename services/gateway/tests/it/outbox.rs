@@ -135,13 +135,7 @@ async fn kafka_down_goes_to_the_outbox_and_the_relay_delivers_each_once_in_order
 #[tokio::test]
 async fn kafka_and_mysql_down_is_unavailable() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let mut s = kafka_down(&env);
-    s.database.url = "mysql://dispatch:dispatch@127.0.0.1:1/nope"
-        .to_string()
-        .into();
-    s.database.connect_timeout_ms = 100;
-    s.database.acquire_timeout_ms = 300;
-    s.database.min_connections = 0;
+    let s = mysql_down(kafka_down(&env));
     let gw = Gateway::spawn(s).await?;
     let mut client = gw.client().await?;
     for _ in 0..3 {

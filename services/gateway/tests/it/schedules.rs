@@ -13,7 +13,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-use crate::harness::{Gateway, KEY_ACME, KEY_GLOBEX, authed, bad_fields, settings};
+use crate::harness::{Gateway, KEY_ACME, KEY_GLOBEX, authed, bad_fields, mysql_down, settings};
 
 fn spec(name: &str) -> pb::ScheduleSpec {
     pb::ScheduleSpec {
@@ -32,6 +32,33 @@ fn spec(name: &str) -> pb::ScheduleSpec {
 
 fn create(s: pb::ScheduleSpec, key: &str) -> tonic::Request<pb::CreateScheduleRequest> {
     authed(pb::CreateScheduleRequest { schedule: Some(s) }, key)
+}
+
+/// The request of an RPC that names one schedule, and nothing else.
+trait ByName {
+    fn named(name: String) -> Self;
+}
+
+macro_rules! by_name {
+    ($($request:ident),*) => {
+        $(impl ByName for pb::$request {
+            fn named(name: String) -> Self {
+                Self { name }
+            }
+        })*
+    };
+}
+by_name!(
+    GetScheduleRequest,
+    PauseScheduleRequest,
+    ResumeScheduleRequest,
+    TriggerScheduleRequest,
+    DeleteScheduleRequest
+);
+
+/// The request naming schedule `name`, with `key`; its type is the RPC's it is passed to.
+fn named<T: ByName>(name: &str, key: &str) -> tonic::Request<T> {
+    authed(T::named(name.into()), key)
 }
 
 async fn rows(env: &TestEnv) -> anyhow::Result<(i64, i64)> {
@@ -187,23 +214,12 @@ async fn bad_input_to_every_rpc_names_the_field_and_stores_nothing() -> anyhow::
 
     // The RPCs by name: a bad name is INVALID_ARGUMENT naming `name`; an unknown one NOT_FOUND.
     for name in ["has space", ""] {
-        let n = || name.to_owned();
         let errs = [
-            c.get_schedule(authed(pb::GetScheduleRequest { name: n() }, KEY_ACME))
-                .await
-                .map(|_| ()),
-            c.pause_schedule(authed(pb::PauseScheduleRequest { name: n() }, KEY_ACME))
-                .await
-                .map(|_| ()),
-            c.resume_schedule(authed(pb::ResumeScheduleRequest { name: n() }, KEY_ACME))
-                .await
-                .map(|_| ()),
-            c.trigger_schedule(authed(pb::TriggerScheduleRequest { name: n() }, KEY_ACME))
-                .await
-                .map(|_| ()),
-            c.delete_schedule(authed(pb::DeleteScheduleRequest { name: n() }, KEY_ACME))
-                .await
-                .map(|_| ()),
+            c.get_schedule(named(name, KEY_ACME)).await.map(|_| ()),
+            c.pause_schedule(named(name, KEY_ACME)).await.map(|_| ()),
+            c.resume_schedule(named(name, KEY_ACME)).await.map(|_| ()),
+            c.trigger_schedule(named(name, KEY_ACME)).await.map(|_| ()),
+            c.delete_schedule(named(name, KEY_ACME)).await.map(|_| ()),
         ];
         for (i, e) in errs.into_iter().enumerate() {
             let e = e.expect_err("bad name");
@@ -212,12 +228,7 @@ async fn bad_input_to_every_rpc_names_the_field_and_stores_nothing() -> anyhow::
         }
     }
     let e = c
-        .trigger_schedule(authed(
-            pb::TriggerScheduleRequest {
-                name: "nope".into(),
-            },
-            KEY_ACME,
-        ))
+        .trigger_schedule(named("nope", KEY_ACME))
         .await
         .expect_err("unknown");
     assert_eq!(e.code(), Code::NotFound);
@@ -263,12 +274,7 @@ async fn bad_input_to_every_rpc_names_the_field_and_stores_nothing() -> anyhow::
         Some("SCHEDULE_NAME_TAKEN".to_owned())
     );
     let got = c
-        .get_schedule(authed(
-            pb::GetScheduleRequest {
-                name: "nightly".into(),
-            },
-            KEY_ACME,
-        ))
+        .get_schedule(named("nightly", KEY_ACME))
         .await?
         .into_inner()
         .schedule;
@@ -277,12 +283,7 @@ async fn bad_input_to_every_rpc_names_the_field_and_stores_nothing() -> anyhow::
     c.create_schedule(create(spec("nightly"), KEY_GLOBEX))
         .await?;
     let theirs = c
-        .get_schedule(authed(
-            pb::GetScheduleRequest {
-                name: "nightly".into(),
-            },
-            KEY_GLOBEX,
-        ))
+        .get_schedule(named("nightly", KEY_GLOBEX))
         .await?
         .into_inner()
         .schedule
@@ -368,24 +369,14 @@ async fn a_schedule_is_created_listed_paused_resumed_triggered_and_deleted() -> 
 
     // Pause and resume.
     let paused = c
-        .pause_schedule(authed(
-            pb::PauseScheduleRequest {
-                name: "a-nightly".into(),
-            },
-            KEY_ACME,
-        ))
+        .pause_schedule(named("a-nightly", KEY_ACME))
         .await?
         .into_inner()
         .schedule
         .expect("schedule");
     assert!(paused.spec.as_ref().is_some_and(|s| s.paused));
     let resumed = c
-        .resume_schedule(authed(
-            pb::ResumeScheduleRequest {
-                name: "c-paused".into(),
-            },
-            KEY_ACME,
-        ))
+        .resume_schedule(named("c-paused", KEY_ACME))
         .await?
         .into_inner()
         .schedule
@@ -395,12 +386,7 @@ async fn a_schedule_is_created_listed_paused_resumed_triggered_and_deleted() -> 
 
     // Trigger: a SCHEDULED task of the template with the fire's key, also while paused.
     let t = c
-        .trigger_schedule(authed(
-            pb::TriggerScheduleRequest {
-                name: "a-nightly".into(),
-            },
-            KEY_ACME,
-        ))
+        .trigger_schedule(named("a-nightly", KEY_ACME))
         .await?
         .into_inner();
     let (state, key, ty, tenant): (String, String, String, String) = sqlx::query_as(
@@ -422,12 +408,7 @@ async fn a_schedule_is_created_listed_paused_resumed_triggered_and_deleted() -> 
         "{key}"
     );
     let after = c
-        .get_schedule(authed(
-            pb::GetScheduleRequest {
-                name: "a-nightly".into(),
-            },
-            KEY_ACME,
-        ))
+        .get_schedule(named("a-nightly", KEY_ACME))
         .await?
         .into_inner()
         .schedule
@@ -436,41 +417,20 @@ async fn a_schedule_is_created_listed_paused_resumed_triggered_and_deleted() -> 
     assert_eq!(after.fires, 1);
     // Another tenant cannot trigger, pause or delete it.
     let e = c
-        .trigger_schedule(authed(
-            pb::TriggerScheduleRequest {
-                name: "a-nightly".into(),
-            },
-            KEY_GLOBEX,
-        ))
+        .trigger_schedule(named("a-nightly", KEY_GLOBEX))
         .await
         .expect_err("not theirs");
     assert_eq!(e.code(), Code::NotFound);
 
     // Delete: gone; its task stays.
-    c.delete_schedule(authed(
-        pb::DeleteScheduleRequest {
-            name: "a-nightly".into(),
-        },
-        KEY_ACME,
-    ))
-    .await?;
+    c.delete_schedule(named("a-nightly", KEY_ACME)).await?;
     let e = c
-        .get_schedule(authed(
-            pb::GetScheduleRequest {
-                name: "a-nightly".into(),
-            },
-            KEY_ACME,
-        ))
+        .get_schedule(named("a-nightly", KEY_ACME))
         .await
         .expect_err("deleted");
     assert_eq!(e.code(), Code::NotFound);
     let e = c
-        .delete_schedule(authed(
-            pb::DeleteScheduleRequest {
-                name: "a-nightly".into(),
-            },
-            KEY_ACME,
-        ))
+        .delete_schedule(named("a-nightly", KEY_ACME))
         .await
         .expect_err("deleted twice");
     assert_eq!(e.code(), Code::NotFound);
@@ -487,38 +447,20 @@ async fn a_schedule_is_created_listed_paused_resumed_triggered_and_deleted() -> 
 async fn a_failing_store_is_unavailable_without_its_detail() -> anyhow::Result<()> {
     use dispatch_runtime::server::status::STORE_UNAVAILABLE;
     let env = TestEnv::new().await?;
-    let mut s = settings(&env);
-    s.database.url = "mysql://dispatch:dispatch@127.0.0.1:1/nope"
-        .to_string()
-        .into();
-    s.database.connect_timeout_ms = 100;
-    s.database.acquire_timeout_ms = 300;
-    s.database.min_connections = 0;
+    let s = mysql_down(settings(&env));
     let gw = Gateway::spawn(s).await?;
     let mut c = client(&gw).await?;
-    let name = || "nightly".to_string();
     let errors = [
         c.create_schedule(create(spec("nightly"), KEY_ACME))
             .await
             .err(),
-        c.get_schedule(authed(pb::GetScheduleRequest { name: name() }, KEY_ACME))
-            .await
-            .err(),
+        c.get_schedule(named("nightly", KEY_ACME)).await.err(),
         c.list_schedules(authed(pb::ListSchedulesRequest::default(), KEY_ACME))
             .await
             .err(),
-        c.pause_schedule(authed(pb::PauseScheduleRequest { name: name() }, KEY_ACME))
-            .await
-            .err(),
-        c.trigger_schedule(authed(
-            pb::TriggerScheduleRequest { name: name() },
-            KEY_ACME,
-        ))
-        .await
-        .err(),
-        c.delete_schedule(authed(pb::DeleteScheduleRequest { name: name() }, KEY_ACME))
-            .await
-            .err(),
+        c.pause_schedule(named("nightly", KEY_ACME)).await.err(),
+        c.trigger_schedule(named("nightly", KEY_ACME)).await.err(),
+        c.delete_schedule(named("nightly", KEY_ACME)).await.err(),
     ];
     for (i, e) in errors.into_iter().enumerate() {
         let e = e.unwrap_or_else(|| panic!("call {i} succeeded without a store"));

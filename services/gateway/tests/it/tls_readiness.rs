@@ -8,6 +8,7 @@ use std::time::Duration;
 use dispatch_gateway::App;
 use dispatch_runtime::Shutdown;
 use dispatch_runtime::tls_failures::Dependency;
+use dispatch_testkit::stack::tls_errors_counted;
 use dispatch_testkit::{TestEnv, eventually};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -78,16 +79,7 @@ async fn a_tls_failure_turns_readiness_down_until_the_dependency_works_again() -
         },
     )
     .await?;
-    let metrics = reqwest::get(format!("http://{admin}/metrics"))
-        .await?
-        .text()
-        .await?;
-    let counted = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("dispatch_tls_errors_total{dependency=\"mysql\",service=\"gateway\"} ")
-        })
-        .and_then(|v| v.parse::<f64>().ok());
+    let counted = tls_errors_counted(admin, "gateway", Dependency::Mysql).await;
     assert!(
         counted.is_some_and(|n| n >= 1.0),
         "not counted: {counted:?}"

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use tonic::transport::Channel;
 
 use crate::admin_harness::{Admin, KEY_ACME, admin, with_key};
-use crate::harness::{produce, producer, states, task, wait_all};
+use crate::harness::{produce, producer, states, task, wait_all, wait_succeeded};
 
 /// Fails permanently in generation 0 (so every task dies once), succeeds after a redrive;
 /// records every run as (task, generation).
@@ -220,13 +220,7 @@ async fn dead_letters_list_redrive_once_and_purge_only_the_filtered_set() -> any
         (moved.matched, moved.redriven, moved.dry_run),
         (3, 3, false)
     );
-    let done = wait_all(
-        &env.pool,
-        &target,
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    let done = wait_succeeded(&env, &target, Duration::from_secs(30)).await?;
     assert!(done.values().all(|s| s.generation == 1));
     let records = consume_until(&retry1, Duration::from_secs(20), |r| r.len() >= 3).await?;
     let rows = list(c, filter("acme", "dies.a")).await?.dead_letters;
@@ -369,13 +363,7 @@ async fn pausing_a_priority_or_a_type_holds_only_that_and_resume_restarts_it() -
     let normal = owned("acme", "echo.a", "pause-default");
     produce(&p, &env.topics(), &low).await?;
     produce(&p, &env.topics(), &normal).await?;
-    wait_all(
-        &env.pool,
-        &[normal.task_id],
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_succeeded(&env, &[normal.task_id], Duration::from_secs(30)).await?;
     tokio::time::sleep(SETTLE).await;
     assert!(
         states(&env.pool, &[low.task_id]).await?.is_empty(),
@@ -395,13 +383,7 @@ async fn pausing_a_priority_or_a_type_holds_only_that_and_resume_restarts_it() -
     assert_eq!(low_lag, 1, "the paused record waits on the low topic");
     let r = c.resume_consumption(pause_low()).await?.into_inner();
     assert!(r.paused_priorities.is_empty());
-    wait_all(
-        &env.pool,
-        &[low.task_id],
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_succeeded(&env, &[low.task_id], Duration::from_secs(30)).await?;
 
     // A paused type is held; other types on the same topic flow.
     let pause_b = || {
@@ -416,13 +398,7 @@ async fn pausing_a_priority_or_a_type_holds_only_that_and_resume_restarts_it() -
     let flows = owned("acme", "echo.a", "type-a");
     produce(&p, &env.topics(), &held).await?;
     produce(&p, &env.topics(), &flows).await?;
-    wait_all(
-        &env.pool,
-        &[flows.task_id],
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_succeeded(&env, &[flows.task_id], Duration::from_secs(30)).await?;
     tokio::time::sleep(SETTLE).await;
     assert!(
         states(&env.pool, &[held.task_id]).await?.is_empty(),
@@ -430,13 +406,7 @@ async fn pausing_a_priority_or_a_type_holds_only_that_and_resume_restarts_it() -
     );
     let r = c.resume_consumption(pause_b()).await?.into_inner();
     assert!(r.paused_task_types.is_empty());
-    wait_all(
-        &env.pool,
-        &[held.task_id],
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_succeeded(&env, &[held.task_id], Duration::from_secs(30)).await?;
 
     let e = c
         .pause_consumption(admin(pb::PauseRequest { target: None }))
@@ -498,20 +468,12 @@ async fn only_the_admin_key_may_call() -> anyhow::Result<()> {
 
 fn dead_row(i: i64) -> dispatch_store::dead_letters::DeadLetterRow {
     dispatch_store::dead_letters::DeadLetterRow {
-        task_id: TaskId::new(),
-        tenant: "acme".into(),
         task_type: "dies.a".into(),
         business_key: format!("k{i}"),
-        generation: 0,
         error_class: "permanent".into(),
         error: "boom".into(),
         attempts: 1,
-        original_topic: "t".into(),
-        original_partition: 0,
-        original_offset: i,
-        dlq_partition: 0,
-        dlq_offset: i,
-        dead_at: chrono::Utc::now(),
+        ..dispatch_testkit::dead_letter("acme", i, chrono::Utc::now())
     }
 }
 

@@ -10,6 +10,7 @@ use sqlx::Row;
 
 use crate::harness::{
     executions, produce, producer, run_marker, settings, start, states, task, wait_all,
+    wait_succeeded,
 };
 
 fn cancel_of(e: &Envelope) -> Envelope {
@@ -112,13 +113,7 @@ async fn cancel_stops_queued_and_running_tasks_and_leaves_finished_ones() -> any
     // Finished: nothing changes.
     let done = task("noop", "c-3", "");
     produce(&p, &t, &done).await?;
-    let before = wait_all(
-        &env.pool,
-        &[done.task_id],
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    let before = wait_succeeded(&env, &[done.task_id], Duration::from_secs(30)).await?;
     let (partition, offset) = produce(&p, &t, &cancel_of(&done)).await?;
     let topic = t.tasks(done.priority);
     let c = app.control.clone();

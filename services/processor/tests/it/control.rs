@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dispatch_core::{Envelope, Priority, TaskState};
+use dispatch_core::{Envelope, Priority};
 use dispatch_processor::{App, Handler, HandlerContext, HandlerError, Outcome, Target};
 use dispatch_testkit::TestEnv;
 
-use crate::harness::{Running, produce, producer, settings, states, task, wait_all};
+use crate::harness::{Running, produce, producer, settings, states, task, wait_succeeded};
 
 struct Echo;
 
@@ -44,13 +44,7 @@ async fn a_result_longer_than_the_column_is_cut_and_the_task_finishes() -> anyho
     let after = task("noop", "large-1", "");
     produce(&p, &env.topics(), &t).await?;
     produce(&p, &env.topics(), &after).await?;
-    wait_all(
-        &env.pool,
-        &[t.task_id, after.task_id],
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_succeeded(&env, &[t.task_id, after.task_id], Duration::from_secs(30)).await?;
     let row = dispatch_store::tasks::get(&env.pool, t.task_id)
         .await?
         .expect("stored");
@@ -73,13 +67,7 @@ async fn custom_handlers_run_and_a_paused_priority_waits() -> anyhow::Result<()>
     critical.priority = Priority::Critical;
     produce(&p, &env.topics(), &low).await?;
     produce(&p, &env.topics(), &critical).await?;
-    wait_all(
-        &env.pool,
-        &[critical.task_id],
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_succeeded(&env, &[critical.task_id], Duration::from_secs(30)).await?;
     let row = dispatch_store::tasks::get(&env.pool, critical.task_id)
         .await?
         .expect("row");
@@ -97,13 +85,7 @@ async fn custom_handlers_run_and_a_paused_priority_waits() -> anyhow::Result<()>
             .priorities
             .is_empty()
     );
-    wait_all(
-        &env.pool,
-        &[low.task_id],
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_succeeded(&env, &[low.task_id], Duration::from_secs(30)).await?;
     app.stop().await?;
     env.cleanup().await;
     Ok(())

@@ -15,7 +15,7 @@ use secrecy::ExposeSecret;
 use sqlx::Row;
 use tokio::process::{Child, Command};
 
-use crate::harness::{executions, produce, producer, task};
+use crate::harness::{executions, produce, producer, task, wait_succeeded};
 
 fn spawn(env: &TestEnv) -> anyhow::Result<Child> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dispatch-processor"));
@@ -173,13 +173,7 @@ async fn sigterm_drains_in_flight_work_so_a_restart_reruns_nothing() -> anyhow::
     let exit = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
     assert!(exit.success(), "graceful exit: {exit:?}");
     let mut child = spawn(&env)?;
-    crate::harness::wait_all(
-        &env.pool,
-        &ids,
-        TaskState::Succeeded,
-        Duration::from_secs(90),
-    )
-    .await?;
+    wait_succeeded(&env, &ids, Duration::from_secs(90)).await?;
     child.start_kill()?;
     child.wait().await?;
     // Everything that ran before SIGTERM was committed with its offset: nothing ran twice.

@@ -11,6 +11,7 @@ use sqlx::Row;
 
 use crate::harness::{
     executions, produce, produce_raw, producer, settings, start, states, task, wait_all,
+    wait_succeeded,
 };
 
 #[tokio::test]
@@ -29,13 +30,7 @@ async fn retries_climb_the_ladder_and_never_run_early() -> anyhow::Result<()> {
         produce(&p, &env.topics(), &e).await?;
         ids.push(e.task_id);
     }
-    let stored = wait_all(
-        &env.pool,
-        &ids,
-        TaskState::Succeeded,
-        Duration::from_secs(60),
-    )
-    .await?;
+    let stored = wait_succeeded(&env, &ids, Duration::from_secs(60)).await?;
     for sv in stored.values() {
         assert_eq!(
             sv.version,
@@ -182,13 +177,7 @@ async fn poison_records_go_to_the_dlq_and_the_partition_moves_on() -> anyhow::Re
     let (p2, o2) = produce(&p, &t, &after).await?;
     assert_eq!(p2, partition);
     assert!(o2 > offset);
-    wait_all(
-        &env.pool,
-        &[after.task_id],
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_succeeded(&env, &[after.task_id], Duration::from_secs(30)).await?;
 
     let consumer = env.consumer(&[t.dlq()])?;
     let records = consume_until(&consumer, Duration::from_secs(20), |rs| !rs.is_empty()).await?;
@@ -226,13 +215,7 @@ async fn replayed_records_neither_regress_state_nor_run_again() -> anyhow::Resul
     let t = env.topics();
     let e = task("simulate", "fence-1", r#"{"fail_attempts":1}"#);
     produce(&p, &t, &e).await?;
-    let before = wait_all(
-        &env.pool,
-        &[e.task_id],
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    let before = wait_succeeded(&env, &[e.task_id], Duration::from_secs(30)).await?;
     assert_eq!(executions(&env.pool).await?.len(), 2);
 
     // Replay the first attempt and its retry (as after a crash before the offset commit), then a
@@ -260,10 +243,9 @@ async fn replayed_records_neither_regress_state_nor_run_again() -> anyhow::Resul
         &marker2.headers(),
     )
     .await?;
-    wait_all(
-        &env.pool,
+    wait_succeeded(
+        &env,
         &[marker.task_id, marker2.task_id],
-        TaskState::Succeeded,
         Duration::from_secs(30),
     )
     .await?;

@@ -8,7 +8,9 @@ use dispatch_proto::v1 as pb;
 use dispatch_testkit::{TestEnv, consume_until, eventually};
 use prost::Message;
 
-use crate::harness::{executions, metrics, produce, producer, settings, start, task, wait_all};
+use crate::harness::{
+    executions, metrics, produce, producer, settings, start, task, wait_succeeded,
+};
 
 #[tokio::test]
 async fn tasks_succeed_with_one_row_each_and_events_for_every_change() -> anyhow::Result<()> {
@@ -21,13 +23,7 @@ async fn tasks_succeed_with_one_row_each_and_events_for_every_change() -> anyhow
         produce(&p, &env.topics(), &e).await?;
         ids.push(e.task_id);
     }
-    let stored = wait_all(
-        &env.pool,
-        &ids,
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    let stored = wait_succeeded(&env, &ids, Duration::from_secs(30)).await?;
     for sv in stored.values() {
         assert_eq!(sv.version, TaskState::Succeeded.version(0, 1));
     }
@@ -102,13 +98,7 @@ async fn one_key_runs_in_submission_order_while_keys_run_in_parallel() -> anyhow
             ids.push(e.task_id);
         }
     }
-    wait_all(
-        &env.pool,
-        &ids,
-        TaskState::Succeeded,
-        Duration::from_secs(60),
-    )
-    .await?;
+    wait_succeeded(&env, &ids, Duration::from_secs(60)).await?;
     let key_of: HashMap<TaskId, &String> = by_key
         .iter()
         .flat_map(|(k, v)| v.iter().map(move |id| (*id, k)))
@@ -177,13 +167,7 @@ async fn one_partition_runs_many_keys_in_parallel() -> anyhow::Result<()> {
         dispatch_processor::App::builder(settings(&env)).handler("overlap", handler),
     )
     .await?;
-    wait_all(
-        &env.pool,
-        &ids,
-        TaskState::Succeeded,
-        Duration::from_secs(60),
-    )
-    .await?;
+    wait_succeeded(&env, &ids, Duration::from_secs(60)).await?;
     let peak = peak.load(std::sync::atomic::Ordering::SeqCst);
     // Sequential processing of the one partition would never overlap (peak 1).
     assert!(
@@ -282,14 +266,9 @@ async fn a_business_key_orders_one_tenants_tasks_not_another_tenants() -> anyhow
     produce(&p, &env.topics(), &other).await?;
     produce(&p, &env.topics(), &same).await?;
     // Well within the held task's type timeout (30 s), after which it would free the lane anyway.
-    wait_all(
-        &env.pool,
-        &[other.task_id],
-        TaskState::Succeeded,
-        Duration::from_secs(10),
-    )
-    .await
-    .map_err(|e| e.context("another tenant's task waited behind this tenant's running one"))?;
+    wait_succeeded(&env, &[other.task_id], Duration::from_secs(10))
+        .await
+        .map_err(|e| e.context("another tenant's task waited behind this tenant's running one"))?;
     // The same tenant's next task on that key still waits for the held one.
     let s = crate::harness::states(&env.pool, &[held.task_id, same.task_id]).await?;
     assert_eq!(s[&held.task_id].state, TaskState::Running);
@@ -300,13 +279,7 @@ async fn a_business_key_orders_one_tenants_tasks_not_another_tenants() -> anyhow
         s.get(&same.task_id)
     );
     gate.add_permits(1);
-    wait_all(
-        &env.pool,
-        &[held.task_id, same.task_id],
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_succeeded(&env, &[held.task_id, same.task_id], Duration::from_secs(30)).await?;
     app.stop().await?;
     env.cleanup().await;
     Ok(())

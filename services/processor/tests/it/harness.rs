@@ -99,6 +99,16 @@ pub async fn wait_all(
     .await
 }
 
+/// Waits until every id is stored succeeded in `env` ([`wait_all`] for the state most tests wait
+/// for).
+pub async fn wait_succeeded(
+    env: &TestEnv,
+    ids: &[TaskId],
+    timeout: Duration,
+) -> anyhow::Result<HashMap<TaskId, StateVersion>> {
+    wait_all(&env.pool, ids, TaskState::Succeeded, timeout).await
+}
+
 /// Produces a marker task (empty payload) of `task_type` on `key` and waits until it succeeded:
 /// every record produced before it on that key has then been processed.
 pub async fn run_marker(
@@ -109,13 +119,7 @@ pub async fn run_marker(
 ) -> anyhow::Result<()> {
     let marker = task(task_type, key, "");
     produce(p, &env.topics(), &marker).await?;
-    wait_all(
-        &env.pool,
-        &[marker.task_id],
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_succeeded(env, &[marker.task_id], Duration::from_secs(30)).await?;
     Ok(())
 }
 

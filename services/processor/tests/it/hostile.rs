@@ -16,7 +16,7 @@ use prost::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::harness::{produce, producer, settings, start, states, task, wait_all};
+use crate::harness::{produce, producer, settings, start, states, task, wait_all, wait_succeeded};
 
 fn cancel_by(e: &Envelope, tenant: &str) -> Envelope {
     Envelope::cancel(
@@ -83,13 +83,7 @@ async fn a_panicking_handler_is_a_failed_attempt_and_the_partition_moves_on() ->
         4,
         "all 4 attempts ran"
     );
-    wait_all(
-        &env.pool,
-        &normal,
-        TaskState::Succeeded,
-        Duration::from_secs(60),
-    )
-    .await?;
+    wait_succeeded(&env, &normal, Duration::from_secs(60)).await?;
     let error: Vec<u8> = sqlx::query_scalar("SELECT last_error FROM tasks WHERE task_id = ?")
         .bind(panicking.task_id.as_bytes().as_slice())
         .fetch_one(&env.pool)
@@ -218,10 +212,9 @@ async fn a_cancel_never_touches_another_tenants_task() -> anyhow::Result<()> {
     })
     .await?;
     produce(&p, &t, &cancel_by(&running, "globex")).await?;
-    let done = wait_all(
-        &env.pool,
+    let done = wait_succeeded(
+        &env,
         &[ahead.task_id, running.task_id],
-        TaskState::Succeeded,
         Duration::from_secs(30),
     )
     .await?;
@@ -309,13 +302,7 @@ async fn a_hot_key_and_a_limited_type_never_take_every_slot() -> anyhow::Result<
         others.push(e.task_id);
         produce(&p, &t, &e).await?;
     }
-    wait_all(
-        &env.pool,
-        &others,
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_succeeded(&env, &others, Duration::from_secs(30)).await?;
     let done = states(&env.pool, &backlog)
         .await?
         .values()
@@ -326,13 +313,7 @@ async fn a_hot_key_and_a_limited_type_never_take_every_slot() -> anyhow::Result<
         "the other keys finished while most of the backlog waited ({done} of {} done)",
         backlog.len()
     );
-    wait_all(
-        &env.pool,
-        &backlog,
-        TaskState::Succeeded,
-        Duration::from_secs(60),
-    )
-    .await?;
+    wait_succeeded(&env, &backlog, Duration::from_secs(60)).await?;
     app.stop().await?;
     env.cleanup().await;
     Ok(())
@@ -371,13 +352,7 @@ async fn a_one_hour_backoff_never_delays_a_100_ms_retry() -> anyhow::Result<()> 
         short.push(e.task_id);
         produce(&p, &t, &e).await?;
     }
-    wait_all(
-        &env.pool,
-        &short,
-        TaskState::Succeeded,
-        Duration::from_secs(20),
-    )
-    .await?;
+    wait_succeeded(&env, &short, Duration::from_secs(20)).await?;
     let waiting: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM tasks t JOIN retry_waits w ON w.task_id = t.task_id AND w.version = t.version \
          WHERE t.state = 'retrying' AND w.due_at > NOW(6) + INTERVAL 25 MINUTE",
@@ -402,13 +377,7 @@ async fn retries_waiting_in_mysql_run_when_due() -> anyhow::Result<()> {
     e.retry.initial_backoff_ms = 300;
     e.retry.max_backoff_ms = 300;
     produce(&p, &env.topics(), &e).await?;
-    wait_all(
-        &env.pool,
-        &[e.task_id],
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_succeeded(&env, &[e.task_id], Duration::from_secs(30)).await?;
     let attempts: Vec<u32> =
         sqlx::query_scalar("SELECT attempt FROM task_attempts WHERE task_id = ? ORDER BY attempt")
             .bind(e.task_id.as_bytes().as_slice())

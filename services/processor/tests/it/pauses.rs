@@ -3,12 +3,14 @@
 
 use std::time::Duration;
 
-use dispatch_core::{Envelope, Priority, TaskId, TaskState};
+use dispatch_core::{Envelope, Priority, TaskId};
 use dispatch_processor::{App, Control, Paused, Target};
 use dispatch_testkit::{TestEnv, eventually};
 use rdkafka::producer::FutureProducer;
 
-use crate::harness::{produce, producer, run_marker, settings, start, states, task, wait_all};
+use crate::harness::{
+    produce, producer, run_marker, settings, start, states, task, wait_succeeded,
+};
 
 /// Long enough for a paused topic or type to (wrongly) deliver.
 const SETTLE: Duration = Duration::from_millis(1_500);
@@ -79,13 +81,7 @@ async fn a_pause_through_one_instance_holds_on_every_instance() -> anyhow::Resul
         Paused::default()
     );
     sees(&a.control, "a follows the resume of low", Paused::default()).await?;
-    wait_all(
-        &env.pool,
-        &held,
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_succeeded(&env, &held, Duration::from_secs(30)).await?;
 
     // Task type: paused through b, held on both, and by an instance built while it is paused.
     let simulate = Paused {
@@ -123,13 +119,7 @@ async fn a_pause_through_one_instance_holds_on_every_instance() -> anyhow::Resul
         Paused::default(),
     )
     .await?;
-    wait_all(
-        &env.pool,
-        &held,
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_succeeded(&env, &held, Duration::from_secs(30)).await?;
     assert!(dispatch_store::pauses::list(&env.pool).await?.is_empty());
 
     a.stop().await?;

@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use dispatch_core::{Priority, TaskId, TaskState};
+use dispatch_core::{Priority, TaskId};
 use dispatch_testkit::{TestEnv, eventually};
 
-use crate::harness::{executions, produce, producer, settings, start, task, wait_all};
+use crate::harness::{executions, produce, producer, settings, start, task, wait_succeeded};
 
 /// Backlog per priority; more than the executions counted, so no priority runs out.
 const BACKLOG: usize = 1_500;
@@ -128,13 +128,7 @@ async fn a_critical_task_never_waits_behind_a_low_backlog() -> anyhow::Result<()
     let id = critical.task_id;
     let ahead = executions(&env.pool).await?.len();
     produce(&p, &t, &critical).await?;
-    wait_all(
-        &env.pool,
-        &[id],
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_succeeded(&env, &[id], Duration::from_secs(30)).await?;
     let runs = executions(&env.pool).await?;
     let at = runs
         .iter()

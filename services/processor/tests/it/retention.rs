@@ -73,27 +73,10 @@ async fn tasks(pool: &MySqlPool, tenant: &str, state: &str, at: DateTime<Utc>, n
 }
 
 async fn dead_letter(pool: &MySqlPool, tenant: &str, offset: i64, at: DateTime<Utc>) {
-    dispatch_store::dead_letters::insert(
-        pool,
-        &dispatch_store::dead_letters::DeadLetterRow {
-            task_id: TaskId::new(),
-            tenant: tenant.into(),
-            task_type: "noop".into(),
-            business_key: "k".into(),
-            generation: 0,
-            error_class: "exhausted".into(),
-            error: String::new(),
-            attempts: 3,
-            original_topic: "t".into(),
-            original_partition: 0,
-            original_offset: offset,
-            dlq_partition: 0,
-            dlq_offset: offset,
-            dead_at: at,
-        },
-    )
-    .await
-    .expect("dead letter");
+    let row = dispatch_testkit::dead_letter(tenant, offset, at);
+    dispatch_store::dead_letters::insert(pool, &row)
+        .await
+        .expect("dead letter");
 }
 
 async fn count(pool: &MySqlPool, sql: &str) -> i64 {

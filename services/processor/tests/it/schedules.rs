@@ -18,7 +18,7 @@ use dispatch_testkit::{TestEnv, eventually};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{settings, start, wait_all};
+use crate::harness::{settings, start, wait_succeeded};
 
 /// A schedule of tenant `acme` firing a `noop` task every `interval_ms`, first at `anchor`.
 fn every(name: &str, interval_ms: u64, anchor: DateTime<Utc>) -> ScheduleRow {
@@ -338,13 +338,7 @@ async fn a_fire_runs_through_the_processor() -> anyhow::Result<()> {
         (f.len() >= 2).then(|| f.iter().take(2).map(|(_, id, _)| *id).collect::<Vec<_>>())
     })
     .await?;
-    wait_all(
-        &env.pool,
-        &ids,
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_succeeded(&env, &ids, Duration::from_secs(30)).await?;
     p.stop().await?;
     env.cleanup().await;
     Ok(())

@@ -4,12 +4,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::Utc;
-use dispatch_core::{Envelope, TaskId, TaskState};
+use dispatch_core::{Envelope, TaskId};
 use dispatch_proto::v1 as pb;
 use dispatch_testkit::{TestEnv, consume_until};
 use prost::Message;
 
-use crate::harness::{executions, produce, producer, settings, start, task, wait_all};
+use crate::harness::{executions, produce, producer, settings, start, task, wait_succeeded};
 
 #[tokio::test]
 async fn two_schedulers_publish_each_due_task_once() -> anyhow::Result<()> {
@@ -26,13 +26,7 @@ async fn two_schedulers_publish_each_due_task_once() -> anyhow::Result<()> {
         produce(&p, &t, &e).await?;
         ids.push(e.task_id);
     }
-    wait_all(
-        &env.pool,
-        &ids,
-        TaskState::Succeeded,
-        Duration::from_secs(60),
-    )
-    .await?;
+    wait_succeeded(&env, &ids, Duration::from_secs(60)).await?;
     let finished_at: Vec<chrono::DateTime<Utc>> =
         sqlx::query_scalar("SELECT finished_at FROM tasks")
             .fetch_all(&env.pool)
@@ -95,13 +89,7 @@ async fn a_rebalance_between_two_instances_finishes_every_task() -> anyhow::Resu
     // A second instance joins mid-run, then the first leaves.
     let b = start(settings(&env)).await?;
     a.stop().await?;
-    let stored = wait_all(
-        &env.pool,
-        &ids,
-        TaskState::Succeeded,
-        Duration::from_secs(90),
-    )
-    .await?;
+    let stored = wait_succeeded(&env, &ids, Duration::from_secs(90)).await?;
     assert_eq!(stored.len(), ids.len());
     let ex = executions(&env.pool).await?;
     let mut runs: HashMap<TaskId, usize> = HashMap::new();

@@ -8,7 +8,7 @@ use dispatch_core::{RetryPolicy, TaskId, TaskState};
 use dispatch_testkit::TestEnv;
 use sqlx::Row;
 
-use crate::harness::{produce, producer, settings, start, task, wait_all};
+use crate::harness::{produce, producer, settings, start, task, wait_all, wait_succeeded};
 
 /// (attempt, outcome, error, duration_ms) of every attempt of `id`, in order.
 async fn attempts(
@@ -131,10 +131,9 @@ async fn an_attempt_runs_under_the_shorter_of_the_task_and_type_timeouts() -> an
         .await?;
     assert_eq!(stored, Some(300), "the row keeps the task's timeout");
 
-    wait_all(
-        &env.pool,
+    wait_succeeded(
+        &env,
         &[free.task_id, roomy.task_id],
-        TaskState::Succeeded,
         Duration::from_secs(30),
     )
     .await?;

@@ -15,7 +15,9 @@ use dispatch_runtime::tls_failures::{self, Dependency};
 use dispatch_testkit::{TestEnv, eventually};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-use crate::harness::{metrics, settings};
+use dispatch_testkit::stack::{readyz_component, tls_errors_counted};
+
+use crate::harness::settings;
 
 /// `grpc.health.v1.HealthCheckRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -89,30 +91,9 @@ async fn serving(channel: &tonic::transport::Channel) -> Option<bool> {
     Some(r.into_inner().status == 1)
 }
 
-/// `/readyz`: the HTTP status and the component's status.
-async fn readyz(admin: SocketAddr, component: &str) -> Option<(u16, String)> {
-    let r = reqwest::get(format!("http://{admin}/readyz")).await.ok()?;
-    let code = r.status().as_u16();
-    let body: serde_json::Value = r.json().await.ok()?;
-    let status = body["components"][component]["status"]
-        .as_str()
-        .unwrap_or("absent")
-        .to_owned();
-    Some((code, status))
-}
-
 /// `dispatch_tls_errors_total{dependency, service="processor"}` as `/metrics` shows it.
 async fn counted(admin: SocketAddr, dep: Dependency) -> Option<f64> {
-    let prefix = format!(
-        "dispatch_tls_errors_total{{dependency=\"{}\",service=\"processor\"}} ",
-        dep.as_str()
-    );
-    metrics(admin)
-        .await
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|v| v.parse().ok())
+    tls_errors_counted(admin, "processor", dep).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,12 +110,12 @@ async fn a_tls_failure_turns_readiness_down_for_the_hold_then_it_recovers() -> a
     let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?.connect_lazy();
     eventually("SERVING and ready", Duration::from_secs(30), || async {
-        (serving(&channel).await? && readyz(admin, "mysql").await?.0 == 200).then_some(())
+        (serving(&channel).await? && readyz_component(admin, "mysql").await?.0 == 200).then_some(())
     })
     .await?;
     // No failure yet: no component, and the series exist at zero.
     assert_eq!(
-        readyz(admin, "mysql_tls").await,
+        readyz_component(admin, "mysql_tls").await,
         Some((200, "absent".into()))
     );
     assert_eq!(counted(admin, Dependency::Mysql).await, Some(0.0));
@@ -159,7 +140,7 @@ async fn a_tls_failure_turns_readiness_down_for_the_hold_then_it_recovers() -> a
             &format!("{component} down, 503, NOT_SERVING"),
             Duration::from_secs(10),
             || async {
-                (readyz(admin, component).await? == (503, "down".to_owned())
+                (readyz_component(admin, component).await? == (503, "down".to_owned())
                     && !serving(&channel).await?)
                     .then_some(())
             },
@@ -174,7 +155,7 @@ async fn a_tls_failure_turns_readiness_down_for_the_hold_then_it_recovers() -> a
             &format!("{component} up, 200, SERVING"),
             Duration::from_secs(15),
             || async {
-                (readyz(admin, component).await? == (200, "up".to_owned())
+                (readyz_component(admin, component).await? == (200, "up".to_owned())
                     && serving(&channel).await?)
                     .then_some(())
             },

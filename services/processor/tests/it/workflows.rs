@@ -15,7 +15,7 @@ use dispatch_store::workflows::{self, CancelRequest, NewNode, NewWorkflow};
 use dispatch_testkit::{TestEnv, eventually, new_task};
 use sqlx::{MySqlPool, Row};
 
-use crate::harness::{settings, start, wait_all};
+use crate::harness::{settings, start, wait_all, wait_succeeded};
 
 /// A node: name, simulate payload, dependencies `(name, on_failure)`.
 type Spec<'a> = (&'a str, String, Vec<(&'a str, OnFailure)>);
@@ -154,13 +154,7 @@ async fn a_chain_of_100_runs_each_node_after_the_one_before() -> anyhow::Result<
         workflows::Inserted::New
     );
     let p = start(settings(&env)).await?;
-    wait_all(
-        &env.pool,
-        &ids(&wf),
-        TaskState::Succeeded,
-        Duration::from_secs(120),
-    )
-    .await?;
+    wait_succeeded(&env, &ids(&wf), Duration::from_secs(120)).await?;
     let rows = rows(&env.pool, &wf).await?;
     let started = started(&env.pool).await?;
     for (i, n) in wf.nodes.iter().enumerate().skip(1) {
@@ -216,13 +210,7 @@ async fn a_fan_out_of_1000_runs_after_its_root_and_before_its_sink() -> anyhow::
     assert_eq!(scheduled, 1);
     let a = start(settings(&env)).await?;
     let b = start(settings(&env)).await?;
-    wait_all(
-        &env.pool,
-        &ids(&wf),
-        TaskState::Succeeded,
-        Duration::from_secs(180),
-    )
-    .await?;
+    wait_succeeded(&env, &ids(&wf), Duration::from_secs(180)).await?;
     let rows = rows(&env.pool, &wf).await?;
     let started = started(&env.pool).await?;
     let root_done = rows["root"].1.expect("root finished");
@@ -320,13 +308,7 @@ async fn cancelling_a_workflow_cancels_what_has_not_finished() -> anyhow::Result
     let p = start(settings(&env)).await?;
     let quick = TaskId::workflow_node(wf.workflow_id, "quick");
     let slow = TaskId::workflow_node(wf.workflow_id, "slow");
-    wait_all(
-        &env.pool,
-        &[quick],
-        TaskState::Succeeded,
-        Duration::from_secs(30),
-    )
-    .await?;
+    wait_succeeded(&env, &[quick], Duration::from_secs(30)).await?;
     wait_all(
         &env.pool,
         &[slow],

@@ -15,6 +15,8 @@ pub use dispatch_testkit::stack::Reader;
 use prost::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 /// Settings for `env` ([`dispatch_testkit::stack::reader_settings`]: ports 0, the test keys).
 pub fn settings(env: &TestEnv) -> Settings {
@@ -26,12 +28,77 @@ pub async fn reader(env: &TestEnv) -> Reader {
     reader_with(env, |_| {}).await
 }
 
+/// [`reader`], and a client of its query service.
+pub async fn reader_and_client(env: &TestEnv) -> (Reader, TaskQueryServiceClient<Channel>) {
+    let r = reader(env).await;
+    let c = r.client().await.expect("connect");
+    (r, c)
+}
+
 /// Starts a reader with `tweak` applied to its settings; waits until its events consumer is
 /// assigned (events produced from then on are seen).
 pub async fn reader_with(env: &TestEnv, tweak: impl FnOnce(&mut Settings)) -> Reader {
     let mut s = settings(env);
     tweak(&mut s);
     Reader::start(s).await.expect("reader starts")
+}
+
+/// WatchTask of `task_id` from `min_version` with `key`: the stream, or the call's error.
+pub async fn watch(
+    c: &mut TaskQueryServiceClient<Channel>,
+    task_id: impl ToString,
+    min_version: Version,
+    key: &str,
+) -> Result<tonic::Streaming<pb::TaskEvent>, tonic::Status> {
+    let req = pb::WatchTaskRequest {
+        task_id: task_id.to_string(),
+        min_version,
+    };
+    Ok(c.watch_task(authed(req, key)).await?.into_inner())
+}
+
+/// ListTasks with `req` as tenant `acme` (panics on an error status).
+pub async fn list(
+    c: &mut TaskQueryServiceClient<Channel>,
+    req: pb::ListTasksRequest,
+) -> pb::ListTasksResponse {
+    c.list_tasks(authed(req, KEY_ACME))
+        .await
+        .expect("list")
+        .into_inner()
+}
+
+/// The ids of the tasks [`list`] answers `req` with, in its order.
+pub async fn list_ids(
+    c: &mut TaskQueryServiceClient<Channel>,
+    req: pb::ListTasksRequest,
+) -> Vec<String> {
+    list(c, req)
+        .await
+        .tasks
+        .into_iter()
+        .map(|t| t.task_id)
+        .collect()
+}
+
+/// The query service's gRPC health (a `ServingStatus` as the wire carries it) at `addr`; `None`
+/// when nothing answers.
+pub async fn query_health(addr: std::net::SocketAddr) -> Option<i32> {
+    let channel = dispatch_testkit::stack::channel(addr).await.ok()?;
+    let r = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "dispatch.v1.TaskQueryService".into(),
+        })
+        .await
+        .ok()?;
+    Some(r.into_inner().status)
+}
+
+/// Stops `r` (a test fails when it does not stop cleanly), then drops `env`'s database and
+/// topics.
+pub async fn stop(r: Reader, env: TestEnv) {
+    r.stop().await.expect("clean shutdown");
+    env.cleanup().await;
 }
 
 /// Single-id MySQL lookups a reader made so far.

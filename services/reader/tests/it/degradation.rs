@@ -9,7 +9,7 @@ use dispatch_runtime::admin::ComponentStatus;
 use dispatch_testkit::TestEnv;
 use tonic::Code;
 
-use crate::common::{KEY_ACME, TaskRow, authed, get, reader_with, store};
+use crate::common::{KEY_ACME, TaskRow, authed, get, query_health, reader_with, stop, store};
 use crate::invalid::http_get;
 
 #[tokio::test]
@@ -64,8 +64,7 @@ async fn with_redis_down_answers_stay_correct_and_the_breaker_opens() {
         ready.starts_with("HTTP/1.0 200") || ready.starts_with("HTTP/1.1 200"),
         "{ready}"
     );
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 #[tokio::test]
@@ -119,25 +118,11 @@ async fn with_mysql_failing_cached_copies_are_served_flagged_stale() {
     .expect("mysql down");
     let ready = http_get(r.admin, "/readyz").await;
     assert!(ready.contains(" 503 "), "{ready}");
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", r.addr))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let status = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "dispatch.v1.TaskQueryService".into(),
-        })
-        .await
-        .expect("health")
-        .into_inner()
-        .status;
+    let status = query_health(r.addr).await.expect("health");
     assert_eq!(
         status,
         tonic_health::pb::health_check_response::ServingStatus::NotServing as i32,
         "grpc health follows mysql"
     );
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }

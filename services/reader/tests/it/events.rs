@@ -7,15 +7,16 @@ use dispatch_proto::v1 as pb;
 use dispatch_reader::metrics::Stats;
 use dispatch_testkit::TestEnv;
 
-use crate::common::{Events, KEY_ACME, TaskRow, get, reader, reader_with, store, store_gets};
+use crate::common::{
+    Events, KEY_ACME, TaskRow, get, reader, reader_and_client, reader_with, stop, store, store_gets,
+};
 
 #[tokio::test]
 async fn a_state_change_event_is_visible_through_get_task_quickly() {
     let env = TestEnv::new().await.expect("env");
     let running = TaskRow::new("acme", TaskState::Running, 1);
     store(&env, std::slice::from_ref(&running)).await;
-    let r = reader(&env).await;
-    let mut c = r.client().await.expect("connect");
+    let (r, mut c) = reader_and_client(&env).await;
     let events = Events::new(&env);
     let first = get(&mut c, running.id, 0, KEY_ACME).await.expect("get");
     assert_eq!(first.task.expect("task").version, running.version());
@@ -43,8 +44,7 @@ async fn a_state_change_event_is_visible_through_get_task_quickly() {
     };
     println!("event visible through GetTask {seen:?} after produce (broker ack took {acked:?})");
     assert_eq!(store_gets(&r), 1, "the event updated L1; no reload");
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 #[tokio::test]
@@ -52,8 +52,7 @@ async fn an_old_event_after_a_new_one_changes_nothing() {
     let env = TestEnv::new().await.expect("env");
     let pending = TaskRow::new("acme", TaskState::Pending, 0);
     store(&env, std::slice::from_ref(&pending)).await;
-    let r = reader(&env).await;
-    let mut c = r.client().await.expect("connect");
+    let (r, mut c) = reader_and_client(&env).await;
     get(&mut c, pending.id, 0, KEY_ACME)
         .await
         .expect("cache it");
@@ -83,8 +82,7 @@ async fn an_old_event_after_a_new_one_changes_nothing() {
     assert_eq!(warm.served_from(), pb::ServedFrom::L2);
     assert_eq!(warm.task.expect("task").version, retrying.version());
     other.stop().await.expect("clean shutdown");
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 /// Events refresh what Redis caches; they never fill it with tasks nobody read.
@@ -221,6 +219,5 @@ async fn the_events_consumer_reports_librdkafka_statistics() {
     )
     .await
     .expect("statistics recorded");
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }

@@ -6,7 +6,7 @@ use dispatch_testkit::TestEnv;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::common::{KEY_ACME, authed, reader};
+use crate::common::{KEY_ACME, authed, query_health, reader, reader_and_client, stop, watch};
 
 pub fn violated_field(s: &tonic::Status) -> String {
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
@@ -18,8 +18,7 @@ pub fn violated_field(s: &tonic::Status) -> String {
 #[tokio::test]
 async fn invalid_inputs_are_rejected_with_the_field_named() {
     let env = TestEnv::new().await.expect("env");
-    let r = reader(&env).await;
-    let mut c = r.client().await.expect("connect");
+    let (r, mut c) = reader_and_client(&env).await;
 
     let e = c
         .get_task(authed(
@@ -84,53 +83,23 @@ async fn invalid_inputs_are_rejected_with_the_field_named() {
         .expect_err("page too large");
     assert_eq!(violated_field(&e), "page_size");
 
-    let e = c
-        .watch_task(authed(
-            pb::WatchTaskRequest {
-                task_id: String::new(),
-                min_version: 0,
-            },
-            KEY_ACME,
-        ))
-        .await
-        .expect_err("bad id");
+    let e = watch(&mut c, "", 0, KEY_ACME).await.expect_err("bad id");
     assert_eq!(violated_field(&e), "task_id");
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 #[tokio::test]
 async fn health_reflection_and_metrics_are_served() {
     let env = TestEnv::new().await.expect("env");
     let r = reader(&env).await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", r.addr))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
     let status = dispatch_testkit::eventually("serving", std::time::Duration::from_secs(5), || {
-        let mut health = health.clone();
-        async move {
-            let s = health
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: "dispatch.v1.TaskQueryService".into(),
-                })
-                .await
-                .ok()?
-                .into_inner()
-                .status;
-            (s == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
-                .then_some(s)
-        }
+        let addr = r.addr;
+        async move { query_health(addr).await.filter(|s| *s == serving) }
     })
     .await
     .expect("health");
-    assert_eq!(
-        status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
-    let _ = &mut health;
+    assert_eq!(status, serving);
 
     let body = http_get(r.admin, "/metrics").await;
     for name in [
@@ -147,8 +116,7 @@ async fn health_reflection_and_metrics_are_served() {
     }
     let ready = http_get(r.admin, "/readyz").await;
     assert!(ready.contains("\"mysql\""), "{ready}");
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 /// A minimal HTTP/1.0 GET (the admin server is plain HTTP).

@@ -6,7 +6,7 @@ use dispatch_proto::v1 as pb;
 use dispatch_testkit::TestEnv;
 use tonic::Code;
 
-use crate::common::{KEY_ACME, KEY_GLOBEX, TaskRow, authed, get, reader_with, store};
+use crate::common::{KEY_ACME, KEY_GLOBEX, TaskRow, authed, get, reader_with, stop, store, watch};
 
 fn retry_after_ms(s: &tonic::Status) -> u64 {
     s.metadata()
@@ -67,14 +67,7 @@ async fn a_tenant_over_its_read_limit_is_refused_and_another_is_not() {
         .await
         .expect_err("ListTasks is limited too");
     assert_eq!(refused.code(), Code::ResourceExhausted);
-    let refused = c
-        .watch_task(authed(
-            pb::WatchTaskRequest {
-                task_id: mine.id.to_string(),
-                min_version: 0,
-            },
-            KEY_ACME,
-        ))
+    let refused = watch(&mut c, mine.id, 0, KEY_ACME)
         .await
         .expect_err("WatchTask is limited too");
     assert_eq!(refused.code(), Code::ResourceExhausted);
@@ -120,6 +113,5 @@ async fn a_tenant_over_its_read_limit_is_refused_and_another_is_not() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!(refused_in_redis >= 5.0, "{m}");
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }

@@ -6,7 +6,7 @@ use dispatch_core::{TaskId, TaskState};
 use dispatch_proto::v1 as pb;
 use dispatch_testkit::TestEnv;
 
-use crate::common::{KEY_ACME, TaskRow, authed, reader, store};
+use crate::common::{TaskRow, list, list_ids, reader, reader_and_client, stop, store};
 
 #[tokio::test]
 async fn pagination_is_stable_while_rows_are_inserted() {
@@ -15,25 +15,21 @@ async fn pagination_is_stable_while_rows_are_inserted() {
         .map(|_| TaskRow::new("acme", TaskState::Pending, 0))
         .collect();
     store(&env, &originals).await;
-    let r = reader(&env).await;
-    let mut c = r.client().await.expect("connect");
+    let (r, mut c) = reader_and_client(&env).await;
 
     let mut seen = Vec::new();
     let mut token = String::new();
     let mut pages = 0;
     loop {
-        let page = c
-            .list_tasks(authed(
-                pb::ListTasksRequest {
-                    page_size: 5,
-                    page_token: token.clone(),
-                    ..Default::default()
-                },
-                KEY_ACME,
-            ))
-            .await
-            .expect("page")
-            .into_inner();
+        let page = list(
+            &mut c,
+            pb::ListTasksRequest {
+                page_size: 5,
+                page_token: token.clone(),
+                ..Default::default()
+            },
+        )
+        .await;
         pages += 1;
         assert!(page.tasks.len() <= 5);
         seen.extend(page.tasks.iter().map(|t| t.task_id.clone()));
@@ -70,8 +66,7 @@ async fn pagination_is_stable_while_rows_are_inserted() {
         })
         .collect();
     assert!(positions.windows(2).all(|w| w[0] > w[1]), "descending ids");
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 #[tokio::test]
@@ -87,16 +82,7 @@ async fn filters_narrow_the_listing() {
     let c = r.client().await.expect("connect");
     let list = |f: pb::ListTasksRequest| {
         let mut c = c.clone();
-        async move {
-            c.list_tasks(authed(f, KEY_ACME))
-                .await
-                .expect("list")
-                .into_inner()
-                .tasks
-                .into_iter()
-                .map(|t| t.task_id)
-                .collect::<Vec<_>>()
-        }
+        async move { list_ids(&mut c, f).await }
     };
     let by_key = list(pb::ListTasksRequest {
         business_key: "order-7".into(),
@@ -132,6 +118,5 @@ async fn filters_narrow_the_listing() {
     })
     .await;
     assert_eq!(all.len(), 3);
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }

@@ -9,7 +9,9 @@ use dispatch_reader::metrics::Stats;
 use dispatch_testkit::TestEnv;
 use tonic::Code;
 
-use crate::common::{KEY_ACME, TaskRow, authed, get, reader, reader_with, store, store_gets};
+use crate::common::{
+    KEY_ACME, TaskRow, authed, get, reader, reader_and_client, reader_with, stop, store, store_gets,
+};
 
 #[tokio::test]
 async fn cold_warm_and_hot_lookups_report_their_tier() {
@@ -77,8 +79,7 @@ async fn a_stampede_of_500_gets_for_one_cold_id_costs_one_store_query() {
     );
     let coalesced = Stats::get(&r.handle.stats().coalesced);
     println!("stampede: 1 store query, {coalesced} lookups joined the in-flight load");
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 #[tokio::test]
@@ -116,8 +117,7 @@ async fn unknown_ids_are_cached_negatively_and_min_version_bypasses_that() {
     // The read-through replaced the negative entry.
     let again = get(&mut c, id, 0, KEY_ACME).await.expect("now cached");
     assert_eq!(again.served_from(), pb::ServedFrom::L1);
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 #[tokio::test]
@@ -145,8 +145,7 @@ async fn hot_keys_are_refreshed_early_in_the_background() {
     )
     .await
     .expect("early refresh");
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 #[tokio::test]
@@ -156,8 +155,7 @@ async fn batch_get_uses_the_caches_and_one_store_query_for_the_rest() {
         .map(|_| TaskRow::new("acme", TaskState::Pending, 0))
         .collect();
     store(&env, &rows).await;
-    let r = reader(&env).await;
-    let mut c = r.client().await.expect("connect");
+    let (r, mut c) = reader_and_client(&env).await;
     // One of them is already in L1.
     get(&mut c, rows[0].id, 0, KEY_ACME)
         .await
@@ -195,6 +193,5 @@ async fn batch_get_uses_the_caches_and_one_store_query_for_the_rest() {
     .await
     .expect("batch again");
     assert_eq!(Stats::get(&stats.store_batch_gets), 1);
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }

@@ -8,7 +8,7 @@ use dispatch_proto::v1 as pb;
 use dispatch_testkit::TestEnv;
 use tonic::Code;
 
-use crate::common::{Events, KEY_ACME, TaskRow, get, reader, reader_with, store};
+use crate::common::{Events, KEY_ACME, TaskRow, get, reader_and_client, reader_with, stop, store};
 
 #[tokio::test]
 async fn min_version_reads_through_a_stale_cache_entry() {
@@ -56,15 +56,13 @@ async fn min_version_reads_through_a_stale_cache_entry() {
         err.message()
     );
     assert!(started.elapsed() >= Duration::from_millis(250), "it waited");
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 #[tokio::test]
 async fn a_submit_version_token_waits_for_the_task_to_appear() {
     let env = TestEnv::new().await.expect("env");
-    let r = reader(&env).await;
-    let mut c = r.client().await.expect("connect");
+    let (r, mut c) = reader_and_client(&env).await;
     // Right after SubmitTask: the gateway returned ACCEPTED_VERSION, the processor has not
     // written the task yet. A plain read says NOT_FOUND (and caches that)...
     let row = TaskRow::new("acme", TaskState::Pending, 0);
@@ -94,6 +92,5 @@ async fn a_submit_version_token_waits_for_the_task_to_appear() {
     assert!(waited < Duration::from_secs(1), "{waited:?}");
     println!("read-your-writes answered {waited:?} after the call (task written at ~150 ms)");
     writer.await.expect("writer");
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }

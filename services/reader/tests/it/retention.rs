@@ -5,7 +5,7 @@ use dispatch_core::{TaskId, TaskState};
 use dispatch_testkit::TestEnv;
 use tonic::Code;
 
-use crate::common::{KEY_ACME, KEY_GLOBEX, TaskRow, get, reader};
+use crate::common::{KEY_ACME, KEY_GLOBEX, TaskRow, get, reader_and_client, stop};
 
 /// An id made `days` ago (a UUIDv7 carries its creation time).
 fn id_from(days: i64) -> TaskId {
@@ -49,8 +49,7 @@ async fn get_task_of_a_purged_task_says_it_was_purged() {
         .expect("horizon");
     drop(conn);
 
-    let r = reader(&env).await;
-    let mut c = r.client().await.expect("connect");
+    let (r, mut c) = reader_and_client(&env).await;
     let err = get(&mut c, finished.id, 0, KEY_ACME)
         .await
         .expect_err("purged");
@@ -78,6 +77,5 @@ async fn get_task_of_a_purged_task_says_it_was_purged() {
         .expect_err("not theirs");
     assert_eq!(err.code(), Code::NotFound);
     assert_eq!(err.message(), "task not found");
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }

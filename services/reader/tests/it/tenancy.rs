@@ -5,7 +5,7 @@ use dispatch_proto::v1 as pb;
 use dispatch_testkit::TestEnv;
 use tonic::Code;
 
-use crate::common::{KEY_ACME, KEY_GLOBEX, TaskRow, authed, get, reader_with, store};
+use crate::common::{KEY_ACME, KEY_GLOBEX, TaskRow, authed, get, reader_with, stop, store, watch};
 
 #[tokio::test]
 async fn other_tenants_tasks_answer_not_found_everywhere() {
@@ -48,14 +48,7 @@ async fn other_tenants_tasks_answer_not_found_everywhere() {
     assert_eq!(batch.tasks[0].task_id, mine.id.to_string());
     assert_eq!(batch.not_found, vec![theirs.id.to_string()]);
 
-    let err = c
-        .watch_task(authed(
-            pb::WatchTaskRequest {
-                task_id: theirs.id.to_string(),
-                min_version: 0,
-            },
-            KEY_ACME,
-        ))
+    let err = watch(&mut c, theirs.id, 0, KEY_ACME)
         .await
         .expect_err("not mine");
     assert_eq!(err.code(), Code::NotFound);
@@ -72,6 +65,5 @@ async fn other_tenants_tasks_answer_not_found_everywhere() {
         .await
         .expect_err("auth");
     assert_eq!(err.code(), Code::Unauthenticated);
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }

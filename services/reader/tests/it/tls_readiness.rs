@@ -11,62 +11,20 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use dispatch_runtime::tls_failures::{self, Dependency};
+use dispatch_testkit::stack::{readyz_component, tls_errors_counted};
 use dispatch_testkit::{TestEnv, eventually};
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
-use crate::common::reader_with;
-use crate::invalid::http_get;
+use crate::common::{query_health, reader_with, stop};
 
 /// Whether gRPC health says SERVING for the query service (`None`: no answer).
 async fn serving(addr: SocketAddr) -> Option<bool> {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .ok()?
-        .connect()
-        .await
-        .ok()?;
-    let st = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: "dispatch.v1.TaskQueryService".into(),
-        })
-        .await
-        .ok()?
-        .into_inner()
-        .status;
-    Some(st == ServingStatus::Serving as i32)
-}
-
-/// `/readyz`: the HTTP status and `component`'s status (`absent` when it has none).
-async fn readyz(admin: SocketAddr, component: &str) -> (u16, String) {
-    let raw = http_get(admin, "/readyz").await;
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    // Compact JSON: `"components":{"mysql":{"status":"up"},"mysql_tls":{"status":"down",...`
-    let key = format!("\"{component}\":{{\"status\":\"");
-    let status = body
-        .split_once(key.as_str())
-        .and_then(|(_, rest)| rest.split('"').next())
-        .unwrap_or("absent")
-        .to_owned();
-    (code, status)
+    Some(query_health(addr).await? == ServingStatus::Serving as i32)
 }
 
 /// `dispatch_tls_errors_total{dependency, service="reader"}` as `/metrics` shows it.
 async fn counted(admin: SocketAddr, dep: Dependency) -> Option<f64> {
-    let prefix = format!(
-        "dispatch_tls_errors_total{{dependency=\"{}\",service=\"reader\"}} ",
-        dep.as_str()
-    );
-    http_get(admin, "/metrics")
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|v| v.parse().ok())
+    tls_errors_counted(admin, "reader", dep).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,12 +39,16 @@ async fn a_tls_failure_shows_in_readiness_for_the_hold_then_it_recovers() {
     let (addr, admin) = (r.addr, r.admin);
     let tls = r.handle.tls_failures().clone();
     eventually("SERVING and ready", Duration::from_secs(15), || async {
-        (serving(addr).await? && readyz(admin, "mysql").await == (200, "up".into())).then_some(())
+        (serving(addr).await? && readyz_component(admin, "mysql").await == Some((200, "up".into())))
+            .then_some(())
     })
     .await
     .expect("ready");
     // No failure yet: no component, and the series exist at zero.
-    assert_eq!(readyz(admin, "mysql_tls").await, (200, "absent".into()));
+    assert_eq!(
+        readyz_component(admin, "mysql_tls").await,
+        Some((200, "absent".into()))
+    );
     for dep in [Dependency::Mysql, Dependency::Redis, Dependency::Kafka] {
         assert_eq!(counted(admin, dep).await, Some(0.0), "{dep:?}");
     }
@@ -120,7 +82,7 @@ async fn a_tls_failure_shows_in_readiness_for_the_hold_then_it_recovers() {
             &format!("{component} {failing}, {code}, SERVING {ready}"),
             Duration::from_secs(10),
             || async {
-                (readyz(admin, component).await == (code, failing.to_owned())
+                (readyz_component(admin, component).await == Some((code, failing.to_owned()))
                     && serving(addr).await? == ready)
                     .then_some(())
             },
@@ -136,7 +98,8 @@ async fn a_tls_failure_shows_in_readiness_for_the_hold_then_it_recovers() {
             &format!("{component} up, 200, SERVING"),
             Duration::from_secs(15),
             || async {
-                (readyz(admin, component).await == (200, "up".to_owned()) && serving(addr).await?)
+                (readyz_component(admin, component).await == Some((200, "up".to_owned()))
+                    && serving(addr).await?)
                     .then_some(())
             },
         )
@@ -150,6 +113,5 @@ async fn a_tls_failure_shows_in_readiness_for_the_hold_then_it_recovers() {
         );
     }
 
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }

@@ -9,7 +9,7 @@ use dispatch_proto::v1 as pb;
 use dispatch_store::tasks::ListFilter;
 use dispatch_testkit::TestEnv;
 
-use crate::common::{KEY_ACME, TaskRow, authed, reader, reader_with};
+use crate::common::{KEY_ACME, TaskRow, authed, list, reader_and_client, reader_with, stop};
 
 const PAYLOAD: usize = 200 * 1024;
 
@@ -39,25 +39,21 @@ async fn store_big(env: &TestEnv, n: usize) -> Vec<String> {
 async fn list_and_batch_get_return_the_basic_view_by_default() {
     let env = TestEnv::new().await.expect("env");
     let ids = store_big(&env, 3).await;
-    let r = reader(&env).await;
-    let mut c = r.client().await.expect("connect");
+    let (r, mut c) = reader_and_client(&env).await;
     for (view, full) in [
         (pb::TaskView::Unspecified, false),
         (pb::TaskView::Basic, false),
         (pb::TaskView::Full, true),
     ] {
-        let listed = c
-            .list_tasks(authed(
-                pb::ListTasksRequest {
-                    view: view as i32,
-                    ..Default::default()
-                },
-                KEY_ACME,
-            ))
-            .await
-            .expect("list")
-            .into_inner()
-            .tasks;
+        let listed = list(
+            &mut c,
+            pb::ListTasksRequest {
+                view: view as i32,
+                ..Default::default()
+            },
+        )
+        .await
+        .tasks;
         let got = c
             .batch_get_tasks(authed(
                 pb::BatchGetTasksRequest {
@@ -104,8 +100,7 @@ async fn list_and_batch_get_return_the_basic_view_by_default() {
         .expect_err("not a view");
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     assert!(bad.message().contains("view"), "{}", bad.message());
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 #[tokio::test]
@@ -122,19 +117,16 @@ async fn full_answers_are_bounded_in_size() {
     let mut seen = Vec::new();
     let mut token = String::new();
     loop {
-        let page = c
-            .list_tasks(authed(
-                pb::ListTasksRequest {
-                    view: pb::TaskView::Full as i32,
-                    page_size: 5,
-                    page_token: token.clone(),
-                    ..Default::default()
-                },
-                KEY_ACME,
-            ))
-            .await
-            .expect("page")
-            .into_inner();
+        let page = list(
+            &mut c,
+            pb::ListTasksRequest {
+                view: pb::TaskView::Full as i32,
+                page_size: 5,
+                page_token: token.clone(),
+                ..Default::default()
+            },
+        )
+        .await;
         assert!(
             prost::Message::encoded_len(&page) <= bound,
             "a page of {} tasks",
@@ -170,8 +162,7 @@ async fn full_answers_are_bounded_in_size() {
     let mut all: Vec<String> = got.tasks.into_iter().map(|t| t.task_id).collect();
     all.extend(got.omitted);
     assert_eq!(all, ids, "request order");
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 #[tokio::test]

@@ -7,7 +7,9 @@ use dispatch_proto::v1 as pb;
 use dispatch_testkit::TestEnv;
 use tonic::Code;
 
-use crate::common::{Events, KEY_ACME, KEY_GLOBEX, TaskRow, authed, reader, reader_with, store};
+use crate::common::{
+    Events, KEY_ACME, KEY_GLOBEX, TaskRow, reader_and_client, reader_with, stop, store, watch,
+};
 
 async fn next(s: &mut tonic::Streaming<pb::TaskEvent>) -> Option<pb::TaskEvent> {
     tokio::time::timeout(Duration::from_secs(5), s.message())
@@ -21,19 +23,8 @@ async fn watch_sees_every_transition_in_order_until_terminal() {
     let env = TestEnv::new().await.expect("env");
     let pending = TaskRow::new("acme", TaskState::Pending, 0);
     store(&env, std::slice::from_ref(&pending)).await;
-    let r = reader(&env).await;
-    let mut c = r.client().await.expect("connect");
-    let mut stream = c
-        .watch_task(authed(
-            pb::WatchTaskRequest {
-                task_id: pending.id.to_string(),
-                min_version: 0,
-            },
-            KEY_ACME,
-        ))
-        .await
-        .expect("watch")
-        .into_inner();
+    let (r, mut c) = reader_and_client(&env).await;
+    let mut stream = watch(&mut c, pending.id, 0, KEY_ACME).await.expect("watch");
     let first = next(&mut stream).await.expect("current state");
     assert_eq!(first.state(), pb::TaskState::Pending);
     assert_eq!(first.version, pending.version());
@@ -65,8 +56,7 @@ async fn watch_sees_every_transition_in_order_until_terminal() {
         seen, want,
         "every transition, in order, then the stream ends"
     );
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 #[tokio::test]
@@ -74,76 +64,37 @@ async fn watching_a_terminal_task_yields_its_state_and_ends() {
     let env = TestEnv::new().await.expect("env");
     let done = TaskRow::new("acme", TaskState::Dead, 4);
     store(&env, std::slice::from_ref(&done)).await;
-    let r = reader(&env).await;
-    let mut c = r.client().await.expect("connect");
-    let mut stream = c
-        .watch_task(authed(
-            pb::WatchTaskRequest {
-                task_id: done.id.to_string(),
-                min_version: 0,
-            },
-            KEY_ACME,
-        ))
-        .await
-        .expect("watch")
-        .into_inner();
+    let (r, mut c) = reader_and_client(&env).await;
+    let mut stream = watch(&mut c, done.id, 0, KEY_ACME).await.expect("watch");
     let first = stream.message().await.expect("ok").expect("one event");
     assert_eq!(first.state(), pb::TaskState::Dead);
     assert!(stream.message().await.expect("ok").is_none(), "ended");
 
-    let err = c
-        .watch_task(authed(
-            pb::WatchTaskRequest {
-                task_id: TaskId::new().to_string(),
-                min_version: 0,
-            },
-            KEY_ACME,
-        ))
+    let err = watch(&mut c, TaskId::new(), 0, KEY_ACME)
         .await
         .expect_err("unknown");
     assert_eq!(err.code(), Code::NotFound);
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 #[tokio::test]
 async fn watch_with_a_submit_token_waits_for_the_task_to_appear() {
     let env = TestEnv::new().await.expect("env");
-    let r = reader(&env).await;
-    let mut c = r.client().await.expect("connect");
+    let (_r, mut c) = reader_and_client(&env).await;
     let row = TaskRow::new("acme", TaskState::Succeeded, 1);
     let id = row.id.to_string();
 
     // Without a token an unknown task is NOT_FOUND...
-    let err = c
-        .watch_task(authed(
-            pb::WatchTaskRequest {
-                task_id: id.clone(),
-                min_version: 0,
-            },
-            KEY_ACME,
-        ))
-        .await
-        .expect_err("unknown");
+    let err = watch(&mut c, &id, 0, KEY_ACME).await.expect_err("unknown");
     assert_eq!(err.code(), Code::NotFound);
 
     // ...with the submit's token the reader waits for the row (stored while the call waits).
-    let watch = tokio::spawn(async move {
-        c.watch_task(authed(
-            pb::WatchTaskRequest {
-                task_id: id,
-                min_version: 1,
-            },
-            KEY_ACME,
-        ))
-        .await
-    });
+    let waiting = tokio::spawn(async move { watch(&mut c, id, 1, KEY_ACME).await });
     store(&env, std::slice::from_ref(&row)).await;
-    let mut stream = watch
+    let mut stream = waiting
         .await
         .expect("join")
-        .expect("watch waits for the task")
-        .into_inner();
+        .expect("watch waits for the task");
     let first = next(&mut stream).await.expect("current state");
     assert_eq!(first.state(), pb::TaskState::Succeeded);
     assert!(
@@ -157,16 +108,7 @@ async fn open_watch(
     id: TaskId,
     key: &str,
 ) -> Result<tonic::Streaming<pb::TaskEvent>, tonic::Status> {
-    let mut s = c
-        .watch_task(authed(
-            pb::WatchTaskRequest {
-                task_id: id.to_string(),
-                min_version: 0,
-            },
-            key,
-        ))
-        .await?
-        .into_inner();
+    let mut s = watch(c, id, 0, key).await?;
     // The current state comes first: the stream is admitted and running.
     next(&mut s).await.expect("current state");
     Ok(s)
@@ -234,8 +176,7 @@ async fn watch_streams_are_bounded_per_tenant_and_per_instance() {
     )
     .await
     .expect("admitted again");
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 /// A stream on a task that never finishes ends after the maximum duration with UNAVAILABLE
@@ -258,6 +199,5 @@ async fn a_watch_stream_ends_after_its_maximum_duration() {
         "{}",
         end.message()
     );
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }

@@ -12,7 +12,9 @@ use dispatch_testkit::TestEnv;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::common::{KEY_ACME, KEY_GLOBEX, authed, get, reader, reader_with};
+use crate::common::{
+    KEY_ACME, KEY_GLOBEX, authed, get, list_ids, reader_and_client, reader_with, stop, watch,
+};
 use crate::invalid::violated_field;
 
 /// The diamond's nodes in submission order (not the names' order): `fetch` first, `resize` and
@@ -51,6 +53,14 @@ async fn insert(env: &TestEnv, wf: &NewWorkflow) {
         .await
         .expect("insert workflow");
     assert_eq!(inserted, Inserted::New);
+}
+
+/// A new env with [`diamond`] stored in it.
+async fn stored_diamond() -> (TestEnv, NewWorkflow) {
+    let env = TestEnv::new().await.expect("env");
+    let wf = diamond();
+    insert(&env, &wf).await;
+    (env, wf)
 }
 
 fn node_id(wf: &NewWorkflow, name: &str) -> TaskId {
@@ -111,11 +121,8 @@ async fn next(s: &mut tonic::Streaming<pb::TaskEvent>) -> Option<pb::TaskEvent> 
 
 #[tokio::test]
 async fn get_workflow_shows_every_node_in_order_and_the_state_follows_them() {
-    let env = TestEnv::new().await.expect("env");
-    let wf = diamond();
-    insert(&env, &wf).await;
-    let r = reader(&env).await;
-    let mut c = r.client().await.expect("connect");
+    let (env, wf) = stored_diamond().await;
+    let (r, mut c) = reader_and_client(&env).await;
     let id = wf.workflow_id.to_string();
 
     let w = get_workflow(&mut c, &id, KEY_ACME)
@@ -184,17 +191,13 @@ async fn get_workflow_shows_every_node_in_order_and_the_state_follows_them() {
         dispatch_reader::metrics::Stats::get(&r.handle.stats().store_workflows),
         3
     );
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 #[tokio::test]
 async fn another_tenants_workflow_answers_not_found_like_an_unknown_one() {
-    let env = TestEnv::new().await.expect("env");
-    let wf = diamond();
-    insert(&env, &wf).await;
-    let r = reader(&env).await;
-    let mut c = r.client().await.expect("connect");
+    let (env, wf) = stored_diamond().await;
+    let (r, mut c) = reader_and_client(&env).await;
     let id = wf.workflow_id.to_string();
 
     let theirs = get_workflow(&mut c, &id, KEY_GLOBEX)
@@ -231,15 +234,13 @@ async fn another_tenants_workflow_answers_not_found_like_an_unknown_one() {
         .await
         .expect_err("auth");
     assert_eq!(no_key.code(), Code::Unauthenticated);
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 #[tokio::test]
 async fn get_workflow_names_a_malformed_workflow_id() {
     let env = TestEnv::new().await.expect("env");
-    let r = reader(&env).await;
-    let mut c = r.client().await.expect("connect");
+    let (r, mut c) = reader_and_client(&env).await;
     for bad in ["not-a-workflow", ""] {
         let e = get_workflow(&mut c, bad, KEY_ACME)
             .await
@@ -251,33 +252,23 @@ async fn get_workflow_names_a_malformed_workflow_id() {
         0,
         "rejected before any read"
     );
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }
 
 #[tokio::test]
 async fn waiting_nodes_are_listed_read_and_watched_as_not_terminal() {
-    let env = TestEnv::new().await.expect("env");
-    let wf = diamond();
-    insert(&env, &wf).await;
+    let (env, wf) = stored_diamond().await;
     let r = reader_with(&env, |s| s.cache.watch_poll_ms = 200).await;
     let mut c = r.client().await.expect("connect");
 
-    let mut waiting: Vec<String> = c
-        .list_tasks(authed(
-            pb::ListTasksRequest {
-                states: vec![pb::TaskState::Waiting as i32],
-                ..Default::default()
-            },
-            KEY_ACME,
-        ))
-        .await
-        .expect("list")
-        .into_inner()
-        .tasks
-        .into_iter()
-        .map(|t| t.task_id)
-        .collect();
+    let mut waiting = list_ids(
+        &mut c,
+        pb::ListTasksRequest {
+            states: vec![pb::TaskState::Waiting as i32],
+            ..Default::default()
+        },
+    )
+    .await;
     waiting.sort();
     let mut want: Vec<String> = ["resize", "thumbnail", "archive"]
         .iter()
@@ -297,17 +288,7 @@ async fn waiting_nodes_are_listed_read_and_watched_as_not_terminal() {
         "read as WAITING"
     );
 
-    let mut stream = c
-        .watch_task(authed(
-            pb::WatchTaskRequest {
-                task_id: resize.to_string(),
-                min_version: 0,
-            },
-            KEY_ACME,
-        ))
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut stream = watch(&mut c, resize, 0, KEY_ACME).await.expect("watch");
     let first = next(&mut stream).await.expect("current state");
     assert_eq!(first.state(), pb::TaskState::Waiting);
     // Released (as the advancer does): the stream is still open and shows it.
@@ -328,6 +309,5 @@ async fn waiting_nodes_are_listed_read_and_watched_as_not_terminal() {
         next(&mut stream).await.is_none(),
         "ends at a terminal state"
     );
-    r.stop().await.expect("clean shutdown");
-    env.cleanup().await;
+    stop(r, env).await;
 }

@@ -11,7 +11,9 @@
 //!   `spawn` returns at once, for tests of start-up itself. Each has `stop`, `is_running`,
 //!   `metrics` and a client of its API (`apps.rs`).
 //! - [`Stack`]: all three over one env; [`Stack::stop`] stops them and drops the database.
-//! - [`channel`]: a plaintext channel; [`init_logs`]: test logs when `RUST_LOG` is set.
+//! - [`channel`]: a plaintext channel; [`init_logs`]: test logs when `RUST_LOG` is set;
+//!   [`metrics`], [`readyz`], [`readyz_component`] and [`tls_errors_counted`]: what an admin
+//!   address shows.
 
 mod apps;
 mod settings;
@@ -59,6 +61,38 @@ pub async fn readyz(admin: SocketAddr) -> anyhow::Result<serde_json::Value> {
         .await?
         .json()
         .await?)
+}
+
+/// `/readyz` on an admin address: its HTTP status and `component`'s status (`absent` when it
+/// has none); `None` when nothing answers or the body is not JSON.
+pub async fn readyz_component(admin: SocketAddr, component: &str) -> Option<(u16, String)> {
+    let r = reqwest::get(format!("http://{admin}/readyz")).await.ok()?;
+    let code = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.ok()?;
+    let status = body["components"][component]["status"]
+        .as_str()
+        .unwrap_or("absent")
+        .to_owned();
+    Some((code, status))
+}
+
+/// `dispatch_tls_errors_total{dependency, service}` as `/metrics` on an admin address shows it;
+/// `None` when nothing answers or the series is not there.
+pub async fn tls_errors_counted(
+    admin: SocketAddr,
+    service: &str,
+    dep: dispatch_runtime::tls_failures::Dependency,
+) -> Option<f64> {
+    let prefix = format!(
+        "dispatch_tls_errors_total{{dependency=\"{}\",service=\"{service}\"}} ",
+        dep.as_str()
+    );
+    metrics(admin)
+        .await
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.parse().ok())
 }
 
 /// The whole stack over one env.
