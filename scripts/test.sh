@@ -50,26 +50,36 @@ cargo deny --locked check --hide-inclusion-graph licenses bans sources
 stage "protos (buf lint, buf breaking against HEAD~1; buf.yaml)"
 scripts/check-proto.sh
 
-stage "clippy and tests (unit + integration against the local stack), k6/observability/deploy checks beside them"
+stage "clippy and tests (unit + integration against the local stack)"
 # Clippy runs inside the test build: clippy-driver compiles the workspace's crates (lints, then
 # code), as `cargo clippy` does for a check, so the dependencies are compiled once, for the tests,
 # not a second time in check mode (a separate `cargo clippy --workspace --all-targets` cost 328 s
 # of a cold run; docs/build.md). The workspace has no benches or examples, so the test build's
 # targets (lib, bins, unit and integration tests) are clippy's --all-targets. CLIPPY_ARGS holds
 # clippy's arguments separated by __CLIPPY_HACKERY__ (what `cargo clippy -- -D warnings` passes).
-# scripts/run-tests.sh builds once and runs the test binaries three at a time (they mostly wait
-# on the stack), with the static checks of the k6 scripts, the observability assets and the
-# deploy manifests (which need the binaries, not the stack) beside them.
 clippy_driver="$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver || true)"
 [[ -x "${clippy_driver}" ]] || { echo "clippy-driver not found: run 'rustup component add clippy'" >&2; exit 1; }
 RUSTC_WORKSPACE_WRAPPER="${clippy_driver}" CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__" \
-    scripts/run-tests.sh -- scripts/check-static.sh
+    cargo test --workspace --locked
 
-# The live stages below run the binaries the test build made (every service's, dispatchctl's and
-# dispatch-loadgen's integration tests make cargo build them), so nothing is rebuilt: a
+# The live stages below run the binaries the test stage just built (every service's, dispatchctl's
+# and dispatch-loadgen's integration tests make cargo build them), so nothing is rebuilt: a
 # `cargo build --workspace --bins` resolves dependency features without the dev-dependencies and
 # recompiled ~40 crates (110 s cold). Clippy above has checked every binary target.
+stage "binaries (built by the test stage)"
+for b in dispatch-gateway dispatch-processor dispatch-reader dispatchctl dispatch-loadgen; do
+    [[ -x "${CARGO_TARGET_DIR:-target}/debug/${b}" ]] || { echo "missing binary: ${b}" >&2; exit 1; }
+done
 export SKIP_BUILD=1
+
+stage "k6 scripts"
+scripts/check-k6.sh
+
+stage "observability assets"
+scripts/check-observability.sh
+
+stage "deploy manifests (render, schemas, CRD policy, settings; kubectl apply --dry-run=server against a real kube-apiserver)"
+scripts/check-deploy.sh
 
 if [[ "${SKIP_LIVE:-0}" != "1" ]]; then
     stage "live smoke: services, metrics, load generator"
