@@ -95,6 +95,9 @@ impl Processor {
         let level = a.min(RETRY_LEVELS);
         let delay = (not_before - Utc::now()).to_std().unwrap_or_default();
         let in_mysql = delay > self.retry_topic_max_delay;
+        // Where the retry record landed, as its delivery report says (logged below: a task left
+        // RETRYING after a producer rebuild had no record on its retry topic; docs/reliability.md).
+        let mut landed = None;
         if !in_mysql {
             let mut next = env.clone();
             next.attempt = a + 1;
@@ -105,7 +108,8 @@ impl Processor {
                 not_before.timestamp_millis().to_string(),
             );
             let topic = self.topics.retry(level);
-            self.producer
+            let at = self
+                .producer
                 .send_until(
                     "retry",
                     &topic,
@@ -115,9 +119,10 @@ impl Processor {
                     &d.lease.revoked,
                 )
                 .await?;
+            landed = Some(format!("{topic}/{}@{}", at.partition, at.offset));
         }
         metrics::retry_scheduled(level);
-        tracing::info!(error = %error, next_attempt = a + 1, level, delay_ms = delay.as_millis() as u64, in_mysql, "attempt failed; retry scheduled");
+        tracing::info!(error = %error, next_attempt = a + 1, level, delay_ms = delay.as_millis() as u64, in_mysql, landed = landed.as_deref().unwrap_or("mysql"), "attempt failed; retry scheduled");
         let mut w = write_of(
             env,
             TaskState::Retrying,
