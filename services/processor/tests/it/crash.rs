@@ -6,38 +6,20 @@
 //! terminal state was committed (the ledger has no execution later than the task's finished_at).
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use dispatch_core::{TaskId, TaskState};
 use dispatch_testkit::{TestEnv, eventually};
-use secrecy::ExposeSecret;
 use sqlx::Row;
 use tokio::process::{Child, Command};
 
-use crate::harness::{executions, produce, producer, task, wait_succeeded};
+use crate::harness::{binary, executions, produce, producer, task, wait_succeeded};
 
 fn spawn(env: &TestEnv) -> anyhow::Result<Child> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dispatch-processor"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DISPATCH_") && k.contains("__")) {
-        cmd.env_remove(k);
-    }
-    cmd.env_remove("DISPATCH_CONFIG")
-        .env("DISPATCH_KAFKA__BROKERS", &env.kafka.brokers)
-        .env("DISPATCH_KAFKA__TOPIC_PREFIX", &env.kafka.topic_prefix)
-        .env("DISPATCH_KAFKA__CREATE_TOPICS", "false")
+    Ok(binary(env)
         .env("DISPATCH_KAFKA__SESSION_TIMEOUT_MS", "6000")
-        .env("DISPATCH_DATABASE__URL", env.db.url.expose_secret())
-        .env("DISPATCH_CONSUMER__GROUP", format!("processor-{}", env.id))
         .env("DISPATCH_CONSUMER__MAX_CONCURRENCY", "64")
-        .env("DISPATCH_ADMIN__LISTEN", "127.0.0.1:0")
-        .env("DISPATCH_GRPC__LISTEN", "127.0.0.1:0")
-        .env("DISPATCH_TELEMETRY__LOG_LEVEL", "warn")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    Ok(cmd.spawn()?)
+        .spawn()?)
 }
 
 async fn ledger_len(env: &TestEnv) -> i64 {

@@ -11,7 +11,6 @@
 //! while it is stopped, so the moment it continues that task ends and the waiting one starts,
 //! with no database round trip in between to give the consumer time to hear of the revoke.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,11 +18,10 @@ use chrono::{DateTime, Utc};
 use dispatch_core::TaskState;
 use dispatch_testkit::{TestEnv, eventually};
 use parking_lot::Mutex;
-use secrecy::ExposeSecret;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::harness::{produce, producer, task, wait_all};
+use crate::harness::{binary, produce, producer, task, wait_all};
 
 /// Calls the endpoint received: (the task's name from its payload, when).
 type Calls = Arc<Mutex<Vec<(String, DateTime<Utc>)>>>;
@@ -83,16 +81,7 @@ async fn endpoint() -> anyhow::Result<(u16, Calls)> {
 /// The processor binary on `env`: tasks of type `frozen` POST to the endpoint, one at a time;
 /// its admin port `admin`.
 fn spawn(env: &TestEnv, endpoint: u16, admin: u16) -> anyhow::Result<Child> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dispatch-processor"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DISPATCH_") && k.contains("__")) {
-        cmd.env_remove(k);
-    }
-    cmd.env_remove("DISPATCH_CONFIG")
-        .env("DISPATCH_KAFKA__BROKERS", &env.kafka.brokers)
-        .env("DISPATCH_KAFKA__TOPIC_PREFIX", &env.kafka.topic_prefix)
-        .env("DISPATCH_KAFKA__CREATE_TOPICS", "false")
-        .env("DISPATCH_DATABASE__URL", env.db.url.expose_secret())
-        .env("DISPATCH_CONSUMER__GROUP", format!("processor-{}", env.id))
+    Ok(binary(env)
         .env("DISPATCH_HANDLERS__TYPES__FROZEN__KIND", "http")
         .env("DISPATCH_HANDLERS__TYPES__FROZEN__CONCURRENCY", "1")
         .env("DISPATCH_HANDLERS__TYPES__FROZEN__TIMEOUT_MS", "60000")
@@ -102,13 +91,7 @@ fn spawn(env: &TestEnv, endpoint: u16, admin: u16) -> anyhow::Result<Child> {
         )
         .env("DISPATCH_HANDLERS__HTTP__FROZEN__TIMEOUT_MS", "60000")
         .env("DISPATCH_ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
-        .env("DISPATCH_GRPC__LISTEN", "127.0.0.1:0")
-        .env("DISPATCH_TELEMETRY__LOG_LEVEL", "warn")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    Ok(cmd.spawn()?)
+        .spawn()?)
 }
 
 fn free_port() -> anyhow::Result<u16> {

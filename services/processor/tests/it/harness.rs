@@ -26,6 +26,32 @@ pub async fn start(s: Settings) -> anyhow::Result<Running> {
     Running::start(App::builder(s)).await
 }
 
+/// The processor binary on `env` (its topics, database and a consumer group of its own; admin
+/// and gRPC on port 0; warnings only), the environment of the test process's `DISPATCH_*`
+/// settings removed. A caller adds its own `.env(..)` (a later one wins) and spawns it; it is
+/// killed when dropped.
+pub fn binary(env: &TestEnv) -> tokio::process::Command {
+    use secrecy::ExposeSecret;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_dispatch-processor"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DISPATCH_") && k.contains("__")) {
+        cmd.env_remove(k);
+    }
+    cmd.env_remove("DISPATCH_CONFIG")
+        .env("DISPATCH_KAFKA__BROKERS", &env.kafka.brokers)
+        .env("DISPATCH_KAFKA__TOPIC_PREFIX", &env.kafka.topic_prefix)
+        .env("DISPATCH_KAFKA__CREATE_TOPICS", "false")
+        .env("DISPATCH_DATABASE__URL", env.db.url.expose_secret())
+        .env("DISPATCH_CONSUMER__GROUP", format!("processor-{}", env.id))
+        .env("DISPATCH_ADMIN__LISTEN", "127.0.0.1:0")
+        .env("DISPATCH_GRPC__LISTEN", "127.0.0.1:0")
+        .env("DISPATCH_TELEMETRY__LOG_LEVEL", "warn")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true);
+    cmd
+}
+
 /// A first-attempt envelope.
 pub fn task(task_type: &str, key: &str, payload: &str) -> Envelope {
     Envelope::submit(NewTask {
