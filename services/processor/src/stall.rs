@@ -37,14 +37,14 @@ pub struct Stalls {
 }
 
 /// The process's clock, ticking from its first use.
-static PROCESS: LazyLock<&'static Stalls> = LazyLock::new(|| {
-    let s: &'static Stalls = Box::leak(Box::new(Stalls::new(Instant::now())));
+static PROCESS: LazyLock<Stalls> = LazyLock::new(|| {
     let spawned = std::thread::Builder::new()
         .name("stall-clock".into())
-        .spawn(move || {
+        .spawn(|| {
             loop {
                 std::thread::sleep(TICK);
-                if let Some(gap) = s.tick(Instant::now()) {
+                // (Waits for this initialiser on its first tick.)
+                if let Some(gap) = PROCESS.tick(Instant::now()) {
                     tracing::warn!(
                         stalled_ms = gap.as_millis() as u64,
                         "the process stood still; records read before it claim their task before they run"
@@ -56,7 +56,7 @@ static PROCESS: LazyLock<&'static Stalls> = LazyLock::new(|| {
         // Without a ticker every record counts as suspect once THRESHOLD has passed: safe, slower.
         tracing::error!(error = %e, "could not start the stall clock");
     }
-    s
+    Stalls::new(Instant::now())
 });
 
 /// Whether this process may have stood still since `read`: see [`Stalls::suspect_since`].

@@ -119,10 +119,10 @@ impl Processor {
                     &d.lease.revoked,
                 )
                 .await?;
-            landed = Some(format!("{topic}/{}@{}", at.partition, at.offset));
+            landed = Some(at);
         }
         metrics::retry_scheduled(level);
-        tracing::info!(error = %error, next_attempt = a + 1, level, delay_ms = delay.as_millis() as u64, in_mysql, landed = landed.as_deref().unwrap_or("mysql"), "attempt failed; retry scheduled");
+        tracing::info!(error = %error, next_attempt = a + 1, level, delay_ms = delay.as_millis() as u64, in_mysql, partition = landed.map(|d| d.partition), offset = landed.map(|d| d.offset), "attempt failed; retry scheduled");
         let mut w = write_of(
             env,
             TaskState::Retrying,

@@ -335,8 +335,8 @@ impl Processor {
         // outcome of a quick task, unless the process may have stood still since the gate read
         // the state (`crate::stall`): then another instance may own the partition and have
         // finished the task, which only the fenced claim can tell.
-        let stalled = !cfg!(feature = "fault-no-stall-claim") && stall::suspect_since(read_at);
-        if a > 1 || g > 0 || stalled {
+        let stalled = || !cfg!(feature = "fault-no-stall-claim") && stall::suspect_since(read_at);
+        if a > 1 || g > 0 || stalled() {
             let (claimed, _event) = self.writer.claim(running, trace.clone()).await;
             match claimed.await {
                 Ok(true) => {}

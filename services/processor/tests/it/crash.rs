@@ -11,9 +11,9 @@ use std::time::Duration;
 use dispatch_core::{TaskId, TaskState};
 use dispatch_testkit::{TestEnv, eventually};
 use sqlx::Row;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-use crate::harness::{binary, executions, produce, producer, task, wait_succeeded};
+use crate::harness::{binary, executions, produce, producer, signal, task, wait_succeeded};
 
 fn spawn(env: &TestEnv) -> anyhow::Result<Child> {
     Ok(binary(env)
@@ -146,12 +146,7 @@ async fn sigterm_drains_in_flight_work_so_a_restart_reruns_nothing() -> anyhow::
         (ledger_len(&env).await >= (n / 4) as i64).then_some(())
     })
     .await?;
-    let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await?;
-    assert!(status.success());
+    signal(&child, "-TERM").await?;
     let exit = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
     assert!(exit.success(), "graceful exit: {exit:?}");
     let mut child = spawn(&env)?;

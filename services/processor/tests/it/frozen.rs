@@ -19,9 +19,9 @@ use dispatch_core::TaskState;
 use dispatch_testkit::{TestEnv, eventually};
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-use crate::harness::{binary, produce, producer, task, wait_all};
+use crate::harness::{binary, metrics, produce, producer, signal, task, wait_all};
 
 /// Calls the endpoint received: (the task's name from its payload, when).
 type Calls = Arc<Mutex<Vec<(String, DateTime<Utc>)>>>;
@@ -102,26 +102,11 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// The value of an unlabelled gauge or counter on `admin`'s /metrics.
 async fn metric(admin: u16, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = metrics(([127, 0, 0, 1], admin).into()).await.ok()?;
     text.lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .reduce(f64::max)
-}
-
-async fn signal(child: &Child, sig: &str) -> anyhow::Result<()> {
-    let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
-    let status = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .await?;
-    anyhow::ensure!(status.success(), "kill {sig} {pid}");
-    Ok(())
 }
 
 #[tokio::test]

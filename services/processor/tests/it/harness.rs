@@ -52,6 +52,17 @@ pub fn binary(env: &TestEnv) -> tokio::process::Command {
     cmd
 }
 
+/// Sends `sig` (`-STOP`, `-CONT`, `-TERM`, ...) to a spawned binary.
+pub async fn signal(child: &tokio::process::Child, sig: &str) -> anyhow::Result<()> {
+    let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    let status = tokio::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .await?;
+    anyhow::ensure!(status.success(), "kill {sig} {pid}");
+    Ok(())
+}
+
 /// A first-attempt envelope.
 pub fn task(task_type: &str, key: &str, payload: &str) -> Envelope {
     Envelope::submit(NewTask {
