@@ -307,6 +307,7 @@ mod tests {
             cancel,
             attempt,
             generation: 0,
+            claimed: attempt > 1,
             // Never connected: this handler does not use the database.
             pool: sqlx::mysql::MySqlPoolOptions::new()
                 .connect_lazy("mysql://unused@127.0.0.1:9/unused")

@@ -1,6 +1,15 @@
 //! The executions checks: `ran_after_terminal`, `reran_after_commit`, `concurrent_runs` (and
-//! the reported `zombie_overlaps` and `duplicate_runs_before_commit`), against the commit times the
-//! events give.
+//! the reported `zombie_overlaps`, `claimed_before_cancel` and `duplicate_runs_before_commit`),
+//! against the commit times the events give.
+//!
+//! An execution whose attempt was claimed (the ledger's `claimed`: its RUNNING was awaited and
+//! not fenced out before the handler started) is judged against a cancel by its claim, not by
+//! its handler's start: the fence refuses RUNNING over a terminal state, so the claim committed
+//! before the cancel, and the task was RUNNING when it was cancelled. Its handler starting a few
+//! milliseconds after the cancel's commit, on an instance that cannot know of it, is a running
+//! task cancelled (its outcome is fenced out), reported as `claimed_before_cancel`. The excuse
+//! needs the claim's RUNNING event of that generation and attempt on the topic, and holds only
+//! for CANCELLED: a claimed attempt started after a SUCCEEDED or DEAD still fails.
 
 use std::collections::{HashMap, HashSet};
 
@@ -61,6 +70,16 @@ fn after_terminal(c: &Commits, generation: u32, start_us: i64) -> Option<(u32, T
     })
 }
 
+/// Whether a late start of (generation, attempt) is a claimed attempt meeting a cancel of its
+/// own generation whose RUNNING is on the topic (see the module doc).
+fn claimed_before(
+    running: &HashSet<(u32, u32)>,
+    (generation, attempt): (u32, u32),
+    (g, st, _): (u32, TaskState, i64),
+) -> bool {
+    st == TaskState::Cancelled && g == generation && running.contains(&(generation, attempt))
+}
+
 pub(super) fn check_executions(h: &History, v: &mut Verdict, ex: &mut Examples<'_>) {
     let no_events: Vec<EventRec> = Vec::new();
     let ids: HashSet<&TaskId> = h.execs.keys().chain(h.attempts.keys()).collect();
@@ -76,14 +95,42 @@ pub(super) fn check_executions(h: &History, v: &mut Verdict, ex: &mut Examples<'
         }
         v.duplicate_runs_before_commit += per_attempt.values().map(|n| n - 1).sum::<u64>();
 
-        // Ran after terminal (ledger rows, then task_attempts rows).
+        // Ran after terminal (ledger rows, then task_attempts rows). A claimed attempt is judged
+        // against a cancel by its claim; a task_attempts row has no claim of its own, so it
+        // follows the ledger's claimed execution of the same attempt.
+        let running: HashSet<(u32, u32)> = evs
+            .iter()
+            .filter(|e| e.state == TaskState::Running)
+            .filter_map(|e| match decode(e.version) {
+                (g, Some(a)) => Some((g, a)),
+                (_, None) => None,
+            })
+            .collect();
+        let claimed: HashSet<(u32, u32)> = execs
+            .iter()
+            .filter(|e| e.claimed)
+            .map(|e| (e.generation, e.attempt))
+            .collect();
+        let mut excused = false;
+        let mut late = |ga: (u32, u32), is_claimed: bool, start: i64| {
+            let t = after_terminal(&c, ga.0, start)?;
+            if is_claimed && claimed_before(&running, ga, t) {
+                excused = true;
+                return None;
+            }
+            Some(t)
+        };
         let late_exec = execs.iter().find_map(|e| {
             let s = e.started_us?;
-            after_terminal(&c, e.generation, s).map(|t| (e, t))
+            late((e.generation, e.attempt), e.claimed, s).map(|t| (e, t))
         });
-        let late_attempt = attempts
-            .iter()
-            .find_map(|a| after_terminal(&c, a.generation, a.started_us).map(|t| (a, t)));
+        let late_attempt = attempts.iter().find_map(|a| {
+            let ga = (a.generation, a.attempt);
+            late(ga, claimed.contains(&ga), a.started_us).map(|t| (a, t))
+        });
+        if excused && late_exec.is_none() && late_attempt.is_none() {
+            v.claimed_before_cancel += 1;
+        }
         if late_exec.is_some() || late_attempt.is_some() {
             v.ran_after_terminal += 1;
             ex.add("ran_after_terminal", || match (late_exec, late_attempt) {

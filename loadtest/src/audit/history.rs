@@ -140,6 +140,8 @@ pub struct Exec {
     pub finished_us: i64,
     /// ok, failed, cancelled, panic ('' before the ledger recorded it).
     pub outcome: String,
+    /// Its attempt's RUNNING was committed before the handler started.
+    pub claimed: bool,
 }
 
 impl Exec {

@@ -77,7 +77,7 @@ pub(super) async fn ledger(
     for r in by_ids(
         pool,
         ids,
-        "SELECT id, task_id, generation, attempt, executed_at, instance, started_at, outcome FROM handler_executions WHERE task_id IN (",
+        "SELECT id, task_id, generation, attempt, executed_at, instance, started_at, outcome, claimed FROM handler_executions WHERE task_id IN (",
         " ORDER BY id",
     )
     .await?
@@ -92,6 +92,7 @@ pub(super) async fn ledger(
                 instance: r.try_get(5)?,
                 started_us: ts_us(r.try_get(6)?),
                 outcome: r.try_get(7)?,
+                claimed: r.try_get(8)?,
             });
         }
     Ok(out)

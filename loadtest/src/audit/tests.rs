@@ -47,6 +47,7 @@ fn exec(
         started_us: Some(start_us),
         finished_us: end_us,
         outcome: "ok".into(),
+        claimed: false,
     }
 }
 
@@ -550,6 +551,94 @@ fn a_handler_started_after_a_committed_cancel_fails() {
     h.execs
         .insert(t.cancelled, vec![exec(20, (0, 1), H2, ms(5), ms(6))]);
     fails_with(&h, "executed after their terminal commit");
+}
+
+/// The cancel-storm schedule: a retry (attempt 2) claimed on instance B, a cancel committed by
+/// instance A over that claim at 3 ms, B's handler starting at 5 ms. The claim's RUNNING is on
+/// the topic (after the cancel's event: B published it late).
+fn cancelled_over_a_claim(h: &mut History, t: &Ids, claimed: bool) {
+    h.events.insert(
+        t.cancelled,
+        vec![
+            ev(Running, 0, 1, 1),
+            ev(Retrying, 0, 1, 2),
+            ev(Cancelled, 0, 0, 3),
+            ev(Running, 0, 2, 4),
+            ev(Cancelled, 0, 0, 6),
+        ],
+    );
+    let mut retry = exec(21, (0, 2), H2, ms(5), ms(6));
+    retry.claimed = claimed;
+    h.execs
+        .insert(t.cancelled, vec![exec(20, (0, 1), H1, 1_500, 1_800), retry]);
+    h.attempts.insert(
+        t.cancelled,
+        vec![AttemptRec {
+            generation: 0,
+            attempt: 2,
+            outcome: "ok".into(),
+            started_us: ms(5),
+        }],
+    );
+}
+
+#[test]
+fn a_claimed_attempt_started_after_a_cancel_over_its_claim_is_reported() {
+    let (mut h, t) = sound();
+    cancelled_over_a_claim(&mut h, &t, true);
+    let v = judge(&h);
+    assert!(v.passed(), "{}", v.line());
+    assert_eq!((v.ran_after_terminal, v.claimed_before_cancel), (0, 1));
+    assert!(v.line().contains("claimed_before_cancel=1"), "{}", v.line());
+}
+
+#[test]
+fn an_unclaimed_attempt_started_after_a_cancel_fails() {
+    let (mut h, t) = sound();
+    cancelled_over_a_claim(&mut h, &t, false);
+    let v = fails_with(&h, "1 tasks executed after their terminal commit");
+    assert_eq!(v.claimed_before_cancel, 0);
+}
+
+#[test]
+fn a_claim_without_its_running_event_is_not_believed() {
+    // The ledger says claimed, but no RUNNING of attempt 2 reached the topic.
+    let (mut h, t) = sound();
+    cancelled_over_a_claim(&mut h, &t, true);
+    h.events
+        .get_mut(&t.cancelled)
+        .expect("events")
+        .retain(|e| !(e.state == Running && decode(e.version) == (0, Some(2))));
+    fails_with(&h, "1 tasks executed after their terminal commit");
+}
+
+#[test]
+fn a_claimed_attempt_started_after_a_success_fails() {
+    // SUCCEEDED (5 ms) is never excused: attempt 2 claimed, started at 9 ms.
+    let (mut h, t) = sound();
+    let mut e = exec(20, (0, 2), H2, ms(9), ms(10));
+    e.claimed = true;
+    h.execs.get_mut(&t.first).expect("execs").push(e);
+    h.events
+        .get_mut(&t.first)
+        .expect("events")
+        .push(ev(Running, 0, 2, 8));
+    fails_with(&h, "1 tasks executed after their terminal commit");
+}
+
+#[test]
+fn a_task_attempt_after_a_cancel_follows_the_ledgers_claim() {
+    // The same schedule with the ledger's rows of another attempt only: the task_attempts row
+    // of attempt 2 has no claimed execution to follow.
+    let (mut h, t) = sound();
+    cancelled_over_a_claim(&mut h, &t, true);
+    h.execs.get_mut(&t.cancelled).expect("execs").truncate(1);
+    let v = fails_with(&h, "1 tasks executed after their terminal commit");
+    assert!(
+        v.examples.iter().any(|e| e.contains("task_attempts")),
+        "{:?}",
+        v.examples
+    );
 }
 
 #[test]

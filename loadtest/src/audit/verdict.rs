@@ -46,6 +46,9 @@ pub struct Verdict {
     pub concurrent_runs: u64,
     /// Tasks run twice at once because a frozen processor resumed (reported, allowed).
     pub zombie_overlaps: u64,
+    /// Tasks whose claimed attempt's handler started after a cancel committed over the claim
+    /// (reported, allowed: the task was RUNNING when it was cancelled).
+    pub claimed_before_cancel: u64,
     /// Extra executions before a commit (allowed).
     pub duplicate_runs_before_commit: u64,
     /// Tasks whose committed terminal state changed.
@@ -102,7 +105,7 @@ impl Verdict {
             .map(|w| format!("; {}", w.line()))
             .unwrap_or_default();
         format!(
-            "{head}: accepted={} recorded={} offered={} accepted_submits={} rejected={:?} stored={} terminal={:?} missing={} not_terminal={} terminal_changed={} events_reordered={} last_event_mismatch={} (events {}{}) ran_after_terminal={} reran_after_commit={} concurrent_runs={} zombie_overlaps={} duplicate_runs_before_commit={} order_violations={} (keys {}) idempotency_conflicts_accepted={} idempotency_split={} key_mismatch={} tenant_mismatch={} foreign_cancels_applied={}{workflows}",
+            "{head}: accepted={} recorded={} offered={} accepted_submits={} rejected={:?} stored={} terminal={:?} missing={} not_terminal={} terminal_changed={} events_reordered={} last_event_mismatch={} (events {}{}) ran_after_terminal={} reran_after_commit={} concurrent_runs={} zombie_overlaps={} claimed_before_cancel={} duplicate_runs_before_commit={} order_violations={} (keys {}) idempotency_conflicts_accepted={} idempotency_split={} key_mismatch={} tenant_mismatch={} foreign_cancels_applied={}{workflows}",
             self.accepted,
             self.recorded,
             self.offered,
@@ -125,6 +128,7 @@ impl Verdict {
             self.reran_after_commit,
             self.concurrent_runs,
             self.zombie_overlaps,
+            self.claimed_before_cancel,
             self.duplicate_runs_before_commit,
             self.order_violations,
             self.keys_checked,

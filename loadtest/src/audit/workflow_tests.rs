@@ -95,6 +95,7 @@ fn put(h: &mut History, id: TaskId, state: TaskState, ran: Option<(i64, i64)>, e
                 started_us: Some(ms(start)),
                 finished_us: ms(end),
                 outcome: if state == Dead { "failed" } else { "ok" }.into(),
+                claimed: false,
             }],
         );
     }
@@ -342,6 +343,7 @@ fn a_node_cancelled_by_its_dependency_that_ran_fails() {
             started_us: Some(ms(120)),
             finished_us: ms(140),
             outcome: "cancelled".into(),
+            claimed: false,
         }],
     );
     let c = fails_with(&h, "1 workflow nodes cancelled by a dependency that ran");
@@ -359,6 +361,7 @@ fn a_node_run_after_its_terminal_commit_fails() {
         started_us: Some(ms(500)),
         finished_us: ms(510),
         outcome: "ok".into(),
+        claimed: false,
     });
     let c = fails_with(&h, "1 workflow nodes executed after their terminal commit");
     assert_eq!(c.ran_after_terminal, 1);

@@ -50,6 +50,9 @@ pub struct Execution {
     pub executed_at: DateTime<Utc>,
     /// How it ended.
     pub outcome: ExecutionOutcome,
+    /// The attempt's RUNNING was committed (awaited, not fenced out) before the handler started
+    /// (the processor's `HandlerContext::claimed`).
+    pub claimed: bool,
 }
 
 /// This process's instance id for the ledger: `<hostname>:<pid>`
@@ -78,7 +81,7 @@ pub async fn record_many(pool: &MySqlPool, rows: &[Execution]) -> Result<()> {
     }
     // Not padded (see `crate::padded`): a repeated row would be a second execution.
     let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
-        "INSERT INTO handler_executions (task_id, generation, attempt, executed_at, instance, started_at, outcome) ",
+        "INSERT INTO handler_executions (task_id, generation, attempt, executed_at, instance, started_at, outcome, claimed) ",
     );
     qb.push_values(rows, |mut b, e| {
         b.push_bind(e.task_id.as_bytes().as_slice())
@@ -87,7 +90,8 @@ pub async fn record_many(pool: &MySqlPool, rows: &[Execution]) -> Result<()> {
             .push_bind(e.executed_at)
             .push_bind(e.instance.as_str())
             .push_bind(e.started_at)
-            .push_bind(e.outcome.as_str());
+            .push_bind(e.outcome.as_str())
+            .push_bind(e.claimed);
     });
     qb.build().execute(pool).await?;
     Ok(())

@@ -82,6 +82,7 @@ pub enum HandlerError {
 ///     cancel: CancellationToken::new(),
 ///     attempt: 1,
 ///     generation: 0,
+///     claimed: false,
 ///     pool: sqlx::mysql::MySqlPoolOptions::new()
 ///         .connect_lazy("mysql://unused@127.0.0.1/unused")
 ///         .expect("a lazy pool"),
@@ -97,6 +98,12 @@ pub struct HandlerContext {
     pub attempt: u32,
     /// Redrive generation.
     pub generation: u32,
+    /// This attempt's RUNNING was committed before the handler started (awaited, and not fenced
+    /// out: no other instance had finished or cancelled the task). Always so for retries and
+    /// redrives; a first attempt's RUNNING is written beside its run (false) unless the
+    /// processor may have stood still since it read the task. A cancel committed by another
+    /// instance after the claim does not stop the handler (its outcome is dropped).
+    pub claimed: bool,
     /// The processor's MySQL pool (for ledgers and other side tables).
     pub pool: MySqlPool,
 }

@@ -133,6 +133,7 @@ impl SimulateHandler {
             started_at,
             executed_at: chrono::Utc::now(),
             outcome,
+            claimed: ctx.claimed,
         };
         self.ledger(ctx).call(execution).await
     }
@@ -262,6 +263,7 @@ mod tests {
             cancel,
             attempt: 1,
             generation: 0,
+            claimed: false,
             pool: env.pool.clone(),
         };
         let live = tokio_util::sync::CancellationToken::new;
@@ -281,8 +283,13 @@ mod tests {
             "the result names the instance"
         );
         let failed = envelope(r#"{"fail_attempts":1,"permanent":true}"#);
+        // A claimed attempt (a retry's, say) says so in its row.
+        let claimed = HandlerContext {
+            claimed: true,
+            ..ctx(live())
+        };
         assert!(matches!(
-            h.handle(ctx(live()), &failed).await,
+            h.handle(claimed, &failed).await,
             Err(HandlerError::Permanent(_))
         ));
         let cancelled = envelope(r#"{"latency_ms":60000}"#);
@@ -308,7 +315,7 @@ mod tests {
             (&panicky, "panic"),
         ] {
             let rows = sqlx::query(
-                "SELECT instance, started_at, executed_at, outcome, generation, attempt \
+                "SELECT instance, started_at, executed_at, outcome, generation, attempt, claimed \
                  FROM handler_executions WHERE task_id = ?",
             )
             .bind(task.task_id.as_bytes().as_slice())
@@ -324,6 +331,11 @@ mod tests {
             assert!(started <= finished, "{outcome}: {started} > {finished}");
             assert_eq!(r.get::<String, _>(3), outcome);
             assert_eq!((r.get::<u32, _>(4), r.get::<u32, _>(5)), (0, 1));
+            assert_eq!(
+                r.get::<bool, _>(6),
+                outcome == "failed",
+                "{outcome}: claimed"
+            );
         }
         let ok_rows: (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
             sqlx::query_as(

@@ -336,10 +336,10 @@ impl Processor {
         // the state (`crate::stall`): then another instance may own the partition and have
         // finished the task, which only the fenced claim can tell.
         let stalled = || !cfg!(feature = "fault-no-stall-claim") && stall::suspect_since(read_at);
-        if a > 1 || g > 0 || stalled() {
+        let claimed = if a > 1 || g > 0 || stalled() {
             let (claimed, _event) = self.writer.claim(running, trace.clone()).await;
             match claimed.await {
-                Ok(true) => {}
+                Ok(true) => true,
                 Ok(false) => {
                     tracing::info!("the task moved on before this attempt started; skipped");
                     return Some(done_now());
@@ -348,7 +348,8 @@ impl Processor {
             }
         } else {
             drop(self.writer.write(running, None, trace.clone()).await);
-        }
+            false
+        };
         if self.is_cancelled(env.task_id, tenant) {
             tracing::info!("task cancelled before it ran");
             return Some(self.writer.write(cancelled(), None, trace).await);
@@ -359,6 +360,7 @@ impl Processor {
             cancel: token.clone(),
             attempt: a,
             generation: g,
+            claimed,
             pool: self.pool.clone(),
         };
         // A panic is a failed attempt (retryable), not a stuck task: caught here, the lane, the

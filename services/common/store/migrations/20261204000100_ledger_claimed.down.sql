@@ -1,0 +1,2 @@
+ALTER TABLE handler_executions
+    DROP COLUMN IF EXISTS claimed;
