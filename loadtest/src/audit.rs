@@ -26,7 +26,10 @@
 //! - `ran_after_terminal`: an execution (ledger, or a `task_attempts` row, which also covers
 //!   handlers without a ledger) that started after the task's terminal state was committed; the
 //!   commit time is the Kafka timestamp of the first terminal event (stamped when the writer
-//!   produced it, after the MySQL commit);
+//!   produced it, after the MySQL commit). A claimed attempt (its RUNNING awaited and granted
+//!   before the handler started, the ledger's `claimed`) meeting a CANCELLED is judged by its
+//!   claim when the claim's RUNNING event is on the topic: it was RUNNING when it was cancelled
+//!   (`claimed_before_cancel`, reported);
 //! - `reran_after_commit`: an execution of an attempt that started after that attempt's outcome
 //!   (RETRYING, SUCCEEDED or DEAD at its version) was committed;
 //! - `concurrent_runs`: two executions of one task overlapping in time (start..finish), unless the
