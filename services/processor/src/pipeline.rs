@@ -180,6 +180,7 @@ impl Pipeline {
             cancelled_ttl: Duration::from_millis(s.consumer.cancelled_ttl_ms),
             slots: Slots::new(s.consumer.max_concurrency, s.consumer.priority_weights),
             retry_topic_max_delay: Duration::from_millis(s.consumer.retry_topic_max_delay_ms),
+            retry_backstop: Duration::from_millis(s.scheduler.republish_after_ms),
             workflows: workflows_waker.clone(),
         }));
 

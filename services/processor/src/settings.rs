@@ -228,7 +228,9 @@ pub struct SchedulerSettings {
     /// Rows claimed per transaction.
     pub batch_size: u32,
     /// A claimed row still `pending` after this long (its task never reached a consumer: the
-    /// claimer died or Kafka failed before it was produced) is published again.
+    /// claimer died or Kafka failed before it was produced) is published again. Also the
+    /// backstop of retries on the retry topics: a task still RETRYING this long after its next
+    /// attempt was due has its next attempt published again from MySQL.
     pub republish_after_ms: u64,
 }
 

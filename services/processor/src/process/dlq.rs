@@ -132,10 +132,19 @@ impl Processor {
         w.lease_epoch = d.lease.fence;
         w.last_error = error.to_string();
         let trace = telemetry::current_trace_headers();
-        let c = if in_mysql {
-            self.writer.write_retry(w, row, trace, not_before).await
-        } else {
-            self.writer.write(w, Some(row), trace).await
+        // A retry on a topic also leaves a backstop wait in MySQL: should its record never reach a
+        // consumer (acknowledged and then not on the topic was seen once after a broker restart
+        // and a producer rebuild; docs/reliability.md), the scheduler publishes the next attempt
+        // again once the wait is due and the task is still RETRYING at this version. When the
+        // attempt runs, the task moves on and the wait is dropped at its next claim; a second
+        // record of one attempt is skipped by the gate or the in-flight check.
+        let backstop = (!cfg!(feature = "fault-no-retry-backstop"))
+            .then(|| chrono::Duration::from_std(self.retry_backstop).ok())
+            .flatten();
+        let c = match (in_mysql, backstop) {
+            (true, _) => self.writer.write_retry(w, row, trace, not_before).await,
+            (false, Some(b)) => self.writer.write_retry(w, row, trace, not_before + b).await,
+            (false, None) => self.writer.write(w, Some(row), trace).await,
         };
         ticket.release();
         Some(c)

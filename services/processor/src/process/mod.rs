@@ -118,6 +118,10 @@ pub struct Parts {
     pub slots: Arc<Slots>,
     /// Longer retry delays wait in MySQL instead of on a retry topic.
     pub retry_topic_max_delay: Duration,
+    /// A retry sent to a retry topic also leaves a wait in MySQL due this long after the retry
+    /// (`scheduler.republish_after_ms`): if the task is still RETRYING then, its record never
+    /// reached a consumer and the scheduler publishes the next attempt again.
+    pub retry_backstop: Duration,
     /// Wakes the workflow advancer when a workflow node's state commits.
     pub workflows: crate::workflows::Waker,
 }

@@ -262,3 +262,87 @@ async fn replayed_records_neither_regress_state_nor_run_again() -> anyhow::Resul
     env.cleanup().await;
     Ok(())
 }
+
+/// A retry record that never reaches a consumer (acknowledged, then not on the topic: seen once
+/// after a broker restart and a producer rebuild) must not leave its task RETRYING for good. The
+/// schedule: attempt 1 fails, its retry (6 s out) goes to the retry topic, the processor stops
+/// before it is due, the retry topic's records are deleted on the broker, a processor starts
+/// again. Only the backstop wait in MySQL can bring the next attempt back: with
+/// `--features fault-no-retry-backstop` the task stays RETRYING and this test fails.
+#[tokio::test]
+async fn a_retry_record_lost_on_kafka_is_published_again_from_mysql() -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let env = TestEnv::new().await?;
+    let mut s = settings(&env);
+    s.consumer.retry_topic_max_delay_ms = 20_000;
+    s.scheduler.republish_after_ms = 2_000;
+    s.scheduler.interval_ms = 200;
+    let app = start(s.clone()).await?;
+    let mut e = task("simulate", "lost-retry", r#"{"fail_attempts":1}"#);
+    e.retry = RetryPolicy {
+        max_attempts: 3,
+        initial_backoff_ms: 6_000,
+        max_backoff_ms: 6_000,
+    };
+    produce(&producer(&env)?, &env.topics(), &e).await?;
+    wait_all(
+        &env.pool,
+        &[e.task_id],
+        TaskState::Retrying,
+        Duration::from_secs(30),
+    )
+    .await?;
+    app.stop().await?;
+    let stored = states(&env.pool, &[e.task_id]).await?;
+    assert_eq!(
+        stored[&e.task_id].version,
+        TaskState::Retrying.version(0, 1),
+        "still waiting for attempt 2 when the processor stopped"
+    );
+
+    // The retry record goes: every record of the retry topic is deleted on the broker.
+    let topic = env.topics().retry(1);
+    let partitions = dispatch_runtime::kafka::dispatch_topics(&env.kafka)
+        .into_iter()
+        .find(|t| t.name == topic)
+        .map(|t| t.partitions)
+        .ok_or_else(|| anyhow::anyhow!("no topic {topic}"))?;
+    let mut all = TopicPartitionList::new();
+    for p in 0..partitions {
+        all.add_partition_offset(&topic, p, Offset::End)?;
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        dispatch_runtime::kafka::client_config(&env.kafka).create()?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let after = admin.delete_records(&all, &opts).await?;
+    let low: i64 = after
+        .elements()
+        .iter()
+        .map(|el| match el.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum();
+    assert!(low >= 1, "the retry record was deleted: {after:?}");
+
+    let app = start(s).await?;
+    let done = wait_succeeded(&env, &[e.task_id], Duration::from_secs(40)).await?;
+    assert_eq!(done[&e.task_id].version, TaskState::Succeeded.version(0, 2));
+    let runs: Vec<u32> = executions(&env.pool)
+        .await?
+        .iter()
+        .filter(|x| x.task_id == e.task_id)
+        .map(|x| x.attempt)
+        .collect();
+    assert_eq!(runs, [1, 2], "each attempt ran once");
+    let waits: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM retry_waits")
+        .fetch_one(&env.pool)
+        .await?;
+    assert_eq!(waits, 0, "the backstop wait is gone once published");
+    app.stop().await?;
+    env.cleanup().await;
+    Ok(())
+}
