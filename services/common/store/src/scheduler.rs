@@ -67,6 +67,9 @@ pub struct DueTask {
     pub trace: Vec<(String, String)>,
     /// The workflow it is a node of, if any.
     pub workflow_id: Option<TaskId>,
+    /// A retry whose wait was a backstop ([`set_retry_due`]): its record was sent to a retry
+    /// topic and never reached a consumer. Only [`claim_due_retries`] sets it.
+    pub backstop: bool,
 }
 
 /// Begins a claim transaction, in READ COMMITTED (see the module doc).
@@ -114,18 +117,22 @@ pub async fn claim_due_retries(
         return Ok(Vec::new());
     }
     let waits = sqlx::query(
-        "SELECT w.task_id, CAST(COALESCE(t.state = 'retrying' AND t.version = w.version, 0) AS SIGNED) AS live \
+        "SELECT w.task_id, CAST(COALESCE(t.state = 'retrying' AND t.version = w.version, 0) AS SIGNED) AS live, \
+         CAST(w.backstop AS SIGNED) AS backstop \
          FROM retry_waits w LEFT JOIN tasks t ON t.task_id = w.task_id \
          WHERE w.due_at <= NOW(6) ORDER BY w.due_at LIMIT ? FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
-    let (mut live, mut stale) = (Vec::new(), Vec::new());
+    let (mut live, mut stale, mut backstops) = (Vec::new(), Vec::new(), Vec::new());
     for r in &waits {
         let id = task_id(r, "task_id")?;
         let is_live: i64 = r.try_get("live")?;
         if is_live == 1 { &mut live } else { &mut stale }.push(id);
+        if is_live == 1 && r.try_get::<i64, _>("backstop")? == 1 {
+            backstops.push(id);
+        }
     }
     if !stale.is_empty() {
         let mut qb: QueryBuilder<MySql> =
@@ -140,7 +147,11 @@ pub async fn claim_due_retries(
         "SELECT {DUE_COLUMNS} FROM tasks WHERE state = 'retrying' AND task_id IN ("
     ));
     crate::tasks::push_ids(&mut qb, &live);
-    decode(&qb.build().fetch_all(&mut *conn).await?)
+    let mut due = decode(&qb.build().fetch_all(&mut *conn).await?)?;
+    for t in &mut due {
+        t.backstop = backstops.contains(&t.task_id);
+    }
+    Ok(due)
 }
 
 /// Pushes claimed retries' due time to `until`: if their next attempt is not published by then
@@ -181,26 +192,34 @@ pub async fn finish_retries(pool: &sqlx::MySqlPool, published: &[(TaskId, Versio
 }
 
 /// Records when the next attempt of each landed RETRYING write is due: a wait in `retry_waits`
-/// for the write's version (call in the write's transaction, after the write).
+/// for the write's version (call in the write's transaction, after the write). The flag marks a
+/// backstop: the next attempt was sent to a retry topic, and the wait is due a while after it,
+/// for the case where that record never reaches a consumer.
 ///
 /// # Errors
 /// Database errors.
 pub async fn set_retry_due(
     conn: &mut sqlx::MySqlConnection,
-    due: &[(TaskId, Version, DateTime<Utc>)],
+    due: &[(TaskId, Version, DateTime<Utc>, bool)],
 ) -> Result<()> {
     if due.is_empty() {
         return Ok(());
     }
     let mut qb: QueryBuilder<MySql> =
-        QueryBuilder::new("INSERT INTO retry_waits (task_id, version, due_at) ");
+        QueryBuilder::new("INSERT INTO retry_waits (task_id, version, due_at, backstop) ");
     // A repeated last row is the same wait again: a no-op.
-    qb.push_values(crate::padded(due).iter(), |mut b, (id, version, at)| {
-        b.push_bind(id.as_bytes().to_vec())
-            .push_bind(*version)
-            .push_bind(*at);
-    });
-    qb.push(" ON DUPLICATE KEY UPDATE version = VALUES(version), due_at = VALUES(due_at)");
+    qb.push_values(
+        crate::padded(due).iter(),
+        |mut b, (id, version, at, backstop)| {
+            b.push_bind(id.as_bytes().to_vec())
+                .push_bind(*version)
+                .push_bind(*at)
+                .push_bind(*backstop);
+        },
+    );
+    qb.push(
+        " ON DUPLICATE KEY UPDATE version = VALUES(version), due_at = VALUES(due_at), backstop = VALUES(backstop)",
+    );
     qb.build().execute(&mut *conn).await?;
     Ok(())
 }
@@ -312,6 +331,7 @@ fn decode(rows: &[sqlx::mysql::MySqlRow]) -> Result<Vec<DueTask>> {
                     .map(|b| TaskId::from_slice(&b))
                     .transpose()
                     .map_err(|e| StoreError::Corrupt(format!("workflow_id: {e}")))?,
+                backstop: false,
             })
         })
         .collect()

@@ -46,9 +46,9 @@ async fn a_claim_takes_due_live_waits_and_drops_stale_ones() -> anyhow::Result<(
     scheduler::set_retry_due(
         &mut conn,
         &[
-            (live, v, now - Duration::seconds(1)),
-            (ran, v, now - Duration::seconds(2)),
-            (later, v, now + Duration::hours(1)),
+            (live, v, now - Duration::seconds(1), true),
+            (ran, v, now - Duration::seconds(2), false),
+            (later, v, now + Duration::hours(1), false),
         ],
     )
     .await?;
@@ -61,6 +61,7 @@ async fn a_claim_takes_due_live_waits_and_drops_stale_ones() -> anyhow::Result<(
         vec![live],
         "only the due wait whose task still waits"
     );
+    assert!(due[0].backstop, "its wait was a backstop");
     scheduler::lease_retries(&mut tx, &[live], now + Duration::minutes(5)).await?;
     tx.commit().await?;
     let mut left = waits(pool).await?;
@@ -80,7 +81,11 @@ async fn a_claim_takes_due_live_waits_and_drops_stale_ones() -> anyhow::Result<(
     // A newer wait of the task replaced the one published: it stays.
     let newer = TaskState::Retrying.version(0, 2);
     let mut conn = pool.acquire().await?;
-    scheduler::set_retry_due(&mut conn, &[(later, newer, now + Duration::hours(1))]).await?;
+    scheduler::set_retry_due(
+        &mut conn,
+        &[(later, newer, now + Duration::hours(1), false)],
+    )
+    .await?;
     drop(conn);
     scheduler::finish_retries(pool, &[(live, v), (later, v)]).await?;
     assert_eq!(

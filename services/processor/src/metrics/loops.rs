@@ -17,6 +17,13 @@ static SCHEDULER_CLAIMED: LazyLock<IntCounter> = LazyLock::new(|| {
         "Scheduled tasks published when due.",
     )
 });
+/// `dispatch_retry_backstops_total`: retries published again from their backstop wait.
+static BACKSTOPS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "dispatch_retry_backstops_total",
+        "Next attempts published again from MySQL because the task was still RETRYING well after its retry record was due (the record never reached a consumer, or the retry consumers lag).",
+    )
+});
 /// `dispatch_schedule_fires_total{outcome}` ([`FireOutcome`]).
 static FIRES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -211,6 +218,7 @@ impl RetentionRound {
 /// Pre-creates the series.
 pub(super) fn init() {
     LazyLock::force(&SCHEDULER_CLAIMED);
+    LazyLock::force(&BACKSTOPS);
     for o in FireOutcome::ALL {
         FIRES.with_label_values(&[o.as_str()]);
     }
@@ -234,6 +242,11 @@ pub(super) fn init() {
 /// The scheduler published `n` due tasks.
 pub fn scheduled_tasks_published(n: usize) {
     SCHEDULER_CLAIMED.inc_by(n as u64);
+}
+
+/// `n` retries were published again from their backstop waits.
+pub fn retry_backstops(n: usize) {
+    BACKSTOPS.inc_by(n as u64);
 }
 
 /// `n` fire times of a schedule pass ended with `outcome`.

@@ -142,8 +142,16 @@ impl Processor {
             .then(|| chrono::Duration::from_std(self.retry_backstop).ok())
             .flatten();
         let c = match (in_mysql, backstop) {
-            (true, _) => self.writer.write_retry(w, row, trace, not_before).await,
-            (false, Some(b)) => self.writer.write_retry(w, row, trace, not_before + b).await,
+            (true, _) => {
+                self.writer
+                    .write_retry(w, row, trace, not_before, false)
+                    .await
+            }
+            (false, Some(b)) => {
+                self.writer
+                    .write_retry(w, row, trace, not_before + b, true)
+                    .await
+            }
             (false, None) => self.writer.write(w, Some(row), trace).await,
         };
         ticket.release();

@@ -68,6 +68,8 @@ pub struct WriteRequest {
     pub done: Option<oneshot::Sender<bool>>,
     /// A RETRYING write whose next attempt waits in MySQL: when it is due.
     pub retry_due: Option<chrono::DateTime<chrono::Utc>>,
+    /// That wait is a backstop (the next attempt went to a retry topic).
+    pub retry_backstop: bool,
     /// A claim ([`Writer::claim`]): released right after the commit, with whether the row now
     /// carries this write's version (its event is published later, like every other).
     pub claimed: Option<(u64, oneshot::Sender<bool>)>,
@@ -100,15 +102,17 @@ impl Writer {
     }
 
     /// Queues a RETRYING write whose next attempt waits in MySQL until `due` (the scheduler
-    /// publishes it then); resolves like [`Writer::write`].
+    /// publishes it then, if the task still waits); resolves like [`Writer::write`]. A
+    /// `backstop` wait belongs to a next attempt already sent to a retry topic.
     pub async fn write_retry(
         &self,
         write: TaskWrite,
         attempt: AttemptRow,
         trace: Vec<(String, String)>,
         due: chrono::DateTime<chrono::Utc>,
+        backstop: bool,
     ) -> Committed {
-        self.send(write, Some(attempt), trace, Some(due), None)
+        self.send(write, Some(attempt), trace, Some((due, backstop)), None)
             .await
     }
 
@@ -135,7 +139,7 @@ impl Writer {
         write: TaskWrite,
         attempt: Option<AttemptRow>,
         trace: Vec<(String, String)>,
-        retry_due: Option<chrono::DateTime<chrono::Utc>>,
+        retry_due: Option<(chrono::DateTime<chrono::Utc>, bool)>,
         claimed: Option<(u64, oneshot::Sender<bool>)>,
     ) -> Committed {
         let (done, rx) = oneshot::channel();
@@ -144,7 +148,8 @@ impl Writer {
             attempt,
             trace,
             done: Some(done),
-            retry_due,
+            retry_due: retry_due.map(|(at, _)| at),
+            retry_backstop: retry_due.is_some_and(|(_, b)| b),
             claimed,
         };
         // A closed writer drops the request, and with it `done`: the receiver reports an error.
@@ -187,6 +192,7 @@ pub struct WriterTask {
 struct Entry {
     write: Option<TaskWrite>,
     retry_due: Option<chrono::DateTime<chrono::Utc>>,
+    retry_backstop: bool,
     attempts: Vec<AttemptRow>,
     trace: Vec<(String, String)>,
     waiters: Vec<oneshot::Sender<bool>>,
@@ -216,6 +222,7 @@ impl Batch {
                 e.write = Some(r.write);
                 e.trace = r.trace;
                 e.retry_due = r.retry_due;
+                e.retry_backstop = r.retry_backstop;
             }
             Some(old) => {
                 let (w, took_new) = coalesce(old, r.write);
@@ -223,6 +230,7 @@ impl Batch {
                 if took_new {
                     e.trace = r.trace;
                     e.retry_due = r.retry_due;
+                    e.retry_backstop = r.retry_backstop;
                 }
             }
         }
@@ -666,7 +674,7 @@ async fn commit(pool: &MySqlPool, batch: &Batch) -> dispatch_store::Result<Lande
             let at = e.retry_due?;
             stored
                 .contains_key(&w.task_id)
-                .then_some((w.task_id, w.version, at))
+                .then_some((w.task_id, w.version, at, e.retry_backstop))
         })
         .collect();
     dispatch_store::scheduler::set_retry_due(&mut tx, &due).await?;
@@ -704,6 +712,7 @@ mod tests {
                 trace: Vec::new(),
                 done: Some(tx),
                 retry_due: None,
+                retry_backstop: false,
                 claimed: None,
             },
             rx,

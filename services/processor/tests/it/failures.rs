@@ -342,6 +342,15 @@ async fn a_retry_record_lost_on_kafka_is_published_again_from_mysql() -> anyhow:
         .fetch_one(&env.pool)
         .await?;
     assert_eq!(waits, 0, "the backstop wait is gone once published");
+    let text = app.metrics().await?;
+    assert!(
+        text.lines()
+            .any(|l| l == "dispatch_retry_backstops_total 1"),
+        "the backstop is counted: {:?}",
+        text.lines()
+            .filter(|l| l.contains("backstop"))
+            .collect::<Vec<_>>()
+    );
     app.stop().await?;
     env.cleanup().await;
     Ok(())

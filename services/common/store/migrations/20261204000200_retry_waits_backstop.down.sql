@@ -1,0 +1,2 @@
+ALTER TABLE retry_waits
+    DROP COLUMN IF EXISTS backstop;
