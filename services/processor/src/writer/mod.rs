@@ -643,13 +643,14 @@ async fn commit(pool: &MySqlPool, batch: &Batch) -> dispatch_store::Result<Lande
     let tokens = dispatch_store::tasks::upsert_batch(&mut tx, &writes).await?;
     let token_of: HashMap<TaskId, u64> = ids.iter().copied().zip(tokens).collect();
     // A SCHEDULED task (or a retry waiting in MySQL) keeps its trace context until the scheduler
-    // publishes it.
+    // publishes it. A backstop wait does not: its retry record carries the trace.
     let scheduled: Vec<(TaskId, &[(String, String)])> = batch
         .entries
         .iter()
         .filter_map(|e| {
             let w = e.write.as_ref()?;
-            let waits = w.state == TaskState::Scheduled || e.retry_due.is_some();
+            let waits =
+                w.state == TaskState::Scheduled || (e.retry_due.is_some() && !e.retry_backstop);
             (waits && !e.trace.is_empty()).then_some((w.task_id, e.trace.as_slice()))
         })
         .collect();
