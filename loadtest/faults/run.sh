@@ -48,7 +48,7 @@
 #                           edges, CancelWorkflow) while a processor is SIGKILLed twice and another
 #                           SIGSTOPped past its session timeout; the audit's workflow checks
 # Every scenario ends with `audit PASS` or `audit FAIL (reasons)`; the run fails if any did not
-# pass. FAULT=<feature> runs them against a processor built with a test-only fault feature (the
+# pass. FAULT=<feature> runs them against a processor or gateway built with a test-only fault feature (the
 # checks must then FAIL; docs/reliability.md, "Proof that the checks bite"). Environment: SOAK=1 (long versions), DRAIN_MS (the processors' rebalance drain in rebalance and long-handler-rebalance, default 5000), PROFILE=debug|release, GATEWAYS/READERS/PROCESSORS
 # (default 2/2/3), SKIP_BUILD=1 (use the built binaries), STACK_UP=0 (do not run stack.sh up: the
 # stack is already up, e.g. started from another checkout), COMMIT (named in the verdicts when
@@ -801,25 +801,26 @@ release_flag() { [[ "${PROFILE}" == "release" ]] && echo --release; return 0; }
 if [[ "${SKIP_BUILD:-0}" != "1" ]]; then
     cargo build --locked -p dispatch-loadtest $(release_flag)
 fi
-# FAULT=<feature>[,<feature>...]: run against a deliberately broken processor, built with test-only
-# cargo features (fault-equal-version, fault-no-epoch, fault-skip-cancel-tenant, fault-drop-event,
-# fault-lane-release-early, fault-skip-gate, fault-run-past-revoke, fault-fifo-tenants,
-# fault-slot-before-lane, fault-release-early;
-# services/processor/Cargo.toml), to see the audit
-# FAIL. The running services are stopped first, and the normal binaries are rebuilt at the end.
+# FAULT=<feature>[,<feature>...]: run against a deliberately broken processor or gateway, built
+# with test-only cargo features (the `fault-*` features of services/processor/Cargo.toml and
+# services/gateway/Cargo.toml, each described there), to see the audit FAIL. The running services
+# are stopped first, and the normal binaries are rebuilt at the end.
 if [[ -n "${FAULT:-}" ]]; then
     features=()
     for f in ${FAULT//,/ }; do
-        if ! grep -q "^${f} = " services/processor/Cargo.toml; then
+        if grep -q "^${f} = " services/processor/Cargo.toml; then
+            features+=("dispatch-processor/${f}")
+        elif grep -q "^${f} = " services/gateway/Cargo.toml; then
+            features+=("dispatch-gateway/${f}")
+        else
             printf 'unknown fault feature: %s\nknown: %s\n' "${f}" \
-                "$(grep -o '^fault-[a-z-]*' services/processor/Cargo.toml | paste -sd' ')" >&2
+                "$(grep -ho '^fault-[a-z-]*' services/processor/Cargo.toml services/gateway/Cargo.toml | paste -sd' ')" >&2
             exit 2
         fi
-        features+=("dispatch-processor/${f}")
     done
     "${SVC}" stop >/dev/null
-    log "building the processor with the fault features ${FAULT}"
-    cargo build --locked -p dispatch-processor --features "${features[*]}" $(release_flag)
+    log "building the processor and the gateway with the fault features ${FAULT}"
+    cargo build --locked -p dispatch-processor -p dispatch-gateway --features "${features[*]}" $(release_flag)
     # The services run from a copy, so a build in the shared target while the scenario runs
     # (another engineer's tests) cannot swap the broken processor for a sound one mid-run.
     fault_dir="${OUT}/fault-target" build_target="${CARGO_TARGET_DIR:-${REPO}/target}"
