@@ -165,7 +165,12 @@ fn on_duplicate() -> String {
         "lease_epoch = IF({apply} AND VALUES(lease_epoch) <> 0, VALUES(lease_epoch), lease_epoch)"
     ));
     sets.push(format!("version = IF({apply}, VALUES(version), version)"));
-    sets.push(format!("tenant = IF({data}, VALUES(tenant), tenant)"));
+    if cfg!(feature = "fault-placeholder-keeps-tenant") {
+        // The fault build: a foreign placeholder's tenant stays when its owner's write fills it.
+        sets.push("tenant = tenant".to_owned());
+    } else {
+        sets.push(format!("tenant = IF({data}, VALUES(tenant), tenant)"));
+    }
     sets.push(format!(
         "task_type = IF({data}, VALUES(task_type), task_type)"
     ));
