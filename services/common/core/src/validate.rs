@@ -203,6 +203,7 @@ pub fn parse_task_spec_with(
             Some(timeout_ms),
         ) if v.is_empty() => {
             let task_id = match &idem {
+                Some(_) if cfg!(feature = "fault-random-keyed-ids") => TaskId::new(),
                 Some(key) => TaskId::from_idempotency_key(tenant.as_str(), key.as_str()),
                 None => TaskId::new(),
             };
