@@ -277,12 +277,13 @@ impl Scheduler {
                 let level = t.attempts.clamp(1, dispatch_core::topics::RETRY_LEVELS);
                 let topic = self.topics.retry(level);
                 match self.producer.send("retry", &topic, env.key(), &env.encode(), &h).await {
-                    Ok(_) if t.backstop => {
-                        tracing::warn!(task_id = %t.task_id, attempt = env.attempt, "a retry record never reached a consumer; its next attempt is published again from MySQL");
-                        metrics::retry_backstops(1);
+                    Ok(_) => {
+                        if t.backstop {
+                            tracing::warn!(task_id = %t.task_id, attempt = env.attempt, "a retry record never reached a consumer; its next attempt is published again from MySQL");
+                            metrics::retry_backstops(1);
+                        }
                         Some((t.task_id, t.version))
                     }
-                    Ok(_) => Some((t.task_id, t.version)),
                     Err(e) => {
                         tracing::warn!(task_id = %t.task_id, error = %e, "cannot publish a due retry; published again later");
                         None

@@ -125,13 +125,14 @@ pub async fn claim_due_retries(
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
-    let (mut live, mut stale, mut backstops) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut live, mut stale) = (Vec::new(), Vec::new());
+    let mut backstops = std::collections::HashSet::new();
     for r in &waits {
         let id = task_id(r, "task_id")?;
         let is_live: i64 = r.try_get("live")?;
         if is_live == 1 { &mut live } else { &mut stale }.push(id);
         if is_live == 1 && r.try_get::<i64, _>("backstop")? == 1 {
-            backstops.push(id);
+            backstops.insert(id);
         }
     }
     if !stale.is_empty() {

@@ -138,21 +138,19 @@ impl Processor {
         // again once the wait is due and the task is still RETRYING at this version. When the
         // attempt runs, the task moves on and the wait is dropped at its next claim; a second
         // record of one attempt is skipped by the gate or the in-flight check.
-        let backstop = (!cfg!(feature = "fault-no-retry-backstop"))
-            .then(|| chrono::Duration::from_std(self.retry_backstop).ok())
-            .flatten();
-        let c = match (in_mysql, backstop) {
-            (true, _) => {
-                self.writer
-                    .write_retry(w, row, trace, not_before, false)
-                    .await
-            }
-            (false, Some(b)) => {
-                self.writer
-                    .write_retry(w, row, trace, not_before + b, true)
-                    .await
-            }
-            (false, None) => self.writer.write(w, Some(row), trace).await,
+        let backstop = chrono::Duration::from_std(self.retry_backstop)
+            .ok()
+            .filter(|_| !cfg!(feature = "fault-no-retry-backstop"));
+        let c = if in_mysql {
+            self.writer
+                .write_retry(w, row, trace, not_before, false)
+                .await
+        } else if let Some(b) = backstop {
+            self.writer
+                .write_retry(w, row, trace, not_before + b, true)
+                .await
+        } else {
+            self.writer.write(w, Some(row), trace).await
         };
         ticket.release();
         Some(c)

@@ -54,6 +54,16 @@ use events::{enqueue_events, release_after};
 use owed::Owed;
 pub(crate) use owed::Publisher;
 
+/// When the next attempt of a RETRYING write is due, waiting in MySQL (`retry_waits`).
+#[derive(Debug, Clone, Copy)]
+pub struct RetryDue {
+    /// Due then.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// A backstop: the next attempt was also sent to a retry topic, and this wait only matters if
+    /// that record never reaches a consumer.
+    pub backstop: bool,
+}
+
 /// One state change to persist.
 #[derive(Debug)]
 pub struct WriteRequest {
@@ -67,9 +77,7 @@ pub struct WriteRequest {
     /// (error) if the writer gives up.
     pub done: Option<oneshot::Sender<bool>>,
     /// A RETRYING write whose next attempt waits in MySQL: when it is due.
-    pub retry_due: Option<chrono::DateTime<chrono::Utc>>,
-    /// That wait is a backstop (the next attempt went to a retry topic).
-    pub retry_backstop: bool,
+    pub retry_due: Option<RetryDue>,
     /// A claim ([`Writer::claim`]): released right after the commit, with whether the row now
     /// carries this write's version (its event is published later, like every other).
     pub claimed: Option<(u64, oneshot::Sender<bool>)>,
@@ -112,7 +120,8 @@ impl Writer {
         due: chrono::DateTime<chrono::Utc>,
         backstop: bool,
     ) -> Committed {
-        self.send(write, Some(attempt), trace, Some((due, backstop)), None)
+        let due = RetryDue { at: due, backstop };
+        self.send(write, Some(attempt), trace, Some(due), None)
             .await
     }
 
@@ -139,7 +148,7 @@ impl Writer {
         write: TaskWrite,
         attempt: Option<AttemptRow>,
         trace: Vec<(String, String)>,
-        retry_due: Option<(chrono::DateTime<chrono::Utc>, bool)>,
+        retry_due: Option<RetryDue>,
         claimed: Option<(u64, oneshot::Sender<bool>)>,
     ) -> Committed {
         let (done, rx) = oneshot::channel();
@@ -148,8 +157,7 @@ impl Writer {
             attempt,
             trace,
             done: Some(done),
-            retry_due: retry_due.map(|(at, _)| at),
-            retry_backstop: retry_due.is_some_and(|(_, b)| b),
+            retry_due,
             claimed,
         };
         // A closed writer drops the request, and with it `done`: the receiver reports an error.
@@ -191,8 +199,7 @@ pub struct WriterTask {
 #[derive(Default)]
 struct Entry {
     write: Option<TaskWrite>,
-    retry_due: Option<chrono::DateTime<chrono::Utc>>,
-    retry_backstop: bool,
+    retry_due: Option<RetryDue>,
     attempts: Vec<AttemptRow>,
     trace: Vec<(String, String)>,
     waiters: Vec<oneshot::Sender<bool>>,
@@ -222,7 +229,6 @@ impl Batch {
                 e.write = Some(r.write);
                 e.trace = r.trace;
                 e.retry_due = r.retry_due;
-                e.retry_backstop = r.retry_backstop;
             }
             Some(old) => {
                 let (w, took_new) = coalesce(old, r.write);
@@ -230,7 +236,6 @@ impl Batch {
                 if took_new {
                     e.trace = r.trace;
                     e.retry_due = r.retry_due;
-                    e.retry_backstop = r.retry_backstop;
                 }
             }
         }
@@ -649,8 +654,7 @@ async fn commit(pool: &MySqlPool, batch: &Batch) -> dispatch_store::Result<Lande
         .iter()
         .filter_map(|e| {
             let w = e.write.as_ref()?;
-            let waits =
-                w.state == TaskState::Scheduled || (e.retry_due.is_some() && !e.retry_backstop);
+            let waits = w.state == TaskState::Scheduled || e.retry_due.is_some_and(|d| !d.backstop);
             (waits && !e.trace.is_empty()).then_some((w.task_id, e.trace.as_slice()))
         })
         .collect();
@@ -672,10 +676,10 @@ async fn commit(pool: &MySqlPool, batch: &Batch) -> dispatch_store::Result<Lande
         .iter()
         .filter_map(|e| {
             let w = e.write.as_ref()?;
-            let at = e.retry_due?;
+            let d = e.retry_due?;
             stored
                 .contains_key(&w.task_id)
-                .then_some((w.task_id, w.version, at, e.retry_backstop))
+                .then_some((w.task_id, w.version, d.at, d.backstop))
         })
         .collect();
     dispatch_store::scheduler::set_retry_due(&mut tx, &due).await?;
@@ -713,7 +717,6 @@ mod tests {
                 trace: Vec::new(),
                 done: Some(tx),
                 retry_due: None,
-                retry_backstop: false,
                 claimed: None,
             },
             rx,
@@ -767,7 +770,10 @@ mod tests {
         b.add(c);
         b.add(req(write(done, TaskState::Succeeded, 1)).0);
         let (mut r, _) = req(write(retry, TaskState::Running, 1));
-        r.retry_due = Some(Utc::now());
+        r.retry_due = Some(RetryDue {
+            at: Utc::now(),
+            backstop: false,
+        });
         b.add(r);
         let mut carried = b.carry_starts();
         let ids = |b: &Batch| -> Vec<TaskId> {
