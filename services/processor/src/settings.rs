@@ -178,6 +178,9 @@ pub struct WriterSettings {
     /// The producer (events, retry and DLQ records, the scheduler's tasks) is rebuilt when it
     /// has had work but no delivery report for this long while the cluster answers a new
     /// client (`dispatch_runtime::producer::watchdog`; the gateway's is `outbox.producer_wedge_ms`).
+    /// 5 s: after most broker restarts librdkafka 2.12.1 left the processors' clients without
+    /// a delivery while the broker served others (docs/reliability.md), and unlike the
+    /// gateway, which has its outbox, every attempt waiting on an event holds its key.
     pub producer_wedge_ms: u64,
 }
 
@@ -188,7 +191,7 @@ impl Default for WriterSettings {
             max_delay_ms: 5,
             max_concurrent_batches: 3,
             hold_uncommitted: true,
-            producer_wedge_ms: 15_000,
+            producer_wedge_ms: 5_000,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The Kafka producer core the gateway and the processor share: one idempotent `FutureProducer`
 //! that knows its own progress ([`Health`]), keeps what a wedge report needs (librdkafka's recent
 //! log lines and latest statistics), and can be replaced in place ([`ProducerCore::rebuild`]).
-//! [`watchdog`] replaces it when it has work but makes no progress while the cluster answers.
+//! [`watchdog`] replaces it when it has work but makes no progress while the cluster answers,
+//! and as soon as the cluster answers again after librdkafka lost track of a partition's leader.
 //!
 //! Why: after broker restarts librdkafka 2.12.1's idempotent producer was seen keeping its
 //! records queued for good ("new leader-1 not found in cache" while the broker served every other
@@ -9,6 +10,15 @@
 //! on a retry record or an event stayed in flight, its key's lane with it, and the records behind
 //! them parked until the process restarted (`kafka-restart-x5`). A rebuilt producer purges the
 //! old one's records: their sends fail at once and their callers retry on the new client.
+//!
+//! The cause is librdkafka issue 5430 (open against 2.12.1 and 2.14.1): a produce response that
+//! names a partition's current leader as -1 (a broker shutting down, a fenced broker) goes
+//! through an incremental metadata update that skips the partition ("new leader-1 not found in
+//! cache"), and the partition stays without a leader however many full metadata answers follow.
+//! Waiting for "no progress" found it 15-25 s after every broker restart in the fault runs, and
+//! never when other partitions of the same client kept delivering. That log line is the signal:
+//! [`Health::leader_lost`] marks the client, and the watchdog rebuilds it once a new client gets
+//! metadata answers.
 //!
 //! Over 400 lines on purpose: the progress state, the librdkafka context that feeds it, the client
 //! that reports to it and the watchdog that reads it are one mechanism, read together.
@@ -45,6 +55,9 @@ pub struct Health {
     brokers_down: AtomicBool,
     /// The last metadata answer to this client (ms since `epoch`).
     last_metadata_ms: AtomicU64,
+    /// librdkafka skipped a partition's leader change ("... not found in cache"): the client
+    /// may never produce to that partition again (librdkafka issue 5430). Cleared by a rebuild.
+    leader_lost: AtomicBool,
 }
 
 impl Default for Health {
@@ -57,6 +70,7 @@ impl Default for Health {
             last_failure_ms: AtomicU64::new(0),
             brokers_down: AtomicBool::new(false),
             last_metadata_ms: AtomicU64::new(0),
+            leader_lost: AtomicBool::new(false),
         }
     }
 }
@@ -105,6 +119,7 @@ impl Health {
         self.last_failure_ms.store(0, Ordering::Release);
         self.brokers_down.store(false, Ordering::Release);
         self.last_metadata_ms.store(now, Ordering::Release);
+        self.leader_lost.store(false, Ordering::Release);
     }
 
     /// The cluster answered (a metadata request): "all brokers down" is over.
@@ -143,15 +158,45 @@ impl Health {
     pub fn brokers_down(&self) -> bool {
         self.brokers_down.load(Ordering::Acquire)
     }
+
+    /// Whether librdkafka dropped a partition's leader change since this client was built (see
+    /// the module's documentation).
+    pub fn leader_lost(&self) -> bool {
+        self.leader_lost.load(Ordering::Acquire)
+    }
+
+    /// Reads one librdkafka log line for the leader-loss signal.
+    pub fn observe_log(&self, fac: &str, message: &str) {
+        if is_leader_loss(fac, message) {
+            self.leader_lost.store(true, Ordering::Release);
+        }
+    }
 }
 
-/// Tells `health` how a send ended.
+/// librdkafka's warning for a leader change it skipped: `METADATAUPDATE` "Partition
+/// <topic>(<id>)[<n>]: new leader<id> not found in cache" (`rd_kafka_metadata_update_op`).
+fn is_leader_loss(fac: &str, message: &str) -> bool {
+    fac == "METADATAUPDATE" && message.contains("not found in cache")
+}
+
+/// Tells `health` how a send ended. A record purged by a rebuild is not a failure of the new
+/// client: the purge settles after [`Health::reset`], and counting it had the watchdog rebuild
+/// the new client one `wedge` later with nothing queued.
 fn settle(health: &Health, r: Result<Landed, KafkaError>) -> Result<Landed, KafkaError> {
     match &r {
         Ok(_) => health.acked(),
+        Err(e) if is_purge(e) => {}
         Err(_) => health.failed(),
     }
     r
+}
+
+/// The error of a record purged from librdkafka's queue or in-flight set.
+fn is_purge(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+    )
 }
 
 /// Counts a send until its report arrives or it is abandoned.
@@ -193,6 +238,7 @@ impl Capture {
 
 impl ClientContext for Context {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.health.observe_log(fac, message);
         self.capture.push(format!(
             "{} {level:?} {fac} {message}",
             chrono::Utc::now().format("%H:%M:%S%.3f")
@@ -369,7 +415,7 @@ impl ProducerCore {
     /// The configuration no longer creates a producer (the old one stays).
     pub async fn rebuild(&self, why: &str) -> anyhow::Result<()> {
         let report = format!("{why}\n{}", self.debug_context());
-        tracing::warn!(why, context = %report, "kafka producer makes no progress; rebuilding it");
+        tracing::warn!(why, context = %report, "rebuilding the kafka producer");
         *self.last_report.lock() = Some(report);
         let fresh: FutureProducer<Context> = self
             .config
@@ -443,7 +489,7 @@ static REBUILDS: std::sync::LazyLock<prometheus::IntCounter> = std::sync::LazyLo
     crate::metrics::register(
         prometheus::IntCounter::new(
             "dispatch_kafka_producer_rebuilds_total",
-            "Kafka producers replaced because they made no progress while the cluster was reachable.",
+            "Kafka producers replaced because they made no progress, or lost track of a partition leader, while the cluster was reachable.",
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
     )
@@ -517,17 +563,41 @@ pub struct WedgeRules {
 /// Watches `core` until `stop`: when it has made no progress for `rules.wedge` although it had
 /// work (records waiting, or deliveries failing) while the cluster answers a metadata request, it
 /// is wedged; the watchdog logs librdkafka's statistics and recent log lines, then rebuilds it.
-/// At most one rebuild per `rules.wedge`: the new producer starts its own grace period.
+/// At most one rebuild per `rules.wedge`: the new producer starts its own grace period. A client
+/// that lost a partition's leader ([`Health::leader_lost`]) is rebuilt as soon as a new client
+/// gets metadata answers, without waiting for `rules.wedge`.
 pub async fn watchdog(core: ProducerCore, rules: WedgeRules, stop: CancellationToken) {
     let wedge = rules.wedge.max(Duration::from_millis(1));
     let every = (wedge / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    // A client that had work through an outage gets this long to reconnect once the cluster
+    // answers again, before "no progress" counts against it (otherwise every client with work
+    // was rebuilt at the broker's return, purging records it was about to deliver).
+    let grace = (wedge / 3).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut reachable_since: Option<Instant> = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
+        if core.health.leader_lost() {
+            // While the broker is still away the new client would lose the leader too: wait
+            // until the cluster answers.
+            if core
+                .fresh_client_reaches(rules.probe_topic.clone(), Duration::from_secs(2))
+                .await
+                .is_ok()
+            {
+                let why = "librdkafka dropped a partition's leader change (\"not found in cache\", \
+                           librdkafka issue 5430) and the cluster answers again";
+                if let Err(e) = core.rebuild(why).await {
+                    tracing::error!(error = %e, "cannot rebuild the kafka producer");
+                }
+            }
+            continue;
+        }
         let queued = core.in_flight_count();
         let Some(idle) = core.health.no_progress_for(queued) else {
+            reachable_since = None;
             // No work: the client may still be blind. Seen after a broker restart: one gateway's
             // client kept failing metadata requests (BrokerTransportFailure) for good while the
             // broker served everyone else; it had nothing queued (Kafka looked down, so submits
@@ -552,6 +622,7 @@ pub async fn watchdog(core: ProducerCore, rules: WedgeRules, stop: CancellationT
             continue;
         };
         if idle < wedge {
+            reachable_since = None;
             continue;
         }
         // Only while the cluster is reachable: an outage is not a wedge. A fresh client, not
@@ -561,8 +632,13 @@ pub async fn watchdog(core: ProducerCore, rules: WedgeRules, stop: CancellationT
             .await
             .is_err()
         {
+            reachable_since = None;
             continue;
         }
+        if reachable_since.get_or_insert_with(Instant::now).elapsed() < grace {
+            continue;
+        }
+        reachable_since = None;
         let why = format!(
             "no delivery report for {} ms with {queued} records queued, while the cluster answers metadata requests",
             idle.as_millis()
@@ -570,5 +646,127 @@ pub async fn watchdog(core: ProducerCore, rules: WedgeRules, stop: CancellationT
         if let Err(e) = core.rebuild(&why).await {
             tracing::error!(error = %e, "cannot rebuild the kafka producer");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The line librdkafka 2.12.1 logs when a produce response names leader -1.
+    const SKIPPED: &str = "Partition dispatch.task-events(YNC+FVjVRCe7TaJCe3ll5A)[2]: new leader-1 not found in cache";
+
+    #[test]
+    fn a_skipped_leader_change_marks_the_client_until_it_is_rebuilt() {
+        let h = Health::default();
+        h.observe_log(
+            "FAIL",
+            "127.0.0.1:9092/1: Connect to ipv4#127.0.0.1:9092 failed",
+        );
+        h.observe_log("METADATA", "new leader-1 not found in cache");
+        assert!(
+            !h.leader_lost(),
+            "only the METADATAUPDATE warning is the signal"
+        );
+        h.observe_log("METADATAUPDATE", SKIPPED);
+        assert!(h.leader_lost());
+        h.reset();
+        assert!(!h.leader_lost(), "a rebuilt client starts clean");
+    }
+
+    /// A client marked by the warning is rebuilt once a new client reaches the cluster, long
+    /// before the no-progress rule (60 s here) would fire, and with nothing queued.
+    #[tokio::test]
+    async fn the_watchdog_rebuilds_a_client_that_lost_a_leader_once_the_cluster_answers()
+    -> anyhow::Result<()> {
+        let mock = rdkafka::mocking::MockCluster::new(1)?;
+        let topic = "dispatch.task-events";
+        mock.create_topic(topic, 3, 1)?;
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("enable.idempotence", "true");
+        let core = ProducerCore::new("processor", config)?;
+        let stop = CancellationToken::new();
+        tokio::spawn(watchdog(
+            core.clone(),
+            WedgeRules {
+                wedge: Duration::from_secs(60),
+                probe_topic: topic.into(),
+                blind: false,
+            },
+            stop.clone(),
+        ));
+        core.context
+            .log(RDKafkaLogLevel::Warning, "METADATAUPDATE", SKIPPED);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while core.rebuilds() == 0 {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "not rebuilt within 20 s of the warning"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        assert!(!core.health().leader_lost());
+        let report = core.last_wedge_report().unwrap_or_default();
+        assert!(report.contains("librdkafka issue 5430"), "{report}");
+        assert!(
+            report.contains("not found in cache"),
+            "the report keeps the warning: {report}"
+        );
+        // The new client delivers.
+        let r = core
+            .send(
+                FutureRecord::to(topic).key(&b"k"[..]).payload(&b"v"[..]),
+                Duration::from_secs(5),
+            )
+            .await;
+        assert!(r.is_ok(), "{r:?}");
+        Ok(())
+    }
+
+    /// The records a rebuild purges fail after the new client's clean slate; they are the old
+    /// client's failures, not the new one's.
+    #[tokio::test]
+    async fn records_purged_by_a_rebuild_do_not_count_against_the_new_client() -> anyhow::Result<()>
+    {
+        use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+        let mock = rdkafka::mocking::MockCluster::new(1)?;
+        let topic = "dispatch.task-events";
+        mock.create_topic(topic, 1, 1)?;
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "0");
+        let core = ProducerCore::new("processor", config)?;
+        mock.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 10_000],
+        );
+        let stuck = {
+            let core = core.clone();
+            tokio::spawn(async move {
+                core.send(
+                    FutureRecord::to(topic).key(&b"k"[..]).payload(&b"v"[..]),
+                    Duration::from_secs(5),
+                )
+                .await
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while core.in_flight_count() == 0 {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the record never reached librdkafka"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        core.rebuild("test").await?;
+        let r = stuck.await?;
+        assert!(r.as_ref().is_err_and(is_purge), "{r:?}");
+        assert_eq!(core.health().no_progress_for(0), None);
+        Ok(())
     }
 }

@@ -65,10 +65,15 @@ pub fn default_client_id(group: &str) -> String {
 /// What every client (producer, consumer, admin) starts from: the brokers and the security
 /// settings (`security_protocol`, `ssl_*`, `sasl_*`). Raw `librdkafka` overrides come last in
 /// [`producer_config`] and [`consumer_config`].
+///
+/// Reconnects back off to at most 1 s (librdkafka's default is 10 s): after a broker restart a
+/// client whose backoff had grown to 10 s stayed away that long from a broker already serving
+/// (the fault runs' `kafka-restart-x5`), and every processor's events and retries waited with it.
 pub fn client_config(s: &KafkaSettings) -> ClientConfig {
     use secrecy::ExposeSecret;
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &s.brokers);
+    c.set("bootstrap.servers", &s.brokers)
+        .set("reconnect.backoff.max.ms", "1000");
     let protocol = s.security_protocol.to_ascii_lowercase();
     if protocol.is_empty() || protocol == "plaintext" {
         return c;
@@ -174,6 +179,7 @@ mod tests {
             assert_eq!(c.get("sasl.username"), Some("dispatch"));
             assert_eq!(c.get("sasl.password"), Some("s3cret-pw"));
             assert_eq!(c.get("ssl.ca.location"), Some("/etc/dispatch/ca.pem"));
+            assert_eq!(c.get("reconnect.backoff.max.ms"), Some("1000"));
         }
         // Plaintext sets nothing.
         let plain = client_config(&KafkaSettings::default());
