@@ -63,8 +63,16 @@ clippy_driver="$(rustup which clippy-driver 2>/dev/null || command -v clippy-dri
 # integration tests mostly wait on the stack (consumer group joins, outages they play, processes
 # they kill), not the CPU. Measured on 2 cores (docs/build.md): processor `it` 106 s -> 57 s, 22 s
 # of CPU either way; gateway `it` 55 s -> 30 s. RUST_TEST_THREADS from the caller wins.
-RUSTC_WORKSPACE_WRAPPER="${clippy_driver}" CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__" \
-    RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}" cargo test --workspace --locked
+export RUSTC_WORKSPACE_WRAPPER="${clippy_driver}" CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+cargo test --workspace --locked --no-run
+# The deploy manifests' checks (about 50 s, most of it kube-apiserver's dry runs) run beside the
+# tests, which mostly wait on the stack; they need the binaries just built (`--print-config`).
+deploy_log="${REPO}/.local/check-deploy.log"
+mkdir -p "${REPO}/.local"
+scripts/check-deploy.sh >"${deploy_log}" 2>&1 &
+deploy_pid=$!
+RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}" cargo test --workspace --locked
+unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
 
 # The live stages below run the binaries the test stage just built (every service's, dispatchctl's
 # and dispatch-loadgen's integration tests make cargo build them), so nothing is rebuilt: a
@@ -82,8 +90,11 @@ scripts/check-k6.sh
 stage "observability assets"
 scripts/check-observability.sh
 
-stage "deploy manifests (render, schemas, CRD policy, settings; kubectl apply --dry-run=server against a real kube-apiserver)"
-scripts/check-deploy.sh
+stage "deploy manifests (render, schemas, CRD policy, settings; kubectl apply --dry-run=server against a real kube-apiserver; run beside the tests)"
+deploy_rc=0
+wait "${deploy_pid}" || deploy_rc=$?
+cat "${deploy_log}"
+((deploy_rc == 0)) || { echo "scripts/check-deploy.sh failed (exit ${deploy_rc})" >&2; exit 1; }
 
 if [[ "${SKIP_LIVE:-0}" != "1" ]]; then
     stage "live smoke: services, metrics, load generator"

@@ -1,7 +1,7 @@
 //! A TLS failure of a dependency turns the gateway's readiness down (`/readyz` and gRPC health)
 //! until the dependency works again: MySQL's takes it down, Redis' only degrades it. The
 //! failures are recorded as the probe records what it sees (no TLS stack here; the runtime's
-//! tests/tls_failures.rs shows real failures of the real clients classified as such).
+//! tests/it/tls_failures.rs shows real failures of the real clients classified as such).
 
 use std::time::Duration;
 

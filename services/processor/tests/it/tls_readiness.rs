@@ -3,7 +3,7 @@
 //! `health.tls_hold_ms` and until the dependency works again, then it is ready again by itself.
 //! The failures are recorded as the app's probe, writer and Kafka contexts record them (no TLS
 //! stack here: `readiness::tests` shows the contexts' reports arriving, the runtime's
-//! tests/tls_failures.rs real failures of the real clients classified as such).
+//! tests/it/tls_failures.rs real failures of the real clients classified as such).
 
 use std::marker::PhantomData;
 use std::net::SocketAddr;

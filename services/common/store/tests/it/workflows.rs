@@ -203,7 +203,7 @@ async fn placeholders_of_early_cancels_do_not_block_the_submit() -> anyhow::Resu
     Ok(())
 }
 
-/// Run by hand: `cargo test -p dispatch-store --test workflows -- --ignored --nocapture`.
+/// Run by hand: `cargo test -p dispatch-store --test it workflows:: -- --ignored --nocapture`.
 #[tokio::test]
 #[ignore = "a measurement: prints what a pass's query costs with many nodes waiting"]
 async fn measure_a_pass_with_many_nodes_waiting() -> anyhow::Result<()> {
