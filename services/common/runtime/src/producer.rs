@@ -651,7 +651,29 @@ pub async fn watchdog(core: ProducerCore, rules: WedgeRules, stop: CancellationT
 
 #[cfg(test)]
 mod tests {
+    use dispatch_testkit::eventually;
+    use rdkafka::mocking::MockCluster;
+
     use super::*;
+
+    const TOPIC: &str = "dispatch.task-events";
+
+    type Mock = MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
+
+    /// An idempotent producer on librdkafka's in-process mock cluster (one broker, [`TOPIC`]
+    /// with three partitions), with `extra` librdkafka options.
+    fn mock_producer(extra: &[(&str, &str)]) -> anyhow::Result<(Mock, ProducerCore)> {
+        let mock = MockCluster::new(1)?;
+        mock.create_topic(TOPIC, 3, 1)?;
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("enable.idempotence", "true");
+        for (k, v) in extra {
+            config.set(*k, *v);
+        }
+        Ok((mock, ProducerCore::new("processor", config)?))
+    }
 
     /// The line librdkafka 2.12.1 logs when a produce response names leader -1.
     const SKIPPED: &str = "Partition dispatch.task-events(YNC+FVjVRCe7TaJCe3ll5A)[2]: new leader-1 not found in cache";
@@ -679,34 +701,25 @@ mod tests {
     #[tokio::test]
     async fn the_watchdog_rebuilds_a_client_that_lost_a_leader_once_the_cluster_answers()
     -> anyhow::Result<()> {
-        let mock = rdkafka::mocking::MockCluster::new(1)?;
-        let topic = "dispatch.task-events";
-        mock.create_topic(topic, 3, 1)?;
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", mock.bootstrap_servers())
-            .set("enable.idempotence", "true");
-        let core = ProducerCore::new("processor", config)?;
+        let (_mock, core) = mock_producer(&[])?;
         let stop = CancellationToken::new();
         tokio::spawn(watchdog(
             core.clone(),
             WedgeRules {
                 wedge: Duration::from_secs(60),
-                probe_topic: topic.into(),
+                probe_topic: TOPIC.into(),
                 blind: false,
             },
             stop.clone(),
         ));
         core.context
             .log(RDKafkaLogLevel::Warning, "METADATAUPDATE", SKIPPED);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while core.rebuilds() == 0 {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "not rebuilt within 20 s of the warning"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(
+            "a rebuild after the warning",
+            Duration::from_secs(20),
+            || async { (core.rebuilds() > 0).then_some(()) },
+        )
+        .await?;
         stop.cancel();
         assert!(!core.health().leader_lost());
         let report = core.last_wedge_report().unwrap_or_default();
@@ -718,7 +731,7 @@ mod tests {
         // The new client delivers.
         let r = core
             .send(
-                FutureRecord::to(topic).key(&b"k"[..]).payload(&b"v"[..]),
+                FutureRecord::to(TOPIC).key(&b"k"[..]).payload(&b"v"[..]),
                 Duration::from_secs(5),
             )
             .await;
@@ -732,15 +745,7 @@ mod tests {
     async fn records_purged_by_a_rebuild_do_not_count_against_the_new_client() -> anyhow::Result<()>
     {
         use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-        let mock = rdkafka::mocking::MockCluster::new(1)?;
-        let topic = "dispatch.task-events";
-        mock.create_topic(topic, 1, 1)?;
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", mock.bootstrap_servers())
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", "0");
-        let core = ProducerCore::new("processor", config)?;
+        let (mock, core) = mock_producer(&[("message.timeout.ms", "0")])?;
         mock.request_errors(
             RDKafkaApiKey::Produce,
             &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 10_000],
@@ -749,20 +754,18 @@ mod tests {
             let core = core.clone();
             tokio::spawn(async move {
                 core.send(
-                    FutureRecord::to(topic).key(&b"k"[..]).payload(&b"v"[..]),
+                    FutureRecord::to(TOPIC).key(&b"k"[..]).payload(&b"v"[..]),
                     Duration::from_secs(5),
                 )
                 .await
             })
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while core.in_flight_count() == 0 {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the record never reached librdkafka"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(
+            "the record in librdkafka",
+            Duration::from_secs(10),
+            || async { (core.in_flight_count() > 0).then_some(()) },
+        )
+        .await?;
         core.rebuild("test").await?;
         let r = stuck.await?;
         assert!(r.as_ref().is_err_and(is_purge), "{r:?}");
