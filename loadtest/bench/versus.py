@@ -425,10 +425,24 @@ def rows(kind):
         return [r for r in map(json.loads, f) if r["kind"] == kind]
 
 
+def values(kind, build, get):
+    """`get` of every run of `kind` by `build`, in run order; runs without the figure (a gateway
+    run given a subset of LOADS) are left out."""
+    out = []
+    for r in rows(kind):
+        if r["build"] != build:
+            continue
+        try:
+            out.append(get(r))
+        except KeyError:
+            pass
+    return out
+
+
 def summary():
     def show(label, kind, get, fmt="{:,.1f}"):
         for build in BUILDS:
-            vals = [get(r) for r in rows(kind) if r["build"] == build]
+            vals = values(kind, build, get)
             if vals:
                 print(f"{label:48s} {build:6s} median {fmt.format(statistics.median(vals)):>10s}  runs "
                       + ", ".join(fmt.format(v) for v in vals))
@@ -468,7 +482,7 @@ def table():
     print("| figure | before median | after median | change | before runs | after runs |")
     print("|---|---:|---:|---:|---|---|")
     for label, kind, get, fmt in figures:
-        got = {b: [get(r) for r in rows(kind) if r["build"] == b] for b in ("before", "after")}
+        got = {b: values(kind, b, get) for b in ("before", "after")}
         if not got["before"] or not got["after"]:
             continue
         mb, ma = statistics.median(got["before"]), statistics.median(got["after"])
