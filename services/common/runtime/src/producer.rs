@@ -582,16 +582,13 @@ pub async fn watchdog(core: ProducerCore, rules: WedgeRules, stop: CancellationT
         if core.health.leader_lost() {
             // While the broker is still away the new client would lose the leader too: wait
             // until the cluster answers.
-            if core
-                .fresh_client_reaches(rules.probe_topic.clone(), Duration::from_secs(2))
-                .await
-                .is_ok()
-            {
-                let why = "librdkafka dropped a partition's leader change (\"not found in cache\", \
-                           librdkafka issue 5430) and the cluster answers again";
-                if let Err(e) = core.rebuild(why).await {
-                    tracing::error!(error = %e, "cannot rebuild the kafka producer");
-                }
+            if cluster_answers(&core, &rules).await {
+                replace(
+                    &core,
+                    "librdkafka dropped a partition's leader change (\"not found in cache\", \
+                     librdkafka issue 5430) and the cluster answers again",
+                )
+                .await;
             }
             continue;
         }
@@ -604,20 +601,12 @@ pub async fn watchdog(core: ProducerCore, rules: WedgeRules, stop: CancellationT
             // went to the outbox and the relay waited for Kafka), so the rule below never fired
             // and the outbox never drained.
             let blind = core.health.blind_for();
-            if rules.blind
-                && blind >= wedge
-                && core
-                    .fresh_client_reaches(rules.probe_topic.clone(), Duration::from_secs(2))
-                    .await
-                    .is_ok()
-            {
+            if rules.blind && blind >= wedge && cluster_answers(&core, &rules).await {
                 let why = format!(
                     "no metadata answer for {} ms while a new client gets answers",
                     blind.as_millis()
                 );
-                if let Err(e) = core.rebuild(&why).await {
-                    tracing::error!(error = %e, "cannot rebuild the kafka producer");
-                }
+                replace(&core, &why).await;
             }
             continue;
         };
@@ -627,11 +616,7 @@ pub async fn watchdog(core: ProducerCore, rules: WedgeRules, stop: CancellationT
         }
         // Only while the cluster is reachable: an outage is not a wedge. A fresh client, not
         // ours: a wedged client may fail its own metadata requests too.
-        if core
-            .fresh_client_reaches(rules.probe_topic.clone(), Duration::from_secs(2))
-            .await
-            .is_err()
-        {
+        if !cluster_answers(&core, &rules).await {
             reachable_since = None;
             continue;
         }
@@ -643,9 +628,22 @@ pub async fn watchdog(core: ProducerCore, rules: WedgeRules, stop: CancellationT
             "no delivery report for {} ms with {queued} records queued, while the cluster answers metadata requests",
             idle.as_millis()
         );
-        if let Err(e) = core.rebuild(&why).await {
-            tracing::error!(error = %e, "cannot rebuild the kafka producer");
-        }
+        replace(&core, &why).await;
+    }
+}
+
+/// Whether a new client from `core`'s configuration gets a metadata answer for the probe topic
+/// within 2 s: the cluster is reachable, whatever the state of `core`'s own client.
+async fn cluster_answers(core: &ProducerCore, rules: &WedgeRules) -> bool {
+    core.fresh_client_reaches(rules.probe_topic.clone(), Duration::from_secs(2))
+        .await
+        .is_ok()
+}
+
+/// [`ProducerCore::rebuild`], logging a configuration that no longer makes a producer.
+async fn replace(core: &ProducerCore, why: &str) {
+    if let Err(e) = core.rebuild(why).await {
+        tracing::error!(error = %e, "cannot rebuild the kafka producer");
     }
 }
 

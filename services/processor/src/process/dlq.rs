@@ -18,6 +18,7 @@ use crate::dispatch::LaneTicket;
 use crate::metrics::{self, ErrorClass};
 use crate::produce::Delivered;
 use crate::writer::Committed;
+use crate::writer::RetryDue;
 
 /// Largest error text in a DLQ header.
 const MAX_ERROR_BYTES: usize = 1024;
@@ -132,25 +133,30 @@ impl Processor {
         w.lease_epoch = d.lease.fence;
         w.last_error = error.to_string();
         let trace = telemetry::current_trace_headers();
-        // A retry on a topic also leaves a backstop wait in MySQL: should its record never reach a
-        // consumer (acknowledged and then not on the topic was seen once after a broker restart
-        // and a producer rebuild; docs/reliability.md), the scheduler publishes the next attempt
-        // again once the wait is due and the task is still RETRYING at this version. When the
-        // attempt runs, the task moves on and the wait is dropped at its next claim; a second
-        // record of one attempt is skipped by the gate or the in-flight check.
-        let backstop = chrono::Duration::from_std(self.retry_backstop)
-            .ok()
-            .filter(|_| !cfg!(feature = "fault-no-retry-backstop"));
-        let c = if in_mysql {
-            self.writer
-                .write_retry(w, row, trace, not_before, false)
-                .await
-        } else if let Some(b) = backstop {
-            self.writer
-                .write_retry(w, row, trace, not_before + b, true)
-                .await
+        // A retry on a topic also leaves a backstop wait in MySQL: should its record not reach a
+        // consumer (its partition unfetched while the group cannot settle, as in
+        // kafka-restart-x5, or the record lost by a broker; docs/reliability.md), the scheduler
+        // publishes the next attempt again once the wait is due and the task is still RETRYING
+        // at this version. When the attempt runs, the task moves on and the wait is dropped at
+        // its next claim; a second record of one attempt is skipped by the gate or the in-flight
+        // check.
+        let due = if in_mysql {
+            Some(RetryDue {
+                at: not_before,
+                backstop: false,
+            })
         } else {
-            self.writer.write(w, Some(row), trace).await
+            chrono::Duration::from_std(self.retry_backstop)
+                .ok()
+                .filter(|_| !cfg!(feature = "fault-no-retry-backstop"))
+                .map(|b| RetryDue {
+                    at: not_before + b,
+                    backstop: true,
+                })
+        };
+        let c = match due {
+            Some(due) => self.writer.write_retry(w, row, trace, due).await,
+            None => self.writer.write(w, Some(row), trace).await,
         };
         ticket.release();
         Some(c)

@@ -110,17 +110,14 @@ impl Writer {
     }
 
     /// Queues a RETRYING write whose next attempt waits in MySQL until `due` (the scheduler
-    /// publishes it then, if the task still waits); resolves like [`Writer::write`]. A
-    /// `backstop` wait belongs to a next attempt already sent to a retry topic.
+    /// publishes it then, if the task still waits); resolves like [`Writer::write`].
     pub async fn write_retry(
         &self,
         write: TaskWrite,
         attempt: AttemptRow,
         trace: Vec<(String, String)>,
-        due: chrono::DateTime<chrono::Utc>,
-        backstop: bool,
+        due: RetryDue,
     ) -> Committed {
-        let due = RetryDue { at: due, backstop };
         self.send(write, Some(attempt), trace, Some(due), None)
             .await
     }
