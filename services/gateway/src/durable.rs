@@ -15,7 +15,7 @@
 //! client alternating instances within that window while another instance is falling back could
 //! see two of its submits reordered; sequential submits through one instance never are.
 //!
-//! Over 400 lines because of its tests, which start near line 382: the sticky routing state and
+//! Over 400 lines because of its tests, which start near line 410: the sticky routing state and
 //! the accept path that consults and sets it are one mechanism; the sticky state (`Sticky`,
 //! `StickyState`) would move to a module of its own first.
 
