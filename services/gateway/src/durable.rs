@@ -28,6 +28,7 @@ use dispatch_core::TaskId;
 use dispatch_runtime::breaker::{Breaker, BreakerSettings};
 use dispatch_store::outbox::{self, Kind, OutboxRecord};
 use dispatch_store::outbox_relay;
+use futures::future::join_all;
 use parking_lot::Mutex;
 
 use crate::metrics;
@@ -226,48 +227,124 @@ impl Durable {
         kind: Kind,
         deadline: Option<Instant>,
     ) -> Result<Accepted, Refused> {
+        let mut out = self
+            .accept_many(std::slice::from_ref(&(rec, task_id)), kind, deadline)
+            .await;
+        out.pop().unwrap_or_else(|| {
+            Err(Refused::Unavailable(Unavailable {
+                kafka: "no result".into(),
+                outbox: "not tried".into(),
+            }))
+        })
+    }
+
+    /// [`Durable::accept`] for several records at once, one result per record, in order: the
+    /// ones Kafka can take are produced together ([`Producer::send_many_guarded`]), and each one
+    /// it did not take falls back to the outbox on its own, as a single record would.
+    pub async fn accept_many(
+        &self,
+        recs: &[(OutRecord, TaskId)],
+        kind: Kind,
+        deadline: Option<Instant>,
+    ) -> Vec<Result<Accepted, Refused>> {
         let topic_kind = match kind {
             Kind::Submit => "tasks",
             Kind::Cancel => "cancel",
         };
         let left = || deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if left().is_some_and(|l| l.is_zero()) {
-            return Err(Refused::DeadlineExceeded("no time left".into()));
+            return recs
+                .iter()
+                .map(|_| Err(Refused::DeadlineExceeded("no time left".into())))
+                .collect();
         }
         // Whether the caller left too little time for even one outbox write. Only then is a
         // write that runs out of time the caller's DEADLINE_EXCEEDED; otherwise it was this
         // gateway's wait on a failing Kafka (or a late timer on a busy host) that used the time,
         // and the answer is UNAVAILABLE, safe to retry (fault scenario mysql-and-kafka).
         let short = left().is_some_and(|l| l < self.producer.write_reserve());
-        if cfg!(feature = "fault-ack-without-produce")
-            && matches!(kind, Kind::Submit)
-            && task_id.as_bytes()[15].is_multiple_of(50)
-        {
-            // The fault build: OK for a record that was never made durable.
-            return Ok(Accepted::Kafka(crate::producer::Produced {
-                topic: rec.topic.clone(),
-                partition: 0,
-                offset: -1,
-            }));
+        let mut out: Vec<Option<Result<Accepted, Refused>>> = vec![None; recs.len()];
+        let mut direct = Vec::with_capacity(recs.len());
+        let mut fallback: Vec<(usize, Option<String>)> = Vec::new();
+        for (i, (rec, task_id)) in recs.iter().enumerate() {
+            if cfg!(feature = "fault-ack-without-produce")
+                && matches!(kind, Kind::Submit)
+                && task_id.as_bytes()[15].is_multiple_of(50)
+            {
+                // The fault build: OK for a record that was never made durable.
+                out[i] = Some(Ok(Accepted::Kafka(crate::producer::Produced {
+                    topic: rec.topic.clone(),
+                    partition: 0,
+                    offset: -1,
+                })));
+            } else if self.sticky.routes_to_outbox(&rec.topic, &rec.key) {
+                fallback.push((i, None));
+            } else {
+                direct.push(i);
+            }
         }
-        let kafka_err = if self.sticky.routes_to_outbox(&rec.topic, &rec.key) {
-            None
-        } else {
+        if !direct.is_empty() {
             let reserve = self.producer.write_reserve();
             // With less than the reserve left there is no time for a fallback anyway: Kafka gets
             // all of it (a healthy produce takes milliseconds).
             let budget = left().map(|l| if l > reserve { l - reserve } else { l });
-            match self.producer.send_guarded(&rec, topic_kind, budget).await {
-                Ok(p) => return Ok(Accepted::Kafka(p)),
-                Err(e) => Some(e.to_string()),
+            let batch: Vec<&OutRecord> = direct.iter().map(|&i| &recs[i].0).collect();
+            let sent = self
+                .producer
+                .send_many_guarded(&batch, topic_kind, budget)
+                .await;
+            for (&i, r) in direct.iter().zip(sent) {
+                match r {
+                    Ok(p) => out[i] = Some(Ok(Accepted::Kafka(p))),
+                    Err(e) => fallback.push((i, Some(e.to_string()))),
+                }
             }
-        };
+        }
+        if !fallback.is_empty() {
+            let parked = join_all(fallback.into_iter().map(|(i, kafka_err)| {
+                let (rec, task_id) = &recs[i];
+                async move {
+                    let r = self
+                        .fall_back(rec, *task_id, kind, topic_kind, kafka_err, deadline, short)
+                        .await;
+                    (i, r)
+                }
+            }))
+            .await;
+            for (i, r) in parked {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    Err(Refused::Unavailable(Unavailable {
+                        kafka: "no result".into(),
+                        outbox: "not tried".into(),
+                    }))
+                })
+            })
+            .collect()
+    }
+
+    /// The outbox path of one record Kafka did not take (`kafka_err`; `None`: sticky routing
+    /// sent it here without trying Kafka).
+    #[allow(clippy::too_many_arguments)]
+    async fn fall_back(
+        &self,
+        rec: &OutRecord,
+        task_id: TaskId,
+        kind: Kind,
+        topic_kind: &'static str,
+        kafka_err: Option<String>,
+        deadline: Option<Instant>,
+        short: bool,
+    ) -> Result<Accepted, Refused> {
+        let left = || deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let reason = kafka_err
             .as_deref()
             .unwrap_or("outbox backlog pending or key blocked (sticky routing)");
-        // Boxed: the outbox write's state (a MySQL transaction) would otherwise be part of every
-        // submit's future, moved with it into the batch's join and paid by the Kafka path too.
-        match Box::pin(self.park(&rec, task_id, kind, reason, deadline)).await {
+        match self.park(rec, task_id, kind, reason, deadline).await {
             Ok(id) => Ok(Accepted::Outbox(id)),
             Err(Park::Deadline) if short => Err(Refused::DeadlineExceeded(format!(
                 "kafka: {reason}; the outbox write did not fit in the deadline"
@@ -283,7 +360,7 @@ impl Durable {
                 // that cannot drain anyway; Kafka is still durable.
                 tracing::warn!(error = %outbox, "outbox write failed while sticky; trying kafka");
                 self.producer
-                    .send_guarded(&rec, topic_kind, left())
+                    .send_guarded(rec, topic_kind, left())
                     .await
                     .map(Accepted::Kafka)
                     .map_err(|e| match e {
@@ -410,28 +487,6 @@ const BLOCKED_KEYS_MAX: u32 = 10_000;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Every record of a SubmitTasks call is one `accept` future, moved into the batch's join: the
-    /// outbox path's state stays out of it (boxed; 2,104 bytes in a debug build without that).
-    #[tokio::test]
-    async fn the_accept_future_stays_small() {
-        let producer = Producer::new(
-            &dispatch_runtime::settings::KafkaSettings::default(),
-            &crate::settings::OutboxSettings::default(),
-        )
-        .expect("producer");
-        let pool = sqlx::MySqlPool::connect_lazy("mysql://u:p@127.0.0.1:1/db").expect("pool");
-        let d = Durable::new(producer, pool);
-        let rec = OutRecord {
-            topic: "t".into(),
-            key: Vec::new(),
-            value: Vec::new(),
-            headers: dispatch_core::Headers::default(),
-        };
-        let f = d.accept(rec, TaskId::new(), Kind::Submit, None);
-        let size = std::mem::size_of_val(&f);
-        assert!(size <= 2_048, "the accept future is {size} bytes");
-    }
 
     #[test]
     fn a_write_racing_with_a_drain_check_keeps_the_flag() {

@@ -43,6 +43,15 @@ pub struct Gateway {
     spec_limits: SpecLimits,
 }
 
+/// A submit whose record is ready to be made durable, and what its answer needs.
+struct Ready {
+    task_id: TaskId,
+    recent: RecentSubmit,
+    /// The Redis idempotency key this submit claimed (finished or released after the accept).
+    redis_key: Option<String>,
+    fingerprint: Option<Fingerprint>,
+}
+
 /// W3C trace context to put on produced records.
 pub type TraceHeaders = Vec<(String, String)>;
 
@@ -121,36 +130,43 @@ impl Gateway {
         } else {
             (None, None)
         };
-        self.submit_claimed(task, claim, fingerprint, trace, deadline)
-            .await
+        match self.ready(task, claim, fingerprint, trace) {
+            Err(answer) => answer,
+            Ok((ready, record)) => self
+                .make_durable(vec![ready], vec![record], deadline)
+                .await
+                .pop()
+                .unwrap_or_else(|| Err(GatewayError::Internal("no answer".into()))),
+        }
     }
 
-    /// Makes a claimed task durable (`claim` is `None` without an idempotency key).
-    async fn submit_claimed(
+    /// Answers a claimed task at once (a duplicate, a conflict, a key that could not be
+    /// checked), or readies its record (`claim` is `None` without an idempotency key).
+    #[allow(clippy::result_large_err)]
+    fn ready(
         &self,
         task: NewTask,
         claim: Option<Claim>,
         fingerprint: Option<Fingerprint>,
         trace: &TraceHeaders,
-        deadline: Option<Instant>,
-    ) -> Result<pb::SubmitTaskResponse, GatewayError> {
+    ) -> Result<(Ready, (OutRecord, TaskId)), Result<pb::SubmitTaskResponse, GatewayError>> {
         let redis_key = match claim {
             None => None,
             Some(Claim::Duplicate(resp)) => {
                 metrics::submit("duplicate");
-                return Ok(resp);
+                return Err(Ok(resp));
             }
             Some(Claim::Conflict(c)) => {
                 metrics::submit("conflict");
                 tracing::info!(task_id = %c.task_id, fields = ?c.fields, "idempotency key reused with other parameters");
-                return Err(GatewayError::Conflict(c));
+                return Err(Err(GatewayError::Conflict(c)));
             }
             Some(Claim::Unchecked) => {
                 metrics::submit("unavailable");
-                return Err(GatewayError::StoreUnavailable(
+                return Err(Err(GatewayError::StoreUnavailable(
                     "cannot check the idempotency key: redis and mysql are unavailable; retry"
                         .into(),
-                ));
+                )));
             }
             Some(Claim::Fresh { redis_key }) => redis_key,
         };
@@ -161,48 +177,88 @@ impl Gateway {
             priority: task.priority,
         };
         let env = Envelope::submit(task);
-        let rec = self.record(&env, trace);
-        let mut resp = pb::SubmitTaskResponse {
-            task_id: task_id.to_string(),
-            duplicate: false,
-            version: ACCEPTED_VERSION,
-            ..Default::default()
-        };
-        match self
+        let record = (self.record(&env, trace), task_id);
+        Ok((
+            Ready {
+                task_id,
+                recent,
+                redis_key,
+                fingerprint,
+            },
+            record,
+        ))
+    }
+
+    /// Makes ready tasks durable together ([`Durable::accept_many`]) and answers each, in order;
+    /// then records (or, for a task not accepted, releases) the idempotency keys they claimed.
+    async fn make_durable(
+        &self,
+        ready: Vec<Ready>,
+        records: Vec<(OutRecord, TaskId)>,
+        deadline: Option<Instant>,
+    ) -> Vec<Result<pb::SubmitTaskResponse, GatewayError>> {
+        let accepted = self
             .durable
-            .accept(rec, task_id, Kind::Submit, deadline)
-            .await
-        {
-            Ok(Accepted::Kafka(p)) => {
-                metrics::submit("kafka");
-                resp.accepted_via = pb::AcceptedVia::Kafka as i32;
-                resp.topic = p.topic;
-                resp.partition = p.partition;
-                resp.offset = p.offset;
-            }
-            Ok(Accepted::Outbox(id)) => {
-                metrics::submit("outbox");
-                resp.accepted_via = pb::AcceptedVia::Outbox as i32;
-                resp.topic = self.topics.tasks(recent.priority);
-                resp.outbox_id = id;
-            }
-            Err(e) => {
-                metrics::submit(match e {
-                    Refused::Unavailable(_) => "unavailable",
-                    Refused::DeadlineExceeded(_) => "deadline_exceeded",
-                });
-                tracing::warn!(task_id = %task_id, error = %e, "submit not accepted");
-                if let Some(k) = &redis_key {
-                    self.idempotency.release(k).await;
+            .accept_many(&records, Kind::Submit, deadline)
+            .await;
+        drop(records);
+        let mut answers = Vec::with_capacity(ready.len());
+        let mut keyed = Vec::new();
+        let mut recent = Vec::with_capacity(ready.len());
+        for (r, a) in ready.into_iter().zip(accepted) {
+            let task_id = r.task_id;
+            let mut resp = pb::SubmitTaskResponse {
+                task_id: task_id.to_string(),
+                duplicate: false,
+                version: ACCEPTED_VERSION,
+                ..Default::default()
+            };
+            let answer = match a {
+                Ok(Accepted::Kafka(p)) => {
+                    metrics::submit("kafka");
+                    resp.accepted_via = pb::AcceptedVia::Kafka as i32;
+                    resp.topic = p.topic;
+                    resp.partition = p.partition;
+                    resp.offset = p.offset;
+                    Ok(resp)
                 }
-                return Err(e.into());
+                Ok(Accepted::Outbox(id)) => {
+                    metrics::submit("outbox");
+                    resp.accepted_via = pb::AcceptedVia::Outbox as i32;
+                    resp.topic = self.topics.tasks(r.recent.priority);
+                    resp.outbox_id = id;
+                    Ok(resp)
+                }
+                Err(e) => {
+                    metrics::submit(match e {
+                        Refused::Unavailable(_) => "unavailable",
+                        Refused::DeadlineExceeded(_) => "deadline_exceeded",
+                    });
+                    tracing::warn!(task_id = %task_id, error = %e, "submit not accepted");
+                    Err(e.into())
+                }
+            };
+            if answer.is_ok() {
+                recent.push((task_id, r.recent));
             }
+            if let Some(k) = r.redis_key {
+                keyed.push((answers.len(), k, r.fingerprint));
+            }
+            answers.push(answer);
         }
-        if let (Some(k), Some(fp)) = (&redis_key, &fingerprint) {
-            self.idempotency.finish(k, fp, &resp).await;
+        self.recent.extend(recent);
+        if !keyed.is_empty() {
+            let answers = &answers;
+            join_all(keyed.iter().map(|(j, k, fp)| async move {
+                match (&answers[*j], fp) {
+                    (Ok(resp), Some(fp)) => self.idempotency.finish(k, fp, resp).await,
+                    (Ok(_), None) => {}
+                    (Err(_), _) => self.idempotency.release(k).await,
+                }
+            }))
+            .await;
         }
-        self.recent.insert(task_id, recent);
-        Ok(resp)
+        answers
     }
 
     /// Accepts a batch: every item is validated and made durable on its own, concurrently (their
@@ -292,28 +348,34 @@ impl Gateway {
             }
         }
 
-        // Make every leader and unkeyed item durable, concurrently.
-        let mut runs = Vec::new();
+        // Make every leader and unkeyed item durable, together.
         let mut results: Vec<Option<pb::submit_result::Outcome>> = (0..n).map(|_| None).collect();
         let mut followers = Vec::new();
+        let mut ready = Vec::new();
+        let mut records = Vec::new();
+        let mut ready_idx = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
             match item {
                 Item::Done(r) => results[i] = Some(outcome(i, r)),
                 Item::Follow(l) => followers.push((i, l)),
-                Item::Run(task) => {
-                    let claim = claims[i].take();
-                    let fp = fingerprints[i];
-                    runs.push(async move {
-                        (
-                            i,
-                            self.submit_claimed(task, claim, fp, trace, deadline).await,
-                        )
-                    });
-                }
+                Item::Run(task) => match self.ready(task, claims[i].take(), fingerprints[i], trace)
+                {
+                    Err(answer) => results[i] = Some(outcome(i, answer)),
+                    Ok((r, record)) => {
+                        ready.push(r);
+                        records.push(record);
+                        ready_idx.push(i);
+                    }
+                },
             }
         }
-        for (i, r) in join_all(runs).await {
-            results[i] = Some(outcome(i, r));
+        if !ready.is_empty() {
+            for (i, r) in ready_idx
+                .into_iter()
+                .zip(self.make_durable(ready, records, deadline).await)
+            {
+                results[i] = Some(outcome(i, r));
+            }
         }
         for (i, l) in followers {
             let lead = results[l].clone();

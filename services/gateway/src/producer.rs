@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use dispatch_core::Headers;
 use dispatch_runtime::producer::{Health, ProducerCore, WedgeRules, kafka_headers};
 use dispatch_runtime::settings::KafkaSettings;
+use futures::StreamExt;
+use futures::future::Either;
+use futures::stream::FuturesUnordered;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
 
@@ -181,13 +185,7 @@ impl Producer {
         }
     }
 
-    /// The submit path: through the breaker, waiting at most `budget` (at most the produce
-    /// timeout; less when the caller's deadline leaves less), and giving up at once when Kafka
-    /// turns out to be at risk while the record waits.
-    ///
-    /// A record given up on stays in librdkafka's queue and may still be delivered; the caller
-    /// then parks a second copy in the outbox. That duplicate is harmless: the processor dedupes
-    /// by task id (its version fence makes a replayed submit a no-op).
+    /// The submit path for one record: [`Producer::send_many_guarded`] of one.
     ///
     /// # Errors
     /// [`ProduceError`]: breaker open, at risk, timeout or a delivery failure.
@@ -197,42 +195,122 @@ impl Producer {
         topic_kind: &'static str,
         budget: Option<Duration>,
     ) -> Result<Produced, ProduceError> {
+        let mut out = self.send_many_guarded(&[rec], topic_kind, budget).await;
+        out.pop()
+            .unwrap_or_else(|| Err(ProduceError::Kafka("no delivery result".into())))
+    }
+
+    /// The submit path: through the breaker, waiting at most `budget` (at most the produce
+    /// timeout; less when the caller's deadline leaves less), and giving up at once when Kafka
+    /// turns out to be at risk while the records wait. Returns one result per record, in order.
+    ///
+    /// Every record is handed to librdkafka at once, in order (records of one key keep their
+    /// order on the partition), and their delivery reports are awaited together under one timer:
+    /// a SubmitTasks call of 100 records costs one wait, not 100. A record librdkafka's queue
+    /// cannot take right now waits for space as [`Producer::send`] does.
+    ///
+    /// A record given up on stays in librdkafka's queue and may still be delivered; the caller
+    /// then parks a second copy in the outbox. That duplicate is harmless: the processor dedupes
+    /// by task id (its version fence makes a replayed submit a no-op).
+    pub async fn send_many_guarded(
+        &self,
+        recs: &[&OutRecord],
+        topic_kind: &'static str,
+        budget: Option<Duration>,
+    ) -> Vec<Result<Produced, ProduceError>> {
+        let refuse_all = |e: ProduceError| recs.iter().map(|_| Err(e.clone())).collect();
         if !self.breaker.permits() {
-            return Err(ProduceError::BreakerOpen);
+            return refuse_all(ProduceError::BreakerOpen);
         }
         if let Some(why) = self.risk() {
-            return Err(ProduceError::AtRisk(why));
+            return refuse_all(ProduceError::AtRisk(why));
         }
         let wait = budget.map_or(self.timeout, |b| b.min(self.timeout));
         let tick = (self.stall / 4).clamp(Duration::from_millis(5), Duration::from_millis(100));
         let start = Instant::now();
-        let send = self.send(rec, topic_kind);
-        tokio::pin!(send);
-        let out = loop {
-            let left = wait.saturating_sub(start.elapsed());
+        let mut out: Vec<Option<Result<Produced, ProduceError>>> = vec![None; recs.len()];
+        let mut waiting = FuturesUnordered::new();
+        for (i, rec) in recs.iter().enumerate() {
+            match self.core.enqueue(future_record(rec)) {
+                Ok(delivery) => waiting.push(Either::Left(async move { (i, delivery.await) })),
+                // The queue is full: wait for space like `send` (rare; boxed to keep the common
+                // delivery future small).
+                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                    let core = &self.core;
+                    let timeout = self.timeout;
+                    waiting.push(Either::Right(Box::pin(async move {
+                        (i, core.send(future_record(rec), timeout).await)
+                    })));
+                }
+                Err(e) => out[i] = Some(Err(self.failed(topic_kind, &e))),
+            }
+        }
+        let sleep = tokio::time::sleep(tick.min(wait));
+        tokio::pin!(sleep);
+        let gave_up = loop {
             tokio::select! {
-                r = &mut send => break r,
-                () = tokio::time::sleep(tick.min(left)) => {
-                    if start.elapsed() >= wait {
-                        metrics::produce_failed(topic_kind, "timeout");
-                        if wait < self.timeout {
-                            // The caller's deadline, not Kafka, cut it short.
-                            return Err(ProduceError::Timeout(wait));
-                        }
-                        break Err(ProduceError::Timeout(wait));
+                next = waiting.next() => match next {
+                    None => break None,
+                    Some((i, r)) => {
+                        out[i] = Some(match r {
+                            Ok((partition, offset)) => {
+                                metrics::produced(topic_kind, start.elapsed());
+                                Ok(Produced {
+                                    topic: recs[i].topic.clone(),
+                                    partition,
+                                    offset,
+                                })
+                            }
+                            Err(e) => Err(self.failed(topic_kind, &e)),
+                        });
+                    }
+                },
+                () = &mut sleep => {
+                    let elapsed = start.elapsed();
+                    if elapsed >= wait {
+                        break Some(ProduceError::Timeout(wait));
                     }
                     if let Some(why) = self.risk() {
-                        metrics::produce_failed(topic_kind, "at risk");
-                        break Err(ProduceError::AtRisk(why));
+                        break Some(ProduceError::AtRisk(why));
                     }
+                    sleep.as_mut().reset((Instant::now() + tick.min(wait - elapsed)).into());
                 }
             }
         };
-        match &out {
-            Ok(_) => self.breaker.success(),
-            Err(_) => self.breaker.failure(),
-        }
-        out
+        // The records still waiting are given up on (their sends are dropped with `waiting`).
+        let given_up = |e: &ProduceError| {
+            metrics::produce_failed(
+                topic_kind,
+                match e {
+                    ProduceError::Timeout(_) => "timeout",
+                    _ => "at risk",
+                },
+            );
+            Err(e.clone())
+        };
+        // A timeout cut short by the caller's deadline says nothing about Kafka.
+        let callers = matches!(&gave_up, Some(ProduceError::Timeout(w)) if *w < self.timeout);
+        out.into_iter()
+            .map(|o| {
+                let r = match (o, &gave_up) {
+                    (Some(r), _) => r,
+                    (None, Some(e)) => given_up(e),
+                    (None, None) => Err(ProduceError::Kafka("no delivery report".into())),
+                };
+                match &r {
+                    Ok(_) => self.breaker.success(),
+                    Err(ProduceError::Timeout(_)) if callers => {}
+                    Err(_) => self.breaker.failure(),
+                }
+                r
+            })
+            .collect()
+    }
+
+    fn failed(&self, topic_kind: &'static str, e: &KafkaError) -> ProduceError {
+        let reason = e.to_string();
+        metrics::produce_failed(topic_kind, &reason);
+        ProduceError::Kafka(reason)
     }
 
     /// Produces and waits for librdkafka's definitive delivery report (bounded by
@@ -246,11 +324,7 @@ impl Producer {
         topic_kind: &'static str,
     ) -> Result<Produced, ProduceError> {
         let start = Instant::now();
-        let record = FutureRecord::to(&rec.topic)
-            .key(rec.key.as_slice())
-            .payload(rec.value.as_slice())
-            .headers(kafka_headers(&rec.headers));
-        match self.core.send(record, self.timeout).await {
+        match self.core.send(future_record(rec), self.timeout).await {
             Ok((partition, offset)) => {
                 metrics::produced(topic_kind, start.elapsed());
                 Ok(Produced {
@@ -259,11 +333,7 @@ impl Producer {
                     offset,
                 })
             }
-            Err(e) => {
-                let reason = e.to_string();
-                metrics::produce_failed(topic_kind, &reason);
-                Err(ProduceError::Kafka(reason))
-            }
+            Err(e) => Err(self.failed(topic_kind, &e)),
         }
     }
 
@@ -285,6 +355,13 @@ impl Producer {
             Err(e) => tracing::warn!(error = %e, "kafka producer flush task failed"),
         }
     }
+}
+
+fn future_record(rec: &OutRecord) -> FutureRecord<'_, [u8], [u8]> {
+    FutureRecord::to(&rec.topic)
+        .key(rec.key.as_slice())
+        .payload(rec.value.as_slice())
+        .headers(kafka_headers(&rec.headers))
 }
 
 /// Watches the producer until `stop` ([`dispatch_runtime::producer::watchdog`]): rebuilt when it

@@ -65,15 +65,22 @@ impl RecentSubmits {
 
     /// Remembers a submit.
     pub fn insert(&self, task_id: TaskId, submit: RecentSubmit) {
+        self.extend([(task_id, submit)]);
+    }
+
+    /// Remembers submits (a batch's, under one lock).
+    pub fn extend(&self, submits: impl IntoIterator<Item = (TaskId, RecentSubmit)>) {
         let now = Instant::now();
         let mut g = self.generations.lock();
         let (young, old) = &mut *g;
-        if young.entries.len() >= self.half_capacity
-            || now.saturating_duration_since(young.started) >= self.half_ttl
-        {
-            *old = std::mem::replace(young, Generation::new(now));
+        for (task_id, submit) in submits {
+            if young.entries.len() >= self.half_capacity
+                || now.saturating_duration_since(young.started) >= self.half_ttl
+            {
+                *old = std::mem::replace(young, Generation::new(now));
+            }
+            young.entries.insert(task_id, (now, submit));
         }
-        young.entries.insert(task_id, (now, submit));
     }
 
     /// The submit of `task_id`, if it is remembered.
