@@ -14,7 +14,7 @@
 //! waited) hands the lane on only once the records ahead of it have: records of one key come from
 //! several partitions (the task topic and the retry topics), which are revoked independently.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -4,7 +4,7 @@
 //! a duplicate, a zombie's leftovers). Lookups from concurrent records are gathered for up to
 //! `gate.max_delay_us` or `gate.max_ids` ids and answered by one `IN (...)` query.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::time::Duration;
 
 use dispatch_core::TaskId;

@@ -12,7 +12,9 @@
 //!    tenant flooding a priority delays another tenant's next record of that priority by at most
 //!    one grant per other waiting tenant, whatever the size of its backlog.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use dispatch_core::Priority;

@@ -27,7 +27,9 @@
 //! parking budget and revocation all move the one watermark; the parking budget
 //! ([`Partitions::park`] and its counters) would move out first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -237,7 +237,7 @@ pub struct Registered {
 /// Task type -> handler.
 #[derive(Clone)]
 pub struct Registry {
-    by_type: HashMap<String, Registered>,
+    by_type: foldhash::HashMap<String, Registered>,
     hosts: http::Hosts,
 }
 

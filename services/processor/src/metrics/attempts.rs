@@ -2,7 +2,7 @@
 //! per-task memory it occupies meanwhile. What follows a failed attempt (a retry or a dead
 //! letter) is in `dead_letters.rs`.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 

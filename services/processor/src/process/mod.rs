@@ -13,7 +13,9 @@
 mod dlq;
 mod submit;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -28,7 +28,7 @@
 //! are one transaction path, and the tests start near line 681; the commit (`commit`,
 //! `commit_with_retry`) would move to a submodule first, as `events` and `owed` did.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::time::{Duration, Instant};
 
 use dispatch_core::{TaskId, TaskState, Topics};
@@ -657,7 +657,7 @@ async fn commit(pool: &MySqlPool, batch: &Batch) -> dispatch_store::Result<Lande
         .collect();
     dispatch_store::trace_context::set(&mut tx, &scheduled).await?;
     dispatch_store::attempts::insert_batch(&mut tx, &attempts).await?;
-    let mut stored: HashMap<TaskId, pb::Task> = HashMap::new();
+    let mut stored: HashMap<TaskId, pb::Task> = HashMap::default();
     for s in dispatch_store::tasks::snapshots(&mut *tx, &ids).await? {
         let Ok(id) = s.task.task_id.parse::<TaskId>() else {
             continue;

@@ -1,7 +1,9 @@
 //! What a writer owes in order: the rows a later batch of the same writer will publish, so that
 //! an earlier batch's [`super::events::settle`] need not repair them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::HashMap;
 
 use dispatch_core::TaskId;
 use dispatch_core::version::Stamp;
