@@ -87,6 +87,7 @@ pub struct WriteRequest {
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<WriteRequest>,
+    window: Duration,
 }
 
 /// Resolves when a write is durable: `true` if it landed, `false` if the fence dropped it (the task
@@ -99,6 +100,12 @@ pub type Committed = oneshot::Receiver<bool>;
 pub type Claimed = oneshot::Receiver<bool>;
 
 impl Writer {
+    /// A batch's window (`writer.max_delay_ms`): how long a first attempt's start waits for its
+    /// outcome before it is written on its own.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
     /// Queues a write; the returned receiver resolves once it is committed and published.
     pub async fn write(
         &self,
@@ -427,8 +434,9 @@ pub async fn commit_pool(
 pub fn spawn(cfg: WriterTask, tracker: &TaskTracker, capacity: usize) -> Writer {
     let (tx, rx) = mpsc::channel(capacity);
     let acks = TaskTracker::new();
+    let window = cfg.max_delay;
     tracker.spawn(run(cfg, rx, acks));
-    Writer { tx }
+    Writer { tx, window }
 }
 
 async fn run(cfg: WriterTask, mut rx: mpsc::Receiver<WriteRequest>, acks: TaskTracker) {
