@@ -14,7 +14,7 @@ Environment: WORK (clones), BUILDS ("before after"; one name runs that build alo
 FIRST_RUN (1: later alternations continue the numbering), N (100000 drain tasks), DUR (15 s per
 gateway load), LOADS (gateway loads to run: submit_2k submit_15k submit_30k batch_100;
 default all), PER_PRIORITY (40000), SIM_LATENCY_MS (250), PRIORITY_RUNS (1), LOADGEN,
-VERSUS_OUT (results directory), STOP_FILE (stop at the next safe point once it exists),
+VERSUS_OUT (results directory), SINCE_RUN (summary and table: only runs from this number on), STOP_FILE (stop at the next safe point once it exists),
 KAFKA_LIBS (for deleting the run's topics).
 
 Alternation: run r takes the builds in the order before, after for odd r and after, before for
@@ -419,10 +419,13 @@ def q(sorted_values, quantile):
 
 
 def rows(kind):
+    """The recorded runs of `kind`, from run SINCE_RUN on (a results file may hold runs of
+    earlier builds of the after clone)."""
     if not os.path.exists(RESULTS):
         return []
+    since = int(os.environ.get("SINCE_RUN", "0"))
     with open(RESULTS) as f:
-        return [r for r in map(json.loads, f) if r["kind"] == kind]
+        return [r for r in map(json.loads, f) if r["kind"] == kind and int(r["run"]) >= since]
 
 
 def values(kind, build, get):

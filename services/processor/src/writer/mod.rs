@@ -3,7 +3,8 @@
 //! Writes arrive over a channel and are coalesced by task id while a batch is open (the write with
 //! the higher version wins; equal versions: the later one, which may carry fuller data), so a task
 //! that starts and finishes within one window costs one row; a first attempt's RUNNING (a start
-//! nobody waits on) is held back into the next batch once, so its outcome usually still joins it.
+//! nobody waits on, queued only once its handler has run one window: `process::submit`) is held
+//! back into the next batch once, so its outcome usually still joins it.
 //! A batch is flushed at
 //! `writer.max_rows` tasks or `writer.max_delay_ms` after its first write, as ONE transaction:
 //! the fenced multi-row upsert, the attempt rows, and a read-back of the written rows: a write
