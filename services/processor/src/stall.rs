@@ -26,9 +26,7 @@
 //! heartbeat interval and a margin ([`threshold_for`]) cannot have moved a partition, and is not
 //! one here: with the defaults (10 s session, 3 s heartbeat) the threshold is 5 s, and a process
 //! stopped for two seconds (the drain benchmark's SIGSTOP while it fills the backlog) runs its
-//! records as usual instead of claiming each one that read its state before the resume. Under the
-//! consumer protocol (KIP-848, `group.protocol=consumer`) the broker owns the session and the
-//! heartbeat interval, and the threshold stays at its shortest, [`THRESHOLD`].
+//! records as usual instead of claiming each one that read its state before the resume.
 
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
