@@ -100,15 +100,6 @@ impl AppBuilder {
             s.consumer.max_parked_kbytes.saturating_mul(1024),
         );
         let mut cc = kafka::consumer_config(&s.kafka, &s.consumer.group);
-        // A stall counts once the group can have noticed it (crate::stall): from the consumer's
-        // own session and heartbeat settings, raw overrides included (librdkafka's defaults).
-        let ms = |key: &str, default: u64| {
-            Duration::from_millis(cc.get(key).and_then(|v| v.parse().ok()).unwrap_or(default))
-        };
-        crate::stall::set_threshold(crate::stall::threshold_for(
-            ms("session.timeout.ms", 45_000),
-            ms("heartbeat.interval.ms", 3_000),
-        ));
         kafka::enable_statistics(&mut cc, &s.kafka);
         // Bound prefetch (RSS), unless the raw options say otherwise: the queue and, with it, the
         // size of one fetch response (librdkafka's default: 50 MiB). Fetched batches are held

@@ -13,20 +13,10 @@
 //! state: the claim is refused if the task moved on, and the handler does not start. Retries and
 //! redrives await their claim anyway.
 //!
-//! A ticker thread wakes every [`TICK`]; a wake later than the threshold after the previous one is
-//! a stall. A record also treats a ticker that has not ticked for the threshold as a stall in
+//! A ticker thread wakes every [`TICK`]; a wake later than [`THRESHOLD`] after the previous one is
+//! a stall. A record also treats a ticker that has not ticked for [`THRESHOLD`] as a stall in
 //! progress: right after the process resumes, the ticker may not have run yet. A false alarm
-//! (a ticker thread starved on a loaded host) costs one awaited write per record.
-//!
-//! **Only a stall the group can have noticed counts.** The coordinator gives a member's partitions
-//! to another only once it has heard no heartbeat for `session.timeout.ms` (with the classic
-//! protocol a rebalance waits for a member that does not rejoin until its session expires, and
-//! librdkafka requires `max.poll.interval.ms` >= the session). A stall of `g` leaves at most
-//! `g + heartbeat.interval.ms` without a heartbeat, so a stall shorter than the session less the
-//! heartbeat interval and a margin ([`threshold_for`]) cannot have moved a partition, and is not
-//! one here: with the defaults (10 s session, 3 s heartbeat) the threshold is 5 s, and a process
-//! stopped for two seconds (the drain benchmark's SIGSTOP while it fills the backlog) runs its
-//! records as usual instead of claiming each one that read its state before the resume.
+//! (a ticker thread starved for a second on a loaded host) costs one awaited write.
 
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,23 +24,9 @@ use std::time::{Duration, Instant};
 
 /// How often the ticker wakes.
 pub const TICK: Duration = Duration::from_millis(50);
-/// The shortest threshold: a gap between two ticks longer than this may be a stall. Far below any
-/// session timeout (the shortest this project configures is 6 s), far above a busy scheduler's
-/// delay.
+/// A gap between two ticks longer than this is a stall. Far below any session timeout (the
+/// shortest this project configures is 6 s), far above a busy scheduler's delay.
 pub const THRESHOLD: Duration = Duration::from_secs(1);
-
-/// What [`threshold_for`] keeps below the session beyond the heartbeat interval (the network,
-/// the coordinator's own timer, a heartbeat already late before the stall).
-pub const MARGIN: Duration = Duration::from_secs(2);
-
-/// The stall threshold for a group member with `session` and `heartbeat` (see the module docs):
-/// the session less the heartbeat interval and [`MARGIN`], at least [`THRESHOLD`].
-pub fn threshold_for(session: Duration, heartbeat: Duration) -> Duration {
-    session
-        .saturating_sub(heartbeat)
-        .saturating_sub(MARGIN)
-        .max(THRESHOLD)
-}
 
 /// The stall clock: milliseconds since `base` of the last tick and of the end of the last stall.
 pub struct Stalls {
@@ -58,8 +34,6 @@ pub struct Stalls {
     last_tick_ms: AtomicU64,
     /// When the ticker saw the last stall end (0: never).
     resumed_ms: AtomicU64,
-    /// A gap longer than this is a stall.
-    threshold_ms: AtomicU64,
 }
 
 /// The process's clock, ticking from its first use.
@@ -95,30 +69,14 @@ pub fn start() {
     LazyLock::force(&PROCESS);
 }
 
-/// Sets the process's stall threshold ([`threshold_for`] the group consumer's settings).
-pub fn set_threshold(threshold: Duration) {
-    PROCESS.set_threshold(threshold);
-}
-
 impl Stalls {
-    /// A clock whose ticks count from `base`, with the shortest threshold ([`THRESHOLD`]).
+    /// A clock whose ticks count from `base`.
     pub fn new(base: Instant) -> Self {
         Self {
             base,
             last_tick_ms: AtomicU64::new(0),
             resumed_ms: AtomicU64::new(0),
-            threshold_ms: AtomicU64::new(THRESHOLD.as_millis() as u64),
         }
-    }
-
-    /// A gap longer than `threshold` is a stall (at least [`THRESHOLD`]).
-    pub fn set_threshold(&self, threshold: Duration) {
-        let ms = u64::try_from(threshold.max(THRESHOLD).as_millis()).unwrap_or(u64::MAX);
-        self.threshold_ms.store(ms, Ordering::Release);
-    }
-
-    fn threshold_ms(&self) -> u64 {
-        self.threshold_ms.load(Ordering::Acquire)
     }
 
     fn ms(&self, t: Instant) -> u64 {
@@ -130,7 +88,7 @@ impl Stalls {
         let now = self.ms(now);
         let prev = self.last_tick_ms.swap(now, Ordering::AcqRel);
         let gap = now.saturating_sub(prev);
-        if gap > self.threshold_ms() {
+        if gap > THRESHOLD.as_millis() as u64 {
             self.resumed_ms.store(now, Ordering::Release);
             return Some(Duration::from_millis(gap));
         }
@@ -138,14 +96,14 @@ impl Stalls {
     }
 
     /// Whether the process may have stood still between `read` and `now`: a stall ended after
-    /// `read` (or at the same millisecond), or the ticker has not ticked for the threshold.
+    /// `read` (or at the same millisecond), or the ticker has not ticked for [`THRESHOLD`].
     pub fn suspect_since(&self, read: Instant, now: Instant) -> bool {
         let resumed = self.resumed_ms.load(Ordering::Acquire);
         if resumed != 0 && resumed >= self.ms(read) {
             return true;
         }
         let last = self.last_tick_ms.load(Ordering::Acquire);
-        self.ms(now).saturating_sub(last) > self.threshold_ms()
+        self.ms(now).saturating_sub(last) > THRESHOLD.as_millis() as u64
     }
 }
 
@@ -190,40 +148,5 @@ mod tests {
         assert!(s.suspect_since(at(b, 55), at(b, 15_000)));
         // A delay under the threshold is not a stall.
         assert!(!s.suspect_since(at(b, 55), at(b, 900)));
-    }
-
-    /// With the default session (10 s) and heartbeat (3 s) a stall of 2 s cannot have cost the
-    /// partitions and is not one; a stall past the session is, whether or not the ticker has
-    /// run since.
-    #[test]
-    fn only_a_stall_the_group_can_have_noticed_counts() {
-        let t = threshold_for(Duration::from_secs(10), Duration::from_secs(3));
-        assert_eq!(t, Duration::from_secs(5));
-        assert_eq!(
-            threshold_for(Duration::from_secs(6), Duration::from_secs(3)),
-            THRESHOLD
-        );
-        let b = Instant::now();
-        let s = Stalls::new(b);
-        s.set_threshold(t);
-        assert_eq!(s.tick(at(b, 50)), None);
-        // Stopped for two seconds (the drain benchmark's SIGSTOP).
-        assert!(!s.suspect_since(at(b, 55), at(b, 2_100)), "before the tick");
-        assert_eq!(s.tick(at(b, 2_100)), None);
-        assert!(!s.suspect_since(at(b, 55), at(b, 2_110)), "after the tick");
-        // Stopped for twelve (past the session).
-        assert!(
-            s.suspect_since(at(b, 2_120), at(b, 14_000)),
-            "before the tick"
-        );
-        assert_eq!(s.tick(at(b, 14_100)), Some(Duration::from_millis(12_000)));
-        assert!(
-            s.suspect_since(at(b, 2_120), at(b, 14_110)),
-            "after the tick"
-        );
-        assert!(
-            !s.suspect_since(at(b, 14_120), at(b, 14_130)),
-            "read after it"
-        );
     }
 }
