@@ -261,11 +261,13 @@ impl Gateway {
         answers
     }
 
-    /// Accepts a batch: every item is validated and made durable on its own, concurrently (their
-    /// records are produced together and every delivery report awaited). The idempotency keys of
-    /// the batch are claimed together (one MySQL statement). An item that repeats an earlier
-    /// item's idempotency key gets that item's answer (`duplicate = true`) when its parameters
-    /// are the same, and ALREADY_EXISTS when they are not: one key, one task, also within a batch.
+    /// Accepts a batch: every item is validated and answered on its own; the records are made
+    /// durable together (handed to Kafka in the call's order and awaited under one timer, each
+    /// one Kafka did not take parked in the outbox on its own, concurrently). The idempotency
+    /// keys of the batch are claimed together (one MySQL statement). An item that repeats an
+    /// earlier item's idempotency key gets that item's answer (`duplicate = true`) when its
+    /// parameters are the same, and ALREADY_EXISTS when they are not: one key, one task, also
+    /// within a batch.
     pub async fn submit_many(
         &self,
         tenant: &Tenant,

@@ -207,7 +207,9 @@ impl Producer {
     /// Every record is handed to librdkafka at once, in order (records of one key keep their
     /// order on the partition), and their delivery reports are awaited together under one timer:
     /// a SubmitTasks call of 100 records costs one wait, not 100. A record librdkafka's queue
-    /// cannot take right now waits for space as [`Producer::send`] does.
+    /// cannot take right now waits for space as [`Producer::send`] does, and a later record of
+    /// its key can overtake it then (as with one send per record before). The breaker hears of
+    /// each record as its report arrives.
     ///
     /// A record given up on stays in librdkafka's queue and may still be delivered; the caller
     /// then parks a second copy in the outbox. That duplicate is harmless: the processor dedupes
@@ -242,26 +244,35 @@ impl Producer {
                         (i, core.send(future_record(rec), timeout).await)
                     })));
                 }
-                Err(e) => out[i] = Some(Err(self.failed(topic_kind, &e))),
+                Err(e) => {
+                    self.breaker.failure();
+                    out[i] = Some(Err(self.failed(topic_kind, &e)));
+                }
             }
         }
         let sleep = tokio::time::sleep(tick.min(wait));
         tokio::pin!(sleep);
         let gave_up = loop {
             tokio::select! {
+                // Reports that arrived count before the timer gives up on anything.
+                biased;
                 next = waiting.next() => match next {
                     None => break None,
                     Some((i, r)) => {
                         out[i] = Some(match r {
                             Ok((partition, offset)) => {
                                 metrics::produced(topic_kind, start.elapsed());
+                                self.breaker.success();
                                 Ok(Produced {
                                     topic: recs[i].topic.clone(),
                                     partition,
                                     offset,
                                 })
                             }
-                            Err(e) => Err(self.failed(topic_kind, &e)),
+                            Err(e) => {
+                                self.breaker.failure();
+                                Err(self.failed(topic_kind, &e))
+                            }
                         });
                     }
                 },
@@ -291,18 +302,15 @@ impl Producer {
         // A timeout cut short by the caller's deadline says nothing about Kafka.
         let callers = matches!(&gave_up, Some(ProduceError::Timeout(w)) if *w < self.timeout);
         out.into_iter()
-            .map(|o| {
-                let r = match (o, &gave_up) {
-                    (Some(r), _) => r,
-                    (None, Some(e)) => given_up(e),
-                    (None, None) => Err(ProduceError::Kafka("no delivery report".into())),
-                };
-                match &r {
-                    Ok(_) => self.breaker.success(),
-                    Err(ProduceError::Timeout(_)) if callers => {}
-                    Err(_) => self.breaker.failure(),
+            .map(|o| match (o, &gave_up) {
+                (Some(r), _) => r,
+                (None, Some(e)) => {
+                    if !callers {
+                        self.breaker.failure();
+                    }
+                    given_up(e)
                 }
-                r
+                (None, None) => Err(ProduceError::Kafka("no delivery report".into())),
             })
             .collect()
     }

@@ -396,8 +396,18 @@ impl Processor {
                 biased;
                 r = &mut outcome => r,
                 () = tokio::time::sleep(self.writer.window()) => {
-                    drop(self.writer.write(running, None, trace.clone()).await);
-                    outcome.await
+                    // The handler keeps running while the start waits for room in the writer's
+                    // channel; one that ends first leaves the start unsent.
+                    let start = self.writer.write(running, None, trace.clone());
+                    tokio::pin!(start);
+                    tokio::select! {
+                        biased;
+                        r = &mut outcome => r,
+                        committed = &mut start => {
+                            drop(committed);
+                            outcome.await
+                        }
+                    }
                 }
             },
         };
