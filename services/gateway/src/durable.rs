@@ -230,12 +230,7 @@ impl Durable {
         let mut out = self
             .accept_many(std::slice::from_ref(&(rec, task_id)), kind, deadline)
             .await;
-        out.pop().unwrap_or_else(|| {
-            Err(Refused::Unavailable(Unavailable {
-                kafka: "no result".into(),
-                outbox: "not tried".into(),
-            }))
-        })
+        out.pop().unwrap_or_else(no_result)
     }
 
     /// [`Durable::accept`] for several records at once, one result per record, in order: the
@@ -316,14 +311,7 @@ impl Durable {
             }
         }
         out.into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| {
-                    Err(Refused::Unavailable(Unavailable {
-                        kafka: "no result".into(),
-                        outbox: "not tried".into(),
-                    }))
-                })
-            })
+            .map(|o| o.unwrap_or_else(no_result))
             .collect()
     }
 
@@ -479,6 +467,14 @@ impl Durable {
             Err(e) => tracing::debug!(error = %e, "outbox routing check failed"),
         }
     }
+}
+
+/// The answer for a record the accept path left without one (none does; defensive).
+fn no_result() -> Result<Accepted, Refused> {
+    Err(Refused::Unavailable(Unavailable {
+        kafka: "no result".into(),
+        outbox: "not tried".into(),
+    }))
 }
 
 /// Dead-blocked keys routed one by one; beyond that many, everything goes to the outbox.

@@ -142,7 +142,6 @@ impl Gateway {
 
     /// Answers a claimed task at once (a duplicate, a conflict, a key that could not be
     /// checked), or readies its record (`claim` is `None` without an idempotency key).
-    #[allow(clippy::result_large_err)]
     fn ready(
         &self,
         task: NewTask,

@@ -389,27 +389,22 @@ impl Processor {
         // (its outcome), whatever the writer's backlog. Sent before the handler, it was split
         // from the outcome into a batch of its own whenever the writer's channel was full (the
         // outcome queued behind a batch or more of other writes): in the drain benchmark up to 4%
-        // of tasks, each an extra row, event and index update in MariaDB.
+        // of tasks, each an extra row, event and index update in MariaDB. The handler keeps
+        // running while the start waits for its window and then for room in the writer's
+        // channel; one that ends first leaves the start unsent.
         let r = match start {
             None => outcome.await,
-            Some(running) => tokio::select! {
-                biased;
-                r = &mut outcome => r,
-                () = tokio::time::sleep(self.writer.window()) => {
-                    // The handler keeps running while the start waits for room in the writer's
-                    // channel; one that ends first leaves the start unsent.
-                    let start = self.writer.write(running, None, trace.clone());
-                    tokio::pin!(start);
-                    tokio::select! {
-                        biased;
-                        r = &mut outcome => r,
-                        committed = &mut start => {
-                            drop(committed);
-                            outcome.await
-                        }
-                    }
+            Some(running) => {
+                let write_start = async {
+                    tokio::time::sleep(self.writer.window()).await;
+                    drop(self.writer.write(running, None, trace.clone()).await);
+                };
+                tokio::select! {
+                    biased;
+                    r = &mut outcome => r,
+                    () = write_start => outcome.await,
                 }
-            },
+            }
         };
         let ran = if r.is_none() {
             token.cancel();
