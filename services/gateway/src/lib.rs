@@ -66,6 +66,7 @@ pub mod relay;
 pub mod schedules;
 pub mod service;
 pub mod settings;
+mod sticky;
 pub mod workflows;
 
 pub use app::App;

@@ -26,7 +26,7 @@
 //! senders block once the channel is full and consumer lag grows until MySQL is back.
 //!
 //! Over 400 lines because the batch loop, the coalescing rule and the commit with its read-back
-//! are one transaction path, and the tests start near line 681; the commit (`commit`,
+//! are one transaction path, and the tests start near line 701; the commit (`commit`,
 //! `commit_with_retry`) would move to a submodule first, as `events` and `owed` did.
 
 use foldhash::HashMap;
