@@ -11,6 +11,7 @@ use dispatch_runtime::Shutdown;
 use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
 use dispatch_runtime::server::auth::Authenticator;
 use dispatch_runtime::server::{GrpcServer, Rpcs, Spec};
+use dispatch_runtime::tls::check_at_start;
 use dispatch_runtime::tls_failures::{Dependency, TlsFailures};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -83,66 +84,56 @@ impl App {
     /// # Errors
     /// Invalid settings or an address that cannot be bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        settings.validate()?;
+        let s = &settings;
+        s.validate()?;
         // A certificate that does not verify or a refused login stops start-up (an unreachable
         // dependency does not).
-        let tls = dispatch_runtime::tls::check_at_start(
-            &settings.grpc,
-            &settings.kafka,
-            &settings.database,
-            Some(&settings.redis),
-        )
-        .await?;
-        let auth = Authenticator::for_service(&settings.auth, &settings.grpc, &settings.admin)?;
+        let tls = check_at_start(&s.grpc, &s.kafka, &s.database, Some(&s.redis)).await?;
+        let auth = Authenticator::for_service(&s.auth, &s.grpc, &s.admin)?;
         metrics::init();
         dispatch_runtime::metrics::register_runtime_metrics(metrics::SERVICE);
 
-        let pool = pool(&settings).await?;
-        let producer = Producer::new(&settings.kafka, &settings.outbox)?;
+        let pool = pool(s).await?;
+        let producer = Producer::new(&s.kafka, &s.outbox)?;
         let redis = RedisSlot::default();
-        if let Ok(c) = dispatch_runtime::redis_client::connect(&settings.redis).await {
+        if let Ok(c) = dispatch_runtime::redis_client::connect(&s.redis).await {
             redis.set(c);
         }
-        let idempotency = Idempotency::new(
-            redis.clone(),
-            &settings.redis,
-            &settings.idempotency,
-            pool.clone(),
-        );
+        let idempotency = Idempotency::new(redis.clone(), &s.redis, &s.idempotency, pool.clone());
         let durable = Durable::new(producer, pool.clone());
         let gateway = Gateway::new(
-            settings.kafka.topics(),
+            s.kafka.topics(),
             durable.clone(),
             idempotency.clone(),
             pool.clone(),
-            &settings.cancel,
+            &s.cancel,
         )
-        .with_spec_limits(settings.limits.spec_limits());
+        .with_spec_limits(s.limits.spec_limits());
         let workflows = Workflows::new(
             pool.clone(),
-            settings.limits.spec_limits(),
-            settings.limits.max_workflow_nodes,
-            settings.limits.max_workflow_edges,
+            s.limits.spec_limits(),
+            s.limits.max_workflow_nodes,
+            s.limits.max_workflow_edges,
         );
         let api = TaskApi::new(
             Arc::new(gateway),
             Arc::new(workflows),
             Arc::new(auth),
-            Arc::new(Limits::new(&settings.limits, Some(&settings.redis)).await),
+            Arc::new(Limits::new(&s.limits, Some(&s.redis)).await),
         )
-        .with_request_timeout(Duration::from_millis(settings.grpc.request_timeout_ms));
+        .with_request_timeout(Duration::from_millis(s.grpc.request_timeout_ms));
 
         let health = Health::new();
         for c in ["kafka", "mysql"] {
             health.set(c, ComponentStatus::Down("not probed yet".into()));
         }
         health.set("redis", ComponentStatus::Degraded("not probed yet".into()));
-        let grpc = GrpcServer::bind(GRPC, &settings.grpc, tls).await?;
+        let grpc = GrpcServer::bind(GRPC, &s.grpc, tls).await?;
         let local_addr = grpc.local_addr()?;
-        let admin = AdminServer::bind(settings.admin.listen, health.clone())
+        let admin = AdminServer::bind(s.admin.listen, health.clone())
             .await
-            .with_context(|| format!("admin.listen {}", settings.admin.listen))?;
-        let admin = admin.with_profiling(&settings.admin, &settings.auth)?;
+            .with_context(|| format!("admin.listen {}", s.admin.listen))?;
+        let admin = admin.with_profiling(&s.admin, &s.auth)?;
         let admin_addr = admin.local_addr()?;
         Ok(Self {
             settings,

@@ -172,10 +172,8 @@ mod tests {
         .into();
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert_eq!(
-            s.metadata()
-                .get(RETRY_AFTER_MS)
-                .and_then(|v| v.to_str().ok()),
-            Some("2"),
+            dispatch_runtime::ratelimit::retry_after_ms(&s),
+            Some(2),
             "rounded up"
         );
     }

@@ -25,9 +25,9 @@ impl Limits {
     /// when given and `limits.shared` is on (connected before this returns, if Redis answers
     /// within `redis.connect_timeout_ms`), else local buckets only.
     pub async fn new(s: &LimitSettings, redis: Option<&RedisSettings>) -> Self {
-        let inner = SharedLimiter::new(config(s), redis);
-        inner.connect().await;
-        Self { inner }
+        Self {
+            inner: SharedLimiter::connected(config(s), redis).await,
+        }
     }
 
     /// Spends `n` cells of `tenant`'s bucket and of the global one.
@@ -40,11 +40,6 @@ impl Limits {
             .await
             .map(|_| ())
             .inspect_err(|l| metrics::rate_limited(l.scope, n))
-    }
-
-    /// The shared limiter (which backend decided last, decision counts).
-    pub fn limiter(&self) -> &SharedLimiter {
-        &self.inner
     }
 }
 

@@ -14,6 +14,7 @@ use dispatch_proto::v1::task_query_service_server::TaskQueryServiceServer;
 use dispatch_runtime::admin::{AdminServer, ComponentStatus, Health};
 use dispatch_runtime::server::auth::Authenticator;
 use dispatch_runtime::server::{GrpcServer, Rpcs, Serving, Spec};
+use dispatch_runtime::tls::check_at_start;
 use dispatch_runtime::tls_failures::{Dependency, TlsFailures};
 use dispatch_runtime::{Shutdown, kafka, redis_client};
 use tonic::service::Routes;
@@ -29,6 +30,7 @@ use crate::service::{Limits, QueryApi};
 use crate::settings::Settings;
 use crate::store::Store;
 use dispatch_runtime::breaker::{Breaker, BreakerSettings};
+use dispatch_runtime::ratelimit::SharedLimiter;
 
 /// Health component name of MySQL.
 pub const MYSQL: &str = "mysql";
@@ -97,19 +99,10 @@ impl App {
     /// Invalid settings, MySQL unreachable within `database.connect_timeout_ms`, or an address
     /// that cannot be bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        settings.validate()?;
-        let tls = dispatch_runtime::tls::check_at_start(
-            &settings.grpc,
-            &settings.kafka,
-            &settings.database,
-            Some(&settings.redis),
-        )
-        .await?;
-        let auth = Arc::new(Authenticator::for_service(
-            &settings.auth,
-            &settings.grpc,
-            &settings.admin,
-        )?);
+        let s = &settings;
+        s.validate()?;
+        let tls = check_at_start(&s.grpc, &s.kafka, &s.database, Some(&s.redis)).await?;
+        let auth = Arc::new(Authenticator::for_service(&s.auth, &s.grpc, &s.admin)?);
         metrics::init();
         dispatch_runtime::metrics::register_runtime_metrics("reader");
         let health = Health::new();
@@ -118,10 +111,10 @@ impl App {
             "reader",
             &[Dependency::Kafka, Dependency::Mysql, Dependency::Redis],
         );
-        let c = &settings.cache;
+        let c = &s.cache;
         let ms = Duration::from_millis;
 
-        let pool = dispatch_store::pool::connect_replica(&settings.database)
+        let pool = dispatch_store::pool::connect_replica(&s.database)
             .await
             .context("connecting to mysql")?;
         health.set(MYSQL, ComponentStatus::Up);
@@ -144,28 +137,25 @@ impl App {
         let l2 = Arc::new(
             L2::new(
                 c,
-                settings.redis.key_prefix.clone(),
-                ms(settings.redis.command_timeout_ms),
+                s.redis.key_prefix.clone(),
+                ms(s.redis.command_timeout_ms),
                 breaker,
             )
             .with_tls_failures(tls_failures.clone()),
         );
         if l2.enabled() {
-            connect_redis(&settings, &l2, &health, &tls_failures).await;
+            connect_redis(s, &l2, &health, &tls_failures).await;
         }
 
-        let mut events = EventsConsumer::new(
-            &settings.kafka,
-            settings.cache.events_prefetch_kbytes,
-            health.clone(),
-        )?;
-        if settings.kafka.create_topics {
-            let topic = settings.kafka.topics().events();
-            let specs: Vec<_> = kafka::dispatch_topics(&settings.kafka)
+        let mut events =
+            EventsConsumer::new(&s.kafka, s.cache.events_prefetch_kbytes, health.clone())?;
+        if s.kafka.create_topics {
+            let topic = s.kafka.topics().events();
+            let specs: Vec<_> = kafka::dispatch_topics(&s.kafka)
                 .into_iter()
                 .filter(|t| t.name == topic)
                 .collect();
-            if let Err(e) = kafka::ensure_topics(&settings.kafka, &specs).await {
+            if let Err(e) = kafka::ensure_topics(&s.kafka, &specs).await {
                 tracing::warn!(error = %e, "cannot ensure the events topic; will retry assignment");
             }
         }
@@ -185,11 +175,11 @@ impl App {
                 ryw_poll: ms(c.read_your_writes_poll_ms),
             },
         });
-        let grpc = GrpcServer::bind(GRPC, &settings.grpc, tls).await?;
-        let admin = AdminServer::bind(settings.admin.listen, health.clone())
+        let grpc = GrpcServer::bind(GRPC, &s.grpc, tls).await?;
+        let admin = AdminServer::bind(s.admin.listen, health.clone())
             .await
-            .with_context(|| format!("binding admin.listen {}", settings.admin.listen))?;
-        let admin = admin.with_profiling(&settings.admin, &settings.auth)?;
+            .with_context(|| format!("binding admin.listen {}", s.admin.listen))?;
+        let admin = admin.with_profiling(&s.admin, &s.auth)?;
         Ok(Self {
             settings,
             grpc,
@@ -235,62 +225,58 @@ impl App {
     /// The gRPC server fails.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
-        let Self {
-            settings,
-            grpc,
-            admin,
-            health,
-            reader,
-            auth,
-            events,
-            tls,
-        } = self;
-        let serving = grpc.serving();
-        let kafka = events.probe();
+        let serving = self.grpc.serving();
+        let kafka = self.events.probe();
 
         let admin_stop = tokio_util::sync::CancellationToken::new();
-        let admin_task = tokio::spawn(admin.serve(admin_stop.clone()));
-        shutdown.spawn(events.run(Arc::clone(&reader), shutdown.child()));
+        let admin_task = tokio::spawn(self.admin.serve(admin_stop.clone()));
+        shutdown.spawn(self.events.run(Arc::clone(&self.reader), shutdown.child()));
         shutdown.spawn(probe_loop(
-            Arc::clone(&reader),
-            health.clone(),
+            Arc::clone(&self.reader),
+            self.health.clone(),
             serving.clone(),
-            settings.clone(),
+            self.settings.clone(),
             Tls {
-                failures: tls,
+                failures: self.tls,
                 kafka,
             },
             shutdown.child(),
         ));
 
         let svc = QueryApi::new(
-            Arc::clone(&reader),
-            auth,
+            Arc::clone(&self.reader),
+            self.auth,
             shutdown.child(),
             Limits {
                 watch: crate::watch::WatchLimits {
-                    max_streams: settings.cache.watch_max_streams,
-                    max_streams_per_tenant: settings.cache.watch_max_streams_per_tenant,
-                    max_duration: Duration::from_millis(settings.cache.watch_max_duration_ms),
-                    poll: Duration::from_millis(settings.cache.watch_poll_ms),
+                    max_streams: self.settings.cache.watch_max_streams,
+                    max_streams_per_tenant: self.settings.cache.watch_max_streams_per_tenant,
+                    max_duration: Duration::from_millis(self.settings.cache.watch_max_duration_ms),
+                    poll: Duration::from_millis(self.settings.cache.watch_poll_ms),
                 },
-                max_response_bytes: settings.query.max_response_bytes,
+                max_response_bytes: self.settings.query.max_response_bytes,
             },
         )
         .with_rate_limits(Arc::new(
-            crate::limits::ReadLimits::new(&settings.limits, Some(&settings.redis)).await,
+            SharedLimiter::connected(
+                crate::limits::config(&self.settings.limits),
+                Some(&self.settings.redis),
+            )
+            .await,
         ));
-        let max = settings.grpc.max_request_bytes;
+        let max = self.settings.grpc.max_request_bytes;
         let svc = TaskQueryServiceServer::new(svc).max_decoding_message_size(max);
-        let server = grpc.serve(Routes::new(svc), shutdown.child().cancelled_owned());
+        let server = self
+            .grpc
+            .serve(Routes::new(svc), shutdown.child().cancelled_owned());
         let server = tokio::spawn(server);
-        if health.is_ready() {
+        if self.health.is_ready() {
             serving.set(true).await;
         }
         tracing::info!(%addr, "reader serving");
 
         shutdown.triggered().await;
-        let drain = Duration::from_millis(settings.shutdown.drain_timeout_ms);
+        let drain = Duration::from_millis(self.settings.shutdown.drain_timeout_ms);
         let served = match tokio::time::timeout(drain, server).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => Err(anyhow::anyhow!("grpc server task failed: {e}")),
@@ -304,7 +290,7 @@ impl App {
         }
         admin_stop.cancel();
         let _ = admin_task.await;
-        reader.store.pool().close().await;
+        self.reader.store.pool().close().await;
         tracing::info!("reader stopped");
         served
     }

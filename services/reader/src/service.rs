@@ -7,6 +7,7 @@ use std::sync::Arc;
 use dispatch_core::{TaskId, Tenant};
 use dispatch_proto::v1 as pb;
 use dispatch_proto::v1::task_query_service_server::TaskQueryService;
+use dispatch_runtime::ratelimit::SharedLimiter;
 use dispatch_runtime::server::auth::Authenticator;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -33,7 +34,7 @@ pub struct QueryApi {
     stop: CancellationToken,
     watches: Arc<Watches>,
     max_response_bytes: usize,
-    rate: Option<Arc<crate::limits::ReadLimits>>,
+    rate: Option<Arc<SharedLimiter>>,
 }
 
 impl QueryApi {
@@ -55,7 +56,7 @@ impl QueryApi {
     }
 
     /// Applies per-tenant read rate limits (`[limits]`).
-    pub fn with_rate_limits(mut self, rate: Arc<crate::limits::ReadLimits>) -> Self {
+    pub fn with_rate_limits(mut self, rate: Arc<SharedLimiter>) -> Self {
         self.rate = Some(rate);
         self
     }

@@ -287,6 +287,14 @@ pub struct Limited {
 /// The metadata key of the retry hint in milliseconds.
 pub const RETRY_AFTER_MS: &str = "retry-after-ms";
 
+/// The `retry-after-ms` hint of a refusal, in milliseconds (`None`: no hint, or not a number).
+pub fn retry_after_ms(s: &tonic::Status) -> Option<u64> {
+    s.metadata()
+        .get(RETRY_AFTER_MS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 impl Limited {
     /// RESOURCE_EXHAUSTED naming the limit, with the retry hint in `retry-after-ms` metadata
     /// (whole milliseconds, rounded up, at least 1).
@@ -536,6 +544,15 @@ impl SharedLimiter {
             lease_cap,
             max_n,
         }
+    }
+
+    /// [`SharedLimiter::new`], then [`SharedLimiter::connect`]: what a service builds at
+    /// start-up (connected before this returns, if Redis answers within
+    /// `redis.connect_timeout_ms`).
+    pub async fn connected(cfg: LimiterConfig, redis: Option<&RedisSettings>) -> Self {
+        let limiter = Self::new(cfg, redis);
+        limiter.connect().await;
+        limiter
     }
 
     /// Connects to Redis now (start-up), so the first decisions are already shared; on failure
@@ -965,13 +982,7 @@ mod tests {
         let s = limited("tenant", Duration::from_micros(1_001), false).to_status();
         assert_eq!(s.code(), tonic::Code::ResourceExhausted);
         assert!(s.message().contains("tenant rate limit"), "{}", s.message());
-        assert_eq!(
-            s.metadata()
-                .get(RETRY_AFTER_MS)
-                .and_then(|v| v.to_str().ok()),
-            Some("2"),
-            "rounded up"
-        );
+        assert_eq!(retry_after_ms(&s), Some(2), "rounded up");
         let s = limited("global", Duration::from_secs(1), true).to_status();
         assert!(s.message().contains("split it"), "{}", s.message());
     }

@@ -10,6 +10,7 @@ use chrono::Utc;
 use dispatch_core::time::to_proto;
 use dispatch_gateway::settings::LimitSettings;
 use dispatch_proto::v1 as pb;
+use dispatch_runtime::ratelimit::retry_after_ms;
 use dispatch_testkit::{TestEnv, eventually};
 use tonic::Code;
 
@@ -336,12 +337,7 @@ async fn rate_limits_answer_resource_exhausted_with_a_retry_hint() -> anyhow::Re
         .await
         .expect_err("limited");
     assert_eq!(err.code(), Code::ResourceExhausted);
-    let hint: u64 = err
-        .metadata()
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .expect("retry-after-ms");
+    let hint = retry_after_ms(&err).expect("retry-after-ms");
     assert!((1..=1_000).contains(&hint), "{hint}");
     // Tenants do not share a bucket.
     client

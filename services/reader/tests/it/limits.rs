@@ -9,11 +9,7 @@ use tonic::Code;
 use crate::common::{KEY_ACME, KEY_GLOBEX, TaskRow, authed, get, reader_with, stop, store, watch};
 
 fn retry_after_ms(s: &tonic::Status) -> u64 {
-    s.metadata()
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .expect("retry-after-ms")
+    dispatch_runtime::ratelimit::retry_after_ms(s).expect("retry-after-ms")
 }
 
 #[tokio::test]
