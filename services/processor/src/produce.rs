@@ -25,6 +25,50 @@ pub struct Producer {
     core: ProducerCore,
 }
 
+/// One record to produce: its topic, key, value and headers.
+#[derive(Clone, Copy)]
+pub struct Out<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Record key (the partitioner's input).
+    pub key: &'a [u8],
+    /// Value.
+    pub value: &'a [u8],
+    /// Headers.
+    pub headers: &'a Headers,
+}
+
+impl<'a> Out<'a> {
+    /// A record for `topic`.
+    pub fn new(topic: &'a str, key: &'a [u8], value: &'a [u8], headers: &'a Headers) -> Self {
+        Self {
+            topic,
+            key,
+            value,
+            headers,
+        }
+    }
+
+    fn record(self) -> FutureRecord<'a, [u8], [u8]> {
+        FutureRecord::to(self.topic)
+            .key(self.key)
+            .payload(self.value)
+            .headers(kafka_headers(self.headers))
+    }
+}
+
+/// Runs `sends` (one per record) concurrently and keeps the values of those that returned one:
+/// the records delivered, each named as its send chose.
+pub async fn each_delivered<T>(
+    sends: impl IntoIterator<Item = impl Future<Output = Option<T>>>,
+) -> Vec<T> {
+    futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 fn observed(
     kind: &'static str,
     started: Instant,
@@ -61,21 +105,11 @@ impl Producer {
     pub async fn send(
         &self,
         kind: &'static str,
-        topic: &str,
-        key: &[u8],
-        value: &[u8],
-        headers: &Headers,
+        out: Out<'_>,
     ) -> Result<Delivered, rdkafka::error::KafkaError> {
         let started = Instant::now();
-        let record = FutureRecord::to(topic)
-            .key(key)
-            .payload(value)
-            .headers(kafka_headers(headers));
-        observed(
-            kind,
-            started,
-            self.core.send(record, Duration::from_secs(5)).await,
-        )
+        let sent = self.core.send(out.record(), Duration::from_secs(5)).await;
+        observed(kind, started, sent)
     }
 
     /// Hands one record to the client *now* and returns the wait for its acknowledgement, with
@@ -87,20 +121,13 @@ impl Producer {
     pub fn enqueue(
         &self,
         kind: &'static str,
-        topic: &str,
-        key: &[u8],
-        value: &[u8],
-        headers: &Headers,
+        out: Out<'_>,
     ) -> (
         futures::future::BoxFuture<'static, Result<Delivered, rdkafka::error::KafkaError>>,
         bool,
     ) {
         let started = Instant::now();
-        let record = FutureRecord::to(topic)
-            .key(key)
-            .payload(value)
-            .headers(kafka_headers(headers));
-        match self.core.enqueue(record) {
+        match self.core.enqueue(out.record()) {
             Ok(delivery) => (
                 Box::pin(async move { observed(kind, started, delivery.await) }),
                 true,
@@ -108,15 +135,16 @@ impl Producer {
             Err(_) => {
                 let (this, topic, key, value, headers) = (
                     self.clone(),
-                    topic.to_owned(),
-                    key.to_vec(),
-                    value.to_vec(),
-                    headers.clone(),
+                    out.topic.to_owned(),
+                    out.key.to_vec(),
+                    out.value.to_vec(),
+                    out.headers.clone(),
                 );
-                (
-                    Box::pin(async move { this.send(kind, &topic, &key, &value, &headers).await }),
-                    false,
-                )
+                let send = async move {
+                    this.send(kind, Out::new(&topic, &key, &value, &headers))
+                        .await
+                };
+                (Box::pin(send), false)
             }
         }
     }
@@ -131,16 +159,11 @@ impl Producer {
     pub async fn send_until(
         &self,
         kind: &'static str,
-        topic: &str,
-        key: &[u8],
-        value: &[u8],
-        headers: &Headers,
+        out: Out<'_>,
         give_up: &CancellationToken,
     ) -> Option<Delivered> {
-        dispatch_runtime::retry::until_ok(&format!("produce to {topic}"), give_up, || {
-            self.send(kind, topic, key, value, headers)
-        })
-        .await
+        let what = format!("produce to {}", out.topic);
+        dispatch_runtime::retry::until_ok(&what, give_up, || self.send(kind, out)).await
     }
 
     /// Waits up to `timeout` for every queued record to be delivered (blocking).

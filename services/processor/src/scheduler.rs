@@ -17,9 +17,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use dispatch_core::{
-    BusinessKey, Envelope, EnvelopeKind, RetryPolicy, TaskId, TaskType, Tenant, Topics,
-};
+use dispatch_core::{BusinessKey, Envelope, EnvelopeKind, TaskId, TaskType, Tenant, Topics};
 use dispatch_proto::v1 as pb;
 use dispatch_runtime::telemetry;
 use dispatch_store::MySqlPool;
@@ -28,7 +26,7 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
-use crate::produce::Producer;
+use crate::produce::{Out, Producer, each_delivered};
 
 /// The scheduler's wiring.
 pub struct Scheduler {
@@ -77,11 +75,7 @@ fn first_attempt(t: &DueTask) -> Result<Envelope, String> {
         submitted_at: t.created_at,
         run_at: None,
         deadline: t.deadline_at,
-        retry: RetryPolicy {
-            max_attempts: t.max_attempts,
-            initial_backoff_ms: t.initial_backoff_ms,
-            max_backoff_ms: t.max_backoff_ms,
-        },
+        retry: t.retry,
         attempt: 1,
         generation: t.generation,
         last_error: String::new(),
@@ -190,7 +184,7 @@ impl Scheduler {
                 let topic = self.topics.events();
                 if let Err(e) = self
                     .producer
-                    .send("events", &topic, key.as_bytes(), &value, &headers)
+                    .send("events", Out::new(&topic, key.as_bytes(), &value, &headers))
                     .await
                 {
                     tracing::warn!(task_id = %t.task_id, error = %e, "cannot publish the pending event; the task is published again later");
@@ -208,7 +202,7 @@ impl Scheduler {
                     h.set(k, v.as_bytes());
                 }
                 let topic = self.topics.tasks(env.priority);
-                match self.producer.send("tasks", &topic, env.key(), &env.encode(), &h).await {
+                match self.producer.send("tasks", Out::new(&topic, env.key(), &env.encode(), &h)).await {
                     Ok(_) => (true, event),
                     Err(e) => {
                         tracing::warn!(task_id = %t.task_id, error = %e, "cannot publish due task; published again later");
@@ -276,7 +270,7 @@ impl Scheduler {
                 h.set(dispatch_core::envelope::header::NOT_BEFORE, now_ms.as_str());
                 let level = t.attempts.clamp(1, dispatch_core::topics::RETRY_LEVELS);
                 let topic = self.topics.retry(level);
-                match self.producer.send("retry", &topic, env.key(), &env.encode(), &h).await {
+                match self.producer.send("retry", Out::new(&topic, env.key(), &env.encode(), &h)).await {
                     Ok(_) => {
                         if t.backstop {
                             tracing::warn!(task_id = %t.task_id, attempt = env.attempt, "a retry record never reached a consumer; its next attempt is published again from MySQL");
@@ -291,10 +285,6 @@ impl Scheduler {
                 }
             }
         });
-        futures::future::join_all(sends)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
+        each_delivered(sends).await
     }
 }

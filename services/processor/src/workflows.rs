@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{self, NodeCancelCause};
-use crate::produce::Producer;
+use crate::produce::{Out, Producer, each_delivered};
 
 /// Shortest pause between two passes. A pass reads every WAITING node's edges; while many nodes
 /// commit, back-to-back wakes would run passes without pause. 10 ms bounds them at 100/s and adds
@@ -253,7 +253,7 @@ impl Advancer {
             let (value, headers) = (env.encode(), env.headers());
             let send = self
                 .producer
-                .send("tasks", &topic, env.key(), &value, &headers);
+                .send("tasks", Out::new(&topic, env.key(), &value, &headers));
             // Bounded: a partition without a leader must not hold up the pass (releases and
             // every other workflow's cancels); the node is sent again later.
             match tokio::time::timeout(SEND_TIMEOUT, send)
@@ -267,11 +267,7 @@ impl Advancer {
                 }
             }
         });
-        futures::future::join_all(sends)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
+        each_delivered(sends).await
     }
 }
 

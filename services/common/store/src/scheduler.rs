@@ -18,13 +18,14 @@
 //! frozen mid-claim held the gateway's inserts until it woke (10-12 s in a `workflow-chaos` run).
 
 use chrono::{DateTime, Utc};
-use dispatch_core::{Priority, TaskId, TaskState, Version};
+use dispatch_core::{Priority, RetryPolicy, TaskId, TaskState, Version};
 use sqlx::{MySql, QueryBuilder, Row};
 
 use crate::tasks::{task_id, text};
 use crate::{Result, StoreError};
 
-/// A due scheduled task, with everything needed to publish it again.
+/// A due scheduled task, with everything needed to publish it again: what it is (as submitted),
+/// then where it stands.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DueTask {
     /// Task.
@@ -39,22 +40,22 @@ pub struct DueTask {
     pub priority: Priority,
     /// Payload.
     pub payload: Vec<u8>,
-    /// Policy: total attempts.
-    pub max_attempts: u32,
-    /// Policy: first retry delay.
-    pub initial_backoff_ms: u32,
-    /// Policy: delay cap.
-    pub max_backoff_ms: u32,
-    /// Redrive generation.
-    pub generation: u32,
     /// Dedupe key.
     pub idempotency_key: Option<String>,
-    /// When it became due.
-    pub run_at: Option<DateTime<Utc>>,
-    /// Deadline.
-    pub deadline_at: Option<DateTime<Utc>>,
+    /// The workflow it is a node of, if any.
+    pub workflow_id: Option<TaskId>,
+    /// The trace context it was scheduled with (`traceparent`, `tracestate` pairs).
+    pub trace: Vec<(String, String)>,
+    /// Its retry policy (the stored `max_attempts`, `initial_backoff_ms`, `max_backoff_ms`).
+    pub retry: RetryPolicy,
     /// The task's own attempt timeout in milliseconds.
     pub timeout_ms: Option<u32>,
+    /// Deadline.
+    pub deadline_at: Option<DateTime<Utc>>,
+    /// When it became due.
+    pub run_at: Option<DateTime<Utc>>,
+    /// Redrive generation.
+    pub generation: u32,
     /// Stored version.
     pub version: Version,
     /// Attempts started.
@@ -63,10 +64,6 @@ pub struct DueTask {
     pub last_error: String,
     /// When it was accepted.
     pub created_at: DateTime<Utc>,
-    /// The trace context it was scheduled with (`traceparent`, `tracestate` pairs).
-    pub trace: Vec<(String, String)>,
-    /// The workflow it is a node of, if any.
-    pub workflow_id: Option<TaskId>,
     /// A retry whose wait was a backstop ([`set_retry_due`]): its record was sent to a retry
     /// topic and never reached a consumer. Only [`claim_due_retries`] sets it.
     pub backstop: bool,
@@ -309,29 +306,31 @@ fn decode(rows: &[sqlx::mysql::MySqlRow]) -> Result<Vec<DueTask>> {
                 priority: Priority::from_proto_i32(i32::from(priority))
                     .map_err(StoreError::Corrupt)?,
                 payload: r.try_get("payload")?,
-                max_attempts: r.try_get("max_attempts")?,
-                initial_backoff_ms: r.try_get("initial_backoff_ms")?,
-                max_backoff_ms: r.try_get("max_backoff_ms")?,
-                generation: r.try_get("generation")?,
                 idempotency_key: r.try_get("idempotency_key")?,
-                run_at: r.try_get("run_at")?,
-                deadline_at: r.try_get("deadline_at")?,
-                timeout_ms: r.try_get("timeout_ms")?,
-                version: r.try_get("version")?,
-                attempts: r.try_get("attempts")?,
-                last_error: text(r, "last_error")?,
-                created_at: r.try_get("created_at")?,
+                workflow_id: r
+                    .try_get::<Option<Vec<u8>>, _>("workflow_id")?
+                    .map(|b| TaskId::from_slice(&b))
+                    .transpose()
+                    .map_err(|e| StoreError::Corrupt(format!("workflow_id: {e}")))?,
                 // Binary-collated text, read as bytes (see `tasks::text`).
                 trace: crate::trace_context::decode(
                     r.try_get::<Option<Vec<u8>>, _>("trace_context")?
                         .and_then(|b| String::from_utf8(b).ok())
                         .as_deref(),
                 ),
-                workflow_id: r
-                    .try_get::<Option<Vec<u8>>, _>("workflow_id")?
-                    .map(|b| TaskId::from_slice(&b))
-                    .transpose()
-                    .map_err(|e| StoreError::Corrupt(format!("workflow_id: {e}")))?,
+                retry: RetryPolicy {
+                    max_attempts: r.try_get("max_attempts")?,
+                    initial_backoff_ms: r.try_get("initial_backoff_ms")?,
+                    max_backoff_ms: r.try_get("max_backoff_ms")?,
+                },
+                timeout_ms: r.try_get("timeout_ms")?,
+                deadline_at: r.try_get("deadline_at")?,
+                run_at: r.try_get("run_at")?,
+                generation: r.try_get("generation")?,
+                version: r.try_get("version")?,
+                attempts: r.try_get("attempts")?,
+                last_error: text(r, "last_error")?,
+                created_at: r.try_get("created_at")?,
                 backstop: false,
             })
         })

@@ -21,6 +21,7 @@ use governor::{Quota, RateLimiter};
 
 use super::reader::{DlqReader, DlqRecord, ReadError};
 use super::{Admin, AdminError};
+use crate::produce::Out;
 
 /// Rows claimed per transaction (bounded further by the rate, so a claim is held about a second).
 const MAX_BATCH: u32 = 200;
@@ -163,7 +164,7 @@ impl Admin {
                 let id = d.id;
                 sends.push(tokio::spawn(async move {
                     producer
-                        .send("retry", &topic, env.key(), &env.encode(), &h)
+                        .send("retry", Out::new(&topic, env.key(), &env.encode(), &h))
                         .await
                         .map(|_| id)
                 }));

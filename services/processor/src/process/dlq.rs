@@ -16,7 +16,7 @@ use super::{Processor, write_of};
 use crate::consumer::Delivery;
 use crate::dispatch::LaneTicket;
 use crate::metrics::{self, ErrorClass};
-use crate::produce::Delivered;
+use crate::produce::{Delivered, Out};
 use crate::writer::Committed;
 use crate::writer::RetryDue;
 
@@ -113,10 +113,7 @@ impl Processor {
                 .producer
                 .send_until(
                     "retry",
-                    &topic,
-                    env.key(),
-                    &next.encode(),
-                    &h,
+                    Out::new(&topic, env.key(), &next.encode(), &h),
                     &d.lease.revoked,
                 )
                 .await?;
@@ -179,10 +176,7 @@ impl Processor {
             .producer
             .send_until(
                 "dlq",
-                &self.topics.dlq(),
-                env.key(),
-                &dead.encode(),
-                &h,
+                Out::new(&self.topics.dlq(), env.key(), &dead.encode(), &h),
                 &d.lease.revoked,
             )
             .await?;
@@ -250,10 +244,7 @@ impl Processor {
             .producer
             .send_until(
                 "dlq",
-                &self.topics.dlq(),
-                &d.key,
-                &d.raw,
-                &h,
+                Out::new(&self.topics.dlq(), &d.key, &d.raw, &h),
                 &d.lease.revoked,
             )
             .await

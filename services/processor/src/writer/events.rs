@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use super::Batch;
 use super::owed::{Owed, Publisher, left_to_later};
 use crate::metrics;
-use crate::produce::Producer;
+use crate::produce::{Out, Producer};
 
 /// An enqueued event: its acknowledgement, and what a re-send needs.
 pub(super) struct PendingEvent {
@@ -56,7 +56,8 @@ pub(super) fn enqueue_events(
             let headers = event_headers(trace, &key);
             let version = ev.version;
             let value = ev.encode_to_vec();
-            let (ack, direct) = producer.enqueue("events", topic, key.as_bytes(), &value, &headers);
+            let (ack, direct) =
+                producer.enqueue("events", Out::new(topic, key.as_bytes(), &value, &headers));
             PendingEvent {
                 ack,
                 key,
@@ -308,7 +309,7 @@ async fn resend_current(
     let version = task.version;
     let value = snapshot_event(task).encode_to_vec();
     producer
-        .send("events", topic, key.as_bytes(), &value, headers)
+        .send("events", Out::new(topic, key.as_bytes(), &value, headers))
         .await
         .map(|_| version)
         .map_err(|e| e.to_string())

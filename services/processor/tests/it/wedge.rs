@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use dispatch_core::Headers;
-use dispatch_processor::produce::Producer;
+use dispatch_processor::produce::{Out, Producer};
 use dispatch_runtime::producer::{ProducerCore, WedgeRules, watchdog};
 use dispatch_testkit::eventually;
 use rdkafka::ClientConfig;
@@ -43,21 +43,17 @@ async fn a_wedged_producer_is_rebuilt_and_the_waiting_record_delivered() -> anyh
         stop.clone(),
     ));
     let h = Headers::default();
-    producer.send("events", topic, b"k", b"before", &h).await?;
+    producer
+        .send("events", Out::new(topic, b"k", b"before", &h))
+        .await?;
 
     mock.request_errors(RDKafkaApiKey::Produce, &[NO_PROGRESS; 10_000]);
     let waiting = {
         let (p, give_up) = (producer.clone(), CancellationToken::new());
         tokio::spawn(async move {
-            p.send_until(
-                "events",
-                topic,
-                b"k",
-                b"during",
-                &Headers::default(),
-                &give_up,
-            )
-            .await
+            let h = Headers::default();
+            p.send_until("events", Out::new(topic, b"k", b"during", &h), &give_up)
+                .await
         })
     };
     eventually("the producer rebuilt", Duration::from_secs(20), || async {
