@@ -182,29 +182,12 @@ fn processor_write(
     payload: &[u8],
     now: chrono::DateTime<chrono::Utc>,
 ) -> dispatch_store::tasks::TaskWrite {
-    use dispatch_core::{Priority, TaskId, TaskState};
+    use dispatch_core::{TaskId, TaskState};
     dispatch_store::tasks::TaskWrite {
-        task_id: TaskId::new(),
-        tenant: TENANT.into(),
         business_key: format!("key-{}", i % 1000),
-        task_type: "noop".into(),
-        priority: Priority::Default,
         payload: payload.to_vec(),
-        state: TaskState::Succeeded,
-        attempts: 1,
-        max_attempts: 4,
-        initial_backoff_ms: 1000,
-        max_backoff_ms: 300_000,
-        generation: 0,
-        idempotency_key: None,
-        run_at: None,
-        deadline_at: None,
-        timeout_ms: None,
-        last_error: String::new(),
-        result: None,
-        version: TaskState::Succeeded.version(0, 1),
-        lease_epoch: 0,
         created_at: now,
         updated_at: now,
+        ..dispatch_testkit::task_write(TaskId::new(), TENANT, TaskState::Succeeded, 1)
     }
 }

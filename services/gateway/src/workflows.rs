@@ -300,13 +300,7 @@ mod tests {
         pb::WorkflowNode {
             name: name.into(),
             task,
-            depends_on: deps
-                .iter()
-                .map(|d| pb::WorkflowDependency {
-                    name: (*d).into(),
-                    on_failure: 0,
-                })
-                .collect(),
+            depends_on: deps.iter().map(|d| (*d).into()).collect(),
         }
     }
 

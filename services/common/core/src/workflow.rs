@@ -291,13 +291,7 @@ mod tests {
         pb::WorkflowNode {
             name: name.into(),
             task: None,
-            depends_on: deps
-                .iter()
-                .map(|d| pb::WorkflowDependency {
-                    name: (*d).into(),
-                    on_failure: 0,
-                })
-                .collect(),
+            depends_on: deps.iter().map(|d| (*d).into()).collect(),
         }
     }
 

@@ -9,7 +9,8 @@
 //! [`auth`] holds the keys every test uses and requests that carry them; [`cli`] runs a service
 //! binary and checks its command line; [`task_write`] is a processor's state write, for tests that
 //! store a task directly, [`dead_letter`] a DLQ index row; [`LogCapture`] keeps log lines for a
-//! test to read; [`stack`] (feature `stack`) runs the services in-process.
+//! test to read; [`tls`] is a TLS listener for clients' TLS tests; [`stack`] (feature `stack`) runs
+//! the services in-process.
 
 pub mod auth;
 pub mod catalogue;
@@ -17,6 +18,7 @@ pub mod cli;
 mod logs;
 #[cfg(feature = "stack")]
 pub mod stack;
+pub mod tls;
 mod write;
 
 pub use logs::LogCapture;

@@ -390,18 +390,20 @@ fn coalesce(old: TaskWrite, new: TaskWrite) -> (TaskWrite, bool) {
         (old, new, false)
     };
     if placeholder(&keep) && !placeholder(&data) {
-        keep.business_key = data.business_key;
-        keep.task_type = data.task_type;
-        keep.priority = data.priority;
-        keep.payload = data.payload;
-        keep.max_attempts = data.max_attempts;
-        keep.initial_backoff_ms = data.initial_backoff_ms;
-        keep.max_backoff_ms = data.max_backoff_ms;
-        keep.idempotency_key = data.idempotency_key;
-        keep.run_at = data.run_at;
-        keep.deadline_at = data.deadline_at;
-        keep.timeout_ms = data.timeout_ms;
-        keep.created_at = data.created_at;
+        // The placeholder's state and stamps; everything else (the task's data) from the write.
+        keep = TaskWrite {
+            task_id: keep.task_id,
+            tenant: keep.tenant,
+            state: keep.state,
+            attempts: keep.attempts,
+            generation: keep.generation,
+            last_error: keep.last_error,
+            result: keep.result,
+            version: keep.version,
+            lease_epoch: keep.lease_epoch,
+            updated_at: keep.updated_at,
+            ..data
+        };
     }
     (keep, took_new)
 }
@@ -918,11 +920,21 @@ mod tests {
         req(write(TaskId::new(), TaskState::Running, 1)).0
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_batch_stays_open_for_its_window_and_takes_what_arrives_in_it() {
-        let (tx, mut rx) = mpsc::channel(16);
+    /// A batch opened by one write, and the channel later writes come on.
+    fn a_batch_of_one() -> (
+        mpsc::Sender<WriteRequest>,
+        mpsc::Receiver<WriteRequest>,
+        Batch,
+    ) {
+        let (tx, rx) = mpsc::channel(16);
         let mut batch = Batch::default();
         batch.add(running());
+        (tx, rx, batch)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_stays_open_for_its_window_and_takes_what_arrives_in_it() {
+        let (tx, mut rx, mut batch) = a_batch_of_one();
         {
             let mut fill = std::pin::pin!(fill(&mut rx, &mut batch, 10, WINDOW));
             assert!(poll!(&mut fill).is_pending());
@@ -946,9 +958,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_batch_closes_at_once() {
-        let (tx, mut rx) = mpsc::channel(16);
-        let mut batch = Batch::default();
-        batch.add(running());
+        let (tx, mut rx, mut batch) = a_batch_of_one();
         for _ in 0..3 {
             tx.send(running()).await.expect("send");
         }
@@ -963,9 +973,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_closed_channel_closes_the_last_batch() {
-        let (tx, mut rx) = mpsc::channel(16);
-        let mut batch = Batch::default();
-        batch.add(running());
+        let (tx, mut rx, mut batch) = a_batch_of_one();
         tx.send(running()).await.expect("send");
         drop(tx);
         let open = poll!(std::pin::pin!(fill(&mut rx, &mut batch, 10, WINDOW)));

@@ -7,50 +7,43 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dispatch_core::schedule::{self, ScheduleId};
-use dispatch_core::{TaskId, TaskState};
+use dispatch_core::schedule;
+use dispatch_core::validate::SpecLimits;
+use dispatch_core::{TaskId, TaskState, Tenant};
+use dispatch_gateway::schedules::parse_spec;
 use dispatch_processor::metrics::{FireOutcome, schedule_fire_count};
 use dispatch_processor::schedules::ScheduleLoop;
 use dispatch_proto::v1 as pb;
 use dispatch_store::MySqlPool;
 use dispatch_store::schedules::{self as store, Created, ScheduleRow};
 use dispatch_testkit::{TestEnv, eventually};
-use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{settings, start, wait_succeeded};
 
-/// A schedule of tenant `acme` firing a `noop` task every `interval_ms`, first at `anchor`.
+/// A schedule of tenant `acme` firing a `noop` task every `interval_ms`, first at `anchor`: the
+/// row the gateway stores for such a spec created at `anchor`, due at the anchor itself.
 fn every(name: &str, interval_ms: u64, anchor: DateTime<Utc>) -> ScheduleRow {
-    ScheduleRow {
-        schedule_id: ScheduleId::new(),
-        tenant: "acme".into(),
+    let spec = pb::ScheduleSpec {
         name: name.into(),
-        cron_expr: None,
-        interval_ms: Some(interval_ms),
-        anchor_at: anchor,
-        time_zone: "UTC".into(),
-        template: pb::TaskSpec {
+        timing: Some(pb::schedule_spec::Timing::IntervalMs(interval_ms)),
+        template: Some(pb::TaskSpec {
             business_key: format!("schedule-{name}"),
             task_type: "noop".into(),
             payload: b"{}".to_vec(),
             ..Default::default()
-        }
-        .encode_to_vec(),
-        overlap: "allow".into(),
-        catchup: "all".into(),
+        }),
+        overlap_policy: pb::OverlapPolicy::Allow.into(),
+        catchup_policy: pb::CatchupPolicy::All.into(),
         catchup_limit: 100,
-        jitter_ms: 0,
-        paused: false,
+        ..Default::default()
+    };
+    let tenant = Tenant::parse("acme").expect("a valid tenant");
+    let row =
+        parse_spec(&tenant, Some(spec), anchor, &SpecLimits::default()).expect("a valid schedule");
+    ScheduleRow {
         next_fire_at: Some(anchor),
-        last_fire_at: None,
-        last_task_id: None,
-        fires: 0,
-        overlap_skipped: 0,
-        missed: 0,
-        version: 1,
-        created_at: anchor,
-        updated_at: anchor,
+        ..row
     }
 }
 

@@ -7,15 +7,17 @@
 
 use std::marker::PhantomData;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dispatch_processor::App;
 use dispatch_runtime::Shutdown;
-use dispatch_runtime::tls_failures::{self, Dependency};
+use dispatch_runtime::tls_failures::Dependency;
 use dispatch_testkit::{TestEnv, eventually};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-use dispatch_testkit::stack::{readyz_component, tls_errors_counted};
+use dispatch_testkit::stack::{
+    TlsFailureCase, readyz_component, tls_errors_counted, tls_failure_is_held_then_clears,
+};
 
 use crate::harness::settings;
 
@@ -131,42 +133,15 @@ async fn a_tls_failure_turns_readiness_down_for_the_hold_then_it_recovers() -> a
             "SSL handshake failed: error:0A000086:SSL routines::certificate verify failed",
         ),
     ] {
-        let component = dep.component();
-        let before = tls_failures::counted("processor", dep);
-        let at = Instant::now();
-        tls.record(dep, reason);
         // Down although MySQL answers the probe and Kafka its metadata requests throughout.
-        eventually(
-            &format!("{component} down, 503, NOT_SERVING"),
-            Duration::from_secs(10),
-            || async {
-                (readyz_component(admin, component).await? == (503, "down".to_owned())
-                    && !serving(&channel).await?)
-                    .then_some(())
-            },
-        )
-        .await?;
-        let n = counted(admin, dep).await;
-        assert!(
-            n.is_some_and(|n| n >= (before + 1) as f64),
-            "{component}: not counted: {n:?}"
-        );
-        eventually(
-            &format!("{component} up, 200, SERVING"),
-            Duration::from_secs(15),
-            || async {
-                (readyz_component(admin, component).await? == (200, "up".to_owned())
-                    && serving(&channel).await?)
-                    .then_some(())
-            },
-        )
-        .await?;
-        // Not before the hold had passed since the failure.
-        assert!(
-            at.elapsed() >= hold,
-            "{component} up after {:?}",
-            at.elapsed()
-        );
+        let case = TlsFailureCase {
+            dep,
+            reason,
+            failing: (503, "down"),
+            serving: false,
+        };
+        tls_failure_is_held_then_clears("processor", &tls, admin, hold, || serving(&channel), case)
+            .await?;
     }
 
     shutdown.trigger();

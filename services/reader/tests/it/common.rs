@@ -35,6 +35,21 @@ pub async fn reader_and_client(env: &TestEnv) -> (Reader, TaskQueryServiceClient
     (r, c)
 }
 
+/// The next event of a WatchTask stream (`None`: it ended), waited for at most 5 s.
+pub async fn next_event(s: &mut tonic::Streaming<pb::TaskEvent>) -> Option<pb::TaskEvent> {
+    tokio::time::timeout(Duration::from_secs(5), s.message())
+        .await
+        .expect("an event within 5 s")
+        .expect("stream ok")
+}
+
+/// A new env, and [`reader_and_client`] on it.
+pub async fn env_reader_and_client() -> (TestEnv, Reader, TaskQueryServiceClient<Channel>) {
+    let env = TestEnv::new().await.expect("env");
+    let (r, c) = reader_and_client(&env).await;
+    (env, r, c)
+}
+
 /// Starts a reader with `tweak` applied to its settings; waits until its events consumer is
 /// assigned (events produced from then on are seen).
 pub async fn reader_with(env: &TestEnv, tweak: impl FnOnce(&mut Settings)) -> Reader {

@@ -6,7 +6,7 @@ use dispatch_testkit::TestEnv;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::common::{KEY_ACME, authed, query_health, reader, reader_and_client, stop, watch};
+use crate::common::{KEY_ACME, authed, env_reader_and_client, query_health, reader, stop, watch};
 
 pub fn violated_field(s: &tonic::Status) -> String {
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
@@ -17,8 +17,7 @@ pub fn violated_field(s: &tonic::Status) -> String {
 
 #[tokio::test]
 async fn invalid_inputs_are_rejected_with_the_field_named() {
-    let env = TestEnv::new().await.expect("env");
-    let (r, mut c) = reader_and_client(&env).await;
+    let (env, r, mut c) = env_reader_and_client().await;
 
     let e = c
         .get_task(authed(

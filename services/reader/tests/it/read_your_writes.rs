@@ -8,7 +8,9 @@ use dispatch_proto::v1 as pb;
 use dispatch_testkit::TestEnv;
 use tonic::Code;
 
-use crate::common::{Events, KEY_ACME, TaskRow, get, reader_and_client, reader_with, stop, store};
+use crate::common::{
+    Events, KEY_ACME, TaskRow, env_reader_and_client, get, reader_with, stop, store,
+};
 
 #[tokio::test]
 async fn min_version_reads_through_a_stale_cache_entry() {
@@ -61,8 +63,7 @@ async fn min_version_reads_through_a_stale_cache_entry() {
 
 #[tokio::test]
 async fn a_submit_version_token_waits_for_the_task_to_appear() {
-    let env = TestEnv::new().await.expect("env");
-    let (r, mut c) = reader_and_client(&env).await;
+    let (env, r, mut c) = env_reader_and_client().await;
     // Right after SubmitTask: the gateway returned ACCEPTED_VERSION, the processor has not
     // written the task yet. A plain read says NOT_FOUND (and caches that)...
     let row = TaskRow::new("acme", TaskState::Pending, 0);

@@ -8,10 +8,12 @@
 //! the real clients classified as such).
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use dispatch_runtime::tls_failures::{self, Dependency};
-use dispatch_testkit::stack::{readyz_component, tls_errors_counted};
+use dispatch_runtime::tls_failures::Dependency;
+use dispatch_testkit::stack::{
+    TlsFailureCase, readyz_component, tls_errors_counted, tls_failure_is_held_then_clears,
+};
 use dispatch_testkit::{TestEnv, eventually};
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -73,44 +75,15 @@ async fn a_tls_failure_shows_in_readiness_for_the_hold_then_it_recovers() {
             true,
         ),
     ] {
-        let component = dep.component();
-        let code = if ready { 200 } else { 503 };
-        let before = tls_failures::counted("reader", dep);
-        let at = Instant::now();
-        tls.record(dep, reason);
-        eventually(
-            &format!("{component} {failing}, {code}, SERVING {ready}"),
-            Duration::from_secs(10),
-            || async {
-                (readyz_component(admin, component).await == Some((code, failing.to_owned()))
-                    && serving(addr).await? == ready)
-                    .then_some(())
-            },
-        )
-        .await
-        .expect("failing");
-        let n = counted(admin, dep).await;
-        assert!(
-            n.is_some_and(|n| n >= (before + 1) as f64),
-            "{component}: not counted: {n:?}"
-        );
-        eventually(
-            &format!("{component} up, 200, SERVING"),
-            Duration::from_secs(15),
-            || async {
-                (readyz_component(admin, component).await == Some((200, "up".to_owned()))
-                    && serving(addr).await?)
-                    .then_some(())
-            },
-        )
-        .await
-        .expect("recovered");
-        // Not before the hold had passed since the failure.
-        assert!(
-            at.elapsed() >= hold,
-            "{component} up after {:?}",
-            at.elapsed()
-        );
+        let case = TlsFailureCase {
+            dep,
+            reason,
+            failing: (if ready { 200 } else { 503 }, failing),
+            serving: ready,
+        };
+        tls_failure_is_held_then_clears("reader", &tls, admin, hold, || serving(addr), case)
+            .await
+            .expect("held, then cleared");
     }
 
     stop(r, env).await;

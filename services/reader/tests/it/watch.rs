@@ -8,15 +8,9 @@ use dispatch_testkit::TestEnv;
 use tonic::Code;
 
 use crate::common::{
-    Events, KEY_ACME, KEY_GLOBEX, TaskRow, reader_and_client, reader_with, stop, store, watch,
+    Events, KEY_ACME, KEY_GLOBEX, TaskRow, env_reader_and_client, next_event, reader_and_client,
+    reader_with, stop, store, watch,
 };
-
-async fn next(s: &mut tonic::Streaming<pb::TaskEvent>) -> Option<pb::TaskEvent> {
-    tokio::time::timeout(Duration::from_secs(5), s.message())
-        .await
-        .expect("an event within 5 s")
-        .expect("stream ok")
-}
 
 #[tokio::test]
 async fn watch_sees_every_transition_in_order_until_terminal() {
@@ -25,7 +19,7 @@ async fn watch_sees_every_transition_in_order_until_terminal() {
     store(&env, std::slice::from_ref(&pending)).await;
     let (r, mut c) = reader_and_client(&env).await;
     let mut stream = watch(&mut c, pending.id, 0, KEY_ACME).await.expect("watch");
-    let first = next(&mut stream).await.expect("current state");
+    let first = next_event(&mut stream).await.expect("current state");
     assert_eq!(first.state(), pb::TaskState::Pending);
     assert_eq!(first.version, pending.version());
     assert!(first.task.is_some(), "events carry the snapshot");
@@ -45,7 +39,7 @@ async fn watch_sees_every_transition_in_order_until_terminal() {
         }
     }
     let mut seen = Vec::new();
-    while let Some(ev) = next(&mut stream).await {
+    while let Some(ev) = next_event(&mut stream).await {
         seen.push((ev.state(), ev.version));
     }
     let want: Vec<_> = steps
@@ -79,8 +73,7 @@ async fn watching_a_terminal_task_yields_its_state_and_ends() {
 
 #[tokio::test]
 async fn watch_with_a_submit_token_waits_for_the_task_to_appear() {
-    let env = TestEnv::new().await.expect("env");
-    let (_r, mut c) = reader_and_client(&env).await;
+    let (env, _r, mut c) = env_reader_and_client().await;
     let row = TaskRow::new("acme", TaskState::Succeeded, 1);
     let id = row.id.to_string();
 
@@ -95,10 +88,10 @@ async fn watch_with_a_submit_token_waits_for_the_task_to_appear() {
         .await
         .expect("join")
         .expect("watch waits for the task");
-    let first = next(&mut stream).await.expect("current state");
+    let first = next_event(&mut stream).await.expect("current state");
     assert_eq!(first.state(), pb::TaskState::Succeeded);
     assert!(
-        next(&mut stream).await.is_none(),
+        next_event(&mut stream).await.is_none(),
         "a terminal task ends the stream"
     );
 }
@@ -110,7 +103,7 @@ async fn open_watch(
 ) -> Result<tonic::Streaming<pb::TaskEvent>, tonic::Status> {
     let mut s = watch(c, id, 0, key).await?;
     // The current state comes first: the stream is admitted and running.
-    next(&mut s).await.expect("current state");
+    next_event(&mut s).await.expect("current state");
     Ok(s)
 }
 

@@ -1,7 +1,5 @@
 //! GetWorkflow (read straight from MySQL), and WAITING workflow nodes in the task RPCs.
 
-use std::time::Duration;
-
 use chrono::Utc;
 use dispatch_core::workflow::OnFailure;
 use dispatch_core::{NewTask, TaskId, TaskState};
@@ -13,7 +11,8 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::common::{
-    KEY_ACME, KEY_GLOBEX, authed, get, list_ids, reader_and_client, reader_with, stop, watch,
+    KEY_ACME, KEY_GLOBEX, authed, env_reader_and_client, get, list_ids, next_event,
+    reader_and_client, reader_with, stop, watch,
 };
 use crate::invalid::violated_field;
 
@@ -110,13 +109,6 @@ fn dep(name: &str, on_failure: pb::DependencyFailure) -> pb::WorkflowDependency 
         name: name.into(),
         on_failure: on_failure as i32,
     }
-}
-
-async fn next(s: &mut tonic::Streaming<pb::TaskEvent>) -> Option<pb::TaskEvent> {
-    tokio::time::timeout(Duration::from_secs(5), s.message())
-        .await
-        .expect("an event within 5 s")
-        .expect("stream ok")
 }
 
 #[tokio::test]
@@ -239,8 +231,7 @@ async fn another_tenants_workflow_answers_not_found_like_an_unknown_one() {
 
 #[tokio::test]
 async fn get_workflow_names_a_malformed_workflow_id() {
-    let env = TestEnv::new().await.expect("env");
-    let (r, mut c) = reader_and_client(&env).await;
+    let (env, r, mut c) = env_reader_and_client().await;
     for bad in ["not-a-workflow", ""] {
         let e = get_workflow(&mut c, bad, KEY_ACME)
             .await
@@ -289,11 +280,11 @@ async fn waiting_nodes_are_listed_read_and_watched_as_not_terminal() {
     );
 
     let mut stream = watch(&mut c, resize, 0, KEY_ACME).await.expect("watch");
-    let first = next(&mut stream).await.expect("current state");
+    let first = next_event(&mut stream).await.expect("current state");
     assert_eq!(first.state(), pb::TaskState::Waiting);
     // Released (as the advancer does): the stream is still open and shows it.
     set_state(&env, &wf, "resize", TaskState::Scheduled, "").await;
-    let released = next(&mut stream).await.expect("not ended at WAITING");
+    let released = next_event(&mut stream).await.expect("not ended at WAITING");
     assert_eq!(released.state(), pb::TaskState::Scheduled);
     set_state(
         &env,
@@ -303,10 +294,10 @@ async fn waiting_nodes_are_listed_read_and_watched_as_not_terminal() {
         "dependency fetch ended dead",
     )
     .await;
-    let cancelled = next(&mut stream).await.expect("the terminal state");
+    let cancelled = next_event(&mut stream).await.expect("the terminal state");
     assert_eq!(cancelled.state(), pb::TaskState::Cancelled);
     assert!(
-        next(&mut stream).await.is_none(),
+        next_event(&mut stream).await.is_none(),
         "ends at a terminal state"
     );
     stop(r, env).await;

@@ -7,7 +7,6 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dispatch_runtime::breaker::BreakerSettings;
@@ -15,6 +14,7 @@ use dispatch_runtime::kafka::StatisticsContext;
 use dispatch_runtime::ratelimit::{LimiterConfig, Rate, SharedLimiter};
 use dispatch_runtime::settings::RedisSettings;
 use dispatch_runtime::tls_failures::{self, Dependency};
+use dispatch_testkit::tls::tls_listener;
 
 /// A CA of its own and a certificate for localhost / 127.0.0.1 signed by it.
 fn server_config() -> rustls::ServerConfig {
@@ -51,23 +51,11 @@ fn other_ca(dir: &tempfile::TempDir) -> PathBuf {
 /// A TLS listener on loopback that completes handshakes with clients that accept its
 /// certificate (none here) and holds the connection; returns its port.
 async fn tls_server() -> u16 {
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(tls) = acceptor.accept(tcp).await {
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                    drop(tls);
-                }
-            });
-        }
-    });
-    port
+    tls_listener(server_config(), |tls| async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(tls);
+    })
+    .await
 }
 
 /// A Kafka client config for a broker at `port` over TLS, trusting only `ca`.

@@ -95,6 +95,76 @@ pub async fn tls_errors_counted(
         .and_then(|v| v.parse().ok())
 }
 
+/// A run-time TLS failure to record, and what readiness must show while it is held.
+pub struct TlsFailureCase<'a> {
+    /// The dependency that failed.
+    pub dep: dispatch_runtime::tls_failures::Dependency,
+    /// The client's error text.
+    pub reason: &'a str,
+    /// `/readyz`'s HTTP status and the `<dependency>_tls` component's status meanwhile.
+    pub failing: (u16, &'a str),
+    /// Whether gRPC health says SERVING meanwhile.
+    pub serving: bool,
+}
+
+/// Records `case`'s failure in `tls` of a running `service` (admin address `admin`, gRPC health
+/// asked through `serving`) and awaits what readiness must show: `case.failing` and
+/// `case.serving` within 10 s, the failure counted in `dispatch_tls_errors_total`, then the
+/// component Up and SERVING again by itself within 15 s, not before `hold` has passed.
+///
+/// # Errors
+/// Any of these did not hold.
+pub async fn tls_failure_is_held_then_clears<F, Fut>(
+    service: &str,
+    tls: &dispatch_runtime::tls_failures::TlsFailures,
+    admin: SocketAddr,
+    hold: std::time::Duration,
+    serving: F,
+    case: TlsFailureCase<'_>,
+) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<bool>>,
+{
+    use std::time::{Duration, Instant};
+    let component = case.dep.component();
+    let before = dispatch_runtime::tls_failures::counted(service, case.dep);
+    let at = Instant::now();
+    tls.record(case.dep, case.reason);
+    let (code, status) = case.failing;
+    crate::eventually(
+        &format!("{component} {status}, {code}, SERVING {}", case.serving),
+        Duration::from_secs(10),
+        || async {
+            (readyz_component(admin, component).await? == (code, status.to_owned())
+                && serving().await? == case.serving)
+                .then_some(())
+        },
+    )
+    .await?;
+    let n = tls_errors_counted(admin, service, case.dep).await;
+    anyhow::ensure!(
+        n.is_some_and(|n| n >= (before + 1) as f64),
+        "{component}: not counted: {n:?}"
+    );
+    crate::eventually(
+        &format!("{component} up, 200, SERVING"),
+        Duration::from_secs(15),
+        || async {
+            (readyz_component(admin, component).await? == (200, "up".to_owned())
+                && serving().await?)
+                .then_some(())
+        },
+    )
+    .await?;
+    anyhow::ensure!(
+        at.elapsed() >= hold,
+        "{component} up after {:?}, before the hold",
+        at.elapsed()
+    );
+    Ok(())
+}
+
 /// The whole stack over one env.
 pub struct Stack {
     /// The env (its pool, topics, settings).
