@@ -53,7 +53,8 @@ ETCD_DEB_VERSION="${ETCD_DEB_VERSION:-3.4.23-4+b4}"
 ETCD_PORT="${KUBE_ETCD_PORT:-12379}"
 APISERVER_PORT="${KUBE_APISERVER_PORT:-16443}"
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" kube-apiserver:
 KUBE="${REPO}/.local/kube"
 BIN="${KUBE}/bin"
 CRDS="${KUBE}/crds"
@@ -62,7 +63,6 @@ KUBECONFIG_FILE="${RUN}/kubeconfig"
 KUBECTL="${BIN}/kubectl"
 CACHE="${DISPATCH_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME}/.cache}/dispatch}/kube"
 
-log() { printf 'kube-apiserver: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 have() { command -v "$1" >/dev/null 2>&1; }
 

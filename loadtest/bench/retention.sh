@@ -27,9 +27,6 @@
 # B, or when the audit of the tasks accepted in phase B fails (the purge must take nothing live).
 # Output: .local/bench/retention/ (load reports, slow.log, the audit, summary.txt).
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "${REPO}"
-export PROFILE="${PROFILE:-release}"
 EXPIRED="${EXPIRED:-100000}"
 DEAD_LETTERS="${DEAD_LETTERS:-20000}"
 RATE="${RATE:-1000}"
@@ -38,11 +35,15 @@ PURGE_S="${PURGE_S:-150}"
 MAX_WAIT_MS="${MAX_WAIT_MS:-100}"
 PURGE="${PURGE:-1}"
 read -r -a PROCESSOR_ENV <<<"${PROCESSOR_ENV:-}"
-BIN="${CARGO_TARGET_DIR:-${REPO}/target}/${PROFILE}"
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh" '[retention-bench]'
+cd "${REPO}"
+cargo_profile release
 OUT="${REPO}/.local/bench/retention"
 SOCK="${REPO}/.local/mariadb/mysqld.sock"
 METRICS=http://127.0.0.1:9603/metrics
-log() { printf '[retention-bench] %s (load average %s)\n' "$*" "$(cut -d' ' -f1-3 /proc/loadavg)" >&2; }
+# lib.sh's log, with the load average.
+log() { printf '%s %s (load average %s)\n' "${LOG_PREFIX}" "$*" "$(cut -d' ' -f1-3 /proc/loadavg)" >&2; }
 root() { mariadb --no-defaults --socket="${SOCK}" -uroot -N --batch "$@"; }
 
 rm -rf "${OUT}" && mkdir -p "${OUT}"

@@ -13,17 +13,12 @@ import grpc from 'k6/net/grpc';
 import { check } from 'k6';
 import { Rate, Trend } from 'k6/metrics';
 import {
-  cfg, gatewayAndReader, invoke, isOk, field, envNum, envStr, taskSpec, callParams, ensureConnected,
+  loadGatewayAndReader, invoke, isOk, field, envNum, envStr, taskSpec, callParams, ensureConnected,
   arrivalScenario, buildThresholds, latencyLimits, SUBMIT_LIMITS, E2E_LIMITS, TERMINAL_STATES,
-  summaryTrendStats, GATEWAY_PROTO, QUERY_PROTO, RPC,
+  summaryTrendStats, RPC,
 } from './lib/common.js';
 
-const gatewayClient = new grpc.Client();
-gatewayClient.load([cfg.protoDir], GATEWAY_PROTO);
-const readerClient = new grpc.Client();
-readerClient.load([cfg.protoDir], QUERY_PROTO);
-
-const { gateway, reader } = gatewayAndReader(gatewayClient, readerClient);
+const { gateway, reader } = loadGatewayAndReader();
 
 // How long one watch may take before it counts as a failure.
 const WATCH_TIMEOUT = envStr('E2E_WATCH_TIMEOUT', '30s');

@@ -6,20 +6,14 @@
 // visible; the test then reads random ids from that set, so it measures the reader's cached
 // (L1/L2) lookup path. Served tiers are counted in dispatch_get_served_from_*.
 
-import grpc from 'k6/net/grpc';
 import { sleep } from 'k6';
 import { Counter } from 'k6/metrics';
 import {
-  cfg, gatewayAndReader, hotSetSetup, getHotTask, isOk, field, arrivalScenario, buildThresholds,
-  latencyLimits, GET_LIMITS, SETUP_TIMEOUT_S, summaryTrendStats, GATEWAY_PROTO, QUERY_PROTO,
+  loadGatewayAndReader, hotSetSetup, getHotTask, isOk, field, arrivalScenario, buildThresholds,
+  latencyLimits, GET_LIMITS, SETUP_TIMEOUT_S, summaryTrendStats,
 } from './lib/common.js';
 
-const gatewayClient = new grpc.Client();
-gatewayClient.load([cfg.protoDir], GATEWAY_PROTO);
-const readerClient = new grpc.Client();
-readerClient.load([cfg.protoDir], QUERY_PROTO);
-
-const { gateway, reader } = gatewayAndReader(gatewayClient, readerClient);
+const { gateway, reader } = loadGatewayAndReader();
 
 const servedFromStore = new Counter('dispatch_get_served_from_store');
 const servedStale = new Counter('dispatch_get_stale');

@@ -17,19 +17,18 @@
 #   WARMUP_MIN=5  SAMPLE_S=10  MAX_GROWTH_PCT=10  PROFILE=release
 # Output: .local/soak/ (rss.csv, load reports, the audit, summary.json).
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "${REPO}"
-export PROFILE="${PROFILE:-release}"
 SOAK_MIN="${SOAK_MIN:-30}"
 SUBMIT_RATE="${SUBMIT_RATE:-1000}"
 GET_RATE="${GET_RATE:-2000}"
 WARMUP_MIN="${WARMUP_MIN:-5}"
 SAMPLE_S="${SAMPLE_S:-10}"
 MAX_GROWTH_PCT="${MAX_GROWTH_PCT:-10}"
-BIN="${CARGO_TARGET_DIR:-${REPO}/target}/${PROFILE}"
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh" '[soak]'
+cd "${REPO}"
+cargo_profile release
 OUT="${REPO}/.local/soak"
 SVC="deploy/local/services.sh"
-log() { printf '[soak] %s\n' "$*" >&2; }
 
 ((SOAK_MIN >= WARMUP_MIN + 2)) || { echo "SOAK_MIN must be at least WARMUP_MIN + 2" >&2; exit 2; }
 rm -rf "${OUT}" && mkdir -p "${OUT}"

@@ -70,7 +70,8 @@
 //!   (`order_violations`) and `submits` (idempotency, key and tenant mismatches, foreign
 //!   cancels), `workflows` (the workflow checks), and `timing` (time to start, retry delays,
 //!   submit latency; measured, not judged);
-//! - here: the flags ([`AuditArgs`]) and [`audit`], which reads the history and judges it.
+//! - here: the flags ([`AuditArgs`], and [`DatabaseArgs`], which `cancel` takes too) and
+//!   [`audit`], which reads the history and judges it.
 
 mod events;
 mod executions;
@@ -99,11 +100,23 @@ pub use history::{
     StoredRow, WorkflowRec, Workflows,
 };
 pub use timing::Timing;
-pub use verdict::{Verdict, judge};
+pub use verdict::{Tally, Verdict, judge};
 pub use workflows::WorkflowCounts;
 
 use mysql::{attempts, ledger, results, rows, workflow_cancels};
 use topic::EventsReader;
+
+/// `--database-url`, the MySQL URL of the dispatch database, as `audit` and `cancel` take it.
+#[derive(Debug, clap::Args, Clone)]
+pub struct DatabaseArgs {
+    /// MySQL URL of the dispatch database.
+    #[arg(
+        long,
+        env = "DISPATCH_DATABASE__URL",
+        default_value = "mysql://dispatch:dispatch@127.0.0.1:3306/dispatch"
+    )]
+    pub database_url: String,
+}
 
 /// Audit flags.
 #[derive(Debug, clap::Args, Clone)]
@@ -128,13 +141,9 @@ pub struct AuditArgs {
     /// checks (their nodes are in the ids files too).
     #[arg(long = "workflows")]
     pub workflows: Vec<std::path::PathBuf>,
-    /// MySQL URL of the dispatch database.
-    #[arg(
-        long,
-        env = "DISPATCH_DATABASE__URL",
-        default_value = "mysql://dispatch:dispatch@127.0.0.1:3306/dispatch"
-    )]
-    pub database_url: String,
+    /// The dispatch database.
+    #[command(flatten)]
+    pub db: DatabaseArgs,
     /// Kafka brokers (the events checks; empty fails the audit: it cannot see events).
     #[arg(long, default_value = "127.0.0.1:9092")]
     pub brokers: String,
@@ -183,7 +192,7 @@ pub async fn audit(a: &AuditArgs) -> anyhow::Result<Verdict> {
     ids.sort();
     ids.dedup();
     h.accepted = accepted;
-    let pool = MySqlPool::connect(&a.database_url).await?;
+    let pool = MySqlPool::connect(&a.db.database_url).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(a.wait_s);
     h.rows = loop {
         let stored = rows(&pool, &ids).await?;

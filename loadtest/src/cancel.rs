@@ -12,6 +12,7 @@ use dispatch_proto::v1::task_service_client::TaskServiceClient;
 use sqlx::{MySqlPool, Row};
 use tonic::transport::Endpoint;
 
+use crate::audit::DatabaseArgs;
 use crate::scenario::{CancelLog, roll, send_cancel};
 
 /// Which recorded tasks may be cancelled.
@@ -59,13 +60,9 @@ pub struct CancelArgs {
     /// Append every cancel to this file, for `audit --cancels`.
     #[arg(long)]
     pub record_cancels: Option<std::path::PathBuf>,
-    /// MySQL URL of the dispatch database.
-    #[arg(
-        long,
-        env = "DISPATCH_DATABASE__URL",
-        default_value = "mysql://dispatch:dispatch@127.0.0.1:3306/dispatch"
-    )]
-    pub database_url: String,
+    /// The dispatch database (the tasks' states, for `--select`).
+    #[command(flatten)]
+    pub db: DatabaseArgs,
     /// Per-request timeout in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     pub timeout_ms: u64,
@@ -135,7 +132,7 @@ pub async fn run(a: &CancelArgs) -> anyhow::Result<()> {
         keys.entry(r.task_id).or_insert_with(|| r.key.clone());
     }
     let ids: Vec<TaskId> = keys.keys().copied().collect();
-    let pool = MySqlPool::connect(&a.database_url).await?;
+    let pool = MySqlPool::connect(&a.db.database_url).await?;
     let chosen = selected(&pool, a.select, &ids).await?;
     pool.close().await;
     let mut targets: Vec<TaskId> = chosen

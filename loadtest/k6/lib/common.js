@@ -1,9 +1,11 @@
 // Shared configuration and helpers for the dispatch k6 scripts.
 //
 // Everything is driven by environment variables (`k6 run -e NAME=value ...`); see README.md.
-// This module deliberately does NOT call `client.load()`: k6 resolves relative proto import
-// paths against the directory of the module that is being initialised, so each top-level
-// script (all of which live in loadtest/k6/) loads its own protos with `protoDir` below.
+// This module deliberately does NOT call `client.load()` at its own top level: k6 resolves
+// relative proto import paths against the directory of the module that is being initialised,
+// so the protos are loaded (with `protoDir` below) while a top-level script, all of which live
+// in loadtest/k6/, is initialised: by the script itself, or by a function of this module that
+// the script calls at its top level (`loadGatewayAndReader`).
 
 import grpc from 'k6/net/grpc';
 import { check } from 'k6';
@@ -143,10 +145,21 @@ export function closeConn(c) {
   c.connected = false;
 }
 
-// The gateway's and the reader's connection handles, over clients the calling script has loaded
-// its protos into (`load()` stays in the script: see the top of this file).
+// The gateway's and the reader's connection handles, over clients with their protos loaded (by
+// the calling script, or by loadGatewayAndReader below: see the top of this file).
 export function gatewayAndReader(gatewayClient, readerClient) {
   return { gateway: conn(gatewayClient, cfg.gatewayAddr), reader: conn(readerClient, cfg.readerAddr) };
+}
+
+// gatewayAndReader() over two new clients, the gateway's with GATEWAY_PROTO and the reader's with
+// QUERY_PROTO loaded. Only for a script's top level (k6 allows `load()` in the init context only,
+// and the proto paths resolve against the script's directory: see the top of this file).
+export function loadGatewayAndReader() {
+  const gatewayClient = new grpc.Client();
+  gatewayClient.load([cfg.protoDir], GATEWAY_PROTO);
+  const readerClient = new grpc.Client();
+  readerClient.load([cfg.protoDir], QUERY_PROTO);
+  return gatewayAndReader(gatewayClient, readerClient);
 }
 
 export function callParams(tags) {

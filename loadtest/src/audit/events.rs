@@ -65,28 +65,23 @@ pub(super) fn check_events(h: &History, v: &mut Verdict, ex: &mut Examples<'_>) 
         {
             changed = true;
         }
+        // An example of either check below: the events (as `shown`) against the row.
+        let against_row = |shown: String| {
+            format!(
+                "{id}: events {shown}; MySQL {}@{:#x}",
+                row.state, row.version
+            )
+        };
         if changed {
             v.terminal_changed += 1;
-            ex.add("terminal_changed", || {
-                format!(
-                    "{id}: events {}; MySQL {}@{:#x}",
-                    fmt_events(evs),
-                    row.state,
-                    row.version
-                )
-            });
+            ex.add("terminal_changed", || against_row(fmt_events(evs)));
         }
         // The last event is the row.
         let last = evs.last();
         if last.is_none_or(|e| e.state != row.state || e.version != row.version) {
             v.last_event_mismatch += 1;
             ex.add("last_event_mismatch", || {
-                format!(
-                    "{id}: events [{}]; MySQL {}@{:#x}",
-                    fmt_events(evs),
-                    row.state,
-                    row.version
-                )
+                against_row(format!("[{}]", fmt_events(evs)))
             });
         }
     }

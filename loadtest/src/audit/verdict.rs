@@ -17,6 +17,10 @@ use super::workflows::{WorkflowCounts, check_workflows};
 /// Examples kept per check.
 const EXAMPLES_PER_CHECK: usize = 3;
 
+/// Counts per label (a gRPC code, a state, a workflow shape), in label order: a JSON object in
+/// the verdict.
+pub type Tally = BTreeMap<String, u64>;
+
 /// The outcome.
 #[derive(Debug, Default, Clone, Serialize, PartialEq)]
 pub struct Verdict {
@@ -29,11 +33,11 @@ pub struct Verdict {
     /// Submits accepted (load reports).
     pub accepted_submits: u64,
     /// Submits refused, by gRPC code (load reports).
-    pub rejected_by_code: BTreeMap<String, u64>,
+    pub rejected_by_code: Tally,
     /// Rows found.
     pub stored: u64,
     /// Terminal rows by state.
-    pub terminal: BTreeMap<String, u64>,
+    pub terminal: Tally,
     /// Lost.
     pub missing: u64,
     /// Still live after the wait.
@@ -156,6 +160,16 @@ impl Examples<'_> {
     }
 }
 
+/// The reason of each count above 0, in order: `"{n} {what}"`.
+pub(super) fn counted<'a>(
+    counts: impl IntoIterator<Item = (u64, &'a str)>,
+) -> impl Iterator<Item = String> {
+    counts
+        .into_iter()
+        .filter(|&(n, _)| n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+}
+
 /// Judges a history.
 pub fn judge(h: &History) -> Verdict {
     let mut v = Verdict::default();
@@ -224,7 +238,9 @@ pub fn judge(h: &History) -> Verdict {
     if let Some(why) = &h.events_incomplete {
         r.push(format!("events topic not read to its end: {why}"));
     }
-    let counts = [
+    // The counted failures, grouped as the checks count them: what became of the tasks (rows,
+    // events), how they ran (executions, order), what their submits got (submits).
+    let outcomes = [
         (v.missing, "tasks missing"),
         (v.not_terminal, "tasks not terminal"),
         (
@@ -235,6 +251,8 @@ pub fn judge(h: &History) -> Verdict {
             v.last_event_mismatch,
             "tasks whose last event differs from MySQL",
         ),
+    ];
+    let executions = [
         (
             v.ran_after_terminal,
             "tasks executed after their terminal commit",
@@ -245,6 +263,8 @@ pub fn judge(h: &History) -> Verdict {
         ),
         (v.concurrent_runs, "tasks run by two executions at once"),
         (v.order_violations, "keys out of submission order"),
+    ];
+    let submits = [
         (
             v.idempotency_conflicts_accepted,
             "idempotency keys accepted for different requests",
@@ -266,11 +286,8 @@ pub fn judge(h: &History) -> Verdict {
             "tasks cancelled by another tenant",
         ),
     ];
-    for (n, what) in counts {
-        if n > 0 {
-            r.push(format!("{n} {what}"));
-        }
-    }
+    let counts = outcomes.into_iter().chain(executions).chain(submits);
+    r.extend(counted(counts));
     v.reasons = r;
     // After the task checks' reasons: the workflow checks add theirs.
     check_workflows(h, &mut v, &mut ex);

@@ -29,13 +29,13 @@
 //! Over 400 lines because it is one check per rule above, each with its counted reason, kept in
 //! one place so the list and the checks stay together; its tests are in `workflow_tests.rs`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use dispatch_core::{TaskId, TaskState};
 use serde::Serialize;
 
 use super::history::{Exec, History, NodeRec};
-use super::verdict::{Examples, Verdict};
+use super::verdict::{Examples, Tally, Verdict, counted};
 
 /// Kafka timestamps have millisecond resolution (as in the executions checks).
 const TS_SLACK_US: i64 = 1_000;
@@ -48,13 +48,13 @@ pub struct WorkflowCounts {
     /// Workflows accepted.
     pub accepted: u64,
     /// Refused submits by code.
-    pub refused: BTreeMap<String, u64>,
+    pub refused: Tally,
     /// Workflows by shape.
-    pub shapes: BTreeMap<String, u64>,
+    pub shapes: Tally,
     /// Nodes of the accepted workflows.
     pub nodes: u64,
     /// Nodes by final state.
-    pub states: BTreeMap<String, u64>,
+    pub states: Tally,
     /// Edges, and those of them that run their node when the dependency fails.
     pub edges: u64,
     /// `run` edges.
@@ -168,11 +168,7 @@ impl WorkflowCounts {
                 "workflows cancelled without a CancelWorkflow",
             ),
         ];
-        for (n, what) in counts {
-            if n > 0 {
-                r.push(format!("{n} {what}"));
-            }
-        }
+        r.extend(counted(counts));
         r
     }
 }
