@@ -13,13 +13,12 @@
 // list). Reads target a hot set created in setup(), so this measures read latency while the
 // write path is under load.
 
-import grpc from 'k6/net/grpc';
 import { check, sleep } from 'k6';
 import { Counter } from 'k6/metrics';
 import {
-  cfg, gatewayAndReader, hotSetSetup, getHotTask, invoke, isOk, field, envInt, envNum, taskSpec, businessKey,
+  cfg, loadGatewayAndReader, hotSetSetup, getHotTask, invoke, isOk, field, envInt, envNum, taskSpec, businessKey,
   arrivalScenario, buildThresholds, latencyLimits, SUBMIT_LIMITS, GET_LIMITS, SETUP_TIMEOUT_S,
-  summaryTrendStats, GATEWAY_PROTO, QUERY_PROTO, RPC,
+  summaryTrendStats, RPC,
 } from './lib/common.js';
 
 const SHARES = {
@@ -63,12 +62,7 @@ const rates = split(cfg.rate);
 const pres = split(cfg.preVUs);
 const maxes = split(cfg.maxVUs);
 
-const gatewayClient = new grpc.Client();
-gatewayClient.load([cfg.protoDir], GATEWAY_PROTO);
-const readerClient = new grpc.Client();
-readerClient.load([cfg.protoDir], QUERY_PROTO);
-
-const { gateway, reader } = gatewayAndReader(gatewayClient, readerClient);
+const { gateway, reader } = loadGatewayAndReader();
 
 const submitLimits = latencyLimits('SUBMIT', SUBMIT_LIMITS.p95, SUBMIT_LIMITS.p99);
 const getLimits = latencyLimits('GET', GET_LIMITS.p95, GET_LIMITS.p99);
