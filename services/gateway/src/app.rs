@@ -17,7 +17,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 use crate::durable::Durable;
-use crate::gateway::Gateway;
 use crate::idempotency::{Idempotency, RedisSlot};
 use crate::limits::Limits;
 use crate::metrics;
@@ -26,6 +25,7 @@ use crate::producer::Producer;
 use crate::relay;
 use crate::service::TaskApi;
 use crate::settings::Settings;
+use crate::tasks::Gateway;
 use crate::workflows::Workflows;
 
 /// What the gateway's gRPC server serves (the in-flight bound sheds into

@@ -5,8 +5,8 @@
 //! - [`settings`]: `Settings` (shared runtime sections + `[limits]`, `[outbox]`, `[idempotency]`,
 //!   `[cancel]`, `[health]`).
 //! - [`app`]: [`App`]: build, the one place the gRPC server is assembled, ordered shutdown.
-//! - [`service`]: TaskService handlers, thin adapters (auth, rate limit, parse) into [`gateway`].
-//! - [`gateway`]: the domain: submit, submit many, cancel.
+//! - [`service`]: TaskService handlers, thin adapters (auth, rate limit, parse) into [`tasks`].
+//! - [`tasks`]: the task domain: submit, submit many, cancel.
 //! - [`idempotency`]: one key, one task, same parameters: Redis SET NX fast path, the key's
 //!   [`fingerprint`] bound in MySQL, the store as fallback.
 //! - [`durable`]: Kafka-or-outbox, with sticky routing that keeps per-key order.
@@ -55,7 +55,6 @@ pub mod app;
 pub mod durable;
 pub mod error;
 pub mod fingerprint;
-pub mod gateway;
 pub mod idempotency;
 pub mod limits;
 pub mod metrics;
@@ -67,6 +66,7 @@ pub mod schedules;
 pub mod service;
 pub mod settings;
 mod sticky;
+pub mod tasks;
 pub mod workflows;
 
 pub use app::App;

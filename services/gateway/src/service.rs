@@ -27,9 +27,9 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::error::GatewayError;
-use crate::gateway::{Gateway, TraceHeaders};
 use crate::limits::Limits;
 use crate::metrics;
+use crate::tasks::{Gateway, TraceHeaders};
 use crate::workflows::Workflows;
 
 /// TaskService's RPCs (the metrics' `method` label).

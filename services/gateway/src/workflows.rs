@@ -18,8 +18,8 @@ use dispatch_store::StoreError;
 use dispatch_store::workflows::{self as store, CancelRequest, Inserted, NewNode, NewWorkflow};
 
 use crate::error::GatewayError;
-use crate::gateway::CANCEL_REASON_MAX_BYTES;
 use crate::metrics;
+use crate::tasks::CANCEL_REASON_MAX_BYTES;
 
 /// The workflow side of the gateway, shared by every request.
 pub struct Workflows {

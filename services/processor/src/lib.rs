@@ -11,7 +11,7 @@
 //! - [`consumer`]: a `BaseConsumer` polled on its own thread; offset tracking with contiguous
 //!   watermarks ([`consumer::offsets`]), rebalance handling ([`consumer::context`]), pauses for
 //!   backpressure, operator pauses and retry delays ([`consumer::poller`]).
-//! - [`dispatch`]: per-key lanes: same key in offset order, different keys in parallel.
+//! - [`lanes`]: dispatch into per-key lanes: same key in offset order, different keys in parallel.
 //! - [`slots`]: the `consumer.max_concurrency` execution slots, asked for only when a record is
 //!   ready to run and granted by priority weight (6/3/1 by default), then round-robin across
 //!   tenants; it acts exactly when there is a backlog and leaves pausing to backpressure.
@@ -40,10 +40,10 @@ pub mod admin;
 pub mod coalesce;
 pub mod consumer;
 pub mod control;
-pub mod dispatch;
 pub mod gate;
 pub mod handler;
 pub mod lag;
+pub mod lanes;
 pub mod metrics;
 pub mod process;
 pub mod produce;

@@ -21,7 +21,7 @@ use dispatch_core::Priority;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::dispatch::weighted_order;
+use crate::lanes::weighted_order;
 
 /// The execution slots of one processor.
 pub struct Slots {

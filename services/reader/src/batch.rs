@@ -11,8 +11,8 @@ use dispatch_proto::v1 as pb;
 use crate::error::ReadError;
 use crate::l1::{Cached, Replace};
 use crate::l2::{self, L2Lookup};
+use crate::lookup::Reader;
 use crate::metrics::{self, CacheResult, Tier};
-use crate::reader::Reader;
 
 /// Most ids in one request.
 pub const MAX_IDS: usize = 100;

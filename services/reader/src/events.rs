@@ -19,7 +19,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::reader::Reader;
+use crate::lookup::Reader;
 
 /// Health component name of the events consumer.
 pub const EVENTS: &str = "events";

@@ -6,7 +6,7 @@
 //! - [`service`]: the gRPC adapter (auth, parse, call); the server around it (load shedding, RPC
 //!   spans and metrics, the request timeout) is `dispatch_runtime::server`'s, assembled in
 //!   [`app`].
-//! - [`reader`]: GetTask's lookup path L1 → L2 → MySQL, read-your-writes (`min_version`),
+//! - [`lookup`]: GetTask's lookup path L1 → L2 → MySQL, read-your-writes (`min_version`),
 //!   stale answers when MySQL fails, and how events are applied; [`batch`] and [`list`] are
 //!   BatchGetTasks and ListTasks; [`watch`] streams WatchTask; [`workflows`] is GetWorkflow.
 //! - Tiers: [`l1`] (moka: weighted size bound, per-entry jittered expiry, singleflight loads,
@@ -26,9 +26,9 @@ pub mod l1;
 pub mod l2;
 pub mod limits;
 pub mod list;
+pub mod lookup;
 pub mod metrics;
 pub mod notify;
-pub mod reader;
 pub mod service;
 pub mod settings;
 pub mod store;

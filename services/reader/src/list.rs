@@ -14,7 +14,7 @@ use dispatch_proto::v1 as pb;
 use dispatch_store::tasks::ListFilter;
 
 use crate::error::ReadError;
-use crate::reader::Reader;
+use crate::lookup::Reader;
 
 /// Page size when the request says 0.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;

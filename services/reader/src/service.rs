@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::error::ReadError;
-use crate::reader::Reader;
+use crate::lookup::Reader;
 use crate::watch::{self, WatchLimits, WatchStream, Watches};
 use crate::{batch, list};
 

@@ -27,8 +27,8 @@ use tonic::Status;
 
 use crate::error::ReadError;
 use crate::l1::is_terminal;
+use crate::lookup::Reader;
 use crate::metrics::{self, WatchLimit};
-use crate::reader::Reader;
 
 /// The stream type of WatchTask.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::TaskEvent, Status>> + Send>>;

@@ -9,7 +9,7 @@ use dispatch_core::{TaskId, Tenant};
 use dispatch_proto::v1 as pb;
 
 use crate::error::ReadError;
-use crate::reader::Reader;
+use crate::lookup::Reader;
 
 impl Reader {
     /// The workflow `id` of `tenant`.

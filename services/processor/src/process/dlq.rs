@@ -14,7 +14,7 @@ use dispatch_store::dead_letters::DeadLetterRow;
 
 use super::{Processor, write_of};
 use crate::consumer::Delivery;
-use crate::dispatch::LaneTicket;
+use crate::lanes::LaneTicket;
 use crate::metrics::{self, ErrorClass};
 use crate::produce::{Delivered, Out};
 use crate::writer::Committed;
