@@ -982,7 +982,12 @@ mod tests {
         let s = limited("tenant", Duration::from_micros(1_001), false).to_status();
         assert_eq!(s.code(), tonic::Code::ResourceExhausted);
         assert!(s.message().contains("tenant rate limit"), "{}", s.message());
-        assert_eq!(retry_after_ms(&s), Some(2), "rounded up");
+        let hint = s
+            .metadata()
+            .get(RETRY_AFTER_MS)
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(hint, Some("2"), "rounded up, in whole milliseconds");
+        assert_eq!(retry_after_ms(&s), Some(2), "and read back");
         let s = limited("global", Duration::from_secs(1), true).to_status();
         assert!(s.message().contains("split it"), "{}", s.message());
     }
