@@ -30,9 +30,6 @@ pub const UNAVAILABLE_MESSAGE: &str =
 pub const STORE_UNAVAILABLE_MESSAGE: &str =
     "the store behind idempotency keys and task lookups is unavailable; retry shortly";
 
-/// Metadata key of the retry hint on RESOURCE_EXHAUSTED (set by [`Limited::to_status`]).
-pub use dispatch_runtime::ratelimit::RETRY_AFTER_MS;
-
 /// Why a TaskService call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
