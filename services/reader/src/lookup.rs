@@ -83,21 +83,28 @@ impl Reader {
         min_version: Version,
     ) -> Result<Lookup, ReadError> {
         match self.cached(id).await {
-            Ok((entry, served_from)) => match &entry.value {
-                Cached::Found(t) if !owned(t, tenant) => Err(ReadError::NotFound),
-                Cached::Found(t) if t.version >= min_version => Ok(Lookup {
-                    task: Arc::clone(t),
-                    served_from,
-                    stale: false,
-                }),
-                Cached::Found(t) => {
-                    self.wait_for_version(tenant, id, min_version, t.version)
-                        .await
+            Ok((entry, served_from)) => {
+                // This call has just read MySQL: the wait starts from that read, not another one.
+                let read = served_from == pb::ServedFrom::Store;
+                match &entry.value {
+                    Cached::Found(t) if !owned(t, tenant) => Err(ReadError::NotFound),
+                    Cached::Found(t) if t.version >= min_version => Ok(Lookup {
+                        task: Arc::clone(t),
+                        served_from,
+                        stale: false,
+                    }),
+                    Cached::Found(t) => {
+                        self.wait_for_version(tenant, id, min_version, t.version, read)
+                            .await
+                    }
+                    Cached::Missing if min_version == 0 => Err(ReadError::NotFound),
+                    // The caller holds a version, so the task exists: never trust a negative entry.
+                    Cached::Missing => {
+                        self.wait_for_version(tenant, id, min_version, 0, read)
+                            .await
+                    }
                 }
-                Cached::Missing if min_version == 0 => Err(ReadError::NotFound),
-                // The caller holds a version, so the task exists: never trust a negative entry.
-                Cached::Missing => self.wait_for_version(tenant, id, min_version, 0).await,
-            },
+            }
             Err(e) => self.stale_answer(tenant, id, min_version, e).await,
         }
     }
@@ -217,19 +224,42 @@ impl Reader {
     }
 
     /// Read-your-writes: waits up to the configured time for `min_version`, re-reading MySQL and
-    /// listening for events of `id`.
+    /// listening for events of `id`. `read`: the caller has just read MySQL and found `have`, so
+    /// the first re-read is skipped (a task submitted a moment ago is usually not in MySQL yet:
+    /// its event, not a second query, is what ends the wait).
     async fn wait_for_version(
         &self,
         tenant: &Tenant,
         id: TaskId,
         min_version: Version,
         mut have: Version,
+        mut read: bool,
     ) -> Result<Lookup, ReadError> {
         // Subscribe before the first read so an event between the two is not lost.
         let mut events = self.notifier.subscribe(id);
+        if read {
+            // An event applied between the caller's read and the subscription is not on the
+            // channel, but events are remembered before they are published.
+            match self.l1.last_known(&id).await {
+                Some(t) if !owned(&t, tenant) => return Err(ReadError::NotFound),
+                Some(t) if t.version >= min_version => {
+                    return Ok(Lookup {
+                        task: t,
+                        served_from: pb::ServedFrom::L1,
+                        stale: false,
+                    });
+                }
+                _ => {}
+            }
+        }
         let deadline = tokio::time::Instant::now() + self.freshness.ryw_wait;
         loop {
-            match self.read_through(id).await {
+            let found = if std::mem::take(&mut read) {
+                Ok(None)
+            } else {
+                self.read_through(id).await
+            };
+            match found {
                 Ok(Some(t)) if !owned(&t, tenant) => return Err(ReadError::NotFound),
                 Ok(Some(t)) if t.version >= min_version => {
                     return Ok(Lookup {

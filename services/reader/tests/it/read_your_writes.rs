@@ -9,7 +9,7 @@ use dispatch_testkit::TestEnv;
 use tonic::Code;
 
 use crate::common::{
-    Events, KEY_ACME, TaskRow, env_reader_and_client, get, reader_with, stop, store,
+    Events, KEY_ACME, TaskRow, env_reader_and_client, get, reader_with, stop, store, store_gets,
 };
 
 #[tokio::test]
@@ -92,6 +92,46 @@ async fn a_submit_version_token_waits_for_the_task_to_appear() {
     assert_eq!(got.task.expect("task").version, row.version());
     assert!(waited < Duration::from_secs(1), "{waited:?}");
     println!("read-your-writes answered {waited:?} after the call (task written at ~150 ms)");
+    writer.await.expect("writer");
+    stop(r, env).await;
+}
+
+/// The lookup that found nothing in MySQL is the wait's first read: a task that is not written
+/// yet costs one query, and its event (not a poll) ends the wait.
+#[tokio::test]
+async fn a_submit_token_reads_mysql_once_and_waits_on_the_event() {
+    let env = TestEnv::new().await.expect("env");
+    // Polls far apart, so only the event can answer quickly.
+    let r = reader_with(&env, |s| {
+        s.cache.read_your_writes_wait_ms = 5_000;
+        s.cache.read_your_writes_poll_ms = 4_000;
+    })
+    .await;
+    let mut c = r.client().await.expect("connect");
+    let row = TaskRow::new("acme", TaskState::Succeeded, 0);
+    let before = store_gets(&r);
+    let (pool, events, written) = (env.pool.clone(), Events::new(&env), row.clone());
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut tx = pool.begin().await.expect("begin");
+        dispatch_store::tasks::upsert_batch(&mut tx, &[written.write()])
+            .await
+            .expect("upsert");
+        tx.commit().await.expect("commit");
+        events.publish(&written).await;
+    });
+    let started = Instant::now();
+    let got = get(&mut c, row.id, ACCEPTED_VERSION, KEY_ACME)
+        .await
+        .expect("visible once the event arrives");
+    let waited = started.elapsed();
+    assert_eq!(got.task.expect("task").version, row.version());
+    assert!(waited < Duration::from_secs(3), "answered by the event: {waited:?}");
+    assert_eq!(
+        store_gets(&r) - before,
+        1,
+        "one MySQL read: the miss, not a second read right after it"
+    );
     writer.await.expect("writer");
     stop(r, env).await;
 }
