@@ -117,11 +117,23 @@ impl AppBuilder {
             "fetch.max.bytes",
             prefetch_bytes.max(1 << 20).to_string(),
         );
-        // A resumed partition (a retry partition whose held record came due, a priority back
-        // under its share) is fetched again only once the fetch in flight returns: at most this
-        // long (librdkafka's default, 500 ms, shows as the tail of short retry delays). An idle
-        // consumer costs a few more empty fetches per second.
-        kafka::set_default(&mut cc, &s.kafka, "fetch.wait.max.ms", "100");
+        // Fetches wait for a few produced batches rather than answering each one; an idle
+        // consumer fetches once per `fetch_wait_ms` (see `consumer.fetch_min_kbytes`). A resumed
+        // partition (a retry come due, a priority back under its share) is fetched again only
+        // once the fetch in flight returns, so this also bounds that wait (librdkafka's default,
+        // 500 ms, showed as the tail of short retry delays).
+        kafka::set_default(
+            &mut cc,
+            &s.kafka,
+            "fetch.wait.max.ms",
+            s.consumer.fetch_wait_ms.to_string(),
+        );
+        kafka::set_default(
+            &mut cc,
+            &s.kafka,
+            "fetch.min.bytes",
+            (u64::from(s.consumer.fetch_min_kbytes) * 1024).to_string(),
+        );
         let consumer: BaseConsumer<Ctx> = cc
             .create_with_context(Ctx::fenced(
                 shared.clone(),

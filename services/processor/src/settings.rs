@@ -127,6 +127,16 @@ pub struct ConsumerSettings {
     /// At 8 MiB a 400k-task backlog drain peaked at 278 MiB RSS (heaptrack: 115 MiB of
     /// decompression buffers); at 2 MiB, 166 MiB, at the same drain rate.
     pub prefetch_kbytes: u32,
+    /// How long the broker may hold a fetch for `fetch_min_kbytes` to arrive
+    /// (`fetch.wait.max.ms`): the most a record waits for its fetch under light load, and how
+    /// soon a resumed partition (a retry come due, a priority back under its share) is fetched.
+    pub fetch_wait_ms: u32,
+    /// A fetch returns once this much is ready (`fetch.min.bytes`), or after `fetch_wait_ms`.
+    /// At 1 byte every small produce answers a fetch of its own, and each fetch names every
+    /// partition this instance consumes (librdkafka sends no incremental fetch sessions): at 1k
+    /// tasks/s that cost the broker and the processor more CPU than the tasks themselves
+    /// (docs/benchmarks.md, "Fetches under light load").
+    pub fetch_min_kbytes: u32,
     /// How long a cancel is remembered, so a submit behind it is never run.
     pub cancelled_ttl_ms: u64,
     /// How often the operator pauses shared by all instances are re-read from MySQL: a pause
@@ -153,6 +163,8 @@ impl Default for ConsumerSettings {
             rebalance_drain_ms: 5_000,
             lag_interval_ms: 5_000,
             prefetch_kbytes: 2_048,
+            fetch_wait_ms: 5,
+            fetch_min_kbytes: 64,
             cancelled_ttl_ms: 600_000,
             pause_sync_ms: 1_000,
             retry_topic_max_delay_ms: 1_000,
@@ -505,6 +517,15 @@ impl Settings {
         if !(0.0..1.0).contains(&c.resume_ratio) {
             return bad("consumer.resume_ratio", "must be in [0, 1)");
         }
+        if !(1..=1_000).contains(&c.fetch_wait_ms) {
+            return bad("consumer.fetch_wait_ms", "must be between 1 and 1000");
+        }
+        if c.fetch_min_kbytes == 0 || c.fetch_min_kbytes > c.prefetch_kbytes {
+            return bad(
+                "consumer.fetch_min_kbytes",
+                "must be at least 1 and at most consumer.prefetch_kbytes",
+            );
+        }
         if c.pause_sync_ms < 10 {
             return bad("consumer.pause_sync_ms", "must be at least 10");
         }
@@ -622,6 +643,18 @@ mod tests {
             err.to_string().contains("consumer.priority_weights"),
             "{err}"
         );
+        for (wait, min_kbytes, key) in [
+            (0, 64, "consumer.fetch_wait_ms"),
+            (1_001, 64, "consumer.fetch_wait_ms"),
+            (5, 0, "consumer.fetch_min_kbytes"),
+            (5, 4_096, "consumer.fetch_min_kbytes"),
+        ] {
+            let mut bad = Settings::default();
+            bad.consumer.fetch_wait_ms = wait;
+            bad.consumer.fetch_min_kbytes = min_kbytes;
+            let err = bad.validate().expect_err(key);
+            assert!(err.to_string().contains(key), "{err}");
+        }
         let mut bad = Settings::default();
         bad.handlers.types.insert(
             "x".into(),

@@ -126,7 +126,10 @@ async fn a_submit_token_reads_mysql_once_and_waits_on_the_event() {
         .expect("visible once the event arrives");
     let waited = started.elapsed();
     assert_eq!(got.task.expect("task").version, row.version());
-    assert!(waited < Duration::from_secs(3), "answered by the event: {waited:?}");
+    assert!(
+        waited < Duration::from_secs(3),
+        "answered by the event: {waited:?}"
+    );
     assert_eq!(
         store_gets(&r) - before,
         1,
