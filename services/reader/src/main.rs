@@ -7,6 +7,12 @@ use dispatch_reader::{App, Settings};
 use dispatch_runtime::cli::ServiceArgs;
 use dispatch_runtime::{shutdown, telemetry};
 
+/// glibc's malloc and free were about 12% of the reader's samples with GetTask saturated (every
+/// call allocates its request, headers and a copy of the task to encode); mimalloc, as in the
+/// gateway and the processor (docs/benchmarks.md, "Submit to visible at 1k/s").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: ServiceArgs = dispatch_runtime::service_flags!();
