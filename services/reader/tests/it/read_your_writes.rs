@@ -71,19 +71,7 @@ async fn a_submit_version_token_waits_for_the_task_to_appear() {
     assert_eq!(err.code(), Code::NotFound);
     // ...but a read with the token waits for the task: here it arrives through MySQL and the
     // event, 150 ms later.
-    let writer_env_pool = env.pool.clone();
-    let events = Events::new(&env);
-    let writer_row = row.clone();
-    let writer = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        let w = writer_row.write();
-        let mut tx = writer_env_pool.begin().await.expect("begin");
-        dispatch_store::tasks::upsert_batch(&mut tx, &[w])
-            .await
-            .expect("upsert");
-        tx.commit().await.expect("commit");
-        events.publish(&writer_row).await;
-    });
+    let writer = written_later(&env, &row, Duration::from_millis(150));
     let started = Instant::now();
     let got = get(&mut c, row.id, ACCEPTED_VERSION, KEY_ACME)
         .await
@@ -110,16 +98,7 @@ async fn a_submit_token_reads_mysql_once_and_waits_on_the_event() {
     let mut c = r.client().await.expect("connect");
     let row = TaskRow::new("acme", TaskState::Succeeded, 0);
     let before = store_gets(&r);
-    let (pool, events, written) = (env.pool.clone(), Events::new(&env), row.clone());
-    let writer = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut tx = pool.begin().await.expect("begin");
-        dispatch_store::tasks::upsert_batch(&mut tx, &[written.write()])
-            .await
-            .expect("upsert");
-        tx.commit().await.expect("commit");
-        events.publish(&written).await;
-    });
+    let writer = written_later(&env, &row, Duration::from_millis(300));
     let started = Instant::now();
     let got = get(&mut c, row.id, ACCEPTED_VERSION, KEY_ACME)
         .await
@@ -137,4 +116,18 @@ async fn a_submit_token_reads_mysql_once_and_waits_on_the_event() {
     );
     writer.await.expect("writer");
     stop(r, env).await;
+}
+
+/// Writes `row` to MySQL `after` from now, then publishes its event: the processor's part.
+fn written_later(env: &TestEnv, row: &TaskRow, after: Duration) -> tokio::task::JoinHandle<()> {
+    let (pool, events, row) = (env.pool.clone(), Events::new(env), row.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        let mut tx = pool.begin().await.expect("begin");
+        dispatch_store::tasks::upsert_batch(&mut tx, &[row.write()])
+            .await
+            .expect("upsert");
+        tx.commit().await.expect("commit");
+        events.publish(&row).await;
+    })
 }
