@@ -157,13 +157,7 @@ impl Reader {
                         continue;
                     };
                     let t = Arc::new(t);
-                    self.l1.remember(id, &t).await;
-                    let entry = self.l1.entry(
-                        Cached::Found(Arc::clone(&t)),
-                        Duration::ZERO,
-                        pb::ServedFrom::Store,
-                    );
-                    self.l1.offer(id, entry, Replace::IfNotOlder).await;
+                    self.keep_read(id, &t).await;
                     known.insert(id, Cached::Found(Arc::clone(&t)));
                     found.push(t);
                 }

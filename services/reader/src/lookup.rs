@@ -212,15 +212,20 @@ impl Reader {
             return Ok(None);
         };
         let task = Arc::new(task);
-        self.l1.remember(id, &task).await;
+        self.keep_read(id, &task).await;
+        l2::put_in_background(&self.l2, vec![Arc::clone(&task)], l2::Fill::Always);
+        Ok(Some(task))
+    }
+
+    /// A task just read from MySQL: remembered, and in L1 unless it holds something newer.
+    pub(crate) async fn keep_read(&self, id: TaskId, task: &Arc<pb::Task>) {
+        self.l1.remember(id, task).await;
         let entry = self.l1.entry(
-            Cached::Found(Arc::clone(&task)),
+            Cached::Found(Arc::clone(task)),
             Duration::ZERO,
             pb::ServedFrom::Store,
         );
         self.l1.offer(id, entry, Replace::IfNotOlder).await;
-        l2::put_in_background(&self.l2, vec![Arc::clone(&task)], l2::Fill::Always);
-        Ok(Some(task))
     }
 
     /// Read-your-writes: waits up to the configured time for `min_version`, re-reading MySQL and
