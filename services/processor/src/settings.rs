@@ -2,7 +2,7 @@
 //! `[scheduler]`, `[handlers]`, `[retention]` and `[health]`.
 //!
 //! Over 400 lines because every processor-only section is defined here with its defaults and
-//! documented fields, and the tests start near line 583; `[handlers]` with its HTTP endpoint and
+//! documented fields, and the tests start near line 605; `[handlers]` with its HTTP endpoint and
 //! host settings would move to a module of its own first.
 
 use std::collections::BTreeMap;
